@@ -1,0 +1,3 @@
+from edgecv.cli.app import main
+
+main()

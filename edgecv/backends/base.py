@@ -1,0 +1,155 @@
+"""The Runner and Builder interfaces every backend implements.
+
+validate, bench and stream take any :class:`Runner` and never ask which backend it is.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from edgecv.errors import BackendError, InputError
+from edgecv.types import TensorSpec
+
+if TYPE_CHECKING:
+    from edgecv.bundle import Artifact, Bundle
+    from edgecv.quant.calib import CalibrationSource
+
+
+class Runner(abc.ABC):
+    """A loaded model that maps a feed dict of numpy arrays to a dict of numpy arrays.
+
+    Use it as a context manager: ``with runner: runner.infer(feed)``. :meth:`infer` checks input names,
+    shapes and dtypes against :attr:`input_spec` before calling :meth:`_infer_impl`.
+
+    Attributes set by :meth:`load`:
+        load_time_s: seconds spent loading / compiling the model.
+        precision: the precision the backend actually runs (e.g. ``"fp32"``, ``"bf16"``), read back from the
+            engine where it reports it.
+        device: the device the backend runs on (e.g. ``"CPU"``, ``"cuda:0"``).
+    """
+
+    name: ClassVar[str] = "runner"
+
+    def __init__(self) -> None:
+        self.load_time_s: float = 0.0
+        self.precision: str = "fp32"
+        self.device: str = "CPU"
+        self._loaded = False
+        self._input_spec: list[TensorSpec] = []
+        self._output_spec: list[TensorSpec] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Runner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        t0 = time.perf_counter()
+        self._load()
+        self.load_time_s = time.perf_counter() - t0
+        self._loaded = True
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close()
+            self._loaded = False
+
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Load the model; fill ``_input_spec``/``_output_spec``, ``precision`` and ``device``."""
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    # ------------------------------------------------------------------ specs
+    @property
+    def input_spec(self) -> list[TensorSpec]:
+        self._require_loaded()
+        return self._input_spec
+
+    @property
+    def output_spec(self) -> list[TensorSpec]:
+        self._require_loaded()
+        return self._output_spec
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    def _require_loaded(self) -> None:
+        if not self._loaded:
+            raise BackendError(f"{self.name} runner used before load(); use it as a context manager")
+
+    # ------------------------------------------------------------------ inference
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on ``feed`` (input name → array); returns output name → array."""
+        self._require_loaded()
+        self.check_feed(feed)
+        return self._infer_impl(feed)
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        want = {s.name for s in self._input_spec}
+        got = set(feed)
+        if want != got:
+            raise InputError(f"expected inputs {sorted(want)}, found {sorted(got)}")
+        for spec in self._input_spec:
+            arr = feed[spec.name]
+            if not isinstance(arr, np.ndarray):
+                raise InputError(f"input '{spec.name}': expected a numpy array, found {type(arr).__name__}")
+            reason = spec.matches(arr)
+            if reason:
+                raise InputError(reason)
+
+    @abc.abstractmethod
+    def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Backend-specific inference on a checked feed."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the runner is running, for tables and JSON."""
+        return {"backend": self.name, "precision": self.precision, "device": self.device,
+                "load_time_s": round(self.load_time_s, 4)}
+
+
+@dataclass
+class BuildConfig:
+    """What a :class:`Builder` should make.
+
+    Attributes:
+        precision: fp32, fp16, bf16 or int8.
+        device: backend device string (``CPU``, ``GPU``, ``cuda:0`` …).
+        batch_range: (min, opt, max) batch sizes for dynamic-shape profiles; None takes the bundle's.
+        workspace_mb: TensorRT builder workspace limit.
+        emit_only: write the equivalent command line (trtexec) instead of building.
+        options: typed backend-specific extras are fields here, never free-form dicts from users.
+    """
+
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    device: str = "CPU"
+    batch_range: tuple[int, int, int] | None = None
+    workspace_mb: int = 4096
+    emit_only: bool = False
+    timing_cache: Path | None = None
+    keep_float: list[str] = field(default_factory=list)
+    onnx_path: Path | None = None  # override the bundle's model.onnx (e.g. a QDQ model)
+
+
+class Builder(abc.ABC):
+    """Turns a bundle's ONNX model into a backend artifact. Cheap to construct; works when called."""
+
+    name: ClassVar[str] = "builder"
+
+    @abc.abstractmethod
+    def build(self, bundle: Bundle, config: BuildConfig,
+              calib: CalibrationSource | None = None) -> Artifact:
+        """Build, add the artifact to ``bundle`` (atomically, manifest updated) and return it."""

@@ -1,0 +1,1 @@
+"""The ``edgecv`` command line: thin Typer commands over the library."""

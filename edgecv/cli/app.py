@@ -1,0 +1,85 @@
+"""Entry point: builds the Typer app from the command modules and maps errors to one line + exit 2."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from edgecv import __version__
+
+app = typer.Typer(
+    name="edgecv",
+    help="Take a PyTorch vision model to an edge device, and prove it still works there.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# each module defines register(app); modules import no framework at module level so --help stays fast
+_COMMAND_MODULES = [
+    "doctor", "models", "export", "compile", "validate", "bench",
+    "rewrite", "lint", "train", "data", "pipeline", "quantize", "calib", "anchors", "run",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgecv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """edgecv: export, compile, validate, benchmark and run vision models on edge hardware."""
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"edgecv.cli.{_name}")
+    except ModuleNotFoundError as _exc:  # command not built yet in this checkout
+        if _exc.name != f"edgecv.cli.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    """Console-script entry: run the app; EdgecvError → one line on stderr, exit 2."""
+    from edgecv.errors import EdgecvError
+
+    try:
+        app(standalone_mode=False)
+    except EdgecvError as exc:
+        if os.environ.get("EDGECV_DEBUG") == "1":
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if os.environ.get("EDGECV_DEBUG") == "1":
+            raise
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc} (set EDGECV_DEBUG=1 for the traceback)\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Error hierarchy. The CLI maps every :class:`EdgecvError` to one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+
+class EdgecvError(Exception):
+    """Base class of every error edgecv raises on purpose (bad input, missing dependency, failed check)."""
+
+    exit_code = 2
+
+
+class ConfigError(EdgecvError):
+    """A recipe, flag or option has a bad value. The message names the dotted field."""
+
+
+class UnknownNameError(EdgecvError, KeyError):
+    """A registry lookup failed. The message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(EdgecvError, ImportError):
+    """An optional framework is not installed. The message names the extra to install."""
+
+
+class BackendError(EdgecvError):
+    """A backend failed to load, build or run a model."""
+
+
+class ExportError(EdgecvError):
+    """torch → ONNX export failed."""
+
+
+class ModelSourceError(EdgecvError):
+    """A model could not be loaded from the given source (zoo name, file, checkpoint)."""
+
+
+class BundleError(EdgecvError):
+    """A bundle folder is missing, incomplete or corrupt."""
+
+
+class InputError(EdgecvError, ValueError):
+    """An input tensor has the wrong name, shape or dtype."""
+
+
+class AccuracyError(EdgecvError):
+    """A model failed its accuracy check or budget."""
+
+
+class SourceError(EdgecvError):
+    """A video / camera / stream source failed to open or read."""
+
+
+class DataError(EdgecvError):
+    """A data set is malformed; the message names the file and line."""

@@ -1,0 +1,1 @@
+"""Per-task pre/post-processing shared by validate, bench and stream (numpy + OpenCV, no torch)."""

@@ -1,0 +1,102 @@
+"""Image → input tensor, exactly as the bundle :class:`~edgecv.bundle.Contract` says.
+
+The same function is used by validate, bench, calibration and stream, so a device preprocesses the way the
+model was trained. Images come in as HxWx3 uint8 arrays in **BGR** order (what OpenCV decodes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgecv._lazy import lazy_import
+from edgecv.errors import InputError
+
+if TYPE_CHECKING:
+    from edgecv.bundle import Contract
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How original-image coordinates map to input-tensor coordinates: ``x_in = x_orig * scale + pad_x``.
+
+    For ``stretch`` the two axes scale differently (``scale_x`` / ``scale_y``).
+    """
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    orig_hw: tuple[int, int]
+
+    def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Map boxes from input coordinates back to the original image, clipped to it."""
+        b = np.asarray(boxes_xyxy, dtype=np.float32).copy()
+        if b.size == 0:
+            return b.reshape(0, 4)
+        b[..., [0, 2]] = (b[..., [0, 2]] - self.pad_x) / self.scale_x
+        b[..., [1, 3]] = (b[..., [1, 3]] - self.pad_y) / self.scale_y
+        h, w = self.orig_hw
+        b[..., [0, 2]] = b[..., [0, 2]].clip(0, w)
+        b[..., [1, 3]] = b[..., [1, 3]].clip(0, h)
+        return b
+
+
+def resize_image(img: np.ndarray, contract: Contract) -> tuple[np.ndarray, Transform]:
+    """Resize a HxWxC uint8 image to the contract's input size by its resize mode."""
+    cv2 = lazy_import("cv2", "stream")
+    if img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+        raise InputError(f"expected an HxWxC image, found shape {img.shape}")
+    h0, w0 = img.shape[:2]
+    th, tw = contract.hw
+    if contract.resize == "stretch":
+        out = cv2.resize(img, (tw, th), interpolation=cv2.INTER_LINEAR)
+        return out, Transform(tw / w0, th / h0, 0.0, 0.0, (h0, w0))
+    if contract.resize == "letterbox":
+        r = min(th / h0, tw / w0)
+        nh, nw = max(1, round(h0 * r)), max(1, round(w0 * r))
+        resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        top, left = (th - nh) // 2, (tw - nw) // 2
+        out = np.full((th, tw, img.shape[2]), contract.pad_value, dtype=img.dtype)
+        out[top:top + nh, left:left + nw] = resized
+        return out, Transform(nw / w0, nh / h0, float(left), float(top), (h0, w0))
+    # center_crop: resize short side to size / crop_ratio, then crop the centre
+    short = min(th, tw) / contract.crop_ratio
+    r = short / min(h0, w0)
+    nh, nw = max(th, round(h0 * r)), max(tw, round(w0 * r))
+    resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    out = resized[top:top + th, left:left + tw]
+    return np.ascontiguousarray(out), Transform(nw / w0, nh / h0, float(-left), float(-top), (h0, w0))
+
+
+def preprocess(img_bgr: np.ndarray, contract: Contract) -> tuple[np.ndarray, Transform]:
+    """One BGR uint8 image → a batch-1 input tensor and the coordinate transform."""
+    cv2 = lazy_import("cv2", "stream")
+    if img_bgr.ndim == 2:
+        img_bgr = cv2.cvtColor(img_bgr, cv2.COLOR_GRAY2BGR)
+    if contract.color == "RGB":
+        img = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB)
+    elif contract.color == "GRAY":
+        img = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2GRAY)[..., None]
+    else:
+        img = img_bgr
+    img, tf = resize_image(img, contract)
+    if contract.dtype == "uint8":
+        x = img
+    else:
+        x = img.astype(np.float32) * np.float32(contract.scale)
+        mean = np.asarray(contract.mean, dtype=np.float32)
+        std = np.asarray(contract.std, dtype=np.float32)
+        x = (x - mean) / std
+    if contract.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    x = np.ascontiguousarray(x[None]).astype(contract.dtype, copy=False)
+    return x, tf
+
+
+def preprocess_batch(images: list[np.ndarray], contract: Contract) -> tuple[np.ndarray, list[Transform]]:
+    xs, tfs = zip(*(preprocess(im, contract) for im in images))
+    return np.concatenate(xs, axis=0), list(tfs)

@@ -1,0 +1,58 @@
+"""The model registry. A variant is a registered function ``fn(**kwargs) -> nn.Module`` (timm style), with its
+default config (task, input size, mean/std, family, tiny) stored as registry metadata beside it.
+
+This module imports no torch, so listing names is cheap; building a model imports the family module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edgecv.registry import Registry
+
+MODELS: Registry[Callable[..., Any]] = Registry("model")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_cfg(task: str = "classify", input_size: tuple[int, int, int] = (3, 224, 224),
+                mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                num_classes: int = 1000, family: str = "", tiny: bool = False, resize: str = "stretch",
+                **extra: Any) -> dict[str, Any]:
+    """A variant's defaults; the bundle contract is built from these."""
+    return {"task": task, "input_size": tuple(input_size), "mean": tuple(mean), "std": tuple(std),
+            "num_classes": num_classes, "family": family, "tiny": tiny, "resize": resize, **extra}
+
+
+def register_model(name: str | None = None, **cfg: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register a variant function with its :func:`default_cfg` keywords."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        MODELS.register(name or fn.__name__, fn, **default_cfg(**cfg))
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # importing the families registers their variants
+    import edgecv.zoo.families  # noqa: F401
+
+
+def create_model(name: str, **kwargs: Any) -> Any:
+    """Build a registered model (random init unless the variant loads weights). Unknown names list the choices."""
+    _ensure_loaded()
+    return MODELS.get(name)(**kwargs)
+
+
+def model_cfg(name: str) -> dict[str, Any]:
+    _ensure_loaded()
+    MODELS.get(name)
+    return MODELS.meta(name)
+
+
+def list_models(task: str | None = None, include_tiny: bool = True) -> list[str]:
+    _ensure_loaded()
+    return MODELS.filter(lambda n, m: (task is None or m["task"] == task) and (include_tiny or not m["tiny"]))
