@@ -61,25 +61,23 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
     except typer.Abort:
         sys.stderr.write("aborted\n")
         sys.exit(130)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # usage errors (typer >= 0.25 vendors click; older typer uses click itself): both have .show()
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
         if os.environ.get("EDGECV_DEBUG") == "1":
             raise
         sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc} (set EDGECV_DEBUG=1 for the traceback)\n")
         sys.exit(2)
-
 
 if __name__ == "__main__":
     main()
