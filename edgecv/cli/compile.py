@@ -1,0 +1,113 @@
+"""``edgecv compile``: build a backend artifact (OpenVINO IR, ONNX Runtime fp16/int8, TensorRT engine) into a bundle."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt
+
+_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+_METHODS = ("minmax", "entropy", "percentile", "auto")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compile")(compile_cmd)
+
+
+def compile_cmd(
+    bundle: BundleArg,
+    backend: BackendOpt = "openvino",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = None,
+    emit_trtexec: Annotated[bool, typer.Option(
+        "--emit-trtexec", help="TensorRT: write tensorrt/<precision>/trtexec.sh into the bundle instead of building.")] = False,
+    workspace_mb: Annotated[int, typer.Option("--workspace-mb", help="TensorRT builder workspace limit (MiB).")] = 4096,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="int8: calibration images (folder or list).")] = None,
+    method: Annotated[str, typer.Option("--method", help="int8 calibration: minmax, entropy, percentile, auto.")] = "auto",
+    val: Annotated[Optional[Path], typer.Option("--val", help="int8: validation data for the accuracy check.")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(
+        "--max-drop", help="int8: largest accepted accuracy drop, in points.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a backend artifact into BUNDLE and record it in the manifest."""
+    from edgecv.backends import BUILDERS
+    from edgecv.backends.base import BuildConfig
+    from edgecv.bundle import Bundle
+    from edgecv.errors import ConfigError
+
+    if precision not in _PRECISIONS:
+        raise ConfigError(f"--precision: expected one of {', '.join(_PRECISIONS)}, found '{precision}'")
+    if method not in _METHODS:
+        raise ConfigError(f"--method: expected one of {', '.join(_METHODS)}, found '{method}'")
+    if workspace_mb < 1:
+        raise ConfigError(f"--workspace-mb: expected a positive number, found {workspace_mb}")
+    if emit_trtexec and backend != "tensorrt":
+        raise ConfigError(f"--emit-trtexec: only for --backend tensorrt, found --backend {backend}")
+    builder_cls = BUILDERS.get(backend)  # unknown backend → one line listing the choices
+    b = Bundle.open(bundle)
+    config = BuildConfig(precision=precision, device=device or _default_device(backend),  # type: ignore[arg-type]
+                         workspace_mb=workspace_mb, emit_only=emit_trtexec)
+
+    t0 = time.perf_counter()
+    if precision == "int8" and not emit_trtexec:
+        if calib is None:
+            raise ConfigError("--calib: int8 needs calibration data (a folder of images or a list file); found none")
+        try:
+            from edgecv.quant.api import compile_int8
+        except ImportError as exc:
+            from edgecv.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"int8 compile needs edgecv.quant.api, which is not available ({exc})") from exc
+        artifact = compile_int8(b, backend=backend, calib=calib, method=method, val=val, max_drop=max_drop,
+                                device=config.device)
+    else:
+        artifact = builder_cls().build(b, config)
+    elapsed = time.perf_counter() - t0
+
+    path = b.root / artifact.path
+    # an IR is model.xml + model.bin: count the whole recorded folder
+    folder = str(Path(artifact.path).parent)
+    size_path = b.root / folder if folder in b.manifest.files else path
+    row: dict[str, Any] = {
+        "backend": artifact.backend, "precision": artifact.precision, "device": artifact.device,
+        "file": str(path), "size_mb": round(_size(size_path) / 2**20, 3),
+        "build_time_s": round(float(artifact.build_flags.get("build_time_s", elapsed)), 3),
+        "sha256": artifact.sha256, "emitted_only": emit_trtexec,
+    }
+    if emit_trtexec:
+        row["command"] = artifact.extra.get("command", "")
+    if json_out:
+        from edgecv.cli._output import print_json
+
+        print_json(row)
+        return
+    from edgecv.cli._output import print_table
+
+    if emit_trtexec:
+        typer.echo(row["command"])
+    print_table(f"compiled {b.root}", ["backend", "precision", "device", "file", "size (MB)", "build (s)"],
+                [[row["backend"], row["precision"], row["device"], _rel(path, b.root), row["size_mb"],
+                  row["build_time_s"]]])
+
+
+def _default_device(backend: str) -> str:
+    return "cuda:0" if backend == "tensorrt" else "CPU"
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return 0
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,158 @@
+"""``edgecv compile``: artifacts land in the bundle atomically, with manifest entries and hashes, and they run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import make_tiny_bundle  # noqa: E402
+
+from edgecv._io import sha256_path  # noqa: E402
+from edgecv.backends import open_runner  # noqa: E402
+from edgecv.backends.base import BuildConfig  # noqa: E402
+from edgecv.bundle import Bundle  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    root = tmp_path_factory.mktemp("compile") / "tiny"
+    make_tiny_bundle(root, size=32)
+    return root
+
+
+@pytest.fixture
+def bundle_dir(pristine: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "tiny"
+    shutil.copytree(pristine, dst)
+    return dst
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("precision,rel_tol", [("fp32", 1e-4), ("fp16", 1e-2)])
+def test_compile_openvino_records_and_runs(cli, bundle_dir: Path, precision: str, rel_tol: float) -> None:
+    proc = cli("compile", str(bundle_dir), "--backend", "openvino", "--precision", precision, "--json")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert row["backend"] == "openvino" and row["precision"] == precision and row["device"] == "CPU"
+    assert row["size_mb"] > 0
+
+    b = Bundle.open(bundle_dir)  # verifies every hash in the manifest
+    art = b.artifact("openvino", precision)
+    assert art is not None
+    assert art.path == f"openvino/{precision}/model.xml"
+    assert (bundle_dir / art.path).is_file() and (bundle_dir / art.path).with_suffix(".bin").is_file()
+    assert art.sha256 == sha256_path(bundle_dir / art.path) == row["sha256"]
+    assert b.manifest.files[f"openvino/{precision}"] == sha256_path(bundle_dir / f"openvino/{precision}")
+    assert art.versions["openvino"] and art.versions["edgecv"]
+    assert art.build_flags["compress_to_fp16"] is (precision == "fp16")
+    assert art.created
+    assert any(h["key"] == f"openvino:{precision}" for h in b.manifest.history)
+    assert not [p for p in bundle_dir.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+    ref = b.load_reference()
+    x, y = ref["inputs"]["input"], ref["outputs"]["output"]
+    with open_runner(b, "openvino", precision, threads=1) as r:
+        assert r.model_path == bundle_dir / art.path  # the IR, not the ONNX
+        assert r.precision == precision
+        out = r.infer({"input": x})["output"]
+    err = float(np.abs(out - y).max())
+    assert err <= rel_tol * float(np.abs(y).max())
+
+
+@pytest.mark.openvino
+def test_fp16_ir_stores_half_weights(bundle_dir: Path) -> None:
+    from edgecv.backends.openvino import OpenVINOBuilder
+
+    b = Bundle.open(bundle_dir)
+    OpenVINOBuilder().build(b, BuildConfig(precision="fp32"))
+    OpenVINOBuilder().build(b, BuildConfig(precision="fp16"))
+    size32 = (bundle_dir / "openvino/fp32/model.bin").stat().st_size
+    size16 = (bundle_dir / "openvino/fp16/model.bin").stat().st_size
+    # weights are most of the .bin: compression roughly halves it
+    assert size16 < 0.6 * size32
+
+
+@pytest.mark.openvino
+def test_interrupted_compile_leaves_nothing(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openvino as ov
+
+    from edgecv.backends.openvino import OpenVINOBuilder
+
+    real_save = ov.save_model
+
+    def save_then_die(model, path, *a, **kw):  # noqa: ANN001, ANN202
+        real_save(model, path, *a, **kw)  # the files are fully written…
+        Path(path).with_suffix(".bin").write_bytes(b"half")  # …and one is then half-overwritten
+        raise KeyboardInterrupt("simulated interruption mid-write")
+
+    monkeypatch.setattr(ov, "save_model", save_then_die)
+    b = Bundle.open(bundle_dir)
+    before = json.loads((bundle_dir / "manifest.json").read_text())
+    with pytest.raises(KeyboardInterrupt):
+        OpenVINOBuilder().build(b, BuildConfig(precision="fp16"))
+    after = json.loads((bundle_dir / "manifest.json").read_text())
+    assert after == before
+    assert "openvino:fp16" not in Bundle.open(bundle_dir).manifest.artifacts
+    assert not (bundle_dir / "openvino").exists()
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["manifest.json", "model.onnx", "reference.npz"]
+
+
+@pytest.mark.onnxruntime
+def test_compile_onnxruntime_fp16(cli, bundle_dir: Path) -> None:
+    proc = cli("compile", str(bundle_dir), "--backend", "onnxruntime", "--precision", "fp16")
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime" in proc.stdout and "fp16" in proc.stdout  # the table
+    b = Bundle.open(bundle_dir)
+    art = b.artifact("onnxruntime", "fp16")
+    assert art is not None and art.path == "onnxruntime/fp16/model.onnx"
+    import onnx
+
+    m = onnx.load(str(bundle_dir / art.path))
+    assert {i.data_type for i in m.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    # float32 in and out, so callers feed the same arrays
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(p.key == "edgecv.contract" for p in m.metadata_props)
+
+
+@pytest.mark.onnxruntime
+def test_onnxruntime_missing_precision_names_the_command(bundle_dir: Path) -> None:
+    from edgecv.errors import BackendError
+
+    with pytest.raises(BackendError, match="edgecv compile .* --backend onnxruntime --precision fp16"):
+        open_runner(Bundle.open(bundle_dir), "onnxruntime", "fp16")
+
+
+def test_cli_missing_bundle_exits_2(cli, tmp_path: Path) -> None:
+    proc = cli("compile", str(tmp_path / "nope"), "--backend", "openvino")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "expected a bundle folder" in lines[0]
+
+
+def test_cli_unknown_backend_exits_2(cli, bundle_dir: Path) -> None:
+    proc = cli("compile", str(bundle_dir), "--backend", "tflite")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tflite" in lines[0] and "openvino" in lines[0]
+
+
+def test_cli_bad_precision_exits_2(cli, bundle_dir: Path) -> None:
+    proc = cli("compile", str(bundle_dir), "--backend", "openvino", "--precision", "fp8")
+    assert proc.returncode == 2
+    assert "fp32, fp16, bf16, int8" in proc.stderr and "fp8" in proc.stderr
+
+
+def test_cli_int8_without_calib_is_an_error(cli, bundle_dir: Path) -> None:
+    proc = cli("compile", str(bundle_dir), "--backend", "openvino", "--precision", "int8")
+    assert proc.returncode == 2
+    assert "--calib" in proc.stderr
+    assert json.loads((bundle_dir / "manifest.json").read_text())["artifacts"] == {}
