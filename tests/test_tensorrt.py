@@ -174,3 +174,27 @@ def test_trtexec_int8_keep_float_is_in_the_graph(bundle_dir: Path) -> None:
 
     a = _args(trtexec_command(Bundle.open(bundle_dir), BuildConfig(precision="int8", keep_float=["/8/Gemm"])))
     assert "stronglyTyped" in a and "layerPrecisions" not in a and "precisionConstraints" not in a
+
+
+def _stub_dir() -> Path | None:
+    d = Path(__file__).resolve().parents[1] / ".mypy_stubs"
+    return d if (d / "tensorrt_bindings").is_dir() else None
+
+
+@pytest.mark.skipif(_stub_dir() is None, reason="run 'make typecheck' first (it prepares .mypy_stubs)")
+def test_mypy_catches_misspelt_tensorrt_api(tmp_path: Path) -> None:
+    """The type check in 'make test' is only worth having if a wrong TensorRT name fails it."""
+    import os
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "edgecv" / "backends" / "tensorrt.py"
+    bad = tmp_path / "trt_bad.py"
+    text = src.read_text()
+    assert "execute_async_v3" in text
+    bad.write_text(text.replace("execute_async_v3", "execute_async_v2"))
+    env = dict(os.environ, MYPYPATH=str(_stub_dir()))
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", str(bad)],
+                          capture_output=True, text=True, env=env, cwd=src.parents[2])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "execute_async_v2" in proc.stdout and "attr-defined" in proc.stdout
