@@ -286,7 +286,7 @@ def save_reference(path: Path, inputs: dict[str, Any], outputs: dict[str, Any]) 
     arrays = {f"input/{k}": np.asarray(v) for k, v in inputs.items()}
     arrays.update({f"output/{k}": np.asarray(v) for k, v in outputs.items()})
     with open(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 def read_onnx_contract(onnx_path: str | Path) -> Contract | None:

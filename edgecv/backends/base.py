@@ -142,6 +142,7 @@ class BuildConfig:
     timing_cache: Path | None = None
     keep_float: list[str] = field(default_factory=list)
     onnx_path: Path | None = None  # override the bundle's model.onnx (e.g. a QDQ model)
+    strongly_typed: bool = False  # TensorRT: take precisions from the (QDQ) graph, not from builder flags
 
 
 class Builder(abc.ABC):

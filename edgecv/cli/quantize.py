@@ -1,0 +1,48 @@
+"""``edgecv quantize``: a new bundle whose model.onnx is the QDQ INT8 model (ORT, OpenVINO and TensorRT read it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgecv.cli.options import BundleArg, ForceOpt, JsonOpt, OutOpt
+
+CalibOpt = Annotated[Optional[Path], typer.Option(
+    "--calib", help="Calibration data: a folder of images, a video or an .npz of inputs (required).")]
+MethodOpt = Annotated[str, typer.Option(
+    "--method", help="Calibration: minmax, entropy, percentile, or auto (try each, keep the best).")]
+ValOpt = Annotated[Optional[Path], typer.Option(
+    "--val", help="Validation data for the task metric (classify: ImageFolder; segment: images/ + masks/).")]
+MaxDropOpt = Annotated[Optional[float], typer.Option(
+    "--max-drop", help="Accuracy budget in task-metric points (needs --val); sensitive layers stay float.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use at most this many calibration samples.")]
+NoFloatHeadOpt = Annotated[bool, typer.Option(
+    "--quantize-head", help="Also quantize the ops after the last Conv/Gemm (detector heads stay float by default).")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quantize")
+    def quantize(bundle: BundleArg, output: OutOpt, calib: CalibOpt = None, method: MethodOpt = "minmax",
+                 val: ValOpt = None, max_drop: MaxDropOpt = None, limit: LimitOpt = None,
+                 quantize_head: NoFloatHeadOpt = False, force: ForceOpt = False, json: JsonOpt = False) -> None:
+        """Quantize a bundle to INT8 (QDQ ONNX) with calibration data, optionally under an accuracy budget."""
+        import warnings
+
+        from edgecv.cli._output import err_console, print_json, print_table
+        from edgecv.quant.api import quantize_bundle, summarize
+        from edgecv.quant.calib import CalibrationWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CalibrationWarning)
+            out = quantize_bundle(bundle, calib, output, method=method, val=val, max_drop=max_drop, limit=limit,
+                                  force=force, float_head=not quantize_head)
+        notes = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
+        info = out.manifest.provenance["quantized"]
+        if json:
+            print_json({"bundle": str(out.root), "warnings": notes, **info})
+            return
+        for n in notes:
+            err_console.print(f"[yellow]warning:[/] {n}")
+        print_table(f"INT8 bundle {out.root}", ["", "value"], summarize(info))

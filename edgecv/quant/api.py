@@ -1,0 +1,479 @@
+"""INT8 entry points: :func:`compile_int8` (``edgecv compile -p int8``) and :func:`quantize_bundle`
+(``edgecv quantize``).
+
+Every backend starts from one pre-processed fp32 ONNX graph (``quant_pre_process``, nodes named), so the layers
+kept in floating point are ONNX node names that mean the same thing everywhere:
+
+* ``onnxruntime`` — QDQ ONNX via ``quantize_static`` (``nodes_to_exclude``) → ``onnxruntime/int8/model.qdq.onnx``;
+* ``openvino`` — NNCF on the converted graph (``IgnoredScope(names=…)`` after mapping ONNX → OpenVINO names),
+  ``nncf.quantize_with_accuracy_control`` when a budget is given and the shared choice is not enough
+  → ``openvino/int8/model.xml``;
+* ``tensorrt`` — the QDQ model above, built by the TensorRT builder as a strongly-typed network with
+  ``BuildConfig.keep_float``.
+
+A choice of kept-float layers already recorded on another INT8 artifact of the bundle is applied first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecv._lazy import lazy_import, version_of
+from edgecv.bundle import ONNX_FILE, REFERENCE_FILE, Artifact, Bundle, Manifest, now_iso
+from edgecv.errors import BackendError, ConfigError, UnknownNameError
+from edgecv.quant.budget import BudgetResult, Trial, score, search_keep_float
+from edgecv.quant.calib import CalibrationSource, as_source, check_sample_count
+from edgecv.quant.layers import (
+    compare_layers,
+    float_head_nodes,
+    quantized_nodes,
+    rank_by_sensitivity,
+    with_compute_consumers,
+)
+from edgecv.quant.metrics import TASK_METRICS, ValSet, metric_for, open_val
+from edgecv.quant.ort import METHODS, check_method, prepare_fp32, quantize_qdq
+
+if TYPE_CHECKING:
+    from edgecv.backends.base import Runner
+
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+ORT_INT8_PATH = "onnxruntime/int8/model.qdq.onnx"
+OV_INT8_PATH = "openvino/int8/model.xml"
+FP32_COPY = "fp32/model.onnx"
+AUTO_SCORE_SAMPLES = 32
+
+
+@dataclass
+class Int8Result:
+    """What an INT8 run decided and measured; stored as the artifact's ``extra``."""
+
+    backend: str
+    method: str
+    samples: int
+    calibration: dict[str, Any]
+    float_head: list[str] = field(default_factory=list)
+    kept_float: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    methods_tried: dict[str, float] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None
+    quantized_layers: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ quantizers
+class _Quantizer:
+    """Builds INT8 candidates of one prepared graph for one backend; each returns a (not loaded) Runner."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, prepared: Path, work: Path, calib: CalibrationSource, device: str | None) -> None:
+        self.prepared = prepared
+        self.work = work
+        self.calib = calib
+        self.device = device
+        self._n = 0
+        # the last product (QDQ path or ov.Model) and what it was made with
+        self.last: Any = None
+        self.last_key: tuple[str, tuple[str, ...]] = ("", ())
+
+    def fp32_runner(self) -> Runner:
+        from edgecv.quant._runners import OrtFileRunner
+
+        return OrtFileRunner(self.prepared)
+
+    def quantize(self, method: str, exclude: list[str]) -> Runner:
+        from edgecv.quant._runners import OrtFileRunner
+
+        self._n += 1
+        out = self.work / f"cand{self._n}.qdq.onnx"
+        quantize_qdq(self.prepared, out, self.calib, method, exclude)
+        self.last, self.last_key = out, (method, tuple(exclude))
+        return OrtFileRunner(out, precision="int8")
+
+
+class _OVQuantizer(_Quantizer):
+    backend = "openvino"
+
+    def __init__(self, prepared: Path, work: Path, calib: CalibrationSource, device: str | None) -> None:
+        super().__init__(prepared, work, calib, device)
+        from edgecv.quant import openvino as qov
+
+        onnx = lazy_import("onnx")
+        self.qov = qov
+        self.onnx_model = onnx.load(str(prepared))
+        self.fp32_model = qov.convert(prepared)
+
+    def fp32_runner(self) -> Runner:
+        from edgecv.quant._runners import OpenVINOModelRunner
+
+        return OpenVINOModelRunner(self.fp32_model.clone(), self.device)
+
+    def ov_names(self, exclude: list[str]) -> list[str]:
+        mapping = self.qov.map_onnx_to_ov(self.onnx_model, self.fp32_model, exclude)
+        return sorted({n for names in mapping.values() for n in names})
+
+    def quantize(self, method: str, exclude: list[str]) -> Runner:
+        from edgecv.quant._runners import OpenVINOModelRunner
+
+        q = self.qov.quantize_nncf(self.fp32_model.clone(), self.calib, method, self.ov_names(exclude))
+        self.last, self.last_key = q, (method, tuple(exclude))
+        return OpenVINOModelRunner(q, self.device, precision="int8")
+
+    def onnx_names_for(self, ov_names: set[str]) -> list[str]:
+        """ONNX nodes whose OpenVINO ops include any of ``ov_names``."""
+        all_nodes = [n.name for n in self.onnx_model.graph.node]
+        try:
+            mapping = self.qov.map_onnx_to_ov(self.onnx_model, self.fp32_model, all_nodes)
+        except BackendError:
+            mapping = {}
+            for n in all_nodes:
+                try:
+                    mapping.update(self.qov.map_onnx_to_ov(self.onnx_model, self.fp32_model, [n]))
+                except BackendError:
+                    continue
+        return [n for n, ops in mapping.items() if ov_names & set(ops)]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _output_cosine(fp: Runner, q: Runner, feeds: list[dict[str, np.ndarray]]) -> float:
+    """Mean cosine similarity of all outputs, INT8 vs fp32, over ``feeds``."""
+    sims = []
+    with fp, q:
+        for feed in feeds:
+            a, b = fp.infer(feed), q.infer(feed)
+            for k in a:
+                x, y = a[k].astype(np.float64).ravel(), b[k].astype(np.float64).ravel()
+                den = np.linalg.norm(x) * np.linalg.norm(y)
+                sims.append(float(x @ y / den) if den > 0 else float(np.allclose(x, y)))
+    return float(np.mean(sims)) if sims else 0.0
+
+
+def _prior_kept_float(bundle: Bundle, backend: str) -> list[str]:
+    """Kept-float layers recorded on the bundle's other INT8 artifacts (the shared choice)."""
+    names: list[str] = []
+    for art in bundle.manifest.artifacts.values():
+        if art.precision == "int8" and art.backend != backend:
+            names += [n for n in art.extra.get("kept_float", []) if n not in names]
+    return names
+
+
+def _sample_feeds(calib: CalibrationSource, n: int) -> list[dict[str, np.ndarray]]:
+    feeds = []
+    for feed in calib:
+        feeds.append(feed)
+        if len(feeds) >= n:
+            break
+    return feeds
+
+
+def _versions() -> dict[str, str | None]:
+    return {m: version_of(m) for m in ("onnx", "onnxruntime", "openvino", "nncf")}
+
+
+# ------------------------------------------------------------------------------------------------ core
+def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, val: ValSet | None,
+         max_drop: float | None, float_head: bool, prior: list[str], val_path: str | None) -> Int8Result:
+    """Method selection, budget search and final measurement on one backend. Leaves the final model in q.last."""
+    onnx = lazy_import("onnx")
+    prepared = onnx.load(str(q.prepared))
+    head = float_head_nodes(prepared) if float_head else []
+    base = [*head, *[n for n in prior if n not in head]]
+    res = Int8Result(q.backend, method, len(calib), calib.to_dict(), float_head=head)
+    metric = metric_for(contract.task) if val is not None else None
+    unit = TASK_METRICS.meta(contract.task).get("unit", "points") if val is not None else ""
+    fp32_metric = score(q.fp32_runner(), metric, val) if metric is not None and val is not None else None
+    feeds = _sample_feeds(calib, AUTO_SCORE_SAMPLES)
+
+    def quality(runner: Runner) -> float:
+        if metric is not None and val is not None:
+            return score(runner, metric, val)
+        return _output_cosine(q.fp32_runner(), runner, feeds)
+
+    # method: auto scores each on the validation metric (or, without --val, output cosine on calib samples)
+    first: Trial | None = None
+    if method == "auto":
+        best_m, best_s = "", -np.inf
+        best_last: tuple[Any, tuple[str, tuple[str, ...]]] = (None, ("", ()))
+        for meth in METHODS:
+            s = quality(q.quantize(meth, base))
+            res.methods_tried[meth] = s
+            if s > best_s:
+                best_m, best_s, best_last = meth, s, (q.last, q.last_key)
+        res.method = best_m
+        q.last, q.last_key = best_last
+        if fp32_metric is not None:
+            first = Trial(list(base), best_s, fp32_metric - best_s)
+    chosen = res.method
+
+    if max_drop is not None:
+        if metric is None or val is None or fp32_metric is None:
+            raise ConfigError("--max-drop needs --val DATA to measure the task metric on")
+        if first is None:
+            m0 = score(q.quantize(chosen, base), metric, val)
+            first = Trial(list(base), m0, fp32_metric - m0)
+        budget: BudgetResult | None = None
+        if first.drop > max_drop:
+            ranked = _rank_layers(q, chosen, base, feeds)
+            if isinstance(q, _OVQuantizer):
+                budget = _ov_budget(q, chosen, base, first, fp32_metric, max_drop, metric, val, ranked, unit)
+            else:
+                budget = search_keep_float(lambda ex: q.quantize(chosen, ex), metric, val, fp32_metric, max_drop,
+                                           ranked, base=base, first=first, unit=unit)
+        else:
+            budget = BudgetResult(fp32_metric, max_drop)
+            budget.add(first)
+        res.budget = budget.to_dict()
+        decided = budget.kept_float
+    else:
+        decided = base
+    res.kept_float = [n for n in decided if n not in head]
+    if q.last_key != (chosen, tuple(decided)):
+        q.quantize(chosen, decided)  # the final model must be exactly the decision
+
+    # final measurement of the kept model
+    final = _final_runner(q)
+    res.metrics["output_cosine"] = _output_cosine(q.fp32_runner(), final, feeds)
+    if metric is not None and val is not None and fp32_metric is not None:
+        m_int8 = score(_final_runner(q), metric, val)
+        res.metrics.update({"unit": unit, "fp32": fp32_metric, "int8": m_int8, "drop": fp32_metric - m_int8,
+                            "val": val_path, "val_samples": len(val)})
+    if max_drop is not None:
+        res.metrics["max_drop"] = max_drop
+    return res
+
+
+def _final_runner(q: _Quantizer) -> Runner:
+    from edgecv.quant._runners import OpenVINOModelRunner, OrtFileRunner
+
+    if isinstance(q, _OVQuantizer):
+        return OpenVINOModelRunner(q.last, q.device, precision="int8")
+    return OrtFileRunner(q.last, precision="int8")
+
+
+def _rank_layers(q: _Quantizer, method: str, base: list[str],
+                 feeds: list[dict[str, np.ndarray]]) -> list[list[str]]:
+    """Groups of quantized layers, most sensitive first, from the layer-by-layer error of the plain QDQ model."""
+    onnx = lazy_import("onnx")
+    qdq = q.work / "rank.qdq.onnx"
+    quantize_qdq(q.prepared, qdq, q.calib, method, base)
+    fp_model, q_model = onnx.load(str(q.prepared)), onnx.load(str(qdq))
+    rows = compare_layers(fp_model, q_model, feeds[:8])
+    candidates = [n for n in quantized_nodes(q_model) if n not in base]
+    return [with_compute_consumers(fp_model, n) for n in rank_by_sensitivity(rows, candidates)]
+
+
+def _ov_budget(q: _OVQuantizer, method: str, base: list[str], first: Trial, fp32_metric: float, max_drop: float,
+               metric: Any, val: ValSet, ranked: list[list[str]], unit: str) -> BudgetResult:
+    """OpenVINO: NNCF's accuracy control from the shared choice; record the ops it reverted to float."""
+    from edgecv.quant._runners import OpenVINOModelRunner
+
+    plain = q.last if q.last_key == (method, tuple(base)) else \
+        q.qov.quantize_nncf(q.fp32_model.clone(), q.calib, method, q.ov_names(base))
+
+    def validate(compiled: Any, data: Any) -> tuple[float, None]:
+        items = list(data)
+        vs = ValSet(val.contract, [(Path(str(i)), it) for i, it in enumerate(items)], lambda _p, c: c)
+        with OpenVINOModelRunner(compiled, q.device, precision="int8") as r:
+            return float(metric(r, vs)), None
+
+    controlled = q.qov.quantize_nncf_with_accuracy_control(
+        q.fp32_model.clone(), q.calib, list(val), validate, max_drop, method, q.ov_names(base))
+    reverted = set(q.qov.quantized_ops(plain)) - set(q.qov.quantized_ops(controlled))
+    kept = [*base, *[n for n in q.onnx_names_for(reverted) if n not in base]]
+    q.last, q.last_key = controlled, (method, tuple(kept))
+    m = score(OpenVINOModelRunner(controlled, q.device, precision="int8"), metric, val)
+    result = BudgetResult(fp32_metric, max_drop)
+    result.add(first)
+    result.add(Trial(kept, m, fp32_metric - m))
+    if not result.met:
+        # NNCF could not meet it; fall back to edgecv's own search so the error lists the layers tried
+        return search_keep_float(lambda ex: q.quantize(method, ex), metric, val, fp32_metric, max_drop, ranked,
+                                 base=base, first=first, unit=unit)
+    return result
+
+
+def _open(bundle: Bundle | str | Path) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+
+
+def _prepare_inputs(bundle: Bundle, calib: CalibrationSource | str | Path | None, method: str,
+                    val: str | Path | ValSet | None, max_drop: float | None,
+                    limit: int | None, backend: str) -> tuple[CalibrationSource, ValSet | None]:
+    check_method(method)
+    if max_drop is not None and val is None:
+        raise ConfigError("--max-drop needs --val DATA to measure the task metric on")
+    source = as_source(calib, bundle.contract, limit)
+    check_sample_count(source, backend, "minmax" if method == "auto" else method)
+    val_set: ValSet | None = None
+    if val is not None:
+        metric_for(bundle.contract.task)  # fail early when the task has no metric yet
+        val_set = val if isinstance(val, ValSet) else open_val(val, bundle.contract)
+        val_set = val_set.materialize()
+    return source, val_set
+
+
+def _quantize_to(bundle: Bundle, backend: str, source: CalibrationSource, method: str, val_set: ValSet | None,
+                 val_path: str | None, max_drop: float | None, device: str | None, float_head: bool,
+                 work: Path) -> tuple[_Quantizer, Int8Result]:
+    prepared = prepare_fp32(bundle.onnx_path, work / "prepared.onnx")
+    q: _Quantizer = (_OVQuantizer if backend == "openvino" else _Quantizer)(prepared, work, source, device)
+    prior = _prior_kept_float(bundle, "onnxruntime" if backend == "tensorrt" else backend)
+    return q, _run(q, bundle.contract, source, method, val_set, max_drop, float_head, prior, val_path)
+
+
+def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
+                 calib: CalibrationSource | str | Path | None = None, method: str = "minmax",
+                 val: str | Path | ValSet | None = None, max_drop: float | None = None,
+                 device: str | None = None, *, limit: int | None = None, float_head: bool = True) -> Artifact:
+    """Quantize a bundle's model to INT8 for ``backend`` and add the artifact to the bundle.
+
+    Args:
+        bundle: an opened bundle or its folder.
+        backend: ``onnxruntime`` (QDQ ONNX), ``openvino`` (NNCF IR) or ``tensorrt`` (engine from the QDQ model).
+        calib: calibration data (folder of images, video, ``.npz``) or a :class:`CalibrationSource`; required.
+        method: ``minmax``, ``entropy``, ``percentile`` or ``auto`` (each tried, best kept on the validation
+            metric, or on output cosine vs fp32 without ``val``).
+        val: validation data for the task metric (classify: ImageFolder tree; segment: images/ + masks/).
+        max_drop: accuracy budget in metric points (needs ``val``); layers move to float until it holds.
+        device: backend device (OpenVINO ``CPU``/``GPU``…, TensorRT ``cuda:0``).
+        limit: use at most this many calibration samples.
+        float_head: keep ops after the last Conv/Gemm of each output path (detector heads) in float.
+
+    Returns:
+        The recorded :class:`Artifact` (``extra`` holds method, samples, kept-float layers, metrics).
+
+    Raises:
+        ConfigError: no calibration data, unknown method/backend, ``max_drop`` without ``val``.
+        AccuracyError: no set of kept-float layers meets ``max_drop`` (message lists best result, layers tried).
+    """
+    b = _open(bundle)
+    if backend not in BACKENDS:
+        raise UnknownNameError(f"INT8 backend '{backend}': expected one of {', '.join(BACKENDS)}")
+    if backend == "tensorrt":
+        lazy_import("tensorrt")  # fail before spending minutes on calibration
+    source, val_set = _prepare_inputs(b, calib, method, val, max_drop, limit, backend)
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecv-int8-")))
+        q, res = _quantize_to(b, "onnxruntime" if backend == "tensorrt" else backend, source, method, val_set,
+                              None if val is None or isinstance(val, ValSet) else str(val), max_drop, device,
+                              float_head, work)
+        if backend == "openvino":
+            art = _add_ov_artifact(b, q, res, device)
+        else:
+            art = _add_ort_artifact(b, q, res)
+        if backend == "tensorrt":
+            from edgecv.quant.tensorrt import build_int8_engine
+
+            return build_int8_engine(b, b.path(art.path), res.float_head + res.kept_float, device=device,
+                                     extra=res.to_dict())
+        return art
+
+
+def _add_ort_artifact(b: Bundle, q: _Quantizer, res: Int8Result) -> Artifact:
+    onnx = lazy_import("onnx")
+    model = onnx.load(str(q.last))
+    res.quantized_layers = len(quantized_nodes(model))
+    _embed_contract(q.last, b)
+    art = Artifact(backend="onnxruntime", precision="int8", path=ORT_INT8_PATH, device="CPU",
+                   build_flags={"format": "QDQ", "method": res.method, "per_channel": True,
+                                "symmetric_activations": True, "activation_type": "int8", "weight_type": "int8"},
+                   versions=_versions(), extra=res.to_dict())
+    return b.add_artifact(art, {ORT_INT8_PATH: Path(q.last)})
+
+
+def _add_ov_artifact(b: Bundle, q: _Quantizer, res: Int8Result, device: str | None) -> Artifact:
+    from edgecv.quant import openvino as qov
+
+    res.quantized_layers = len(qov.quantized_ops(q.last))
+    folder = b.path(OV_INT8_PATH).parent
+    files = qov.save_ir(q.last, folder)
+    tmp_dir = files["model.xml"].parent
+    try:
+        art = Artifact(backend="openvino", precision="int8", path=OV_INT8_PATH, device=device or "CPU",
+                       build_flags={"method": res.method, "preset": "performance", "per_channel": True,
+                                    "symmetric_activations": True, "nncf": version_of("nncf")},
+                       versions=_versions(), extra=res.to_dict())
+        return b.add_artifact(art, {f"openvino/int8/{k}": v for k, v in files.items()})
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _embed_contract(onnx_path: Path, b: Bundle) -> None:
+    """quantize_static drops metadata_props: put the contract back so the QDQ file stands alone."""
+    onnx = lazy_import("onnx")
+    from edgecv.bundle import CONTRACT_KEY
+    from edgecv.quant.layers import save_model
+
+    m = onnx.load(str(onnx_path))
+    if not any(p.key == CONTRACT_KEY for p in m.metadata_props):
+        m.metadata_props.add(key=CONTRACT_KEY, value=b.contract.to_json())
+        save_model(m, onnx_path)
+
+
+def quantize_bundle(bundle: Bundle | str | Path, calib: CalibrationSource | str | Path | None,
+                    out: str | Path, method: str = "minmax", val: str | Path | ValSet | None = None,
+                    max_drop: float | None = None, *, limit: int | None = None, force: bool = False,
+                    float_head: bool = True) -> Bundle:
+    """Write a new bundle at ``out`` whose ``model.onnx`` is the QDQ INT8 model (ORT, OpenVINO and TensorRT all
+    read it). The contract and ``reference.npz`` are copied; the fp32 model is kept as ``fp32/model.onnx``.
+
+    Args are those of :func:`compile_int8`; ``force`` replaces an existing bundle at ``out``.
+    """
+    b = _open(bundle)
+    source, val_set = _prepare_inputs(b, calib, method, val, max_drop, limit, "onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="edgecv-quant-") as tmp:
+        work = Path(tmp)
+        q, res = _quantize_to(b, "onnxruntime", source, method, val_set,
+                              None if val is None or isinstance(val, ValSet) else str(val), max_drop, None,
+                              float_head, work)
+        onnx = lazy_import("onnx")
+        res.quantized_layers = len(quantized_nodes(onnx.load(str(q.last))))
+        _embed_contract(q.last, b)
+        files: dict[str, Path] = {ONNX_FILE: Path(q.last)}
+        fp32 = work / "fp32.onnx"
+        shutil.copy2(b.onnx_path, fp32)
+        files[FP32_COPY] = fp32
+        if b.reference_path.exists():
+            ref = work / REFERENCE_FILE
+            shutil.copy2(b.reference_path, ref)
+            files[REFERENCE_FILE] = ref
+        info = {**res.to_dict(), "fp32_onnx": FP32_COPY, "source_bundle": str(b.root),
+                "format": "QDQ", "per_channel": True, "symmetric_activations": True, "time": now_iso()}
+        provenance = json.loads(json.dumps(b.manifest.provenance, default=str))
+        provenance["quantized"] = info
+        manifest = Manifest(name=f"{b.manifest.name}-int8", contract=b.contract.model_copy(deep=True),
+                            provenance=provenance,
+                            history=[*b.manifest.history, {"event": "quantize", "method": res.method,
+                                                           "time": info["time"]}])
+        return Bundle.create(out, manifest, files, force=force)
+
+
+def summarize(res_extra: dict[str, Any]) -> list[list[Any]]:
+    """Rows (field, value) of an INT8 artifact's ``extra`` for a CLI table."""
+    m = res_extra.get("metrics", {})
+    rows: list[list[Any]] = [
+        ["method", res_extra.get("method")],
+        ["calibration samples", res_extra.get("samples")],
+        ["quantized layers", res_extra.get("quantized_layers")],
+        ["float head", ", ".join(res_extra.get("float_head", [])) or "-"],
+        ["kept float", ", ".join(res_extra.get("kept_float", [])) or "-"],
+        ["output cosine vs fp32", m.get("output_cosine")],
+    ]
+    if "fp32" in m:
+        rows += [[f"fp32 {m['unit']}", m["fp32"]], [f"int8 {m['unit']}", m["int8"]], ["drop", m["drop"]]]
+    if "max_drop" in m:
+        rows.append(["max drop", m["max_drop"]])
+    for k, v in res_extra.get("methods_tried", {}).items():
+        rows.append([f"auto: {k}", v])
+    return rows

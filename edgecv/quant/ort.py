@@ -1,0 +1,130 @@
+"""QDQ ONNX through ONNX Runtime's static quantizer: the portable INT8 format.
+
+The QDQ model (QuantizeLinear/DequantizeLinear pairs around fp32 ops) is what TensorRT (explicit quantization),
+OpenVINO (reads Q/DQ as FakeQuantize) and ONNX Runtime all take. We always quantize with: per-channel symmetric
+INT8 weights, symmetric INT8 activations (zero point 0, which TensorRT requires), QDQ format. The ORT
+``extra_options`` dict stays inside this module; callers pass the typed :class:`QuantMethod`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from edgecv._lazy import lazy_import
+from edgecv.errors import BackendError, ConfigError
+from edgecv.quant.layers import name_nodes, save_model
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from edgecv.quant.calib import CalibrationSource
+
+QuantMethod = Literal["minmax", "entropy", "percentile"]
+METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+PERCENTILE = 99.999  # ORT's own default; the 0.001 % tail is clipped
+
+
+def check_method(method: str, allow_auto: bool = True) -> str:
+    choices = (*METHODS, "auto") if allow_auto else METHODS
+    if method not in choices:
+        raise ConfigError(f"--method: expected one of {', '.join(choices)}, found '{method}'")
+    return method
+
+
+def prepare_fp32(src: str | Path, dst: str | Path) -> Path:
+    """``quant_pre_process`` (shape inference + basic graph optimizations such as BN folding), then name nodes.
+
+    Every INT8 path starts from this one graph, so node names in ``kept_float`` mean the same thing to ORT,
+    NNCF (after mapping) and TensorRT.
+    """
+    onnx = lazy_import("onnx")
+    q = lazy_import("onnxruntime.quantization", "onnxruntime")
+    src = Path(src)
+    original = onnx.load(str(src))
+    with tempfile.TemporaryDirectory(prefix="edgecv-prep-") as tmp:
+        out = Path(tmp) / "prep.onnx"
+        try:
+            q.quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+        except Exception as exc:  # symbolic shape inference fails on some graphs; plain ONNX shapes are enough
+            try:
+                q.quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+            except Exception:
+                raise BackendError(f"ONNX Runtime quant_pre_process failed on '{src}': {exc}") from exc
+        model = onnx.load(str(out))
+    name_nodes(model)
+    # keep the embedded contract (pre-processing may drop metadata_props)
+    have = {p.key for p in model.metadata_props}
+    for p in original.metadata_props:
+        if p.key not in have:
+            model.metadata_props.add(key=p.key, value=p.value)
+    return save_model(model, dst)
+
+
+class _Reader:
+    """ORT ``CalibrationDataReader`` over a :class:`CalibrationSource` (defined lazily: ORT is optional)."""
+
+    def __init__(self, source: CalibrationSource) -> None:
+        self.source = source
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self._it is None:
+            self._it = iter(self.source)
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def _make_reader(source: CalibrationSource) -> Any:
+    q = lazy_import("onnxruntime.quantization", "onnxruntime")
+
+    class SourceReader(_Reader, q.CalibrationDataReader):  # type: ignore[misc, name-defined]
+        pass
+
+    return SourceReader(source)
+
+
+def quantize_qdq(prepared: str | Path, out: str | Path, calib: CalibrationSource, method: str = "minmax",
+                 exclude: list[str] | None = None) -> Path:
+    """Write a QDQ INT8 model of ``prepared`` (from :func:`prepare_fp32`) to ``out`` atomically.
+
+    Args:
+        prepared: pre-processed fp32 ONNX path.
+        out: destination ``.onnx``.
+        calib: calibration source; every sample is used.
+        method: ``minmax``, ``entropy`` or ``percentile`` (ORT CalibrationMethod).
+        exclude: node names to keep in floating point (``nodes_to_exclude``).
+    """
+    q = lazy_import("onnxruntime.quantization", "onnxruntime")
+    check_method(method, allow_auto=False)
+    calib_method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+                    "percentile": q.CalibrationMethod.Percentile}[method]
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": True,   # zero point 0: TensorRT explicit quantization needs it
+        "WeightSymmetric": True,
+        "CalibTensorRangeSymmetric": method != "minmax",  # histogram methods: symmetric range around 0
+        # a Conv/Gemm output is quantized by its consumer when the consumer runs INT8; never on its own, so a
+        # float head or a kept-float layer after it really reads float (and logits are not rounded)
+        "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Gemm", "MatMul"],
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = PERCENTILE
+    from edgecv._io import atomic_path
+
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="edgecv-q-") as work:
+        # ORT writes augmented models next to a temp path; keep them out of the bundle
+        tmp_model = Path(work) / "model.qdq.onnx"
+        try:
+            q.quantize_static(
+                str(prepared), str(tmp_model), _make_reader(calib),
+                quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                nodes_to_exclude=list(exclude or []), calibrate_method=calib_method, extra_options=extra,
+            )
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime quantize_static ({method}) failed: {exc}") from exc
+        tmp_model.replace(tmp)
+    return Path(out)

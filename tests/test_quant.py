@@ -1,0 +1,481 @@
+"""INT8: calibration sources, QDQ (ORT), NNCF IR (OpenVINO), accuracy budget, method auto, heads, diagnosis.
+
+A tiny CNN is trained for a few seconds on a separable synthetic task (class = dominant colour), so top-1
+means something; an "outlier" copy of it has one conv channel scaled by 1000 (and the next conv's weights
+divided by 1000: same function in fp32) so per-tensor INT8 activations of that layer crush every other channel.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_tiny_bundle
+
+pytestmark = [pytest.mark.onnxruntime, pytest.mark.torch, pytest.mark.stream]
+
+SIZE = 32
+CLASSES = ["red", "green", "blue", "gray"]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+def _synthetic_image(cls: int, rng: np.random.Generator) -> np.ndarray:
+    """A BGR uint8 image whose class is its dominant colour, with noise and a random bright square."""
+    img = rng.integers(40, 110, (SIZE + 8, SIZE + 8, 3)).astype(np.int32)
+    if cls < 3:
+        img[..., 2 - cls] += 110  # BGR: red is channel 2
+    else:
+        img += 40
+    y, x = rng.integers(0, SIZE - 8, 2)
+    img[y:y + 8, x:x + 8] += rng.integers(0, 60)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def _write_imagefolder(root: Path, per_class: int, seed: int) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            cv2.imwrite(str(root / name / f"{i:03d}.png"), _synthetic_image(c, rng))
+    return root
+
+
+def _train_tiny(contract, train_dir: Path):  # noqa: ANN001, ANN202
+    import torch
+    from torch import nn
+
+    from edgecv.quant.metrics import read_imagefolder
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, len(CLASSES)))
+    data = list(read_imagefolder(train_dir, contract))
+    x = torch.from_numpy(np.concatenate([f[contract.input_name] for f, _ in data]))
+    y = torch.tensor([t for _, t in data])
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _make_outlier(model):  # noqa: ANN001, ANN202
+    """Same function in fp32; channel 0 of the first conv is 1000x larger (an outlier activation channel)."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m[0].weight[0] *= 1000.0
+        m[0].bias[0] *= 1000.0
+        m[2].weight[:, 0] /= 1000.0
+    return m
+
+
+def _export_bundle(model, contract, root: Path):  # noqa: ANN001, ANN202
+    import onnx
+    import torch
+
+    from edgecv.bundle import CONTRACT_KEY, ONNX_FILE, REFERENCE_FILE, Bundle, Manifest, save_reference
+
+    work = root.parent / f".{root.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32))
+    path = work / ONNX_FILE
+    torch.onnx.export(model, (x[:1],), str(path), input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17, dynamo=False)
+    m = onnx.load(str(path))
+    m.metadata_props.add(key=CONTRACT_KEY, value=contract.to_json())
+    onnx.save(m, str(path))
+    with torch.no_grad():
+        y = model(x).numpy()
+    save_reference(work / REFERENCE_FILE, {"input": x.numpy()}, {"output": y})
+    b = Bundle.create(root, Manifest(name=root.name, contract=contract),
+                      {ONNX_FILE: path, REFERENCE_FILE: work / REFERENCE_FILE}, force=True)
+    work.rmdir()
+    return b
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):  # noqa: ANN001, ANN201
+    """Trained tiny classifier bundle, its outlier twin, calib folder and val ImageFolder."""
+    from edgecv.bundle import Contract
+
+    root = tmp_path_factory.mktemp("quant")
+    contract = Contract(task="classify", input_shape=[1, 3, SIZE, SIZE], class_names=CLASSES,
+                        mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], batch_range=[1, 1, 8])
+    train = _write_imagefolder(root / "train", 30, seed=1)
+    val = _write_imagefolder(root / "val", 15, seed=2)
+    calib = _write_imagefolder(root / "calib", 10, seed=3)
+    model = _train_tiny(contract, train)
+    good = _export_bundle(model, contract, root / "good")
+    outlier = _export_bundle(_make_outlier(model), contract, root / "outlier")
+    return {"root": root, "contract": contract, "val": val, "calib": calib, "good": good.root,
+            "outlier": outlier.root}
+
+
+def _copy_bundle(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture()
+def tiny(tmp_path):  # noqa: ANN001, ANN201
+    """make_tiny_bundle + an .npz of 40 calibration inputs."""
+    b = make_tiny_bundle(tmp_path / "tiny", size=32)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(5).standard_normal((40, 3, 32, 32)).astype(np.float32))
+    return b, calib
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def test_calib_folder_count_limit_and_preprocessing(task) -> None:  # noqa: ANN001
+    import cv2
+
+    from edgecv.quant.calib import ImageFolderSource, open_calibration
+    from edgecv.tasks.preprocess import preprocess
+
+    src = open_calibration(task["calib"], task["contract"])
+    assert isinstance(src, ImageFolderSource) and len(src) == 40
+    feeds = list(src)
+    assert len(feeds) == 40 and set(feeds[0]) == {"input"}
+    assert feeds[0]["input"].shape == (1, 3, SIZE, SIZE) and feeds[0]["input"].dtype == np.float32
+    want = preprocess(cv2.imread(str(src.files[0])), task["contract"])[0]
+    np.testing.assert_array_equal(feeds[0]["input"], want)
+    # contract mean/std applied: RGB channel order, (x/255 - 0.5)/0.25
+    raw = cv2.cvtColor(cv2.resize(cv2.imread(str(src.files[0])), (SIZE, SIZE)), cv2.COLOR_BGR2RGB)
+    np.testing.assert_allclose(feeds[0]["input"][0].transpose(1, 2, 0), (raw / 255.0 - 0.5) / 0.25, atol=1e-5)
+    limited = open_calibration(task["calib"], task["contract"], limit=7)
+    assert len(limited) == 7 == len(list(limited))
+
+
+def test_calib_video_sampled_evenly(tmp_path, task) -> None:  # noqa: ANN001
+    import cv2
+
+    from edgecv.quant.calib import VideoSource, open_calibration
+    from edgecv.tasks.preprocess import preprocess
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 40))
+    frames = [np.full((40, 48, 3), 10 * i, dtype=np.uint8) for i in range(21)]
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    src = open_calibration(path, task["contract"], limit=5)
+    assert isinstance(src, VideoSource) and len(src) == 5
+    assert src.indices == [0, 5, 10, 15, 20]
+    feeds = list(src)
+    assert len(feeds) == 5
+    for idx, feed in zip(src.indices, feeds):
+        # MJPG is lossy: compare to the preprocessed original frame within a small tolerance
+        want = preprocess(frames[idx], task["contract"])[0]
+        assert np.abs(feed["input"] - want).mean() < 0.1
+
+
+def test_calib_npz_and_errors(tmp_path, tiny) -> None:  # noqa: ANN001
+    from edgecv.errors import ConfigError, DataError
+    from edgecv.quant.calib import NpzSource, open_calibration
+
+    b, calib = tiny
+    src = open_calibration(calib, b.contract, limit=10)
+    assert isinstance(src, NpzSource) and len(src) == 10
+    arrs = [f["input"] for f in src]
+    full = np.load(calib)["input"]
+    np.testing.assert_array_equal(arrs[0], full[:1])
+    np.testing.assert_array_equal(arrs[-1], full[39:40])
+    # a bundle's reference.npz works as calibration data too
+    assert len(open_calibration(b.reference_path, b.contract)) == 4
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((3, 3, 16, 16), np.float32))
+    with pytest.raises(DataError, match=r"expected shape \(N, 3, 32, 32\)"):
+        open_calibration(bad, b.contract)
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        open_calibration(None, b.contract)
+    with pytest.raises(ConfigError, match="found nothing"):
+        open_calibration(tmp_path / "nope", b.contract)
+
+
+def test_few_samples_warns(tiny) -> None:  # noqa: ANN001
+    from edgecv.quant.calib import CalibrationWarning, check_sample_count, open_calibration
+
+    b, calib = tiny
+    src = open_calibration(calib, b.contract)
+    with pytest.warns(CalibrationWarning, match="40 samples.*at least 300"):
+        check_sample_count(src, "openvino", "minmax")
+    with pytest.warns(CalibrationWarning, match="at least 100"):
+        check_sample_count(src, "onnxruntime", "entropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_sample_count(src, "onnxruntime", "minmax") == 40
+
+
+# ------------------------------------------------------------------------------------------------ artifacts
+def test_ort_qdq_artifact(tiny) -> None:  # noqa: ANN001
+    import onnx
+
+    from edgecv.bundle import Bundle
+    from edgecv.quant._runners import OrtFileRunner
+    from edgecv.quant.api import compile_int8
+    from edgecv.quant.layers import quantized_nodes
+
+    b, calib = tiny
+    art = compile_int8(b, backend="onnxruntime", calib=calib, method="minmax")
+    assert art.key == "onnxruntime:int8" and art.path == "onnxruntime/int8/model.qdq.onnx"
+    reopened = Bundle.open(b.root)  # hashes verified
+    saved = reopened.artifact("onnxruntime", "int8")
+    assert saved is not None and saved.extra["samples"] == 40 and saved.extra["method"] == "minmax"
+    assert saved.extra["kept_float"] == [] and saved.build_flags["format"] == "QDQ"
+    model = onnx.load(str(b.path(art.path)))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and "DequantizeLinear" in ops
+    # symmetric activations: every activation zero point is 0 (TensorRT needs it)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zps and all(np.all(z == 0) for z in zps)
+    assert {"/0/Conv", "/3/Conv", "/8/Gemm"} <= set(quantized_nodes(model))
+    ref = b.load_reference()
+    with OrtFileRunner(b.path(art.path)) as r:
+        out = r.infer({"input": ref["inputs"]["input"]})["output"]
+    assert _cos(out, ref["outputs"]["output"]) > 0.99
+    assert not np.allclose(out, ref["outputs"]["output"], atol=1e-6)  # really quantized
+    assert saved.extra["metrics"]["output_cosine"] > 0.99
+
+
+@pytest.mark.openvino
+def test_openvino_nncf_int8_ir(tiny) -> None:  # noqa: ANN001
+    import openvino as ov
+
+    from edgecv.quant._runners import OpenVINOModelRunner
+    from edgecv.quant.api import compile_int8
+
+    b, calib = tiny
+    with pytest.warns(UserWarning, match="at least 300"):
+        art = compile_int8(b, backend="openvino", calib=calib, method="minmax")
+    assert art.path == "openvino/int8/model.xml" and (b.root / "openvino/int8/model.bin").is_file()
+    model = ov.Core().read_model(str(b.path(art.path)))
+    n_fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
+    assert n_fq >= 3
+    assert art.extra["quantized_layers"] >= 3 and art.extra["samples"] == 40
+    ref = b.load_reference()
+    with OpenVINOModelRunner(b.path(art.path), precision="int8") as r:
+        out = r.infer({"input": ref["inputs"]["input"]})["output"]
+    assert _cos(out, ref["outputs"]["output"]) > 0.98
+
+
+# ------------------------------------------------------------------------------------------------ budget
+def test_budget_keeps_sensitive_layers_float(tmp_path, task) -> None:  # noqa: ANN001
+    from edgecv.bundle import Bundle
+    from edgecv.quant.api import compile_int8
+
+    b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
+    plain = compile_int8(b, calib=task["calib"], val=task["val"])
+    m = plain.extra["metrics"]
+    assert m["fp32"] >= 95.0 and m["drop"] > 40.0  # the outlier channel wrecks plain INT8
+    art = compile_int8(b, calib=task["calib"], val=task["val"], max_drop=3.0)
+    m = art.extra["metrics"]
+    assert m["drop"] <= 3.0 and m["int8"] >= m["fp32"] - 3.0
+    kept = art.extra["kept_float"]
+    assert "/2/Conv" in kept  # the conv that reads the outlier tensor
+    assert 0 < len(kept) < 4  # not everything: the rest stays INT8
+    assert art.extra["budget"]["met"] and art.extra["budget"]["trials"][0]["drop"] > 40.0
+    saved = json.loads((b.root / "manifest.json").read_text())["artifacts"]["onnxruntime:int8"]
+    assert saved["extra"]["kept_float"] == kept
+    # the QDQ model really has those nodes without quantized inputs
+    import onnx
+
+    from edgecv.quant.layers import quantized_nodes
+
+    q = set(quantized_nodes(onnx.load(str(b.path(art.path)))))
+    assert not q & set(kept) and q
+
+
+@pytest.mark.openvino
+def test_budget_choice_applies_to_openvino(tmp_path, task) -> None:  # noqa: ANN001
+    import openvino as ov
+
+    from edgecv.bundle import Bundle
+    from edgecv.quant import openvino as qov
+    from edgecv.quant.api import compile_int8
+
+    b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
+    with pytest.warns(UserWarning):
+        ort_art = compile_int8(b, calib=task["calib"], val=task["val"], max_drop=3.0)
+        ov_art = compile_int8(b, backend="openvino", calib=task["calib"], val=task["val"], max_drop=3.0)
+    assert set(ort_art.extra["kept_float"]) <= set(ov_art.extra["kept_float"])
+    assert ov_art.extra["metrics"]["drop"] <= 3.0
+    model = ov.Core().read_model(str(b.path(ov_art.path)))
+    quantized = set(qov.quantized_ops(model))
+    assert "/2/Conv/WithoutBiases" not in quantized and quantized  # kept float on OpenVINO too
+
+
+def test_impossible_budget_fails_listing_layers(tmp_path, task) -> None:  # noqa: ANN001
+    from edgecv.bundle import Bundle
+    from edgecv.errors import AccuracyError
+    from edgecv.quant.api import compile_int8
+
+    b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
+    with pytest.raises(AccuracyError, match=r"budget not met: expected a drop <= -1.*layers tried in float: \[.*/2/Conv"):
+        compile_int8(b, calib=task["calib"], val=task["val"], max_drop=-1.0)
+    assert b.artifact("onnxruntime", "int8") is None  # nothing recorded on failure
+    from edgecv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--max-drop needs --val"):
+        compile_int8(b, calib=task["calib"], max_drop=1.0)
+
+
+def test_method_auto_picks_best(tmp_path, task) -> None:  # noqa: ANN001
+    from edgecv.bundle import Bundle
+    from edgecv.quant.api import compile_int8
+
+    b = Bundle.open(_copy_bundle(task["good"], tmp_path / "good"))
+    art = compile_int8(b, calib=task["calib"], method="auto")
+    tried = art.extra["methods_tried"]
+    assert set(tried) == {"minmax", "entropy", "percentile"}
+    assert art.extra["method"] == max(tried, key=tried.get) and art.build_flags["method"] == art.extra["method"]
+    assert len(set(tried.values())) > 1  # the methods really differ
+    assert art.extra["metrics"]["output_cosine"] == pytest.approx(tried[art.extra["method"]], abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ heads
+def test_detector_head_stays_float(tmp_path) -> None:  # noqa: ANN001
+    import onnx
+    import torch
+    from torch import nn
+
+    from edgecv.bundle import Contract
+    from edgecv.quant.calib import NpzSource
+    from edgecv.quant.layers import float_head_nodes, quantized_nodes
+    from edgecv.quant.ort import prepare_fp32, quantize_qdq
+
+    class Det(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
+            self.box = nn.Conv2d(8, 4, 1)
+            self.cls = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.stem(x)
+            b = self.box(f).flatten(2).transpose(1, 2)
+            xy = torch.sigmoid(b[..., :2]) * 2.0 + 0.5
+            wh = torch.exp(b[..., 2:])
+            c = torch.sigmoid(self.cls(f).flatten(2).transpose(1, 2))
+            return torch.cat([xy, wh, c], dim=-1)
+
+    torch.manual_seed(0)
+    path = tmp_path / "det.onnx"
+    torch.onnx.export(Det().eval(), (torch.randn(1, 3, 32, 32),), str(path), input_names=["input"],
+                      output_names=["output"], opset_version=17, dynamo=False)
+    prep = prepare_fp32(path, tmp_path / "prep.onnx")
+    model = onnx.load(str(prep))
+    head = float_head_nodes(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    head_ops = {ops[n] for n in head}
+    assert {"Sigmoid", "Exp", "Concat", "Transpose"} <= head_ops and "Conv" not in head_ops
+    convs = [n for n, o in ops.items() if o == "Conv"]
+    assert not set(convs) & set(head) and len(convs) == 3
+    assert ops["/stem/stem.1/Relu" if "/stem/stem.1/Relu" in ops else next(n for n in ops if "Relu" in n)] \
+        not in head_ops or all("Relu" not in n for n in head)
+    np.savez(tmp_path / "c.npz", input=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    calib = NpzSource(tmp_path / "c.npz", Contract(input_shape=[1, 3, 32, 32]))
+    qdq = quantize_qdq(prep, tmp_path / "q.onnx", calib, exclude=head)
+    q = onnx.load(str(qdq))
+    quantized = set(quantized_nodes(q))
+    assert set(convs) <= quantized and not quantized & set(head)
+    # the graph output is not quantized: the last op is the float Concat
+    assert next(n for n in q.graph.node if "output" in n.output).op_type == "Concat"
+
+
+# ------------------------------------------------------------------------------------------------ diagnosis
+def test_layer_divergence_finds_outlier_layer(tmp_path, task) -> None:  # noqa: ANN001
+    from edgecv.bundle import Bundle
+    from edgecv.quant.api import compile_int8
+    from edgecv.quant.calib import open_calibration
+    from edgecv.quant.layers import first_diverged, layer_divergence
+
+    b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
+    compile_int8(b, calib=task["calib"])
+    feeds = list(open_calibration(task["val"], task["contract"], limit=8))
+    rows = layer_divergence(b, feeds=feeds)
+    assert [r.node for r in rows][:2] == ["/0/Conv", "/1/Relu"]
+    assert rows[0].cosine > 0.999 and not rows[0].diverged  # conv0's own output is fine
+    first = first_diverged(rows, 1)[0]
+    # Relu output norm is dominated by the 1000x channel; the conv that mixes the crushed channels shows it
+    assert first.node == "/2/Conv" and first.rel_error > 0.1 and first.local_error > 0.1
+    good = Bundle.open(_copy_bundle(task["good"], tmp_path / "good"))
+    compile_int8(good, calib=task["calib"])
+    rows = layer_divergence(good, feeds=feeds)
+    assert rows and not first_diverged(rows) and min(r.cosine for r in rows) > 0.99
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+@pytest.mark.openvino
+def test_cli_quantize_writes_qdq_bundle_that_ort_and_openvino_run(tmp_path, task, cli) -> None:  # noqa: ANN001
+    import onnx
+
+    from edgecv.bundle import Bundle
+    from edgecv.quant._runners import OpenVINOModelRunner, OrtFileRunner
+
+    out = tmp_path / "int8"
+    proc = cli("quantize", str(task["outlier"]), "--calib", str(task["calib"]), "-o", str(out), "--val",
+               str(task["val"]), "--max-drop", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["samples"] == 40 and info["kept_float"] == ["/2/Conv"] and info["metrics"]["drop"] <= 3
+    b = Bundle.open(out)
+    assert b.contract == task["contract"] and b.reference_path.is_file() and (out / "fp32/model.onnx").is_file()
+    assert b.manifest.provenance["quantized"]["kept_float"] == ["/2/Conv"]
+    model = onnx.load(str(b.onnx_path))
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) >= 2
+    ref = b.load_reference()
+    x = ref["inputs"]["input"]
+    with OrtFileRunner(b.onnx_path) as r1, OpenVINOModelRunner(b.onnx_path, precision="int8") as r2:
+        a, o = r1.infer({"input": x})["output"], r2.infer({"input": x})["output"]
+    assert _cos(a, ref["outputs"]["output"]) > 0.99 and _cos(o, ref["outputs"]["output"]) > 0.99
+    assert _cos(a, o) > 0.99
+
+
+def test_cli_quantize_errors(tmp_path, task, cli) -> None:  # noqa: ANN001
+    proc = cli("quantize", str(task["good"]), "-o", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "needs calibration data" in proc.stderr and not (tmp_path / "o").exists()
+    proc = cli("quantize", str(task["outlier"]), "--calib", str(task["calib"]), "-o", str(tmp_path / "o"),
+               "--val", str(task["val"]), "--max-drop", "-1")
+    assert proc.returncode == 2 and "budget not met" in proc.stderr and "/2/Conv" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    proc = cli("quantize", str(task["good"]), "--calib", str(task["calib"]), "-o", str(tmp_path / "o"),
+               "--method", "kl")
+    assert proc.returncode == 2 and "expected one of minmax, entropy, percentile, auto" in proc.stderr
+
+
+@pytest.mark.openvino
+@pytest.mark.slow
+def test_openvino_accuracy_control_reverts_same_layer(tmp_path, task) -> None:  # noqa: ANN001
+    """No prior choice on the bundle: NNCF's quantize_with_accuracy_control picks the layer; it maps back."""
+    from edgecv.bundle import Bundle
+    from edgecv.quant.api import compile_int8
+
+    b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
+    assert not b.manifest.artifacts
+    with pytest.warns(UserWarning):
+        art = compile_int8(b, backend="openvino", calib=task["calib"], val=task["val"], max_drop=3.0)
+    trials = art.extra["budget"]["trials"]
+    assert trials[0]["drop"] > 40.0 and trials[-1]["drop"] <= 3.0
+    assert art.extra["kept_float"] == ["/2/Conv"] and art.extra["metrics"]["drop"] <= 3.0
