@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "edgecv"
 
-BUILD_TIER = ("edgecv.zoo", "edgecv.train", "edgecv.rewrite", "edgecv.export", "edgecv.data", "edgecv.config")
+BUILD_TIER = ("edgecv.zoo", "edgecv.train", "edgecv.rewrite", "edgecv.export", "edgecv.data")
 RUNTIME_TIER = ("edgecv.backends", "edgecv.quant", "edgecv.validate", "edgecv.bench", "edgecv.stream",
                 "edgecv.tasks", "edgecv.bundle")
 TOP = ("edgecv.cli", "edgecv.pipeline")

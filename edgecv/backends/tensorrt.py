@@ -235,7 +235,7 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
 
     logger = _make_logger()
     builder = trt.Builder(logger)
-    strongly_typed = is_qdq(onnx_path)
+    strongly_typed = config.strongly_typed or is_qdq(onnx_path)
     if config.precision == "int8" and not strongly_typed:
         raise ConfigError(
             f"tensorrt int8: expected a QDQ ONNX model (from edgecv.quant), found no Q/DQ nodes in '{onnx_path}'"
