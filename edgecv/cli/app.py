@@ -53,7 +53,9 @@ def main() -> None:
     from edgecv.errors import EdgecvError
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        # standalone_mode=False returns typer.Exit codes instead of exiting
+        sys.exit(rc if isinstance(rc, int) else 0)
     except EdgecvError as exc:
         if os.environ.get("EDGECV_DEBUG") == "1":
             raise

@@ -266,7 +266,7 @@ def first_diverged(rows: list[LayerDivergence], n: int = 3) -> list[LayerDiverge
 
 def print_layer_report(rows: list[LayerDivergence], top: int | None = None, json_out: bool = False) -> None:
     """Print divergence rows as a rich table (or JSON), first diverging layers marked."""
-    from edgecv.cli._output import print_json, print_table
+    from edgecv._console import print_json, print_table
 
     shown = rows if top is None else rows[:top]
     if json_out:

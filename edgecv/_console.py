@@ -1,0 +1,59 @@
+"""Printing helpers: rich tables for people, JSON for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# piped output (CI logs, `| tee`) would otherwise be cut to 80 columns and the tables to "…"
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+
+
+def _default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e6):
+            return f"{v:.2e}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3,
+          caption: str | None = None) -> Table:
+    t = Table(title=title, caption=caption, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="left" if c in columns[:1] else "right")
+    for r in rows:
+        t.add_row(*[fmt(v, digits) for v in r])
+    return t
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3,
+                caption: str | None = None) -> None:
+    console.print(table(title, columns, rows, digits, caption))

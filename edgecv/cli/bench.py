@@ -1,0 +1,89 @@
+"""``edgecv bench``: latency, throughput, load time and memory of a bundle on each backend, side by side."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from edgecv.cli.options import BackendsOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt, ThreadsOpt
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench(
+        bundle: BundleArg,
+        backend: BackendsOpt = None,
+        precision: PrecisionOpt = "fp32",
+        batch: Annotated[Optional[list[int]], typer.Option(
+            "--batch", help="Batch size (repeatable); default 1.")] = None,
+        threads: ThreadsOpt = None,
+        device: DeviceOpt = None,
+        warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")] = 10,
+        min_time: Annotated[float, typer.Option(
+            "--min-time", help="Seconds to time each backend and batch (at least).")] = 1.0,
+        iters: Annotated[Optional[int], typer.Option(
+            "--iters", help="Time exactly N calls per backend and batch (overrides --min-time).")] = None,
+        rounds: Annotated[int, typer.Option(
+            "--rounds", help="Interleaving rounds: backends take turns, order rotating each round.")] = 3,
+        sequential: Annotated[bool, typer.Option(
+            "--sequential", help="Measure one backend at a time (load, time, close) instead of interleaving.")] = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
+
+        --backend takes NAME or NAME:PRECISION (e.g. openvino:bf16) and repeats; --precision is the default.
+        Speedup is the ratio of medians against torch eager at the same batch, measured in this same run.
+        """
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from edgecv.bench.core import bench_bundle
+        from edgecv.bundle import Bundle
+        from edgecv.cli._output import err_console, print_json, table
+        from edgecv.errors import ConfigError
+        from edgecv.pipeline import open_runner
+        from edgecv.cli.validate import wide_console
+        from edgecv.validate.runs import installed_backends, parse_backend_specs
+
+        if iters is not None and iters < 1:
+            raise ConfigError(f"--iters: expected a positive integer, found {iters}")
+        b = Bundle.open(bundle)
+        specs = parse_backend_specs(backend, precision) if backend else \
+            [(n, precision) for n in installed_backends(include_torch=True)]
+        if not specs:
+            raise ConfigError("--backend: none given and no inference engine is installed")
+        kw = dict(min_time_s=0.0, min_iters=iters, max_iters=iters) if iters is not None else \
+            dict(min_time_s=min_time)
+        # the progress bar goes to stderr so that --json output on stdout stays parseable
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console,
+                      transient=True, disable=not err_console.is_terminal) as bar:
+            task = bar.add_task("bench", total=1.0)
+            rep = bench_bundle(b, specs, batch or [1], threads=threads, device=device, warmup=warmup,
+                               rounds=rounds, interleave=not sequential, opener=open_runner,
+                               progress=lambda desc, frac: bar.update(task, description=desc, completed=frac),
+                               **kw)  # type: ignore[arg-type]
+        if json_out:
+            print_json(rep.to_dict())
+            return
+        console = wide_console()
+        rows = []
+        for r in rep.rows:
+            s = r.stats
+            if s is None:
+                rows.append([r.label, r.precision_ran, r.batch, None, None, None, None, None, None, r.load_time_s,
+                             r.peak_rss_mb, None])
+                continue
+            rows.append([r.label, r.precision_ran, r.batch, s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.std_ms,
+                         s.throughput, r.load_time_s, r.peak_rss_mb,
+                         None if r.speedup_vs_torch is None else f"{r.speedup_vs_torch:.2f}x"])
+        st = rep.settings
+        caption = (f"{st['mode']}; {st['rounds']} round(s){' interleaved' if st['interleave'] else ''}; "
+                   f"threads {st['threads'] or 'default'}; input {st['input']}; peak RSS = {st['peak_rss']}"
+                   + ("" if "speedup_baseline" in st else "; no torch in this run, so no speedup column"))
+        console.print(table(f"bench {rep.bundle}",
+                            ["backend", "ran", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
+                             "items/s", "load s", "peak RSS MB", "vs torch"], rows, digits=2, caption=caption),
+                      )
+        for r in rep.rows:
+            if r.error:
+                console.print(f"[red]{r.label} batch {r.batch}:[/] {r.error}", highlight=False)

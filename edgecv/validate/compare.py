@@ -1,0 +1,249 @@
+"""Numeric comparison of a backend's outputs against reference outputs, and the tolerances that judge it.
+
+Errors are measured against the *scale* of each reference output (``max |ref|``), not element by element:
+logits, heatmaps and box coordinates all have elements near zero, where an elementwise relative error explodes
+although the output is fine (Polygraphy's ``--rtol`` has the same trouble). The elementwise relative error is
+still reported, with an epsilon, for people who want it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from edgecv.errors import ConfigError
+
+#: added to ``|ref|`` in the elementwise relative error so that zeros in the reference do not divide by zero
+ELEM_REL_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What an output must meet to pass.
+
+    Attributes:
+        precision: the precision these numbers are meant for.
+        rtol: allowed ``max |got - ref|`` as a fraction of the output's scale ``max |ref|``.
+        atol: allowed ``max |got - ref|`` in absolute units, added to ``rtol * scale``.
+        min_cosine: lowest allowed cosine similarity of the flattened outputs.
+        min_top1: lowest allowed fraction of samples whose top-1 class agrees (classify only).
+        min_pixel: lowest allowed fraction of pixels whose argmax class agrees (segment only).
+    """
+
+    precision: str
+    rtol: float
+    atol: float = 0.0
+    min_cosine: float = 0.99999
+    min_top1: float = 0.99
+    min_pixel: float = 0.99
+
+    def allowed_abs(self, scale: float) -> float:
+        return self.atol + self.rtol * scale
+
+    def describe(self) -> str:
+        bound = f"{self.atol:g}+{self.rtol:g}×scale" if self.atol else f"{self.rtol:g}×scale"
+        return f"abs≤{bound} cos≥{self.min_cosine:g}"
+
+
+# Why these numbers:
+#  fp32 — a different engine reorders sums and fuses ops; that moves results by a few ulp per layer. 1e-4 of the
+#         output scale leaves ~100x headroom over what ORT/OpenVINO show on CNNs, yet catches a wrong op.
+#  fp16 — 11-bit mantissa (unit roundoff 4.9e-4); through 20-50 layers errors of ~0.5-1% of scale are normal, so
+#         2e-2 x scale with cosine 0.999. Top-1 may flip only on near-ties: 0.99.
+#  bf16 — 8-bit mantissa (unit roundoff 3.9e-3, 8x coarser than fp16), so the bound is 2.5x looser (5e-2) and the
+#         cosine 0.998; top-1 0.98.
+#  int8 — quantization error is a few % of each activation's range and builds up layer by layer; the numeric bound
+#         is loose (0.15 x scale), and what matters is the decision: cosine 0.98, top-1 0.95.
+#  Top-1 fractions are over the validation batch: with a 4-sample reference, 0.95 still means every sample agrees.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance("fp32", rtol=1e-4, min_cosine=0.99999, min_top1=0.99, min_pixel=0.999),
+    "fp16": Tolerance("fp16", rtol=2e-2, min_cosine=0.999, min_top1=0.99, min_pixel=0.99),
+    "bf16": Tolerance("bf16", rtol=5e-2, min_cosine=0.998, min_top1=0.98, min_pixel=0.98),
+    "int8": Tolerance("int8", rtol=0.15, min_cosine=0.98, min_top1=0.95, min_pixel=0.95),
+}
+
+
+def tolerance_for(precision: str, *, atol: float | None = None, rtol: float | None = None,
+                  min_cosine: float | None = None, min_top1: float | None = None,
+                  min_pixel: float | None = None) -> Tolerance:
+    """The default :data:`TOLERANCES` entry for ``precision`` with any given field overridden.
+
+    Raises:
+        ConfigError: unknown precision, or an override outside its valid range.
+    """
+    if precision not in TOLERANCES:
+        raise ConfigError(f"precision: expected one of {', '.join(TOLERANCES)}, found '{precision}'")
+    overrides: dict[str, float] = {}
+    for name, value, lo, hi in (("atol", atol, 0.0, math.inf), ("rtol", rtol, 0.0, math.inf),
+                                ("min_cosine", min_cosine, -1.0, 1.0), ("min_top1", min_top1, 0.0, 1.0),
+                                ("min_pixel", min_pixel, 0.0, 1.0)):
+        if value is None:
+            continue
+        if not (lo <= value <= hi) or math.isnan(value):
+            raise ConfigError(f"{name.replace('_', '-')}: expected a number in [{lo:g}, {hi:g}], found {value}")
+        overrides[name] = float(value)
+    return replace(TOLERANCES[precision], **overrides)  # type: ignore[arg-type]
+
+
+@dataclass
+class OutputComparison:
+    """How one output of a backend compares with the reference.
+
+    Attributes:
+        name: output name.
+        shape: reference shape; ``got_shape`` differs when the backend returned another shape.
+        scale: ``max |ref|``, the unit that ``max_rel`` is measured in.
+        max_abs: ``max |got - ref|``.
+        max_rel: ``max_abs / scale``.
+        max_elem_rel: ``max |got - ref| / (|ref| + 1e-6)``, elementwise.
+        mean_abs: mean of ``|got - ref|``.
+        cosine: cosine similarity of the flattened outputs (1.0 when both are all zeros).
+        top1_agreement / top5_agreement: classify only; fraction of samples whose top-1 class agrees, and whose
+            top-5 set of classes (order ignored) agrees.
+        pixel_agreement: segment only; fraction of pixels whose argmax class agrees.
+        nonfinite: count of NaN/Inf in ``got`` where the reference is finite.
+        passed / failures: filled by :func:`judge`.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    got_shape: tuple[int, ...]
+    scale: float = 0.0
+    max_abs: float = math.inf
+    max_rel: float = math.inf
+    max_elem_rel: float = math.inf
+    mean_abs: float = math.inf
+    cosine: float = 0.0
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+    pixel_agreement: float | None = None
+    nonfinite: int = 0
+    passed: bool | None = None
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        d["got_shape"] = list(self.got_shape)
+        # JSON has no Infinity; a non-comparable output reports null
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _topk_sets(x: np.ndarray, k: int) -> np.ndarray:
+    idx = np.argpartition(-x, kth=k - 1, axis=1)[:, :k]
+    return np.sort(idx, axis=1)
+
+
+def _classify_agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float | None, float | None]:
+    # (N, C) scores; extra trailing singleton dims (N, C, 1, 1) are squeezed. Anything else is not a score table.
+    r = ref.reshape(ref.shape[0], -1) if ref.ndim >= 2 else None
+    if r is None or r.shape[1] < 2 or ref.shape[1] != r.shape[1]:
+        return None, None
+    g = got.reshape(got.shape[0], -1)
+    top1 = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
+    k = 5
+    if r.shape[1] <= k:
+        return top1, None
+    top5 = float(np.mean(np.all(_topk_sets(r, k) == _topk_sets(g, k), axis=1)))
+    return top1, top5
+
+
+def _pixel_agreement(ref: np.ndarray, got: np.ndarray) -> float | None:
+    if ref.ndim == 4 and ref.shape[1] >= 2:  # N, C, H, W logits
+        return float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1)))
+    if ref.ndim == 3 and np.issubdtype(ref.dtype, np.integer):  # N, H, W class map (argmax in the graph)
+        return float(np.mean(ref == got))
+    return None
+
+
+def compare_output(name: str, ref: np.ndarray, got: np.ndarray, task: str = "generic") -> OutputComparison:
+    """Compare one output array with its reference. See :class:`OutputComparison` for the fields."""
+    ref = np.asarray(ref)
+    got = np.asarray(got)
+    cmp = OutputComparison(name=name, shape=tuple(ref.shape), got_shape=tuple(got.shape))
+    if ref.shape != got.shape:
+        return cmp
+    r = ref.astype(np.float64, copy=False)
+    g = got.astype(np.float64, copy=False)
+    ref_finite = np.isfinite(r)
+    cmp.nonfinite = int(np.count_nonzero(~np.isfinite(g) & ref_finite))
+    if r.size == 0:
+        cmp.scale = cmp.max_abs = cmp.max_rel = cmp.max_elem_rel = cmp.mean_abs = 0.0
+        cmp.cosine = 1.0
+        return cmp
+    diff = np.abs(g - r)
+    # positions where both are the same non-finite value (e.g. -inf masks) are equal, not NaN
+    same = (r == g) | (np.isnan(r) & np.isnan(g))
+    diff = np.where(same, 0.0, diff)
+    if cmp.nonfinite or np.isnan(diff).any():
+        diff = np.where(np.isnan(diff), np.inf, diff)
+    cmp.scale = float(np.max(np.abs(r[ref_finite]))) if ref_finite.any() else 0.0
+    cmp.max_abs = float(np.max(diff))
+    cmp.mean_abs = float(np.mean(diff))
+    cmp.max_rel = cmp.max_abs / cmp.scale if cmp.scale > 0 else (0.0 if cmp.max_abs == 0 else math.inf)
+    with np.errstate(invalid="ignore"):
+        cmp.max_elem_rel = float(np.max(diff / (np.abs(np.where(ref_finite, r, 0.0)) + ELEM_REL_EPS)))
+    rf, gf = np.where(ref_finite, r, 0.0).ravel(), np.where(np.isfinite(g), g, 0.0).ravel()
+    nr, ng = float(np.linalg.norm(rf)), float(np.linalg.norm(gf))
+    if nr == 0.0 and ng == 0.0:
+        cmp.cosine = 1.0
+    elif nr == 0.0 or ng == 0.0 or cmp.nonfinite:
+        cmp.cosine = 0.0
+    else:
+        cmp.cosine = float(np.clip(np.dot(rf, gf) / (nr * ng), -1.0, 1.0))
+    if task == "classify":
+        cmp.top1_agreement, cmp.top5_agreement = _classify_agreement(r, g)
+    elif task == "segment":
+        cmp.pixel_agreement = _pixel_agreement(ref, got)
+    return cmp
+
+
+def compare_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], task: str) -> list[OutputComparison]:
+    """Compare every reference output with the backend's output of the same name.
+
+    Args:
+        ref: output name → reference array (PyTorch, live or from ``reference.npz``).
+        got: output name → the backend's array.
+        task: the bundle's task; ``classify`` adds top-1/top-5 agreement over the batch, ``segment`` the pixel
+            agreement of the per-pixel argmax.
+
+    Returns:
+        One :class:`OutputComparison` per reference output, in the reference's order. An output the backend did
+        not return, or returned with another shape, gets ``max_abs = inf`` and fails any tolerance.
+    """
+    out: list[OutputComparison] = []
+    for name, r in ref.items():
+        if name not in got:
+            out.append(OutputComparison(name=name, shape=tuple(np.shape(r)), got_shape=(),
+                                        failures=[f"output '{name}' missing; backend returned {sorted(got)}"],
+                                        passed=False))
+            continue
+        out.append(compare_output(name, r, got[name], task))
+    return out
+
+
+def judge(cmp: OutputComparison, tol: Tolerance) -> OutputComparison:
+    """Set ``cmp.passed`` and ``cmp.failures`` (one line per broken bound) against ``tol``; returns ``cmp``."""
+    if cmp.passed is False and cmp.failures:  # already failed structurally (missing output)
+        return cmp
+    fails: list[str] = []
+    if cmp.shape != cmp.got_shape:
+        fails.append(f"shape: expected {list(cmp.shape)}, found {list(cmp.got_shape)}")
+    else:
+        if cmp.nonfinite:
+            fails.append(f"{cmp.nonfinite} NaN/Inf values where the reference is finite")
+        allowed = tol.allowed_abs(cmp.scale)
+        if not cmp.max_abs <= allowed:
+            fails.append(f"max abs {cmp.max_abs:.3g} > {allowed:.3g} ({tol.describe()}, scale {cmp.scale:.3g})")
+        if not cmp.cosine >= tol.min_cosine:
+            fails.append(f"cosine {cmp.cosine:.6f} < {tol.min_cosine:g}")
+        if cmp.top1_agreement is not None and not cmp.top1_agreement >= tol.min_top1:
+            fails.append(f"top-1 agreement {cmp.top1_agreement:.3f} < {tol.min_top1:g}")
+        if cmp.pixel_agreement is not None and not cmp.pixel_agreement >= tol.min_pixel:
+            fails.append(f"pixel agreement {cmp.pixel_agreement:.4f} < {tol.min_pixel:g}")
+    cmp.failures = fails
+    cmp.passed = not fails
+    return cmp

@@ -1,0 +1,149 @@
+"""Helpers shared by validate and bench: backend specs, installed backends, feeds, batched inference."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecv.errors import BackendError, ConfigError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from edgecv.backends.base import Runner
+    from edgecv.bundle import Bundle, Contract
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+#: ``opener(bundle, backend, precision=..., device=..., threads=...) -> Runner`` (not yet loaded)
+Opener = Callable[..., "Runner"]
+
+
+def default_opener() -> Opener:
+    """``edgecv.backends.open_runner``: the engines a runtime-tier device has.
+
+    The runtime tier never imports the pipeline (DESIGN.md); callers that can rebuild the eager torch model (the
+    CLI, ``run_recipe``) pass ``edgecv.pipeline.open_runner`` in instead.
+    """
+    from edgecv.backends import open_runner
+
+    return open_runner
+
+
+def parse_backend_specs(specs: Sequence[str], default_precision: str = "fp32") -> list[tuple[str, str]]:
+    """``["onnxruntime", "openvino:bf16"]`` → ``[("onnxruntime", "fp32"), ("openvino", "bf16")]``.
+
+    Raises:
+        ConfigError: empty name or unknown precision.
+        UnknownNameError: unknown backend (lists the choices).
+    """
+    from edgecv.backends import RUNNERS
+
+    if default_precision not in PRECISIONS:
+        raise ConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, found '{default_precision}'")
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        name, _, prec = spec.strip().partition(":")
+        name, prec = name.strip(), (prec.strip() or default_precision)
+        if not name:
+            raise ConfigError(f"--backend: expected NAME or NAME:PRECISION, found '{spec}'")
+        if name not in RUNNERS:
+            RUNNERS.get(name)  # raises UnknownNameError listing the choices
+        if prec not in PRECISIONS:
+            raise ConfigError(f"--backend {spec}: expected precision one of {', '.join(PRECISIONS)}, found '{prec}'")
+        if (name, prec) not in out:
+            out.append((name, prec))
+    return out
+
+
+def installed_backends(include_torch: bool = True) -> list[str]:
+    """Registered backends whose framework imports here and whose runner module exists, in registry order."""
+    from edgecv._lazy import is_available
+    from edgecv.backends import RUNNERS
+
+    names: list[str] = []
+    for name in ("torch", "onnxruntime", "openvino", "tensorrt"):
+        if name not in RUNNERS or (name == "torch" and not include_torch):
+            continue
+        module = RUNNERS.meta(name).get("module", name)
+        if importlib.util.find_spec(f"edgecv.backends.{name}") is None:
+            continue
+        if is_available(module):
+            names.append(name)
+    return names
+
+
+def fit_batch(arrays: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """Slice or cycle every array along axis 0 to ``batch`` rows (cycling repeats whole samples)."""
+    if batch < 1:
+        raise ConfigError(f"--batch: expected a positive integer, found {batch}")
+    out = {}
+    for k, a in arrays.items():
+        n = a.shape[0]
+        if n == 0:
+            raise ConfigError(f"reference array '{k}' is empty")
+        idx = np.arange(batch) % n
+        out[k] = np.ascontiguousarray(a[idx])
+    return out
+
+
+def random_inputs(contract: Contract, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A deterministic random input batch shaped by the contract (normal floats, or uint8 pixels)."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, *contract.input_shape[1:])
+    if contract.dtype == "uint8":
+        arr = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    else:
+        arr = rng.standard_normal(shape).astype(contract.dtype)
+    return {contract.input_name: arr}
+
+
+def reference_inputs(bundle: Bundle, batch: int | None) -> dict[str, np.ndarray] | None:
+    """The inputs saved in ``reference.npz`` fitted to ``batch`` rows, or None when the bundle has none."""
+    if not bundle.reference_path.exists():
+        return None
+    inputs = bundle.load_reference()["inputs"]
+    return fit_batch(inputs, batch) if batch else inputs
+
+
+def fixed_batch(runner: Runner) -> int | None:
+    """The static batch size the runner's first input demands, or None when the batch dim is dynamic."""
+    spec = runner.input_spec
+    if not spec or not spec[0].shape:
+        return None
+    return spec[0].shape[0]
+
+
+def infer_batched(runner: Runner, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``runner.infer(feed)``, split into chunks when the model has a static batch smaller than the feed's."""
+    n = next(iter(feed.values())).shape[0]
+    b = fixed_batch(runner)
+    if b is None or b == n:
+        return runner.infer(feed)
+    if n % b:
+        raise BackendError(f"{runner.name}: model has a fixed batch of {b}; expected a multiple of {b} samples, "
+                           f"found {n}")
+    parts: list[dict[str, np.ndarray]] = [runner.infer({k: v[i:i + b] for k, v in feed.items()})
+                                          for i in range(0, n, b)]
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a table cell / JSON field."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def missing_framework(backend: str, exc: ImportError) -> MissingDependencyError:
+    """A plain ImportError while opening ``backend`` → :class:`MissingDependencyError` naming its extra."""
+    from edgecv.backends import RUNNERS
+
+    extra = RUNNERS.meta(backend).get("extra", backend) if backend in RUNNERS else backend
+    return MissingDependencyError(f"backend '{backend}' cannot be opened here: {error_line(exc)}; "
+                                  f"install it with: pip install 'edgecv[{extra}]'")
+
+
+def runner_info(runner: Runner) -> dict[str, Any]:
+    return {"precision_ran": str(getattr(runner, "precision", "?")), "device": str(getattr(runner, "device", "?")),
+            "load_time_s": float(getattr(runner, "load_time_s", 0.0))}
