@@ -1,17 +1,36 @@
 """Orchestration over both tiers: open runners (torch included), and run a recipe end to end.
 
-This is the only place that joins the build tier (zoo/export) with the runtime tier (backends/validate/bench).
+This is the only place that joins the build tier (zoo/train/export) with the runtime tier
+(backends/quant/validate/bench). Nothing imports it but the CLI.
+
+:func:`run_recipe` runs train-or-load → rewrite → export → compile → validate → bench into one output folder.
+Each step records a stamp in ``OUT/pipeline.json``: the hash of everything it read (recipe section, input files)
+and of what it wrote. A step whose inputs hash the same and whose outputs are still there unchanged is skipped,
+so a re-run after editing only the ``bench`` section re-runs only the bench.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgecv import __version__
+from edgecv._io import sha256_path, write_json
 from edgecv.backends import open_runner as _open_engine_runner
+from edgecv.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgecv.backends.base import Runner
     from edgecv.bundle import Bundle
+    from edgecv.config import Recipe
+
+STEPS = ("train", "export", "compile", "validate", "bench")
+STAMPS = "pipeline.json"
 
 
 def open_runner(bundle: Bundle, backend: str, precision: str = "fp32", device: str | None = None,
@@ -26,3 +45,338 @@ def open_runner(bundle: Bundle, backend: str, precision: str = "fp32", device: s
         return TorchRunner.from_module(model, bundle.contract, precision=precision, device=device,
                                        threads=threads, **kwargs)
     return _open_engine_runner(bundle, backend, precision=precision, device=device, threads=threads, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ stamps
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _Stamps:
+    """``OUT/pipeline.json``: per step, the hash of its inputs and of each output it wrote."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / STAMPS
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def up_to_date(self, step: str, inputs: str) -> bool:
+        rec = self.data.get(step)
+        if not rec or rec.get("inputs") != inputs:
+            return False
+        for rel, digest in rec.get("outputs", {}).items():
+            p = self.path.parent / rel
+            if not p.exists() or sha256_path(p) != digest:
+                return False
+        return True
+
+    def record(self, step: str, inputs: str, outputs: Sequence[Path], result: Any = None) -> None:
+        root = self.path.parent
+        self.data[step] = {"inputs": inputs, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                           "outputs": {str(p.relative_to(root)): sha256_path(p) for p in outputs},
+                           "result": result}
+        write_json(self.path, self.data)
+
+    def result(self, step: str) -> Any:
+        return self.data.get(step, {}).get("result")
+
+
+@dataclass
+class StepLog:
+    step: str
+    status: str  # "ran", "skipped (up to date)", "skipped (not in recipe)"
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class PipelineResult:
+    out: Path
+    bundle: Path | None
+    steps: list[StepLog] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    metric_name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "bundle": str(self.bundle) if self.bundle else None,
+                "steps": [s.__dict__ for s in self.steps], "metric": self.metric_name, "summary": self.summary}
+
+
+# ------------------------------------------------------------------------------------------------ run
+def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | Path | None = None,
+               force: bool = False, bench_min_time: float = 1.0, val_limit: int | None = None,
+               log: Callable[[str], None] | None = None) -> PipelineResult:
+    """Run a recipe end to end into ``out``.
+
+    Args:
+        recipe: a :class:`~edgecv.config.Recipe` or the path of a YAML recipe (validated before anything runs).
+        out: output folder: ``train/`` (checkpoints, metrics), ``bundle/`` (the deployable bundle),
+            ``validate.json``, ``bench.json``, ``pipeline.json`` (step stamps).
+        weights: use this checkpoint instead of training (overrides ``model.weights``).
+        force: re-run every step even when its stamp says it is up to date.
+        bench_min_time: seconds of timed runs per backend and batch.
+        val_limit: evaluate the task metric on at most this many validation images.
+        log: where step messages go (default: print).
+
+    Returns:
+        A :class:`PipelineResult` with per-step status and the summary rows (metric and latency per backend).
+    """
+    from edgecv.config import load_recipe
+
+    say = log or print
+    if not isinstance(recipe, (str, Path)):
+        rec = recipe
+        recipe_name = "recipe"
+    else:
+        rec = load_recipe(recipe)
+        recipe_name = Path(recipe).stem
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamps = _Stamps(out)
+    if force:
+        stamps.data = {}
+    result = PipelineResult(out=out, bundle=None)
+    task = rec.data.task if rec.data is not None else "classify"
+
+    # 1. train or load ---------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    ckpt: Path | None = Path(weights) if weights else (Path(rec.model.weights) if rec.model.weights else None)
+    train_dir = out / "train"
+    if ckpt is not None:
+        if not ckpt.is_file():
+            raise ConfigError(f"model.weights: expected a checkpoint file, found nothing at '{ckpt}'")
+        result.steps.append(StepLog("train", "skipped (weights given)", 0.0, str(ckpt)))
+    elif rec.data is None:
+        result.steps.append(StepLog("train", "skipped (no data section)", 0.0, "random init"))
+    else:
+        inputs = _digest({"v": __version__, "model": rec.model.model_dump(), "data": rec.data.model_dump(),
+                          "train": rec.train.model_dump()})
+        best = train_dir / "best.pt"
+        if stamps.up_to_date("train", inputs):
+            result.steps.append(StepLog("train", "skipped (up to date)", 0.0, str(best)))
+        else:
+            from edgecv.train.recipe import train_recipe
+
+            say(f"[train] {rec.model.name or rec.model.source} for {rec.train.epochs} epochs → {train_dir}")
+            _, tr = train_recipe(rec, train_dir)
+            stamps.record("train", inputs, [best], {"best_metric": tr.to_dict().get("best_metric")})
+            result.steps.append(StepLog("train", "ran", time.perf_counter() - t0, str(best)))
+        ckpt = best
+
+    # 2-3. rewrite + export ---------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    bundle_dir = out / "bundle"
+    classes, pre = _training_meta(ckpt, rec)
+    inputs = _digest({"v": __version__, "model": rec.model.model_dump(), "export": rec.export.model_dump(),
+                      "rewrite": rec.rewrite.model_dump(), "weights": sha256_path(ckpt) if ckpt else None,
+                      "classes": classes, "pre": pre})
+    if stamps.up_to_date("export", inputs):
+        result.steps.append(StepLog("export", "skipped (up to date)", 0.0, str(bundle_dir)))
+    else:
+        from edgecv.export import export_model, load_model
+
+        spec = rec.model.name or str(rec.model.source)
+        say(f"[export] {spec} → {bundle_dir}" + (f" (rewrite: {', '.join(rec.rewrite.passes)})"
+                                                  if rec.rewrite.passes else ""))
+        kwargs = dict(rec.model.kwargs)
+        if classes:
+            kwargs["num_classes"] = len(classes)
+        loaded = load_model(spec, weights=ckpt, model_kwargs=kwargs,
+                            input_shape=tuple(rec.export.input_shape) if rec.export.input_shape else None)
+        update: dict[str, Any] = {"task": task}
+        if classes:
+            update["class_names"] = classes
+        if pre:
+            update.update({"mean": pre["mean"], "std": pre["std"], "color": pre.get("color", "RGB"),
+                           "resize": pre.get("resize", "stretch"), "scale": pre.get("scale", 1 / 255)})
+            if not rec.export.input_shape:
+                update["input_shape"] = [1, *pre["input_size"]]
+        loaded.contract = loaded.contract.model_copy(update=update)
+        res = export_model(loaded, bundle_dir, opset=rec.export.opset, dynamic_batch=rec.export.dynamic_batch,
+                           simplify=rec.export.simplify, rewrite=rec.rewrite.passes or None, force=True,
+                           name=recipe_name)
+        stamps.record("export", inputs, [bundle_dir / "model.onnx", bundle_dir / "reference.npz"],
+                      {"exporter": res.exporter, "parity_passed": res.parity_passed})
+        # a new model invalidates everything after it
+        for later in ("compile", "validate", "bench"):
+            stamps.data.pop(later, None)
+        result.steps.append(StepLog("export", "ran", time.perf_counter() - t0,
+                                    f"{res.exporter}, parity {'PASS' if res.parity_passed else 'FAIL'}"))
+    result.bundle = bundle_dir
+
+    from edgecv.bundle import Bundle
+
+    bundle = Bundle.open(bundle_dir)
+    onnx_sha = bundle.manifest.files.get("model.onnx")
+
+    # 4. compile --------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    targets = [(c.backend, c.precision) for c in rec.compile]
+    q = rec.quantize
+    calib_hash = sha256_path(Path(q.calib)) if q and q.calib and Path(q.calib).exists() else None
+    inputs = _digest({"onnx": onnx_sha, "targets": targets, "quantize": q.model_dump() if q else None,
+                      "calib": calib_hash})
+    if not targets:
+        result.steps.append(StepLog("compile", "skipped (not in recipe)"))
+    elif stamps.up_to_date("compile", inputs) and all(bundle.artifact(b, p) for b, p in targets
+                                                       if not (b == "onnxruntime" and p == "fp32")):
+        result.steps.append(StepLog("compile", "skipped (up to date)", 0.0, ", ".join(f"{b}:{p}" for b, p in targets)))
+    else:
+        for backend, precision in targets:
+            say(f"[compile] {backend} {precision}")
+            _compile(bundle, backend, precision, rec, task, out, val_limit)
+        bundle = Bundle.open(bundle_dir)
+        stamps.record("compile", inputs, [bundle_dir / "manifest.json"])
+        result.steps.append(StepLog("compile", "ran", time.perf_counter() - t0,
+                                    ", ".join(f"{b}:{p}" for b, p in targets)))
+
+    # the backends to compare: torch + every compiled target + the validate/bench backends at fp32
+    combos: list[tuple[str, str]] = [("torch", "fp32")]
+    for b in [*rec.validate_.backends, *rec.bench.backends]:
+        if (b, "fp32") not in combos and b != "tensorrt":
+            combos.append((b, "fp32"))
+    for b, p in targets:
+        if (b, p) not in combos and b != "tensorrt":
+            combos.append((b, p))
+    manifest_sha = sha256_path(bundle_dir / "manifest.json")
+
+    # 5. validate: agreement with torch, and the task metric per backend on the val split ----------------
+    t0 = time.perf_counter()
+    val_dir = _val_dir(rec, out)
+    inputs = _digest({"manifest": manifest_sha, "combos": combos, "val": str(val_dir), "limit": val_limit})
+    if stamps.up_to_date("validate", inputs):
+        val_res = stamps.result("validate")
+        result.steps.append(StepLog("validate", "skipped (up to date)"))
+    else:
+        say(f"[validate] {', '.join(f'{b}:{p}' for b, p in combos)}" + (f" on {val_dir}" if val_dir else ""))
+        val_res = _validate(bundle, combos, val_dir, val_limit)
+        write_json(out / "validate.json", val_res)
+        stamps.record("validate", inputs, [out / "validate.json"], val_res)
+        result.steps.append(StepLog("validate", "ran", time.perf_counter() - t0))
+
+    # 6. bench ----------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    inputs = _digest({"manifest": manifest_sha, "combos": combos, "bench": rec.bench.model_dump(),
+                      "min_time": bench_min_time})
+    if stamps.up_to_date("bench", inputs):
+        bench_res = stamps.result("bench")
+        result.steps.append(StepLog("bench", "skipped (up to date)"))
+    else:
+        from edgecv.bench.core import bench_bundle
+
+        say(f"[bench] batches {rec.bench.batches}")
+        rep = bench_bundle(bundle, combos, rec.bench.batches, threads=rec.bench.threads, min_time_s=bench_min_time,
+                           opener=open_runner)
+        bench_res = rep.to_dict()
+        write_json(out / "bench.json", bench_res)
+        stamps.record("bench", inputs, [out / "bench.json"], bench_res)
+        result.steps.append(StepLog("bench", "ran", time.perf_counter() - t0))
+
+    result.metric_name, result.summary = _summary(combos, val_res, bench_res)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _training_meta(ckpt: Path | None, rec: Recipe) -> tuple[list[str], dict[str, Any] | None]:
+    """Class names and preprocessing the checkpoint was trained with (from the checkpoint or its JSON)."""
+    if ckpt is None:
+        return [], None
+    for cand in (ckpt.with_suffix(".json"), ckpt.parent / "run.json"):
+        if cand.is_file():
+            meta = json.loads(cand.read_text())
+            classes = meta.get("classes") or []
+            pre = meta.get("preprocessing")
+            if classes or pre:
+                return list(classes), pre
+    try:
+        import torch
+
+        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+        meta = obj.get("meta", {}) if isinstance(obj, dict) else {}
+        return list(meta.get("classes", [])), meta.get("preprocessing")
+    except Exception:  # noqa: BLE001 - a bare state dict has no metadata; the zoo defaults apply
+        return [], None
+
+
+def _val_dir(rec: Recipe, out: Path) -> Path | None:
+    data = rec.data
+    if data is None:
+        return None
+    if data.val:
+        return Path(data.val)
+    if data.synth is not None:
+        from edgecv.train.recipe import resolve_data
+
+        root, _ = resolve_data(data, out / "train")
+        return root / ("images/val" if data.task == "detect" else "val") if data.task != "detect" else root
+    return None
+
+
+def _compile(bundle: Bundle, backend: str, precision: str, rec: Recipe, task: str, out: Path,
+             val_limit: int | None) -> None:
+    if backend == "onnxruntime" and precision == "fp32":
+        return  # model.onnx is the artifact
+    if precision == "int8":
+        from edgecv.quant.api import compile_int8
+
+        q = rec.quantize
+        if q is None or not q.calib:
+            raise ConfigError(f"quantize.calib: compile {backend}:int8 needs calibration data; none given")
+        val = _val_dir(rec, out)
+        compile_int8(bundle, backend=backend, calib=q.calib, method=q.method, val=val,
+                     max_drop=q.max_drop, limit=q.samples)
+        return
+    from edgecv._lazy import is_available
+    from edgecv.backends import BUILDERS
+    from edgecv.backends.base import BuildConfig
+
+    if backend == "tensorrt" and not is_available("tensorrt"):
+        from edgecv.backends.tensorrt import write_trtexec_script
+
+        write_trtexec_script(bundle, BuildConfig(precision=precision))  # type: ignore[arg-type]
+        return
+
+    BUILDERS.get(backend)().build(bundle, BuildConfig(precision=precision))  # type: ignore[arg-type]
+
+
+def _validate(bundle: Bundle, combos: list[tuple[str, str]], val_dir: Path | None,
+              val_limit: int | None) -> dict[str, Any]:
+    from edgecv.quant.metrics import metric_for, open_val
+    from edgecv.validate.core import validate_bundle
+
+    rep = validate_bundle(bundle, [c for c in combos if c[0] != "torch"], opener=open_runner)
+    agreement = rep.to_dict()
+    metrics: dict[str, Any] = {}
+    if val_dir is not None and val_dir.exists():
+        val = open_val(val_dir, bundle.contract, limit=val_limit).materialize()
+        fn = metric_for(bundle.contract.task)
+        for b, p in combos:
+            with open_runner(bundle, b, p) as r:
+                metrics[f"{b}:{p}"] = {"metric": fn(r, val), "ran": r.precision, "n": len(val)}
+    return {"agreement": agreement, "metrics": metrics,
+            "metric_name": {"classify": "top-1 %", "segment": "mIoU %", "detect": "mAP@0.5 %"}.get(
+                bundle.contract.task, "metric")}
+
+
+def _summary(combos: list[tuple[str, str]], val_res: dict[str, Any] | None,
+             bench_res: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
+    val_res = val_res or {}
+    metrics = val_res.get("metrics", {})
+    rows: list[dict[str, Any]] = []
+    torch_metric = metrics.get("torch:fp32", {}).get("metric")
+    agree = {f"{r.get('backend')}:{r.get('precision')}": r for r in val_res.get("agreement", {}).get("results", [])}
+    bench_rows = (bench_res or {}).get("rows", [])
+    first_batch = min((r.get("batch", 1) for r in bench_rows), default=1)
+    for b, p in combos:
+        key = f"{b}:{p}"
+        m = metrics.get(key, {}).get("metric")
+        brow = next((r for r in bench_rows if r.get("backend") == b and r.get("precision") == p
+                     and r.get("batch") == first_batch), {})
+        lat = brow.get("latency") or {}
+        a = agree.get(key, {})
+        rows.append({"backend": b, "precision": p,
+                     "ran": brow.get("precision_ran") or metrics.get(key, {}).get("ran"),
+                     "metric": m, "delta": (m - torch_metric) if (m is not None and torch_metric is not None) else None,
+                     "agrees_with_torch": True if b == "torch" else a.get("passed"),
+                     "batch": first_batch, "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),
+                     "speedup_vs_torch": brow.get("speedup_vs_torch"), "error": brow.get("error") or a.get("error")})
+    return val_res.get("metric_name", "metric"), rows

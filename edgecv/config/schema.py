@@ -1,0 +1,295 @@
+"""The recipe schema. Every section forbids unknown keys, so a typo fails early and names its dotted path."""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgecv.errors import ConfigError
+
+TaskName = Literal["classify", "detect", "segment"]
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+ScheduleName = Literal["none", "constant", "step", "cosine", "linear"]
+BackendName = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+PrecisionName = Literal["fp32", "fp16", "bf16", "int8"]
+DataFormat = Literal["imagefolder", "coco", "yolo", "masks", "images"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Which model to build: a zoo ``name`` or a ``source`` ("package.module:factory"), optional weights."""
+
+    name: Optional[str] = None
+    source: Optional[str] = None
+    weights: Optional[str] = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    init: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name is None) == (self.source is None):
+            raise ValueError("expected exactly one of 'name' (zoo model) or 'source' ('module:factory')")
+        return self
+
+
+class SynthConfig(_Strict):
+    """Generate the data set with ``edgecv data synth`` instead of reading ``train``/``val`` folders."""
+
+    n_train: int = Field(2000, ge=1)
+    n_val: int = Field(400, ge=1)
+    size: int = Field(96, ge=16, le=2048)
+    seed: int = Field(0, ge=0)
+
+
+class AugmentConfig(_Strict):
+    hflip: bool = False
+    vflip: bool = False
+    brightness: float = Field(0.0, ge=0.0, le=1.0)
+    contrast: float = Field(0.0, ge=0.0, le=1.0)
+    translate: float = Field(0.0, ge=0.0, le=0.5)
+
+
+class DataConfig(_Strict):
+    task: TaskName = "classify"
+    train: Optional[str] = None
+    val: Optional[str] = None
+    format: Optional[DataFormat] = None
+    synth: Optional[SynthConfig] = None
+    image_size: Optional[int] = Field(None, ge=8, le=4096)
+    batch_size: int = Field(32, ge=1)
+    workers: int = Field(0, ge=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="after")
+    def _has_source(self) -> DataConfig:
+        if self.synth is None and self.train is None:
+            raise ValueError("expected 'train' (a data folder) or 'synth' (generated data)")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    name: OptimizerName = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    alpha: float = Field(0.99, gt=0.0, lt=1.0)  # rmsprop smoothing
+
+
+class ScheduleConfig(_Strict):
+    """Main schedule (per iteration) composed after an optional linear warm-up of ``warmup_epochs``."""
+
+    name: ScheduleName = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_start: float = Field(0.1, gt=0.0, le=1.0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation from a teacher (zoo name or "module:factory"), with its weights."""
+
+    teacher: str
+    teacher_weights: Optional[str] = None
+    teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    clip_grad: Optional[float] = Field(None, gt=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    amp: bool = True
+    seed: int = Field(0, ge=0)
+    threads: Optional[int] = Field(None, ge=1)
+    distill: Optional[DistillConfig] = None
+
+
+class RewriteConfig(_Strict):
+    passes: list[str] = Field(default_factory=list)
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(17, ge=7, le=30)
+    dynamic_batch: bool = True
+    simplify: bool = True
+    input_shape: Optional[list[int]] = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ExportConfig:
+        if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) <= 0):
+            raise ValueError(f"input_shape: expected 4 positive dims [N, C, H, W], got {self.input_shape}")
+        return self
+
+
+class QuantizeConfig(_Strict):
+    method: Literal["minmax", "entropy", "percentile", "auto"] = "minmax"  # as edgecv compile --method
+    calib: Optional[str] = None
+    max_drop: Optional[float] = Field(None, ge=0.0)
+    samples: int = Field(300, ge=1)
+
+
+class CompileTarget(_Strict):
+    backend: Literal["onnxruntime", "openvino", "tensorrt"]
+    precision: PrecisionName = "fp32"
+
+
+class ValidateConfig(_Strict):
+    backends: list[BackendName] = Field(default_factory=lambda: ["onnxruntime"])
+    max_drop: Optional[float] = Field(None, ge=0.0)
+
+
+class BenchConfig(_Strict):
+    backends: list[BackendName] = Field(default_factory=lambda: ["onnxruntime"])
+    batches: list[int] = Field(default_factory=lambda: [1])
+    threads: Optional[int] = Field(None, ge=1)
+
+
+class Recipe(_Strict):
+    """A whole recipe: what to build, train, rewrite, export, quantize, compile, validate and benchmark."""
+
+    model: ModelConfig
+    data: Optional[DataConfig] = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantize: Optional[QuantizeConfig] = None
+    compile: list[CompileTarget] = Field(default_factory=list)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (aliases, JSON types), e.g. to record the recipe beside a checkpoint."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The BaseModel classes a field annotation may hold (through Optional/list/dict)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    out: list[Any] = []
+    for arg in typing.get_args(tp):
+        out.extend(_unwrap(arg))
+    return out
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the key at ``loc`` (walks field annotations, skipping list indices)."""
+    cur: type[BaseModel] | None = root
+    for part in loc:
+        if cur is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = None
+        for fname, f in cur.model_fields.items():
+            if part in (fname, f.alias):
+                field = f
+                break
+        if field is None:
+            return None
+        models = _unwrap(field.annotation)
+        cur = models[0] if models else None
+    return cur
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, root: type[BaseModel] = Recipe, source: str = "recipe") -> str:
+    """One line: the dotted path of the first bad field, what was expected, what was found."""
+    errs = exc.errors()
+    e = errs[0]
+    # pydantic appends the union-member/tag name for some errors; keep only real keys
+    loc = tuple(p for p in e["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "literal[")))
+    path = _dotted(loc)
+    etype = e["type"]
+    found = e.get("input")
+    if etype == "extra_forbidden":
+        parent = _model_at(root, loc[:-1])
+        allowed = ", ".join(_keys(parent)) if parent else "?"
+        where = _dotted(loc[:-1])
+        msg = f"{source}: unknown key '{path}' (allowed keys in {where}: {allowed})"
+    elif etype == "literal_error":
+        expected = e.get("ctx", {}).get("expected", "")
+        msg = f"{source}: {path}: expected one of {expected}, found {found!r}"
+    elif etype == "missing":
+        msg = f"{source}: {path}: required key is missing"
+    else:
+        text = e["msg"]
+        if text.startswith("Value error, "):
+            text = text[len("Value error, "):]
+        msg = f"{source}: {path}: {text}, found {_short(found)}"
+    if len(errs) > 1:
+        msg += f" (and {len(errs) - 1} more error{'s' if len(errs) > 2 else ''})"
+    return msg
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """Validate already-loaded recipe data; raises :class:`ConfigError` naming the dotted field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, found {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Recipe, source)) from None
+
+
+def load_recipe(path: Union[str, os.PathLike[str]]) -> Recipe:
+    """Read a YAML recipe with ``yaml.safe_load`` and validate it.
+
+    Args:
+        path: the recipe file.
+
+    Returns:
+        The validated :class:`Recipe`.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, has an unknown key or a bad value; the message names the
+            dotted path (e.g. ``train.optimizer.name``) and the allowed values.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_recipe(data, source=str(p))
