@@ -1,0 +1,190 @@
+"""``edgecv export``: a PyTorch model (zoo name, torchvision, file.py:factory, checkpoint, TorchScript, .pt2) → a
+bundle with ``model.onnx``, ``reference.npz`` and ``manifest.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from edgecv.cli.options import ForceOpt, JsonOpt, OutOpt
+
+
+def _floats(text: str | None, field: str) -> list[float] | None:
+    if text is None:
+        return None
+    from edgecv.errors import ConfigError
+
+    try:
+        vals = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        vals = []
+    if not vals:
+        raise ConfigError(f"{field}: expected comma-separated numbers like 0.485,0.456,0.406, got '{text}'")
+    return vals
+
+
+def _kwargs(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    from edgecv.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"kwarg: expected KEY=VALUE (VALUE read as YAML), got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"kwarg {key}: cannot read '{value}' as YAML ({exc.__class__.__name__})") from exc
+    return out
+
+
+def _class_names(path: Path) -> list[str]:
+    from edgecv.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"class-names: expected a text file with one name per line, found nothing at '{path}'")
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not names:
+        raise ConfigError(f"class-names: '{path}' holds no names")
+    return names
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export(
+        source: Annotated[str, typer.Argument(
+            help="Zoo name, torchvision:<name>, path/file.py:factory, checkpoint (.pt/.pth/.ckpt with --arch), "
+                 "TorchScript archive or torch.export .pt2.", show_default=False)],
+        output: OutOpt,
+        weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Local state-dict file to load.")] = None,
+        arch: Annotated[Optional[str], typer.Option(
+            "--arch", help="Architecture for a state-dict checkpoint SOURCE (zoo name, torchvision:…, file.py:fn).")] = None,
+        kwarg: Annotated[Optional[list[str]], typer.Option(
+            "--kwarg", help="Model builder keyword KEY=VALUE (YAML value); repeatable.")] = None,
+        input_shape: Annotated[Optional[str], typer.Option(
+            "--input-shape", help="NxCxHxW, e.g. 1x3x224x224 (default: the model's).")] = None,
+        opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
+        dynamic_batch: Annotated[bool, typer.Option(
+            "--dynamic-batch/--static-batch", help="Dynamic batch dimension (1..--max-batch) or fixed.")] = True,
+        max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch of a dynamic export.")] = 8,
+        no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxslim simplification.")] = False,
+        num_classes: Annotated[Optional[int], typer.Option(
+            "--num-classes", help="Number of classes (passed to the model builder).")] = None,
+        class_names: Annotated[Optional[Path], typer.Option(
+            "--class-names", help="Text file, one class name per line.")] = None,
+        task: Annotated[Optional[str], typer.Option(
+            "--task", help="classify, segment, detect or generic (default: the model's, else guessed).")] = None,
+        mean: Annotated[Optional[str], typer.Option("--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
+        std: Annotated[Optional[str], typer.Option("--std", help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
+        resize: Annotated[Optional[str], typer.Option(
+            "--resize", help="stretch, letterbox or center_crop.")] = None,
+        color: Annotated[Optional[str], typer.Option("--color", help="RGB, BGR or GRAY.")] = None,
+        n_reference: Annotated[int, typer.Option(
+            "--n-reference", help="Reference samples saved for validation.")] = 4,
+        rewrite: Annotated[Optional[list[str]], typer.Option(
+            "--rewrite", help="Model rewrite pass to apply before export; repeatable.")] = None,
+        force: ForceOpt = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Export SOURCE to ONNX into the bundle folder OUTPUT and check it against PyTorch with ONNX Runtime."""
+        from pydantic import ValidationError
+
+        from edgecv.errors import ConfigError
+        from edgecv.export.onnx import export_model
+        from edgecv.export.sources import load_model, parse_input_shape
+
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
+        if max_batch < 1:
+            raise ConfigError(f"max-batch: expected at least 1, got {max_batch}")
+        names = _class_names(class_names) if class_names is not None else None
+        kwargs = _kwargs(kwarg)
+        if num_classes is not None:
+            if num_classes < 1:
+                raise ConfigError(f"num-classes: expected a positive integer, got {num_classes}")
+            kwargs["num_classes"] = num_classes
+        if names is not None and num_classes is not None and len(names) != num_classes:
+            raise ConfigError(f"class-names: '{class_names}' has {len(names)} names but --num-classes is {num_classes}")
+        overrides: dict[str, Any] = {}
+        for field, val in (("task", task), ("resize", resize), ("color", color)):
+            if val is not None:
+                overrides[field] = val
+        for field, text in (("mean", mean), ("std", std)):
+            vals = _floats(text, field)
+            if vals is not None:
+                overrides[field] = vals
+        if names is not None:
+            overrides["class_names"] = names
+        # validate the contract overrides before loading (and possibly building) the model
+        from edgecv.bundle import Contract
+
+        try:
+            Contract(**overrides)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+
+        loaded = load_model(source, weights=weights, input_shape=shape, model_kwargs=kwargs or None, arch=arch)
+        if overrides:
+            before = loaded.contract.task
+            loaded.contract = Contract(**{**loaded.contract.model_dump(), **overrides})
+            if "task" in overrides:
+                loaded.guess_task = False
+                if loaded.contract.task != before:  # the old task's output decoding no longer applies
+                    from edgecv.export.sources import default_decode
+
+                    loaded.contract.decode = default_decode(loaded.contract.task)
+        b = loaded.contract.input_shape[0]
+        batch_range = (1, min(max(b, 1), max_batch), max_batch)
+        result = export_model(loaded, output, opset=opset, dynamic_batch=dynamic_batch, batch_range=batch_range,
+                              simplify=not no_simplify, n_reference=n_reference, force=force,
+                              rewrite=rewrite or None)
+        if json_out:
+            from edgecv.cli._output import print_json
+
+            print_json(result.to_dict())
+            return
+        _print_summary(result)
+
+
+def _print_summary(result: Any) -> None:
+    from edgecv.cli._output import console, table
+
+    c = result.contract
+    rows = [
+        ["exporter", result.exporter],
+        ["opset", result.opset],
+        ["nodes", f"{result.nodes_exported} → {result.nodes_final}" if result.simplified
+         else f"{result.nodes_exported} (not simplified)"],
+        ["file size", _size(result.file_size)],
+        ["input", f"{c.input_name} {'x'.join(map(str, c.input_shape))} {c.dtype} {c.layout}"],
+        ["batch", f"dynamic {c.batch_range[0]}..{c.batch_range[2]}" if c.dynamic_batch else "static"],
+        ["outputs", ", ".join(c.output_names)],
+        ["task", c.task + (f" ({len(c.class_names)} class names)" if c.class_names else "")],
+        ["reference", f"{result.reference.get('kind')} ({len(result.parity) and result.parity[0]['shape'][0]} samples)"],
+        ["export time", f"{result.timings.get('export', 0):.2f} s (total {result.timings.get('total', 0):.2f} s)"],
+    ]
+    console.print(table(f"export → {result.path}", ["", "value"], rows))
+    if result.parity:
+        prow = [[p["name"], p["max_abs"], p["max_rel"], f"{p['cosine']:.7f}",
+                 "[green]PASS[/]" if p["passed"] else "[red]FAIL[/]"] for p in result.parity]
+        console.print(table("parity: ONNX Runtime vs PyTorch (fp32 tolerance)",
+                            ["output", "max abs", "max rel", "cosine", "result"], prow))
+    for n in result.notices:
+        console.print(f"[yellow]note:[/] {n}", highlight=False)
+    for p in result.parity:
+        for f in p.get("failures") or []:
+            console.print(f"[red]parity {p['name']}:[/] {f}", highlight=False)
+    console.print(f"bundle written to [bold]{result.path}[/]", highlight=False)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,610 @@
+"""Where a model comes from: a zoo name, ``torchvision:<name>``, ``file.py:factory``, a checkpoint, a TorchScript
+archive or a ``torch.export`` ``.pt2`` program.
+
+Every source gives a :class:`LoadedModel`: the module in eval mode, the contract defaults that go with it, and the
+provenance the bundle manifest records so that the torch runner (and ``validate``'s live reference) can rebuild
+exactly the same module later (:func:`load_model_from_manifest`).
+
+Checkpoints are never unpickled with code execution: ``torch.load(weights_only=True)`` only, and archives are
+inspected as zip files (their member names) before anything in them is loaded. A pickled ``nn.Module`` or any
+pickle that names a Python callable is refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgecv._io import sha256_file
+from edgecv._lazy import lazy_import
+from edgecv.bundle import Contract
+from edgecv.errors import ConfigError, EdgecvError, ModelSourceError, UnknownNameError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgecv.bundle import Manifest
+
+#: suffixes treated as checkpoint / archive files
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pt2", ".ts", ".jit", ".torchscript")
+TORCHVISION_PREFIX = "torchvision:"
+#: torch seed set while a model is built, so that random-init models rebuild identically from a manifest
+INIT_SEED = 0
+# keys under which training scripts (Lightning, timm, torchvision references, edgecv train) nest the state dict
+_NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "ema", "net")
+# keys that name the architecture inside a checkpoint dict (edgecv train, timm, torchvision references)
+_ARCH_KEYS = ("arch", "model_name", "architecture")
+
+SPEC_FORMS = ("a zoo name (see 'edgecv models'), torchvision:<name>, path/to/file.py:factory, "
+              "a state-dict checkpoint (.pt/.pth/.ckpt with --arch), a TorchScript archive or a torch.export .pt2")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to export.
+
+    Attributes:
+        module: the ``nn.Module`` in eval mode.
+        contract: contract defaults for this model (zoo config, torchvision transforms, or generic defaults);
+            the caller may replace fields before exporting.
+        source_info: provenance for the manifest: ``kind``, ``spec`` (absolute path for files), ``kwargs``,
+            ``weights`` (absolute path or None), ``weights_sha256``, ``source_sha256``, ``arch``.
+        name: a short name for the bundle (``resnet18``, the factory name, the file stem).
+        guess_task: True when the contract's task is a generic default (no zoo/torchvision config said it);
+            the exporter then infers classify/segment from the output shapes.
+    """
+
+    module: nn.Module
+    contract: Contract
+    source_info: dict[str, Any]
+    name: str = "model"
+    guess_task: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- public API
+def load_model(spec: str, *, weights: str | Path | None = None, input_shape: tuple[int, ...] | list[int] | None = None,
+               model_kwargs: dict[str, Any] | None = None, arch: str | None = None) -> LoadedModel:
+    """Load a model from any supported source.
+
+    Args:
+        spec: a zoo name (``resnet18``), ``torchvision:<name>``, ``path/to/file.py:factory``, a checkpoint file
+            (``.pt/.pth/.ckpt``: a state dict, which needs ``arch``), a TorchScript archive, or a ``.pt2``
+            ``torch.export`` program.
+        weights: a local state-dict file loaded into the model built by ``spec`` (never downloaded).
+        input_shape: ``(N, C, H, W)`` overriding the model's default input shape.
+        model_kwargs: keyword arguments for the zoo variant / torchvision builder / factory.
+        arch: the architecture (any ``spec`` form that builds a module) for a state-dict checkpoint.
+
+    Returns:
+        A :class:`LoadedModel` with the module in eval mode.
+
+    Raises:
+        ModelSourceError: the source is missing, malformed, refused (unsafe pickle) or builds no ``nn.Module``.
+        UnknownNameError: an unknown zoo / torchvision name (lists the choices).
+    """
+    kwargs = dict(model_kwargs or {})
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelSourceError(f"expected a model source: {SPEC_FORMS}; got an empty string")
+    shape = _check_shape(input_shape)
+    if weights is not None:
+        _existing_file(weights, "weights file")  # before the (slow) torch import and model build
+    path_part = spec.rpartition(":")[0] if _is_file_factory(spec) else spec
+    if (_is_file_factory(spec) or _looks_like_path(spec)) and not Path(path_part).expanduser().exists():
+        raise ModelSourceError(f"model file '{path_part}' does not exist (from '{spec}'; expected {SPEC_FORMS})")
+    torch = lazy_import("torch")
+    # builders without weights draw random init; a fixed seed makes the rebuild in load_model_from_manifest (the
+    # torch runner, validate's live reference) produce the very weights that were exported
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        loaded = _dispatch(spec, weights=weights, shape=shape, kwargs=kwargs, arch=arch)
+    loaded.source_info.setdefault("init_seed", INIT_SEED)
+    return loaded
+
+
+def _dispatch(spec: str, *, weights: str | Path | None, shape: tuple[int, ...] | None, kwargs: dict[str, Any],
+              arch: str | None) -> LoadedModel:
+    if spec.startswith(TORCHVISION_PREFIX):
+        loaded = _load_torchvision(spec[len(TORCHVISION_PREFIX):], kwargs)
+    elif _is_file_factory(spec):
+        loaded = _load_file_factory(spec, kwargs)
+    elif spec.endswith(".py"):
+        path = Path(spec).expanduser()
+        found = _functions_in_file(path) if path.is_file() else []
+        hint = f"; functions in it: {', '.join(found)}" if found else ""
+        raise ModelSourceError(f"expected 'path/to/file.py:factory' naming the function that builds the model, "
+                               f"got '{spec}'{hint}")
+    elif Path(spec).expanduser().is_file():
+        return _load_checkpoint_file(Path(spec).expanduser().resolve(), shape=shape, kwargs=kwargs, arch=arch,
+                                     weights=weights)
+    elif _looks_like_path(spec):
+        raise ModelSourceError(f"model file '{spec}' does not exist (expected {SPEC_FORMS})")
+    else:
+        loaded = _load_zoo(spec, kwargs)
+
+    if arch is not None:
+        raise ConfigError(f"--arch: only used with a state-dict checkpoint, but the source '{spec}' builds the model "
+                          "itself; pass the checkpoint with --weights instead")
+    if weights is not None:
+        wpath = _existing_file(weights, "weights file")
+        _load_weights_into(loaded.module, wpath, what=loaded.name)
+        loaded.source_info["weights"] = str(wpath)
+        loaded.source_info["weights_sha256"] = sha256_file(wpath)
+    if shape is not None:
+        loaded.contract = loaded.contract.model_copy(update={"input_shape": list(shape)})
+    loaded.module.eval()
+    return loaded
+
+
+def load_model_from_manifest(manifest: Manifest) -> nn.Module:
+    """Rebuild the eager module a bundle was exported from, from ``manifest.provenance["source"]``.
+
+    Checks that the recorded source and weight files still exist and, where their hashes were recorded, that
+    they are unchanged — a live PyTorch reference built from another file would compare against the wrong model.
+
+    Raises:
+        ModelSourceError: no source recorded, a recorded file moved/changed, or the model fails to build.
+    """
+    src = manifest.provenance.get("source")
+    if not isinstance(src, dict) or not src.get("spec"):
+        raise ModelSourceError(f"bundle '{manifest.name}' records no model source (manifest provenance.source); "
+                               "re-export it with 'edgecv export' to use the torch backend")
+    kind = src.get("kind", "")
+    spec = str(src["spec"])
+    if kind == "file":
+        path_str, _, _ = spec.rpartition(":")
+        _check_recorded_file(path_str, src.get("source_sha256"), "model source file")
+    elif kind in ("torchscript", "torch_export"):
+        _check_recorded_file(spec, src.get("source_sha256"), "model file")
+    if src.get("weights"):
+        _check_recorded_file(str(src["weights"]), src.get("weights_sha256"), "weights file")
+    loaded = load_model(spec, weights=src.get("weights"), model_kwargs=src.get("kwargs") or None)
+    passes = (manifest.provenance.get("rewrite") or {}).get("passes") or []
+    if passes:
+        # the bundle holds the rewritten model: re-apply the same passes (seeded, so lossy ones that draw new
+        # weights draw the same ones) so the eager reference is the model that was exported
+        from edgecv.rewrite import apply_passes
+
+        torch = lazy_import("torch")
+        shape = [1, *manifest.contract.input_shape[1:]]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            sample = torch.randn(*shape)
+            module, _ = apply_passes(loaded.module, list(passes), sample)
+        return module.eval()
+    return loaded.module
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int, int]:
+    """``"1x3x224x224"`` (or ``"3x224x224"``, batch 1) → ``(1, 3, 224, 224)``; raises :class:`ConfigError`."""
+    parts = re.split(r"[x,× ]+", text.strip().lower())
+    try:
+        dims = [int(p) for p in parts if p]
+    except ValueError:
+        dims = []
+    if len(dims) == 3:
+        dims = [1, *dims]
+    if len(dims) != 4 or any(d <= 0 for d in dims):
+        raise ConfigError(f"input-shape: expected NxCxHxW with positive integers like 1x3x224x224, got '{text}'")
+    return dims[0], dims[1], dims[2], dims[3]
+
+
+# --------------------------------------------------------------------------------------------- spec forms
+def _is_file_factory(spec: str) -> bool:
+    path, sep, fn = spec.rpartition(":")
+    return bool(sep) and path.endswith(".py") and bool(fn)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return "/" in spec or "\\" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def _existing_file(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ModelSourceError(f"{what} '{path}' does not exist" if not p.exists()
+                               else f"{what}: expected a file, found a folder at '{path}'")
+    return p.resolve()
+
+
+def _check_recorded_file(path: str, digest: str | None, what: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelSourceError(f"the {what} recorded in the bundle, '{path}', no longer exists (moved or deleted); "
+                               "restore it there or re-export the bundle")
+    if digest and sha256_file(p) != digest:
+        raise ModelSourceError(f"the {what} '{path}' changed since the bundle was exported (sha256 differs); "
+                               "the live PyTorch model would not be the exported one — re-export the bundle")
+
+
+def _check_shape(shape: tuple[int, ...] | list[int] | None) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    dims = tuple(int(d) for d in shape)
+    if len(dims) != 4 or any(d <= 0 for d in dims):
+        raise ConfigError(f"input-shape: expected 4 positive dims (N, C, H, W), got {list(shape)}")
+    return dims
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:400]}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------- zoo
+def _zoo_loaded() -> bool:
+    try:
+        from edgecv.zoo.registry import _ensure_loaded
+
+        _ensure_loaded()
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("edgecv.zoo"):
+            return False
+        raise
+    return True
+
+
+def _load_zoo(name: str, kwargs: dict[str, Any]) -> LoadedModel:
+    from edgecv.zoo.registry import MODELS, create_model, model_cfg
+
+    has_zoo = _zoo_loaded()
+    if not has_zoo or name not in MODELS:
+        choices = ", ".join(MODELS.names()) if has_zoo and len(MODELS) else "(the zoo has no models)"
+        raise UnknownNameError(f"unknown model '{name}': expected {SPEC_FORMS}; zoo models: {choices}")
+    cfg = model_cfg(name)
+    try:
+        module = create_model(name, **kwargs)
+    except EdgecvError:
+        raise
+    except TypeError as exc:
+        raise ModelSourceError(f"zoo model '{name}' does not accept {sorted(kwargs)}: {_one_line(exc)}") from exc
+    _require_module(module, f"zoo model '{name}'")
+    c, h, w = (int(d) for d in cfg.get("input_size", (3, 224, 224)))
+    num_classes = int(kwargs.get("num_classes", cfg.get("num_classes", 0)) or 0)
+    task = cfg.get("task", "classify")
+    contract = Contract(
+        task=task, input_shape=[1, c, h, w], mean=list(cfg.get("mean", Contract().mean)),
+        std=list(cfg.get("std", Contract().std)), resize=cfg.get("resize", "stretch"),
+        class_names=list(cfg.get("class_names", [])), decode=dict(cfg.get("decode") or default_decode(task)),
+        **({"color": cfg["color"]} if "color" in cfg else {}),
+    )
+    if contract.class_names and num_classes and len(contract.class_names) != num_classes:
+        contract.class_names = []
+    info = {"kind": "zoo", "spec": name, "kwargs": kwargs, "weights": None}
+    return LoadedModel(module=module, contract=contract, source_info=info, name=name)
+
+
+def default_decode(task: str) -> dict[str, Any]:
+    return {"classify": {"activation": "softmax"}, "segment": {"activation": "argmax"}}.get(task, {})
+
+
+# --------------------------------------------------------------------------------------------- torchvision
+def _load_torchvision(name: str, kwargs: dict[str, Any]) -> LoadedModel:
+    tvm = lazy_import("torchvision.models", "torch")
+    available = tvm.list_models()
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownNameError(f"unknown torchvision model '{name}'{hint}; expected one of: {', '.join(available)}")
+    if "weights" in kwargs:
+        # get_model would download them; edgecv only loads local files
+        raise ConfigError("torchvision models are built with weights=None; pass a local state dict with --weights")
+    try:
+        module = tvm.get_model(name, weights=None, **kwargs)
+    except TypeError as exc:
+        raise ModelSourceError(f"torchvision model '{name}' does not accept {sorted(kwargs)}: {_one_line(exc)}") from exc
+    _require_module(module, f"torchvision model '{name}'")
+    task: Any = "classify"
+    if name in tvm.list_models(module=tvm.segmentation):
+        task = "segment"
+    elif name in tvm.list_models(module=tvm.detection):
+        task = "detect"
+    contract = Contract(task=task, decode=default_decode(task))
+    # the default weights' transforms say the input size and normalisation these models are trained with; reading
+    # them downloads nothing
+    try:
+        tf = tvm.get_model_weights(name).DEFAULT.transforms()
+        crop = getattr(tf, "crop_size", None)
+        size = int(crop[0]) if crop else None
+        resize_to = getattr(tf, "resize_size", None)
+        upd: dict[str, Any] = {"mean": [float(v) for v in tf.mean], "std": [float(v) for v in tf.std]}
+        if size and task == "classify":
+            upd["input_shape"] = [1, 3, size, size]
+            if resize_to and int(resize_to[0]) > size:
+                upd["resize"] = "center_crop"
+                upd["crop_ratio"] = size / int(resize_to[0])
+        contract = contract.model_copy(update=upd)
+    except Exception:  # noqa: BLE001 - models without weight enums keep the ImageNet defaults
+        pass
+    info = {"kind": "torchvision", "spec": TORCHVISION_PREFIX + name, "kwargs": kwargs, "weights": None}
+    return LoadedModel(module=module, contract=contract, source_info=info, name=name)
+
+
+# --------------------------------------------------------------------------------------------- file.py:factory
+def _functions_in_file(path: Path) -> list[str]:
+    """Top-level function names in a Python file, read with ``ast`` (no code runs)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _import_file(path: Path) -> Any:
+    digest = sha256_file(path)[:12]
+    mod_name = f"edgecv_user_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}_{digest}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    mod_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ModelSourceError(f"cannot import '{path}' as a Python module")
+    module = importlib.util.module_from_spec(mod_spec)
+    # registered before exec so dataclasses/typing inside the file can find their module; the file's folder goes on
+    # sys.path so that it can import its sibling modules, as it would when run as a script
+    sys.modules[mod_name] = module
+    parent = str(path.parent)
+    added = parent not in sys.path
+    if added:
+        sys.path.insert(0, parent)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(mod_name, None)
+        raise ModelSourceError(f"importing '{path}' failed: {_one_line(exc)}") from exc
+    finally:
+        if added and parent in sys.path:
+            sys.path.remove(parent)
+    return module
+
+
+def _load_file_factory(spec: str, kwargs: dict[str, Any]) -> LoadedModel:
+    path_str, _, fn_name = spec.rpartition(":")
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise ModelSourceError(f"model file '{path_str}' does not exist (from '{spec}'; expected path/to/file.py:factory)")
+    path = path.resolve()
+    module = _import_file(path)
+    fn = getattr(module, fn_name, None)
+    if fn is None or not callable(fn):
+        found = [n for n, o in vars(module).items()
+                 if inspect.isfunction(o) and getattr(o, "__module__", None) == module.__name__]
+        raise ModelSourceError(f"'{path}' has no function '{fn_name}'; functions found: {', '.join(found) or '(none)'}")
+    try:
+        model = fn(**kwargs)
+    except EdgecvError:
+        raise
+    except Exception as exc:
+        raise ModelSourceError(f"{path.name}:{fn_name}({_fmt_kwargs(kwargs)}) raised {_one_line(exc)}") from exc
+    _require_module(model, f"{path.name}:{fn_name}()")
+    info = {"kind": "file", "spec": f"{path}:{fn_name}", "kwargs": kwargs, "weights": None,
+            "source_sha256": sha256_file(path)}
+    return LoadedModel(module=model, contract=Contract(task="generic"), source_info=info, name=fn_name,
+                       guess_task=True)
+
+
+def _fmt_kwargs(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def _require_module(obj: Any, what: str) -> None:
+    from torch import nn
+
+    if not isinstance(obj, nn.Module):
+        raise ModelSourceError(f"{what}: expected a torch.nn.Module, got {type(obj).__module__}.{type(obj).__qualname__}")
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def archive_kind(path: Path) -> str:
+    """What a model file is, from its zip member names only (no pickle is loaded).
+
+    Returns:
+        ``"torchscript"`` (``code/`` and ``constants.pkl``), ``"torch_export"`` (``archive_format`` of a ``.pt2``),
+        ``"torch_save"`` (a ``torch.save`` zip with ``data.pkl``) or ``"legacy"`` (not a zip: old torch.save / raw
+        pickle).
+    """
+    if not zipfile.is_zipfile(path):
+        return "legacy"
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails):
+        return "torch_export"
+    if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
+        return "torchscript"
+    if "data.pkl" in tails:
+        return "torch_save"
+    raise ModelSourceError(f"'{path}' is a zip archive but not a torch checkpoint, TorchScript archive or .pt2 "
+                           f"program (members: {', '.join(sorted(names)[:6])}…)")
+
+
+def _refusal(path: Path, exc: BaseException) -> ModelSourceError:
+    text = str(exc)
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    found = f"it references the Python object {m.group(1)}" if m else "it is not a plain tensor/dict pickle"
+    return ModelSourceError(
+        f"refused to load '{path.name}': {found}, and loading it would run code from the file (edgecv loads "
+        "checkpoints with torch.load(weights_only=True)); save model.state_dict() and pass --arch NAME, or export "
+        "TorchScript (torch.jit.save) or a torch.export .pt2 program")
+
+
+def _safe_torch_load(path: Path | Any, label: Path) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _refusal(label, exc) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise ModelSourceError(f"cannot read checkpoint '{label}': {_one_line(exc)}") from exc
+
+
+def _load_checkpoint_file(path: Path, *, shape: tuple[int, ...] | None, kwargs: dict[str, Any], arch: str | None,
+                          weights: str | Path | None) -> LoadedModel:
+    kind = archive_kind(path)
+    if weights is not None:
+        raise ConfigError(f"--weights: the source '{path.name}' is itself a model file; pass the architecture as the "
+                          "source and this file as --weights, or the file as the source with --arch")
+    if kind in ("torchscript", "torch_export"):
+        if arch is not None or kwargs:
+            raise ConfigError(f"--arch / model kwargs do not apply to a {kind} archive ('{path.name}'), which holds "
+                              "its own graph")
+        loaded = _load_torchscript(path) if kind == "torchscript" else _load_pt2(path)
+        if shape is not None:
+            loaded.contract = loaded.contract.model_copy(update={"input_shape": list(shape)})
+        return loaded
+
+    obj = _safe_torch_load(path, path)
+    state, ck_arch = _extract_state_dict(obj, path)
+    arch = arch or ck_arch
+    if arch is None:
+        raise ModelSourceError(f"'{path.name}' holds a state dict ({len(state)} tensors) but no architecture; pass "
+                               "--arch NAME (a zoo name, torchvision:<name> or file.py:factory)")
+    base = load_model(arch, input_shape=shape, model_kwargs=kwargs)
+    _apply_state_dict(base.module, state, path, what=base.name)
+    base.source_info["weights"] = str(path)
+    base.source_info["weights_sha256"] = sha256_file(path)
+    return base
+
+
+def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], str | None]:
+    import torch
+
+    def is_state(d: Any) -> bool:
+        return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+    arch = None
+    if isinstance(obj, dict):
+        for k in _ARCH_KEYS:
+            if isinstance(obj.get(k), str):
+                arch = obj[k]
+                break
+    if is_state(obj):
+        return dict(obj), arch
+    if isinstance(obj, dict):
+        for k in _NESTED_STATE_KEYS:
+            if is_state(obj.get(k)):
+                return dict(obj[k]), arch
+    found = type(obj).__name__ if not isinstance(obj, dict) else f"a dict with keys {sorted(map(str, obj))[:8]}"
+    raise ModelSourceError(f"'{path.name}': expected a state dict (name → tensor, possibly under one of "
+                           f"{', '.join(_NESTED_STATE_KEYS)}), found {found}")
+
+
+def _strip_prefix(state: dict[str, Any], module_keys: set[str]) -> dict[str, Any]:
+    """Drop a wrapper prefix (DDP ``module.``, Lightning ``model.``) when the keys only match without it."""
+    if set(state) & module_keys:
+        return state
+    for prefix in ("module.", "model.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if set(stripped) & module_keys:
+                return stripped
+    return state
+
+
+def _load_weights_into(module: nn.Module, path: Path, what: str) -> None:
+    obj = _safe_torch_load(path, path)
+    state, _ = _extract_state_dict(obj, path)
+    _apply_state_dict(module, state, path, what)
+
+
+def _apply_state_dict(module: nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
+    state = _strip_prefix(state, set(module.state_dict()))
+    own = module.state_dict()
+    bad_shapes = [f"{k} {list(v.shape)} vs model {list(own[k].shape)}" for k, v in state.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad_shapes:
+        raise ModelSourceError(f"weights '{path.name}' do not fit {what}: {len(bad_shapes)} shape mismatches "
+                               f"({'; '.join(bad_shapes[:3])}{'…' if len(bad_shapes) > 3 else ''}); "
+                               "check --num-classes / model kwargs")
+    result = module.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + ("…" if len(keys) > 4 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({few(unexpected)})")
+        raise ModelSourceError(f"weights '{path.name}' do not fit {what}: {'; '.join(parts)}")
+
+
+def _load_torchscript(path: Path) -> LoadedModel:
+    import torch
+
+    try:
+        # TorchScript archives are read by the C++ unpickler, which cannot call arbitrary Python objects
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelSourceError(f"cannot load TorchScript archive '{path}': {_one_line(exc)}") from exc
+    info: dict[str, Any] = {"kind": "torchscript", "spec": str(path), "kwargs": {}, "weights": None,
+            "source_sha256": sha256_file(path)}
+    return LoadedModel(module=module.eval(), contract=Contract(task="generic"), source_info=info, name=path.stem,
+                       guess_task=True)
+
+
+def _scan_pt2(path: Path) -> None:
+    """Refuse a ``.pt2`` whose loading would unpickle with code execution.
+
+    ``torch.export.load`` unpickles with ``weights_only=False`` for payloads marked ``use_pickle``, for opaque
+    constants and for legacy weight files, and retries sample inputs without ``weights_only`` when the safe load
+    fails; any of those could run code, so they are checked here first.
+    """
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        for name in names:
+            tail = name.split("/", 1)[1] if "/" in name else name
+            if tail.endswith(("_config.json",)) and tail.startswith("data/"):
+                try:
+                    cfg = json.loads(zf.read(name))
+                except ValueError as exc:
+                    raise ModelSourceError(f"'{path.name}': corrupt {tail}: {exc}") from exc
+                for fqn, meta in (cfg.get("config") or {}).items():
+                    pname = str(meta.get("path_name", ""))
+                    if meta.get("use_pickle") or pname.startswith(("custom_obj", "opaque_obj")):
+                        raise ModelSourceError(
+                            f"refused to load '{path.name}': its entry '{fqn}' is stored as a Python pickle, "
+                            "which would run code on load; re-save it with plain tensors")
+            elif tail.startswith(("data/weights/", "data/constants/")) and tail.endswith(".pt"):
+                raise ModelSourceError(f"refused to load '{path.name}': legacy pickled weights ({tail}) would be "
+                                       "loaded without weights_only; re-save it with a current torch.export.save")
+            elif tail.startswith("data/sample_inputs/") and tail.endswith(".pt"):
+                import io
+
+                _safe_torch_load(io.BytesIO(zf.read(name)), path)
+
+
+def _load_pt2(path: Path) -> LoadedModel:
+    import torch
+
+    _scan_pt2(path)
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelSourceError(f"cannot load torch.export program '{path}': {_one_line(exc)}") from exc
+    contract = Contract(task="generic")
+    try:
+        args = ep.example_inputs[0] if ep.example_inputs else ()
+        if args and getattr(args[0], "ndim", 0) == 4:
+            contract = contract.model_copy(update={"input_shape": [int(d) for d in args[0].shape]})
+    except Exception:  # noqa: BLE001 - example inputs are optional in a .pt2
+        pass
+    info: dict[str, Any] = {"kind": "torch_export", "spec": str(path), "kwargs": {}, "weights": None,
+            "source_sha256": sha256_file(path)}
+    # ExportedProgram.module() is a GraphModule already in inference form; it refuses .eval()
+    return LoadedModel(module=ep.module(), contract=contract, source_info=info, name=path.stem, guess_task=True)
