@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -41,6 +42,15 @@ def register(app: typer.Typer) -> None:
         min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Lowest cosine allowed.")] = None,
         min_top1: Annotated[Optional[float], typer.Option(
             "--min-top1", help="Lowest top-1 agreement allowed (classify).")] = None,
+        val: Annotated[Optional[Path], typer.Option(
+            "--val", help="Validation data (ImageFolder / images+masks / COCO-YOLO): report the task metric "
+                          "(top-1, mIoU, mAP) of torch and every backend.")] = None,
+        val_limit: Annotated[Optional[int], typer.Option("--val-limit", help="Use at most N val images.")] = None,
+        max_drop: Annotated[Optional[float], typer.Option(
+            "--max-drop", help="With --val: fail when a backend's metric is more than this many points below "
+                               "torch's (or the fp32 ONNX Runtime one without torch).")] = None,
+        layers: Annotated[bool, typer.Option(
+            "--layers", help="For INT8: list the first layers whose outputs diverge from fp32.")] = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Run BUNDLE on each backend and compare its outputs with PyTorch's.
@@ -61,8 +71,23 @@ def register(app: typer.Typer) -> None:
         rep = validate_bundle(b, specs, device=device, reference=reference, batch=batch,  # type: ignore[arg-type]
                               threads=threads, opener=open_runner,
                               overrides={"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1})
+        metrics = _task_metrics(b, specs, val, val_limit, device, threads, open_runner) if val else None
+        layer_rows = None
+        if layers:
+            from edgecv.quant.layers import layer_divergence
+
+            layer_rows = layer_divergence(b, precision="int8", backend="onnxruntime")
+        metric_failures = _metric_failures(metrics, max_drop) if metrics else []
         if json_out:
-            print_json(rep.to_dict())
+            d = rep.to_dict()
+            if metrics is not None:
+                d["task_metric"] = metrics
+            if layer_rows is not None:
+                from edgecv.quant.layers import first_diverged
+
+                d["layers"] = [r.to_dict() for r in layer_rows]
+                d["first_diverged"] = [r.node for r in first_diverged(layer_rows)]
+            print_json(d)
         else:
             console = wide_console()
             def g(v: float | None) -> str:
@@ -84,7 +109,8 @@ def register(app: typer.Typer) -> None:
                                  frac(o.top5_agreement), r.tolerance.describe(),
                                  "[green]PASS[/]" if o.passed else "[red]FAIL[/]"])
             top1 = "pixel agree" if rep.task == "segment" else "top-1 agree"
-            caption = f"reference: {rep.reference_note}; {rep.batch} samples {rep.input_shapes}"
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (rep.input_shapes or {}).items())
+            caption = f"reference: {rep.reference_note}; {rep.batch} samples ({shapes})"
             console.print(table(f"validate {rep.bundle} ({rep.task})",
                                 ["backend", "asked", "ran", "output", "max abs", "max rel", "cosine", top1,
                                  "top-5 agree", "tolerance", "result"], rows, caption=caption),
@@ -98,12 +124,69 @@ def register(app: typer.Typer) -> None:
                 if r.precision_ran and r.precision_ran != r.precision:
                     console.print(f"[yellow]{r.backend}: asked {r.precision}, the engine reports it ran "
                                   f"{r.precision_ran}[/]", highlight=False)
-            console.print("[green]all checks passed[/]" if rep.passed else "[red]validation FAILED[/]")
+            if metrics is not None:
+                ref = metrics["reference"]
+                console.print(table(
+                    f"task metric on {val} ({metrics['n']} images)",
+                    ["backend", "precision", "ran", metrics["name"], f"Δ vs {ref or '-'}", "result"],
+                    [[m["backend"], m["precision"], m["ran"], m["value"], m["delta"],
+                      "[red]FAIL[/]" if m.get("failed") else "ok"] for m in metrics["rows"]], digits=2))
+            if layer_rows is not None:
+                from edgecv.quant.layers import print_layer_report
+
+                print_layer_report(layer_rows, top=25)
+            ok = rep.passed and not metric_failures
+            console.print("[green]all checks passed[/]" if ok else "[red]validation FAILED[/]")
         if not rep.passed:
             raise ValidationFailed(_failure_line(rep))
+        if metric_failures:
+            raise ValidationFailed("; ".join(metric_failures))
 
 
 def _failure_line(rep: object) -> str:
     results = getattr(rep, "results", [])
     bad = [f"{r.backend}:{r.precision}" for r in results if not r.passed]
     return f"validation failed for {', '.join(bad) or 'every backend'} (see the table above)"
+
+
+def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: int | None, device: str | None,
+                  threads: int | None, opener: Any) -> dict[str, Any]:
+    """The task metric of torch (when it loads) and every backend on the same validation images."""
+    from edgecv._lazy import is_available
+    from edgecv.quant.metrics import TASK_METRICS, metric_for, open_val
+
+    vset = open_val(val, bundle.contract, limit=limit).materialize()
+    fn = metric_for(bundle.contract.task)
+    unit = TASK_METRICS.meta(bundle.contract.task).get("unit", "metric") if bundle.contract.task in TASK_METRICS \
+        else "metric"
+    combos = list(specs)
+    if is_available("torch") and ("torch", "fp32") not in combos:
+        combos.insert(0, ("torch", "fp32"))
+    rows: list[dict[str, Any]] = []
+    for backend, precision in combos:
+        try:
+            with opener(bundle, backend, precision, device=device, threads=threads) as r:
+                rows.append({"backend": backend, "precision": precision, "ran": r.precision, "value": fn(r, vset)})
+        except Exception as exc:  # noqa: BLE001 - torch may fail to rebuild; say so in the row
+            if backend != "torch":
+                raise
+            rows.append({"backend": backend, "precision": precision, "ran": None, "value": None,
+                         "error": str(exc).splitlines()[0]})
+    ref_row = next((r for r in rows if r["backend"] == "torch" and r["value"] is not None), None) or \
+        next((r for r in rows if r["precision"] == "fp32" and r["value"] is not None), None)
+    for r in rows:
+        r["delta"] = None if (ref_row is None or r["value"] is None) else r["value"] - ref_row["value"]
+    return {"name": unit, "n": len(vset), "reference": f"{ref_row['backend']}:{ref_row['precision']}" if ref_row
+            else None, "rows": rows}
+
+
+def _metric_failures(metrics: dict[str, Any], max_drop: float | None) -> list[str]:
+    if max_drop is None:
+        return []
+    out = []
+    for r in metrics["rows"]:
+        if r["delta"] is not None and -r["delta"] > max_drop:
+            r["failed"] = True
+            out.append(f"{r['backend']}:{r['precision']} {metrics['name']} is {-r['delta']:.2f} points below "
+                       f"{metrics['reference']} (allowed {max_drop})")
+    return out
