@@ -1,0 +1,485 @@
+"""Loaders for the three task layouts, as torch Datasets over images decoded by OpenCV (BGR uint8).
+
+* classification: an ImageFolder tree ``root/<class>/<image>``;
+* detection: COCO JSON or YOLO txt; targets are ``{"boxes": (N,4) xyxy pixels, "labels": (N,) class ids}``,
+  batched by :func:`detection_collate` (variable box counts);
+* segmentation: ``root/images/<stem>.*`` with ``root/masks/<stem>.png`` holding class ids (255 = ignore).
+
+Bad data raises :class:`~edgecv.errors.DataError` naming the file (and the line or annotation): annotations are
+checked when the data set is built, images when they are read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from edgecv._lazy import lazy_import
+from edgecv.errors import DataError
+
+IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IGNORE_INDEX = 255
+_BOX_TOL = 1.0  # pixels a COCO box may overhang the image (rounding in exporters)
+_NORM_TOL = 1e-3  # the same for YOLO's normalised coordinates
+
+
+def _cv2() -> Any:
+    return lazy_import("cv2", "data")
+
+
+def read_image(path: str | Path, flags: int | None = None) -> np.ndarray:
+    """Decode an image (BGR uint8, HxWx3 by default); a missing or unreadable file raises DataError."""
+    cv2 = _cv2()
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: missing image file")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR if flags is None else flags)
+    if img is None or img.size == 0:
+        raise DataError(f"{p}: unreadable image (OpenCV could not decode it)")
+    return img
+
+
+def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMG_EXTS)
+
+
+def read_class_names(root: Path) -> list[str] | None:
+    """Class names from ``classes.txt`` (one per line) in ``root`` or its parent, if present."""
+    for d in (root, root.parent):
+        f = d / "classes.txt"
+        if f.is_file():
+            return [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return None
+
+
+class _Base(Dataset):  # type: ignore[type-arg]
+    task = "generic"
+    labeled = True
+    classes: list[str]
+
+    def __init__(self, transform: Callable[..., Any] | None = None) -> None:
+        self.transform = transform
+
+    def _out(self, img: np.ndarray, target: Any) -> Any:
+        return self.transform(img, target) if self.transform is not None else (img, target)
+
+
+class ImageFolderDataset(_Base):
+    """Classification tree ``root/<class>/<image>``; classes are the sorted sub-folder names."""
+
+    task = "classify"
+
+    def __init__(self, root: str | Path, transform: Callable[..., Any] | None = None,
+                 classes: Sequence[str] | None = None) -> None:
+        super().__init__(transform)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: data folder not found (expected an ImageFolder tree root/<class>/<image>)")
+        found = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.classes = list(classes) if classes is not None else found
+        if not self.classes:
+            raise DataError(f"{self.root}: no class sub-folders (expected root/<class>/<image>)")
+        extra = sorted(set(found) - set(self.classes))
+        if extra:
+            raise DataError(f"{self.root / extra[0]}: unknown class folder '{extra[0]}'; "
+                            f"expected one of: {', '.join(self.classes)}")
+        self.samples: list[tuple[Path, int]] = []
+        for i, c in enumerate(self.classes):
+            d = self.root / c
+            if d.is_dir():
+                self.samples.extend((p, i) for p in _images_in(d, recursive=True))
+        if not self.samples:
+            raise DataError(f"{self.root}: no images ({', '.join(IMG_EXTS)}) under the class folders")
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Any:
+        p, t = self.samples[i]
+        return self._out(read_image(p), t)
+
+
+class ImageListDataset(_Base):
+    """Unlabelled images in a folder (recursive), e.g. calibration or distillation data; target is -1."""
+
+    labeled = False
+
+    def __init__(self, root: str | Path, transform: Callable[..., Any] | None = None) -> None:
+        super().__init__(transform)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: image folder not found")
+        self.files = _images_in(self.root, recursive=True)
+        if not self.files:
+            raise DataError(f"{self.root}: no images ({', '.join(IMG_EXTS)})")
+        self.classes = []
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Any:
+        return self._out(read_image(self.files[i]), -1)
+
+
+class _Detection(_Base):
+    task = "detect"
+    records: list[tuple[Path, np.ndarray, np.ndarray]]  # image, boxes (normalised or pixels), labels
+    normalized = False
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Any:
+        path, boxes, labels = self.records[i]
+        img = read_image(path)
+        b = boxes.copy()
+        if self.normalized:
+            h, w = img.shape[:2]
+            b *= np.array([w, h, w, h], np.float32)
+        return self._out(img, {"boxes": b, "labels": labels.copy(), "image_id": i})
+
+
+class CocoDetection(_Detection):
+    """COCO instances JSON. Category ids are mapped to contiguous ids in sorted id order.
+
+    Args:
+        ann_file: the JSON file.
+        image_root: folder that ``file_name`` is relative to (default: the JSON's folder).
+    """
+
+    def __init__(self, ann_file: str | Path, image_root: str | Path | None = None,
+                 transform: Callable[..., Any] | None = None, skip_crowd: bool = True) -> None:
+        super().__init__(transform)
+        self.ann_file = Path(ann_file)
+        if not self.ann_file.is_file():
+            raise DataError(f"{self.ann_file}: missing COCO annotation file")
+        root = Path(image_root) if image_root is not None else self.ann_file.parent
+        try:
+            coco = json.loads(self.ann_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{self.ann_file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(coco.get(key), list):
+                raise DataError(f"{self.ann_file}: expected a list under '{key}'")
+        cats = sorted(int(c["id"]) for c in coco["categories"])
+        names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco["categories"]}
+        self.cat_ids = cats
+        self.classes = [names[c] for c in cats]
+        cat_index = {c: k for k, c in enumerate(cats)}
+        images: dict[int, dict[str, Any]] = {}
+        for k, im in enumerate(coco["images"]):
+            try:
+                images[int(im["id"])] = {"path": root / im["file_name"], "w": float(im["width"]),
+                                         "h": float(im["height"]), "boxes": [], "labels": []}
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"{self.ann_file}: images[{k}]: malformed entry ({exc!r}); "
+                                f"expected id, file_name, width, height") from None
+        for k, a in enumerate(coco["annotations"]):
+            where = f"{self.ann_file}: annotations[{k}] (id {a.get('id', '?')})"
+            try:
+                img_id, cid = int(a["image_id"]), int(a["category_id"])
+                x, y, w, h = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"{where}: malformed annotation ({exc!r}); "
+                                f"expected image_id, category_id, bbox [x, y, w, h]") from None
+            if img_id not in images:
+                raise DataError(f"{where}: unknown image_id {img_id}")
+            if cid not in cat_index:
+                raise DataError(f"{where}: unknown category_id {cid}; expected one of {cats}")
+            if skip_crowd and a.get("iscrowd", 0):
+                continue
+            im = images[img_id]
+            if w <= 0 or h <= 0 or x < -_BOX_TOL or y < -_BOX_TOL or x + w > im["w"] + _BOX_TOL \
+                    or y + h > im["h"] + _BOX_TOL:
+                raise DataError(f"{where}: box [x={x}, y={y}, w={w}, h={h}] is empty or outside the "
+                                f"{im['w']:g}x{im['h']:g} image {im['path'].name}")
+            im["boxes"].append([max(x, 0.0), max(y, 0.0), min(x + w, im["w"]), min(y + h, im["h"])])
+            im["labels"].append(cat_index[cid])
+        self.records = []
+        for im in images.values():
+            if not im["path"].is_file():
+                raise DataError(f"{self.ann_file}: missing image file {im['path']}")
+            self.records.append((im["path"], np.asarray(im["boxes"], np.float32).reshape(-1, 4),
+                                 np.asarray(im["labels"], np.int64)))
+
+
+class YoloDetection(_Detection):
+    """YOLO txt labels: ``images/.../x.jpg`` with ``labels/.../x.txt`` lines ``class cx cy w h`` (normalised).
+
+    Args:
+        images_dir: folder of images.
+        labels_dir: folder of labels (default: ``images_dir`` with its last ``images`` part replaced by ``labels``).
+        classes: class names (default: ``classes.txt`` or ``data.yaml`` ``names`` near the images).
+    """
+
+    normalized = True
+
+    def __init__(self, images_dir: str | Path, labels_dir: str | Path | None = None,
+                 classes: Sequence[str] | None = None, transform: Callable[..., Any] | None = None) -> None:
+        super().__init__(transform)
+        self.images_dir = Path(images_dir)
+        if not self.images_dir.is_dir():
+            raise DataError(f"{self.images_dir}: image folder not found")
+        if labels_dir is None:
+            parts = list(self.images_dir.parts)
+            if "images" not in parts:
+                raise DataError(f"{self.images_dir}: cannot find the labels folder (no 'images' part to replace "
+                                f"with 'labels'); pass labels_dir")
+            i = len(parts) - 1 - parts[::-1].index("images")
+            parts[i] = "labels"
+            labels_dir = Path(*parts)
+        self.labels_dir = Path(labels_dir)
+        self.classes = list(classes) if classes is not None else self._find_names()
+        nc = len(self.classes)
+        self.records = []
+        for img in _images_in(self.images_dir, recursive=True):
+            lab = self.labels_dir / img.relative_to(self.images_dir).with_suffix(".txt")
+            boxes, labels = [], []
+            if lab.is_file():
+                for ln, line in enumerate(lab.read_text(encoding="utf-8").splitlines(), 1):
+                    if not line.strip():
+                        continue
+                    tok = line.split()
+                    try:
+                        if len(tok) != 5:
+                            raise ValueError(f"{len(tok)} values")
+                        c = int(tok[0])
+                        cx, cy, w, h = (float(v) for v in tok[1:])
+                    except ValueError as exc:
+                        raise DataError(f"{lab}:{ln}: malformed line {line.strip()!r} ({exc}); expected "
+                                        f"'class cx cy w h' with an integer class and 4 numbers") from None
+                    if not 0 <= c < nc:
+                        raise DataError(f"{lab}:{ln}: unknown class id {c}; expected 0..{nc - 1} "
+                                        f"({', '.join(self.classes)})")
+                    x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+                    if w <= 0 or h <= 0 or x1 < -_NORM_TOL or y1 < -_NORM_TOL or x2 > 1 + _NORM_TOL \
+                            or y2 > 1 + _NORM_TOL:
+                        raise DataError(f"{lab}:{ln}: box out of bounds (cx={cx}, cy={cy}, w={w}, h={h}); "
+                                        f"expected normalised coordinates inside [0, 1]")
+                    boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)])
+                    labels.append(c)
+            self.records.append((img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)))
+        if not self.records:
+            raise DataError(f"{self.images_dir}: no images ({', '.join(IMG_EXTS)})")
+
+    def _find_names(self) -> list[str]:
+        for d in [self.images_dir, *self.images_dir.parents][:4]:
+            names = read_class_names(d) if (d / "classes.txt").is_file() else None
+            if names:
+                return names
+            y = d / "data.yaml"
+            if y.is_file():
+                import yaml
+
+                data = yaml.safe_load(y.read_text(encoding="utf-8")) or {}
+                n = data.get("names")
+                if isinstance(n, dict):
+                    return [str(n[k]) for k in sorted(n)]
+                if isinstance(n, list):
+                    return [str(v) for v in n]
+        raise DataError(f"{self.images_dir}: no class names (expected classes.txt or data.yaml 'names' beside "
+                        f"the images, or pass classes)")
+
+
+class SegmentationFolder(_Base):
+    """``root/images/<stem>.*`` with ``root/masks/<stem>.png`` of class ids (0..C-1; 255 = ignore)."""
+
+    task = "segment"
+
+    def __init__(self, root: str | Path, num_classes: int | None = None, classes: Sequence[str] | None = None,
+                 transform: Callable[..., Any] | None = None) -> None:
+        super().__init__(transform)
+        self.root = Path(root)
+        img_dir, mask_dir = self.root / "images", self.root / "masks"
+        for d in (img_dir, mask_dir):
+            if not d.is_dir():
+                raise DataError(f"{d}: folder not found (expected root/images and root/masks)")
+        names = list(classes) if classes is not None else read_class_names(self.root)
+        if names is None and num_classes is None:
+            raise DataError(f"{self.root}: no classes.txt here or in the parent folder; pass num_classes")
+        self.classes = names if names is not None else [str(i) for i in range(int(num_classes or 0))]
+        self.num_classes = int(num_classes) if num_classes is not None else len(self.classes)
+        self.samples: list[tuple[Path, Path]] = []
+        for img in _images_in(img_dir):
+            m = mask_dir / f"{img.stem}.png"
+            if not m.is_file():
+                raise DataError(f"{m}: missing mask file for image {img.name}")
+            self.samples.append((img, m))
+        if not self.samples:
+            raise DataError(f"{img_dir}: no images ({', '.join(IMG_EXTS)})")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read_mask(self, i: int) -> np.ndarray:
+        img_path, m = self.samples[i]
+        cv2 = _cv2()
+        mask = read_image(m, cv2.IMREAD_UNCHANGED)
+        if mask.ndim != 2:
+            raise DataError(f"{m}: expected a single-channel mask of class ids, found shape {mask.shape}")
+        values = np.unique(mask)
+        bad = values[(values >= self.num_classes) & (values != IGNORE_INDEX)]
+        if bad.size:
+            raise DataError(f"{m}: unknown class id {int(bad[0])}; expected 0..{self.num_classes - 1} "
+                            f"or {IGNORE_INDEX} (ignore)")
+        return mask
+
+    def __getitem__(self, i: int) -> Any:
+        img_path, m = self.samples[i]
+        img = read_image(img_path)
+        mask = self.read_mask(i)
+        if mask.shape != img.shape[:2]:
+            raise DataError(f"{m}: mask is {mask.shape[1]}x{mask.shape[0]} but image {img_path.name} is "
+                            f"{img.shape[1]}x{img.shape[0]}")
+        return self._out(img, mask)
+
+
+def detection_collate(batch: Sequence[tuple[Any, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Stack images; keep targets as a list (each image has its own number of boxes)."""
+    imgs = torch.stack([torch.as_tensor(b[0]) for b in batch])
+    targets = []
+    for _, t in batch:
+        targets.append({k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in t.items()})
+    return imgs, targets
+
+
+class ImageTransform:
+    """Resize (stretch), augment, convert BGR uint8 → normalised float CHW tensor, for every task's target.
+
+    Called as ``transform(img, target, rng)``; ``rng`` (numpy Generator) drives the augmentation so a run is
+    reproducible whatever the number of loader workers.
+    """
+
+    def __init__(self, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], color: str = "RGB",
+                 task: str = "classify", augment: Any = None) -> None:
+        self.h, self.w = int(size[0]), int(size[1])
+        self.mean = np.asarray(mean, np.float32).reshape(1, 1, -1) * 255.0
+        self.std = np.asarray(std, np.float32).reshape(1, 1, -1) * 255.0
+        self.color = color
+        self.task = task
+        self.augment = augment
+
+    def __call__(self, img: np.ndarray, target: Any, rng: np.random.Generator | None = None) -> Any:
+        cv2 = _cv2()
+        h0, w0 = img.shape[:2]
+        if (h0, w0) != (self.h, self.w):
+            img = cv2.resize(img, (self.w, self.h), interpolation=cv2.INTER_AREA if h0 > self.h else
+                             cv2.INTER_LINEAR)
+            if self.task == "segment":
+                target = cv2.resize(target, (self.w, self.h), interpolation=cv2.INTER_NEAREST)
+            elif self.task == "detect":
+                target = dict(target)
+                target["boxes"] = target["boxes"] * np.array([self.w / w0, self.h / h0] * 2, np.float32)
+        x = img.astype(np.float32)
+        a = self.augment
+        if a is not None and rng is not None:
+            x, target = self._augment(x, target, rng, a)
+        if self.color == "RGB":
+            x = x[..., ::-1]
+        x = (x - self.mean) / self.std
+        tensor = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        if self.task == "segment":
+            return tensor, torch.from_numpy(np.ascontiguousarray(target).astype(np.int64))
+        if self.task == "detect":
+            return tensor, target
+        return tensor, int(target)
+
+    def _augment(self, x: np.ndarray, target: Any, rng: np.random.Generator, a: Any) -> tuple[np.ndarray, Any]:
+        cv2 = _cv2()
+        if a.hflip and rng.random() < 0.5:
+            x = x[:, ::-1]
+            if self.task == "segment":
+                target = target[:, ::-1]
+            elif self.task == "detect":
+                b = target["boxes"].copy()
+                b[:, [0, 2]] = self.w - b[:, [2, 0]]
+                target = {**target, "boxes": b}
+        if a.vflip and rng.random() < 0.5:
+            x = x[::-1]
+            if self.task == "segment":
+                target = target[::-1]
+            elif self.task == "detect":
+                b = target["boxes"].copy()
+                b[:, [1, 3]] = self.h - b[:, [3, 1]]
+                target = {**target, "boxes": b}
+        if a.translate > 0 and self.task != "detect":
+            dx, dy = rng.uniform(-a.translate, a.translate, 2) * np.array([self.w, self.h])
+            m = np.float32([[1, 0, dx], [0, 1, dy]])
+            x = cv2.warpAffine(np.ascontiguousarray(x), m, (self.w, self.h), borderMode=cv2.BORDER_REFLECT)
+            if self.task == "segment":
+                target = cv2.warpAffine(np.ascontiguousarray(target), m, (self.w, self.h),
+                                        flags=cv2.INTER_NEAREST, borderValue=IGNORE_INDEX)
+        if a.contrast > 0 or a.brightness > 0:
+            c = 1.0 + rng.uniform(-a.contrast, a.contrast)
+            b = rng.uniform(-a.brightness, a.brightness) * 255.0
+            x = (x - 128.0) * c + 128.0 + b
+        return x, target
+
+
+class TransformedDataset(Dataset):  # type: ignore[type-arg]
+    """Applies ``transform(img, target, rng)`` with a generator seeded by (seed, epoch, index).
+
+    Call :meth:`set_epoch` before each epoch (the trainer does): augmentation then differs per epoch but is the same
+    on every rerun and on resume, whether loading runs in the main process or in workers.
+    """
+
+    def __init__(self, base: Any, transform: Callable[..., Any], seed: int = 0, train: bool = False) -> None:
+        self.base, self.transform, self.seed, self.train = base, transform, int(seed), train
+        self.epoch = 0
+        self.classes = getattr(base, "classes", [])
+        self.labeled = getattr(base, "labeled", True)
+        self.task = getattr(base, "task", "generic")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> Any:
+        img, target = self.base[i]
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)]) if self.train else None
+        return self.transform(img, target, rng)
+
+
+def open_dataset(task: str, path: str | Path, fmt: str | None = None, split: str = "train",
+                 classes: Sequence[str] | None = None) -> Any:
+    """Open the data set at ``path`` for ``task`` (untransformed: items are ``(BGR image, target)``).
+
+    Args:
+        task: classify, detect or segment.
+        path: ImageFolder root (classify); COCO JSON, YOLO images folder or a synth ``detect`` root (detect);
+            folder with images/ and masks/ (segment); any folder of images when ``fmt == "images"``.
+        fmt: imagefolder, coco, yolo, masks or images; inferred from the path when None.
+        split: which split to use when ``path`` is a synth root holding several.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: data path not found")
+    if fmt == "images":
+        return ImageListDataset(p)
+    if task == "classify":
+        if (p / split).is_dir() and not _images_in(p / split):
+            p = p / split
+        return ImageFolderDataset(p, classes=classes)
+    if task == "segment":
+        if not (p / "images").is_dir() and (p / split / "images").is_dir():
+            p = p / split
+        return SegmentationFolder(p, classes=classes)
+    if task == "detect":
+        if fmt == "coco" or p.suffix == ".json":
+            if p.is_dir():
+                p = p / f"{split}.json"
+            return CocoDetection(p)
+        if (p / "images" / split).is_dir():
+            p = p / "images" / split
+        return YoloDetection(p, classes=classes)
+    raise DataError(f"unknown task '{task}'; expected classify, detect or segment")

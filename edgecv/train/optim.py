@@ -1,0 +1,85 @@
+"""Optimizers and learning-rate schedules by name (torch.optim), built from the recipe's typed config."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecv.config.schema import OptimizerConfig, ScheduleConfig
+from edgecv.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("none", "constant", "step", "cosine", "linear")
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # no decay on biases and norm scales: decaying them only hurts (standard practice, timm param_groups_weight_decay)
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig | dict[str, Any] | str) -> torch.optim.Optimizer:
+    """A torch optimizer by name: sgd, momentum (SGD + momentum), nesterov, adagrad, rmsprop, adam, adamw."""
+    if isinstance(cfg, str):
+        cfg = OptimizerConfig(name=cfg)  # type: ignore[arg-type]
+    elif isinstance(cfg, dict):
+        cfg = OptimizerConfig(**cfg)
+    params = _param_groups(model, cfg.weight_decay)
+    name = cfg.name
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    if name == "nesterov":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum or 0.9, nesterov=True)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    raise ConfigError(f"train.optimizer.name: expected one of {', '.join(OPTIMIZERS)}, found '{name}'")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig | dict[str, Any] | str, epochs: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-iteration schedule: optional linear warm-up composed (SequentialLR) with step, cosine or linear decay.
+
+    ``step_size`` is in epochs; ``warmup_epochs`` may be fractional. Step it once per optimizer step.
+    """
+    if isinstance(cfg, str):
+        cfg = ScheduleConfig(name=cfg)  # type: ignore[arg-type]
+    elif isinstance(cfg, dict):
+        cfg = ScheduleConfig(**cfg)
+    sched = torch.optim.lr_scheduler
+    total = max(1, epochs * steps_per_epoch)
+    warm = min(total - 1, int(math.ceil(cfg.warmup_epochs * steps_per_epoch))) if cfg.warmup_epochs > 0 else 0
+    rest = max(1, total - warm)
+    base_lr = optimizer.param_groups[0]["lr"]
+    if cfg.name in ("none", "constant"):
+        main: Any = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif cfg.name == "step":
+        main = sched.StepLR(optimizer, step_size=max(1, cfg.step_size * steps_per_epoch), gamma=cfg.gamma)
+    elif cfg.name == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=rest, eta_min=min(cfg.min_lr, base_lr))
+    elif cfg.name == "linear":
+        end = max(cfg.min_lr / base_lr, 1e-8) if base_lr > 0 else 1e-8
+        main = sched.LinearLR(optimizer, start_factor=1.0, end_factor=min(end, 1.0), total_iters=rest)
+    else:
+        raise ConfigError(f"train.schedule.name: expected one of {', '.join(SCHEDULES)}, found '{cfg.name}'")
+    if warm <= 0:
+        return main
+    warmup = sched.LinearLR(optimizer, start_factor=cfg.warmup_start, end_factor=1.0, total_iters=warm)
+    return sched.SequentialLR(optimizer, [warmup, main], milestones=[warm])
