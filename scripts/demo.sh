@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The main job on the shipped default model and data: export → compile → validate → bench → run.
+# Called by `make demo` after it installed everything into .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+E=".venv/bin/edgecv"
+OUT=${OUT:-out/demo}
+mkdir -p "$OUT"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "what this machine has"
+$E doctor
+
+step "export the shipped default classifier (trained by recipes/classifier.yaml)"
+$E export shapes_classifier -o "$OUT/cls" --force
+
+step "compile: OpenVINO IR fp32 and fp16, INT8 for ONNX Runtime (QDQ) and OpenVINO (NNCF), the trtexec command"
+$E compile "$OUT/cls" --backend openvino --precision fp32
+$E compile "$OUT/cls" --backend openvino --precision fp16
+$E compile "$OUT/cls" --backend onnxruntime --precision int8 --calib calib/cls
+$E compile "$OUT/cls" --backend openvino --precision int8 --calib calib/cls
+$E compile "$OUT/cls" --backend tensorrt --precision fp16 --emit-trtexec
+
+step "held-out validation images (the split the shipped metric was measured on)"
+VAL=$(.venv/bin/python -c "import json; m=json.load(open('edgecv/zoo/weights/shapes_classifier.json')); v=m['val']; print(v['seed'], v['size'], v['count'])")
+read -r SEED SIZE COUNT <<<"$VAL"
+$E data synth --task classify -o "$OUT/data" --n-train 0 --n-val "$COUNT" --size "$SIZE" --seed "$SEED"
+
+step "validate every backend against PyTorch, and the top-1 of each on the held-out images"
+$E validate "$OUT/cls" -b onnxruntime -b openvino -b openvino:bf16 -b openvino:fp16 -b onnxruntime:int8 \
+  -b openvino:int8 --val "$OUT/data/val" --max-drop 1.0
+
+step "bench: torch eager vs ONNX Runtime vs OpenVINO fp32 / bf16 / int8, batch 1 and 8"
+$E bench "$OUT/cls" -b torch -b onnxruntime -b onnxruntime:int8 -b openvino -b openvino:bf16 -b openvino:int8 \
+  --batch 1 --batch 8 --min-time 1
+
+step "run it on a video: annotated output + one JSON line per frame"
+.venv/bin/python scripts/make_video.py "$OUT/shapes.mp4" --seconds 4
+$E run "$OUT/cls" --backend openvino --source "$OUT/shapes.mp4" --save "$OUT/annotated.mp4" \
+  --jsonl "$OUT/frames.jsonl" --json "$OUT/run.json" --quiet
+printf '\ndemo outputs are in %s\n' "$OUT"
