@@ -162,7 +162,7 @@ def load_model_from_manifest(manifest: Manifest) -> nn.Module:
     if kind == "file":
         path_str, _, _ = spec.rpartition(":")
         _check_recorded_file(path_str, src.get("source_sha256"), "model source file")
-    elif kind in ("torchscript", "torch_export"):
+    elif kind in ("torchscript", "torch_export", "checkpoint"):
         _check_recorded_file(spec, src.get("source_sha256"), "model file")
     if src.get("weights"):
         _check_recorded_file(str(src["weights"]), src.get("weights_sha256"), "weights file")
@@ -468,6 +468,15 @@ def _load_checkpoint_file(path: Path, *, shape: tuple[int, ...] | None, kwargs: 
         return loaded
 
     obj = _safe_torch_load(path, path)
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("edgecv.rewrite/"):
+        # written by `edgecv rewrite -o`: the structure comes from re-running the passes on the arch
+        from edgecv.rewrite.compare import load_rewritten
+
+        base = load_model(str(obj["arch"]), input_shape=shape, model_kwargs=obj.get("model_kwargs") or None)
+        base.module = load_rewritten(path)
+        base.source_info.update({"kind": "checkpoint", "spec": str(path), "weights": None,
+                                 "source_sha256": sha256_file(path), "rewrite_file": True})
+        return base
     state, ck_arch = _extract_state_dict(obj, path)
     arch = arch or ck_arch
     if arch is None:

@@ -1,0 +1,443 @@
+"""The :class:`Pass` interface, the pass registry, the output certificate and :func:`apply_passes`.
+
+A pass takes an ``nn.Module`` in eval mode and returns a rewritten one (a copy unless ``inplace=True``).
+*Exact* passes prove themselves on a sample input every time they run and refuse to return a model whose
+outputs moved by more than float rounding; *lossy* passes report how far the outputs drifted (max abs,
+cosine, top-1 agreement) and say that fine-tuning is needed.
+
+Passes use ``torch.fx`` where the model traces and fall back to walking the module tree where it does not;
+the report records which was used.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgecv.errors import ConfigError, EdgecvError
+from edgecv.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import fx, nn
+
+METHOD_FX = "fx"
+METHOD_WALK = "module walk"
+
+
+class RewriteError(EdgecvError):
+    """A rewrite pass could not run on this model (bad mode, missing sample, unsupported structure)."""
+
+
+class NotExactError(RewriteError):
+    """An *exact* pass changed the model's outputs beyond float tolerance; the rewritten model was discarded."""
+
+
+# --------------------------------------------------------------------------------------------- reports
+@dataclass
+class OutputDiff:
+    """How far a rewritten model's outputs are from the original's on one sample."""
+
+    max_abs: float
+    mean_abs: float
+    scale: float  # max |original output|, the yardstick for the exactness tolerance
+    cosine: float
+    top1_agreement: float | None  # fraction of samples whose argmax class agrees (2-D outputs only)
+
+    @property
+    def rel_max(self) -> float:
+        return self.max_abs / self.scale if self.scale > 0 else self.max_abs
+
+
+@dataclass
+class PassReport:
+    """What one pass did: see :func:`apply_passes`."""
+
+    name: str
+    exact: bool
+    method: str = ""
+    changes: int = 0
+    max_abs: float = 0.0
+    mean_abs: float = 0.0
+    cosine: float = 1.0
+    top1_agreement: float | None = None
+    output_scale: float = 0.0
+    tolerance: float | None = None  # exact passes: the max-abs bound the certificate enforced
+    params_before: int = 0
+    params_after: int = 0
+    seconds: float = 0.0
+    sample_shape: list[int] = field(default_factory=list)
+    sample_source: str = "given"
+    finetune_needed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RewriteReport:
+    """The per-pass reports of one :func:`apply_passes` call, in order."""
+
+    passes: list[PassReport] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    max_abs: float = 0.0  # end-to-end drift, final model vs the input model
+    cosine: float = 1.0
+    top1_agreement: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        return all(p.exact for p in self.passes)
+
+    @property
+    def finetune_needed(self) -> bool:
+        return any(p.finetune_needed for p in self.passes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exact": self.exact, "finetune_needed": self.finetune_needed, "params_before": self.params_before,
+                "params_after": self.params_after, "max_abs": self.max_abs, "cosine": self.cosine,
+                "top1_agreement": self.top1_agreement, "passes": [p.to_dict() for p in self.passes]}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _torch() -> Any:
+    from edgecv._lazy import lazy_import
+
+    return lazy_import("torch", "torch")
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """All tensors in a (possibly nested) model output, in a stable order."""
+    torch = _torch()
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in sorted(out, key=str) for t in flatten_outputs(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in flatten_outputs(o)]
+    if hasattr(out, "_fields"):  # namedtuple
+        return [t for o in out for t in flatten_outputs(o)]
+    return []
+
+
+def run_model(model: nn.Module, sample: torch.Tensor) -> Any:
+    torch = _torch()
+    with torch.no_grad():
+        return model(sample)
+
+
+def compare_outputs(ref: Any, new: Any) -> OutputDiff:
+    """Max/mean abs difference, cosine similarity and top-1 agreement of two model outputs."""
+    torch = _torch()
+    a, b = flatten_outputs(ref), flatten_outputs(new)
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        raise RewriteError(f"rewritten model's outputs changed shape: expected {[list(x.shape) for x in a]}, "
+                           f"found {[list(y.shape) for y in b]}")
+    if not a:
+        raise RewriteError(f"model output has no tensors (found {type(ref).__name__})")
+    fa = torch.cat([x.detach().double().flatten() for x in a])
+    fb = torch.cat([y.detach().double().flatten() for y in b])
+    diff = (fa - fb).abs()
+    if not torch.isfinite(fb).all():
+        max_abs = math.inf
+    else:
+        max_abs = float(diff.max())
+    na, nb = float(fa.norm()), float(fb.norm())
+    cos = float((fa @ fb) / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+    top1 = None
+    if len(a) == 1 and a[0].dim() == 2 and a[0].shape[1] > 1:
+        top1 = float((a[0].argmax(1) == b[0].argmax(1)).double().mean())
+    return OutputDiff(max_abs=max_abs, mean_abs=float(diff.mean()), scale=float(fa.abs().max()), cosine=cos,
+                      top1_agreement=top1)
+
+
+def count_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
+    """Forward FLOPs on ``sample`` counted by :class:`torch.utils.flop_counter.FlopCounterMode` (2 per MAC)."""
+    torch = _torch()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(sample)
+    return int(counter.get_total_flops())
+
+
+def infer_sample(model: nn.Module, batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A seeded random input shaped for the model's first conv / linear layer, for exact-pass certificates."""
+    torch = _torch()
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            nd = len(m.kernel_size)
+            return torch.randn(batch, m.in_channels, *([size] * nd), generator=gen)
+        if isinstance(m, nn.Linear):
+            return torch.randn(batch, m.in_features, generator=gen)
+    raise RewriteError("no sample input given and the model has no conv/linear layer to infer an input shape from; "
+                       "pass sample=torch.randn(...) (CLI: --input-shape)")
+
+
+def _fused_leaf_types() -> tuple[type, ...]:
+    from torch.ao.nn.intrinsic.modules.fused import _FusedModule
+
+    from edgecv.rewrite.modules import ConvAct
+
+    return (ConvAct, _FusedModule)
+
+
+def try_trace(model: nn.Module, leaf: Callable[[Any], bool] | None = None) -> tuple[fx.GraphModule | None, str]:
+    """``torch.fx.symbolic_trace(model)`` or ``(None, why)`` when the model does not trace.
+
+    Fused modules made by earlier passes (``ConvAct``, ``torch.ao.nn.intrinsic`` fused modules) are kept as leaves
+    so a later pass does not trace them apart again.
+    """
+    from torch import fx
+
+    leaves = _fused_leaf_types()
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, leaves) or (leaf is not None and leaf(m)) or super().is_leaf_module(m, qualname)
+
+    try:
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        name = type(model).__name__
+        return fx.GraphModule(tracer.root, graph, name), ""
+    except Exception as exc:  # fx raises many kinds (TraceError, TypeError, NotImplementedError...)
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+
+
+def set_submodule(root: nn.Module, target: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``target`` (works for Sequential/ModuleList indices)."""
+    parent_name, _, leaf = target.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)
+
+
+def finish_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def is_plain_sequential(m: Any) -> bool:
+    """True when ``m`` runs its children one after another (an ``nn.Sequential`` whose forward is not overridden),
+    so each child's output feeds only the next child."""
+    from torch import nn
+
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+
+# --------------------------------------------------------------------------------------------- the Pass
+@dataclass
+class PassResult:
+    """What :meth:`Pass.transform` hands back to the certificate machinery."""
+
+    model: Any
+    method: str
+    changes: int
+    notes: list[str] = field(default_factory=list)
+
+
+class Pass:
+    """A model rewrite. Subclasses set :attr:`name`, :attr:`exact` and implement :meth:`transform`.
+
+    Calling a pass (``p(model, sample)``) runs :meth:`run` and returns the rewritten model; the report of the
+    last call is kept in :attr:`last_report`.
+    """
+
+    name: ClassVar[str] = "pass"
+    exact: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+    #: exact passes accept ``max_abs <= rtol * max|original output| + atol``. atol is 0 on purpose: a randomly
+    #: initialised deep net can have outputs ~1e-10, and any absolute floor would make its certificate vacuous.
+    rtol: ClassVar[float] = 1e-5
+    atol: ClassVar[float] = 0.0
+    #: when float32 fails but stays within ``rtol_rounding * scale``, the rewrite is re-run on a float64 copy and
+    #: accepted if that copy gives ``max_abs <= rtol64 * scale``
+    rtol_rounding: ClassVar[float] = 1e-3
+    rtol64: ClassVar[float] = 1e-9
+
+    def __init__(self) -> None:
+        self.last_report: PassReport | None = None
+
+    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _float64_check(self, model: nn.Module, sample: torch.Tensor) -> OutputDiff | None:
+        """This pass run on a float64 copy of ``model``, compared with that copy; None if it cannot run."""
+        try:
+            m64, x64 = copy.deepcopy(model).double(), sample.double()
+            ref = run_model(m64, x64)
+            res = self.transform(copy.deepcopy(m64), x64)
+            return compare_outputs(ref, run_model(res.model.eval(), x64))
+        except Exception:  # noqa: BLE001 - e.g. a module with hard-coded float32 buffers
+            return None
+
+    def __call__(self, model: nn.Module, sample: torch.Tensor | None = None, inplace: bool = False) -> nn.Module:
+        return self.run(model, sample, inplace)[0]
+
+    def run(self, model: nn.Module, sample: torch.Tensor | None = None,
+            inplace: bool = False) -> tuple[nn.Module, PassReport]:
+        """Rewrite ``model`` and certify (exact) or measure (lossy) the result on ``sample``.
+
+        Args:
+            model: the model, in eval mode.
+            sample: an input batch. Exact passes synthesize a seeded one from the first layer when it is None;
+                lossy passes require it (their drift is measured on it, and some calibrate on it).
+            inplace: reuse (and change) ``model``'s modules instead of working on a deep copy. On a failed
+                certificate the input model may then already be changed, and the float64 re-check that tells
+                float32 rounding from a real change is not available.
+
+        Returns:
+            the rewritten model and its :class:`PassReport`.
+
+        Raises:
+            RewriteError: the model is in train mode, or a lossy pass got no sample.
+            NotExactError: an exact pass moved the outputs beyond tolerance (no model is returned).
+        """
+        torch = _torch()
+        from torch import nn
+
+        if not isinstance(model, nn.Module):
+            raise RewriteError(f"pass '{self.name}' expected a torch.nn.Module, found {type(model).__name__}")
+        kind = "exact" if self.exact else "lossy"
+        if model.training:
+            raise RewriteError(f"{kind} pass '{self.name}' expected a model in eval mode, found train mode "
+                               "(BatchNorm/Dropout behave differently); call model.eval() first")
+        source = "given"
+        if sample is None:
+            if not self.exact:
+                raise RewriteError(f"lossy pass '{self.name}' needs a sample input to measure (and calibrate) the "
+                                   "output drift it causes; found sample=None (CLI: --input-shape)")
+            sample = infer_sample(model)
+            source = "synthesized (seeded noise)"
+        if not isinstance(sample, torch.Tensor):
+            raise RewriteError(f"pass '{self.name}' expected sample to be a torch.Tensor, found {type(sample).__name__}")
+        t0 = time.perf_counter()
+        ref = run_model(model, sample)
+        params_before = count_params(model)
+        work = model if inplace else copy.deepcopy(model)
+        result = self.transform(work, sample)
+        new = result.model
+        new.eval()
+        diff = compare_outputs(ref, run_model(new, sample))
+        report = PassReport(
+            name=self.name, exact=self.exact, method=result.method, changes=result.changes, max_abs=diff.max_abs,
+            mean_abs=diff.mean_abs, cosine=diff.cosine, top1_agreement=diff.top1_agreement, output_scale=diff.scale,
+            params_before=params_before, params_after=count_params(new), sample_shape=list(sample.shape),
+            sample_source=source, notes=list(result.notes),
+        )
+        if self.exact:
+            tol = self.rtol * diff.scale + self.atol
+            report.tolerance = tol
+            if not diff.max_abs <= tol:  # also catches NaN
+                # fp32 rounding can be amplified (softmax over large logits, deep nets); running the same rewrite
+                # on a float64 copy tells rounding from a real change. Needs the untouched input (not inplace),
+                # and only moderate fp32 drift is put down to rounding.
+                d64 = None if inplace or diff.rel_max > self.rtol_rounding else self._float64_check(model, sample)
+                tol64 = self.rtol64 * (d64.scale if d64 else 0.0)
+                if d64 is not None and d64.max_abs <= tol64:
+                    report.notes.append(
+                        f"float32 diff {diff.max_abs:.3g} > {tol:.3g} is rounding: the same rewrite in float64 gives "
+                        f"{d64.max_abs:.3g} <= {tol64:.3g} ({self.rtol64:g} x output scale)")
+                else:
+                    if inplace:
+                        where = " (the input model was modified in place; no float64 check)"
+                    elif diff.rel_max > self.rtol_rounding:
+                        where = f" (more than {self.rtol_rounding:g} x output scale: not float rounding)"
+                    elif d64 is None:
+                        where = "; the float64 check could not run"
+                    else:
+                        where = f"; float64 check {d64.max_abs:.4g} > {tol64:.3g}"
+                    raise NotExactError(
+                        f"exact pass '{self.name}' changed the outputs: expected max abs diff <= {tol:.3g} "
+                        f"({self.rtol:g} x output scale {diff.scale:.4g}), found {diff.max_abs:.4g} "
+                        f"(cosine {diff.cosine:.6f}, {result.changes} changes via {result.method}){where}; "
+                        "rewritten model discarded")
+        else:
+            report.finetune_needed = result.changes > 0
+            if result.changes:
+                report.notes.append("lossy: fine-tune (e.g. distil from the original) before deploying")
+        report.seconds = time.perf_counter() - t0
+        self.last_report = report
+        return new, report
+
+
+PASSES: Registry[type[Pass]] = Registry("rewrite pass")
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: register a :class:`Pass` subclass under its ``name``."""
+    PASSES.register(cls.name, cls, exact=cls.exact, description=cls.description)
+    return cls
+
+
+def _ensure_loaded() -> None:
+    import edgecv.rewrite.passes  # noqa: F401  (importing the modules registers the passes)
+
+
+def get_pass(name: str, **options: Any) -> Pass:
+    """A pass instance by registered name; ``options`` go to its constructor (e.g. ``groups=4``)."""
+    _ensure_loaded()
+    cls = PASSES.get(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"pass '{name}': bad options {sorted(options)} ({exc})") from exc
+
+
+def list_passes() -> list[dict[str, Any]]:
+    _ensure_loaded()
+    return [{"name": n, **PASSES.meta(n)} for n in PASSES.names()]
+
+
+def apply_passes(model: nn.Module, names: list[str], sample: torch.Tensor | None, inplace: bool = False,
+                 options: dict[str, dict[str, Any]] | None = None) -> tuple[nn.Module, RewriteReport]:
+    """Run the named passes in order; exact ones certify themselves, lossy ones report their drift.
+
+    Args:
+        model: the model, in eval mode.
+        names: registered pass names, e.g. ``["fold_bn", "dw_conv"]``.
+        sample: input batch used to certify/measure every pass (required when any pass is lossy).
+        inplace: let the first pass change ``model`` instead of copying it.
+        options: per-pass constructor options, e.g. ``{"group_conv": {"groups": 4}}``.
+
+    Returns:
+        the rewritten model and a :class:`RewriteReport` (per pass: exact, method, changes, max abs diff,
+        cosine, params before/after; plus end-to-end drift).
+    """
+    options = options or {}
+    unknown = set(options) - set(names)
+    if unknown:
+        raise ConfigError(f"options given for passes not in the list: {sorted(unknown)}; passes: {names}")
+    passes = [get_pass(n, **options.get(n, {})) for n in names]  # resolve all names before doing any work
+    if sample is None and any(not p.exact for p in passes):
+        lossy = [p.name for p in passes if not p.exact]
+        raise RewriteError(f"lossy passes {lossy} need a sample input to measure their drift; found sample=None")
+    if sample is None:
+        sample = infer_sample(model)
+    ref = run_model(model, sample)
+    report = RewriteReport(params_before=count_params(model))
+    current = model
+    for i, p in enumerate(passes):
+        # later passes copy too: the float64 re-check of an exact pass needs its untouched input
+        current, rep = p.run(current, sample, inplace=inplace and i == 0)
+        report.passes.append(rep)
+    diff = compare_outputs(ref, run_model(current, sample))
+    report.params_after = count_params(current)
+    report.max_abs, report.cosine, report.top1_agreement = diff.max_abs, diff.cosine, diff.top1_agreement
+    return current, report
