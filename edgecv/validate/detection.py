@@ -126,3 +126,109 @@ def match_detections(ref: Sequence[Detections], other: Sequence[Detections], iou
                         mean_iou=float(np.mean(ious)) if ious else 1.0, min_iou=float(np.min(ious)) if ious else 1.0,
                         max_score_diff=float(np.max(sdiff)) if sdiff else 0.0,
                         mean_score_diff=float(np.mean(sdiff)) if sdiff else 0.0)
+
+
+# ------------------------------------------------------------------------------------------------ data + runners
+def load_coco_samples(path: str, split: str = "val", limit: int | None = None
+                      ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(BGR image, gt boxes xyxy, gt labels 0..C-1) of a COCO JSON (or a synth detect root's ``{split}.json``),
+    without torch (runtime tier). Category ids map to contiguous ids in sorted id order, as the trainer's loader."""
+    import json
+    from pathlib import Path
+
+    cv2 = lazy_import("cv2", "validate")
+    p = Path(path)
+    if p.is_dir():
+        p = p / f"{split}.json"
+    if not p.is_file():
+        raise ConfigError(f"--val: expected a COCO JSON file or a folder with {split}.json, found '{path}'")
+    coco = json.loads(p.read_text(encoding="utf-8"))
+    cats = {int(c["id"]): k for k, c in enumerate(sorted(coco["categories"], key=lambda c: int(c["id"])))}
+    by_img: dict[int, list[Any]] = {int(im["id"]): [] for im in coco["images"]}
+    for a in coco["annotations"]:
+        if not a.get("iscrowd", 0):
+            by_img[int(a["image_id"])].append(a)
+    out = []
+    for im in coco["images"][:limit]:
+        img = cv2.imread(str(p.parent / im["file_name"]), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ConfigError(f"{p}: cannot read image {im['file_name']}")
+        anns = by_img[int(im["id"])]
+        b = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                      for a in anns], np.float32).reshape(-1, 4)
+        lab = np.array([cats[int(a["category_id"])] for a in anns], np.int64)
+        out.append((img, b, lab))
+    return out
+
+
+def runner_detections(runner: Any, contract: Any, images: Sequence[np.ndarray]) -> list[Detections]:
+    """Detections (original-image pixels) of any Runner over BGR images, preprocessed and decoded per the contract
+    (letterbox mapping included), one image per call."""
+    from edgecv.tasks.decode import get_decoder
+    from edgecv.tasks.preprocess import preprocess
+
+    dec = get_decoder(contract)
+    out: list[Detections] = []
+    for img in images:
+        x, tf = preprocess(img, contract)
+        r = dec.decode(runner.infer({contract.input_name: x}), [tf])[0]
+        out.append((r.boxes, r.scores, r.classes))
+    return out
+
+
+def runner_map(runner: Any, contract: Any, samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+               ) -> tuple[dict[str, float], list[Detections]]:
+    """mAP of a Runner on ``samples`` from :func:`load_coco_samples`; returns (metrics, detections)."""
+    dets = runner_detections(runner, contract, [s[0] for s in samples])
+    m = coco_map(dets, [(s[1], s[2]) for s in samples], len(contract.class_names) or
+                 int(contract.decode.get("num_classes", 0)), [s[0].shape[:2] for s in samples])
+    return m, dets
+
+
+def compare_backends(ref: Sequence[Detections], others: dict[str, Sequence[Detections]],
+                     ref_map: dict[str, float] | None = None, maps: dict[str, dict[str, float]] | None = None,
+                     iou_threshold: float = 0.9, min_score: float = 0.25) -> list[dict[str, Any]]:
+    """One row per backend: box agreement with the reference (IoU ≥ ``iou_threshold``, same class, score
+    difference) and, given mAPs, the mAP difference from the reference (in mAP points, ×100)."""
+    rows = []
+    for name, dets in others.items():
+        a = match_detections(ref, dets, iou_threshold=iou_threshold, min_score=min_score)
+        row: dict[str, Any] = {"backend": name, **a.to_dict()}
+        if ref_map is not None and maps is not None and name in maps:
+            row["map50"] = maps[name]["map50"]
+            row["map"] = maps[name]["map"]
+            row["map50_diff_pts"] = 100.0 * (maps[name]["map50"] - ref_map["map50"])
+            row["map_diff_pts"] = 100.0 * (maps[name]["map"] - ref_map["map"])
+        rows.append(row)
+    return rows
+
+
+def stage_times(runner: Any, contract: Any, images: Sequence[np.ndarray], n: int = 50, warmup: int = 5
+                ) -> dict[str, float]:
+    """Median milliseconds of the detector's three stages per image: ``pre`` (letterbox + normalise),
+    ``infer`` (the Runner) and ``post`` (decode + NMS + mapping back), and their ``total``."""
+    import time
+
+    from edgecv.tasks.decode import get_decoder
+    from edgecv.tasks.preprocess import preprocess
+
+    if not images:
+        raise ConfigError("stage_times: expected at least one image")
+    dec = get_decoder(contract)
+    pre, inf, post, tot = [], [], [], []
+    for i in range(warmup + n):
+        img = images[i % len(images)]
+        t0 = time.perf_counter()
+        x, tf = preprocess(img, contract)
+        t1 = time.perf_counter()
+        out = runner.infer({contract.input_name: x})
+        t2 = time.perf_counter()
+        dec.decode(out, [tf])
+        t3 = time.perf_counter()
+        if i >= warmup:
+            pre.append(t1 - t0)
+            inf.append(t2 - t1)
+            post.append(t3 - t2)
+            tot.append(t3 - t0)
+    return {k: 1000.0 * float(np.median(v)) for k, v in (("pre", pre), ("infer", inf), ("post", post),
+                                                          ("total", tot))}

@@ -1,0 +1,1 @@
+"""Detection building blocks: boxes, anchors, losses, target assignment, augmentation, the trainer task."""
