@@ -1,0 +1,282 @@
+"""Measure the zoo: parameter count and FLOPs at the default input, and an export check that really exports each
+model to ONNX and runs it on ONNX Runtime and OpenVINO (fp32), comparing with torch.
+
+The check talks to onnxruntime / openvino directly (imported lazily) rather than through ``edgecv.backends``,
+because the zoo sits in the build tier and must not import the runtime tier's backends (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgecv._lazy import lazy_import
+from edgecv.errors import ConfigError, ExportError
+from edgecv.zoo.registry import create_model, model_cfg
+
+EXPORTERS = ("torchscript", "dynamo")
+# ‖torch − runtime‖∞ must stay within RTOL × max(1, ‖torch‖∞): absolute for outputs of order 1, relative above
+RTOL = 1e-4
+
+
+def count_params(model: Any) -> int:
+    """Number of parameters (buffers such as BN running stats excluded, as torchvision counts)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_stats(name: str, batch: int = 1) -> dict[str, Any]:
+    """Parameters and FLOPs of a registered model at its default input.
+
+    Computed on the meta device (no memory, no arithmetic); a model with data-dependent ops (e.g. NMS inside a
+    detector) cannot run there and is measured with a real CPU forward on random input instead. FLOPs come from
+    :class:`torch.utils.flop_counter.FlopCounterMode`, which counts a multiply-add as 2 FLOPs (conv, matmul,
+    attention); element-wise ops (norms, activations, pooling) are not counted.
+
+    Returns:
+        ``{"name", "family", "task", "input_size", "num_classes", "tiny", "params", "params_m", "flops",
+        "gflops", "flops_device", "flops_error"}``; ``flops``/``gflops`` are None (with ``flops_error``) when
+        the forward failed on both devices.
+    """
+    torch = lazy_import("torch")
+
+    cfg = model_cfg(name)
+    flops: int | None = None
+    device, error = "meta", None
+    try:
+        with torch.device("meta"):
+            model = create_model(name).eval()
+        params = count_params(model)
+        flops = _count_flops(model, torch.empty(batch, *cfg["input_size"], device="meta"))
+    except Exception:  # data in __init__ or data-dependent shapes in forward: measure for real
+        device = "cpu"
+        torch.manual_seed(0)
+        try:
+            model = create_model(name).eval()
+        except Exception as exc:  # e.g. a variant whose shipped weights are missing: report it in its row
+            params, error = None, f"build failed: {type(exc).__name__}: {_first_line(exc)}"
+        else:
+            params = count_params(model)
+            try:
+                flops = _count_flops(model, torch.rand(batch, *cfg["input_size"]))
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {_first_line(exc)}"
+    return {"name": name, "family": cfg["family"], "task": cfg["task"], "input_size": list(cfg["input_size"]),
+            "num_classes": cfg["num_classes"], "tiny": bool(cfg["tiny"]), "params": params,
+            "params_m": None if params is None else params / 1e6, "flops": flops, "gflops": None if flops is None else flops / 1e9,
+            "flops_device": device, "flops_error": error}
+
+
+def _count_flops(model: Any, x: Any) -> int:
+    torch = lazy_import("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def export_onnx(model: Any, example: Any, path: str | Path, exporter: str = "torchscript", opset: int = 17,
+                num_outputs: int = 1) -> Path:
+    """Export ``model`` (eval mode) at the fixed shape of ``example`` to one self-contained ONNX file.
+
+    Args:
+        model: a ``torch.nn.Module``.
+        example: the input tensor.
+        path: destination ``.onnx`` file.
+        exporter: ``torchscript`` (``dynamo=False``) or ``dynamo``.
+        opset: ONNX opset version (17 and 18 are tested).
+        num_outputs: how many tensors the model returns (named ``output`` or ``output0``, ``output1`` …).
+
+    Raises:
+        ConfigError: unknown exporter.
+        ExportError: torch.onnx.export failed (the message carries the first line of the reason).
+    """
+    torch = lazy_import("torch")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter: expected one of {', '.join(EXPORTERS)}, got '{exporter}'")
+    path = Path(path)
+    names = ["output"] if num_outputs == 1 else [f"output{i}" for i in range(num_outputs)]
+    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": names, "opset_version": opset}
+    if exporter == "dynamo":
+        kwargs.update(dynamo=True, external_data=False, verbose=False)
+    else:
+        kwargs.update(dynamo=False)
+    # the exporters print progress to stdout and log version-conversion tracebacks; keep stdout clean for --json
+    # and judge the result by checking the file below instead
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings(), _quiet_loggers(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (example,), str(path), **kwargs)
+    except Exception as exc:  # the exporters raise many types; report one line
+        raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) failed: {_first_line(exc)}") from exc
+    _verify_onnx(path, exporter, opset)
+    return path
+
+
+def _verify_onnx(path: Path, exporter: str, opset: int) -> None:
+    """Fail unless the file is a valid ONNX model at the requested opset.
+
+    The dynamo exporter builds opset 18 and converts down; when that conversion fails it keeps opset 18 and only
+    logs it (torch 2.14), and a "successful" conversion can still emit an invalid node (e.g. opset-18 ``Split``
+    attributes at opset 17), so both are checked here.
+    """
+    onnx = lazy_import("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise ExportError(f"torch.onnx.export ({exporter}) wrote opset {got}, not the requested {opset} "
+                          "(torch's version conversion failed)")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) wrote an invalid model: "
+                          f"{_first_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: tuple[str, ...] = ("torch.onnx", "onnxscript")) -> Any:
+    import logging
+
+    saved = [(lg, lg.level) for lg in (logging.getLogger(n) for n in names)]
+    for lg, _ in saved:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+def run_onnxruntime(path: str | Path, x: Any) -> list[Any]:
+    """Run an ONNX file on ONNX Runtime's CPU provider (fp32); returns every output, in graph order."""
+    ort = lazy_import("onnxruntime")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return list(sess.run(None, {sess.get_inputs()[0].name: x}))
+
+
+def run_openvino(path: str | Path, x: Any) -> list[Any]:
+    """Compile an ONNX file for OpenVINO CPU with ``INFERENCE_PRECISION_HINT=f32``, run once; every output."""
+    ov = lazy_import("openvino")
+    core = ov.Core()
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    res = compiled({0: x})
+    return [res[out] for out in compiled.outputs]
+
+
+def flatten_outputs(y: Any) -> list[Any]:
+    """A model's output as a flat list of tensors (tensor, tuple/list, or dict in insertion order) — the order
+    torch.onnx gives the graph outputs."""
+    if isinstance(y, dict):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        return [t for item in y for t in flatten_outputs(item)]
+    return [y]
+
+
+def compare(ref: Any, out: Any) -> dict[str, Any]:
+    """Max abs error of ``out`` against ``ref`` and whether it is within ``RTOL × max(1, max|ref|)``.
+
+    ``ref`` and ``out`` may be arrays or equal-length lists of arrays (multi-output models); every output must
+    pass, ``max_abs`` is the worst one and ``tol`` the tolerance of that output.
+    """
+    import numpy as np
+
+    refs, outs = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (ref, out))
+    if len(refs) != len(outs):
+        return {"ok": False, "max_abs": None, "error": f"{len(outs)} outputs != torch {len(refs)}"}
+    worst: dict[str, Any] = {"ok": True, "max_abs": 0.0, "tol": RTOL, "error": None}
+    for i, (r, o) in enumerate(zip(refs, outs)):
+        if tuple(o.shape) != tuple(r.shape):
+            return {"ok": False, "max_abs": None, "error": f"output {i}: shape {list(o.shape)} != torch {list(r.shape)}"}
+        err = float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if r.size else 0.0
+        tol = RTOL * max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
+        ok = bool(np.isfinite(err) and err <= tol)
+        if not ok and worst["ok"]:
+            worst = {"ok": False, "max_abs": err, "tol": tol, "error": f"max abs {err:.3g} > {tol:.3g}"
+                     + (f" (output {i})" if len(refs) > 1 else "")}
+        elif ok == worst["ok"] and (not np.isfinite(err) or err > worst["max_abs"]):
+            worst.update(max_abs=err, tol=tol)
+    return worst
+
+
+def check_module(model: Any, x: Any, workdir: str | Path, exporter: str = "torchscript", opset: int = 17,
+                 runtimes: tuple[str, ...] = ("onnxruntime", "openvino")) -> dict[str, Any]:
+    """Export ``model`` at input ``x``, run it on each runtime, and compare every output with torch.
+
+    Returns:
+        ``{"export": {"ok", "error"}, "onnxruntime": {"ok", "max_abs", "tol", "error"}, "openvino": {...}}``;
+        a failure is recorded with its one-line reason, never raised.
+    """
+    torch = lazy_import("torch")
+    model = model.eval()
+    with torch.no_grad():
+        ref = [t.numpy() for t in flatten_outputs(model(x))]
+    xs = x.numpy()
+    result: dict[str, Any] = {}
+    path = Path(workdir) / "model.onnx"
+    try:
+        export_onnx(model, x, path, exporter, opset, num_outputs=len(ref))
+        result["export"] = {"ok": True, "error": None}
+    except ExportError as exc:
+        result["export"] = {"ok": False, "error": str(exc)}
+        for rt in runtimes:
+            result[rt] = {"ok": False, "max_abs": None, "error": "export failed"}
+        return result
+    runners = {"onnxruntime": run_onnxruntime, "openvino": run_openvino}
+    for rt in runtimes:
+        try:
+            result[rt] = compare(ref, runners[rt](path, xs))
+        except Exception as exc:  # a runtime failure is a measured result, not a crash of the check
+            result[rt] = {"ok": False, "max_abs": None, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+    return result
+
+
+def check_model(name: str, exporter: str = "torchscript", opset: int = 17, batch: int = 1, seed: int = 0,
+                runtimes: tuple[str, ...] = ("onnxruntime", "openvino")) -> dict[str, Any]:
+    """Build a registered model (random init, seeded), export it at its default input and check it on runtimes.
+
+    BN running statistics are randomised first, so that a runtime that mishandles them cannot pass by accident.
+    """
+    torch = lazy_import("torch")
+    cfg = model_cfg(name)
+    torch.manual_seed(seed)
+    try:
+        model = create_model(name).eval()
+    except Exception as exc:
+        why = f"build failed: {type(exc).__name__}: {_first_line(exc)}"
+        return {"name": name, "exporter": exporter, "opset": opset, "export": {"ok": False, "error": why},
+                **{rt: {"ok": False, "max_abs": None, "error": "export failed"} for rt in runtimes}}
+    randomize_norm_stats(model, seed)
+    x = torch.randn(batch, *cfg["input_size"], generator=torch.Generator().manual_seed(seed + 1))
+    with tempfile.TemporaryDirectory(prefix="edgecv-zoo-") as tmp:
+        result = check_module(model, x, tmp, exporter, opset, runtimes)
+    return {"name": name, "exporter": exporter, "opset": opset, **result}
+
+
+def randomize_norm_stats(model: Any, seed: int = 0) -> None:
+    """Give every BatchNorm-like running mean/var a non-trivial value (fresh ones are 0 and 1)."""
+    torch = lazy_import("torch")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            rm, rv = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+            if isinstance(rm, torch.Tensor) and isinstance(rv, torch.Tensor) and rm.is_floating_point():
+                rm.copy_(torch.rand(rm.shape, generator=g) * 0.2 - 0.1)
+                rv.copy_(torch.rand(rv.shape, generator=g) * 0.5 + 0.75)
+
+
+def _first_line(exc: BaseException) -> str:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__  # drop terminal colours
+    line = text.splitlines()[0]
+    return line[:200]
