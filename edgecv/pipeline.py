@@ -191,7 +191,13 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
             if not rec.export.input_shape:
                 update["input_shape"] = [1, *pre["input_size"]]
         loaded.contract = loaded.contract.model_copy(update=update)
-        res = export_model(loaded, bundle_dir, opset=rec.export.opset, dynamic_batch=rec.export.dynamic_batch,
+        dynamic = rec.export.dynamic_batch
+        if task == "detect":
+            from edgecv.export.detection import prepare_detection_export
+
+            loaded = prepare_detection_export(loaded, nms="graph")
+            dynamic = dynamic and not getattr(loaded.module, "exports_graph_nms", False)
+        res = export_model(loaded, bundle_dir, opset=rec.export.opset, dynamic_batch=dynamic,
                            simplify=rec.export.simplify, rewrite=rec.rewrite.passes or None, force=True,
                            name=recipe_name)
         stamps.record("export", inputs, [bundle_dir / "model.onnx", bundle_dir / "reference.npz"],

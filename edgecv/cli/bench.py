@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
             "--rounds", help="Interleaving rounds: backends take turns, order rotating each round.")] = 3,
         sequential: Annotated[bool, typer.Option(
             "--sequential", help="Measure one backend at a time (load, time, close) instead of interleaving.")] = False,
+        stages: Annotated[Optional[bool], typer.Option(
+            "--stages/--no-stages", help="Also time pre-processing, inference and post-processing separately "
+                                         "on camera-sized frames (default: on for detectors).")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
@@ -62,8 +65,13 @@ def register(app: typer.Typer) -> None:
                                rounds=rounds, interleave=not sequential, opener=open_runner,
                                progress=lambda desc, frac: bar.update(task, description=desc, completed=frac),
                                **kw)  # type: ignore[arg-type]
+        split = _stage_split(b, specs, threads, device, open_runner) \
+            if (stages if stages is not None else b.contract.task == "detect") else None
         if json_out:
-            print_json(rep.to_dict())
+            d = rep.to_dict()
+            if split is not None:
+                d["stages"] = split
+            print_json(d)
             return
         console = wide_console()
         rows = []
@@ -87,3 +95,23 @@ def register(app: typer.Typer) -> None:
         for r in rep.rows:
             if r.error:
                 console.print(f"[red]{r.label} batch {r.batch}:[/] {r.error}", highlight=False)
+        if split is not None:
+            console.print(table(
+                "per-frame stages, batch 1, 640x480 frames (median ms; p99 in brackets)",
+                ["backend", "pre", "infer", "post", "total", "infer share"],
+                [[k, f"{v['pre_ms']:.2f} ({v['pre_p99_ms']:.2f})", f"{v['infer_ms']:.2f} ({v['infer_p99_ms']:.2f})",
+                  f"{v['post_ms']:.2f} ({v['post_p99_ms']:.2f})", f"{v['total_ms']:.2f} ({v['total_p99_ms']:.2f})",
+                  f"{100 * v['infer_ms'] / max(v['total_ms'], 1e-9):.0f}%"] for k, v in split.items()]))
+
+
+def _stage_split(bundle: object, specs: list[tuple[str, str]], threads: int | None, device: str | None,
+                 opener: object) -> dict[str, dict[str, float]]:
+    """Pre / infer / post per backend on camera-sized frames, one backend at a time."""
+    from edgecv.bench.stages import sample_frames, stage_times
+
+    frames = sample_frames(bundle.contract)  # type: ignore[attr-defined]
+    out: dict[str, dict[str, float]] = {}
+    for backend, precision in specs:
+        with opener(bundle, backend, precision, device=device, threads=threads) as r:  # type: ignore[operator]
+            out[f"{backend}:{precision}"] = stage_times(r, bundle.contract, frames).to_dict()  # type: ignore[attr-defined]
+    return out

@@ -87,6 +87,12 @@ def register(app: typer.Typer) -> None:
             "--n-reference", help="Reference samples saved for validation.")] = 4,
         rewrite: Annotated[Optional[list[str]], typer.Option(
             "--rewrite", help="Model rewrite pass to apply before export; repeatable.")] = None,
+        nms: Annotated[Optional[str], typer.Option(
+            "--nms", help="Detectors: 'graph' (ONNX NonMaxSuppression in the model, fixed max detections; "
+                          "default) or 'host' (raw heads, numpy NMS on the device).")] = None,
+        score_threshold: Annotated[float, typer.Option("--score-threshold", help="Detectors: min score.")] = 0.001,
+        iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Detectors: NMS IoU.")] = 0.5,
+        max_det: Annotated[int, typer.Option("--max-det", help="Detectors: detections per image.")] = 100,
         force: ForceOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
@@ -137,6 +143,13 @@ def register(app: typer.Typer) -> None:
                     from edgecv.export.sources import default_decode
 
                     loaded.contract.decode = default_decode(loaded.contract.task)
+        if loaded.contract.task == "detect" or nms is not None:
+            from edgecv.export.detection import prepare_detection_export
+
+            loaded = prepare_detection_export(loaded, nms=nms or "graph", score_threshold=score_threshold,
+                                              iou_threshold=iou_threshold, max_det=max_det)
+            if getattr(loaded.module, "exports_graph_nms", False):
+                dynamic_batch = False  # Faster R-CNN's RPN/RoI graph exports at batch 1 only
         b = loaded.contract.input_shape[0]
         batch_range = (1, min(max(b, 1), max_batch), max_batch)
         result = export_model(loaded, output, opset=opset, dynamic_batch=dynamic_batch, batch_range=batch_range,

@@ -105,10 +105,11 @@ def register(app: typer.Typer) -> None:
                 for o in r.outputs:
                     rows.append([r.backend, r.precision, r.precision_ran, o.name, g(o.max_abs), g(o.max_rel),
                                  f"{o.cosine:.6f}",
-                                 frac(o.top1_agreement if o.pixel_agreement is None else o.pixel_agreement),
+                                 frac(o.box_recall if o.box_recall is not None else
+                                      o.top1_agreement if o.pixel_agreement is None else o.pixel_agreement),
                                  frac(o.top5_agreement), r.tolerance.describe(),
                                  "[green]PASS[/]" if o.passed else "[red]FAIL[/]"])
-            top1 = "pixel agree" if rep.task == "segment" else "top-1 agree"
+            top1 = {"segment": "pixel agree", "detect": "box recall"}.get(rep.task, "top-1 agree")
             shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (rep.input_shapes or {}).items())
             caption = f"reference: {rep.reference_note}; {rep.batch} samples ({shapes})"
             console.print(table(f"validate {rep.bundle} ({rep.task})",

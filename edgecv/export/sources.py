@@ -167,6 +167,16 @@ def load_model_from_manifest(manifest: Manifest) -> nn.Module:
     if src.get("weights"):
         _check_recorded_file(str(src["weights"]), src.get("weights_sha256"), "weights file")
     loaded = load_model(spec, weights=src.get("weights"), model_kwargs=src.get("kwargs") or None)
+    decode = manifest.contract.decode or {}
+    if manifest.contract.task == "detect" and decode.get("nms") in ("graph", "host"):
+        # the bundle holds the detector with its post-processing wrapper: rebuild the same wrapper
+        from edgecv.export.detection import prepare_detection_export
+
+        loaded = prepare_detection_export(loaded, nms=decode["nms"],
+                                          score_threshold=float(decode.get("score_threshold", 0.001)),
+                                          iou_threshold=float(decode.get("iou_threshold", 0.5)),
+                                          max_det=int(decode.get("max_det", 100)),
+                                          class_names=list(manifest.contract.class_names) or None)
     passes = (manifest.provenance.get("rewrite") or {}).get("passes") or []
     if passes:
         # the bundle holds the rewritten model: re-apply the same passes (seeded, so lossy ones that draw new

@@ -104,6 +104,11 @@ class OutputComparison:
         top1_agreement / top5_agreement: classify only; fraction of samples whose top-1 class agrees, and whose
             top-5 set of classes (order ignored) agrees.
         pixel_agreement: segment only; fraction of pixels whose argmax class agrees.
+        box_recall / box_extra / boxes_ref / mean_iou: detect only (NMS outputs are compared as boxes, not
+            elementwise: near-tied scores legitimately reorder them): the fraction of confident reference boxes
+            matched by a box of the same class at IoU ≥ 0.9, unmatched confident backend boxes, the number of
+            confident reference boxes, and the mean IoU of the matches. ``max_abs`` is then the largest score
+            difference of a matched pair (``scale`` 1).
         nonfinite: count of NaN/Inf in ``got`` where the reference is finite.
         passed / failures: filled by :func:`judge`.
     """
@@ -120,6 +125,10 @@ class OutputComparison:
     top1_agreement: float | None = None
     top5_agreement: float | None = None
     pixel_agreement: float | None = None
+    box_recall: float | None = None
+    box_extra: int | None = None
+    boxes_ref: int | None = None
+    mean_iou: float | None = None
     nonfinite: int = 0
     passed: bool | None = None
     failures: list[str] = field(default_factory=list)
@@ -214,6 +223,8 @@ def compare_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], task
         One :class:`OutputComparison` per reference output, in the reference's order. An output the backend did
         not return, or returned with another shape, gets ``max_abs = inf`` and fails any tolerance.
     """
+    if task == "detect" and DETECTION_OUTPUTS <= set(ref):
+        return [compare_detections(ref, got)]
     out: list[OutputComparison] = []
     for name, r in ref.items():
         if name not in got:
@@ -225,11 +236,56 @@ def compare_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], task
     return out
 
 
+DETECTION_OUTPUTS = {"boxes", "scores", "classes", "num_dets"}
+# reference boxes under this score flip in and out of the fixed top-K with float noise; they need not match
+DETECTION_MIN_SCORE = 0.25
+DETECTION_IOU = 0.9
+
+
+def _detections(out: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    n = np.asarray(out["num_dets"]).reshape(-1).astype(int)
+    b, s, c = np.asarray(out["boxes"]), np.asarray(out["scores"]), np.asarray(out["classes"])
+    return [(b[i, :k], s[i, :k], c[i, :k]) for i, k in enumerate(n)]
+
+
+def compare_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> OutputComparison:
+    """Compare graph-NMS detector outputs by matching boxes (same class, IoU ≥ 0.9), not elementwise."""
+    from edgecv.validate.detection import match_detections
+
+    cmp = OutputComparison(name="detections", shape=tuple(np.shape(ref["boxes"])),
+                           got_shape=tuple(np.shape(got.get("boxes", np.zeros(0)))))
+    missing = sorted(DETECTION_OUTPUTS - set(got))
+    if missing:
+        cmp.failures, cmp.passed = [f"outputs {missing} missing; backend returned {sorted(got)}"], False
+        return cmp
+    cmp.got_shape = cmp.shape  # K is fixed by the export; a different K would fail in _detections' slicing
+    agr = match_detections(_detections(ref), _detections(got), iou_threshold=DETECTION_IOU,
+                           min_score=DETECTION_MIN_SCORE)
+    cmp.box_recall, cmp.box_extra, cmp.boxes_ref, cmp.mean_iou = agr.recall, agr.extra, agr.ref_boxes, agr.mean_iou
+    cmp.scale, cmp.max_abs, cmp.max_rel, cmp.mean_abs = 1.0, agr.max_score_diff, agr.max_score_diff, \
+        agr.mean_score_diff
+    cmp.max_elem_rel, cmp.cosine = agr.max_score_diff, agr.mean_iou
+    return cmp
+
+
 def judge(cmp: OutputComparison, tol: Tolerance) -> OutputComparison:
     """Set ``cmp.passed`` and ``cmp.failures`` (one line per broken bound) against ``tol``; returns ``cmp``."""
     if cmp.passed is False and cmp.failures:  # already failed structurally (missing output)
         return cmp
     fails: list[str] = []
+    if cmp.box_recall is not None:
+        # detections: every confident box matched, few extras, scores close (scores live in [0, 1])
+        min_recall = tol.min_top1
+        if cmp.box_recall < min_recall:
+            fails.append(f"box recall {cmp.box_recall:.3f} < {min_recall:g} ({cmp.boxes_ref} reference boxes with "
+                         f"score ≥ {DETECTION_MIN_SCORE}, IoU ≥ {DETECTION_IOU}, same class)")
+        if cmp.boxes_ref is not None and cmp.box_extra is not None and \
+                cmp.box_extra > (1.0 - min_recall) * max(cmp.boxes_ref, 1):
+            fails.append(f"{cmp.box_extra} confident boxes with no reference match")
+        if not cmp.max_abs <= tol.allowed_abs(1.0):
+            fails.append(f"score difference {cmp.max_abs:.3g} > {tol.allowed_abs(1.0):.3g}")
+        cmp.failures, cmp.passed = fails, not fails
+        return cmp
     if cmp.shape != cmp.got_shape:
         fails.append(f"shape: expected {list(cmp.shape)}, found {list(cmp.got_shape)}")
     else:

@@ -205,30 +205,8 @@ def compare_backends(ref: Sequence[Detections], others: dict[str, Sequence[Detec
 
 def stage_times(runner: Any, contract: Any, images: Sequence[np.ndarray], n: int = 50, warmup: int = 5
                 ) -> dict[str, float]:
-    """Median milliseconds of the detector's three stages per image: ``pre`` (letterbox + normalise),
-    ``infer`` (the Runner) and ``post`` (decode + NMS + mapping back), and their ``total``."""
-    import time
+    """Median milliseconds of ``pre``/``infer``/``post``/``total`` per image (see :mod:`edgecv.bench.stages`)."""
+    from edgecv.bench.stages import stage_times as _stage_times
 
-    from edgecv.tasks.decode import get_decoder
-    from edgecv.tasks.preprocess import preprocess
-
-    if not images:
-        raise ConfigError("stage_times: expected at least one image")
-    dec = get_decoder(contract)
-    pre, inf, post, tot = [], [], [], []
-    for i in range(warmup + n):
-        img = images[i % len(images)]
-        t0 = time.perf_counter()
-        x, tf = preprocess(img, contract)
-        t1 = time.perf_counter()
-        out = runner.infer({contract.input_name: x})
-        t2 = time.perf_counter()
-        dec.decode(out, [tf])
-        t3 = time.perf_counter()
-        if i >= warmup:
-            pre.append(t1 - t0)
-            inf.append(t2 - t1)
-            post.append(t3 - t2)
-            tot.append(t3 - t0)
-    return {k: 1000.0 * float(np.median(v)) for k, v in (("pre", pre), ("infer", inf), ("post", post),
-                                                          ("total", tot))}
+    st = _stage_times(runner, contract, images, n=n, warmup=warmup)
+    return {"pre": st.pre_ms, "infer": st.infer_ms, "post": st.post_ms, "total": st.total_ms}

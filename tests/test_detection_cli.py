@@ -1,0 +1,70 @@
+"""Detectors through the CLI: export with graph NMS, validate by box matching and mAP, bench stage split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecv.validate.compare import compare_outputs, judge, tolerance_for
+
+pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime, pytest.mark.openvino]
+
+
+def _dets(boxes: list[list[float]], scores: list[float], classes: list[int], k: int = 5) -> dict[str, np.ndarray]:
+    b = np.zeros((1, k, 4), np.float32)
+    s = np.zeros((1, k), np.float32)
+    c = np.zeros((1, k), np.int64)
+    n = len(boxes)
+    b[0, :n], s[0, :n], c[0, :n] = boxes, scores, classes
+    return {"boxes": b, "scores": s, "classes": c, "num_dets": np.array([n], np.int64)}
+
+
+def test_detections_compare_as_boxes_not_elementwise() -> None:
+    ref = _dets([[0, 0, 10, 10], [20, 20, 40, 40], [5, 5, 6, 6]], [0.9, 0.8, 0.01], [1, 2, 3])
+    # same boxes, other order, tiny score noise, and the low-score box gone: elementwise this differs a lot
+    got = _dets([[20, 20, 40, 40.01], [0, 0, 10, 10]], [0.80001, 0.90002], [2, 1])
+    [cmp] = compare_outputs(ref, got, "detect")
+    judge(cmp, tolerance_for("fp32"))
+    assert cmp.name == "detections" and cmp.passed, cmp.failures
+    assert cmp.box_recall == 1.0 and cmp.boxes_ref == 2 and cmp.box_extra == 0
+    assert cmp.max_abs == pytest.approx(2e-5, abs=1e-6)
+    # a confident box of the wrong class is a miss and an extra
+    bad = _dets([[20, 20, 40, 40], [0, 0, 10, 10]], [0.8, 0.9], [2, 4])
+    [cmp] = compare_outputs(ref, bad, "detect")
+    judge(cmp, tolerance_for("fp32"))
+    assert not cmp.passed and cmp.box_recall == 0.5 and cmp.box_extra == 1
+    assert any("box recall" in f for f in cmp.failures)
+
+
+def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    out = tmp_path / "det"
+    proc = cli("export", "yolov3_test", "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["contract"]["task"] == "detect" and res["contract"]["resize"] == "letterbox"
+    assert res["contract"]["decode"]["nms"] == "graph"
+    assert res["contract"]["output_names"] == ["boxes", "scores", "classes", "num_dets"]
+    assert res["parity_passed"] is True
+
+    data = tmp_path / "val"
+    assert cli("data", "synth", "--task", "detect", "-o", str(data), "--n-train", "0", "--n-val", "6",
+               "--size", "64", "--seed", "1").returncode == 0
+    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--val", str(data), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert [r["passed"] for r in rep["results"]] == [True, True]
+    assert rep["results"][0]["outputs"][0]["name"] == "detections"
+    rows = {r["backend"]: r for r in rep["task_metric"]["rows"]}
+    assert set(rows) == {"torch", "onnxruntime", "openvino"}
+    assert rep["task_metric"]["name"] == "mAP@0.5 %"
+    for b in ("onnxruntime", "openvino"):  # fp32 engines give the mAP torch gives (same boxes)
+        assert rows[b]["value"] == pytest.approx(rows["torch"]["value"], abs=0.5)
+
+    proc = cli("bench", str(out), "-b", "onnxruntime", "--iters", "5", "--warmup", "1", "--rounds", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)["stages"]["onnxruntime:fp32"]
+    assert st["n"] == 50 and st["pre_ms"] > 0 and st["infer_ms"] > 0 and st["post_ms"] > 0
+    assert st["total_ms"] == pytest.approx(st["pre_ms"] + st["infer_ms"] + st["post_ms"], rel=0.5)
