@@ -47,7 +47,9 @@ def model_stats(name: str, batch: int = 1) -> dict[str, Any]:
     flops: int | None = None
     device, error = "meta", None
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            # variants with shipped weights copy them into meta tensors: a no-op torch warns about, harmless here
+            warnings.simplefilter("ignore", UserWarning)
             model = create_model(name).eval()
         params = count_params(model)
         flops = _count_flops(model, torch.empty(batch, *cfg["input_size"], device="meta"))
