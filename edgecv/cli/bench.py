@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
         stages: Annotated[Optional[bool], typer.Option(
             "--stages/--no-stages", help="Also time pre-processing, inference and post-processing separately "
                                          "on camera-sized frames (default: on for detectors).")] = None,
+        frame_size: Annotated[str, typer.Option(
+            "--frame-size", help="Camera frame size WxH for --stages (e.g. 1280x720).")] = "640x480",
         json_out: JsonOpt = False,
     ) -> None:
         """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
@@ -65,7 +67,11 @@ def register(app: typer.Typer) -> None:
                                rounds=rounds, interleave=not sequential, opener=open_runner,
                                progress=lambda desc, frac: bar.update(task, description=desc, completed=frac),
                                **kw)  # type: ignore[arg-type]
-        split = _stage_split(b, specs, threads, device, open_runner) \
+        try:
+            fw, fh = (int(v) for v in frame_size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--frame-size: expected WxH such as 1280x720, found '{frame_size}'") from None
+        split = _stage_split(b, specs, threads, device, open_runner, (fh, fw)) \
             if (stages if stages is not None else b.contract.task == "detect") else None
         if json_out:
             d = rep.to_dict()
@@ -97,7 +103,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[red]{r.label} batch {r.batch}:[/] {r.error}", highlight=False)
         if split is not None:
             console.print(table(
-                "per-frame stages, batch 1, 640x480 frames (median ms; p99 in brackets)",
+                f"per-frame stages, batch 1, {frame_size} frames (median ms; p99 in brackets)",
                 ["backend", "pre", "infer", "post", "total", "infer share"],
                 [[k, f"{v['pre_ms']:.2f} ({v['pre_p99_ms']:.2f})", f"{v['infer_ms']:.2f} ({v['infer_p99_ms']:.2f})",
                   f"{v['post_ms']:.2f} ({v['post_p99_ms']:.2f})", f"{v['total_ms']:.2f} ({v['total_p99_ms']:.2f})",
@@ -105,11 +111,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _stage_split(bundle: object, specs: list[tuple[str, str]], threads: int | None, device: str | None,
-                 opener: object) -> dict[str, dict[str, float]]:
+                 opener: object, hw: tuple[int, int] = (480, 640)) -> dict[str, dict[str, float]]:
     """Pre / infer / post per backend on camera-sized frames, one backend at a time."""
     from edgecv.bench.stages import sample_frames, stage_times
 
-    frames = sample_frames(bundle.contract)  # type: ignore[attr-defined]
+    frames = sample_frames(bundle.contract, hw=hw)  # type: ignore[attr-defined]
     out: dict[str, dict[str, float]] = {}
     for backend, precision in specs:
         with opener(bundle, backend, precision, device=device, threads=threads) as r:  # type: ignore[operator]
