@@ -85,11 +85,16 @@ def test_load_recipe_file_errors(tmp_path: Path) -> None:
         load_recipe(evil)
 
 
-@pytest.mark.parametrize("name", ["classifier.yaml", "segmenter.yaml"])
+@pytest.mark.parametrize("name", ["classifier.yaml", "segmenter.yaml", "detector.yaml"])
 def test_shipped_recipes_validate(root: Path, name: str) -> None:
     r = load_recipe(root / "recipes" / name)
     assert r.data is not None and r.data.synth is not None
-    assert r.model.name in ("mobilenet_v2_tiny", "unet_dw_tiny")
+    # every recipe names a model the zoo has (the recipes are what trained the shipped defaults)
+    from edgecv.zoo import list_models
+
+    assert r.model.name in list_models()
+    assert r.data.task == {"classifier.yaml": "classify", "segmenter.yaml": "segment",
+                           "detector.yaml": "detect"}[name]
 
 
 def test_cli_rejects_bad_recipe_before_heavy_work(cli, tmp_path: Path) -> None:

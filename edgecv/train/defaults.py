@@ -37,14 +37,21 @@ def evaluate_on_synth_val(model: torch.nn.Module, task: str, seed: int, size: in
         tf = ImageTransform(hw, preprocessing["mean"], preprocessing["std"], preprocessing.get("color", "RGB"), task)
         val = TransformedDataset(raw, tf)
         t = task_for(task, model, num_classes=len(raw.classes))
-        tr = Trainer(model, t, val, val, TrainConfig(epochs=1, amp=False), None, batch_size=batch_size,
+        tr = Trainer(model, t, val, val, TrainConfig.model_validate({"epochs": 1, "amp": False}), None, batch_size=batch_size,
                      device="cpu", progress=False)
         return float(tr.evaluate()[t.metric_name])
 
 
-def make_default(recipe_path: str | Path, run_dir: str | Path, weights_dir: str | Path = WEIGHTS_DIR,
-                 progress: bool = True) -> dict[str, Any]:
-    """Train the recipe's model into ``run_dir`` and ship its final weights as ``weights_dir/<model name>.pt``.
+def make_default(recipe_path: str | Path, run_dir: str | Path, name: str | None = None,
+                 weights_dir: str | Path = WEIGHTS_DIR, progress: bool = True) -> dict[str, Any]:
+    """Train the recipe's model into ``run_dir`` and ship its final weights as ``weights_dir/<name>.pt``.
+
+    Args:
+        recipe_path: a recipe with a zoo model name and synthetic data.
+        run_dir: the training run folder (checkpoints, metrics, the generated data).
+        name: the shipped name (``shapes_classifier``); default the recipe's model name.
+        weights_dir: where ``<name>.pt`` and ``<name>.json`` are written.
+        progress: show the trainer's progress bar.
 
     The metric written to the JSON is measured on the regenerated val split with the saved state dict, so it is
     exactly what :func:`check_default` reproduces.
@@ -57,10 +64,10 @@ def make_default(recipe_path: str | Path, run_dir: str | Path, weights_dir: str 
     t0 = time.perf_counter()
     model, result = train_recipe(recipe, run_dir, progress=progress)
     train_time = time.perf_counter() - t0
-    name = recipe.model.name
+    arch = recipe.model.name
+    name = name or arch
     model = model.float().cpu().eval()
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    from edgecv.train.recipe import build_datasets  # noqa: F401  (kept for the record of how data is built)
     import json
 
     run = json.loads((Path(run_dir) / "run.json").read_text())
@@ -70,9 +77,11 @@ def make_default(recipe_path: str | Path, run_dir: str | Path, weights_dir: str 
     with _io.atomic_path(weights_dir / f"{name}.pt") as tmp:
         torch.save(state, tmp)
     info = {
-        "model": name, "task": recipe.data.task, "metric": result.metric_name, "value": round(metric, 4),
+        "model": name, "arch": arch, "task": recipe.data.task, "metric": result.metric_name, "value": round(metric, 4),
         "split": "val", "data": {"generator": "edgecv.data.synth", "seed": s.seed, "size": s.size,
                                  "n_train": s.n_train, "n_val": s.n_val},
+        # the held-out split in the form scripts/demo.sh reads (edgecv data synth --seed --size --n-val)
+        "val": {"seed": s.seed, "size": s.size, "count": s.n_val},
         "classes": run["classes"], "preprocessing": run["preprocessing"],
         "num_classes": len(run["classes"]), "epochs": result.epochs,
         "training_time_s": round(train_time, 1), "train_threads": recipe.train.threads,
@@ -91,9 +100,29 @@ def check_default(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> tuple[flo
 
     weights_dir = Path(weights_dir)
     info = json.loads((weights_dir / f"{name}.json").read_text())
-    model = create_model(name, num_classes=info["num_classes"])
+    # the bare architecture (random init), so the weights checked are the ones in weights_dir
+    model = create_model(info.get("arch", name), num_classes=info["num_classes"])
     sd = torch.load(weights_dir / f"{name}.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(sd)
     d = info["data"]
     got = evaluate_on_synth_val(model.eval(), info["task"], d["seed"], d["size"], d["n_val"], info["preprocessing"])
     return float(info["value"]), got
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m edgecv.train.defaults RECIPE NAME RUN_DIR``: train and ship one default model."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m edgecv.train.defaults", description=main.__doc__)
+    ap.add_argument("recipe")
+    ap.add_argument("name")
+    ap.add_argument("run_dir")
+    ap.add_argument("--weights-dir", default=str(WEIGHTS_DIR))
+    a = ap.parse_args(argv)
+    info = make_default(a.recipe, a.run_dir, a.name, a.weights_dir)
+    print(f"{info['model']}: {info['metric']} {info['value']:.2f} on val (seed {info['data']['seed']}, "
+          f"n={info['data']['n_val']}) after {info['training_time_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
