@@ -3,6 +3,7 @@
     python scripts/make_video.py out.mp4 --seconds 4 --task classify --size 720
 
 Each scene is held for a few frames and drifts slowly, like a camera panning; deterministic from --seed.
+Scenes are rendered at --size and stretched to 16:9.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def main() -> None:
         if i % args.hold == 0:
             rng = image_rng(args.seed, "video", i // args.hold)
             img = render_classify(rng, h)[0] if args.task == "classify" else render_objects(rng, h)[0]
-            scene = cv2.copyMakeBorder(img, 0, 0, (w - h) // 2, w - h - (w - h) // 2, cv2.BORDER_REFLECT)
+            # stretched to the frame: a stretch-resize model sees exactly the scene it was trained on
+            scene = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
         shift = np.float32([[1, 0, (i % args.hold) * 0.8], [0, 1, 0]])
         frame = cv2.warpAffine(scene, shift, (w, h), borderMode=cv2.BORDER_REFLECT)
         writer.write(frame)
