@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
         tiny: Annotated[bool, typer.Option("--tiny", help="Only the tiny test variants.")] = False,
         check: Annotated[bool, typer.Option("--check", help="Export each model to ONNX and run it on ONNX Runtime "
                                                             "and OpenVINO (fp32), comparing with torch.")] = False,
-        exporter: Annotated[str, typer.Option("--exporter", help="torch.onnx exporter for --check: dynamo or "
-                                                                 "torchscript.")] = "dynamo",
+        exporter: Annotated[str, typer.Option("--exporter", help="torch.onnx exporter for --check: auto (dynamo, "
+                                                                 "TorchScript when dynamo fails, as 'edgecv "
+                                                                 "export' does), dynamo or torchscript.")] = "auto",
         opset: Annotated[int, typer.Option("--opset", help="ONNX opset for --check.")] = 18,
         json_out: JsonOpt = False,
     ) -> None:
@@ -42,8 +43,8 @@ def register(app: typer.Typer) -> None:
         from edgecv.zoo import list_models, model_cfg
         from edgecv.zoo.check import EXPORTERS, RTOL, check_model, model_stats
 
-        if exporter not in EXPORTERS:
-            raise ConfigError(f"--exporter: expected one of {', '.join(EXPORTERS)}, got '{exporter}'")
+        if exporter not in (*EXPORTERS, "auto"):
+            raise ConfigError(f"--exporter: expected auto or one of {', '.join(EXPORTERS)}, got '{exporter}'")
         names = [n for n in list_models(task=task) if (not tiny or model_cfg(n)["tiny"])
                  and (pattern is None or fnmatch.fnmatchcase(n, pattern))]
         if not names:
@@ -66,6 +67,7 @@ def register(app: typer.Typer) -> None:
                 if check:
                     res = check_model(name, exporter=exporter, opset=opset)
                     row["check"] = {k: res[k] for k in ("export", "onnxruntime", "openvino")}
+                    row["check"]["exporter"] = res["exporter"]
                     row["check_ok"] = all(res[k]["ok"] for k in ("export", "onnxruntime", "openvino"))
                 rows.append(row)
                 bar.advance(job)
@@ -80,7 +82,7 @@ def register(app: typer.Typer) -> None:
         else:
             cols = ["name", "family", "task", "input", "params (M)", "GFLOPs", "tiny"]
             if check:
-                cols += ["onnx", "openvino"]
+                cols += ["exporter", "onnx", "openvino"]
             table_rows = []
             for r in rows:
                 cells: list[Any] = [r["name"], r["family"], r["task"], "x".join(map(str, r["input_size"])),
@@ -89,13 +91,13 @@ def register(app: typer.Typer) -> None:
                 if check:
                     c = r["check"]
                     if not c["export"]["ok"]:
-                        cells += [c["export"]["error"], "export failed"]
+                        cells += [c["exporter"], c["export"]["error"], "export failed"]
                     else:
-                        cells += [_cell(c["onnxruntime"]), _cell(c["openvino"])]
+                        cells += [c["exporter"], _cell(c["onnxruntime"]), _cell(c["openvino"])]
                 table_rows.append(cells)
             caption = FLOPS_NOTE
             if check:
-                caption += (f". onnx = ONNX Runtime CPU, openvino = OpenVINO CPU f32; exported with {exporter}, "
+                caption += (f". onnx = ONNX Runtime CPU, openvino = OpenVINO CPU f32; exporter {exporter}, "
                             f"opset {opset}; ok = max abs error <= {RTOL:g} x max(1, max|torch|), value shown")
             t = table("edgecv model zoo", cols, table_rows, caption=caption)
             t.columns[0].no_wrap = True  # names are what people copy; let other columns wrap instead

@@ -259,9 +259,18 @@ def check_model(name: str, exporter: str = "torchscript", opset: int = 17, batch
                 **{rt: {"ok": False, "max_abs": None, "error": "export failed"} for rt in runtimes}}
     randomize_norm_stats(model, seed)
     x = torch.randn(batch, *cfg["input_size"], generator=torch.Generator().manual_seed(seed + 1))
+    used = exporter
     with tempfile.TemporaryDirectory(prefix="edgecv-zoo-") as tmp:
-        result = check_module(model, x, tmp, exporter, opset, runtimes)
-    return {"name": name, "exporter": exporter, "opset": opset, **result}
+        if exporter == "auto":
+            # what `edgecv export` does: dynamo first, the TorchScript exporter when dynamo cannot take the model
+            used = "dynamo"
+            result = check_module(model, x, tmp, "dynamo", max(opset, 18), runtimes)
+            if not result["export"]["ok"]:
+                used = "torchscript"
+                result = check_module(model, x, tmp, "torchscript", opset, runtimes)
+        else:
+            result = check_module(model, x, tmp, exporter, opset, runtimes)
+    return {"name": name, "exporter": used, "opset": opset, **result}
 
 
 def randomize_norm_stats(model: Any, seed: int = 0) -> None:
