@@ -11,6 +11,11 @@
   be any zoo MobileNet/ResNet (with an attention block): ``yolov3(backbone="mobilenet_v2", attn="se")``.
 
 Every variant's input is RGB scaled to [0, 1] (mean 0, std 1) and letterboxed (``resize="letterbox"``).
+
+``shapes_detector`` is the shipped default: ``yolov3_tiny`` with the weights in
+``edgecv/zoo/weights/yolov3_tiny_synth.pt`` (trained by ``python -m edgecv.train.shipped_detector
+recipes/detector.yaml runs/detector``; the JSON beside them records its val mAP for PyTorch / ONNX Runtime /
+OpenVINO).
 """
 
 from __future__ import annotations
@@ -246,6 +251,8 @@ def _init_head(conv: nn.Conv2d, na: int, nc: int) -> None:
     import math
 
     with torch.no_grad():
+        if conv.bias is None:
+            raise ConfigError("detection head: expected a conv with a bias (prior-probability init)")
         b = conv.bias.view(na, 5 + nc)
         b[:, 4] = math.log(0.01 / 0.99)
         b[:, 5:] = math.log(0.6 / max(nc - 0.99, 1.0))
@@ -370,9 +377,12 @@ class YOLOv3(_Detector):
                  widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024), depths: tuple[int, ...] = (1, 2, 8, 8, 4),
                  neck_ch: tuple[int, int, int] | None = None, train_aug: dict[str, Any] | None = None,
                  pos_iou: float = 0.3, ignore_iou: float = 0.5, lambda_box: float = 0.05, lambda_obj: float = 1.0,
-                 lambda_cls: float = 0.25) -> None:
+                 lambda_cls: float = 0.25, cls_act: str = "sigmoid") -> None:
         super().__init__()
         self._setup(num_classes, input_size, train_aug)
+        if cls_act not in ("sigmoid", "softmax"):
+            raise ConfigError(f"yolov3 cls_act: expected 'sigmoid' or 'softmax', found '{cls_act}'")
+        self.cls_act = cls_act
         act = "leaky_relu"
         if backbone == "darknet":
             if attn is not None:
@@ -409,8 +419,8 @@ class YOLOv3(_Detector):
         for mod in (self.p5, self.lat5, self.p4, self.lat4, self.p3, self.heads):
             init_weights(mod, "kaiming_normal", mode="fan_out", nonlinearity="leaky_relu")
         for h in self.heads:
-            _init_head(h[-1], na, num_classes)
-        self.loss_fn = YoloAnchorLoss(self.anchors, self.strides, num_classes, cls_act="sigmoid", pos_iou=pos_iou,
+            _init_head(h[-1], na, num_classes)  # type: ignore[index]
+        self.loss_fn = YoloAnchorLoss(self.anchors, self.strides, num_classes, cls_act=cls_act, pos_iou=pos_iou,
                                       ignore_iou=ignore_iou, lambda_box=lambda_box, lambda_obj=lambda_obj,
                                       lambda_cls=lambda_cls)
 
@@ -425,11 +435,11 @@ class YOLOv3(_Detector):
         return self.loss_fn(list(outputs), targets)
 
     def decode(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return _decode_anchor_maps(list(outputs), self.anchors, self.strides, self.num_classes, "sigmoid")
+        return _decode_anchor_maps(list(outputs), self.anchors, self.strides, self.num_classes, self.cls_act)
 
     def decode_info(self) -> dict[str, Any]:
         return {"format": "yolo_anchors", "anchors": [[list(a) for a in g] for g in self.anchors],
-                "strides": self.strides, "cls_act": "sigmoid", "num_classes": self.num_classes}
+                "strides": self.strides, "cls_act": self.cls_act, "num_classes": self.num_classes}
 
 
 # ============================================================================================== registry
@@ -441,7 +451,7 @@ def _create(variant: str, cls: type[nn.Module], arch: dict[str, Any], **kwargs: 
         raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
 
 
-_DET = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox", scale=1.0 / 255.0,
+_DET: dict[str, Any] = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox", scale=1.0 / 255.0,
             family="yolo")
 
 
@@ -480,10 +490,13 @@ def yolov3(**kwargs: Any) -> YOLOv3:
 
 @register_model(input_size=(3, 96, 96), num_classes=8, **_DET)
 def yolov3_tiny(**kwargs: Any) -> YOLOv3:
-    """The shipped default detector's architecture: a narrow darknet-style residual backbone (widths 16…128,
-    one or two residual units per stage; 0.74 M parameters), three scales, 96 px, 8 synthetic shape classes."""
-    return _create("yolov3_tiny", YOLOv3, dict(num_classes=8, input_size=96, widths=(16, 24, 32, 64, 96, 128),
-                                               depths=(1, 1, 2, 2, 1)), **kwargs)
+    """The shipped default detector's architecture: a narrow darknet-style residual backbone (widths 16…128; no
+    residual unit at stride 2, where a unit costs a third of the training step on CPU, then 1/2/2/1 units), three
+    scales, 96 px, 8 synthetic shape classes; 0.76 M parameters. The class term is weighted up (λcls = 2): with
+    independent logistic classes the mean BCE spreads each positive's gradient over the 8 logits, and classes were
+    what the model learnt last."""
+    return _create("yolov3_tiny", YOLOv3, dict(num_classes=8, input_size=96, widths=(16, 32, 48, 64, 96, 128),
+                                               depths=(0, 1, 2, 2, 1), lambda_cls=2.0), **kwargs)
 
 
 @register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **_DET)
@@ -498,3 +511,48 @@ def yolov3_mobilenet_test(**kwargs: Any) -> YOLOv3:
     """Test variant: YOLOv3 heads on mobilenet_v2_tiny with SE attention, 64 px."""
     return _create("yolov3_mobilenet_test", YOLOv3,
                    dict(num_classes=8, input_size=64, backbone="mobilenet_v2_tiny", attn="se"), **kwargs)
+
+
+# ============================================================================================== shipped default
+# The shipped default detector: yolov3_tiny with the recipe's anchors (dimension clusters of the synthetic train
+# split) and class activation; recipes/detector.yaml trains it (python -m edgecv.train.shipped_detector) and the
+# weights + their val mAP live in edgecv/zoo/weights/yolov3_tiny_synth.{pt,json}.
+SHAPES_DETECTOR_STEM = "yolov3_tiny_synth"
+SHAPES_DETECTOR_ARCH: dict[str, Any] = dict(
+    anchors=[[16, 15], [18, 18], [20, 21], [26, 24], [23, 28], [28, 29], [34, 32], [37, 37], [41, 42]])
+_SHAPES = ("circle", "ring", "square", "rectangle", "triangle", "star", "cross", "hexagon")  # edgecv.data.synth order
+
+
+def _weights_dir() -> Any:
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "weights"
+
+
+@register_model(input_size=(3, 96, 96), num_classes=8, class_names=list(_SHAPES), **_DET)
+def shapes_detector(**kwargs: Any) -> YOLOv3:
+    """The shipped default detector: ``yolov3_tiny`` trained on the synthetic shapes (8 classes, 96 px, letterbox)
+    with the weights in edgecv/zoo/weights/yolov3_tiny_synth.pt; its val mAP, data split and training record are in
+    the JSON beside them. ``pretrained=False`` gives the same architecture with random init."""
+    from edgecv.errors import ModelSourceError
+
+    pretrained = bool(kwargs.pop("pretrained", True))
+    pinned = {**SHAPES_DETECTOR_ARCH, "num_classes": 8, "input_size": 96}
+    fixed = {k: v for k, v in kwargs.items() if k in pinned and v != pinned[k]}
+    if pretrained and fixed:
+        raise ConfigError(f"shapes_detector: the shipped weights fix {sorted(fixed)}; pass pretrained=False to "
+                          "change them")
+    model = yolov3_tiny(**{**SHAPES_DETECTOR_ARCH, **kwargs})
+    if not pretrained:
+        return model
+    path = _weights_dir() / f"{SHAPES_DETECTOR_STEM}.pt"
+    if not path.is_file():
+        raise ModelSourceError(f"shapes_detector: expected shipped weights at {path}, found no file (train them "
+                               "with 'python -m edgecv.train.shipped_detector recipes/detector.yaml runs/detector')")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise ModelSourceError(f"shapes_detector: {path} does not fit the architecture "
+                               f"({str(exc).splitlines()[0]})") from None
+    return model.eval()
