@@ -9,10 +9,9 @@ cd "$(dirname "$0")/.."
 E=".venv/bin/edgecv"
 OUT=${1:-out/int8}
 mkdir -p "$OUT"
-for spec in "shapes_classifier classify cls" "shapes_segmenter segment seg" "shapes_detector detect det"; do
-  read -r model task calib <<<"$spec"
-  weights=$(.venv/bin/python -c "from edgecv.zoo import model_cfg; print(model_cfg('$model').get('weights_file',''))" 2>/dev/null || true)
-  .venv/bin/python -c "from edgecv.zoo import model_cfg; model_cfg('$model')" 2>/dev/null || { echo "skip $model (not in this zoo)"; continue; }
+for spec in "shapes_classifier classify cls shapes_classifier" "shapes_segmenter segment seg shapes_segmenter" \
+            "shapes_detector detect det yolov3_tiny_synth"; do
+  read -r model task calib record <<<"$spec"
   d="$OUT/$model"
   printf '\n== %s\n' "$model"
   $E export "$model" -o "$d" --force --json > "$OUT/$model.export.json"
@@ -20,9 +19,10 @@ for spec in "shapes_classifier classify cls" "shapes_segmenter segment seg" "sha
   $E compile "$d" --backend onnxruntime --precision int8 --calib "calib/$calib" --json > "$OUT/$model.ort_int8.json"
   $E compile "$d" --backend openvino --precision int8 --calib "calib/$calib" --json > "$OUT/$model.ov_int8.json"
   read -r seed size count < <(.venv/bin/python -c "
-import json, pathlib
-m = json.loads(pathlib.Path('edgecv/zoo/weights/$model.json').read_text()) if pathlib.Path('edgecv/zoo/weights/$model.json').exists() else json.loads(next(pathlib.Path('edgecv/zoo/weights').glob('*.json')).read_text())
-v = m['val']; print(v['seed'], v['size'], v['count'])")
+import json
+m = json.load(open('edgecv/zoo/weights/$record.json'))
+v = m.get('val') or {'seed': m['data']['seed'], 'size': m['data']['size'], 'count': m['data']['n_val']}
+print(v['seed'], v['size'], v['count'])")
   $E data synth --task "$task" -o "$d.val" --n-train 0 --n-val "$count" --size "$size" --seed "$seed" > /dev/null
   val="$d.val"; [ "$task" = detect ] || val="$d.val/val"
   $E validate "$d" -b onnxruntime -b openvino -b onnxruntime:int8 -b openvino:int8 --val "$val" --max-drop 1.0 \

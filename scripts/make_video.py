@@ -41,8 +41,14 @@ def main() -> None:
         if i % args.hold == 0:
             rng = image_rng(args.seed, "video", i // args.hold)
             img = render_classify(rng, h)[0] if args.task == "classify" else render_objects(rng, h)[0]
-            # stretched to the frame: a stretch-resize model sees exactly the scene it was trained on
-            scene = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            if args.task == "classify":
+                # stretched to the frame: a stretch-resize classifier sees exactly the scene it was trained on
+                scene = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+            else:
+                # square scene centred on grey bars: a letterboxing detector sees undistorted shapes
+                pad = w - h
+                scene = cv2.copyMakeBorder(img, 0, 0, pad // 2, pad - pad // 2, cv2.BORDER_CONSTANT,
+                                           value=(114, 114, 114))
         shift = np.float32([[1, 0, (i % args.hold) * 0.8], [0, 1, 0]])
         frame = cv2.warpAffine(scene, shift, (w, h), borderMode=cv2.BORDER_REFLECT)
         writer.write(frame)

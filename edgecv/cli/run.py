@@ -73,6 +73,9 @@ def register(app: typer.Typer) -> None:
         buffer_size: Annotated[Optional[int], typer.Option("--buffer", help="Capture buffer size in frames "
                                                            "(default 1 for latest, 2 otherwise).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status line.")] = False,
+        conf: Annotated[float, typer.Option(
+            "--conf", help="Detectors: keep detections scoring at least this (the bundle's own threshold is set "
+                           "low for mAP).")] = 0.25,
     ) -> None:
         """Run a bundle on a stream: capture → preprocess → infer → decode → sinks, with live metrics."""
         from edgecv._io import write_json
@@ -115,7 +118,15 @@ def register(app: typer.Typer) -> None:
         runner = open_runner(b, backend, precision=precision, device=device, threads=threads)
         status = _StatusPrinter(enabled=not quiet)
         with runner:
-            pipe = StreamPipeline(open_source(spec), runner, b.contract, sinks, cfg, on_status=status.update)
+            contract = b.contract
+            if contract.task == "detect":
+                if not 0.0 <= conf <= 1.0:
+                    from edgecv.errors import ConfigError
+
+                    raise ConfigError(f"--conf: expected a score in [0, 1], found {conf}")
+                thr = max(conf, float(contract.decode.get("score_threshold", 0.0)))
+                contract = contract.model_copy(update={"decode": {**contract.decode, "score_threshold": thr}})
+            pipe = StreamPipeline(open_source(spec), runner, contract, sinks, cfg, on_status=status.update)
             try:
                 with status:
                     summary = pipe.run()
