@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 QUANT_OPS = frozenset({"FakeQuantize", "FakeConvert"})
 
 
+def _nncf() -> Any:
+    """NNCF, imported quietly: its per-tensor fallback warnings and torch's CUDA probe (NNCF imports torch when
+    it is installed) are noise in a CLI table; the calibration count and method are reported by edgecv itself."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    nncf = lazy_import("nncf", "openvino")
+    nncf.set_log_level(logging.ERROR)
+    return nncf
+
+
 def convert(prepared: str | Path) -> Any:
     """``ov.convert_model`` of the pre-processed fp32 ONNX graph."""
     ov = lazy_import("openvino")
@@ -80,7 +91,7 @@ def count_fake_quantize(ov_model: Any) -> int:
 
 
 def _advanced(method: str) -> Any:
-    nncf = lazy_import("nncf", "openvino")
+    nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet as R
 
@@ -92,7 +103,7 @@ def _advanced(method: str) -> Any:
 def quantize_nncf(ov_model: Any, calib: CalibrationSource, method: str = "minmax",
                   ignored: list[str] | None = None) -> Any:
     """``nncf.quantize`` an OpenVINO model with every calibration sample; ``ignored`` = OV op names kept float."""
-    nncf = lazy_import("nncf", "openvino")
+    nncf = _nncf()
     try:
         return nncf.quantize(
             ov_model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
@@ -106,7 +117,7 @@ def quantize_nncf_with_accuracy_control(ov_model: Any, calib: CalibrationSource,
                                         method: str = "minmax", ignored: list[str] | None = None) -> Any:
     """``nncf.quantize_with_accuracy_control``: NNCF reverts the most sensitive ops to float until
     ``validate(compiled_model, val)`` (points) drops at most ``max_drop`` (absolute)."""
-    nncf = lazy_import("nncf", "openvino")
+    nncf = _nncf()
     try:
         return nncf.quantize_with_accuracy_control(
             ov_model, nncf.Dataset(calib), nncf.Dataset(val), validate, max_drop=max_drop,
