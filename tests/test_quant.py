@@ -479,3 +479,15 @@ def test_openvino_accuracy_control_reverts_same_layer(tmp_path, task) -> None:  
     trials = art.extra["budget"]["trials"]
     assert trials[0]["drop"] > 40.0 and trials[-1]["drop"] <= 3.0
     assert art.extra["kept_float"] == ["/2/Conv"] and art.extra["metrics"]["drop"] <= 3.0
+
+
+@pytest.mark.openvino
+def test_int8_candidate_runner_keeps_float_layers_in_f32(tmp_path: Path) -> None:
+    """The budget search must score the model the deployed runner runs: float layers in f32, not the CPU's bf16."""
+    from helpers import make_tiny_bundle
+
+    from edgecv.quant._runners import OpenVINOModelRunner
+
+    bundle = make_tiny_bundle(tmp_path / "b")
+    with OpenVINOModelRunner(bundle.onnx_path, "CPU", precision="int8") as r:
+        assert "float32" in str(r._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()

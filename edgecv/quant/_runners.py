@@ -82,8 +82,10 @@ class OpenVINOModelRunner(Runner):
         cfg: dict[str, Any] = {}
         if self.threads:
             cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
-        if self.precision == "fp32" and self.device.upper().startswith("CPU"):
-            # keep fp32 really fp32: OpenVINO CPU otherwise runs bf16 on AVX512-BF16/AMX machines
+        if self.precision in ("fp32", "int8") and self.device.upper().startswith("CPU"):
+            # keep fp32 really fp32: OpenVINO CPU otherwise runs bf16 on AVX512-BF16/AMX machines. For int8 the
+            # hint covers the layers left in float: unset, they ran in bf16, scoring a different model from the one
+            # edgecv's runner deploys (and int8 deconvolutions feeding bf16 failed to compile on OpenVINO 2026.4)
             cfg["INFERENCE_PRECISION_HINT"] = "f32"
         if isinstance(self.model, ov.CompiledModel):  # NNCF's accuracy control hands us compiled models
             self._compiled = self.model

@@ -100,6 +100,10 @@ def _advanced(method: str) -> Any:
     return AdvancedQuantizationParameters(activations_range_estimator_params=est)
 
 
+def _ignored_scope(nncf: Any, ignored: list[str] | None) -> Any:
+    return nncf.IgnoredScope(names=list(ignored or []))
+
+
 def quantize_nncf(ov_model: Any, calib: CalibrationSource, method: str = "minmax",
                   ignored: list[str] | None = None) -> Any:
     """``nncf.quantize`` an OpenVINO model with every calibration sample; ``ignored`` = OV op names kept float."""
@@ -107,7 +111,7 @@ def quantize_nncf(ov_model: Any, calib: CalibrationSource, method: str = "minmax
     try:
         return nncf.quantize(
             ov_model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
-            ignored_scope=nncf.IgnoredScope(names=list(ignored or [])), advanced_parameters=_advanced(method))
+            ignored_scope=_ignored_scope(nncf, ignored), advanced_parameters=_advanced(method))
     except Exception as exc:
         raise BackendError(f"NNCF quantize ({method}) failed: {exc}") from exc
 
@@ -122,7 +126,7 @@ def quantize_nncf_with_accuracy_control(ov_model: Any, calib: CalibrationSource,
         return nncf.quantize_with_accuracy_control(
             ov_model, nncf.Dataset(calib), nncf.Dataset(val), validate, max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
-            ignored_scope=nncf.IgnoredScope(names=list(ignored or [])),
+            ignored_scope=_ignored_scope(nncf, ignored),
             advanced_quantization_parameters=_advanced(method))
     except Exception as exc:
         raise BackendError(f"NNCF quantize_with_accuracy_control failed: {exc}") from exc
