@@ -96,9 +96,23 @@ def test_abs_bound_boundary(precision: str) -> None:
     inside[0, 1] = allowed * (1 - 1e-9)
     outside = ref.copy()
     outside[0, 1] = allowed * (1 + 1e-6)
-    assert judge(compare_output("y", ref, inside, "classify"), tol).passed
-    c = judge(compare_output("y", ref, outside, "classify"), tol)
+    # int8 judges decision outputs by agreement + cosine; the abs bound applies to outputs without a decision
+    task = "generic" if precision == "int8" else "classify"
+    assert judge(compare_output("y", ref, inside, task), tol).passed
+    c = judge(compare_output("y", ref, outside, task), tol)
     assert not c.passed and len(c.failures) == 1 and c.failures[0].startswith("max abs")
+
+
+def test_int8_decision_outputs_are_judged_by_agreement_not_max_abs() -> None:
+    tol = TOLERANCES["int8"]
+    ref = np.array([[10.0, 0.0, 1.0, 0.0], [0.0, 8.0, 0.0, 1.0]])
+    got = ref + np.array([[-2.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]])  # 0.2 x scale off, same top-1
+    c = judge(compare_output("y", ref, got, "classify"), tol)
+    assert c.max_rel == pytest.approx(0.2) and c.passed, c.failures
+    flipped = ref.copy()
+    flipped[1] = [0.0, 1.0, 0.0, 8.0]
+    c = judge(compare_output("y", ref, flipped, "classify"), tol)
+    assert not c.passed and any("top-1" in f for f in c.failures)
 
 
 @pytest.mark.parametrize(("cos", "passed"), [(0.9801, True), (0.9799, False)])

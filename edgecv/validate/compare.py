@@ -292,7 +292,10 @@ def judge(cmp: OutputComparison, tol: Tolerance) -> OutputComparison:
         if cmp.nonfinite:
             fails.append(f"{cmp.nonfinite} NaN/Inf values where the reference is finite")
         allowed = tol.allowed_abs(cmp.scale)
-        if not cmp.max_abs <= allowed:
+        # int8 moves logits by a few quantization steps of their range by design; where the output carries a
+        # decision (top-1, per-pixel class) that decision and the cosine are judged, and max abs is only reported
+        decided = tol.precision == "int8" and (cmp.top1_agreement is not None or cmp.pixel_agreement is not None)
+        if not decided and not cmp.max_abs <= allowed:
             fails.append(f"max abs {cmp.max_abs:.3g} > {allowed:.3g} ({tol.describe()}, scale {cmp.scale:.3g})")
         if not cmp.cosine >= tol.min_cosine:
             fails.append(f"cosine {cmp.cosine:.6f} < {tol.min_cosine:g}")
