@@ -491,3 +491,29 @@ def test_int8_candidate_runner_keeps_float_layers_in_f32(tmp_path: Path) -> None
     bundle = make_tiny_bundle(tmp_path / "b")
     with OpenVINOModelRunner(bundle.onnx_path, "CPU", precision="int8") as r:
         assert "float32" in str(r._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+
+
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+def test_entropy_calibration_on_a_detector_with_nms_in_the_graph(tmp_path: Path) -> None:
+    """Tensors after NonMaxSuppression change length per image; histogram calibration must leave them out."""
+    import numpy as np
+    import onnx
+
+    from edgecv.bundle import Bundle
+    from edgecv.export import export_model, load_model
+    from edgecv.export.detection import prepare_detection_export
+    from edgecv.quant.api import compile_int8
+    from edgecv.quant.ort import calibratable_op_types
+
+    loaded = prepare_detection_export(load_model("yolov3_test"), nms="graph")
+    export_model(loaded, tmp_path / "det", n_reference=2, dynamic_batch=False)
+    bundle = Bundle.open(tmp_path / "det")
+    types = calibratable_op_types(onnx.load(str(bundle.onnx_path)))
+    assert types is not None and "Conv" in types and "NonMaxSuppression" not in types and "Gather" not in types
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", input=rng.standard_normal((8, *bundle.contract.input_shape[1:]),
+                                                             dtype=np.float32))
+    art = compile_int8(bundle, backend="onnxruntime", calib=tmp_path / "calib.npz", method="entropy")
+    q = onnx.load(str(bundle.root / art.path))
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)

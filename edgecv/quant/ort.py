@@ -87,6 +87,25 @@ def _make_reader(source: CalibrationSource) -> Any:
     return SourceReader(source)
 
 
+def calibratable_op_types(model: Any) -> list[str] | None:
+    """Op types to calibrate when the graph has data-dependent shapes (NMS in the graph), else None (all).
+
+    Tensors downstream of ``NonMaxSuppression`` change length from image to image; ORT's histogram calibrators
+    (entropy, percentile) cannot stack them and fail. Op types found there are left out of calibration (and so
+    stay float everywhere: they are the detector's post-processing, which stays float anyway).
+    """
+    nodes = list(model.graph.node)
+    if not any(n.op_type == "NonMaxSuppression" for n in nodes):
+        return None
+    tainted = {o for n in nodes if n.op_type == "NonMaxSuppression" for o in n.output}
+    downstream: set[str] = {"NonMaxSuppression"}
+    for n in nodes:  # ONNX graphs are topologically sorted
+        if any(i in tainted for i in n.input):
+            tainted.update(n.output)
+            downstream.add(n.op_type)
+    return sorted({n.op_type for n in nodes} - downstream)
+
+
 def quantize_qdq(prepared: str | Path, out: str | Path, calib: CalibrationSource, method: str = "minmax",
                  exclude: list[str] | None = None) -> Path:
     """Write a QDQ INT8 model of ``prepared`` (from :func:`prepare_fp32`) to ``out`` atomically.
@@ -117,12 +136,14 @@ def quantize_qdq(prepared: str | Path, out: str | Path, calib: CalibrationSource
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="edgecv-q-") as work:
         # ORT writes augmented models next to a temp path; keep them out of the bundle
         tmp_model = Path(work) / "model.qdq.onnx"
+        op_types = calibratable_op_types(lazy_import("onnx").load(str(prepared), load_external_data=False))
         try:
             q.quantize_static(
                 str(prepared), str(tmp_model), _make_reader(calib),
                 quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=False,
                 activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
                 nodes_to_exclude=list(exclude or []), calibrate_method=calib_method, extra_options=extra,
+                op_types_to_quantize=op_types,
             )
         except Exception as exc:
             raise BackendError(f"ONNX Runtime quantize_static ({method}) failed: {exc}") from exc
