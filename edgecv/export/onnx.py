@@ -318,9 +318,11 @@ def _versions() -> dict[str, str | None]:
             "onnxslim": version_of("onnxslim"), "onnxscript": version_of("onnxscript"), "numpy": np.__version__}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}{'…' if len(text) > 300 else ''}"
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    import re
+
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())  # torch.export colours its messages
+    return f"{type(exc).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"
 
 
 @contextlib.contextmanager
