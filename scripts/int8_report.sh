@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fp32 vs INT8, metric and latency, for every shipped default model and backend, measured in one run per model.
-#   bash scripts/int8_report.sh [OUT]      (default out/int8)
+#   bash scripts/int8_report.sh [OUT [MODEL ...]]      (default out/int8, all three shipped models)
 # For each model: export, compile OpenVINO fp32 + ORT QDQ INT8 + OpenVINO NNCF INT8 (calibrated on calib/<task>),
 # regenerate the held-out split its metric was recorded on, validate with --val and a 1-point budget, and bench
 # torch eager vs every artifact side by side.
@@ -8,10 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 E=".venv/bin/edgecv"
 OUT=${1:-out/int8}
+shift || true
+ONLY="$*"
 mkdir -p "$OUT"
 for spec in "shapes_classifier classify cls shapes_classifier" "shapes_segmenter segment seg shapes_segmenter" \
             "shapes_detector detect det yolov3_tiny_synth"; do
   read -r model task calib record <<<"$spec"
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $model "* ]]; then continue; fi
   d="$OUT/$model"
   printf '\n== %s\n' "$model"
   $E export "$model" -o "$d" --force --json > "$OUT/$model.export.json"

@@ -52,8 +52,10 @@ def convert(prepared: str | Path) -> Any:
 def map_onnx_to_ov(onnx_model: Any, ov_model: Any, names: list[str]) -> dict[str, list[str]]:
     """OpenVINO op friendly names for each ONNX node name in ``names``.
 
+    Nodes folded away by ``convert_model`` (constant arithmetic) have no op and are left out of the result.
+
     Raises:
-        BackendError: a node has no OpenVINO op (the kept-float choice could not be applied here).
+        BackendError: none of the nodes has an OpenVINO op (the names do not belong to this graph).
     """
     by_node = {n.name: n for n in onnx_model.graph.node}
     ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result")]
@@ -69,9 +71,11 @@ def map_onnx_to_ov(onnx_model: Any, ov_model: Any, names: list[str]) -> dict[str
             out[name] = sorted(set(hits))
         else:
             missing.append(name)
-    if missing:
+    if missing and len(missing) == len(names):
         raise BackendError(f"kept-float layers {missing} have no OpenVINO op after convert_model; expected ops named "
                            "like the ONNX nodes")
+    # a node with no op left was folded away by convert_model (e.g. arithmetic on constants such as a detector's
+    # anchor grid): there is nothing to quantize, so nothing to keep float
     return out
 
 
