@@ -8,6 +8,7 @@ INT8 weights, symmetric INT8 activations (zero point 0, which TensorRT requires)
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,15 +44,23 @@ def prepare_fp32(src: str | Path, dst: str | Path) -> Path:
     q = lazy_import("onnxruntime.quantization", "onnxruntime")
     src = Path(src)
     original = onnx.load(str(src))
+    src = src.resolve()
     with tempfile.TemporaryDirectory(prefix="edgecv-prep-") as tmp:
         out = Path(tmp) / "prep.onnx"
+        # quant_pre_process writes scratch files (sym_shape_infer_temp.onnx, <uuid>.data) into the current
+        # folder: run it from the temporary one so a user's folder (or the repo) is left clean
+        cwd = os.getcwd()
+        os.chdir(tmp)
         try:
-            q.quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
-        except Exception as exc:  # symbolic shape inference fails on some graphs; plain ONNX shapes are enough
             try:
-                q.quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
-            except Exception:
-                raise BackendError(f"ONNX Runtime quant_pre_process failed on '{src}': {exc}") from exc
+                q.quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+            except Exception as exc:  # symbolic shape inference fails on some graphs; plain ONNX shapes are enough
+                try:
+                    q.quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+                except Exception:
+                    raise BackendError(f"ONNX Runtime quant_pre_process failed on '{src}': {exc}") from exc
+        finally:
+            os.chdir(cwd)
         model = onnx.load(str(out))
     name_nodes(model)
     # keep the embedded contract (pre-processing may drop metadata_props)
