@@ -154,3 +154,24 @@ class Builder(abc.ABC):
     def build(self, bundle: Bundle, config: BuildConfig,
               calib: CalibrationSource | None = None) -> Artifact:
         """Build, add the artifact to ``bundle`` (atomically, manifest updated) and return it."""
+
+
+def check_onnx_file(path: str | Path) -> None:
+    """Fail with one line when ``path`` is not a parseable ONNX model.
+
+    OpenVINO tries every frontend it has on a file it cannot read, and the TensorFlow one prints C++ log lines
+    to stderr before the error; parsing the protobuf first turns a corrupt file into one clear message.
+    Skipped when the ``onnx`` package is not installed (a device may have only the engine).
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".onnx":
+        return
+    try:
+        import onnx
+    except ImportError:
+        return
+    try:
+        onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, OSError, ValueError…
+        msg = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise BackendError(f"'{p}' is not a valid ONNX model ({type(exc).__name__}: {msg}); re-export it") from exc

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecv._lazy import lazy_import, version_of
-from edgecv.backends.base import Builder, BuildConfig, Runner
+from edgecv.backends.base import check_onnx_file, Builder, BuildConfig, Runner
 from edgecv.errors import BackendError, ConfigError
 from edgecv.types import TensorSpec
 
@@ -104,6 +104,7 @@ class OpenVINORunner(Runner):
                 raise BackendError(
                     f"openvino device '{self.device}' is not available; this machine has: {', '.join(available)}"
                 )
+        check_onnx_file(self.model_path)
         try:
             model = core.read_model(str(self.model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line text
@@ -197,6 +198,7 @@ class OpenVINOBuilder(Builder):
         compress = config.precision == "fp16"
         rel_dir = f"openvino/{config.precision}"
         t0 = time.perf_counter()
+        check_onnx_file(src)
         try:
             model = ov.convert_model(str(src))
         except Exception as exc:

@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
             if split is not None:
                 d["stages"] = split
             print_json(d)
+            _raise_if_unusable(rep)
             return
         console = wide_console()
         rows = []
@@ -108,6 +109,7 @@ def register(app: typer.Typer) -> None:
                 [[k, f"{v['pre_ms']:.2f} ({v['pre_p99_ms']:.2f})", f"{v['infer_ms']:.2f} ({v['infer_p99_ms']:.2f})",
                   f"{v['post_ms']:.2f} ({v['post_p99_ms']:.2f})", f"{v['total_ms']:.2f} ({v['total_p99_ms']:.2f})",
                   f"{100 * v['infer_ms'] / max(v['total_ms'], 1e-9):.0f}%"] for k, v in split.items()]))
+        _raise_if_unusable(rep)
 
 
 def _stage_split(bundle: object, specs: list[tuple[str, str]], threads: int | None, device: str | None,
@@ -121,3 +123,15 @@ def _stage_split(bundle: object, specs: list[tuple[str, str]], threads: int | No
         with opener(bundle, backend, precision, device=device, threads=threads) as r:  # type: ignore[operator]
             out[f"{backend}:{precision}"] = stage_times(r, bundle.contract, frames).to_dict()  # type: ignore[attr-defined]
     return out
+
+
+def _raise_if_unusable(rep: object) -> None:
+    """Exit 2 when a backend produced no measurement at all (it could not load or run the model); a batch size
+    a fixed-batch model cannot take stays an error row of an otherwise usable backend."""
+    from edgecv.errors import BackendError
+
+    rows = getattr(rep, "rows", [])
+    for label in dict.fromkeys(r.label for r in rows):
+        mine = [r for r in rows if r.label == label]
+        if mine and all(r.error for r in mine):
+            raise BackendError(f"{label}: {mine[0].error}")

@@ -138,6 +138,11 @@ def register(app: typer.Typer) -> None:
                 print_layer_report(layer_rows, top=25)
             ok = rep.passed and not metric_failures
             console.print("[green]all checks passed[/]" if ok else "[red]validation FAILED[/]")
+        broken = [r for r in rep.results if r.error is not None]
+        if broken:  # could not load or run: an error in the input, not a numeric verdict
+            from edgecv.errors import BackendError
+
+            raise BackendError(f"{broken[0].backend}:{broken[0].precision}: {broken[0].error}")
         if not rep.passed:
             raise ValidationFailed(_failure_line(rep))
         if metric_failures:
