@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 BBOX_XFORM_CLIP = float(np.log(1000.0 / 16))
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU, ``a`` [N,4] and ``b`` [M,4] xyxy → [N,M] (float64)."""
+def _inter_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b as float64 [N,4]/[M,4], pairwise intersection [N,M], pairwise union [N,M])."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -38,24 +38,25 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
     area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return a, b, inter, area_a[:, None] + area_b[None, :] - inter
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU, ``a`` [N,4] and ``b`` [M,4] xyxy → [N,M] (float64)."""
+    _, _, inter, union = _inter_union(a, b)
+    return _safe_div(inter, union)
 
 
 def generalized_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise GIoU (IoU minus the empty share of the enclosing box) → [N,M]."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iou = box_iou(a, b)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
+    a, b, inter, union = _inter_union(a, b)
     hull = np.prod(np.clip(np.maximum(a[:, None, 2:], b[None, :, 2:]) - np.minimum(a[:, None, :2], b[None, :, :2]),
                            0, None), axis=-1)
-    return iou - np.where(hull > 0, (hull - union) / np.where(hull > 0, hull, 1.0), 0.0)
+    return _safe_div(inter, union) - _safe_div(hull - union, hull)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
