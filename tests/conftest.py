@@ -84,3 +84,23 @@ def cli():
 
 def has_ffmpeg() -> bool:
     return shutil.which("ffmpeg") is not None
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classify bundle (32 px), built once per test module; copy it with ``bundle_dir`` before changing."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from helpers import make_tiny_bundle
+
+    root = tmp_path_factory.mktemp("pristine") / "tiny"
+    make_tiny_bundle(root, size=32)
+    return root
+
+
+@pytest.fixture
+def bundle_dir(pristine: Path, tmp_path: Path) -> Path:
+    """A private copy of ``pristine`` that a test may compile into or corrupt."""
+    dst = tmp_path / "tiny"
+    shutil.copytree(pristine, dst)
+    return dst

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import make_tiny_bundle  # noqa: E402
 
 from edgecv._io import sha256_path  # noqa: E402
 from edgecv.backends import open_runner  # noqa: E402
@@ -19,20 +17,7 @@ from edgecv.backends.base import BuildConfig  # noqa: E402
 from edgecv.bundle import Bundle  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    root = tmp_path_factory.mktemp("compile") / "tiny"
-    make_tiny_bundle(root, size=32)
-    return root
-
-
-@pytest.fixture
-def bundle_dir(pristine: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "tiny"
-    shutil.copytree(pristine, dst)
-    return dst
+# pristine / bundle_dir fixtures: tests/conftest.py
 
 
 @pytest.mark.openvino

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import stat
 import sys
 from pathlib import Path
@@ -21,20 +20,7 @@ from edgecv.backends.base import BuildConfig  # noqa: E402
 from edgecv.bundle import Bundle  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    root = tmp_path_factory.mktemp("trt") / "tiny"
-    make_tiny_bundle(root, size=32)
-    return root
-
-
-@pytest.fixture
-def bundle_dir(pristine: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "tiny"
-    shutil.copytree(pristine, dst)
-    return dst
+# pristine / bundle_dir fixtures: tests/conftest.py
 
 
 def _args(cmd: str) -> dict[str, str]:
