@@ -193,6 +193,31 @@ def test_segment_decoder_undoes_letterbox() -> None:
     assert fr == {1: 0.5, 2: 0.5}
 
 
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "center_crop"])
+@pytest.mark.parametrize("color", ["RGB", "BGR"])
+def test_preprocess_resizes_before_the_channel_swap_bit_exactly(resize: str, color: str) -> None:
+    """preprocess swaps channels after resizing (a 720p frame is not converted whole); the tensor must be
+    bit-identical to converting first, for every resize mode, and the channels must really be swapped."""
+    import cv2
+
+    from edgecv.tasks.preprocess import preprocess, resize_image
+
+    c = contract(resize=resize, color=color).model_copy(update={"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]})
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (72, 128, 3), dtype=np.uint8)
+    img[..., 0] = 10  # blue plane dark: a swap that did not happen shows
+    x, tf = preprocess(img, c)
+    first = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color == "RGB" else img
+    ref, tf_ref = resize_image(first, c)
+    ref = ((ref.astype(np.float32) * np.float32(c.scale) - np.float32(c.mean))
+           / np.float32(c.std)).transpose(2, 0, 1)[None]
+    assert tf == tf_ref
+    np.testing.assert_array_equal(x, ref)
+    blue = 2 if color == "RGB" else 0
+    inside = x[0, blue][x[0, blue] != x[0, blue][0, 0]] if resize == "letterbox" else x[0, blue]
+    assert np.allclose(inside, (10 / 255 - c.mean[blue]) / c.std[blue], atol=1e-6)
+
+
 def test_graph_nms_decoder_maps_boxes_back() -> None:
     from edgecv.tasks.decode import get_decoder
 

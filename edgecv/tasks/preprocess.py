@@ -77,13 +77,14 @@ def preprocess(img_bgr: np.ndarray, contract: Contract) -> tuple[np.ndarray, Tra
     cv2 = lazy_import("cv2", "stream")
     if img_bgr.ndim == 2:
         img_bgr = cv2.cvtColor(img_bgr, cv2.COLOR_GRAY2BGR)
-    if contract.color == "RGB":
-        img = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2RGB)
-    elif contract.color == "GRAY":
-        img = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2GRAY)[..., None]
+    if contract.color == "GRAY":
+        img, tf = resize_image(cv2.cvtColor(img_bgr, cv2.COLOR_BGR2GRAY)[..., None], contract)
     else:
-        img = img_bgr
-    img, tf = resize_image(img, contract)
+        # resize first, swap channels on the small image: resizing works per channel and the pad value is
+        # one scalar, so this is bit-identical to swapping first, and a 720p frame is not copied whole
+        img, tf = resize_image(img_bgr, contract)
+        if contract.color == "RGB":
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if contract.dtype == "uint8":
         x = img
     else:
