@@ -138,6 +138,13 @@ def test_file_wait_processes_every_frame_and_video_matches(bundle: Path, video: 
     assert ffprobe_frames(out) == len(events)
     assert s["sinks"]["VideoSink"]["frames"] == 50 and s["stopped_by"] == "end of stream"
     assert "infer" in p.stdout and "fps in" in p.stdout  # the summary table
+    from edgecv.stream.pipeline import stream_engine_threads
+
+    # no --threads: a machine with <= 4 cores leaves capture a core; the summary says what the engine got
+    assert s["runner"]["threads"] == stream_engine_threads()
+    slow = s["slowest_stage"]
+    assert slow["thread"] in ("capture", "preprocess", "infer", "post") and "slowest thread" in p.stdout
+    assert slow["p50_ms"] == max(slow["busy_p50_ms"].values()) > 0
     assert not list(tmp_path.glob(".*partial*"))  # the temporary video was renamed
 
 
@@ -145,10 +152,11 @@ def test_opencv_writer_and_stdout_json(bundle: Path, video: Path, tmp_path: Path
     require_ffmpeg()
     out = tmp_path / "cv.mp4"
     p = subprocess.run(edgecv(str(bundle), "--source", str(video), "--save", str(out), "--writer", "opencv",
-                              "--stride", "2", "--json", "-"), capture_output=True, text=True, env=env(), timeout=300)
+                              "--stride", "2", "--threads", "1", "--json", "-"), capture_output=True, text=True, env=env(), timeout=300)
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert s["frames_processed"] == 25 and s["skipped_stride"] == 25 and s["policy"] == "wait"
+    assert s["runner"]["threads"] == 1  # --threads 1 is passed through
     assert ffprobe_frames(out) == 25
 
 

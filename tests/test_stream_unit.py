@@ -393,3 +393,23 @@ def test_mjpeg_endpoint_serves_jpeg_parts(tmp_path: Path) -> None:
         t.join(20)
     assert parts >= 3 and srv.parts_sent >= 3
     assert result["frames_processed"] >= 3
+
+
+def test_stream_engine_threads_leaves_capture_a_core_on_small_machines() -> None:
+    from edgecv.stream.pipeline import stream_engine_threads, usable_cpus
+
+    assert [stream_engine_threads(n) for n in (1, 2, 3, 4, 5, 16)] == [None, 1, 2, 3, None, None]
+    assert stream_engine_threads() == stream_engine_threads(usable_cpus())
+
+
+def test_stage_times_runs_until_min_time_and_reports_serial_fps() -> None:
+    from edgecv.bench.stages import stage_times
+
+    frames = [np.full((48, 64, 3), v, np.uint8) for v in (10, 200)]
+    with FakeRunner(delay=0.01) as r:
+        st = stage_times(r, contract(), frames, n=5, warmup=1, min_time_s=0.2)
+    assert 5 < st.n < 25  # ~10 ms a frame: about 20 frames fill 0.2 s
+    assert st.n * st.total_mean_ms >= 200.0
+    assert st.infer_mean_ms >= 10.0 and st.fps == pytest.approx(1000.0 / st.total_mean_ms)
+    with FakeRunner() as r:
+        assert stage_times(r, contract(), frames, n=7, warmup=0).n == 7  # no min time: exactly n

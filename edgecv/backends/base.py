@@ -118,7 +118,7 @@ class Runner(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """What the runner is running, for tables and JSON."""
         return {"backend": self.name, "precision": self.precision, "device": self.device,
-                "load_time_s": round(self.load_time_s, 4)}
+                "threads": getattr(self, "threads", None), "load_time_s": round(self.load_time_s, 4)}
 
 
 @dataclass

@@ -25,7 +25,11 @@ STAGES = ("pre", "infer", "post", "total")
 
 @dataclass
 class StageTimes:
-    """Median and p99 milliseconds per stage over ``n`` frames."""
+    """Median, p99 and mean milliseconds per stage over ``n`` frames, and the serial frame rate.
+
+    ``fps`` is frames over the time they took (``1000 / total_mean_ms``): the rate of a loop that runs the
+    stages one after another, stalls included, which is what a pipeline's end-to-end FPS compares to.
+    """
 
     n: int
     pre_ms: float
@@ -36,6 +40,11 @@ class StageTimes:
     infer_p99_ms: float
     post_p99_ms: float
     total_p99_ms: float
+    pre_mean_ms: float = 0.0
+    infer_mean_ms: float = 0.0
+    post_mean_ms: float = 0.0
+    total_mean_ms: float = 0.0
+    fps: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,8 +76,9 @@ def sample_frames(contract: Contract, n: int = 8, hw: tuple[int, int] = (480, 64
 
 
 def stage_times(runner: Runner, contract: Contract, frames: Sequence[np.ndarray], n: int = 50,
-                warmup: int = 5) -> StageTimes:
-    """Time ``n`` frames (cycling through ``frames``), one at a time, after ``warmup`` untimed ones."""
+                warmup: int = 5, min_time_s: float = 0.0, max_n: int = 100_000) -> StageTimes:
+    """Time at least ``n`` frames (cycling through ``frames``), one at a time, after ``warmup`` untimed ones,
+    and keep going until ``min_time_s`` seconds were timed (at most ``max_n`` frames)."""
     from edgecv.tasks.decode import get_decoder
     from edgecv.tasks.preprocess import preprocess
 
@@ -77,8 +87,10 @@ def stage_times(runner: Runner, contract: Contract, frames: Sequence[np.ndarray]
     if n < 1:
         raise ConfigError(f"stage timing: expected n >= 1, found {n}")
     dec = get_decoder(contract)
-    t = np.zeros((n, 3))
-    for i in range(warmup + n):
+    rows: list[tuple[float, float, float]] = []
+    timed = 0.0
+    i = 0
+    while i < warmup + n or (timed < min_time_s and len(rows) < max_n):
         img = frames[i % len(frames)]
         t0 = time.perf_counter()
         x, tf = preprocess(img, contract)
@@ -88,11 +100,16 @@ def stage_times(runner: Runner, contract: Contract, frames: Sequence[np.ndarray]
         dec.decode(out, [tf])
         t3 = time.perf_counter()
         if i >= warmup:
-            t[i - warmup] = (t1 - t0, t2 - t1, t3 - t2)
-    ms = 1000.0 * t
+            rows.append((t1 - t0, t2 - t1, t3 - t2))
+            timed += t3 - t0
+        i += 1
+    ms = 1000.0 * np.asarray(rows)
     total = ms.sum(axis=1)
     med = np.median(ms, axis=0)
     p99 = np.percentile(ms, 99, axis=0)
-    return StageTimes(n=n, pre_ms=float(med[0]), infer_ms=float(med[1]), post_ms=float(med[2]),
+    mean = ms.mean(axis=0)
+    return StageTimes(n=len(rows), pre_ms=float(med[0]), infer_ms=float(med[1]), post_ms=float(med[2]),
                       total_ms=float(np.median(total)), pre_p99_ms=float(p99[0]), infer_p99_ms=float(p99[1]),
-                      post_p99_ms=float(p99[2]), total_p99_ms=float(np.percentile(total, 99)))
+                      post_p99_ms=float(p99[2]), total_p99_ms=float(np.percentile(total, 99)),
+                      pre_mean_ms=float(mean[0]), infer_mean_ms=float(mean[1]), post_mean_ms=float(mean[2]),
+                      total_mean_ms=float(total.mean()), fps=float(1000.0 / total.mean()))

@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
                                          "on camera-sized frames (default: on for detectors).")] = None,
         frame_size: Annotated[str, typer.Option(
             "--frame-size", help="Camera frame size WxH for --stages (e.g. 1280x720).")] = "640x480",
+        conf: Annotated[float, typer.Option(
+            "--conf", help="Detectors, --stages: the score threshold post-processing keeps, as edgecv run's "
+                           "--conf (the bundle's own is set low for mAP).")] = 0.25,
         json_out: JsonOpt = False,
     ) -> None:
         """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
@@ -71,7 +74,9 @@ def register(app: typer.Typer) -> None:
             fw, fh = (int(v) for v in frame_size.lower().split("x"))
         except ValueError:
             raise ConfigError(f"--frame-size: expected WxH such as 1280x720, found '{frame_size}'") from None
-        split = _stage_split(b, specs, threads, device, open_runner, (fh, fw)) \
+        # stages: --iters fixes the frame count (at least 50), else at least 50 frames and --min-time seconds
+        split = _stage_split(b, specs, threads, device, open_runner, (fh, fw), conf=conf,
+                             n=max(50, iters or 0), min_time_s=0.0 if iters is not None else min_time) \
             if (stages if stages is not None else b.contract.task == "detect") else None
         if json_out:
             d = rep.to_dict()
@@ -105,23 +110,36 @@ def register(app: typer.Typer) -> None:
         if split is not None:
             console.print(table(
                 f"per-frame stages, batch 1, {frame_size} frames (median ms; p99 in brackets)",
-                ["backend", "pre", "infer", "post", "total", "infer share"],
-                [[k, f"{v['pre_ms']:.2f} ({v['pre_p99_ms']:.2f})", f"{v['infer_ms']:.2f} ({v['infer_p99_ms']:.2f})",
+                ["backend", "frames", "pre", "infer", "post", "total", "infer share", "serial fps"],
+                [[k, v["n"], f"{v['pre_ms']:.2f} ({v['pre_p99_ms']:.2f})",
+                  f"{v['infer_ms']:.2f} ({v['infer_p99_ms']:.2f})",
                   f"{v['post_ms']:.2f} ({v['post_p99_ms']:.2f})", f"{v['total_ms']:.2f} ({v['total_p99_ms']:.2f})",
-                  f"{100 * v['infer_ms'] / max(v['total_ms'], 1e-9):.0f}%"] for k, v in split.items()]))
+                  f"{100 * v['infer_ms'] / max(v['total_ms'], 1e-9):.0f}%", f"{v['fps']:.1f}"]
+                 for k, v in split.items()],
+                caption="serial fps: frames / time when pre, infer and post run one after another "
+                        "(compare edgecv run's fps out)"))
         _raise_if_unusable(rep)
 
 
 def _stage_split(bundle: object, specs: list[tuple[str, str]], threads: int | None, device: str | None,
-                 opener: object, hw: tuple[int, int] = (480, 640)) -> dict[str, dict[str, float]]:
-    """Pre / infer / post per backend on camera-sized frames, one backend at a time."""
+                 opener: object, hw: tuple[int, int] = (480, 640), conf: float | None = None,
+                 n: int = 50, min_time_s: float = 0.0) -> dict[str, dict[str, float]]:
+    """Pre / infer / post per backend on camera-sized frames, one backend at a time. Detectors decode with
+    ``conf`` as the score threshold, as ``edgecv run --conf`` does."""
     from edgecv.bench.stages import sample_frames, stage_times
+    from edgecv.errors import ConfigError
 
-    frames = sample_frames(bundle.contract, hw=hw)  # type: ignore[attr-defined]
+    contract = bundle.contract  # type: ignore[attr-defined]
+    if contract.task == "detect" and conf is not None:
+        if not 0.0 <= conf <= 1.0:
+            raise ConfigError(f"--conf: expected a score in [0, 1], found {conf}")
+        thr = max(conf, float(contract.decode.get("score_threshold", 0.0)))
+        contract = contract.model_copy(update={"decode": {**contract.decode, "score_threshold": thr}})
+    frames = sample_frames(contract, hw=hw)
     out: dict[str, dict[str, float]] = {}
     for backend, precision in specs:
         with opener(bundle, backend, precision, device=device, threads=threads) as r:  # type: ignore[operator]
-            out[f"{backend}:{precision}"] = stage_times(r, bundle.contract, frames).to_dict()  # type: ignore[attr-defined]
+            out[f"{backend}:{precision}"] = stage_times(r, contract, frames, n=n, min_time_s=min_time_s).to_dict()
     return out
 
 

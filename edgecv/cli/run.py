@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt, ThreadsOpt
+from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
         backend: BackendOpt = "onnxruntime",
         precision: PrecisionOpt = "fp32",
         device: DeviceOpt = None,
-        threads: ThreadsOpt = None,
+        threads: Annotated[Optional[int], typer.Option(
+            "--threads", help="CPU threads for the engine (default: the engine's own; on a machine with <= 4 "
+                              "cores, cores - 1, so capture keeps a core to decode).")] = None,
         gst: Annotated[bool, typer.Option("--gst", help="--source is a GStreamer pipeline (ends in appsink).")] = False,
         drop: Annotated[Optional[str], typer.Option("--drop", help="When inference lags: latest (infer the newest "
                                                     "frame; default for live sources), oldest, or wait (never "
@@ -115,6 +117,10 @@ def register(app: typer.Typer) -> None:
             for s in sinks:
                 s.close()
             raise
+        if threads is None:
+            from edgecv.stream.pipeline import stream_engine_threads
+
+            threads = stream_engine_threads()  # a small machine keeps a core for capture/decode
         runner = open_runner(b, backend, precision=precision, device=device, threads=threads)
         status = _StatusPrinter(enabled=not quiet)
         with runner:
@@ -207,8 +213,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         if d.get("n"):
             rows.append([st, d["n"], d["p50"], d["p90"], d["p99"], d["max"]])
     r = s.get("runner", {})
+    thr = f", {r['threads']} thread{'s' if r['threads'] != 1 else ''}" if r.get("threads") else ""
     print_table(f"edgecv run: {s['source']['kind']} {s['source']['target']} on {r.get('backend')} "
-                f"{r.get('precision')} {r.get('device')}",
+                f"{r.get('precision')} {r.get('device')}{thr}",
                 ["stage", "frames", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows, digits=2,
                 caption="; ".join(f"{k}: {v}" for k, v in STAGE_HELP.items()))
     console.print(
@@ -216,6 +223,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"fps in {s['fps_in']:.2f} out {s['fps_out']:.2f} | policy {s['policy']} dropped {s['dropped']} | "
         f"skipped corrupt {s['skipped_corrupt']} | reconnects {s['reconnects']} | stopped by {s['stopped_by']}",
         highlight=False)
+    slow = s.get("slowest_stage")
+    if slow and s["frames_processed"] > 1:
+        busy = ", ".join(f"{k} {v:.2f}" for k, v in slow["busy_p50_ms"].items())
+        console.print(f"slowest thread: {slow['thread']} ({slow['p50_ms']:.2f} ms/frame p50, at most "
+                      f"{slow['max_fps']} fps alone) | busy ms/frame p50: {busy}", highlight=False)
     for name, d in s.get("sinks", {}).items():
         if d:
             console.print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in d.items()), highlight=False)

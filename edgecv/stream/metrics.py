@@ -145,4 +145,27 @@ class Metrics:
             "fps_in": round(self.frames_read / el, 3),
             "fps_out": round(self.frames_out / el, 3),
             "latency_ms": {s: self.lat[s].summary() for s in STAGES},
+            "slowest_stage": self.slowest_stage(),
         }
+
+    # the threads of the pipeline and the stages each one runs; the slowest thread bounds the frame rate
+    THREAD_STAGES: dict[str, tuple[str, ...]] = {
+        "capture": ("read",), "preprocess": ("preprocess",), "infer": ("infer",), "post": ("post", "sink")}
+
+    def slowest_stage(self) -> dict[str, Any] | None:
+        """The pipeline thread with the largest median busy time per frame, and the rate it allows.
+
+        With spare cores the stages overlap and this thread alone sets the end-to-end rate; where threads
+        share cores the sum of their busy times matters too, which ``duration_s`` shows.
+        """
+        busy: dict[str, float] = {}
+        for thread, stages in self.THREAD_STAGES.items():
+            sums = [self.lat[s].summary() for s in stages]
+            if all(x.get("n") for x in sums):
+                busy[thread] = sum(float(x["p50"]) for x in sums)
+        if not busy:
+            return None
+        worst = max(busy, key=lambda k: busy[k])
+        ms = busy[worst]
+        return {"thread": worst, "p50_ms": round(ms, 3), "max_fps": round(1000.0 / ms, 1) if ms > 0 else None,
+                "busy_p50_ms": {k: round(v, 3) for k, v in busy.items()}}
