@@ -137,6 +137,7 @@ def test_file_wait_processes_every_frame_and_video_matches(bundle: Path, video: 
     assert [e["frame"] for e in events] == list(range(50))
     assert ffprobe_frames(out) == len(events)
     assert s["sinks"]["VideoSink"]["frames"] == 50 and s["stopped_by"] == "end of stream"
+    assert s["sinks"]["VideoSink"]["preset"] == "ultrafast"  # the encoder shares the CPU with the model
     assert "infer" in p.stdout and "fps in" in p.stdout  # the summary table
     from edgecv.stream.pipeline import stream_engine_threads
 
@@ -214,11 +215,30 @@ def test_never_opening_source_fails_fast_with_one_line(bundle: Path) -> None:
     (["--stride", "0"], "--stride: expected an integer >= 1"),
     (["--serve", "nonsense:port"], "--serve: expected HOST:PORT"),
     (["--save", "x.txt"], "--save: expected a .mp4"),
+    (["--decode", "gpu"], "--decode: expected one of auto, hw, sw, found 'gpu'"),
+    (["--save", "o.mp4", "--save-preset", "quick"], "--save-preset: expected one of ultrafast"),
 ])
 def test_bad_options_one_line(bundle: Path, video: Path, args: list[str], needle: str) -> None:
     p = subprocess.run(edgecv(str(bundle), "--source", str(video), *args), capture_output=True, text=True, env=env(),
                        timeout=120)
     assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_decode_modes_report_the_decoder_and_hw_without_one_fails(bundle: Path, video: Path) -> None:
+    found = {}
+    for mode in ("sw", "auto"):
+        p = subprocess.run(edgecv(str(bundle), "--source", str(video), "--decode", mode, "--max-frames", "5",
+                                  "--json", "-"), capture_output=True, text=True, env=env(), timeout=120)
+        assert p.returncode == 0, p.stderr
+        found[mode] = json.loads(p.stdout)["source"]["decoder"]
+    assert found["sw"] == "software"
+    p = subprocess.run(edgecv(str(bundle), "--source", str(video), "--decode", "hw", "--max-frames", "5"),
+                       capture_output=True, text=True, env=env(), timeout=120)
+    if found["auto"] == "software":  # no hardware decoder here (CI): --decode hw must say so in one line
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "--decode hw: expected a hardware video decoder" in p.stderr
+    else:  # a machine with VAAPI & co: hw decodes on it
+        assert p.returncode == 0, p.stderr
 
 
 def test_show_without_display_says_why(bundle: Path, video: Path) -> None:

@@ -72,8 +72,14 @@ def register(app: typer.Typer) -> None:
         loop: Annotated[bool, typer.Option("--loop", help="Restart a file or folder source at its end.")] = False,
         writer: Annotated[str, typer.Option("--writer", help="Video writer: auto (ffmpeg H.264 when ffmpeg is on "
                                             "PATH), ffmpeg, opencv (mp4v).")] = "auto",
+        save_preset: Annotated[str, typer.Option(
+            "--save-preset", help="libx264 preset for --save with the ffmpeg writer; the encoder shares the CPU "
+                                  "with the model (ultrafast: least CPU, largest file).")] = "ultrafast",
         buffer_size: Annotated[Optional[int], typer.Option("--buffer", help="Capture buffer size in frames "
                                                            "(default 1 for latest, 2 otherwise).")] = None,
+        decode: Annotated[str, typer.Option(
+            "--decode", help="Video decoding for files and URLs: auto (a hardware decoder when OpenCV's FFmpeg "
+                             "finds one, e.g. VAAPI; else software), hw (hardware or fail), sw.")] = "auto",
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status line.")] = False,
         conf: Annotated[float, typer.Option(
             "--conf", help="Detectors: keep detections scoring at least this (the bundle's own threshold is set "
@@ -99,11 +105,12 @@ def register(app: typer.Typer) -> None:
                            buffer_size=buffer_size)
         cfg.validate()
         spec = parse_source(source, gst=gst)
+        open_source(spec, decode=decode)  # a bad --decode is one line before the model loads
         b = Bundle.open(bundle)
         sinks: list[Sink] = []
         try:
             if save is not None:
-                sinks.append(VideoSink(save, writer=writer))
+                sinks.append(VideoSink(save, writer=writer, preset=save_preset))
             if jsonl is not None:
                 sinks.append(JsonlSink(jsonl))
             if serve is not None:
@@ -132,7 +139,7 @@ def register(app: typer.Typer) -> None:
                     raise ConfigError(f"--conf: expected a score in [0, 1], found {conf}")
                 thr = max(conf, float(contract.decode.get("score_threshold", 0.0)))
                 contract = contract.model_copy(update={"decode": {**contract.decode, "score_threshold": thr}})
-            pipe = StreamPipeline(open_source(spec), runner, contract, sinks, cfg, on_status=status.update)
+            pipe = StreamPipeline(open_source(spec, decode=decode), runner, contract, sinks, cfg, on_status=status.update)
             try:
                 with status:
                     summary = pipe.run()
@@ -214,6 +221,8 @@ def _print_summary(s: dict[str, Any]) -> None:
             rows.append([st, d["n"], d["p50"], d["p90"], d["p99"], d["max"]])
     r = s.get("runner", {})
     thr = f", {r['threads']} thread{'s' if r['threads'] != 1 else ''}" if r.get("threads") else ""
+    if s["source"].get("decoder"):
+        thr += f"; {s['source']['decoder']} decode"
     print_table(f"edgecv run: {s['source']['kind']} {s['source']['target']} on {r.get('backend')} "
                 f"{r.get('precision')} {r.get('device')}{thr}",
                 ["stage", "frames", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows, digits=2,

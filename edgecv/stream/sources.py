@@ -174,15 +174,39 @@ def quiet_backend_logs() -> None:
         pass
 
 
+DECODE_MODES = ("auto", "hw", "sw")
+
+
+def _accel_name(value: float) -> str:
+    """OpenCV's ``CAP_PROP_HW_ACCELERATION`` value as a word ("software" when no hardware decoder is in use)."""
+    cv2 = lazy_import("cv2", "stream")
+    v = int(value or 0)
+    if v <= 0:
+        return "software"
+    for name in dir(cv2):
+        if name.startswith("VIDEO_ACCELERATION_") and name != "VIDEO_ACCELERATION_ANY" and getattr(cv2, name) == v:
+            return name[len("VIDEO_ACCELERATION_"):].lower()
+    return f"hardware ({v})"
+
+
 class OpenCVSource(Source):
     """Camera, file, URL or GStreamer pipeline through ``cv2.VideoCapture``.
 
     Network URLs go through OpenCV's FFmpeg backend with its open/read timeouts set, so a stalled stream
     returns ``"end"`` (and is reconnected) instead of blocking forever.
+
+    Files and URLs are decoded on hardware when the machine has a decoder OpenCV's FFmpeg can use (VAAPI on an
+    Intel NUC, …) with ``decode="auto"`` (software otherwise), always in software with ``"sw"``, and only on
+    hardware with ``"hw"`` (opening fails with one line when there is none). A Jetson's decoder is reached
+    through a GStreamer pipeline (``--gst`` with ``nvv4l2decoder``).
     """
 
-    def __init__(self, spec: SourceSpec) -> None:
+    def __init__(self, spec: SourceSpec, decode: str = "auto") -> None:
         super().__init__(spec)
+        if decode not in DECODE_MODES:
+            raise ConfigError(f"--decode: expected one of {', '.join(DECODE_MODES)}, found '{decode}'")
+        self.decode_mode = decode
+        self.decoder: str | None = None  # what decodes after open: "software", "vaapi", … (None: not FFmpeg)
         self._cap: Any = None
         self._expect_hw: tuple[int, int] | None = None
         self.read_timeout = 5.0
@@ -206,8 +230,10 @@ class OpenCVSource(Source):
             # RTSP over TCP: a server that goes away closes the socket, so the drop is seen at once (over UDP
             # it is only a silence until the read timeout); set OPENCV_FFMPEG_CAPTURE_OPTIONS to override
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
+        accel = cv2.VIDEO_ACCELERATION_NONE if self.decode_mode == "sw" else cv2.VIDEO_ACCELERATION_ANY
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout * 1000)]
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout * 1000),
+                  cv2.CAP_PROP_HW_ACCELERATION, accel]
         return cv2.VideoCapture(str(self.spec.target), cv2.CAP_FFMPEG, params)
 
     def open(self, timeout: float) -> None:
@@ -224,6 +250,12 @@ class OpenCVSource(Source):
             attempt += 1
             cap = _call_with_timeout(lambda r=remaining: self._make(r), remaining)
             if cap is not None and cap.isOpened():
+                if self.spec.kind in ("file", "url"):
+                    self.decoder = _accel_name(cap.get(cv2.CAP_PROP_HW_ACCELERATION))
+                    if self.decode_mode == "hw" and self.decoder == "software":
+                        cap.release()
+                        raise SourceError(f"--decode hw: expected a hardware video decoder for {self.spec.describe()}"
+                                          ", found none OpenCV's FFmpeg can use (use --decode auto or sw)")
                 self._cap = cap
                 fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
                 self.fps = fps if 0 < fps < 1000 else None
@@ -263,6 +295,12 @@ class OpenCVSource(Source):
             self._cap.release()
             self._cap = None
 
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        if self.decoder is not None:
+            d["decoder"] = self.decoder
+        return d
+
 
 class FolderSource(Source):
     """Every image in a folder, in name order; unreadable images are reported as corrupt."""
@@ -301,11 +339,14 @@ class FolderSource(Source):
         return self.files[self._i - 1].name if self._i else ""
 
 
-def open_source(spec: SourceSpec) -> Source:
-    """A (not yet opened) source for ``spec``."""
+def open_source(spec: SourceSpec, decode: str = "auto") -> Source:
+    """A (not yet opened) source for ``spec``; ``decode`` (auto / hw / sw) picks the video decoder for files and
+    URLs (see :class:`OpenCVSource`)."""
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"--decode: expected one of {', '.join(DECODE_MODES)}, found '{decode}'")
     if spec.kind == "folder":
         return FolderSource(spec)
-    return OpenCVSource(spec)
+    return OpenCVSource(spec, decode=decode)
 
 
 _ABANDONED: list[threading.Thread] = []
