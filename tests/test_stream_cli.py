@@ -149,6 +149,41 @@ def test_file_wait_processes_every_frame_and_video_matches(bundle: Path, video: 
     assert not list(tmp_path.glob(".*partial*"))  # the temporary video was renamed
 
 
+@pytest.mark.parametrize("writer", ["ffmpeg", "opencv"])
+def test_video_sink_writer_thread_writes_every_frame(tmp_path: Path, writer: str) -> None:
+    from edgecv.stream.sinks import VideoSink
+
+    require_ffmpeg()
+    out = tmp_path / "w.mp4"
+    sink = VideoSink(out, fps=30, writer=writer)
+    for i in range(40):
+        frame = np.full((72, 128, 3), (i * 6) % 256, np.uint8)
+        sink.write(frame, {})
+        assert sink._queue.high_water <= 2  # the encoder queue is bounded
+    sink.close()
+    assert sink.frames == 40 and ffprobe_frames(out) == 40
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_video_sink_encoder_death_is_one_error_and_no_file(tmp_path: Path) -> None:
+    from edgecv.errors import SourceError
+    from edgecv.stream.sinks import VideoSink
+
+    require_ffmpeg()
+    out = tmp_path / "dead.mp4"
+    sink = VideoSink(out, fps=30, writer="ffmpeg")
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    sink.write(frame, {})
+    assert sink._proc is not None
+    sink._proc.kill()  # the encoder dies mid-run (OOM killer, disk full …)
+    with pytest.raises(SourceError, match="ffmpeg stopped while writing"):
+        for _ in range(200):  # the writer thread notices at its next write; the next put raises
+            sink.write(frame, {})
+            time.sleep(0.01)
+    sink.close()
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))  # nothing half-written is left
+
+
 def test_opencv_writer_and_stdout_json(bundle: Path, video: Path, tmp_path: Path) -> None:
     require_ffmpeg()
     out = tmp_path / "cv.mp4"

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, SourceError
+from edgecv.stream.buffer import FrameBuffer
 
 log = logging.getLogger("edgecv.stream")
 
@@ -78,9 +79,12 @@ class VideoSink(Sink):
         self._proc: subprocess.Popen[bytes] | None = None
         self._cv_writer: Any = None
         self._size: tuple[int, int] | None = None  # (w, h)
-        self.frames = 0
+        self.frames = 0  # frames the encoder took
         self._closed = False
         self._lock = threading.Lock()
+        self._queue: FrameBuffer[np.ndarray] = FrameBuffer(2, "wait", "video")
+        self._thread: threading.Thread | None = None
+        self._error: SourceError | None = None
 
     def on_source_open(self, source: Any, cfg: Any) -> None:
         """Take the frame rate from the source (divided by the stride, capped by max-fps) unless it was given."""
@@ -110,6 +114,8 @@ class VideoSink(Sink):
             self._cv_writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (w, h))
             if not self._cv_writer.isOpened():
                 raise SourceError(f"OpenCV VideoWriter could not open '{self.tmp}' ({w}x{h} @ {self.fps} fps)")
+        self._thread = threading.Thread(target=self._drain, name="edgecv-video-writer", daemon=True)
+        self._thread.start()
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
         if frame is None:
@@ -124,15 +130,33 @@ class VideoSink(Sink):
             if frame.shape[1] != w or frame.shape[0] != h:
                 cv2 = lazy_import("cv2", "stream")
                 frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-            if self._proc is not None:
-                try:
+            if self._error is not None:
+                raise self._error
+            # the encoder runs behind a 2-frame queue in its own thread: post-processing of the next frame
+            # overlaps the encoding of this one, and memory stays bounded
+            self._queue.put(np.ascontiguousarray(frame))
+
+    def _drain(self) -> None:
+        """The writer thread: hands queued frames to ffmpeg (or OpenCV) until the queue is closed."""
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                return
+            try:
+                if self._proc is not None:
                     assert self._proc.stdin is not None
-                    self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-                except BrokenPipeError as exc:
-                    err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                    raise SourceError(f"ffmpeg stopped while writing '{self.path}': {err.strip()[-300:]}") from exc
-            else:
-                self._cv_writer.write(frame)
+                    self._proc.stdin.write(frame.data)
+                else:
+                    self._cv_writer.write(frame)
+            except (BrokenPipeError, OSError) as exc:
+                err = ""
+                if self._proc is not None and self._proc.stderr is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        err = self._proc.stderr.read().decode(errors="replace")
+                self._error = SourceError(f"ffmpeg stopped while writing '{self.path}': {err.strip()[-300:]}")
+                self._error.__cause__ = exc
+                self._queue.abort()
+                return
             self.frames += 1
 
     def close(self) -> None:
@@ -140,7 +164,11 @@ class VideoSink(Sink):
             if self._closed:
                 return
             self._closed = True
-            ok = True
+            ok = self._error is None
+            if self._thread is not None:
+                self._queue.close()  # the writer drains what is queued, then stops
+                self._thread.join(timeout=120)
+                ok = ok and self._error is None and not self._thread.is_alive()
             if self._proc is not None:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     assert self._proc.stdin is not None
