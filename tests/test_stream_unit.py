@@ -413,3 +413,16 @@ def test_stage_times_runs_until_min_time_and_reports_serial_fps() -> None:
     assert st.infer_mean_ms >= 10.0 and st.fps == pytest.approx(1000.0 / st.total_mean_ms)
     with FakeRunner() as r:
         assert stage_times(r, contract(), frames, n=7, warmup=0).n == 7  # no min time: exactly n
+
+
+def test_slowest_stage_names_the_stage_that_bounds_the_rate() -> None:
+    from edgecv.stream.metrics import Metrics
+
+    m = Metrics()
+    assert m.slowest_stage() is None  # nothing measured yet
+    for _ in range(11):
+        for stage, ms in (("read", 2.0), ("preprocess", 0.5), ("infer", 3.0), ("post", 0.2), ("sink", 4.0)):
+            m.add_latency(stage, ms)
+    s = m.slowest_stage()
+    assert s is not None and s["stage"] == "sinks" and s["p50_ms"] == 4.0 and s["max_fps"] == 250.0
+    assert s["busy_p50_ms"] == {"capture": 2.0, "preprocess": 0.5, "infer": 3.0, "post": 0.2, "sinks": 4.0}

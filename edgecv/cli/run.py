@@ -235,8 +235,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     slow = s.get("slowest_stage")
     if slow and s["frames_processed"] > 1:
         busy = ", ".join(f"{k} {v:.2f}" for k, v in slow["busy_p50_ms"].items())
-        console.print(f"slowest thread: {slow['thread']} ({slow['p50_ms']:.2f} ms/frame p50, at most "
-                      f"{slow['max_fps']} fps alone) | busy ms/frame p50: {busy}", highlight=False)
+        why = " (waiting for the video encoder)" if slow["stage"] == "sinks" and "VideoSink" in s.get("sinks", {}) else ""
+        console.print(f"slowest stage: {slow['stage']}{why}, {slow['p50_ms']:.2f} ms/frame p50, at most "
+                      f"{slow['max_fps']} fps on its own | ms/frame p50: {busy}", highlight=False)
     for name, d in s.get("sinks", {}).items():
         if d:
             console.print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in d.items()), highlight=False)

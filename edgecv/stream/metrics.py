@@ -148,24 +148,27 @@ class Metrics:
             "slowest_stage": self.slowest_stage(),
         }
 
-    # the threads of the pipeline and the stages each one runs; the slowest thread bounds the frame rate
-    THREAD_STAGES: dict[str, tuple[str, ...]] = {
-        "capture": ("read",), "preprocess": ("preprocess",), "infer": ("infer",), "post": ("post", "sink")}
+    # what each stage of the pipeline spends per frame: reading/decoding (capture thread), preprocessing,
+    # inference, post-processing (decode + draw) and the sinks (writing, or waiting for a video encoder)
+    STAGE_PARTS: dict[str, tuple[str, ...]] = {
+        "capture": ("read",), "preprocess": ("preprocess",), "infer": ("infer",), "post": ("post",),
+        "sinks": ("sink",)}
 
     def slowest_stage(self) -> dict[str, Any] | None:
-        """The pipeline thread with the largest median busy time per frame, and the rate it allows.
+        """The stage with the largest median time per frame, and the frame rate it allows on its own.
 
-        With spare cores the stages overlap and this thread alone sets the end-to-end rate; where threads
-        share cores the sum of their busy times matters too, which ``duration_s`` shows.
+        With spare cores the stages overlap and the slowest one sets the end-to-end rate (post and sinks share
+        a thread, so together they count); where stages share cores the sum matters too, which
+        ``duration_s`` shows.
         """
         busy: dict[str, float] = {}
-        for thread, stages in self.THREAD_STAGES.items():
-            sums = [self.lat[s].summary() for s in stages]
+        for stage, parts in self.STAGE_PARTS.items():
+            sums = [self.lat[s].summary() for s in parts]
             if all(x.get("n") for x in sums):
-                busy[thread] = sum(float(x["p50"]) for x in sums)
+                busy[stage] = sum(float(x["p50"]) for x in sums)
         if not busy:
             return None
         worst = max(busy, key=lambda k: busy[k])
         ms = busy[worst]
-        return {"thread": worst, "p50_ms": round(ms, 3), "max_fps": round(1000.0 / ms, 1) if ms > 0 else None,
+        return {"stage": worst, "p50_ms": round(ms, 3), "max_fps": round(1000.0 / ms, 1) if ms > 0 else None,
                 "busy_p50_ms": {k: round(v, 3) for k, v in busy.items()}}
