@@ -232,13 +232,15 @@ def read_detection(path: Path, contract: Contract, limit: int | None = None) -> 
 
 def map50(runner: Runner, val: ValSet) -> float:
     """COCO mAP@0.5 in percent (faster-coco-eval), detections decoded exactly as ``edgecv run`` does."""
-    from edgecv.tasks.decode import get_decoder
+    from edgecv.tasks.decode import DetectResult, get_decoder
     from edgecv.validate.detection import coco_map
 
     dec = get_decoder(val.contract)
     dets, gts, sizes = [], [], []
     for feed, (tf, boxes, labels, hw) in val:
         r = dec.decode(runner.infer(feed), [tf])[0]
+        if not isinstance(r, DetectResult):
+            raise ConfigError(f"mAP: expected a detector (task detect), found {type(r).__name__} results")
         dets.append((r.boxes, r.scores, r.classes))
         gts.append((boxes, labels))
         sizes.append(hw)

@@ -38,7 +38,9 @@ def coco_map(detections: Sequence[Detections], ground_truth: Sequence[GroundTrut
         raise ConfigError(f"mAP: expected one detection list per image ({len(ground_truth)}), found "
                           f"{len(detections)}")
     fce = lazy_import("faster_coco_eval", "validate")
-    images, anns, dets = [], [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    dets: list[dict[str, Any]] = []
     for i, (gt_b, gt_l) in enumerate(ground_truth):
         h, w = image_sizes[i] if image_sizes is not None else (0, 0)
         images.append({"id": i + 1, "width": int(w), "height": int(h)})
@@ -164,7 +166,7 @@ def load_coco_samples(path: str, split: str = "val", limit: int | None = None
 def runner_detections(runner: Any, contract: Any, images: Sequence[np.ndarray]) -> list[Detections]:
     """Detections (original-image pixels) of any Runner over BGR images, preprocessed and decoded per the contract
     (letterbox mapping included), one image per call."""
-    from edgecv.tasks.decode import get_decoder
+    from edgecv.tasks.decode import DetectResult, get_decoder
     from edgecv.tasks.preprocess import preprocess
 
     dec = get_decoder(contract)
@@ -172,6 +174,8 @@ def runner_detections(runner: Any, contract: Any, images: Sequence[np.ndarray]) 
     for img in images:
         x, tf = preprocess(img, contract)
         r = dec.decode(runner.infer({contract.input_name: x}), [tf])[0]
+        if not isinstance(r, DetectResult):
+            raise ConfigError(f"mAP: expected a detector (task detect), found {type(r).__name__} results")
         out.append((r.boxes, r.scores, r.classes))
     return out
 
