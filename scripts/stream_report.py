@@ -114,6 +114,12 @@ def main() -> None:
                  "frames": last["frames_processed"], "dropped": last["dropped"],
                  "ratio_to_bench_run_threads": round(med(run_fps) / med(b_same), 3),
                  "ratio_to_bench_default_threads": round(med(run_fps) / med(b_def), 3),
+                 # each run against the benches measured just before and after it: slow drifts cancel
+                 "ratio_per_repeat_run_threads": [round(r / b, 3) for r, b in zip(run_fps, b_same)],
+                 "ratio_per_repeat_default_threads": [round(r / b, 3) for r, b in zip(run_fps, b_def)],
+                 "ratio_per_repeat_median": {
+                     "run_threads": round(med([r / b for r, b in zip(run_fps, b_same)]), 3),
+                     "default_threads": round(med([r / b for r, b in zip(run_fps, b_def)]), 3)},
                  "stage_p50_ms_last": {k: v["p50"] for k, v in last["latency_ms"].items()},
                  "slowest_stage_last": last.get("slowest_stage")},
         "latest": {"fps_in": live["fps_in"], "fps_out": live["fps_out"], "dropped": live["dropped"],
