@@ -375,8 +375,8 @@ def _summary(combos: list[tuple[str, str]], val_res: dict[str, Any] | None,
     for b, p in combos:
         key = f"{b}:{p}"
         m = metrics.get(key, {}).get("metric")
-        brow = next((r for r in bench_rows if r.get("backend") == b and r.get("precision") == p
-                     and r.get("batch") == first_batch), {})
+        brow: dict[str, Any] = next((r for r in bench_rows if r.get("backend") == b and r.get("precision") == p
+                                     and r.get("batch") == first_batch), {})
         lat = brow.get("latency") or {}
         a = agree.get(key, {})
         rows.append({"backend": b, "precision": p,

@@ -42,18 +42,18 @@ class ModelConfig(_Strict):
 class SynthConfig(_Strict):
     """Generate the data set with ``edgecv data synth`` instead of reading ``train``/``val`` folders."""
 
-    n_train: int = Field(2000, ge=1)
-    n_val: int = Field(400, ge=1)
-    size: int = Field(96, ge=16, le=2048)
-    seed: int = Field(0, ge=0)
+    n_train: int = Field(default=2000, ge=1)
+    n_val: int = Field(default=400, ge=1)
+    size: int = Field(default=96, ge=16, le=2048)
+    seed: int = Field(default=0, ge=0)
 
 
 class AugmentConfig(_Strict):
     hflip: bool = False
     vflip: bool = False
-    brightness: float = Field(0.0, ge=0.0, le=1.0)
-    contrast: float = Field(0.0, ge=0.0, le=1.0)
-    translate: float = Field(0.0, ge=0.0, le=0.5)
+    brightness: float = Field(default=0.0, ge=0.0, le=1.0)
+    contrast: float = Field(default=0.0, ge=0.0, le=1.0)
+    translate: float = Field(default=0.0, ge=0.0, le=0.5)
 
 
 class DataConfig(_Strict):
@@ -62,9 +62,9 @@ class DataConfig(_Strict):
     val: Optional[str] = None
     format: Optional[DataFormat] = None
     synth: Optional[SynthConfig] = None
-    image_size: Optional[int] = Field(None, ge=8, le=4096)
-    batch_size: int = Field(32, ge=1)
-    workers: int = Field(0, ge=0)
+    image_size: Optional[int] = Field(default=None, ge=8, le=4096)
+    batch_size: int = Field(default=32, ge=1)
+    workers: int = Field(default=0, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @model_validator(mode="after")
@@ -76,23 +76,23 @@ class DataConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     name: OptimizerName = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    lr: float = Field(default=1e-3, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0.0)
-    alpha: float = Field(0.99, gt=0.0, lt=1.0)  # rmsprop smoothing
+    eps: float = Field(default=1e-8, gt=0.0)
+    alpha: float = Field(default=0.99, gt=0.0, lt=1.0)  # rmsprop smoothing
 
 
 class ScheduleConfig(_Strict):
     """Main schedule (per iteration) composed after an optional linear warm-up of ``warmup_epochs``."""
 
     name: ScheduleName = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0.0)
-    warmup_start: float = Field(0.1, gt=0.0, le=1.0)
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
-    min_lr: float = Field(0.0, ge=0.0)
+    warmup_epochs: float = Field(default=0.0, ge=0.0)
+    warmup_start: float = Field(default=0.1, gt=0.0, le=1.0)
+    step_size: int = Field(default=10, ge=1)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    min_lr: float = Field(default=0.0, ge=0.0)
 
 
 class DistillConfig(_Strict):
@@ -101,19 +101,19 @@ class DistillConfig(_Strict):
     teacher: str
     teacher_weights: Optional[str] = None
     teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
-    temperature: float = Field(4.0, gt=0.0)
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: float = Field(default=4.0, gt=0.0)
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(default=10, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    clip_grad: Optional[float] = Field(None, gt=0.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    clip_grad: Optional[float] = Field(default=None, gt=0.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     amp: bool = True
-    seed: int = Field(0, ge=0)
-    threads: Optional[int] = Field(None, ge=1)
+    seed: int = Field(default=0, ge=0)
+    threads: Optional[int] = Field(default=None, ge=1)
     distill: Optional[DistillConfig] = None
 
 
@@ -122,7 +122,7 @@ class RewriteConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    opset: int = Field(17, ge=7, le=30)
+    opset: int = Field(default=17, ge=7, le=30)
     dynamic_batch: bool = True
     simplify: bool = True
     input_shape: Optional[list[int]] = None
@@ -137,8 +137,8 @@ class ExportConfig(_Strict):
 class QuantizeConfig(_Strict):
     method: Literal["minmax", "entropy", "percentile", "auto"] = "minmax"  # as edgecv compile --method
     calib: Optional[str] = None
-    max_drop: Optional[float] = Field(None, ge=0.0)
-    samples: int = Field(300, ge=1)
+    max_drop: Optional[float] = Field(default=None, ge=0.0)
+    samples: int = Field(default=300, ge=1)
 
 
 class CompileTarget(_Strict):
@@ -146,15 +146,19 @@ class CompileTarget(_Strict):
     precision: PrecisionName = "fp32"
 
 
+def _default_backends() -> list[BackendName]:
+    return ["onnxruntime"]
+
+
 class ValidateConfig(_Strict):
-    backends: list[BackendName] = Field(default_factory=lambda: ["onnxruntime"])
-    max_drop: Optional[float] = Field(None, ge=0.0)
+    backends: list[BackendName] = Field(default_factory=_default_backends)
+    max_drop: Optional[float] = Field(default=None, ge=0.0)
 
 
 class BenchConfig(_Strict):
-    backends: list[BackendName] = Field(default_factory=lambda: ["onnxruntime"])
+    backends: list[BackendName] = Field(default_factory=_default_backends)
     batches: list[int] = Field(default_factory=lambda: [1])
-    threads: Optional[int] = Field(None, ge=1)
+    threads: Optional[int] = Field(default=None, ge=1)
 
 
 class Recipe(_Strict):

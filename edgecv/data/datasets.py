@@ -412,7 +412,7 @@ class ImageTransform:
                 target = {**target, "boxes": b}
         if a.translate > 0 and self.task != "detect":
             dx, dy = rng.uniform(-a.translate, a.translate, 2) * np.array([self.w, self.h])
-            m = np.float32([[1, 0, dx], [0, 1, dy]])
+            m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
             x = cv2.warpAffine(np.ascontiguousarray(x), m, (self.w, self.h), borderMode=cv2.BORDER_REFLECT)
             if self.task == "segment":
                 target = cv2.warpAffine(np.ascontiguousarray(target), m, (self.w, self.h),

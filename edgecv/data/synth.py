@@ -242,7 +242,8 @@ def _write_classify(root: Path, split: str, n: int, size: int, seed: int) -> Non
 
 
 def _write_detect(root: Path, split: str, n: int, size: int, seed: int) -> None:
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     (root / "labels" / split).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         img, _, boxes = render_objects(image_rng(seed, split, i), size)

@@ -15,7 +15,7 @@ Use::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, ExportError
@@ -27,10 +27,17 @@ NMS_MODES = ("graph", "host")
 GRAPH_OUTPUTS = ["boxes", "scores", "classes", "num_dets"]
 
 
+class _GraphNMSDetector(Protocol):
+    """A detector that runs its own NMS in the graph (``exports_graph_nms = True``, e.g. Faster R-CNN)."""
+
+    def set_postprocess(self, score_threshold: float, iou_threshold: float, max_det: int) -> None: ...
+
+
 def _nms_function() -> Any:
     """``torch.autograd.Function`` whose eager forward is per-class NMS and whose ONNX symbolic is
     ``NonMaxSuppression`` — defined in a factory so importing this module needs no torch."""
-    torch = lazy_import("torch")
+    lazy_import("torch")  # a missing torch fails here, naming the extra to install
+    import torch
     from torchvision.ops import batched_nms
 
     class ONNXNonMaxSuppression(torch.autograd.Function):
@@ -103,7 +110,8 @@ def graph_nms(boxes: Any, scores: Any, *, score_threshold: float = 0.001, iou_th
 
 
 def _wrappers() -> tuple[type, type]:
-    torch = lazy_import("torch")
+    lazy_import("torch")  # a missing torch fails here, naming the extra to install
+    import torch
 
     class GraphNMSWrapper(torch.nn.Module):
         """detector → decode → NonMaxSuppression → padded (boxes, scores, classes, num_dets)."""
@@ -164,7 +172,8 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
     graph_native = bool(getattr(module, "exports_graph_nms", False))
     if not graph_native and not callable(getattr(module, "decode", None)):
         raise ConfigError(f"detection export: {type(module).__name__} is not a zoo detector (no decode())")
-    info: dict[str, Any] = dict(module.decode_info()) if callable(getattr(module, "decode_info", None)) else {}
+    decode_info = getattr(module, "decode_info", None)
+    info: dict[str, Any] = dict(decode_info()) if callable(decode_info) else {}
     nc = int(info.get("num_classes", getattr(module, "num_classes", 0)))
     names = list(class_names or loaded.contract.class_names or [str(k) for k in range(nc)])
     if nc and len(names) != nc:
@@ -176,7 +185,8 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
         if nms == "host":
             raise ConfigError(f"--nms host: {type(module).__name__} runs its NMS inside the model "
                               "(Faster R-CNN's RPN and box head); export it with --nms graph")
-        module.set_postprocess(score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det)
+        cast(_GraphNMSDetector, module).set_postprocess(score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                                         max_det=max_det)
         wrapped, out_names = module, list(GRAPH_OUTPUTS)
         decode["format"] = "nms"
     elif nms == "graph":

@@ -6,12 +6,12 @@ Used by ``edgecv rewrite --finetune`` to win back accuracy a lossy rewrite cost.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from edgecv.config.schema import OptimizerConfig, ScheduleConfig, TrainConfig
+from edgecv.config.schema import OptimizerConfig, OptimizerName, ScheduleConfig, TrainConfig
 from edgecv.errors import ConfigError, DataError
 from edgecv.train.tasks import ClassifyTask, SegmentTask, Task, primary_output
 from edgecv.train.trainer import Trainer, TrainResult
@@ -117,7 +117,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: str | Path | Any, epoc
         n = num_classes or len(getattr(train, "classes", []) or [])
         task_obj = SegmentTask(n) if task_name == "segment" else ClassifyTask(n)
     cfg = TrainConfig(epochs=epochs, seed=seed, amp=True,
-                      optimizer=OptimizerConfig(name=optimizer, lr=lr, weight_decay=weight_decay),  # type: ignore[arg-type]
+                      # cast only for mypy: pydantic validates the name at runtime
+                      optimizer=OptimizerConfig(name=cast(OptimizerName, optimizer), lr=lr,
+                                                weight_decay=weight_decay),
                       schedule=ScheduleConfig(name="cosine"))
     torch.manual_seed(seed)
     trainer = Trainer(student, task_obj, train, val, cfg, out_dir, batch_size=batch_size, device=device,

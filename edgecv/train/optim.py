@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from edgecv.config.schema import OptimizerConfig, ScheduleConfig
+from edgecv.config.schema import OptimizerConfig, OptimizerName, ScheduleConfig, ScheduleName
 from edgecv.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
@@ -17,7 +17,8 @@ SCHEDULES = ("none", "constant", "step", "cosine", "linear")
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # no decay on biases and norm scales: decaying them only hurts (standard practice, timm param_groups_weight_decay)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -31,7 +32,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig | dict[str, Any] | str) -> torch.optim.Optimizer:
     """A torch optimizer by name: sgd, momentum (SGD + momentum), nesterov, adagrad, rmsprop, adam, adamw."""
     if isinstance(cfg, str):
-        cfg = OptimizerConfig(name=cfg)  # type: ignore[arg-type]
+        cfg = OptimizerConfig(name=cast(OptimizerName, cfg))  # pydantic validates the name
     elif isinstance(cfg, dict):
         cfg = OptimizerConfig(**cfg)
     params = _param_groups(model, cfg.weight_decay)
@@ -60,7 +61,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig | dict
     ``step_size`` is in epochs; ``warmup_epochs`` may be fractional. Step it once per optimizer step.
     """
     if isinstance(cfg, str):
-        cfg = ScheduleConfig(name=cfg)  # type: ignore[arg-type]
+        cfg = ScheduleConfig(name=cast(ScheduleName, cfg))  # pydantic validates the name
     elif isinstance(cfg, dict):
         cfg = ScheduleConfig(**cfg)
     sched = torch.optim.lr_scheduler

@@ -143,7 +143,8 @@ class Task:
         return LossOnly(self.loss)
 
     def collate(self, batch: Sequence[Any]) -> Any:
-        return default_collate(batch)
+        # torch annotates default_collate as taking a list; at runtime it indexes/iterates any sequence
+        return default_collate(batch)  # type: ignore[arg-type]
 
     def to_device(self, targets: Any, device: torch.device) -> Any:
         if isinstance(targets, torch.Tensor):

@@ -8,6 +8,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,10 @@ def seed_everything(seed: int) -> None:
 
 def _rng_state() -> dict[str, Any]:
     # numpy's state holds an ndarray; store it as a tensor so torch.load(weights_only=True) accepts it
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st = np.random.get_state(legacy=True)  # the default; numpy's stubs type the no-argument call as the dict form
+    if not isinstance(st, tuple):
+        raise TypeError(f"numpy's global RNG state: expected the legacy MT19937 tuple, found {type(st).__name__}")
+    kind, keys, pos, has_gauss, cached = st
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
                                        float(cached)]}
@@ -164,7 +168,9 @@ class Trainer:
 
     def _train_loader(self, epoch: int) -> DataLoader:  # type: ignore[type-arg]
         ds = self.train_set
-        n = len(ds)  # type: ignore[arg-type]
+        if not isinstance(ds, Sized):  # checked in __init__ already (len(train_set)); narrows for RandomSampler
+            raise TypeError(f"train_set: expected a map-style Dataset with a length, found {type(ds).__name__}")
+        n = len(ds)
         per_step = self.batch_size * self.dist.world_size
         drop_last = n >= per_step * 2  # a lone tiny last batch upsets batch norm
         if self.dist.enabled:
@@ -337,7 +343,7 @@ class Trainer:
         dt = max(time.perf_counter() - t0, 1e-9)
         if bar is not None:
             bar.remove_task(task_id)
-        return float(stats[0] / max(stats[1], 1)), float(stats[1]) / dt, float(opt.param_groups[0]["lr"])
+        return float(stats[0]) / max(float(stats[1]), 1.0), float(stats[1]) / dt, float(opt.param_groups[0]["lr"])
 
     def _loss(self, out: Any, x: torch.Tensor, y: Any) -> torch.Tensor:
         labelled = self.task.has_labels(y)
@@ -373,7 +379,7 @@ class Trainer:
         model.train(was_training)
         metric.state = D.all_reduce_sum(metric.state)
         sums = D.all_reduce_sum(torch.tensor([loss_sum, float(n)], dtype=torch.float64))
-        return {"val_loss": float(sums[0] / max(sums[1], 1)), self.task.metric_name: metric.compute()}
+        return {"val_loss": float(sums[0]) / max(float(sums[1]), 1.0), self.task.metric_name: metric.compute()}
 
 
 def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -177,8 +177,8 @@ def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> FasterRCNNDete
         raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
 
 
-_DET = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox", scale=1.0 / 255.0,
-            family="faster_rcnn")
+_DET: dict[str, Any] = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox",
+                           scale=1.0 / 255.0, family="faster_rcnn")
 
 
 @register_model(input_size=(3, 128, 128), num_classes=8, **_DET)
