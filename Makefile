@@ -35,14 +35,16 @@ demo: install
 
 # tensorrt-stubs ships no py.typed marker and its bindings stub has two syntax errors under current mypy
 # (a parameter named `in`, a non-default after a default): check against a patched copy, so misspelt TensorRT
-# names really fail (with the stubs as installed, mypy silently treats every trt.* name as Any)
+# names really fail (with the stubs as installed, mypy silently treats every trt.* name as Any).
+# One mypy run over the whole package with MYPYPATH set: backends/tensorrt.py is checked against the patched
+# stubs exactly as when it was checked alone, and every other module gets the plain `mypy edgecv` check.
 typecheck: install
 	rm -rf .mypy_stubs && mkdir -p .mypy_stubs
 	SP=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	  cp -r $$SP/tensorrt $$SP/tensorrt_bindings .mypy_stubs/
 	sed -i 's/, in: list/, in_: list/g; s/power: Weights = None, channel_axis: int)/power: Weights = None, channel_axis: int = 0)/' \
 	  .mypy_stubs/tensorrt_bindings/tensorrt.pyi
-	MYPYPATH=.mypy_stubs $(BIN)/mypy --follow-imports=silent edgecv/backends/tensorrt.py
+	MYPYPATH=.mypy_stubs $(BIN)/mypy --follow-imports=silent edgecv
 
 test: install system-deps typecheck
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
