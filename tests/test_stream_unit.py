@@ -426,3 +426,17 @@ def test_slowest_stage_names_the_stage_that_bounds_the_rate() -> None:
     s = m.slowest_stage()
     assert s is not None and s["stage"] == "sinks" and s["p50_ms"] == 4.0 and s["max_fps"] == 250.0
     assert s["busy_p50_ms"] == {"capture": 2.0, "preprocess": 0.5, "infer": 3.0, "post": 0.2, "sinks": 4.0}
+
+
+def test_with_conf_raises_the_detect_threshold_only() -> None:
+    from edgecv.tasks.decode import with_conf
+
+    det = contract("detect", decode={"nms": "graph", "score_threshold": 0.001, "max_det": 100})
+    assert with_conf(det, 0.25).decode == {"nms": "graph", "score_threshold": 0.25, "max_det": 100}
+    assert det.decode["score_threshold"] == 0.001  # the bundle's contract is not changed
+    high = contract("detect", decode={"nms": "graph", "score_threshold": 0.5})
+    assert with_conf(high, 0.25).decode["score_threshold"] == 0.5  # the bundle's own threshold is the floor
+    cls = contract()
+    assert with_conf(cls, 0.9) is cls
+    with pytest.raises(ConfigError, match=r"--conf: expected a score in \[0, 1\], found 1.5"):
+        with_conf(det, 1.5)

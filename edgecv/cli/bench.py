@@ -127,14 +127,11 @@ def _stage_split(bundle: object, specs: list[tuple[str, str]], threads: int | No
     """Pre / infer / post per backend on camera-sized frames, one backend at a time. Detectors decode with
     ``conf`` as the score threshold, as ``edgecv run --conf`` does."""
     from edgecv.bench.stages import sample_frames, stage_times
-    from edgecv.errors import ConfigError
+    from edgecv.tasks.decode import with_conf
 
     contract = bundle.contract  # type: ignore[attr-defined]
-    if contract.task == "detect" and conf is not None:
-        if not 0.0 <= conf <= 1.0:
-            raise ConfigError(f"--conf: expected a score in [0, 1], found {conf}")
-        thr = max(conf, float(contract.decode.get("score_threshold", 0.0)))
-        contract = contract.model_copy(update={"decode": {**contract.decode, "score_threshold": thr}})
+    if conf is not None:
+        contract = with_conf(contract, conf)
     frames = sample_frames(contract, hw=hw)
     out: dict[str, dict[str, float]] = {}
     for backend, precision in specs:

@@ -131,14 +131,9 @@ def register(app: typer.Typer) -> None:
         runner = open_runner(b, backend, precision=precision, device=device, threads=threads)
         status = _StatusPrinter(enabled=not quiet)
         with runner:
-            contract = b.contract
-            if contract.task == "detect":
-                if not 0.0 <= conf <= 1.0:
-                    from edgecv.errors import ConfigError
+            from edgecv.tasks.decode import with_conf
 
-                    raise ConfigError(f"--conf: expected a score in [0, 1], found {conf}")
-                thr = max(conf, float(contract.decode.get("score_threshold", 0.0)))
-                contract = contract.model_copy(update={"decode": {**contract.decode, "score_threshold": thr}})
+            contract = with_conf(b.contract, conf)
             pipe = StreamPipeline(open_source(spec, decode=decode), runner, contract, sinks, cfg, on_status=status.update)
             try:
                 with status:

@@ -64,6 +64,21 @@ def decoder_key(contract: Contract) -> str:
     return contract.task
 
 
+def with_conf(contract: Contract, conf: float) -> Contract:
+    """The contract a live pipeline decodes with: detectors keep scores >= ``conf`` (the bundle's own threshold
+    is set low for mAP and stays the floor); other tasks are returned as they are.
+
+    Raises:
+        ConfigError: ``conf`` is not a score in [0, 1].
+    """
+    if contract.task != "detect":
+        return contract
+    if not 0.0 <= conf <= 1.0:
+        raise ConfigError(f"--conf: expected a score in [0, 1], found {conf}")
+    thr = max(conf, float(contract.decode.get("score_threshold", 0.0)))
+    return contract.model_copy(update={"decode": {**contract.decode, "score_threshold": thr}})
+
+
 def get_decoder(contract: Contract) -> Decoder:
     """The decoder for a bundle contract.
 
