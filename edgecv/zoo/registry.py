@@ -7,7 +7,7 @@ This module imports no torch, so listing names is cheap; building a model import
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from edgecv.registry import Registry
 
@@ -56,3 +56,17 @@ def model_cfg(name: str) -> dict[str, Any]:
 def list_models(task: str | None = None, include_tiny: bool = True) -> list[str]:
     _ensure_loaded()
     return MODELS.filter(lambda n, m: (task is None or m["task"] == task) and (include_tiny or not m["tiny"]))
+
+
+_M = TypeVar("_M")
+
+
+def build_variant(variant: str, cls: Callable[..., _M], arch: dict[str, Any], **kwargs: Any) -> _M:
+    """Instantiate a zoo variant: the caller's kwargs override the variant's arch (timm style), and arguments
+    the class does not take are one :class:`ConfigError` line naming the variant."""
+    from edgecv.errors import ConfigError
+
+    try:
+        return cls(**{**arch, **kwargs})
+    except TypeError as exc:
+        raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc

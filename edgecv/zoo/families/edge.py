@@ -23,7 +23,7 @@ from edgecv.errors import ConfigError, ModelSourceError
 from edgecv.zoo.families.mobilenet import InvertedResidual, _classifier_init, make_divisible
 from edgecv.zoo.families.unet import DoubleConv, Up
 from edgecv.zoo.layers import ConvNormAct, init_weights
-from edgecv.zoo.registry import register_model
+from edgecv.zoo.registry import build_variant, register_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -114,11 +114,7 @@ class UNetDWEdge(nn.Module):
         return self.head(x)
 
 
-def _create(variant: str, cls: type[nn.Module], arch: dict[str, Any], **kwargs: Any) -> Any:
-    try:
-        return cls(**{**arch, **kwargs})
-    except TypeError as exc:
-        raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
+_create = build_variant  # caller kwargs override the variant's arch; bad arguments are one line
 
 
 def _load_shipped(model: nn.Module, name: str, weights_dir: Path | None = None) -> nn.Module:

@@ -22,7 +22,7 @@ from edgecv.errors import ConfigError, ExportError
 from edgecv.zoo.detection.augment import DetAugment
 from edgecv.zoo.detection.task import DetectTask
 from edgecv.zoo.layers import ConvNormAct, init_weights
-from edgecv.zoo.registry import register_model
+from edgecv.zoo.registry import build_variant, register_model
 
 
 class RoIPoolLayer(MultiScaleRoIAlign):
@@ -171,10 +171,7 @@ class FasterRCNNDetector(nn.Module):
 
 
 def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> FasterRCNNDetector:
-    try:
-        return FasterRCNNDetector(**{**arch, **kwargs})
-    except TypeError as exc:
-        raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
+    return build_variant(variant, FasterRCNNDetector, arch, **kwargs)
 
 
 _DET: dict[str, Any] = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox",

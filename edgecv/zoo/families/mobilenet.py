@@ -12,7 +12,7 @@ from torch import nn
 
 from edgecv.errors import ConfigError
 from edgecv.zoo.layers import ConvNormAct, DepthwiseSeparableConv, create_attn, init_weights
-from edgecv.zoo.registry import register_model
+from edgecv.zoo.registry import build_variant, register_model
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -119,12 +119,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.features(x).mean((2, 3)))
 
 
-def _create(variant: str, cls: type[nn.Module], arch: dict[str, Any], **kwargs: Any) -> Any:
-    cfg = {**arch, **kwargs}
-    try:
-        return cls(**cfg)
-    except TypeError as exc:
-        raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
+_create = build_variant  # caller kwargs override the variant's arch; bad arguments are one line
 
 
 _TINY: dict[str, Any] = dict(input_size=(3, 64, 64), num_classes=10, tiny=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 from edgecv.errors import ConfigError
 from edgecv.zoo.layers import ConvNormAct, create_act, create_attn, init_weights
-from edgecv.zoo.registry import register_model
+from edgecv.zoo.registry import build_variant, register_model
 
 
 class BasicBlock(nn.Module):
@@ -97,12 +97,7 @@ class ResNet(nn.Module):
 
 
 def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> ResNet:
-    # caller kwargs override the variant's arch (timm style)
-    cfg = {**arch, **kwargs}
-    try:
-        return ResNet(**cfg)
-    except TypeError as exc:
-        raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
+    return build_variant(variant, ResNet, arch, **kwargs)
 
 
 _TINY: dict[str, Any] = dict(input_size=(3, 64, 64), num_classes=10, tiny=True)

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgecv.errors import ConfigError
 from edgecv.zoo.layers import ConvNormAct, DepthwiseSeparableConv, create_attn, init_weights
-from edgecv.zoo.registry import register_model
+from edgecv.zoo.registry import build_variant, register_model
 
 _CONVS = ("standard", "dw_separable")
 
@@ -104,11 +104,7 @@ class UNet(nn.Module):
 
 
 def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> UNet:
-    cfg = {**arch, **kwargs}
-    try:
-        return UNet(**cfg)
-    except TypeError as exc:
-        raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
+    return build_variant(variant, UNet, arch, **kwargs)
 
 
 _SEG: dict[str, Any] = dict(task="segment", family="unet", input_size=(3, 256, 256), num_classes=21)

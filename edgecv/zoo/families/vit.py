@@ -15,7 +15,7 @@ from torch import nn
 
 from edgecv.errors import ConfigError
 from edgecv.zoo.layers import TransformerBlock
-from edgecv.zoo.registry import register_model
+from edgecv.zoo.registry import build_variant, register_model
 
 
 class PatchEmbed(nn.Module):
@@ -62,11 +62,7 @@ class VisionTransformer(nn.Module):
 
 
 def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> VisionTransformer:
-    cfg = {**arch, **kwargs}
-    try:
-        return VisionTransformer(**cfg)
-    except TypeError as exc:
-        raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
+    return build_variant(variant, VisionTransformer, arch, **kwargs)
 
 
 @register_model(family="vit", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

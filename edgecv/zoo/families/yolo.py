@@ -32,7 +32,7 @@ from edgecv.zoo.detection.boxes import yolo_decode
 from edgecv.zoo.detection.losses import YoloAnchorLoss, YoloV1Loss
 from edgecv.zoo.detection.task import DetectTask
 from edgecv.zoo.layers import ConvNormAct, init_weights
-from edgecv.zoo.registry import register_model
+from edgecv.zoo.registry import build_variant, register_model
 
 # COCO anchors of YOLOv3 at 416 px (w, h), smallest first; scaled to the input size when none are given
 COCO_ANCHORS_416 = [(10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326)]
@@ -443,12 +443,7 @@ class YOLOv3(_Detector):
 
 
 # ============================================================================================== registry
-def _create(variant: str, cls: type[nn.Module], arch: dict[str, Any], **kwargs: Any) -> Any:
-    cfg = {**arch, **kwargs}
-    try:
-        return cls(**cfg)
-    except TypeError as exc:
-        raise ConfigError(f"{variant}: bad arguments {sorted(kwargs)} ({exc})") from exc
+_create = build_variant  # caller kwargs override the variant's arch; bad arguments are one line
 
 
 _DET: dict[str, Any] = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox", scale=1.0 / 255.0,
