@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all]' $(TORCH_PINS)
 	# tensorrt-stubs declares a dependency on tensorrt, whose wheels cannot be fetched here: stubs only
 	$(BIN)/python -m pip install -q --no-deps 'tensorrt-stubs>=10.0'
-	$(BIN)/python -m pip install -q pytest pytest-xdist mypy
+	$(BIN)/python -m pip install -q pytest pytest-xdist mypy hypothesis
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,24 +9,42 @@ longer match their hashes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import math
+import os
 import platform
 import shutil
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecv import __version__
-from edgecv._io import atomic_path, sha256_path, write_json
+from edgecv._io import atomic_path, check_output_dir, clean_stale, sha256_path, write_json
 from edgecv.errors import BundleError
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 REFERENCE_FILE = "reference.npz"
 CONTRACT_KEY = "edgecv.contract"
+LOCK_FILE = "manifest.lock"
 FORMAT_VERSION = 1
+
+# Limits on what a manifest may ask for: a bundle is untrusted input, and a contract of 1x3x100000x100000 would
+# make run/bench allocate tens of GB for one frame. Generous for real vision models, checked at open.
+MAX_BATCH = 1024
+MAX_CHANNELS = 64
+MAX_SIDE = 16384
+MAX_INPUT_ELEMENTS = 1 << 28  # per batch row (C*H*W): 268M values, 1 GiB in float32
+MAX_CLASSES = 100_000
+MAX_OUTPUTS = 256
+MAX_NAME_LEN = 256
+MAX_DECODE_JSON = 64 * 1024
+MAX_FILES = 100_000
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 Task = Literal["classify", "segment", "detect", "generic"]
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
@@ -77,7 +95,79 @@ class Contract(_Strict):
     def _br(cls, v: list[int]) -> list[int]:
         if len(v) != 3 or not (1 <= v[0] <= v[1] <= v[2]):
             raise ValueError(f"expected [min, opt, max] with 1 <= min <= opt <= max, got {v}")
+        if v[2] > MAX_BATCH:
+            raise ValueError(f"expected a largest batch of at most {MAX_BATCH}, got {v[2]}")
         return v
+
+    @field_validator("input_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+    @field_validator("class_names")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        if len(v) > MAX_CLASSES:
+            raise ValueError(f"expected at most {MAX_CLASSES} class names, got {len(v)}")
+        return [_check_name(c, allow_empty=True) for c in v]
+
+    @field_validator("output_names")
+    @classmethod
+    def _outputs(cls, v: list[str]) -> list[str]:
+        if len(v) > MAX_OUTPUTS:
+            raise ValueError(f"expected at most {MAX_OUTPUTS} outputs, got {len(v)}")
+        return [_check_name(n) for n in v]
+
+    @field_validator("scale", "crop_ratio")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"expected a finite positive number, got {v}")
+        return v
+
+    @field_validator("pad_value")
+    @classmethod
+    def _pad(cls, v: int) -> int:
+        if not 0 <= v <= 255:
+            raise ValueError(f"expected 0..255, got {v}")
+        return v
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, v: list[float]) -> list[float]:
+        if not 1 <= len(v) <= MAX_CHANNELS or not all(math.isfinite(x) for x in v):
+            raise ValueError(f"expected 1 to {MAX_CHANNELS} finite numbers, got {v[:8]}")
+        return v
+
+    @field_validator("decode")
+    @classmethod
+    def _decode(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            size = len(json.dumps(v, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"expected plain JSON values ({exc})") from exc
+        if size > MAX_DECODE_JSON:
+            raise ValueError(f"expected at most {MAX_DECODE_JSON} bytes of settings, got {size}")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Contract:
+        s = self.input_shape
+        c = self.channels
+        h, w = self.hw
+        if s[0] > MAX_BATCH:
+            raise ValueError(f"input_shape: expected a batch of at most {MAX_BATCH}, got {s[0]}")
+        if c > MAX_CHANNELS:
+            raise ValueError(f"input_shape: expected at most {MAX_CHANNELS} channels, got {c}")
+        if h > MAX_SIDE or w > MAX_SIDE or c * h * w > MAX_INPUT_ELEMENTS:
+            raise ValueError(f"input_shape: expected sides of at most {MAX_SIDE} and at most {MAX_INPUT_ELEMENTS} "
+                             f"values per image, got {s}")
+        if len(self.std) not in (1, c) or len(self.mean) not in (1, c):
+            raise ValueError(f"mean/std: expected 1 or {c} values (one per channel), got {len(self.mean)} and "
+                             f"{len(self.std)}")
+        if any(x == 0 for x in self.std):
+            raise ValueError("std: expected non-zero values, got 0")
+        return self
 
     @property
     def channels(self) -> int:
@@ -116,6 +206,16 @@ class Artifact(_Strict):
     created: str = ""
     extra: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("backend", "precision")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return check_rel_path(v)
+
     @property
     def key(self) -> str:
         return artifact_key(self.backend, self.precision)
@@ -134,11 +234,43 @@ class Manifest(_Strict):
     artifacts: dict[str, Artifact] = Field(default_factory=dict)
     history: list[dict[str, Any]] = Field(default_factory=list)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_FILES:
+            raise ValueError(f"expected at most {MAX_FILES} files, got {len(v)}")
+        for rel in v:
+            check_rel_path(rel)
+        return v
+
+
+def _check_name(v: str, allow_empty: bool = False) -> str:
+    if (not v and not allow_empty) or len(v) > MAX_NAME_LEN or any(ord(ch) < 32 for ch in v):
+        raise ValueError(f"expected a name of 1 to {MAX_NAME_LEN} printable characters, got {v[:40]!r}")
+    return v
+
+
+def check_rel_path(rel: str) -> str:
+    """A manifest path must be relative, inside the bundle and plain: no absolute path, no ``..``, no backslash."""
+    p = PurePosixPath(rel)
+    if (not rel or len(rel) > 1024 or rel.startswith(("/", "~")) or "\\" in rel or ":" in rel
+            or any(part in ("..", ".") for part in p.parts) or any(ord(ch) < 32 for ch in rel) or p.is_absolute()):
+        raise ValueError(f"expected a relative path inside the bundle, got {rel[:80]!r}")
+    return rel
+
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
-    return f"{loc}: {err['msg']}"
+    msg = " ".join(str(err["msg"]).split())  # one line, whatever the validator wrote
+    if len(msg) > 300:
+        msg = msg[:300] + "…"
+    return f"{loc}: {msg}" if loc else msg
 
 
 def now_iso() -> str:
@@ -150,8 +282,26 @@ def host_info() -> dict[str, str]:
             "node": platform.node()}
 
 
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def is_bundle_dir(path: Path) -> bool:
+    """A folder that holds a bundle (has ``manifest.json``): what ``--force`` may replace."""
+    return path.is_dir() and (path / MANIFEST).is_file()
+
+
 class Bundle:
-    """A bundle folder. Open an existing one with :meth:`open`; exports create one with :meth:`create`."""
+    """A bundle folder. Open an existing one with :meth:`open`; exports create one with :meth:`create`.
+
+    A bundle is untrusted data (DESIGN rule 15): every path its manifest names is resolved and must stay inside the
+    folder (no absolute paths, no ``..``, no symlink leading out), every file is hash-checked before use, manifest
+    updates take a file lock (:meth:`update`), and writers never follow a symlink out of the folder.
+    """
 
     def __init__(self, root: str | Path, manifest: Manifest) -> None:
         self.root = Path(root)
@@ -164,55 +314,107 @@ class Bundle:
 
     @property
     def onnx_path(self) -> Path:
-        return self.root / ONNX_FILE
+        return self.path(ONNX_FILE)
 
     @property
     def reference_path(self) -> Path:
-        return self.root / REFERENCE_FILE
+        return self.path(REFERENCE_FILE)
 
     def path(self, rel: str) -> Path:
-        return self.root / rel
+        """``root/rel`` for reading, confined: refuses an absolute path, ``..`` or a symlink that leads out."""
+        try:
+            check_rel_path(rel)
+        except ValueError as exc:
+            raise BundleError(f"bundle '{self.root}': {exc}") from exc
+        p = self.root / rel
+        real_root = self.root.resolve()
+        if not _is_within(p.resolve(), real_root):
+            raise BundleError(f"bundle '{self.root}': expected {rel} inside the bundle, found a symlink leading to "
+                              f"{p.resolve()}")
+        return p
+
+    def file(self, rel: str, check: bool = True) -> Path:
+        """A file the bundle records, for use: confined, and listed in ``files`` (itself or the folder holding it),
+        so it was hash-checked when the bundle was opened. An artifact path nobody hashed is refused."""
+        p = self.path(rel)
+        parts = PurePosixPath(rel).parts
+        covered = [("/".join(parts[:i])) for i in range(len(parts), 0, -1)]
+        listed = next((c for c in covered if c in self.manifest.files), None)
+        if listed is None:
+            raise BundleError(f"bundle '{self.root}': {rel} is not among the files its manifest hashes; refusing to "
+                              "load a file nobody checked (re-compile it)")
+        if check:
+            self.verify([listed])
+        return p
+
+    def write_path(self, rel: str) -> Path:
+        """``root/rel`` for writing: confined, and no component inside the bundle may be a symlink (a writer
+        never follows one, even one that points back inside)."""
+        try:
+            check_rel_path(rel)
+        except ValueError as exc:
+            raise BundleError(f"bundle '{self.root}': {exc}") from exc
+        cur = self.root
+        for part in PurePosixPath(rel).parts:
+            cur = cur / part
+            if cur.is_symlink():
+                raise BundleError(f"bundle '{self.root}': expected a plain folder or file at {cur.relative_to(self.root)}, "
+                                  f"found a symlink (to {os.readlink(cur)}); edgecv does not write through symlinks")
+        return cur
 
     # ---------------------------------------------------------------- open / verify
     @classmethod
     def open(cls, root: str | Path, verify: bool = True) -> Bundle:
-        """Open a complete bundle; raise :class:`BundleError` if it is missing, incomplete or altered."""
+        """Open a complete bundle; raise :class:`BundleError` if it is missing, incomplete, altered or malformed."""
         root = Path(root)
         if not root.exists():
             raise BundleError(f"expected a bundle folder, found nothing at '{root}'")
         if not root.is_dir():
             raise BundleError(f"expected a bundle folder, found a file at '{root}'")
+        bundle = cls(root, cls._read_manifest(root))
+        if verify:
+            bundle.verify()
+        return bundle
+
+    @staticmethod
+    def _read_manifest(root: Path) -> Manifest:
         mpath = root / MANIFEST
-        if not mpath.is_file():
+        if mpath.is_symlink() or not mpath.is_file():
+            if mpath.is_symlink():
+                raise BundleError(f"'{root}': expected {MANIFEST} to be a plain file, found a symlink")
             raise BundleError(
                 f"'{root}' is not a complete bundle: expected {MANIFEST} (an interrupted export leaves none); "
                 "run 'edgecv export' again"
             )
         try:
-            manifest = Manifest.model_validate_json(mpath.read_text())
+            size = mpath.stat().st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise BundleError(f"{mpath}: expected at most {MAX_MANIFEST_BYTES >> 20} MiB, found {size >> 20} MiB")
+            return Manifest.model_validate_json(mpath.read_bytes())
         except ValidationError as exc:
             raise BundleError(f"corrupt {mpath}: {_first_error(exc)}") from exc
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"cannot read {mpath}: {exc}") from exc
-        bundle = cls(root, manifest)
-        if verify:
-            bundle.verify()
-        return bundle
+        except (OSError, ValueError, RecursionError) as exc:
+            raise BundleError(f"cannot read {mpath}: {' '.join(str(exc).split())[:200]}") from exc
 
     def verify(self, paths: list[str] | None = None) -> None:
-        """Check that the listed files (default: all) exist and match the hashes in the manifest."""
+        """Check that the listed files (default: all) are inside the bundle, exist and match their hashes."""
         for rel, digest in self.manifest.files.items():
             if paths is not None and rel not in paths:
                 continue
-            p = self.root / rel
+            p = self.path(rel)
             if not p.exists():
                 raise BundleError(f"bundle '{self.root}' is missing {rel}, which its manifest lists")
+            if p.is_dir() and any(q.is_symlink() for q in p.rglob("*")):
+                raise BundleError(f"bundle '{self.root}': expected plain files in {rel}, found a symlink")
             actual = sha256_path(p)
-            if digest and actual != digest:
+            if not digest or actual != digest:
                 raise BundleError(
                     f"bundle file {p} was changed after it was written (sha256 {actual[:12]}…, "
-                    f"manifest says {digest[:12]}…); re-export or re-compile it"
+                    f"manifest says {digest[:12] or 'nothing'}…); re-export or re-compile it"
                 )
+        for art in self.manifest.artifacts.values():
+            if paths is None:
+                self.file(art.path, check=False)  # confined and covered; its hash was checked just above
 
     # ---------------------------------------------------------------- create / update
     @classmethod
@@ -223,16 +425,15 @@ class Bundle:
             root: final folder.
             manifest: manifest without file hashes (they are filled in here).
             files: relative name → existing file or folder to move into the bundle.
-            force: replace an existing bundle at ``root``.
+            force: replace an existing bundle at ``root`` (only a bundle or an empty folder; never other files).
         """
         root = Path(root)
-        if root.exists() and not force and any(root.iterdir()):
-            if (root / MANIFEST).exists():
-                raise BundleError(f"'{root}' already holds a bundle; pass --force to replace it")
-            raise BundleError(f"expected an empty or new folder for the bundle, found files in '{root}'")
+        check_output_dir(root, force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)",
+                         error=BundleError)
         with atomic_path(root) as tmp:
             tmp.mkdir(parents=True)
             for rel, src in files.items():
+                check_rel_path(rel)
                 dst = tmp / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(src), dst)
@@ -241,41 +442,86 @@ class Bundle:
             write_json(tmp / MANIFEST, json.loads(manifest.model_dump_json()))
         return cls(root, manifest)
 
+    @contextlib.contextmanager
+    def update(self) -> Iterator[Manifest]:
+        """Locked read-modify-write of ``manifest.json``: the manifest is re-read under the lock (so a concurrent
+        compile's artifact is kept), the caller changes it, and it is saved before the lock is released."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.root / LOCK_FILE), timeout=600, is_singleton=True)
+        try:
+            with lock:
+                if lock.lock_counter == 1:  # outermost: take the manifest as it is on disk now
+                    self.manifest = self._read_manifest(self.root)
+                    clean_stale(self.root)
+                yield self.manifest
+                self.save()
+        except Timeout as exc:
+            raise BundleError(f"bundle '{self.root}' is locked by another edgecv process for over 10 minutes "
+                              f"({self.root / LOCK_FILE})") from exc
+
+    def scratch(self) -> contextlib.AbstractContextManager[str]:
+        """A temporary build folder inside the bundle, named after this process so the next run can tell a stale
+        one (its process is gone) from a concurrent one, and remove it."""
+        import tempfile
+
+        clean_stale(self.root)
+        return tempfile.TemporaryDirectory(dir=self.root, prefix=f".build-{os.getpid()}-")
+
     def add_file(self, rel: str, src: Path) -> Path:
-        """Move ``src`` into the bundle as ``rel`` atomically and record its hash (manifest saved by caller)."""
-        dst = self.root / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dst) as tmp:
-            shutil.move(str(src), tmp)
-        self.manifest.files[rel] = sha256_path(dst)
+        """Move ``src`` into the bundle as ``rel`` atomically and record its hash (locked; manifest saved)."""
+        with self.update():
+            dst = self.write_path(rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dst) as tmp:
+                shutil.move(str(src), tmp)
+            self.manifest.files[rel] = sha256_path(dst)
         return dst
 
     def add_artifact(self, artifact: Artifact, files: dict[str, Path]) -> Artifact:
         """Add a backend artifact's files and record it; replaces an earlier artifact with the same key."""
-        for rel, src in files.items():
-            self.add_file(rel, src)
-        artifact.sha256 = sha256_path(self.root / artifact.path)
-        artifact.created = artifact.created or now_iso()
-        self.manifest.artifacts[artifact.key] = artifact
-        self.manifest.history.append({"event": "artifact", "key": artifact.key, "time": artifact.created})
-        self.save()
+        with self.update():
+            for rel, src in files.items():
+                self.add_file(rel, src)
+            artifact.sha256 = sha256_path(self.path(artifact.path))
+            artifact.created = artifact.created or now_iso()
+            self.manifest.artifacts[artifact.key] = artifact
+            self.manifest.history.append({"event": "artifact", "key": artifact.key, "time": artifact.created})
         return artifact
 
     def artifact(self, backend: str, precision: str) -> Artifact | None:
         return self.manifest.artifacts.get(artifact_key(backend, precision))
 
     def save(self) -> None:
-        write_json(self.root / MANIFEST, json.loads(self.manifest.model_dump_json()))
+        write_json(self.write_path(MANIFEST), json.loads(self.manifest.model_dump_json()))
 
     def load_reference(self) -> dict[str, Any]:
-        """Inputs and PyTorch outputs saved at export: ``{"inputs": {name: arr}, "outputs": {name: arr}}``."""
+        """Inputs and PyTorch outputs saved at export: ``{"inputs": {name: arr}, "outputs": {name: arr}}``.
+
+        Read as data only (``allow_pickle=False``); anything but an .npz of numeric arrays is one line naming the
+        file."""
         import numpy as np
 
-        if not self.reference_path.exists():
+        path = self.file(REFERENCE_FILE) if REFERENCE_FILE in self.manifest.files else self.reference_path
+        if not path.exists():
             raise BundleError(f"bundle '{self.root}' has no {REFERENCE_FILE}; re-export it")
-        data = np.load(self.reference_path)
-        inputs = {k[len("input/"):]: data[k] for k in data.files if k.startswith("input/")}
-        outputs = {k[len("output/"):]: data[k] for k in data.files if k.startswith("output/")}
+        inputs: dict[str, Any] = {}
+        outputs: dict[str, Any] = {}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                for k in data.files:
+                    arr = data[k]
+                    if arr.dtype.kind not in "biuf":
+                        raise ValueError(f"array '{k[:60]}' has dtype {arr.dtype}, expected numbers")
+                    if k.startswith("input/"):
+                        inputs[k[len("input/"):]] = arr
+                    elif k.startswith("output/"):
+                        outputs[k[len("output/"):]] = arr
+        except (ValueError, OSError, AttributeError, TypeError, EOFError, KeyError) as exc:
+            raise BundleError(f"{path}: expected an .npz of numeric arrays (input/<name>, output/<name>), found "
+                              f"something else ({' '.join(str(exc).split())[:160]})") from exc
+        if not inputs:
+            raise BundleError(f"{path}: expected input/<name> arrays, found none")
         return {"inputs": inputs, "outputs": outputs}
 
 

@@ -52,5 +52,9 @@ class SourceError(EdgecvError):
     """A video / camera / stream source failed to open or read."""
 
 
+class SinkError(EdgecvError):
+    """An output (annotated video, results file) could not be written; nothing is left under its final name."""
+
+
 class DataError(EdgecvError):
     """A data set is malformed; the message names the file and line."""

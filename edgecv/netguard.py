@@ -20,6 +20,7 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Mapping
+from typing import Any
 
 from edgecv.errors import ConfigError
 
@@ -56,7 +57,7 @@ def check_bind(host: str, token: str | None, what: str = "--serve") -> None:
         )
 
 
-def request_token(headers: Mapping[str, str], path: str) -> str | None:
+def request_token(headers: Mapping[str, str] | Any, path: str) -> str | None:
     """The token a request carries: ``Authorization: Bearer …`` first, then the ``token`` query parameter."""
     auth = headers.get("Authorization") or headers.get("authorization") or ""
     if auth.lower().startswith("bearer "):

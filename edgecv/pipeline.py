@@ -34,17 +34,31 @@ STAMPS = "pipeline.json"
 
 
 def open_runner(bundle: Bundle, backend: str, precision: str = "fp32", device: str | None = None,
-                threads: int | None = None, **kwargs: Any) -> Runner:
-    """A runner for ``bundle`` on any backend. ``torch`` rebuilds the eager model from the bundle's recorded
-    source (zoo name, file, checkpoint) — the build tier is imported only here, only for torch."""
+                threads: int | None = None, source: str | None = None, weights: str | Path | None = None,
+                **kwargs: Any) -> Runner:
+    """A runner for ``bundle`` on any backend. ``torch`` rebuilds the eager model: from the bundle's recorded
+    source when that is a registered name (zoo, torchvision, timm), else only from ``source``/``weights`` the user
+    named in this invocation (a bundle is data: nothing it names is imported). The build tier is imported only
+    here, only for torch."""
     if backend == "torch":
         from edgecv.backends.torch import TorchRunner
         from edgecv.export.sources import load_model_from_manifest
 
-        model = load_model_from_manifest(bundle.manifest)
+        model = load_model_from_manifest(bundle.manifest, source=source, weights=weights)
         return TorchRunner.from_module(model, bundle.contract, precision=precision, device=device,
                                        threads=threads, **kwargs)
     return _open_engine_runner(bundle, backend, precision=precision, device=device, threads=threads, **kwargs)
+
+
+def runner_opener(source: str | None = None, weights: str | Path | None = None) -> Callable[..., Runner]:
+    """:func:`open_runner` with the model source the user named on the command line (``--source/--weights``)."""
+    if source is None and weights is None:
+        return open_runner
+
+    def opener(bundle: Bundle, backend: str, precision: str = "fp32", **kw: Any) -> Runner:
+        return open_runner(bundle, backend, precision, source=source, weights=weights, **kw)
+
+    return opener
 
 
 # ------------------------------------------------------------------------------------------------ stamps
@@ -213,6 +227,9 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
 
     bundle = Bundle.open(bundle_dir)
     onnx_sha = bundle.manifest.files.get("model.onnx")
+    # the recipe names the model in this invocation: the live torch reference may be rebuilt from it (a bundle
+    # alone never makes edgecv import a file)
+    opener = runner_opener(rec.model.name or str(rec.model.source), ckpt)
 
     # 4. compile --------------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -254,7 +271,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
         result.steps.append(StepLog("validate", "skipped (up to date)"))
     else:
         say(f"[validate] {', '.join(f'{b}:{p}' for b, p in combos)}" + (f" on {val_dir}" if val_dir else ""))
-        val_res = _validate(bundle, combos, val_dir, val_limit)
+        val_res = _validate(bundle, combos, val_dir, val_limit, opener)
         write_json(out / "validate.json", val_res)
         stamps.record("validate", inputs, [out / "validate.json"], val_res)
         result.steps.append(StepLog("validate", "ran", time.perf_counter() - t0))
@@ -271,7 +288,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
 
         say(f"[bench] batches {rec.bench.batches}")
         rep = bench_bundle(bundle, combos, rec.bench.batches, threads=rec.bench.threads, min_time_s=bench_min_time,
-                           opener=open_runner)
+                           opener=opener)
         bench_res = rep.to_dict()
         write_json(out / "bench.json", bench_res)
         stamps.record("bench", inputs, [out / "bench.json"], bench_res)
@@ -345,18 +362,18 @@ def _compile(bundle: Bundle, backend: str, precision: str, rec: Recipe, task: st
 
 
 def _validate(bundle: Bundle, combos: list[tuple[str, str]], val_dir: Path | None,
-              val_limit: int | None) -> dict[str, Any]:
+              val_limit: int | None, opener: Callable[..., Runner]) -> dict[str, Any]:
     from edgecv.quant.metrics import metric_for, open_val
     from edgecv.validate.core import validate_bundle
 
-    rep = validate_bundle(bundle, [c for c in combos if c[0] != "torch"], opener=open_runner)
+    rep = validate_bundle(bundle, [c for c in combos if c[0] != "torch"], opener=opener)
     agreement = rep.to_dict()
     metrics: dict[str, Any] = {}
     if val_dir is not None and val_dir.exists():
         val = open_val(val_dir, bundle.contract, limit=val_limit).materialize()
         fn = metric_for(bundle.contract.task)
         for b, p in combos:
-            with open_runner(bundle, b, p) as r:
+            with opener(bundle, b, p) as r:
                 metrics[f"{b}:{p}"] = {"metric": fn(r, val), "ran": r.precision, "n": len(val)}
     return {"agreement": agreement, "metrics": metrics,
             "metric_name": {"classify": "top-1 %", "segment": "mIoU %", "detect": "mAP@0.5 %"}.get(

@@ -74,3 +74,17 @@ def make_tiny_bundle(root: Path, task: str = "classify", size: int = 64, num_cla
     work.rmdir()
     json.loads((root / "manifest.json").read_text())
     return bundle
+
+
+def openvino_precision_ran(requested: str, device: str = "CPU") -> str:
+    """What OpenVINO honestly runs for an inference-precision hint on this machine's ``device``, asked of the
+    device (DESIGN rule 16): an Intel CPU with AMX/AVX512-FP16 runs fp16, an AMD EPYC with bf16 but no fp16 runs
+    bf16 for an fp16 hint, a CPU with neither runs fp32."""
+    import openvino as ov
+
+    caps = set(ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    if requested == "fp16":
+        return "fp16" if "FP16" in caps else "bf16" if "BF16" in caps else "fp32"
+    if requested == "bf16":
+        return "bf16" if "BF16" in caps else "fp32"
+    return requested

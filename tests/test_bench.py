@@ -232,7 +232,9 @@ def test_cli_bench_and_validate_without_torch(tiny, cli, tmp_path: Path) -> None
     (row,) = json.loads(proc.stdout)["rows"]
     assert row["error"] is None and row["latency"]["iters"] == 3 and "torch_version" not in proc.stdout
 
-    val = cli("validate", str(tiny.root), "--backend", "onnxruntime", "--json", env=env)
+    helpers = Path(__file__).with_name("helpers.py")  # named by the user, so edgecv may import it (and torch)
+    val = cli("validate", str(tiny.root), "--backend", "onnxruntime", "--json", "--source", f"{helpers}:tiny_cnn",
+              env=env)
     assert val.returncode == 0, val.stderr
     d = json.loads(val.stdout)
     assert d["reference"] == "npz" and "live torch unavailable" in d["reference_note"]

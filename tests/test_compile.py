@@ -11,6 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from helpers import openvino_precision_ran  # noqa: E402
+
 from edgecv._io import sha256_path  # noqa: E402
 from edgecv.backends import open_runner  # noqa: E402
 from edgecv.backends.base import BuildConfig  # noqa: E402
@@ -46,7 +48,7 @@ def test_compile_openvino_records_and_runs(cli, bundle_dir: Path, precision: str
     x, y = ref["inputs"]["input"], ref["outputs"]["output"]
     with open_runner(b, "openvino", precision, threads=1) as r:
         assert r.model_path == bundle_dir / art.path  # the IR, not the ONNX
-        assert r.precision == precision
+        assert r.precision == openvino_precision_ran(precision)  # what this CPU really runs, asked of it
         out = r.infer({"input": x})["output"]
     err = float(np.abs(out - y).max())
     assert err <= rel_tol * float(np.abs(y).max())

@@ -566,7 +566,11 @@ def test_rewritten_file_exports_and_rebuilds_for_torch_runner(tmp_path: Path) ->
     assert res.parity_passed
     bundle = Bundle.open(tmp_path / "b")
     ref = bundle.load_reference()
-    with open_runner(bundle, "torch") as r:
+    from edgecv.errors import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match="pass --source"):
+        open_runner(bundle, "torch")  # the bundle names a file: edgecv does not load it on its own
+    with open_runner(bundle, "torch", source=str(path)) as r:  # the user names it
         got = r.infer(ref["inputs"])
     name = bundle.contract.output_names[0]
     np.testing.assert_allclose(got[name], ref["outputs"][name], rtol=0, atol=1e-5)

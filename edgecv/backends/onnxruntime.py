@@ -6,7 +6,6 @@ manifest (``onnxruntime/<precision>/model.onnx``). onnxruntime and onnx are impo
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,8 +103,7 @@ class OnnxRuntimeRunner(Runner):
                 f"{''.join(', ' + p for p in have)}); build it with: "
                 f"edgecv compile {bundle.root} --backend onnxruntime --precision {precision}"
             )
-        bundle.verify([_top(art.path)] if _top(art.path) in bundle.manifest.files else [art.path])
-        return cls(bundle.path(art.path), precision, device, threads)
+        return cls(bundle.file(art.path), precision, device, threads)
 
     # ------------------------------------------------------------------ lifecycle
     def _providers(self, ort: Any) -> tuple[list[Any], str]:
@@ -210,7 +208,7 @@ class OnnxRuntimeBuilder(Builder):
         # keep_io_types: callers keep feeding float32 and reading float32; casts sit at the graph edges
         model16 = float16.convert_float_to_float16(model, keep_io_types=True)
         rel_dir = f"onnxruntime/{config.precision}"
-        with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".build-") as tmp:
+        with bundle.scratch() as tmp:
             out_dir = Path(tmp) / "out"
             out_dir.mkdir()
             onnx.save(model16, str(out_dir / "model.onnx"))

@@ -7,13 +7,13 @@ every accuracy number wrong. The precision it reports is read back from the comp
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgecv._io import describe_write_error
 from edgecv._lazy import lazy_import, version_of
 from edgecv.backends.base import check_onnx_file, Builder, BuildConfig, Runner
 from edgecv.errors import BackendError, ConfigError
@@ -81,9 +81,7 @@ class OpenVINORunner(Runner):
         with the precision as a runtime hint. int8 needs a compiled (quantized) IR."""
         art = bundle.artifact("openvino", precision)
         if art is not None:
-            folder = str(Path(art.path).parent)
-            bundle.verify([folder] if folder in bundle.manifest.files else [art.path])
-            return cls(bundle.path(art.path), precision, device, threads, **kw)
+            return cls(bundle.file(art.path), precision, device, threads, **kw)
         if precision == "int8":
             raise BackendError(
                 f"bundle '{bundle.root}' has no openvino int8 model; build it with: "
@@ -205,10 +203,14 @@ class OpenVINOBuilder(Builder):
             raise BackendError(f"openvino could not convert '{src}': {_one_line(exc)}") from exc
         # the whole folder is written in a temporary place inside the bundle, then renamed in one step:
         # an interrupted build leaves no model.xml without its .bin and no manifest entry
-        with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".build-") as tmp:
+        with bundle.scratch() as tmp:
             out_dir = Path(tmp) / "ir"
             out_dir.mkdir()
-            ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=compress)
+            try:
+                ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=compress)
+            except Exception as exc:
+                raise BackendError(f"could not write the OpenVINO IR into {bundle.root}: "
+                                   f"{describe_write_error(exc, out_dir)}") from exc
             build_time = time.perf_counter() - t0
             from edgecv import __version__
 

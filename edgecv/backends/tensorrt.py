@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shlex
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,15 +200,32 @@ def write_trtexec_script(bundle: Bundle, config: BuildConfig) -> Path:
             'cd "$(dirname "$0")/../.."\n'
             f"mkdir -p tensorrt/{config.precision}\n"
             f"{cmd}\n")
-    with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".build-") as tmp:
+    with bundle.scratch() as tmp, bundle.update() as manifest:
         src = Path(tmp) / SCRIPT_FILE
         src.write_text(text)
         src.chmod(src.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         dst = bundle.add_file(rel, src)
-    bundle.manifest.history.append({"event": "trtexec_script", "path": rel, "precision": config.precision,
-                                    "command": cmd, "time": now_iso()})
-    bundle.save()
+        manifest.history.append({"event": "trtexec_script", "path": rel, "precision": config.precision,
+                                 "command": cmd, "time": now_iso()})
     return dst
+
+
+def adopt_engine(bundle: Bundle, precision: str) -> str:
+    """Record an engine that ``trtexec.sh`` built on the device in the manifest (hash included); returns its path."""
+    from edgecv._io import sha256_path
+    from edgecv.bundle import Artifact, now_iso
+
+    rel = engine_rel(precision)
+    with bundle.update() as manifest:
+        path = bundle.write_path(rel)
+        digest = sha256_path(path)
+        manifest.files[rel] = digest
+        manifest.artifacts[f"tensorrt:{precision}"] = Artifact(
+            backend="tensorrt", precision=precision, path=rel, sha256=digest, device="cuda",
+            created=now_iso(), extra={"built_by": f"tensorrt/{precision}/{SCRIPT_FILE} on the device"})
+        manifest.history.append({"event": "artifact", "key": f"tensorrt:{precision}", "time": now_iso(),
+                                 "adopted": rel})
+    return rel
 
 
 def _edgecv_version() -> str:
@@ -346,7 +362,7 @@ class TensorRTBuilder(Builder):
         flags["build_time_s"] = round(time.perf_counter() - t0, 3)
         flags["timing_cache"] = TIMING_CACHE if not config.timing_cache else str(config.timing_cache)
         rel = engine_rel(config.precision)
-        with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".build-") as tmp:
+        with bundle.scratch() as tmp:
             engine_tmp = Path(tmp) / ENGINE_FILE
             engine_tmp.write_bytes(engine)
             files = {rel: engine_tmp}
@@ -431,11 +447,12 @@ class TensorRTRunner(Runner):
             raise ConfigError(f"tensorrt runner: unexpected options {sorted(kw)}")
         art = bundle.artifact("tensorrt", precision)
         if art is not None:
-            bundle.verify([art.path])
-            return cls(bundle.path(art.path), precision, device, threads)
+            return cls(bundle.file(art.path), precision, device, threads)
         fallback = bundle.path(engine_rel(precision))
         if fallback.is_file():
-            return cls(fallback, precision, device, threads)
+            # built on the device by the emitted trtexec.sh: recorded (hashed) on first use, so every later use is
+            # checked like any other artifact
+            return cls(bundle.file(adopt_engine(bundle, precision)), precision, device, threads)
         raise BackendError(
             f"bundle '{bundle.root}' has no tensorrt {precision} engine; build it with: edgecv compile "
             f"{bundle.root} --backend tensorrt --precision {precision} (or --emit-trtexec and run the script)"

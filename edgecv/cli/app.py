@@ -78,6 +78,14 @@ def main() -> None:
             sys.exit(2)
         if os.environ.get("EDGECV_DEBUG") == "1":
             raise
+        if isinstance(exc, OSError) and exc.strerror:
+            # a full disk, a read-only folder, a permission: the system's words and the file are the whole story
+            import errno
+
+            what = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+            where = f" ('{exc.filename}')" if exc.filename else ""
+            sys.stderr.write(f"error: {what}{where}\n")
+            sys.exit(2)
         sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc} (set EDGECV_DEBUG=1 for the traceback)\n")
         sys.exit(2)
 

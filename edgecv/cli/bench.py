@@ -6,7 +6,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecv.cli.options import BackendsOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt, ThreadsOpt
+from edgecv.cli.options import (
+    BackendsOpt,
+    BundleArg,
+    DeviceOpt,
+    JsonOpt,
+    ModelSourceOpt,
+    ModelWeightsOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +45,8 @@ def register(app: typer.Typer) -> None:
         conf: Annotated[float, typer.Option(
             "--conf", help="Detectors, --stages: the score threshold post-processing keeps, as edgecv run's "
                            "--conf (the bundle's own is set low for mAP).")] = 0.25,
+        source: ModelSourceOpt = None,
+        weights: ModelWeightsOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
@@ -49,13 +60,14 @@ def register(app: typer.Typer) -> None:
         from edgecv.bundle import Bundle
         from edgecv.cli._output import err_console, print_json, table
         from edgecv.errors import ConfigError
-        from edgecv.pipeline import open_runner
+        from edgecv.pipeline import runner_opener
         from edgecv.cli.validate import wide_console
         from edgecv.validate.runs import installed_backends, parse_backend_specs
 
         if iters is not None and iters < 1:
             raise ConfigError(f"--iters: expected a positive integer, found {iters}")
         b = Bundle.open(bundle)
+        open_runner = runner_opener(source, weights)
         specs = parse_backend_specs(backend, precision) if backend else \
             [(n, precision) for n in installed_backends(include_torch=True)]
         if not specs:

@@ -17,17 +17,19 @@ def register(app: typer.Typer) -> None:
     @data_app.command("synth")
     def synth(
         task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
-        output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (replaced).")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (new or empty; a data set "
+                                                                     "this command wrote is replaced with --force).")],
         n_train: Annotated[int, typer.Option("--n-train", min=0, help="Train images.")] = 2000,
         n_val: Annotated[int, typer.Option("--n-val", min=0, help="Val images.")] = 400,
         size: Annotated[int, typer.Option("--size", min=16, help="Image side in pixels.")] = 96,
         seed: Annotated[int, typer.Option("--seed", min=0, help="Same seed, byte-identical files.")] = 0,
+        force: Annotated[bool, typer.Option("--force", help="Replace a data set this command wrote before.")] = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Generate shapes on real photo backgrounds (ImageFolder / COCO + YOLO / image+mask folders)."""
         from edgecv.data.synth import generate
 
-        meta = generate(task, output, n_train=n_train, n_val=n_val, size=size, seed=seed)
+        meta = generate(task, output, n_train=n_train, n_val=n_val, size=size, seed=seed, force=force)
         meta["output"] = str(output)
         if json_out:
             from edgecv.cli._output import print_json

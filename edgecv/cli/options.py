@@ -19,3 +19,10 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Backend devi
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the backend.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+# the torch reference: a bundle is data, so a model file is imported only when the user names it here
+ModelSourceOpt = Annotated[Optional[str], typer.Option(
+    "--source", help="The model the bundle came from (path/to/file.py:factory, a checkpoint, …), to rebuild the "
+                     "live torch reference; needed when the bundle was exported from a file, since edgecv never "
+                     "runs a file a bundle names. Runs that file, as any Python import does.")]
+ModelWeightsOpt = Annotated[Optional[Path], typer.Option(
+    "--weights", help="Local state dict for the live torch reference, when the bundle was exported with one.")]

@@ -81,6 +81,12 @@ def register(app: typer.Typer) -> None:
             "--decode", help="Video decoding for files and URLs: auto (a hardware decoder when OpenCV's FFmpeg "
                              "finds one, e.g. VAAPI; else software), hw (hardware or fail), sw.")] = "auto",
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status line.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Replace existing --save/--jsonl/--json files.")]
+        = False,
+        token: Annotated[Optional[str], typer.Option(
+            "--token", help="Token every --serve request must carry (Bearer header or ?token=); required to bind "
+                            "a non-loopback address. Default: the EDGECV_TOKEN environment variable.")] = None,
+        max_clients: Annotated[int, typer.Option("--max-clients", help="--serve: most clients at once.")] = 8,
         conf: Annotated[float, typer.Option(
             "--conf", help="Detectors: keep detections scoring at least this (the bundle's own threshold is set "
                            "low for mAP).")] = 0.25,
@@ -92,7 +98,8 @@ def register(app: typer.Typer) -> None:
         from edgecv.cli._output import err_console, print_json
         from edgecv.stream import StreamConfig, StreamPipeline, open_source, parse_source
         from edgecv.stream.buffer import POLICIES
-        from edgecv.stream.sinks import JsonlSink, MjpegServer, Sink, VideoSink, WindowSink
+        from edgecv import netguard
+        from edgecv.stream.sinks import JsonlSink, MjpegServer, Sink, VideoSink, WindowSink, check_outputs
 
         from edgecv.errors import ConfigError, SourceError
         from edgecv.stream.sources import abandoned_threads
@@ -105,6 +112,12 @@ def register(app: typer.Typer) -> None:
                            buffer_size=buffer_size)
         cfg.validate()
         spec = parse_source(source, gst=gst)
+        json_file = Path(json_out) if json_out not in (None, "-") else None
+        check_outputs(spec, {"--save": save, "--jsonl": jsonl, "--json": json_file}, force=force)
+        serve_at = parse_hostport(serve) if serve is not None else None
+        tok = netguard.resolve_token(token)
+        if serve_at is not None:
+            netguard.check_bind(serve_at[0], tok)
         open_source(spec, decode=decode)  # a bad --decode is one line before the model loads
         b = Bundle.open(bundle)
         sinks: list[Sink] = []
@@ -113,9 +126,8 @@ def register(app: typer.Typer) -> None:
                 sinks.append(VideoSink(save, writer=writer, preset=save_preset))
             if jsonl is not None:
                 sinks.append(JsonlSink(jsonl))
-            if serve is not None:
-                host, port = parse_hostport(serve)
-                srv = MjpegServer(host, port)
+            if serve_at is not None:
+                srv = MjpegServer(*serve_at, token=tok, max_clients=max_clients)
                 sinks.append(srv)
                 err_console.print(f"MJPEG stream at {srv.url} (stream: {srv.url}stream.mjpg)", highlight=False)
             if show:

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendsOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt, ThreadsOpt
+from edgecv.cli.options import (
+    BackendsOpt,
+    BundleArg,
+    DeviceOpt,
+    JsonOpt,
+    ModelSourceOpt,
+    ModelWeightsOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,6 +60,8 @@ def register(app: typer.Typer) -> None:
                                "torch's (or the fp32 ONNX Runtime one without torch).")] = None,
         layers: Annotated[bool, typer.Option(
             "--layers", help="For INT8: list the first layers whose outputs diverge from fp32.")] = False,
+        source: ModelSourceOpt = None,
+        weights: ModelWeightsOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Run BUNDLE on each backend and compare its outputs with PyTorch's.
@@ -61,11 +72,12 @@ def register(app: typer.Typer) -> None:
         """
         from edgecv.bundle import Bundle
         from edgecv.cli._output import print_json, table
-        from edgecv.pipeline import open_runner
+        from edgecv.pipeline import runner_opener
         from edgecv.validate.core import ValidationFailed, validate_bundle
         from edgecv.validate.runs import installed_backends, parse_backend_specs
 
         b = Bundle.open(bundle)
+        open_runner = runner_opener(source, weights)
         specs = parse_backend_specs(backend or [], precision) if backend else \
             [(n, precision) for n in installed_backends(include_torch=False)]
         rep = validate_bundle(b, specs, device=device, reference=reference, batch=batch,  # type: ignore[arg-type]

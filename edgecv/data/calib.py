@@ -8,6 +8,7 @@ frames instead of 300 copies of one.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,8 +88,19 @@ def _video_frames(path: Path, stride: int, wanted: set[int] | None = None) -> It
         cap.release()
 
 
+SAMPLE_MARKER = "sample.json"
+
+
+def is_sample_dir(path: Path) -> bool:
+    """A folder 'edgecv calib sample' wrote (its ``sample.json`` says so): what --force may replace."""
+    try:
+        return json.loads((path / SAMPLE_MARKER).read_text()).get("generator") == "edgecv.data.calib"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def sample_diverse(source: str | Path, n: int = 300, out: str | Path | None = None, *, min_distance: float = 0.02,
-                   max_candidates: int = 5000, ext: str = ".png") -> dict[str, Any]:
+                   max_candidates: int = 5000, ext: str = ".png", force: bool = False) -> dict[str, Any]:
     """Select up to ``n`` diverse frames from a video file or an image folder and write them to ``out``.
 
     Args:
@@ -110,6 +122,11 @@ def sample_diverse(source: str | Path, n: int = 300, out: str | Path | None = No
         raise ConfigError(f"--format: expected .png or .jpg, found {ext!r}")
     if not src.exists():
         raise SourceError(f"{src}: no such video or image folder")
+    if out is not None:
+        _io.check_output_dir(Path(out), force, is_sample_dir, "calibration sample",
+                             "a sample 'edgecv calib sample' wrote")
+        if Path(out).resolve() == src.resolve() or src.resolve() in Path(out).resolve().parents:
+            raise ConfigError(f"--output: expected a folder outside the source '{src}', found '{out}'")
     feats: list[np.ndarray] = []
     keys: list[Any] = []
     stride = 1
@@ -156,6 +173,8 @@ def sample_diverse(source: str | Path, n: int = 300, out: str | Path | None = No
                         raise SourceError(f"could not write {tmp / name}")
                     got[want[i]] = name
                 names = [got[r] for r in sorted(got)]
+            (tmp / SAMPLE_MARKER).write_text(json.dumps({"generator": "edgecv.data.calib", "source": str(src),
+                                                         "selected": names}, indent=1) + "\n")
     else:
         names = [str(keys[k]) for k in picked]
     return {"source": str(src), "kind": "folder" if src.is_dir() else "video", "candidates": len(feats),

@@ -286,7 +286,7 @@ def class_names(task: str) -> list[str]:
 
 
 def generate(task: str, out: str | Path, n_train: int = 2000, n_val: int = 400, size: int = 96, seed: int = 0,
-             force: bool = True) -> dict[str, Any]:
+             force: bool = False) -> dict[str, Any]:
     """Write a synthetic data set for ``task`` into ``out`` (atomically: a half-written folder never appears).
 
     Args:
@@ -308,8 +308,7 @@ def generate(task: str, out: str | Path, n_train: int = 2000, n_val: int = 400, 
     if n_train < 0 or n_val < 0:
         raise ConfigError(f"--n-train/--n-val: expected counts >= 0, found {n_train}/{n_val}")
     out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"output folder {out} exists; pass --force to replace it")
+    _io.check_output_dir(out, force, is_synth_dir, "synthetic data set", "a data set 'edgecv data synth' wrote")
     meta = {"generator": "edgecv.data.synth", "version": GENERATOR_VERSION, "task": task, "seed": seed,
             "size": size, "splits": {"train": n_train, "val": n_val}, "classes": class_names(task)}
     with _io.atomic_path(out) as tmp:
@@ -323,6 +322,14 @@ def generate(task: str, out: str | Path, n_train: int = 2000, n_val: int = 400, 
             (tmp / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def is_synth_dir(path: Path) -> bool:
+    """A folder 'edgecv data synth' wrote (its ``synth.json`` names the generator): what --force may replace."""
+    try:
+        return json.loads((path / "synth.json").read_text()).get("generator") == "edgecv.data.synth"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def generate_images(task: str, out: str | Path, n: int, size: int = 96, seed: int = 0,

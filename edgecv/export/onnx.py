@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecv import __version__
+from edgecv._io import check_output_dir
 from edgecv._lazy import lazy_import, version_of
-from edgecv.bundle import (CONTRACT_KEY, MANIFEST, ONNX_FILE, REFERENCE_FILE, Bundle, Contract, Manifest,
-                           host_info, now_iso, save_reference)
+from edgecv.bundle import (CONTRACT_KEY, ONNX_FILE, REFERENCE_FILE, Bundle, Contract, Manifest,
+                           host_info, is_bundle_dir, now_iso, save_reference)
 from edgecv.errors import BundleError, ConfigError, EdgecvError, ExportError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -252,13 +253,9 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
 
 # --------------------------------------------------------------------------------------------- helpers
 def _check_destination(out: Path, force: bool) -> None:
-    # checked before the (slow) export; Bundle.create checks again at the end
-    if out.exists() and not out.is_dir():
-        raise BundleError(f"expected a folder for the bundle, found a file at '{out}'")
-    if out.is_dir() and not force and any(out.iterdir()):
-        if (out / MANIFEST).exists():
-            raise BundleError(f"'{out}' already holds a bundle; pass --force to replace it")
-        raise BundleError(f"expected an empty or new folder for the bundle, found files in '{out}'")
+    # checked before the (slow) export; Bundle.create checks again at the end. --force replaces only a bundle (or
+    # an empty folder), never a folder of other files
+    check_output_dir(out, force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)", error=BundleError)
 
 
 @contextlib.contextmanager

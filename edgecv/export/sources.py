@@ -144,29 +144,79 @@ def _dispatch(spec: str, *, weights: str | Path | None, shape: tuple[int, ...] |
     return loaded
 
 
-def load_model_from_manifest(manifest: Manifest) -> nn.Module:
-    """Rebuild the eager module a bundle was exported from, from ``manifest.provenance["source"]``.
+#: source kinds the live reference may be rebuilt from with nothing but the manifest: registered names only
+REGISTERED_KINDS = ("zoo", "torchvision", "timm")
+_REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
-    Checks that the recorded source and weight files still exist and, where their hashes were recorded, that
-    they are unchanged — a live PyTorch reference built from another file would compare against the wrong model.
+
+def load_model_from_manifest(manifest: Manifest, source: str | None = None,
+                             weights: str | Path | None = None) -> nn.Module:
+    """Rebuild the eager module a bundle was exported from.
+
+    A bundle is data (DESIGN rule 15): nothing it names is imported or loaded from outside it. The module is
+    rebuilt from ``manifest.provenance["source"]`` only when that is a registered name (a zoo model,
+    ``torchvision:<name>``, ``timm:<name>``) with no weights file; any other source (a ``file.py:factory``, a
+    checkpoint, TorchScript, ``.pt2``, or weights from a file) is rebuilt only from what the caller names in this
+    invocation (``source`` / ``weights``, i.e. ``--source`` / ``--weights`` on the command line).
 
     Raises:
-        ModelSourceError: no source recorded, a recorded file moved/changed, or the model fails to build.
+        ModelSourceError: nothing safe to rebuild from, a malformed record, or the model fails to build.
     """
     src = manifest.provenance.get("source")
-    if not isinstance(src, dict) or not src.get("spec"):
-        raise ModelSourceError(f"bundle '{manifest.name}' records no model source (manifest provenance.source); "
-                               "re-export it with 'edgecv export' to use the torch backend")
-    kind = src.get("kind", "")
-    spec = str(src["spec"])
-    if kind == "file":
-        path_str, _, _ = spec.rpartition(":")
-        _check_recorded_file(path_str, src.get("source_sha256"), "model source file")
-    elif kind in ("torchscript", "torch_export", "checkpoint"):
-        _check_recorded_file(spec, src.get("source_sha256"), "model file")
-    if src.get("weights"):
-        _check_recorded_file(str(src["weights"]), src.get("weights_sha256"), "weights file")
-    loaded = load_model(spec, weights=src.get("weights"), model_kwargs=src.get("kwargs") or None)
+    if not isinstance(src, dict) or not isinstance(src.get("spec"), str) or not src.get("spec"):
+        if source is None:
+            raise ModelSourceError(f"bundle '{manifest.name}' records no model source (manifest provenance.source); "
+                                   "pass --source to name the model, or re-export it with 'edgecv export'")
+        src = {}
+    kind = str(src.get("kind", ""))
+    spec = str(src.get("spec", ""))
+    kwargs = src.get("kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and _plain_value(v) for k, v in kwargs.items()):
+        raise ModelSourceError(f"bundle '{manifest.name}': provenance.source.kwargs: expected an object of plain "
+                               "values (numbers up to 1e6, short strings, booleans, lists of them)")
+    if source is not None:
+        # the user named the model in this invocation: theirs to trust, as any Python import is; but it must be the
+        # file the bundle was exported from, or the live reference is another model
+        recorded = src.get("source_sha256")
+        user_file = source.rpartition(":")[0] if _is_file_factory(source) else source
+        if recorded and Path(user_file).expanduser().is_file() and sha256_file(Path(user_file).expanduser()) != recorded:
+            raise ModelSourceError(f"--source: '{user_file}' differs from the model file the bundle was exported from "
+                                   f"(sha256 {sha256_file(Path(user_file).expanduser())[:12]}…, recorded "
+                                   f"{str(recorded)[:12]}…); the live PyTorch model would not be the exported one")
+        user_weights = str(weights) if weights is not None else None
+        loaded = load_model(source, weights=user_weights, model_kwargs=kwargs or None)
+    else:
+        if kind not in REGISTERED_KINDS:
+            shown = spec if len(spec) <= 80 else spec[:77] + "..."
+            raise ModelSourceError(
+                f"bundle '{manifest.name}' was exported from a {kind or 'unnamed'} source ({shown}); a bundle is data, "
+                "so edgecv does not run or load files it names: pass --source with the model file you trust to "
+                "rebuild the live PyTorch reference (reference.npz is used otherwise)")
+        name = spec[len(TORCHVISION_PREFIX):] if kind == "torchvision" and spec.startswith(TORCHVISION_PREFIX) else \
+            spec.split(":", 1)[1] if kind == "timm" and spec.startswith("timm:") else spec
+        if not _REGISTERED_NAME.match(name) or (kind == "zoo" and spec != name):
+            raise ModelSourceError(f"bundle '{manifest.name}': provenance.source.spec: expected a registered "
+                                   f"{kind} model name, found {spec[:80]!r}")
+        recorded_w = src.get("weights")
+        if recorded_w and weights is None:
+            raise ModelSourceError(
+                f"bundle '{manifest.name}' was exported with weights from a file ({str(recorded_w)[:80]}); edgecv "
+                "does not load files a bundle names: pass --weights with that file to rebuild the live reference")
+        if weights is not None:
+            _check_recorded_file(str(weights), src.get("weights_sha256") if recorded_w else None, "weights file")
+        torch = lazy_import("torch")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            if kind == "torchvision":
+                loaded = _load_torchvision(name, dict(kwargs))
+            elif kind == "timm":
+                loaded = load_model(f"timm:{name}", model_kwargs=kwargs or None)
+            else:
+                loaded = _load_zoo(name, dict(kwargs))
+        if weights is not None:
+            wpath = _existing_file(weights, "weights file")
+            _load_weights_into(loaded.module, wpath, what=loaded.name)
+        loaded.module.eval()
     decode = manifest.contract.decode or {}
     if manifest.contract.task == "detect" and decode.get("nms") in ("graph", "host"):
         # the bundle holds the detector with its post-processing wrapper: rebuild the same wrapper
@@ -177,7 +227,10 @@ def load_model_from_manifest(manifest: Manifest) -> nn.Module:
                                           iou_threshold=float(decode.get("iou_threshold", 0.5)),
                                           max_det=int(decode.get("max_det", 100)),
                                           class_names=list(manifest.contract.class_names) or None)
-    passes = (manifest.provenance.get("rewrite") or {}).get("passes") or []
+    rewrite = manifest.provenance.get("rewrite") or {}
+    passes = rewrite.get("passes") or [] if isinstance(rewrite, dict) else []
+    if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
+        raise ModelSourceError(f"bundle '{manifest.name}': provenance.rewrite.passes: expected a list of pass names")
     if passes:
         # the bundle holds the rewritten model: re-apply the same passes (seeded, so lossy ones that draw new
         # weights draw the same ones) so the eager reference is the model that was exported
@@ -191,6 +244,19 @@ def load_model_from_manifest(manifest: Manifest) -> nn.Module:
             module, _ = apply_passes(loaded.module, list(passes), sample)
         return module.eval()
     return loaded.module
+
+
+def _plain_value(v: Any, depth: int = 0) -> bool:
+    """A model kwarg a manifest may carry: JSON scalars of sane size (a bundle must not ask for a 1e12-wide layer)."""
+    if v is None or isinstance(v, bool):
+        return True
+    if isinstance(v, (int, float)):
+        return abs(v) <= 1e6
+    if isinstance(v, str):
+        return len(v) <= 256
+    if isinstance(v, list) and depth < 2:
+        return len(v) <= 64 and all(_plain_value(x, depth + 1) for x in v)
+    return False
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int, int]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgecv._io import check_output_dir, scratch_dir
 from edgecv._lazy import lazy_import, version_of
-from edgecv.bundle import ONNX_FILE, REFERENCE_FILE, Artifact, Bundle, Manifest, now_iso
-from edgecv.errors import BackendError, ConfigError, UnknownNameError
+from edgecv.bundle import ONNX_FILE, REFERENCE_FILE, Artifact, Bundle, Manifest, is_bundle_dir, now_iso
+from edgecv.errors import BackendError, BundleError, ConfigError, UnknownNameError
 from edgecv.quant.budget import BudgetResult, Trial, score, search_keep_float
 from edgecv.quant.calib import CalibrationSource, as_source, check_sample_count
 from edgecv.quant.layers import (
@@ -40,7 +40,7 @@ from edgecv.quant.layers import (
     with_compute_consumers,
 )
 from edgecv.quant.metrics import TASK_METRICS, ValSet, metric_for, open_val
-from edgecv.quant.ort import METHODS, check_method, prepare_fp32, quantize_qdq
+from edgecv.quant.ort import METHODS, check_method, prepare_fp32, quantize_qdq, reduced_weight_range
 
 if TYPE_CHECKING:
     from edgecv.backends.base import Runner
@@ -364,7 +364,7 @@ def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
         lazy_import("tensorrt")  # fail before spending minutes on calibration
     source, val_set = _prepare_inputs(b, calib, method, val, max_drop, limit, backend)
     with ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecv-int8-")))
+        work = Path(stack.enter_context(scratch_dir("int8")))
         q, res = _quantize_to(b, "onnxruntime" if backend == "tensorrt" else backend, source, method, val_set,
                               None if val is None or isinstance(val, ValSet) else str(val), max_drop, device,
                               float_head, work)
@@ -375,7 +375,7 @@ def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
         if backend == "tensorrt":
             from edgecv.quant.tensorrt import build_int8_engine
 
-            return build_int8_engine(b, b.path(art.path), res.float_head + res.kept_float, device=device,
+            return build_int8_engine(b, b.file(art.path), res.float_head + res.kept_float, device=device,
                                      extra=res.to_dict())
         return art
 
@@ -387,7 +387,8 @@ def _add_ort_artifact(b: Bundle, q: _Quantizer, res: Int8Result) -> Artifact:
     _embed_contract(q.last, b)
     art = Artifact(backend="onnxruntime", precision="int8", path=ORT_INT8_PATH, device="CPU",
                    build_flags={"format": "QDQ", "method": res.method, "per_channel": True,
-                                "symmetric_activations": True, "activation_type": "int8", "weight_type": "int8"},
+                                "symmetric_activations": True, "activation_type": "int8", "weight_type": "int8",
+                                "weight_bits": 7 if reduced_weight_range() else 8},
                    versions=_versions(), extra=res.to_dict())
     return b.add_artifact(art, {ORT_INT8_PATH: Path(q.last)})
 
@@ -396,7 +397,7 @@ def _add_ov_artifact(b: Bundle, q: _Quantizer, res: Int8Result, device: str | No
     from edgecv.quant import openvino as qov
 
     res.quantized_layers = len(qov.quantized_ops(q.last))
-    folder = b.path(OV_INT8_PATH).parent
+    folder = b.write_path(OV_INT8_PATH).parent
     files = qov.save_ir(q.last, folder)
     tmp_dir = files["model.xml"].parent
     try:
@@ -431,8 +432,10 @@ def quantize_bundle(bundle: Bundle | str | Path, calib: CalibrationSource | str 
     Args are those of :func:`compile_int8`; ``force`` replaces an existing bundle at ``out``.
     """
     b = _open(bundle)
+    check_output_dir(Path(out), force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)",
+                     error=BundleError)
     source, val_set = _prepare_inputs(b, calib, method, val, max_drop, limit, "onnxruntime")
-    with tempfile.TemporaryDirectory(prefix="edgecv-quant-") as tmp:
+    with scratch_dir("quant") as tmp:
         work = Path(tmp)
         q, res = _quantize_to(b, "onnxruntime", source, method, val_set,
                               None if val is None or isinstance(val, ValSet) else str(val), max_drop, None,

@@ -239,12 +239,12 @@ def layer_divergence(bundle: Bundle, precision: str = "int8", backend: str = "on
     art = bundle.artifact("onnxruntime", "int8")
     quant_info = bundle.manifest.provenance.get("quantized")
     if art is not None:
-        qdq_path = bundle.path(art.path)
+        qdq_path = bundle.file(art.path)
         fp32_rel = art.extra.get("fp32_onnx")
-        fp32_path = bundle.path(fp32_rel) if fp32_rel else bundle.onnx_path
-    elif quant_info:
+        fp32_path = bundle.file(str(fp32_rel)) if fp32_rel else bundle.onnx_path
+    elif isinstance(quant_info, dict) and quant_info.get("fp32_onnx"):
         qdq_path = bundle.onnx_path
-        fp32_path = bundle.path(quant_info["fp32_onnx"])
+        fp32_path = bundle.file(str(quant_info["fp32_onnx"]))
     else:
         raise BundleError(f"bundle '{bundle.root}' has no INT8 ONNX model; run 'edgecv compile -b onnxruntime "
                           "-p int8 --calib PATH' or 'edgecv quantize' first")

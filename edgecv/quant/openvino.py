@@ -14,12 +14,14 @@ per-channel weights (NNCF's default granularity for Conv/MatMul weights).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgecv._io import describe_write_error
 from edgecv._lazy import lazy_import
 from edgecv.errors import BackendError
 
@@ -140,10 +142,11 @@ def save_ir(ov_model: Any, folder: Path, stem: str = "model") -> dict[str, Path]
     """Write ``<stem>.xml``/``.bin`` into a fresh temporary folder beside ``folder``; returns name → temp file."""
     ov = lazy_import("openvino")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ov-int8-", dir=folder))
+    tmp = Path(tempfile.mkdtemp(prefix=f".build-{os.getpid()}-ov-", dir=folder))
     try:
         ov.save_model(ov_model, str(tmp / f"{stem}.xml"), compress_to_fp16=False)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise BackendError(f"could not save OpenVINO IR: {exc}") from exc
+        raise BackendError(f"could not write the OpenVINO IR into {folder}: {describe_write_error(exc, folder)}") \
+            from exc
     return {f"{stem}.xml": tmp / f"{stem}.xml", f"{stem}.bin": tmp / f"{stem}.bin"}

@@ -53,6 +53,6 @@ def build_int8_engine(bundle: Bundle, qdq_path: Path, keep_float: list[str], dev
         art.extra.update({k: v for k, v in extra.items() if k not in art.extra})
         art.extra["qdq_onnx"] = str(Path(qdq_path).relative_to(bundle.root)) \
             if Path(qdq_path).is_relative_to(bundle.root) else str(qdq_path)
-        bundle.manifest.artifacts[art.key] = art
-        bundle.save()
+        with bundle.update() as manifest:
+            manifest.artifacts[art.key] = art
     return art

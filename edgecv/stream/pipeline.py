@@ -184,7 +184,8 @@ class StreamPipeline:
             if self.error is None:
                 self.error = exc
                 self.stopped_by = f"error in {stage}"
-                log.error("%s failed: %s", stage, exc)
+                # run() raises it (the CLI prints one line); the log is for library users who watch it live
+                log.debug("%s failed: %s", stage, exc)
         self._stop.set()
         for b in (self.capture_buf, self.pre_q, self.inf_q):
             b.abort()
@@ -391,9 +392,10 @@ class StreamPipeline:
                 try:
                     s.close()
                 except Exception as exc:  # noqa: BLE001 - finalize the others, report this one
-                    log.error("closing %s failed: %s", type(s).__name__, exc)
                     if self.error is None:
-                        self.error = exc
+                        self.error = exc  # raised below: one line, not two
+                    elif exc is not self.error:
+                        log.error("closing %s failed: %s", type(s).__name__, exc)
             self.source.close()
             for old_sig, h in old_handlers.items():
                 signal.signal(old_sig, h)

@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from edgecv import netguard
+from edgecv._io import describe_write_error
 from edgecv._lazy import lazy_import
-from edgecv.errors import ConfigError, SourceError
+from edgecv.errors import ConfigError, SinkError
 from edgecv.stream.buffer import FrameBuffer
 
 log = logging.getLogger("edgecv.stream")
@@ -40,6 +42,36 @@ class Sink:
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+
+def check_outputs(source: Any, outputs: dict[str, Path | None], force: bool = False) -> None:
+    """Outputs never destroy inputs: refuse an output that is the source (symlinks and hard links resolved) or
+    lies inside a source folder, two outputs on one path, a folder where a file goes, and an existing file
+    unless ``force`` (``--force``) says to replace it. Checked before anything is opened or written."""
+    src_path: Path | None = None
+    if getattr(source, "kind", None) in ("file", "folder"):
+        src_path = Path(str(source.target)).resolve()
+    seen: dict[Path, str] = {}
+    for flag, out in outputs.items():
+        if out is None:
+            continue
+        real = Path(out).resolve()
+        if src_path is not None:
+            same = real == src_path or (real.exists() and src_path.exists() and os.path.samefile(real, src_path))
+            if same:
+                raise ConfigError(f"{flag}: expected an output path other than the source '{source.target}', found "
+                                  f"the source itself ('{out}')")
+            if src_path.is_dir() and real.is_relative_to(src_path):
+                raise ConfigError(f"{flag}: expected an output outside the source folder '{source.target}', found "
+                                  f"'{out}' inside it")
+        if real in seen:
+            raise ConfigError(f"{flag}: expected its own file, found the same path as {seen[real]} ('{out}')")
+        seen[real] = flag
+        if real.is_dir():
+            raise ConfigError(f"{flag}: expected a file name, found a folder at '{out}'")
+        if real.exists() and not force:
+            raise ConfigError(f"{flag}: '{out}' exists; pass --force to replace it (edgecv does not overwrite "
+                              "results unasked)")
 
 
 # ------------------------------------------------------------------------------------------------ video
@@ -84,7 +116,7 @@ class VideoSink(Sink):
         self._lock = threading.Lock()
         self._queue: FrameBuffer[np.ndarray] = FrameBuffer(2, "wait", "video")
         self._thread: threading.Thread | None = None
-        self._error: SourceError | None = None
+        self._error: SinkError | None = None
 
     def on_source_open(self, source: Any, cfg: Any) -> None:
         """Take the frame rate from the source (divided by the stride, capped by max-fps) unless it was given."""
@@ -113,7 +145,7 @@ class VideoSink(Sink):
             fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             self._cv_writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (w, h))
             if not self._cv_writer.isOpened():
-                raise SourceError(f"OpenCV VideoWriter could not open '{self.tmp}' ({w}x{h} @ {self.fps} fps)")
+                raise SinkError(f"--save: OpenCV VideoWriter could not open '{self.tmp}' ({w}x{h} @ {self.fps} fps)")
         self._thread = threading.Thread(target=self._drain, name="edgecv-video-writer", daemon=True)
         self._thread.start()
 
@@ -153,7 +185,8 @@ class VideoSink(Sink):
                 if self._proc is not None and self._proc.stderr is not None:
                     with contextlib.suppress(OSError, ValueError):
                         err = self._proc.stderr.read().decode(errors="replace")
-                self._error = SourceError(f"ffmpeg stopped while writing '{self.path}': {err.strip()[-300:]}")
+                self._error = SinkError(f"--save: could not write '{self.path}': ffmpeg stopped "
+                                        f"({_ffmpeg_why(err) or describe_write_error(exc, self.path.parent)})")
                 self._error.__cause__ = exc
                 self._queue.abort()
                 return
@@ -178,16 +211,45 @@ class VideoSink(Sink):
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     rc = -9
-                if rc != 0:
+                if rc != 0 and self._error is None:
                     err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                    log.error("ffmpeg exited %s while finalizing %s: %s", rc, self.path, err.strip()[-300:])
-                    ok = False
+                    why = _ffmpeg_why(err) or f"exit code {rc}"
+                    self._error = SinkError(f"--save: could not write '{self.path}': ffmpeg failed ({why})")
+                ok = ok and rc == 0
             elif self._cv_writer is not None:
                 self._cv_writer.release()
+                # OpenCV's writer fails silently (a full disk gives a truncated, unplayable file): read it back
+                if ok and self.frames and self._error is None:
+                    problem = self._unplayable()
+                    if problem:
+                        self._error = SinkError(f"--save: could not write '{self.path}': {problem}")
+                        ok = False
             if self.frames and ok and self.tmp.exists():
                 os.replace(self.tmp, self.path)
             elif self.tmp.exists():
                 self.tmp.unlink()
+            if self._error is not None:
+                raise self._error
+
+    def _unplayable(self) -> str | None:
+        """Why the finished temporary file is not a playable video with our frames, or None when it is."""
+        cv2 = lazy_import("cv2", "stream")
+        try:
+            size = self.tmp.stat().st_size
+        except OSError as exc:
+            return describe_write_error(exc, self.path.parent)
+        cap = cv2.VideoCapture(str(self.tmp))
+        try:
+            ok = cap.isOpened() and cap.read()[0]
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
+        finally:
+            cap.release()
+        bad = "the file is not playable" if not ok or size == 0 else \
+            f"the file holds {n} of {self.frames} frames" if 0 < n < self.frames else None
+        if bad is None:
+            return None
+        why = describe_write_error(OSError(bad), self.path.parent)
+        return why if why.startswith("no space") else bad
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": str(self.path), "writer": self.writer, "frames": self.frames, "fps": self.fps,
@@ -195,6 +257,14 @@ class VideoSink(Sink):
         if self.writer == "ffmpeg":
             d["preset"] = self.preset
         return d
+
+
+def _ffmpeg_why(stderr: str) -> str:
+    """ffmpeg's reason in a few words: a full disk named as such, else its last line."""
+    if "No space left" in stderr or "Disk quota" in stderr:
+        return "no space left on the device"
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    return lines[-1][-200:] if lines else ""
 
 
 # ------------------------------------------------------------------------------------------------ jsonl
@@ -209,26 +279,48 @@ class JsonlSink(Sink):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._f: Any = None  # opened once the source is open: a source that fails leaves an old file untouched
         self.lines = 0
         self._lock = threading.Lock()
+        self._failed = False
+
+    def on_source_open(self, source: Any, cfg: Any) -> None:
+        with self._lock:
+            if self._f is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
         line = json.dumps(event, separators=(",", ":"), default=_json_default)
         with self._lock:
-            if self._f.closed:
+            if self._f is None or self._f.closed:
                 return
-            self._f.write(line + "\n")
-            self._f.flush()
+            try:
+                self._f.write(line + "\n")
+                self._f.flush()
+            except OSError as exc:
+                self._fail(exc)
             self.lines += 1
+
+    def _fail(self, exc: OSError) -> None:
+        # a results file with lines missing must not look finished: remove it, and stop the run with one line
+        self._failed = True
+        with contextlib.suppress(OSError):
+            self._f.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        raise SinkError(f"--jsonl: could not write '{self.path}': {describe_write_error(exc, self.path.parent)}") \
+            from exc
 
     def close(self) -> None:
         with self._lock:
-            if not self._f.closed:
-                self._f.flush()
-                os.fsync(self._f.fileno())
-                self._f.close()
+            if self._f is not None and not self._f.closed:
+                try:
+                    self._f.flush()
+                    os.fsync(self._f.fileno())
+                    self._f.close()
+                except OSError as exc:
+                    self._fail(exc)
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "lines": self.lines}
@@ -254,37 +346,60 @@ class MjpegServer(Sink):
     """Serves the annotated frames as ``multipart/x-mixed-replace`` MJPEG on ``/stream.mjpg``, a snapshot on
     ``/snapshot.jpg`` and a small index page on ``/``. Frames are JPEG-encoded only while a client watches.
 
-    Binds to loopback by default; another host must be asked for explicitly (the stream is unauthenticated).
+    Binds to loopback by default. Any other address needs a token (``--token`` or ``EDGECV_TOKEN``), which every
+    request must carry (``Authorization: Bearer …`` or ``?token=…``), and at most ``max_clients`` watch at once
+    (:mod:`edgecv.netguard`).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80, token: str | None = None,
+                 max_clients: int = netguard.DEFAULT_MAX_CLIENTS) -> None:
+        netguard.check_bind(host, token)
         self.quality = int(quality)
+        self.token = token
+        self.limit = netguard.ClientLimit(max_clients)
+        self.refused_auth = 0
         self._cv = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
         self._closed = False
         self.clients = 0
         self.parts_sent = 0
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("MJPEG endpoint binds to %s: anyone who can reach it sees the stream", host)
         server_self = self
+        index = _INDEX.replace(b"/stream.mjpg", b"/stream.mjpg?token=" + token.encode()) if token else _INDEX
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 10  # a client that sends nothing does not hold a thread for long
+
             def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the status line reports clients
                 log.debug("mjpeg: " + fmt, *args)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
+                if not netguard.token_ok(server_self.token, netguard.request_token(self.headers, self.path)):
+                    server_self.refused_auth += 1
+                    self._send(401, "text/plain", b"expected a token (Authorization: Bearer ... or ?token=...)\n")
+                    return
+                if path == "/stream.mjpg":
+                    # a stream holds its connection for as long as the client watches: bounded
+                    if not server_self.limit.acquire():
+                        self._send(503, "text/plain", f"at most {server_self.limit.max_clients} viewers\n".encode())
+                        return
+                    try:
+                        server_self._stream(self)
+                    finally:
+                        server_self.limit.release()
+                    return
+                self._route(path)
+
+            def _route(self, path: str) -> None:
                 if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", _INDEX)
+                    self._send(200, "text/html; charset=utf-8", index)
                 elif path == "/snapshot.jpg":
                     jpeg = server_self._wait_jpeg(-1, 5.0)
                     if jpeg is None:
                         self._send(503, "text/plain", b"no frame yet\n")
                     else:
                         self._send(200, "image/jpeg", jpeg)
-                elif path == "/stream.mjpg":
-                    server_self._stream(self)
                 else:
                     self._send(404, "text/plain", b"not found\n")
 
@@ -373,7 +488,8 @@ class MjpegServer(Sink):
         self.httpd.server_close()
 
     def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "parts_sent": self.parts_sent}
+        return {"url": self.url, "parts_sent": self.parts_sent, "auth": bool(self.token),
+                "refused_unauthorized": self.refused_auth, "refused_full": self.limit.refused}
 
 
 # ------------------------------------------------------------------------------------------------ window

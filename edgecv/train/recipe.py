@@ -108,7 +108,7 @@ def resolve_data(data: DataConfig, out_dir: Path | None) -> tuple[Path, Path | N
     meta_file = root / "synth.json"
     have = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if {k: have.get(k) for k in want} != want:
-        generate(data.task, root, n_train=s.n_train, n_val=s.n_val, size=s.size, seed=s.seed)
+        generate(data.task, root, n_train=s.n_train, n_val=s.n_val, size=s.size, seed=s.seed, force=True)
     return root, root
 
 
