@@ -448,7 +448,13 @@ class Bundle:
         compile's artifact is kept), the caller changes it, and it is saved before the lock is released."""
         from filelock import FileLock, Timeout
 
-        lock = FileLock(str(self.root / LOCK_FILE), timeout=600, is_singleton=True)
+        lock_path = self.root / LOCK_FILE
+        if lock_path.is_symlink() or (lock_path.exists() and (not lock_path.is_file()
+                                                               or lock_path.stat().st_nlink > 1)):
+            # FileLock opens (and truncates) its file: never through a link to a file outside the bundle
+            raise BundleError(f"bundle '{self.root}': expected {LOCK_FILE} to be a plain file, found a link or a "
+                              "folder; remove it")
+        lock = FileLock(str(lock_path), timeout=600, is_singleton=True)
         try:
             with lock:
                 if lock.lock_counter == 1:  # outermost: take the manifest as it is on disk now
