@@ -143,6 +143,9 @@ class BuildConfig:
     keep_float: list[str] = field(default_factory=list)
     onnx_path: Path | None = None  # override the bundle's model.onnx (e.g. a QDQ model)
     strongly_typed: bool = False  # TensorRT: take precisions from the (QDQ) graph, not from builder flags
+    target: str | None = None  # TensorRT: orin-nano, orin-nx, agx-orin, thor or x86 (edgecv.backends.tensorrt_plan)
+    hardware_compat: str | None = None  # TensorRT: "ampere+" for an engine that runs on any Ampere+ discrete GPU
+    version_compatible: bool = False  # TensorRT: a plan newer TensorRT versions can load
 
 
 class Builder(abc.ABC):
