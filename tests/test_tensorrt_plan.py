@@ -1,0 +1,224 @@
+"""TensorRT build plans without TensorRT: features by hasattr, precision switches per version, DLA rules,
+portability options, and the emitted script per target (run against a fake trtexec for each version)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from edgecv.backends.base import BuildConfig
+from edgecv.backends.tensorrt_plan import LEGACY, TARGETS, TYPED, TYPED_ONLY, TrtFeatures, make_plan, trtexec_args
+from edgecv.bundle import Bundle, Contract
+from edgecv.errors import ConfigError
+
+CONTRACT = Contract(task="classify", input_shape=[1, 3, 32, 32], class_names=["a", "b"], output_names=["output"],
+                    batch_range=[1, 2, 8])
+
+
+def _fake_trt(*, flags: tuple[str, ...], creation: tuple[str, ...], dla: bool = True,
+              hw: bool = True) -> SimpleNamespace:
+    return SimpleNamespace(BuilderFlag=SimpleNamespace(**{f: object() for f in flags}),
+                           NetworkDefinitionCreationFlag=SimpleNamespace(**{f: object() for f in creation}),
+                           DeviceType=SimpleNamespace(GPU=0, **({"DLA": 1} if dla else {})),
+                           HardwareCompatibilityLevel=SimpleNamespace(NONE=0, **({"AMPERE_PLUS": 1} if hw else {})))
+
+
+TRT86 = _fake_trt(flags=("FP16", "INT8", "GPU_FALLBACK", "VERSION_COMPATIBLE"), creation=("EXPLICIT_BATCH",))
+TRT10 = _fake_trt(flags=("FP16", "INT8", "BF16", "GPU_FALLBACK", "VERSION_COMPATIBLE"),
+                  creation=("EXPLICIT_BATCH", "STRONGLY_TYPED"))
+TRT11 = _fake_trt(flags=("GPU_FALLBACK", "VERSION_COMPATIBLE"), creation=("STRONGLY_TYPED",), dla=False)
+
+
+def test_features_detected_by_attribute_not_version() -> None:
+    f86, f10, f11 = (TrtFeatures.from_module(m, dla_cores=2) for m in (TRT86, TRT10, TRT11))
+    assert (f86.strongly_typed, f86.precision_flags, f86.bf16_flag, f86.dla) == (False, True, False, True)
+    assert (f10.strongly_typed, f10.precision_flags, f10.bf16_flag, f10.dla) == (True, True, True, True)
+    assert (f11.strongly_typed, f11.precision_flags, f11.bf16_flag, f11.dla) == (True, False, False, False)
+    assert TrtFeatures.from_module(TRT10, dla_cores=0).dla is False  # x86: DeviceType.DLA exists, no cores
+    assert TrtFeatures.from_module(SimpleNamespace(__version__="99.0")).strongly_typed is False  # no guessing
+    # the presets the script uses agree with detection (labels aside)
+    for preset, mod in ((LEGACY, TRT86), (TYPED, TRT10)):
+        got = TrtFeatures.from_module(mod, dla_cores=2)
+        assert (got.strongly_typed, got.precision_flags, got.bf16_flag) == \
+            (preset.strongly_typed, preset.precision_flags, preset.bf16_flag)
+
+
+@pytest.mark.parametrize("features,precision,kind,typed,flags", [
+    (LEGACY, "fp16", "float", False, ["fp16"]),
+    (TYPED, "fp16", "float", False, ["fp16"]),
+    (TYPED_ONLY, "fp16", "fp16", True, []),
+    (LEGACY, "int8", "qdq", False, ["int8"]),
+    (TYPED, "int8", "qdq", True, []),
+    (TYPED_ONLY, "int8", "qdq", True, []),
+    (TYPED, "bf16", "float", False, ["bf16"]),
+    (LEGACY, "fp32", "float", False, []),
+    (TYPED_ONLY, "fp32", "float", True, []),
+])
+def test_precision_switches_per_version(features: TrtFeatures, precision: str, kind: str, typed: bool,
+                                        flags: list[str]) -> None:
+    plan = make_plan(CONTRACT, precision, features)
+    assert (plan.onnx_kind, plan.strongly_typed, plan.flags) == (kind, typed, flags)
+    args = trtexec_args(plan, "m.onnx", "e.engine", "t.cache")
+    assert ("--stronglyTyped" in args) == typed
+    assert [a[2:] for a in args if a in ("--fp16", "--int8", "--bf16")] == flags
+
+
+def test_bf16_refused_where_absent() -> None:
+    with pytest.raises(ConfigError, match="BuilderFlag.BF16"):
+        make_plan(CONTRACT, "bf16", LEGACY)
+    with pytest.raises(ConfigError, match="strongly typed only"):
+        make_plan(CONTRACT, "bf16", TYPED_ONLY)
+
+
+def test_keep_float_goes_where_each_version_honours_it() -> None:
+    weak = make_plan(CONTRACT, "fp16", TYPED, keep_float=["/0/Conv"])
+    assert weak.keep_float == ["/0/Conv"] and weak.fp16_keep == []
+    assert "--precisionConstraints=obey" in trtexec_args(weak, "m", "e", "t")
+    typed = make_plan(CONTRACT, "fp16", TYPED_ONLY, keep_float=["/0/Conv"])
+    assert typed.keep_float == [] and typed.fp16_keep == ["/0/Conv"]  # node block list of the fp16 conversion
+    assert "--precisionConstraints=obey" not in trtexec_args(typed, "m", "e", "t")
+    assert make_plan(CONTRACT, "int8", TYPED, keep_float=["/0/Conv"]).keep_float == []  # the QDQ graph says it
+
+
+# ---------------------------------------------------------------------- DLA rules
+def test_dla_forces_static_shapes_and_gpu_fallback() -> None:
+    plan = make_plan(CONTRACT, "fp16", TYPED, target=TARGETS["agx-orin"], dla_core=1)
+    assert plan.shapes["input"] == ((2, 3, 32, 32), (2, 3, 32, 32), (2, 3, 32, 32))  # min = opt = max
+    assert plan.notes and "static" in plan.notes[0]
+    assert plan.gpu_fallback and plan.dla_core == 1
+    args = trtexec_args(plan, "m", "e", "t")
+    assert "--useDLACore=1" in args and "--allowGPUFallback" in args
+    assert "--minShapes=input:2x3x32x32" in args and "--maxShapes=input:2x3x32x32" in args
+
+
+def test_dla_int8_on_tensorrt10_is_weakly_typed_with_fp16() -> None:
+    plan = make_plan(CONTRACT, "int8", TYPED, target=TARGETS["orin-nx"], dla_core=0)
+    assert (plan.onnx_kind, plan.strongly_typed, plan.flags) == ("qdq", False, ["int8", "fp16"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"precision": "fp32", "target": "agx-orin", "dla_core": 0}, "expected --precision fp16 or int8"),
+    ({"precision": "bf16", "target": "agx-orin", "dla_core": 0}, "expected --precision fp16 or int8"),
+    ({"precision": "fp16", "target": "orin-nano", "dla_core": 0}, "which has none"),
+    ({"precision": "fp16", "target": "thor", "dla_core": 0}, "which has none"),
+    ({"precision": "fp16", "target": "x86", "dla_core": 0}, "which has none"),
+    ({"precision": "fp16", "target": "agx-orin", "dla_core": 2}, "expected a core below 2"),
+    ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "features": TYPED_ONLY}, "no DLA support"),
+    ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "hardware_compat": "ampere+"}, "expected a GPU"),
+    ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "version_compatible": True}, "expected a GPU"),
+])
+def test_dla_refusals(kwargs: dict, match: str) -> None:
+    feats = kwargs.pop("features", TYPED)
+    target = TARGETS[kwargs.pop("target")]
+    with pytest.raises(ConfigError, match=match):
+        make_plan(CONTRACT, kwargs.pop("precision"), feats, target=target, **kwargs)
+
+
+def test_portability_options_map_or_refuse() -> None:
+    plan = make_plan(CONTRACT, "fp16", TYPED, hardware_compat="ampere+", version_compatible=True)
+    args = trtexec_args(plan, "m", "e", "t")
+    assert "--hardwareCompatibilityLevel=ampere+" in args and "--versionCompatible" in args
+    with pytest.raises(ConfigError, match="discrete GPU target.*found agx-orin"):
+        make_plan(CONTRACT, "fp16", TYPED, target=TARGETS["agx-orin"], hardware_compat="ampere+")
+    with pytest.raises(ConfigError, match="expected ampere\\+"):
+        make_plan(CONTRACT, "fp16", TYPED, hardware_compat="hopper+")
+    old = TrtFeatures(False, True, False, False, hardware_compat=False, version_compat=False, label="TensorRT 8.5")
+    with pytest.raises(ConfigError, match="8.6 or newer"):
+        make_plan(CONTRACT, "fp16", old, version_compatible=True)
+
+
+def test_target_workspace_defaults() -> None:
+    assert make_plan(CONTRACT, "fp16", TYPED, target=TARGETS["orin-nano"]).workspace_mb == 1024
+    assert make_plan(CONTRACT, "fp16", TYPED, target=TARGETS["thor"]).workspace_mb == 1024
+    assert make_plan(CONTRACT, "fp16", TYPED, target=TARGETS["x86"]).workspace_mb == 4096
+    assert make_plan(CONTRACT, "fp16", TYPED, target=TARGETS["x86"], workspace_mb=256).workspace_mb == 256
+
+
+# ---------------------------------------------------------------------- the script, per target and TensorRT
+_HELP = {  # the options each trtexec lists in --help that the script probes
+    "trt86": "  --fp16  --int8  --useDLACore=N  --allowGPUFallback",
+    "trt10": "  --fp16  --int8  --bf16  --stronglyTyped  --useDLACore=N  --allowGPUFallback",
+    "trt11": "  --stronglyTyped  --useDLACore=N",
+}
+
+
+def _fake_trtexec(tmp: Path, kind: str) -> tuple[Path, Path]:
+    log = tmp / f"{kind}.args"
+    exe = tmp / f"trtexec-{kind}"
+    exe.write_text("#!/bin/sh\n"
+                   f"if [ \"$1\" = --help ]; then echo '{_HELP[kind]}'; exit 0; fi\n"
+                   f"printf '%s\\n' \"$@\" > '{log}'\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return exe, log
+
+
+def _run_script(script: Path, exe: Path, log: Path) -> tuple[int, list[str], str]:
+    env = dict(os.environ, TRTEXEC=str(exe))
+    proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    args = log.read_text().splitlines() if log.is_file() else []
+    if log.is_file():
+        log.unlink()
+    return proc.returncode, args, proc.stderr
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_script_per_target_runs_the_variant_for_each_trtexec(bundle_dir: Path, tmp_path: Path, target: str) -> None:
+    from edgecv.backends.tensorrt import plan_for, write_trtexec_script
+
+    b = Bundle.open(bundle_dir)
+    device = "dla:0" if TARGETS[target].dla_cores else "cuda:0"
+    cfg = BuildConfig(precision="fp16", device=device, target=target, workspace_mb=TARGETS[target].workspace_mb)
+    script = write_trtexec_script(b, cfg)
+    for kind, feats in (("trt86", LEGACY), ("trt10", TYPED), ("trt11", TYPED_ONLY)):
+        exe, log = _fake_trtexec(tmp_path, kind)
+        rc, args, err = _run_script(script, exe, log)
+        try:
+            plan = plan_for(b, cfg, feats)
+        except ConfigError as exc:  # the builder refuses there: the script refuses with the same line
+            assert rc == 2 and args == [] and str(exc) in err
+            continue
+        assert rc == 0, err
+        # the script ran exactly what the builder's plan says, for every option
+        onnx = "tensorrt/fp16/model.fp16.onnx" if plan.onnx_kind == "fp16" else "model.onnx"
+        want = trtexec_args(plan, onnx, "tensorrt/fp16/model.engine", "tensorrt/timing.cache",
+                            layer_info="tensorrt/fp16/layers.json")[1:]
+        assert args == want
+        assert f"--memPoolSize=workspace:{TARGETS[target].workspace_mb}M" in args
+        assert ("--useDLACore=0" in args) == (device == "dla:0")
+        assert ("--stronglyTyped" in args) == (kind == "trt11")
+    history = [h for h in Bundle.open(bundle_dir).manifest.history if h.get("event") == "trtexec_script"]
+    assert history[-1]["target"] == target and len(history[-1]["commands"]) == 3
+
+
+def test_cli_compile_target_and_refusals(cli, bundle_dir: Path) -> None:
+    proc = cli("compile", str(bundle_dir), "-b", "tensorrt", "-p", "fp16", "--emit-trtexec", "--target",
+               "orin-nx", "--device", "dla:1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    text = (bundle_dir / "tensorrt/fp16/trtexec.sh").read_text()
+    assert "--useDLACore=1 --allowGPUFallback" in text and "workspace:1024M" in text
+    for argv, needle in ((["--target", "nano"], "expected one of orin-nano"),
+                         (["--device", "dla:0", "-p", "fp32"], "expected --precision fp16 or int8"),
+                         (["--target", "agx-orin", "--hardware-compat", "ampere+"], "discrete GPU target")):
+        args = ["compile", str(bundle_dir), "-b", "tensorrt", "--emit-trtexec", *argv]
+        if "-p" not in argv:
+            args += ["-p", "fp16"]
+        proc = cli(*args)
+        assert proc.returncode == 2, proc.stdout
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], lines
+    proc = cli("compile", str(bundle_dir), "-b", "openvino", "--target", "x86")
+    assert proc.returncode == 2 and "only for --backend tensorrt" in proc.stderr
+
+
+def test_plan_roundtrips_to_json() -> None:
+    plan = make_plan(CONTRACT, "int8", TYPED, target=TARGETS["agx-orin"], dla_core=0)
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert d["shapes"]["input"] == [[2, 3, 32, 32]] * 3 and d["flags"] == ["int8", "fp16"]
+    assert shlex.join(trtexec_args(plan, "q.onnx", "e", "t"))  # renders
