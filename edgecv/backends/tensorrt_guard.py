@@ -218,8 +218,6 @@ def _describe(d: dict[str, Any], dla_core: int | None = None) -> str:
         parts.append(f"({d['gpu']})")
     if dla_core is not None:
         parts.append(f"DLA core {dla_core}")
-    elif d.get("dla_cores") is not None and "dla_cores" in d and d.get("l4t"):
-        parts.append(f"{d['dla_cores']} DLA core(s)")
     return " ".join(parts)
 
 
@@ -253,7 +251,8 @@ def mismatch_message(sidecar: dict[str, Any], here: DeviceInfo, fields: list[str
              "l4t": "JetPack/L4T", "dla_core": "DLA core"}
     built = dict(sidecar.get("device") or {})
     here_d = here.to_dict()
-    return (f"engine built for {_describe(built, sidecar.get('dla_core'))}; this device is {_describe(here_d)} "
+    here_s = _describe(here_d) + (f" with {here.dla_cores} DLA core(s)" if "dla_core" in fields else "")
+    return (f"engine built for {_describe(built, sidecar.get('dla_core'))}; this device is {here_s} "
             f"(differs: {', '.join(names[f] for f in fields)}): rebuild with "
             f"'{rebuild_command(bundle_root, sidecar, here)}', or pass --rebuild")
 
