@@ -113,3 +113,20 @@ def test_jetson_state_locked_and_off_jetson(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     assert jetson_state(tmp_path / "no_release") is None  # not a Jetson: nothing, no warning
     assert clock_warning(None) is None
+
+
+def test_doctor_jetson_table_and_bench_host(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """doctor's rows and bench's host record come from the same state."""
+    from edgecv.bench.core import _host_info
+    from edgecv.cli.doctor import jetson_rows
+
+    _fake_tools(tmp_path / "bin", "jetson_clocks_orin_unlocked.txt")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setattr("edgecv.jetson.NV_TEGRA_RELEASE", FIX / "nv_tegra_release_r36.4.0.txt")
+    monkeypatch.setattr(jetson_state, "__defaults__", (FIX / "nv_tegra_release_r36.4.0.txt",))
+    host = _host_info(None)
+    assert host["jetson"]["power_mode"]["mode"] == "MAXN" and host["jetson"]["clocks_locked"] is False
+    rows = dict((r[0], r[1]) for r in jetson_rows(host["jetson"]))
+    assert rows["JetPack"] == "6.1" and rows["power mode (nvpmodel -q)"] == "MAXN (id 0)"
+    assert rows["clocks (jetson_clocks --show)"].startswith("not locked, GPU 115 MHz (max 1300)")
+    assert "VDD_IN 4673 mW" in rows["tegrastats"]

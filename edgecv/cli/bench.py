@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecv.cli.options import BackendsOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt, ThreadsOpt
+from edgecv.cli.options import BackendsOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt, RebuildOpt, ThreadsOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         conf: Annotated[float, typer.Option(
             "--conf", help="Detectors, --stages: the score threshold post-processing keeps, as edgecv run's "
                            "--conf (the bundle's own is set low for mAP).")] = 0.25,
+        rebuild: RebuildOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
@@ -55,6 +56,9 @@ def register(app: typer.Typer) -> None:
 
         if iters is not None and iters < 1:
             raise ConfigError(f"--iters: expected a positive integer, found {iters}")
+        from edgecv.backends.tensorrt_guard import REBUILD
+
+        REBUILD.set(rebuild)
         b = Bundle.open(bundle)
         specs = parse_backend_specs(backend, precision) if backend else \
             [(n, precision) for n in installed_backends(include_torch=True)]
@@ -70,6 +74,11 @@ def register(app: typer.Typer) -> None:
                                rounds=rounds, interleave=not sequential, opener=open_runner,
                                progress=lambda desc, frac: bar.update(task, description=desc, completed=frac),
                                **kw)  # type: ignore[arg-type]
+        from edgecv.jetson import clock_warning
+
+        jetson_warning = clock_warning(rep.host.get("jetson"))
+        if jetson_warning:
+            err_console.print(f"[yellow]warning:[/] {jetson_warning}", highlight=False)
         try:
             fw, fh = (int(v) for v in frame_size.lower().split("x"))
         except ValueError:

@@ -19,3 +19,6 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Backend devi
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the backend.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+RebuildOpt = Annotated[bool, typer.Option(
+    "--rebuild", help="TensorRT: rebuild an engine built for another GPU or TensorRT version from the bundle's ONNX "
+                      "(instead of refusing it).")]

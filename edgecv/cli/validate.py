@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendsOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt, ThreadsOpt
+from edgecv.cli.options import BackendsOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt, RebuildOpt, ThreadsOpt
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
                                "torch's (or the fp32 ONNX Runtime one without torch).")] = None,
         layers: Annotated[bool, typer.Option(
             "--layers", help="For INT8: list the first layers whose outputs diverge from fp32.")] = False,
+        rebuild: RebuildOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Run BUNDLE on each backend and compare its outputs with PyTorch's.
@@ -65,6 +66,9 @@ def register(app: typer.Typer) -> None:
         from edgecv.validate.core import ValidationFailed, validate_bundle
         from edgecv.validate.runs import installed_backends, parse_backend_specs
 
+        from edgecv.backends.tensorrt_guard import REBUILD
+
+        REBUILD.set(rebuild)
         b = Bundle.open(bundle)
         specs = parse_backend_specs(backend or [], precision) if backend else \
             [(n, precision) for n in installed_backends(include_torch=False)]
