@@ -109,7 +109,7 @@ def test_cli_int8_emit_script_builds_from_qdq(qdq_bundle: Path) -> None:
         assert _qdq_ops(onnx_file) == {"QuantizeLinear", "DequantizeLinear"}
         assert a["saveEngine"] == "tensorrt/int8/model.engine"
     typed11, typed10, legacy = commands
-    assert "stronglyTyped" in typed11 and "int8" not in typed11
+    assert "stronglyTyped" not in typed11 and "int8" not in typed11  # always strongly typed on TensorRT 11
     assert "stronglyTyped" in typed10 and "int8" not in typed10
     assert "int8" in legacy and "stronglyTyped" not in legacy  # TensorRT 8.6: Q/DQ honoured with --int8
     b = Bundle.open(qdq_bundle)
@@ -162,7 +162,7 @@ def test_cli_emit_trtexec_writes_script(cli, bundle_dir: Path) -> None:
     assert a["onnx"] == "model.onnx" and "fp16" in a and a["memPoolSize"] == "workspace:1024M"
     assert t86 == t10  # TensorRT 8.6 and 10 both take --fp16 over the float graph
     # TensorRT 11 has no --fp16: a strongly typed build of the fp16 graph the script carries
-    assert t11["onnx"] == "tensorrt/fp16/model.fp16.onnx" and "stronglyTyped" in t11 and "fp16" not in t11
+    assert t11["onnx"] == "tensorrt/fp16/model.fp16.onnx" and "fp16" not in t11
     assert (bundle_dir / t11["onnx"]).is_file()
     assert a["maxShapes"] == "input:8x3x32x32"
     b = Bundle.open(bundle_dir)  # hash verified

@@ -66,7 +66,9 @@ def test_precision_switches_per_version(features: TrtFeatures, precision: str, k
     plan = make_plan(CONTRACT, precision, features)
     assert (plan.onnx_kind, plan.strongly_typed, plan.flags) == (kind, typed, flags)
     args = trtexec_args(plan, "m.onnx", "e.engine", "t.cache")
-    assert ("--stronglyTyped" in args) == typed
+    # TensorRT 11's trtexec types every network: "--stronglyTyped is no longer needed" (NVIDIA migration page)
+    assert ("--stronglyTyped" in args) == (typed and features.precision_flags)
+    assert plan.always_typed == (not features.precision_flags)
     assert [a[2:] for a in args if a in ("--fp16", "--int8", "--bf16")] == flags
 
 
@@ -145,7 +147,7 @@ def test_target_workspace_defaults() -> None:
 _HELP = {  # the options each trtexec lists in --help that the script probes
     "trt86": "  --fp16  --int8  --useDLACore=N  --allowGPUFallback",
     "trt10": "  --fp16  --int8  --bf16  --stronglyTyped  --useDLACore=N  --allowGPUFallback",
-    "trt11": "  --stronglyTyped  --useDLACore=N",
+    "trt11": "  --useDLACore=N  --saveEngine",  # no precision flags; --stronglyTyped not listed (always on)
 }
 
 
@@ -192,7 +194,8 @@ def test_script_per_target_runs_the_variant_for_each_trtexec(bundle_dir: Path, t
         assert args == want
         assert f"--memPoolSize=workspace:{TARGETS[target].workspace_mb}M" in args
         assert ("--useDLACore=0" in args) == (device == "dla:0")
-        assert ("--stronglyTyped" in args) == (kind == "trt11")
+        assert ("--stronglyTyped" in args) == (kind == "trt10" and plan.strongly_typed)
+        assert "--fp16" not in args if kind == "trt11" else "--fp16" in args
     history = [h for h in Bundle.open(bundle_dir).manifest.history if h.get("event") == "trtexec_script"]
     assert history[-1]["target"] == target and len(history[-1]["commands"]) == 3
 

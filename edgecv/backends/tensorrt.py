@@ -311,7 +311,7 @@ def _network_flags(trt: Any, strongly_typed: bool) -> int:
     it (TensorRT 8.6, which has no STRONGLY_TYPED; deprecated and ignored from 10)."""
     creation = trt.NetworkDefinitionCreationFlag
     flags = 0
-    if strongly_typed:
+    if strongly_typed and hasattr(creation, "STRONGLY_TYPED"):  # deprecated and ignored on 11, may go later
         flags |= 1 << int(creation.STRONGLY_TYPED)
     elif not hasattr(creation, "STRONGLY_TYPED") and hasattr(creation, "EXPLICIT_BATCH"):
         flags |= 1 << int(getattr(creation, "EXPLICIT_BATCH"))

@@ -30,7 +30,7 @@ STRONGLY_TYPED``                            network is strongly typed)          
 ``ICudaEngine.device_memory_size``          removed (``device_memory_size_v2``)    not used
 DLA (``DeviceType.DLA``)                    absent in 11.0–11.3; 11.4.1 only on    detected by feature; refused in one
                                             AGX Orin with JetPack ≥ 7.2.2          line where absent
-trtexec ``--fp16`` / ``--int8``             removed                                script picks a strongly typed
+trtexec ``--fp16`` / ``--int8`` …          removed; ``--stronglyTyped`` always on script picks its TensorRT 11
                                                                                    variant when ``--fp16`` is gone
 ==========================================  =====================================  ===================================
 
@@ -172,6 +172,8 @@ class BuildPlan:
         fp16_keep: ONNX nodes the fp16 conversion leaves in fp32 (``onnx_kind == "fp16"`` only).
         hardware_compat: ``ampere+`` or None.
         version_compatible: build a version-compatible plan.
+        always_typed: every network is strongly typed on this TensorRT (11: no precision flags); trtexec there
+            needs no ``--stronglyTyped`` ("always enabled" in NVIDIA's trtexec migration page).
         features: the feature set the plan was made for.
         notes: what the plan changed from the request, for compile's output (e.g. DLA's static shapes).
     """
@@ -188,6 +190,7 @@ class BuildPlan:
     fp16_keep: list[str] = field(default_factory=list)
     hardware_compat: str | None = None
     version_compatible: bool = False
+    always_typed: bool = False
     features: str = "detected"
     notes: list[str] = field(default_factory=list)
 
@@ -277,9 +280,9 @@ def make_plan(contract: Contract, precision: str, features: TrtFeatures, *, targ
             # DLA on TensorRT <= 10: explicit quantization in a weakly typed network, INT8 with FP16 for the
             # layers DLA runs unquantized (DLA has no fp32), as trtexec --int8 --fp16 --useDLACore does
             flags = ["int8", "fp16"]
-        elif features.strongly_typed:
+        elif features.strongly_typed or not features.precision_flags:
             strongly_typed = True
-        elif features.precision_flags:
+        else:
             flags = ["int8"]  # TensorRT 8.6: Q/DQ nodes are honoured with the INT8 flag (explicit quantization)
         keep = []  # kept-float layers are the ones the QDQ file leaves without Q/DQ
     elif precision == "fp16":
@@ -294,7 +297,7 @@ def make_plan(contract: Contract, precision: str, features: TrtFeatures, *, targ
         if not features.bf16_flag:
             raise ConfigError(f"tensorrt bf16: expected TensorRT 9 or newer (BuilderFlag.BF16), found {features.label}")
         flags = ["bf16"]
-    elif features.strongly_typed and not features.precision_flags:
+    elif not features.precision_flags:
         strongly_typed = True  # TensorRT 11 types every network; fp32 graph → fp32 engine
     # weakly typed builds constrain kept-float layers; strongly typed ones take it from the graph (fp16: the
     # conversion's node block list; int8: the layers the QDQ file leaves without Q/DQ)
@@ -318,7 +321,7 @@ def make_plan(contract: Contract, precision: str, features: TrtFeatures, *, targ
                      dla_core=dla_core, gpu_fallback=dla_core is not None, shapes=shapes, workspace_mb=ws,
                      keep_float=layer_keep, fp16_keep=keep if onnx_kind == "fp16" else [],
                      hardware_compat=hardware_compat, version_compatible=version_compatible,
-                     features=features.label, notes=notes)
+                     always_typed=not features.precision_flags, features=features.label, notes=notes)
 
 
 # ====================================================================== trtexec
@@ -330,7 +333,7 @@ def trtexec_args(plan: BuildPlan, onnx: str, engine: str, timing_cache: str,
                  layer_info: str | None = None) -> list[str]:
     """The ``trtexec`` arguments that build ``plan`` (the same decisions the Python builder applies)."""
     args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
-    if plan.strongly_typed:
+    if plan.strongly_typed and not plan.always_typed:
         args.append("--stronglyTyped")
     args += [f"--{f}" for f in plan.flags]
     if plan.dla_core is not None:
@@ -375,8 +378,9 @@ def render_script(precision: str, variants: list[tuple[TrtFeatures, list[str] | 
                   setup: list[str]) -> str:
     """A POSIX shell script that asks ``trtexec --help`` which TensorRT it is and runs the matching variant.
 
-    The probe mirrors :meth:`TrtFeatures.from_module`: ``--stronglyTyped`` present ↔ ``STRONGLY_TYPED``,
-    ``--fp16`` absent ↔ the precision flags were removed (TensorRT 11).
+    The probe mirrors :meth:`TrtFeatures.from_module`: ``--fp16`` absent ↔ the precision flags were removed
+    (TensorRT 11, where strong typing is always on, whether or not its help still lists ``--stronglyTyped``);
+    else ``--stronglyTyped`` present ↔ ``STRONGLY_TYPED`` (TensorRT 10); else TensorRT 8.6.
     """
     by_label = {f.label: v for f, v in variants}
 
@@ -390,10 +394,12 @@ def render_script(precision: str, variants: list[tuple[TrtFeatures, list[str] | 
              'TRTEXEC="${TRTEXEC:-trtexec}"',
              'command -v "$TRTEXEC" >/dev/null 2>&1 || { [ -x /usr/src/tensorrt/bin/trtexec ] && '
              'TRTEXEC=/usr/src/tensorrt/bin/trtexec; }',
+             'command -v "$TRTEXEC" >/dev/null 2>&1 || { echo "edgecv: expected trtexec on PATH, in '
+             '/usr/src/tensorrt/bin or in \$TRTEXEC, found none" >&2; exit 2; }',
              'HELP="$("$TRTEXEC" --help 2>&1 || true)"',
              'has() { case "$HELP" in *"$1"*) return 0 ;; esac; return 1; }',
              "trtexec() { \"$TRTEXEC\" \"$@\"; }",
-             "if has --stronglyTyped && ! has --fp16; then",
+             "if ! has --fp16; then",
              f"  # {TYPED_ONLY.label}: strongly typed only"]
     text = "\n".join(lines) + "\n" + body(TYPED_ONLY)
     text += f"elif has --stronglyTyped; then\n  # {TYPED.label}\n" + body(TYPED)
