@@ -225,3 +225,280 @@ def test_plan_roundtrips_to_json() -> None:
     d = json.loads(json.dumps(plan.to_dict()))
     assert d["shapes"]["input"] == [[2, 3, 32, 32]] * 3 and d["flags"] == ["int8", "fp16"]
     assert shlex.join(trtexec_args(plan, "q.onnx", "e", "t"))  # renders
+
+
+# ---------------------------------------------------------------------- the builder applies what trtexec is told
+class _Enum:
+    def __init__(self, *names: str) -> None:
+        for i, n in enumerate(names):
+            setattr(self, n, f"{type(self).__name__}.{n}#{i}")
+
+
+def _fake_tensorrt_module(features: TrtFeatures, dla_cores: int, calls: dict) -> object:
+    """A stand-in ``tensorrt`` module with the attributes of one TensorRT generation that records what the
+    builder does to it (only the names edgecv's builder uses)."""
+    import types
+
+    trt = types.ModuleType("tensorrt")
+    trt.__file__ = "fake"  # type: ignore[attr-defined]
+    trt.__version__ = "fake"  # type: ignore[attr-defined]
+    flag_names = ["GPU_FALLBACK", "VERSION_COMPATIBLE"] + (["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"]
+                                                           if features.precision_flags else []) \
+        + (["BF16"] if features.bf16_flag else [])
+    trt.BuilderFlag = SimpleNamespace(**{n: n for n in flag_names})  # type: ignore[attr-defined]
+    creation = {"EXPLICIT_BATCH": 0} if not features.strongly_typed or features.precision_flags else {}
+    if features.strongly_typed:
+        creation["STRONGLY_TYPED"] = 1
+    trt.NetworkDefinitionCreationFlag = SimpleNamespace(**creation)  # type: ignore[attr-defined]
+    trt.DeviceType = SimpleNamespace(GPU="GPU", **({"DLA": "DLA"} if features.dla else {}))  # type: ignore
+    trt.HardwareCompatibilityLevel = SimpleNamespace(NONE="NONE", AMPERE_PLUS="AMPERE_PLUS")  # type: ignore
+    trt.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")  # type: ignore[attr-defined]
+    trt.ProfilingVerbosity = SimpleNamespace(DETAILED="DETAILED")  # type: ignore[attr-defined]
+    trt.DataType = SimpleNamespace(FLOAT="FLOAT")  # type: ignore[attr-defined]
+    trt.Dims = lambda dims: tuple(dims)  # type: ignore[attr-defined]
+
+    class ILogger:
+        class Severity:
+            ERROR, WARNING, INFO, VERBOSE = 1, 2, 3, 4
+
+        def __init__(self) -> None:
+            pass
+
+    trt.ILogger = ILogger  # type: ignore[attr-defined]
+
+    class Layer:
+        def __init__(self, name: str) -> None:
+            self.name, self.num_outputs, self.precision = name, 1, None
+
+        def set_output_type(self, j: int, t: str) -> None:
+            calls.setdefault("output_types", []).append((self.name, t))
+
+    class Network:
+        num_inputs, num_layers = 1, 3
+
+        def __init__(self) -> None:
+            self.layers = [Layer("/0/Conv"), Layer("/1/Relu"), Layer("/8/Gemm")]
+
+        def get_input(self, i: int) -> SimpleNamespace:
+            return SimpleNamespace(name="input", shape=(-1, 3, 32, 32))
+
+        def get_layer(self, i: int) -> Layer:
+            return self.layers[i]
+
+    class Config:
+        def __init__(self) -> None:
+            calls["flags"] = []
+
+        def set_memory_pool_limit(self, pool: str, size: int) -> None:
+            calls["workspace"] = (pool, size)
+
+        def set_flag(self, flag: str) -> None:
+            calls["flags"].append(flag)
+
+        def __setattr__(self, key: str, value: object) -> None:
+            calls[key] = value
+
+        def add_optimization_profile(self, p: object) -> None:
+            calls["profiles"] = calls.get("profiles", 0) + 1
+
+        def create_timing_cache(self, data: bytes) -> str:
+            return "cache"
+
+        def set_timing_cache(self, cache: str, ignore_mismatch: bool) -> None:
+            calls["timing_cache"] = True
+
+        def can_run_on_DLA(self, layer: Layer) -> bool:  # noqa: N802 - TensorRT's name
+            return layer.name != "/8/Gemm"
+
+        def get_timing_cache(self) -> SimpleNamespace:
+            return SimpleNamespace(serialize=lambda: b"cache")
+
+    class Profile:
+        def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
+            calls["shapes"] = {name: (lo, opt, hi)}
+
+    class Builder:
+        num_DLA_cores = dla_cores
+
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def create_network(self, flags: int) -> Network:
+            calls["network_flags"] = flags
+            calls["network"] = net = Network()
+            return net
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            return b"plan"
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network: Network, logger: object) -> None:
+            pass
+
+        def parse_from_file(self, path: str) -> bool:
+            calls["parsed"] = path
+            return True
+
+    class Engine:
+        def create_engine_inspector(self) -> SimpleNamespace:
+            # what DETAILED verbosity reports for a DLA build: one ForeignNode per DLA subgraph, GPU layers by name
+            info = {"Layers": [{"Name": "{ForeignNode[/0/Conv.../1/Relu]}", "LayerType": "DLA"},
+                               {"Name": "Reformatting CopyNode for Input Tensor 0 to /8/Gemm",
+                                "LayerType": "Reformat"},
+                               {"Name": "/8/Gemm", "LayerType": "CaskGemmConvolution"}]}
+            return SimpleNamespace(get_engine_information=lambda fmt: json.dumps(info))
+
+    class Runtime:
+        num_DLA_cores = dla_cores
+
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> Engine:
+            return Engine()
+
+    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime  # type: ignore[attr-defined]
+    trt.LayerInformationFormat = SimpleNamespace(JSON="JSON")  # type: ignore[attr-defined]
+    return trt
+
+
+def _builder_as_trtexec(calls: dict, plan) -> list[str]:  # noqa: ANN001
+    """What the fake builder was made to do, spelled as the trtexec options that mean the same."""
+    out = []
+    flags = calls["flags"]
+    if calls["network_flags"] & (1 << 1) and not plan.always_typed:
+        out.append("--stronglyTyped")
+    out += [f"--{f.lower()}" for f in flags if f in ("FP16", "INT8", "BF16")]
+    if calls.get("default_device_type") == "DLA":
+        out.append(f"--useDLACore={calls['DLA_core']}")
+        if "GPU_FALLBACK" in flags:
+            out.append("--allowGPUFallback")
+    if "shapes" in calls:
+        for name, (lo, opt, hi) in calls["shapes"].items():
+            out += [f"--minShapes={name}:{'x'.join(map(str, lo))}", f"--optShapes={name}:{'x'.join(map(str, opt))}",
+                    f"--maxShapes={name}:{'x'.join(map(str, hi))}"]
+    if calls.get("timing_cache"):
+        out.append("--timingCacheFile=t.cache")
+    out.append(f"--memPoolSize=workspace:{calls['workspace'][1] >> 20}M")
+    if "OBEY_PRECISION_CONSTRAINTS" in flags:
+        kept = sorted({n for n, _ in calls.get("output_types", [])})
+        out += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in kept),
+                "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in kept)]
+    if calls.get("hardware_compatibility_level") == "AMPERE_PLUS":
+        out.append("--hardwareCompatibilityLevel=ampere+")
+    if "VERSION_COMPATIBLE" in flags:
+        out.append("--versionCompatible")
+    if calls.get("profiling_verbosity") == "DETAILED":
+        out.append("--profilingVerbosity=detailed")
+    return out
+
+
+@pytest.mark.parametrize("features", [LEGACY, TYPED, TYPED_ONLY], ids=["trt86", "trt10", "trt11"])
+@pytest.mark.parametrize("case", [
+    {"precision": "fp32"}, {"precision": "fp16"}, {"precision": "int8"}, {"precision": "bf16"},
+    {"precision": "fp16", "keep_float": ["/0/Conv"]},
+    {"precision": "fp16", "device": "dla:1", "target": "agx-orin"},
+    {"precision": "int8", "device": "dla:0", "target": "orin-nx", "workspace_mb": 512},
+    {"precision": "fp16", "hardware_compat": "ampere+", "version_compatible": True, "batch_range": (2, 4, 16)},
+], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_builder_applies_exactly_what_trtexec_is_told(bundle_dir: Path, monkeypatch, features: TrtFeatures,
+                                                      case: dict) -> None:  # noqa: ANN001
+    import sys
+
+    from edgecv.backends import tensorrt as backend
+
+    b = Bundle.open(bundle_dir)
+    cfg = BuildConfig(**{"device": "cuda:0", **case})  # type: ignore[arg-type]
+    try:
+        plan = backend.plan_for(b, cfg, features)
+    except ConfigError:
+        return  # refused in one line for this TensorRT: the script variant refuses too (test above)
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_module(features, 2, calls))
+    monkeypatch.setattr(backend, "is_qdq", lambda path: True)
+    res = backend.build_serialized_engine(bundle_dir / "model.onnx", b.contract, cfg, plan=plan)
+    assert res.engine == b"plan"
+    want = [a for a in trtexec_args(plan, "m.onnx", "e", "t.cache")[3:]]
+    assert _builder_as_trtexec(calls, plan) == want
+    if plan.dla_core is not None:
+        assert res.dla_unsupported == ["/8/Gemm"]  # asked with can_run_on_DLA before the build
+    creation = calls["network_flags"]
+    assert bool(creation & (1 << 1)) == (plan.strongly_typed and features.strongly_typed)
+    assert bool(creation & 1) == (not features.strongly_typed)  # EXPLICIT_BATCH only where 8.6's parser needs it
+
+
+_FAKE_CUDART = SimpleNamespace(cudaRuntimeGetVersion=lambda: (0, 12060), cudaDriverGetVersion=lambda: (0, 12060),
+                               cudaGetDeviceProperties=lambda i: (0, SimpleNamespace(name=b"Orin", major=8, minor=7)))
+
+
+def test_builder_dla_engine_sidecar_and_fallbacks(bundle_dir: Path, monkeypatch, cli) -> None:  # noqa: ANN001
+    import sys
+
+    from edgecv.backends import tensorrt as backend
+    from edgecv.backends.tensorrt_guard import DeviceInfo, check_engine, read_sidecar
+    from edgecv.bundle import Bundle as B
+
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_module(TYPED, 2, calls))
+    monkeypatch.setattr(backend, "_cudart", lambda: _FAKE_CUDART)
+    b = B.open(bundle_dir)
+    art = backend.TensorRTBuilder().build(b, BuildConfig(precision="fp16", device="dla:1", target="agx-orin",
+                                                         workspace_mb=1024))
+    assert art.device == "dla:1" and art.path == "tensorrt/fp16/model.engine"
+    assert art.extra["dla_layers"] == ["{ForeignNode[/0/Conv.../1/Relu]}"]
+    assert art.extra["dla_gpu_fallback_layers"] == ["/8/Gemm"]  # the reformat layer is not a fallback
+    assert art.extra["dla_unsupported_layers"] == ["/8/Gemm"]
+    assert any("static shapes" in n for n in art.extra["notes"])
+    b = B.open(bundle_dir)  # every file hash-checked, the sidecar included
+    assert b.manifest.files["tensorrt/fp16/model.engine.json"]
+    assert (bundle_dir / "tensorrt/fp16/model.engine").read_bytes() == b"plan"  # raw plan, nothing prepended
+    side = read_sidecar(bundle_dir / "tensorrt/fp16/model.engine")
+    assert side is not None
+    assert side["dla_core"] == 1 and side["precision"] == "fp16" and side["target"] == "agx-orin"
+    assert side["device"]["gpu"] == "Orin" and side["device"]["compute_capability"] == "8.7"
+    assert side["device"]["cuda_runtime"] == "12.6" and side["device"]["dla_cores"] == 2
+    assert side["profiles"] == {"input": [[1, 3, 32, 32]] * 3}
+    assert side["builder_flags"]["dla_core"] == 1 and side["builder_flags"]["workspace_mb"] == 1024
+    from edgecv._io import sha256_path
+
+    assert side["onnx"] == "model.onnx" and side["onnx_sha256"] == sha256_path(bundle_dir / "model.onnx")
+    assert side["dla_gpu_fallback_layers"] == ["/8/Gemm"]
+    here = DeviceInfo(**side["device"])
+    assert check_engine(side, here) == []
+
+
+def test_builder_fp16_on_tensorrt11_converts_the_graph(bundle_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+    import sys
+
+    import onnx
+
+    from edgecv.backends import tensorrt as backend
+    from edgecv.backends.tensorrt_guard import read_sidecar
+    from edgecv.bundle import Bundle as B
+
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_module(TYPED_ONLY, 0, calls))
+    monkeypatch.setattr(backend, "_cudart", lambda: _FAKE_CUDART)
+    art = backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="fp16", device="cuda:0",
+                                                                          keep_float=["/0/Conv"]))
+    assert calls["flags"] == []  # no FP16 flag exists on 11: the graph's types say fp16
+    fp16 = bundle_dir / "tensorrt/fp16/model.fp16.onnx"
+    assert calls["parsed"].endswith("model.fp16.onnx")
+    m = onnx.load(str(fp16))
+    types = {i.name: i.data_type for i in m.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types.values()
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    conv = next(n for n in m.graph.node if n.name == "/0/Conv")
+    assert types[conv.input[1]] == onnx.TensorProto.FLOAT  # the kept-float node stays fp32
+    side = read_sidecar(bundle_dir / art.path)
+    assert side is not None and side["onnx"] == "tensorrt/fp16/model.fp16.onnx"
+    assert side["plan"]["onnx_kind"] == "fp16" and side["builder_flags"]["fp16_conversion"]["node_block_list"] == \
+        ["/0/Conv"]

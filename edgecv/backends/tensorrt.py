@@ -356,12 +356,13 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
     build_flags: dict[str, Any] = {"strongly_typed": plan.strongly_typed, "workspace_mb": plan.workspace_mb,
                                    "features": asdict(features), "plan": plan.to_dict()}
     # each flag is named only in its branch: TensorRT 11 has no FP16/INT8/BF16 and the plan never asks for them there
-    if "fp16" in plan.flags:
-        cfg.set_flag(trt.BuilderFlag.FP16)
-    if "bf16" in plan.flags:
-        cfg.set_flag(trt.BuilderFlag.BF16)
-    if "int8" in plan.flags:
-        cfg.set_flag(trt.BuilderFlag.INT8)
+    for flag in plan.flags:  # in the plan's order, as trtexec gets them
+        if flag == "fp16":
+            cfg.set_flag(trt.BuilderFlag.FP16)
+        elif flag == "bf16":
+            cfg.set_flag(trt.BuilderFlag.BF16)
+        elif flag == "int8":
+            cfg.set_flag(trt.BuilderFlag.INT8)
     build_flags["precision_flag"] = ",".join(plan.flags) or None
 
     if plan.keep_float:
