@@ -56,6 +56,9 @@ ENGINE_FILE = "model.engine"
 TIMING_CACHE = "tensorrt/timing.cache"
 SCRIPT_FILE = "trtexec.sh"
 LAYER_INFO = "layers.json"
+# kept fp32 in the fp16 graph for a strongly typed build: values that overflow fp16 (max 65504) inside them
+FP16_KEEP_OPS = ("Exp", "Pow", "Log", "Sqrt", "Reciprocal", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
+                 "LayerNormalization", "InstanceNormalization", "GroupNormalization", "Softmax")
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
@@ -172,9 +175,11 @@ def fp16_onnx(src: Path, dst: Path, keep_float: list[str]) -> dict[str, Any]:
     onnxconverter-common's ``convert_float_to_float16`` is used: it is the maintained converter (Microsoft's ONNX
     converters project; ONNX Runtime's float16 module is a copy of it), pure Python on onnx + numpy, so it installs
     on a Jetson where ModelOpt's AutoCast (the tool NVIDIA's migration guide names) would pull onnxruntime-gpu and
-    torch. Its ``DEFAULT_OP_BLOCK_LIST`` is the usual keep-fp32 list (ops without fp16 kernels or prone to
-    overflow: Resize, TopK, NonMaxSuppression, RoiAlign, Range, CumSum …); ``keep_float`` nodes are added to the
-    node block list; ``keep_io_types`` keeps the engine's inputs and outputs fp32, so the contract is unchanged.
+    torch. The ops kept in fp32 are its ``DEFAULT_OP_BLOCK_LIST`` (ops without fp16 kernels: Resize, TopK,
+    NonMaxSuppression, RoiAlign, Range, CumSum, Min/Max …) plus :data:`FP16_KEEP_OPS`, the ops whose intermediate
+    values overflow fp16's 65504 (exponentials, powers, the sums and means of normalisation statistics); the
+    ``keep_float`` nodes go into the node block list; ``keep_io_types`` keeps the engine's inputs and outputs fp32,
+    so the contract is unchanged.
 
     Returns:
         What the conversion did, for the build flags.
@@ -187,13 +192,13 @@ def fp16_onnx(src: Path, dst: Path, keep_float: list[str]) -> dict[str, Any]:
             "fp16 on a strongly typed TensorRT (11) needs onnxconverter-common to convert the graph; install it "
             "with: pip install 'edgecv[tensorrt]'") from exc
     model = onnx.load(str(src))
-    block = list(float16.DEFAULT_OP_BLOCK_LIST)
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_OPS))
     model16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
                                                node_block_list=list(keep_float) or None)
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model16, str(dst))
     return {"converter": "onnxconverter_common.float16", "converter_version": version_of("onnxconverter_common"),
-            "keep_io_types": True, "node_block_list": sorted(keep_float)}
+            "keep_io_types": True, "op_block_list": block, "node_block_list": sorted(keep_float)}
 
 
 # ====================================================================== trtexec
