@@ -171,3 +171,39 @@ def test_runner_guard_refuses_or_rebuilds(tmp_path: Path, monkeypatch) -> None: 
     assert runner.rebuilt and built[0].target == "x86" and built[0].precision == "fp16"
     assert runner.provenance is not None and runner.provenance["device"]["compute_capability"] == "8.9"
     assert TensorRTRunner(engine, "fp16", device="dla:1").device == "dla:1"
+
+
+def test_record_sidecar_for_a_script_built_engine(tmp_path: Path) -> None:
+    """What trtexec.sh calls after building, where edgecv and TensorRT's Python are on the device."""
+    from edgecv._io import sha256_path
+    from edgecv.backends.tensorrt_guard import main, record_sidecar
+
+    root = tmp_path / "bundle"
+    engine = root / "tensorrt/int8/model.engine"
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"plan")
+    qdq = root / "onnxruntime/int8/model.qdq.onnx"
+    qdq.parent.mkdir(parents=True)
+    qdq.write_bytes(b"onnx")
+    props = SimpleNamespace(name=b"Orin", major=8, minor=7)
+    cudart = SimpleNamespace(cudaRuntimeGetVersion=lambda: (0, 12060), cudaDriverGetVersion=lambda: (0, 12060),
+                             cudaGetDeviceProperties=lambda i: (0, props))
+
+    class Runtime:
+        num_DLA_cores = 2
+
+        def __init__(self, logger: object) -> None:
+            pass
+
+    trt = SimpleNamespace(__version__="10.3.0.30", Runtime=Runtime,
+                          Logger=type("Logger", (), {"ERROR": 1, "__init__": lambda self, lvl: None}))
+    plan = {"precision": "int8", "dla_core": 0, "shapes": {"input": [[1, 3, 32, 32]] * 3}, "workspace_mb": 1024,
+            "flags": ["int8", "fp16"], "strongly_typed": False, "onnx_kind": "qdq"}
+    out = record_sidecar(engine, plan, "onnxruntime/int8/model.qdq.onnx", "agx-orin", trt, cudart)
+    side = read_sidecar(engine)
+    assert out == sidecar_path(engine) and side is not None
+    assert side["onnx_sha256"] == sha256_path(qdq) and side["dla_core"] == 0 and side["target"] == "agx-orin"
+    assert side["builder_flags"]["built_by"] == "trtexec.sh" and side["device"]["dla_cores"] == 2
+    assert side["device"]["compute_capability"] == "8.7" and side["device"]["tensorrt"] == "10.3.0.30"
+    assert engine.read_bytes() == b"plan"
+    assert main(["nonsense"]) == 2

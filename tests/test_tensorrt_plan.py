@@ -162,12 +162,28 @@ def _fake_trtexec(tmp: Path, kind: str) -> tuple[Path, Path]:
 
 
 def _run_script(script: Path, exe: Path, log: Path) -> tuple[int, list[str], str]:
-    env = dict(os.environ, TRTEXEC=str(exe))
+    # a python3 that has edgecv and TensorRT, as on JetPack 6: records the sidecar call instead of probing a GPU
+    bin_dir = exe.parent / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    py = bin_dir / "python3"
+    py.write_text("#!/bin/sh\n"
+                  "[ \"$1\" = -c ] && exit 0\n"
+                  f"printf '%s\\n' \"$@\" > '{log}.python'\n")
+    py.chmod(py.stat().st_mode | stat.S_IXUSR)
+    env = dict(os.environ, TRTEXEC=str(exe), PATH=f"{bin_dir}:{os.environ['PATH']}")
     proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=60)
     args = log.read_text().splitlines() if log.is_file() else []
     if log.is_file():
         log.unlink()
     return proc.returncode, args, proc.stderr
+
+
+def _recorded(log: Path) -> list[str]:
+    p = Path(f"{log}.python")
+    out = p.read_text().splitlines() if p.is_file() else []
+    if p.is_file():
+        p.unlink()
+    return out
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
@@ -184,9 +200,13 @@ def test_script_per_target_runs_the_variant_for_each_trtexec(bundle_dir: Path, t
         try:
             plan = plan_for(b, cfg, feats)
         except ConfigError as exc:  # the builder refuses there: the script refuses with the same line
-            assert rc == 2 and args == [] and str(exc) in err
+            assert rc == 2 and args == [] and str(exc) in err and _recorded(log) == []
             continue
         assert rc == 0, err
+        # then the provenance sidecar is recorded with the very plan it built
+        rec = _recorded(log)
+        assert rec[:4] == ["-m", "edgecv.backends.tensorrt_guard", "record", "tensorrt/fp16/model.engine"]
+        assert json.loads(rec[4]) == json.loads(json.dumps(plan.to_dict())) and rec[6] == target
         # the script ran exactly what the builder's plan says, for every option
         onnx = "tensorrt/fp16/model.fp16.onnx" if plan.onnx_kind == "fp16" else "model.onnx"
         want = trtexec_args(plan, onnx, "tensorrt/fp16/model.engine", "tensorrt/timing.cache",

@@ -278,8 +278,20 @@ def write_trtexec_script(bundle: Bundle, config: BuildConfig, source_note: str |
               f"{LAYER_INFO}."]
     if source_note:
         header.append(source_note)
+    after: dict[str, list[str]] = {}
+    for feats, v in variants:
+        if isinstance(v, str):
+            continue
+        plan = plan_for(bundle, config, feats)
+        onnx_rel = next(a.split("=", 1)[1] for a in v if a.startswith("--onnx="))
+        record = shell_join(["python3", "-m", "edgecv.backends.tensorrt_guard", "record",
+                             engine_rel(config.precision), json.dumps(plan.to_dict(), separators=(",", ":")),
+                             onnx_rel, get_target(config.target).name])
+        # the provenance sidecar, where edgecv and TensorRT's Python are installed (JetPack 6+; not JetPack 5)
+        after[feats.label] = ['if python3 -c "import edgecv, tensorrt" >/dev/null 2>&1; then',
+                              f"  {record} || echo 'edgecv: no provenance sidecar written' >&2", "fi"]
     text = render_script(config.precision, variants, header,
-                         ['cd "$(dirname "$0")/../.."', f"mkdir -p tensorrt/{config.precision}"])
+                         ['cd "$(dirname "$0")/../.."', f"mkdir -p tensorrt/{config.precision}"], after)
     with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".build-") as tmp:
         src = Path(tmp) / SCRIPT_FILE
         src.write_text(text)

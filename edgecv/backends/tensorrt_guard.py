@@ -273,3 +273,53 @@ def rebuild_config(bundle: Any, sidecar: dict[str, Any], here: DeviceInfo, devic
                        keep_float=[] if plan.get("onnx_kind") == "qdq" else list(flags.get("keep_float", [])),
                        target=target_for(here, sidecar.get("target")),
                        version_compatible=bool(sidecar.get("version_compatible")) and core is None)
+
+
+def record_sidecar(engine_path: str | Path, plan: dict[str, Any], onnx_rel: str, target: str, trt: Any,
+                   cudart: Any) -> Path:
+    """Write the sidecar of an engine that ``trtexec.sh`` just built (the script calls :func:`main`).
+
+    The bundle root is the engine's ``../..``; the ONNX file is hashed there. Written atomically.
+    """
+    from edgecv._io import sha256_path, write_bytes
+
+    engine = Path(engine_path)
+    root = engine.parent.parent.parent
+    dla_cores = 0
+    try:
+        dla_cores = int(trt.Runtime(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
+    except Exception:  # noqa: BLE001 - a runtime that cannot start still lets the rest be recorded
+        pass
+    device = probe_device(trt, cudart, 0, dla_cores=dla_cores)
+    onnx_file = root / onnx_rel
+    side = make_sidecar(device, precision=str(plan.get("precision")), dla_core=plan.get("dla_core"),
+                        profiles={k: v for k, v in (plan.get("shapes") or {}).items()},
+                        builder_flags={"built_by": "trtexec.sh", "workspace_mb": plan.get("workspace_mb"),
+                                       "flags": plan.get("flags"), "strongly_typed": plan.get("strongly_typed")},
+                        onnx_rel=onnx_rel, onnx_sha256=sha256_path(onnx_file) if onnx_file.is_file() else "",
+                        target=target, hardware_compat=plan.get("hardware_compat"),
+                        version_compatible=bool(plan.get("version_compatible")), plan=plan)
+    out = sidecar_path(engine)
+    write_bytes(out, (json.dumps(side, indent=2) + "\n").encode())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgecv.backends.tensorrt_guard record ENGINE PLAN_JSON ONNX TARGET`` (used by trtexec.sh)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 5 or args[0] != "record":
+        print("usage: python -m edgecv.backends.tensorrt_guard record ENGINE PLAN_JSON ONNX TARGET", file=sys.stderr)
+        return 2
+    import tensorrt as trt
+
+    from edgecv.backends.tensorrt import _cudart
+
+    path = record_sidecar(args[1], json.loads(args[2]), args[3], args[4], trt, _cudart())
+    print(f"edgecv: provenance written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

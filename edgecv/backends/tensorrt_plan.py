@@ -375,7 +375,7 @@ def script_variants(make: Any) -> list[tuple[TrtFeatures, list[str] | str]]:
 
 
 def render_script(precision: str, variants: list[tuple[TrtFeatures, list[str] | str]], header: list[str],
-                  setup: list[str]) -> str:
+                  setup: list[str], after: dict[str, list[str]] | None = None) -> str:
     """A POSIX shell script that asks ``trtexec --help`` which TensorRT it is and runs the matching variant.
 
     The probe mirrors :meth:`TrtFeatures.from_module`: ``--fp16`` absent ↔ the precision flags were removed
@@ -388,7 +388,7 @@ def render_script(precision: str, variants: list[tuple[TrtFeatures, list[str] | 
         v = by_label[feats.label]
         if isinstance(v, str):
             return f"  echo {shlex.quote('edgecv: ' + v)} >&2\n  exit 2\n"
-        return f"  {shell_join(v)}\n"
+        return f"  {shell_join(v)}\n" + "".join(f"  {line}\n" for line in (after or {}).get(feats.label, []))
 
     lines = ["#!/bin/sh", *[f"# {h}" for h in header], "set -e", *setup,
              'TRTEXEC="${TRTEXEC:-trtexec}"',
