@@ -258,3 +258,16 @@ def test_mypy_catches_misspelt_tensorrt_api(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, cwd=src.parents[2])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "execute_async_v2" in proc.stdout and "attr-defined" in proc.stdout
+
+
+def test_int8_build_config_keeps_the_callers_options(tmp_path: Path) -> None:
+    """compile -b tensorrt -p int8 --target/--device dla reach the engine build through compile_int8."""
+    from edgecv.quant.tensorrt import int8_build_config
+
+    base = BuildConfig(precision="int8", device="dla:1", target="agx-orin", workspace_mb=512,
+                       version_compatible=False, emit_only=True)
+    cfg = int8_build_config(tmp_path / "m.qdq.onnx", ["/8/Gemm"], None, base)
+    assert (cfg.device, cfg.target, cfg.workspace_mb, cfg.emit_only) == ("dla:1", "agx-orin", 512, False)
+    assert cfg.onnx_path == tmp_path / "m.qdq.onnx" and cfg.keep_float == ["/8/Gemm"] and cfg.strongly_typed
+    plain = int8_build_config(tmp_path / "m.qdq.onnx", [], "cuda:1")
+    assert (plain.device, plain.target) == ("cuda:1", None)

@@ -522,3 +522,30 @@ def test_builder_fp16_on_tensorrt11_converts_the_graph(bundle_dir: Path, monkeyp
     assert side is not None and side["onnx"] == "tensorrt/fp16/model.fp16.onnx"
     assert side["plan"]["onnx_kind"] == "fp16" and side["builder_flags"]["fp16_conversion"]["node_block_list"] == \
         ["/0/Conv"]
+
+
+def test_builder_on_a_jetson_takes_its_preset_and_refuses_what_it_cannot(bundle_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+    """No --target: the device's own preset (1 GiB workspace on Orin); ampere+ refused on a Jetson or pre-Ampere."""
+    import sys
+
+    from edgecv.backends import tensorrt as backend
+    from edgecv.bundle import Bundle as B
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "jetson"
+    monkeypatch.setattr("edgecv.jetson.NV_TEGRA_RELEASE", fixtures / "nv_tegra_release_r36.4.0.txt")
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_module(TYPED, 2, calls))
+    monkeypatch.setattr(backend, "_cudart", lambda: _FAKE_CUDART)
+    art = backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="fp16", device="cuda:0"))
+    assert calls["workspace"] == ("WORKSPACE", 1024 << 20)
+    side = json.loads((bundle_dir / (art.path + ".json")).read_text())
+    assert side["target"] == "agx-orin" and side["device"]["l4t"] == "36.4.0" and side["device"]["jetpack"] == "6.1"
+    with pytest.raises(ConfigError, match="expected a discrete GPU, found a Jetson"):
+        backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="fp16", target="x86",
+                                                                        hardware_compat="ampere+"))
+    monkeypatch.setattr("edgecv.jetson.NV_TEGRA_RELEASE", fixtures / "no_such_file")
+    t4 = SimpleNamespace(cudaRuntimeGetVersion=lambda: (0, 12060), cudaDriverGetVersion=lambda: (0, 12060),
+                         cudaGetDeviceProperties=lambda i: (0, SimpleNamespace(name=b"Tesla T4", major=7, minor=5)))
+    monkeypatch.setattr(backend, "_cudart", lambda: t4)
+    with pytest.raises(ConfigError, match="expected an Ampere or newer GPU \\(sm_80\\+\\), found sm_75"):
+        backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="fp16", hardware_compat="ampere+"))

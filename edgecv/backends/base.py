@@ -129,7 +129,7 @@ class BuildConfig:
         precision: fp32, fp16, bf16 or int8.
         device: backend device string (``CPU``, ``GPU``, ``cuda:0`` …).
         batch_range: (min, opt, max) batch sizes for dynamic-shape profiles; None takes the bundle's.
-        workspace_mb: TensorRT builder workspace limit.
+        workspace_mb: TensorRT builder workspace limit (MiB); None takes the target's default (1 GiB on Jetson).
         emit_only: write the equivalent command line (trtexec) instead of building.
         options: typed backend-specific extras are fields here, never free-form dicts from users.
     """
@@ -137,7 +137,7 @@ class BuildConfig:
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     device: str = "CPU"
     batch_range: tuple[int, int, int] | None = None
-    workspace_mb: int = 4096
+    workspace_mb: int | None = None
     emit_only: bool = False
     timing_cache: Path | None = None
     keep_float: list[str] = field(default_factory=list)

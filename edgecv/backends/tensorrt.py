@@ -17,6 +17,7 @@ the TensorRT binaries are installed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 import tempfile
@@ -492,6 +493,20 @@ def _inspect_engine(engine_bytes: bytes) -> Any:
         return None
 
 
+def _check_device_allows(plan: BuildPlan, device: Any) -> None:
+    """Refuse in one line what this device cannot build, whatever the target said."""
+    if plan.hardware_compat and device.l4t:
+        raise ConfigError(f"--hardware-compat {plan.hardware_compat}: expected a discrete GPU, found a Jetson "
+                          f"(L4T {device.l4t}); hardware-compatible engines are not supported there")
+    if plan.hardware_compat and device.compute_capability and \
+            tuple(int(x) for x in device.compute_capability.split(".")) < (8, 0):
+        raise ConfigError(f"--hardware-compat {plan.hardware_compat}: expected an Ampere or newer GPU (sm_80+), "
+                          f"found sm_{device.compute_capability.replace('.', '')}")
+    if plan.dla_core is not None and device.dla_cores <= plan.dla_core:
+        raise ConfigError(f"--device dla:{plan.dla_core}: expected a DLA core below {device.dla_cores} on this "
+                          "device")
+
+
 def _sha256(path: Path) -> str:
     from edgecv._io import sha256_path
 
@@ -530,10 +545,20 @@ class TensorRTBuilder(Builder):
 
         from edgecv.backends.tensorrt_guard import make_sidecar, probe_device
 
+        from edgecv.backends.tensorrt_guard import target_for
+
         device_index, _ = parse_device(config.device if config.device and config.device.upper() != "CPU" else None)
         probe_builder = trt.Builder(_make_logger("ERROR"))
         features = TrtFeatures.from_module(trt, int(probe_builder.num_DLA_cores))
+        try:
+            cudart = _cudart()
+        except MissingDependencyError:
+            cudart = None  # the sidecar then lacks the CUDA versions and GPU name; the build itself needs only TensorRT
+        device = probe_device(trt, cudart, device_index, dla_cores=int(probe_builder.num_DLA_cores))
+        if config.target is None:  # building on the device: its own preset (workspace, DLA cores)
+            config = dataclasses.replace(config, target=target_for(device))
         plan = plan_for(bundle, config, features)
+        _check_device_allows(plan, device)
         onnx_path = _source_onnx(bundle, config, plan)
         cache_path = Path(config.timing_cache) if config.timing_cache else bundle.path(TIMING_CACHE)
         cache_in = cache_path.read_bytes() if cache_path.is_file() else None
@@ -569,7 +594,6 @@ class TensorRTBuilder(Builder):
                 write_bytes(cache_path, res.timing_cache)
             onnx_rel = fp16_rel(config.precision) if plan.onnx_kind == "fp16" else \
                 _rel_or_abs(onnx_path, Path("."), bundle.root)
-            device = probe_device(trt, _cudart(), device_index, dla_cores=int(probe_builder.num_DLA_cores))
             fallback = placement.get("gpu", res.dla_unsupported) if plan.dla_core is not None else []
             sidecar = make_sidecar(device, precision=config.precision, dla_core=plan.dla_core,
                                    profiles=res.profiles, builder_flags={k: v for k, v in flags.items()

@@ -61,12 +61,11 @@ def compile_cmd(
     if backend == "tensorrt":
         from edgecv.backends.tensorrt_plan import get_target
 
-        tgt = get_target(target)  # unknown target → one line listing the choices
-        workspace_mb = workspace_mb if workspace_mb is not None else tgt.workspace_mb
+        get_target(target)  # unknown target → one line listing the choices
     builder_cls = BUILDERS.get(backend)  # unknown backend → one line listing the choices
     b = Bundle.open(bundle)
     config = BuildConfig(precision=precision, device=device or _default_device(backend),  # type: ignore[arg-type]
-                         workspace_mb=workspace_mb or 4096, emit_only=emit_trtexec, target=target,
+                         workspace_mb=workspace_mb, emit_only=emit_trtexec, target=target,
                          hardware_compat=hardware_compat, version_compatible=version_compatible)
 
     t0 = time.perf_counter()
