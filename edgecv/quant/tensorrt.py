@@ -65,7 +65,7 @@ def build_int8_engine(bundle: Bundle, qdq_path: Path, keep_float: list[str], dev
 
 
 def emit_int8_script(bundle: Bundle, config: Any, calib: Any = None, method: str = "minmax", val: Any = None,
-                     max_drop: float | None = None) -> Artifact:
+                     max_drop: float | None = None, limit: int | None = None) -> Artifact:
     """Write the INT8 ``trtexec.sh`` so that it builds from the QDQ model, never from the float graph.
 
     With ``calib``, the model is quantized first (the ONNX Runtime QDQ path, the same Q/DQ TensorRT reads; the
@@ -76,7 +76,7 @@ def emit_int8_script(bundle: Bundle, config: Any, calib: Any = None, method: str
         bundle: the bundle.
         config: the TensorRT :class:`~edgecv.backends.base.BuildConfig` (precision int8, target, device, …).
         calib: calibration data; quantize with it first.
-        method, val, max_drop: as for :func:`edgecv.quant.api.compile_int8`.
+        method, val, max_drop, limit: as for :func:`edgecv.quant.api.compile_int8`.
 
     Returns:
         The script's :class:`Artifact` description (recorded as a file, not as an engine).
@@ -89,7 +89,8 @@ def emit_int8_script(bundle: Bundle, config: Any, calib: Any = None, method: str
     from edgecv.quant.api import ORT_INT8_PATH, compile_int8
 
     if calib is not None:
-        art = compile_int8(bundle, backend="onnxruntime", calib=calib, method=method, val=val, max_drop=max_drop)
+        art = compile_int8(bundle, backend="onnxruntime", calib=calib, method=method, val=val, max_drop=max_drop,
+                           limit=limit)
         note = f"Builds from {art.path}, quantized by edgecv ({art.extra.get('method', method)}) from --calib {calib}."
     else:
         art = bundle.artifact("onnxruntime", "int8")  # type: ignore[assignment]
