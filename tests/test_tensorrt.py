@@ -271,3 +271,23 @@ def test_int8_build_config_keeps_the_callers_options(tmp_path: Path) -> None:
     assert cfg.onnx_path == tmp_path / "m.qdq.onnx" and cfg.keep_float == ["/8/Gemm"] and cfg.strongly_typed
     plain = int8_build_config(tmp_path / "m.qdq.onnx", [], "cuda:1")
     assert (plain.device, plain.target) == ("cuda:1", None)
+
+
+def test_pipeline_tensorrt_int8_without_tensorrt_writes_the_qdq_script(bundle_dir: Path, tmp_path: Path) -> None:
+    """A recipe's compile: [{backend: tensorrt, precision: int8}] on a machine without TensorRT."""
+    from edgecv._lazy import is_available
+    from edgecv.config.schema import QuantizeConfig, Recipe
+    from edgecv.pipeline import _compile
+
+    if is_available("tensorrt"):
+        pytest.skip("TensorRT is installed here: the pipeline builds the engine instead")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(7).standard_normal((24, 3, 32, 32)).astype(np.float32))
+    rec = Recipe.model_validate({"model": {"name": "x"}, "quantize": QuantizeConfig(calib=str(calib), samples=16)})
+    b = Bundle.open(bundle_dir)
+    _compile(b, "tensorrt", "int8", rec, "classify", tmp_path, None)
+    b = Bundle.open(bundle_dir)
+    art = b.artifact("onnxruntime", "int8")
+    assert art is not None and art.extra["samples"] == 16
+    for a in script_commands((bundle_dir / "tensorrt/int8/trtexec.sh").read_text()):
+        assert a["onnx"] == "onnxruntime/int8/model.qdq.onnx" and _qdq_ops(bundle_dir / a["onnx"])
