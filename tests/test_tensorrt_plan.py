@@ -493,6 +493,15 @@ def test_builder_dla_engine_sidecar_and_fallbacks(bundle_dir: Path, monkeypatch,
     assert side["dla_gpu_fallback_layers"] == ["/8/Gemm"]
     here = DeviceInfo(**side["device"])
     assert check_engine(side, here) == []
+    r = backend.TensorRTRunner.from_bundle(b, "fp16")
+    assert r.device == "dla:1" and r.dla_core == 1  # runs on the core it was built for
+    # the sidecar gates loading, so it is hash-checked like the engine
+    sc = bundle_dir / "tensorrt/fp16/model.engine.json"
+    sc.write_text(sc.read_text().replace('"8.7"', '"8.9"'))
+    from edgecv.errors import BundleError
+
+    with pytest.raises(BundleError, match="model.engine.json was changed"):
+        backend.TensorRTRunner.from_bundle(B.open(bundle_dir, verify=False), "fp16")
 
 
 def test_builder_fp16_on_tensorrt11_converts_the_graph(bundle_dir: Path, monkeypatch) -> None:  # noqa: ANN001

@@ -685,7 +685,9 @@ class TensorRTRunner(Runner):
             raise ConfigError(f"tensorrt runner: unexpected options {sorted(kw)}")
         art = bundle.artifact("tensorrt", precision)
         if art is not None:
-            bundle.verify([art.path])
+            side = art.path + ".json"
+            # the sidecar decides whether the engine may load: hash-checked like the engine
+            bundle.verify([art.path, side] if side in bundle.manifest.files else [art.path])
             if device is None and str(art.device).startswith("dla:"):
                 device = art.device  # a DLA engine runs on the core it was built for
             return cls(bundle.path(art.path), precision, device, threads, bundle=bundle, rebuild=rebuild)
