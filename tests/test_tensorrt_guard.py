@@ -199,11 +199,15 @@ def test_record_sidecar_for_a_script_built_engine(tmp_path: Path) -> None:
                           Logger=type("Logger", (), {"ERROR": 1, "__init__": lambda self, lvl: None}))
     plan = {"precision": "int8", "dla_core": 0, "shapes": {"input": [[1, 3, 32, 32]] * 3}, "workspace_mb": 1024,
             "flags": ["int8", "fp16"], "strongly_typed": False, "onnx_kind": "qdq"}
+    (engine.parent / "layers.json").write_text(json.dumps({"Layers": [
+        {"Name": "{ForeignNode[/0/Conv.../7/Relu]}", "LayerType": "ForeignNode"},
+        {"Name": "/8/Gemm", "LayerType": "CaskGemmConvolution"}]}))
     out = record_sidecar(engine, plan, "onnxruntime/int8/model.qdq.onnx", "agx-orin", trt, cudart)
     side = read_sidecar(engine)
     assert out == sidecar_path(engine) and side is not None
     assert side["onnx_sha256"] == sha256_path(qdq) and side["dla_core"] == 0 and side["target"] == "agx-orin"
     assert side["builder_flags"]["built_by"] == "trtexec.sh" and side["device"]["dla_cores"] == 2
+    assert side["dla_gpu_fallback_layers"] == ["/8/Gemm"]
     assert side["device"]["compute_capability"] == "8.7" and side["device"]["tensorrt"] == "10.3.0.30"
     assert engine.read_bytes() == b"plan"
     assert main(["nonsense"]) == 2

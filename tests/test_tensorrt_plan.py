@@ -341,7 +341,7 @@ def _fake_tensorrt_module(features: TrtFeatures, dla_cores: int, calls: dict) ->
         num_DLA_cores = dla_cores
 
         def __init__(self, logger: object) -> None:
-            pass
+            self.logger = logger
 
         def create_network(self, flags: int) -> Network:
             calls["network_flags"] = flags
@@ -355,6 +355,8 @@ def _fake_tensorrt_module(features: TrtFeatures, dla_cores: int, calls: dict) ->
             return Profile()
 
         def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            for line in calls.get("log_lines", []):  # what TensorRT logs at INFO after a DLA build
+                self.logger.log(ILogger.Severity.INFO, line)  # type: ignore[attr-defined]
             return b"plan"
 
     class OnnxParser:
@@ -558,3 +560,41 @@ def test_builder_on_a_jetson_takes_its_preset_and_refuses_what_it_cannot(bundle_
     monkeypatch.setattr(backend, "_cudart", lambda: t4)
     with pytest.raises(ConfigError, match="expected an Ampere or newer GPU \\(sm_80\\+\\), found sm_75"):
         backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="fp16", hardware_compat="ampere+"))
+
+
+def test_dla_placement_from_the_builder_log_and_the_inspector() -> None:
+    from edgecv.backends.tensorrt import layer_placement, placement_from_log
+
+    # the format of TensorRT's INFO report, as a public trtexec --useDLACore log shows it
+    log = ["---------- Layers Running on DLA ----------", "[DlaLayer] {ForeignNode[conv1_1...pool5]}",
+           "[DlaLayer] {ForeignNode[relu6...fc8]}", "---------- Layers Running on GPU ----------",
+           "[GpuLayer] SHUFFLE: shuffle_between_pool5_and_fc6", "[GpuLayer] CONVOLUTION: fc6"]
+    assert placement_from_log(log) == {"dla": ["{ForeignNode[conv1_1...pool5]}", "{ForeignNode[relu6...fc8]}"],
+                                       "gpu": ["shuffle_between_pool5_and_fc6", "fc6"]}
+    assert placement_from_log(["Some other INFO line"]) is None
+    # inspector: a Myelin region is also a ForeignNode, but it runs on the GPU
+    info = {"Layers": [{"Name": "{ForeignNode[/a.../b]}", "LayerType": "Myelin"},
+                       {"Name": "{ForeignNode[/c.../d]}", "LayerType": "ForeignNode"},
+                       {"Name": "Reformatting CopyNode for Input Tensor 0 to /e", "LayerType": "Reformat"},
+                       {"Name": "/e", "LayerType": "CaskConvolution"}]}
+    assert layer_placement(json.dumps(info)) == {"dla": ["{ForeignNode[/c.../d]}"], "gpu": ["{ForeignNode[/a.../b]}", "/e"]}
+    assert layer_placement({"Layers": ["{ForeignNode[/x]}", "/y"]}) == {"dla": ["{ForeignNode[/x]}"], "gpu": ["/y"]}
+
+
+def test_builder_dla_prefers_the_log_report(bundle_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+    import sys
+
+    from edgecv.backends import tensorrt as backend
+    from edgecv.bundle import Bundle as B
+
+    calls: dict = {"log_lines": ["[DlaLayer] {ForeignNode[/0/Conv.../1/Relu]}", "[GpuLayer] MATRIX_MULTIPLY: /8/Gemm",
+                                 "[GpuLayer] SOFTMAX: /9/Softmax"]}
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_module(TYPED, 2, calls))
+    monkeypatch.setattr(backend, "_cudart", lambda: _FAKE_CUDART)
+    monkeypatch.setattr(backend, "is_qdq", lambda path: True)  # the Q/DQ check itself is tested above
+    art = backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="int8", device="dla:0",
+                                                                          target="orin-nx",
+                                                                          onnx_path=bundle_dir / "model.onnx"))
+    assert art.build_flags["dla_placement_source"] == "builder log"
+    assert art.extra["dla_gpu_fallback_layers"] == ["/8/Gemm", "/9/Softmax"]
+    assert calls["flags"][:2] == ["INT8", "FP16"] and "GPU_FALLBACK" in calls["flags"]

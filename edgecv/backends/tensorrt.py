@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import stat
 import tempfile
 import time
@@ -121,10 +122,13 @@ def _make_logger(min_severity: str = "WARNING") -> trt.ILogger:
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
+            self.placement: list[str] = []  # the builder's "[DlaLayer] …" / "[GpuLayer] …" report (INFO)
 
         def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             if int(severity) <= int(trt.ILogger.Severity.ERROR):
                 self.errors.append(msg)
+            if "[DlaLayer]" in msg or "[GpuLayer]" in msg:
+                self.placement.append(msg)
             if int(severity) <= int(threshold):
                 import logging
 
@@ -322,6 +326,7 @@ class BuildResult:
     flags: dict[str, Any]
     profiles: dict[str, Any]
     dla_unsupported: list[str]
+    placement_log: list[str] = dataclasses.field(default_factory=list)
 
 
 def _network_flags(trt: Any, strongly_typed: bool) -> int:
@@ -451,16 +456,41 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
     if serialized is None:
         raise BackendError(f"TensorRT could not build an engine from '{onnx_path}': {_logger_errors(logger)}")
     cache_bytes = bytes(memoryview(cfg.get_timing_cache().serialize()))
-    return BuildResult(bytes(memoryview(serialized)), cache_bytes, build_flags, profiles, dla_unsupported)
+    return BuildResult(bytes(memoryview(serialized)), cache_bytes, build_flags, profiles, dla_unsupported,
+                       list(getattr(logger, "placement", [])))
+
+
+def placement_from_log(lines: list[str]) -> dict[str, list[str]] | None:
+    """The builder's own placement report of a DLA build (INFO lines, as trtexec prints them too)::
+
+        [DlaLayer] {ForeignNode[conv1_1...pool5]}
+        [GpuLayer] SHUFFLE: shuffle_between_pool5_and_fc6
+
+    Returns ``{"dla": [...], "gpu": [...]}``, or None when the log has no such lines.
+    """
+    dla: list[str] = []
+    gpu: list[str] = []
+    for line in lines:
+        for part in line.splitlines():
+            m = re.search(r"\[DlaLayer\]\s*(.+?)\s*$", part)
+            if m:
+                dla.append(m.group(1))
+                continue
+            m = re.search(r"\[GpuLayer\]\s*(?:[A-Z_0-9]+:\s*)?(.+?)\s*$", part)
+            if m:
+                gpu.append(m.group(1))
+    return {"dla": dla, "gpu": gpu} if dla or gpu else None
 
 
 def layer_placement(info: Any) -> dict[str, list[str]]:
     """Split the engine inspector's layers (``get_engine_information(JSON)`` or trtexec ``--exportLayerInfo``) into
     the ones that run on the DLA and the ones on the GPU.
 
-    TensorRT compiles each DLA subgraph into one layer whose name is ``{ForeignNode[first...last]}`` (its
-    ``LayerType`` is ``DLA`` where DETAILED verbosity gives it); every other compute layer runs on the GPU.
-    Reformatting layers TensorRT inserts at DLA/GPU boundaries are not fallbacks and are left out.
+    TensorRT compiles each DLA subgraph into one layer named ``{ForeignNode[first...last]}``; every other compute
+    layer runs on the GPU. Myelin also names its fused GPU regions ``{ForeignNode[...]}`` (TensorRT 8.6 gives them
+    ``LayerType: Myelin``), so those count as GPU; this is why the builder's own log report
+    (:func:`placement_from_log`) is preferred where it exists. Reformatting layers TensorRT inserts at DLA/GPU
+    boundaries are not fallbacks and are left out.
     """
     data = json.loads(info) if isinstance(info, (str, bytes)) else info
     layers = data.get("Layers", []) if isinstance(data, dict) else []
@@ -469,7 +499,7 @@ def layer_placement(info: Any) -> dict[str, list[str]]:
     for layer in layers:
         name = layer if isinstance(layer, str) else str(layer.get("Name", ""))
         kind = "" if isinstance(layer, str) else str(layer.get("LayerType", ""))
-        if kind.upper() == "DLA" or name.startswith("{ForeignNode"):
+        if kind.upper() == "DLA" or (name.startswith("{ForeignNode") and kind.lower() != "myelin"):
             dla.append(name)
         elif kind.lower() in ("reformat", "nooplayer") or "reformatter" in name.lower() or \
                 name.lower().startswith("reformatting"):
@@ -579,8 +609,12 @@ class TensorRTBuilder(Builder):
                 flags["fp16_conversion"] = convert
             placement: dict[str, list[str]] = {}
             if plan.dla_core is not None:
-                info = _inspect_engine(res.engine)
-                placement = layer_placement(info) if info is not None else {}
+                # the builder's own report first; the engine inspector where the log has none
+                from_log = placement_from_log(res.placement_log)
+                info = None if from_log is not None else _inspect_engine(res.engine)
+                placement = from_log or (layer_placement(info) if info is not None else {})
+                flags["dla_placement_source"] = "builder log" if from_log is not None else \
+                    ("engine inspector" if info is not None else "can_run_on_DLA only")
             engine_tmp = Path(tmp) / ENGINE_FILE
             engine_tmp.write_bytes(res.engine)
             files[rel] = engine_tmp

@@ -299,6 +299,15 @@ def record_sidecar(engine_path: str | Path, plan: dict[str, Any], onnx_rel: str,
                         onnx_rel=onnx_rel, onnx_sha256=sha256_path(onnx_file) if onnx_file.is_file() else "",
                         target=target, hardware_compat=plan.get("hardware_compat"),
                         version_compatible=bool(plan.get("version_compatible")), plan=plan)
+    layers = engine.parent / "layers.json"  # trtexec --exportLayerInfo
+    if plan.get("dla_core") is not None and layers.is_file():
+        from edgecv.backends.tensorrt import layer_placement
+
+        try:
+            placement = layer_placement(layers.read_text())
+            side["dla_layers"], side["dla_gpu_fallback_layers"] = placement["dla"], placement["gpu"]
+        except ValueError:
+            pass  # an unreadable layer report leaves the fallback list empty, not the sidecar unwritten
     out = sidecar_path(engine)
     write_bytes(out, (json.dumps(side, indent=2) + "\n").encode())
     return out
