@@ -96,11 +96,13 @@ for name in ("validate-torch-cuda", "trt-validate", "trt-validate-int8"):
         rep = json.loads(p.read_text())
     except Exception:
         continue
-    for r in rep.get("rows", rep.get("results", [])):
-        if isinstance(r, dict):
-            keep = {k: r[k] for k in ("backend", "precision", "max_abs_err", "cosine", "top1_agreement", "passed")
-                    if k in r}
-            print(name, json.dumps(keep))
+    for r in rep.get("results", []):
+        for o in r.get("outputs") or []:
+            print(name, r.get("backend"), r.get("precision_ran") or r.get("precision"), r.get("device"),
+                  o.get("name"), "max_abs", o.get("max_abs"), "cosine", o.get("cosine"),
+                  "top1", o.get("top1_agreement"), "passed", o.get("passed"))
+        if r.get("error"):
+            print(name, r.get("backend"), r.get("precision"), "ERROR", r["error"])
 for name in ("bench-torch-cuda", "trt-bench"):
     p = out / f"{name}.log"
     try:
