@@ -102,13 +102,14 @@ def test_cli_int8_emit_script_builds_from_qdq(qdq_bundle: Path) -> None:
     """The bug: the int8 script named the float model.onnx and ignored --calib."""
     script = qdq_bundle / "tensorrt/int8/trtexec.sh"
     commands = script_commands(script.read_text())
-    assert len(commands) == 3  # TensorRT 11, 10 and 8.6 variants
+    assert len(commands) == 4  # TensorRT 11 with DLA, 11, 10 and 8.6 variants
     for a in commands:
         onnx_file = qdq_bundle / a["onnx"]
         assert a["onnx"] == "onnxruntime/int8/model.qdq.onnx"
         assert _qdq_ops(onnx_file) == {"QuantizeLinear", "DequantizeLinear"}
         assert a["saveEngine"] == "tensorrt/int8/model.engine"
-    typed11, typed10, legacy = commands
+    typed11dla, typed11, typed10, legacy = commands
+    assert typed11dla == typed11  # a GPU build: the DLA-capable TensorRT 11 runs the same command
     assert "stronglyTyped" not in typed11 and "int8" not in typed11  # always strongly typed on TensorRT 11
     assert "stronglyTyped" in typed10 and "int8" not in typed10
     assert "int8" in legacy and "stronglyTyped" not in legacy  # TensorRT 8.6: Q/DQ honoured with --int8
@@ -157,7 +158,8 @@ def test_cli_emit_trtexec_writes_script(cli, bundle_dir: Path) -> None:
     text = script.read_text()
     assert text.startswith("#!/bin/sh\n")
     assert 'cd "$(dirname "$0")/../.."' in text
-    t11, t10, t86 = script_commands(text)
+    t11dla, t11, t10, t86 = script_commands(text)
+    assert t11dla == t11
     a = t10
     assert a["onnx"] == "model.onnx" and "fp16" in a and a["memPoolSize"] == "workspace:1024M"
     assert t86 == t10  # TensorRT 8.6 and 10 both take --fp16 over the float graph

@@ -14,7 +14,16 @@ from types import SimpleNamespace
 import pytest
 
 from edgecv.backends.base import BuildConfig
-from edgecv.backends.tensorrt_plan import LEGACY, TARGETS, TYPED, TYPED_ONLY, TrtFeatures, make_plan, trtexec_args
+from edgecv.backends.tensorrt_plan import (
+    LEGACY,
+    TARGETS,
+    TYPED,
+    TYPED_ONLY,
+    TYPED_ONLY_DLA,
+    TrtFeatures,
+    make_plan,
+    trtexec_args,
+)
 from edgecv.bundle import Bundle, Contract
 from edgecv.errors import ConfigError
 
@@ -147,7 +156,8 @@ def test_target_workspace_defaults() -> None:
 _HELP = {  # the options each trtexec lists in --help that the script probes
     "trt86": "  --fp16  --int8  --useDLACore=N  --allowGPUFallback",
     "trt10": "  --fp16  --int8  --bf16  --stronglyTyped  --useDLACore=N  --allowGPUFallback",
-    "trt11": "  --useDLACore=N  --saveEngine",  # no precision flags; --stronglyTyped not listed (always on)
+    "trt11": "  --saveEngine  --allowGPUFallback",  # no precision flags; --stronglyTyped not listed (always on)
+    "trt11dla": "  --saveEngine  --useDLACore=N  --allowGPUFallback",  # 11.4.1 on AGX Orin, JetPack 7.2.2+
 }
 
 
@@ -194,7 +204,7 @@ def test_script_per_target_runs_the_variant_for_each_trtexec(bundle_dir: Path, t
     device = "dla:0" if TARGETS[target].dla_cores else "cuda:0"
     cfg = BuildConfig(precision="fp16", device=device, target=target, workspace_mb=TARGETS[target].workspace_mb)
     script = write_trtexec_script(b, cfg)
-    for kind, feats in (("trt86", LEGACY), ("trt10", TYPED), ("trt11", TYPED_ONLY)):
+    for kind, feats in (("trt86", LEGACY), ("trt10", TYPED), ("trt11", TYPED_ONLY), ("trt11dla", TYPED_ONLY_DLA)):
         exe, log = _fake_trtexec(tmp_path, kind)
         rc, args, err = _run_script(script, exe, log)
         try:
@@ -215,9 +225,9 @@ def test_script_per_target_runs_the_variant_for_each_trtexec(bundle_dir: Path, t
         assert f"--memPoolSize=workspace:{TARGETS[target].workspace_mb}M" in args
         assert ("--useDLACore=0" in args) == (device == "dla:0")
         assert ("--stronglyTyped" in args) == (kind == "trt10" and plan.strongly_typed)
-        assert "--fp16" not in args if kind == "trt11" else "--fp16" in args
+        assert "--fp16" not in args if kind.startswith("trt11") else "--fp16" in args
     history = [h for h in Bundle.open(bundle_dir).manifest.history if h.get("event") == "trtexec_script"]
-    assert history[-1]["target"] == target and len(history[-1]["commands"]) == 3
+    assert history[-1]["target"] == target and len(history[-1]["commands"]) == 4
 
 
 def test_cli_compile_target_and_refusals(cli, bundle_dir: Path) -> None:
@@ -423,7 +433,8 @@ def _builder_as_trtexec(calls: dict, plan) -> list[str]:  # noqa: ANN001
     return out
 
 
-@pytest.mark.parametrize("features", [LEGACY, TYPED, TYPED_ONLY], ids=["trt86", "trt10", "trt11"])
+@pytest.mark.parametrize("features", [LEGACY, TYPED, TYPED_ONLY, TYPED_ONLY_DLA],
+                         ids=["trt86", "trt10", "trt11", "trt11-dla"])
 @pytest.mark.parametrize("case", [
     {"precision": "fp32"}, {"precision": "fp16"}, {"precision": "int8"}, {"precision": "bf16"},
     {"precision": "fp16", "keep_float": ["/0/Conv"]},

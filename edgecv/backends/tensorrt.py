@@ -35,6 +35,7 @@ from edgecv.backends.tensorrt_plan import (
     PRECISIONS,
     TYPED,
     TYPED_ONLY,
+    TYPED_ONLY_DLA,
     BuildPlan,
     TrtFeatures,
     get_target,
@@ -263,10 +264,12 @@ def write_trtexec_script(bundle: Bundle, config: BuildConfig, source_note: str |
 
     if config.precision == "fp16":
         plan11 = None
-        try:
-            plan11 = plan_for(bundle, config, TYPED_ONLY)
-        except ConfigError:
-            pass
+        for feats in (TYPED_ONLY, TYPED_ONLY_DLA):  # whichever TensorRT 11 variant can build this config
+            try:
+                plan11 = plan_for(bundle, config, feats)
+                break
+            except ConfigError:
+                continue
         if plan11 is not None and plan11.onnx_kind == "fp16" and not bundle.path(fp16_rel("fp16")).is_file():
             with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".build-") as tmp:
                 dst = Path(tmp) / "model.fp16.onnx"
@@ -355,7 +358,8 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
 
     logger = _make_logger()
     builder = trt.Builder(logger)
-    features = TrtFeatures.from_module(trt, int(builder.num_DLA_cores))
+    dla_cores = int(getattr(builder, "num_DLA_cores", 0) or 0)  # by feature: DLA APIs may be absent (TRT 11.0–11.3)
+    features = TrtFeatures.from_module(trt, dla_cores)
     if plan is None:
         _, dla_core = parse_device(config.device if config.device and config.device.upper() != "CPU" else None)
         plan = make_plan(contract, config.precision, features, target=get_target(config.target), dla_core=dla_core,
@@ -413,9 +417,8 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
 
     dla_unsupported: list[str] = []
     if plan.dla_core is not None:
-        if plan.dla_core >= int(builder.num_DLA_cores):
-            raise ConfigError(f"--device dla:{plan.dla_core}: expected a DLA core below {builder.num_DLA_cores} on "
-                              "this device")
+        if plan.dla_core >= dla_cores:
+            raise ConfigError(f"--device dla:{plan.dla_core}: expected a DLA core below {dla_cores} on this device")
         cfg.default_device_type = trt.DeviceType.DLA
         cfg.DLA_core = plan.dla_core
         cfg.set_flag(trt.BuilderFlag.GPU_FALLBACK)
@@ -579,12 +582,13 @@ class TensorRTBuilder(Builder):
 
         device_index, _ = parse_device(config.device if config.device and config.device.upper() != "CPU" else None)
         probe_builder = trt.Builder(_make_logger("ERROR"))
-        features = TrtFeatures.from_module(trt, int(probe_builder.num_DLA_cores))
+        dla_cores = int(getattr(probe_builder, "num_DLA_cores", 0) or 0)
+        features = TrtFeatures.from_module(trt, dla_cores)
         try:
             cudart = _cudart()
         except MissingDependencyError:
             cudart = None  # the sidecar then lacks the CUDA versions and GPU name; the build itself needs only TensorRT
-        device = probe_device(trt, cudart, device_index, dla_cores=int(probe_builder.num_DLA_cores))
+        device = probe_device(trt, cudart, device_index, dla_cores=dla_cores)
         if config.target is None:  # building on the device: its own preset (workspace, DLA cores)
             config = dataclasses.replace(config, target=target_for(device))
         plan = plan_for(bundle, config, features)
@@ -780,11 +784,11 @@ class TensorRTRunner(Runner):
         _check(cudart.cudaSetDevice(self.device_index), "cudaSetDevice")
         logger = _make_logger()
         runtime = trt.Runtime(logger)
-        self._guard(trt, cudart, int(runtime.num_DLA_cores))
+        dla_cores = int(getattr(runtime, "num_DLA_cores", 0) or 0)
+        self._guard(trt, cudart, dla_cores)
         if self.dla_core is not None:
-            if self.dla_core >= int(runtime.num_DLA_cores):
-                raise BackendError(f"tensorrt device '{self.device}': this device has {runtime.num_DLA_cores} DLA "
-                                   "core(s)")
+            if self.dla_core >= dla_cores:
+                raise BackendError(f"tensorrt device '{self.device}': this device has {dla_cores} DLA core(s)")
             runtime.DLA_core = self.dla_core
         if self.provenance and self.provenance.get("version_compatible"):
             # a version-compatible plan carries its lean runtime as host code, which the runtime must allow

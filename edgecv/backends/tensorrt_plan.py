@@ -28,8 +28,9 @@ TensorRT ≤ 10 (Python)                      TensorRT 11                       
 STRONGLY_TYPED``                            network is strongly typed)             on 11, required on 10
 ``IAlgorithmSelector`` and friends          removed (editable timing cache)        not used
 ``ICudaEngine.device_memory_size``          removed (``device_memory_size_v2``)    not used
-DLA (``DeviceType.DLA``)                    absent in 11.0–11.3; 11.4.1 only on    detected by feature; refused in one
-                                            AGX Orin with JetPack ≥ 7.2.2          line where absent
+DLA (``DeviceType.DLA``)                    absent in 11.0–11.3; 11.4.1 only on    detected by feature (strongly typed
+                                            AGX Orin with JetPack ≥ 7.2.2          there); refused in one line where
+                                                                                   absent
 trtexec ``--fp16`` / ``--int8`` …          removed; ``--stronglyTyped`` always on script picks its TensorRT 11
                                                                                    variant when ``--fp16`` is gone
 ==========================================  =====================================  ===================================
@@ -101,7 +102,10 @@ TYPED = TrtFeatures(strongly_typed=True, precision_flags=True, bf16_flag=True, d
                     version_compat=True, label="TensorRT 10 (JetPack 6.1+, 7)")
 TYPED_ONLY = TrtFeatures(strongly_typed=True, precision_flags=False, bf16_flag=False, dla=False,
                          hardware_compat=True, version_compat=True, label="TensorRT 11")
-SCRIPT_VARIANTS = (TYPED_ONLY, TYPED, LEGACY)
+# TensorRT 11.4.1 brought DLA back, strongly typed, on AGX Orin with JetPack >= 7.2.2 (its trtexec has --useDLACore)
+TYPED_ONLY_DLA = TrtFeatures(strongly_typed=True, precision_flags=False, bf16_flag=False, dla=True,
+                             hardware_compat=True, version_compat=True, label="TensorRT 11 with DLA (11.4.1+)")
+SCRIPT_VARIANTS = (TYPED_ONLY_DLA, TYPED_ONLY, TYPED, LEGACY)
 
 
 # ====================================================================== targets
@@ -379,8 +383,9 @@ def render_script(precision: str, variants: list[tuple[TrtFeatures, list[str] | 
     """A POSIX shell script that asks ``trtexec --help`` which TensorRT it is and runs the matching variant.
 
     The probe mirrors :meth:`TrtFeatures.from_module`: ``--fp16`` absent ↔ the precision flags were removed
-    (TensorRT 11, where strong typing is always on, whether or not its help still lists ``--stronglyTyped``);
-    else ``--stronglyTyped`` present ↔ ``STRONGLY_TYPED`` (TensorRT 10); else TensorRT 8.6.
+    (TensorRT 11, where strong typing is always on, whether or not its help still lists ``--stronglyTyped``), with
+    ``--useDLACore`` ↔ DLA (11.4.1+ on AGX Orin); else ``--stronglyTyped`` present ↔ ``STRONGLY_TYPED``
+    (TensorRT 10); else TensorRT 8.6.
     """
     by_label = {f.label: v for f, v in variants}
 
@@ -399,9 +404,11 @@ def render_script(precision: str, variants: list[tuple[TrtFeatures, list[str] | 
              'HELP="$("$TRTEXEC" --help 2>&1 || true)"',
              'has() { case "$HELP" in *"$1"*) return 0 ;; esac; return 1; }',
              "trtexec() { \"$TRTEXEC\" \"$@\"; }",
-             "if ! has --fp16; then",
-             f"  # {TYPED_ONLY.label}: strongly typed only"]
-    text = "\n".join(lines) + "\n" + body(TYPED_ONLY)
+             "if ! has --fp16 && has --useDLACore; then",
+             f"  # {TYPED_ONLY_DLA.label}: strongly typed only"]
+    text = "\n".join(lines) + "\n" + body(TYPED_ONLY_DLA)
+    text += f"elif ! has --fp16; then\n  # {TYPED_ONLY.label} (11.0–11.4.0: no DLA): strongly typed only\n" + \
+        body(TYPED_ONLY)
     text += f"elif has --stronglyTyped; then\n  # {TYPED.label}\n" + body(TYPED)
     text += f"else\n  # {LEGACY.label}\n" + body(LEGACY) + "fi\n"
     return text
