@@ -133,8 +133,9 @@ class Target:
 TARGETS: dict[str, Target] = {
     "orin-nano": Target("orin-nano", True, "8.7", 0, 1024, "6.0 (TensorRT 8.6), 6.1/6.2 (TensorRT 10.3)"),
     "orin-nx": Target("orin-nx", True, "8.7", 2, 1024, "6.0 (TensorRT 8.6), 6.1/6.2 (TensorRT 10.3)"),
-    "agx-orin": Target("agx-orin", True, "8.7", 2, 1024, "6.0 (TensorRT 8.6), 6.1/6.2 (TensorRT 10.3)"),
-    "thor": Target("thor", True, "11.0", 0, 1024, "7.x (TensorRT 10.x, Python 3.12)"),
+    "agx-orin": Target("agx-orin", True, "8.7", 2, 1024,
+                       "6.0 (TensorRT 8.6), 6.1/6.2 (TensorRT 10.3), 7.2.2+ (TensorRT 11.4.1)"),
+    "thor": Target("thor", True, "11.0", 0, 1024, "7.x (TensorRT 10.x; 11.4.1 from 7.2.2), Python 3.12"),
     "x86": Target("x86", False, None, 0, 4096, ""),
 }
 
