@@ -298,7 +298,7 @@ def write_trtexec_script(bundle: Bundle, config: BuildConfig, source_note: str |
         # the provenance sidecar, where edgecv and TensorRT's Python are installed (JetPack 6+; not JetPack 5)
         after[feats.label] = ['if python3 -c "import edgecv, tensorrt" >/dev/null 2>&1; then',
                               f"  {record} || echo 'edgecv: no provenance sidecar written' >&2", "fi"]
-    text = render_script(config.precision, variants, header,
+    text = render_script(variants, header,
                          ['cd "$(dirname "$0")/../.."', f"mkdir -p tensorrt/{config.precision}"], after)
     with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".build-") as tmp:
         src = Path(tmp) / SCRIPT_FILE

@@ -379,8 +379,8 @@ def script_variants(make: Any) -> list[tuple[TrtFeatures, list[str] | str]]:
     return out
 
 
-def render_script(precision: str, variants: list[tuple[TrtFeatures, list[str] | str]], header: list[str],
-                  setup: list[str], after: dict[str, list[str]] | None = None) -> str:
+def render_script(variants: list[tuple[TrtFeatures, list[str] | str]], header: list[str], setup: list[str],
+                  after: dict[str, list[str]] | None = None) -> str:
     """A POSIX shell script that asks ``trtexec --help`` which TensorRT it is and runs the matching variant.
 
     The probe mirrors :meth:`TrtFeatures.from_module`: ``--fp16`` absent ↔ the precision flags were removed

@@ -190,7 +190,7 @@ def _trt_features() -> list[str]:
         from edgecv.backends.tensorrt_plan import TrtFeatures
 
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
-        cores = int(builder.num_DLA_cores)
+        cores = int(getattr(builder, "num_DLA_cores", 0) or 0)  # DLA APIs may be absent (TensorRT 11.0–11.3)
         f = TrtFeatures.from_module(trt, cores)
     except Exception:  # noqa: BLE001 - stubs only, or no GPU: nothing to add
         return []
