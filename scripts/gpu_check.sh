@@ -62,9 +62,16 @@ if $PY -c "import tensorrt as t, sys; sys.exit(0 if hasattr(t, 'Builder') else 1
   SIDE="$B/tensorrt/fp16/model.engine.json"
   if [ -f "$SIDE" ]; then
     cp "$SIDE" "$OUT/sidecar.orig.json"
-    python3 - "$SIDE" <<'PY'
+    # pretend the engine was built on another GPU: edit the sidecar and re-record its hash (as a rebuilt bundle would)
+    $PY - "$B" <<'PY'
 import json, sys
-p = sys.argv[1]; d = json.load(open(p)); d["device"]["compute_capability"] = "1.0"; json.dump(d, open(p, "w"))
+from edgecv._io import sha256_path
+from edgecv.bundle import Bundle
+b = Bundle.open(sys.argv[1], verify=False)
+rel = "tensorrt/fp16/model.engine.json"
+d = json.loads(b.path(rel).read_text()); d["device"]["compute_capability"] = "1.0"
+b.path(rel).write_text(json.dumps(d))
+b.manifest.files[rel] = sha256_path(b.path(rel)); b.save()
 PY
     if timeout 60 $E validate "$B" -b tensorrt:fp16 > "$OUT/guard.log" 2>&1; then
       echo "guard-refuses-mismatch       FAILED (a mismatched sidecar was accepted)" | tee -a "$SUMMARY"
