@@ -85,7 +85,7 @@ def _fake_tools(bin_dir: Path, clocks_fixture: str) -> None:
     bin_dir.mkdir()
     tools = {"nvpmodel": f"cat '{FIX / 'nvpmodel_thor_maxn.txt'}'",
              "jetson_clocks": f"cat '{FIX / clocks_fixture}'",
-             "tegrastats": f"cat '{FIX / 'tegrastats_orin_nano.txt'}'; sleep 30"}
+             "tegrastats": f"cat '{FIX / 'tegrastats_orin_nano.txt'}'; exec sleep 30"}
     for name, body in tools.items():
         p = bin_dir / name
         p.write_text(f"#!/bin/sh\n{body}\n")
@@ -130,3 +130,25 @@ def test_doctor_jetson_table_and_bench_host(tmp_path: Path, monkeypatch) -> None
     assert rows["JetPack"] == "6.1" and rows["power mode (nvpmodel -q)"] == "MAXN (id 0)"
     assert rows["clocks (jetson_clocks --show)"].startswith("not locked, GPU 115 MHz (max 1300)")
     assert "VDD_IN 4673 mW" in rows["tegrastats"]
+
+
+def test_cli_bench_records_jetson_state_and_warns(cli, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """On a (fake) Jetson with unlocked clocks: bench's JSON has host.jetson and stderr has the warning."""
+    import json
+    import os
+
+    pytest.importorskip("onnxruntime")
+    _fake_tools(tmp_path / "bin", "jetson_clocks_orin_unlocked.txt")
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
+               "--no-stages", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    host = json.loads(proc.stdout)["host"]
+    assert host["jetson"]["power_mode"] == {"mode": "MAXN", "id": 0}
+    assert host["jetson"]["clocks_locked"] is False and host["jetson"]["tegrastats"]["ram_total_mb"] == 7620
+    assert "Jetson clocks are not locked (power mode MAXN)" in proc.stderr
+    _fake_tools(tmp_path / "bin2", "jetson_clocks_orin_locked.txt")
+    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
+               "--no-stages", "--json", env={"PATH": f"{tmp_path / 'bin2'}:{os.environ['PATH']}"})
+    assert proc.returncode == 0 and "not locked" not in proc.stderr
+    assert json.loads(proc.stdout)["host"]["jetson"]["clocks_locked"] is True
