@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow typecheck clean system-deps
+.PHONY: install demo test test-slow typecheck pycompat clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all]' $(TORCH_PINS)
 	# tensorrt-stubs declares a dependency on tensorrt, whose wheels cannot be fetched here: stubs only
 	$(BIN)/python -m pip install -q --no-deps 'tensorrt-stubs>=10.0'
-	$(BIN)/python -m pip install -q pytest pytest-xdist mypy hypothesis
+	$(BIN)/python -m pip install -q pytest pytest-xdist mypy hypothesis vermin
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,7 +46,11 @@ typecheck: install
 	  .mypy_stubs/tensorrt_bindings/tensorrt.pyi
 	MYPYPATH=.mypy_stubs $(BIN)/mypy --follow-imports=silent edgecv
 
-test: install system-deps typecheck
+# JetPack 6 ships Python 3.10: nothing in the package may need a newer Python (vermin exits 1 on a violation)
+pycompat: install
+	$(BIN)/vermin -t=3.10- --violations --no-tips --eval-annotations edgecv
+
+test: install system-deps typecheck pycompat
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
 test-slow: install system-deps

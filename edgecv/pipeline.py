@@ -345,6 +345,16 @@ def _compile(bundle: Bundle, backend: str, precision: str, rec: Recipe, task: st
         if q is None or not q.calib:
             raise ConfigError(f"quantize.calib: compile {backend}:int8 needs calibration data; none given")
         val = _val_dir(rec, out)
+        from edgecv._lazy import is_available
+
+        if backend == "tensorrt" and not is_available("tensorrt"):
+            # no TensorRT here: quantize, then write the trtexec script that builds from that QDQ model
+            from edgecv.backends.base import BuildConfig
+            from edgecv.quant.tensorrt import emit_int8_script
+
+            emit_int8_script(bundle, BuildConfig(precision="int8", device="cuda:0", emit_only=True), calib=q.calib,
+                             method=q.method, val=val, max_drop=q.max_drop, limit=q.samples)
+            return
         compile_int8(bundle, backend=backend, calib=q.calib, method=q.method, val=val,
                      max_drop=q.max_drop, limit=q.samples)
         return

@@ -129,7 +129,7 @@ class BuildConfig:
         precision: fp32, fp16, bf16 or int8.
         device: backend device string (``CPU``, ``GPU``, ``cuda:0`` …).
         batch_range: (min, opt, max) batch sizes for dynamic-shape profiles; None takes the bundle's.
-        workspace_mb: TensorRT builder workspace limit.
+        workspace_mb: TensorRT builder workspace limit (MiB); None takes the target's default (1 GiB on Jetson).
         emit_only: write the equivalent command line (trtexec) instead of building.
         options: typed backend-specific extras are fields here, never free-form dicts from users.
     """
@@ -137,12 +137,15 @@ class BuildConfig:
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     device: str = "CPU"
     batch_range: tuple[int, int, int] | None = None
-    workspace_mb: int = 4096
+    workspace_mb: int | None = None
     emit_only: bool = False
     timing_cache: Path | None = None
     keep_float: list[str] = field(default_factory=list)
     onnx_path: Path | None = None  # override the bundle's model.onnx (e.g. a QDQ model)
     strongly_typed: bool = False  # TensorRT: take precisions from the (QDQ) graph, not from builder flags
+    target: str | None = None  # TensorRT: orin-nano, orin-nx, agx-orin, thor or x86 (edgecv.backends.tensorrt_plan)
+    hardware_compat: str | None = None  # TensorRT: "ampere+" for an engine that runs on any Ampere+ discrete GPU
+    version_compatible: bool = False  # TensorRT: a plan newer TensorRT versions can load
 
 
 class Builder(abc.ABC):

@@ -206,6 +206,11 @@ def _host_info(threads: int | None) -> dict[str, Any]:
         v = version_of(mod) if mod in ("numpy",) or _imported(mod) else None
         if v is not None:
             info[f"{mod}_version"] = v
+    from edgecv.jetson import jetson_state
+
+    jetson = jetson_state()  # power mode and clock lock decide what a Jetson's numbers mean
+    if jetson is not None:
+        info["jetson"] = jetson
     return info
 
 

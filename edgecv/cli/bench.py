@@ -14,6 +14,7 @@ from edgecv.cli.options import (
     ModelSourceOpt,
     ModelWeightsOpt,
     PrecisionOpt,
+    RebuildOpt,
     ThreadsOpt,
 )
 
@@ -47,6 +48,7 @@ def register(app: typer.Typer) -> None:
                            "--conf (the bundle's own is set low for mAP).")] = 0.25,
         source: ModelSourceOpt = None,
         weights: ModelWeightsOpt = None,
+        rebuild: RebuildOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
@@ -66,6 +68,9 @@ def register(app: typer.Typer) -> None:
 
         if iters is not None and iters < 1:
             raise ConfigError(f"--iters: expected a positive integer, found {iters}")
+        from edgecv.backends.tensorrt_guard import REBUILD
+
+        REBUILD.set(rebuild)
         b = Bundle.open(bundle)
         open_runner = runner_opener(source, weights)
         specs = parse_backend_specs(backend, precision) if backend else \
@@ -82,6 +87,11 @@ def register(app: typer.Typer) -> None:
                                rounds=rounds, interleave=not sequential, opener=open_runner,
                                progress=lambda desc, frac: bar.update(task, description=desc, completed=frac),
                                **kw)  # type: ignore[arg-type]
+        from edgecv.jetson import clock_warning
+
+        jetson_warning = clock_warning(rep.host.get("jetson"))
+        if jetson_warning:
+            err_console.print(f"[yellow]warning:[/] {jetson_warning}", highlight=False)
         try:
             fw, fh = (int(v) for v in frame_size.lower().split("x"))
         except ValueError:

@@ -25,7 +25,14 @@ def compile_cmd(
     device: DeviceOpt = None,
     emit_trtexec: Annotated[bool, typer.Option(
         "--emit-trtexec", help="TensorRT: write tensorrt/<precision>/trtexec.sh into the bundle instead of building.")] = False,
-    workspace_mb: Annotated[int, typer.Option("--workspace-mb", help="TensorRT builder workspace limit (MiB).")] = 4096,
+    workspace_mb: Annotated[Optional[int], typer.Option(
+        "--workspace-mb", help="TensorRT builder workspace limit (MiB); default: the target's (1024 on Jetson).")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        "--target", help="TensorRT: orin-nano, orin-nx, agx-orin, thor or x86 (default).")] = None,
+    hardware_compat: Annotated[Optional[str], typer.Option(
+        "--hardware-compat", help="TensorRT: 'ampere+' for an engine any Ampere+ discrete GPU loads.")] = None,
+    version_compatible: Annotated[bool, typer.Option(
+        "--version-compatible", help="TensorRT: a plan newer TensorRT versions can load.")] = False,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="int8: calibration images (folder or list).")] = None,
     method: Annotated[str, typer.Option("--method", help="int8 calibration: minmax, entropy, percentile, auto.")] = "auto",
     val: Annotated[Optional[Path], typer.Option("--val", help="int8: validation data for the accuracy check.")] = None,
@@ -43,17 +50,31 @@ def compile_cmd(
         raise ConfigError(f"--precision: expected one of {', '.join(_PRECISIONS)}, found '{precision}'")
     if method not in _METHODS:
         raise ConfigError(f"--method: expected one of {', '.join(_METHODS)}, found '{method}'")
-    if workspace_mb < 1:
+    if workspace_mb is not None and workspace_mb < 1:
         raise ConfigError(f"--workspace-mb: expected a positive number, found {workspace_mb}")
     if emit_trtexec and backend != "tensorrt":
         raise ConfigError(f"--emit-trtexec: only for --backend tensorrt, found --backend {backend}")
+    trt_only = {"--target": target, "--hardware-compat": hardware_compat, "--version-compatible": version_compatible}
+    for opt, value in trt_only.items():
+        if value and backend != "tensorrt":
+            raise ConfigError(f"{opt}: only for --backend tensorrt, found --backend {backend}")
+    if backend == "tensorrt":
+        from edgecv.backends.tensorrt_plan import get_target
+
+        get_target(target)  # unknown target → one line listing the choices
     builder_cls = BUILDERS.get(backend)  # unknown backend → one line listing the choices
     b = Bundle.open(bundle)
     config = BuildConfig(precision=precision, device=device or _default_device(backend),  # type: ignore[arg-type]
-                         workspace_mb=workspace_mb, emit_only=emit_trtexec)
+                         workspace_mb=workspace_mb, emit_only=emit_trtexec, target=target,
+                         hardware_compat=hardware_compat, version_compatible=version_compatible)
 
     t0 = time.perf_counter()
-    if precision == "int8" and not emit_trtexec:
+    if precision == "int8" and emit_trtexec:
+        # the script must build from the QDQ model (quantized here first when --calib is given), never model.onnx
+        from edgecv.quant.tensorrt import emit_int8_script
+
+        artifact = emit_int8_script(b, config, calib=calib, method=method, val=val, max_drop=max_drop)
+    elif precision == "int8":
         if calib is None:
             raise ConfigError("--calib: int8 needs calibration data (a folder of images or a list file); found none")
         try:
@@ -63,7 +84,7 @@ def compile_cmd(
 
             raise MissingDependencyError(f"int8 compile needs edgecv.quant.api, which is not available ({exc})") from exc
         artifact = compile_int8(b, backend=backend, calib=calib, method=method, val=val, max_drop=max_drop,
-                                device=config.device)
+                                device=config.device, build_config=config if backend == "tensorrt" else None)
     else:
         artifact = builder_cls().build(b, config)
     elapsed = time.perf_counter() - t0
@@ -80,6 +101,11 @@ def compile_cmd(
     }
     if emit_trtexec:
         row["command"] = artifact.extra.get("command", "")
+        if "qdq_onnx" in artifact.extra:
+            row["qdq_onnx"] = artifact.extra["qdq_onnx"]
+    for key in ("notes", "dla_gpu_fallback_layers", "provenance"):
+        if artifact.extra.get(key):
+            row[key] = artifact.extra[key]
     if json_out:
         from edgecv.cli._output import print_json
 
@@ -92,6 +118,12 @@ def compile_cmd(
     print_table(f"compiled {b.root}", ["backend", "precision", "device", "file", "size (MB)", "build (s)"],
                 [[row["backend"], row["precision"], row["device"], _rel(path, b.root), row["size_mb"],
                   row["build_time_s"]]])
+    for note in row.get("notes", []):
+        typer.echo(f"note: {note}")
+    if row.get("dla_gpu_fallback_layers"):
+        layers = row["dla_gpu_fallback_layers"]
+        typer.echo(f"DLA: {len(layers)} layer(s) fell back to the GPU: {', '.join(layers[:12])}"
+                   + (" …" if len(layers) > 12 else ""))
 
 
 def _default_device(backend: str) -> str:

@@ -26,17 +26,43 @@ def register(app: typer.Typer) -> None:
 
 def doctor_cmd(json_out: JsonOpt = False) -> None:
     """Print framework versions and the devices each backend can use."""
-    versions, devices = collect_versions(), collect_devices()
+    from edgecv.jetson import clock_warning, jetson_state
+
+    versions, devices, jetson = collect_versions(), collect_devices(), jetson_state()
     if json_out:
         from edgecv.cli._output import print_json
 
-        print_json({"versions": versions, "devices": devices})
+        print_json({"versions": versions, "devices": devices, "jetson": jetson})
         return
     from edgecv.cli._output import print_table
 
     print_table("versions", ["package", "version"], [[k, v or "not installed"] for k, v in versions.items()])
     rows = [[d["backend"], d["device"], d.get("name", ""), ", ".join(d.get("capabilities", []))] for d in devices]
     print_table("devices", ["backend", "device", "name", "capabilities"], rows)
+    if jetson is not None:
+        print_table("jetson", ["item", "value"], jetson_rows(jetson))
+        warning = clock_warning(jetson)
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
+
+
+def jetson_rows(state: dict[str, Any]) -> list[list[str]]:
+    """``edgecv doctor``'s Jetson table: L4T/JetPack, power mode, clock lock, one tegrastats sample."""
+    rel = state.get("release") or {}
+    pm = state.get("power_mode") or {}
+    clocks = state.get("clocks") or {}
+    ts = state.get("tegrastats") or {}
+    gpu = (clocks.get("clocks") or {}).get("GPU") or {}
+    rows = [["L4T", str(rel.get("l4t") or "unknown")], ["JetPack", str(rel.get("jetpack") or "unknown")],
+            ["power mode (nvpmodel -q)", f"{pm.get('mode', 'unknown')} (id {pm.get('id')})" if pm else "unknown"],
+            ["clocks (jetson_clocks --show)", ("locked" if state.get("clocks_locked") else "not locked")
+             + (f", GPU {gpu.get('cur', 0) / 1e6:.0f} MHz (max {gpu.get('max', 0) / 1e6:.0f})" if gpu else "")]]
+    if ts:
+        power = ", ".join(f"{k} {v} mW" for k, v in (ts.get("power_mw") or {}).items())
+        rows.append(["tegrastats", f"RAM {ts.get('ram_used_mb')}/{ts.get('ram_total_mb')} MB, GPU "
+                                   f"{ts.get('gpu_load', '?')}%" + (f", {power}" if power else "")])
+    rows += [["note", w] for w in state.get("warnings", [])]
+    return rows
 
 
 def _dist_version(dist: str) -> str | None:
@@ -152,8 +178,25 @@ def _devices_tensorrt() -> list[dict[str, Any]]:
         err, prop = cudart.cudaGetDeviceProperties(i)
         name = prop.name.decode() if int(err) == 0 and isinstance(prop.name, bytes) else str(getattr(prop, "name", ""))
         caps = [f"sm_{prop.major}{prop.minor}"] if int(err) == 0 else []
-        out.append({"backend": "tensorrt", "device": f"cuda:{i}", "name": name, "capabilities": caps})
+        out.append({"backend": "tensorrt", "device": f"cuda:{i}", "name": name, "capabilities": caps + _trt_features()})
     return out
+
+
+def _trt_features() -> list[str]:
+    """What the installed TensorRT can do, by feature (strongly typed, precision flags, DLA cores)."""
+    try:
+        import tensorrt as trt
+
+        from edgecv.backends.tensorrt_plan import TrtFeatures
+
+        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+        cores = int(getattr(builder, "num_DLA_cores", 0) or 0)  # DLA APIs may be absent (TensorRT 11.0–11.3)
+        f = TrtFeatures.from_module(trt, cores)
+    except Exception:  # noqa: BLE001 - stubs only, or no GPU: nothing to add
+        return []
+    return [name for name, on in (("strongly-typed", f.strongly_typed), ("fp16/int8 flags", f.precision_flags),
+                                  (f"DLA x{cores}", f.dla), ("ampere+", f.hardware_compat),
+                                  ("version-compatible", f.version_compat)) if on]
 
 
 def collect_devices() -> list[dict[str, Any]]:

@@ -26,3 +26,6 @@ ModelSourceOpt = Annotated[Optional[str], typer.Option(
                      "runs a file a bundle names. Runs that file, as any Python import does.")]
 ModelWeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Local state dict for the live torch reference, when the bundle was exported with one.")]
+RebuildOpt = Annotated[bool, typer.Option(
+    "--rebuild", help="TensorRT: rebuild an engine built for another GPU or TensorRT version from the bundle's ONNX "
+                      "(instead of refusing it).")]

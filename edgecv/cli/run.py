@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt
+from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt, RebuildOpt
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
                                            "highgui).")] = False,
         json_out: Annotated[Optional[str], typer.Option("--json", help="Write the summary as JSON to FILE "
                                                         "('-' for stdout, instead of the table).")] = None,
+        rebuild: RebuildOpt = False,
         open_timeout: Annotated[float, typer.Option("--open-timeout", help="Seconds to wait for the source "
                                                     "to open.")] = 10.0,
         reconnect_max: Annotated[int, typer.Option("--reconnect-max", help="Reconnect attempts per outage of a "
@@ -119,6 +120,9 @@ def register(app: typer.Typer) -> None:
         if serve_at is not None:
             netguard.check_bind(serve_at[0], tok)
         open_source(spec, decode=decode)  # a bad --decode is one line before the model loads
+        from edgecv.backends.tensorrt_guard import REBUILD
+
+        REBUILD.set(rebuild)
         b = Bundle.open(bundle)
         sinks: list[Sink] = []
         try:

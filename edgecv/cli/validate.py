@@ -15,6 +15,7 @@ from edgecv.cli.options import (
     ModelSourceOpt,
     ModelWeightsOpt,
     PrecisionOpt,
+    RebuildOpt,
     ThreadsOpt,
 )
 
@@ -62,6 +63,7 @@ def register(app: typer.Typer) -> None:
             "--layers", help="For INT8: list the first layers whose outputs diverge from fp32.")] = False,
         source: ModelSourceOpt = None,
         weights: ModelWeightsOpt = None,
+        rebuild: RebuildOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Run BUNDLE on each backend and compare its outputs with PyTorch's.
@@ -76,6 +78,9 @@ def register(app: typer.Typer) -> None:
         from edgecv.validate.core import ValidationFailed, validate_bundle
         from edgecv.validate.runs import installed_backends, parse_backend_specs
 
+        from edgecv.backends.tensorrt_guard import REBUILD
+
+        REBUILD.set(rebuild)
         b = Bundle.open(bundle)
         open_runner = runner_opener(source, weights)
         specs = parse_backend_specs(backend or [], precision) if backend else \

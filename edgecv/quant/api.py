@@ -335,7 +335,8 @@ def _quantize_to(bundle: Bundle, backend: str, source: CalibrationSource, method
 def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
                  calib: CalibrationSource | str | Path | None = None, method: str = "minmax",
                  val: str | Path | ValSet | None = None, max_drop: float | None = None,
-                 device: str | None = None, *, limit: int | None = None, float_head: bool = True) -> Artifact:
+                 device: str | None = None, *, limit: int | None = None, float_head: bool = True,
+                 build_config: Any = None) -> Artifact:
     """Quantize a bundle's model to INT8 for ``backend`` and add the artifact to the bundle.
 
     Args:
@@ -349,6 +350,8 @@ def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
         device: backend device (OpenVINO ``CPU``/``GPU``…, TensorRT ``cuda:0``).
         limit: use at most this many calibration samples.
         float_head: keep ops after the last Conv/Gemm of each output path (detector heads) in float.
+        build_config: tensorrt: the BuildConfig whose target, device (``dla:N``), workspace and portability
+            options the engine is built with.
 
     Returns:
         The recorded :class:`Artifact` (``extra`` holds method, samples, kept-float layers, metrics).
@@ -376,7 +379,7 @@ def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
             from edgecv.quant.tensorrt import build_int8_engine
 
             return build_int8_engine(b, b.file(art.path), res.float_head + res.kept_float, device=device,
-                                     extra=res.to_dict())
+                                     extra=res.to_dict(), base=build_config)
         return art
 
 

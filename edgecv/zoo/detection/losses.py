@@ -55,7 +55,7 @@ class YoloV1Loss(nn.Module):
         coord_loss = out.new_zeros(())
         cls_loss = out.new_zeros(())
         if gt.shape[0]:
-            b = gt[:, 0].long()
+            b = gt[:, 0].long()  # novm
             cx, cy = (gt[:, 2] + gt[:, 4]) / 2 / iw, (gt[:, 3] + gt[:, 5]) / 2 / ih  # normalised
             w, h = ((gt[:, 4] - gt[:, 2]) / iw).clamp(1e-6, 1), ((gt[:, 5] - gt[:, 3]) / ih).clamp(1e-6, 1)
             gx = (cx * sw).clamp(0, sw - 1e-4)
@@ -76,7 +76,7 @@ class YoloV1Loss(nn.Module):
             conf_t[b, gj, gi, best] = ious[torch.arange(gt.shape[0], device=dev), best].clamp(0, 1)
             cls_t = torch.zeros(bsz, sh, sw, self.nc, device=dev)
             has_obj = torch.zeros(bsz, sh, sw, dtype=torch.bool, device=dev)
-            cls_t[b, gj, gi, gt[:, 1].long()] = 1.0
+            cls_t[b, gj, gi, gt[:, 1].long()] = 1.0  # novm
             has_obj[b, gj, gi] = True
             cls_loss = ((prob - cls_t) ** 2).sum(-1)[has_obj].sum()
         conf = box[..., 4]
@@ -151,10 +151,10 @@ class YoloAnchorLoss(nn.Module):
                 if gi_idx.numel():
                     g = gt[gi_idx]
                     ai = local[ai_all]
-                    b = g[:, 0].long()
+                    b = g[:, 0].long()  # novm
                     cx, cy = (g[:, 2] + g[:, 4]) / 2, (g[:, 3] + g[:, 5]) / 2
-                    ci = (cx / s).long().clamp(0, w - 1)
-                    cj = (cy / s).long().clamp(0, h - 1)
+                    ci = (cx / s).long().clamp(0, w - 1)  # novm
+                    cj = (cy / s).long().clamp(0, h - 1)  # novm
                     pb = pbox[b, ai, cj, ci]
                     giou = elementwise_giou(pb, g[:, 2:6])
                     lbox = lbox + (1.0 - giou).mean()
@@ -162,9 +162,9 @@ class YoloAnchorLoss(nn.Module):
                     obj_w[b, ai, cj, ci] = 1.0
                     logits = t[b, ai, cj, ci, 5:]
                     if self.cls_act == "softmax":
-                        lcls = lcls + F.cross_entropy(logits, g[:, 1].long())
+                        lcls = lcls + F.cross_entropy(logits, g[:, 1].long())  # novm
                     else:
-                        onehot = F.one_hot(g[:, 1].long(), self.nc).float()
+                        onehot = F.one_hot(g[:, 1].long(), self.nc).float()  # novm
                         lcls = lcls + F.binary_cross_entropy_with_logits(logits, onehot)
                     n_pos += int(gi_idx.numel())
             bce = F.binary_cross_entropy_with_logits(t[..., 4], obj_t, reduction="none")

@@ -150,7 +150,7 @@ class FasterRCNNDetector(nn.Module):
     def compute_loss(self, outputs: Any, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not isinstance(outputs, dict) or "images" not in outputs:
             return {"loss": torch.zeros(())}  # eval-mode outputs carry no loss (torchvision computes none there)
-        tg = [{"boxes": t["boxes"].float().reshape(-1, 4), "labels": t["labels"].long() + 1} for t in targets]
+        tg = [{"boxes": t["boxes"].float().reshape(-1, 4), "labels": t["labels"].long() + 1} for t in targets]  # novm
         was = self.frcnn.training
         self.frcnn.train()
         losses = self.frcnn(list(outputs["images"]), tg)
