@@ -131,7 +131,7 @@ def test_probe_device_from_fake_modules(tmp_path: Path) -> None:
 
 
 def test_rebuild_config_from_sidecar(tmp_path: Path) -> None:
-    bundle = SimpleNamespace(path=lambda rel: tmp_path / rel)
+    bundle = SimpleNamespace(path=lambda rel: tmp_path / rel, file=lambda rel: tmp_path / rel)
     side = _sidecar(precision="int8", dla_core=0, onnx_rel="onnxruntime/int8/model.qdq.onnx",
                     plan={"onnx_kind": "qdq"}, builder_flags={"workspace_mb": 512, "keep_float": ["/0/Conv"]})
     cfg = rebuild_config(bundle, side, ORIN)
@@ -153,7 +153,7 @@ def test_runner_guard_refuses_or_rebuilds(tmp_path: Path, monkeypatch) -> None: 
     sidecar_path(engine).write_text(json.dumps(_sidecar()))
     here = _with(compute_capability="8.9", gpu="NVIDIA L4", l4t=None)
     monkeypatch.setattr("edgecv.backends.tensorrt_guard.probe_device", lambda *a, **k: here)
-    bundle = SimpleNamespace(root=tmp_path, path=lambda rel: tmp_path / rel)
+    bundle = SimpleNamespace(root=tmp_path, path=lambda rel: tmp_path / rel, file=lambda rel: tmp_path / rel)
     runner = TensorRTRunner(engine, "fp16", bundle=bundle)  # type: ignore[arg-type]
     with pytest.raises(BackendError, match="this device is sm_89.*or pass --rebuild"):
         runner._guard(None, None, 0)
