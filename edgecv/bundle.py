@@ -266,7 +266,8 @@ def check_rel_path(rel: str) -> str:
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    # a key from the file may hold anything (newlines, control characters): shown quoted, so the error stays one line
+    loc = ".".join(str(p) if str(p).isprintable() else repr(str(p)) for p in err["loc"])[:120]
     msg = " ".join(str(err["msg"]).split())  # one line, whatever the validator wrote
     if len(msg) > 300:
         msg = msg[:300] + "…"
