@@ -24,7 +24,7 @@ $E compile "$OUT/cls" --backend tensorrt --precision fp16 --emit-trtexec
 step "held-out validation images (the split the shipped metric was measured on)"
 VAL=$(.venv/bin/python -c "import json; m=json.load(open('edgecv/zoo/weights/shapes_classifier.json')); v=m['val']; print(v['seed'], v['size'], v['count'])")
 read -r SEED SIZE COUNT <<<"$VAL"
-$E data synth --task classify -o "$OUT/data" --n-train 0 --n-val "$COUNT" --size "$SIZE" --seed "$SEED"
+$E data synth --task classify -o "$OUT/data" --n-train 0 --n-val "$COUNT" --size "$SIZE" --seed "$SEED" --force
 
 step "validate every backend against PyTorch, and the top-1 of each on the held-out images"
 $E validate "$OUT/cls" -b onnxruntime -b openvino -b openvino:bf16 -b openvino:fp16 -b onnxruntime:int8 \
@@ -37,12 +37,12 @@ $E bench "$OUT/cls" -b torch -b onnxruntime -b onnxruntime:int8 -b openvino -b o
 step "the shipped detector (YOLOv3-tiny, NMS in the graph): export, validate by box matching and mAP, bench"
 $E export shapes_detector -o "$OUT/det" --force
 $E compile "$OUT/det" --backend openvino --precision fp32
-$E data synth --task detect -o "$OUT/det_data" --n-train 0 --n-val 100 --size 96 --seed 0
+$E data synth --task detect -o "$OUT/det_data" --n-train 0 --n-val 100 --size 96 --seed 0 --force
 $E validate "$OUT/det" -b onnxruntime -b openvino --val "$OUT/det_data" --max-drop 0.5
 $E bench "$OUT/det" -b torch -b onnxruntime -b openvino --batch 1 --min-time 1 --frame-size 1280x720
 
 step "run the detector on a 720p video: annotated output + one JSON line per frame"
 .venv/bin/python scripts/make_video.py "$OUT/shapes.mp4" --seconds 4 --task detect --size 720
 $E run "$OUT/det" --backend openvino --source "$OUT/shapes.mp4" --save "$OUT/annotated.mp4" \
-  --jsonl "$OUT/frames.jsonl" --json "$OUT/run.json" --quiet
+  --jsonl "$OUT/frames.jsonl" --json "$OUT/run.json" --quiet --force
 printf '\ndemo outputs are in %s\n' "$OUT"

@@ -26,7 +26,7 @@ import json
 m = json.load(open('edgecv/zoo/weights/$record.json'))
 v = m.get('val') or {'seed': m['data']['seed'], 'size': m['data']['size'], 'count': m['data']['n_val']}
 print(v['seed'], v['size'], v['count'])")
-  $E data synth --task "$task" -o "$d.val" --n-train 0 --n-val "$count" --size "$size" --seed "$seed" > /dev/null
+  $E data synth --task "$task" -o "$d.val" --n-train 0 --n-val "$count" --size "$size" --seed "$seed" --force > /dev/null
   val="$d.val"; [ "$task" = detect ] || val="$d.val/val"
   $E validate "$d" -b onnxruntime -b openvino -b onnxruntime:int8 -b openvino:int8 --val "$val" --max-drop 1.0 \
     | tee "$OUT/$model.validate.txt" || true
