@@ -171,7 +171,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
             from edgecv.train.recipe import train_recipe
 
             say(f"[train] {rec.model.name or rec.model.source} for {rec.train.epochs} epochs → {train_dir}")
-            _, tr = train_recipe(rec, train_dir)
+            _, tr = train_recipe(rec, train_dir, force=True)  # the pipeline's own train/ folder
             stamps.record("train", inputs, [best], {"best_metric": tr.to_dict().get("best_metric")})
             result.steps.append(StepLog("train", "ran", time.perf_counter() - t0, str(best)))
         ckpt = best

@@ -80,6 +80,7 @@ def _file_in_user(ctx: Ctx, name: str) -> Path:
     return ctx.user / name
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 B = "{B}"
 U = "{U}"
 V = "{V}"
@@ -170,6 +171,7 @@ CASES: list[tuple[str, Callable[[Ctx], None], list[str], tuple[int, ...]]] = [
     ("synth-force-user-folder", lambda c: None, ["data", "synth", "--task", "classify", "-o", U, "--force",
                                                  "--n-train", "1", "--n-val", "1", "--size", "16"], (2,)),
     ("calib-sample-user-folder", lambda c: None, ["calib", "sample", V, "-o", U, "-n", "2", "--force"], (2,)),
+    ("train-into-user-folder", lambda c: None, ["train", str(RECIPES / "classifier.yaml"), "-o", U, "--force"], (2,)),
 ]
 
 

@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
         epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Override train.epochs.")] = None,
         device: Annotated[Optional[str], typer.Option("--device", help="torch device (default cuda if any).")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Train into a run folder that holds an earlier run "
+                                            "(its checkpoints are replaced).")] = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Train a model from a recipe; writes last.pt, best.pt, metrics.jsonl and run.json into the run folder."""
@@ -30,7 +32,8 @@ def register(app: typer.Typer) -> None:
         from edgecv.train import train_recipe
         from edgecv.train.distributed import current
 
-        _, result = train_recipe(rec, out, resume=resume, epochs=epochs, progress=not json_out, device=device)
+        _, result = train_recipe(rec, out, resume=resume, epochs=epochs, progress=not json_out, device=device,
+                                 force=force)
         if not current().is_main:
             return
         from edgecv.cli._output import print_json, print_table

@@ -62,7 +62,7 @@ def make_default(recipe_path: str | Path, run_dir: str | Path, name: str | None 
     if recipe.model.name is None or recipe.data is None or recipe.data.synth is None:
         raise ConfigError(f"{recipe_path}: a default needs a zoo model name and synth data")
     t0 = time.perf_counter()
-    model, result = train_recipe(recipe, run_dir, progress=progress)
+    model, result = train_recipe(recipe, run_dir, progress=progress, force=True)
     train_time = time.perf_counter() - t0
     arch = recipe.model.name
     name = name or arch

@@ -148,8 +148,14 @@ def versions() -> dict[str, str]:
     return out
 
 
+def is_run_dir(path: Path) -> bool:
+    """A folder 'edgecv train' wrote (a run record, checkpoints or the synthetic data it made): what --force may
+    replace files in."""
+    return any((path / n).exists() for n in ("run.json", "last.pt", "best.pt", "metrics.jsonl", "data/synth.json"))
+
+
 def train_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, epochs: int | None = None,
-                 progress: bool = True, device: str | None = None) -> tuple[nn.Module, TrainResult]:
+                 progress: bool = True, device: str | None = None, force: bool = False) -> tuple[nn.Module, TrainResult]:
     """Train the recipe's model on its data into ``out_dir`` (``last.pt``, ``best.pt``, ``metrics.jsonl``,
     ``run.json``).
 
@@ -160,11 +166,17 @@ def train_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, e
         epochs: override ``train.epochs``.
         progress: show the rich progress bar.
         device: torch device (default CUDA when available).
+        force: train into a folder that holds an earlier run (its checkpoints are replaced); a folder of other files
+            is refused either way.
 
     Returns:
         (trained model, :class:`TrainResult`).
     """
     out = Path(out_dir)
+    if not resume:
+        from edgecv._io import check_output_dir
+
+        check_output_dir(out, force, is_run_dir, "training run", "a run 'edgecv train' wrote")
     cfg = recipe.train
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
