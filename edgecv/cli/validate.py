@@ -17,6 +17,7 @@ from edgecv.cli.options import (
     PrecisionOpt,
     ThreadsOpt,
 )
+from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -62,6 +63,8 @@ def register(app: typer.Typer) -> None:
             "--layers", help="For INT8: list the first layers whose outputs diverge from fp32.")] = False,
         source: ModelSourceOpt = None,
         weights: ModelWeightsOpt = None,
+        endpoint: EndpointOpt = None,
+        model: RemoteModelOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Run BUNDLE on each backend and compare its outputs with PyTorch's.
@@ -77,7 +80,7 @@ def register(app: typer.Typer) -> None:
         from edgecv.validate.runs import installed_backends, parse_backend_specs
 
         b = Bundle.open(bundle)
-        open_runner = runner_opener(source, weights)
+        open_runner = with_remote(runner_opener(source, weights), endpoint, model)
         specs = parse_backend_specs(backend or [], precision) if backend else \
             [(n, precision) for n in installed_backends(include_torch=False)]
         rep = validate_bundle(b, specs, device=device, reference=reference, batch=batch,  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ import numpy as np
 
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError
-from edgecv.serve.spec import contract_parameters, model_name, numpy_dtype, oip_dtype, wire_shape
+from edgecv.backends.oip import contract_parameters, model_name, numpy_dtype, oip_dtype, wire_shape
 
 _CLASS_CACHE: dict[str, type] = {}
 #: paths that stay open without a token (Kubernetes probes cannot send one)

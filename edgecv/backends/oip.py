@@ -1,4 +1,5 @@
-"""One owner for how a bundle's tensors and contract look on the wire (Open Inference Protocol, Triton config).
+"""Open Inference Protocol naming: one owner for how a bundle's tensors and contract look on the wire (OIP
+metadata, Triton config).
 
 Used by the server (model metadata), the Triton repository writer (``config.pbtxt``) and the remote runner
 (reading metadata back into :class:`~edgecv.types.TensorSpec`).
