@@ -58,8 +58,8 @@ def contract_parameters(bundle: Bundle) -> dict[str, str]:
     """The contract as string parameters (what Triton's ``parameters`` and OIP metadata can carry): the whole
     contract as JSON under :data:`CONTRACT_KEY`, plus the few fields a client wants without parsing JSON."""
     c = bundle.contract
-    return {CONTRACT_KEY: c.to_json(), "task": c.task, "layout": c.layout, "color": c.color, "resize": c.resize,
-            "batch_range": ",".join(str(int(v)) for v in c.batch_range)}
+    return {CONTRACT_KEY: c.to_json(), "edgecv_task": c.task, "edgecv_layout": c.layout, "edgecv_color": c.color,
+            "edgecv_resize": c.resize, "edgecv_batch_range": ",".join(str(int(v)) for v in c.batch_range)}
 
 
 def contract_from_parameters(params: dict[str, Any]) -> dict[str, Any] | None:
