@@ -14,6 +14,7 @@ server's reason. HTTP sends tensors as JSON (MLServer's REST has no binary exten
 from __future__ import annotations
 
 import os
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +84,9 @@ class RemoteRunner(Runner):
         self.threads = None
         self.metadata: dict[str, Any] = {}
         self._client: Any = None
+        self._clients: list[Any] = []
+        self._local = threading.local()
+        self._owner = threading.get_ident()
         self._mod: Any = None
 
     @classmethod
@@ -107,14 +111,9 @@ class RemoteRunner(Runner):
         return {"Authorization": f"Bearer {self.token}"} if self.token else None
 
     def _load(self) -> None:
-        if self.protocol == "grpc":
-            self._mod = lazy_import("tritonclient.grpc", extra="serve")
-            self._client = self._mod.InferenceServerClient(url=self.url, ssl=self.ssl)
-        else:
-            self._mod = lazy_import("tritonclient.http", extra="serve")
-            self._client = self._mod.InferenceServerClient(url=self.url, ssl=self.ssl,
-                                                           connection_timeout=self.timeout_s,
-                                                           network_timeout=self.timeout_s)
+        self._owner = threading.get_ident()
+        self._mod = lazy_import(f"tritonclient.{self.protocol}", extra="serve")
+        self._client = self._new_client()
         try:
             if self.protocol == "grpc":
                 meta = self._client.get_model_metadata(self.model, headers=self._headers(), as_json=True)
@@ -139,6 +138,27 @@ class RemoteRunner(Runner):
         shape = tuple(None if int(d) < 0 else int(d) for d in t.get("shape", []))
         return TensorSpec(str(t["name"]), shape, numpy_dtype(str(t["datatype"])))
 
+    def _new_client(self) -> Any:
+        if self.protocol == "grpc":
+            client = self._mod.InferenceServerClient(url=self.url, ssl=self.ssl)
+        else:
+            client = self._mod.InferenceServerClient(url=self.url, ssl=self.ssl, connection_timeout=self.timeout_s,
+                                                     network_timeout=self.timeout_s)
+        self._clients.append(client)
+        return client
+
+    def _thread_client(self) -> Any:
+        """The HTTP client of the calling thread: tritonclient.http runs on gevent, whose connections cannot move
+        between threads (``run`` loads in one thread and infers in another); gRPC clients are thread-safe."""
+        if self.protocol == "grpc":
+            return self._client
+        ident = threading.get_ident()
+        if self._owner != ident:
+            if not hasattr(self._local, "client"):
+                self._local.client = self._new_client()
+            return self._local.client
+        return self._client
+
     def _check_contract(self, params: dict[str, Any]) -> None:
         from edgecv.backends.oip import contract_from_parameters
 
@@ -159,12 +179,14 @@ class RemoteRunner(Runner):
                                f"{', '.join(diff)} (is it serving another bundle?)")
 
     def _close(self) -> None:
-        if self._client is not None:
+        for client in self._clients:
             try:
-                self._client.close()
-            except Exception:  # noqa: BLE001, S110 - closing a dead connection
+                client.close()
+            except Exception:  # noqa: BLE001, S110 - closing a dead connection or one of another thread
                 pass
+        self._clients.clear()
         self._client = None
+        self._local = threading.local()
 
     # ------------------------------------------------------------------ inference
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -183,7 +205,7 @@ class RemoteRunner(Runner):
         outputs = [mod.InferRequestedOutput(s.name) if self.protocol == "grpc" else
                    mod.InferRequestedOutput(s.name, binary_data=False) for s in self._output_spec]
         try:
-            res = self._client.infer(self.model, inputs, outputs=outputs, headers=self._headers(),
+            res = self._thread_client().infer(self.model, inputs, outputs=outputs, headers=self._headers(),
                                      **({"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}))
         except Exception as exc:  # noqa: BLE001
             status = str(getattr(exc, "status", lambda: "")() or "")
