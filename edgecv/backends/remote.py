@@ -108,7 +108,8 @@ class RemoteRunner(Runner):
 
     # ------------------------------------------------------------------ lifecycle
     def _headers(self) -> dict[str, str] | None:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else None
+        # gRPC metadata keys must be lower case; HTTP headers are case-insensitive
+        return {"authorization": f"Bearer {self.token}"} if self.token else None
 
     def _load(self) -> None:
         self._owner = threading.get_ident()

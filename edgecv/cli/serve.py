@@ -46,13 +46,14 @@ def register(app: typer.Typer) -> None:
         """
         from edgecv.cli._output import err_console, print_json
         from edgecv.netguard import resolve_token
-        from edgecv.serve.server import ServeConfig, describe
+        from edgecv.serve.server import ServeConfig, check_config, describe
         from edgecv.serve.server import serve as run_server
 
         cfg = ServeConfig(bundle=str(bundle), backend=backend, precision=precision, device=device, threads=threads,
                           host=host, http_port=port, grpc_port=grpc_port, metrics_port=metrics_port,
                           workers=workers, max_batch_time_ms=max_batch_time, max_batch_size=max_batch_size,
                           token=resolve_token(token), name=name)
+        check_config(cfg)
         d = describe(cfg)
         if json_out:
             print_json(d)

@@ -295,13 +295,8 @@ def model_settings_for(cfg: ServeConfig) -> tuple[Any, list[Any], int]:
     return ms, ins, max_batch
 
 
-def serve(cfg: ServeConfig) -> None:
-    """Run the server until SIGINT / SIGTERM.
-
-    Raises:
-        ConfigError: non-loopback bind without a token, bad ports or counts.
-        MissingDependencyError: MLServer not installed (``pip install edgecv[serve]``).
-    """
+def check_config(cfg: ServeConfig) -> None:
+    """Refuse, in one line, what cannot start: a non-loopback bind without a token, clashing ports, bad counts."""
     from edgecv.netguard import check_bind
 
     check_bind(cfg.host, cfg.token, what="edgecv serve")
@@ -310,6 +305,20 @@ def serve(cfg: ServeConfig) -> None:
         raise ConfigError(f"--port/--grpc-port/--metrics-port: expected three different ports 1-65535, found {ports}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers: expected 0 or more, found {cfg.workers}")
+    if cfg.max_batch_time_ms < 0:
+        raise ConfigError(f"--max-batch-time: expected milliseconds >= 0, found {cfg.max_batch_time_ms}")
+    if cfg.max_batch_size is not None and cfg.max_batch_size < 1:
+        raise ConfigError(f"--max-batch-size: expected at least 1, found {cfg.max_batch_size}")
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run the server until SIGINT / SIGTERM.
+
+    Raises:
+        ConfigError: non-loopback bind without a token, bad ports or counts.
+        MissingDependencyError: MLServer not installed (``pip install edgecv[serve]``).
+    """
+    check_config(cfg)
     lazy_import("mlserver", extra="serve")
     from mlserver import MLServer
     from mlserver.middleware import InferenceMiddlewares
