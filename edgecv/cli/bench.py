@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
                  for k, v in split.items()],
                 caption="serial fps: frames / time when pre, infer and post run one after another "
                         "(compare edgecv run's fps out)"))
-        if conc is not None:
+        if conc is not None and concurrency:
             base = {(c.label, c.batch): c.throughput for c in conc if c.clients == min(concurrency)}
             console.print(table(
                 "concurrent clients (each its own runner / connection; throughput over the wall clock)",
