@@ -52,8 +52,10 @@ def parse_endpoint(endpoint: str) -> tuple[str, str, bool]:
 
 def _one_line(exc: BaseException) -> str:
     msg = getattr(exc, "message", None)
-    text = msg() if callable(msg) else str(exc)
-    return " ".join(str(text or type(exc).__name__).split())[:300]
+    text = " ".join(str((msg() if callable(msg) else str(exc)) or type(exc).__name__).split())[:300]
+    status = getattr(exc, "status", None)
+    code = str((status() if callable(status) else None) or "").replace("StatusCode.", "")
+    return f"{code}: {text}" if code and code not in text else text
 
 
 class RemoteRunner(Runner):
