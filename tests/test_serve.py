@@ -334,8 +334,14 @@ def test_concurrent_clients_batch_on_server(server: Any, monkeypatch: pytest.Mon
     assert res.p50_ms <= res.p99_ms
     code, text = _http(server.metrics, token=TOKEN)  # the adaptive batcher and the workers report to Prometheus
     assert code == 200
-    for metric in ("batch_request_queue_count", "parallel_request_queue_count", "model_infer_request_success_total"):
+    for metric in ("batch_request_queue_count", "parallel_request_queue_count", "model_infer_request_success_total",
+                   "edgecv_infer_batch_items_count"):
         assert metric in text["text"]
+    import re
+
+    items = float(re.search(r"^edgecv_infer_batch_items_sum\{[^}]*\} (\S+)$", text["text"], re.M).group(1))
+    calls = float(re.search(r"^edgecv_infer_batch_items_count\{[^}]*\} (\S+)$", text["text"], re.M).group(1))
+    assert calls >= 1 and items >= calls  # every call ran at least one item; merged ones ran more
 
 
 @pytest.mark.onnxruntime

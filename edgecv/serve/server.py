@@ -37,6 +37,8 @@ from edgecv.errors import ConfigError
 from edgecv.backends.oip import contract_parameters, model_name, numpy_dtype, oip_dtype, wire_shape
 
 _CLASS_CACHE: dict[str, type] = {}
+#: Prometheus histogram of the items each engine call received (1 when nothing was merged)
+BATCH_METRIC = "edgecv_infer_batch_items"
 #: paths that stay open without a token (Kubernetes probes cannot send one)
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 OPEN_GRPC = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
@@ -78,7 +80,7 @@ def bundle_model_class() -> type:
     """The MLServer runtime serving one bundle (made on first call, then cached)."""
     if "BundleModel" in _CLASS_CACHE:
         return _CLASS_CACHE["BundleModel"]
-    lazy_import("mlserver", extra="serve")
+    mlserver = lazy_import("mlserver", extra="serve")
     from mlserver import MLModel
     from mlserver.codecs import NumpyCodec
     from mlserver.errors import InferenceError
@@ -99,6 +101,8 @@ def bundle_model_class() -> type:
             self._max_batch = int(self._bundle.contract.batch_range[2])
             self._out_names = [s.name for s in self._runner.output_spec]
             self._lock = threading.Lock()  # one inference at a time per worker: runners are not re-entrant
+            # how many items each engine call got: shows on /metrics whether the batcher merges requests
+            mlserver.register(BATCH_METRIC, "items per inference call after server-side batching")
             self.ready = True
             return True
 
@@ -114,6 +118,7 @@ def bundle_model_class() -> type:
         async def predict(self, payload: InferenceRequest) -> InferenceResponse:
             try:
                 feed = {inp.name: np.ascontiguousarray(NumpyCodec.decode_input(inp)) for inp in payload.inputs}
+                mlserver.log(**{BATCH_METRIC: int(next(iter(feed.values())).shape[0]) if feed else 0})
                 out = await asyncio.to_thread(self._infer, feed)
             except Exception as exc:  # noqa: BLE001 - the client gets one line, the server keeps serving
                 raise InferenceError(" ".join(str(exc).split())[:300] or type(exc).__name__) from exc
