@@ -378,3 +378,43 @@ def test_server_dying_is_one_line_and_exit_2(server: Any) -> None:
         assert proc.returncode == 2, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: remote:fp32:") and "model 'tiny'" in last
+
+
+def test_repo_tensorrt_engines_per_compute_capability(bundle_dir: Path, tmp_path: Path) -> None:
+    """Engines are GPU-generation specific: each recorded compute capability gets its own plan file and a
+    cc_model_filenames entry; OVMS, which cannot load engines, skips them and says so."""
+    pytest.importorskip("tritonclient.grpc")
+    pytest.importorskip("onnx")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from edgecv.bundle import Artifact, Bundle
+    from edgecv.serve.repository import write_repository
+
+    b = Bundle.open(bundle_dir)
+    files = {}
+    for cc, payload in (("8.6", b"engine-for-sm86"), ("8.7", b"engine-for-sm87")):
+        src = tmp_path / f"e{cc}"
+        src.write_bytes(payload)
+        files[f"tensorrt/fp16/model_sm{cc.replace('.', '')}.engine"] = src
+    b.add_artifact(Artifact(backend="tensorrt", precision="fp16", path="tensorrt/fp16/model_sm86.engine",
+                            build_flags={"batch_range": [1, 2, 4]},
+                            extra={"engines": {"8.6": "tensorrt/fp16/model_sm86.engine",
+                                               "8.7": "tensorrt/fp16/model_sm87.engine"}}), files)
+    rep = write_repository(Bundle.open(bundle_dir), tmp_path / "triton")
+    m = next(x for x in rep["models"] if x["backend"] == "tensorrt")
+    mdir = tmp_path / "triton" / m["name"]
+    cfg = text_format.Parse((mdir / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 4  # the engine's own profile, not the bundle's
+    assert dict(cfg.cc_model_filenames) == {"8.6": "model_sm86.plan", "8.7": "model_sm87.plan"}
+    assert (mdir / "1" / "model_sm87.plan").read_bytes() == b"engine-for-sm87"
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    ovms = write_repository(Bundle.open(bundle_dir), tmp_path / "ovms", fmt="ovms")
+    assert all(x["backend"] != "tensorrt" for x in ovms["models"])
+    assert any("cannot load TensorRT" in n for n in ovms["notes"])
+    # a tampered engine is refused (hash check), and nothing is left behind
+    (bundle_dir / "tensorrt/fp16/model_sm87.engine").write_bytes(b"tampered")
+    with pytest.raises(Exception, match="(?i)hash|sha|modified|changed"):
+        write_repository(Bundle.open(bundle_dir, verify=False), tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".again")]
