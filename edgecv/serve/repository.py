@@ -19,7 +19,8 @@ TensorRT engines and has no per-model parameters, so the contract sits beside ea
 
 The writer never destroys an input: it refuses a non-empty folder it did not write (``edgecv_repo.json`` marks
 its own), refuses to write into or above the bundle, and builds the repository in a temporary sibling folder
-that is renamed into place when complete.
+that is renamed into place when complete. Every model file is taken through ``Bundle.file`` (confined to the
+bundle, listed in its manifest, hash-checked).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from edgecv.backends.oip import contract_parameters, model_name
@@ -143,14 +144,6 @@ def _servable(bundle: Bundle) -> list[tuple[str, str, Artifact | None]]:
     return out
 
 
-def _verify(bundle: Bundle, rel: str) -> None:
-    parts = Path(rel).parts
-    keys = [str(Path(*parts[:i])) for i in range(1, len(parts) + 1)]
-    have = [k for k in keys if k in bundle.manifest.files]
-    if have:
-        bundle.verify(have[:1])
-
-
 def _engine_files(art: Artifact) -> dict[str, str]:
     """compute capability ("8.6") → engine path in the bundle, where the artifact records it."""
     engines = art.extra.get("engines")
@@ -165,29 +158,23 @@ def _copy_model(bundle: Bundle, backend: str, art: Artifact | None, vdir: Path) 
     """Copy the model files into ``vdir``; returns (file names, cc → file, default file name or None)."""
     vdir.mkdir(parents=True)
     if art is None:
-        _verify(bundle, "model.onnx")
-        shutil.copy2(bundle.onnx_path, vdir / "model.onnx")
+        shutil.copy2(bundle.file("model.onnx"), vdir / "model.onnx")
         return ["model.onnx"], {}, None
     if backend == "onnxruntime":
-        _verify(bundle, art.path)
-        shutil.copy2(bundle.path(art.path), vdir / "model.onnx")
+        shutil.copy2(bundle.file(art.path), vdir / "model.onnx")
         return ["model.onnx"], {}, None
     if backend == "openvino":
-        _verify(bundle, art.path)
-        xml = bundle.path(art.path)
-        shutil.copy2(xml, vdir / "model.xml")
-        shutil.copy2(xml.with_suffix(".bin"), vdir / "model.bin")
+        shutil.copy2(bundle.file(art.path), vdir / "model.xml")
+        shutil.copy2(bundle.file(str(PurePosixPath(art.path).with_suffix(".bin"))), vdir / "model.bin")
         return ["model.xml", "model.bin"], {}, "model.xml"
     per_cc = _engine_files(art)
     if not per_cc:
-        _verify(bundle, art.path)
-        shutil.copy2(bundle.path(art.path), vdir / "model.plan")
+        shutil.copy2(bundle.file(art.path), vdir / "model.plan")
         return ["model.plan"], {}, None
     files, cc_files = [], {}
     for cc, rel in sorted(per_cc.items()):
-        _verify(bundle, rel)
         fname = f"model_sm{cc.replace('.', '')}.plan"
-        shutil.copy2(bundle.path(rel), vdir / fname)
+        shutil.copy2(bundle.file(rel), vdir / fname)
         files.append(fname)
         cc_files[cc] = fname
     return files, cc_files, files[0]

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -330,9 +332,11 @@ def serve(cfg: ServeConfig) -> None:
     from mlserver.settings import Settings
 
     ms, ins, max_batch = model_settings_for(cfg)
+    # the workers' Prometheus files go to a private temp folder, not into the current directory
+    metrics_dir = tempfile.mkdtemp(prefix="edgecv-serve-metrics-")
     settings = Settings(host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
                         metrics_port=cfg.metrics_port, parallel_workers=cfg.workers, debug=False,
-                        load_models_at_startup=True, server_name="edgecv-mlserver",
+                        load_models_at_startup=True, server_name="edgecv-mlserver", metrics_dir=metrics_dir,
                         model_repository_root=str(ms.parameters.extra["bundle"]))
 
     async def _main() -> None:
@@ -351,7 +355,10 @@ def serve(cfg: ServeConfig) -> None:
                 _token_asgi(server._metrics_server._app, cfg.token)
         await server.start([ms])
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def describe(cfg: ServeConfig) -> dict[str, Any]:
