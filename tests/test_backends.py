@@ -240,7 +240,7 @@ class TestTensorRTFP16(BackendConformance):
 def test_unknown_backend_lists_choices(bundle) -> None:  # noqa: ANN001
     from edgecv.errors import UnknownNameError
 
-    with pytest.raises(UnknownNameError, match="expected one of: onnxruntime, openvino, tensorrt, torch"):
+    with pytest.raises(UnknownNameError, match="expected one of: onnxruntime, openvino, remote, tensorrt, torch"):
         open_runner(bundle, "tflite")
 
 

@@ -16,7 +16,7 @@ PKG = ROOT / "edgecv"
 
 BUILD_TIER = ("edgecv.zoo", "edgecv.train", "edgecv.rewrite", "edgecv.export", "edgecv.data")
 RUNTIME_TIER = ("edgecv.backends", "edgecv.quant", "edgecv.validate", "edgecv.bench", "edgecv.stream",
-                "edgecv.tasks", "edgecv.bundle", "edgecv.jetson")
+                "edgecv.tasks", "edgecv.bundle", "edgecv.jetson", "edgecv.serve")
 TOP = ("edgecv.cli", "edgecv.pipeline")
 
 

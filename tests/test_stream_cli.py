@@ -166,7 +166,7 @@ def test_video_sink_writer_thread_writes_every_frame(tmp_path: Path, writer: str
 
 
 def test_video_sink_encoder_death_is_one_error_and_no_file(tmp_path: Path) -> None:
-    from edgecv.errors import SourceError
+    from edgecv.errors import SinkError
     from edgecv.stream.sinks import VideoSink
 
     require_ffmpeg()
@@ -176,7 +176,7 @@ def test_video_sink_encoder_death_is_one_error_and_no_file(tmp_path: Path) -> No
     sink.write(frame, {})
     assert sink._proc is not None
     sink._proc.kill()  # the encoder dies mid-run (OOM killer, disk full …)
-    with pytest.raises(SourceError, match="ffmpeg stopped while writing"):
+    with pytest.raises(SinkError, match="could not write .*dead.mp4.*ffmpeg stopped"):
         for _ in range(200):  # the writer thread notices at its next write; the next put raises
             sink.write(frame, {})
             time.sleep(0.01)

@@ -21,6 +21,8 @@ RUNNERS.register("onnxruntime", "edgecv.backends.onnxruntime:OnnxRuntimeRunner",
                  extra="onnxruntime")
 RUNNERS.register("openvino", "edgecv.backends.openvino:OpenVINORunner", module="openvino", extra="openvino")
 RUNNERS.register("tensorrt", "edgecv.backends.tensorrt:TensorRTRunner", module="tensorrt", extra="tensorrt")
+# a model served over the Open Inference Protocol (edgecv serve, Triton, OVMS, KServe); needs --endpoint
+RUNNERS.register("remote", "edgecv.backends.remote:RemoteRunner", module="tritonclient", extra="serve")
 
 BUILDERS.register("openvino", "edgecv.backends.openvino:OpenVINOBuilder")
 BUILDERS.register("tensorrt", "edgecv.backends.tensorrt:TensorRTBuilder")

@@ -17,6 +17,7 @@ from edgecv.cli.options import (
     RebuildOpt,
     ThreadsOpt,
 )
+from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +50,11 @@ def register(app: typer.Typer) -> None:
         source: ModelSourceOpt = None,
         weights: ModelWeightsOpt = None,
         rebuild: RebuildOpt = False,
+        concurrency: Annotated[Optional[list[int]], typer.Option(
+            "--concurrency", help="Also measure N concurrent clients per backend (repeatable; e.g. 1 and 4 "
+                                  "against a server): latency and throughput, as perf_analyzer.")] = None,
+        endpoint: EndpointOpt = None,
+        model: RemoteModelOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
@@ -72,7 +78,7 @@ def register(app: typer.Typer) -> None:
 
         REBUILD.set(rebuild)
         b = Bundle.open(bundle)
-        open_runner = runner_opener(source, weights)
+        open_runner = with_remote(runner_opener(source, weights), endpoint, model)
         specs = parse_backend_specs(backend, precision) if backend else \
             [(n, precision) for n in installed_backends(include_torch=True)]
         if not specs:
@@ -100,10 +106,18 @@ def register(app: typer.Typer) -> None:
         split = _stage_split(b, specs, threads, device, open_runner, (fh, fw), conf=conf,
                              n=max(50, iters or 0), min_time_s=0.0 if iters is not None else min_time) \
             if (stages if stages is not None else b.contract.task == "detect") else None
+        conc = None
+        if concurrency:
+            from edgecv.bench.concurrent import bench_bundle_concurrent
+
+            conc = bench_bundle_concurrent(b, specs, batch or [1], concurrency, open_runner, device=device,
+                                           threads=threads, warmup=min(warmup, 5), min_time_s=max(min_time, 0.5))
         if json_out:
             d = rep.to_dict()
             if split is not None:
                 d["stages"] = split
+            if conc is not None:
+                d["concurrency"] = [c.to_dict() for c in conc]
             print_json(d)
             _raise_if_unusable(rep)
             return
@@ -140,6 +154,14 @@ def register(app: typer.Typer) -> None:
                  for k, v in split.items()],
                 caption="serial fps: frames / time when pre, infer and post run one after another "
                         "(compare edgecv run's fps out)"))
+        if conc is not None and concurrency:
+            base = {(c.label, c.batch): c.throughput for c in conc if c.clients == min(concurrency)}
+            console.print(table(
+                "concurrent clients (each its own runner / connection; throughput over the wall clock)",
+                ["backend", "batch", "clients", "requests", "p50 ms", "p90 ms", "p99 ms", "items/s",
+                 f"vs {min(concurrency)} client(s)"],
+                [[c.label, c.batch, c.clients, c.requests, c.p50_ms, c.p90_ms, c.p99_ms, c.throughput,
+                  f"{c.throughput / base[(c.label, c.batch)]:.2f}x"] for c in conc], digits=2))
         _raise_if_unusable(rep)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -11,9 +11,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 BundleArg = Annotated[Path, typer.Argument(help="Bundle folder written by 'edgecv export'.", show_default=False)]
 BackendsOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--backend", "-b", help="Backend (repeatable): torch, onnxruntime, openvino, tensorrt."),
+    typer.Option("--backend", "-b", help="Backend (repeatable): torch, onnxruntime, openvino, tensorrt, remote."),
 ]
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Backend: onnxruntime, openvino, tensorrt.")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Backend: onnxruntime, openvino, tensorrt, remote.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, bf16 or int8.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Backend device (CPU, GPU, NPU, cuda:0…).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the backend.")]
@@ -29,3 +29,21 @@ ModelWeightsOpt = Annotated[Optional[Path], typer.Option(
 RebuildOpt = Annotated[bool, typer.Option(
     "--rebuild", help="TensorRT: rebuild an engine built for another GPU or TensorRT version from the bundle's ONNX "
                       "(instead of refusing it).")]
+EndpointOpt = Annotated[Optional[str], typer.Option(
+    "--endpoint", help="-b remote: the server, http://HOST:PORT or grpc://HOST:PORT (or EDGECV_ENDPOINT); "
+                       "token from EDGECV_TOKEN.")]
+RemoteModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="-b remote: served model name (default: the bundle's name).")]
+
+
+def with_remote(opener: Any, endpoint: str | None, model: str | None) -> Any:
+    """``opener`` that also passes ``--endpoint`` / ``--model`` to the remote backend (and nothing to others)."""
+    if not endpoint and not model:
+        return opener
+
+    def _open(bundle: Any, backend: str, precision: str = "fp32", **kw: Any) -> Any:
+        if backend == "remote":
+            kw.update(endpoint=endpoint, model=model)
+        return opener(bundle, backend, precision, **kw)
+
+    return _open

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt, RebuildOpt
+from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -91,6 +92,8 @@ def register(app: typer.Typer) -> None:
         conf: Annotated[float, typer.Option(
             "--conf", help="Detectors: keep detections scoring at least this (the bundle's own threshold is set "
                            "low for mAP).")] = 0.25,
+        endpoint: EndpointOpt = None,
+        model: RemoteModelOpt = None,
     ) -> None:
         """Run a bundle on a stream: capture → preprocess → infer → decode → sinks, with live metrics."""
         from edgecv._io import write_json
@@ -144,7 +147,8 @@ def register(app: typer.Typer) -> None:
             from edgecv.stream.pipeline import stream_engine_threads
 
             threads = stream_engine_threads()  # a small machine keeps a core for capture/decode
-        runner = open_runner(b, backend, precision=precision, device=device, threads=threads)
+        runner = with_remote(open_runner, endpoint, model)(b, backend, precision=precision, device=device,
+                                                          threads=threads)
         status = _StatusPrinter(enabled=not quiet)
         with runner:
             from edgecv.tasks.decode import with_conf

@@ -18,6 +18,7 @@ from edgecv.cli.options import (
     RebuildOpt,
     ThreadsOpt,
 )
+from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -64,6 +65,8 @@ def register(app: typer.Typer) -> None:
         source: ModelSourceOpt = None,
         weights: ModelWeightsOpt = None,
         rebuild: RebuildOpt = False,
+        endpoint: EndpointOpt = None,
+        model: RemoteModelOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Run BUNDLE on each backend and compare its outputs with PyTorch's.
@@ -82,7 +85,7 @@ def register(app: typer.Typer) -> None:
 
         REBUILD.set(rebuild)
         b = Bundle.open(bundle)
-        open_runner = runner_opener(source, weights)
+        open_runner = with_remote(runner_opener(source, weights), endpoint, model)
         specs = parse_backend_specs(backend or [], precision) if backend else \
             [(n, precision) for n in installed_backends(include_torch=False)]
         rep = validate_bundle(b, specs, device=device, reference=reference, batch=batch,  # type: ignore[arg-type]

@@ -117,6 +117,7 @@ class VideoSink(Sink):
         self._queue: FrameBuffer[np.ndarray] = FrameBuffer(2, "wait", "video")
         self._thread: threading.Thread | None = None
         self._error: SinkError | None = None
+        self._raised = False  # the error reached the caller once (from write): close does not raise it again
 
     def on_source_open(self, source: Any, cfg: Any) -> None:
         """Take the frame rate from the source (divided by the stride, capped by max-fps) unless it was given."""
@@ -163,6 +164,7 @@ class VideoSink(Sink):
                 cv2 = lazy_import("cv2", "stream")
                 frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
             if self._error is not None:
+                self._raised = True
                 raise self._error
             # the encoder runs behind a 2-frame queue in its own thread: post-processing of the next frame
             # overlaps the encoding of this one, and memory stays bounded
@@ -228,7 +230,8 @@ class VideoSink(Sink):
                 os.replace(self.tmp, self.path)
             elif self.tmp.exists():
                 self.tmp.unlink()
-            if self._error is not None:
+            if self._error is not None and not self._raised:
+                self._raised = True
                 raise self._error
 
     def _unplayable(self) -> str | None:
