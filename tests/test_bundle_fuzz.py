@@ -63,7 +63,7 @@ def mutated_manifest(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
     return m
 
 
-def _exercise(root: Path) -> None:
+def _exercise(root: Path) -> bool:
     """Open the bundle and use it as validate/run/bench do; only success or BundleError may come out."""
     try:
         b = Bundle.open(root)
@@ -76,13 +76,16 @@ def _exercise(root: Path) -> None:
         msg = str(exc)
         assert msg and "\n" not in msg, repr(msg)
         assert len(msg) < 2000
+        return False
+    return True
 
 
-def _run(pristine: Path, tmp_path: Path, docs: Any, max_examples: int) -> None:
+def _run(pristine: Path, tmp_path: Path, docs: Any, max_examples: int) -> dict[str, int]:
     root = tmp_path / "fuzz"
     shutil.copytree(pristine, root)
     base = json.loads((root / "manifest.json").read_text())
     strategy = st.one_of(JSON, mutated_manifest(base)) if docs is None else docs
+    seen = {"examples": 0, "opened": 0, "refused": 0}
 
     @settings(max_examples=max_examples, deadline=None, derandomize=max_examples < 1000,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
@@ -93,19 +96,24 @@ def _run(pristine: Path, tmp_path: Path, docs: Any, max_examples: int) -> None:
         except (ValueError, RecursionError):
             return
         (root / "manifest.json").write_text(text)
-        _exercise(root)
+        seen["examples"] += 1
+        seen["opened" if _exercise(root) else "refused"] += 1
 
     check()
+    print(f"manifest fuzz: {seen}")
     assert (root / "model.onnx").is_file()  # nothing the fuzzer wrote into the manifest deleted a file
+    return seen
 
 
 def test_manifest_fuzz(pristine: Path, tmp_path: Path) -> None:
-    _run(pristine, tmp_path, None, 300)
+    seen = _run(pristine, tmp_path, None, 300)
+    assert seen["examples"] >= 250 and seen["opened"] > 0 and seen["refused"] > 0  # both outcomes were reached
 
 
 @pytest.mark.slow
 def test_manifest_fuzz_long(pristine: Path, tmp_path: Path) -> None:
-    _run(pristine, tmp_path, None, 10_000)
+    seen = _run(pristine, tmp_path, None, 10_000)
+    assert seen["examples"] >= 10_000 and seen["opened"] > 0 and seen["refused"] > 0
 
 
 def test_fuzz_finds_what_it_should(pristine: Path, tmp_path: Path) -> None:
