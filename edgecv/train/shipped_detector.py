@@ -26,7 +26,7 @@ import torch
 from edgecv import _io
 from edgecv.errors import ConfigError
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "zoo" / "weights"  # where the package ships them
 SHIPPED_STEM = "yolov3_tiny_synth"
 # the first images of the val split, used by tests/test_defaults_detector.py (regenerated deterministically)
 TEST_SUBSET = 100
