@@ -180,3 +180,39 @@ def check_output_dir(path: Path, force: bool, is_ours: Callable[[Path], bool], w
         return
     raise err(f"expected an empty or new folder for the {what} (or {ours_desc}, with --force), found other "
               f"files in '{path}'; edgecv does not delete them")
+
+
+def check_output_files(sources: list[Path], outputs: dict[str, Path | None], force: bool = False) -> None:
+    """Outputs never destroy inputs: refuse an output file that is one of ``sources`` (symlinks and hard links
+    resolved) or lies inside a source folder, two outputs on one path, a folder where a file goes, and an existing
+    file unless ``force`` (``--force``) says to replace it. Call it before anything is opened or written.
+
+    Args:
+        sources: the files and folders the command reads.
+        outputs: flag name (for the message) → output path, or None when not given.
+        force: replace existing output files.
+    """
+    from edgecv.errors import ConfigError
+
+    srcs = [Path(s).expanduser().resolve() for s in sources]
+    seen: dict[Path, str] = {}
+    for flag, out in outputs.items():
+        if out is None:
+            continue
+        real = Path(out).expanduser().resolve()
+        for src, given in zip(srcs, sources):
+            same = real == src or (real.exists() and src.exists() and os.path.samefile(real, src))
+            if same:
+                raise ConfigError(f"{flag}: expected an output path other than the input '{given}', found the "
+                                  f"input itself ('{out}')")
+            if src.is_dir() and real.is_relative_to(src):
+                raise ConfigError(f"{flag}: expected an output outside the input folder '{given}', found '{out}' "
+                                  "inside it")
+        if real in seen:
+            raise ConfigError(f"{flag}: expected its own file, found the same path as {seen[real]} ('{out}')")
+        seen[real] = flag
+        if real.is_dir():
+            raise ConfigError(f"{flag}: expected a file name, found a folder at '{out}'")
+        if real.exists() and not force:
+            raise ConfigError(f"{flag}: '{out}' exists; pass --force to replace it (edgecv does not overwrite "
+                              "results unasked)")

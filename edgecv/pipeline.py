@@ -144,6 +144,10 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
         rec = load_recipe(recipe)
         recipe_name = Path(recipe).stem
     out = Path(out)
+    from edgecv._io import check_output_dir
+
+    # OUT is the pipeline's own (it resumes there): new, empty, or one a pipeline wrote; never a folder of other files
+    check_output_dir(out, True, lambda p: (p / STAMPS).is_file(), "pipeline output", "a pipeline output folder")
     out.mkdir(parents=True, exist_ok=True)
     stamps = _Stamps(out)
     if force:

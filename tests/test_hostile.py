@@ -171,6 +171,11 @@ CASES: list[tuple[str, Callable[[Ctx], None], list[str], tuple[int, ...]]] = [
     ("synth-force-user-folder", lambda c: None, ["data", "synth", "--task", "classify", "-o", U, "--force",
                                                  "--n-train", "1", "--n-val", "1", "--size", "16"], (2,)),
     ("calib-sample-user-folder", lambda c: None, ["calib", "sample", V, "-o", U, "-n", "2", "--force"], (2,)),
+    ("rewrite-over-its-weights", lambda c: (c.user / "w.pt").write_bytes(b"PK not really"),
+     ["rewrite", "resnet_tiny", "--pass", "fold_bn", "--weights", f"{U}/w.pt", "-o", f"{U}/w.pt", "--force"], (2,)),
+    ("rewrite-over-user-file", lambda c: (c.user / "m.pt").write_bytes(b"mine"),
+     ["rewrite", "resnet_tiny", "--pass", "fold_bn", "-o", f"{U}/m.pt"], (2,)),
+    ("pipeline-into-user-folder", lambda c: None, ["pipeline", str(RECIPES / "classifier.yaml"), "-o", U], (2,)),
     ("train-into-user-folder", lambda c: None, ["train", str(RECIPES / "classifier.yaml"), "-o", U, "--force"], (2,)),
 ]
 

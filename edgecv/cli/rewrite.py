@@ -32,6 +32,7 @@ def rewrite(
     bench_time: Annotated[float, typer.Option("--bench-time", help="Seconds of timing per model and backend.")]
     = 1.0,
     list_only: Annotated[bool, typer.Option("--list", help="List the passes and exit.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --output file.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Rewrite MODEL with the given passes; exact passes certify themselves, lossy ones report their drift."""
@@ -54,6 +55,12 @@ def rewrite(
         raise ConfigError("--pass: expected at least one pass (see 'edgecv rewrite --list'), found none")
     if output is not None and output.suffix not in (".pt", ".pth"):
         raise ConfigError(f"--output: expected a .pt/.pth file, found '{output}'")
+    from edgecv._io import check_output_files
+
+    # the model file (a checkpoint, or the .py of file.py:factory) and the weights are inputs: never overwritten
+    candidates = [model, model.rpartition(":")[0], weights]
+    inputs = [Path(str(p)) for p in candidates if p and Path(str(p)).expanduser().is_file()]
+    check_output_files(inputs, {"--output": output}, force=force)
 
     from edgecv.export.sources import load_model, parse_input_shape
     from edgecv.rewrite import get_pass

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgecv import netguard
-from edgecv._io import describe_write_error
+from edgecv._io import check_output_files, describe_write_error
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, SinkError
 from edgecv.stream.buffer import FrameBuffer
@@ -45,33 +45,9 @@ class Sink:
 
 
 def check_outputs(source: Any, outputs: dict[str, Path | None], force: bool = False) -> None:
-    """Outputs never destroy inputs: refuse an output that is the source (symlinks and hard links resolved) or
-    lies inside a source folder, two outputs on one path, a folder where a file goes, and an existing file
-    unless ``force`` (``--force``) says to replace it. Checked before anything is opened or written."""
-    src_path: Path | None = None
-    if getattr(source, "kind", None) in ("file", "folder"):
-        src_path = Path(str(source.target)).resolve()
-    seen: dict[Path, str] = {}
-    for flag, out in outputs.items():
-        if out is None:
-            continue
-        real = Path(out).resolve()
-        if src_path is not None:
-            same = real == src_path or (real.exists() and src_path.exists() and os.path.samefile(real, src_path))
-            if same:
-                raise ConfigError(f"{flag}: expected an output path other than the source '{source.target}', found "
-                                  f"the source itself ('{out}')")
-            if src_path.is_dir() and real.is_relative_to(src_path):
-                raise ConfigError(f"{flag}: expected an output outside the source folder '{source.target}', found "
-                                  f"'{out}' inside it")
-        if real in seen:
-            raise ConfigError(f"{flag}: expected its own file, found the same path as {seen[real]} ('{out}')")
-        seen[real] = flag
-        if real.is_dir():
-            raise ConfigError(f"{flag}: expected a file name, found a folder at '{out}'")
-        if real.exists() and not force:
-            raise ConfigError(f"{flag}: '{out}' exists; pass --force to replace it (edgecv does not overwrite "
-                              "results unasked)")
+    """``run``'s outputs against its source (a file or a folder of images): see :func:`edgecv._io.check_output_files`."""
+    src = Path(str(source.target)) if getattr(source, "kind", None) in ("file", "folder") else None
+    check_output_files([src] if src is not None else [], outputs, force)
 
 
 # ------------------------------------------------------------------------------------------------ video
