@@ -19,3 +19,6 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Backend devi
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the backend.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+RecordOpt = Annotated[bool, typer.Option(
+    "--record/--no-record", help="Keep the JSON result under results/ in the bundle (hash-listed in the manifest; "
+                                 "'edgecv report' draws it).")]
