@@ -92,7 +92,7 @@ def record_result(bundle: Bundle, kind: str, result: dict[str, Any], argv: list[
     host = this_host()
     stamp = now_iso()
     doc = {"schema": SCHEMA, "kind": kind, "time": stamp, "host": host, "versions": _versions(),
-           "command": list(sys.argv if argv is None else argv), "result": result}
+           "command": _command_line(sys.argv if argv is None else argv), "result": result}
     # unique and sortable: time to the microsecond, then the host, so concurrent hosts never collide
     import datetime as _dt
 
@@ -109,6 +109,14 @@ def record_result(bundle: Bundle, kind: str, result: dict[str, Any], argv: list[
     bundle.manifest.history.append({"event": "result", "kind": kind, "path": rel, "time": stamp})
     bundle.save()
     return dst
+
+
+def _command_line(argv: list[str]) -> list[str]:
+    """The command as a user would type it: ``edgecv`` instead of the script path (``…/edgecv/__main__.py``)."""
+    args = [str(a) for a in argv]
+    if args and (Path(args[0]).name in ("edgecv", "__main__.py") or args[0] == "-m"):
+        args = ["edgecv", *args[1:]]
+    return args
 
 
 @dataclass

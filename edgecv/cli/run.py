@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt
+from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt, RecordOpt
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
         conf: Annotated[float, typer.Option(
             "--conf", help="Detectors: keep detections scoring at least this (the bundle's own threshold is set "
                            "low for mAP).")] = 0.25,
+        record: RecordOpt = True,
     ) -> None:
         """Run a bundle on a stream: capture → preprocess → infer → decode → sinks, with live metrics."""
         from edgecv._io import write_json
@@ -153,6 +154,9 @@ def register(app: typer.Typer) -> None:
                     write_json(Path(json_out), pipe.last_summary)
                 raise
         summary["bundle"] = str(b.root)
+        from edgecv.results import record_result
+
+        record_result(b, "run", summary, enabled=record)
         if json_out == "-":
             print_json(summary)
             return
