@@ -98,16 +98,27 @@ def record_result(bundle: Bundle, kind: str, result: dict[str, Any], argv: list[
 
     fine = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     rel = f"{RESULTS_DIR}/{kind}-{fine}-{host['id']}.json"
-    fd, tmp = tempfile.mkstemp(prefix=".result.", suffix=".json", dir=bundle.root)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".result.", suffix=".json", dir=bundle.root)
+    except OSError as exc:  # a read-only bundle (shipped on read-only media): the command's answer still stands
+        sys.stderr.write(f"warning: result not kept in '{bundle.root}' ({exc.strerror or exc}); pass --no-record "
+                         "to skip recording\n")
+        return None
     os.close(fd)
     try:
         write_json(tmp, doc)
-        dst = bundle.add_file(rel, Path(tmp))
+        # one manifest read-modify-write on the manifest as it is now on disk (a compile may have added an
+        # artifact while this command ran): the file joins the hash list, then the manifest is saved once
+        from edgecv.bundle import Bundle
+
+        fresh = Bundle.open(bundle.root, verify=False)
+        dst = fresh.add_file(rel, Path(tmp))
+        fresh.manifest.history.append({"event": "result", "kind": kind, "path": rel, "time": stamp})
+        fresh.save()
+        bundle.manifest = fresh.manifest
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    bundle.manifest.history.append({"event": "result", "kind": kind, "path": rel, "time": stamp})
-    bundle.save()
     return dst
 
 
