@@ -28,7 +28,7 @@ $E data synth --task classify -o "$OUT/data" --n-train 0 --n-val "$COUNT" --size
 
 step "validate every backend against PyTorch, and the top-1 of each on the held-out images"
 $E validate "$OUT/cls" -b onnxruntime -b openvino -b openvino:bf16 -b openvino:fp16 -b onnxruntime:int8 \
-  -b openvino:int8 --val "$OUT/data/val" --max-drop 1.0
+  -b openvino:int8 --val "$OUT/data/val" --max-drop 1.0 --layers
 
 step "bench: torch eager vs ONNX Runtime vs OpenVINO fp32 / bf16 / int8, batch 1 and 8"
 $E bench "$OUT/cls" -b torch -b onnxruntime -b onnxruntime:int8 -b openvino -b openvino:bf16 -b openvino:int8 \
@@ -45,4 +45,7 @@ step "run the detector on a 720p video: annotated output + one JSON line per fra
 .venv/bin/python scripts/make_video.py "$OUT/shapes.mp4" --seconds 4 --task detect --size 720
 $E run "$OUT/det" --backend openvino --source "$OUT/shapes.mp4" --save "$OUT/annotated.mp4" \
   --jsonl "$OUT/frames.jsonl" --json "$OUT/run.json" --quiet
-printf '\ndemo outputs are in %s\n' "$OUT"
+
+step "one HTML page from what validate, bench and run kept in the two bundles (results/)"
+$E report "$OUT/cls" "$OUT/det" -o "$OUT/report.html" --title "edgecv demo: shapes classifier and detector"
+printf '\ndemo outputs are in %s; open %s/report.html in a browser\n' "$OUT" "$OUT"

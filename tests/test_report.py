@@ -361,8 +361,11 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     make_tiny_bundle(cls, size=32)
     val = _imagefolder(base / "val", [f"c{i}" for i in range(10)], 32)
     run_cli("compile", str(cls), "-b", "onnxruntime", "-p", "int8", "--calib", str(val / "c0"), check=True)
-    run_cli("validate", str(cls), "-b", "onnxruntime", "-b", "openvino", "-b", "onnxruntime:int8",
-            "--val", str(val), "--layers", check=True, env=env)
+    proc = run_cli("validate", str(cls), "-b", "onnxruntime", "-b", "openvino", "-b", "onnxruntime:int8",
+                   "--val", str(val), "--layers", env=env)
+    # a tiny random model's INT8 may miss the numeric tolerance (exit 1); its result is kept all the same
+    assert proc.returncode in (0, 1), proc.stderr
+    assert len(list((cls / "results").glob("validate-*.json"))) == 1
     run_cli("bench", str(cls), "-b", "torch", "-b", "onnxruntime", "-b", "openvino", "-b", "onnxruntime:int8",
             "--iters", "8", "--warmup", "1", "--rounds", "1", "--batch", "1", "--batch", "2", check=True, env=env)
     frames = base / "frames"
@@ -390,7 +393,7 @@ def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[st
     assert {"task", "gallery", "provenance"} <= set(s["sections"]) and "summary" in s["missing"]
     page = out.read_text()
     assert page.count("data:image/png;base64,") == info["images"] >= 10
-    assert "Pareto frontier" in page and "% peak" in page and "pixels differ" in page
+    assert "Pareto frontier" in page and "% peak" in page and "class differs from PyTorch" in page
     assert "<script" not in page and "src=\"http" not in page
 
     # a corrupt result is named in one line and skipped; a foreign one is kept apart

@@ -176,8 +176,8 @@ def _gemm_model(n: int, precision: str, form: str = "matmul", seed: int = 0) -> 
     nodes = []
     inits = []
     if precision == "int8":
-        w = rng.integers(-127, 128, size=wshape, dtype=np.int8)
-        inits += [numpy_helper.from_array(w, "w_q"),
+        wq = rng.integers(-127, 128, size=wshape, dtype=np.int8)
+        inits += [numpy_helper.from_array(wq, "w_q"),
                   numpy_helper.from_array(np.array(0.01, np.float32), "w_s"),
                   numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
                   numpy_helper.from_array(np.array(0.02, np.float32), "x_s"),

@@ -24,16 +24,18 @@ def register(app: typer.Typer) -> None:
         INT8 per-layer divergence, per-class results, a gallery of PyTorch vs each backend, the stream timeline
         and provenance. A section without data says which command fills it. Only this host's results are drawn.
         """
-        from edgecv.cli._output import console, err_console, print_json, table
+        from edgecv.cli._output import console, print_json, table
         from edgecv.report import build_report
 
         info = build_report(list(bundles), output, title=title)
         if json_out:
             print_json(info.to_dict())
             return
+        import sys
+
         for b in info.bundles:
-            for line in b.skipped:
-                err_console.print(f"[yellow]warning:[/] {b.root}: {line}", highlight=False)
+            for line in b.skipped:  # one plain line each, never wrapped
+                sys.stderr.write(f"warning: {b.root}: {line}\n")
         rows = [[b.name, ", ".join(k for k in b.sections if k != "provenance") or "-",
                  ", ".join(b.missing) or "-", b.other_hosts] for b in info.bundles]
         console.print(table(f"report {info.path} ({info.images} figures)",

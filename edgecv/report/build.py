@@ -440,7 +440,7 @@ class _Builder:
 
             def draw_seg(ax: Any) -> None:
                 rgba = np.zeros((*m.shape, 4), np.float32)
-                rgba[..., :3] = pal[m % len(pal)][..., ::-1] / 255.0  # palette is BGR (OpenCV)
+                rgba[..., :3] = pal[m.astype(np.intp) % len(pal)][..., ::-1] / 255.0  # palette is BGR (OpenCV)
                 rgba[..., 3] = np.where(m > 0, 0.45, 0.0)
                 ax.imshow(rgba)
                 if diff is not None and diff.any():
