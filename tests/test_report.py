@@ -133,7 +133,8 @@ def test_supported_precisions_are_what_openvino_reports() -> None:
 
 
 @pytest.mark.openvino
-def test_peak_probe_runs_each_precision_the_device_lists_and_caches(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_peak_probe_runs_each_precision_the_device_lists_and_caches(tmp_path: Path,
+                                                                    monkeypatch) -> None:  # noqa: ANN001
     from edgecv.bench import roofline
     from edgecv.errors import ConfigError
 
@@ -302,7 +303,8 @@ def test_timeline_is_bounded() -> None:
 
 
 # ------------------------------------------------------------------------------------------ report
-def test_report_of_a_bundle_without_results_names_the_commands(cli, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_report_of_a_bundle_without_results_names_the_commands(cli, bundle_dir: Path,  # noqa: ANN001
+                                                               tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "r.html"
     proc = cli("report", str(bundle_dir), "-o", str(out), "--json")
@@ -378,7 +380,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"cls": cls, "seg": seg}
 
 
-def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[str, Path], tmp_path: Path) -> None:  # noqa: ANN001
+def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[str, Path],  # noqa: ANN001
+                                                          tmp_path: Path) -> None:
     cls = tmp_path / "cls"
     shutil.copytree(recorded["cls"], cls)
     out = tmp_path / "report.html"
@@ -429,3 +432,24 @@ def test_report_in_headless_chromium(recorded: dict[str, Path], tmp_path: Path, 
     keep = root / "out" / "test-report.png"  # left for a look; out/ is ignored by git
     keep.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, keep)
+
+
+def test_replay_runs_the_validation_set_once_for_metric_and_details() -> None:
+    from edgecv.bundle import Contract
+    from edgecv.quant.metrics import ValSet, top1
+    from edgecv.validate.details import Replay, confusion_matrix
+
+    c = Contract(task="classify", class_names=["a", "b"], input_shape=[1, 3, 2, 2])
+    items = [(Path(str(i)), i % 2) for i in range(6)]
+    vs = ValSet(c, items, lambda p, t: ({"input": np.full((1, 3, 2, 2), float(p.name), np.float32)}, t))
+    vs = vs.materialize()
+    calls = []
+
+    def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"output": np.eye(2)[[int(feed["input"][0, 0, 0, 0]) % 2]]}
+
+    run = Replay(_FakeRunner(infer))
+    assert top1(run, vs) == 100.0  # type: ignore[arg-type]
+    assert confusion_matrix(run, vs)["matrix"] == [[3, 0], [0, 3]]
+    assert len(calls) == 6

@@ -196,7 +196,8 @@ class _Builder:
                    f"No GOP/s or peak measured: run {_cmd(f'edgecv bench {r} --peak')} with an OpenVINO or ONNX "
                    "Runtime backend.")
         self._fill("int8", self.int8,
-                   f"No INT8 layer comparison: build INT8 with {_cmd(f'edgecv compile {r} -b onnxruntime -p int8 --calib DATA')}"
+                   "No INT8 layer comparison: build INT8 with "
+                   f"{_cmd(f'edgecv compile {r} -b onnxruntime -p int8 --calib DATA')}"
                    f" then run {_cmd(f'edgecv validate {r} -b onnxruntime:int8 --layers')}.")
         self._fill("task", self.task, f"No per-class results: run {_cmd(f'edgecv validate {r} --val DATA')}.")
         self._fill("gallery", self.gallery, f"No predictions recorded: run {_cmd(f'edgecv validate {r}')}.")
@@ -222,7 +223,8 @@ class _Builder:
             delta = None if m is None else m.get("delta")
             dcls = "" if delta is None else ' class="bad"' if delta < -0.5 else ' class="good"'
             asked, ran = row["precision"], row.get("precision_ran")
-            ran_cell = esc(ran or "–") if ran in (None, asked) else f'<span class="bad">{esc(ran)} (asked {esc(asked)})</span>'
+            ran_cell = esc(ran or "–") if ran in (None, asked) else \
+                f'<span class="bad">{esc(ran)} (asked {esc(asked)})</span>'
             out.append([esc(row["backend"]), esc(asked), ran_cell, esc(row["batch"]),
                         _num(None if m is None else m.get("value")),
                         "–" if delta is None else f"<span{dcls}>{delta:+.2f}</span>",
@@ -314,7 +316,8 @@ class _Builder:
                 [[esc(r["index"]), esc(r["node"]), esc(r["op"]), f"{r['cosine']:.5f}", f"{r['rel_error']:.3g}",
                   f"{r['local_error']:.3g}", "yes" if r["diverged"] else "", "yes" if r["node"] in all_kept else ""]
                  for r in worst]))
-            parts.append(f'<p class="note">first diverged: {esc(", ".join(v["result"].get("first_diverged", [])) or "none")}'
+            first = ", ".join(v["result"].get("first_diverged", [])) or "none"
+            parts.append(f'<p class="note">first diverged: {esc(first)}'
                          f"; recorded {esc(v['time'])}</p>")
         else:
             parts.append(_missing(f"No per-layer comparison yet: run "
