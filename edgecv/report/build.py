@@ -311,7 +311,7 @@ class _Builder:
             layers = v["result"]["layers"]
             parts.append(self.img(figures.layer_divergence(layers, all_kept), "INT8 per-layer divergence"))
             worst = sorted(layers, key=lambda r: r["cosine"])[:10]
-            parts.append("<h4>First diverged and worst layers</h4>" + _table(
+            parts.append("<h4>The ten layers furthest from fp32 (lowest cosine)</h4>" + _table(
                 ["#", "node", "op", "cosine", "rel error", "local error", "diverged", "kept float"],
                 [[esc(r["index"]), esc(r["node"]), esc(r["op"]), f"{r['cosine']:.5f}", f"{r['rel_error']:.3g}",
                   f"{r['local_error']:.3g}", "yes" if r["diverged"] else "", "yes" if r["node"] in all_kept else ""]

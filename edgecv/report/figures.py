@@ -157,7 +157,7 @@ def confusion_matrices(items: list[tuple[str, dict[str, Any]]]) -> bytes:
     rows = (n + cols - 1) // cols
     k = len(items[0][1]["labels"])
     size = max(3.2, 0.35 * k + 1.5)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (label, d) in zip(axes.flat, items):
@@ -188,7 +188,7 @@ def pr_curves(items: list[tuple[str, dict[str, Any]]]) -> bytes:
     n = len(items)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (label, d) in zip(axes.flat, items):
