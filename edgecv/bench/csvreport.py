@@ -46,7 +46,9 @@ def bench_csv(report: BenchReport, argv: list[str] | None = None) -> str:
     for k, v in report.host.items():
         w.writerow([k, _fmt(v)])
     roof = report.settings.get("roofline") or {}
-    if roof:
+    if "error" in roof:
+        w.writerow(["model GOP per item (batch 1)", "", roof["error"]])
+    elif roof:
         w.writerow(["model GOP per item (batch 1)", _fmt(roof["ops"]["gops"])])
         for key, p in roof.get("peaks", {}).items():
             w.writerow([f"peak {key} (GOP/s)", _fmt(p["gops_per_s"]),

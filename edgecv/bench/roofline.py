@@ -343,7 +343,13 @@ def annotate(report: BenchReport, bundle: Bundle, *, peak: bool = True, threads:
     ``report.settings["roofline"]``.
     """
     measure = measure or measure_peak
-    ops = bundle_ops(bundle)
+    if not any(r.stats is not None for r in report.rows):
+        return {}  # nothing ran: the rows' errors say why
+    try:
+        ops = bundle_ops(bundle)
+    except Exception as exc:  # noqa: BLE001 - a graph onnx cannot read or infer leaves the rows without GOP/s
+        report.settings["roofline"] = {"error": f"operations not counted: {' '.join(str(exc).split())[:200]}"}
+        return report.settings["roofline"]  # type: ignore[no-any-return]
     info: dict[str, Any] = {"ops": ops.to_dict(), "peaks": {}, "no_peak": {},
                             "method": "GOP/s = 2 x MACs of Conv/ConvTranspose/Gemm/MatMul (batch 1, ONNX shape "
                                       "inference) x batch / median latency; peak = best median of a GEMM probe "

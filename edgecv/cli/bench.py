@@ -177,6 +177,8 @@ def _roofline_caption(roof: dict | None) -> str:  # type: ignore[type-arg]
     """Where GOP/s and % peak come from: the model's operations and each precision's measured peak."""
     if not roof:
         return ""
+    if "error" in roof:
+        return str(roof["error"])
     parts = [f"GOP/s from {roof['ops']['gops']:.3g} GOP per item (2 x MACs from the ONNX graph) / median"]
     parts += [f"peak {k} {p['gops_per_s']:.0f} GOP/s (GEMM probe)" for k, p in roof["peaks"].items()]
     parts += [f"no peak for {k}: {why}" for k, why in roof["no_peak"].items()]

@@ -272,7 +272,7 @@ class _Builder:
             return None
         roof = self.bench["result"].get("settings", {}).get("roofline")
         rows = [r for r in self._bench_rows() if r.get("gops_per_s")]
-        if not roof or not rows:
+        if not roof or not rows or "ops" not in roof:
             return None
         peaks = {k: float(p["gops_per_s"]) for k, p in roof.get("peaks", {}).items()}
         pts = [{"label": f"{r['backend']}:{r.get('precision_ran') or r['precision']}", "backend": r["backend"],
