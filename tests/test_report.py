@@ -380,6 +380,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"cls": cls, "seg": seg}
 
 
+# both tests below share the module's recorded bundles: one xdist worker builds them once (make test: --dist loadgroup)
+@pytest.mark.xdist_group("report")
 def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[str, Path],  # noqa: ANN001
                                                           tmp_path: Path) -> None:
     cls = tmp_path / "cls"
@@ -408,6 +410,7 @@ def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[st
     assert "No recorded stream" in out.read_text()
 
 
+@pytest.mark.xdist_group("report")
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (make system-deps)")
 def test_report_in_headless_chromium(recorded: dict[str, Path], tmp_path: Path, root: Path) -> None:
     pytest.importorskip("websocket")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
-from pathlib import Path
 
 from edgecv.cli.options import BackendsOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt, RecordOpt, ThreadsOpt
 

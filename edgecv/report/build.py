@@ -169,14 +169,17 @@ class _Builder:
         self.run = self.res.latest("run")
         self.images = 0
 
-    def _fill(self, key: str, fn: Callable[[], str | None], missing: str) -> None:
+    def _fill(self, key: str, fn: Callable[[], str | None], missing: str,
+              sources: tuple[dict[str, Any] | None, ...] = ()) -> None:
         try:
             body = fn()
         except Exception as exc:  # noqa: BLE001 - one section failing must not lose the others
             body = None
             missing = f"could not draw this section: {esc(' '.join(str(exc).split())[:300])}"
         if body:
-            self.out.sections[key] = body
+            made = [f"<code>{esc(' '.join(src.get('command', [])))}</code> ({esc(src['time'])})"
+                    for src in {id(x): x for x in sources if x is not None}.values()]
+            self.out.sections[key] = body + (f'<p class="src">made by {"; ".join(made)}</p>' if made else "")
         else:
             self.out.missing[key] = missing
 
@@ -187,21 +190,27 @@ class _Builder:
     def build(self) -> BundleReport:
         r = self.root
         self._fill("summary", self.summary, f"No bench result from this host: run {_cmd(f'edgecv bench {r}')}"
-                   f" (and {_cmd(f'edgecv validate {r} --val DATA')} for the task metric column).")
+                   f" (and {_cmd(f'edgecv validate {r} --val DATA')} for the task metric column).",
+                   (self.bench, self.validate_metric))
         self._fill("speed-accuracy", self.speed_accuracy,
                    f"Needs a bench result and a task metric from this host: run {_cmd(f'edgecv bench {r}')} and "
-                   f"{_cmd(f'edgecv validate {r} --val DATA')}.")
-        self._fill("latency", self.latency, f"No latency distribution: run {_cmd(f'edgecv bench {r}')}.")
+                   f"{_cmd(f'edgecv validate {r} --val DATA')}.", (self.bench, self.validate_metric))
+        self._fill("latency", self.latency, f"No latency distribution: run {_cmd(f'edgecv bench {r}')}.",
+                   (self.bench,))
         self._fill("roofline", self.roofline,
                    f"No GOP/s or peak measured: run {_cmd(f'edgecv bench {r} --peak')} with an OpenVINO or ONNX "
-                   "Runtime backend.")
+                   "Runtime backend.", (self.bench,))
         self._fill("int8", self.int8,
                    "No INT8 layer comparison: build INT8 with "
                    f"{_cmd(f'edgecv compile {r} -b onnxruntime -p int8 --calib DATA')}"
-                   f" then run {_cmd(f'edgecv validate {r} -b onnxruntime:int8 --layers')}.")
-        self._fill("task", self.task, f"No per-class results: run {_cmd(f'edgecv validate {r} --val DATA')}.")
-        self._fill("gallery", self.gallery, f"No predictions recorded: run {_cmd(f'edgecv validate {r}')}.")
-        self._fill("stream", self.stream, f"No recorded stream: run {_cmd(f'edgecv run {r} --source VIDEO')}.")
+                   f" then run {_cmd(f'edgecv validate {r} -b onnxruntime:int8 --layers')}.",
+                   (self.validate_layers,))
+        self._fill("task", self.task, f"No per-class results: run {_cmd(f'edgecv validate {r} --val DATA')}.",
+                   (self.validate_metric,))
+        self._fill("gallery", self.gallery, f"No predictions recorded: run {_cmd(f'edgecv validate {r}')}.",
+                   (self.validate_gallery,))
+        self._fill("stream", self.stream, f"No recorded stream: run {_cmd(f'edgecv run {r} --source VIDEO')}.",
+                   (self.run,))
         self._fill("provenance", self.provenance, "No manifest provenance.")
         return self.out
 
@@ -524,7 +533,8 @@ table.prov td{text-align:left;max-width:700px;word-break:break-word}
 img{max-width:100%;height:auto;display:block;margin:6px 0}
 .gallery img{display:inline-block;margin:4px 8px 4px 0}
 .missing{color:#8a6d3b;background:#fcf8e3;border-left:4px solid #f0ad4e;padding:6px 10px}
-.note{color:#555;font-size:12px}.bad{color:#c0392b;font-weight:600}.good{color:#1e8449}
+.note{color:#555;font-size:12px}.src{color:#777;font-size:11px;margin-top:2px}
+.bad{color:#c0392b;font-weight:600}.good{color:#1e8449}
 nav a{margin-right:12px;font-size:12.5px}code{font-size:11.5px}
 """
 
