@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 #: engines with a GEMM probe; others (torch eager, TensorRT here) get no peak and say so
 PROBED = ("openvino", "onnxruntime")
 PROBE_SIZES = (512, 1024)
-FORMS = ("matmul", "conv1x1")
+FORMS = ("matmul", "conv1x1", "conv3x3")
 PEAK_PERCENTILE = 10
 _OV_CAPS = {"FP32": "fp32", "BF16": "bf16", "FP16": "fp16", "INT8": "int8"}
 
@@ -161,19 +161,23 @@ def _gemm_model(n: int, precision: str, form: str = "matmul", seed: int = 0) -> 
     """``y = x @ W`` with x [n, n] and W [n, n] a constant; for int8 Q/DQ on x, W and y (what a QDQ model holds,
     so OpenVINO and ONNX Runtime run an integer MatMul).
 
-    ``form="conv1x1"`` writes the same GEMM as a 1×1 convolution (x [1, n, n/32, 32], W [n, n, 1, 1]): engines
-    route it to their convolution kernels, which on some CPUs are faster than their MatMul path (OpenVINO's
-    int8 FullyConnected on AVX2 is), so the probe reports the better of the two."""
+    ``form="conv1x1"`` writes the same GEMM as a 1×1 convolution (x [1, n, n/32, 32], W [n, n, 1, 1]) and
+    ``form="conv3x3"`` as an implicit GEMM, a padded 3×3 convolution of n/4 channels on 32×32 (K = 9·n/4): engines
+    route these to their convolution kernels, which on some CPUs are faster than their MatMul path (OpenVINO's
+    int8 FullyConnected on AVX2 is), so the probe reports the best of the three. The operations of each form are
+    counted by :func:`count_ops`, as the model's are."""
     onnx = lazy_import("onnx", extra="onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    conv = form == "conv1x1"
-    xshape = [1, n, n // 32, 32] if conv else [n, n]
+    conv = form in ("conv1x1", "conv3x3")
+    c = n // 4 if form == "conv3x3" else n
+    xshape = [1, c, 32, 32] if form == "conv3x3" else [1, n, n // 32, 32] if conv else [n, n]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, xshape)
     op = "Conv" if conv else "MatMul"
-    wshape = (n, n, 1, 1) if conv else (n, n)
+    wshape = (c, c, 3, 3) if form == "conv3x3" else (n, n, 1, 1) if conv else (n, n)
+    attrs = {"pads": [1, 1, 1, 1]} if form == "conv3x3" else {}
     nodes = []
     inits = []
     if precision == "int8":
@@ -188,13 +192,13 @@ def _gemm_model(n: int, precision: str, form: str = "matmul", seed: int = 0) -> 
         nodes += [helper.make_node("QuantizeLinear", ["x", "x_s", "x_zp"], ["xq"]),
                   helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xd"]),
                   helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["wd"]),
-                  helper.make_node(op, ["xd", "wd"], ["m"]),
+                  helper.make_node(op, ["xd", "wd"], ["m"], **attrs),
                   helper.make_node("QuantizeLinear", ["m", "y_s", "y_zp"], ["yq"]),
                   helper.make_node("DequantizeLinear", ["yq", "y_s", "y_zp"], ["y"])]
     else:
         w = rng.standard_normal(wshape).astype(np.float32) * 0.05
         inits.append(numpy_helper.from_array(w, "w"))
-        nodes.append(helper.make_node(op, ["x", "w"], ["y"]))
+        nodes.append(helper.make_node(op, ["x", "w"], ["y"], **attrs))
     graph = helper.make_graph(nodes, f"edgecv_gemm_probe_{form}_{n}", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 9)
@@ -317,6 +321,7 @@ def measure_peak(backend: str, precision: str, device: str | None = None, thread
             for n in sizes:
                 path = Path(tmp) / f"gemm_{form}_{n}.onnx"
                 model = _gemm_model(n, precision, form)
+                ops = count_ops(model).ops
                 onnx.save(model, str(path))
                 runner = _open_probe(backend, path, precision, device, threads)
                 with runner:
@@ -326,7 +331,7 @@ def measure_peak(backend: str, precision: str, device: str | None = None, thread
                     # a peak is what the engine reaches undisturbed: the 10th-percentile call, so that a busy
                     # neighbour during the probe does not lower the ceiling (rows use their median, so % of peak
                     # stays conservative; on a quiet machine the two are within a few percent)
-                    gops = 2.0 * n ** 3 / float(np.percentile(s, PEAK_PERCENTILE)) / 1e9
+                    gops = ops / float(np.percentile(s, PEAK_PERCENTILE)) / 1e9
                     if best is None or gops > best[0]:
                         best = (gops, n, str(runner.precision), str(runner.device), form)
     assert best is not None  # sizes is never empty
