@@ -177,7 +177,7 @@ def _gemm_model(n: int, precision: str, form: str = "matmul", seed: int = 0) -> 
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, xshape)
     op = "Conv" if conv else "MatMul"
     wshape = (c, c, 3, 3) if form == "conv3x3" else (n, n, 1, 1) if conv else (n, n)
-    attrs = {"pads": [1, 1, 1, 1]} if form == "conv3x3" else {}
+    attrs: dict[str, Any] = {"pads": [1, 1, 1, 1]} if form == "conv3x3" else {}
     nodes = []
     inits = []
     if precision == "int8":
