@@ -16,7 +16,8 @@ PKG = ROOT / "edgecv"
 
 BUILD_TIER = ("edgecv.zoo", "edgecv.train", "edgecv.rewrite", "edgecv.export", "edgecv.data")
 RUNTIME_TIER = ("edgecv.backends", "edgecv.quant", "edgecv.validate", "edgecv.bench", "edgecv.stream",
-                "edgecv.tasks", "edgecv.bundle", "edgecv.jetson", "edgecv.serve")
+                "edgecv.tasks", "edgecv.bundle", "edgecv.jetson", "edgecv.serve", "edgecv.results",
+                "edgecv.report")
 TOP = ("edgecv.cli", "edgecv.pipeline")
 
 
@@ -130,7 +131,7 @@ def test_cli_help_without_torch(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "edgecv", "--help"], capture_output=True, text=True,
                           env=no_torch_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for cmd in ("export", "compile", "validate", "bench", "run"):
+    for cmd in ("export", "compile", "validate", "bench", "run", "report"):
         assert cmd in proc.stdout
 
 

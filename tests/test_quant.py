@@ -443,6 +443,10 @@ def test_cli_quantize_writes_qdq_bundle_that_ort_and_openvino_run(tmp_path, task
     b = Bundle.open(out)
     assert b.contract == task["contract"] and b.reference_path.is_file() and (out / "fp32/model.onnx").is_file()
     assert b.manifest.provenance["quantized"]["kept_float"] == ["/2/Conv"]
+    from edgecv.results import load_results  # the budgeted search is kept in the new bundle's results/
+
+    rec = load_results(b).latest("quantize")
+    assert rec is not None and rec["result"]["kept_float"] == ["/2/Conv"] and rec["command"][1] == "quantize"
     model = onnx.load(str(b.onnx_path))
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) >= 2
     ref = b.load_reference()

@@ -150,6 +150,12 @@ class BenchRow:
     peak_rss_mb: float | None = None
     speedup_vs_torch: float | None = None
     error: str | None = None
+    # filled by edgecv.bench.roofline.annotate: achieved GOP/s and the share of this machine's measured peak
+    gops_per_s: float | None = None
+    peak_gops_per_s: float | None = None
+    pct_peak: float | None = None
+    # the latency distribution in 101 quantiles (0, 1, …, 100 %), for plots; the samples themselves are not kept
+    quantiles_ms: list[float] | None = None
 
     @property
     def label(self) -> str:
@@ -409,6 +415,7 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
         s = samples.get((row.backend, row.precision, row.batch))
         if row.error is None and s:
             row.stats = LatencyStats.from_samples(s, batch=row.batch)
+            row.quantiles_ms = [round(float(q), 4) for q in np.percentile(np.asarray(s) * 1e3, np.arange(101))]
         elif row.error is None:
             row.error = "no timed iterations"
     torch_key = next(((n, p) for n, p in backends if n == "torch" and p == "fp32"),

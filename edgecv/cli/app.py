@@ -22,7 +22,7 @@ app = typer.Typer(
 # each module defines register(app); modules import no framework at module level so --help stays fast
 _COMMAND_MODULES = [
     "doctor", "models", "export", "compile", "validate", "bench",
-    "rewrite", "lint", "train", "data", "pipeline", "quantize", "calib", "anchors", "run", "serve",
+    "rewrite", "lint", "train", "data", "pipeline", "quantize", "calib", "anchors", "run", "serve", "report",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -15,6 +16,7 @@ from edgecv.cli.options import (
     ModelWeightsOpt,
     PrecisionOpt,
     RebuildOpt,
+    RecordOpt,
     ThreadsOpt,
 )
 from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
@@ -55,6 +57,13 @@ def register(app: typer.Typer) -> None:
                                   "against a server): latency and throughput, as perf_analyzer.")] = None,
         endpoint: EndpointOpt = None,
         model: RemoteModelOpt = None,
+        peak: Annotated[bool, typer.Option(
+            "--peak/--no-peak", help="Measure this machine's peak GOP/s per precision with a GEMM probe through "
+                                     "the same engine (cached per host) and print the % of it every row "
+                                     "reached.")] = True,
+        csv_out: Annotated[Optional[Path], typer.Option(
+            "--csv", help="Also write a sectioned CSV report (as OpenVINO benchmark_app's) to this file.")] = None,
+        record: RecordOpt = True,
         json_out: JsonOpt = False,
     ) -> None:
         """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
@@ -112,12 +121,23 @@ def register(app: typer.Typer) -> None:
 
             conc = bench_bundle_concurrent(b, specs, batch or [1], concurrency, open_runner, device=device,
                                            threads=threads, warmup=min(warmup, 5), min_time_s=max(min_time, 0.5))
+        import sys
+
+        from edgecv.bench.roofline import annotate
+        from edgecv.results import record_result
+
+        annotate(rep, b, peak=peak, threads=threads, device=device)
+        if csv_out is not None:
+            from edgecv.bench.csvreport import write_bench_csv
+
+            write_bench_csv(rep, csv_out, sys.argv)
+        d = rep.to_dict()
+        if split is not None:
+            d["stages"] = split
+        if conc is not None:
+            d["concurrency"] = [c.to_dict() for c in conc]
+        record_result(b, "bench", d, enabled=record)
         if json_out:
-            d = rep.to_dict()
-            if split is not None:
-                d["stages"] = split
-            if conc is not None:
-                d["concurrency"] = [c.to_dict() for c in conc]
             print_json(d)
             _raise_if_unusable(rep)
             return
@@ -126,11 +146,12 @@ def register(app: typer.Typer) -> None:
         for r in rep.rows:
             s = r.stats
             if s is None:
-                rows.append([r.label, r.precision_ran, r.batch, None, None, None, None, None, None, r.load_time_s,
-                             r.peak_rss_mb, None])
+                rows.append([r.label, r.precision_ran, r.batch, None, None, None, None, None, None, None, None,
+                             r.load_time_s, r.peak_rss_mb, None])
                 continue
             rows.append([r.label, r.precision_ran, r.batch, s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.std_ms,
-                         s.throughput, r.load_time_s, r.peak_rss_mb,
+                         s.throughput, r.gops_per_s, None if r.pct_peak is None else f"{r.pct_peak:.0f}%",
+                         r.load_time_s, r.peak_rss_mb,
                          None if r.speedup_vs_torch is None else f"{r.speedup_vs_torch:.2f}x"])
         st = rep.settings
         caption = (f"{st['mode']}; {st['rounds']} round(s){' interleaved' if st['interleave'] else ''}; "
@@ -138,8 +159,8 @@ def register(app: typer.Typer) -> None:
                    + ("" if "speedup_baseline" in st else "; no torch in this run, so no speedup column"))
         console.print(table(f"bench {rep.bundle}",
                             ["backend", "ran", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms",
-                             "items/s", "load s", "peak RSS MB", "vs torch"], rows, digits=2, caption=caption),
-                      )
+                             "items/s", "GOP/s", "% peak", "load s", "peak RSS MB", "vs torch"], rows, digits=2,
+                            caption=caption + "; " + _roofline_caption(rep.settings.get("roofline"))))
         for r in rep.rows:
             if r.error:
                 console.print(f"[red]{r.label} batch {r.batch}:[/] {r.error}", highlight=False)
@@ -194,3 +215,15 @@ def _raise_if_unusable(rep: object) -> None:
         mine = [r for r in rows if r.label == label]
         if mine and all(r.error for r in mine):
             raise BackendError(f"{label}: {mine[0].error}")
+
+
+def _roofline_caption(roof: dict | None) -> str:  # type: ignore[type-arg]
+    """Where GOP/s and % peak come from: the model's operations and each precision's measured peak."""
+    if not roof:
+        return ""
+    if "error" in roof:
+        return str(roof["error"])
+    parts = [f"GOP/s from {roof['ops']['gops']:.3g} GOP per item (2 x MACs from the ONNX graph) / median"]
+    parts += [f"peak {k} {p['gops_per_s']:.0f} GOP/s (GEMM probe)" for k, p in roof["peaks"].items()]
+    parts += [f"no peak for {k}: {why}" for k, why in roof["no_peak"].items()]
+    return "; ".join(parts)

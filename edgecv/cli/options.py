@@ -47,3 +47,6 @@ def with_remote(opener: Any, endpoint: str | None, model: str | None) -> Any:
         return opener(bundle, backend, precision, **kw)
 
     return _open
+RecordOpt = Annotated[bool, typer.Option(
+    "--record/--no-record", help="Keep the JSON result under results/ in the bundle (hash-listed in the manifest; "
+                                 "'edgecv report' draws it).")]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecv.cli.options import BundleArg, ForceOpt, JsonOpt, OutOpt
+from edgecv.cli.options import BundleArg, ForceOpt, JsonOpt, OutOpt, RecordOpt
 
 CalibOpt = Annotated[Optional[Path], typer.Option(
     "--calib", help="Calibration data: a folder of images, a video or an .npz of inputs (required).")]
@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
     @app.command("quantize")
     def quantize(bundle: BundleArg, output: OutOpt, calib: CalibOpt = None, method: MethodOpt = "minmax",
                  val: ValOpt = None, max_drop: MaxDropOpt = None, limit: LimitOpt = None,
-                 quantize_head: NoFloatHeadOpt = False, force: ForceOpt = False, json: JsonOpt = False) -> None:
+                 quantize_head: NoFloatHeadOpt = False, force: ForceOpt = False, record: RecordOpt = True,
+                 json: JsonOpt = False) -> None:
         """Quantize a bundle to INT8 (QDQ ONNX) with calibration data, optionally under an accuracy budget."""
         import warnings
 
@@ -40,6 +41,10 @@ def register(app: typer.Typer) -> None:
                                   force=force, float_head=not quantize_head)
         notes = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
         info = out.manifest.provenance["quantized"]
+        if max_drop is not None:  # an accuracy-budgeted search: keep what it measured in the new bundle
+            from edgecv.results import record_result
+
+            record_result(out, "quantize", {"bundle": str(out.root), "warnings": notes, **info}, enabled=record)
         if json:
             print_json({"bundle": str(out.root), "warnings": notes, **info})
             return

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt, RebuildOpt
+from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt, RebuildOpt, RecordOpt
 from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
 
 
@@ -94,6 +94,7 @@ def register(app: typer.Typer) -> None:
                            "low for mAP).")] = 0.25,
         endpoint: EndpointOpt = None,
         model: RemoteModelOpt = None,
+        record: RecordOpt = True,
     ) -> None:
         """Run a bundle on a stream: capture → preprocess → infer → decode → sinks, with live metrics."""
         from edgecv._io import write_json
@@ -173,6 +174,9 @@ def register(app: typer.Typer) -> None:
                     write_json(Path(json_out), pipe.last_summary)
                 raise
         summary["bundle"] = str(b.root)
+        from edgecv.results import record_result
+
+        record_result(b, "run", summary, enabled=record)
         if json_out == "-":
             print_json(summary)
             return

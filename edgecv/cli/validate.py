@@ -16,6 +16,7 @@ from edgecv.cli.options import (
     ModelWeightsOpt,
     PrecisionOpt,
     RebuildOpt,
+    RecordOpt,
     ThreadsOpt,
 )
 from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
@@ -67,6 +68,7 @@ def register(app: typer.Typer) -> None:
         rebuild: RebuildOpt = False,
         endpoint: EndpointOpt = None,
         model: RemoteModelOpt = None,
+        record: RecordOpt = True,
         json_out: JsonOpt = False,
     ) -> None:
         """Run BUNDLE on each backend and compare its outputs with PyTorch's.
@@ -91,22 +93,31 @@ def register(app: typer.Typer) -> None:
         rep = validate_bundle(b, specs, device=device, reference=reference, batch=batch,  # type: ignore[arg-type]
                               threads=threads, opener=open_runner,
                               overrides={"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1})
-        metrics = _task_metrics(b, specs, val, val_limit, device, threads, open_runner) if val else None
+        metrics = _task_metrics(b, specs, val, val_limit, device, threads, open_runner, details=record) \
+            if val else None
         layer_rows = None
         if layers:
             from edgecv.quant.layers import layer_divergence
 
             layer_rows = layer_divergence(b, precision="int8", backend="onnxruntime")
         metric_failures = _metric_failures(metrics, max_drop) if metrics else []
-        if json_out:
-            d = rep.to_dict()
-            if metrics is not None:
-                d["task_metric"] = metrics
-            if layer_rows is not None:
-                from edgecv.quant.layers import first_diverged
+        d = rep.to_dict()
+        if metrics is not None:
+            d["task_metric"] = metrics
+        if layer_rows is not None:
+            from edgecv.quant.layers import first_diverged
 
-                d["layers"] = [r.to_dict() for r in layer_rows]
-                d["first_diverged"] = [r.node for r in first_diverged(layer_rows)]
+            d["layers"] = [r.to_dict() for r in layer_rows]
+            d["first_diverged"] = [r.node for r in first_diverged(layer_rows)]
+        if record:
+            from edgecv.results import record_result
+            from edgecv.validate.details import gallery
+
+            kept = dict(d, gallery=gallery(rep.raw_reference, {f"{r.backend}:{r.precision}": r.raw
+                                                               for r in rep.results if r.raw is not None},
+                                           b.contract), max_drop=max_drop)
+            record_result(b, "validate", kept)
+        if json_out:
             print_json(d)
         else:
             console = wide_console()
@@ -176,8 +187,9 @@ def _failure_line(rep: object) -> str:
 
 
 def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: int | None, device: str | None,
-                  threads: int | None, opener: Any) -> dict[str, Any]:
-    """The task metric of torch (when it loads) and every backend on the same validation images."""
+                  threads: int | None, opener: Any, details: bool = False) -> dict[str, Any]:
+    """The task metric of torch (when it loads) and every backend on the same validation images; with
+    ``details`` also each one's per-class view (confusion matrix, PR curves, IoU per class) for the report."""
     from edgecv._lazy import is_available
     from edgecv.quant.metrics import TASK_METRICS, metric_for, open_val
 
@@ -192,7 +204,13 @@ def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: i
     for backend, precision in combos:
         try:
             with opener(bundle, backend, precision, device=device, threads=threads) as r:
-                rows.append({"backend": backend, "precision": precision, "ran": r.precision, "value": fn(r, vset)})
+                from edgecv.validate.details import Replay, task_details
+
+                run = Replay(r) if details else r  # the details replay the metric's outputs: one pass, not two
+                value = fn(run, vset)  # type: ignore[arg-type]
+                rows.append({"backend": backend, "precision": precision, "ran": r.precision, "value": value})
+                if details:
+                    rows[-1]["details"] = task_details(run, vset)
         except Exception as exc:  # noqa: BLE001 - torch may fail to rebuild; say so in the row
             if backend != "torch":
                 raise

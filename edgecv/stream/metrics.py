@@ -107,6 +107,9 @@ class Metrics:
         self.reconnect_attempts = 0
         self.in_rate = RateMeter()
         self.out_rate = RateMeter()
+        from edgecv.stream.timeline import Timeline
+
+        self.timeline = Timeline()
 
     def add_latency(self, stage: str, ms: float) -> None:
         with self._lock:
@@ -146,6 +149,7 @@ class Metrics:
             "fps_out": round(self.frames_out / el, 3),
             "latency_ms": {s: self.lat[s].summary() for s in STAGES},
             "slowest_stage": self.slowest_stage(),
+            "timeline": self.timeline.to_dict(),
         }
 
     # what each stage of the pipeline spends per frame: reading/decoding (capture thread), preprocessing,

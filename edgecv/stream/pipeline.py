@@ -315,6 +315,8 @@ class StreamPipeline:
         self._fps_meter.tick()
         self.metrics.out_rate.tick()
         self.metrics.count("frames_out")
+        self.metrics.timeline.frame(time.perf_counter() - self.metrics.t_start, fr.lat_ms, self.capture_buf.dropped,
+                                    self.metrics.reconnects)
         fr.image = None  # type: ignore[assignment]
 
     def _worker(self, name: str, src: FrameBuffer[Frame], dst: FrameBuffer[Frame] | None,

@@ -54,6 +54,8 @@ class BackendResult:
     load_time_s: float | None = None
     outputs: list[OutputComparison] = field(default_factory=list)
     error: str | None = None
+    # the backend's raw outputs on the reference inputs (for the report's gallery; not part of to_dict)
+    raw: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -78,6 +80,8 @@ class ValidationReport:
     input_shapes: dict[str, list[int]]
     results: list[BackendResult] = field(default_factory=list)
     reference_check: list[OutputComparison] | None = None  # live torch vs reference.npz, when both exist
+    # the reference outputs the backends were compared with (for the report's gallery; not part of to_dict)
+    raw_reference: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -202,7 +206,8 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
 
     n = next(iter(feed.values())).shape[0]
     report = ValidationReport(bundle=str(b.root), task=task, reference=used, reference_note=note, batch=n,
-                              input_shapes={k: list(v.shape) for k, v in feed.items()}, reference_check=check)
+                              input_shapes={k: list(v.shape) for k, v in feed.items()}, reference_check=check,
+                              raw_reference=ref_out)
 
     # ---------------------------------------------------------------- each backend
     for backend, prec in backends:
@@ -219,5 +224,6 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
             continue
         res.precision_ran, res.device, res.load_time_s = info["precision_ran"], info["device"], info["load_time_s"]
         res.outputs = [judge(c, res.tolerance) for c in compare_outputs(ref_out, got, task)]
+        res.raw = got
         report.results.append(res)
     return report

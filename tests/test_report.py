@@ -1,0 +1,458 @@
+"""Results kept in the bundle, the roofline numbers of bench, and ``edgecv report`` (opened in headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecv.bundle import Bundle
+
+
+# ------------------------------------------------------------------------------------------ results
+def test_record_result_is_hash_listed_and_read_back(bundle_dir: Path) -> None:
+    from edgecv._io import sha256_path
+    from edgecv.results import load_results, record_result, this_host
+
+    b = Bundle.open(bundle_dir)
+    path = record_result(b, "bench", {"rows": [], "x": 1.5}, argv=["/x/edgecv/__main__.py", "bench", "B"])
+    assert path is not None and path.parent.name == "results"
+    rel = f"results/{path.name}"
+    again = Bundle.open(bundle_dir)  # verifies every hash, the result's included
+    assert again.manifest.files[rel] == sha256_path(path)
+    assert any(h.get("event") == "result" and h["path"] == rel for h in again.manifest.history)
+    doc = json.loads(path.read_text())
+    assert doc["kind"] == "bench" and doc["result"] == {"rows": [], "x": 1.5}
+    assert doc["command"] == ["edgecv", "bench", "B"]
+    assert doc["host"]["id"] == this_host()["id"] and doc["versions"]["edgecv"]
+    assert not [p for p in bundle_dir.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    res = load_results(again)
+    assert [r["path"] for r in res.mine] == [rel] and res.others == [] and res.skipped == []
+    assert res.latest("bench")["result"]["x"] == 1.5 and res.latest("validate") is None
+    assert record_result(again, "bench", {}, enabled=False) is None
+    assert len(list((bundle_dir / "results").iterdir())) == 1
+
+
+def test_results_from_another_host_are_kept_apart_and_corrupt_ones_skipped(bundle_dir: Path) -> None:
+    from edgecv.report.build import open_for_report
+    from edgecv.results import load_results, record_result
+
+    b = Bundle.open(bundle_dir)
+    mine = record_result(b, "run", {"frames_processed": 3})
+    other = record_result(b, "bench", {"rows": []})
+    bad = record_result(b, "validate", {"results": []})
+    assert mine and other and bad
+    # a result measured elsewhere: same bundle copied from another machine (its hash re-listed as it would be)
+    doc = json.loads(other.read_text())
+    doc["host"] = {**doc["host"], "id": "elsewhere0000", "node": "jetson"}
+    other.write_text(json.dumps(doc))
+    b2 = Bundle.open(bundle_dir, verify=False)
+    from edgecv._io import sha256_path
+
+    b2.manifest.files[f"results/{other.name}"] = sha256_path(other)
+    b2.save()
+    bad.write_text("{not json")  # damaged after it was recorded: the manifest hash no longer matches
+    b3 = open_for_report(bundle_dir)  # the model files are still checked; results one by one
+    res = load_results(b3)
+    assert [r["kind"] for r in res.mine] == ["run"]
+    assert [r["host"]["node"] for r in res.others] == ["jetson"]
+    assert len(res.skipped) == 1 and res.skipped[0].startswith(f"results/{bad.name}: ")
+    assert "\n" not in res.skipped[0]
+
+
+def test_validate_bench_no_record(cli, bundle_dir: Path) -> None:  # noqa: ANN001
+    proc = cli("validate", str(bundle_dir), "-b", "onnxruntime", "--no-record")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
+               "--no-peak", "--no-record")
+    assert proc.returncode == 0, proc.stderr
+    assert not (bundle_dir / "results").exists()
+    assert sorted(Bundle.open(bundle_dir).manifest.files) == ["model.onnx", "reference.npz"]
+
+
+# ------------------------------------------------------------------------------------------ operation count
+def test_count_ops_matches_hand_count() -> None:
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecv.bench.roofline import count_ops
+    from edgecv.bundle import Contract
+
+    w1 = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w1")     # 3→8, 3x3, stride 2
+    w2 = numpy_helper.from_array(np.zeros((8, 2, 3, 3), np.float32), "w2")     # grouped: 8→8, 4 groups
+    w3 = numpy_helper.from_array(np.zeros((8 * 16 * 16, 10), np.float32), "w3")
+    w4 = numpy_helper.from_array(np.zeros((10, 5), np.float32), "w4")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1], group=4),
+             helper.make_node("Flatten", ["b"], ["f"]),
+             helper.make_node("MatMul", ["f", "w3"], ["m"]),
+             helper.make_node("Gemm", ["m", "w4"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2, w3, w4])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    c = count_ops(model, Contract(input_name="x", input_shape=[1, 3, 32, 32]))
+    conv1 = 8 * 16 * 16 * 3 * 3 * 3
+    conv2 = 8 * 16 * 16 * 2 * 3 * 3
+    mm, gemm = 2048 * 10, 10 * 5
+    assert c.by_type == {"Conv": 2 * (conv1 + conv2), "MatMul": 2 * mm, "Gemm": 2 * gemm}
+    assert c.ops == 2 * (conv1 + conv2 + mm + gemm) and c.nodes == 4 and c.unknown == []
+
+
+def test_count_ops_of_a_bundle_is_what_torch_counts(pristine: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgecv.bench.roofline import bundle_ops
+    from helpers import tiny_cnn
+
+    b = Bundle.open(pristine)
+    model = tiny_cnn(10, "classify").eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(b.contract.input_shape))
+    assert bundle_ops(b).ops == fc.get_total_flops()
+
+
+# ------------------------------------------------------------------------------------------ peak
+def _ov_caps() -> list[str]:
+    import openvino as ov
+
+    return [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+@pytest.mark.openvino
+def test_supported_precisions_are_what_openvino_reports() -> None:
+    from edgecv.bench.roofline import supported_precisions
+
+    caps = _ov_caps()
+    want = [p for c, p in (("FP32", "fp32"), ("BF16", "bf16"), ("FP16", "fp16"), ("INT8", "int8")) if c in caps]
+    assert sorted(supported_precisions("openvino", "CPU")) == sorted(want)
+    assert supported_precisions("torch") == []
+
+
+@pytest.mark.openvino
+def test_peak_probe_runs_each_precision_the_device_lists_and_caches(tmp_path: Path,
+                                                                    monkeypatch) -> None:  # noqa: ANN001
+    from edgecv.bench import roofline
+    from edgecv.errors import ConfigError
+
+    monkeypatch.setenv("EDGECV_CACHE_DIR", str(tmp_path / "cache"))
+    supported = roofline.supported_precisions("openvino", "CPU")
+    for prec in supported:
+        if prec not in ("fp32", "int8"):
+            continue  # bf16/fp16 probes work the same way; keep the test short
+        p = roofline.measure_peak("openvino", prec, "CPU", threads=1, sizes=(128,), min_time_s=0.0)
+        assert p.gops_per_s > 0 and p.size == 128 and p.precision == prec
+        assert p.precision_ran == prec  # the engine reports it ran the probe at that precision
+    files = list((tmp_path / "cache").glob("peak-*.json"))
+    assert len(files) == 1
+    cached = json.loads(files[0].read_text())
+    assert len(cached) == len([p for p in supported if p in ("fp32", "int8")])
+
+    def no_probe(*a: object, **k: object) -> None:
+        raise AssertionError("the cached peak should have been used")
+
+    monkeypatch.setattr(roofline, "_open_probe", no_probe)
+    again = roofline.measure_peak("openvino", "fp32", "CPU", threads=1, sizes=(128,), min_time_s=0.0)
+    assert again.gops_per_s == next(v for v in cached.values() if v["precision"] == "fp32")["gops_per_s"]
+    missing = [p for p in ("bf16", "fp16") if p not in supported]
+    for prec in missing:  # never assumed: a precision the device does not list is refused, not probed
+        with pytest.raises(ConfigError, match="expected"):
+            roofline.measure_peak("openvino", prec, "CPU")
+    with pytest.raises(ConfigError, match="GEMM probe"):
+        roofline.measure_peak("torch", "fp32")
+
+
+def test_annotate_fills_gops_and_percent_of_peak(pristine: Path) -> None:
+    from edgecv.bench.core import BenchReport, BenchRow, LatencyStats
+    from edgecv.bench.roofline import Peak, annotate, bundle_ops
+
+    b = Bundle.open(pristine)
+    rows = [BenchRow("onnxruntime", "fp32", 1, precision_ran="fp32",
+                     stats=LatencyStats.from_samples([0.002, 0.002, 0.002])),
+            BenchRow("onnxruntime", "fp32", 4, precision_ran="fp32",
+                     stats=LatencyStats.from_samples([0.004, 0.004], batch=4)),
+            BenchRow("torch", "fp32", 1, precision_ran="fp32", stats=LatencyStats.from_samples([0.01])),
+            BenchRow("openvino", "fp32", 1, error="could not load")]
+    rep = BenchReport(bundle=str(b.root), rows=rows)
+    calls = []
+
+    def fake(backend: str, precision: str, device: object = None, threads: object = None) -> Peak:
+        calls.append((backend, precision))
+        return Peak(backend, "CPU", precision, 10.0, 512, None, precision, "now")
+
+    info = annotate(rep, b, measure=fake)
+    ops = bundle_ops(b).ops
+    assert calls == [("onnxruntime", "fp32")]  # once per engine and precision, never for torch
+    assert rows[0].gops_per_s == pytest.approx(ops / 0.002 / 1e9)
+    assert rows[1].gops_per_s == pytest.approx(4 * ops / 0.004 / 1e9)
+    assert rows[0].pct_peak == pytest.approx(100 * rows[0].gops_per_s / 10.0)
+    assert rows[2].gops_per_s is not None and rows[2].pct_peak is None
+    assert "torch:fp32" in info["no_peak"] and rows[3].gops_per_s is None
+    assert rep.settings["roofline"]["ops"]["ops"] == ops
+
+
+@pytest.mark.onnxruntime
+def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    csv_path = tmp_path / "bench.csv"
+    env = {"EDGECV_CACHE_DIR": str(tmp_path / "cache")}
+    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "5", "--warmup", "1", "--rounds", "1",
+               "--batch", "1", "--batch", "2", "--csv", str(csv_path), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    roof = d["settings"]["roofline"]
+    assert set(roof["peaks"]) == {"onnxruntime:fp32"}
+    for r in d["rows"]:
+        lat = r["latency"]
+        assert r["gops_per_s"] == pytest.approx(roof["ops"]["ops"] * r["batch"] / (lat["p50_ms"] / 1e3) / 1e9)
+        assert r["pct_peak"] == pytest.approx(100 * r["gops_per_s"] / roof["peaks"]["onnxruntime:fp32"]["gops_per_s"])
+        assert len(r["quantiles_ms"]) == 101 and r["quantiles_ms"][50] == pytest.approx(lat["p50_ms"], rel=1e-3)
+    text = csv_path.read_text()
+    sections = [s.splitlines()[0] for s in text.strip().split("\n\n")]
+    assert sections == ["Command line parameters", "Configuration setup", "Execution results"]
+    results = text.strip().split("\n\n")[2].splitlines()
+    assert results[1].startswith("backend;precision;") and len(results) == 2 + 2
+    assert "peak onnxruntime:fp32 (GOP/s)" in text
+    # the table shows the same columns for people
+    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
+               env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "GOP/s" in proc.stdout and "% peak" in proc.stdout and "peak onnxruntime:fp32" in proc.stdout
+    kinds = sorted(p.name.split("-")[0] for p in (bundle_dir / "results").iterdir())
+    assert kinds == ["bench", "bench"]
+    Bundle.open(bundle_dir)  # still verifies
+
+
+# ------------------------------------------------------------------------------------------ details
+class _FakeRunner:
+    def __init__(self, fn) -> None:  # noqa: ANN001
+        self.fn = fn
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.fn(feed)
+
+
+def test_confusion_matrix_and_class_iou() -> None:
+    from edgecv.bundle import Contract
+    from edgecv.quant.metrics import ValSet
+    from edgecv.validate.details import class_iou, confusion_matrix
+
+    c = Contract(task="classify", class_names=["a", "b", "c"], input_shape=[1, 3, 4, 4])
+    items = [(Path(str(i)), (k, lab)) for i, (k, lab) in enumerate([(0, 0), (1, 1), (2, 1), (2, 2)])]
+    vs = ValSet(c, items, lambda _p, t: ({"input": np.full((1, 3, 4, 4), t[0], np.float32)}, t[1]))
+    # the fake model predicts the class stored in the input
+    m = confusion_matrix(_FakeRunner(lambda f: {"output": np.eye(3)[[int(f["input"][0, 0, 0, 0])]]}), vs)
+    assert m["labels"] == ["a", "b", "c"] and m["matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+    cs = Contract(task="segment", class_names=["bg", "fg"], input_shape=[1, 3, 2, 2])
+    mask = np.array([[0, 1], [1, 1]], np.uint8)
+    pred = np.array([[0, 1], [0, 1]])
+    vs2 = ValSet(cs, [(Path("0"), mask)], lambda _p, t: ({"input": np.zeros((1, 3, 2, 2), np.float32)}, t))
+    iou = class_iou(_FakeRunner(lambda f: {"output": np.eye(2)[pred].transpose(2, 0, 1)[None]}), vs2)
+    assert iou["iou"] == pytest.approx([50.0, 100 * 2 / 3])
+
+
+def test_pr_curves_perfect_and_half() -> None:
+    from edgecv.bundle import Contract
+    from edgecv.quant.metrics import ValSet
+    from edgecv.tasks.preprocess import Transform
+    from edgecv.validate.details import pr_curves
+
+    c = Contract(task="detect", class_names=["x"], input_shape=[1, 3, 32, 32], resize="letterbox",
+                 output_names=["boxes", "scores", "classes", "num_dets"], decode={"nms": "graph"})
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    tf = Transform(1.0, 1.0, 0.0, 0.0, (32, 32))
+    vs = ValSet(c, [(Path("0"), None)], lambda _p, _t: ({"input": np.zeros((1, 3, 32, 32), np.float32)},
+                                                         (tf, gt, np.array([0, 0]), (32, 32))))
+
+    def model(boxes: np.ndarray, scores: list[float]):  # noqa: ANN202
+        k = len(boxes)
+        return _FakeRunner(lambda f: {"boxes": boxes[None], "scores": np.array([scores], np.float32),
+                                      "classes": np.zeros((1, k), np.int64), "num_dets": np.array([k])})
+
+    perfect = pr_curves(model(gt, [0.9, 0.8]), vs)["classes"]["x"]
+    assert perfect["ap"] == pytest.approx(100.0) and perfect["recall"][-1] == 1.0 and perfect["gt"] == 2
+    # one true box found at the highest score, one false box: AP = 0.5 (recall stops at 0.5 with precision 1)
+    half = pr_curves(model(np.array([gt[0], [0, 20, 5, 25]], np.float32), [0.9, 0.8]), vs)["classes"]["x"]
+    assert half["ap"] == pytest.approx(50.0) and half["precision"] == [1.0, 0.5] and half["recall"] == [0.5, 0.5]
+
+
+def test_mask_round_trip_and_pareto() -> None:
+    from edgecv.report.figures import pareto_front
+    from edgecv.validate.details import decode_mask, encode_mask
+
+    m = (np.arange(64 * 48) % 7).reshape(64, 48).astype(np.uint8)
+    assert np.array_equal(decode_mask(json.loads(json.dumps(encode_mask(m)))), m)
+    pts = [(10.0, 90.0), (5.0, 80.0), (12.0, 85.0), (3.0, 70.0), (5.0, 79.0), (20.0, 91.0)]
+    assert pareto_front(pts) == [3, 1, 0, 5]  # fastest first; (12, 85) and (5, 79) are beaten
+
+
+def test_timeline_is_bounded() -> None:
+    from edgecv.stream.timeline import Timeline
+
+    tl = Timeline(bucket_s=1.0, max_buckets=8)
+    for i in range(40):  # 20 s at 2 frames/s
+        tl.frame(i * 0.5, {"infer": 2.0, "e2e": 5.0}, dropped=i // 10, reconnects=1 if i >= 30 else 0)
+    d = tl.to_dict()
+    assert d["bucket_s"] == 4.0 and len(d["rows"]) == 5  # doubled twice to stay within 8 buckets
+    assert sum(r["frames"] for r in d["rows"]) == 40
+    assert all(r["fps"] == 2.0 and r["mean_ms"] == {"infer": 2.0, "e2e": 5.0} for r in d["rows"])
+    assert d["rows"][-1]["dropped"] == 3 and d["rows"][-1]["reconnects"] == 1 and d["rows"][0]["reconnects"] == 0
+
+
+# ------------------------------------------------------------------------------------------ report
+def test_report_of_a_bundle_without_results_names_the_commands(cli, bundle_dir: Path,  # noqa: ANN001
+                                                               tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "r.html"
+    proc = cli("report", str(bundle_dir), "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    b = info["bundles"][0]
+    assert b["sections"] == ["provenance"] and info["images"] == 0
+    missing = b["missing"]
+    assert set(missing) == {"summary", "speed-accuracy", "latency", "roofline", "int8", "task", "gallery", "stream"}
+    assert "edgecv bench" in missing["summary"] and "edgecv run" in missing["stream"]
+    assert "--val" in missing["task"] and "--layers" in missing["int8"]
+    page = out.read_text()
+    for line in missing.values():
+        assert line.split("<code>")[1].split("</code>")[0] in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    bad = cli("report", str(tmp_path / "nothing"), "-o", str(out))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "expected a bundle folder" in bad.stderr
+
+
+def _imagefolder(root: Path, names: list[str], size: int, n: int = 2) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(str(root / name / f"{i}.png"), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    return root
+
+
+def _segfolder(root: Path, size: int, n: int = 3) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(root / "images" / f"{i}.png"), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), rng.integers(0, 3, (size, size), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny classifier and a tiny segmenter with validate (+ --val, --layers), bench and run results recorded."""
+    pytest.importorskip("torch")
+    pytest.importorskip("openvino")
+    pytest.importorskip("cv2")
+    pytest.importorskip("matplotlib")
+    from conftest import run_cli
+    from helpers import make_tiny_bundle
+
+    base = tmp_path_factory.mktemp("recorded")
+    env = {"EDGECV_CACHE_DIR": str(base / "cache")}
+    cls = base / "cls"
+    make_tiny_bundle(cls, size=32)
+    val = _imagefolder(base / "val", [f"c{i}" for i in range(10)], 32)
+    run_cli("compile", str(cls), "-b", "onnxruntime", "-p", "int8", "--calib", str(val / "c0"), check=True)
+    proc = run_cli("validate", str(cls), "-b", "onnxruntime", "-b", "openvino", "-b", "onnxruntime:int8",
+                   "--val", str(val), "--layers", env=env)
+    # a tiny random model's INT8 may miss the numeric tolerance (exit 1); its result is kept all the same
+    assert proc.returncode in (0, 1), proc.stderr
+    assert len(list((cls / "results").glob("validate-*.json"))) == 1
+    run_cli("bench", str(cls), "-b", "torch", "-b", "onnxruntime", "-b", "openvino", "-b", "onnxruntime:int8",
+            "--iters", "8", "--warmup", "1", "--rounds", "1", "--batch", "1", "--batch", "2", check=True, env=env)
+    frames = base / "frames"
+    _imagefolder(frames, ["x"], 48, n=6)
+    run_cli("run", str(cls), "--source", str(frames / "x"), "-b", "openvino", "--quiet", check=True)
+    seg = base / "seg"
+    make_tiny_bundle(seg, task="segment", size=32, num_classes=3)
+    run_cli("validate", str(seg), "-b", "onnxruntime", "-b", "openvino:fp16" if "FP16" in _ov_caps() else "openvino",
+            "--val", str(_segfolder(base / "segval", 32)), check=True, env=env)
+    return {"cls": cls, "seg": seg}
+
+
+# both tests below share the module's recorded bundles: one xdist worker builds them once (make test: --dist loadgroup)
+@pytest.mark.xdist_group("report")
+def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[str, Path],  # noqa: ANN001
+                                                          tmp_path: Path) -> None:
+    cls = tmp_path / "cls"
+    shutil.copytree(recorded["cls"], cls)
+    out = tmp_path / "report.html"
+    proc = cli("report", str(cls), str(recorded["seg"]), "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    c, s = info["bundles"]
+    assert c["missing"] == {} and c["skipped"] == [] and c["other_hosts"] == 0
+    assert set(c["sections"]) == {"summary", "speed-accuracy", "latency", "roofline", "int8", "task", "gallery",
+                                  "stream", "provenance"}
+    # the segmenter has validate only: its gallery and per-class IoU, and one line per section still missing
+    assert {"task", "gallery", "provenance"} <= set(s["sections"]) and "summary" in s["missing"]
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == info["images"] >= 10
+    assert "Pareto frontier" in page and "% peak" in page and "class differs from PyTorch" in page
+    assert "<script" not in page and "src=\"http" not in page
+
+    # a corrupt result is named in one line and skipped; a foreign one is kept apart
+    results = sorted((cls / "results").glob("run-*.json"))
+    results[0].write_text("garbage")
+    proc = cli("report", str(cls), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"results/{results[0].name}" in proc.stderr and proc.stderr.count("\n") == 1
+    assert "No recorded stream" in out.read_text()
+
+
+@pytest.mark.xdist_group("report")
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (make system-deps)")
+def test_report_in_headless_chromium(recorded: dict[str, Path], tmp_path: Path, root: Path) -> None:
+    pytest.importorskip("websocket")
+    from browser import Page
+
+    from edgecv.report import build_report
+
+    out = tmp_path / "report.html"
+    info = build_report([recorded["cls"], recorded["seg"]], out)
+    with Page(width=1400, height=1000) as page:
+        page.open(out)
+        imgs = page.images()
+        title = page.evaluate("document.title")
+        shot = page.screenshot(tmp_path / "report.png", max_height=3000)
+        errors = list(page.errors)
+    assert len(imgs) == info.images >= 10
+    assert all(i["complete"] and i["w"] > 0 and i["h"] > 0 for i in imgs), [i for i in imgs if not i["w"]]
+    assert errors == []
+    assert title.startswith("edgecv report")
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    keep = root / "out" / "test-report.png"  # left for a look; out/ is ignored by git
+    keep.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, keep)
+
+
+def test_replay_runs_the_validation_set_once_for_metric_and_details() -> None:
+    from edgecv.bundle import Contract
+    from edgecv.quant.metrics import ValSet, top1
+    from edgecv.validate.details import Replay, confusion_matrix
+
+    c = Contract(task="classify", class_names=["a", "b"], input_shape=[1, 3, 2, 2])
+    items = [(Path(str(i)), i % 2) for i in range(6)]
+    vs = ValSet(c, items, lambda p, t: ({"input": np.full((1, 3, 2, 2), float(p.name), np.float32)}, t))
+    vs = vs.materialize()
+    calls = []
+
+    def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"output": np.eye(2)[[int(feed["input"][0, 0, 0, 0]) % 2]]}
+
+    run = Replay(_FakeRunner(infer))
+    assert top1(run, vs) == 100.0  # type: ignore[arg-type]
+    assert confusion_matrix(run, vs)["matrix"] == [[3, 0], [0, 3]]
+    assert len(calls) == 6
