@@ -211,3 +211,20 @@ def test_record_sidecar_for_a_script_built_engine(tmp_path: Path) -> None:
     assert side["device"]["compute_capability"] == "8.7" and side["device"]["tensorrt"] == "10.3.0.30"
     assert engine.read_bytes() == b"plan"
     assert main(["nonsense"]) == 2
+
+
+def test_version_compatible_engine_runs_host_code_only_when_allowed(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A version-compatible plan embeds TensorRT's lean runtime (host code): a bundle's sidecar alone never turns
+    engine_host_code_allowed on; the user's EDGECV_TRUST_ENGINE_CODE=1 does."""
+    from edgecv.backends.tensorrt import TRUST_ENGINE_CODE_ENV, TensorRTRunner
+    from edgecv.errors import BackendError
+
+    runner = TensorRTRunner(tmp_path / "model.engine", "fp16")
+    runner.provenance = {"version_compatible": False}
+    assert runner.needs_host_code() is False
+    runner.provenance = {"version_compatible": True}
+    monkeypatch.delenv(TRUST_ENGINE_CODE_ENV, raising=False)
+    with pytest.raises(BackendError, match="lean runtime as host code.*EDGECV_TRUST_ENGINE_CODE=1"):
+        runner.needs_host_code()
+    monkeypatch.setenv(TRUST_ENGINE_CODE_ENV, "1")
+    assert runner.needs_host_code() is True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import stat
 import time
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 
     from edgecv.bundle import Artifact, Bundle, Contract
     from edgecv.quant.calib import CalibrationSource
+
+#: environment switch the user sets to let a version-compatible engine run its embedded lean runtime (host code)
+TRUST_ENGINE_CODE_ENV = "EDGECV_TRUST_ENGINE_CODE"
 
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "tensorrt/timing.cache"
@@ -793,6 +797,19 @@ class TensorRTRunner(Runner):
         self.engine_path = self.bundle.file(art.path)
         self.rebuilt = True
 
+    def needs_host_code(self) -> bool:
+        """True when the engine is version-compatible (it carries TensorRT's lean runtime as host code) and the user
+        allowed that in this invocation; refuses in one line when not allowed. A bundle is data (DESIGN rule 15):
+        code in it runs only when the user says so."""
+        if not (self.provenance and self.provenance.get("version_compatible")):
+            return False
+        if os.environ.get(TRUST_ENGINE_CODE_ENV) != "1":
+            raise BackendError(
+                f"engine '{self.engine_path}' is version-compatible: it carries TensorRT's lean runtime as host code, "
+                f"which edgecv does not run from a bundle unasked; set {TRUST_ENGINE_CODE_ENV}=1 if you trust its "
+                "builder, or rebuild it here without --version-compatible")
+        return True
+
     def _load(self) -> None:
         _require_tensorrt()
         import tensorrt as trt
@@ -813,8 +830,7 @@ class TensorRTRunner(Runner):
             if self.dla_core >= dla_cores:
                 raise BackendError(f"tensorrt device '{self.device}': this device has {dla_cores} DLA core(s)")
             runtime.DLA_core = self.dla_core
-        if self.provenance and self.provenance.get("version_compatible"):
-            # a version-compatible plan carries its lean runtime as host code, which the runtime must allow
+        if self.needs_host_code():
             runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if engine is None:
