@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import Dataset
 
 from edgecv._lazy import lazy_import
+from edgecv.data.readers import IMG_EXTS, read_image
 from edgecv.errors import DataError
 
-IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
 _BOX_TOL = 1.0  # pixels a COCO box may overhang the image (rounding in exporters)
 _NORM_TOL = 1e-3  # the same for YOLO's normalised coordinates
@@ -31,18 +31,6 @@ _NORM_TOL = 1e-3  # the same for YOLO's normalised coordinates
 
 def _cv2() -> Any:
     return lazy_import("cv2", "data")
-
-
-def read_image(path: str | Path, flags: int | None = None) -> np.ndarray:
-    """Decode an image (BGR uint8, HxWx3 by default); a missing or unreadable file raises DataError."""
-    cv2 = _cv2()
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: missing image file")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR if flags is None else flags)
-    if img is None or img.size == 0:
-        raise DataError(f"{p}: unreadable image (OpenCV could not decode it)")
-    return img
 
 
 def _images_in(folder: Path, recursive: bool = False) -> list[Path]:

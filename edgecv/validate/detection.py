@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from edgecv._lazy import lazy_import
-from edgecv.errors import ConfigError
+from edgecv.data.readers import read_image
+from edgecv.errors import ConfigError, DataError
 from edgecv.tasks.detect import box_iou
 
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, classes
@@ -138,7 +139,6 @@ def load_coco_samples(path: str, split: str = "val", limit: int | None = None
     import json
     from pathlib import Path
 
-    cv2 = lazy_import("cv2", "validate")
     p = Path(path)
     if p.is_dir():
         p = p / f"{split}.json"
@@ -152,9 +152,10 @@ def load_coco_samples(path: str, split: str = "val", limit: int | None = None
             by_img[int(a["image_id"])].append(a)
     out = []
     for im in coco["images"][:limit]:
-        img = cv2.imread(str(p.parent / im["file_name"]), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ConfigError(f"{p}: cannot read image {im['file_name']}")
+        try:
+            img = read_image(p.parent / im["file_name"])
+        except DataError as exc:
+            raise ConfigError(f"{p}: image {im['file_name']}: {exc}") from None
         anns = by_img[int(im["id"])]
         b = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                       for a in anns], np.float32).reshape(-1, 4)
