@@ -207,10 +207,11 @@ def open_val(path: str | Path, contract: Contract, limit: int | None = None) -> 
 
 # ---------------------------------------------------------------------------------------------------- detect
 def read_detection(path: Path, contract: Contract, limit: int | None = None) -> ValSet:
-    """A COCO JSON file, or a folder holding ``val.json`` (what ``edgecv data synth --task detect`` writes)."""
+    """A COCO JSON file, or a folder holding ``val.json`` (what ``edgecv data synth --task detect`` writes);
+    categories are matched to ``contract.class_names`` by name."""
     from edgecv.validate.detection import load_coco_samples
 
-    samples = load_coco_samples(str(path), "val", limit=None)
+    samples = load_coco_samples(str(path), "val", limit=None, class_names=contract.class_names or None)
     if not samples:
         raise DataError(f"--val '{path}': expected annotated images, found none")
     items: list[tuple[Path, Any]] = [(Path(str(k)), s) for k, s in enumerate(_limit(samples, limit))]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from edgecv._lazy import lazy_import
-from edgecv.data.readers import read_image
-from edgecv.errors import ConfigError, DataError
+from edgecv.data.readers import read_coco, read_image
+from edgecv.errors import ConfigError
 from edgecv.tasks.detect import box_iou
 
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, classes
@@ -132,11 +132,13 @@ def match_detections(ref: Sequence[Detections], other: Sequence[Detections], iou
 
 
 # ------------------------------------------------------------------------------------------------ data + runners
-def load_coco_samples(path: str, split: str = "val", limit: int | None = None
-                      ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def load_coco_samples(path: str, split: str = "val", limit: int | None = None,
+                      class_names: Sequence[str] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(BGR image, gt boxes xyxy, gt labels 0..C-1) of a COCO JSON (or a synth detect root's ``{split}.json``),
-    without torch (runtime tier). Category ids map to contiguous ids in sorted id order, as the trainer's loader."""
-    import json
+    without torch (runtime tier), parsed by the one COCO reader (:func:`edgecv.data.readers.read_coco`).
+
+    ``class_names`` (a model's): categories map to them by name and a mismatch is refused; None: sorted id order,
+    as the trainer's loader reads a data set that defines its own classes."""
     from pathlib import Path
 
     p = Path(path)
@@ -144,24 +146,8 @@ def load_coco_samples(path: str, split: str = "val", limit: int | None = None
         p = p / f"{split}.json"
     if not p.is_file():
         raise ConfigError(f"--val: expected a COCO JSON file or a folder with {split}.json, found '{path}'")
-    coco = json.loads(p.read_text(encoding="utf-8"))
-    cats = {int(c["id"]): k for k, c in enumerate(sorted(coco["categories"], key=lambda c: int(c["id"])))}
-    by_img: dict[int, list[Any]] = {int(im["id"]): [] for im in coco["images"]}
-    for a in coco["annotations"]:
-        if not a.get("iscrowd", 0):
-            by_img[int(a["image_id"])].append(a)
-    out = []
-    for im in coco["images"][:limit]:
-        try:
-            img = read_image(p.parent / im["file_name"])
-        except DataError as exc:
-            raise ConfigError(f"{p}: image {im['file_name']}: {exc}") from None
-        anns = by_img[int(im["id"])]
-        b = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                      for a in anns], np.float32).reshape(-1, 4)
-        lab = np.array([cats[int(a["category_id"])] for a in anns], np.int64)
-        out.append((img, b, lab))
-    return out
+    coco = read_coco(p, class_names=class_names)
+    return [(read_image(img), boxes, labels) for img, boxes, labels in coco.records[:limit]]
 
 
 def runner_detections(runner: Any, contract: Any, images: Sequence[np.ndarray]) -> list[Detections]:
