@@ -97,3 +97,14 @@ def test_duplicate_category_names_are_refused(tmp_path: Path) -> None:
     f.write_text(json.dumps(coco))
     with pytest.raises(DataError, match=r"val\.json: .*'cat' names categories 1 and 4"):
         read_coco(f, class_names=NAMES)
+
+
+def test_a_model_without_class_names_takes_categories_in_id_order(tmp_path: Path) -> None:
+    """Export names an unnamed detector's classes 0..C-1: no name can match, so sorted ids are used (as trained)."""
+    from edgecv.data.readers import read_coco
+
+    f = _write(tmp_path, "val.json", {"cat": 30, "dog": 10, "bird": 20})
+    coco = read_coco(f, class_names=["0", "1", "2", "3"])
+    assert coco.cat_ids == [10, 20, 30] and coco.records[0][2].tolist() == [2, 0, 1]
+    with pytest.raises(DataError, match=r"expected at most 2 categories .*found 3"):
+        read_coco(f, class_names=["0", "1"])

@@ -68,6 +68,13 @@ def _class_index(f: Path, cats: list[dict[str, Any]], class_names: Sequence[str]
         seen[n] = cid
     unknown = [n for n in seen if n not in names]
     missing = [n for n in names if n not in seen]
+    if unknown and names == [str(k) for k in range(len(names))]:
+        # a model exported without class names (export writes 0..C-1): there is no name to match, so the
+        # categories are taken in sorted id order, as the trainer read them; more categories than classes is refused
+        if len(by_id) > len(names):
+            raise DataError(f"{f}: expected at most {len(names)} categories (the model's classes, unnamed), found "
+                            f"{len(by_id)}")
+        return {c: k for k, c in enumerate(sorted(by_id))}
     if unknown or missing:
         found = ", ".join(f"{n} (id {i})" for n, i in seen.items())
         why = "; ".join(x for x in (f"not classes of the model: {', '.join(unknown)}" if unknown else "",
@@ -85,7 +92,8 @@ def read_coco(ann_file: str | Path, image_root: str | Path | None = None,
         ann_file: the JSON file.
         image_root: folder that ``file_name`` is relative to (default: the JSON's folder).
         class_names: a model's classes: categories are mapped to them by name, whatever their ids, and a name
-            that is not a class (or a class with no category) is refused. None (a data set that defines its own
+            that is not a class (or a class with no category) is refused; a model without names (``0..C-1``)
+            takes the categories in sorted id order. None (a data set that defines its own
             classes, as in training): contiguous ids in sorted category id order.
         skip_crowd: leave out ``iscrowd`` annotations.
     """
