@@ -80,14 +80,15 @@ class BoxAgreement:
     matched: int
     unmatched_ref: int
     extra: int
-    mean_iou: float
-    min_iou: float
+    mean_iou: float | None  # None: no pair matched, nothing was compared
+    min_iou: float | None
     max_score_diff: float
     mean_score_diff: float
 
     @property
-    def recall(self) -> float:
-        return self.matched / self.ref_boxes if self.ref_boxes else 1.0
+    def recall(self) -> float | None:
+        """Matched fraction of the reference boxes; None (not checked, never a vacuous 1.0) when there are none."""
+        return self.matched / self.ref_boxes if self.ref_boxes else None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "recall": self.recall}
@@ -126,7 +127,7 @@ def match_detections(ref: Sequence[Detections], other: Sequence[Detections], iou
             sdiff.append(abs(float(rs[i]) - float(os_[j])))
         extra += int((~used & (os_ >= min_score)).sum())
     return BoxAgreement(ref_boxes=n_ref, matched=matched, unmatched_ref=n_ref - matched, extra=extra,
-                        mean_iou=float(np.mean(ious)) if ious else 1.0, min_iou=float(np.min(ious)) if ious else 1.0,
+                        mean_iou=float(np.mean(ious)) if ious else None, min_iou=float(np.min(ious)) if ious else None,
                         max_score_diff=float(np.max(sdiff)) if sdiff else 0.0,
                         mean_score_diff=float(np.mean(sdiff)) if sdiff else 0.0)
 
