@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +19,29 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+
+
+@contextlib.contextmanager
+def chatter_to_stderr() -> Iterator[None]:
+    """Send stdout writes made inside the block to stderr: Python ``print`` (``sys.stdout``) and native writes to
+    file descriptor 1 alike, so a third-party library's progress lines never mix into ``--json`` output."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real stdout (closed descriptor): redirect the Python level only
+        saved = -1
+    try:
+        if saved >= 0:
+            sys.stderr.flush()
+            os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()  # anything written through a stdout object captured before the block
+        sys.stderr.flush()
+        if saved >= 0:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _default(o: Any) -> Any:

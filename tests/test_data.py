@@ -87,6 +87,11 @@ def test_coco_reads_boxes_xyxy_and_maps_categories(tmp_path: Path) -> None:
     assert img.shape == (20, 30, 3)
     np.testing.assert_allclose(t["boxes"], [[2, 3, 12, 8], [0, 0, 30, 20]])
     assert t["labels"].tolist() == [1, 0]
+    # given the classes (a val split read for a trained model), categories map by name, whatever their ids
+    named = CocoDetection(f, classes=["seven", "three"])
+    assert named.classes == ["seven", "three"] and named[0][1]["labels"].tolist() == [0, 1]
+    with pytest.raises(DataError, match=r"ann\.json: expected categories named as the model's classes"):
+        CocoDetection(f, classes=["seven", "eight"])
 
 
 @pytest.mark.parametrize("ann, pattern", [

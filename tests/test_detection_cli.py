@@ -39,6 +39,23 @@ def test_detections_compare_as_boxes_not_elementwise() -> None:
     assert any("box recall" in f for f in cmp.failures)
 
 
+def test_box_recall_with_no_reference_boxes_is_not_checked_not_one() -> None:
+    """No confident reference box (the default photos often give none): recall is not 1.000 but 'not checked'."""
+    from edgecv.validate.detection import match_detections
+
+    ref = _dets([[0, 0, 10, 10]], [0.1], [1])  # only a box under the 0.25 score floor
+    got = _dets([[30, 30, 60, 60]], [0.2], [2])  # a different box: nothing was compared either way
+    [cmp] = compare_outputs(ref, got, "detect")
+    judge(cmp, tolerance_for("fp32"))
+    assert cmp.boxes_ref == 0 and cmp.box_recall is None
+    assert cmp.not_checked and "no reference box" in cmp.not_checked[0] and "0.25" in cmp.not_checked[0]
+    d = cmp.to_dict()
+    assert d["box_recall"] is None and d["cosine"] is None  # the cosine column carries the mean IoU: none either
+    agr = match_detections([(np.zeros((0, 4)), np.zeros(0), np.zeros(0))], [(np.zeros((0, 4)), np.zeros(0),
+                                                                             np.zeros(0))])
+    assert agr.recall is None and agr.mean_iou is None and agr.to_dict()["recall"] is None
+
+
 def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:  # noqa: ANN001
     out = tmp_path / "det"
     proc = cli("export", "yolov3_test", "-o", str(out), "--json")

@@ -521,3 +521,34 @@ def test_entropy_calibration_on_a_detector_with_nms_in_the_graph(tmp_path: Path)
     art = compile_int8(bundle, backend="onnxruntime", calib=tmp_path / "calib.npz", method="entropy")
     q = onnx.load(str(bundle.root / art.path))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+
+
+def test_json_stdout_is_only_json_while_calibrators_print(tmp_path, task, cli) -> None:  # noqa: ANN001
+    """ORT's entropy/percentile calibrators print progress to stdout; --json must still be one JSON document."""
+    out = _copy_bundle(task["good"], tmp_path / "b")
+    proc = cli("compile", str(out), "-b", "onnxruntime", "-p", "int8", "--calib", str(task["calib"]),
+               "--method", "auto", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["precision"] == "int8"
+    assert "histogram" in proc.stderr  # the chatter still reaches the user, on stderr
+    proc = cli("quantize", str(task["good"]), "--calib", str(task["calib"]), "-o", str(tmp_path / "q"),
+               "--method", "percentile", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["samples"] == 40
+
+
+def test_chatter_to_stderr_moves_python_and_native_writes(capfd) -> None:  # noqa: ANN001
+    import os
+    import sys
+
+    from edgecv._console import chatter_to_stderr
+
+    with chatter_to_stderr():
+        print("py-chatter")
+        sys.stdout.flush()
+        os.write(1, b"native-chatter\n")
+    print("after")
+    sys.stdout.flush()
+    got = capfd.readouterr()
+    assert got.out == "after\n"
+    assert "py-chatter" in got.err and "native-chatter" in got.err

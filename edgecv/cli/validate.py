@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -135,7 +136,8 @@ def register(app: typer.Typer) -> None:
                     continue
                 for o in r.outputs:
                     rows.append([r.backend, r.precision, r.precision_ran, o.name, g(o.max_abs), g(o.max_rel),
-                                 f"{o.cosine:.6f}",
+                                 f"{o.cosine:.6f}" if math.isfinite(o.cosine) else "n/a",
+                                 "n/a" if o.boxes_ref == 0 else
                                  frac(o.box_recall if o.box_recall is not None else
                                       o.top1_agreement if o.pixel_agreement is None else o.pixel_agreement),
                                  frac(o.top5_agreement), r.tolerance.describe(),
@@ -153,6 +155,9 @@ def register(app: typer.Typer) -> None:
                 for o in r.outputs:
                     for f in o.failures:
                         console.print(f"[red]{r.backend}:{r.precision} {o.name}:[/] {f}", highlight=False)
+                    for f in o.not_checked:
+                        console.print(f"[yellow]{r.backend}:{r.precision} {o.name} not checked:[/] {f}",
+                                      highlight=False)
                 if r.precision_ran and r.precision_ran != r.precision:
                     console.print(f"[yellow]{r.backend}: asked {r.precision}, the engine reports it ran "
                                   f"{r.precision_ran}[/]", highlight=False)

@@ -19,7 +19,7 @@ _LAZY = {
     "ImageTransform": "edgecv.data.datasets",
     "detection_collate": "edgecv.data.datasets",
     "open_dataset": "edgecv.data.datasets",
-    "read_image": "edgecv.data.datasets",
+    "read_image": "edgecv.data.readers",
     "generate": "edgecv.data.synth",
     "generate_images": "edgecv.data.synth",
     "sample_diverse": "edgecv.data.calib",

@@ -18,9 +18,8 @@ import numpy as np
 
 from edgecv import _io
 from edgecv._lazy import lazy_import
+from edgecv.data.readers import IMG_EXTS, read_image
 from edgecv.errors import ConfigError, DataError, SourceError
-
-IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def embed(img: np.ndarray) -> np.ndarray:
@@ -136,9 +135,7 @@ def sample_diverse(source: str | Path, n: int = 300, out: str | Path | None = No
             raise DataError(f"{src}: no images ({', '.join(IMG_EXTS)})")
         step = max(1, len(files) // max_candidates)
         for f in files[::step]:
-            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if img is None:
-                raise DataError(f"{f}: unreadable image (OpenCV could not decode it)")
+            img = read_image(f)
             feats.append(embed(img))
             keys.append(f)
     elif _is_video(src):

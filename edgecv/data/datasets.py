@@ -11,7 +11,6 @@ checked when the data set is built, images when they are read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,28 +20,15 @@ import torch
 from torch.utils.data import Dataset
 
 from edgecv._lazy import lazy_import
+from edgecv.data.readers import IMG_EXTS, read_coco, read_image
 from edgecv.errors import DataError
 
-IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
-_BOX_TOL = 1.0  # pixels a COCO box may overhang the image (rounding in exporters)
 _NORM_TOL = 1e-3  # the same for YOLO's normalised coordinates
 
 
 def _cv2() -> Any:
     return lazy_import("cv2", "data")
-
-
-def read_image(path: str | Path, flags: int | None = None) -> np.ndarray:
-    """Decode an image (BGR uint8, HxWx3 by default); a missing or unreadable file raises DataError."""
-    cv2 = _cv2()
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: missing image file")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR if flags is None else flags)
-    if img is None or img.size == 0:
-        raise DataError(f"{p}: unreadable image (OpenCV could not decode it)")
-    return img
 
 
 def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
@@ -148,67 +134,24 @@ class _Detection(_Base):
 
 
 class CocoDetection(_Detection):
-    """COCO instances JSON. Category ids are mapped to contiguous ids in sorted id order.
+    """COCO instances JSON, parsed by :func:`edgecv.data.readers.read_coco` (the one COCO reader).
 
     Args:
         ann_file: the JSON file.
         image_root: folder that ``file_name`` is relative to (default: the JSON's folder).
+        classes: class names to map categories to by name (a mismatch is refused); default: the file's categories
+            as contiguous ids in sorted id order.
     """
 
     def __init__(self, ann_file: str | Path, image_root: str | Path | None = None,
-                 transform: Callable[..., Any] | None = None, skip_crowd: bool = True) -> None:
+                 transform: Callable[..., Any] | None = None, skip_crowd: bool = True,
+                 classes: Sequence[str] | None = None) -> None:
         super().__init__(transform)
         self.ann_file = Path(ann_file)
-        if not self.ann_file.is_file():
-            raise DataError(f"{self.ann_file}: missing COCO annotation file")
-        root = Path(image_root) if image_root is not None else self.ann_file.parent
-        try:
-            coco = json.loads(self.ann_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{self.ann_file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(coco.get(key), list):
-                raise DataError(f"{self.ann_file}: expected a list under '{key}'")
-        cats = sorted(int(c["id"]) for c in coco["categories"])
-        names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco["categories"]}
-        self.cat_ids = cats
-        self.classes = [names[c] for c in cats]
-        cat_index = {c: k for k, c in enumerate(cats)}
-        images: dict[int, dict[str, Any]] = {}
-        for k, im in enumerate(coco["images"]):
-            try:
-                images[int(im["id"])] = {"path": root / im["file_name"], "w": float(im["width"]),
-                                         "h": float(im["height"]), "boxes": [], "labels": []}
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{self.ann_file}: images[{k}]: malformed entry ({exc!r}); "
-                                f"expected id, file_name, width, height") from None
-        for k, a in enumerate(coco["annotations"]):
-            where = f"{self.ann_file}: annotations[{k}] (id {a.get('id', '?')})"
-            try:
-                img_id, cid = int(a["image_id"]), int(a["category_id"])
-                x, y, w, h = (float(v) for v in a["bbox"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{where}: malformed annotation ({exc!r}); "
-                                f"expected image_id, category_id, bbox [x, y, w, h]") from None
-            if img_id not in images:
-                raise DataError(f"{where}: unknown image_id {img_id}")
-            if cid not in cat_index:
-                raise DataError(f"{where}: unknown category_id {cid}; expected one of {cats}")
-            if skip_crowd and a.get("iscrowd", 0):
-                continue
-            im = images[img_id]
-            if w <= 0 or h <= 0 or x < -_BOX_TOL or y < -_BOX_TOL or x + w > im["w"] + _BOX_TOL \
-                    or y + h > im["h"] + _BOX_TOL:
-                raise DataError(f"{where}: box [x={x}, y={y}, w={w}, h={h}] is empty or outside the "
-                                f"{im['w']:g}x{im['h']:g} image {im['path'].name}")
-            im["boxes"].append([max(x, 0.0), max(y, 0.0), min(x + w, im["w"]), min(y + h, im["h"])])
-            im["labels"].append(cat_index[cid])
-        self.records = []
-        for im in images.values():
-            if not im["path"].is_file():
-                raise DataError(f"{self.ann_file}: missing image file {im['path']}")
-            self.records.append((im["path"], np.asarray(im["boxes"], np.float32).reshape(-1, 4),
-                                 np.asarray(im["labels"], np.int64)))
+        coco = read_coco(self.ann_file, image_root, class_names=classes, skip_crowd=skip_crowd)
+        self.cat_ids = coco.cat_ids
+        self.classes = coco.classes
+        self.records = coco.records
 
 
 class YoloDetection(_Detection):
@@ -478,7 +421,7 @@ def open_dataset(task: str, path: str | Path, fmt: str | None = None, split: str
         if fmt == "coco" or p.suffix == ".json":
             if p.is_dir():
                 p = p / f"{split}.json"
-            return CocoDetection(p)
+            return CocoDetection(p, classes=classes)  # a val split maps its categories to the train classes by name
         if (p / "images" / split).is_dir():
             p = p / "images" / split
         return YoloDetection(p, classes=classes)

@@ -28,7 +28,8 @@ from edgecv._io import check_output_dir
 from edgecv._lazy import lazy_import, version_of
 from edgecv.bundle import (CONTRACT_KEY, ONNX_FILE, REFERENCE_FILE, Bundle, Contract, Manifest,
                            host_info, is_bundle_dir, now_iso, save_reference)
-from edgecv.errors import BundleError, ConfigError, EdgecvError, ExportError, MissingDependencyError
+from edgecv.data.readers import read_image
+from edgecv.errors import BundleError, ConfigError, DataError, EdgecvError, ExportError, MissingDependencyError
 
 if TYPE_CHECKING:
     from edgecv.export.sources import LoadedModel
@@ -389,14 +390,14 @@ def _load_photos(images: Sequence[str | Path | np.ndarray] | None) -> list[tuple
     """BGR uint8 photos: the given ones, or scikit-image's bundled samples."""
     out: list[tuple[str, np.ndarray]] = []
     if images:
-        cv2 = lazy_import("cv2", "stream")
         for i, im in enumerate(images):
             if isinstance(im, np.ndarray):
                 out.append((f"array{i}", im))
                 continue
-            arr = cv2.imread(str(im), cv2.IMREAD_COLOR)
-            if arr is None:
-                raise ConfigError(f"reference image '{im}' could not be read as an image")
+            try:
+                arr = read_image(im)
+            except DataError as exc:
+                raise ConfigError(f"reference image: {exc}") from None
             out.append((Path(im).name, arr))
         return out
     import skimage.data as skd

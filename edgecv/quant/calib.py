@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgecv._lazy import lazy_import
+from edgecv.data.readers import read_image
 from edgecv.errors import ConfigError, DataError, SourceError
 from edgecv.tasks.preprocess import preprocess
 
@@ -117,11 +118,11 @@ class ImageFolderSource(CalibrationSource):
         return len(self.files)
 
     def _arrays(self) -> Iterator[np.ndarray]:
-        cv2 = lazy_import("cv2", "stream")
         for f in self.files:
-            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if img is None:
-                raise SourceError(f"cannot decode image '{f}'")
+            try:
+                img = read_image(f)
+            except DataError as exc:
+                raise SourceError(str(exc)) from None
             yield preprocess(img, self.contract)[0]
 
 

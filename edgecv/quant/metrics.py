@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecv._lazy import lazy_import
+from edgecv.data.readers import read_image
 from edgecv.errors import ConfigError, DataError
 from edgecv.quant.calib import IMAGE_EXTS
 from edgecv.registry import Registry
@@ -64,14 +65,6 @@ TASK_METRICS: Registry[MetricFn] = Registry("task metric")
 VAL_READERS: Registry[ValReader] = Registry("validation reader")
 
 
-def _imread(path: Path, flags: int | None = None) -> np.ndarray:
-    cv2 = lazy_import("cv2", "stream")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR if flags is None else flags)
-    if img is None:
-        raise DataError(f"cannot decode image '{path}'")
-    return img
-
-
 def _feed(img: np.ndarray, contract: Contract) -> tuple[dict[str, np.ndarray], Transform]:
     x, tf = preprocess(img, contract)
     return {contract.input_name: x}, tf
@@ -104,7 +97,7 @@ def read_imagefolder(path: Path, contract: Contract, limit: int | None = None) -
         raise DataError(f"--val '{path}': expected images in class folders, found none")
 
     def load(img: Path, tgt: Any) -> tuple[dict[str, np.ndarray], Any]:
-        return _feed(_imread(img), contract)[0], int(tgt)
+        return _feed(read_image(img), contract)[0], int(tgt)
 
     return ValSet(contract, _limit(items, limit), load, path)
 
@@ -162,8 +155,8 @@ def read_segmentation(path: Path, contract: Contract, limit: int | None = None) 
     cv2 = lazy_import("cv2", "stream")
 
     def load(img: Path, mask_path: Any) -> tuple[dict[str, np.ndarray], Any]:
-        feed, tf = _feed(_imread(img), contract)
-        mask = _imread(mask_path, cv2.IMREAD_GRAYSCALE)
+        feed, tf = _feed(read_image(img), contract)
+        mask = read_image(mask_path, cv2.IMREAD_GRAYSCALE)
         return feed, _mask_like_input(mask, tf, contract)
 
     return ValSet(contract, _limit(items, limit), load, path)
@@ -214,10 +207,11 @@ def open_val(path: str | Path, contract: Contract, limit: int | None = None) -> 
 
 # ---------------------------------------------------------------------------------------------------- detect
 def read_detection(path: Path, contract: Contract, limit: int | None = None) -> ValSet:
-    """A COCO JSON file, or a folder holding ``val.json`` (what ``edgecv data synth --task detect`` writes)."""
+    """A COCO JSON file, or a folder holding ``val.json`` (what ``edgecv data synth --task detect`` writes);
+    categories are matched to ``contract.class_names`` by name."""
     from edgecv.validate.detection import load_coco_samples
 
-    samples = load_coco_samples(str(path), "val", limit=None)
+    samples = load_coco_samples(str(path), "val", limit=None, class_names=contract.class_names or None)
     if not samples:
         raise DataError(f"--val '{path}': expected annotated images, found none")
     items: list[tuple[Path, Any]] = [(Path(str(k)), s) for k, s in enumerate(_limit(samples, limit))]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgecv._console import chatter_to_stderr
 from edgecv._io import describe_write_error
 from edgecv._lazy import lazy_import
 from edgecv.errors import BackendError
@@ -115,9 +116,10 @@ def quantize_nncf(ov_model: Any, calib: CalibrationSource, method: str = "minmax
     """``nncf.quantize`` an OpenVINO model with every calibration sample; ``ignored`` = OV op names kept float."""
     nncf = _nncf()
     try:
-        return nncf.quantize(
-            ov_model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
-            ignored_scope=_ignored_scope(nncf, ignored), advanced_parameters=_advanced(method))
+        with chatter_to_stderr():  # NNCF's progress bars and notices go to stdout
+            return nncf.quantize(
+                ov_model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
+                ignored_scope=_ignored_scope(nncf, ignored), advanced_parameters=_advanced(method))
     except Exception as exc:
         raise BackendError(f"NNCF quantize ({method}) failed: {exc}") from exc
 
@@ -129,11 +131,12 @@ def quantize_nncf_with_accuracy_control(ov_model: Any, calib: CalibrationSource,
     ``validate(compiled_model, val)`` (points) drops at most ``max_drop`` (absolute)."""
     nncf = _nncf()
     try:
-        return nncf.quantize_with_accuracy_control(
-            ov_model, nncf.Dataset(calib), nncf.Dataset(val), validate, max_drop=max_drop,
-            drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
-            ignored_scope=_ignored_scope(nncf, ignored),
-            advanced_quantization_parameters=_advanced(method))
+        with chatter_to_stderr():  # NNCF's progress bars and notices go to stdout
+            return nncf.quantize_with_accuracy_control(
+                ov_model, nncf.Dataset(calib), nncf.Dataset(val), validate, max_drop=max_drop,
+                drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
+                ignored_scope=_ignored_scope(nncf, ignored),
+                advanced_quantization_parameters=_advanced(method))
     except Exception as exc:
         raise BackendError(f"NNCF quantize_with_accuracy_control failed: {exc}") from exc
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edgecv._console import chatter_to_stderr
 from edgecv._io import scratch_dir
 from edgecv._lazy import lazy_import
 from edgecv.errors import BackendError, ConfigError
@@ -52,13 +53,14 @@ def prepare_fp32(src: str | Path, dst: str | Path) -> Path:
         cwd = os.getcwd()
         os.chdir(tmp)
         try:
-            try:
-                q.quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
-            except Exception as exc:  # symbolic shape inference fails on some graphs; plain ONNX shapes are enough
+            with chatter_to_stderr():  # shape inference may print to stdout
                 try:
-                    q.quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
-                except Exception:
-                    raise BackendError(f"ONNX Runtime quant_pre_process failed on '{src}': {exc}") from exc
+                    q.quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+                except Exception as exc:  # symbolic shape inference fails on some graphs; plain ONNX shapes are enough
+                    try:
+                        q.quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+                    except Exception:
+                        raise BackendError(f"ONNX Runtime quant_pre_process failed on '{src}': {exc}") from exc
         finally:
             os.chdir(cwd)
         model = onnx.load(str(out))
@@ -167,13 +169,14 @@ def quantize_qdq(prepared: str | Path, out: str | Path, calib: CalibrationSource
         tmp_model = Path(work) / "model.qdq.onnx"
         op_types = calibratable_op_types(lazy_import("onnx").load(str(prepared), load_external_data=False))
         try:
-            q.quantize_static(
-                str(prepared), str(tmp_model), _make_reader(calib),
-                quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=reduced_weight_range(),
-                activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                nodes_to_exclude=list(exclude or []), calibrate_method=calib_method, extra_options=extra,
-                op_types_to_quantize=op_types,
-            )
+            with chatter_to_stderr():  # the histogram calibrators print progress to stdout
+                q.quantize_static(
+                    str(prepared), str(tmp_model), _make_reader(calib),
+                    quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=reduced_weight_range(),
+                    activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                    nodes_to_exclude=list(exclude or []), calibrate_method=calib_method, extra_options=extra,
+                    op_types_to_quantize=op_types,
+                )
         except Exception as exc:
             raise BackendError(f"ONNX Runtime quantize_static ({method}) failed: {exc}") from exc
         tmp_model.replace(tmp)

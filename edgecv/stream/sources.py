@@ -21,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from edgecv._lazy import lazy_import
-from edgecv.errors import ConfigError, SourceError
+from edgecv.data.readers import read_image
+from edgecv.errors import ConfigError, DataError, SourceError
 
 log = logging.getLogger("edgecv.stream")
 
@@ -319,20 +320,21 @@ class FolderSource(Source):
         self._i = 0
 
     def read(self) -> tuple[Status, np.ndarray | None]:
-        cv2 = lazy_import("cv2", "stream")
         if self._i >= len(self.files):
             return "end", None
         path = self.files[self._i]
         self._i += 1
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is not None and img.dtype == np.uint16:  # 16-bit PNG/TIFF: keep the top 8 bits
-            img = (img >> 8).astype(np.uint8)
+        # the one reader: EXIF orientation applied and 16-bit reduced to 8, as validate and calibration see it
+        try:
+            img: np.ndarray | None = read_image(path)
+        except DataError:
+            img = None
         # images in a folder may differ in size: only corrupt or degenerate ones are skipped
         why = check_frame(img)
-        if why:
+        if why or img is None:
             log.warning("skipping %s: %s", path.name, why)
             return "corrupt", None
-        return "ok", to_bgr(img)
+        return "ok", img
 
     @property
     def current_name(self) -> str:

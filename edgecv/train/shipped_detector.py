@@ -241,7 +241,7 @@ def write_record(recipe_path: str | Path, run_dir: str | Path, rec: dict[str, An
     model = create_model(str(recipe.model.name), **kw)
     model.load_state_dict(torch.load(wpt, map_location="cpu", weights_only=True))
     classes = class_names("detect")
-    samples = load_coco_samples(rec["data_root"], "val")
+    samples = load_coco_samples(rec["data_root"], "val", class_names=classes)
     maps, rows = backend_maps(wpt, kw, classes, samples)
     sub_maps, _ = backend_maps(wpt, kw, classes, samples[:TEST_SUBSET], backends=("onnxruntime",))
     s = recipe.data.synth if recipe.data is not None else None

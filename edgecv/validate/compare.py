@@ -132,6 +132,7 @@ class OutputComparison:
     nonfinite: int = 0
     passed: bool | None = None
     failures: list[str] = field(default_factory=list)
+    not_checked: list[str] = field(default_factory=list)  # checks with nothing to compare, and why (never PASS)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -264,7 +265,11 @@ def compare_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -
     cmp.box_recall, cmp.box_extra, cmp.boxes_ref, cmp.mean_iou = agr.recall, agr.extra, agr.ref_boxes, agr.mean_iou
     cmp.scale, cmp.max_abs, cmp.max_rel, cmp.mean_abs = 1.0, agr.max_score_diff, agr.max_score_diff, \
         agr.mean_score_diff
-    cmp.max_elem_rel, cmp.cosine = agr.max_score_diff, agr.mean_iou
+    # the cosine column carries the mean IoU of matched pairs; with none matched there is no number (NaN → null)
+    cmp.max_elem_rel, cmp.cosine = agr.max_score_diff, agr.mean_iou if agr.mean_iou is not None else math.nan
+    if agr.recall is None:
+        cmp.not_checked.append(f"box recall: no reference box scored ≥ {DETECTION_MIN_SCORE} on the reference "
+                               f"inputs, so no box was compared")
     return cmp
 
 
@@ -273,10 +278,11 @@ def judge(cmp: OutputComparison, tol: Tolerance) -> OutputComparison:
     if cmp.passed is False and cmp.failures:  # already failed structurally (missing output)
         return cmp
     fails: list[str] = []
-    if cmp.box_recall is not None:
-        # detections: every confident box matched, few extras, scores close (scores live in [0, 1])
+    if cmp.boxes_ref is not None:
+        # detections: every confident box matched, few extras, scores close (scores live in [0, 1]); with no
+        # confident reference box the recall is not checked (cmp.not_checked says so), never a vacuous 1.0
         min_recall = tol.min_top1
-        if cmp.box_recall < min_recall:
+        if cmp.box_recall is not None and cmp.box_recall < min_recall:
             fails.append(f"box recall {cmp.box_recall:.3f} < {min_recall:g} ({cmp.boxes_ref} reference boxes with "
                          f"score ≥ {DETECTION_MIN_SCORE}, IoU ≥ {DETECTION_IOU}, same class)")
         if cmp.boxes_ref is not None and cmp.box_extra is not None and \

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgecv._lazy import lazy_import
+from edgecv.data.readers import read_coco, read_image
 from edgecv.errors import ConfigError
 from edgecv.tasks.detect import box_iou
 
@@ -79,14 +80,15 @@ class BoxAgreement:
     matched: int
     unmatched_ref: int
     extra: int
-    mean_iou: float
-    min_iou: float
+    mean_iou: float | None  # None: no pair matched, nothing was compared
+    min_iou: float | None
     max_score_diff: float
     mean_score_diff: float
 
     @property
-    def recall(self) -> float:
-        return self.matched / self.ref_boxes if self.ref_boxes else 1.0
+    def recall(self) -> float | None:
+        """Matched fraction of the reference boxes; None (not checked, never a vacuous 1.0) when there are none."""
+        return self.matched / self.ref_boxes if self.ref_boxes else None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "recall": self.recall}
@@ -125,42 +127,28 @@ def match_detections(ref: Sequence[Detections], other: Sequence[Detections], iou
             sdiff.append(abs(float(rs[i]) - float(os_[j])))
         extra += int((~used & (os_ >= min_score)).sum())
     return BoxAgreement(ref_boxes=n_ref, matched=matched, unmatched_ref=n_ref - matched, extra=extra,
-                        mean_iou=float(np.mean(ious)) if ious else 1.0, min_iou=float(np.min(ious)) if ious else 1.0,
+                        mean_iou=float(np.mean(ious)) if ious else None, min_iou=float(np.min(ious)) if ious else None,
                         max_score_diff=float(np.max(sdiff)) if sdiff else 0.0,
                         mean_score_diff=float(np.mean(sdiff)) if sdiff else 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ data + runners
-def load_coco_samples(path: str, split: str = "val", limit: int | None = None
-                      ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def load_coco_samples(path: str, split: str = "val", limit: int | None = None,
+                      class_names: Sequence[str] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(BGR image, gt boxes xyxy, gt labels 0..C-1) of a COCO JSON (or a synth detect root's ``{split}.json``),
-    without torch (runtime tier). Category ids map to contiguous ids in sorted id order, as the trainer's loader."""
-    import json
+    without torch (runtime tier), parsed by the one COCO reader (:func:`edgecv.data.readers.read_coco`).
+
+    ``class_names`` (a model's): categories map to them by name and a mismatch is refused; None: sorted id order,
+    as the trainer's loader reads a data set that defines its own classes."""
     from pathlib import Path
 
-    cv2 = lazy_import("cv2", "validate")
     p = Path(path)
     if p.is_dir():
         p = p / f"{split}.json"
     if not p.is_file():
         raise ConfigError(f"--val: expected a COCO JSON file or a folder with {split}.json, found '{path}'")
-    coco = json.loads(p.read_text(encoding="utf-8"))
-    cats = {int(c["id"]): k for k, c in enumerate(sorted(coco["categories"], key=lambda c: int(c["id"])))}
-    by_img: dict[int, list[Any]] = {int(im["id"]): [] for im in coco["images"]}
-    for a in coco["annotations"]:
-        if not a.get("iscrowd", 0):
-            by_img[int(a["image_id"])].append(a)
-    out = []
-    for im in coco["images"][:limit]:
-        img = cv2.imread(str(p.parent / im["file_name"]), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ConfigError(f"{p}: cannot read image {im['file_name']}")
-        anns = by_img[int(im["id"])]
-        b = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                      for a in anns], np.float32).reshape(-1, 4)
-        lab = np.array([cats[int(a["category_id"])] for a in anns], np.int64)
-        out.append((img, b, lab))
-    return out
+    coco = read_coco(p, class_names=class_names)
+    return [(read_image(img), boxes, labels) for img, boxes, labels in coco.records[:limit]]
 
 
 def runner_detections(runner: Any, contract: Any, images: Sequence[np.ndarray]) -> list[Detections]:

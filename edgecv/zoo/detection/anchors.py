@@ -93,9 +93,7 @@ def dataset_box_sizes(path: str | Path, fmt: str | None = None, split: str = "tr
 
 
 def _image_hw(ds: Any, i: int, path: Path) -> tuple[int, int]:
-    import cv2
+    from edgecv.data.readers import read_image
 
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise DataError(f"{path}: unreadable image")
+    img = read_image(path)  # the training loader's reader: EXIF orientation decides which side is the height
     return int(img.shape[0]), int(img.shape[1])

@@ -1,0 +1,154 @@
+"""The one torch-free image and COCO reader (runtime tier): run, validate, calibration, export and the training
+data sets decode image files and parse COCO JSON here, so a photo and an annotation mean the same everywhere.
+
+``cv2.IMREAD_COLOR`` applies the EXIF orientation tag (a phone JPEG shot in portrait comes out upright), always
+gives 3-channel BGR uint8 (grey is replicated, alpha dropped, 16-bit reduced to its top 8 bits).
+``IMREAD_UNCHANGED`` would ignore the orientation, so it is never used for pixels that reach a model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecv._lazy import lazy_import
+from edgecv.errors import DataError
+
+IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+BOX_TOL = 1.0  # pixels a COCO box may overhang the image (rounding in exporters)
+
+
+def _cv2() -> Any:
+    return lazy_import("cv2", "data")
+
+
+def read_image(path: str | Path, flags: int | None = None) -> np.ndarray:
+    """Decode an image file: BGR uint8 HxWx3, EXIF orientation applied (``flags`` e.g. ``cv2.IMREAD_GRAYSCALE``
+    for masks). A missing or undecodable file raises :class:`DataError` naming it."""
+    cv2 = _cv2()
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: missing image file")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR if flags is None else flags)
+    if img is None or img.size == 0:
+        raise DataError(f"{p}: unreadable image (OpenCV could not decode it)")
+    return img  # type: ignore[no-any-return]
+
+
+@dataclass
+class CocoData:
+    """A parsed COCO instances file: ``records`` are (image path, boxes xyxy pixels [N,4], labels [N]) per image,
+    labels index ``classes``; ``cat_ids[k]`` is the COCO category id of class k."""
+
+    file: Path
+    classes: list[str]
+    cat_ids: list[int]
+    records: list[tuple[Path, np.ndarray, np.ndarray]]
+
+
+def _class_index(f: Path, cats: list[dict[str, Any]], class_names: Sequence[str] | None) -> dict[int, int]:
+    """COCO category id → class index: by name into ``class_names`` (a model's), else in sorted id order."""
+    try:
+        by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{f}: malformed categories entry ({exc!r}); expected id and name") from None
+    if class_names is None:
+        return {c: k for k, c in enumerate(sorted(by_id))}
+    names = [str(n) for n in class_names]
+    seen: dict[str, int] = {}
+    for cid, n in sorted(by_id.items()):
+        if n in seen:
+            raise DataError(f"{f}: category name '{n}' names categories {seen[n]} and {cid}; expected each name "
+                            f"once")
+        seen[n] = cid
+    unknown = [n for n in seen if n not in names]
+    missing = [n for n in names if n not in seen]
+    if unknown and names == [str(k) for k in range(len(names))]:
+        # a model exported without class names (export writes 0..C-1): there is no name to match, so the
+        # categories are taken in sorted id order, as the trainer read them; more categories than classes is refused
+        if len(by_id) > len(names):
+            raise DataError(f"{f}: expected at most {len(names)} categories (the model's classes, unnamed), found "
+                            f"{len(by_id)}")
+        return {c: k for k, c in enumerate(sorted(by_id))}
+    if unknown or missing:
+        found = ", ".join(f"{n} (id {i})" for n, i in seen.items())
+        why = "; ".join(x for x in (f"not classes of the model: {', '.join(unknown)}" if unknown else "",
+                                    f"no category for: {', '.join(missing)}" if missing else "") if x)
+        raise DataError(f"{f}: expected categories named as the model's classes [{', '.join(names)}] (ids may "
+                        f"differ), found [{found}] ({why})")
+    return {cid: names.index(n) for n, cid in seen.items()}
+
+
+def read_coco(ann_file: str | Path, image_root: str | Path | None = None,
+              class_names: Sequence[str] | None = None, skip_crowd: bool = True) -> CocoData:
+    """Parse a COCO instances JSON (checked: every problem raises :class:`DataError` naming the file and entry).
+
+    Args:
+        ann_file: the JSON file.
+        image_root: folder that ``file_name`` is relative to (default: the JSON's folder).
+        class_names: a model's classes: categories are mapped to them by name, whatever their ids, and a name
+            that is not a class (or a class with no category) is refused; a model without names (``0..C-1``)
+            takes the categories in sorted id order. None (a data set that defines its own
+            classes, as in training): contiguous ids in sorted category id order.
+        skip_crowd: leave out ``iscrowd`` annotations.
+    """
+    f = Path(ann_file)
+    if not f.is_file():
+        raise DataError(f"{f}: missing COCO annotation file")
+    root = Path(image_root) if image_root is not None else f.parent
+    try:
+        coco = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{f}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{f}: expected UTF-8 JSON, found undecodable bytes") from None
+    if not isinstance(coco, dict):
+        raise DataError(f"{f}: expected a JSON object with images, annotations, categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise DataError(f"{f}: expected a list under '{key}'")
+    cat_index = _class_index(f, coco["categories"], class_names)
+    cat_ids = sorted(cat_index, key=cat_index.__getitem__)
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco["categories"]}
+    classes = list(class_names) if class_names is not None else [names[c] for c in cat_ids]
+    images: dict[int, dict[str, Any]] = {}
+    for k, im in enumerate(coco["images"]):
+        try:
+            images[int(im["id"])] = {"path": root / im["file_name"], "w": float(im["width"]),
+                                     "h": float(im["height"]), "boxes": [], "labels": []}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{f}: images[{k}]: malformed entry ({exc!r}); "
+                            f"expected id, file_name, width, height") from None
+    for k, a in enumerate(coco["annotations"]):
+        where = f"{f}: annotations[{k}] (id {a.get('id', '?') if isinstance(a, dict) else '?'})"
+        try:
+            img_id, cid = int(a["image_id"]), int(a["category_id"])
+            x, y, w, h = (float(v) for v in a["bbox"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: malformed annotation ({exc!r}); "
+                            f"expected image_id, category_id, bbox [x, y, w, h]") from None
+        if img_id not in images:
+            raise DataError(f"{where}: unknown image_id {img_id}")
+        if cid not in cat_index:
+            raise DataError(f"{where}: unknown category_id {cid}; expected one of {sorted(cat_index)}")
+        if skip_crowd and a.get("iscrowd", 0):
+            continue
+        im = images[img_id]
+        if w <= 0 or h <= 0 or x < -BOX_TOL or y < -BOX_TOL or x + w > im["w"] + BOX_TOL \
+                or y + h > im["h"] + BOX_TOL:
+            raise DataError(f"{where}: box [x={x}, y={y}, w={w}, h={h}] is empty or outside the "
+                            f"{im['w']:g}x{im['h']:g} image {im['path'].name}")
+        im["boxes"].append([max(x, 0.0), max(y, 0.0), min(x + w, im["w"]), min(y + h, im["h"])])
+        im["labels"].append(cat_index[cid])
+    records = []
+    for im in images.values():
+        if not im["path"].is_file():
+            raise DataError(f"{f}: missing image file {im['path']}")
+        records.append((im["path"], np.asarray(im["boxes"], np.float32).reshape(-1, 4),
+                        np.asarray(im["labels"], np.int64)))
+    return CocoData(f, classes, cat_ids, records)
