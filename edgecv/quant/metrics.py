@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -102,7 +102,13 @@ def read_imagefolder(path: Path, contract: Contract, limit: int | None = None) -
     return ValSet(contract, _limit(items, limit), load, path)
 
 
-def _first_output(runner: Runner, feed: dict[str, np.ndarray], contract: Contract) -> np.ndarray:
+class Infers(Protocol):
+    """Anything with a Runner's ``infer`` (a backend runner, or a wrapper that replays its outputs)."""
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def _first_output(runner: Infers, feed: dict[str, np.ndarray], contract: Contract) -> np.ndarray:
     out = runner.infer(feed)
     for name in contract.output_names:
         if name in out:
@@ -162,10 +168,10 @@ def read_segmentation(path: Path, contract: Contract, limit: int | None = None) 
     return ValSet(contract, _limit(items, limit), load, path)
 
 
-def miou(runner: Runner, val: ValSet) -> float:
-    """Mean IoU in percent over the classes present in labels or predictions (confusion matrix over the set)."""
+def segment_confusion(runner: Infers, val: ValSet, n: int) -> np.ndarray:
+    """The ``n``×``n`` pixel confusion matrix (rows: label, columns: prediction) of ``runner`` over the set; the one
+    owner for mIoU and the report's per-class IoU."""
     cv2 = lazy_import("cv2", "stream")
-    n = max(2, len(val.contract.class_names))
     conf = np.zeros((n, n), dtype=np.int64)
     for feed, mask in val:
         out = _first_output(runner, feed, val.contract)
@@ -177,6 +183,12 @@ def miou(runner: Runner, val: ValSet) -> float:
         valid = (mask != IGNORE_INDEX) & (mask < n)
         conf += np.bincount(mask[valid].astype(np.int64) * n + pred[valid].clip(0, n - 1),
                             minlength=n * n).reshape(n, n)
+    return conf
+
+
+def miou(runner: Runner, val: ValSet) -> float:
+    """Mean IoU in percent over the classes present in labels or predictions (confusion matrix over the set)."""
+    conf = segment_confusion(runner, val, max(2, len(val.contract.class_names)))
     inter = np.diag(conf).astype(np.float64)
     union = conf.sum(0) + conf.sum(1) - inter
     present = union > 0

@@ -62,21 +62,10 @@ def confusion_matrix(runner: Runner, val: ValSet) -> dict[str, Any]:
 
 def class_iou(runner: Runner, val: ValSet) -> dict[str, Any]:
     """IoU per class over the set (None for a class absent from labels and predictions)."""
-    from edgecv._lazy import lazy_import
-    from edgecv.quant.metrics import IGNORE_INDEX
+    from edgecv.quant.metrics import segment_confusion
 
-    cv2 = lazy_import("cv2", "stream")
     n = max(2, _num_classes(val.contract))
-    conf = np.zeros((n, n), dtype=np.int64)
-    for feed, mask in val:
-        out = _first_output(runner.infer(feed), val.contract)
-        pred = (out[0].argmax(0) if out.ndim == 4 else out[0]).astype(np.int32)
-        if pred.shape != mask.shape:
-            pred = cv2.resize(pred.astype(np.uint8), (mask.shape[1], mask.shape[0]),
-                              interpolation=cv2.INTER_NEAREST).astype(np.int32)
-        valid = (mask != IGNORE_INDEX) & (mask < n)
-        conf += np.bincount(mask[valid].astype(np.int64) * n + pred[valid].clip(0, n - 1),
-                            minlength=n * n).reshape(n, n)
+    conf = segment_confusion(runner, val, n)
     inter = np.diag(conf).astype(np.float64)
     union = conf.sum(0) + conf.sum(1) - inter
     iou = [float(100.0 * i / u) if u > 0 else None for i, u in zip(inter, union)]
