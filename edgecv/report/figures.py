@@ -149,17 +149,22 @@ def layer_divergence(layers: list[dict[str, Any]], kept_float: list[str]) -> byt
     return _png(fig)
 
 
-def confusion_matrices(items: list[tuple[str, dict[str, Any]]]) -> bytes:
-    """One heatmap per backend: rows true class, columns predicted (row-normalised colour, counts written)."""
+def _panels(n: int, width: float, height: float) -> tuple[Any, Any]:
+    """A figure of ``n`` panels, at most 3 a row, each ``width`` x ``height`` inches; unused cells hidden."""
     plt = _plt()
-    n = len(items)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
-    k = len(items[0][1]["labels"])
-    size = max(3.2, 0.35 * k + 1.5)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
+    return fig, axes
+
+
+def confusion_matrices(items: list[tuple[str, dict[str, Any]]]) -> bytes:
+    """One heatmap per backend: rows true class, columns predicted (row-normalised colour, counts written)."""
+    k = len(items[0][1]["labels"])
+    size = max(3.2, 0.35 * k + 1.5)
+    fig, axes = _panels(len(items), size, size)
     for ax, (label, d) in zip(axes.flat, items):
         m = np.asarray(d["matrix"], dtype=np.float64)
         norm = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -184,13 +189,7 @@ def confusion_matrices(items: list[tuple[str, dict[str, Any]]]) -> bytes:
 
 def pr_curves(items: list[tuple[str, dict[str, Any]]]) -> bytes:
     """Per backend, one precision-recall curve per class (AP in the legend)."""
-    plt = _plt()
-    n = len(items)
-    cols = min(n, 3)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False, layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.axis("off")
+    fig, axes = _panels(len(items), 4.6, 3.8)
     for ax, (label, d) in zip(axes.flat, items):
         for i, (name, c) in enumerate(d["classes"].items()):
             if c["recall"]:
