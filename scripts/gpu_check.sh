@@ -5,7 +5,7 @@
 # Steps: doctor → export the shipped classifier → torch CUDA fp32/fp16 validate + bench → where TensorRT is
 # installed: compile fp32/fp16 (engine + sidecar), validate, bench, int8 from the QDQ model (calib/cls), the
 # emitted trtexec script run by trtexec when it is on PATH, and the sidecar guard on the engine just built.
-# It has NOT been run by its author: no machine in this project has an NVIDIA GPU (see README, TensorRT).
+# Run on an NVIDIA H200 without TensorRT (torch CUDA steps only), 2026-11-30; the TensorRT steps have not run yet.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 E=${EDGECV:-}
@@ -99,8 +99,8 @@ import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 for name in ("validate-torch-cuda", "trt-validate", "trt-validate-int8"):
     p = out / f"{name}.log"
-    try:
-        rep = json.loads(p.read_text())
+    try:  # the log holds stdout (JSON) then stderr (an error line on failure)
+        rep = json.JSONDecoder().raw_decode(p.read_text().lstrip())[0]
     except Exception:
         continue
     for r in rep.get("results", []):
@@ -113,11 +113,12 @@ for name in ("validate-torch-cuda", "trt-validate", "trt-validate-int8"):
 for name in ("bench-torch-cuda", "trt-bench"):
     p = out / f"{name}.log"
     try:
-        rep = json.loads(p.read_text())
+        rep = json.JSONDecoder().raw_decode(p.read_text().lstrip())[0]
     except Exception:
         continue
     for r in rep.get("rows", []):
-        s = r.get("stats") or {}
-        print(name, r.get("label"), "batch", r.get("batch"), "p50 ms", s.get("p50_ms"), "items/s", s.get("throughput"))
+        s = r.get("latency") or {}
+        print(name, f"{r.get('backend')}:{r.get('precision')}", "ran", r.get("precision_ran"), r.get("device"),
+              "batch", r.get("batch"), "p50 ms", s.get("p50_ms"), "items/s", s.get("throughput"), "error", r.get("error"))
 PY
 grep -q "FAILED\|TIMED OUT" "$SUMMARY" && exit 1 || exit 0

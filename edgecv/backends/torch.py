@@ -7,7 +7,8 @@ A bundle does not hold an eager model, so :meth:`TorchRunner.from_bundle` refuse
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -111,7 +112,8 @@ class TorchRunner(Runner):
         x = torch.from_numpy(np.ascontiguousarray(feed[self.contract.input_name])).to(self._torch_device)
         with torch.inference_mode():
             if self.requested_precision == "fp32":
-                out = self.model(x)
+                with _no_tf32(torch, self._torch_device.type == "cuda"):
+                    out = self.model(x)
             else:
                 dtype = torch.float16 if self.requested_precision == "fp16" else torch.bfloat16
                 with torch.autocast(device_type=self._torch_device.type, dtype=dtype):
@@ -140,3 +142,19 @@ class TorchRunner(Runner):
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._forward_raw(feed)
         return {n: t.detach().float().cpu().numpy() for n, t in outs.items()}
+
+
+@contextlib.contextmanager
+def _no_tf32(torch: Any, on_cuda: bool) -> Iterator[None]:
+    """fp32 means fp32: on Ampere and newer, cuDNN convolutions default to TF32 (10-bit mantissa), which is ~1e-3
+    relative error, not fp32's ~1e-6. Turned off for the forward and restored after (the flags are process-wide)."""
+    if not on_cuda:
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

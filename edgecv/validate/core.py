@@ -114,7 +114,7 @@ def _run_once(opener: Opener, bundle: Bundle, backend: str, precision: str, feed
 def _live_reference(opener: Opener, bundle: Bundle, feed: dict[str, np.ndarray],
                     threads: int | None) -> dict[str, np.ndarray]:
     # the reference always runs fp32 on the CPU: it is what the other numbers are measured against
-    out, _ = _run_once(opener, bundle, "torch", "fp32", feed, None, threads)
+    out, _ = _run_once(opener, bundle, "torch", "fp32", feed, "cpu", threads)
     return out
 
 
