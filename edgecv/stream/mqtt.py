@@ -63,7 +63,7 @@ def parse_mqtt_url(url: str) -> MqttTarget:
         raise ConfigError(f"--mqtt: expected a topic after the host (e.g. mqtt://{u.hostname}/edgecv/{{stream}}), "
                           f"found '{url}'")
     if "+" in topic or "#" in url:  # urlsplit takes "#…" for a fragment
-        raise ConfigError(f"--mqtt: expected a topic without wildcards (+, #), found '{topic}{"#" if "#" in url else ""}'")
+        raise ConfigError(f"--mqtt: expected a topic without wildcards (+, #), found '{url.split('/', 3)[-1]}'")
     tls = u.scheme == "mqtts"
     return MqttTarget(u.hostname, port or (8883 if tls else 1883), topic, tls,
                       urllib.parse.unquote(u.username) if u.username else None,
