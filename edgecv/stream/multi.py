@@ -487,7 +487,8 @@ class MultiStreamPipeline:
         streams: dict[str, dict[str, Any]] = {}
         for st in self.streams:
             m = st.metrics
-            e2e = m.lat["e2e"].summary(recent=True)
+            with m._lock:  # the post thread adds samples under it
+                e2e = m.lat["e2e"].summary(recent=True)
             streams[st.name] = {
                 "state": st.state, "fps_in": round(m.in_rate.rate(), 2), "fps_out": round(m.out_rate.rate(), 2),
                 "p50_ms": e2e.get("p50"), "p99_ms": e2e.get("p99"), "frames": m.frames_out,
@@ -548,7 +549,15 @@ class MultiStreamPipeline:
                   "max_batch": self.max_batch, "fixed_batch": self.fixed_batch,
                   "batch_wait_ms": self.cfg.batch_wait_ms, "batches": nb, "mean_batch": round(mean_batch, 3),
                   "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+        from edgecv.stream.metrics import STAGES
+
         return {"mode": "multi", "streams": per, "total": total, "engine": engine,
+                # the single-stream summary's keys, over all streams: readers of "run" results (the report) keep working
+                "frames_read": read, "frames_processed": frames, "duration_s": dur, "fps_in": total["fps_in"],
+                "fps_out": total["fps_out"], "dropped": total["dropped"], "reconnects": total["reconnects"],
+                "skipped_corrupt": sum(s["skipped_corrupt"] for s in per.values()),
+                "source": {"kind": "multi", "target": f"{len(per)} streams ({', '.join(per)})"},
+                "latency_ms": {k: _merge([st.metrics.lat[k] for st in self.streams]) for k in STAGES},
                 "runner": engine["runner"], "stopped_by": self.stopped_by,
                 "failed": [n for n, s in per.items() if s["error"]],
                 "sinks": {type(x).__name__: x.describe() for x in self.shared}}
@@ -581,7 +590,8 @@ class MultiStreamPipeline:
         inf = self.infer_ms.summary()
         if inf.get("n") and mean_batch:
             ms["infer"] = float(inf["p50"]) / mean_batch
-            fps["infer"] = 1000.0 * mean_batch / float(inf["p50"]) if inf["p50"] else float("inf")
+            inflight = self.async_q.requests if self.async_q is not None else 1
+            fps["infer"] = 1000.0 * mean_batch * inflight / float(inf["p50"]) if inf["p50"] else float("inf")
         post, sink = p50("post"), p50("sink")
         if post is not None:
             ms["post"] = post + (sink or 0.0)
