@@ -30,7 +30,7 @@ from edgecv.stream.sinks import BOUNDARY, Sink
 
 log = logging.getLogger("edgecv.stream")
 
-_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>edgecv run: live</title>
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>edgecv run: live</title><link rel="icon" href="data:,">
 <style>
 body{{background:#111;color:#ddd;font-family:sans-serif;margin:1em}}
 .grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px}}
