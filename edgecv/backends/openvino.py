@@ -179,9 +179,10 @@ class OpenVINORunner(Runner):
 
     def async_queue(self, requests: int | None = None) -> AsyncInfer:
         """OpenVINO's ``AsyncInferQueue`` with ``requests`` infer requests (None: the compiled model's optimal
-        number, which the throughput hint raises above 1)."""
+        number, which the throughput hint raises with the cores it may use, and at least 2, so that the caller
+        prepares the next batch while one runs)."""
         self._require_loaded()
-        return _OVAsyncInfer(self, requests or self.optimal_requests())
+        return _OVAsyncInfer(self, requests or max(2, self.optimal_requests()))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

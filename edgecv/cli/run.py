@@ -485,7 +485,8 @@ def _print_multi_summary(s: dict[str, Any]) -> None:
     slow = t.get("slowest_stage")
     if slow:
         per = ", ".join(f"{k} {v}" for k, v in slow["max_fps_by_stage"].items())
-        why = (f" (decoding bounds this run on {slow['cpus']} CPUs, not the model)" if slow["decode_bound"] else "")
+        why = (f" (decoding bounds this run on {slow['cpus']} CPUs, not the model)" if slow["decode_bound"] else
+               " (the live sources' own frame rate)" if slow["stage"] == "capture" else "")
         console.print(f"slowest stage in total: {slow['stage']}{why}, at most {slow['max_fps']} fps | fps each "
                       f"stage allows: {per}", highlight=False)
     for name, d in s.get("sinks", {}).items():

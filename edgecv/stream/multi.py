@@ -565,7 +565,10 @@ class MultiStreamPipeline:
     def slowest_stage(self, mean_batch: float) -> dict[str, Any] | None:
         """The process-wide stage that bounds the total frame rate, from each stage's median cost per frame.
 
-        Capture runs one thread per stream (at most as many at once as there are CPUs); preprocess (in the
+        Capture runs one thread per stream (at most as many at once as there are CPUs); it is named ``decode``
+        when every source is a file or folder (read as fast as it decodes) and ``capture`` when any is live
+        (its read time includes waiting for the source's next frame, so it names the sources' own rate, not the
+        decoder, as the bound); preprocess (in the
         batcher) and post run one thread each for all streams; inference costs its batch time over the mean
         batch. ``max_fps`` is what each stage allows on its own; the smallest names the bound (``decode`` when
         the CPUs cannot decode the streams faster than the model infers them).
@@ -580,9 +583,12 @@ class MultiStreamPipeline:
         fps: dict[str, float] = {}
         ms: dict[str, float] = {}
         read = p50("read")
+        # a file is read as fast as it decodes; a live source's read also waits for the camera's next frame
+        cap = "capture" if any(st.pipe.source.spec.live for st in self.streams) else "decode"
         if read:
-            ms["decode"] = read
-            fps["decode"] = 1000.0 / read * max(1, min(len(live) or 1, cpus))
+            ms[cap] = read
+            # decoders share the CPUs; live captures mostly wait for their camera, each at its own rate
+            fps[cap] = 1000.0 / read * max(1, min(len(live) or 1, cpus) if cap == "decode" else len(live) or 1)
         pre = p50("preprocess")
         if pre:
             ms["preprocess"] = pre
