@@ -313,3 +313,33 @@ def test_cameras_from_flags_names_and_duplicates(tmp_path: Path) -> None:
     assert cams[2].url == "rtsp://h/x?a=b"
     with pytest.raises(ConfigError, match="expected unique stream names, found 'a' twice"):
         cameras_from_flags([f"a={v}", f"a={v}"])
+
+
+def test_live_page_follows_the_netguard_rules(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from edgecv.stream.live import LivePage
+
+    with pytest.raises(ConfigError, match="expected a token"):
+        LivePage(["a"], host="0.0.0.0", port=0)
+    token = "t" * 24
+    page = LivePage(["a", "b"], host="127.0.0.1", port=0, token=token)
+    try:
+        page.write(np.full((40, 60, 3), 120, np.uint8), {"stream": "a"})
+        with pytest.raises(urllib.error.HTTPError) as ei:
+            urllib.request.urlopen(page.url + "metrics.json", timeout=5)
+        assert ei.value.code == 401
+        with urllib.request.urlopen(page.url + f"?token={token}", timeout=5) as r:
+            html = r.read().decode()
+        assert f"/stream/a.mjpg?token={token}" in html and f"/stream/b.mjpg?token={token}" in html
+        req = urllib.request.Request(page.url + "snapshot/a.jpg", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.read()[:2] == b"\xff\xd8"
+        req = urllib.request.Request(page.url + "snapshot/zzz.jpg", headers={"Authorization": f"Bearer {token}"})
+        with pytest.raises(urllib.error.HTTPError) as ei:
+            urllib.request.urlopen(req, timeout=5)
+        assert ei.value.code == 404
+        assert page.describe()["refused_unauthorized"] == 1
+    finally:
+        page.close()
