@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import socket
@@ -57,7 +58,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="edgecv-mqtt-"))
     port = free_port()
     conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {tmp}/\n"
+    as_root = "user root\n" if os.geteuid() == 0 else ""  # else mosquitto drops to a user that cannot write tmp
+    conf.write_text(as_root + f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {tmp}/\n"
                     "max_queued_messages 1000000\n")
     broker = start_broker(conf, port)
     got: list[bytes] = []

@@ -35,14 +35,17 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, listener_conf: str = "allow_anonymous true\n") -> None:
         self.exe = require_mosquitto()
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            ""
+            # started as root, mosquitto drops to the 'mosquitto' user, which cannot read a 0700 test folder
+            + ("user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else "") +
+            f"listener {self.port} 127.0.0.1\n{listener_conf}persistence true\n"
             f"persistence_location {self.dir}/\nautosave_interval 1\nmax_queued_messages 100000\n"
             "log_dest stderr\nlog_type error\n")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -5,6 +5,7 @@ restarted mid-run loses no more than the buffer says, and the run goes on."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -101,7 +102,9 @@ def test_broker_restart_loses_no_more_than_the_buffer_says(broker: Broker) -> No
     sub.close()
     unique = {(json.loads(p)["stream"], json.loads(p)["seq"]) for _, p in sub.messages}
     assert d["disconnects"] == 1 and d["reconnects"] == 1
-    assert d["dropped_while_away"] > 0 and d["dropped"] == d["dropped_while_away"]
+    # most drops happen while away; a few may fall just before paho notices the broker is gone or while the
+    # backlog drains after the reconnect: every one is counted in "dropped"
+    assert d["dropped"] >= d["dropped_while_away"] > 0
     # nothing lost beyond what the sink reports as dropped (QoS 1 may deliver a duplicate, never a silent gap)
     assert len(unique) == total - d["dropped"]
     for s in written:  # per stream, in order (first delivery of each message)
@@ -135,3 +138,66 @@ def test_bad_mqtt_urls(url: str, needle: str) -> None:
     t = parse_mqtt_url("mqtts://u%40x:p%3Aw@broker.lan/site/{stream}")
     assert (t.host, t.port, t.tls, t.username, t.password, t.topic) == ("broker.lan", 8883, True, "u@x", "p:w",
                                                                       "site/{stream}")
+
+
+def make_tls_broker(tmp: Path) -> tuple[Broker, Path]:
+    """A broker with TLS (its own CA; the server certificate names 127.0.0.1) and a user/password file."""
+    import shutil as sh
+
+    if sh.which("openssl") is None or sh.which("mosquitto_passwd") is None:
+        pytest.skip("openssl and mosquitto_passwd are needed for the TLS broker (apt-get install openssl mosquitto)")
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    def ssl_(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
+
+    ssl_("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edgecv test CA",
+         "-keyout", "ca.key", "-out", "ca.crt")
+    ssl_("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ssl_("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+         "-extfile", "san.ext", "-out", "server.crt")
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(tmp / "passwd"), "cam-user", "s3cret pass"], check=True,
+                   capture_output=True)
+    os.chmod(tmp / "passwd", 0o644)
+    conf = (f"cafile {tmp}/ca.crt\ncertfile {tmp}/server.crt\nkeyfile {tmp}/server.key\n"
+            f"allow_anonymous false\npassword_file {tmp}/passwd\n")
+    b = Broker(tmp / "broker", listener_conf=conf)
+    b.start()
+    return b, tmp / "ca.crt"
+
+
+def test_tls_and_password(tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+
+    from edgecv.errors import SinkError
+    from edgecv.stream.mqtt import MqttSink
+
+    broker, ca = make_tls_broker(tmp_path / "tls")
+    try:
+        got: list[bytes] = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-sub")
+        sub.tls_set(ca_certs=str(ca))
+        sub.username_pw_set("cam-user", "s3cret pass")
+        sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe("sec/#", qos=1)
+        sub.on_message = lambda c, u, m: got.append(m.payload)
+        sub.connect("127.0.0.1", broker.port)
+        sub.loop_start()
+        time.sleep(0.5)
+        url = f"mqtts://cam-user:s3cret%20pass@127.0.0.1:{broker.port}/sec/{{stream}}"
+        sink = MqttSink(url, qos=1, ca=str(ca))
+        for i in range(20):
+            sink.write(None, event("door", i))
+        sink.close()
+        deadline = time.monotonic() + 10
+        while len(got) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sub.loop_stop()
+        assert [json.loads(p)["seq"] for p in got] == list(range(20))
+        assert sink.describe()["tls"] is True
+        with pytest.raises(SinkError, match=r"found a refusal \(Not authorized\)"):
+            MqttSink(f"mqtts://cam-user:wrong@127.0.0.1:{broker.port}/sec/x", ca=str(ca), connect_timeout=3)
+        with pytest.raises(SinkError, match="whose certificate checks out, found a failed handshake"):
+            MqttSink(f"mqtts://127.0.0.1:{broker.port}/sec/x", connect_timeout=3)  # system CAs do not know ours
+    finally:
+        broker.stop()

@@ -140,6 +140,9 @@ class MqttSink(Sink):
         t = self.target
         try:
             self.client.connect(t.host, t.port, keepalive=keepalive)
+        except ssl.SSLError as exc:
+            raise SinkError(f"--mqtt: expected a TLS broker at {t.host}:{t.port} whose certificate checks out, "
+                            f"found a failed handshake ({getattr(exc, 'reason', None) or exc})") from exc
         except (OSError, ValueError) as exc:
             raise SinkError(f"--mqtt: expected a broker at {t.host}:{t.port}, found none "
                             f"({getattr(exc, 'strerror', None) or exc})") from exc
@@ -148,9 +151,9 @@ class MqttSink(Sink):
             self._cv.wait_for(lambda: self.connected or self._last_rc is not None, connect_timeout)
         if not self.connected:
             self.client.loop_stop()
-            with_rc = f" (broker said: {self._last_rc})" if self._last_rc is not None else ""
+            found = (f"a refusal ({self._last_rc})" if self._last_rc is not None else "no acknowledgement")
             raise SinkError(f"--mqtt: expected the broker at {t.host}:{t.port} to accept the connection within "
-                            f"{connect_timeout:g} s, found no acknowledgement{with_rc}")
+                            f"{connect_timeout:g} s, found {found}")
         self._sender = threading.Thread(target=self._send_loop, name="edgecv-mqtt", daemon=True)
         self._sender.start()
 
