@@ -22,7 +22,7 @@ install: $(STAMP)
 
 # real media servers for the stream tests (ffmpeg HTTP/MPEG-TS, GStreamer RTSP driven by Debian's python3);
 # headless Chromium opens the HTML report in tests/test_report.py
-APT_PKGS := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good chromium
+APT_PKGS := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good chromium mosquitto
 system-deps:
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -136,6 +136,23 @@ class Page:
         self.call("Page.navigate", url=Path(path).resolve().as_uri())
         self.wait_event("Page.loadEventFired")
 
+    def open_url(self, url: str, event: str = "Page.domContentEventFired") -> None:
+        """Navigate to an http(s) URL; a page with live MJPEG images never finishes loading, so this waits for
+        ``event`` (the DOM by default) instead of the load event."""
+        self.call("Page.navigate", url=url)
+        self.wait_event(event)
+
+    def wait_for(self, expression: str, timeout: float = 30.0) -> Any:
+        """Evaluate ``expression`` until it is truthy (its value), or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.evaluate(expression)
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"'{expression}' stayed falsy for {timeout} s")
+            time.sleep(0.2)
+
     def evaluate(self, expression: str) -> Any:
         r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in r:

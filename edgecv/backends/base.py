@@ -6,7 +6,10 @@ validate, bench and stream take any :class:`Runner` and never ask which backend 
 from __future__ import annotations
 
 import abc
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -35,6 +38,9 @@ class Runner(abc.ABC):
     """
 
     name: ClassVar[str] = "runner"
+    #: ``infer`` may be called from several threads at once (the engine is thread-safe and keeps no per-call
+    #: state in the runner); :meth:`async_queue` then overlaps that many calls, else it runs one at a time
+    concurrent_infer: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.load_time_s: float = 0.0
@@ -115,10 +121,103 @@ class Runner(abc.ABC):
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Backend-specific inference on a checked feed."""
 
+    def async_queue(self, requests: int | None = None) -> AsyncInfer:
+        """Up to ``requests`` inferences in flight through the engine's asynchronous API (None: the engine's
+        own choice). The base class runs :meth:`infer` on worker threads (ONNX Runtime: ``Run`` on one
+        session from several threads, which ORT documents as thread-safe); a runner that is not
+        :attr:`concurrent_infer` gets one worker, so inference still overlaps the caller's other work.
+        OpenVINO overrides this with its ``AsyncInferQueue``."""
+        self._require_loaded()
+        n = max(1, int(requests or 2))
+        return ThreadedAsyncInfer(self, n if self.concurrent_infer else 1)
+
     def describe(self) -> dict[str, Any]:
         """What the runner is running, for tables and JSON."""
         return {"backend": self.name, "precision": self.precision, "device": self.device,
                 "threads": getattr(self, "threads", None), "load_time_s": round(self.load_time_s, 4)}
+
+
+Done = Callable[[Any, "dict[str, np.ndarray] | None", "BaseException | None"], None]
+
+
+class AsyncInfer(abc.ABC):
+    """Several inferences in flight on one loaded runner.
+
+    :meth:`submit` returns at once while fewer than :attr:`requests` are running (it blocks otherwise: the
+    caller is throttled, never queues without bound) and later calls ``done(userdata, outputs, error)`` on an
+    engine or worker thread, in completion order (not always submission order). :meth:`wait_all` returns once
+    everything submitted has completed.
+    """
+
+    def __init__(self, runner: Runner, requests: int) -> None:
+        self.runner = runner
+        self.requests = int(requests)
+        self.kind = "threads"
+
+    @abc.abstractmethod
+    def submit(self, feed: dict[str, np.ndarray], userdata: Any, done: Done) -> None: ...
+
+    @abc.abstractmethod
+    def wait_all(self) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        self.wait_all()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "requests": self.requests}
+
+
+class ThreadedAsyncInfer(AsyncInfer):
+    """:class:`AsyncInfer` over ``runner.infer`` on ``requests`` worker threads."""
+
+    def __init__(self, runner: Runner, requests: int) -> None:
+        super().__init__(runner, requests)
+        self.kind = "threads" if requests > 1 else "thread"
+        self._slots = threading.BoundedSemaphore(self.requests)
+        self._jobs: queue.Queue[tuple[dict[str, np.ndarray], Any, Done] | None] = queue.Queue()
+        self._pending = 0
+        self._cv = threading.Condition()
+        self._threads = [threading.Thread(target=self._work, name=f"edgecv-infer-{i}", daemon=True)
+                         for i in range(self.requests)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, feed: dict[str, np.ndarray], userdata: Any, done: Done) -> None:
+        self.runner.check_feed(feed)
+        self._slots.acquire()
+        with self._cv:
+            self._pending += 1
+        self._jobs.put((feed, userdata, done))
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            feed, userdata, done = job
+            try:
+                try:
+                    out = self.runner._infer_impl(feed)
+                except BaseException as exc:  # noqa: BLE001 - handed to the callback
+                    done(userdata, None, exc)
+                else:
+                    done(userdata, out, None)
+            finally:
+                self._slots.release()
+                with self._cv:
+                    self._pending -= 1
+                    self._cv.notify_all()
+
+    def wait_all(self) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._pending == 0)
+
+    def close(self) -> None:
+        self.wait_all()
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
 
 
 @dataclass

@@ -75,6 +75,7 @@ class OnnxRuntimeRunner(Runner):
     """
 
     name = "onnxruntime"
+    concurrent_infer = True  # InferenceSession.run is thread-safe; async_queue overlaps calls on one session
 
     def __init__(self, model_path: str | Path, precision: str | None = None, device: str | None = None,
                  threads: int | None = None) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgecv._io import describe_write_error
 from edgecv._lazy import lazy_import, version_of
-from edgecv.backends.base import check_onnx_file, Builder, BuildConfig, Runner
+from edgecv.backends.base import AsyncInfer, Done, check_onnx_file, Builder, BuildConfig, Runner
 from edgecv.errors import BackendError, ConfigError
 from edgecv.types import TensorSpec
 
@@ -52,13 +52,19 @@ class OpenVINORunner(Runner):
         threads: ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default).
         config: extra OpenVINO properties, applied after edgecv's (for experiments; the precision hint and
             performance hint cannot be overridden here).
+        performance: ``latency`` (one request at a time: validate, bench, one stream) or ``throughput``
+            (several requests in flight through :meth:`async_queue`: many streams batched in one process).
     """
 
     name = "openvino"
 
     def __init__(self, model_path: str | Path, precision: str = "fp32", device: str | None = None,
-                 threads: int | None = None, config: dict[str, Any] | None = None) -> None:
+                 threads: int | None = None, config: dict[str, Any] | None = None,
+                 performance: str = "latency") -> None:
         super().__init__()
+        if performance not in ("latency", "throughput"):
+            raise ConfigError(f"openvino performance hint: expected latency or throughput, found '{performance}'")
+        self.performance = performance
         if precision not in _HINTS:
             raise ConfigError(f"openvino precision: expected one of {', '.join(_HINTS)}, found '{precision}'")
         self.model_path = Path(model_path)
@@ -111,7 +117,8 @@ class OpenVINORunner(Runner):
         props = lazy_import("openvino.properties", extra="openvino")
         cfg: dict[str, Any] = dict(self.extra_config)
         cfg[hints.inference_precision()] = getattr(ov.Type, _HINTS[self.requested_precision])
-        cfg[hints.performance_mode()] = hints.PerformanceMode.LATENCY
+        cfg[hints.performance_mode()] = (hints.PerformanceMode.THROUGHPUT if self.performance == "throughput"
+                                         else hints.PerformanceMode.LATENCY)
         if self.threads is not None:
             if self.threads < 1:
                 raise ConfigError(f"threads: expected a positive number, found {self.threads}")
@@ -162,10 +169,58 @@ class OpenVINORunner(Runner):
         return {name: np.array(self._request.get_output_tensor(i).data, copy=True)
                 for i, name in enumerate(self._output_names)}
 
+    def optimal_requests(self) -> int:
+        """How many requests OpenVINO wants in flight for the compiled hint (1 when it does not say)."""
+        self._require_loaded()
+        try:
+            return max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        except Exception:  # noqa: BLE001 - not every plugin reports it
+            return 1
+
+    def async_queue(self, requests: int | None = None) -> AsyncInfer:
+        """OpenVINO's ``AsyncInferQueue`` with ``requests`` infer requests (None: the compiled model's optimal
+        number, which the throughput hint raises with the cores it may use, and at least 2, so that the caller
+        prepares the next batch while one runs)."""
+        self._require_loaded()
+        return _OVAsyncInfer(self, requests or max(2, self.optimal_requests()))
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["config"] = self.compile_config
         return d
+
+
+class _OVAsyncInfer(AsyncInfer):
+    """``openvino.AsyncInferQueue``: ``start_async`` blocks only while every request is busy."""
+
+    def __init__(self, runner: OpenVINORunner, requests: int) -> None:
+        super().__init__(runner, requests)
+        ov = lazy_import("openvino")
+        self.kind = "openvino AsyncInferQueue"
+        self._names = list(runner._output_names)
+        self._q = ov.AsyncInferQueue(runner._compiled, int(requests))
+        self.requests = len(self._q)
+        self._q.set_callback(self._callback)
+
+    def _callback(self, request: Any, userdata: Any) -> None:
+        data, done = userdata
+        try:
+            # copy: the request reuses its output buffers on its next run
+            out = {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in enumerate(self._names)}
+        except BaseException as exc:  # noqa: BLE001 - handed to the callback
+            done(data, None, exc)
+            return
+        done(data, out, None)
+
+    def submit(self, feed: dict[str, np.ndarray], userdata: Any, done: Done) -> None:
+        self.runner.check_feed(feed)
+        try:
+            self._q.start_async(feed, (userdata, done))
+        except Exception as exc:  # an inference error surfaces here or in wait_all
+            done(userdata, None, BackendError(f"openvino async inference failed: {_one_line(exc)}"))
+
+    def wait_all(self) -> None:
+        self._q.wait_all()
 
 
 def _one_line(exc: BaseException) -> str:

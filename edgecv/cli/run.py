@@ -40,9 +40,11 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         bundle: BundleArg,
-        source: Annotated[str, typer.Option("--source", "-s", help="Camera index (0), device (/dev/video0), video "
-                                            "file, image folder, rtsp/rtmp/http(s)/udp URL, or a GStreamer "
-                                            "pipeline with --gst.", show_default=False)],
+        source: Annotated[Optional[list[str]], typer.Option(
+            "--source", "-s", help="Camera index (0), device (/dev/video0), video file, image folder, "
+                                   "rtsp/rtmp/http(s)/udp URL, or a GStreamer pipeline with --gst. Repeat it for "
+                                   "several streams in one run (NAME=SOURCE names one; default cam0, cam1, …).",
+            show_default=False)] = None,
         backend: BackendOpt = "onnxruntime",
         precision: PrecisionOpt = "fp32",
         device: DeviceOpt = None,
@@ -92,11 +94,80 @@ def register(app: typer.Typer) -> None:
         conf: Annotated[float, typer.Option(
             "--conf", help="Detectors: keep detections scoring at least this (the bundle's own threshold is set "
                            "low for mAP).")] = 0.25,
+        sources_file: Annotated[Optional[Path], typer.Option(
+            "--sources", help="cameras.yaml: several named streams (url/device/file/gst, max_fps, drop, save "
+                              "and jsonl paths with {name}); see the README.")] = None,
+        batch_wait_ms: Annotated[float, typer.Option(
+            "--batch-wait-ms", help="Several streams: the longest a batch waits for frames of other streams "
+                                    "after its first one.")] = 5.0,
+        max_batch: Annotated[Optional[int], typer.Option(
+            "--max-batch", help="Several streams: most frames per batch (default: the bundle's largest).")] = None,
+        requests: Annotated[Optional[int], typer.Option(
+            "--requests", help="Several streams: batches in flight at once (default: the engine's choice; "
+                               "OpenVINO's optimal number with the throughput hint, else 2).")] = None,
+        require_all: Annotated[bool, typer.Option(
+            "--require-all", help="Several streams: exit 2 before anything runs when a source does not open "
+                                  "(default: name it and run the others).")] = False,
+        mqtt: Annotated[Optional[str], typer.Option(
+            "--mqtt", help="Publish every frame's results: mqtt://[user:pass@]HOST[:1883]/TOPIC/{stream} "
+                           "(mqtts:// for TLS).")] = None,
+        mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", help="MQTT QoS: 0 or 1.")] = 0,
+        mqtt_user: Annotated[Optional[str], typer.Option("--mqtt-user", help="MQTT user name.")] = None,
+        mqtt_password: Annotated[Optional[str], typer.Option(
+            "--mqtt-password", help="MQTT password (default: EDGECV_MQTT_PASSWORD).")] = None,
+        mqtt_ca: Annotated[Optional[str], typer.Option("--mqtt-ca", help="TLS: CA certificates to trust.")] = None,
+        mqtt_cert: Annotated[Optional[str], typer.Option("--mqtt-cert", help="TLS: client certificate.")] = None,
+        mqtt_key: Annotated[Optional[str], typer.Option("--mqtt-key", help="TLS: client key.")] = None,
+        mqtt_insecure: Annotated[bool, typer.Option(
+            "--mqtt-insecure", help="TLS: do not check the broker's host name.")] = False,
+        mqtt_buffer: Annotated[int, typer.Option(
+            "--mqtt-buffer", help="Messages kept while the broker is away; beyond it the oldest are dropped "
+                                  "and counted.")] = 1000,
         endpoint: EndpointOpt = None,
         model: RemoteModelOpt = None,
         record: RecordOpt = True,
     ) -> None:
-        """Run a bundle on a stream: capture → preprocess → infer → decode → sinks, with live metrics."""
+        """Run a bundle on a stream: capture → preprocess → infer → decode → sinks, with live metrics.
+
+        Several streams (--source repeated, --sources cameras.yaml, or --mqtt) share one engine: frames of
+        different streams are batched, inference overlaps through the engine's asynchronous API."""
+        from edgecv.errors import ConfigError as _ConfigError
+
+        if sources_file is not None or len(source or []) > 1 or mqtt is not None:
+            if sources_file is not None and source:
+                raise _ConfigError("--sources: expected either --source (repeated) or --sources FILE, found both")
+            if show:
+                raise _ConfigError("--show: expected one stream, found several; use --serve HOST:PORT for the live page")
+            _run_multi(dict(
+                bundle=bundle, sources=list(source or []), sources_file=sources_file, backend=backend,
+                precision=precision, device=device, threads=threads, gst=gst, drop=drop, stride=stride,
+                max_fps=max_fps, max_frames=max_frames, save=save, jsonl=jsonl, serve=serve, json_out=json_out,
+                rebuild=rebuild, open_timeout=open_timeout, reconnect_max=reconnect_max, loop=loop, writer=writer,
+                save_preset=save_preset, buffer_size=buffer_size, decode=decode, quiet=quiet, force=force,
+                token=token, max_clients=max_clients, conf=conf, endpoint=endpoint, model=model, record=record,
+                batch_wait_ms=batch_wait_ms, max_batch=max_batch, requests=requests, require_all=require_all,
+                mqtt=mqtt, mqtt_qos=mqtt_qos, mqtt_user=mqtt_user, mqtt_password=mqtt_password, mqtt_ca=mqtt_ca,
+                mqtt_cert=mqtt_cert, mqtt_key=mqtt_key, mqtt_insecure=mqtt_insecure, mqtt_buffer=mqtt_buffer))
+            return
+        if not source:
+            raise _ConfigError("--source: expected a camera, file, folder, URL or pipeline (or --sources FILE), "
+                               "found none")
+        _run_single(bundle=bundle, source=source[0], backend=backend, precision=precision, device=device,
+                    threads=threads, gst=gst, drop=drop, stride=stride, max_fps=max_fps, max_frames=max_frames,
+                    save=save, jsonl=jsonl, serve=serve, show=show, json_out=json_out, rebuild=rebuild,
+                    open_timeout=open_timeout, reconnect_max=reconnect_max, loop=loop, writer=writer,
+                    save_preset=save_preset, buffer_size=buffer_size, decode=decode, quiet=quiet, force=force,
+                    token=token, max_clients=max_clients, conf=conf, endpoint=endpoint, model=model, record=record)
+
+
+def _run_single(*, bundle: Path, source: str, backend: str, precision: str, device: Optional[str],
+                threads: Optional[int], gst: bool, drop: Optional[str], stride: int, max_fps: Optional[float],
+                max_frames: Optional[int], save: Optional[Path], jsonl: Optional[Path], serve: Optional[str],
+                show: bool, json_out: Optional[str], rebuild: bool, open_timeout: float, reconnect_max: int,
+                loop: bool, writer: str, save_preset: str, buffer_size: Optional[int], decode: str, quiet: bool,
+                force: bool, token: Optional[str], max_clients: int, conf: float, endpoint: Optional[str],
+                model: Optional[str], record: bool) -> None:
+        """One stream: the pipeline of stages in threads (unchanged since before multi-stream runs)."""
         from edgecv._io import write_json
         from edgecv.backends import open_runner
         from edgecv.bundle import Bundle
@@ -257,6 +328,167 @@ def _print_summary(s: dict[str, Any]) -> None:
         why = " (waiting for the video encoder)" if slow["stage"] == "sinks" and "VideoSink" in s.get("sinks", {}) else ""
         console.print(f"slowest stage: {slow['stage']}{why}, {slow['p50_ms']:.2f} ms/frame p50, at most "
                       f"{slow['max_fps']} fps on its own | ms/frame p50: {busy}", highlight=False)
+    for name, d in s.get("sinks", {}).items():
+        if d:
+            console.print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in d.items()), highlight=False)
+
+
+def _run_multi(o: dict[str, Any]) -> None:
+    """Several streams on one engine (``edgecv.stream.multi``): validate everything, connect the broker, then load
+    the model once; nothing is written when any of that fails."""
+    from edgecv import netguard
+    from edgecv._io import check_output_files, write_json
+    from edgecv.backends import open_runner
+    from edgecv.backends.tensorrt_guard import REBUILD
+    from edgecv.bundle import Bundle
+    from edgecv.cli._output import err_console, print_json
+    from edgecv.errors import ConfigError
+    from edgecv.stream import StreamConfig, open_source
+    from edgecv.stream.buffer import POLICIES
+    from edgecv.stream.cameras import cameras_from_flags, expand, load_cameras
+    from edgecv.stream.multi import MultiConfig, MultiStreamPipeline, StreamInput
+    from edgecv.stream.sinks import JsonlSink, Sink, VideoSink
+
+    logging.basicConfig(level=logging.WARNING, format="edgecv: %(message)s", stream=sys.stderr)
+    if o["drop"] is not None and o["drop"] not in POLICIES:
+        raise ConfigError(f"--drop: expected one of {', '.join(POLICIES)}, found '{o['drop']}'")
+    mcfg = MultiConfig(batch_wait_ms=o["batch_wait_ms"], max_batch=o["max_batch"], requests=o["requests"],
+                       require_all=o["require_all"])
+    mcfg.validate()
+    if o["sources_file"] is not None:
+        cams = load_cameras(o["sources_file"])
+    else:
+        cams = cameras_from_flags(o["sources"], gst=o["gst"])
+    n = len(cams)
+    for flag, tmpl in (("--save", o["save"]), ("--jsonl", None)):
+        if tmpl is not None and n > 1 and "{name}" not in str(tmpl):
+            raise ConfigError(f"{flag}: expected a path with {{name}} for {n} streams (e.g. out/{{name}}.mp4), "
+                              f"found '{tmpl}'")
+    json_file = Path(o["json_out"]) if o["json_out"] not in (None, "-") else None
+    specs, cfgs, outs = [], [], []
+    for c in cams:
+        spec = c.source_spec()
+        cfg = StreamConfig(drop=c.drop or o["drop"], stride=o["stride"], max_fps=c.max_fps or o["max_fps"],
+                           max_frames=o["max_frames"], open_timeout=o["open_timeout"],
+                           reconnect_max=o["reconnect_max"], loop=o["loop"], buffer_size=o["buffer_size"])
+        try:
+            cfg.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"stream '{c.name}': {exc}") from exc
+        save = expand(c.save, c.name) or expand(o["save"], c.name)
+        per_jsonl = expand(c.jsonl, c.name) or (expand(o["jsonl"], c.name) if o["jsonl"] is not None and
+                                                "{name}" in str(o["jsonl"]) else None)
+        specs.append(spec)
+        cfgs.append(cfg)
+        outs.append((save, per_jsonl))
+    merged = o["jsonl"] if o["jsonl"] is not None and "{name}" not in str(o["jsonl"]) else None
+    files: dict[str, Path | None] = {"--json": json_file, "--jsonl": merged}
+    for c, (save, per_jsonl) in zip(cams, outs):
+        files[f"{c.name} save"] = save
+        files[f"{c.name} jsonl"] = per_jsonl
+    inputs = [Path(str(s.target)) for s in specs if s.kind in ("file", "folder")]
+    check_output_files(inputs, files, o["force"])
+    for spec in specs:
+        open_source(spec, decode=o["decode"])  # a bad --decode is one line before the model loads
+    serve_at = parse_hostport(o["serve"]) if o["serve"] is not None else None
+    tok = netguard.resolve_token(o["token"])
+    if serve_at is not None:
+        netguard.check_bind(serve_at[0], tok)
+    REBUILD.set(o["rebuild"])
+    b = Bundle.open(o["bundle"])
+    shared: list[Sink] = []
+    per_sinks: list[list[Sink]] = []
+    try:
+        if o["mqtt"] is not None:  # an unreachable broker is one line before anything is written
+            from edgecv.stream.mqtt import MqttSink
+
+            shared.append(MqttSink(o["mqtt"], qos=o["mqtt_qos"], username=o["mqtt_user"],
+                                   password=o["mqtt_password"], ca=o["mqtt_ca"], cert=o["mqtt_cert"],
+                                   key=o["mqtt_key"], insecure=o["mqtt_insecure"], buffer=o["mqtt_buffer"]))
+        if merged is not None:
+            shared.append(JsonlSink(merged))
+        for save, per_jsonl in outs:
+            mine: list[Sink] = []
+            if save is not None:
+                mine.append(VideoSink(save, writer=o["writer"], preset=o["save_preset"]))
+            if per_jsonl is not None:
+                mine.append(JsonlSink(per_jsonl))
+            per_sinks.append(mine)
+        if serve_at is not None:
+            from edgecv.stream.live import LivePage
+
+            page = LivePage([c.name for c in cams], *serve_at, token=tok, max_clients=o["max_clients"])
+            shared.append(page)
+            err_console.print(f"live page at {page.url}", highlight=False)
+    except BaseException:
+        for s in shared + [x for m in per_sinks for x in m]:
+            s.close()
+        raise
+    threads = o["threads"]
+    if threads is None:
+        from edgecv.stream.pipeline import stream_engine_threads
+
+        threads = stream_engine_threads()
+    kw: dict[str, Any] = {"performance": "throughput"} if o["backend"] == "openvino" else {}
+    runner = with_remote(open_runner, o["endpoint"], o["model"])(b, o["backend"], precision=o["precision"],
+                                                                 device=o["device"], threads=threads, **kw)
+    status = _StatusPrinter(enabled=not o["quiet"])
+    with runner:
+        from edgecv.tasks.decode import with_conf
+
+        contract = with_conf(b.contract, o["conf"])
+        streams = [StreamInput(c.name, open_source(spec, decode=o["decode"]), cfg, mine)
+                   for c, spec, cfg, mine in zip(cams, specs, cfgs, per_sinks)]
+        pipe = MultiStreamPipeline(streams, runner, contract, shared, mcfg, on_status=status.update)
+        try:
+            with status:
+                summary = pipe.run()
+        except BaseException:
+            if pipe.last_summary is not None and json_file is not None:
+                write_json(json_file, pipe.last_summary)
+            raise
+    summary["bundle"] = str(b.root)
+    from edgecv.results import record_result
+
+    record_result(b, "run", summary, enabled=o["record"])
+    if o["json_out"] == "-":
+        print_json(summary)
+        return
+    if json_file is not None:
+        write_json(json_file, summary)
+    _print_multi_summary(summary)
+
+
+def _print_multi_summary(s: dict[str, Any]) -> None:
+    from edgecv.cli._output import console, print_table
+
+    rows = []
+    for name, d in s["streams"].items():
+        e2e = d["latency_ms"].get("e2e", {})
+        slow = d.get("slowest_stage") or {}
+        rows.append([name, f"{d['source']['kind']}:{d['source']['target']}", d["frames_processed"], d["fps_in"],
+                     d["fps_out"], d["dropped"], d["reconnects"], e2e.get("p50", "-"), e2e.get("p99", "-"),
+                     slow.get("stage", "-"), d["state"] if not d.get("error") else f"{d['state']}: {d['error']}"])
+    r = s["engine"]["runner"]
+    a = s["engine"].get("async") or {}
+    print_table(f"edgecv run: {len(rows)} streams on {r.get('backend')} {r.get('precision')} {r.get('device')}"
+                f" ({a.get('kind', '-')}, {a.get('requests', '-')} in flight, batch <= {s['engine']['max_batch']})",
+                ["stream", "source", "frames", "fps in", "fps out", "dropped", "reconnects", "e2e p50 ms",
+                 "e2e p99 ms", "slowest stage", "state"], rows, digits=2)
+    t = s["total"]
+    inf = t["latency_ms"]["infer_batch"]
+    console.print(
+        f"total: processed {t['frames_processed']} of {t['frames_read']} frames in {t['duration_s']:.2f} s | "
+        f"fps in {t['fps_in']:.2f} out {t['fps_out']:.2f} | dropped {t['dropped']} | reconnects {t['reconnects']} "
+        f"| {s['engine']['batches']} batches, mean {s['engine']['mean_batch']:.2f} frames | batch inference p50 "
+        f"{inf.get('p50', '-')} ms p99 {inf.get('p99', '-')} ms | stopped by {s['stopped_by']}", highlight=False)
+    slow = t.get("slowest_stage")
+    if slow:
+        per = ", ".join(f"{k} {v}" for k, v in slow["max_fps_by_stage"].items())
+        why = (f" (decoding bounds this run on {slow['cpus']} CPUs, not the model)" if slow["decode_bound"] else
+               " (the live sources' own frame rate)" if slow["stage"] == "capture" else "")
+        console.print(f"slowest stage in total: {slow['stage']}{why}, at most {slow['max_fps']} fps | fps each "
+                      f"stage allows: {per}", highlight=False)
     for name, d in s.get("sinks", {}).items():
         if d:
             console.print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in d.items()), highlight=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from typing import Generic, Literal, TypeVar
 
 from edgecv.errors import ConfigError
@@ -38,6 +39,8 @@ class FrameBuffer(Generic[T]):
         self.dropped = 0
         self.put_count = 0
         self.high_water = 0
+        # called (outside the lock) after every put and on close: a consumer of several buffers waits on one signal
+        self.on_change: Callable[[], None] | None = None
 
     def put(self, item: T, timeout: float | None = None) -> bool:
         """Add ``item`` by the policy. False when it was not added (``oldest`` dropped it, closed, or timed out)."""
@@ -59,7 +62,9 @@ class FrameBuffer(Generic[T]):
             self.put_count += 1
             self.high_water = max(self.high_water, len(self._q))
             self._cv.notify_all()
-            return True
+        if self.on_change is not None:
+            self.on_change()
+        return True
 
     def get(self, timeout: float | None = None) -> T | None:
         """The next item; None when the buffer is closed and empty (or on timeout)."""
@@ -76,6 +81,8 @@ class FrameBuffer(Generic[T]):
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        if self.on_change is not None:
+            self.on_change()
 
     def abort(self) -> int:
         """Close and discard what is queued (an error stops the pipeline); returns how many were discarded."""
@@ -84,11 +91,19 @@ class FrameBuffer(Generic[T]):
             self._q.clear()
             self._closed = True
             self._cv.notify_all()
-            return n
+        if self.on_change is not None:
+            self.on_change()
+        return n
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def done(self) -> bool:
+        """Closed and drained: no item will ever come out again."""
+        with self._cv:
+            return self._closed and not self._q
 
     def __len__(self) -> int:
         with self._cv:

@@ -124,6 +124,7 @@ class Frame:
     wall_time: float
     t_read_ms: float = 0.0
     t_enqueued: float = 0.0
+    t_picked: float = 0.0      # taken from the capture buffer by a multi-stream batcher
     tensor: np.ndarray | None = None
     transform: Any = None
     outputs: dict[str, np.ndarray] | None = None
