@@ -128,7 +128,7 @@ def test_cli_int8_emit_reuses_qdq_or_refuses(qdq_bundle: Path, bundle_dir: Path,
     b.save()
     proc = cli("compile", str(reuse), "-b", "tensorrt", "-p", "int8", "--emit-trtexec", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["qdq_onnx"] == "onnxruntime/int8/model.qdq.onnx"
+    assert json.loads(proc.stdout)["artifacts"][0]["qdq_onnx"] == "onnxruntime/int8/model.qdq.onnx"
     for a in script_commands((reuse / "tensorrt/int8/trtexec.sh").read_text()):
         assert _qdq_ops(reuse / a["onnx"])
     proc = cli("compile", str(bundle_dir), "-b", "tensorrt", "-p", "int8", "--emit-trtexec")

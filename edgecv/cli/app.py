@@ -15,7 +15,7 @@ app = typer.Typer(
     help="Take a PyTorch vision model to an edge device, and prove it still works there.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -15,6 +15,17 @@ BackendsOpt = Annotated[
 ]
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Backend: onnxruntime, openvino, tensorrt, remote.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, bf16 or int8.")]
+# validate / bench / run: no -p means "what the bundle has" (every artifact, or the best one for run)
+SomePrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", "-p", help="fp32, fp16, bf16 or int8: the precision of every --backend without one; without "
+                              "--backend, the bundle's targets at this precision (default: all of them).")]
+BackendsBuildOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--backend", "-b", help="NAME or NAME:PRECISION (repeatable): openvino, onnxruntime, tensorrt "
+                                         "(default openvino).")]
+RunBackendOpt = Annotated[Optional[str], typer.Option(
+    "--backend", "-b", help="NAME or NAME:PRECISION: onnxruntime, openvino, tensorrt, remote (default: the best "
+                            "artifact the bundle holds for this machine).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Backend device (CPU, GPU, NPU, cuda:0…).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the backend.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         """Quantize a bundle to INT8 (QDQ ONNX) with calibration data, optionally under an accuracy budget."""
         import warnings
 
-        from edgecv.cli._output import err_console, print_json, print_table
+        from edgecv.cli._output import emit_json, err_console, print_table
         from edgecv.quant.api import quantize_bundle, summarize
         from edgecv.quant.calib import CalibrationWarning
 
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
 
             record_result(out, "quantize", {"bundle": str(out.root), "warnings": notes, **info}, enabled=record)
         if json:
-            print_json({"bundle": str(out.root), "warnings": notes, **info})
+            emit_json("quantize", {"bundle": str(out.root), "warnings": notes, **info}, passed=True)
             return
         for n in notes:
             err_console.print(f"[yellow]warning:[/] {n}")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt, RebuildOpt, RecordOpt
+from edgecv.cli.options import BundleArg, DeviceOpt, RebuildOpt, RecordOpt, RunBackendOpt, SomePrecisionOpt
 from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
 
 
@@ -36,6 +36,23 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _pick_backend(bundle: object, backend: str | None, precision: str | None) -> tuple[str, str]:
+    """``-b NAME[:PRECISION]`` as every command reads it; without ``-b``, the best artifact the bundle holds here."""
+    from edgecv.backends import RUNNERS
+    from edgecv.errors import ConfigError
+    from edgecv.types import parse_backend_spec, parse_precision
+    from edgecv.validate.runs import best_target
+
+    if backend is None:
+        return best_target(bundle, parse_precision(precision) if precision else None)  # type: ignore[arg-type]
+    name, prec = parse_backend_spec(backend, precision or "fp32")
+    if name == "torch":
+        raise ConfigError("--backend torch: expected a deployment engine (onnxruntime, openvino, tensorrt, "
+                          "remote); torch is the reference that 'edgecv validate' compares against")
+    RUNNERS.get(name)  # unknown → one line listing the choices
+    return name, prec
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
@@ -43,8 +60,8 @@ def register(app: typer.Typer) -> None:
         source: Annotated[str, typer.Option("--source", "-s", help="Camera index (0), device (/dev/video0), video "
                                             "file, image folder, rtsp/rtmp/http(s)/udp URL, or a GStreamer "
                                             "pipeline with --gst.", show_default=False)],
-        backend: BackendOpt = "onnxruntime",
-        precision: PrecisionOpt = "fp32",
+        backend: RunBackendOpt = None,
+        precision: SomePrecisionOpt = None,
         device: DeviceOpt = None,
         threads: Annotated[Optional[int], typer.Option(
             "--threads", help="CPU threads for the engine (default: the engine's own; on a machine with <= 4 "
@@ -82,7 +99,7 @@ def register(app: typer.Typer) -> None:
         decode: Annotated[str, typer.Option(
             "--decode", help="Video decoding for files and URLs: auto (a hardware decoder when OpenCV's FFmpeg "
                              "finds one, e.g. VAAPI; else software), hw (hardware or fail), sw.")] = "auto",
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status line.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status line and no summary table (errors still print).")] = False,
         force: Annotated[bool, typer.Option("--force", help="Replace existing --save/--jsonl/--json files.")]
         = False,
         token: Annotated[Optional[str], typer.Option(
@@ -100,7 +117,7 @@ def register(app: typer.Typer) -> None:
         from edgecv._io import write_json
         from edgecv.backends import open_runner
         from edgecv.bundle import Bundle
-        from edgecv.cli._output import err_console, print_json
+        from edgecv.cli._output import emit_json, err_console
         from edgecv.stream import StreamConfig, StreamPipeline, open_source, parse_source
         from edgecv.stream.buffer import POLICIES
         from edgecv import netguard
@@ -128,6 +145,7 @@ def register(app: typer.Typer) -> None:
 
         REBUILD.set(rebuild)
         b = Bundle.open(bundle)
+        backend, precision = _pick_backend(b, backend, precision)
         sinks: list[Sink] = []
         try:
             if save is not None:
@@ -178,11 +196,12 @@ def register(app: typer.Typer) -> None:
 
         record_result(b, "run", summary, enabled=record)
         if json_out == "-":
-            print_json(summary)
+            emit_json("run", summary, passed=True)
             return
         if json_out is not None:
             write_json(Path(json_out), summary)
-        _print_summary(summary)
+        if not quiet:
+            _print_summary(summary)
 
 
 class _StatusPrinter:

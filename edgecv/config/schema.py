@@ -10,12 +10,12 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgecv.errors import ConfigError
+from edgecv.types import Precision as PrecisionName
 
 TaskName = Literal["classify", "detect", "segment"]
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 ScheduleName = Literal["none", "constant", "step", "cosine", "linear"]
 BackendName = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
-PrecisionName = Literal["fp32", "fp16", "bf16", "int8"]
 DataFormat = Literal["imagefolder", "coco", "yolo", "masks", "images"]
 
 

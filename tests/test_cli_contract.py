@@ -1,0 +1,164 @@
+"""The CLI contract (issue 20): one ``-b NAME[:PRECISION]`` syntax, one JSON envelope whose ``passed`` equals
+``exit code == 0``, every artifact checked by default, sizes that count every file, and the small promises
+(``--quiet``, shell completion)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecv._io import sha256_path
+from edgecv.bundle import REFERENCE_FILE, Bundle
+
+pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime, pytest.mark.openvino]
+
+
+def _env() -> dict[str, str]:
+    return {"OMP_NUM_THREADS": "1"}
+
+
+def _envelope(proc, command: str) -> dict:  # noqa: ANN001
+    """The JSON on stdout (nothing else there), its schema named, and ``passed`` agreeing with the exit code."""
+    d = json.loads(proc.stdout)
+    assert d["schema"] == f"edgecv/{command}/1", d.get("schema")
+    assert d["passed"] is (proc.returncode == 0), (d["passed"], proc.returncode, proc.stderr[-500:])
+    return d
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory, pristine: Path, cli) -> Path:  # noqa: ANN001
+    """The tiny bundle with an OpenVINO fp32 and an ONNX Runtime fp16 artifact, built by one compile call."""
+    dst = tmp_path_factory.mktemp("contract") / "tiny"
+    shutil.copytree(pristine, dst)
+    proc = cli("compile", str(dst), "-b", "OpenVINO", "-b", "onnxruntime:FP16", "--json", env=_env())
+    d = _envelope(proc, "compile")
+    assert proc.returncode == 0
+    assert [(a["backend"], a["precision"]) for a in d["artifacts"]] == [("openvino", "fp32"), ("onnxruntime", "fp16")]
+    return dst
+
+
+def test_compile_builds_every_backend_and_counts_every_file(compiled: Path) -> None:
+    b = Bundle.open(compiled)
+    assert {k for k in b.manifest.artifacts} == {"openvino:fp32", "onnxruntime:fp16"}
+    # an IR is two files: the size is both, not the .xml alone
+    xml = compiled / "openvino/fp32/model.xml"
+    from edgecv.cli.compile import artifact_size
+
+    assert artifact_size(b, "openvino/fp32/model.xml") == xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+
+
+def test_validate_defaults_to_every_artifact(compiled: Path, cli) -> None:  # noqa: ANN001
+    proc = cli("validate", str(compiled), "--json", "--no-record", env=_env())
+    d = _envelope(proc, "validate")
+    got = {(r["backend"], r["precision"]) for r in d["results"]}
+    assert {("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp16")} <= got, got
+    assert proc.returncode == 0
+
+
+def test_validate_json_says_failed_when_the_exit_code_does(compiled: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    bad = tmp_path / "bad"
+    shutil.copytree(compiled, bad)
+    b = Bundle.open(bad)
+    ref = b.load_reference()
+    arrays = {f"input/{k}": v for k, v in ref["inputs"].items()}
+    arrays.update({f"output/{k}": v * 3.0 for k, v in ref["outputs"].items()})  # a reference the model misses
+    with open(bad / REFERENCE_FILE, "wb") as f:
+        np.savez(f, **arrays)
+    b.manifest.files[REFERENCE_FILE] = sha256_path(bad / REFERENCE_FILE)
+    b.save()
+    assert set(np.load(compiled / REFERENCE_FILE).files) == set(np.load(bad / REFERENCE_FILE).files)
+    proc = cli("validate", str(bad), "-b", "onnxruntime", "--reference", "npz", "--json", "--no-record", env=_env())
+    d = _envelope(proc, "validate")
+    assert proc.returncode == 1 and d["passed"] is False
+
+
+def test_bench_precision_filter_and_torch(compiled: Path, cli) -> None:  # noqa: ANN001
+    proc = cli("bench", str(compiled), "-p", "fp16", "--iters", "3", "--warmup", "1", "--no-peak", "--no-stages",
+               "--no-record", "--json", env=_env())
+    d = _envelope(proc, "bench")
+    got = {(r["backend"], r["precision"]) for r in d["rows"]}
+    # torch runs fp16 (autocast), the fp16 artifact and OpenVINO's fp16 hint; nothing at another precision
+    assert {("torch", "fp16"), ("onnxruntime", "fp16"), ("openvino", "fp16")} == got, got
+    # int8: no artifact here, so one line naming the command (with --calib) that builds one
+    proc = cli("bench", str(compiled), "-p", "INT8", "--no-record", env=_env())
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "int8" in line and "edgecv compile" in line and "--calib" in line
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-b", "torch"], "torch is the reference"),
+    (["-p", "int4"], "expected one of fp32, fp16, bf16, int8, found 'int4'"),
+    (["-b", "openvino:int3"], "found 'int3'"),
+    (["-b", "nosuch"], "nosuch"),
+])
+def test_run_refuses_in_one_line(compiled: Path, tmp_path: Path, cli, args: list[str], needle: str) -> None:  # noqa: ANN001
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    proc = cli("run", str(compiled), "--source", str(folder), *args, env=_env())
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert needle in line and "compile --precision int4" not in line
+
+
+def test_run_picks_the_best_artifact_and_quiet_is_quiet(compiled: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    import cv2
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
+    proc = cli("run", str(compiled), "--source", str(folder), "--json", "-", "--threads", "1", env=_env())
+    d = _envelope(proc, "run")
+    # artifacts: openvino fp32 and onnxruntime fp16; fp16 ranks above fp32
+    assert (d["runner"]["backend"], d["runner"]["precision"]) == ("onnxruntime", "fp16"), d["runner"]
+    assert d["frames_processed"] == 3
+    proc = cli("run", str(compiled), "--source", str(folder), "-b", "OPENVINO:fp32", "--quiet", "--threads", "1",
+               env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_every_cheap_command_speaks_the_envelope(compiled: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    cases = [
+        (["doctor", "--json"], "doctor"),
+        (["rewrite", "--list", "--json"], "rewrite"),
+        (["data", "synth", "--task", "classify", "-o", str(tmp_path / "d"), "--n-train", "4", "--n-val", "4", "--size", "32",
+          "--json"], "data-synth"),
+        (["data", "check", str(tmp_path / "d" / "val"), "--task", "classify", "--json"], "data-check"),
+        (["report", str(compiled), "-o", str(tmp_path / "r.html"), "--json"], "report"),
+    ]
+    for args, name in cases:
+        proc = cli(*args, env=_env())
+        assert proc.returncode == 0, (args, proc.stderr[-800:])
+        _envelope(proc, name)
+
+
+def test_shell_completion_is_on(cli) -> None:  # noqa: ANN001
+    proc = cli("--help", env={**_env(), "COLUMNS": "200"})
+    assert "--install-completion" in proc.stdout
+
+
+def test_precision_is_one_vocabulary() -> None:
+    from edgecv.config import schema
+    from edgecv.errors import ConfigError
+    from edgecv.types import PRECISIONS, parse_backend_spec, parse_precision
+
+    assert parse_precision(" INT8 ") == "int8"
+    assert parse_backend_spec("OpenVINO:BF16") == ("openvino", "bf16")
+    with pytest.raises(ConfigError, match="expected one of fp32, fp16, bf16, int8, found 'int4'"):
+        parse_precision("int4")
+    import typing
+
+    assert typing.get_args(schema.PrecisionName) == PRECISIONS
+    # no module keeps its own copy of the list
+    root = Path(__file__).resolve().parents[1] / "edgecv"
+    copies = [str(p.relative_to(root)) for p in root.rglob("*.py")
+              if '("fp32", "fp16", "bf16", "int8")' in p.read_text() and p.name != "types.py"]
+    assert copies == [], copies
+    assert os.sep  # (paths above are relative to the package)
