@@ -388,7 +388,7 @@ def _validate(bundle: Bundle, combos: list[tuple[str, str]], val_dir: Path | Non
         fn = metric_for(bundle.contract.task)
         for b, p in combos:
             with opener(bundle, b, p) as r:
-                metrics[f"{b}:{p}"] = {"metric": fn(r, val), "ran": r.precision, "n": len(val)}
+                metrics[f"{b}:{p}"] = {"metric": fn(r, val), "precision_ran": r.precision, "n": len(val)}
     return {"agreement": agreement, "metrics": metrics,
             "metric_name": {"classify": "top-1 %", "segment": "mIoU %", "detect": "mAP@0.5 %"}.get(
                 bundle.contract.task, "metric")}
@@ -411,7 +411,7 @@ def _summary(combos: list[tuple[str, str]], val_res: dict[str, Any] | None,
         lat = brow.get("latency") or {}
         a = agree.get(key, {})
         rows.append({"backend": b, "precision": p,
-                     "ran": brow.get("precision_ran") or metrics.get(key, {}).get("ran"),
+                     "precision_ran": brow.get("precision_ran") or metrics.get(key, {}).get("precision_ran"),
                      "metric": m, "delta": (m - torch_metric) if (m is not None and torch_metric is not None) else None,
                      "agrees_with_torch": True if b == "torch" else a.get("passed"),
                      "batch": first_batch, "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),

@@ -162,3 +162,44 @@ def test_precision_is_one_vocabulary() -> None:
               if '("fp32", "fp16", "bf16", "int8")' in p.read_text() and p.name != "types.py"]
     assert copies == [], copies
     assert os.sep  # (paths above are relative to the package)
+
+
+def test_recipe_paths_are_relative_to_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecv.config.schema import load_recipe
+
+    (tmp_path / "proj" / "recipes").mkdir(parents=True)
+    (tmp_path / "proj" / "calib").mkdir()
+    recipe = tmp_path / "proj" / "recipes" / "r.yaml"
+    recipe.write_text("model: {name: resnet_tiny}\nquantize: {calib: ../calib}\n"
+                      "data: {task: classify, train: ../train, val: ../val}\n")
+    monkeypatch.chdir(tmp_path)  # anywhere but the recipe's folder
+    r = load_recipe(recipe)
+    assert r.quantize is not None and r.quantize.calib == str((tmp_path / "proj" / "calib").resolve())
+    assert r.data is not None and r.data.val == str((tmp_path / "proj" / "val").resolve())
+    # the shipped recipes name their calibration folders relative to themselves
+    root = Path(__file__).resolve().parents[1]
+    assert Path(load_recipe(root / "recipes" / "classifier.yaml").quantize.calib).is_dir()  # type: ignore[union-attr]
+
+
+def test_rewritten_model_loads_from_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from edgecv.rewrite.compare import load_rewritten, save_rewritten
+
+    (tmp_path / "work" / "models").mkdir(parents=True)
+    (tmp_path / "work" / "models" / "m.py").write_text(
+        "import torch\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())\n")
+    monkeypatch.chdir(tmp_path / "work")
+    from edgecv.export.sources import load_model
+
+    model = load_model("models/m.py:build").module
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)  # the saved weights differ from the factory's
+    out = tmp_path / "work" / "out" / "r.pt"
+    out.parent.mkdir()
+    save_rewritten(out, model, "models/m.py:build", [], {}, [1, 3, 8, 8])
+    assert torch.load(out, weights_only=True)["arch"] == "../models/m.py:build"
+    monkeypatch.chdir(tmp_path)
+    again = load_rewritten(Path("work/out/r.pt"))
+    assert torch.equal(again[0].weight, model[0].weight)

@@ -78,7 +78,7 @@ def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:  # noqa: A
     assert set(rows) == {"torch", "onnxruntime", "openvino"}
     assert rep["task_metric"]["name"] == "mAP@0.5 %"
     for b in ("onnxruntime", "openvino"):  # fp32 engines give the mAP torch gives (same boxes)
-        assert rows[b]["value"] == pytest.approx(rows["torch"]["value"], abs=0.5)
+        assert rows[b]["metric"] == pytest.approx(rows["torch"]["metric"], abs=0.5)
 
     proc = cli("bench", str(out), "-b", "onnxruntime", "--iters", "5", "--warmup", "1", "--rounds", "1", "--json")
     assert proc.returncode == 0, proc.stderr

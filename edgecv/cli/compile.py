@@ -8,7 +8,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendsBuildOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt
+from edgecv.cli.options import (
+    BackendsBuildOpt,
+    BundleArg,
+    CalibOpt,
+    DeviceOpt,
+    JsonOpt,
+    MaxDropOpt,
+    MethodOpt,
+    PrecisionOpt,
+    ValOpt,
+)
 
 _METHODS = ("minmax", "entropy", "percentile", "auto")
 
@@ -32,11 +42,10 @@ def compile_cmd(
         "--hardware-compat", help="TensorRT: 'ampere+' for an engine any Ampere+ discrete GPU loads.")] = None,
     version_compatible: Annotated[bool, typer.Option(
         "--version-compatible", help="TensorRT: a plan newer TensorRT versions can load.")] = False,
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="int8: calibration images (folder or list).")] = None,
-    method: Annotated[str, typer.Option("--method", help="int8 calibration: minmax, entropy, percentile, auto.")] = "auto",
-    val: Annotated[Optional[Path], typer.Option("--val", help="int8: validation data for the accuracy check.")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(
-        "--max-drop", help="int8: largest accepted accuracy drop, in points.")] = None,
+    calib: CalibOpt = None,
+    method: MethodOpt = "auto",
+    val: ValOpt = None,
+    max_drop: MaxDropOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build backend artifacts into BUNDLE and record them in the manifest.

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         print_table(f"summary: {recipe} → {res.bundle}",
                     ["backend", "precision", "ran", res.metric_name, "Δ vs torch", "agrees w/ torch",
                      "batch", "p50 ms", "p99 ms", "speedup vs torch"],
-                    [[r["backend"], r["precision"], r["ran"], r["metric"], r["delta"], r["agrees_with_torch"],
+                    [[r["backend"], r["precision"], r["precision_ran"], r["metric"], r["delta"], r["agrees_with_torch"],
                       r["batch"], r["p50_ms"], r["p99_ms"],
                       f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else None] for r in res.summary],
                     digits=2)

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 def rewrite(
     model: Annotated[Optional[str], typer.Argument(help="Model source: zoo name, torchvision:<name>, "
                                                         "file.py:factory, checkpoint...", show_default=False)] = None,
-    passes: Annotated[Optional[list[str]], typer.Option("--pass", "-p", help="Pass name (repeatable, in order).")]
+    passes: Annotated[Optional[list[str]], typer.Option("--pass", help="Pass name (repeatable, in order).")]
     = None,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="NxCxHxW (default: the model's).")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="State-dict file to load.")] = None,

@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
                 console.print(table(
                     f"task metric on {val} ({metrics['n']} images)",
                     ["backend", "precision", "ran", metrics["name"], f"Δ vs {ref or '-'}", "result"],
-                    [[m["backend"], m["precision"], m["ran"], m["value"], m["delta"],
+                    [[m["backend"], m["precision"], m["precision_ran"], m["metric"], m["delta"],
                       "[red]FAIL[/]" if m.get("failed") else "ok"] for m in metrics["rows"]], digits=2))
             if layer_rows is not None:
                 from edgecv.quant.layers import print_layer_report
@@ -215,18 +215,19 @@ def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: i
 
                 run = Replay(r) if details else r  # the details replay the metric's outputs: one pass, not two
                 value = fn(run, vset)  # type: ignore[arg-type]
-                rows.append({"backend": backend, "precision": precision, "ran": r.precision, "value": value})
+                rows.append({"backend": backend, "precision": precision, "precision_ran": r.precision,
+                             "metric": value})
                 if details:
                     rows[-1]["details"] = task_details(run, vset)
         except Exception as exc:  # noqa: BLE001 - torch may fail to rebuild; say so in the row
             if backend != "torch":
                 raise
-            rows.append({"backend": backend, "precision": precision, "ran": None, "value": None,
+            rows.append({"backend": backend, "precision": precision, "precision_ran": None, "metric": None,
                          "error": str(exc).splitlines()[0]})
-    ref_row = next((r for r in rows if r["backend"] == "torch" and r["value"] is not None), None) or \
-        next((r for r in rows if r["precision"] == "fp32" and r["value"] is not None), None)
+    ref_row = next((r for r in rows if r["backend"] == "torch" and r["metric"] is not None), None) or \
+        next((r for r in rows if r["precision"] == "fp32" and r["metric"] is not None), None)
     for r in rows:
-        r["delta"] = None if (ref_row is None or r["value"] is None) else r["value"] - ref_row["value"]
+        r["delta"] = None if (ref_row is None or r["metric"] is None) else r["metric"] - ref_row["metric"]
     return {"name": unit, "n": len(vset), "reference": f"{ref_row['backend']}:{ref_row['precision']}" if ref_row
             else None, "rows": rows}
 
