@@ -203,3 +203,24 @@ def test_rewritten_model_loads_from_another_folder(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     again = load_rewritten(Path("work/out/r.pt"))
     assert torch.equal(again[0].weight, model[0].weight)
+
+
+def test_benchmark_from_a_model_to_one_table(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    proc = cli("benchmark", "resnet_tiny", "-o", str(tmp_path / "b"), "--min-time", "0.1", "--csv",
+               str(tmp_path / "t.csv"), "--md", str(tmp_path / "t.md"), "--json", env=_env())
+    d = _envelope(proc, "benchmark")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    got = {(r["backend"], r["precision"]) for r in d["summary"]}
+    assert {("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")} <= got, got
+    assert all(r["agrees_with_torch"] for r in d["summary"]) and all(r["p50_ms"] > 0 for r in d["summary"])
+    # no --calib: INT8 is left out, and the output says so
+    assert any(s.startswith("onnxruntime:int8: no calibration data") for s in d["skipped"])
+    # OpenVINO precisions beyond fp32 are asked of the device, never assumed
+    from edgecv.bench.roofline import supported_precisions
+
+    caps = supported_precisions("openvino", "CPU")
+    for prec in ("bf16", "fp16"):
+        assert (("openvino", prec) in got) == (prec in caps)
+    lines = (tmp_path / "t.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("backend,precision,ran") and len(lines) == 1 + len(d["summary"])
+    assert (tmp_path / "t.md").read_text().count("\n") == 2 + len(d["summary"])
