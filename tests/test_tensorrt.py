@@ -151,7 +151,7 @@ def test_cli_emit_trtexec_writes_script(cli, bundle_dir: Path) -> None:
     proc = cli("compile", str(bundle_dir), "--backend", "tensorrt", "--precision", "fp16", "--emit-trtexec",
                "--workspace-mb", "1024", "--json")
     assert proc.returncode == 0, proc.stderr
-    row = json.loads(proc.stdout)
+    (row,) = json.loads(proc.stdout)["artifacts"]
     script = bundle_dir / "tensorrt/fp16/trtexec.sh"
     assert row["file"] == str(script)
     assert script.is_file() and os.stat(script).st_mode & stat.S_IXUSR
