@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow typecheck pycompat clean system-deps
+.PHONY: install demo test test-slow typecheck pycompat docs-check clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,7 +51,11 @@ typecheck: install
 pycompat: install
 	$(BIN)/vermin -t=3.10- --violations --no-tips --eval-annotations edgecv
 
-test: install system-deps typecheck pycompat
+# docs/cli.md is generated from the CLI: a new or renamed option must show up there (one idea, one name)
+docs-check: install
+	$(BIN)/python scripts/cli_reference.py --check
+
+test: install system-deps typecheck pycompat docs-check
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
 test-slow: install system-deps

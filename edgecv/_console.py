@@ -21,6 +21,18 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
 
 
+#: version of every command's JSON envelope (docs/json.md): bump a command's number when one of its keys changes
+JSON_SCHEMA_VERSION = 1
+
+
+def emit_json(command: str, payload: dict[str, Any], *, passed: bool) -> None:
+    """A command's ``--json`` output: ``{"schema": "edgecv/<command>/<version>", "passed": …, **payload}``.
+    ``passed`` is what the exit code will say (true exactly when the command exits 0), so a script reading the
+    JSON and one reading the exit code never disagree."""
+    body = {k: v for k, v in payload.items() if k not in ("schema", "passed")}
+    print_json({"schema": f"edgecv/{command}/{JSON_SCHEMA_VERSION}", "passed": bool(passed), **body})
+
+
 @contextlib.contextmanager
 def chatter_to_stderr() -> Iterator[None]:
     """Send stdout writes made inside the block to stderr: Python ``print`` (``sys.stdout``) and native writes to

@@ -47,7 +47,6 @@ MAX_FILES = 100_000
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 Task = Literal["classify", "segment", "detect", "generic"]
-Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 
 class _Strict(BaseModel):

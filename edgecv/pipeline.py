@@ -118,7 +118,7 @@ class PipelineResult:
 # ------------------------------------------------------------------------------------------------ run
 def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | Path | None = None,
                force: bool = False, bench_min_time: float = 1.0, val_limit: int | None = None,
-               log: Callable[[str], None] | None = None) -> PipelineResult:
+               log: Callable[[str], None] | None = None, val: str | Path | None = None) -> PipelineResult:
     """Run a recipe end to end into ``out``.
 
     Args:
@@ -130,6 +130,8 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
         bench_min_time: seconds of timed runs per backend and batch.
         val_limit: evaluate the task metric on at most this many validation images.
         log: where step messages go (default: print).
+        val: validation data for the task metric (overrides the recipe's val split; a recipe without a ``data``
+            section has none otherwise).
 
     Returns:
         A :class:`PipelineResult` with per-step status and the summary rows (metric and latency per backend).
@@ -153,7 +155,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
     if force:
         stamps.data = {}
     result = PipelineResult(out=out, bundle=None)
-    task = rec.data.task if rec.data is not None else "classify"
+    task: str | None = rec.data.task if rec.data is not None else None  # None: the model's own (zoo config)
 
     # 1. train or load ---------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -200,6 +202,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
             kwargs["num_classes"] = len(classes)
         loaded = load_model(spec, weights=ckpt, model_kwargs=kwargs,
                             input_shape=tuple(rec.export.input_shape) if rec.export.input_shape else None)
+        task = task or (loaded.contract.task if loaded.contract.task != "generic" else "classify")
         update: dict[str, Any] = {"task": task}
         if classes:
             update["class_names"] = classes
@@ -230,6 +233,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
     from edgecv.bundle import Bundle
 
     bundle = Bundle.open(bundle_dir)
+    task = bundle.contract.task
     onnx_sha = bundle.manifest.files.get("model.onnx")
     # the recipe names the model in this invocation: the live torch reference may be rebuilt from it (a bundle
     # alone never makes edgecv import a file)
@@ -250,7 +254,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
     else:
         for backend, precision in targets:
             say(f"[compile] {backend} {precision}")
-            _compile(bundle, backend, precision, rec, task, out, val_limit)
+            _compile(bundle, backend, precision, rec, task, out, val_limit, Path(val) if val is not None else None)
         bundle = Bundle.open(bundle_dir)
         stamps.record("compile", inputs, [bundle_dir / "manifest.json"])
         result.steps.append(StepLog("compile", "ran", time.perf_counter() - t0,
@@ -268,7 +272,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
 
     # 5. validate: agreement with torch, and the task metric per backend on the val split ----------------
     t0 = time.perf_counter()
-    val_dir = _val_dir(rec, out)
+    val_dir = Path(val) if val is not None else _val_dir(rec, out)
     inputs = _digest({"manifest": manifest_sha, "combos": combos, "val": str(val_dir), "limit": val_limit})
     if stamps.up_to_date("validate", inputs):
         val_res = stamps.result("validate")
@@ -339,7 +343,7 @@ def _val_dir(rec: Recipe, out: Path) -> Path | None:
 
 
 def _compile(bundle: Bundle, backend: str, precision: str, rec: Recipe, task: str, out: Path,
-             val_limit: int | None) -> None:
+             val_limit: int | None, val_override: Path | None = None) -> None:
     if backend == "onnxruntime" and precision == "fp32":
         return  # model.onnx is the artifact
     if precision == "int8":
@@ -348,7 +352,7 @@ def _compile(bundle: Bundle, backend: str, precision: str, rec: Recipe, task: st
         q = rec.quantize
         if q is None or not q.calib:
             raise ConfigError(f"quantize.calib: compile {backend}:int8 needs calibration data; none given")
-        val = _val_dir(rec, out)
+        val = val_override or _val_dir(rec, out)
         from edgecv._lazy import is_available
 
         if backend == "tensorrt" and not is_available("tensorrt"):
@@ -388,7 +392,7 @@ def _validate(bundle: Bundle, combos: list[tuple[str, str]], val_dir: Path | Non
         fn = metric_for(bundle.contract.task)
         for b, p in combos:
             with opener(bundle, b, p) as r:
-                metrics[f"{b}:{p}"] = {"metric": fn(r, val), "ran": r.precision, "n": len(val)}
+                metrics[f"{b}:{p}"] = {"metric": fn(r, val), "precision_ran": r.precision, "n": len(val)}
     return {"agreement": agreement, "metrics": metrics,
             "metric_name": {"classify": "top-1 %", "segment": "mIoU %", "detect": "mAP@0.5 %"}.get(
                 bundle.contract.task, "metric")}
@@ -411,9 +415,81 @@ def _summary(combos: list[tuple[str, str]], val_res: dict[str, Any] | None,
         lat = brow.get("latency") or {}
         a = agree.get(key, {})
         rows.append({"backend": b, "precision": p,
-                     "ran": brow.get("precision_ran") or metrics.get(key, {}).get("ran"),
+                     "precision_ran": brow.get("precision_ran") or metrics.get(key, {}).get("precision_ran"),
                      "metric": m, "delta": (m - torch_metric) if (m is not None and torch_metric is not None) else None,
                      "agrees_with_torch": True if b == "torch" else a.get("passed"),
                      "batch": first_batch, "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),
                      "speedup_vs_torch": brow.get("speedup_vs_torch"), "error": brow.get("error") or a.get("error")})
     return val_res.get("metric_name", "metric"), rows
+
+
+# ------------------------------------------------------------------------------------------------ benchmark
+def machine_targets(calib: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every engine × precision this machine can build and run, asked of the engines themselves: ONNX Runtime
+    fp32 (and int8 with calibration data), OpenVINO at each precision its CPU lists in OPTIMIZATION_CAPABILITIES
+    (int8 with calibration data), TensorRT fp32/fp16 (and int8) where TensorRT and a CUDA GPU are present.
+    Returns the targets and one line per target left out, saying why."""
+    from edgecv._lazy import is_available
+    from edgecv.bench.roofline import supported_precisions
+
+    targets: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    if is_available("onnxruntime"):
+        targets.append(("onnxruntime", "fp32"))
+        (targets.append(("onnxruntime", "int8")) if calib else
+         skipped.append("onnxruntime:int8: no calibration data (--calib DIR)"))
+    if is_available("openvino"):
+        caps = supported_precisions("openvino", "CPU")
+        for prec in ("fp32", "bf16", "fp16", "int8"):
+            if prec != "fp32" and prec not in caps:
+                skipped.append(f"openvino:{prec}: this CPU does not list it (OPTIMIZATION_CAPABILITIES {caps})")
+            elif prec == "int8" and not calib:
+                skipped.append("openvino:int8: no calibration data (--calib DIR)")
+            else:
+                targets.append(("openvino", prec))
+    trt = False
+    if is_available("tensorrt"):
+        import tensorrt  # noqa: F401 - tensorrt-stubs installs an importable package without a Builder
+
+        trt = hasattr(tensorrt, "Builder") and is_available("torch")
+        if trt:
+            import torch
+
+            trt = bool(torch.cuda.is_available())
+    if trt:
+        targets += [("tensorrt", "fp32"), ("tensorrt", "fp16")] + ([("tensorrt", "int8")] if calib else [])
+    else:
+        skipped.append("tensorrt: TensorRT and a CUDA GPU are not both present")
+    return targets, skipped
+
+
+def benchmark_model(spec: str, out: str | Path, *, weights: str | Path | None = None,
+                    calib: str | Path | None = None, val: str | Path | None = None, val_limit: int | None = None,
+                    max_drop: float | None = None, bench_min_time: float = 1.0, batches: list[int] | None = None,
+                    threads: int | None = None, force: bool = False,
+                    log: Callable[[str], None] | None = None) -> tuple[PipelineResult, list[str]]:
+    """From a model to one table (Ultralytics' ``benchmark``, with edgecv's parity and task-metric columns):
+    export ``spec``, compile every engine × precision this machine can run (:func:`machine_targets`), validate each
+    against PyTorch (and the task metric on ``val``), bench each. Re-running resumes what is up to date.
+
+    Returns:
+        The pipeline result (its ``summary`` is the table) and the lines saying which targets were left out.
+    """
+    from edgecv.config.schema import parse_recipe
+
+    targets, skipped = machine_targets(calib is not None)
+    model: dict[str, Any] = {"source": spec} if (":" in spec or Path(spec).suffix) else {"name": spec}
+    if weights is not None:
+        model["weights"] = str(Path(weights).resolve())
+    engines = list(dict.fromkeys(b for b, _ in targets if b != "tensorrt"))
+    rec = parse_recipe({
+        "model": model,
+        "export": {"opset": 17, "dynamic_batch": True, "simplify": True},
+        "quantize": {"method": "auto", "calib": str(Path(calib).resolve()), "max_drop": max_drop} if calib else None,
+        "compile": [{"backend": b, "precision": p} for b, p in targets if (b, p) != ("onnxruntime", "fp32")],
+        "validate": {"backends": engines},
+        "bench": {"backends": engines, "batches": batches or [1], "threads": threads},
+    }, source=f"benchmark {spec}")
+    res = run_recipe(rec, out, force=force, bench_min_time=bench_min_time, val_limit=val_limit, log=log,
+                     val=Path(val).resolve() if val is not None else None)
+    return res, skipped

@@ -233,7 +233,7 @@ def test_cli_bench_and_validate_without_torch(tiny, cli, tmp_path: Path) -> None
     assert row["error"] is None and row["latency"]["iters"] == 3 and "torch_version" not in proc.stdout
 
     helpers = Path(__file__).with_name("helpers.py")  # named by the user, so edgecv may import it (and torch)
-    val = cli("validate", str(tiny.root), "--backend", "onnxruntime", "--json", "--source", f"{helpers}:tiny_cnn",
+    val = cli("validate", str(tiny.root), "--backend", "onnxruntime", "--json", "--model-source", f"{helpers}:tiny_cnn",
               env=env)
     assert val.returncode == 0, val.stderr
     d = json.loads(val.stdout)

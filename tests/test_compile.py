@@ -27,7 +27,7 @@ from edgecv.bundle import Bundle  # noqa: E402
 def test_compile_openvino_records_and_runs(cli, bundle_dir: Path, precision: str, rel_tol: float) -> None:
     proc = cli("compile", str(bundle_dir), "--backend", "openvino", "--precision", precision, "--json")
     assert proc.returncode == 0, proc.stderr
-    row = json.loads(proc.stdout)
+    (row,) = json.loads(proc.stdout)["artifacts"]
     assert row["backend"] == "openvino" and row["precision"] == precision and row["device"] == "CPU"
     assert row["size_mb"] > 0
 

@@ -78,13 +78,15 @@ def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:  # noqa: A
     assert set(rows) == {"torch", "onnxruntime", "openvino"}
     assert rep["task_metric"]["name"] == "mAP@0.5 %"
     for b in ("onnxruntime", "openvino"):  # fp32 engines give the mAP torch gives (same boxes)
-        assert rows[b]["value"] == pytest.approx(rows["torch"]["value"], abs=0.5)
+        assert rows[b]["metric"] == pytest.approx(rows["torch"]["metric"], abs=0.5)
 
     proc = cli("bench", str(out), "-b", "onnxruntime", "--iters", "5", "--warmup", "1", "--rounds", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)["stages"]["onnxruntime:fp32"]
     assert st["n"] == 50 and st["pre_ms"] > 0 and st["infer_ms"] > 0 and st["post_ms"] > 0
-    assert st["total_ms"] == pytest.approx(st["pre_ms"] + st["infer_ms"] + st["post_ms"], rel=0.5)
+    # each frame's total holds its three stages, so the median total is at least each stage's median (a structural
+    # bound: comparing with the sum of medians is a timing threshold that fails on a loaded machine)
+    assert st["total_ms"] >= max(st["pre_ms"], st["infer_ms"], st["post_ms"])
     # the serial frame rate is frames over the time they took: 1000 / mean total, and the mean adds up
     assert st["fps"] == pytest.approx(1000.0 / st["total_mean_ms"], rel=1e-9)
     assert st["total_mean_ms"] == pytest.approx(st["pre_mean_ms"] + st["infer_mean_ms"] + st["post_mean_ms"],

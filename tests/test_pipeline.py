@@ -41,7 +41,7 @@ def test_pipeline_runs_then_skips_what_is_up_to_date(tmp_path: Path) -> None:
         assert rows[key]["agrees_with_torch"] is True
         assert rows[key]["metric"] == pytest.approx(torch_top1, abs=100 / 16 + 1e-6)
         assert rows[key]["p50_ms"] > 0 and rows[key]["speedup_vs_torch"] > 0
-    assert rows[("openvino", "fp32")]["ran"] == "fp32"
+    assert rows[("openvino", "fp32")]["precision_ran"] == "fp32"
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["contract"]["class_names"] and len(manifest["contract"]["class_names"]) >= 2
     assert manifest["contract"]["input_shape"][2:] == [32, 32]

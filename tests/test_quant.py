@@ -529,7 +529,7 @@ def test_json_stdout_is_only_json_while_calibrators_print(tmp_path, task, cli) -
     proc = cli("compile", str(out), "-b", "onnxruntime", "-p", "int8", "--calib", str(task["calib"]),
                "--method", "auto", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["precision"] == "int8"
+    assert json.loads(proc.stdout)["artifacts"][0]["precision"] == "int8"
     assert "histogram" in proc.stderr  # the chatter still reaches the user, on stderr
     proc = cli("quantize", str(task["good"]), "--calib", str(task["calib"]), "-o", str(tmp_path / "q"),
                "--method", "percentile", "--json")

@@ -364,7 +364,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     val = _imagefolder(base / "val", [f"c{i}" for i in range(10)], 32)
     run_cli("compile", str(cls), "-b", "onnxruntime", "-p", "int8", "--calib", str(val / "c0"), check=True)
     # the bundle names tests/helpers.py as its source: the live torch reference needs it named here (issue 12)
-    source = ("--source", f"{Path(__file__).with_name('helpers.py')}:tiny_cnn")
+    source = ("--model-source", f"{Path(__file__).with_name('helpers.py')}:tiny_cnn")
     proc = run_cli("validate", str(cls), "-b", "onnxruntime", "-b", "openvino", "-b", "onnxruntime:int8",
                    "--val", str(val), "--layers", *source, env=env)
     # a tiny random model's INT8 may miss the numeric tolerance (exit 1); its result is kept all the same

@@ -568,7 +568,7 @@ def test_rewritten_file_exports_and_rebuilds_for_torch_runner(tmp_path: Path) ->
     ref = bundle.load_reference()
     from edgecv.errors import ModelSourceError
 
-    with pytest.raises(ModelSourceError, match="pass --source"):
+    with pytest.raises(ModelSourceError, match="pass --model-source"):
         open_runner(bundle, "torch")  # the bundle names a file: edgecv does not load it on its own
     with open_runner(bundle, "torch", source=str(path)) as r:  # the user names it
         got = r.infer(ref["inputs"])

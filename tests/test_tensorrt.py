@@ -128,7 +128,7 @@ def test_cli_int8_emit_reuses_qdq_or_refuses(qdq_bundle: Path, bundle_dir: Path,
     b.save()
     proc = cli("compile", str(reuse), "-b", "tensorrt", "-p", "int8", "--emit-trtexec", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["qdq_onnx"] == "onnxruntime/int8/model.qdq.onnx"
+    assert json.loads(proc.stdout)["artifacts"][0]["qdq_onnx"] == "onnxruntime/int8/model.qdq.onnx"
     for a in script_commands((reuse / "tensorrt/int8/trtexec.sh").read_text()):
         assert _qdq_ops(reuse / a["onnx"])
     proc = cli("compile", str(bundle_dir), "-b", "tensorrt", "-p", "int8", "--emit-trtexec")
@@ -151,7 +151,7 @@ def test_cli_emit_trtexec_writes_script(cli, bundle_dir: Path) -> None:
     proc = cli("compile", str(bundle_dir), "--backend", "tensorrt", "--precision", "fp16", "--emit-trtexec",
                "--workspace-mb", "1024", "--json")
     assert proc.returncode == 0, proc.stderr
-    row = json.loads(proc.stdout)
+    (row,) = json.loads(proc.stdout)["artifacts"]
     script = bundle_dir / "tensorrt/fp16/trtexec.sh"
     assert row["file"] == str(script)
     assert script.is_file() and os.stat(script).st_mode & stat.S_IXUSR

@@ -98,19 +98,19 @@ def test_validate_never_imports_a_file_the_manifest_names(cli, bundle_dir: Path,
     assert d["reference"] == "npz"  # the saved reference, since nothing safe can rebuild the model
     # the torch backend itself cannot be had from such a bundle: one line, exit 2, still nothing ran
     bench = cli("bench", str(bundle_dir), "-b", "torch", "--iters", "2", "--warmup", "0")
-    assert "pass --source" in one_error_line(bench) or "registered" in bench.stderr
+    assert "pass --model-source" in one_error_line(bench) or "registered" in bench.stderr
     assert not (bundle_dir / "PWNED").exists()
 
 
 def test_a_source_named_on_the_command_line_rebuilds_the_live_reference(cli, bundle_dir: Path) -> None:
     """The user's own --source is trusted (as any import is): the live torch reference comes back."""
     helpers = Path(__file__).with_name("helpers.py")
-    proc = cli("validate", str(bundle_dir), "-b", "onnxruntime", "--json", "--source", f"{helpers}:tiny_cnn")
+    proc = cli("validate", str(bundle_dir), "-b", "onnxruntime", "--json", "--model-source", f"{helpers}:tiny_cnn")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert d["reference"] == "live" and "agrees with reference.npz" in d["reference_note"]
     without = json.loads(cli("validate", str(bundle_dir), "-b", "onnxruntime", "--json").stdout)
-    assert without["reference"] == "npz" and "pass --source" in without["reference_note"]
+    assert without["reference"] == "npz" and "pass --model-source" in without["reference_note"]
 
 
 def test_zoo_name_that_is_a_path_is_refused(bundle_dir: Path) -> None:

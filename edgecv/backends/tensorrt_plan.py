@@ -48,11 +48,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgecv.errors import ConfigError
+from edgecv.types import PRECISIONS  # noqa: F401  (used below and by backends.tensorrt)
 
 if TYPE_CHECKING:
     from edgecv.bundle import Contract
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 # ====================================================================== features

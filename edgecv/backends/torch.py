@@ -16,12 +16,11 @@ import numpy as np
 from edgecv._lazy import lazy_import
 from edgecv.backends.base import Runner
 from edgecv.errors import BackendError, ConfigError
-from edgecv.types import TensorSpec
+from edgecv.types import TORCH_PRECISIONS, TensorSpec, parse_precision
 
 if TYPE_CHECKING:
     from edgecv.bundle import Bundle, Contract
 
-_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class TorchRunner(Runner):
@@ -40,8 +39,7 @@ class TorchRunner(Runner):
     def __init__(self, model: Any, contract: Contract, precision: str = "fp32", device: str | None = None,
                  threads: int | None = None) -> None:
         super().__init__()
-        if precision not in _PRECISIONS:
-            raise ConfigError(f"torch precision: expected one of {', '.join(_PRECISIONS)}, found '{precision}'")
+        precision = parse_precision(precision, "torch precision", TORCH_PRECISIONS)
         if threads is not None and threads < 1:
             raise ConfigError(f"threads: expected a positive number, found {threads}")
         self.model = model

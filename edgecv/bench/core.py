@@ -21,8 +21,8 @@ import numpy as np
 
 from edgecv.bench.memory import PeakRSS
 from edgecv.errors import ConfigError, MissingDependencyError, UnknownNameError
+from edgecv.types import PRECISIONS
 from edgecv.validate.runs import (
-    PRECISIONS,
     Opener,
     default_opener,
     error_line,

@@ -32,11 +32,11 @@ def register(app: typer.Typer) -> None:
         out = {"data": str(data), "boxes": int(len(wh)), "k": k, "mean_iou": round(miou, 4),
                "anchors": [[round(float(w), 1), round(float(h), 1)] for w, h in priors]}
         if json_out:
-            from edgecv.cli._output import print_json
+            from edgecv.cli._output import emit_json
 
-            print_json(out)
+            emit_json("anchors", out, passed=True)
             return
-        from edgecv.cli._output import print_table
+        from edgecv.cli._output import emit_json, print_table
 
         print_table(f"anchors of {data} ({len(wh)} boxes, mean IoU {miou:.3f})", ["#", "w", "h", "area"],
                     [[i, f"{w:.1f}", f"{h:.1f}", f"{w * h:.0f}"] for i, (w, h) in enumerate(priors)])

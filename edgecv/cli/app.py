@@ -15,13 +15,13 @@ app = typer.Typer(
     help="Take a PyTorch vision model to an edge device, and prove it still works there.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 # each module defines register(app); modules import no framework at module level so --help stays fast
 _COMMAND_MODULES = [
-    "doctor", "models", "export", "compile", "validate", "bench",
+    "doctor", "models", "export", "compile", "validate", "bench", "benchmark",
     "rewrite", "lint", "train", "data", "pipeline", "quantize", "calib", "anchors", "run", "serve", "report",
 ]
 
@@ -38,14 +38,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """edgecv: export, compile, validate, benchmark and run vision models on edge hardware."""
 
 
-for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"edgecv.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # command not built yet in this checkout
-        if _exc.name != f"edgecv.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+for _name in _COMMAND_MODULES:  # a command module that fails to import is an error, never a silently missing command
+    importlib.import_module(f"edgecv.cli.{_name}").register(app)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from edgecv.cli.options import (
     JsonOpt,
     ModelSourceOpt,
     ModelWeightsOpt,
-    PrecisionOpt,
+    SomePrecisionOpt,
     RebuildOpt,
     RecordOpt,
     ThreadsOpt,
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     def bench(
         bundle: BundleArg,
         backend: BackendsOpt = None,
-        precision: PrecisionOpt = "fp32",
+        precision: SomePrecisionOpt = None,
         batch: Annotated[Optional[list[int]], typer.Option(
             "--batch", help="Batch size (repeatable); default 1.")] = None,
         threads: ThreadsOpt = None,
@@ -66,7 +66,8 @@ def register(app: typer.Typer) -> None:
         record: RecordOpt = True,
         json_out: JsonOpt = False,
     ) -> None:
-        """Benchmark BUNDLE on each backend (default: every installed one) at each batch size.
+        """Benchmark BUNDLE on each backend at each batch size (default: torch, every engine installed here on
+        model.onnx, and every artifact the bundle records that this machine can run).
 
         --backend takes NAME or NAME:PRECISION (e.g. openvino:bf16) and repeats; --precision is the default.
         Speedup is the ratio of medians against torch eager at the same batch, measured in this same run.
@@ -75,11 +76,12 @@ def register(app: typer.Typer) -> None:
 
         from edgecv.bench.core import bench_bundle
         from edgecv.bundle import Bundle
-        from edgecv.cli._output import err_console, print_json, table
+        from edgecv.cli._output import emit_json, err_console, table
         from edgecv.errors import ConfigError
         from edgecv.pipeline import runner_opener
         from edgecv.cli.validate import wide_console
-        from edgecv.validate.runs import installed_backends, parse_backend_specs
+        from edgecv.types import parse_precision
+        from edgecv.validate.runs import bundle_targets, parse_backend_specs
 
         if iters is not None and iters < 1:
             raise ConfigError(f"--iters: expected a positive integer, found {iters}")
@@ -88,8 +90,8 @@ def register(app: typer.Typer) -> None:
         REBUILD.set(rebuild)
         b = Bundle.open(bundle)
         open_runner = with_remote(runner_opener(source, weights), endpoint, model)
-        specs = parse_backend_specs(backend, precision) if backend else \
-            [(n, precision) for n in installed_backends(include_torch=True)]
+        specs = parse_backend_specs(backend, precision or "fp32") if backend else \
+            bundle_targets(b, parse_precision(precision) if precision else None, include_torch=True)
         if not specs:
             raise ConfigError("--backend: none given and no inference engine is installed")
         kw = dict(min_time_s=0.0, min_iters=iters, max_iters=iters) if iters is not None else \
@@ -138,7 +140,7 @@ def register(app: typer.Typer) -> None:
             d["concurrency"] = [c.to_dict() for c in conc]
         record_result(b, "bench", d, enabled=record)
         if json_out:
-            print_json(d)
+            emit_json("bench", d, passed=_unusable(rep) is None)
             _raise_if_unusable(rep)
             return
         console = wide_console()
@@ -205,16 +207,24 @@ def _stage_split(bundle: object, specs: list[tuple[str, str]], threads: int | No
     return out
 
 
-def _raise_if_unusable(rep: object) -> None:
-    """Exit 2 when a backend produced no measurement at all (it could not load or run the model); a batch size
-    a fixed-batch model cannot take stays an error row of an otherwise usable backend."""
-    from edgecv.errors import BackendError
-
+def _unusable(rep: object) -> str | None:
+    """The first backend that produced no measurement at all (it could not load or run the model), as one line;
+    a batch size a fixed-batch model cannot take stays an error row of an otherwise usable backend."""
     rows = getattr(rep, "rows", [])
     for label in dict.fromkeys(r.label for r in rows):
         mine = [r for r in rows if r.label == label]
         if mine and all(r.error for r in mine):
-            raise BackendError(f"{label}: {mine[0].error}")
+            return f"{label}: {mine[0].error}"
+    return None
+
+
+def _raise_if_unusable(rep: object) -> None:
+    """Exit 2 when a backend produced no measurement at all (see :func:`_unusable`)."""
+    from edgecv.errors import BackendError
+
+    line = _unusable(rep)
+    if line is not None:
+        raise BackendError(line)
 
 
 def _roofline_caption(roof: dict | None) -> str:  # type: ignore[type-arg]

@@ -33,11 +33,11 @@ def register(app: typer.Typer) -> None:
         res = sample_diverse(source, n=n, out=output, min_distance=min_distance, ext="." + fmt.lower().lstrip("."),
                              force=force)
         if json_out:
-            from edgecv.cli._output import print_json
+            from edgecv.cli._output import emit_json
 
-            print_json(res)
+            emit_json("calib", res, passed=True)
             return
-        from edgecv.cli._output import print_table
+        from edgecv.cli._output import emit_json, print_table
 
         print_table(f"calibration sample → {output}", ["source", "kind", "candidates", "selected"],
                     [[res["source"], res["kind"], res["candidates"], res["selected"]]])

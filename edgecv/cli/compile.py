@@ -8,9 +8,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, JsonOpt, PrecisionOpt
+from edgecv.cli.options import (
+    BackendsBuildOpt,
+    BundleArg,
+    CalibOpt,
+    DeviceOpt,
+    JsonOpt,
+    MaxDropOpt,
+    MethodOpt,
+    PrecisionOpt,
+    ValOpt,
+)
 
-_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _METHODS = ("minmax", "entropy", "percentile", "auto")
 
 
@@ -20,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 def compile_cmd(
     bundle: BundleArg,
-    backend: BackendOpt = "openvino",
+    backend: BackendsBuildOpt = None,
     precision: PrecisionOpt = "fp32",
     device: DeviceOpt = None,
     emit_trtexec: Annotated[bool, typer.Option(
@@ -33,41 +42,86 @@ def compile_cmd(
         "--hardware-compat", help="TensorRT: 'ampere+' for an engine any Ampere+ discrete GPU loads.")] = None,
     version_compatible: Annotated[bool, typer.Option(
         "--version-compatible", help="TensorRT: a plan newer TensorRT versions can load.")] = False,
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="int8: calibration images (folder or list).")] = None,
-    method: Annotated[str, typer.Option("--method", help="int8 calibration: minmax, entropy, percentile, auto.")] = "auto",
-    val: Annotated[Optional[Path], typer.Option("--val", help="int8: validation data for the accuracy check.")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(
-        "--max-drop", help="int8: largest accepted accuracy drop, in points.")] = None,
+    calib: CalibOpt = None,
+    method: MethodOpt = "auto",
+    val: ValOpt = None,
+    max_drop: MaxDropOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Build a backend artifact into BUNDLE and record it in the manifest."""
+    """Build backend artifacts into BUNDLE and record them in the manifest.
+
+    --backend takes NAME or NAME:PRECISION and repeats (e.g. -b openvino -b onnxruntime:int8); --precision is the
+    precision of every --backend given without one.
+    """
     from edgecv.backends import BUILDERS
-    from edgecv.backends.base import BuildConfig
     from edgecv.bundle import Bundle
     from edgecv.errors import ConfigError
+    from edgecv.types import parse_backend_spec, parse_precision
 
-    if precision not in _PRECISIONS:
-        raise ConfigError(f"--precision: expected one of {', '.join(_PRECISIONS)}, found '{precision}'")
+    default = parse_precision(precision)
+    targets: list[tuple[str, str]] = []
+    for spec in backend or ["openvino"]:
+        t = parse_backend_spec(spec, default)
+        if t not in targets:
+            targets.append(t)
     if method not in _METHODS:
         raise ConfigError(f"--method: expected one of {', '.join(_METHODS)}, found '{method}'")
     if workspace_mb is not None and workspace_mb < 1:
         raise ConfigError(f"--workspace-mb: expected a positive number, found {workspace_mb}")
-    if emit_trtexec and backend != "tensorrt":
-        raise ConfigError(f"--emit-trtexec: only for --backend tensorrt, found --backend {backend}")
+    names = {n for n, _ in targets}
+    if emit_trtexec and names != {"tensorrt"}:
+        raise ConfigError(f"--emit-trtexec: only for --backend tensorrt, found --backend {', '.join(sorted(names))}")
     trt_only = {"--target": target, "--hardware-compat": hardware_compat, "--version-compatible": version_compatible}
     for opt, value in trt_only.items():
-        if value and backend != "tensorrt":
-            raise ConfigError(f"{opt}: only for --backend tensorrt, found --backend {backend}")
-    if backend == "tensorrt":
+        if value and names != {"tensorrt"}:
+            raise ConfigError(f"{opt}: only for --backend tensorrt, found --backend {', '.join(sorted(names))}")
+    if "tensorrt" in names:
         from edgecv.backends.tensorrt_plan import get_target
 
         get_target(target)  # unknown target → one line listing the choices
-    builder_cls = BUILDERS.get(backend)  # unknown backend → one line listing the choices
+    for name, prec in targets:
+        BUILDERS.get(name)  # unknown backend → one line listing the choices, before any work
+        if prec == "int8" and calib is None and not (emit_trtexec and name == "tensorrt"):
+            raise ConfigError(f"--calib: {name}:int8 needs calibration data (a folder of images or a list file); "
+                              "found none")
     b = Bundle.open(bundle)
+    rows = [_build_one(b, name, prec, device=device, emit_trtexec=emit_trtexec, workspace_mb=workspace_mb,
+                       target=target, hardware_compat=hardware_compat, version_compatible=version_compatible,
+                       calib=calib, method=method, val=val, max_drop=max_drop) for name, prec in targets]
+    if json_out:
+        from edgecv.cli._output import emit_json
+
+        emit_json("compile", {"bundle": str(b.root), "artifacts": rows}, passed=True)
+        return
+    from edgecv.cli._output import print_table
+
+    for row in rows:
+        if row["emitted_only"]:
+            typer.echo(row["command"])
+    print_table(f"compiled {b.root}", ["backend", "precision", "device", "file", "size (MB)", "build (s)"],
+                [[row["backend"], row["precision"], row["device"], _rel(Path(row["file"]), b.root), row["size_mb"],
+                  row["build_time_s"]] for row in rows],
+                caption="size: every file of the artifact (an OpenVINO IR is model.xml + model.bin)")
+    for row in rows:
+        for note in row.get("notes", []):
+            typer.echo(f"note: {row['backend']}:{row['precision']}: {note}")
+        if row.get("dla_gpu_fallback_layers"):
+            layers = row["dla_gpu_fallback_layers"]
+            typer.echo(f"DLA: {len(layers)} layer(s) fell back to the GPU: {', '.join(layers[:12])}"
+                       + (" …" if len(layers) > 12 else ""))
+
+
+def _build_one(b: Any, backend: str, precision: str, *, device: str | None, emit_trtexec: bool,
+               workspace_mb: int | None, target: str | None, hardware_compat: str | None, version_compatible: bool,
+               calib: Path | None, method: str, val: Path | None, max_drop: float | None) -> dict[str, Any]:
+    """Build one artifact; its row for the table and the JSON."""
+    from edgecv.backends import BUILDERS
+    from edgecv.backends.base import BuildConfig
+
+    builder_cls = BUILDERS.get(backend)
     config = BuildConfig(precision=precision, device=device or _default_device(backend),  # type: ignore[arg-type]
                          workspace_mb=workspace_mb, emit_only=emit_trtexec, target=target,
                          hardware_compat=hardware_compat, version_compatible=version_compatible)
-
     t0 = time.perf_counter()
     if precision == "int8" and emit_trtexec:
         # the script must build from the QDQ model (quantized here first when --calib is given), never model.onnx
@@ -75,27 +129,17 @@ def compile_cmd(
 
         artifact = emit_int8_script(b, config, calib=calib, method=method, val=val, max_drop=max_drop)
     elif precision == "int8":
-        if calib is None:
-            raise ConfigError("--calib: int8 needs calibration data (a folder of images or a list file); found none")
-        try:
-            from edgecv.quant.api import compile_int8
-        except ImportError as exc:
-            from edgecv.errors import MissingDependencyError
+        from edgecv.quant.api import compile_int8
 
-            raise MissingDependencyError(f"int8 compile needs edgecv.quant.api, which is not available ({exc})") from exc
         artifact = compile_int8(b, backend=backend, calib=calib, method=method, val=val, max_drop=max_drop,
                                 device=config.device, build_config=config if backend == "tensorrt" else None)
     else:
         artifact = builder_cls().build(b, config)
     elapsed = time.perf_counter() - t0
-
     path = b.root / artifact.path
-    # an IR is model.xml + model.bin: count the whole recorded folder
-    folder = str(Path(artifact.path).parent)
-    size_path = b.root / folder if folder in b.manifest.files else path
     row: dict[str, Any] = {
         "backend": artifact.backend, "precision": artifact.precision, "device": artifact.device,
-        "file": str(path), "size_mb": round(_size(size_path) / 2**20, 3),
+        "file": str(path), "size_mb": round(artifact_size(b, artifact.path) / 2**20, 3),
         "build_time_s": round(float(artifact.build_flags.get("build_time_s", elapsed)), 3),
         "sha256": artifact.sha256, "emitted_only": emit_trtexec,
     }
@@ -106,24 +150,15 @@ def compile_cmd(
     for key in ("notes", "dla_gpu_fallback_layers", "provenance"):
         if artifact.extra.get(key):
             row[key] = artifact.extra[key]
-    if json_out:
-        from edgecv.cli._output import print_json
+    return row
 
-        print_json(row)
-        return
-    from edgecv.cli._output import print_table
 
-    if emit_trtexec:
-        typer.echo(row["command"])
-    print_table(f"compiled {b.root}", ["backend", "precision", "device", "file", "size (MB)", "build (s)"],
-                [[row["backend"], row["precision"], row["device"], _rel(path, b.root), row["size_mb"],
-                  row["build_time_s"]]])
-    for note in row.get("notes", []):
-        typer.echo(f"note: {note}")
-    if row.get("dla_gpu_fallback_layers"):
-        layers = row["dla_gpu_fallback_layers"]
-        typer.echo(f"DLA: {len(layers)} layer(s) fell back to the GPU: {', '.join(layers[:12])}"
-                   + (" …" if len(layers) > 12 else ""))
+def artifact_size(b: Any, rel: str) -> int:
+    """Bytes of every file an artifact is made of: the recorded folder holding it (an OpenVINO IR's .xml and .bin,
+    a TensorRT engine and its sidecar), else the file itself."""
+    folder = Path(rel).parent
+    root = b.root / folder if str(folder) not in ("", ".") else b.root / rel
+    return _size(root)
 
 
 def _default_device(backend: str) -> str:

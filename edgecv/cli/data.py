@@ -32,9 +32,9 @@ def register(app: typer.Typer) -> None:
         meta = generate(task, output, n_train=n_train, n_val=n_val, size=size, seed=seed, force=force)
         meta["output"] = str(output)
         if json_out:
-            from edgecv.cli._output import print_json
+            from edgecv.cli._output import emit_json
 
-            print_json(meta)
+            emit_json("data-synth", meta, passed=True)
             return
         from edgecv.cli._output import print_table
 
@@ -57,9 +57,9 @@ def register(app: typer.Typer) -> None:
             ds[i]
         res = {"path": str(path), "task": task, "images": len(ds), "classes": list(ds.classes), "ok": True}
         if json_out:
-            from edgecv.cli._output import print_json
+            from edgecv.cli._output import emit_json
 
-            print_json(res)
+            emit_json("data-check", res, passed=True)
             return
         from edgecv.cli._output import print_table
 

@@ -30,11 +30,11 @@ def doctor_cmd(json_out: JsonOpt = False) -> None:
 
     versions, devices, jetson = collect_versions(), collect_devices(), jetson_state()
     if json_out:
-        from edgecv.cli._output import print_json
+        from edgecv.cli._output import emit_json
 
-        print_json({"versions": versions, "devices": devices, "jetson": jetson})
+        emit_json("doctor", {"versions": versions, "devices": devices, "jetson": jetson}, passed=True)
         return
-    from edgecv.cli._output import print_table
+    from edgecv.cli._output import emit_json, print_table
 
     print_table("versions", ["package", "version"], [[k, v or "not installed"] for k, v in versions.items()])
     rows = [[d["backend"], d["device"], d.get("name", ""), ", ".join(d.get("capabilities", []))] for d in devices]

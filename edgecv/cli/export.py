@@ -156,9 +156,9 @@ def register(app: typer.Typer) -> None:
                               simplify=not no_simplify, n_reference=n_reference, force=force,
                               rewrite=rewrite or None)
         if json_out:
-            from edgecv.cli._output import print_json
+            from edgecv.cli._output import emit_json
 
-            print_json(result.to_dict())
+            emit_json("export", result.to_dict(), passed=True)
             return
         _print_summary(result)
 

@@ -24,7 +24,7 @@ def lint(
     json_out: JsonOpt = False,
 ) -> None:
     """Run a few inputs through MODEL, record per-layer activation ranges and flag what quantizes badly."""
-    from edgecv.cli._output import console, fmt, print_json, print_table
+    from edgecv.cli._output import console, emit_json, fmt, print_table
     from edgecv.errors import ConfigError
     from edgecv.export.sources import load_model, parse_input_shape
     from edgecv.rewrite.lint import lint_inputs, lint_model
@@ -42,7 +42,7 @@ def lint(
     if weights is None and not loaded.source_info.get("weights") and loaded.source_info.get("kind") == "zoo":
         report.notes.append("random-init weights (no --weights): ranges show the architecture, not a trained model")
     if json_out:
-        print_json({"model": model, **report.to_dict()})
+        emit_json("lint", {"model": model, **report.to_dict()}, passed=True)
         return
     rows = [[f.layer, f.op, f.severity, f.issue, f.measured, f.fix or "-", f.advice] for f in report.findings]
     if not rows:

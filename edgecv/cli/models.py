@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from edgecv.cli._output import console, err_console, print_json, table
+        from edgecv.cli._output import console, emit_json, err_console, table
 
         rows: list[dict[str, Any]] = []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             if check:
                 out["check"] = {"exporter": exporter, "opset": opset, "precision": "fp32",
                                 "tolerance": f"max abs <= {RTOL:g} * max(1, max|torch|)", "failed": failed}
-            print_json(out)
+            emit_json("models", out, passed=not failed)
         else:
             cols = ["name", "family", "task", "input", "params (M)", "GFLOPs", "tiny"]
             if check:

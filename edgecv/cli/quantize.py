@@ -7,31 +7,33 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecv.cli.options import BundleArg, ForceOpt, JsonOpt, OutOpt, RecordOpt
+from edgecv.cli.options import (
+    BundleArg,
+    CalibLimitOpt,
+    CalibOpt,
+    ForceOpt,
+    JsonOpt,
+    MaxDropOpt,
+    MethodOpt,
+    OutOpt,
+    RecordOpt,
+    ValOpt,
+)
 
-CalibOpt = Annotated[Optional[Path], typer.Option(
-    "--calib", help="Calibration data: a folder of images, a video or an .npz of inputs (required).")]
-MethodOpt = Annotated[str, typer.Option(
-    "--method", help="Calibration: minmax, entropy, percentile, or auto (try each, keep the best).")]
-ValOpt = Annotated[Optional[Path], typer.Option(
-    "--val", help="Validation data for the task metric (classify: ImageFolder; segment: images/ + masks/).")]
-MaxDropOpt = Annotated[Optional[float], typer.Option(
-    "--max-drop", help="Accuracy budget in task-metric points (needs --val); sensitive layers stay float.")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use at most this many calibration samples.")]
 NoFloatHeadOpt = Annotated[bool, typer.Option(
     "--quantize-head", help="Also quantize the ops after the last Conv/Gemm (detector heads stay float by default).")]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("quantize")
-    def quantize(bundle: BundleArg, output: OutOpt, calib: CalibOpt = None, method: MethodOpt = "minmax",
-                 val: ValOpt = None, max_drop: MaxDropOpt = None, limit: LimitOpt = None,
+    def quantize(bundle: BundleArg, output: OutOpt, calib: CalibOpt = None, method: MethodOpt = "auto",
+                 val: ValOpt = None, max_drop: MaxDropOpt = None, limit: CalibLimitOpt = None,
                  quantize_head: NoFloatHeadOpt = False, force: ForceOpt = False, record: RecordOpt = True,
                  json: JsonOpt = False) -> None:
         """Quantize a bundle to INT8 (QDQ ONNX) with calibration data, optionally under an accuracy budget."""
         import warnings
 
-        from edgecv.cli._output import err_console, print_json, print_table
+        from edgecv.cli._output import emit_json, err_console, print_table
         from edgecv.quant.api import quantize_bundle, summarize
         from edgecv.quant.calib import CalibrationWarning
 
@@ -46,7 +48,7 @@ def register(app: typer.Typer) -> None:
 
             record_result(out, "quantize", {"bundle": str(out.root), "warnings": notes, **info}, enabled=record)
         if json:
-            print_json({"bundle": str(out.root), "warnings": notes, **info})
+            emit_json("quantize", {"bundle": str(out.root), "warnings": notes, **info}, passed=True)
             return
         for n in notes:
             err_console.print(f"[yellow]warning:[/] {n}")

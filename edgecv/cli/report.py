@@ -24,12 +24,12 @@ def register(app: typer.Typer) -> None:
         INT8 per-layer divergence, per-class results, a gallery of PyTorch vs each backend, the stream timeline
         and provenance. A section without data says which command fills it. Only this host's results are drawn.
         """
-        from edgecv.cli._output import console, print_json, table
+        from edgecv.cli._output import console, emit_json, table
         from edgecv.report import build_report
 
         info = build_report(list(bundles), output, title=title)
         if json_out:
-            print_json(info.to_dict())
+            emit_json("report", info.to_dict(), passed=True)
             return
         import sys
 

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 def rewrite(
     model: Annotated[Optional[str], typer.Argument(help="Model source: zoo name, torchvision:<name>, "
                                                         "file.py:factory, checkpoint...", show_default=False)] = None,
-    passes: Annotated[Optional[list[str]], typer.Option("--pass", "-p", help="Pass name (repeatable, in order).")]
+    passes: Annotated[Optional[list[str]], typer.Option("--pass", help="Pass name (repeatable, in order).")]
     = None,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="NxCxHxW (default: the model's).")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="State-dict file to load.")] = None,
@@ -36,14 +36,14 @@ def rewrite(
     json_out: JsonOpt = False,
 ) -> None:
     """Rewrite MODEL with the given passes; exact passes certify themselves, lossy ones report their drift."""
-    from edgecv.cli._output import console, print_json, print_table
+    from edgecv.cli._output import console, emit_json, print_table
     from edgecv.errors import ConfigError
     from edgecv.rewrite import list_passes
 
     if list_only:
         listed = list_passes()
         if json_out:
-            print_json(listed)
+            emit_json("rewrite", {"passes": listed}, passed=True)
         else:
             print_table("Rewrite passes", ["pass", "exact", "what it does"],
                         [[r["name"], r["exact"], r["description"]] for r in listed])
@@ -82,7 +82,7 @@ def rewrite(
     result = run_rewrite(loaded, model, list(passes), options, bench=bench, bench_time=bench_time, output=output,
                          finetune=finetune, epochs=epochs)
     if json_out:
-        print_json(result)
+        emit_json("rewrite", result, passed=True)
         return
     rep = result["report"]
     print_table(f"Passes on {loaded.name} (drift on {result['sample']})",

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecv.cli.options import BackendOpt, BundleArg, DeviceOpt, PrecisionOpt, RebuildOpt, RecordOpt
+from edgecv.cli.options import BundleArg, DeviceOpt, RebuildOpt, RecordOpt, RunBackendOpt, SomePrecisionOpt
 from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
 
 
@@ -36,6 +36,23 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _pick_backend(bundle: object, backend: str | None, precision: str | None) -> tuple[str, str]:
+    """``-b NAME[:PRECISION]`` as every command reads it; without ``-b``, the best artifact the bundle holds here."""
+    from edgecv.backends import RUNNERS
+    from edgecv.errors import ConfigError
+    from edgecv.types import parse_backend_spec, parse_precision
+    from edgecv.validate.runs import best_target
+
+    if backend is None:
+        return best_target(bundle, parse_precision(precision) if precision else None)  # type: ignore[arg-type]
+    name, prec = parse_backend_spec(backend, precision or "fp32")
+    if name == "torch":
+        raise ConfigError("--backend torch: expected a deployment engine (onnxruntime, openvino, tensorrt, "
+                          "remote); torch is the reference that 'edgecv validate' compares against")
+    RUNNERS.get(name)  # unknown → one line listing the choices
+    return name, prec
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
@@ -45,8 +62,8 @@ def register(app: typer.Typer) -> None:
                                    "rtsp/rtmp/http(s)/udp URL, or a GStreamer pipeline with --gst. Repeat it for "
                                    "several streams in one run (NAME=SOURCE names one; default cam0, cam1, …).",
             show_default=False)] = None,
-        backend: BackendOpt = "onnxruntime",
-        precision: PrecisionOpt = "fp32",
+        backend: RunBackendOpt = None,
+        precision: SomePrecisionOpt = None,
         device: DeviceOpt = None,
         threads: Annotated[Optional[int], typer.Option(
             "--threads", help="CPU threads for the engine (default: the engine's own; on a machine with <= 4 "
@@ -84,7 +101,7 @@ def register(app: typer.Typer) -> None:
         decode: Annotated[str, typer.Option(
             "--decode", help="Video decoding for files and URLs: auto (a hardware decoder when OpenCV's FFmpeg "
                              "finds one, e.g. VAAPI; else software), hw (hardware or fail), sw.")] = "auto",
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status line.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status line and no summary table (errors still print).")] = False,
         force: Annotated[bool, typer.Option("--force", help="Replace existing --save/--jsonl/--json files.")]
         = False,
         token: Annotated[Optional[str], typer.Option(
@@ -160,7 +177,7 @@ def register(app: typer.Typer) -> None:
                     token=token, max_clients=max_clients, conf=conf, endpoint=endpoint, model=model, record=record)
 
 
-def _run_single(*, bundle: Path, source: str, backend: str, precision: str, device: Optional[str],
+def _run_single(*, bundle: Path, source: str, backend: Optional[str], precision: Optional[str], device: Optional[str],
                 threads: Optional[int], gst: bool, drop: Optional[str], stride: int, max_fps: Optional[float],
                 max_frames: Optional[int], save: Optional[Path], jsonl: Optional[Path], serve: Optional[str],
                 show: bool, json_out: Optional[str], rebuild: bool, open_timeout: float, reconnect_max: int,
@@ -171,7 +188,7 @@ def _run_single(*, bundle: Path, source: str, backend: str, precision: str, devi
         from edgecv._io import write_json
         from edgecv.backends import open_runner
         from edgecv.bundle import Bundle
-        from edgecv.cli._output import err_console, print_json
+        from edgecv.cli._output import emit_json, err_console
         from edgecv.stream import StreamConfig, StreamPipeline, open_source, parse_source
         from edgecv.stream.buffer import POLICIES
         from edgecv import netguard
@@ -199,6 +216,7 @@ def _run_single(*, bundle: Path, source: str, backend: str, precision: str, devi
 
         REBUILD.set(rebuild)
         b = Bundle.open(bundle)
+        backend, precision = _pick_backend(b, backend, precision)
         sinks: list[Sink] = []
         try:
             if save is not None:
@@ -249,11 +267,12 @@ def _run_single(*, bundle: Path, source: str, backend: str, precision: str, devi
 
         record_result(b, "run", summary, enabled=record)
         if json_out == "-":
-            print_json(summary)
+            emit_json("run", summary, passed=True)
             return
         if json_out is not None:
             write_json(Path(json_out), summary)
-        _print_summary(summary)
+        if not quiet:
+            _print_summary(summary)
 
 
 class _StatusPrinter:
@@ -341,7 +360,7 @@ def _run_multi(o: dict[str, Any]) -> None:
     from edgecv.backends import open_runner
     from edgecv.backends.tensorrt_guard import REBUILD
     from edgecv.bundle import Bundle
-    from edgecv.cli._output import err_console, print_json
+    from edgecv.cli._output import emit_json, err_console
     from edgecv.errors import ConfigError
     from edgecv.stream import StreamConfig, open_source
     from edgecv.stream.buffer import POLICIES
@@ -396,6 +415,7 @@ def _run_multi(o: dict[str, Any]) -> None:
         netguard.check_bind(serve_at[0], tok)
     REBUILD.set(o["rebuild"])
     b = Bundle.open(o["bundle"])
+    o["backend"], o["precision"] = _pick_backend(b, o["backend"], o["precision"])
     shared: list[Sink] = []
     per_sinks: list[list[Sink]] = []
     try:
@@ -452,11 +472,12 @@ def _run_multi(o: dict[str, Any]) -> None:
 
     record_result(b, "run", summary, enabled=o["record"])
     if o["json_out"] == "-":
-        print_json(summary)
+        emit_json("run", summary, passed=True)
         return
     if json_file is not None:
         write_json(json_file, summary)
-    _print_multi_summary(summary)
+    if not o["quiet"]:
+        _print_multi_summary(summary)
 
 
 def _print_multi_summary(s: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         Server-side batching, worker processes, /v2/health/live|ready, model metadata carrying the bundle's
         contract, Prometheus metrics. Stop with Ctrl-C.
         """
-        from edgecv.cli._output import err_console, print_json
+        from edgecv.cli._output import emit_json, err_console
         from edgecv.netguard import resolve_token
         from edgecv.serve.server import ServeConfig, check_config, describe
         from edgecv.serve.server import serve as run_server
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         check_config(cfg)
         d = describe(cfg)
         if json_out:
-            print_json(d)
+            emit_json("serve", d, passed=True)
         else:
             err_console.print(f"edgecv serve: {d['bundle']} on {backend}:{precision}; {d['http']}  {d['grpc']}  "
                               f"metrics {d['metrics']}; {workers} worker(s); batching "
@@ -81,13 +81,13 @@ def register(app: typer.Typer) -> None:
         names, dims, dtypes, max_batch_size, dynamic_batching, instance_group and the contract in parameters.
         """
         from edgecv.bundle import Bundle
-        from edgecv.cli._output import console, print_json, table
+        from edgecv.cli._output import console, emit_json, table
         from edgecv.serve.repository import write_repository
 
         rep = write_repository(Bundle.open(bundle), output, fmt=fmt, name=name, instances=instances,
                                max_queue_delay_us=max_queue_delay_us, force=force)
         if json_out:
-            print_json(rep)
+            emit_json("repo", rep, passed=True)
             return
         console.print(table(f"{fmt} repository {rep['root']}", ["model", "platform / backend", "files",
                                                                 "max batch"],

@@ -36,11 +36,11 @@ def register(app: typer.Typer) -> None:
                                  force=force)
         if not current().is_main:
             return
-        from edgecv.cli._output import print_json, print_table
+        from edgecv.cli._output import emit_json, print_table
 
         summary = {k: v for k, v in result.to_dict().items() if k != "history"}
         if json_out:
-            print_json({**summary, "history": result.history})
+            emit_json("train", {**summary, "history": result.history}, passed=True)
             return
         rows = [[h["epoch"], h["train_loss"], h.get("val_loss"), h.get(result.metric_name, h["train_loss"]),
                  h["img_per_s"], h["time_s"]] for h in result.history]

@@ -15,7 +15,7 @@ from edgecv.cli.options import (
     JsonOpt,
     ModelSourceOpt,
     ModelWeightsOpt,
-    PrecisionOpt,
+    SomePrecisionOpt,
     RebuildOpt,
     RecordOpt,
     ThreadsOpt,
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
     def validate(
         bundle: BundleArg,
         backend: BackendsOpt = None,
-        precision: PrecisionOpt = "fp32",
+        precision: SomePrecisionOpt = None,
         reference: Annotated[str, typer.Option(
             "--reference", help="auto (live torch if it loads, else reference.npz), live or npz.")] = "auto",
         batch: Annotated[Optional[int], typer.Option(
@@ -75,22 +75,24 @@ def register(app: typer.Typer) -> None:
         """Run BUNDLE on each backend and compare its outputs with PyTorch's.
 
         --backend takes NAME or NAME:PRECISION (e.g. openvino:bf16) and repeats; --precision is the default
-        precision. Without --backend every installed engine is checked. Exit code: 0 all pass, 1 a check failed,
+        precision. Without --backend: every engine installed here on model.onnx at fp32 and every artifact the
+        bundle records that this machine can run (with --precision, those at that precision). Exit code: 0 all pass, 1 a check failed,
         2 bad input.
         """
         from edgecv.bundle import Bundle
-        from edgecv.cli._output import print_json, table
+        from edgecv.cli._output import emit_json, table
         from edgecv.pipeline import runner_opener
         from edgecv.validate.core import ValidationFailed, validate_bundle
-        from edgecv.validate.runs import installed_backends, parse_backend_specs
+        from edgecv.types import parse_precision
+        from edgecv.validate.runs import bundle_targets, parse_backend_specs
 
         from edgecv.backends.tensorrt_guard import REBUILD
 
         REBUILD.set(rebuild)
         b = Bundle.open(bundle)
         open_runner = with_remote(runner_opener(source, weights), endpoint, model)
-        specs = parse_backend_specs(backend or [], precision) if backend else \
-            [(n, precision) for n in installed_backends(include_torch=False)]
+        specs = parse_backend_specs(backend, precision or "fp32") if backend else \
+            bundle_targets(b, parse_precision(precision) if precision else None, include_torch=False)
         rep = validate_bundle(b, specs, device=device, reference=reference, batch=batch,  # type: ignore[arg-type]
                               threads=threads, opener=open_runner,
                               overrides={"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1})
@@ -118,8 +120,10 @@ def register(app: typer.Typer) -> None:
                                                                for r in rep.results if r.raw is not None},
                                            b.contract), max_drop=max_drop)
             record_result(b, "validate", kept)
+        broken = [r for r in rep.results if r.error is not None]
+        ok = rep.passed and not metric_failures and not broken
         if json_out:
-            print_json(d)
+            emit_json("validate", {**d, "failures": metric_failures}, passed=ok)
         else:
             console = wide_console()
             def g(v: float | None) -> str:
@@ -166,15 +170,13 @@ def register(app: typer.Typer) -> None:
                 console.print(table(
                     f"task metric on {val} ({metrics['n']} images)",
                     ["backend", "precision", "ran", metrics["name"], f"Δ vs {ref or '-'}", "result"],
-                    [[m["backend"], m["precision"], m["ran"], m["value"], m["delta"],
+                    [[m["backend"], m["precision"], m["precision_ran"], m["metric"], m["delta"],
                       "[red]FAIL[/]" if m.get("failed") else "ok"] for m in metrics["rows"]], digits=2))
             if layer_rows is not None:
                 from edgecv.quant.layers import print_layer_report
 
                 print_layer_report(layer_rows, top=25)
-            ok = rep.passed and not metric_failures
             console.print("[green]all checks passed[/]" if ok else "[red]validation FAILED[/]")
-        broken = [r for r in rep.results if r.error is not None]
         if broken:  # could not load or run: an error in the input, not a numeric verdict
             from edgecv.errors import BackendError
 
@@ -213,18 +215,19 @@ def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: i
 
                 run = Replay(r) if details else r  # the details replay the metric's outputs: one pass, not two
                 value = fn(run, vset)  # type: ignore[arg-type]
-                rows.append({"backend": backend, "precision": precision, "ran": r.precision, "value": value})
+                rows.append({"backend": backend, "precision": precision, "precision_ran": r.precision,
+                             "metric": value})
                 if details:
                     rows[-1]["details"] = task_details(run, vset)
         except Exception as exc:  # noqa: BLE001 - torch may fail to rebuild; say so in the row
             if backend != "torch":
                 raise
-            rows.append({"backend": backend, "precision": precision, "ran": None, "value": None,
+            rows.append({"backend": backend, "precision": precision, "precision_ran": None, "metric": None,
                          "error": str(exc).splitlines()[0]})
-    ref_row = next((r for r in rows if r["backend"] == "torch" and r["value"] is not None), None) or \
-        next((r for r in rows if r["precision"] == "fp32" and r["value"] is not None), None)
+    ref_row = next((r for r in rows if r["backend"] == "torch" and r["metric"] is not None), None) or \
+        next((r for r in rows if r["precision"] == "fp32" and r["metric"] is not None), None)
     for r in rows:
-        r["delta"] = None if (ref_row is None or r["value"] is None) else r["value"] - ref_row["value"]
+        r["delta"] = None if (ref_row is None or r["metric"] is None) else r["metric"] - ref_row["metric"]
     return {"name": unit, "n": len(vset), "reference": f"{ref_row['backend']}:{ref_row['precision']}" if ref_row
             else None, "rows": rows}
 

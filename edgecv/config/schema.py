@@ -10,12 +10,12 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgecv.errors import ConfigError
+from edgecv.types import Precision as PrecisionName
 
 TaskName = Literal["classify", "detect", "segment"]
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 ScheduleName = Literal["none", "constant", "step", "cosine", "linear"]
 BackendName = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
-PrecisionName = Literal["fp32", "fp16", "bf16", "int8"]
 DataFormat = Literal["imagefolder", "coco", "yolo", "masks", "images"]
 
 
@@ -296,4 +296,28 @@ def load_recipe(path: Union[str, os.PathLike[str]]) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_recipe(data, source=str(p))
+    return anchor_paths(parse_recipe(data, source=str(p)), p.parent)
+
+
+def anchor_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Resolve the recipe's relative paths against ``base`` (the recipe file's folder), so that a recipe means the
+    same from any working directory: ``data.train``, ``data.val``, ``quantize.calib``, ``model.weights``,
+    ``train.distill.teacher_weights`` and a ``file.py:factory`` in ``model.source``."""
+    def anchored(value: str | None) -> str | None:
+        if not value or Path(value).expanduser().is_absolute():
+            return value
+        return str((base / Path(value).expanduser()).resolve())
+
+    if recipe.data is not None:
+        recipe.data.train = anchored(recipe.data.train)
+        recipe.data.val = anchored(recipe.data.val)
+    if recipe.quantize is not None:
+        recipe.quantize.calib = anchored(recipe.quantize.calib)
+    recipe.model.weights = anchored(recipe.model.weights)
+    src = recipe.model.source
+    if src and ".py:" in src:
+        file, _, factory = src.rpartition(":")
+        recipe.model.source = f"{anchored(file)}:{factory}"
+    if recipe.train.distill is not None:
+        recipe.train.distill.teacher_weights = anchored(recipe.train.distill.teacher_weights)
+    return recipe

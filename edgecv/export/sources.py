@@ -166,7 +166,7 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
     if not isinstance(src, dict) or not isinstance(src.get("spec"), str) or not src.get("spec"):
         if source is None:
             raise ModelSourceError(f"bundle '{manifest.name}' records no model source (manifest provenance.source); "
-                                   "pass --source to name the model, or re-export it with 'edgecv export'")
+                                   "pass --model-source to name the model, or re-export it with 'edgecv export'")
         src = {}
     kind = str(src.get("kind", ""))
     spec = str(src.get("spec", ""))
@@ -190,7 +190,7 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
             shown = spec if len(spec) <= 80 else spec[:77] + "..."
             raise ModelSourceError(
                 f"bundle '{manifest.name}' was exported from a {kind or 'unnamed'} source ({shown}); a bundle is data, "
-                "so edgecv does not run or load files it names: pass --source with the model file you trust to "
+                "so edgecv does not run or load files it names: pass --model-source with the model file you trust to "
                 "rebuild the live PyTorch reference (reference.npz is used otherwise)")
         name = spec[len(TORCHVISION_PREFIX):] if kind == "torchvision" and spec.startswith(TORCHVISION_PREFIX) else \
             spec.split(":", 1)[1] if kind == "timm" and spec.startswith("timm:") else spec

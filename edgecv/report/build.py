@@ -100,7 +100,10 @@ def _metric_rows(validate: dict[str, Any] | None) -> tuple[str | None, dict[tupl
     tm = validate["result"].get("task_metric")
     if not tm:
         return None, {}
-    return str(tm.get("name")), {(r["backend"], r["precision"]): r for r in tm.get("rows", [])}
+    # results recorded before schema 1 named the value "value" and the precision that ran "ran"
+    rows = [{**r, "metric": r.get("metric", r.get("value")), "precision_ran": r.get("precision_ran", r.get("ran"))}
+            for r in tm.get("rows", [])]
+    return str(tm.get("name")), {(r["backend"], r["precision"]): r for r in rows}
 
 
 def _artifact_size_mb(b: Bundle, backend: str, precision: str) -> float | None:
@@ -235,7 +238,7 @@ class _Builder:
             ran_cell = esc(ran or "–") if ran in (None, asked) else \
                 f'<span class="bad">{esc(ran)} (asked {esc(asked)})</span>'
             out.append([esc(row["backend"]), esc(asked), ran_cell, esc(row["batch"]),
-                        _num(None if m is None else m.get("value")),
+                        _num(None if m is None else m.get("metric")),
                         "–" if delta is None else f"<span{dcls}>{delta:+.2f}</span>",
                         _num(lat.get("p50_ms")), _num(lat.get("p99_ms")), _num(lat.get("throughput"), 1),
                         "–" if row.get("speedup_vs_torch") is None else f"{row['speedup_vs_torch']:.2f}×",
@@ -258,9 +261,9 @@ class _Builder:
         pts = []
         for r in rows:
             m = metrics.get((r["backend"], r["precision"]))
-            if m is not None and m.get("value") is not None:
+            if m is not None and m.get("metric") is not None:
                 pts.append({"label": f"{r['backend']}:{r.get('precision_ran') or r['precision']}",
-                            "latency_ms": r["latency"]["p50_ms"], "metric": float(m["value"])})
+                            "latency_ms": r["latency"]["p50_ms"], "metric": float(m["metric"])})
         if not pts:
             return None
         front = figures.pareto_front([(p["latency_ms"], p["metric"]) for p in pts])

@@ -87,12 +87,45 @@ def save_rewritten(path: Path, model: nn.Module, arch: str, passes: list[str], o
 
     from edgecv._io import atomic_path
 
-    blob = {"format": SAVE_FORMAT, "arch": arch, "model_kwargs": dict(model_kwargs or {}),
+    blob = {"format": SAVE_FORMAT, "arch": _arch_relative_to(arch, Path(path).parent),
+            "model_kwargs": dict(model_kwargs or {}),
             "rewrite": {"passes": list(passes), "options": options, "input_shape": list(input_shape)},
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     return path
+
+
+def _split_file_arch(arch: str) -> tuple[str, str] | None:
+    """``dir/model.py:build`` → (``dir/model.py``, ``build``); None for a zoo / torchvision / timm name."""
+    file, sep, factory = arch.rpartition(":")
+    return (file, factory) if sep and file.endswith(".py") else None
+
+
+def _arch_relative_to(arch: str, folder: Path) -> str:
+    """A ``file.py:factory`` arch stored relative to the folder of the file that names it (so the saved model
+    loads from any working directory); other archs unchanged."""
+    import os
+
+    parts = _split_file_arch(arch)
+    if parts is None:
+        return arch
+    file = Path(parts[0]).expanduser().resolve()
+    try:
+        rel = os.path.relpath(file, folder.resolve())
+    except ValueError:  # another drive (Windows): keep it absolute
+        rel = str(file)
+    return f"{Path(rel).as_posix()}:{parts[1]}"
+
+
+def _arch_from(arch: str, folder: Path) -> str:
+    """Inverse of :func:`_arch_relative_to`; files written before paths were stored relative to the saved file
+    named them relative to the working directory, which is tried second."""
+    parts = _split_file_arch(arch)
+    if parts is None or Path(parts[0]).is_absolute():
+        return arch
+    beside = (folder / parts[0]).resolve()
+    return f"{beside}:{parts[1]}" if beside.exists() or not Path(parts[0]).exists() else arch
 
 
 def load_rewritten(path: str | Path) -> nn.Module:
@@ -108,7 +141,8 @@ def load_rewritten(path: str | Path) -> nn.Module:
         raise ModelSourceError(f"'{path}': expected a file written by 'edgecv rewrite -o' (format {SAVE_FORMAT}), "
                                f"found {blob.get('format') if isinstance(blob, dict) else type(blob).__name__}")
     rw = blob["rewrite"]
-    module = load_model(blob["arch"], model_kwargs=blob.get("model_kwargs") or None).module.eval()
+    arch = _arch_from(blob["arch"], Path(path).parent)
+    module = load_model(arch, model_kwargs=blob.get("model_kwargs") or None).module.eval()
     sample = torch.randn(*rw["input_shape"], generator=torch.Generator().manual_seed(0))
     rebuilt, _ = apply_passes(module, rw["passes"], sample, inplace=True, options=rw.get("options") or None)
     missing, unexpected = rebuilt.load_state_dict(blob["state_dict"], strict=False)

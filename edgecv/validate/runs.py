@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from edgecv.backends.base import Runner
     from edgecv.bundle import Bundle, Contract
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+from edgecv.types import PRECISIONS, parse_backend_spec, parse_precision  # noqa: F401  (re-exported)
 
 #: ``opener(bundle, backend, precision=..., device=..., threads=...) -> Runner`` (not yet loaded)
 Opener = Callable[..., "Runner"]
@@ -40,18 +40,12 @@ def parse_backend_specs(specs: Sequence[str], default_precision: str = "fp32") -
     """
     from edgecv.backends import RUNNERS
 
-    if default_precision not in PRECISIONS:
-        raise ConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, found '{default_precision}'")
+    default = parse_precision(default_precision)
     out: list[tuple[str, str]] = []
     for spec in specs:
-        name, _, prec = spec.strip().partition(":")
-        name, prec = name.strip(), (prec.strip() or default_precision)
-        if not name:
-            raise ConfigError(f"--backend: expected NAME or NAME:PRECISION, found '{spec}'")
+        name, prec = parse_backend_spec(spec, default)
         if name not in RUNNERS:
             RUNNERS.get(name)  # raises UnknownNameError listing the choices
-        if prec not in PRECISIONS:
-            raise ConfigError(f"--backend {spec}: expected precision one of {', '.join(PRECISIONS)}, found '{prec}'")
         if (name, prec) not in out:
             out.append((name, prec))
     return out
@@ -72,6 +66,77 @@ def installed_backends(include_torch: bool = True) -> list[str]:
         if is_available(module):
             names.append(name)
     return names
+
+
+def bundle_targets(bundle: Bundle, precision: str | None = None, include_torch: bool = True) -> list[tuple[str, str]]:
+    """What ``validate`` and ``bench`` check when no ``--backend`` is given: every engine installed here at fp32
+    (ONNX Runtime and OpenVINO read ``model.onnx`` itself), every artifact recorded in the bundle whose engine is
+    installed here (``openvino:int8``, ``onnxruntime:fp16``, ``tensorrt:fp16``…), and torch when installed. With
+    ``precision``, only the targets at that precision (torch only where autocast runs it; an engine that runs the
+    ONNX model directly at that precision — OpenVINO bf16/fp16 — is included too).
+
+    Raises:
+        ConfigError: ``precision`` given and nothing here runs it (names the command that builds it).
+    """
+    from edgecv.types import TORCH_PRECISIONS
+
+    installed = installed_backends(include_torch=include_torch)
+    out: list[tuple[str, str]] = []
+    for name in installed:
+        if name == "torch":
+            if precision is None or precision in TORCH_PRECISIONS:
+                out.append(("torch", precision or "fp32"))
+        elif name != "tensorrt":  # a TensorRT engine exists only as an artifact
+            out.append((name, "fp32"))
+    for art in bundle.manifest.artifacts.values():
+        if art.backend in installed and (art.backend, art.precision) not in out:
+            out.append((art.backend, art.precision))
+    if precision is None or precision == "fp32":
+        return [t for t in out if precision is None or t[1] == "fp32"]
+    picked = [t for t in out if t[1] == precision]
+    if precision in ("fp16", "bf16") and "openvino" in installed and ("openvino", precision) not in picked:
+        picked.append(("openvino", precision))  # OpenVINO runs the ONNX model at an inference-precision hint
+    if not [t for t in picked if t[0] != "torch"]:
+        have = ", ".join(f"{n}:{p}" for n, p in out) or "none"
+        build = f"edgecv compile {bundle.root} -b openvino -p {precision}" + (" --calib DIR" if precision == "int8"
+                                                                             else "")
+        raise ConfigError(f"--precision {precision}: expected an artifact at {precision} in the bundle, found "
+                          f"{have}; build one with '{build}'")
+    return picked
+
+
+#: engines in the order ``edgecv run`` prefers them when the bundle holds artifacts for several
+_ENGINE_RANK = ("tensorrt", "openvino", "onnxruntime")
+_PRECISION_RANK = ("int8", "fp16", "bf16", "fp32")
+
+
+def best_target(bundle: Bundle, precision: str | None = None) -> tuple[str, str]:
+    """The one default of every command that runs a single engine (``run``, ``serve``): the best artifact the
+    bundle holds for this machine — a compiled artifact before the plain ONNX model, INT8 before fp16 before bf16
+    before fp32, and at one precision TensorRT before OpenVINO before ONNX Runtime — else ONNX Runtime (or
+    OpenVINO) on ``model.onnx``.
+    With ``precision``, the best target at that precision.
+
+    Raises:
+        ConfigError: nothing here runs the bundle at ``precision`` (names the command that builds it).
+    """
+    targets = bundle_targets(bundle, precision, include_torch=False)
+    arts = [t for t in targets if bundle.artifact(*t) is not None]
+
+    def rank(t: tuple[str, str]) -> tuple[int, int]:
+        e = _ENGINE_RANK.index(t[0]) if t[0] in _ENGINE_RANK else len(_ENGINE_RANK)
+        p = _PRECISION_RANK.index(t[1]) if t[1] in _PRECISION_RANK else len(_PRECISION_RANK)
+        return e, p
+
+    if arts:
+        return min(arts, key=lambda t: (rank(t)[1], rank(t)[0]))
+    for name in ("onnxruntime", "openvino"):
+        if (name, precision or "fp32") in targets:
+            return name, precision or "fp32"
+    if targets:
+        return targets[0]
+    raise ConfigError("no inference engine is installed: expected onnxruntime, openvino or tensorrt "
+                      "(pip install 'edgecv[onnxruntime]')")
 
 
 def fit_batch(arrays: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
