@@ -79,7 +79,7 @@ def test_three_sources_per_stream_and_merged_jsonl(bundle: Path, videos: list[Pa
     yaml_file = tmp_path / "cams.yaml"
     yaml_file.write_text(f"streams:\n  - name: a\n    file: {videos[0]}\n    max_fps: 1000\n"
                          f"  - name: b\n    file: {videos[1]}\n    jsonl: {tmp_path}/{{name}}-own.jsonl\n")
-    p = run(str(bundle), "--sources", str(yaml_file), "--jsonl", str(merged), "-q", "--no-record")
+    p = run(str(bundle), "--sources", str(yaml_file), "--jsonl", str(merged), "--no-record")
     assert p.returncode == 0, p.stderr
     ev = [json.loads(x) for x in merged.read_text().splitlines()]
     assert len([e for e in ev if e["stream"] == "a"]) == 30 and len([e for e in ev if e["stream"] == "b"]) == 24
