@@ -68,13 +68,13 @@ def center_crop_geometry(h0: int, w0: int, th: int, tw: int, crop_ratio: float) 
     Returns:
         ``(nh, nw, top, left)``.
     """
-    short = max(1, int(round(min(th, tw) / crop_ratio)))
+    short = max(1, round(min(th, tw) / crop_ratio))
     if w0 <= h0:
         nw, nh = short, int(short * h0 / w0)
     else:
         nh, nw = short, int(short * w0 / h0)
     nh, nw = max(nh, th), max(nw, tw)  # a crop larger than the resized image: never pad, resize up to it
-    return nh, nw, int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
+    return nh, nw, round((nh - th) / 2.0), round((nw - tw) / 2.0)  # Python's round, as torchvision
 
 
 def resize_image(img: np.ndarray, contract: Contract) -> tuple[np.ndarray, Transform]:

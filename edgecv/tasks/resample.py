@@ -57,11 +57,10 @@ def coefficients(in_size: int, out_size: int, method: str) -> tuple[np.ndarray, 
         fixed-point weights (zero past each pixel's window).
     """
     fn, support_1 = FILTERS[method]
-    scale = filterscale = in_size / out_size
-    if filterscale < 1.0:
-        filterscale = 1.0
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
     support = support_1 * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
+    ksize = math.ceil(support) * 2 + 1
     center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
     # C's (int) cast truncates toward zero
     xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
