@@ -310,7 +310,7 @@ def test_annotate_fills_gops_and_percent_of_peak(pristine: Path) -> None:
     assert rep.settings["roofline"]["ops"]["ops"] == ops
 
 
-def test_a_row_faster_than_the_probe_raises_the_peak_and_says_so(pristine: Path) -> None:
+def test_a_row_faster_than_the_probe_raises_the_peak_and_says_so(pristine: Path, tmp_path: Path) -> None:
     from edgecv.bench.core import BenchReport, BenchRow, LatencyStats
     from edgecv.bench.roofline import FORMS, annotate, bundle_ops, count_ops, probe_key, probe_model
     from edgecv.cli.bench import _roofline_caption
@@ -346,6 +346,11 @@ def test_a_row_faster_than_the_probe_raises_the_peak_and_says_so(pristine: Path)
     caption = _roofline_caption(info)
     assert "† peak openvino:int8 raised to" in caption and "openvino:int8 batch 1" in caption
     assert "peak openvino:fp32" in caption and "side by side" in caption
+    from edgecv.bench.csvreport import write_bench_csv
+
+    write_bench_csv(rep, tmp_path / "b.csv", ["edgecv", "bench"])
+    text = (tmp_path / "b.csv").read_text()
+    assert "raised to the rate openvino:int8 batch 1 reached" in text and f"probe {fast.name} (side by side)" in text
 
 
 @pytest.mark.onnxruntime
