@@ -98,11 +98,11 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--backend: none given and no inference engine is installed")
         kw = dict(min_time_s=0.0, min_iters=iters, max_iters=iters) if iters is not None else \
             dict(min_time_s=min_time)
-        # the progress bar goes to stderr so that --json output on stdout stays parseable
         from edgecv.bench.roofline import annotate, probe_companions
 
         # the probes are timed in the same rounds as the rows, so load on a shared machine hits both alike
         probes = probe_companions(specs, device=device, threads=threads) if peak and not cached_peak else None
+        # the progress bar goes to stderr so that --json output on stdout stays parseable
         with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console,
                       transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task("bench", total=1.0)
