@@ -58,8 +58,12 @@ class Contract(_Strict):
 
     Preprocessing, in order: decode to ``color`` order (RGB/BGR), resize to the input H×W by ``resize``
     (``stretch``, ``letterbox`` keeping aspect with ``pad_value``, or ``center_crop`` after resizing the
-    short side to ``crop_ratio`` larger), scale by ``scale`` (1/255), subtract ``mean``, divide by ``std``,
-    lay out as ``layout``, cast to ``dtype``.
+    short side to ``crop_ratio`` larger, as torchvision's ``Resize(int)`` + ``CenterCrop``), scale by ``scale``
+    (1/255), subtract ``mean``, divide by ``std``, lay out as ``layout``, cast to ``dtype``.
+
+    Resizing uses ``interpolation``; with ``antialias`` it is Pillow's resampling (a filter widened by the
+    downscale factor, bit-exact to ``PIL.Image.resize``, what timm's and torchvision's eval transforms run on
+    PIL images), without it OpenCV's (``cv2.resize``, no antialiasing; faster on camera frames).
     """
 
     task: Task = "classify"
@@ -70,6 +74,8 @@ class Contract(_Strict):
     color: Literal["RGB", "BGR", "GRAY"] = "RGB"
     resize: Literal["stretch", "letterbox", "center_crop"] = "stretch"
     crop_ratio: float = 0.875
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] = "bilinear"
+    antialias: bool = False
     pad_value: int = 114
     scale: float = 1.0 / 255.0
     mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])

@@ -34,7 +34,8 @@ JSON = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=6)
                     max_leaves=30)
 KEYS = ["format_version", "name", "contract", "provenance", "files", "artifacts", "history"]
 CONTRACT_KEYS = ["task", "input_name", "input_shape", "layout", "dtype", "color", "resize", "crop_ratio",
-                 "pad_value", "scale", "mean", "std", "class_names", "output_names", "decode", "batch_range"]
+                 "interpolation", "antialias", "pad_value", "scale", "mean", "std", "class_names", "output_names",
+                 "decode", "batch_range"]
 SHAPES = st.lists(st.integers(min_value=-5, max_value=300_000), min_size=0, max_size=6)
 
 

@@ -132,6 +132,45 @@ def test_supported_precisions_are_what_openvino_reports() -> None:
     assert supported_precisions("torch") == []
 
 
+#: two small probe forms so the real probes in tests take a moment (the real FORMS are sized for a peak)
+def _small_forms():  # noqa: ANN202
+    from edgecv.bench.roofline import ProbeForm
+
+    return (ProbeForm("conv3x3-c64-8", "conv", 64, 8, 3, 2), ProbeForm("matmul-128", "matmul", 128))
+
+
+def test_probe_forms_are_dense_peak_forms_counted_like_models() -> None:
+    pytest.importorskip("onnx")
+    from edgecv.bench.roofline import FORMS, count_ops, probe_model
+
+    assert len({f.name for f in FORMS}) == len(FORMS)
+    for f in FORMS:
+        assert f.channels % 64 == 0  # what the engines' blocked kernels want
+        for prec in ("fp32", "int8"):
+            m = probe_model(f, prec)
+            convs = [n for n in m.graph.node if n.op_type in ("Conv", "MatMul")]
+            assert all(a.name != "group" for n in convs for a in n.attribute)  # never grouped / depthwise
+            want = (2 * f.channels ** 3 if f.op == "matmul"
+                    else 2 * f.layers * f.channels ** 2 * f.kernel ** 2 * f.size ** 2)
+            assert count_ops(m).ops == want
+            quant = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
+            assert len(quant) == (len(convs) + 1 if prec == "int8" else 0)  # int8 between every layer
+
+
+def test_cache_key_names_everything_a_peak_depends_on(monkeypatch) -> None:  # noqa: ANN001
+    from edgecv.bench import roofline
+
+    monkeypatch.setattr(roofline, "_engine_version", lambda backend: "1.0")
+    base = roofline.cache_key("openvino", "cpu", "int8", 2)
+    assert base == roofline.cache_key("openvino", "CPU", "int8", 2)  # device names are case-insensitive
+    others = {roofline.cache_key("onnxruntime", "CPU", "int8", 2), roofline.cache_key("openvino", "GPU", "int8", 2),
+              roofline.cache_key("openvino", "CPU", "fp32", 2), roofline.cache_key("openvino", "CPU", "int8", 1),
+              roofline.cache_key("openvino", "CPU", "int8", 2, _small_forms())}
+    monkeypatch.setattr(roofline, "_engine_version", lambda backend: "2.0")
+    others.add(roofline.cache_key("openvino", "CPU", "int8", 2))
+    assert base not in others and len(others) == 6
+
+
 @pytest.mark.openvino
 def test_peak_probe_runs_each_precision_the_device_lists_and_caches(tmp_path: Path,
                                                                     monkeypatch) -> None:  # noqa: ANN001
@@ -139,30 +178,105 @@ def test_peak_probe_runs_each_precision_the_device_lists_and_caches(tmp_path: Pa
     from edgecv.errors import ConfigError
 
     monkeypatch.setenv("EDGECV_CACHE_DIR", str(tmp_path / "cache"))
+    forms = _small_forms()
     supported = roofline.supported_precisions("openvino", "CPU")
-    for prec in supported:
-        if prec not in ("fp32", "int8"):
-            continue  # bf16/fp16 probes work the same way; keep the test short
-        p = roofline.measure_peak("openvino", prec, "CPU", threads=1, sizes=(128,), min_time_s=0.0)
-        assert p.gops_per_s > 0 and p.size == 128 and p.precision == prec
+    probed = [p for p in supported if p in ("fp32", "int8")]  # bf16/fp16 probes work the same way
+    for prec in probed:
+        p = roofline.measure_peak("openvino", prec, "CPU", threads=1, forms=forms, min_time_s=0.0, rounds=2)
+        assert p.gops_per_s > 0 and p.precision == prec and p.source == "screened"
+        assert set(p.forms) == {f.name for f in forms} and all(v > 0 for v in p.forms.values())
+        assert p.gops_per_s == max(p.forms.values()) and p.form == max(p.forms, key=lambda n: p.forms[n])
         assert p.precision_ran == prec  # the engine reports it ran the probe at that precision
     files = list((tmp_path / "cache").glob("peak-*.json"))
     assert len(files) == 1
     cached = json.loads(files[0].read_text())
-    assert len(cached) == len([p for p in supported if p in ("fp32", "int8")])
+    assert sorted(cached) == sorted(roofline.cache_key("openvino", "CPU", p, 1, forms) for p in probed)
 
     def no_probe(*a: object, **k: object) -> None:
         raise AssertionError("the cached peak should have been used")
 
     monkeypatch.setattr(roofline, "_open_probe", no_probe)
-    again = roofline.measure_peak("openvino", "fp32", "CPU", threads=1, sizes=(128,), min_time_s=0.0)
-    assert again.gops_per_s == next(v for v in cached.values() if v["precision"] == "fp32")["gops_per_s"]
+    again = roofline.measure_peak("openvino", "fp32", "CPU", threads=1, forms=forms)
+    assert again.source == "cache"
+    assert again.gops_per_s == cached[roofline.cache_key("openvino", "CPU", "fp32", 1, forms)]["gops_per_s"]
+    with pytest.raises(AssertionError, match="cached peak"):  # other threads: another key, measured again
+        roofline.measure_peak("openvino", "fp32", "CPU", threads=2, forms=forms)
     missing = [p for p in ("bf16", "fp16") if p not in supported]
     for prec in missing:  # never assumed: a precision the device does not list is refused, not probed
         with pytest.raises(ConfigError, match="expected"):
             roofline.measure_peak("openvino", prec, "CPU")
     with pytest.raises(ConfigError, match="GEMM probe"):
         roofline.measure_peak("torch", "fp32")
+
+
+def test_schedule_interleaves_probes_between_rows_and_rotates() -> None:
+    from edgecv.bench.core import schedule
+
+    backends = [("openvino", "int8"), ("openvino", "fp32")]
+    out = schedule(backends, [1, 4], ["probe:a", "probe:b"], rounds=3)
+    assert len(out) == 3 * 2 * 4
+    r0 = [slot for rnd, slot in out if rnd == 0]
+    assert r0 == [("openvino", "int8", 1), ("openvino", "fp32", 1), "probe:a", "probe:b",
+                  ("openvino", "int8", 4), ("openvino", "fp32", 4), "probe:a", "probe:b"]
+    firsts = [next(slot for rnd, slot in out if rnd == r) for r in range(3)]
+    assert firsts == [("openvino", "int8", 1), ("openvino", "fp32", 1), "probe:a"]  # order rotates each round
+    for r in range(3):  # every round times every row and every probe (once per batch pass)
+        slots = [slot for rnd, slot in out if rnd == r]
+        assert slots.count("probe:a") == 2 and len(set(map(str, slots))) == 6
+    assert schedule(backends, [1], [], 1) == [(0, ("openvino", "int8", 1)), (0, ("openvino", "fp32", 1))]
+
+
+class _LogRunner:
+    """A runner that appends its name to a shared log on every call."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+        self.precision, self.device, self.load_time_s = "fp32", "CPU", 0.0
+        self.closed = False
+
+    def load(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def infer(self, feed: dict) -> dict:  # type: ignore[type-arg]
+        self.log.append(self.name)
+        return {"y": np.zeros((1, 2), np.float32)}
+
+    @property
+    def input_spec(self) -> list:  # type: ignore[type-arg]
+        return []
+
+
+def test_bench_times_probes_in_the_same_rounds_as_rows(pristine: Path) -> None:
+    from edgecv.bench.core import bench_bundle
+
+    log: list[str] = []
+    rows = {}
+
+    def opener(bundle, name, precision, device=None, threads=None):  # noqa: ANN001, ANN202
+        rows[name] = _LogRunner(name, log)
+        return rows[name]
+
+    probe = _LogRunner("probe", log)
+    t = iter(range(10 ** 6))
+    rep = bench_bundle(pristine, [("a", "fp32"), ("b", "fp32")], [1], warmup=1, min_time_s=0.0, min_iters=6,
+                       max_iters=6, rounds=3, opener=opener, clock=lambda: float(next(t)),
+                       companions={"probe:x": lambda: (probe, {"x": np.zeros(1, np.float32)})})
+    timed = log[3:]  # after one warm-up call each
+    assert log[:3] == ["a", "b", "probe"]
+    runs = [k for i, k in enumerate(timed) if i == 0 or timed[i - 1] != k]  # consecutive blocks
+    assert runs == ["a", "b", "probe", "b", "probe", "a", "probe", "a", "b"]  # rotated, probe between rows
+    assert len(rep.companion_samples["probe:x"]) == 6 and all(r.stats and r.stats.iters == 6 for r in rep.rows)
+    assert probe.closed and rows["a"].closed and not rep.companion_errors
+
+    def broken() -> tuple:  # type: ignore[type-arg]
+        raise RuntimeError("no such kernel")
+
+    rep = bench_bundle(pristine, [("a", "fp32")], [1], warmup=1, min_time_s=0.0, min_iters=2, max_iters=2,
+                       rounds=2, opener=opener, companions={"probe:y": broken})
+    assert "no such kernel" in rep.companion_errors["probe:y"] and rep.rows[0].stats is not None
 
 
 def test_annotate_fills_gops_and_percent_of_peak(pristine: Path) -> None:
@@ -178,36 +292,94 @@ def test_annotate_fills_gops_and_percent_of_peak(pristine: Path) -> None:
             BenchRow("openvino", "fp32", 1, error="could not load")]
     rep = BenchReport(bundle=str(b.root), rows=rows)
     calls = []
+    ops = bundle_ops(b).ops
+    peak = 8 * ops / 0.004 / 1e9  # above both rows
 
     def fake(backend: str, precision: str, device: object = None, threads: object = None) -> Peak:
         calls.append((backend, precision))
-        return Peak(backend, "CPU", precision, 10.0, 512, None, precision, "now")
+        return Peak(backend, "CPU", precision, peak, "conv3x3-c64-56", None, precision, "now")
 
     info = annotate(rep, b, measure=fake)
-    ops = bundle_ops(b).ops
     assert calls == [("onnxruntime", "fp32")]  # once per engine and precision, never for torch
     assert rows[0].gops_per_s == pytest.approx(ops / 0.002 / 1e9)
     assert rows[1].gops_per_s == pytest.approx(4 * ops / 0.004 / 1e9)
-    assert rows[0].pct_peak == pytest.approx(100 * rows[0].gops_per_s / 10.0)
+    assert rows[0].pct_peak == pytest.approx(100 * rows[0].gops_per_s / peak) and rows[1].pct_peak == 50.0
+    assert not rows[0].peak_raised and info["raised"] == {}
     assert rows[2].gops_per_s is not None and rows[2].pct_peak is None
     assert "torch:fp32" in info["no_peak"] and rows[3].gops_per_s is None
     assert rep.settings["roofline"]["ops"]["ops"] == ops
 
 
+def test_a_row_faster_than_the_probe_raises_the_peak_and_says_so(pristine: Path, tmp_path: Path) -> None:
+    from edgecv.bench.core import BenchReport, BenchRow, LatencyStats
+    from edgecv.bench.roofline import FORMS, annotate, bundle_ops, count_ops, probe_key, probe_model
+    from edgecv.cli.bench import _roofline_caption
+
+    b = Bundle.open(pristine)
+    ops = bundle_ops(b).ops
+    rows = [BenchRow("openvino", "int8", 1, precision_ran="int8", stats=LatencyStats.from_samples([0.001] * 3)),
+            BenchRow("openvino", "int8", 2, precision_ran="int8",
+                     stats=LatencyStats.from_samples([0.004] * 3, batch=2)),
+            BenchRow("openvino", "fp32", 1, precision_ran="fp32", stats=LatencyStats.from_samples([0.004] * 3))]
+    rep = BenchReport(bundle=str(b.root), rows=rows, settings={"threads": 2})
+    fast, slow = FORMS[0], FORMS[1]
+    # side by side: the int8 probe's best form reaches half the batch-1 row's rate, the fp32 one twice the row's
+    for prec, want in (("int8", ops / 0.001 / 1e9 / 2), ("fp32", 2 * ops / 0.004 / 1e9)):
+        f_ops = count_ops(probe_model(fast, prec)).ops
+        rep.companion_samples[probe_key("openvino", prec, fast.name)] = [f_ops / want / 1e9] * 5
+        rep.companion_samples[probe_key("openvino", prec, slow.name)] = [2 * f_ops / want / 1e9] * 5
+
+    def no_measure(*a: object, **k: object) -> None:
+        raise AssertionError("the side-by-side probes should have been used")
+
+    info = annotate(rep, b, measure=no_measure)
+    int8, fp32 = info["peaks"]["openvino:int8"], info["peaks"]["openvino:fp32"]
+    assert fp32["source"] == "side by side" and fp32["form"] == fast.name
+    assert fp32["gops_per_s"] == pytest.approx(2 * ops / 0.004 / 1e9) and rows[2].pct_peak == pytest.approx(50)
+    raised = info["raised"]["openvino:int8"]
+    assert raised["by"] == "openvino:int8 batch 1" and raised["probe_form"] == fast.name
+    assert raised["probe_gops_per_s"] == pytest.approx(ops / 0.001 / 1e9 / 2)
+    assert int8["gops_per_s"] == pytest.approx(ops / 0.001 / 1e9) == rows[0].peak_gops_per_s
+    assert rows[0].pct_peak == pytest.approx(100) and rows[0].peak_raised  # never above 100 %
+    assert rows[1].pct_peak == pytest.approx(50) and rows[1].peak_raised and not rows[2].peak_raised
+    assert all(r.pct_peak is not None and r.pct_peak <= 100 + 1e-9 for r in rows)
+    caption = _roofline_caption(info)
+    assert "† peak openvino:int8 raised to" in caption and "openvino:int8 batch 1" in caption
+    assert "peak openvino:fp32" in caption and "side by side" in caption
+    from edgecv.bench.csvreport import write_bench_csv
+
+    write_bench_csv(rep, tmp_path / "b.csv", ["edgecv", "bench"])
+    text = (tmp_path / "b.csv").read_text()
+    assert "raised to the rate openvino:int8 batch 1 reached" in text and f"probe {fast.name} (side by side)" in text
+
+
 @pytest.mark.onnxruntime
 def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    from edgecv.bench.roofline import FORMS, Peak, cache_key
+    from edgecv.results import this_host
+
     csv_path = tmp_path / "bench.csv"
     env = {"EDGECV_CACHE_DIR": str(tmp_path / "cache")}
+    # a screening on record for this host (the real one takes seconds): its two best forms are the small ones,
+    # which bench then times side by side with the rows
+    small = {"conv1x1-c512-14": 30.0, "conv3x3-c64-56": 20.0}
+    screened = Peak("onnxruntime", "CPU", "fp32", 1e6, "conv1x1-c512-14", None, "fp32", "then",
+                    forms={**small, **{f.name: 1.0 for f in FORMS if f.name not in small}})
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / f"peak-{this_host()['id']}.json").write_text(
+        json.dumps({cache_key("onnxruntime", None, "fp32", None): screened.to_dict()}))
     proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "5", "--warmup", "1", "--rounds", "1",
                "--batch", "1", "--batch", "2", "--csv", str(csv_path), "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     roof = d["settings"]["roofline"]
     assert set(roof["peaks"]) == {"onnxruntime:fp32"}
+    p = roof["peaks"]["onnxruntime:fp32"]
+    assert p["source"] == "side by side" and set(p["forms"]) == set(small) and p["gops_per_s"] > 0
     for r in d["rows"]:
         lat = r["latency"]
         assert r["gops_per_s"] == pytest.approx(roof["ops"]["ops"] * r["batch"] / (lat["p50_ms"] / 1e3) / 1e9)
-        assert r["pct_peak"] == pytest.approx(100 * r["gops_per_s"] / roof["peaks"]["onnxruntime:fp32"]["gops_per_s"])
+        assert r["pct_peak"] == pytest.approx(100 * r["gops_per_s"] / p["gops_per_s"]) and r["pct_peak"] <= 100
         assert len(r["quantiles_ms"]) == 101 and r["quantiles_ms"][50] == pytest.approx(lat["p50_ms"], rel=1e-3)
     text = csv_path.read_text()
     sections = [s.splitlines()[0] for s in text.strip().split("\n\n")]
@@ -215,11 +387,13 @@ def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_pa
     results = text.strip().split("\n\n")[2].splitlines()
     assert results[1].startswith("backend;precision;") and len(results) == 2 + 2
     assert "peak onnxruntime:fp32 (GOP/s)" in text
-    # the table shows the same columns for people
+    # --cached-peak: the screening on record is the peak, nothing is probed; the table shows the same columns
     proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
-               env=env)
+               "--cached-peak", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "GOP/s" in proc.stdout and "% peak" in proc.stdout and "peak onnxruntime:fp32" in proc.stdout
+    words = " ".join(proc.stdout.split())  # the caption wraps wherever its numbers put the line end
+    assert "GOP/s" in words and "% peak" in words and "peak onnxruntime:fp32" in words
+    assert "(probe conv1x1-c512-14, cache)" in words and "side by side" not in words
     kinds = sorted(p.name.split("-")[0] for p in (bundle_dir / "results").iterdir())
     assert kinds == ["bench", "bench"]
     Bundle.open(bundle_dir)  # still verifies

@@ -156,6 +156,8 @@ class BenchRow:
     pct_peak: float | None = None
     # the latency distribution in 101 quantiles (0, 1, …, 100 %), for plots; the samples themselves are not kept
     quantiles_ms: list[float] | None = None
+    # True when the peak of this row's engine:precision was raised to a measured row's rate (faster than the probe)
+    peak_raised: bool = False
 
     @property
     def label(self) -> str:
@@ -175,6 +177,10 @@ class BenchReport:
     rows: list[BenchRow] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
+    #: per-call seconds of each companion (e.g. a roofline probe) timed in the same rounds as the rows; not in
+    #: to_dict (the roofline summary in settings says what they gave)
+    companion_samples: dict[str, list[float]] = field(default_factory=dict)
+    companion_errors: dict[str, str] = field(default_factory=dict)
 
     def row(self, backend: str, precision: str, batch: int) -> BenchRow | None:
         for r in self.rows:
@@ -190,6 +196,31 @@ class BenchReport:
 def _split(total: int, parts: int) -> list[int]:
     """``total`` split into ``parts`` integers that differ by at most one and sum to ``total``."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+#: a companion: opened once, timed in the same interleaved rounds as the rows; returns a runner and its feed
+Companion = Callable[[], "tuple[Runner, dict[str, np.ndarray]]"]
+
+
+def schedule(backends: list[tuple[str, str]], batches: list[int], companions: list[str],
+             rounds: int) -> list[tuple[int, tuple[str, str, int] | str]]:
+    """The interleaved measuring order: ``(round, slot)`` where a slot is ``(backend, precision, batch)`` or a
+    companion's key.
+
+    In every round, for each batch size, backends and companions take turns; the order rotates by one each round,
+    so a slow drift of a shared machine spreads over all of them, and a companion (a roofline probe) is timed
+    between the rows it is compared with. Companions have no batch: they are timed once per batch pass, their
+    budget split like the rows'.
+    """
+    units: list[tuple[str, str] | str] = [*backends, *companions]
+    out: list[tuple[int, tuple[str, str, int] | str]] = []
+    for rnd in range(rounds):
+        k = rnd % len(units) if units else 0
+        order = units[k:] + units[:k]
+        for bs in batches:
+            for u in order:
+                out.append((rnd, u if isinstance(u, str) else (u[0], u[1], bs)))
+    return out
 
 
 def _feed_for(bundle: Bundle, batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -247,7 +278,8 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
                  threads: int | None = None, device: str | None = None, warmup: int = 10,
                  min_time_s: float = 1.0, min_iters: int = 20, max_iters: int = 10000, *, rounds: int = 3,
                  interleave: bool = True, opener: Opener | None = None, progress: Progress | None = None,
-                 clock: Clock = time.perf_counter, seed: int = 0) -> BenchReport:
+                 clock: Clock = time.perf_counter, seed: int = 0,
+                 companions: dict[str, Companion] | None = None) -> BenchReport:
     """Benchmark each ``(backend, precision)`` at each batch size, side by side in this process.
 
     Every runner is opened and loaded once (load time from ``runner.load_time_s``; peak RSS increase over
@@ -270,6 +302,10 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
         progress: called with a description and the fraction done.
         clock: monotonic seconds; injectable for tests.
         seed: seed of random inputs when the bundle has no reference.npz.
+        companions: key → opener of another runner and its feed (the roofline probes) timed in the same rounds,
+            between the rows (see :func:`schedule`), each with the rows' time budget; their per-call seconds go to
+            ``report.companion_samples`` (a companion that fails goes to ``report.companion_errors``). Without
+            ``interleave`` they are timed after the last backend.
 
     Returns:
         :class:`BenchReport`; speedup vs torch is filled when ``torch`` is one of the backends.
@@ -306,7 +342,8 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
         for bs in batches:
             report.rows.append(BenchRow(backend=name, precision=prec, batch=bs))
 
-    total_slots = len(backends) * (1 + rounds_eff * len(batches))
+    companions = dict(companions or {})
+    total_slots = (len(backends) + len(companions)) * (1 + rounds_eff * len(batches))
     done = 0
 
     def tick(desc: str) -> None:
@@ -367,6 +404,36 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
     samples: dict[tuple[str, str, int], list[float]] = {}
     quotas_min = _split(min_iters, rounds_eff)
     quotas_max = _split(max_iters, rounds_eff)
+    comp_runners: dict[str, tuple[Runner, dict[str, np.ndarray]]] = {}
+    passes = rounds_eff * len(batches)  # a companion's budget is split over every batch pass of every round
+    comp_min, comp_max = _split(min_iters, passes), _split(max_iters, passes)
+    comp_pass: dict[str, int] = {}
+
+    def open_companion(key: str) -> None:
+        try:
+            runner, feed = companions[key]()
+            comp_runners[key] = (runner, feed)
+            runner.load()
+            for _ in range(max(1, warmup)):
+                runner.infer(feed)
+        except Exception as exc:  # noqa: BLE001 - a probe that cannot run leaves the rows without its peak
+            report.companion_errors[key] = error_line(exc)
+        tick(f"loaded {key}")
+
+    def measure_companion(key: str, warm: bool) -> None:
+        i = comp_pass.get(key, 0)
+        comp_pass[key] = i + 1
+        if key in report.companion_errors or key not in comp_runners or i >= passes or comp_max[i] == 0:
+            tick(key)
+            return
+        runner, feed = comp_runners[key]
+        try:
+            report.companion_samples.setdefault(key, []).extend(collect(
+                runner, feed, warmup=min(warmup, 3) if warm else 0, min_time_s=min_time_s / passes,
+                min_iters=comp_min[i], max_iters=comp_max[i], clock=clock))
+        except Exception as exc:  # noqa: BLE001
+            report.companion_errors[key] = error_line(exc)
+        tick(key)
 
     def measure_slot(name: str, prec: str, bs: int, rnd: int) -> None:
         row = report.row(name, prec, bs)
@@ -391,11 +458,13 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
         if interleave:
             for name, prec in backends:
                 open_and_warm(name, prec)
-            for rnd in range(rounds_eff):
-                order = backends[rnd % len(backends):] + backends[:rnd % len(backends)]
-                for bs in batches:
-                    for name, prec in order:
-                        measure_slot(name, prec, bs, rnd)
+            for key in companions:  # after the rows, outside their memory windows
+                open_companion(key)
+            for rnd, slot in schedule(backends, batches, list(companions), rounds_eff):
+                if isinstance(slot, str):
+                    measure_companion(slot, warm=rnd > 0)
+                else:
+                    measure_slot(slot[0], slot[1], slot[2], rnd)
         else:
             for name, prec in backends:
                 open_and_warm(name, prec)
@@ -404,8 +473,12 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
                 r = runners.pop((name, prec), None)
                 if r is not None:
                     r.close()
+            for key in companions:
+                open_companion(key)
+                for _ in batches:
+                    measure_companion(key, warm=False)
     finally:
-        for r in runners.values():
+        for r in [*runners.values(), *(c[0] for c in comp_runners.values())]:
             try:
                 r.close()
             except Exception:  # noqa: BLE001, S110 - closing is best effort after a failure
@@ -435,4 +508,4 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
     return report
 
 
-__all__ = ["BenchReport", "BenchRow", "LatencyStats", "bench_bundle", "collect", "measure"]
+__all__ = ["BenchReport", "BenchRow", "Companion", "LatencyStats", "bench_bundle", "collect", "measure", "schedule"]

@@ -50,9 +50,12 @@ def bench_csv(report: BenchReport, argv: list[str] | None = None) -> str:
         w.writerow(["model GOP per item (batch 1)", "", roof["error"]])
     elif roof:
         w.writerow(["model GOP per item (batch 1)", _fmt(roof["ops"]["gops"])])
+        raised = roof.get("raised", {})
         for key, p in roof.get("peaks", {}).items():
-            w.writerow([f"peak {key} (GOP/s)", _fmt(p["gops_per_s"]),
-                        f"GEMM probe {p['form']} {p['size']}, measured {p['measured']}"])
+            how = (f"raised to the rate {raised[key]['by']} reached (best probe {raised[key]['probe_form']}: "
+                   f"{_fmt(raised[key]['probe_gops_per_s'])})" if key in raised
+                   else f"probe {p['form']} ({p.get('source', 'screened')})")
+            w.writerow([f"peak {key} (GOP/s)", _fmt(p["gops_per_s"]), f"{how}, measured {p['measured']}"])
         for key, why in roof.get("no_peak", {}).items():
             w.writerow([f"peak {key}", "", why])
     w.writerow([])

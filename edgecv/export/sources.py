@@ -1,4 +1,4 @@
-"""Where a model comes from: a zoo name, ``torchvision:<name>``, ``file.py:factory``, a checkpoint, a TorchScript
+"""Where a model comes from: a zoo name, ``torchvision:<name>``, ``timm:<name>``, ``file.py:factory``, a checkpoint, a TorchScript
 archive or a ``torch.export`` ``.pt2`` program.
 
 Every source gives a :class:`LoadedModel`: the module in eval mode, the contract defaults that go with it, and the
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 #: suffixes treated as checkpoint / archive files
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pt2", ".ts", ".jit", ".torchscript")
 TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
 #: torch seed set while a model is built, so that random-init models rebuild identically from a manifest
 INIT_SEED = 0
 # keys under which training scripts (Lightning, timm, torchvision references, edgecv train) nest the state dict
@@ -42,7 +43,7 @@ _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema
 # keys that name the architecture inside a checkpoint dict (edgecv train, timm, torchvision references)
 _ARCH_KEYS = ("arch", "model_name", "architecture")
 
-SPEC_FORMS = ("a zoo name (see 'edgecv models'), torchvision:<name>, path/to/file.py:factory, "
+SPEC_FORMS = ("a zoo name (see 'edgecv models'), torchvision:<name>, timm:<name>, path/to/file.py:factory, "
               "a state-dict checkpoint (.pt/.pth/.ckpt with --arch), a TorchScript archive or a torch.export .pt2")
 
 
@@ -75,7 +76,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, input_shape: tup
     """Load a model from any supported source.
 
     Args:
-        spec: a zoo name (``resnet18``), ``torchvision:<name>``, ``path/to/file.py:factory``, a checkpoint file
+        spec: a zoo name (``resnet18``), ``torchvision:<name>``, ``timm:<name>`` (built with ``pretrained=False``;
+            its contract from the model's ``pretrained_cfg``), ``path/to/file.py:factory``, a checkpoint file
             (``.pt/.pth/.ckpt``: a state dict, which needs ``arch``), a TorchScript archive, or a ``.pt2``
             ``torch.export`` program.
         weights: a local state-dict file loaded into the model built by ``spec`` (never downloaded).
@@ -114,6 +116,8 @@ def _dispatch(spec: str, *, weights: str | Path | None, shape: tuple[int, ...] |
               arch: str | None) -> LoadedModel:
     if spec.startswith(TORCHVISION_PREFIX):
         loaded = _load_torchvision(spec[len(TORCHVISION_PREFIX):], kwargs)
+    elif spec.startswith(TIMM_PREFIX):
+        loaded = _load_timm(spec[len(TIMM_PREFIX):], kwargs)
     elif _is_file_factory(spec):
         loaded = _load_file_factory(spec, kwargs)
     elif spec.endswith(".py"):
@@ -210,7 +214,7 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
             if kind == "torchvision":
                 loaded = _load_torchvision(name, dict(kwargs))
             elif kind == "timm":
-                loaded = load_model(f"timm:{name}", model_kwargs=kwargs or None)
+                loaded = _load_timm(name, dict(kwargs))
             else:
                 loaded = _load_zoo(name, dict(kwargs))
         if weights is not None:
@@ -404,6 +408,101 @@ def _load_torchvision(name: str, kwargs: dict[str, Any]) -> LoadedModel:
         pass
     info = {"kind": "torchvision", "spec": TORCHVISION_PREFIX + name, "kwargs": kwargs, "weights": None}
     return LoadedModel(module=module, contract=contract, source_info=info, name=name)
+
+
+# --------------------------------------------------------------------------------------------- timm
+#: create_model arguments that would download weights or read a file: edgecv takes weights only from --weights
+_TIMM_REFUSED = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
+
+
+def _load_timm(name: str, kwargs: dict[str, Any]) -> LoadedModel:
+    """``timm:<name>``: ``timm.create_model(name, pretrained=False, **kwargs)`` (never a hub download; weights
+    come from ``--weights``), its contract from the model's ``pretrained_cfg`` (:func:`timm_contract`)."""
+    timm = lazy_import("timm", extra="timm")
+    available = timm.list_models()
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownNameError(f"unknown timm model '{name}'{hint}; expected a name from timm.list_models() "
+                               f"({len(available)} models)")
+    refused = [k for k in _TIMM_REFUSED if k in kwargs]
+    if refused:
+        raise ConfigError(f"timm model kwargs: expected none of {', '.join(refused)} (edgecv builds timm models "
+                          "with pretrained=False and never downloads); pass a local state dict with --weights")
+    try:
+        module = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise ModelSourceError(f"timm model '{name}' does not accept {sorted(kwargs)}: {_one_line(exc)}") from exc
+    _require_module(module, f"timm model '{name}'")
+    contract, notes = timm_contract(module)
+    info = {"kind": "timm", "spec": TIMM_PREFIX + name, "kwargs": kwargs, "weights": None}
+    return LoadedModel(module=module, contract=contract, source_info=info, name=name,
+                       guess_task=contract.task == "generic", notes=notes)
+
+
+def timm_contract(module: Any) -> tuple[Contract, list[str]]:
+    """The contract of a timm model from its ``pretrained_cfg``, as timm's eval transform
+    (``create_transform(**resolve_data_config(model=m))``) feeds it: input size, ``crop_pct`` (short side resized
+    to ``floor(size / crop_pct)``, then a centre crop), interpolation (Pillow's, antialiased), mean/std, and the
+    ImageNet class names timm ships when the head has that many classes. Reads nothing from the network.
+
+    Returns:
+        the contract and notices (what could not be expressed exactly).
+    """
+    import math
+
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config(model=module)
+    notes: list[str] = []
+    c, h, w = (int(d) for d in cfg["input_size"])
+    crop_pct = float(cfg.get("crop_pct") or 0.875)
+    crop_mode = cfg.get("crop_mode") or "center"
+    interp = str(cfg.get("interpolation") or "bilinear")
+    if interp not in ("bilinear", "bicubic", "nearest", "lanczos"):
+        notes.append(f"timm interpolation '{interp}' has no exact equivalent here; bicubic is used")
+        interp = "bicubic"
+    num_classes = int(getattr(module, "num_classes", 0) or 0)
+    task = "classify" if num_classes > 0 else "generic"
+    upd: dict[str, Any] = {"task": task, "input_shape": [1, c, h, w], "mean": [float(v) for v in cfg["mean"]],
+                           "std": [float(v) for v in cfg["std"]], "interpolation": interp, "antialias": True,
+                           "color": "GRAY" if c == 1 else "RGB", "decode": default_decode(task)}
+    if c == 1:
+        upd["mean"], upd["std"] = upd["mean"][:1], upd["std"][:1]
+    # timm resizes the short side to floor(size / crop_pct) (one size for a square input): crop_ratio is chosen
+    # so that size / crop_ratio is that integer, and edgecv's center_crop then resizes and crops exactly as timm
+    scale = math.floor(min(h, w) / crop_pct)
+    if crop_mode != "center" or h != w:
+        notes.append(f"timm crop_mode '{crop_mode}' with input {h}x{w}: approximated by a centre crop of the short "
+                     "side resized to size / crop_pct")
+    if scale > min(h, w):
+        upd["resize"] = "center_crop"
+        upd["crop_ratio"] = min(h, w) / scale
+    else:
+        upd["resize"] = "stretch"  # crop_pct >= 1: the whole image, squashed to the input size
+    names = _timm_class_names(module, num_classes)
+    if names:
+        upd["class_names"] = names
+    return Contract(**upd), notes
+
+
+def _timm_class_names(module: Any, num_classes: int) -> list[str]:
+    """The class names timm ships for the model's label set (e.g. ImageNet-1k's WordNet lemmas, first lemma of
+    each), when the head has exactly that many classes; else none."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(module)
+        if not subset:
+            return []
+        info = ImageNetInfo(subset)
+        if info.num_classes() != num_classes:
+            return []
+        return [str(info.index_to_description(i)).split(",")[0].strip()[:64] for i in range(num_classes)]
+    except Exception:  # noqa: BLE001 - a timm without the label files: no names, the model still exports
+        return []
 
 
 # --------------------------------------------------------------------------------------------- file.py:factory

@@ -44,30 +44,59 @@ class Transform:
         return b
 
 
-def resize_image(img: np.ndarray, contract: Contract) -> tuple[np.ndarray, Transform]:
-    """Resize a HxWxC uint8 image to the contract's input size by its resize mode."""
+def _resize(img: np.ndarray, wh: tuple[int, int], contract: Contract) -> np.ndarray:
+    """``img`` resized to ``wh`` with the contract's interpolation: Pillow's antialiased resampling (bit-exact,
+    :mod:`edgecv.tasks.resample`) when ``antialias``, else OpenCV's."""
+    if contract.antialias:
+        from edgecv.tasks.resample import pil_resize
+
+        out = pil_resize(img[..., 0] if img.shape[2] == 1 else img, wh, contract.interpolation)
+        return out[..., None] if out.ndim == 2 else out
     cv2 = lazy_import("cv2", "stream")
+    flag = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST,
+            "lanczos": cv2.INTER_LANCZOS4}[contract.interpolation]
+    out = cv2.resize(img, wh, interpolation=flag)
+    return out[..., None] if out.ndim == 2 else out  # type: ignore[no-any-return]
+
+
+def center_crop_geometry(h0: int, w0: int, th: int, tw: int, crop_ratio: float) -> tuple[int, int, int, int]:
+    """Resized size and crop offset of ``center_crop``, exactly as torchvision's ``Resize(short)`` +
+    ``CenterCrop((th, tw))`` (what timm's and torchvision's eval transforms are): the short side becomes
+    ``round(min(th, tw) / crop_ratio)``, the long side ``int(short * long / short0)`` (truncated), the crop starts
+    at ``int(round((size - crop) / 2))``.
+
+    Returns:
+        ``(nh, nw, top, left)``.
+    """
+    short = max(1, round(min(th, tw) / crop_ratio))
+    if w0 <= h0:
+        nw, nh = short, int(short * h0 / w0)
+    else:
+        nh, nw = short, int(short * w0 / h0)
+    nh, nw = max(nh, th), max(nw, tw)  # a crop larger than the resized image: never pad, resize up to it
+    return nh, nw, round((nh - th) / 2.0), round((nw - tw) / 2.0)  # Python's round, as torchvision
+
+
+def resize_image(img: np.ndarray, contract: Contract) -> tuple[np.ndarray, Transform]:
+    """Resize a HxWxC uint8 image to the contract's input size by its resize mode and interpolation."""
     if img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
         raise InputError(f"expected an HxWxC image, found shape {img.shape}")
     h0, w0 = img.shape[:2]
     th, tw = contract.hw
     if contract.resize == "stretch":
-        out = cv2.resize(img, (tw, th), interpolation=cv2.INTER_LINEAR)
+        out = _resize(img, (tw, th), contract)
         return out, Transform(tw / w0, th / h0, 0.0, 0.0, (h0, w0))
     if contract.resize == "letterbox":
         r = min(th / h0, tw / w0)
         nh, nw = max(1, round(h0 * r)), max(1, round(w0 * r))
-        resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        resized = _resize(img, (nw, nh), contract)
         top, left = (th - nh) // 2, (tw - nw) // 2
         out = np.full((th, tw, img.shape[2]), contract.pad_value, dtype=img.dtype)
         out[top:top + nh, left:left + nw] = resized
         return out, Transform(nw / w0, nh / h0, float(left), float(top), (h0, w0))
-    # center_crop: resize short side to size / crop_ratio, then crop the centre
-    short = min(th, tw) / contract.crop_ratio
-    r = short / min(h0, w0)
-    nh, nw = max(th, round(h0 * r)), max(tw, round(w0 * r))
-    resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    top, left = (nh - th) // 2, (nw - tw) // 2
+    # center_crop: resize the short side to size / crop_ratio, then crop the centre
+    nh, nw, top, left = center_crop_geometry(h0, w0, th, tw, contract.crop_ratio)
+    resized = _resize(img, (nw, nh), contract)
     out = resized[top:top + th, left:left + tw]
     return np.ascontiguousarray(out), Transform(nw / w0, nh / h0, float(-left), float(-top), (h0, w0))
 
