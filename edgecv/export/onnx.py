@@ -94,7 +94,8 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
                  batch_range: Sequence[int] = (1, 1, 8), simplify: bool = True, n_reference: int = 4,
                  force: bool = False, input_name: str = "input", output_names: Sequence[str] | None = None,
                  reference_images: Sequence[str | Path | np.ndarray] | None = None,
-                 rewrite: Sequence[str] | None = None, name: str | None = None) -> ExportResult:
+                 rewrite: Sequence[str] | None = None, name: str | None = None,
+                 reference_data: str | Path | None = None) -> ExportResult:
     """Export ``source`` to ONNX and write a bundle at ``out``.
 
     Args:
@@ -112,6 +113,9 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
             ``output0..`` for a tuple.
         reference_images: image files or BGR uint8 arrays for the reference inputs; default: photos shipped with
             scikit-image, or seeded noise when it (or OpenCV) is missing.
+        reference_data: in-domain images for the reference inputs instead: an image folder or a data set (COCO
+            JSON, a folder with ``val.json`` or a ``val/`` split); ``n_reference`` images spread over its classes
+            (:func:`edgecv.data.readers.reference_images`). A detector's reference then has boxes to compare.
         rewrite: names of model passes applied before export (``edgecv.rewrite.apply_passes``).
         name: bundle name (default: the source's name).
 
@@ -139,7 +143,15 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
     module = source.module
 
     # reference inputs first: real photos preprocessed by the contract double as the tracing sample
+    if reference_data is not None:
+        if reference_images is not None:
+            raise ConfigError("reference: expected reference_images or reference_data, found both")
+        from edgecv.data.readers import reference_images as _data_images
+
+        reference_images = _data_images(reference_data, n_reference)
     ref_inputs, ref_info = make_reference_inputs(contract, n_reference, images=reference_images, seed=0)
+    if reference_data is not None:
+        ref_info["data"] = str(reference_data)
     if ref_info.get("notice"):
         notices.append(ref_info.pop("notice"))
     chunk = contract.batch_range[2] if contract.dynamic_batch else contract.input_shape[0]

@@ -54,18 +54,40 @@ class BackendResult:
     load_time_s: float | None = None
     outputs: list[OutputComparison] = field(default_factory=list)
     error: str | None = None
+    allow_unchecked: bool = False  # the user accepted checks that had nothing to compare (--allow-unchecked)
     # the backend's raw outputs on the reference inputs (for the report's gallery; not part of to_dict)
     raw: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
+    def not_checked(self) -> list[str]:
+        """``output: reason`` for every check that had nothing to compare."""
+        return [f"{o.name}: {why}" for o in self.outputs for why in o.not_checked]
+
+    @property
     def passed(self) -> bool:
-        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs)
+        """Every output met its bounds and every check compared something (or the user accepted that it did
+        not): a check with nothing to compare never passes by default."""
+        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs) and \
+            (self.allow_unchecked or not self.not_checked)
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``fail``, ``not checked`` (bounds met, something compared nothing) or ``pass (unchecked
+        accepted)``."""
+        if self.error is not None or not self.outputs or not all(o.passed for o in self.outputs):
+            return "fail"
+        if self.not_checked:
+            return "pass (unchecked accepted)" if self.allow_unchecked else "not checked"
+        return "pass"
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "precision_ran": self.precision_ran,
-                "device": self.device, "load_time_s": self.load_time_s, "passed": self.passed, "error": self.error,
+                "device": self.device, "load_time_s": self.load_time_s, "passed": self.passed,
+                "verdict": self.verdict, "not_checked": self.not_checked, "allow_unchecked": self.allow_unchecked,
+                "error": self.error,
                 "tolerance": {**self.tolerance.__dict__, "text": self.tolerance.describe()},
-                "outputs": [o.to_dict() for o in self.outputs]}
+                "outputs": [{**o.to_dict(), "tolerance_text": self.tolerance.describe_for(o)}
+                            for o in self.outputs]}
 
 
 @dataclass
@@ -121,7 +143,7 @@ def _live_reference(opener: Opener, bundle: Bundle, feed: dict[str, np.ndarray],
 def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], device: str | None = None,
                     reference: ReferenceMode = "auto", batch: int | None = None, *, threads: int | None = None,
                     overrides: dict[str, float | None] | None = None, opener: Opener | None = None,
-                    seed: int = 0) -> ValidationReport:
+                    seed: int = 0, allow_unchecked: bool = False) -> ValidationReport:
     """Run every backend on the reference inputs and compare its outputs with the reference outputs.
 
     Args:
@@ -139,6 +161,8 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
         opener: ``opener(bundle, backend, precision=, device=, threads=) -> Runner``; defaults to
             :func:`edgecv.pipeline.open_runner`.
         seed: seed of the random inputs used when the bundle has no ``reference.npz``.
+        allow_unchecked: accept checks that had nothing to compare (no confident reference box, every reference
+            sample of one class, an empty mask); by default such a backend fails with the reason.
 
     Returns:
         A :class:`ValidationReport`; a backend that fails to load or run is a failed result with its error.
@@ -211,7 +235,8 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
 
     # ---------------------------------------------------------------- each backend
     for backend, prec in backends:
-        res = BackendResult(backend=backend, precision=prec, tolerance=tolerances[prec])
+        res = BackendResult(backend=backend, precision=prec, tolerance=tolerances[prec],
+                            allow_unchecked=allow_unchecked)
         try:
             got, info = _run_once(opener, b, backend, prec, feed, device, threads)
         except _USER_ERRORS:
