@@ -158,6 +158,13 @@ def register(app: typer.Typer) -> None:
                                 ["backend", "asked", "ran", "output", "max abs", "max rel", "cosine", top1,
                                  "top-5 agree", "tolerance", "result"], rows, caption=caption),
                           )
+            pc = rep.preprocess_check
+            if pc is not None:
+                console.print(f"preprocessing (contract re-run on the reference images): "
+                              f"{'[green]PASS[/]' if pc.passed else '[red]FAIL[/]'} (max abs {pc.max_abs:.3g})",
+                              highlight=False)
+                for f in pc.failures:
+                    console.print(f"[red]preprocessing:[/] {f}", highlight=False)
             for r in rep.results:
                 if r.error is not None:
                     console.print(f"[red]{r.backend}:{r.precision} failed to run:[/] {r.error}", highlight=False)
@@ -200,6 +207,9 @@ def register(app: typer.Typer) -> None:
 def _failure_line(rep: object) -> str:
     results = getattr(rep, "results", [])
     bad = [f"{r.backend}:{r.precision}" for r in results if not r.passed]
+    pc = getattr(rep, "preprocess_check", None)
+    if pc is not None and not pc.passed and not bad:
+        return f"validation failed: {pc.failures[-1]}"
     line = f"validation failed for {', '.join(bad) or 'every backend'} (see the table above)"
     unchecked = [r for r in results if r.verdict == "not checked"]
     if unchecked:

@@ -154,6 +154,7 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
         ref_info["data"] = str(reference_data)
     if ref_info.get("notice"):
         notices.append(ref_info.pop("notice"))
+    source_images = ref_info.pop("source_images", None)
     chunk = contract.batch_range[2] if contract.dynamic_batch else contract.input_shape[0]
     sample = torch.from_numpy(ref_inputs[: min(len(ref_inputs), 2 if contract.dynamic_batch else chunk)].copy())
     if contract.dynamic_batch and contract.batch_range[2] < sample.shape[0]:
@@ -216,7 +217,7 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
         t_check = time.perf_counter() - t0
 
         ref_path = work / REFERENCE_FILE
-        save_reference(ref_path, {contract.input_name: ref_inputs}, ref_outputs)
+        save_reference(ref_path, {contract.input_name: ref_inputs}, ref_outputs, images=source_images)
 
         t0 = time.perf_counter()
         parity, parity_passed = _parity(onnx_path, contract, ref_inputs, ref_outputs, chunk)
@@ -376,16 +377,21 @@ def make_reference_inputs(contract: Contract, n: int, *, images: Sequence[str | 
         from edgecv.tasks.preprocess import preprocess
 
         try:
-            xs, used = [], []
+            xs, used, sources = [], [], []
             for i in range(n):
                 label, img = photos[i % len(photos)]
                 if i >= len(photos):  # deterministic variants once every photo is used
                     img, how = _variant(img, rng)
                     label = f"{label}[{how}]"
+                img = _shrink(img, contract)
                 x, _ = preprocess(img, contract)
                 xs.append(x)
                 used.append(label)
-            return np.concatenate(xs, axis=0), {"kind": "photos", "images": used, "seed": seed}
+                sources.append(img)
+            # source_images: the BGR images the inputs were preprocessed from (saved in reference.npz, so validate
+            # can re-run the contract's preprocessing on them: a wrong colour order or scale in the bundle shows)
+            return np.concatenate(xs, axis=0), {"kind": "photos", "images": used, "seed": seed,
+                                                "source_images": sources}
         except MissingDependencyError as exc:
             notice = f"reference inputs are seeded noise: {exc}"
     if contract.dtype == "uint8":
@@ -420,6 +426,19 @@ def _load_photos(images: Sequence[str | Path | np.ndarray] | None) -> list[tuple
             img = np.repeat(img[..., None], 3, axis=2)
         out.append((nm, np.ascontiguousarray(img[..., :3][..., ::-1])))  # skimage is RGB; preprocess wants BGR
     return out
+
+
+def _shrink(img: np.ndarray, contract: Contract) -> np.ndarray:
+    """``img`` reduced (area interpolation) to at most twice the model input on its longer side, so the source
+    images saved in reference.npz stay small; the reference input is preprocessed from this very image."""
+    import cv2
+
+    h, w = img.shape[:2]
+    f = 2.0 * max(contract.hw) / max(h, w)
+    if f >= 1.0:
+        return img
+    return np.ascontiguousarray(cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))),
+                                           interpolation=cv2.INTER_AREA))
 
 
 def _variant(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:

@@ -102,12 +102,16 @@ class ValidationReport:
     input_shapes: dict[str, list[int]]
     results: list[BackendResult] = field(default_factory=list)
     reference_check: list[OutputComparison] | None = None  # live torch vs reference.npz, when both exist
+    # the bundle's contract preprocessing re-run on the reference's source images vs the saved inputs: a wrong
+    # colour order, scale, mean/std or resize in the artifact shows here (the backends are fed the saved inputs)
+    preprocess_check: OutputComparison | None = None
     # the reference outputs the backends were compared with (for the report's gallery; not part of to_dict)
     raw_reference: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
-        return bool(self.results) and all(r.passed for r in self.results)
+        pre_ok = self.preprocess_check is None or bool(self.preprocess_check.passed)
+        return bool(self.results) and all(r.passed for r in self.results) and pre_ok
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "task": self.task, "reference": self.reference,
@@ -115,7 +119,39 @@ class ValidationReport:
                 "passed": self.passed,
                 "reference_check": None if self.reference_check is None
                 else [o.to_dict() for o in self.reference_check],
+                "preprocess_check": None if self.preprocess_check is None else self.preprocess_check.to_dict(),
                 "results": [r.to_dict() for r in self.results]}
+
+
+def check_preprocessing(bundle: Bundle, batch: int | None = None) -> OutputComparison | None:
+    """The contract's preprocessing of the reference's source images against the inputs saved at export, judged
+    at fp32 tolerance; None when the reference inputs were not made from images (noise, older bundles).
+
+    The backends are fed the saved inputs, so without this a bundle whose contract was changed after export
+    (RGB↔BGR, scale, mean/std) would pass validate and then be fed wrongly preprocessed frames by ``run``.
+    """
+    from edgecv.tasks.preprocess import preprocess
+
+    ref = bundle.load_reference()
+    images = ref.get("images") or []
+    saved = ref["inputs"].get(bundle.contract.input_name)
+    if not images or saved is None:
+        return None
+    n = min(len(images), len(saved), batch or len(images))
+    try:
+        got = np.concatenate([preprocess(im, bundle.contract)[0] for im in images[:n]], axis=0)
+    except EdgecvError as exc:
+        cmp = OutputComparison(name="preprocessing", shape=tuple(saved[:n].shape), got_shape=(),
+                               failures=[f"the contract's preprocessing fails on the reference images: {exc}"],
+                               passed=False)
+        return cmp
+    cmp = compare_outputs({"preprocessing": saved[:n]}, {"preprocessing": got}, "generic")[0]
+    judge(cmp, TOLERANCES["fp32"])
+    if not cmp.passed:
+        cmp.failures.append(f"the bundle's contract (colour {bundle.contract.color}, mean {bundle.contract.mean}, "
+                            f"std {bundle.contract.std}, resize {bundle.contract.resize}) does not reproduce the "
+                            "inputs the reference was made with: the model would be fed wrongly preprocessed frames")
+    return cmp
 
 
 def _open_bundle(bundle: Bundle | str | Path) -> Bundle:
@@ -231,7 +267,8 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
     n = next(iter(feed.values())).shape[0]
     report = ValidationReport(bundle=str(b.root), task=task, reference=used, reference_note=note, batch=n,
                               input_shapes={k: list(v.shape) for k, v in feed.items()}, reference_check=check,
-                              raw_reference=ref_out)
+                              raw_reference=ref_out,
+                              preprocess_check=check_preprocessing(b, batch) if saved is not None else None)
 
     # ---------------------------------------------------------------- each backend
     for backend, prec in backends:
