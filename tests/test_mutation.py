@@ -230,7 +230,10 @@ def test_auto_method_records_its_held_out_split(tmp_path: Path) -> None:
     from helpers import make_tiny_bundle
 
     generate("classify", tmp_path / "data", n_train=0, n_val=30, size=32, seed=0)
-    b = make_tiny_bundle(tmp_path / "b", size=32, num_classes=8)
+    dirs = sorted(d for d in (tmp_path / "data" / "val").iterdir() if d.is_dir())
+    for i, d in enumerate(dirs):  # the tiny model's classes are c0..c{n-1}
+        d.rename(d.parent / f"c{i}")
+    b = make_tiny_bundle(tmp_path / "b", size=32, num_classes=len(dirs))
     compile_int8(b.root, "onnxruntime", calib=tmp_path / "data" / "val", method="auto", val=tmp_path / "data" / "val")
     extra = Bundle.open(b.root).artifact("onnxruntime", "int8").extra  # type: ignore[union-attr]
     sel = extra["selection"]
