@@ -34,6 +34,7 @@ def det_photos(work: Path) -> Path:
     from edgecv.export.detection import prepare_detection_export
 
     loaded = prepare_detection_export(load_model("shapes_detector"), nms="graph")
+    loaded.reference = None  # not its val split: the scikit-image photos, where it finds no confident box
     export_model(loaded, work / "det-photos", opset=17, force=True)
     return work / "det-photos"
 
@@ -110,6 +111,27 @@ def test_reference_images_spread_over_classes(tmp_path: Path) -> None:
     generate("classify", tmp_path / "cls", n_train=0, n_val=40, size=32, seed=0)
     picked = reference_images(tmp_path / "cls", 8)  # finds the val/ split
     assert len(picked) == 8 and len({p.parent.name for p in picked}) == 8  # eight classes, one each
+
+
+def test_shipped_models_export_with_their_val_split(work: Path) -> None:
+    """`edgecv export shapes_detector` (no --reference-data) takes its reference from the synthetic val split the
+    shipped weights were measured on: validate compares boxes, no --allow-unchecked needed."""
+    from typer.testing import CliRunner
+
+    from edgecv.cli.app import app
+    from edgecv.data.synth import val_images
+
+    res = CliRunner().invoke(app, ["export", "shapes_detector", "-o", str(work / "det-default"), "--force", "--json"])
+    assert res.exit_code == 0, res.output
+    b = Bundle.open(work / "det-default")
+    assert "val split" in b.manifest.provenance["reference"]["data"]
+    assert np.array_equal(b.load_reference()["images"][0], val_images("detect", 1, size=96)[0])
+    res = CliRunner().invoke(app, ["validate", str(work / "det-default"), "-b", "onnxruntime", "--reference", "npz",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["passed"] and out["results"][0]["verdict"] == "pass"
+    assert out["results"][0]["outputs"][0]["boxes_ref"] > 0
 
 
 # ------------------------------------------------------------------------------------------------ no vacuous checks

@@ -149,9 +149,13 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
         from edgecv.data.readers import reference_images as _data_images
 
         reference_images = _data_images(reference_data, n_reference)
+    ref_label = str(reference_data) if reference_data is not None else None
+    source_ref = getattr(source, "reference", None)
+    if reference_images is None and source_ref is not None:
+        reference_images, ref_label = source_ref(n_reference)
     ref_inputs, ref_info = make_reference_inputs(contract, n_reference, images=reference_images, seed=0)
-    if reference_data is not None:
-        ref_info["data"] = str(reference_data)
+    if ref_label is not None:
+        ref_info["data"] = ref_label
     if ref_info.get("notice"):
         notices.append(ref_info.pop("notice"))
     source_images = ref_info.pop("source_images", None)
