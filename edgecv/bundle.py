@@ -508,7 +508,8 @@ class Bundle:
         write_json(self.write_path(MANIFEST), json.loads(self.manifest.model_dump_json()))
 
     def load_reference(self) -> dict[str, Any]:
-        """Inputs and PyTorch outputs saved at export: ``{"inputs": {name: arr}, "outputs": {name: arr}}``.
+        """Inputs and PyTorch outputs saved at export: ``{"inputs": {name: arr}, "outputs": {name: arr},
+        "images": [BGR uint8 source image per input sample]}`` (``images`` empty when the inputs were noise).
 
         Read as data only (``allow_pickle=False``); anything but an .npz of numeric arrays is one line naming the
         file."""
@@ -519,6 +520,7 @@ class Bundle:
             raise BundleError(f"bundle '{self.root}' has no {REFERENCE_FILE}; re-export it")
         inputs: dict[str, Any] = {}
         outputs: dict[str, Any] = {}
+        images: dict[int, Any] = {}
         try:
             with np.load(path, allow_pickle=False) as data:
                 for k in data.files:
@@ -529,20 +531,25 @@ class Bundle:
                         inputs[k[len("input/"):]] = arr
                     elif k.startswith("output/"):
                         outputs[k[len("output/"):]] = arr
+                    elif k.startswith("image/") and k[len("image/"):].isdigit() and arr.dtype == np.uint8:
+                        images[int(k[len("image/"):])] = arr
         except (ValueError, OSError, AttributeError, TypeError, EOFError, KeyError) as exc:
             raise BundleError(f"{path}: expected an .npz of numeric arrays (input/<name>, output/<name>), found "
                               f"something else ({' '.join(str(exc).split())[:160]})") from exc
         if not inputs:
             raise BundleError(f"{path}: expected input/<name> arrays, found none")
-        return {"inputs": inputs, "outputs": outputs}
+        return {"inputs": inputs, "outputs": outputs, "images": [images[i] for i in sorted(images)]}
 
 
-def save_reference(path: Path, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-    """Write ``reference.npz`` (``input/<name>`` and ``output/<name>`` arrays)."""
+def save_reference(path: Path, inputs: dict[str, Any], outputs: dict[str, Any],
+                   images: list[Any] | None = None) -> None:
+    """Write ``reference.npz`` (``input/<name>`` and ``output/<name>`` arrays, and ``image/<i>``: the BGR uint8
+    images the inputs were preprocessed from, when they came from images)."""
     import numpy as np
 
     arrays = {f"input/{k}": np.asarray(v) for k, v in inputs.items()}
     arrays.update({f"output/{k}": np.asarray(v) for k, v in outputs.items()})
+    arrays.update({f"image/{i}": np.asarray(im, dtype=np.uint8) for i, im in enumerate(images or [])})
     with open(path, "wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
 

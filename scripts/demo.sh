@@ -11,8 +11,13 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "what this machine has"
 $E doctor
 
-step "export the shipped default classifier (trained by recipes/classifier.yaml)"
-$E export shapes_classifier -o "$OUT/cls" --force
+step "held-out validation images (the split the shipped metric was measured on)"
+VAL=$(.venv/bin/python -c "import json; m=json.load(open('edgecv/zoo/weights/shapes_classifier.json')); v=m['val']; print(v['seed'], v['size'], v['count'])")
+read -r SEED SIZE COUNT <<<"$VAL"
+$E data synth --task classify -o "$OUT/data" --n-train 0 --n-val "$COUNT" --size "$SIZE" --seed "$SEED" --force
+
+step "export the shipped default classifier (trained by recipes/classifier.yaml); reference inputs: its val split"
+$E export shapes_classifier -o "$OUT/cls" --force --reference-data "$OUT/data/val" --n-reference 8
 
 step "compile: OpenVINO IR fp32 and fp16, INT8 for ONNX Runtime (QDQ) and OpenVINO (NNCF), the trtexec command"
 $E compile "$OUT/cls" --backend openvino --precision fp32
@@ -21,10 +26,6 @@ $E compile "$OUT/cls" --backend onnxruntime --precision int8 --calib calib/cls
 $E compile "$OUT/cls" --backend openvino --precision int8 --calib calib/cls
 $E compile "$OUT/cls" --backend tensorrt --precision fp16 --emit-trtexec
 
-step "held-out validation images (the split the shipped metric was measured on)"
-VAL=$(.venv/bin/python -c "import json; m=json.load(open('edgecv/zoo/weights/shapes_classifier.json')); v=m['val']; print(v['seed'], v['size'], v['count'])")
-read -r SEED SIZE COUNT <<<"$VAL"
-$E data synth --task classify -o "$OUT/data" --n-train 0 --n-val "$COUNT" --size "$SIZE" --seed "$SEED" --force
 
 step "validate every backend against PyTorch, and the top-1 of each on the held-out images"
 # a failed check does not stop the demo: the report at the end is where it is looked at; the exit code keeps it
@@ -37,9 +38,9 @@ $E bench "$OUT/cls" -b torch -b onnxruntime -b onnxruntime:int8 -b openvino -b o
   --batch 1 --batch 8 --min-time 1
 
 step "the shipped detector (YOLOv3-tiny, NMS in the graph): export, validate by box matching and mAP, bench"
-$E export shapes_detector -o "$OUT/det" --force
-$E compile "$OUT/det" --backend openvino --precision fp32
 $E data synth --task detect -o "$OUT/det_data" --n-train 0 --n-val 100 --size 96 --seed 0 --force
+$E export shapes_detector -o "$OUT/det" --force --reference-data "$OUT/det_data" --n-reference 8
+$E compile "$OUT/det" --backend openvino --precision fp32
 $E validate "$OUT/det" -b onnxruntime -b openvino --val "$OUT/det_data" --max-drop 0.5 || failed=$?
 $E bench "$OUT/det" -b torch -b onnxruntime -b openvino --batch 1 --min-time 1 --frame-size 1280x720
 

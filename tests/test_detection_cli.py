@@ -63,17 +63,26 @@ def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:  # noqa: A
     res = json.loads(proc.stdout)
     assert res["contract"]["task"] == "detect" and res["contract"]["resize"] == "letterbox"
     assert res["contract"]["decode"]["nms"] == "graph"
-    assert res["contract"]["output_names"] == ["boxes", "scores", "classes", "num_dets"]
+    assert res["contract"]["output_names"] == ["boxes", "scores", "classes", "num_dets", "pre_nms_boxes",
+                                               "pre_nms_scores"]
     assert res["parity_passed"] is True
 
     data = tmp_path / "val"
     assert cli("data", "synth", "--task", "detect", "-o", str(data), "--n-train", "0", "--n-val", "6",
                "--size", "64", "--seed", "1").returncode == 0
-    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--val", str(data), "--json")
+    # a random-init detector gives no confident box on the reference photos: box matching is "not checked" and
+    # fails unless accepted; the pre-NMS candidates are still compared (and pass)
+    proc = cli("validate", str(out), "-b", "onnxruntime", "--json")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["results"][0]["verdict"] == "not checked"
+    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--val", str(data), "--json",
+               "--allow-unchecked")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert [r["passed"] for r in rep["results"]] == [True, True]
-    assert rep["results"][0]["outputs"][0]["name"] == "detections"
+    assert [r["verdict"] for r in rep["results"]] == ["pass (unchecked accepted)"] * 2
+    assert [o["name"] for o in rep["results"][0]["outputs"]] == ["detections", "pre_nms_boxes", "pre_nms_scores"]
+    assert all(o["passed"] and o["cosine"] > 0.99999 for o in rep["results"][1]["outputs"][1:])
     rows = {r["backend"]: r for r in rep["task_metric"]["rows"]}
     assert set(rows) == {"torch", "onnxruntime", "openvino"}
     assert rep["task_metric"]["name"] == "mAP@0.5 %"

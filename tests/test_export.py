@@ -109,7 +109,13 @@ def test_reference_from_real_photos_and_parity(exported) -> None:  # noqa: ANN00
     ref = res.bundle.load_reference()
     x = ref["inputs"]["input"]
     assert x.shape == (4, 3, 32, 32) and res.reference["images"] == ["astronaut", "coffee", "chelsea", "rocket"]
-    want0, _ = preprocess(np.ascontiguousarray(data.astronaut()[..., ::-1]), res.contract)
+    # the photo reduced (area) to twice the input side, then preprocessed; that reduced image is saved beside the
+    # inputs so validate can re-run the contract's preprocessing
+    import cv2
+
+    small = cv2.resize(np.ascontiguousarray(data.astronaut()[..., ::-1]), (64, 64), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(ref["images"][0], small)
+    want0, _ = preprocess(small, res.contract)
     np.testing.assert_array_equal(x[:1], want0)
     with torch.no_grad():
         y = src.module(torch.from_numpy(x)).numpy()

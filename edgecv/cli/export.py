@@ -85,6 +85,11 @@ def register(app: typer.Typer) -> None:
         color: Annotated[Optional[str], typer.Option("--color", help="RGB, BGR or GRAY.")] = None,
         n_reference: Annotated[int, typer.Option(
             "--n-reference", help="Reference samples saved for validation.")] = 4,
+        reference_data: Annotated[Optional[Path], typer.Option(
+            "--reference-data", help="In-domain reference images: an image folder or a data set (COCO JSON, a "
+                                     "folder with val.json or a val/ split); --n-reference of them, spread over "
+                                     "the classes (default: photos shipped with scikit-image). A detector needs "
+                                     "them for validate to compare boxes.")] = None,
         rewrite: Annotated[Optional[list[str]], typer.Option(
             "--rewrite", help="Model rewrite pass to apply before export; repeatable.")] = None,
         nms: Annotated[Optional[str], typer.Option(
@@ -154,6 +159,7 @@ def register(app: typer.Typer) -> None:
         batch_range = (1, min(max(b, 1), max_batch), max_batch)
         result = export_model(loaded, output, opset=opset, dynamic_batch=dynamic_batch, batch_range=batch_range,
                               simplify=not no_simplify, n_reference=n_reference, force=force,
+                              reference_data=reference_data,
                               rewrite=rewrite or None)
         if json_out:
             from edgecv.cli._output import emit_json

@@ -64,6 +64,10 @@ def register(app: typer.Typer) -> None:
                                "torch's (or the fp32 ONNX Runtime one without torch).")] = None,
         layers: Annotated[bool, typer.Option(
             "--layers", help="For INT8: list the first layers whose outputs diverge from fp32.")] = False,
+        allow_unchecked: Annotated[bool, typer.Option(
+            "--allow-unchecked", help="Accept checks that had nothing to compare (no confident reference box, "
+                                      "every reference sample of one class, an empty mask); without it they fail "
+                                      "validation. Better: re-export with --reference-data.")] = False,
         source: ModelSourceOpt = None,
         weights: ModelWeightsOpt = None,
         rebuild: RebuildOpt = False,
@@ -94,7 +98,7 @@ def register(app: typer.Typer) -> None:
         specs = parse_backend_specs(backend, precision or "fp32") if backend else \
             bundle_targets(b, parse_precision(precision) if precision else None, include_torch=False)
         rep = validate_bundle(b, specs, device=device, reference=reference, batch=batch,  # type: ignore[arg-type]
-                              threads=threads, opener=open_runner,
+                              threads=threads, opener=open_runner, allow_unchecked=allow_unchecked,
                               overrides={"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1})
         metrics = _task_metrics(b, specs, val, val_limit, device, threads, open_runner, details=record) \
             if val else None
@@ -139,13 +143,18 @@ def register(app: typer.Typer) -> None:
                                  r.tolerance.describe(), "[red]FAIL[/]"])
                     continue
                 for o in r.outputs:
+                    if not o.passed:
+                        verdict = "[red]FAIL[/]"
+                    elif o.not_checked:
+                        verdict = "[yellow]UNCHECKED (accepted)[/]" if allow_unchecked else "[red]NOT CHECKED[/]"
+                    else:
+                        verdict = "[green]PASS[/]"
                     rows.append([r.backend, r.precision, r.precision_ran, o.name, g(o.max_abs), g(o.max_rel),
                                  f"{o.cosine:.6f}" if math.isfinite(o.cosine) else "n/a",
                                  "n/a" if o.boxes_ref == 0 else
                                  frac(o.box_recall if o.box_recall is not None else
                                       o.top1_agreement if o.pixel_agreement is None else o.pixel_agreement),
-                                 frac(o.top5_agreement), r.tolerance.describe(),
-                                 "[green]PASS[/]" if o.passed else "[red]FAIL[/]"])
+                                 frac(o.top5_agreement), r.tolerance.describe_for(o), verdict])
             top1 = {"segment": "pixel agree", "detect": "box recall"}.get(rep.task, "top-1 agree")
             shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (rep.input_shapes or {}).items())
             caption = f"reference: {rep.reference_note}; {rep.batch} samples ({shapes})"
@@ -153,6 +162,13 @@ def register(app: typer.Typer) -> None:
                                 ["backend", "asked", "ran", "output", "max abs", "max rel", "cosine", top1,
                                  "top-5 agree", "tolerance", "result"], rows, caption=caption),
                           )
+            pc = rep.preprocess_check
+            if pc is not None:
+                console.print(f"preprocessing (contract re-run on the reference images): "
+                              f"{'[green]PASS[/]' if pc.passed else '[red]FAIL[/]'} (max abs {pc.max_abs:.3g})",
+                              highlight=False)
+                for f in pc.failures:
+                    console.print(f"[red]preprocessing:[/] {f}", highlight=False)
             for r in rep.results:
                 if r.error is not None:
                     console.print(f"[red]{r.backend}:{r.precision} failed to run:[/] {r.error}", highlight=False)
@@ -160,8 +176,8 @@ def register(app: typer.Typer) -> None:
                     for f in o.failures:
                         console.print(f"[red]{r.backend}:{r.precision} {o.name}:[/] {f}", highlight=False)
                     for f in o.not_checked:
-                        console.print(f"[yellow]{r.backend}:{r.precision} {o.name} not checked:[/] {f}",
-                                      highlight=False)
+                        console.print(f"[{'yellow' if allow_unchecked else 'red'}]{r.backend}:{r.precision} "
+                                      f"{o.name} not checked:[/] {f}", highlight=False)
                 if r.precision_ran and r.precision_ran != r.precision:
                     console.print(f"[yellow]{r.backend}: asked {r.precision}, the engine reports it ran "
                                   f"{r.precision_ran}[/]", highlight=False)
@@ -176,7 +192,10 @@ def register(app: typer.Typer) -> None:
                 from edgecv.quant.layers import print_layer_report
 
                 print_layer_report(layer_rows, top=25)
-            console.print("[green]all checks passed[/]" if ok else "[red]validation FAILED[/]")
+            unchecked = any(r.not_checked for r in rep.results)
+            console.print("[red]validation FAILED[/]" if not ok else
+                          "[yellow]checks passed; some had nothing to compare (accepted with --allow-unchecked)[/]"
+                          if unchecked else "[green]all checks passed[/]")
         if broken:  # could not load or run: an error in the input, not a numeric verdict
             from edgecv.errors import BackendError
 
@@ -190,7 +209,15 @@ def register(app: typer.Typer) -> None:
 def _failure_line(rep: object) -> str:
     results = getattr(rep, "results", [])
     bad = [f"{r.backend}:{r.precision}" for r in results if not r.passed]
-    return f"validation failed for {', '.join(bad) or 'every backend'} (see the table above)"
+    pc = getattr(rep, "preprocess_check", None)
+    if pc is not None and not pc.passed and not bad:
+        return f"validation failed: {pc.failures[-1]}"
+    line = f"validation failed for {', '.join(bad) or 'every backend'} (see the table above)"
+    unchecked = [r for r in results if r.verdict == "not checked"]
+    if unchecked:
+        line += (f"; not checked: {unchecked[0].not_checked[0]} (re-export with --reference-data, or accept with "
+                 "--allow-unchecked)")
+    return line
 
 
 def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: int | None, device: str | None,

@@ -153,6 +153,8 @@ def _default_backends() -> list[BackendName]:
 class ValidateConfig(_Strict):
     backends: list[BackendName] = Field(default_factory=_default_backends)
     max_drop: Optional[float] = Field(default=None, ge=0.0)
+    # accept checks that had nothing to compare (edgecv validate --allow-unchecked)
+    allow_unchecked: bool = False
 
 
 class BenchConfig(_Strict):

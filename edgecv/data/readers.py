@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgecv._lazy import lazy_import
-from edgecv.errors import DataError
+from edgecv.errors import ConfigError, DataError
 
 IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 BOX_TOL = 1.0  # pixels a COCO box may overhang the image (rounding in exporters)
@@ -152,3 +152,42 @@ def read_coco(ann_file: str | Path, image_root: str | Path | None = None,
         records.append((im["path"], np.asarray(im["boxes"], np.float32).reshape(-1, 4),
                         np.asarray(im["labels"], np.int64)))
     return CocoData(f, classes, cat_ids, records)
+
+
+def reference_images(path: str | Path, n: int, split: str = "val") -> list[Path]:
+    """``n`` image files of an image folder or a data set, spread over its classes (in-domain reference inputs
+    for ``edgecv export --reference-data``).
+
+    ``path`` is a COCO JSON file, a folder with ``{split}.json`` (COCO detection), a folder with a ``{split}/``
+    split (ImageFolder classification, images+masks segmentation) or any folder of images. Images are taken
+    round-robin over their folders (one per class before a second of any class), evenly spaced within each, so
+    the reference sees several classes; segmentation masks (``masks/`` folders) are skipped.
+
+    Raises:
+        ConfigError: ``path`` does not exist or holds no image.
+    """
+    p = Path(path)
+    if n < 1:
+        raise ConfigError(f"reference data: expected at least 1 image, found n={n}")
+    files: list[Path]
+    if p.is_file() and p.suffix.lower() == ".json" or p.is_dir() and (p / f"{split}.json").is_file():
+        coco = read_coco(p if p.is_file() else p / f"{split}.json")
+        files = [img for img, boxes, _ in coco.records if len(boxes)] or [img for img, _, _ in coco.records]
+    elif p.is_dir():
+        root = p / split if (p / split).is_dir() else p
+        files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMG_EXTS and f.is_file()
+                       and "masks" not in f.relative_to(root).parts)
+    else:
+        raise ConfigError(f"--reference-data: expected an image folder, a data set folder or a COCO JSON, "
+                          f"found '{path}'")
+    if not files:
+        raise ConfigError(f"--reference-data: expected image files ({', '.join(sorted(IMG_EXTS))}) under "
+                          f"'{path}', found none")
+    groups: dict[Path, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.parent, []).append(f)
+    per = [g[:: max(1, len(g) // max(1, -(-n // len(groups))))] for g in groups.values()]
+    out: list[Path] = []
+    for k in range(max(len(g) for g in per)):
+        out += [g[k] for g in per if k < len(g)]
+    return out[:n]

@@ -224,6 +224,24 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), SPLIT_IDS.get(split, 99), int(index)])
 
 
+def val_images(task: str, n: int, size: int = 96, seed: int = 0, split: str = "val") -> list[np.ndarray]:
+    """``n`` BGR images of a split, in memory, pixel for pixel those :func:`generate` writes (PNG is lossless):
+    a shipped model's reference inputs come from its own validation split. Classification takes the first image of
+    each class in turn, so the reference sees several classes."""
+    if task == "classify":
+        by_class: dict[int, list[np.ndarray]] = {}
+        for i in range(40 * n):
+            img, label = render_classify(image_rng(seed, split, i), size)
+            by_class.setdefault(label, []).append(img)
+            if sum(min(len(v), -(-n // len(SHAPES))) for v in by_class.values()) >= n:
+                break
+        out: list[np.ndarray] = []
+        for k in range(n):
+            out += [v[k] for _, v in sorted(by_class.items()) if k < len(v)]
+        return out[:n]
+    return [render_objects(image_rng(seed, split, i), size)[0] for i in range(n)]
+
+
 def _imwrite(path: Path, img: np.ndarray) -> None:
     cv2 = lazy_import("cv2", "data")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,10 @@
 padded outputs) or on the host (raw head outputs + ``contract.decode`` for :mod:`edgecv.tasks.detect`).
 
 Graph outputs (what :class:`edgecv.tasks.decode.GraphNMSDecoder` reads): ``boxes`` [B,K,4] xyxy input pixels,
-``scores`` [B,K], ``classes`` [B,K] int64, ``num_dets`` [B] int64, rows past ``num_dets`` zero. The NMS is
+``scores`` [B,K], ``classes`` [B,K] int64, ``num_dets`` [B] int64, rows past ``num_dets`` zero. Two more outputs,
+``pre_nms_boxes`` [B,N,4] and ``pre_nms_scores`` [B,N,C] (every candidate before NMS), are for validation only: the
+decoder ignores them, validate compares them elementwise (a detector's numbers live before NMS; after it a
+corrupted head can hide behind the score threshold). The NMS is
 ONNX's own ``NonMaxSuppression`` op (accepted by ONNX Runtime, OpenVINO and TensorRT), emitted by the TorchScript
 exporter through a symbolic; in eager mode the same selection runs with ``torchvision.ops.batched_nms``.
 
@@ -19,12 +22,15 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, ExportError
+from edgecv.tasks.decode import PRE_NMS_OUTPUTS
 
 if TYPE_CHECKING:
     from edgecv.export.sources import LoadedModel
 
 NMS_MODES = ("graph", "host")
 GRAPH_OUTPUTS = ["boxes", "scores", "classes", "num_dets"]
+#: GraphNMSWrapper's outputs: the four above, then the pre-NMS candidates (validation only)
+WRAPPER_OUTPUTS = [*GRAPH_OUTPUTS, *PRE_NMS_OUTPUTS]
 
 
 class _GraphNMSDetector(Protocol):
@@ -114,7 +120,8 @@ def _wrappers() -> tuple[type, type]:
     import torch
 
     class GraphNMSWrapper(torch.nn.Module):
-        """detector → decode → NonMaxSuppression → padded (boxes, scores, classes, num_dets)."""
+        """detector → decode → NonMaxSuppression → padded (boxes, scores, classes, num_dets), plus the decoded
+        candidates before NMS (``pre_nms_boxes``, ``pre_nms_scores``) for validation."""
 
         def __init__(self, model: Any, score_threshold: float, iou_threshold: float, max_det: int) -> None:
             super().__init__()
@@ -125,7 +132,8 @@ def _wrappers() -> tuple[type, type]:
             boxes, scores = self.model.decode(self.model(x))
             b, s, c, n = graph_nms(boxes, scores, score_threshold=self.score_threshold,
                                    iou_threshold=self.iou_threshold, max_det=self.max_det)
-            return {"boxes": b, "scores": s, "classes": c, "num_dets": n}
+            return {"boxes": b, "scores": s, "classes": c, "num_dets": n,
+                    PRE_NMS_OUTPUTS[0]: boxes.float(), PRE_NMS_OUTPUTS[1]: scores.float()}
 
     class RawHeadWrapper(torch.nn.Module):
         """detector → its raw head maps, named ``head0..`` (decoded on the host per ``contract.decode``)."""
@@ -190,7 +198,8 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
         wrapped, out_names = module, list(GRAPH_OUTPUTS)
         decode["format"] = "nms"
     elif nms == "graph":
-        wrapped, out_names = GraphNMSWrapper(module, score_threshold, iou_threshold, max_det), list(GRAPH_OUTPUTS)
+        wrapped = GraphNMSWrapper(module, score_threshold, iou_threshold, max_det)
+        out_names = list(WRAPPER_OUTPUTS)
         decode["format"] = "nms"
     else:
         if not info:

@@ -94,7 +94,8 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
                  batch_range: Sequence[int] = (1, 1, 8), simplify: bool = True, n_reference: int = 4,
                  force: bool = False, input_name: str = "input", output_names: Sequence[str] | None = None,
                  reference_images: Sequence[str | Path | np.ndarray] | None = None,
-                 rewrite: Sequence[str] | None = None, name: str | None = None) -> ExportResult:
+                 rewrite: Sequence[str] | None = None, name: str | None = None,
+                 reference_data: str | Path | None = None) -> ExportResult:
     """Export ``source`` to ONNX and write a bundle at ``out``.
 
     Args:
@@ -112,6 +113,9 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
             ``output0..`` for a tuple.
         reference_images: image files or BGR uint8 arrays for the reference inputs; default: photos shipped with
             scikit-image, or seeded noise when it (or OpenCV) is missing.
+        reference_data: in-domain images for the reference inputs instead: an image folder or a data set (COCO
+            JSON, a folder with ``val.json`` or a ``val/`` split); ``n_reference`` images spread over its classes
+            (:func:`edgecv.data.readers.reference_images`). A detector's reference then has boxes to compare.
         rewrite: names of model passes applied before export (``edgecv.rewrite.apply_passes``).
         name: bundle name (default: the source's name).
 
@@ -139,9 +143,22 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
     module = source.module
 
     # reference inputs first: real photos preprocessed by the contract double as the tracing sample
+    if reference_data is not None:
+        if reference_images is not None:
+            raise ConfigError("reference: expected reference_images or reference_data, found both")
+        from edgecv.data.readers import reference_images as _data_images
+
+        reference_images = _data_images(reference_data, n_reference)
+    ref_label = str(reference_data) if reference_data is not None else None
+    source_ref = getattr(source, "reference", None)
+    if reference_images is None and source_ref is not None:
+        reference_images, ref_label = source_ref(n_reference)
     ref_inputs, ref_info = make_reference_inputs(contract, n_reference, images=reference_images, seed=0)
+    if ref_label is not None:
+        ref_info["data"] = ref_label
     if ref_info.get("notice"):
         notices.append(ref_info.pop("notice"))
+    source_images = ref_info.pop("source_images", None)
     chunk = contract.batch_range[2] if contract.dynamic_batch else contract.input_shape[0]
     sample = torch.from_numpy(ref_inputs[: min(len(ref_inputs), 2 if contract.dynamic_batch else chunk)].copy())
     if contract.dynamic_batch and contract.batch_range[2] < sample.shape[0]:
@@ -204,7 +221,7 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
         t_check = time.perf_counter() - t0
 
         ref_path = work / REFERENCE_FILE
-        save_reference(ref_path, {contract.input_name: ref_inputs}, ref_outputs)
+        save_reference(ref_path, {contract.input_name: ref_inputs}, ref_outputs, images=source_images)
 
         t0 = time.perf_counter()
         parity, parity_passed = _parity(onnx_path, contract, ref_inputs, ref_outputs, chunk)
@@ -364,16 +381,21 @@ def make_reference_inputs(contract: Contract, n: int, *, images: Sequence[str | 
         from edgecv.tasks.preprocess import preprocess
 
         try:
-            xs, used = [], []
+            xs, used, sources = [], [], []
             for i in range(n):
                 label, img = photos[i % len(photos)]
                 if i >= len(photos):  # deterministic variants once every photo is used
                     img, how = _variant(img, rng)
                     label = f"{label}[{how}]"
+                img = _shrink(img, contract)
                 x, _ = preprocess(img, contract)
                 xs.append(x)
                 used.append(label)
-            return np.concatenate(xs, axis=0), {"kind": "photos", "images": used, "seed": seed}
+                sources.append(img)
+            # source_images: the BGR images the inputs were preprocessed from (saved in reference.npz, so validate
+            # can re-run the contract's preprocessing on them: a wrong colour order or scale in the bundle shows)
+            return np.concatenate(xs, axis=0), {"kind": "photos", "images": used, "seed": seed,
+                                                "source_images": sources}
         except MissingDependencyError as exc:
             notice = f"reference inputs are seeded noise: {exc}"
     if contract.dtype == "uint8":
@@ -408,6 +430,19 @@ def _load_photos(images: Sequence[str | Path | np.ndarray] | None) -> list[tuple
             img = np.repeat(img[..., None], 3, axis=2)
         out.append((nm, np.ascontiguousarray(img[..., :3][..., ::-1])))  # skimage is RGB; preprocess wants BGR
     return out
+
+
+def _shrink(img: np.ndarray, contract: Contract) -> np.ndarray:
+    """``img`` reduced (area interpolation) to at most twice the model input on its longer side, so the source
+    images saved in reference.npz stay small; the reference input is preprocessed from this very image."""
+    import cv2
+
+    h, w = img.shape[:2]
+    f = 2.0 * max(contract.hw) / max(h, w)
+    if f >= 1.0:
+        return img
+    return np.ascontiguousarray(cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))),
+                                           interpolation=cv2.INTER_AREA))
 
 
 def _variant(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:

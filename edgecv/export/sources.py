@@ -20,6 +20,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgecv._io import sha256_file
@@ -68,6 +69,8 @@ class LoadedModel:
     name: str = "model"
     guess_task: bool = False
     notes: list[str] = field(default_factory=list)
+    # in-domain reference images the source knows (a shipped model's validation split): n -> (BGR images, label)
+    reference: Callable[[int], tuple[list[Any], str]] | None = None
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -359,7 +362,16 @@ def _load_zoo(name: str, kwargs: dict[str, Any]) -> LoadedModel:
     if contract.class_names and num_classes and len(contract.class_names) != num_classes:
         contract.class_names = []
     info = {"kind": "zoo", "spec": name, "kwargs": kwargs, "weights": None}
-    return LoadedModel(module=module, contract=contract, source_info=info, name=name)
+    ref = cfg.get("reference_split")  # a shipped model: reference inputs from the split its metric was measured on
+    reference = None
+    if isinstance(ref, dict) and kwargs.get("pretrained", True) is not False:
+        def reference(n: int, r: dict[str, Any] = ref) -> tuple[list[Any], str]:
+            from edgecv.data.synth import val_images
+
+            return (val_images(r["task"], n, size=int(r["size"]), seed=int(r.get("seed", 0))),
+                    f"synthetic {r['task']} val split (seed {r.get('seed', 0)}, {r['size']} px) the shipped "
+                    "weights were measured on")
+    return LoadedModel(module=module, contract=contract, source_info=info, name=name, reference=reference)
 
 
 def default_decode(task: str) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class Int8Result:
     methods_tried: dict[str, float] = field(default_factory=dict)
     budget: dict[str, Any] | None = None
     quantized_layers: int = 0
+    selection: dict[str, Any] | None = None  # with --method auto: what the method was chosen on
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,13 +147,27 @@ class _OVQuantizer(_Quantizer):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _output_cosine(fp: Runner, q: Runner, feeds: list[dict[str, np.ndarray]]) -> float:
-    """Mean cosine similarity of all outputs, INT8 vs fp32, over ``feeds``."""
+def _cosine_outputs(contract: Any) -> list[str] | None:
+    """The outputs whose cosine says how close INT8 is to fp32: all (None), except for a detector with NMS in the
+    graph, where only the pre-NMS candidates are numbers to compare (the NMS arrays are selections: a flipped
+    near-tie moves a whole row); [] when such a detector exposes no candidates."""
+    from edgecv.tasks.decode import PRE_NMS_OUTPUTS
+
+    if contract.task == "detect" and contract.decode.get("format") == "nms":
+        return [k for k in PRE_NMS_OUTPUTS if k in contract.output_names]
+    return None
+
+
+def _output_cosine(fp: Runner, q: Runner, feeds: list[dict[str, np.ndarray]],
+                   names: list[str] | None = None) -> float:
+    """Mean cosine similarity of the outputs ``names`` (default all), INT8 vs fp32, over ``feeds``."""
     sims = []
     with fp, q:
         for feed in feeds:
             a, b = fp.infer(feed), q.infer(feed)
-            for k in a:
+            for k in (a if names is None else names):
+                if a[k].shape != b[k].shape:
+                    continue
                 x, y = a[k].astype(np.float64).ravel(), b[k].astype(np.float64).ravel()
                 den = np.linalg.norm(x) * np.linalg.norm(y)
                 sims.append(float(x @ y / den) if den > 0 else float(np.allclose(x, y)))
@@ -181,6 +196,16 @@ def _versions() -> dict[str, str | None]:
     return {m: version_of(m) for m in ("onnx", "onnxruntime", "openvino", "nncf")}
 
 
+def split_val(val: ValSet) -> tuple[ValSet, ValSet]:
+    """(selection, certification): every third sample (at least one) to choose on, the rest to certify on."""
+    if len(val) < 2:
+        raise ConfigError(f"--method auto with --val: expected at least 2 validation samples (one to choose the "
+                          f"method on, one to certify it), found {len(val)}")
+    sel = [it for i, it in enumerate(val.items) if i % 3 == 0]
+    cert = [it for i, it in enumerate(val.items) if i % 3 != 0]
+    return (dataclasses.replace(val, items=sel), dataclasses.replace(val, items=cert))
+
+
 # ------------------------------------------------------------------------------------------------ core
 def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, val: ValSet | None,
          max_drop: float | None, float_head: bool, prior: list[str], val_path: str | None) -> Int8Result:
@@ -192,13 +217,28 @@ def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, va
     res = Int8Result(q.backend, method, len(calib), calib.to_dict(), float_head=head)
     metric = metric_for(contract.task) if val is not None else None
     unit = TASK_METRICS.meta(contract.task).get("unit", "points") if val is not None else ""
-    fp32_metric = score(q.fp32_runner(), metric, val) if metric is not None and val is not None else None
     feeds = _sample_feeds(calib, AUTO_SCORE_SAMPLES)
+    cos_names = _cosine_outputs(contract)
+    select: ValSet | None = None
+    if method == "auto" and val is not None:
+        # the method is chosen on a split held out from the images that certify the budget and the final metric:
+        # choosing and certifying on the same images would report the winner's luck on them as its accuracy
+        select, val = split_val(val)
+        res.selection = {"by": f"{unit} on a held-out selection split", "split": "val[0::3]",
+                         "samples": len(select), "certified_on": "val (the other samples)", "certify_samples": len(val)}
+    elif method == "auto":
+        if cos_names == []:
+            raise ConfigError("--method auto: a detector with NMS in the graph and no pre-NMS outputs cannot be "
+                              "compared with fp32 by output cosine; expected --val DATA (or re-export it)")
+        res.selection = {"by": "output cosine vs fp32 on calibration samples" +
+                         (f" ({', '.join(cos_names)}: the candidates before NMS)" if cos_names else ""),
+                         "samples": len(feeds)}
+    fp32_metric = score(q.fp32_runner(), metric, val) if metric is not None and val is not None else None
 
     def quality(runner: Runner) -> float:
-        if metric is not None and val is not None:
-            return score(runner, metric, val)
-        return _output_cosine(q.fp32_runner(), runner, feeds)
+        if metric is not None and select is not None:
+            return score(runner, metric, select)
+        return _output_cosine(q.fp32_runner(), runner, feeds, cos_names)
 
     # method: auto scores each on the validation metric (or, without --val, output cosine on calib samples)
     first: Trial | None = None
@@ -212,8 +252,9 @@ def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, va
                 best_m, best_s, best_last = meth, s, (q.last, q.last_key)
         res.method = best_m
         q.last, q.last_key = best_last
-        if fp32_metric is not None:
-            first = Trial(list(base), best_s, fp32_metric - best_s)
+        if fp32_metric is not None and metric is not None and val is not None:
+            m_best = score(_final_runner(q), metric, val)  # the winner, scored on the certification split
+            first = Trial(list(base), m_best, fp32_metric - m_best)
     chosen = res.method
 
     if max_drop is not None:
@@ -243,7 +284,7 @@ def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, va
 
     # final measurement of the kept model
     final = _final_runner(q)
-    res.metrics["output_cosine"] = _output_cosine(q.fp32_runner(), final, feeds)
+    res.metrics["output_cosine"] = _output_cosine(q.fp32_runner(), final, feeds, cos_names)
     if metric is not None and val is not None and fp32_metric is not None:
         m_int8 = score(_final_runner(q), metric, val)
         res.metrics.update({"unit": unit, "fp32": fp32_metric, "int8": m_int8, "drop": fp32_metric - m_int8,
@@ -482,4 +523,8 @@ def summarize(res_extra: dict[str, Any]) -> list[list[Any]]:
         rows.append(["max drop", m["max_drop"]])
     for k, v in res_extra.get("methods_tried", {}).items():
         rows.append([f"auto: {k}", v])
+    sel = res_extra.get("selection")
+    if sel:
+        rows.append(["auto: chosen by", f"{sel['by']} ({sel['samples']} samples"
+                     + (f"; certified on the other {sel['certify_samples']})" if "certify_samples" in sel else ")")])
     return rows

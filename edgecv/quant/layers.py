@@ -169,6 +169,23 @@ def _stats(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
     return cos, rel, mx
 
 
+def selection_nodes(model: Any) -> set[str]:
+    """``NonMaxSuppression`` nodes and everything downstream of them: a detector's selection, whose tensors have
+    data-dependent lengths and whose differences are flipped choices, not quantization error. Layer ranking and
+    ``validate --layers`` compare the tensors before it (the candidates, where a detector's numbers live)."""
+    cons = _consumers(model.graph)
+    todo = [n for n in model.graph.node if n.op_type == "NonMaxSuppression"]
+    seen: dict[int, Any] = {}
+    while todo:
+        n = todo.pop()
+        if id(n) in seen:
+            continue
+        seen[id(n)] = n
+        for t in n.output:
+            todo += cons.get(t, [])
+    return {n.name for n in seen.values()}
+
+
 def compare_layers(fp32_model: Any, int8_model: Any, feeds: list[dict[str, np.ndarray]],
                    cosine_threshold: float = COSINE_THRESHOLD,
                    rel_threshold: float = REL_ERR_THRESHOLD) -> list[LayerDivergence]:
@@ -179,7 +196,8 @@ def compare_layers(fp32_model: Any, int8_model: Any, feeds: list[dict[str, np.nd
     """
     from edgecv.quant._runners import OrtFileRunner
 
-    fp_nodes = [n for n in fp32_model.graph.node if n.op_type not in QDQ_OPS]
+    after_nms = selection_nodes(fp32_model)
+    fp_nodes = [n for n in fp32_model.graph.node if n.op_type not in QDQ_OPS and n.name not in after_nms]
     q_tensors = {t for n in int8_model.graph.node for t in n.output}
     names = [t for n in fp_nodes for t in n.output[:1] if t and t in q_tensors]
     if not names:
@@ -199,6 +217,8 @@ def compare_layers(fp32_model: Any, int8_model: Any, feeds: list[dict[str, np.nd
         if not node.output or node.output[0] not in ref_acc:
             continue
         t = node.output[0]
+        if any(a.shape != b.shape for a, b in zip(ref_acc[t], got_acc[t])):
+            continue  # a data-dependent shape (a selection the graph makes): not an elementwise quantity
         ref = np.concatenate([a.ravel() for a in ref_acc[t]])
         got = np.concatenate([a.ravel() for a in got_acc[t]])
         cos, rel, mx = _stats(ref, got)

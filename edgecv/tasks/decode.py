@@ -149,6 +149,12 @@ class DetectResult:
         }
 
 
+#: validation-only outputs of a graph-NMS export: every candidate before NMS (boxes [B,N,4] xyxy input pixels,
+#: per-class scores [B,N,C]). The decoder ignores them; validate compares them elementwise, where a corrupted head
+#: shows even when no candidate survives the score threshold.
+PRE_NMS_OUTPUTS = ("pre_nms_boxes", "pre_nms_scores")
+
+
 class GraphNMSDecoder:
     """Decodes the output of a model with NMS inside the graph (EfficientNMS / ONNX NMS wrappers).
 

@@ -54,18 +54,40 @@ class BackendResult:
     load_time_s: float | None = None
     outputs: list[OutputComparison] = field(default_factory=list)
     error: str | None = None
+    allow_unchecked: bool = False  # the user accepted checks that had nothing to compare (--allow-unchecked)
     # the backend's raw outputs on the reference inputs (for the report's gallery; not part of to_dict)
     raw: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
+    def not_checked(self) -> list[str]:
+        """``output: reason`` for every check that had nothing to compare."""
+        return [f"{o.name}: {why}" for o in self.outputs for why in o.not_checked]
+
+    @property
     def passed(self) -> bool:
-        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs)
+        """Every output met its bounds and every check compared something (or the user accepted that it did
+        not): a check with nothing to compare never passes by default."""
+        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs) and \
+            (self.allow_unchecked or not self.not_checked)
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``fail``, ``not checked`` (bounds met, something compared nothing) or ``pass (unchecked
+        accepted)``."""
+        if self.error is not None or not self.outputs or not all(o.passed for o in self.outputs):
+            return "fail"
+        if self.not_checked:
+            return "pass (unchecked accepted)" if self.allow_unchecked else "not checked"
+        return "pass"
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "precision_ran": self.precision_ran,
-                "device": self.device, "load_time_s": self.load_time_s, "passed": self.passed, "error": self.error,
+                "device": self.device, "load_time_s": self.load_time_s, "passed": self.passed,
+                "verdict": self.verdict, "not_checked": self.not_checked, "allow_unchecked": self.allow_unchecked,
+                "error": self.error,
                 "tolerance": {**self.tolerance.__dict__, "text": self.tolerance.describe()},
-                "outputs": [o.to_dict() for o in self.outputs]}
+                "outputs": [{**o.to_dict(), "tolerance_text": self.tolerance.describe_for(o)}
+                            for o in self.outputs]}
 
 
 @dataclass
@@ -80,12 +102,16 @@ class ValidationReport:
     input_shapes: dict[str, list[int]]
     results: list[BackendResult] = field(default_factory=list)
     reference_check: list[OutputComparison] | None = None  # live torch vs reference.npz, when both exist
+    # the bundle's contract preprocessing re-run on the reference's source images vs the saved inputs: a wrong
+    # colour order, scale, mean/std or resize in the artifact shows here (the backends are fed the saved inputs)
+    preprocess_check: OutputComparison | None = None
     # the reference outputs the backends were compared with (for the report's gallery; not part of to_dict)
     raw_reference: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
-        return bool(self.results) and all(r.passed for r in self.results)
+        pre_ok = self.preprocess_check is None or bool(self.preprocess_check.passed)
+        return bool(self.results) and all(r.passed for r in self.results) and pre_ok
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "task": self.task, "reference": self.reference,
@@ -93,7 +119,39 @@ class ValidationReport:
                 "passed": self.passed,
                 "reference_check": None if self.reference_check is None
                 else [o.to_dict() for o in self.reference_check],
+                "preprocess_check": None if self.preprocess_check is None else self.preprocess_check.to_dict(),
                 "results": [r.to_dict() for r in self.results]}
+
+
+def check_preprocessing(bundle: Bundle, batch: int | None = None) -> OutputComparison | None:
+    """The contract's preprocessing of the reference's source images against the inputs saved at export, judged
+    at fp32 tolerance; None when the reference inputs were not made from images (noise, older bundles).
+
+    The backends are fed the saved inputs, so without this a bundle whose contract was changed after export
+    (RGB↔BGR, scale, mean/std) would pass validate and then be fed wrongly preprocessed frames by ``run``.
+    """
+    from edgecv.tasks.preprocess import preprocess
+
+    ref = bundle.load_reference()
+    images = ref.get("images") or []
+    saved = ref["inputs"].get(bundle.contract.input_name)
+    if not images or saved is None:
+        return None
+    n = min(len(images), len(saved), batch or len(images))
+    try:
+        got = np.concatenate([preprocess(im, bundle.contract)[0] for im in images[:n]], axis=0)
+    except EdgecvError as exc:
+        cmp = OutputComparison(name="preprocessing", shape=tuple(saved[:n].shape), got_shape=(),
+                               failures=[f"the contract's preprocessing fails on the reference images: {exc}"],
+                               passed=False)
+        return cmp
+    cmp = compare_outputs({"preprocessing": saved[:n]}, {"preprocessing": got}, "generic")[0]
+    judge(cmp, TOLERANCES["fp32"])
+    if not cmp.passed:
+        cmp.failures.append(f"the bundle's contract (colour {bundle.contract.color}, mean {bundle.contract.mean}, "
+                            f"std {bundle.contract.std}, resize {bundle.contract.resize}) does not reproduce the "
+                            "inputs the reference was made with: the model would be fed wrongly preprocessed frames")
+    return cmp
 
 
 def _open_bundle(bundle: Bundle | str | Path) -> Bundle:
@@ -121,7 +179,7 @@ def _live_reference(opener: Opener, bundle: Bundle, feed: dict[str, np.ndarray],
 def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], device: str | None = None,
                     reference: ReferenceMode = "auto", batch: int | None = None, *, threads: int | None = None,
                     overrides: dict[str, float | None] | None = None, opener: Opener | None = None,
-                    seed: int = 0) -> ValidationReport:
+                    seed: int = 0, allow_unchecked: bool = False) -> ValidationReport:
     """Run every backend on the reference inputs and compare its outputs with the reference outputs.
 
     Args:
@@ -139,6 +197,8 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
         opener: ``opener(bundle, backend, precision=, device=, threads=) -> Runner``; defaults to
             :func:`edgecv.pipeline.open_runner`.
         seed: seed of the random inputs used when the bundle has no ``reference.npz``.
+        allow_unchecked: accept checks that had nothing to compare (no confident reference box, every reference
+            sample of one class, an empty mask); by default such a backend fails with the reason.
 
     Returns:
         A :class:`ValidationReport`; a backend that fails to load or run is a failed result with its error.
@@ -207,11 +267,13 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
     n = next(iter(feed.values())).shape[0]
     report = ValidationReport(bundle=str(b.root), task=task, reference=used, reference_note=note, batch=n,
                               input_shapes={k: list(v.shape) for k, v in feed.items()}, reference_check=check,
-                              raw_reference=ref_out)
+                              raw_reference=ref_out,
+                              preprocess_check=check_preprocessing(b, batch) if saved is not None else None)
 
     # ---------------------------------------------------------------- each backend
     for backend, prec in backends:
-        res = BackendResult(backend=backend, precision=prec, tolerance=tolerances[prec])
+        res = BackendResult(backend=backend, precision=prec, tolerance=tolerances[prec],
+                            allow_unchecked=allow_unchecked)
         try:
             got, info = _run_once(opener, b, backend, prec, feed, device, threads)
         except _USER_ERRORS:

@@ -167,14 +167,16 @@ def _shipped(name: str, variant: str, cls: type[nn.Module], arch: dict[str, Any]
     return _load_shipped(model, name) if weights else model
 
 
-@register_model(task="classify", num_classes=8, class_names=SHAPES_CLASSIFY, **_CLS)
+@register_model(task="classify", num_classes=8, class_names=SHAPES_CLASSIFY,
+                reference_split={"task": "classify", "size": 64, "seed": 0}, **_CLS)
 def shapes_classifier(**kwargs: Any) -> MobileNetV2Edge:
     """mobilenet_v2_edge trained on the synthetic shapes (8 classes, 64 px) by recipes/classifier.yaml; weights and
     held-out metric in edgecv/zoo/weights/shapes_classifier.{pt,json}."""
     return _shipped("shapes_classifier", "mobilenet_v2_edge", MobileNetV2Edge, _CLS_ARCH, kwargs)
 
 
-@register_model(task="segment", num_classes=9, class_names=SHAPES_SEGMENT, **_CLS)
+@register_model(task="segment", num_classes=9, class_names=SHAPES_SEGMENT,
+                reference_split={"task": "segment", "size": 64, "seed": 0}, **_CLS)
 def shapes_segmenter(**kwargs: Any) -> UNetDWEdge:
     """unet_dw_edge trained on the synthetic shapes (background + 8 classes, 64 px) by recipes/segmenter.yaml;
     weights and held-out mIoU in edgecv/zoo/weights/shapes_segmenter.{pt,json}."""

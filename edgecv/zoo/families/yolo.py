@@ -524,7 +524,8 @@ def _weights_dir() -> Any:
     return Path(__file__).resolve().parents[1] / "weights"
 
 
-@register_model(input_size=(3, 96, 96), num_classes=8, class_names=list(_SHAPES), **_DET)
+@register_model(input_size=(3, 96, 96), num_classes=8, class_names=list(_SHAPES),
+                reference_split={"task": "detect", "size": 96, "seed": 0}, **_DET)
 def shapes_detector(**kwargs: Any) -> YOLOv3:
     """The shipped default detector: ``yolov3_tiny`` trained on the synthetic shapes (8 classes, 96 px, letterbox)
     with the weights in edgecv/zoo/weights/yolov3_tiny_synth.pt; its val mAP, data split and training record are in
