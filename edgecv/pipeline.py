@@ -473,7 +473,7 @@ def machine_targets(calib: bool) -> tuple[list[tuple[str, str]], list[str]]:
 def benchmark_model(spec: str, out: str | Path, *, weights: str | Path | None = None,
                     calib: str | Path | None = None, val: str | Path | None = None, val_limit: int | None = None,
                     max_drop: float | None = None, bench_min_time: float = 1.0, batches: list[int] | None = None,
-                    threads: int | None = None, force: bool = False,
+                    threads: int | None = None, force: bool = False, allow_unchecked: bool = False,
                     log: Callable[[str], None] | None = None) -> tuple[PipelineResult, list[str]]:
     """From a model to one table (Ultralytics' ``benchmark``, with edgecv's parity and task-metric columns):
     export ``spec``, compile every engine × precision this machine can run (:func:`machine_targets`), validate each
@@ -494,7 +494,7 @@ def benchmark_model(spec: str, out: str | Path, *, weights: str | Path | None = 
         "export": {"opset": 17, "dynamic_batch": True, "simplify": True},
         "quantize": {"method": "auto", "calib": str(Path(calib).resolve()), "max_drop": max_drop} if calib else None,
         "compile": [{"backend": b, "precision": p} for b, p in targets if (b, p) != ("onnxruntime", "fp32")],
-        "validate": {"backends": engines},
+        "validate": {"backends": engines, "allow_unchecked": allow_unchecked},
         "bench": {"backends": engines, "batches": batches or [1], "threads": threads},
     }, source=f"benchmark {spec}")
     res = run_recipe(rec, out, force=force, bench_min_time=bench_min_time, val_limit=val_limit, log=log,

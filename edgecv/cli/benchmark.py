@@ -30,6 +30,9 @@ def benchmark_cmd(
     threads: ThreadsOpt = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table as CSV.")] = None,
     md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the table as Markdown.")] = None,
+    allow_unchecked: Annotated[bool, typer.Option(
+        "--allow-unchecked", help="Accept a comparison that had nothing to compare (e.g. a random-weight model whose "
+                                  "reference photos all give one class); without it that row does not agree.")] = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -48,7 +51,7 @@ def benchmark_cmd(
     say = (lambda m: err_console.print(m, markup=False)) if json_out else (lambda m: console.print(m, markup=False))
     res, skipped = benchmark_model(model, out, weights=weights, calib=calib, val=val, val_limit=val_limit,
                                    max_drop=max_drop, bench_min_time=min_time, batches=batch, threads=threads,
-                                   force=force, log=say)
+                                   force=force, allow_unchecked=allow_unchecked, log=say)
     header = ["backend", "precision", "ran", res.metric_name or "metric", "delta vs torch", "agrees with torch",
               "batch", "p50 ms", "p99 ms", "speedup vs torch", "size MB", "error"]
     rows = [[r["backend"], r["precision"], r["precision_ran"], _r(r["metric"]), _r(r["delta"]),
