@@ -1,0 +1,238 @@
+"""torchvision detectors through the adapter registry: every family, in a tiny seeded configuration, gives on ONNX
+Runtime and OpenVINO fp32 the boxes torchvision's own eager model gives (recall 1.0 at IoU ≥ 0.99, same class);
+segmentation ``out`` head, offline builders, ``--decode`` for a raw head, and the one-line refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tv = pytest.importorskip("torchvision")
+pytest.importorskip("onnxruntime")
+
+from edgecv.bundle import Contract  # noqa: E402
+from edgecv.errors import ConfigError  # noqa: E402
+from edgecv.export.detection import prepare_detection_export  # noqa: E402
+from edgecv.export.sources import LoadedModel  # noqa: E402
+
+SIZE = 160
+COMPARED = 30  # the eager model's best boxes that must all be found (well inside max_det: no cut-off ties)
+
+
+def _fpn_backbone(p6p7: bool = False) -> Any:
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    extra = LastLevelP6P7(64, 64) if p6p7 else None
+    kw: dict[str, Any] = {"returned_layers": [2, 3, 4], "extra_blocks": extra} if p6p7 else {}
+    bb = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5, **kw)
+    # a narrower FPN (64 channels) keeps the heads small
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
+    in_ch = [128, 256, 512] if p6p7 else [64, 128, 256, 512]
+    bb.fpn = FeaturePyramidNetwork(in_ch, 64, extra_blocks=extra or bb.fpn.extra_blocks)
+    bb.out_channels = 64
+    return bb
+
+
+def tiny_detector(family: str) -> Any:
+    """A seeded, small instance of each torchvision detector family (random weights, 3 label slots, 160 px)."""
+    from torchvision.models import detection as d
+
+    torch.manual_seed(0)
+    size = {"min_size": SIZE, "max_size": SIZE}
+    if family == "fasterrcnn":
+        return d.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3, **size)
+    if family == "maskrcnn":
+        return d.MaskRCNN(_fpn_backbone(), num_classes=3, **size)
+    if family == "keypointrcnn":
+        return d.KeypointRCNN(_fpn_backbone(), num_classes=2, num_keypoints=5, **size)
+    if family == "retinanet":
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+        anchors = AnchorGenerator(tuple((s, int(s * 1.26), int(s * 1.59)) for s in (16, 32, 64, 128, 256)),
+                                  ((0.5, 1.0, 2.0),) * 5)
+        return d.RetinaNet(_fpn_backbone(p6p7=True), num_classes=3, anchor_generator=anchors, **size)
+    if family == "fcos":
+        return d.FCOS(_fpn_backbone(p6p7=True), num_classes=3, **size)
+    if family == "ssdlite":
+        return d.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
+    if family == "ssd300":
+        return d.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=3)
+    raise AssertionError(family)
+
+
+def _loaded(model: Any, name: str) -> LoadedModel:
+    from edgecv.export.adapters.torchvision import default_input_hw
+
+    h, w = default_input_hw(model)
+    contract = Contract(task="detect", input_shape=[1, 3, h, w])
+    return LoadedModel(module=model.eval(), contract=contract, source_info={"kind": "test", "spec": name},
+                       name=name)
+
+
+def _photo(contract: Contract) -> np.ndarray:
+    from skimage import data
+
+    from edgecv.tasks.preprocess import preprocess
+
+    x, _ = preprocess(np.ascontiguousarray(data.astronaut()[..., ::-1]), contract)
+    return x
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from edgecv.tasks.detect import box_iou
+
+    return box_iou(a, b)
+
+
+def assert_same_boxes(ref: dict[str, Any], got: dict[str, np.ndarray], what: str) -> int:
+    """Every one of the eager model's best ``COMPARED`` boxes has a same-class box at IoU ≥ 0.99; returns how many
+    boxes were compared (asserted > 0 by the callers: a comparison of nothing proves nothing)."""
+    rb = ref["boxes"].detach().numpy()
+    rc = ref["labels"].detach().numpy()
+    n = int(got["num_dets"].reshape(-1)[0])
+    gb, gc, gs = got["boxes"][0, :n], got["classes"][0, :n], got["scores"][0, :n]
+    k = min(COMPARED, len(rb))
+    if k == 0:
+        return 0
+    iou = _iou(rb[:k], gb) if n else np.zeros((k, 0))
+    same = rc[:k, None] == gc[None, :]
+    found = ((iou >= 0.99) & same).any(1)
+    assert found.all(), (f"{what}: {int((~found).sum())} of {k} torchvision boxes not found (IoU ≥ 0.99, same "
+                         f"class); first missing {rb[:k][~found][0]} class {rc[:k][~found][0]}")
+    best = np.where(same, iou, 0).argmax(1)
+    np.testing.assert_allclose(gs[best], ref["scores"].detach().numpy()[:k], atol=1e-3)
+    return k
+
+
+def _run_backends(onnx_path: Path, x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = {"onnxruntime": dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))}
+    try:
+        import openvino as ov
+    except ImportError:
+        return out
+    core = ov.Core()
+    compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    res = compiled({0: x})
+    from edgecv.backends.openvino import port_name
+
+    out["openvino"] = {port_name(p): np.asarray(res[p]) for p in compiled.outputs}
+    return out
+
+
+def _check_family(family: str, tmp_path: Path, score_threshold: float = 0.001) -> None:
+    from edgecv.export.onnx import export_model
+
+    model = tiny_detector(family)
+    loaded = prepare_detection_export(_loaded(model, family), nms="graph", score_threshold=score_threshold,
+                                      iou_threshold=0.5, max_det=100)
+    assert loaded.contract.task == "detect" and loaded.contract.output_names == ["boxes", "scores", "classes",
+                                                                                   "num_dets"]
+    assert loaded.contract.resize == ("stretch" if family.startswith("ssd") else "letterbox")
+    x = _photo(loaded.contract)
+    with torch.no_grad():
+        ref = model([torch.from_numpy(x[0])])[0]  # torchvision's own eager, post-processed boxes
+    res = export_model(loaded, tmp_path / family, opset=17, dynamic_batch=False, batch_range=(1, 1, 1),
+                       simplify=False, n_reference=1)
+    outs = _run_backends(res.path / "model.onnx", x)
+    assert "openvino" in outs
+    for backend, got in outs.items():
+        assert assert_same_boxes(ref, got, f"{family} on {backend}") > 0
+
+
+@pytest.mark.parametrize("family", ["fasterrcnn", "ssdlite"])
+def test_torchvision_family_boxes_equal_eager(family: str, tmp_path: Path) -> None:
+    _check_family(family, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["maskrcnn", "keypointrcnn", "retinanet", "fcos", "ssd300"])
+def test_torchvision_family_boxes_equal_eager_slow(family: str, tmp_path: Path) -> None:
+    _check_family(family, tmp_path)
+
+
+@pytest.mark.slow
+def test_torchvision_host_nms_candidates(tmp_path: Path) -> None:
+    """--nms host on RetinaNet: decoded candidates out of the graph, NMS on the host; the host's detections equal the
+    graph-NMS export's (same candidates, same per-class NMS)."""
+    from edgecv.export.onnx import export_model
+    from edgecv.tasks.detect import HostNMSDecoder
+
+    model = tiny_detector("retinanet")
+    model.topk_candidates = 10 ** 6  # the host sees every candidate; torchvision keeps per-level top-k otherwise
+    loaded = prepare_detection_export(_loaded(model, "retinanet"), nms="host", score_threshold=0.02, max_det=100)
+    assert loaded.contract.decode["format"] == "boxes_scores"
+    assert loaded.contract.output_names == ["head0", "head1"]
+    x = _photo(loaded.contract)
+    res = export_model(loaded, tmp_path / "host", opset=17, dynamic_batch=False, batch_range=(1, 1, 1),
+                       simplify=False, n_reference=1)
+    got = _run_backends(res.path / "model.onnx", x)["onnxruntime"]
+    boxes, scores, classes = HostNMSDecoder(res.contract).detect(got)[0]
+    model.score_thresh, model.nms_thresh, model.detections_per_img = 0.02, 0.5, 100
+    with torch.no_grad():
+        ref = model([torch.from_numpy(x[0])])[0]
+    n = len(scores)
+    assert n > 0
+    k = assert_same_boxes(ref, {"boxes": boxes[None], "classes": classes[None], "scores": scores[None],
+                                "num_dets": np.array([n])}, "retinanet host NMS")
+    assert k > 0
+
+
+def test_two_stage_host_nms_is_refused_in_one_line() -> None:
+    model = tiny_detector("fasterrcnn")
+    with pytest.raises(ConfigError, match=r"^--nms host: FasterRCNN runs NMS between its stages.*--nms graph$"):
+        prepare_detection_export(_loaded(model, "frcnn"), nms="host")
+
+
+def test_unknown_detector_names_families_and_decode() -> None:
+    model = torch.nn.Conv2d(3, 8, 3)
+    loaded = LoadedModel(module=model, contract=Contract(task="detect"), source_info={}, name="conv")
+    with pytest.raises(ConfigError) as err:
+        prepare_detection_export(loaded)
+    msg = str(err.value)
+    assert "\n" not in msg and "torchvision" in msg and "--decode yolo-anchor-free|yolo-anchors|ssd" in msg
+    assert "torch.nn.modules.conv.Conv2d" in msg
+
+
+# ----------------------------------------------------------------------------------------- end to end (CLI)
+def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """torchvision:<name> alone: offline build with a notice, export, validate on ORT + OpenVINO, run on images."""
+    out = tmp_path / "frcnn"
+    proc = cli("export", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "-o", str(out), "--num-classes", "3",
+               "--input-shape", "1x3x160x160", "--kwarg", "min_size=160", "--kwarg", "max_size=160",
+               "--score-threshold", "0.05", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    c = res["contract"]
+    assert c["task"] == "detect" and c["resize"] == "letterbox" and c["decode"]["nms"] == "graph"
+    assert c["input_shape"] == [1, 3, 160, 160] and c["mean"] == [0.0, 0.0, 0.0]
+    assert any("weights_backbone" in n and "not on disk" in n for n in res["notices"])
+    assert res["parity_passed"] is True
+
+    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert [r["passed"] for r in rep["results"]] == [True, True]
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    import cv2
+    from skimage import data
+
+    for i, img in enumerate((data.astronaut(), data.coffee())):
+        cv2.imwrite(str(frames / f"{i}.jpg"), np.ascontiguousarray(img[..., ::-1]))
+    proc = cli("run", str(out), "--source", str(frames), "-b", "onnxruntime", "--conf", "0.05", "--json",
+               "--no-display")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    dets = [ln for ln in lines if ln.get("task") == "detect" or "detections" in ln]
+    assert len(dets) >= 2
