@@ -41,7 +41,37 @@ def _fpn_backbone(p6p7: bool = False) -> Any:
 
 
 def tiny_detector(family: str) -> Any:
-    """A seeded, small instance of each torchvision detector family (random weights, 3 label slots, 160 px)."""
+    """A seeded, small instance of each torchvision detector family (random weights, 3 label slots, 160 px).
+
+    The heads are re-drawn with a visible spread: torchvision's own init scores every SSD box 1/C and every
+    RetinaNet/FCOS box ~0.01, and boxes tied on score are ranked arbitrarily by any NMS, so nothing could be compared.
+    """
+    model = _tiny_detector(family)
+    # BatchNorm statistics from two photos: with the init's running stats (mean 0, var 1) a random deep backbone's
+    # activations die out, and every location scores the same
+    from skimage import data
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.momentum = None
+    imgs = [torch.from_numpy(im.transpose(2, 0, 1).copy()).float() / 255 for im in (data.astronaut(), data.coffee())]
+    model.eval()
+    with torch.no_grad():
+        images, _ = model.transform(imgs)
+        for m in bns:
+            m.train()
+        model.backbone(images.tensors)
+    model.eval()
+    head = getattr(model, "head", None)
+    if head is not None:
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in head.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 0.05))
+    return model
+
+
+def _tiny_detector(family: str) -> Any:
     from torchvision.models import detection as d
 
     torch.manual_seed(0)
@@ -61,7 +91,10 @@ def tiny_detector(family: str) -> Any:
     if family == "fcos":
         return d.FCOS(_fpn_backbone(p6p7=True), num_classes=3, **size)
     if family == "ssdlite":
-        return d.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
+        model = d.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
+        model.transform.fixed_size = (SIZE, SIZE)  # its default boxes are relative to the image: any size works
+        model.transform.min_size, model.transform.max_size = (SIZE,), SIZE
+        return model
     if family == "ssd300":
         return d.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=3)
     raise AssertionError(family)
