@@ -182,12 +182,14 @@ def _check_family(family: str, tmp_path: Path, score_threshold: float = 0.001) -
         assert assert_same_boxes(ref, got, f"{family} on {backend}") > 0
 
 
+@pytest.mark.openvino
 @pytest.mark.parametrize("family", ["fasterrcnn", "ssdlite"])
 def test_torchvision_family_boxes_equal_eager(family: str, tmp_path: Path) -> None:
     _check_family(family, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.openvino
 @pytest.mark.parametrize("family", ["maskrcnn", "keypointrcnn", "retinanet", "fcos", "ssd300"])
 def test_torchvision_family_boxes_equal_eager_slow(family: str, tmp_path: Path) -> None:
     _check_family(family, tmp_path)
@@ -237,6 +239,8 @@ def test_unknown_detector_names_families_and_decode() -> None:
 
 
 # ----------------------------------------------------------------------------------------- end to end (CLI)
+@pytest.mark.slow
+@pytest.mark.openvino
 def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
     """torchvision:<name> alone: offline build with a notice, export, validate on ORT + OpenVINO, run on images."""
     out = tmp_path / "frcnn"
@@ -263,9 +267,123 @@ def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> No
 
     for i, img in enumerate((data.astronaut(), data.coffee())):
         cv2.imwrite(str(frames / f"{i}.jpg"), np.ascontiguousarray(img[..., ::-1]))
-    proc = cli("run", str(out), "--source", str(frames), "-b", "onnxruntime", "--conf", "0.05", "--json",
-               "--no-display")
+    jsonl = tmp_path / "run.jsonl"
+    proc = cli("run", str(out), "--source", str(frames), "-b", "openvino", "--max-frames", "2", "--jsonl", str(jsonl))
     assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
-    dets = [ln for ln in lines if ln.get("task") == "detect" or "detections" in ln]
-    assert len(dets) >= 2
+    lines = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
+    assert len(lines) == 2 and all(r["results"][0]["task"] == "detect" for r in lines)
+    # boxes come back in the original photo's pixels (512×512 astronaut, 600×400 coffee), not the 160 px input
+    boxes = [d["box"] for r in lines for d in r["results"][0]["detections"]]
+    assert boxes and max(max(b) for b in boxes) > 160
+
+
+# ----------------------------------------------------------------------------------------- segmentation, offline
+def test_torchvision_segmentation_exports_out_head_only() -> None:
+    import torchvision.models as tvm
+
+    from edgecv.export.sources import load_model
+
+    loaded = load_model("torchvision:lraspp_mobilenet_v3_large", model_kwargs={"num_classes": 3},
+                        input_shape=(1, 3, 64, 64))
+    assert loaded.contract.task == "segment"
+    with torch.no_grad():
+        y = loaded.module(torch.zeros(1, 3, 64, 64))
+    assert isinstance(y, torch.Tensor) and tuple(y.shape) == (1, 3, 64, 64)  # the `out` head, not {out, aux}
+    # torchvision's state-dict keys are kept, so a fine-tuned torchvision checkpoint loads with --weights
+    plain = tvm.get_model("lraspp_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=3)
+    assert set(loaded.module.state_dict()) == set(plain.state_dict())
+    assert any("weights_backbone" in n for n in loaded.notes)
+
+
+def test_offline_kwargs_only_replace_weights_not_on_disk(tmp_path: Path) -> None:
+    import torchvision.models as tvm
+
+    from edgecv.export.sources import _offline_kwargs
+
+    builder = tvm.get_model_builder("fcn_resnet50")
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        kwargs, notes = _offline_kwargs(builder, {"num_classes": 3}, "torchvision:fcn_resnet50")
+        assert kwargs == {"num_classes": 3, "weights_backbone": None}
+        assert len(notes) == 1 and "\n" not in notes[0] and "ResNet50_Weights.IMAGENET1K_V1" in notes[0]
+        # the user's own choice is never overridden
+        assert _offline_kwargs(builder, {"weights_backbone": None}, "x") == ({"weights_backbone": None}, [])
+        # weights already in the torch hub cache are loaded by the builder: no substitution
+        url = tvm.ResNet50_Weights.IMAGENET1K_V1.url
+        (tmp_path / "checkpoints").mkdir()
+        (tmp_path / "checkpoints" / url.rsplit("/", 1)[1]).write_bytes(b"")
+        assert _offline_kwargs(builder, {}, "x") == ({}, [])
+    finally:
+        torch.hub.set_dir(old)
+
+
+# ----------------------------------------------------------------------------------------- --decode
+class RawYolo(torch.nn.Module):
+    """A raw anchor head nobody wrote an adapter for: two scales, 2 anchors each, 2 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s8 = torch.nn.Conv2d(3, 2 * 7, 8, stride=8)
+        self.s16 = torch.nn.Conv2d(3, 2 * 7, 16, stride=16)
+
+    def forward(self, x: Any) -> Any:
+        return self.s8(x), self.s16(x)
+
+
+def test_declarative_yolo_anchors_graph_and_host_agree() -> None:
+    """--decode yolo-anchors: the in-graph decode (zoo code) and the device's host decoder read the raw maps alike."""
+    from edgecv.export.adapters.declarative import parse_decode_spec
+    from edgecv.tasks.detect import decode_yolo_anchors
+
+    torch.manual_seed(0)
+    spec = parse_decode_spec("yolo-anchors", {"strides": "8,16", "anchors": "10,13,16,30/30,61,62,45"})
+    loaded = LoadedModel(module=RawYolo().eval(), contract=Contract(task="detect", input_shape=[1, 3, 64, 64]),
+                         source_info={}, name="raw")
+    host = prepare_detection_export(loaded, nms="host", decode_spec=spec)
+    d = host.contract.decode
+    assert d["format"] == "yolo_anchors" and d["num_classes"] == 2 and d["declarative"]["kind"] == "yolo-anchors"
+    assert host.contract.output_names == ["head0", "head1"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        raw = host.module(x)
+        tb, ts = host.module.model.decode(tuple(raw.values()))
+    nb, ns = decode_yolo_anchors([v.numpy() for v in raw.values()], d["anchors"], d["strides"], 2)
+    assert tb.shape == (1, 2 * (8 * 8 + 4 * 4), 4)
+    np.testing.assert_allclose(tb.numpy(), nb, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(ts.numpy(), ns, rtol=1e-5, atol=1e-6)
+    graph = prepare_detection_export(loaded, nms="graph", decode_spec=spec)
+    with torch.no_grad():
+        out = graph.module(x)
+    assert int(out["num_dets"][0]) > 0
+
+
+def test_declarative_decode_cli_export(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """A file.py:factory raw anchor-free head (already-decoded [B, 4+C, N], YOLOv8 layout) deploys with --decode."""
+    src = tmp_path / "raw.py"
+    src.write_text(
+        "import torch\n"
+        "class Head(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 4 + 3, 8, stride=8)\n"
+        "    def forward(self, x):\n"
+        "        y = self.conv(x).flatten(2)\n"
+        "        xy = torch.sigmoid(y[:, :2]) * 64\n"
+        "        wh = torch.sigmoid(y[:, 2:4]) * 32 + 4\n"
+        "        return torch.cat([xy, wh, y[:, 4:]], 1)\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return Head()\n")
+    out = tmp_path / "b"
+    proc = cli("export", f"{src}:build", "-o", str(out), "--input-shape", "1x3x64x64", "--decode", "yolo-anchor-free",
+               "--decode-opt", "activation=sigmoid", "--decode-opt", "box=cxcywh", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    c = res["contract"]
+    assert c["task"] == "detect" and c["decode"]["num_classes"] == 3 and c["decode"]["nms"] == "graph"
+    assert c["decode"]["declarative"] == {"kind": "yolo-anchor-free", "box": "cxcywh", "objectness": False,
+                                          "activation": "sigmoid", "layout": "auto"}
+    assert res["parity_passed"] is True
+    proc = cli("export", f"{src}:build", "-o", str(tmp_path / "c"), "--decode", "ssd", "--decode-opt", "strides=8")
+    assert proc.returncode == 2 and "--decode-opt strides: --decode ssd takes" in proc.stderr
