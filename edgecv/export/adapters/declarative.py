@@ -120,7 +120,7 @@ def parse_decode_spec(kind: str, options: dict[str, Any] | None = None) -> dict[
         if len(spec["anchors"]) != len(spec["strides"]):
             raise ConfigError(f"--decode yolo-anchors: expected one anchor group per stride ({len(spec['strides'])}), "
                               f"found {len(spec['anchors'])}")
-    defaults = {"yolo-anchors": {"activation": "sigmoid"},
+    defaults: dict[str, Any] = {"yolo-anchors": {"activation": "sigmoid"},
                 "yolo-anchor-free": {"box": "cxcywh", "objectness": False, "activation": "none", "layout": "auto"},
                 "ssd": {"box": "xyxy", "normalized": False, "activation": "softmax", "background": None}}[kind]
     return {**defaults, **spec}
