@@ -120,9 +120,10 @@ def parse_decode_spec(kind: str, options: dict[str, Any] | None = None) -> dict[
         if len(spec["anchors"]) != len(spec["strides"]):
             raise ConfigError(f"--decode yolo-anchors: expected one anchor group per stride ({len(spec['strides'])}), "
                               f"found {len(spec['anchors'])}")
-    defaults: dict[str, Any] = {"yolo-anchors": {"activation": "sigmoid"},
+    all_defaults: dict[str, dict[str, Any]] = {"yolo-anchors": {"activation": "sigmoid"},
                 "yolo-anchor-free": {"box": "cxcywh", "objectness": False, "activation": "none", "layout": "auto"},
-                "ssd": {"box": "xyxy", "normalized": False, "activation": "softmax", "background": None}}[kind]
+                "ssd": {"box": "xyxy", "normalized": False, "activation": "softmax", "background": None}}
+    defaults = all_defaults[kind]
     return {**defaults, **spec}
 
 
