@@ -15,10 +15,10 @@ torch = pytest.importorskip("torch")
 tv = pytest.importorskip("torchvision")
 pytest.importorskip("onnxruntime")
 
-from edgecv.bundle import Contract  # noqa: E402
-from edgecv.errors import ConfigError  # noqa: E402
-from edgecv.export.detection import prepare_detection_export  # noqa: E402
-from edgecv.export.sources import LoadedModel  # noqa: E402
+from edgecv.bundle import Contract
+from edgecv.errors import ConfigError
+from edgecv.export.detection import prepare_detection_export
+from edgecv.export.sources import LoadedModel
 
 SIZE = 160
 COMPARED = 30  # the eager model's best boxes that must all be found (well inside max_det: no cut-off ties)
@@ -254,7 +254,7 @@ def test_unknown_detector_names_families_and_decode() -> None:
 # ----------------------------------------------------------------------------------------- end to end (CLI)
 @pytest.mark.slow
 @pytest.mark.openvino
-def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> None:
     """torchvision:<name> alone: offline build with a notice, export, validate on ORT + OpenVINO, run on images."""
     out = tmp_path / "frcnn"
     proc = cli("export", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "-o", str(out), "--num-classes", "3",
@@ -371,7 +371,7 @@ def test_declarative_yolo_anchors_graph_and_host_agree() -> None:
     assert int(out["num_dets"][0]) > 0
 
 
-def test_declarative_decode_cli_export(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_declarative_decode_cli_export(tmp_path: Path, cli) -> None:
     """A file.py:factory raw anchor-free head (already-decoded [B, 4+C, N], YOLOv8 layout) deploys with --decode."""
     src = tmp_path / "raw.py"
     src.write_text(

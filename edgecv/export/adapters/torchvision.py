@@ -43,9 +43,9 @@ def family(module: Any) -> str | None:
     if not type(module).__module__.startswith(_DETECTION_MODULE):
         return None
     from torchvision.models.detection.fcos import FCOS
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
     from torchvision.models.detection.retinanet import RetinaNet
     from torchvision.models.detection.ssd import SSD
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
     for cls, name in ((GeneralizedRCNN, "rcnn"), (RetinaNet, "retinanet"), (FCOS, "fcos"), (SSD, "ssd")):
         if isinstance(module, cls):
@@ -186,7 +186,7 @@ def _class_names(model: Any, loaded: LoadedModel, nc: int) -> list[str]:
             cats = list(tvm.get_model_weights(name.split(":", 1)[1]).DEFAULT.meta.get("categories") or [])
             if len(cats) == nc:
                 return [str(c) for c in cats]
-        except Exception:  # noqa: BLE001 - a builder without weight enums: numbered classes
+        except Exception:
             pass
     return [str(k) for k in range(nc)]
 
