@@ -38,7 +38,16 @@ def _spec(port: Any) -> TensorSpec:
     pshape = port.get_partial_shape()
     dims = tuple(None if d.is_dynamic else int(d.get_length()) for d in pshape)
     dtype = _OV_DTYPES.get(port.get_element_type().get_type_name(), "float32")
-    return TensorSpec(port.get_any_name(), dims, dtype)
+    return TensorSpec(port_name(port), dims, dtype)
+
+
+def port_name(port: Any) -> str:
+    """The graph's name for a port. A tensor that is both an exporter-internal value and a graph output carries
+    several names (``/Unsqueeze_output_0`` and ``boxes``), and ``get_any_name`` may return the internal one; the
+    ONNX graph's own names never start with ``/``."""
+    names = sorted(str(n) for n in port.get_names())
+    plain = [n for n in names if not n.startswith("/")]
+    return plain[0] if plain else str(port.get_any_name())
 
 
 class OpenVINORunner(Runner):

@@ -98,6 +98,12 @@ def register(app: typer.Typer) -> None:
         score_threshold: Annotated[float, typer.Option("--score-threshold", help="Detectors: min score.")] = 0.001,
         iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Detectors: NMS IoU.")] = 0.5,
         max_det: Annotated[int, typer.Option("--max-det", help="Detectors: detections per image.")] = 100,
+        decode: Annotated[Optional[str], typer.Option(
+            "--decode", help="Detectors nobody wrote an adapter for: decode the raw head as yolo-anchor-free, "
+                             "yolo-anchors or ssd (implies --task detect).")] = None,
+        decode_opt: Annotated[Optional[list[str]], typer.Option(
+            "--decode-opt", help="--decode option KEY=VALUE, e.g. strides=8,16,32, anchors=10,13,16,30/…, "
+                                 "num_classes=80, box=cxcywh, objectness=true, activation=sigmoid; repeatable.")] = None,
         force: ForceOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
@@ -129,6 +135,22 @@ def register(app: typer.Typer) -> None:
                 overrides[field] = vals
         if names is not None:
             overrides["class_names"] = names
+        decode_spec = None
+        if decode is not None or decode_opt:
+            from edgecv.export.adapters.declarative import parse_decode_spec
+
+            if decode is None:
+                raise ConfigError("--decode-opt: expected --decode yolo-anchor-free|yolo-anchors|ssd with it")
+            opts: dict[str, str] = {}
+            for item in decode_opt or []:
+                key, sep, value = item.partition("=")
+                if not sep or not key.strip():
+                    raise ConfigError(f"--decode-opt: expected KEY=VALUE, got '{item}'")
+                opts[key.strip()] = value.strip()
+            decode_spec = parse_decode_spec(decode, opts)
+            if task is not None and task != "detect":
+                raise ConfigError(f"--decode: expected --task detect (or none), found --task {task}")
+            overrides["task"] = "detect"
         # validate the contract overrides before loading (and possibly building) the model
         from edgecv.bundle import Contract
 
@@ -152,7 +174,7 @@ def register(app: typer.Typer) -> None:
             from edgecv.export.detection import prepare_detection_export
 
             loaded = prepare_detection_export(loaded, nms=nms or "graph", score_threshold=score_threshold,
-                                              iou_threshold=iou_threshold, max_det=max_det)
+                                              iou_threshold=iou_threshold, max_det=max_det, decode_spec=decode_spec)
             if getattr(loaded.module, "exports_graph_nms", False):
                 dynamic_batch = False  # Faster R-CNN's RPN/RoI graph exports at batch 1 only
         b = loaded.contract.input_shape[0]
@@ -188,7 +210,7 @@ def _print_summary(result: Any) -> None:
     ]
     console.print(table(f"export → {result.path}", ["", "value"], rows))
     if result.parity:
-        prow = [[p["name"], p["max_abs"], p["max_rel"], f"{p['cosine']:.7f}",
+        prow = [[p["name"], p["max_abs"], p["max_rel"], "—" if p["cosine"] is None else f"{p['cosine']:.7f}",
                  "[green]PASS[/]" if p["passed"] else "[red]FAIL[/]"] for p in result.parity]
         console.print(table("parity: ONNX Runtime vs PyTorch (fp32 tolerance)",
                             ["output", "max abs", "max rel", "cosine", "result"], prow))

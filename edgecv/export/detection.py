@@ -150,9 +150,33 @@ def _wrappers() -> tuple[type, type]:
     return GraphNMSWrapper, RawHeadWrapper
 
 
+def _adapt(loaded: LoadedModel, nms: str, score_threshold: float, iou_threshold: float, max_det: int,
+           class_names: list[str] | None, decode_spec: dict[str, Any] | None) -> LoadedModel:
+    """A module that is not a zoo detector → its family's adapter (:mod:`edgecv.export.adapters`), or the
+    declarative decode the user named (``--decode``); one line naming both when neither applies."""
+    from edgecv.export.adapters import AdapterOptions, adapters, find_adapter
+
+    module = loaded.module
+    options = AdapterOptions(nms=nms, score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det,
+                             class_names=class_names, extra=dict(decode_spec or {}))
+    if decode_spec:
+        from edgecv.export.adapters.declarative import wrap_declarative
+
+        return wrap_declarative(loaded, options)
+    adapter = find_adapter(module)
+    if adapter is None:
+        families = ", ".join(f"{a.name} ({a.description})" if a.description else a.name
+                             for a in adapters().values())
+        raise ConfigError(f"detection export: expected a zoo detector or a supported family ({families}), found "
+                          f"{type(module).__module__}.{type(module).__name__}; for another raw detection head pass "
+                          "--decode yolo-anchor-free|yolo-anchors|ssd with --decode-opt KEY=VALUE")
+    return adapter.wrap(loaded, options)
+
+
 def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_threshold: float = 0.001,
                              iou_threshold: float = 0.5, max_det: int = 100,
-                             class_names: list[str] | None = None) -> LoadedModel:
+                             class_names: list[str] | None = None,
+                             decode_spec: dict[str, Any] | None = None) -> LoadedModel:
     """Wrap a detector for export and record the decoding in the contract.
 
     Args:
@@ -161,6 +185,12 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
         nms: ``graph`` (ONNX NonMaxSuppression in the model) or ``host`` (raw heads; numpy NMS on the device).
         score_threshold, iou_threshold, max_det: post-processing settings (recorded in ``contract.decode``).
         class_names: class names for the contract (default: the contract's, else ``0..C-1``).
+        decode_spec: a declarative decode for a raw detection head nobody wrote an adapter for
+            (``{"kind": "yolo-anchors", "strides": [...], ...}``, see :mod:`edgecv.export.adapters.declarative`);
+            recorded in ``contract.decode["declarative"]`` so the live reference rebuilds the same wrapper.
+
+    A module without ``decode()`` that is not graph-native is looked up in the adapter registry
+    (:func:`edgecv.export.adapters.find_adapter`: torchvision, Ultralytics, …).
 
     Returns:
         A new LoadedModel with the wrapped module and a ``task="detect"`` contract.
@@ -179,7 +209,9 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
     module = loaded.module
     graph_native = bool(getattr(module, "exports_graph_nms", False))
     if not graph_native and not callable(getattr(module, "decode", None)):
-        raise ConfigError(f"detection export: {type(module).__name__} is not a zoo detector (no decode())")
+        loaded = _adapt(loaded, nms, score_threshold, iou_threshold, max_det, class_names, decode_spec)
+        module = loaded.module
+        graph_native = bool(getattr(module, "exports_graph_nms", False))
     decode_info = getattr(module, "decode_info", None)
     info: dict[str, Any] = dict(decode_info()) if callable(decode_info) else {}
     nc = int(info.get("num_classes", getattr(module, "num_classes", 0)))
@@ -206,8 +238,10 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
             raise ConfigError(f"--nms host: {type(module).__name__} has no decode_info() for host decoding")
         wrapped = RawHeadWrapper(module)
         decode.update(info)
-        n_out = len(info.get("strides", [0]))
+        n_out = int(info.get("num_outputs", len(info.get("strides", [0]))))
         out_names = [f"head{k}" for k in range(n_out)]
+    if decode_spec:
+        decode["declarative"] = dict(decode_spec)
     wrapped.eval()
     contract = loaded.contract.model_copy(update={"task": "detect", "decode": decode, "output_names": out_names,
                                                   "class_names": names})

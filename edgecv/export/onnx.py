@@ -534,8 +534,13 @@ def _export(module: Any, sample: Any, path: Path, *, opset: int, input_name: str
     lo, _, hi = contract.batch_range
     dynamic = contract.dynamic_batch
     dyn_error = None
+    # a module may say up front that it needs the TorchScript exporter (e.g. an in-graph NonMaxSuppression symbolic):
+    # trying dynamo first would only cost a failed trace
+    torchscript_only = getattr(module, "onnx_exporter", None) == "torchscript"
     if opset < 18:
         dyn_error = f"opset {opset} < 18, which the dynamo exporter needs"
+    elif torchscript_only:
+        dyn_error = f"{type(module).__name__} exports with the TorchScript exporter only"
     else:
         try:
             dynamic_shapes = ({0: torch.export.Dim("batch", min=lo, max=hi)},) if dynamic else None
@@ -550,7 +555,8 @@ def _export(module: Any, sample: Any, path: Path, *, opset: int, input_name: str
         except Exception as exc:  # noqa: BLE001 - any dynamo failure falls back to the TorchScript exporter
             dyn_error = _one_line(exc)
 
-    notice = f"dynamo exporter failed ({dyn_error}); used the TorchScript exporter (dynamo=False)"
+    notice = f"{dyn_error}; used the TorchScript exporter (dynamo=False)" if torchscript_only else \
+        f"dynamo exporter failed ({dyn_error}); used the TorchScript exporter (dynamo=False)"
     axes = {n: {0: "batch"} for n in [input_name, *output_names]} if dynamic else None
     try:
         with _quiet():

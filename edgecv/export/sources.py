@@ -233,7 +233,8 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
                                           score_threshold=float(decode.get("score_threshold", 0.001)),
                                           iou_threshold=float(decode.get("iou_threshold", 0.5)),
                                           max_det=int(decode.get("max_det", 100)),
-                                          class_names=list(manifest.contract.class_names) or None)
+                                          class_names=list(manifest.contract.class_names) or None,
+                                          decode_spec=decode.get("declarative") or None)
     rewrite = manifest.provenance.get("rewrite") or {}
     passes = rewrite.get("passes") or [] if isinstance(rewrite, dict) else []
     if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
@@ -391,17 +392,30 @@ def _load_torchvision(name: str, kwargs: dict[str, Any]) -> LoadedModel:
     if "weights" in kwargs:
         # get_model would download them; edgecv only loads local files
         raise ConfigError("torchvision models are built with weights=None; pass a local state dict with --weights")
+    builder = tvm.get_model_builder(name)
+    # what the user asked for is recorded (and rebuilt from the manifest); the offline substitutions are re-derived
+    # on every build, so a rebuild on a machine with the backbone weights cached is the same call as the export
+    build_kwargs, notes = _offline_kwargs(builder, kwargs, f"torchvision:{name}")
     try:
-        module = tvm.get_model(name, weights=None, **kwargs)
+        module = builder(weights=None, **build_kwargs)
     except TypeError as exc:
         raise ModelSourceError(f"torchvision model '{name}' does not accept {sorted(kwargs)}: {_one_line(exc)}") from exc
+    except OSError as exc:  # a download that the offline check could not foresee (URLError is an OSError)
+        raise ModelSourceError(f"torchvision model '{name}' tried to download weights and failed ({_one_line(exc)}); "
+                               "pass --kwarg weights_backbone=null to build it with random weights") from exc
     _require_module(module, f"torchvision model '{name}'")
     task: Any = "classify"
     if name in tvm.list_models(module=tvm.segmentation):
         task = "segment"
+        module = segmentation_out_head(module)
     elif name in tvm.list_models(module=tvm.detection):
         task = "detect"
     contract = Contract(task=task, decode=default_decode(task))
+    if task == "detect":
+        from edgecv.export.adapters.torchvision import default_input_hw
+
+        h, w = default_input_hw(module)  # the size its transform does not resize (SSD: its fixed size)
+        contract = contract.model_copy(update={"input_shape": [1, 3, h, w]})
     # the default weights' transforms say the input size and normalisation these models are trained with; reading
     # them downloads nothing
     try:
@@ -419,7 +433,70 @@ def _load_torchvision(name: str, kwargs: dict[str, Any]) -> LoadedModel:
     except Exception:  # noqa: BLE001 - models without weight enums keep the ImageNet defaults
         pass
     info = {"kind": "torchvision", "spec": TORCHVISION_PREFIX + name, "kwargs": kwargs, "weights": None}
-    return LoadedModel(module=module, contract=contract, source_info=info, name=name)
+    return LoadedModel(module=module, contract=contract, source_info=info, name=name, notes=notes)
+
+
+#: builder keyword arguments that name pretrained weights a builder would download (torchvision, timm-style)
+_WEIGHT_KWARGS = ("weights_backbone",)
+
+
+def _weights_on_disk(weights: Any) -> bool:
+    """True when a torchvision ``WeightsEnum`` value's file is already in the torch hub cache (no download)."""
+    url = getattr(weights, "url", None)
+    if not isinstance(url, str):
+        return False
+    from torch.hub import get_dir
+
+    return (Path(get_dir()) / "checkpoints" / Path(url.split("?")[0]).name).is_file()
+
+
+def _offline_kwargs(builder: Any, kwargs: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
+    """The keyword arguments that build ``builder`` without a network: every weights argument the caller left at a
+    default that names downloadable weights not on disk is set to ``None``.
+
+    Returns:
+        ``(kwargs for the call, one-line notices)``: one notice per substituted argument, for the bundle notices.
+        Weights already in the torch hub cache are left alone (the builder loads them without a download).
+    """
+    out = dict(kwargs)
+    notes: list[str] = []
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return out, notes
+    for key in _WEIGHT_KWARGS:
+        p = params.get(key)
+        if p is None or key in out or p.default is None or p.default is inspect.Parameter.empty:
+            continue
+        if _weights_on_disk(p.default):
+            continue
+        out[key] = None
+        notes.append(f"{what}: {key} defaults to {p.default} which is not on disk; built with random {key} "
+                     f"instead (edgecv downloads nothing; put the file in the torch hub cache or pass --weights)")
+    return out, notes
+
+
+class _SegmentOutHead:
+    """Mixin for torchvision segmentation models: ``forward`` returns the ``out`` head alone (``aux`` is a
+    training-time head). Applied by swapping the instance's class, so the state dict keeps torchvision's keys."""
+
+    def forward(self, x: Any) -> Any:
+        return super().forward(x)["out"]  # type: ignore[misc]
+
+
+_OUT_HEAD_CLASSES: dict[type, type] = {}
+
+
+def segmentation_out_head(module: Any) -> Any:
+    """A torchvision segmentation model (dict outputs ``out`` / ``aux``) whose forward returns ``out`` only."""
+    cls = type(module)
+    if isinstance(module, _SegmentOutHead):
+        return module
+    sub = _OUT_HEAD_CLASSES.get(cls)
+    if sub is None:
+        sub = _OUT_HEAD_CLASSES[cls] = type(cls.__name__, (_SegmentOutHead, cls), {"__module__": cls.__module__})
+    module.__class__ = sub
+    return module
 
 
 # --------------------------------------------------------------------------------------------- timm

@@ -93,8 +93,10 @@ class OpenVINOModelRunner(Runner):
             model = self.model if not isinstance(self.model, (str, Path)) else core.read_model(str(self.model))
             self._compiled = core.compile_model(model, self.device, cfg)
         self._request = self._compiled.create_infer_request()
-        self._input_spec = [TensorSpec(p.get_any_name(), _ov_dims(p), _ov_dtype(p)) for p in self._compiled.inputs]
-        self._output_spec = [TensorSpec(p.get_any_name(), _ov_dims(p), _ov_dtype(p)) for p in self._compiled.outputs]
+        from edgecv.backends.openvino import port_name
+
+        self._input_spec = [TensorSpec(port_name(p), _ov_dims(p), _ov_dtype(p)) for p in self._compiled.inputs]
+        self._output_spec = [TensorSpec(port_name(p), _ov_dims(p), _ov_dtype(p)) for p in self._compiled.outputs]
 
     def _close(self) -> None:
         self._request = None
