@@ -169,6 +169,15 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
         raise ConfigError(f"detection export: expected 0 <= iou_threshold <= 1 and max_det >= 1, found "
                           f"{iou_threshold} and {max_det}")
     module = loaded.module
+    if not getattr(module, "exports_graph_nms", False) and not callable(getattr(module, "decode", None)):
+        from edgecv.export.adapters import AdapterOptions, find_adapter
+
+        adapter = find_adapter(module)  # a foreign detector (Ultralytics, torchvision): its family's adapter wraps it
+        if adapter is not None:
+            loaded = adapter.wrap(loaded, AdapterOptions(nms=nms, score_threshold=score_threshold,
+                                                         iou_threshold=iou_threshold, max_det=max_det,
+                                                         class_names=class_names))
+            module = loaded.module
     graph_native = bool(getattr(module, "exports_graph_nms", False))
     if not graph_native and not callable(getattr(module, "decode", None)):
         raise ConfigError(f"detection export: {type(module).__name__} is not a zoo detector (no decode())")
@@ -197,7 +206,7 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
             raise ConfigError(f"--nms host: {type(module).__name__} has no decode_info() for host decoding")
         wrapped = RawHeadWrapper(module)
         decode.update(info)
-        n_out = len(info.get("strides", [0]))
+        n_out = int(info.get("num_outputs", len(info.get("strides", [0]))))
         out_names = [f"head{k}" for k in range(n_out)]
     wrapped.eval()
     contract = loaded.contract.model_copy(update={"task": "detect", "decode": decode, "output_names": out_names,
