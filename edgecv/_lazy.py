@@ -25,6 +25,7 @@ _EXTRAS = {
     "tensorrt": "tensorrt",
     "cuda": "tensorrt",
     "cv2": "stream",
+    "ultralytics": "ultralytics",
 }
 
 
