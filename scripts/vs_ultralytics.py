@@ -57,14 +57,16 @@ def make_data(root: Path, n_train: int, n_val: int, size: int) -> Path:
     return root / "data.yaml"
 
 
-def train(model_yaml: str, data_yaml: Path, out: Path, imgsz: int, minutes: float, batch: int) -> Path:
+def train(model_yaml: str, data_yaml: Path, out: Path, imgsz: int, minutes: float, batch: int,
+          init: str | None = None) -> Path:
     best = out / "train" / "weights" / "best.pt"
     if best.is_file():
         return best
     from ultralytics import YOLO
 
     t0 = time.time()
-    YOLO(model_yaml).train(data=str(data_yaml), imgsz=imgsz, epochs=1000, time=minutes / 60.0, batch=batch,
+    # init: continue from an earlier run's weights (its architecture; the yaml is then only its record)
+    YOLO(init or model_yaml).train(data=str(data_yaml), imgsz=imgsz, epochs=1000, time=minutes / 60.0, batch=batch,
                            device="cpu", workers=0, project=str(out), name="train", exist_ok=True, pretrained=False,
                            amp=False, plots=False, verbose=False, seed=0, deterministic=True, patience=1000)
     print(f"trained in {time.time() - t0:.0f} s → {best}", flush=True)
@@ -146,13 +148,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--n-train", type=int, default=1200)
     ap.add_argument("--n-val", type=int, default=150)
+    ap.add_argument("--init", default=None, help="start training from these Ultralytics weights (e.g. an earlier "
+                                                 "run's last.pt) instead of random init")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from ultralytics import YOLO, __version__ as ul_version
 
     data_yaml = make_data(out / "data", args.n_train, args.n_val, args.imgsz)
-    best = train(args.model, data_yaml, out, args.imgsz, args.minutes, args.batch)
+    best = train(args.model, data_yaml, out, args.imgsz, args.minutes, args.batch, args.init)
     samples = val_samples(out / "data")
     nc = 8
     # Ultralytics' own exports of the same checkpoint
@@ -172,7 +176,9 @@ def main() -> None:
                    if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    head = (f"{args.model} imgsz {args.imgsz}, {len(samples)} val images, conf {CONF} IoU {IOU} max_det {MAX_DET}; "
+    trained = (f"trained {args.minutes:g} min on {args.n_train} synthetic images" +
+               (f" from {args.init}" if args.init else " from random init"))
+    head = (f"{args.model} imgsz {args.imgsz}, {trained}, {len(samples)} val images, conf {CONF} IoU {IOU} max_det {MAX_DET}; "
             f"{cpu}, {os.cpu_count()} logical CPUs; ultralytics {ul_version}")
     lines = [head, "", "| system | path | mAP@0.5 (same evaluator) | Ultralytics val mAP@0.5 | pre ms | infer ms | "
              "post ms | pre+infer+post ms | frame/s | wall ms/frame |", "|" + "---|" * 10]
