@@ -105,20 +105,22 @@ def class_names(module: Any, nc: int) -> list[str]:
 
 
 def model_strides(module: Any) -> list[int]:
-    stride = getattr(_head(module), "stride", None)
+    stride: Any = getattr(_head(module), "stride", None)
     if stride is None or not len(stride):
         stride = getattr(module, "stride", None)
-    return [int(s) for s in (stride.tolist() if hasattr(stride, "tolist") else stride or [32])]
+    if stride is None:
+        return [32]
+    return [int(s) for s in (stride.tolist() if hasattr(stride, "tolist") else stride)]
 
 
 # --------------------------------------------------------------------------------------------- wrappers
 def _wrappers() -> tuple[type, type]:
     from edgecv._lazy import lazy_import
 
-    torch = lazy_import("torch")
-    nn = torch.nn
+    lazy_import("torch")  # a missing torch fails here, naming the extra to install
+    import torch
 
-    class UltralyticsDetector(nn.Module):
+    class UltralyticsDetector(torch.nn.Module):
         """Ultralytics model with an NMS head → ``(boxes xyxy [B,A,4], scores [B,A,C])``, best class per anchor."""
 
         def __init__(self, model: Any, num_classes: int, strides: list[int]) -> None:
@@ -150,7 +152,7 @@ def _wrappers() -> tuple[type, type]:
             return {"format": "boxes_scores", "num_classes": self.num_classes, "num_outputs": 2,
                     "head_strides": self.strides}
 
-    class UltralyticsEnd2End(nn.Module):
+    class UltralyticsEnd2End(torch.nn.Module):
         """NMS-free Ultralytics head → graph outputs ``boxes, scores, classes, num_dets`` (its own top-k)."""
 
         exports_graph_nms = True
@@ -333,12 +335,12 @@ def load_ultralytics(body: str, kwargs: dict[str, Any], *, trust_checkpoint: boo
     if ch not in (1, 3):
         raise ConfigError(f"ch: expected 1 or 3 input channels, found {ch!r}")
     imgsz = _imgsz(kwargs.get("imgsz", DEFAULT_IMGSZ))
-    path, name = _resolve_yaml(body)
+    yaml_path, name = _resolve_yaml(body)
     _ultralytics()
     from ultralytics.nn import tasks
 
     try:
-        cfg = tasks.yaml_model_load(str(path) if path else name)
+        cfg = tasks.yaml_model_load(str(yaml_path) if yaml_path else name)
         task = tasks.guess_model_task(cfg)
     except Exception as exc:  # noqa: BLE001 - a broken yaml: one line
         raise ModelSourceError(f"ultralytics:{body}: cannot read the model yaml: {type(exc).__name__}: {exc}") from exc
@@ -355,13 +357,13 @@ def load_ultralytics(body: str, kwargs: dict[str, Any], *, trust_checkpoint: boo
     contract = _contract_for(model, task, imgsz, ch)
     if task == "classify":
         _prepare_classifier(model)
-    info: dict[str, Any] = {"kind": "ultralytics" if path is None else "ultralytics_file",
+    info: dict[str, Any] = {"kind": "ultralytics" if yaml_path is None else "ultralytics_file",
                             "spec": PREFIX + name, "kwargs": dict(kwargs), "weights": None,
                             "ultralytics_task": task}
-    if path is not None:
+    if yaml_path is not None:
         from edgecv._io import sha256_file
 
-        info["source_sha256"] = sha256_file(path)
+        info["source_sha256"] = sha256_file(yaml_path)
     return LoadedModel(module=model, contract=contract, source_info=info, name=Path(name).stem)
 
 
