@@ -257,7 +257,7 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
     cv2 = pytest.importorskip("cv2")
     out = tmp_path / "y8"
     proc = cli("export", "ultralytics:yolov8n.yaml", "--kwarg", "nc=3", "--kwarg", f"imgsz={IMGSZ}", "-o", str(out),
-               "--score-threshold", str(CONF), "--json")
+               "--score-threshold", "0.001", "--json")  # Ultralytics' own init scores ~0.004 at stride 32
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["contract"]["task"] == "detect"
     # the yaml spelling is a registered name: validate rebuilds the live torch reference from the manifest
@@ -278,4 +278,4 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
     assert proc.returncode == 0, proc.stderr + proc.stdout
     rows = [json.loads(ln) for ln in jl.read_text().splitlines() if ln.strip()]
     assert len(rows) == 6 and (tmp_path / "boxes.avi").stat().st_size > 0
-    assert sum(len(r.get("detections", r.get("result", {}).get("detections", []))) for r in rows) > 0, rows[0]
+    assert sum(len(res["detections"]) for r in rows for res in r["results"]) > 0, rows[0]
