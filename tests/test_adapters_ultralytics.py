@@ -257,7 +257,7 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
     cv2 = pytest.importorskip("cv2")
     out = tmp_path / "y8"
     proc = cli("export", "ultralytics:yolov8n.yaml", "--kwarg", "nc=3", "--kwarg", f"imgsz={IMGSZ}", "-o", str(out),
-               "--score-threshold", "0.001", "--json")  # Ultralytics' own init scores ~0.004 at stride 32
+               "--score-threshold", "0", "--json")  # an untrained head scores below 0.001: keep max_det boxes
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["contract"]["task"] == "detect"
     # the yaml spelling is a registered name: validate rebuilds the live torch reference from the manifest
