@@ -273,7 +273,7 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
         w.write(np.roll(img, 8 * k, axis=1))
     w.release()
     jl = tmp_path / "dets.jsonl"
-    proc = cli("run", str(out), "--source", str(video), "-b", "onnxruntime", "--jsonl", str(jl),
+    proc = cli("run", str(out), "--source", str(video), "-b", "onnxruntime", "--jsonl", str(jl), "--conf", "0",
                "--save", str(tmp_path / "boxes.avi"))
     assert proc.returncode == 0, proc.stderr + proc.stdout
     rows = [json.loads(ln) for ln in jl.read_text().splitlines() if ln.strip()]
