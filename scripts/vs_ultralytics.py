@@ -178,7 +178,8 @@ def main() -> None:
         pass
     trained = (f"trained {args.minutes:g} min on {args.n_train} synthetic images" +
                (f" from {args.init}" if args.init else " from random init"))
-    head = (f"{args.model} imgsz {args.imgsz}, {trained}, {len(samples)} val images, conf {CONF} IoU {IOU} max_det {MAX_DET}; "
+    head = (f"{args.model} imgsz {args.imgsz}, {trained}, {len(samples)} val images, conf {CONF} IoU {IOU} "
+            f"max_det {MAX_DET}; "
             f"{cpu}, {os.cpu_count()} logical CPUs; ultralytics {ul_version}")
     lines = [head, "", "| system | path | mAP@0.5 (same evaluator) | Ultralytics val mAP@0.5 | pre ms | infer ms | "
              "post ms | pre+infer+post ms | frame/s | wall ms/frame |", "|" + "---|" * 10]

@@ -257,7 +257,8 @@ def packaged_yamls() -> list[str]:
 
 
 def _resolve_yaml(name: str) -> tuple[Path | None, str]:
-    """``yolov8n.yaml`` → (None: packaged, its name) after checking the unified name exists; a path → (path, name)."""
+    """``yolov8n.yaml`` → (None, its name) once the unified name is found among the packaged yamls; a file → (path,
+    its path)."""
     p = Path(name).expanduser()
     if p.is_file():
         return p.resolve(), str(p.resolve())
@@ -397,7 +398,8 @@ def refusal(path: Path) -> ModelSourceError:
 
 
 def load_checkpoint(path: Path, *, trust_checkpoint: bool) -> LoadedModel:
-    """An Ultralytics ``.pt`` (``ema`` or ``model`` of a trainer checkpoint) → a LoadedModel; refuses without trust."""
+    """An Ultralytics ``.pt`` (``ema`` or ``model`` of a trainer checkpoint) → a LoadedModel; refused without
+    trust."""
     if not trust_checkpoint:
         raise refusal(path)
     _ultralytics()
