@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	# tensorrt-stubs declares a dependency on tensorrt, whose wheels cannot be fetched here: stubs only
 	$(BIN)/python -m pip install -q --no-deps 'tensorrt-stubs>=10.0'
 	$(BIN)/python -m pip install -q pytest pytest-xdist mypy hypothesis vermin
+	# edgecv[ultralytics] for tests/test_adapters_ultralytics.py: AGPL, so not in `all`; --no-deps keeps its
+	# opencv-python (a second cv2) out, the rest of its dependencies are in the extra
+	$(BIN)/python -m pip install -q --no-deps 'ultralytics>=8.3'
+	$(BIN)/python -m pip install -q 'polars>=0.20' 'ultralytics-thop>=2.2' 'requests>=2.23' $(TORCH_PINS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -26,6 +26,7 @@ _EXTRAS = {
     "cuda": "tensorrt",
     "cv2": "stream",
     "paho": "mqtt",
+    "ultralytics": "ultralytics",
 }
 
 

@@ -57,8 +57,9 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
         source: Annotated[str, typer.Argument(
-            help="Zoo name, torchvision:<name>, path/file.py:factory, checkpoint (.pt/.pth/.ckpt with --arch), "
-                 "TorchScript archive or torch.export .pt2.", show_default=False)],
+            help="Zoo name, torchvision:<name>, ultralytics:<model>.yaml, path/file.py:factory, checkpoint "
+                 "(.pt/.pth/.ckpt with --arch; an Ultralytics best.pt with --trust-checkpoint), TorchScript archive "
+                 "or torch.export .pt2.", show_default=False)],
         output: OutOpt,
         weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Local state-dict file to load.")] = None,
         arch: Annotated[Optional[str], typer.Option(
@@ -104,6 +105,9 @@ def register(app: typer.Typer) -> None:
         decode_opt: Annotated[Optional[list[str]], typer.Option(
             "--decode-opt", help="--decode option KEY=VALUE, e.g. strides=8,16,32, anchors=10,13,16,30/…, "
                                  "num_classes=80, box=cxcywh, objectness=true, activation=sigmoid; repeatable.")] = None,
+        trust_checkpoint: Annotated[bool, typer.Option(
+            "--trust-checkpoint", help="Load an Ultralytics checkpoint (a full pickle: loading it runs code from the "
+                                       "file). Only for files you trust; recorded in the manifest.")] = False,
         force: ForceOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
@@ -160,7 +164,8 @@ def register(app: typer.Typer) -> None:
             err = exc.errors()[0]
             raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
 
-        loaded = load_model(source, weights=weights, input_shape=shape, model_kwargs=kwargs or None, arch=arch)
+        loaded = load_model(source, weights=weights, input_shape=shape, model_kwargs=kwargs or None, arch=arch,
+                            trust_checkpoint=trust_checkpoint)
         if overrides:
             before = loaded.contract.task
             loaded.contract = Contract(**{**loaded.contract.model_dump(), **overrides})
@@ -170,6 +175,11 @@ def register(app: typer.Typer) -> None:
                     from edgecv.export.sources import default_decode
 
                     loaded.contract.decode = default_decode(loaded.contract.task)
+        if loaded.guess_task and "task" not in overrides:
+            from edgecv.export.adapters import find_adapter
+
+            if find_adapter(loaded.module) is not None:  # a foreign detector from a file.py:factory
+                loaded.contract.task = "detect"
         if loaded.contract.task == "detect" or nms is not None:
             from edgecv.export.detection import prepare_detection_export
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pt2", ".ts", ".jit", ".torchscript")
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
+ULTRALYTICS_PREFIX = "ultralytics:"
 #: torch seed set while a model is built, so that random-init models rebuild identically from a manifest
 INIT_SEED = 0
 # keys under which training scripts (Lightning, timm, torchvision references, edgecv train) nest the state dict
@@ -75,7 +76,8 @@ class LoadedModel:
 
 # --------------------------------------------------------------------------------------------- public API
 def load_model(spec: str, *, weights: str | Path | None = None, input_shape: tuple[int, ...] | list[int] | None = None,
-               model_kwargs: dict[str, Any] | None = None, arch: str | None = None) -> LoadedModel:
+               model_kwargs: dict[str, Any] | None = None, arch: str | None = None,
+               trust_checkpoint: bool = False) -> LoadedModel:
     """Load a model from any supported source.
 
     Args:
@@ -87,6 +89,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, input_shape: tup
         input_shape: ``(N, C, H, W)`` overriding the model's default input shape.
         model_kwargs: keyword arguments for the zoo variant / torchvision builder / factory.
         arch: the architecture (any ``spec`` form that builds a module) for a state-dict checkpoint.
+        trust_checkpoint: allow unpickling an Ultralytics checkpoint (a full pickle: loading it runs code from the
+            file); every other checkpoint is loaded with ``weights_only=True`` regardless.
 
     Returns:
         A :class:`LoadedModel` with the module in eval mode.
@@ -110,14 +114,18 @@ def load_model(spec: str, *, weights: str | Path | None = None, input_shape: tup
     # torch runner, validate's live reference) produce the very weights that were exported
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
-        loaded = _dispatch(spec, weights=weights, shape=shape, kwargs=kwargs, arch=arch)
+        loaded = _dispatch(spec, weights=weights, shape=shape, kwargs=kwargs, arch=arch, trust=trust_checkpoint)
     loaded.source_info.setdefault("init_seed", INIT_SEED)
     return loaded
 
 
 def _dispatch(spec: str, *, weights: str | Path | None, shape: tuple[int, ...] | None, kwargs: dict[str, Any],
-              arch: str | None) -> LoadedModel:
-    if spec.startswith(TORCHVISION_PREFIX):
+              arch: str | None, trust: bool = False) -> LoadedModel:
+    if spec.startswith(ULTRALYTICS_PREFIX):
+        from edgecv.export.adapters.ultralytics import load_ultralytics
+
+        loaded = load_ultralytics(spec[len(ULTRALYTICS_PREFIX):], kwargs, trust_checkpoint=trust)
+    elif spec.startswith(TORCHVISION_PREFIX):
         loaded = _load_torchvision(spec[len(TORCHVISION_PREFIX):], kwargs)
     elif spec.startswith(TIMM_PREFIX):
         loaded = _load_timm(spec[len(TIMM_PREFIX):], kwargs)
@@ -131,12 +139,15 @@ def _dispatch(spec: str, *, weights: str | Path | None, shape: tuple[int, ...] |
                                f"got '{spec}'{hint}")
     elif Path(spec).expanduser().is_file():
         return _load_checkpoint_file(Path(spec).expanduser().resolve(), shape=shape, kwargs=kwargs, arch=arch,
-                                     weights=weights)
+                                     weights=weights, trust=trust)
     elif _looks_like_path(spec):
         raise ModelSourceError(f"model file '{spec}' does not exist (expected {SPEC_FORMS})")
     else:
         loaded = _load_zoo(spec, kwargs)
 
+    if trust:
+        raise ConfigError(f"--trust-checkpoint: only used with an Ultralytics checkpoint (.pt), but the source is "
+                          f"'{spec}'")
     if arch is not None:
         raise ConfigError(f"--arch: only used with a state-dict checkpoint, but the source '{spec}' builds the model "
                           "itself; pass the checkpoint with --weights instead")
@@ -152,7 +163,7 @@ def _dispatch(spec: str, *, weights: str | Path | None, shape: tuple[int, ...] |
 
 
 #: source kinds the live reference may be rebuilt from with nothing but the manifest: registered names only
-REGISTERED_KINDS = ("zoo", "torchvision", "timm")
+REGISTERED_KINDS = ("zoo", "torchvision", "timm", "ultralytics")
 _REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -162,9 +173,13 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
 
     A bundle is data (DESIGN rule 15): nothing it names is imported or loaded from outside it. The module is
     rebuilt from ``manifest.provenance["source"]`` only when that is a registered name (a zoo model,
-    ``torchvision:<name>``, ``timm:<name>``) with no weights file; any other source (a ``file.py:factory``, a
-    checkpoint, TorchScript, ``.pt2``, or weights from a file) is rebuilt only from what the caller names in this
-    invocation (``source`` / ``weights``, i.e. ``--source`` / ``--weights`` on the command line).
+    ``torchvision:<name>``, ``timm:<name>``, ``ultralytics:<yaml shipped with Ultralytics>``) with no weights file;
+    any other source (a ``file.py:factory``, a checkpoint, TorchScript, ``.pt2``, or weights from a file) is rebuilt
+    only from what the caller names in this invocation (``source`` / ``weights``, i.e. ``--source`` / ``--weights``
+    on the command line). A full-pickle checkpoint (Ultralytics ``best.pt``, exported with ``--trust-checkpoint``)
+    is never unpickled here, not even when named by ``source``: trust given once at export does not carry over to
+    a later command; its live reference comes from a ``file.py:factory`` the user names (their code loads it), else
+    validate uses ``reference.npz``.
 
     Raises:
         ModelSourceError: nothing safe to rebuild from, a malformed record, or the model fails to build.
@@ -200,7 +215,7 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
                 "so edgecv does not run or load files it names: pass --model-source with the model file you trust to "
                 "rebuild the live PyTorch reference (reference.npz is used otherwise)")
         name = spec[len(TORCHVISION_PREFIX):] if kind == "torchvision" and spec.startswith(TORCHVISION_PREFIX) else \
-            spec.split(":", 1)[1] if kind == "timm" and spec.startswith("timm:") else spec
+            spec.split(":", 1)[1] if kind in ("timm", "ultralytics") and spec.startswith(f"{kind}:") else spec
         if not _REGISTERED_NAME.match(name) or (kind == "zoo" and spec != name):
             raise ModelSourceError(f"bundle '{manifest.name}': provenance.source.spec: expected a registered "
                                    f"{kind} model name, found {spec[:80]!r}")
@@ -218,6 +233,11 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
                 loaded = _load_torchvision(name, dict(kwargs))
             elif kind == "timm":
                 loaded = _load_timm(name, dict(kwargs))
+            elif kind == "ultralytics":
+                if not name.endswith((".yaml", ".yml")):
+                    raise ModelSourceError(f"bundle '{manifest.name}': provenance.source.spec: expected an "
+                                           f"Ultralytics model yaml name, found {spec[:80]!r}")
+                loaded = load_model(ULTRALYTICS_PREFIX + name, model_kwargs=kwargs or None)
             else:
                 loaded = _load_zoo(name, dict(kwargs))
         if weights is not None:
@@ -717,8 +737,22 @@ def _safe_torch_load(path: Path | Any, label: Path) -> Any:
 
 
 def _load_checkpoint_file(path: Path, *, shape: tuple[int, ...] | None, kwargs: dict[str, Any], arch: str | None,
-                          weights: str | Path | None) -> LoadedModel:
+                          weights: str | Path | None, trust: bool = False) -> LoadedModel:
     kind = archive_kind(path)
+    if kind in ("torch_save", "legacy"):
+        from edgecv.export.adapters.ultralytics import is_ultralytics_checkpoint, load_checkpoint
+
+        if is_ultralytics_checkpoint(path):
+            if weights is not None or arch is not None or kwargs:
+                raise ConfigError(f"--weights / --arch / model kwargs do not apply to the Ultralytics checkpoint "
+                                  f"'{path.name}', which holds its own model")
+            loaded = load_checkpoint(path, trust_checkpoint=trust)
+            if shape is not None:
+                loaded.contract = loaded.contract.model_copy(update={"input_shape": list(shape)})
+            return loaded
+    if trust:
+        raise ConfigError(f"--trust-checkpoint: only used with an Ultralytics checkpoint, but '{path.name}' is not "
+                          "one (other checkpoints load with weights_only=True)")
     if weights is not None:
         raise ConfigError(f"--weights: the source '{path.name}' is itself a model file; pass the architecture as the "
                           "source and this file as --weights, or the file as the source with --arch")
