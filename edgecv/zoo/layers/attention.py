@@ -8,6 +8,7 @@ shapes are taken from the input, never from data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,34 @@ class SqueezeExcite(nn.Module):
         s = x.mean((2, 3), keepdim=True)  # squeeze
         s = self.fc2(self.act(self.fc1(s)))  # excitation
         return x * self.gate(s)  # scale
+
+
+def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
+    """ECA-Net's adaptive kernel size: ``k = |log2(C) / gamma + b / gamma|_odd`` (the nearest odd integer at or
+    above the truncated value; Wang et al. 2020, eq. 12, and their reference code)."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA-Net (Wang et al.): ``x * sigmoid(conv1d_k(mean_hw(x)))`` — a k-tap 1-D convolution across the pooled
+    channel descriptor (local cross-channel interaction, no dimensionality reduction), ``k`` from the channel count
+    (:func:`eca_kernel_size`) unless given."""
+
+    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2.0, b: float = 1.0,
+                 gate: str = "sigmoid") -> None:
+        super().__init__()
+        k = kernel_size if kernel_size is not None else eca_kernel_size(channels, gamma, b)
+        if k < 1 or k % 2 == 0:
+            raise ConfigError(f"eca kernel_size: expected an odd integer >= 1, found {k}")
+        self.kernel_size = k
+        self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+        self.gate = create_act(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3)).unsqueeze(1)  # [N, 1, C]: the channel descriptor as a 1-channel sequence
+        a = self.gate(self.conv(s)).transpose(1, 2).unsqueeze(-1)  # [N, C, 1, 1]
+        return x * a
 
 
 class SelectiveKernel(nn.Module):
@@ -287,6 +316,7 @@ def _heads_for(channels: int, num_heads: int) -> int:
 
 ATTNS: Registry[Callable[..., nn.Module]] = Registry("attention")
 ATTNS.register("se", SqueezeExcite)
+ATTNS.register("eca", EfficientChannelAttention)
 ATTNS.register("sk", SelectiveKernel)
 ATTNS.register("cbam", CBAM)
 ATTNS.register("danet_pam", PositionAttention)
@@ -301,7 +331,7 @@ def create_attn(name: str | None, channels: int, **kwargs: Any) -> nn.Module:
     """Build an attention block for a ``channels``-channel NCHW map, by name.
 
     Args:
-        name: ``se``, ``sk``, ``cbam``, ``danet_pam``, ``danet_cam``, ``danet`` (dual), ``nonlocal``, ``mhsa``,
+        name: ``se``, ``eca``, ``sk``, ``cbam``, ``danet_pam``, ``danet_cam``, ``danet`` (dual), ``nonlocal``, ``mhsa``,
             ``transformer``; ``None`` or ``"none"`` gives :class:`torch.nn.Identity`.
         channels: C of the input map (the output has the same shape).
         **kwargs: block options (``reduction``, ``num_heads``, ``gamma_init`` …).
