@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgecv.errors import ConfigError
 
 TaskName = Literal["classify", "detect", "segment"]
-OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"]
 ScheduleName = Literal["none", "constant", "step", "cosine", "linear"]
 BackendName = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
 PrecisionName = Literal["fp32", "fp16", "bf16", "int8"]
@@ -82,6 +82,7 @@ class OptimizerConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0.0)
     alpha: float = Field(default=0.99, gt=0.0, lt=1.0)  # rmsprop smoothing
+    rho: float = Field(default=0.9, gt=0.0, lt=1.0)  # adadelta decay of the squared-gradient/update averages
 
 
 class ScheduleConfig(_Strict):
