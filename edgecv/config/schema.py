@@ -54,6 +54,8 @@ class AugmentConfig(_Strict):
     brightness: float = Field(default=0.0, ge=0.0, le=1.0)
     contrast: float = Field(default=0.0, ge=0.0, le=1.0)
     translate: float = Field(default=0.0, ge=0.0, le=0.5)
+    rotate: float = Field(default=0.0, ge=0.0, le=180.0)  # degrees, uniform in ±rotate (random affine)
+    scale: float = Field(default=0.0, ge=0.0, lt=1.0)  # zoom factor uniform in 1 ± scale (random affine)
 
 
 class DataConfig(_Strict):
