@@ -5,6 +5,7 @@ from edgecv.zoo.layers.attention import (
     ATTNS,
     CBAM,
     MHSA2d,
+    MultiHeadCrossAttention,
     ChannelAttention,
     DualAttention,
     EfficientChannelAttention,
@@ -33,7 +34,7 @@ from edgecv.zoo.layers.norm import NORMS, LayerNorm2d, SwitchableNorm2d, create_
 __all__ = [
     "ACTS", "ATTNS", "CBAM", "INITS", "NORMS", "ChannelAttention", "ConvBnAct", "ConvNormAct",
     "DepthwiseSeparableConv", "DualAttention", "EfficientChannelAttention", "GlobalDepthwiseConv", "LayerNorm2d",
-    "MHSA2d", "MultiHeadSelfAttention", "NonLocal", "PositionAttention", "SelectiveKernel", "SqueezeExcite",
+    "MHSA2d", "MultiHeadCrossAttention", "MultiHeadSelfAttention", "NonLocal", "PositionAttention", "SelectiveKernel", "SqueezeExcite",
     "SwitchableNorm2d", "TransformerBlock", "TransformerBlock2d", "conv2d", "create_act", "create_attn", "create_conv",
     "create_norm", "eca_kernel_size", "init_weights", "same_padding",
 ]

@@ -247,6 +247,33 @@ class MultiHeadSelfAttention(nn.Module):
         return self.proj(y)
 
 
+class MultiHeadCrossAttention(nn.Module):
+    """Multi-head attention of queries ``[N, Tq, D]`` over a memory ``[N, Tk, D]`` (a transformer decoder's
+    encoder–decoder, or "context", attention); ``key`` and ``value`` may differ (DETR adds positions to keys only).
+    Explicit matmuls + softmax, so it exports anywhere."""
+
+    def __init__(self, dim: int, num_heads: int = 4, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"attention heads: expected a divisor of dim={dim}, got {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
+        n, tq, d = query.shape
+        q, k = self._heads(self.q(query)), self._heads(self.k(key))
+        v = self._heads(self.v(key if value is None else value))
+        attn = torch.softmax(torch.matmul(q * self.scale, k.transpose(-2, -1)), -1)  # [N, heads, Tq, Tk]
+        return self.proj(torch.matmul(attn, v).transpose(1, 2).reshape(n, tq, d))
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
