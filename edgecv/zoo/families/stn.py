@@ -1,6 +1,7 @@
-"""A small classifier behind a Spatial Transformer: the STN first undoes the affine distortion of the input, then a
-4-stage conv-BN-ReLU net classifies the resampled image. Trained on the synthetic shapes with random rotation,
-zoom and shift (``recipes/stn_classifier.yaml``). Exports with ONNX ``GridSample`` (opset ≥ 16).
+"""A classifier behind a Spatial Transformer: the STN first undoes the affine distortion of the input, then a
+classifier reads the resampled image — a zoo model (``stn_classifier``: the shipped ``shapes_classifier``, trained
+on undistorted shapes) or a small conv-BN-ReLU stack (``stn_tiny``). Trained on the synthetic shapes with random
+rotation, zoom and shift (``recipes/stn_classifier.yaml``). Exports with ONNX ``GridSample`` (opset ≥ 16).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgecv.zoo.families.edge import SHAPES_CLASSIFY, SHAPES_MEAN, SHAPES_STD
 from edgecv.zoo.layers import ConvNormAct, init_weights
 from edgecv.zoo.layers.spatial import SpatialTransformer
 from edgecv.zoo.registry import build_variant, register_model
@@ -20,9 +22,16 @@ class STNClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 8, in_chans: int = 3, input_size: int = 64,
                  widths: tuple[int, ...] = (16, 32, 64, 128), loc_widths: tuple[int, int] = (8, 16),
-                 loc_hidden: int = 32, stn: bool = True) -> None:
+                 loc_hidden: int = 32, stn: bool = True, backbone: str | None = None,
+                 backbone_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.stn = SpatialTransformer(in_chans, input_size, loc_widths, loc_hidden) if stn else nn.Identity()
+        self.net: nn.Module | None = None
+        if backbone is not None:  # a whole zoo classifier behind the transformer
+            from edgecv.zoo.registry import create_model
+
+            self.net = create_model(backbone, **(backbone_kwargs or {}))
+            return
         layers: list[nn.Module] = []
         ch = in_chans
         for w in widths:
@@ -33,16 +42,19 @@ class STNClassifier(nn.Module):
         self.classifier = nn.Linear(ch, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net is not None:
+            return self.net(self.stn(x))  # type: ignore[no-any-return]
         return self.classifier(self.features(self.stn(x)).mean((2, 3)))
 
 
 _SHAPES: dict[str, Any] = dict(task="classify", num_classes=8, family="stn")
 
 
-@register_model(input_size=(3, 64, 64), **_SHAPES)
+@register_model(input_size=(3, 64, 64), mean=SHAPES_MEAN, std=SHAPES_STD, class_names=SHAPES_CLASSIFY, **_SHAPES)
 def stn_classifier(**kwargs: Any) -> STNClassifier:
-    """STN (localization 8/16 channels) + 4-stage classifier (16…128), 3×64×64 input, 8 shape classes."""
-    return build_variant("stn_classifier", STNClassifier, {}, **kwargs)
+    """STN (localization 8/16 channels) in front of the shipped shapes_classifier, 3×64×64 input, 8 shape classes:
+    training teaches the transformer to undo the distortions the classifier never saw."""
+    return build_variant("stn_classifier", STNClassifier, dict(backbone="shapes_classifier"), **kwargs)
 
 
 @register_model(input_size=(3, 32, 32), tiny=True, **_SHAPES)

@@ -45,11 +45,13 @@ class SpatialTransformer(nn.Module):
             nn.Conv2d(channels, w1, 5, 2, 2), nn.ReLU(), nn.Conv2d(w1, w2, 3, 2, 1), nn.ReLU(), nn.MaxPool2d(2))
         with torch.no_grad():
             feat = self.loc(torch.zeros(1, channels, size, size)).numel()
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(feat, hidden), nn.ReLU(), nn.Linear(hidden, 6))
-        nn.init.zeros_(self.fc[-1].weight)
+        last = nn.Linear(hidden, 6)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():
-            self.fc[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+            last.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(feat, hidden), nn.ReLU(), last)
         self.size = size
+        self.grid_base: torch.Tensor
         self.register_buffer("grid_base", base_grid(size, size), persistent=False)
 
     def theta(self, x: torch.Tensor) -> torch.Tensor:
