@@ -50,7 +50,7 @@ def test_bad_enum_lists_allowed_values() -> None:
         parse_recipe(_with("train.optimizer.name", "adamx"))
     msg = str(ei.value)
     assert "train.optimizer.name" in msg and "'adamx'" in msg
-    for name in ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"):
+    for name in ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"):
         assert name in msg
     with pytest.raises(ConfigError, match=r"compile\[0\]\.backend.*tensorrt.*'tvm'"):
         parse_recipe({**BASE, "compile": [{"backend": "tvm"}]})

@@ -364,7 +364,7 @@ def test_bad_nms_mode_is_a_config_error() -> None:
     from edgecv.export.detection import prepare_detection_export
     from edgecv.export.sources import load_model
 
-    with pytest.raises(ConfigError, match="--nms: expected one of graph, host"):
+    with pytest.raises(ConfigError, match="--nms: expected one of graph, host, none"):
         prepare_detection_export(load_model("yolov3_test"), nms="device")
     with pytest.raises(ConfigError, match="--nms host"):
         prepare_detection_export(load_model("fasterrcnn_tiny"), nms="host")

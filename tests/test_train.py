@@ -72,6 +72,7 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
     ("momentum", torch.optim.SGD, lambda g: g["momentum"] == 0.8 and not g["nesterov"]),
     ("nesterov", torch.optim.SGD, lambda g: g["momentum"] == 0.8 and g["nesterov"]),
     ("adagrad", torch.optim.Adagrad, lambda g: True),
+    ("adadelta", torch.optim.Adadelta, lambda g: g["rho"] == 0.9 and g["eps"] == 1e-6),
     ("rmsprop", torch.optim.RMSprop, lambda g: g["alpha"] == 0.99),
     ("adam", torch.optim.Adam, lambda g: g["betas"] == (0.9, 0.999)),
     ("adamw", torch.optim.AdamW, lambda g: True),
@@ -88,6 +89,31 @@ def test_optimizers_by_name(name: str, cls: type, check) -> None:
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_adadelta_steps_equal_zeilers_update_rule_by_hand() -> None:
+    # three steps on a 5-vector with a non-constant gradient, against the paper's algorithm written out
+    torch.manual_seed(0)
+    w0 = torch.randn(5, dtype=torch.float64)
+    target = torch.randn(5, dtype=torch.float64)
+    model = nn.Linear(5, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(w0[None])
+    opt = build_optimizer(model, OptimizerConfig(name="adadelta", lr=0.5, rho=0.8))
+    rho, eps, lr = 0.8, 1e-6, 0.5
+    w, eg2, edx2 = w0.clone(), torch.zeros(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    for _ in range(3):
+        g = 2 * (w - target) * w.abs()  # any gradient that changes from step to step
+        opt.zero_grad()
+        model.weight.grad = g[None].clone()
+        opt.step()
+        eg2 = rho * eg2 + (1 - rho) * g * g  # E[g²]
+        dx = -torch.sqrt(edx2 + eps) / torch.sqrt(eg2 + eps) * g  # Δx = -RMS[Δx]_{t-1} / RMS[g]_t · g
+        edx2 = rho * edx2 + (1 - rho) * dx * dx  # E[Δx²]
+        w = w + lr * dx
+        torch.testing.assert_close(model.weight[0].detach(), w, rtol=1e-12, atol=1e-12)
+    assert float((w - w0).abs().min()) > 0
+    assert build_optimizer(model, OptimizerConfig(name="adadelta", eps=1e-4)).param_groups[0]["eps"] == 1e-4
 
 
 def test_warmup_cosine_and_step_schedules() -> None:

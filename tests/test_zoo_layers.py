@@ -23,6 +23,7 @@ from edgecv.zoo.layers import (  # noqa: E402
     create_attn,
     create_conv,
     create_norm,
+    eca_kernel_size,
     init_weights,
 )
 
@@ -188,14 +189,14 @@ def test_stride_two_halves() -> None:
 
 # ---------------------------------------------------------------- attention
 
-ALL_ATTN = ["se", "sk", "cbam", "danet_pam", "danet_cam", "danet", "nonlocal", "mhsa", "transformer"]
+ALL_ATTN = ["se", "eca", "sk", "cbam", "danet_pam", "danet_cam", "danet", "nonlocal", "mhsa", "transformer"]
 
 
 def test_attention_registry_covers_the_issue() -> None:
     assert set(ALL_ATTN) <= set(ATTNS.names())
     assert isinstance(create_attn(None, 8), nn.Identity) and isinstance(create_attn("none", 8), nn.Identity)
     with pytest.raises(UnknownNameError, match="expected one of:.*cbam"):
-        create_attn("eca", 8)
+        create_attn("ecaa", 8)
     with pytest.raises(ConfigError, match="attention 'se': bad arguments"):
         create_attn("se", 8, heads=2)
 
@@ -221,6 +222,26 @@ def test_se_equals_hand_computation() -> None:
                                m.fc2.weight[:, :, 0, 0], m.fc2.bias))  # excitation
     torch.testing.assert_close(m(x), x * e[:, :, None, None])  # scale
     assert m.fc1.out_channels == 8
+
+
+def test_eca_kernel_size_follows_the_channel_count_formula() -> None:
+    # k = |log2(C)/2 + 1/2|_odd (gamma 2, b 1): C ≤ 64 → 3, 128…1024 → 5, 2048 → 7
+    assert [eca_kernel_size(c) for c in (8, 16, 32, 64, 128, 256, 512, 1024, 2048)] == [3, 3, 3, 3, 5, 5, 5, 5, 7]
+    assert create_attn("eca", 256).conv.kernel_size == (5,) and create_attn("eca", 2048).kernel_size == 7
+    assert create_attn("eca", 64, kernel_size=9).conv.padding == (4,)
+    assert sum(p.numel() for p in create_attn("eca", 512).parameters()) == 5  # k weights, no reduction MLP
+    with pytest.raises(ConfigError, match="eca kernel_size: expected an odd integer"):
+        create_attn("eca", 64, kernel_size=4)
+
+
+def test_eca_equals_hand_computation() -> None:
+    m = create_attn("eca", 128).eval()
+    x = _x(2, 128, 5, 5)
+    w = m.conv.weight[0, 0]  # [k]
+    k = w.numel()
+    s = F.pad(x.mean((2, 3)), (k // 2, k // 2))  # zero-padded channel descriptor
+    a = torch.stack([(s[:, c:c + k] * w).sum(1) for c in range(128)], 1)  # 1-D conv across neighbouring channels
+    torch.testing.assert_close(m(x), x * torch.sigmoid(a)[:, :, None, None])
 
 
 def test_sk_selects_between_a_3x3_and_a_dilated_3x3_with_softmax() -> None:

@@ -185,3 +185,29 @@ def test_cli_check_reports_ok_for_every_tiny_model(cli) -> None:
         assert r["check_ok"], (r["name"], r["check"])
         for rt in ("onnxruntime", "openvino"):
             assert 0 <= r["check"][rt]["max_abs"] <= r["check"][rt]["tol"]
+
+
+def test_gdc_head_replaces_average_pooling_with_a_full_map_depthwise_conv() -> None:
+    from edgecv.zoo.families.mobilenet import final_map_size
+    from edgecv.zoo.layers import GlobalDepthwiseConv
+
+    assert [final_map_size(s) for s in (224, 112, 64, 65)] == [7, 4, 2, 3]
+    with torch.device("meta"):
+        gdc = create_model("mobilenet_v2_gdc")
+        # a 7×7 depthwise kernel per channel plus the BN's scale and shift, on top of torchvision's 3,504,872
+        assert count_params(gdc) == 3_504_872 + 1280 * 7 * 7 + 2 * 1280
+        assert gdc.pool.conv.kernel_size == (7, 7) and gdc.pool.conv.groups == 1280
+    m = create_model("mobilenet_v2_tiny_gdc").eval()
+    pool = m.pool
+    assert isinstance(pool, GlobalDepthwiseConv) and pool.conv.kernel_size == (2, 2)
+    f = torch.randn(3, 256, 2, 2)
+    bn = pool.norm
+    by_hand = (f * pool.conv.weight[:, 0]).sum((2, 3))  # one weight per channel per position, no padding
+    by_hand = (by_hand - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    torch.testing.assert_close(pool(f), by_hand)
+    # position-dependent: unlike GAP, swapping two positions changes the descriptor
+    with torch.no_grad():
+        pool.conv.weight.copy_(torch.arange(4.0).reshape(1, 1, 2, 2).expand_as(pool.conv.weight))
+    assert not torch.allclose(pool(f), pool(f.flip(-1)))
+    with pytest.raises(ConfigError, match="mobilenet head: expected one of gap, gdc, found 'gmp'"):
+        create_model("mobilenet_v1_tiny", head="gmp")

@@ -95,7 +95,8 @@ def register(app: typer.Typer) -> None:
             "--rewrite", help="Model rewrite pass to apply before export; repeatable.")] = None,
         nms: Annotated[Optional[str], typer.Option(
             "--nms", help="Detectors: 'graph' (ONNX NonMaxSuppression in the model, fixed max detections; "
-                          "default) or 'host' (raw heads, numpy NMS on the device).")] = None,
+                          "default) or 'host' (raw heads, numpy NMS on the device); set-prediction "
+                          "detectors (DETR) export with no NMS ('none').")] = None,
         score_threshold: Annotated[float, typer.Option("--score-threshold", help="Detectors: min score.")] = 0.001,
         iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Detectors: NMS IoU.")] = 0.5,
         max_det: Annotated[int, typer.Option("--max-det", help="Detectors: detections per image.")] = 100,

@@ -13,7 +13,7 @@ from edgecv.errors import ConfigError
 from edgecv.types import Precision as PrecisionName
 
 TaskName = Literal["classify", "detect", "segment"]
-OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw"]
 ScheduleName = Literal["none", "constant", "step", "cosine", "linear"]
 BackendName = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
 DataFormat = Literal["imagefolder", "coco", "yolo", "masks", "images"]
@@ -54,6 +54,8 @@ class AugmentConfig(_Strict):
     brightness: float = Field(default=0.0, ge=0.0, le=1.0)
     contrast: float = Field(default=0.0, ge=0.0, le=1.0)
     translate: float = Field(default=0.0, ge=0.0, le=0.5)
+    rotate: float = Field(default=0.0, ge=0.0, le=180.0)  # degrees, uniform in ±rotate (random affine)
+    scale: float = Field(default=0.0, ge=0.0, lt=1.0)  # zoom factor uniform in 1 ± scale (random affine)
 
 
 class DataConfig(_Strict):
@@ -82,6 +84,7 @@ class OptimizerConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0.0)
     alpha: float = Field(default=0.99, gt=0.0, lt=1.0)  # rmsprop smoothing
+    rho: float = Field(default=0.9, gt=0.0, lt=1.0)  # adadelta decay of the squared-gradient/update averages
 
 
 class ScheduleConfig(_Strict):

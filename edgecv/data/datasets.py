@@ -353,9 +353,14 @@ class ImageTransform:
                 b = target["boxes"].copy()
                 b[:, [1, 3]] = self.h - b[:, [3, 1]]
                 target = {**target, "boxes": b}
-        if a.translate > 0 and self.task != "detect":
+        rotate, scale = getattr(a, "rotate", 0.0), getattr(a, "scale", 0.0)
+        if (a.translate > 0 or rotate > 0 or scale > 0) and self.task != "detect":
+            # one random affine: rotation ± rotate degrees and zoom 1 ± scale about the centre, then a shift
             dx, dy = rng.uniform(-a.translate, a.translate, 2) * np.array([self.w, self.h])
-            m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+            angle = rng.uniform(-rotate, rotate) if rotate > 0 else 0.0
+            zoom = 1.0 + rng.uniform(-scale, scale) if scale > 0 else 1.0
+            m = cv2.getRotationMatrix2D((self.w / 2.0, self.h / 2.0), angle, zoom).astype(np.float32)
+            m[:, 2] += (dx, dy)
             x = cv2.warpAffine(np.ascontiguousarray(x), m, (self.w, self.h), borderMode=cv2.BORDER_REFLECT)
             if self.task == "segment":
                 target = cv2.warpAffine(np.ascontiguousarray(target), m, (self.w, self.h),

@@ -9,6 +9,10 @@ corrupted head can hide behind the score threshold). The NMS is
 ONNX's own ``NonMaxSuppression`` op (accepted by ONNX Runtime, OpenVINO and TensorRT), emitted by the TorchScript
 exporter through a symbolic; in eager mode the same selection runs with ``torchvision.ops.batched_nms``.
 
+Set-prediction detectors (``nms_free = True``, the DETR family) emit the same four outputs with no NMS in the graph
+or on the host: their contract says ``decode.nms: none`` (``format: set``), whatever ``--nms`` asked for (host NMS
+is refused).
+
 Use::
 
     loaded = load_model("yolov3_tiny", weights=...)
@@ -27,7 +31,7 @@ from edgecv.tasks.decode import PRE_NMS_OUTPUTS
 if TYPE_CHECKING:
     from edgecv.export.sources import LoadedModel
 
-NMS_MODES = ("graph", "host")
+NMS_MODES = ("graph", "host", "none")
 GRAPH_OUTPUTS = ["boxes", "scores", "classes", "num_dets"]
 #: GraphNMSWrapper's outputs: the four above, then the pre-NMS candidates (validation only)
 WRAPPER_OUTPUTS = [*GRAPH_OUTPUTS, *PRE_NMS_OUTPUTS]
@@ -182,7 +186,9 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
     Args:
         loaded: a :class:`~edgecv.export.sources.LoadedModel` whose module is a zoo detector (``decode`` and
             ``decode_info``), or a model already emitting the graph outputs (Faster R-CNN; its NMS is its own).
-        nms: ``graph`` (ONNX NonMaxSuppression in the model) or ``host`` (raw heads; numpy NMS on the device).
+        nms: ``graph`` (ONNX NonMaxSuppression in the model) or ``host`` (raw heads; numpy NMS on the device);
+            a set-prediction detector is exported as it is with ``decode.nms: none`` (``none`` is accepted only
+            for those).
         score_threshold, iou_threshold, max_det: post-processing settings (recorded in ``contract.decode``).
         class_names: class names for the contract (default: the contract's, else ``0..C-1``).
         decode_spec: a declarative decode for a raw detection head nobody wrote an adapter for
@@ -207,7 +213,11 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
         raise ConfigError(f"detection export: expected 0 <= iou_threshold <= 1 and max_det >= 1, found "
                           f"{iou_threshold} and {max_det}")
     module = loaded.module
-    graph_native = bool(getattr(module, "exports_graph_nms", False))
+    nms_free = bool(getattr(module, "nms_free", False))
+    if nms == "none" and not nms_free:
+        raise ConfigError(f"--nms none: {type(module).__name__} predicts overlapping candidates; expected graph or "
+                          "host NMS for it (only set-prediction detectors such as DETR need none)")
+    graph_native = bool(getattr(module, "exports_graph_nms", False)) or nms_free
     if not graph_native and not callable(getattr(module, "decode", None)):
         loaded = _adapt(loaded, nms, score_threshold, iou_threshold, max_det, class_names, decode_spec)
         module = loaded.module
@@ -221,7 +231,17 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
     decode: dict[str, Any] = {"nms": nms, "score_threshold": score_threshold, "iou_threshold": iou_threshold,
                               "max_det": max_det, "num_classes": nc}
     GraphNMSWrapper, RawHeadWrapper = _wrappers()
-    if graph_native:
+    if nms_free:
+        if nms == "host":
+            raise ConfigError(f"--nms host: {type(module).__name__} is a set-prediction detector with no NMS at all; "
+                              "export it with --nms graph (or none)")
+        cast(_GraphNMSDetector, module).set_postprocess(score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                                         max_det=max_det)
+        # one query per object (Hungarian-matched training): the outputs are final, nothing to suppress
+        wrapped, out_names = module, list(GRAPH_OUTPUTS)
+        decode.update(nms="none", format="set", max_det=min(max_det, int(getattr(module, "num_queries", max_det))))
+        decode.pop("iou_threshold")
+    elif graph_native:
         if nms == "host":
             raise ConfigError(f"--nms host: {type(module).__name__} runs its NMS inside the model "
                               "(Faster R-CNN's RPN and box head); export it with --nms graph")

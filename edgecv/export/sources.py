@@ -245,7 +245,7 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
             _load_weights_into(loaded.module, wpath, what=loaded.name)
         loaded.module.eval()
     decode = manifest.contract.decode or {}
-    if manifest.contract.task == "detect" and decode.get("nms") in ("graph", "host"):
+    if manifest.contract.task == "detect" and decode.get("nms") in ("graph", "host", "none"):
         # the bundle holds the detector with its post-processing wrapper: rebuild the same wrapper
         from edgecv.export.detection import prepare_detection_export
 

@@ -232,6 +232,9 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
             elif op in ("Softmax", "softmax") or n.target in (torch.softmax, torch.nn.functional.softmax):
                 findings.append(Finding(layer, op, "softmax (attention): exponent over a wide input range",
                                         "medium", rtxt, None, "keep this op in fp16/fp32 (mixed precision)", rng))
+            elif n.target is torch.nn.functional.grid_sample and len(n.args) > 1 and isinstance(n.args[1], fx.Node):
+                g = by_node.get(n.args[1].name)
+                findings.append(_grid_sample_finding(layer, g, in_s))
             elif _NORM_RE.search(op):
                 is_ln = "layer" in op.lower()
                 findings.append(Finding(layer, op, f"{op}: per-sample statistics computed at run time, not "
@@ -309,6 +312,23 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
     report.findings = findings
     report.layers = list(stats.values())
     return report
+
+
+def _grid_sample_finding(layer: str, grid: LayerStats | None, image: LayerStats | None) -> Finding:
+    """How a spatial transformer's ``grid_sample`` quantizes: the sampled values are the input's (they quantize
+    like it), but the grid holds sampling coordinates in [-1, 1], and one INT8 step of its measured range moves a
+    sample by ``range / 255 × side / 2`` pixels — a whole-image misregistration, not a rounding of one value."""
+    rng = (grid.min, grid.max) if grid is not None else None
+    if grid is None:
+        measured = "grid range not measured"
+    else:
+        step = (grid.max - grid.min) / 255.0
+        measured = (f"grid [{grid.min:.3g}, {grid.max:.3g}]: one INT8 step = {step:.3g} normalised = "
+                    f"{step / 2:.3g} of the image side per sample")
+    return Finding(layer, "grid_sample", "grid_sample (spatial transformer): INT8 sampling coordinates shift "
+                   "every output pixel; the localization net's theta sets the whole grid", "high", measured, None,
+                   "keep the localization net, the grid and GridSample in fp16/fp32 (mixed precision: exclude "
+                   "them from INT8); the convs after the resampled image quantize as usual", rng)
 
 
 def _outlier_finding(s: LayerStats) -> Finding | None:

@@ -11,7 +11,9 @@ Decoders are registered in :data:`DECODERS` under a key derived from the contrac
 - ``classify`` → :class:`~edgecv.tasks.classify.ClassifyDecoder` (top-k with class names);
 - ``segment`` → :class:`~edgecv.tasks.segment.SegmentDecoder` (argmax mask resized to the original frame);
 - ``detect:graph`` → :class:`GraphNMSDecoder` (in-graph NMS outputs ``boxes``/``scores``/``classes``/``num_dets``);
-- ``detect:host`` → registered by ``edgecv.tasks.detect`` (host-side NMS over raw head outputs).
+- ``detect:host`` → registered by ``edgecv.tasks.detect`` (host-side NMS over raw head outputs);
+- ``detect:none`` → :class:`GraphNMSDecoder` too: a set-prediction detector (DETR) emits the same padded outputs
+  with no NMS anywhere (``decode.format: set``).
 
 ``contract.decode["nms"]`` picks the detect decoder (default ``graph``).
 """
@@ -52,6 +54,8 @@ DECODERS: Registry[Any] = Registry("decoder")
 DECODERS.register("classify", "edgecv.tasks.classify:ClassifyDecoder")
 DECODERS.register("segment", "edgecv.tasks.segment:SegmentDecoder")
 DECODERS.register("detect:graph", "edgecv.tasks.decode:GraphNMSDecoder")
+# set-prediction detectors (DETR): the same padded outputs, produced without any NMS
+DECODERS.register("detect:none", "edgecv.tasks.decode:GraphNMSDecoder")
 # host-side NMS lives with the detection post-processing; registering here keeps lookups lazy
 DECODERS.register("detect:host", "edgecv.tasks.detect:HostNMSDecoder")
 

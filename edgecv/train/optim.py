@@ -11,7 +11,10 @@ from torch import nn
 from edgecv.config.schema import OptimizerConfig, OptimizerName, ScheduleConfig, ScheduleName
 from edgecv.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw")
+# AdaDelta's own epsilon (Zeiler 2012 and torch): the first steps are ~sqrt(eps) * g / |g|, so the 1e-8 that suits
+# Adam would make them 10x smaller; used unless the recipe sets eps
+ADADELTA_EPS = 1e-6
 SCHEDULES = ("none", "constant", "step", "cosine", "linear")
 
 
@@ -30,7 +33,13 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig | dict[str, Any] | str) -> torch.optim.Optimizer:
-    """A torch optimizer by name: sgd, momentum (SGD + momentum), nesterov, adagrad, rmsprop, adam, adamw."""
+    """A torch optimizer by name: sgd, momentum (SGD + momentum), nesterov, adagrad, adadelta, rmsprop, adam,
+    adamw.
+
+    AdaDelta (Zeiler 2012) keeps running averages ``E[g²] ← ρ E[g²] + (1-ρ) g²`` and
+    ``E[Δx²] ← ρ E[Δx²] + (1-ρ) Δx²`` and steps ``Δx = -sqrt(E[Δx²] + ε) / sqrt(E[g²] + ε) · g`` (times ``lr``,
+    which the paper does not have: use ``lr: 1.0`` for the paper's rule).
+    """
     if isinstance(cfg, str):
         cfg = OptimizerConfig(name=cast(OptimizerName, cfg))  # pydantic validates the name
     elif isinstance(cfg, dict):
@@ -45,6 +54,9 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig | dict[str, Any] | st
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum or 0.9, nesterov=True)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps)
+    if name == "adadelta":
+        eps = cfg.eps if "eps" in cfg.model_fields_set else ADADELTA_EPS
+        return torch.optim.Adadelta(params, lr=cfg.lr, rho=cfg.rho, eps=eps)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum)
     if name == "adam":

@@ -1,6 +1,8 @@
 """MobileNetV1 (depthwise-separable convs, Howard et al. 2017) and MobileNetV2 (inverted residuals with linear
 bottlenecks, Sandler et al. 2018). V2 follows torchvision's layout (3,504,872 parameters at 1000 classes, width 1.0).
-Both take a width multiplier, a norm by name and an optional attention block per block.
+Both take a width multiplier, a norm by name, an optional attention block per block, and ``head="gdc"``: a Global
+Depthwise Convolution over the final map in place of global average pooling (MobileFaceNet), which needs the input
+side (``input_size``) to size its kernel.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from edgecv.errors import ConfigError
-from edgecv.zoo.layers import ConvNormAct, DepthwiseSeparableConv, create_attn, init_weights
+from edgecv.zoo.layers import ConvNormAct, DepthwiseSeparableConv, GlobalDepthwiseConv, create_attn, init_weights
 from edgecv.zoo.registry import build_variant, register_model
 
 
@@ -33,6 +35,32 @@ def _classifier_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+HEADS = ("gap", "gdc")
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+
+def final_map_size(input_size: int, num_stride2: int = 5) -> int:
+    """Side of the stride-32 map: each 3×3/stride-2 conv with padding 1 maps n to ceil(n / 2)."""
+    n = input_size
+    for _ in range(num_stride2):
+        n = (n + 1) // 2
+    return n
+
+
+def make_pool(head: str, channels: int, input_size: int, norm: str) -> nn.Module:
+    """The global pooling before the classifier: ``gap`` (mean over H×W) or ``gdc`` (:class:`GlobalDepthwiseConv`
+    sized to the final map of an ``input_size`` input)."""
+    if head == "gap":
+        return GlobalAvgPool()
+    if head == "gdc":
+        return GlobalDepthwiseConv(channels, final_map_size(input_size), norm=norm)
+    raise ConfigError(f"mobilenet head: expected one of {', '.join(HEADS)}, found '{head}'")
+
+
 # (out channels, stride) of the 13 depthwise-separable blocks
 _V1_CFG = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
            (512, 1), (1024, 2), (1024, 1)]
@@ -43,7 +71,7 @@ class MobileNetV1(nn.Module):
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, norm: str = "bn",
                  act: str = "relu", attn: str | None = None, attn_kwargs: dict[str, Any] | None = None,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, head: str = "gap", input_size: int = 224) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ConfigError(f"mobilenet_v1 width_mult: expected > 0, got {width_mult}")
@@ -57,11 +85,12 @@ class MobileNetV1(nn.Module):
             ch = out
         self.features = nn.Sequential(*layers)
         self.num_features = ch
+        self.pool = make_pool(head, ch, input_size, norm)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(ch, num_classes))
         _classifier_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).mean((2, 3)))
+        return self.classifier(self.pool(self.features(x)))
 
 
 class InvertedResidual(nn.Module):
@@ -97,7 +126,7 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, norm: str = "bn",
                  act: str = "relu6", attn: str | None = None, attn_kwargs: dict[str, Any] | None = None,
-                 dropout: float = 0.2, last_channel: int = 1280) -> None:
+                 dropout: float = 0.2, last_channel: int = 1280, head: str = "gap", input_size: int = 224) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ConfigError(f"mobilenet_v2 width_mult: expected > 0, got {width_mult}")
@@ -112,11 +141,12 @@ class MobileNetV2(nn.Module):
         layers.append(ConvNormAct(ch, last, 1, norm=norm, act=act))
         self.features = nn.Sequential(*layers)
         self.num_features = last
+        self.pool = make_pool(head, last, input_size, norm)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
         _classifier_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).mean((2, 3)))
+        return self.classifier(self.pool(self.features(x)))
 
 
 _create = build_variant  # caller kwargs override the variant's arch; bad arguments are one line
@@ -156,3 +186,16 @@ def mobilenet_v2_tiny_se(**kwargs: Any) -> MobileNetV2:
     return _create("mobilenet_v2_tiny_se", MobileNetV2,
                    dict(width_mult=0.25, last_channel=256, num_classes=10, attn="se", attn_kwargs={"reduction": 4}),
                    **kwargs)
+
+
+@register_model(family="mobilenet")
+def mobilenet_v2_gdc(**kwargs: Any) -> MobileNetV2:
+    """MobileNetV2 1.0 with a 7×7 Global Depthwise Convolution head (MobileFaceNet) instead of average pooling."""
+    return _create("mobilenet_v2_gdc", MobileNetV2, dict(head="gdc", input_size=224), **kwargs)
+
+
+@register_model(family="mobilenet", **_TINY)
+def mobilenet_v2_tiny_gdc(**kwargs: Any) -> MobileNetV2:
+    """Test variant: mobilenet_v2_tiny with a GDC head (2×2 depthwise kernel over the 64 px input's final map)."""
+    return _create("mobilenet_v2_tiny_gdc", MobileNetV2,
+                   dict(width_mult=0.25, last_channel=256, num_classes=10, head="gdc", input_size=64), **kwargs)

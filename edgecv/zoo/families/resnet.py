@@ -157,7 +157,7 @@ def _tiny_attn(attn: str) -> Any:
 
 
 # one tiny variant per attention block, so the registry-wide tests export every block inside a real backbone
-for _attn in ("se", "sk", "cbam", "danet", "nonlocal", "mhsa", "transformer"):
+for _attn in ("se", "eca", "sk", "cbam", "danet", "nonlocal", "mhsa", "transformer"):
     globals()[f"resnet_tiny_{_attn}"] = _tiny_attn(_attn)
 
 

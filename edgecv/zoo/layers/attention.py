@@ -8,6 +8,7 @@ shapes are taken from the input, never from data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,34 @@ class SqueezeExcite(nn.Module):
         s = x.mean((2, 3), keepdim=True)  # squeeze
         s = self.fc2(self.act(self.fc1(s)))  # excitation
         return x * self.gate(s)  # scale
+
+
+def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
+    """ECA-Net's adaptive kernel size: ``k = |log2(C) / gamma + b / gamma|_odd`` (the nearest odd integer at or
+    above the truncated value; Wang et al. 2020, eq. 12, and their reference code)."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA-Net (Wang et al.): ``x * sigmoid(conv1d_k(mean_hw(x)))`` — a k-tap 1-D convolution across the pooled
+    channel descriptor (local cross-channel interaction, no dimensionality reduction), ``k`` from the channel count
+    (:func:`eca_kernel_size`) unless given."""
+
+    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2.0, b: float = 1.0,
+                 gate: str = "sigmoid") -> None:
+        super().__init__()
+        k = kernel_size if kernel_size is not None else eca_kernel_size(channels, gamma, b)
+        if k < 1 or k % 2 == 0:
+            raise ConfigError(f"eca kernel_size: expected an odd integer >= 1, found {k}")
+        self.kernel_size = k
+        self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+        self.gate = create_act(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3)).unsqueeze(1)  # [N, 1, C]: the channel descriptor as a 1-channel sequence
+        a = self.gate(self.conv(s)).transpose(1, 2).unsqueeze(-1)  # [N, C, 1, 1]
+        return x * a
 
 
 class SelectiveKernel(nn.Module):
@@ -218,6 +247,33 @@ class MultiHeadSelfAttention(nn.Module):
         return self.proj(y)
 
 
+class MultiHeadCrossAttention(nn.Module):
+    """Multi-head attention of queries ``[N, Tq, D]`` over a memory ``[N, Tk, D]`` (a transformer decoder's
+    encoder–decoder, or "context", attention); ``key`` and ``value`` may differ (DETR adds positions to keys only).
+    Explicit matmuls + softmax, so it exports anywhere."""
+
+    def __init__(self, dim: int, num_heads: int = 4, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"attention heads: expected a divisor of dim={dim}, got {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
+        n, tq, d = query.shape
+        q, k = self._heads(self.q(query)), self._heads(self.k(key))
+        v = self._heads(self.v(key if value is None else value))
+        attn = torch.softmax(torch.matmul(q * self.scale, k.transpose(-2, -1)), -1)  # [N, heads, Tq, Tk]
+        return self.proj(torch.matmul(attn, v).transpose(1, 2).reshape(n, tq, d))
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
@@ -287,6 +343,7 @@ def _heads_for(channels: int, num_heads: int) -> int:
 
 ATTNS: Registry[Callable[..., nn.Module]] = Registry("attention")
 ATTNS.register("se", SqueezeExcite)
+ATTNS.register("eca", EfficientChannelAttention)
 ATTNS.register("sk", SelectiveKernel)
 ATTNS.register("cbam", CBAM)
 ATTNS.register("danet_pam", PositionAttention)
@@ -301,7 +358,7 @@ def create_attn(name: str | None, channels: int, **kwargs: Any) -> nn.Module:
     """Build an attention block for a ``channels``-channel NCHW map, by name.
 
     Args:
-        name: ``se``, ``sk``, ``cbam``, ``danet_pam``, ``danet_cam``, ``danet`` (dual), ``nonlocal``, ``mhsa``,
+        name: ``se``, ``eca``, ``sk``, ``cbam``, ``danet_pam``, ``danet_cam``, ``danet`` (dual), ``nonlocal``, ``mhsa``,
             ``transformer``; ``None`` or ``"none"`` gives :class:`torch.nn.Identity`.
         channels: C of the input map (the output has the same shape).
         **kwargs: block options (``reduction``, ``num_heads``, ``gamma_init`` …).

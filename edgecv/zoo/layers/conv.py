@@ -62,6 +62,26 @@ class DepthwiseSeparableConv(nn.Module):
         return self.pw(self.dw(x))
 
 
+class GlobalDepthwiseConv(nn.Module):
+    """Global Depthwise Convolution (GDC, MobileFaceNet, Chen et al. 2018) in place of global average pooling: a
+    depthwise conv whose kernel covers the whole ``size`` × ``size`` map (no padding) and a norm, linear (no
+    activation). Unlike average pooling, every output unit weights each spatial position on its own — the centre
+    of a face crop counts more than its corners. Output ``[N, C]``.
+    """
+
+    def __init__(self, channels: int, size: int | tuple[int, int], norm: str | None = "bn") -> None:
+        super().__init__()
+        kh, kw = (size, size) if isinstance(size, int) else size
+        if kh < 1 or kw < 1:
+            raise ConfigError(f"gdc size: expected the final feature-map size (>= 1), got {size}")
+        self.conv = nn.Conv2d(channels, channels, (kh, kw), groups=channels, bias=False)
+        self.norm = create_norm(norm, channels)
+        self.size = (kh, kw)
+
+    def forward(self, x: Any) -> Any:
+        return self.norm(self.conv(x)).flatten(1)
+
+
 _KINDS = ("standard", "group", "depthwise", "dw_separable", "dilated")
 
 
