@@ -242,7 +242,7 @@ def test_manifest_round_trip_helpers_format(tmp_path: Path) -> None:
     # the format tests/helpers.py writes
     m = Manifest(provenance={"source": {"spec": f"{HERE / 'helpers.py'}:tiny_cnn", "kind": "file",
                                         "kwargs": {"num_classes": 4, "task": "classify"}, "weights": None}})
-    with pytest.raises(ModelSourceError, match="pass --source"):
+    with pytest.raises(ModelSourceError, match="pass --model-source"):
         load_model_from_manifest(m)  # a bundle is data: the file it names is not imported
     module = load_model_from_manifest(m, source=f"{HERE / 'helpers.py'}:tiny_cnn")
     assert module(torch.randn(1, 3, 32, 32)).shape == (1, 4)

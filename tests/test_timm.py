@@ -153,7 +153,10 @@ def test_timm_classifier_exports_and_validates(cli, tmp_path: Path, name: str) -
     fields = ("task", "input_shape", "resize", "crop_ratio", "interpolation", "antialias", "mean", "std", "color",
               "class_names")
     assert {f: getattr(b.contract, f) for f in fields} == {f: getattr(want, f) for f in fields}
-    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--no-record", "--json")
+    # random weights: every reference photo may get the same class, which validate reports as not checked (the
+    # elementwise comparison of the logits still runs and must pass)
+    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--allow-unchecked", "--no-record",
+               "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     d = json.loads(proc.stdout)
     rows = {r["backend"]: r for r in d["results"]}
