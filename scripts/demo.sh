@@ -17,7 +17,7 @@ read -r SEED SIZE COUNT <<<"$VAL"
 $E data synth --task classify -o "$OUT/data" --n-train 0 --n-val "$COUNT" --size "$SIZE" --seed "$SEED" --force
 
 step "export the shipped default classifier (trained by recipes/classifier.yaml); reference inputs: its val split"
-$E export shapes_classifier -o "$OUT/cls" --force --reference-data "$OUT/data/val" --n-reference 8
+$E export shapes_classifier -o "$OUT/cls" --force --reference-data "$OUT/data/val" --n-reference 64
 
 step "compile: OpenVINO IR fp32 and fp16, INT8 for ONNX Runtime (QDQ) and OpenVINO (NNCF), the trtexec command"
 $E compile "$OUT/cls" --backend openvino --precision fp32
