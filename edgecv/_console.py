@@ -75,14 +75,15 @@ def fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        if v != 0 and (abs(v) < 10 ** -digits or abs(v) >= 1e6):
+        if v != 0 and (abs(v) < 10**-digits or abs(v) >= 1e6):
             return f"{v:.2e}"
         return f"{v:.{digits}f}"
     return str(v)
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3,
-          caption: str | None = None) -> Table:
+def table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3, caption: str | None = None
+) -> Table:
     t = Table(title=title, caption=caption, title_justify="left")
     for c in columns:
         t.add_column(c, justify="left" if c in columns[:1] else "right")
@@ -91,6 +92,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], dig
     return t
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3,
-                caption: str | None = None) -> None:
+def print_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3, caption: str | None = None
+) -> None:
     console.print(table(title, columns, rows, digits, caption))

@@ -9,9 +9,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -46,11 +46,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return Path(path)
 
 
@@ -157,8 +156,14 @@ def describe_write_error(exc: BaseException, folder: str | os.PathLike[str]) -> 
     return " ".join(str(exc).split())[:300]
 
 
-def check_output_dir(path: Path, force: bool, is_ours: Callable[[Path], bool], what: str, ours_desc: str,
-                     error: type[Exception] | None = None) -> None:
+def check_output_dir(
+    path: Path,
+    force: bool,
+    is_ours: Callable[[Path], bool],
+    what: str,
+    ours_desc: str,
+    error: type[Exception] | None = None,
+) -> None:
     """The one rule for every command that writes a folder: a new or empty folder is fine; a folder holding what
     this command writes (``is_ours(path)``) is replaced only with ``--force``; any other non-empty folder (or a
     file) is refused, ``--force`` or not, so no user file is lost."""
@@ -178,8 +183,10 @@ def check_output_dir(path: Path, force: bool, is_ours: Callable[[Path], bool], w
         if not force:
             raise err(f"'{path}' already holds a {what}; pass --force to replace it")
         return
-    raise err(f"expected an empty or new folder for the {what} (or {ours_desc}, with --force), found other "
-              f"files in '{path}'; edgecv does not delete them")
+    raise err(
+        f"expected an empty or new folder for the {what} (or {ours_desc}, with --force), found other "
+        f"files in '{path}'; edgecv does not delete them"
+    )
 
 
 def check_output_files(sources: list[Path], outputs: dict[str, Path | None], force: bool = False) -> None:
@@ -203,16 +210,19 @@ def check_output_files(sources: list[Path], outputs: dict[str, Path | None], for
         for src, given in zip(srcs, sources):
             same = real == src or (real.exists() and src.exists() and os.path.samefile(real, src))
             if same:
-                raise ConfigError(f"{flag}: expected an output path other than the input '{given}', found the "
-                                  f"input itself ('{out}')")
+                raise ConfigError(
+                    f"{flag}: expected an output path other than the input '{given}', found the input itself ('{out}')"
+                )
             if src.is_dir() and real.is_relative_to(src):
-                raise ConfigError(f"{flag}: expected an output outside the input folder '{given}', found '{out}' "
-                                  "inside it")
+                raise ConfigError(
+                    f"{flag}: expected an output outside the input folder '{given}', found '{out}' inside it"
+                )
         if real in seen:
             raise ConfigError(f"{flag}: expected its own file, found the same path as {seen[real]} ('{out}')")
         seen[real] = flag
         if real.is_dir():
             raise ConfigError(f"{flag}: expected a file name, found a folder at '{out}'")
         if real.exists() and not force:
-            raise ConfigError(f"{flag}: '{out}' exists; pass --force to replace it (edgecv does not overwrite "
-                              "results unasked)")
+            raise ConfigError(
+                f"{flag}: '{out}' exists; pass --force to replace it (edgecv does not overwrite results unasked)"
+            )

@@ -59,7 +59,7 @@ def is_available(module: str) -> bool:
     """True if ``module`` can be imported (imports it)."""
     try:
         lazy_import(module)
-    except Exception:
+    except Exception:  # noqa: BLE001 - an optional module may fail to import in any way
         return False
     return True
 
@@ -68,6 +68,6 @@ def version_of(module: str) -> str | None:
     """The ``__version__`` of an importable module, or None when it is not installed."""
     try:
         mod: Any = importlib.import_module(module)
-    except Exception:
+    except Exception:  # noqa: BLE001 - an optional module may fail to import in any way
         return None
     return str(getattr(mod, "__version__", "unknown"))

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgecv import __version__
 from edgecv._io import atomic_path, check_output_dir, clean_stale, sha256_path, write_json
 from edgecv.errors import BundleError
 
@@ -165,11 +164,14 @@ class Contract(_Strict):
         if c > MAX_CHANNELS:
             raise ValueError(f"input_shape: expected at most {MAX_CHANNELS} channels, got {c}")
         if h > MAX_SIDE or w > MAX_SIDE or c * h * w > MAX_INPUT_ELEMENTS:
-            raise ValueError(f"input_shape: expected sides of at most {MAX_SIDE} and at most {MAX_INPUT_ELEMENTS} "
-                             f"values per image, got {s}")
+            raise ValueError(
+                f"input_shape: expected sides of at most {MAX_SIDE} and at most {MAX_INPUT_ELEMENTS} "
+                f"values per image, got {s}"
+            )
         if len(self.std) not in (1, c) or len(self.mean) not in (1, c):
-            raise ValueError(f"mean/std: expected 1 or {c} values (one per channel), got {len(self.mean)} and "
-                             f"{len(self.std)}")
+            raise ValueError(
+                f"mean/std: expected 1 or {c} values (one per channel), got {len(self.mean)} and {len(self.std)}"
+            )
         if any(x == 0 for x in self.std):
             raise ValueError("std: expected non-zero values, got 0")
         return self
@@ -263,8 +265,16 @@ def _check_name(v: str, allow_empty: bool = False) -> str:
 def check_rel_path(rel: str) -> str:
     """A manifest path must be relative, inside the bundle and plain: no absolute path, no ``..``, no backslash."""
     p = PurePosixPath(rel)
-    if (not rel or len(rel) > 1024 or rel.startswith(("/", "~")) or "\\" in rel or ":" in rel
-            or any(part in ("..", ".") for part in p.parts) or any(ord(ch) < 32 for ch in rel) or p.is_absolute()):
+    if (
+        not rel
+        or len(rel) > 1024
+        or rel.startswith(("/", "~"))
+        or "\\" in rel
+        or ":" in rel
+        or any(part in ("..", ".") for part in p.parts)
+        or any(ord(ch) < 32 for ch in rel)
+        or p.is_absolute()
+    ):
         raise ValueError(f"expected a relative path inside the bundle, got {rel[:80]!r}")
     return rel
 
@@ -284,8 +294,12 @@ def now_iso() -> str:
 
 
 def host_info() -> dict[str, str]:
-    return {"python": platform.python_version(), "machine": platform.machine(), "system": platform.system(),
-            "node": platform.node()}
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "node": platform.node(),
+    }
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -335,8 +349,9 @@ class Bundle:
         p = self.root / rel
         real_root = self.root.resolve()
         if not _is_within(p.resolve(), real_root):
-            raise BundleError(f"bundle '{self.root}': expected {rel} inside the bundle, found a symlink leading to "
-                              f"{p.resolve()}")
+            raise BundleError(
+                f"bundle '{self.root}': expected {rel} inside the bundle, found a symlink leading to {p.resolve()}"
+            )
         return p
 
     def file(self, rel: str, check: bool = True) -> Path:
@@ -347,8 +362,10 @@ class Bundle:
         covered = [("/".join(parts[:i])) for i in range(len(parts), 0, -1)]
         listed = next((c for c in covered if c in self.manifest.files), None)
         if listed is None:
-            raise BundleError(f"bundle '{self.root}': {rel} is not among the files its manifest hashes; refusing to "
-                              "load a file nobody checked (re-compile it)")
+            raise BundleError(
+                f"bundle '{self.root}': {rel} is not among the files its manifest hashes; refusing to "
+                "load a file nobody checked (re-compile it)"
+            )
         if check:
             self.verify([listed])
         return p
@@ -364,8 +381,10 @@ class Bundle:
         for part in PurePosixPath(rel).parts:
             cur = cur / part
             if cur.is_symlink():
-                raise BundleError(f"bundle '{self.root}': expected a plain folder or file at {cur.relative_to(self.root)}, "
-                                  f"found a symlink (to {os.readlink(cur)}); edgecv does not write through symlinks")
+                raise BundleError(
+                    f"bundle '{self.root}': expected a plain folder or file at {cur.relative_to(self.root)}, "
+                    f"found a symlink (to {os.readlink(cur)}); edgecv does not write through symlinks"
+                )
         return cur
 
     # ---------------------------------------------------------------- open / verify
@@ -434,8 +453,9 @@ class Bundle:
             force: replace an existing bundle at ``root`` (only a bundle or an empty folder; never other files).
         """
         root = Path(root)
-        check_output_dir(root, force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)",
-                         error=BundleError)
+        check_output_dir(
+            root, force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)", error=BundleError
+        )
         with atomic_path(root) as tmp:
             tmp.mkdir(parents=True)
             for rel, src in files.items():
@@ -455,11 +475,13 @@ class Bundle:
         from filelock import FileLock, Timeout
 
         lock_path = self.root / LOCK_FILE
-        if lock_path.is_symlink() or (lock_path.exists() and (not lock_path.is_file()
-                                                               or lock_path.stat().st_nlink > 1)):
+        if lock_path.is_symlink() or (
+            lock_path.exists() and (not lock_path.is_file() or lock_path.stat().st_nlink > 1)
+        ):
             # FileLock opens (and truncates) its file: never through a link to a file outside the bundle
-            raise BundleError(f"bundle '{self.root}': expected {LOCK_FILE} to be a plain file, found a link or a "
-                              "folder; remove it")
+            raise BundleError(
+                f"bundle '{self.root}': expected {LOCK_FILE} to be a plain file, found a link or a folder; remove it"
+            )
         lock = FileLock(str(lock_path), timeout=600, is_singleton=True)
         try:
             with lock:
@@ -469,8 +491,10 @@ class Bundle:
                 yield self.manifest
                 self.save()
         except Timeout as exc:
-            raise BundleError(f"bundle '{self.root}' is locked by another edgecv process for over 10 minutes "
-                              f"({self.root / LOCK_FILE})") from exc
+            raise BundleError(
+                f"bundle '{self.root}' is locked by another edgecv process for over 10 minutes "
+                f"({self.root / LOCK_FILE})"
+            ) from exc
 
     def scratch(self) -> contextlib.AbstractContextManager[str]:
         """A temporary build folder inside the bundle, named after this process so the next run can tell a stale
@@ -528,21 +552,24 @@ class Bundle:
                     if arr.dtype.kind not in "biuf":
                         raise ValueError(f"array '{k[:60]}' has dtype {arr.dtype}, expected numbers")
                     if k.startswith("input/"):
-                        inputs[k[len("input/"):]] = arr
+                        inputs[k[len("input/") :]] = arr
                     elif k.startswith("output/"):
-                        outputs[k[len("output/"):]] = arr
-                    elif k.startswith("image/") and k[len("image/"):].isdigit() and arr.dtype == np.uint8:
-                        images[int(k[len("image/"):])] = arr
+                        outputs[k[len("output/") :]] = arr
+                    elif k.startswith("image/") and k[len("image/") :].isdigit() and arr.dtype == np.uint8:
+                        images[int(k[len("image/") :])] = arr
         except (ValueError, OSError, AttributeError, TypeError, EOFError, KeyError) as exc:
-            raise BundleError(f"{path}: expected an .npz of numeric arrays (input/<name>, output/<name>), found "
-                              f"something else ({' '.join(str(exc).split())[:160]})") from exc
+            raise BundleError(
+                f"{path}: expected an .npz of numeric arrays (input/<name>, output/<name>), found "
+                f"something else ({' '.join(str(exc).split())[:160]})"
+            ) from exc
         if not inputs:
             raise BundleError(f"{path}: expected input/<name> arrays, found none")
         return {"inputs": inputs, "outputs": outputs, "images": [images[i] for i in sorted(images)]}
 
 
-def save_reference(path: Path, inputs: dict[str, Any], outputs: dict[str, Any],
-                   images: list[Any] | None = None) -> None:
+def save_reference(
+    path: Path, inputs: dict[str, Any], outputs: dict[str, Any], images: list[Any] | None = None
+) -> None:
     """Write ``reference.npz`` (``input/<name>`` and ``output/<name>`` arrays, and ``image/<i>``: the BGR uint8
     images the inputs were preprocessed from, when they came from images)."""
     import numpy as np

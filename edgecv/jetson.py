@@ -20,8 +20,18 @@ NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 
 # L4T release → JetPack (NVIDIA's JetPack archive; 36.4.0 = 6.1 and 36.4.3 = 6.2, 39.2 = 7.2 per jetson_stats#881)
 _JETPACK = {
-    "35.1": "5.0.2", "35.2": "5.1", "35.3": "5.1.1", "35.4": "5.1.2", "35.5": "5.1.3", "35.6": "5.1.4",
-    "36.2": "6.0 DP", "36.3": "6.0", "36.4.0": "6.1", "36.4": "6.2", "38.2": "7.0", "39.2": "7.2",
+    "35.1": "5.0.2",
+    "35.2": "5.1",
+    "35.3": "5.1.1",
+    "35.4": "5.1.2",
+    "35.5": "5.1.3",
+    "35.6": "5.1.4",
+    "36.2": "6.0 DP",
+    "36.3": "6.0",
+    "36.4.0": "6.1",
+    "36.4": "6.2",
+    "38.2": "7.0",
+    "39.2": "7.2",
 }
 
 
@@ -43,7 +53,7 @@ def parse_nvpmodel(text: str) -> dict[str, Any] | None:
     m = re.search(r"NV Power Mode:\s*(\S+)", text)
     if not m:
         return None
-    rest = text[m.end():].splitlines()
+    rest = text[m.end() :].splitlines()
     mode_id = next((int(line.strip()) for line in rest if line.strip().isdigit()), None)
     return {"mode": m.group(1), "id": mode_id}
 
@@ -60,14 +70,21 @@ def parse_jetson_clocks(text: str) -> dict[str, Any] | None:
     clocks: dict[str, dict[str, int]] = {}
     for line in text.splitlines():
         line = line.strip()
-        m = re.match(r"(cpu\d+):\s*Online=(\d)\s+Governor=(\S+)\s+MinFreq=(\d+)\s+MaxFreq=(\d+)\s+CurrentFreq=(\d+)",
-                     line)
+        m = re.match(
+            r"(cpu\d+):\s*Online=(\d)\s+Governor=(\S+)\s+MinFreq=(\d+)\s+MaxFreq=(\d+)\s+CurrentFreq=(\d+)", line
+        )
         if m:
-            cpus[m.group(1)] = {"online": m.group(2) == "1", "governor": m.group(3), "min": int(m.group(4)),
-                                "max": int(m.group(5)), "cur": int(m.group(6))}
+            cpus[m.group(1)] = {
+                "online": m.group(2) == "1",
+                "governor": m.group(3),
+                "min": int(m.group(4)),
+                "max": int(m.group(5)),
+                "cur": int(m.group(6)),
+            }
             continue
-        m = re.match(r"([A-Z][A-Z0-9_]*)\s+MinFreq=(\d+)\s+MaxFreq=(\d+)\s+CurrentFreq=(\d+)(?:\s+FreqOverride=(\d))?",
-                     line)
+        m = re.match(
+            r"([A-Z][A-Z0-9_]*)\s+MinFreq=(\d+)\s+MaxFreq=(\d+)\s+CurrentFreq=(\d+)(?:\s+FreqOverride=(\d))?", line
+        )
         if m:
             entry = {"min": int(m.group(2)), "max": int(m.group(3)), "cur": int(m.group(4))}
             if m.group(5) is not None:
@@ -79,10 +96,21 @@ def parse_jetson_clocks(text: str) -> dict[str, Any] | None:
     online = [c for c in cpus.values() if c["online"]]
     gpu = clocks.get("GPU")
     emc = clocks.get("EMC")
-    locked = bool(online) and gpu is not None and all(c["min"] == c["max"] for c in online) \
-        and gpu["min"] == gpu["max"] and (emc is None or emc.get("override", 1) == 1)
-    return {"soc": soc.group(1) if soc else None, "machine": machine.group(1).strip() if machine else None,
-            "power_mode": power.group(1) if power else None, "cpus": cpus, "clocks": clocks, "locked": locked}
+    locked = (
+        bool(online)
+        and gpu is not None
+        and all(c["min"] == c["max"] for c in online)
+        and gpu["min"] == gpu["max"]
+        and (emc is None or emc.get("override", 1) == 1)
+    )
+    return {
+        "soc": soc.group(1) if soc else None,
+        "machine": machine.group(1).strip() if machine else None,
+        "power_mode": power.group(1) if power else None,
+        "cpus": cpus,
+        "clocks": clocks,
+        "locked": locked,
+    }
 
 
 def parse_tegrastats(line: str) -> dict[str, Any] | None:
@@ -125,8 +153,9 @@ def _tegrastats_sample(timeout: float = 4.0) -> str | None:
     if exe is None:
         return None
     try:
-        proc = subprocess.Popen([exe, "--interval", "500"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True)
+        proc = subprocess.Popen(
+            [exe, "--interval", "500"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
     except OSError:
         return None
     try:
@@ -178,5 +207,7 @@ def clock_warning(state: dict[str, Any] | None) -> str | None:
     if not state or state.get("clocks_locked"):
         return None
     mode = (state.get("power_mode") or {}).get("mode") or "unknown"
-    return (f"Jetson clocks are not locked (power mode {mode}): latencies include frequency scaling; run "
-            "'sudo nvpmodel -m 0 && sudo jetson_clocks' first for repeatable numbers")
+    return (
+        f"Jetson clocks are not locked (power mode {mode}): latencies include frequency scaling; run "
+        "'sudo nvpmodel -m 0 && sudo jetson_clocks' first for repeatable numbers"
+    )

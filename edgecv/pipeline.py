@@ -33,9 +33,16 @@ STEPS = ("train", "export", "compile", "validate", "bench")
 STAMPS = "pipeline.json"
 
 
-def open_runner(bundle: Bundle, backend: str, precision: str = "fp32", device: str | None = None,
-                threads: int | None = None, source: str | None = None, weights: str | Path | None = None,
-                **kwargs: Any) -> Runner:
+def open_runner(
+    bundle: Bundle,
+    backend: str,
+    precision: str = "fp32",
+    device: str | None = None,
+    threads: int | None = None,
+    source: str | None = None,
+    weights: str | Path | None = None,
+    **kwargs: Any,
+) -> Runner:
     """A runner for ``bundle`` on any backend. ``torch`` rebuilds the eager model: from the bundle's recorded
     source when that is a registered name (zoo, torchvision, timm), else only from ``source``/``weights`` the user
     named in this invocation (a bundle is data: nothing it names is imported). The build tier is imported only
@@ -45,8 +52,9 @@ def open_runner(bundle: Bundle, backend: str, precision: str = "fp32", device: s
         from edgecv.export.sources import load_model_from_manifest
 
         model = load_model_from_manifest(bundle.manifest, source=source, weights=weights)
-        return TorchRunner.from_module(model, bundle.contract, precision=precision, device=device,
-                                       threads=threads, **kwargs)
+        return TorchRunner.from_module(
+            model, bundle.contract, precision=precision, device=device, threads=threads, **kwargs
+        )
     return _open_engine_runner(bundle, backend, precision=precision, device=device, threads=threads, **kwargs)
 
 
@@ -85,9 +93,12 @@ class _Stamps:
 
     def record(self, step: str, inputs: str, outputs: Sequence[Path], result: Any = None) -> None:
         root = self.path.parent
-        self.data[step] = {"inputs": inputs, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                           "outputs": {str(p.relative_to(root)): sha256_path(p) for p in outputs},
-                           "result": result}
+        self.data[step] = {
+            "inputs": inputs,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "outputs": {str(p.relative_to(root)): sha256_path(p) for p in outputs},
+            "result": result,
+        }
         write_json(self.path, self.data)
 
     def result(self, step: str) -> Any:
@@ -111,14 +122,27 @@ class PipelineResult:
     metric_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "bundle": str(self.bundle) if self.bundle else None,
-                "steps": [s.__dict__ for s in self.steps], "metric": self.metric_name, "summary": self.summary}
+        return {
+            "out": str(self.out),
+            "bundle": str(self.bundle) if self.bundle else None,
+            "steps": [s.__dict__ for s in self.steps],
+            "metric": self.metric_name,
+            "summary": self.summary,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ run
-def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | Path | None = None,
-               force: bool = False, bench_min_time: float = 1.0, val_limit: int | None = None,
-               log: Callable[[str], None] | None = None, val: str | Path | None = None) -> PipelineResult:
+def run_recipe(
+    recipe: Recipe | str | Path,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    force: bool = False,
+    bench_min_time: float = 1.0,
+    val_limit: int | None = None,
+    log: Callable[[str], None] | None = None,
+    val: str | Path | None = None,
+) -> PipelineResult:
     """Run a recipe end to end into ``out``.
 
     Args:
@@ -168,8 +192,14 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
     elif rec.data is None:
         result.steps.append(StepLog("train", "skipped (no data section)", 0.0, "random init"))
     else:
-        inputs = _digest({"v": __version__, "model": rec.model.model_dump(), "data": rec.data.model_dump(),
-                          "train": rec.train.model_dump()})
+        inputs = _digest(
+            {
+                "v": __version__,
+                "model": rec.model.model_dump(),
+                "data": rec.data.model_dump(),
+                "train": rec.train.model_dump(),
+            }
+        )
         best = train_dir / "best.pt"
         if stamps.up_to_date("train", inputs):
             result.steps.append(StepLog("train", "skipped (up to date)", 0.0, str(best)))
@@ -186,29 +216,50 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
     t0 = time.perf_counter()
     bundle_dir = out / "bundle"
     classes, pre = _training_meta(ckpt, rec)
-    inputs = _digest({"v": __version__, "model": rec.model.model_dump(), "export": rec.export.model_dump(),
-                      "rewrite": rec.rewrite.model_dump(), "weights": sha256_path(ckpt) if ckpt else None,
-                      "classes": classes, "pre": pre})
+    inputs = _digest(
+        {
+            "v": __version__,
+            "model": rec.model.model_dump(),
+            "export": rec.export.model_dump(),
+            "rewrite": rec.rewrite.model_dump(),
+            "weights": sha256_path(ckpt) if ckpt else None,
+            "classes": classes,
+            "pre": pre,
+        }
+    )
     if stamps.up_to_date("export", inputs):
         result.steps.append(StepLog("export", "skipped (up to date)", 0.0, str(bundle_dir)))
     else:
         from edgecv.export import export_model, load_model
 
         spec = rec.model.name or str(rec.model.source)
-        say(f"[export] {spec} → {bundle_dir}" + (f" (rewrite: {', '.join(rec.rewrite.passes)})"
-                                                  if rec.rewrite.passes else ""))
+        say(
+            f"[export] {spec} → {bundle_dir}"
+            + (f" (rewrite: {', '.join(rec.rewrite.passes)})" if rec.rewrite.passes else "")
+        )
         kwargs = dict(rec.model.kwargs)
         if classes:
             kwargs["num_classes"] = len(classes)
-        loaded = load_model(spec, weights=ckpt, model_kwargs=kwargs,
-                            input_shape=tuple(rec.export.input_shape) if rec.export.input_shape else None)
+        loaded = load_model(
+            spec,
+            weights=ckpt,
+            model_kwargs=kwargs,
+            input_shape=tuple(rec.export.input_shape) if rec.export.input_shape else None,
+        )
         task = task or (loaded.contract.task if loaded.contract.task != "generic" else "classify")
         update: dict[str, Any] = {"task": task}
         if classes:
             update["class_names"] = classes
         if pre:
-            update.update({"mean": pre["mean"], "std": pre["std"], "color": pre.get("color", "RGB"),
-                           "resize": pre.get("resize", "stretch"), "scale": pre.get("scale", 1 / 255)})
+            update.update(
+                {
+                    "mean": pre["mean"],
+                    "std": pre["std"],
+                    "color": pre.get("color", "RGB"),
+                    "resize": pre.get("resize", "stretch"),
+                    "scale": pre.get("scale", 1 / 255),
+                }
+            )
             if not rec.export.input_shape:
                 update["input_shape"] = [1, *pre["input_size"]]
         loaded.contract = loaded.contract.model_copy(update=update)
@@ -221,17 +272,34 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
         # the reference inputs come from the recipe's validation split, so validate compares in-domain outputs
         # (a detector's boxes, several classes) rather than photos the model was never trained on
         ref_dir = _val_dir(rec, out)
-        res = export_model(loaded, bundle_dir, opset=rec.export.opset, dynamic_batch=dynamic,
-                           simplify=rec.export.simplify, rewrite=rec.rewrite.passes or None, force=True,
-                           name=recipe_name,
-                           reference_data=ref_dir if ref_dir is not None and ref_dir.exists() else None)
-        stamps.record("export", inputs, [bundle_dir / "model.onnx", bundle_dir / "reference.npz"],
-                      {"exporter": res.exporter, "parity_passed": res.parity_passed})
+        res = export_model(
+            loaded,
+            bundle_dir,
+            opset=rec.export.opset,
+            dynamic_batch=dynamic,
+            simplify=rec.export.simplify,
+            rewrite=rec.rewrite.passes or None,
+            force=True,
+            name=recipe_name,
+            reference_data=ref_dir if ref_dir is not None and ref_dir.exists() else None,
+        )
+        stamps.record(
+            "export",
+            inputs,
+            [bundle_dir / "model.onnx", bundle_dir / "reference.npz"],
+            {"exporter": res.exporter, "parity_passed": res.parity_passed},
+        )
         # a new model invalidates everything after it
         for later in ("compile", "validate", "bench"):
             stamps.data.pop(later, None)
-        result.steps.append(StepLog("export", "ran", time.perf_counter() - t0,
-                                    f"{res.exporter}, parity {'PASS' if res.parity_passed else 'FAIL'}"))
+        result.steps.append(
+            StepLog(
+                "export",
+                "ran",
+                time.perf_counter() - t0,
+                f"{res.exporter}, parity {'PASS' if res.parity_passed else 'FAIL'}",
+            )
+        )
     result.bundle = bundle_dir
 
     from edgecv.bundle import Bundle
@@ -248,12 +316,14 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
     targets = [(c.backend, c.precision) for c in rec.compile]
     q = rec.quantize
     calib_hash = sha256_path(Path(q.calib)) if q and q.calib and Path(q.calib).exists() else None
-    inputs = _digest({"onnx": onnx_sha, "targets": targets, "quantize": q.model_dump() if q else None,
-                      "calib": calib_hash})
+    inputs = _digest(
+        {"onnx": onnx_sha, "targets": targets, "quantize": q.model_dump() if q else None, "calib": calib_hash}
+    )
     if not targets:
         result.steps.append(StepLog("compile", "skipped (not in recipe)"))
-    elif stamps.up_to_date("compile", inputs) and all(bundle.artifact(b, p) for b, p in targets
-                                                       if not (b == "onnxruntime" and p == "fp32")):
+    elif stamps.up_to_date("compile", inputs) and all(
+        bundle.artifact(b, p) for b, p in targets if not (b == "onnxruntime" and p == "fp32")
+    ):
         result.steps.append(StepLog("compile", "skipped (up to date)", 0.0, ", ".join(f"{b}:{p}" for b, p in targets)))
     else:
         for backend, precision in targets:
@@ -261,8 +331,9 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
             _compile(bundle, backend, precision, rec, task, out, val_limit, Path(val) if val is not None else None)
         bundle = Bundle.open(bundle_dir)
         stamps.record("compile", inputs, [bundle_dir / "manifest.json"])
-        result.steps.append(StepLog("compile", "ran", time.perf_counter() - t0,
-                                    ", ".join(f"{b}:{p}" for b, p in targets)))
+        result.steps.append(
+            StepLog("compile", "ran", time.perf_counter() - t0, ", ".join(f"{b}:{p}" for b, p in targets))
+        )
 
     # the backends to compare: torch + every compiled target + the validate/bench backends at fp32
     combos: list[tuple[str, str]] = [("torch", "fp32")]
@@ -277,23 +348,30 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
     # 5. validate: agreement with torch, and the task metric per backend on the val split ----------------
     t0 = time.perf_counter()
     val_dir = Path(val) if val is not None else _val_dir(rec, out)
-    inputs = _digest({"manifest": manifest_sha, "combos": combos, "val": str(val_dir), "limit": val_limit,
-                      "allow_unchecked": rec.validate_.allow_unchecked})
+    inputs = _digest(
+        {
+            "manifest": manifest_sha,
+            "combos": combos,
+            "val": str(val_dir),
+            "limit": val_limit,
+            "allow_unchecked": rec.validate_.allow_unchecked,
+        }
+    )
     if stamps.up_to_date("validate", inputs):
         val_res = stamps.result("validate")
         result.steps.append(StepLog("validate", "skipped (up to date)"))
     else:
         say(f"[validate] {', '.join(f'{b}:{p}' for b, p in combos)}" + (f" on {val_dir}" if val_dir else ""))
-        val_res = _validate(bundle, combos, val_dir, val_limit, opener,
-                            allow_unchecked=rec.validate_.allow_unchecked)
+        val_res = _validate(bundle, combos, val_dir, val_limit, opener, allow_unchecked=rec.validate_.allow_unchecked)
         write_json(out / "validate.json", val_res)
         stamps.record("validate", inputs, [out / "validate.json"], val_res)
         result.steps.append(StepLog("validate", "ran", time.perf_counter() - t0))
 
     # 6. bench ----------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    inputs = _digest({"manifest": manifest_sha, "combos": combos, "bench": rec.bench.model_dump(),
-                      "min_time": bench_min_time})
+    inputs = _digest(
+        {"manifest": manifest_sha, "combos": combos, "bench": rec.bench.model_dump(), "min_time": bench_min_time}
+    )
     if stamps.up_to_date("bench", inputs):
         bench_res = stamps.result("bench")
         result.steps.append(StepLog("bench", "skipped (up to date)"))
@@ -301,8 +379,9 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, *, weights: str | P
         from edgecv.bench.core import bench_bundle
 
         say(f"[bench] batches {rec.bench.batches}")
-        rep = bench_bundle(bundle, combos, rec.bench.batches, threads=rec.bench.threads, min_time_s=bench_min_time,
-                           opener=opener)
+        rep = bench_bundle(
+            bundle, combos, rec.bench.batches, threads=rec.bench.threads, min_time_s=bench_min_time, opener=opener
+        )
         bench_res = rep.to_dict()
         write_json(out / "bench.json", bench_res)
         stamps.record("bench", inputs, [out / "bench.json"], bench_res)
@@ -348,8 +427,16 @@ def _val_dir(rec: Recipe, out: Path) -> Path | None:
     return None
 
 
-def _compile(bundle: Bundle, backend: str, precision: str, rec: Recipe, task: str, out: Path,
-             val_limit: int | None, val_override: Path | None = None) -> None:
+def _compile(
+    bundle: Bundle,
+    backend: str,
+    precision: str,
+    rec: Recipe,
+    task: str,
+    out: Path,
+    val_limit: int | None,
+    val_override: Path | None = None,
+) -> None:
     if backend == "onnxruntime" and precision == "fp32":
         return  # model.onnx is the artifact
     if precision == "int8":
@@ -366,11 +453,19 @@ def _compile(bundle: Bundle, backend: str, precision: str, rec: Recipe, task: st
             from edgecv.backends.base import BuildConfig
             from edgecv.quant.tensorrt import emit_int8_script
 
-            emit_int8_script(bundle, BuildConfig(precision="int8", device="cuda:0", emit_only=True), calib=q.calib,
-                             method=q.method, val=val, max_drop=q.max_drop, limit=q.samples)
+            emit_int8_script(
+                bundle,
+                BuildConfig(precision="int8", device="cuda:0", emit_only=True),
+                calib=q.calib,
+                method=q.method,
+                val=val,
+                max_drop=q.max_drop,
+                limit=q.samples,
+            )
             return
-        compile_int8(bundle, backend=backend, calib=q.calib, method=q.method, val=val,
-                     max_drop=q.max_drop, limit=q.samples)
+        compile_int8(
+            bundle, backend=backend, calib=q.calib, method=q.method, val=val, max_drop=q.max_drop, limit=q.samples
+        )
         return
     from edgecv._lazy import is_available
     from edgecv.backends import BUILDERS
@@ -385,13 +480,20 @@ def _compile(bundle: Bundle, backend: str, precision: str, rec: Recipe, task: st
     BUILDERS.get(backend)().build(bundle, BuildConfig(precision=precision))  # type: ignore[arg-type]
 
 
-def _validate(bundle: Bundle, combos: list[tuple[str, str]], val_dir: Path | None,
-              val_limit: int | None, opener: Callable[..., Runner], allow_unchecked: bool = False) -> dict[str, Any]:
+def _validate(
+    bundle: Bundle,
+    combos: list[tuple[str, str]],
+    val_dir: Path | None,
+    val_limit: int | None,
+    opener: Callable[..., Runner],
+    allow_unchecked: bool = False,
+) -> dict[str, Any]:
     from edgecv.quant.metrics import metric_for, open_val
     from edgecv.validate.core import validate_bundle
 
-    rep = validate_bundle(bundle, [c for c in combos if c[0] != "torch"], opener=opener,
-                          allow_unchecked=allow_unchecked)
+    rep = validate_bundle(
+        bundle, [c for c in combos if c[0] != "torch"], opener=opener, allow_unchecked=allow_unchecked
+    )
     agreement = rep.to_dict()
     metrics: dict[str, Any] = {}
     if val_dir is not None and val_dir.exists():
@@ -400,13 +502,18 @@ def _validate(bundle: Bundle, combos: list[tuple[str, str]], val_dir: Path | Non
         for b, p in combos:
             with opener(bundle, b, p) as r:
                 metrics[f"{b}:{p}"] = {"metric": fn(r, val), "precision_ran": r.precision, "n": len(val)}
-    return {"agreement": agreement, "metrics": metrics,
-            "metric_name": {"classify": "top-1 %", "segment": "mIoU %", "detect": "mAP@0.5 %"}.get(
-                bundle.contract.task, "metric")}
+    return {
+        "agreement": agreement,
+        "metrics": metrics,
+        "metric_name": {"classify": "top-1 %", "segment": "mIoU %", "detect": "mAP@0.5 %"}.get(
+            bundle.contract.task, "metric"
+        ),
+    }
 
 
-def _summary(combos: list[tuple[str, str]], val_res: dict[str, Any] | None,
-             bench_res: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
+def _summary(
+    combos: list[tuple[str, str]], val_res: dict[str, Any] | None, bench_res: dict[str, Any] | None
+) -> tuple[str, list[dict[str, Any]]]:
     val_res = val_res or {}
     metrics = val_res.get("metrics", {})
     rows: list[dict[str, Any]] = []
@@ -417,16 +524,31 @@ def _summary(combos: list[tuple[str, str]], val_res: dict[str, Any] | None,
     for b, p in combos:
         key = f"{b}:{p}"
         m = metrics.get(key, {}).get("metric")
-        brow: dict[str, Any] = next((r for r in bench_rows if r.get("backend") == b and r.get("precision") == p
-                                     and r.get("batch") == first_batch), {})
+        brow: dict[str, Any] = next(
+            (
+                r
+                for r in bench_rows
+                if r.get("backend") == b and r.get("precision") == p and r.get("batch") == first_batch
+            ),
+            {},
+        )
         lat = brow.get("latency") or {}
         a = agree.get(key, {})
-        rows.append({"backend": b, "precision": p,
-                     "precision_ran": brow.get("precision_ran") or metrics.get(key, {}).get("precision_ran"),
-                     "metric": m, "delta": (m - torch_metric) if (m is not None and torch_metric is not None) else None,
-                     "agrees_with_torch": True if b == "torch" else a.get("passed"),
-                     "batch": first_batch, "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),
-                     "speedup_vs_torch": brow.get("speedup_vs_torch"), "error": brow.get("error") or a.get("error")})
+        rows.append(
+            {
+                "backend": b,
+                "precision": p,
+                "precision_ran": brow.get("precision_ran") or metrics.get(key, {}).get("precision_ran"),
+                "metric": m,
+                "delta": (m - torch_metric) if (m is not None and torch_metric is not None) else None,
+                "agrees_with_torch": True if b == "torch" else a.get("passed"),
+                "batch": first_batch,
+                "p50_ms": lat.get("p50_ms"),
+                "p99_ms": lat.get("p99_ms"),
+                "speedup_vs_torch": brow.get("speedup_vs_torch"),
+                "error": brow.get("error") or a.get("error"),
+            }
+        )
     return val_res.get("metric_name", "metric"), rows
 
 
@@ -443,8 +565,11 @@ def machine_targets(calib: bool) -> tuple[list[tuple[str, str]], list[str]]:
     skipped: list[str] = []
     if is_available("onnxruntime"):
         targets.append(("onnxruntime", "fp32"))
-        (targets.append(("onnxruntime", "int8")) if calib else
-         skipped.append("onnxruntime:int8: no calibration data (--calib DIR)"))
+        (
+            targets.append(("onnxruntime", "int8"))
+            if calib
+            else skipped.append("onnxruntime:int8: no calibration data (--calib DIR)")
+        )
     if is_available("openvino"):
         caps = supported_precisions("openvino", "CPU")
         for prec in ("fp32", "bf16", "fp16", "int8"):
@@ -456,7 +581,7 @@ def machine_targets(calib: bool) -> tuple[list[tuple[str, str]], list[str]]:
                 targets.append(("openvino", prec))
     trt = False
     if is_available("tensorrt"):
-        import tensorrt  # noqa: F401 - tensorrt-stubs installs an importable package without a Builder
+        import tensorrt
 
         trt = hasattr(tensorrt, "Builder") and is_available("torch")
         if trt:
@@ -470,11 +595,22 @@ def machine_targets(calib: bool) -> tuple[list[tuple[str, str]], list[str]]:
     return targets, skipped
 
 
-def benchmark_model(spec: str, out: str | Path, *, weights: str | Path | None = None,
-                    calib: str | Path | None = None, val: str | Path | None = None, val_limit: int | None = None,
-                    max_drop: float | None = None, bench_min_time: float = 1.0, batches: list[int] | None = None,
-                    threads: int | None = None, force: bool = False, allow_unchecked: bool = False,
-                    log: Callable[[str], None] | None = None) -> tuple[PipelineResult, list[str]]:
+def benchmark_model(
+    spec: str,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    calib: str | Path | None = None,
+    val: str | Path | None = None,
+    val_limit: int | None = None,
+    max_drop: float | None = None,
+    bench_min_time: float = 1.0,
+    batches: list[int] | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    allow_unchecked: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> tuple[PipelineResult, list[str]]:
     """From a model to one table (Ultralytics' ``benchmark``, with edgecv's parity and task-metric columns):
     export ``spec``, compile every engine × precision this machine can run (:func:`machine_targets`), validate each
     against PyTorch (and the task metric on ``val``), bench each. Re-running resumes what is up to date.
@@ -489,14 +625,26 @@ def benchmark_model(spec: str, out: str | Path, *, weights: str | Path | None = 
     if weights is not None:
         model["weights"] = str(Path(weights).resolve())
     engines = list(dict.fromkeys(b for b, _ in targets if b != "tensorrt"))
-    rec = parse_recipe({
-        "model": model,
-        "export": {"opset": 17, "dynamic_batch": True, "simplify": True},
-        "quantize": {"method": "auto", "calib": str(Path(calib).resolve()), "max_drop": max_drop} if calib else None,
-        "compile": [{"backend": b, "precision": p} for b, p in targets if (b, p) != ("onnxruntime", "fp32")],
-        "validate": {"backends": engines, "allow_unchecked": allow_unchecked},
-        "bench": {"backends": engines, "batches": batches or [1], "threads": threads},
-    }, source=f"benchmark {spec}")
-    res = run_recipe(rec, out, force=force, bench_min_time=bench_min_time, val_limit=val_limit, log=log,
-                     val=Path(val).resolve() if val is not None else None)
+    rec = parse_recipe(
+        {
+            "model": model,
+            "export": {"opset": 17, "dynamic_batch": True, "simplify": True},
+            "quantize": {"method": "auto", "calib": str(Path(calib).resolve()), "max_drop": max_drop}
+            if calib
+            else None,
+            "compile": [{"backend": b, "precision": p} for b, p in targets if (b, p) != ("onnxruntime", "fp32")],
+            "validate": {"backends": engines, "allow_unchecked": allow_unchecked},
+            "bench": {"backends": engines, "batches": batches or [1], "threads": threads},
+        },
+        source=f"benchmark {spec}",
+    )
+    res = run_recipe(
+        rec,
+        out,
+        force=force,
+        bench_min_time=bench_min_time,
+        val_limit=val_limit,
+        log=log,
+        val=Path(val).resolve() if val is not None else None,
+    )
     return res, skipped

@@ -35,8 +35,13 @@ _ENGINES = ("numpy", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "tor
 
 def this_host() -> dict[str, Any]:
     """Who measured: node name, CPU, core count, and ``id``, a short hash of them that tells hosts apart."""
-    info: dict[str, Any] = {"node": platform.node(), "machine": platform.machine(),
-                            "processor": _cpu_model(), "system": platform.system(), "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "node": platform.node(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "system": platform.system(),
+        "cpu_count": os.cpu_count(),
+    }
     key = "|".join(str(info[k]) for k in ("node", "machine", "processor", "system", "cpu_count"))
     info["id"] = hashlib.sha256(key.encode()).hexdigest()[:12]
     return info
@@ -61,15 +66,15 @@ def _versions() -> dict[str, str]:
     out = {"edgecv": __version__, "python": platform.python_version()}
     for mod in _ENGINES:
         if mod in sys.modules:
-            v = version_of(mod) or \
-                getattr(sys.modules[mod], "__version__", None)
+            v = version_of(mod) or getattr(sys.modules[mod], "__version__", None)
             if v:
                 out[mod] = str(v)
     return out
 
 
-def record_result(bundle: Bundle, kind: str, result: dict[str, Any], argv: list[str] | None = None,
-                  *, enabled: bool = True) -> Path | None:
+def record_result(
+    bundle: Bundle, kind: str, result: dict[str, Any], argv: list[str] | None = None, *, enabled: bool = True
+) -> Path | None:
     """Write one command's result into ``bundle/results/`` and list its hash in the manifest.
 
     Args:
@@ -90,8 +95,15 @@ def record_result(bundle: Bundle, kind: str, result: dict[str, Any], argv: list[
 
     host = this_host()
     stamp = now_iso()
-    doc = {"schema": SCHEMA, "kind": kind, "time": stamp, "host": host, "versions": _versions(),
-           "command": _command_line(sys.argv if argv is None else argv), "result": result}
+    doc = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "time": stamp,
+        "host": host,
+        "versions": _versions(),
+        "command": _command_line(sys.argv if argv is None else argv),
+        "result": result,
+    }
     # unique and sortable: time to the microsecond, then the host, so concurrent hosts never collide
     import datetime as _dt
 
@@ -101,8 +113,9 @@ def record_result(bundle: Bundle, kind: str, result: dict[str, Any], argv: list[
         scratch = bundle.scratch()  # .build-<pid>-…: removed by the next run if this one is killed
         tmpdir = scratch.__enter__()
     except OSError as exc:  # a read-only bundle (shipped on read-only media): the command's answer still stands
-        sys.stderr.write(f"warning: result not kept in '{bundle.root}' ({exc.strerror or exc}); pass --no-record "
-                         "to skip recording\n")
+        sys.stderr.write(
+            f"warning: result not kept in '{bundle.root}' ({exc.strerror or exc}); pass --no-record to skip recording\n"
+        )
         return None
     try:
         tmp = Path(tmpdir) / "result.json"
@@ -173,11 +186,17 @@ def load_results(bundle: Bundle, host_id: str | None = None) -> Results:
             out.skipped.append(f"{rel}: expected a JSON result, found unreadable content ({exc}), skipped")
             continue
         missing = [k for k in ("kind", "time", "host", "result") if not isinstance(doc, dict) or k not in doc]
-        if missing or doc.get("kind") not in KINDS or not isinstance(doc.get("host"), dict) \
-                or not isinstance(doc.get("result"), dict):
+        if (
+            missing
+            or doc.get("kind") not in KINDS
+            or not isinstance(doc.get("host"), dict)
+            or not isinstance(doc.get("result"), dict)
+        ):
             what = f"missing {', '.join(missing)}" if missing else f"kind '{doc.get('kind')}'"
-            out.skipped.append(f"{rel}: expected a result document (kind in {', '.join(KINDS)}, time, host, "
-                               f"result), found {what}, skipped")
+            out.skipped.append(
+                f"{rel}: expected a result document (kind in {', '.join(KINDS)}, time, host, "
+                f"result), found {what}, skipped"
+            )
             continue
         doc["path"] = rel
         docs.append(doc)

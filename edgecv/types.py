@@ -55,7 +55,9 @@ class TensorSpec:
     def matches(self, arr: np.ndarray) -> str | None:
         """None when ``arr`` fits this spec, else a one-line reason (expected vs found)."""
         if arr.ndim != len(self.shape):
-            return f"input '{self.name}': expected {len(self.shape)} dims {self.shape_str}, found shape {tuple(arr.shape)}"
+            return (
+                f"input '{self.name}': expected {len(self.shape)} dims {self.shape_str}, found shape {tuple(arr.shape)}"
+            )
         for want, got in zip(self.shape, arr.shape):
             if want is not None and want != got:
                 return f"input '{self.name}': expected shape {self.shape_str}, found {tuple(arr.shape)}"

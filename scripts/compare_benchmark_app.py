@@ -43,12 +43,23 @@ def benchmark_app_cmd() -> list[str]:
     return [sys.executable, "-m", "openvino.tools.benchmark.main"]
 
 
-def run_benchmark_app(xml: Path, precision: str, seconds: float, device: str, shape: str | None,
-                      threads: int | None) -> dict[str, Any]:
+def run_benchmark_app(
+    xml: Path, precision: str, seconds: float, device: str, shape: str | None, threads: int | None
+) -> dict[str, Any]:
     # benchmark_app refuses -nthreads with a hint; one stream with N threads is what the latency hint picks
     hint = ["-hint", "none", "-nstreams", "1", "-nthreads", str(threads)] if threads else ["-hint", "latency"]
-    cmd = [*benchmark_app_cmd(), "-m", str(xml), "-d", device, *hint,
-           "-infer_precision", _OV_PRECISION[precision], "-t", f"{seconds:g}"]
+    cmd = [
+        *benchmark_app_cmd(),
+        "-m",
+        str(xml),
+        "-d",
+        device,
+        *hint,
+        "-infer_precision",
+        _OV_PRECISION[precision],
+        "-t",
+        f"{seconds:g}",
+    ]
     if shape:
         cmd += ["-shape", shape]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120)
@@ -63,22 +74,45 @@ def run_benchmark_app(xml: Path, precision: str, seconds: float, device: str, sh
     median = grab("Median")
     if median is None:
         raise SystemExit(f"could not find 'Median: … ms' in benchmark_app output:\n{text[-2000:]}")
-    return {"cmd": " ".join(cmd), "median_ms": median, "average_ms": grab("Average"), "min_ms": grab("Min"),
-            "max_ms": grab("Max"), "count": grab("Count"), "throughput_fps": grab("Throughput")}
+    return {
+        "cmd": " ".join(cmd),
+        "median_ms": median,
+        "average_ms": grab("Average"),
+        "min_ms": grab("Min"),
+        "max_ms": grab("Max"),
+        "count": grab("Count"),
+        "throughput_fps": grab("Throughput"),
+    }
 
 
-def run_edgecv(bundle: Any, precision: str, seconds: float, device: str, batch: int,
-               threads: int | None) -> dict[str, Any]:
+def run_edgecv(
+    bundle: Any, precision: str, seconds: float, device: str, batch: int, threads: int | None
+) -> dict[str, Any]:
     from edgecv.backends import open_runner
     from edgecv.bench import bench_bundle
 
-    rep = bench_bundle(bundle, [("openvino", precision)], [batch], threads=threads, device=device, warmup=10,
-                       min_time_s=seconds, rounds=1, opener=open_runner)
+    rep = bench_bundle(
+        bundle,
+        [("openvino", precision)],
+        [batch],
+        threads=threads,
+        device=device,
+        warmup=10,
+        min_time_s=seconds,
+        rounds=1,
+        opener=open_runner,
+    )
     (row,) = rep.rows
     if row.stats is None:
         raise SystemExit(f"edgecv bench failed: {row.error}")
-    return {"median_ms": row.stats.p50_ms, "mean_ms": row.stats.mean_ms, "p90_ms": row.stats.p90_ms,
-            "min_ms": row.stats.min_ms, "iters": row.stats.iters, "precision_ran": row.precision_ran}
+    return {
+        "median_ms": row.stats.p50_ms,
+        "mean_ms": row.stats.mean_ms,
+        "p90_ms": row.stats.p90_ms,
+        "min_ms": row.stats.min_ms,
+        "iters": row.stats.iters,
+        "precision_ran": row.precision_ran,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     bundle = Bundle.open(args.bundle)
     art = bundle.artifact("openvino", args.precision)
     if art is None:
-        raise SystemExit(f"bundle '{args.bundle}' has no openvino:{args.precision} IR; run: edgecv compile "
-                         f"{args.bundle} --backend openvino --precision {args.precision}")
+        raise SystemExit(
+            f"bundle '{args.bundle}' has no openvino:{args.precision} IR; run: edgecv compile "
+            f"{args.bundle} --backend openvino --precision {args.precision}"
+        )
     xml = bundle.path(art.path)
     c = bundle.contract
     shape = f"{c.input_name}[{args.batch},{','.join(str(d) for d in c.input_shape[1:])}]"
@@ -111,21 +147,31 @@ def main(argv: list[str] | None = None) -> int:
         for tool in order:
             print(f"[{i + 1}/{args.repeats}] {tool} …", file=sys.stderr, flush=True)
             if tool == "edgecv":
-                runs[tool].append(run_edgecv(bundle, args.precision, args.time, args.device, args.batch,
-                                             args.threads))
+                runs[tool].append(run_edgecv(bundle, args.precision, args.time, args.device, args.batch, args.threads))
             else:
-                runs[tool].append(run_benchmark_app(xml, args.precision, args.time, args.device, shape,
-                                                    args.threads))
+                runs[tool].append(run_benchmark_app(xml, args.precision, args.time, args.device, shape, args.threads))
     med_e = statistics.median(r["median_ms"] for r in runs["edgecv"])
     med_b = statistics.median(r["median_ms"] for r in runs["benchmark_app"])
     ratio = med_e / med_b
     # the fastest call is least disturbed by other jobs on a shared machine: a second, informational ratio
     min_ratio = min(r["min_ms"] for r in runs["edgecv"]) / min(r["min_ms"] or math.inf for r in runs["benchmark_app"])
     ok = abs(ratio - 1.0) <= args.max_diff
-    result = {"bundle": str(args.bundle), "ir": str(xml), "precision": args.precision, "batch": args.batch,
-              "seconds_per_run": args.time, "repeats": args.repeats, "threads": args.threads,
-              "edgecv_median_ms": med_e, "benchmark_app_median_ms": med_b, "ratio_edgecv_over_benchmark_app": ratio, "min_ratio": min_ratio,
-              "agree_within": args.max_diff, "agree": ok, "runs": runs}
+    result = {
+        "bundle": str(args.bundle),
+        "ir": str(xml),
+        "precision": args.precision,
+        "batch": args.batch,
+        "seconds_per_run": args.time,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "edgecv_median_ms": med_e,
+        "benchmark_app_median_ms": med_b,
+        "ratio_edgecv_over_benchmark_app": ratio,
+        "min_ratio": min_ratio,
+        "agree_within": args.max_diff,
+        "agree": ok,
+        "runs": runs,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -133,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark_app: {runs['benchmark_app'][0]['cmd']}")
         for tool in ("edgecv", "benchmark_app"):
             meds = ", ".join(f"{r['median_ms']:.2f}" for r in runs[tool])
-            print(f"  {tool:14s} median {statistics.median(r['median_ms'] for r in runs[tool]):8.2f} ms "
-                  f"(runs: {meds})")
-        print(f"  ratio edgecv / benchmark_app = {ratio:.3f}  -> {'AGREE' if ok else 'DISAGREE'} "
-              f"(limit ±{args.max_diff:.0%})")
+            print(f"  {tool:14s} median {statistics.median(r['median_ms'] for r in runs[tool]):8.2f} ms (runs: {meds})")
+        print(
+            f"  ratio edgecv / benchmark_app = {ratio:.3f}  -> {'AGREE' if ok else 'DISAGREE'} "
+            f"(limit ±{args.max_diff:.0%})"
+        )
         print(f"  ratio of fastest calls       = {min_ratio:.3f}  (informational)")
     return 0 if ok else 1
 

@@ -34,8 +34,7 @@ BASE = {"errors", "types", "registry", "_lazy", "_io", "_console", "netguard", "
 # at module level, although data/__init__, synth and calib are torch-free and DESIGN.md calls data a reader).
 BUILD = {"zoo", "train", "rewrite", "export", "data"}
 RUNTIME = {"backends", "quant", "validate", "bench", "stream", "bundle", "tasks", "jetson", "serve"}
-LAYER = {**{p: 0 for p in BASE}, "config": 1, **{p: 2 for p in BUILD | RUNTIME}, "pipeline": 3, "cli": 4,
-         "__main__": 5}
+LAYER = {**{p: 0 for p in BASE}, "config": 1, **{p: 2 for p in BUILD | RUNTIME}, "pipeline": 3, "cli": 4, "__main__": 5}
 # DESIGN rule 12: a leaf never imports a package above it. Leaves: the packages DESIGN names (backends, tasks, data,
 # zoo) plus the two single-module owners (bundle, jetson); every other tier-2 package combines leaves.
 LEAVES = {"backends", "tasks", "data", "zoo", "bundle", "jetson"}
@@ -136,6 +135,7 @@ def build() -> dict:
             if dst == src:
                 continue
             edges[(src, dst)][where].append(f"{mod}:{line} -> {target}")
+
     # cycles between packages, over module-level edges and over all run-time edges
     def cycles(kinds: set[str]) -> list[list[str]]:
         g: dict[str, set[str]] = defaultdict(set)
@@ -191,8 +191,10 @@ def build() -> dict:
         if any(name in ("torch", "torchvision") for name, _ in external(path)):
             torch_top["build" if pkg in BUILD else "runtime"].append(mod)
     return {
-        "edges": [{"from": a, "to": b, "where": sorted(w), "count": {k: len(v) for k, v in w.items()}}
-                  for (a, b), w in sorted(edges.items())],
+        "edges": [
+            {"from": a, "to": b, "where": sorted(w), "count": {k: len(v) for k, v in w.items()}}
+            for (a, b), w in sorted(edges.items())
+        ],
         "cycles_module_level": cycles({"module"}),
         "cycles_any_runtime_import": cycles({"module", "function"}),
         "upward_imports": up,
@@ -225,9 +227,11 @@ def report(data: dict, detail: bool) -> str:
         out.append(f"  {tag}  {e['from']:>9} -> {e['to']:<9} {e['count']}")
     out.append(f"cycles among module-level imports: {data['cycles_module_level'] or 'none'}")
     out.append(f"cycles counting function-level imports too: {data['cycles_any_runtime_import'] or 'none'}")
-    for key, title in (("upward_imports", "imports pointing up DESIGN.md's layers"),
-                       ("runtime_to_build", "runtime tier importing the build tier"),
-                       ("leaf_to_sibling", "leaf package importing a non-leaf package above it (rule 12)")):
+    for key, title in (
+        ("upward_imports", "imports pointing up DESIGN.md's layers"),
+        ("runtime_to_build", "runtime tier importing the build tier"),
+        ("leaf_to_sibling", "leaf package importing a non-leaf package above it (rule 12)"),
+    ):
         out.append(f"{title}: {len(data[key])}")
         for u in data[key]:
             out.append(f"  {u['from']} -> {u['to']} ({', '.join(u['where'])})")

@@ -47,8 +47,9 @@ def main() -> None:
             else:
                 # square scene centred on grey bars: a letterboxing detector sees undistorted shapes
                 pad = w - h
-                scene = cv2.copyMakeBorder(img, 0, 0, pad // 2, pad - pad // 2, cv2.BORDER_CONSTANT,
-                                           value=(114, 114, 114))
+                scene = cv2.copyMakeBorder(
+                    img, 0, 0, pad // 2, pad - pad // 2, cv2.BORDER_CONSTANT, value=(114, 114, 114)
+                )
         shift = np.float32([[1, 0, (i % args.hold) * 0.8], [0, 1, 0]])
         frame = cv2.warpAffine(scene, shift, (w, h), borderMode=cv2.BORDER_REFLECT)
         writer.write(frame)

@@ -32,8 +32,11 @@ def free_port() -> int:
 
 
 def start_broker(conf: Path, port: int) -> subprocess.Popen[bytes]:
-    p = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -59,8 +62,10 @@ def main() -> None:
     port = free_port()
     conf = tmp / "mosquitto.conf"
     as_root = "user root\n" if os.geteuid() == 0 else ""  # else mosquitto drops to a user that cannot write tmp
-    conf.write_text(as_root + f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {tmp}/\n"
-                    "max_queued_messages 1000000\n")
+    conf.write_text(
+        as_root + f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {tmp}/\n"
+        "max_queued_messages 1000000\n"
+    )
     broker = start_broker(conf, port)
     got: list[bytes] = []
     lock = threading.Lock()
@@ -77,9 +82,29 @@ def main() -> None:
     sub.loop_start()
     time.sleep(0.5)
     srcs = [x for i, v in enumerate(a.videos) for x in ("--source", f"s{i}={v}")]
-    cmd = [sys.executable, "-m", "edgecv", "run", a.bundle, "-b", a.backend, *srcs, "--loop", "--max-fps",
-           str(a.fps), "--mqtt", f"mqtt://127.0.0.1:{port}/edgecv/{{stream}}", "--mqtt-qos", "1", "--mqtt-buffer",
-           str(a.buffer), "--json", str(tmp / "summary.json"), "-q", "--no-record"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgecv",
+        "run",
+        a.bundle,
+        "-b",
+        a.backend,
+        *srcs,
+        "--loop",
+        "--max-fps",
+        str(a.fps),
+        "--mqtt",
+        f"mqtt://127.0.0.1:{port}/edgecv/{{stream}}",
+        "--mqtt-qos",
+        "1",
+        "--mqtt-buffer",
+        str(a.buffer),
+        "--json",
+        str(tmp / "summary.json"),
+        "-q",
+        "--no-record",
+    ]
     print("command:", " ".join(cmd))
     run = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     down_at = a.seconds * 0.4
@@ -104,11 +129,15 @@ def main() -> None:
     processed = s["total"]["frames_processed"]
     per = ", ".join(f"{n} {d['frames_processed']}" for n, d in s["streams"].items())
     print(f"streams {len(s['streams'])}, run {s['total']['duration_s']:.1f} s, frames processed {processed} ({per})")
-    print(f"mqtt: published {mq['published']}, acked {mq['acked']}, dropped {mq['dropped']} (while away "
-          f"{mq['dropped_while_away']}), disconnects {mq['disconnects']}, reconnects {mq['reconnects']}, "
-          f"buffer {mq['buffer']}")
-    print(f"subscriber: {len(got)} messages, {len(unique)} unique; processed - dropped = {processed - mq['dropped']}"
-          f" -> {'OK' if len(unique) == processed - mq['dropped'] else 'MISMATCH'}")
+    print(
+        f"mqtt: published {mq['published']}, acked {mq['acked']}, dropped {mq['dropped']} (while away "
+        f"{mq['dropped_while_away']}), disconnects {mq['disconnects']}, reconnects {mq['reconnects']}, "
+        f"buffer {mq['buffer']}"
+    )
+    print(
+        f"subscriber: {len(got)} messages, {len(unique)} unique; processed - dropped = {processed - mq['dropped']}"
+        f" -> {'OK' if len(unique) == processed - mq['dropped'] else 'MISMATCH'}"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+        argv, extra = argv[:i], argv[i + 1 :]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle")
     ap.add_argument("--minutes", type=float, default=3.0)
@@ -69,8 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="edgecv-soak-"))
     source = args.source or str(make_clip(tmp / "clip.mp4"))
     summary_path = tmp / "summary.json"
-    cmd = [sys.executable, "-m", "edgecv", "run", args.bundle, "--backend", args.backend, "--source", source,
-           "--json", str(summary_path), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgecv",
+        "run",
+        args.bundle,
+        "--backend",
+        args.backend,
+        "--source",
+        source,
+        "--json",
+        str(summary_path),
+        "--quiet",
+    ]
     if Path(source).exists():
         cmd.append("--loop")
     cmd += extra
@@ -102,12 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     slope_half = float(np.polyfit(t[half] / 60, r[half], 1)[0]) if half.sum() > 2 else 0.0
     run = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     figures = {
-        "minutes": args.minutes, "samples": len(samples),
-        "rss_start_mib": round(float(r[0]), 1), "rss_end_mib": round(float(r[-1]), 1),
+        "minutes": args.minutes,
+        "samples": len(samples),
+        "rss_start_mib": round(float(r[0]), 1),
+        "rss_end_mib": round(float(r[-1]), 1),
         "rss_max_mib": round(float(r.max()), 1),
-        "slope_after_10s_mib_per_min": round(slope_all, 3), "slope_second_half_mib_per_min": round(slope_half, 3),
-        "frames_processed": run.get("frames_processed"), "fps_out": run.get("fps_out"),
-        "dropped": run.get("dropped"), "queues": run.get("queues"),
+        "slope_after_10s_mib_per_min": round(slope_all, 3),
+        "slope_second_half_mib_per_min": round(slope_half, 3),
+        "frames_processed": run.get("frames_processed"),
+        "fps_out": run.get("fps_out"),
+        "dropped": run.get("dropped"),
+        "queues": run.get("queues"),
     }
     print(json.dumps(figures, indent=2))
     if args.json_out:

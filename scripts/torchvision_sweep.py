@@ -61,20 +61,41 @@ def export_args(group: str, name: str, size: int) -> list[str]:
         return ["--input-shape", "1x3x128x128"]
     if name.startswith("ssd"):
         return []
-    return ["--input-shape", "1x3x320x320", "--kwarg", "min_size=320", "--kwarg", "max_size=320",
-            "--score-threshold", "0.05"]
+    return [
+        "--input-shape",
+        "1x3x320x320",
+        "--kwarg",
+        "min_size=320",
+        "--kwarg",
+        "max_size=320",
+        "--score-threshold",
+        "0.05",
+    ]
 
 
 def sweep_one(group: str, name: str, out: Path, frames: Path, size: int, timeout: float) -> dict[str, Any]:
     row: dict[str, Any] = {"group": group, "name": name, "export": False, "validate": False, "run": False}
     bundle = out / name
     t0 = time.perf_counter()
-    proc = _cli(["export", f"torchvision:{name}", "-o", str(bundle), "--force", "--n-reference", "2",
-                 *export_args(group, name, size), "--json"], timeout)
+    proc = _cli(
+        [
+            "export",
+            f"torchvision:{name}",
+            "-o",
+            str(bundle),
+            "--force",
+            "--n-reference",
+            "2",
+            *export_args(group, name, size),
+            "--json",
+        ],
+        timeout,
+    )
     if proc.returncode != 0 and group == "classification":
         # fixed-size models (ViT, Swin, MaxViT…) refuse a small input: their default size
-        proc = _cli(["export", f"torchvision:{name}", "-o", str(bundle), "--force", "--n-reference", "2", "--json"],
-                    timeout)
+        proc = _cli(
+            ["export", f"torchvision:{name}", "-o", str(bundle), "--force", "--n-reference", "2", "--json"], timeout
+        )
     if proc.returncode != 0:
         row["reason"] = "export: " + _one_line(proc.stderr or proc.stdout)
         return row
@@ -89,17 +110,36 @@ def sweep_one(group: str, name: str, out: Path, frames: Path, size: int, timeout
     rep = json.loads(proc.stdout)
     failed = [r["backend"] for r in rep["results"] if not r.get("passed")]
     if failed:
-        fails = [f for r in rep["results"] if not r.get("passed") for o in r.get("outputs", [])
-                 for f in o.get("failures") or []]
+        fails = [
+            f
+            for r in rep["results"]
+            if not r.get("passed")
+            for o in r.get("outputs", [])
+            for f in o.get("failures") or []
+        ]
         row["reason"] = f"validate: {', '.join(failed)} failed ({fails[0] if fails else 'see the report'})"
         return row
     row["validate"] = True
-    proc = _cli(["run", str(bundle), "--source", str(frames), "-b", "onnxruntime", "--max-frames", "2",
-                 "--jsonl", str(out / f"{name}.jsonl")], timeout)
+    proc = _cli(
+        [
+            "run",
+            str(bundle),
+            "--source",
+            str(frames),
+            "-b",
+            "onnxruntime",
+            "--max-frames",
+            "2",
+            "--jsonl",
+            str(out / f"{name}.jsonl"),
+        ],
+        timeout,
+    )
     lines = (out / f"{name}.jsonl").read_text().splitlines() if (out / f"{name}.jsonl").is_file() else []
     if proc.returncode != 0 or len(lines) < 2:
-        row["reason"] = "run: " + (_one_line(proc.stderr or proc.stdout) if proc.returncode else
-                                   f"{len(lines)} JSON lines for 2 frames")
+        row["reason"] = "run: " + (
+            _one_line(proc.stderr or proc.stdout) if proc.returncode else f"{len(lines)} JSON lines for 2 frames"
+        )
         return row
     row["run"] = True
     row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -151,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         if not g:
             continue
         n_ok = sum(r["export"] and r["validate"] and r["run"] for r in g)
-        print(f"{group}: {n_ok}/{len(g)} export + validate (onnxruntime, openvino) + run "
-              f"(export {sum(r['export'] for r in g)}, validate {sum(r['validate'] for r in g)}, "
-              f"run {sum(r['run'] for r in g)})")
+        print(
+            f"{group}: {n_ok}/{len(g)} export + validate (onnxruntime, openvino) + run "
+            f"(export {sum(r['export'] for r in g)}, validate {sum(r['validate'] for r in g)}, "
+            f"run {sum(r['run'] for r in g)})"
+        )
         for r in g:
             if "reason" in r:
                 print(f"  {r['name']}: {r['reason']}")

@@ -52,13 +52,22 @@ def make_data(root: Path, n_train: int, n_val: int, size: int) -> Path:
     if not (root / "data.yaml").is_file():
         generate("detect", root, n_train=n_train, n_val=n_val, size=size, seed=0)
         names = class_names("detect")
-        (root / "data.yaml").write_text(json.dumps({"path": str(root.resolve()), "train": "images/train",
-                                                    "val": "images/val", "names": dict(enumerate(names))}))
+        (root / "data.yaml").write_text(
+            json.dumps(
+                {
+                    "path": str(root.resolve()),
+                    "train": "images/train",
+                    "val": "images/val",
+                    "names": dict(enumerate(names)),
+                }
+            )
+        )
     return root / "data.yaml"
 
 
-def train(model_yaml: str, data_yaml: Path, out: Path, imgsz: int, minutes: float, batch: int,
-          init: str | None = None) -> Path:
+def train(
+    model_yaml: str, data_yaml: Path, out: Path, imgsz: int, minutes: float, batch: int, init: str | None = None
+) -> Path:
     best = out / "train" / "weights" / "best.pt"
     if best.is_file():
         return best
@@ -66,9 +75,25 @@ def train(model_yaml: str, data_yaml: Path, out: Path, imgsz: int, minutes: floa
 
     t0 = time.time()
     # init: continue from an earlier run's weights (its architecture; the yaml is then only its record)
-    YOLO(init or model_yaml).train(data=str(data_yaml), imgsz=imgsz, epochs=1000, time=minutes / 60.0, batch=batch,
-                           device="cpu", workers=0, project=str(out), name="train", exist_ok=True, pretrained=False,
-                           amp=False, plots=False, verbose=False, seed=0, deterministic=True, patience=1000)
+    YOLO(init or model_yaml).train(
+        data=str(data_yaml),
+        imgsz=imgsz,
+        epochs=1000,
+        time=minutes / 60.0,
+        batch=batch,
+        device="cpu",
+        workers=0,
+        project=str(out),
+        name="train",
+        exist_ok=True,
+        pretrained=False,
+        amp=False,
+        plots=False,
+        verbose=False,
+        seed=0,
+        deterministic=True,
+        patience=1000,
+    )
     print(f"trained in {time.time() - t0:.0f} s → {best}", flush=True)
     return best
 
@@ -80,8 +105,9 @@ def val_samples(data_root: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarra
     return load_coco_samples(str(data_root), split="val", class_names=class_names("detect"))
 
 
-def ultralytics_rows(paths: dict[str, str], samples: list[Any], imgsz: int, nc: int, data_yaml: Path
-                     ) -> list[dict[str, Any]]:
+def ultralytics_rows(
+    paths: dict[str, str], samples: list[Any], imgsz: int, nc: int, data_yaml: Path
+) -> list[dict[str, Any]]:
     from ultralytics import YOLO
 
     from edgecv.validate.detection import coco_map
@@ -89,8 +115,15 @@ def ultralytics_rows(paths: dict[str, str], samples: list[Any], imgsz: int, nc: 
     rows = []
     for name, path in paths.items():
         model = YOLO(path, task="detect")
-        kw = {"imgsz": imgsz, "conf": CONF, "iou": IOU, "max_det": MAX_DET, "device": "cpu", "verbose": False,
-              "rect": False}
+        kw = {
+            "imgsz": imgsz,
+            "conf": CONF,
+            "iou": IOU,
+            "max_det": MAX_DET,
+            "device": "cpu",
+            "verbose": False,
+            "rect": False,
+        }
         for img, _, _ in samples[:5]:  # warm-up (OpenVINO/ORT compile on first call)
             model.predict(img, **kw)
         dets, speeds, walls = [], [], []
@@ -102,11 +135,31 @@ def ultralytics_rows(paths: dict[str, str], samples: list[Any], imgsz: int, nc: 
             dets.append((r.boxes.xyxy.numpy(), r.boxes.conf.numpy(), r.boxes.cls.numpy().astype(np.int64)))
         m = coco_map(dets, [(s[1], s[2]) for s in samples], nc, [s[0].shape[:2] for s in samples])
         med = np.median(np.asarray(speeds), axis=0)
-        own = model.val(data=str(data_yaml), imgsz=imgsz, batch=1, device="cpu", conf=CONF, iou=IOU,
-                        max_det=MAX_DET, plots=False, verbose=False, rect=False)
-        rows.append({"system": "ultralytics", "path": name, "map50": 100 * m["map50"],
-                     "own_val_map50": 100 * float(own.box.map50), "pre_ms": float(med[0]), "infer_ms": float(med[1]),
-                     "post_ms": float(med[2]), "total_ms": float(med.sum()), "wall_ms": float(np.median(walls))})
+        own = model.val(
+            data=str(data_yaml),
+            imgsz=imgsz,
+            batch=1,
+            device="cpu",
+            conf=CONF,
+            iou=IOU,
+            max_det=MAX_DET,
+            plots=False,
+            verbose=False,
+            rect=False,
+        )
+        rows.append(
+            {
+                "system": "ultralytics",
+                "path": name,
+                "map50": 100 * m["map50"],
+                "own_val_map50": 100 * float(own.box.map50),
+                "pre_ms": float(med[0]),
+                "infer_ms": float(med[1]),
+                "post_ms": float(med[2]),
+                "total_ms": float(med.sum()),
+                "wall_ms": float(np.median(walls)),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -119,11 +172,25 @@ def edgecv_rows(best: Path, out: Path, data_root: Path, samples: list[Any]) -> l
 
     bundle_dir = out / "edgecv_bundle"
     if not (bundle_dir / "manifest.json").is_file():
-        edgecv_cli("export", str(best), "-o", str(bundle_dir), "--trust-checkpoint", "--score-threshold", str(CONF),
-                   "--iou-threshold", str(IOU), "--max-det", str(MAX_DET), "--static-batch", "--force")
+        edgecv_cli(
+            "export",
+            str(best),
+            "-o",
+            str(bundle_dir),
+            "--trust-checkpoint",
+            "--score-threshold",
+            str(CONF),
+            "--iou-threshold",
+            str(IOU),
+            "--max-det",
+            str(MAX_DET),
+            "--static-batch",
+            "--force",
+        )
         edgecv_cli("compile", str(bundle_dir), "-b", "openvino", "-p", "fp32")
-        int8 = edgecv_cli("compile", str(bundle_dir), "-b", "openvino", "-p", "int8", "--calib",
-                          str(data_root / "images" / "train"))
+        int8 = edgecv_cli(
+            "compile", str(bundle_dir), "-b", "openvino", "-p", "int8", "--calib", str(data_root / "images" / "train")
+        )
         (out / "edgecv_int8.json").write_text(json.dumps(int8, indent=1))
     bundle = Bundle.open(bundle_dir)
     c = bundle.contract
@@ -132,9 +199,19 @@ def edgecv_rows(best: Path, out: Path, data_root: Path, samples: list[Any]) -> l
         with open_runner(bundle, backend, precision) as runner:
             m, _ = runner_map(runner, c, samples)
             st = stage_times(runner, c, [s[0] for s in samples], n=len(samples), warmup=5)
-        rows.append({"system": "edgecv", "path": f"{backend} {precision}", "map50": 100 * m["map50"],
-                     "own_val_map50": None, "pre_ms": st.pre_ms, "infer_ms": st.infer_ms, "post_ms": st.post_ms,
-                     "total_ms": st.pre_ms + st.infer_ms + st.post_ms, "wall_ms": st.total_ms})
+        rows.append(
+            {
+                "system": "edgecv",
+                "path": f"{backend} {precision}",
+                "map50": 100 * m["map50"],
+                "own_val_map50": None,
+                "pre_ms": st.pre_ms,
+                "infer_ms": st.infer_ms,
+                "post_ms": st.post_ms,
+                "total_ms": st.pre_ms + st.infer_ms + st.post_ms,
+                "wall_ms": st.total_ms,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -148,12 +225,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--n-train", type=int, default=1200)
     ap.add_argument("--n-val", type=int, default=150)
-    ap.add_argument("--init", default=None, help="start training from these Ultralytics weights (e.g. an earlier "
-                                                 "run's last.pt) instead of random init")
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="start training from these Ultralytics weights (e.g. an earlier run's last.pt) instead of random init",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from ultralytics import YOLO, __version__ as ul_version
+    from ultralytics import YOLO
+    from ultralytics import __version__ as ul_version
 
     data_yaml = make_data(out / "data", args.n_train, args.n_val, args.imgsz)
     best = train(args.model, data_yaml, out, args.imgsz, args.minutes, args.batch, args.init)
@@ -166,28 +247,46 @@ def main() -> None:
         YOLO(str(best)).export(format="onnx", imgsz=args.imgsz, simplify=True, dynamic=False, verbose=False)
     if not ov_path.is_dir():
         YOLO(str(best)).export(format="openvino", imgsz=args.imgsz, dynamic=False, verbose=False)
-    rows = ultralytics_rows({"PyTorch (.pt)": str(best), "ONNX Runtime": str(onnx_path),
-                             "OpenVINO fp32": str(ov_path)}, samples, args.imgsz, nc, data_yaml)
+    rows = ultralytics_rows(
+        {"PyTorch (.pt)": str(best), "ONNX Runtime": str(onnx_path), "OpenVINO fp32": str(ov_path)},
+        samples,
+        args.imgsz,
+        nc,
+        data_yaml,
+    )
     rows += edgecv_rows(best, out, out / "data", samples)
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
+        cpu = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    trained = (f"trained {args.minutes:g} min on {args.n_train} synthetic images" +
-               (f" from {args.init}" if args.init else " from random init"))
-    head = (f"{args.model} imgsz {args.imgsz}, {trained}, {len(samples)} val images, conf {CONF} IoU {IOU} "
-            f"max_det {MAX_DET}; "
-            f"{cpu}, {os.cpu_count()} logical CPUs; ultralytics {ul_version}")
-    lines = [head, "", "| system | path | mAP@0.5 (same evaluator) | Ultralytics val mAP@0.5 | pre ms | infer ms | "
-             "post ms | pre+infer+post ms | frame/s | wall ms/frame |", "|" + "---|" * 10]
+    trained = f"trained {args.minutes:g} min on {args.n_train} synthetic images" + (
+        f" from {args.init}" if args.init else " from random init"
+    )
+    head = (
+        f"{args.model} imgsz {args.imgsz}, {trained}, {len(samples)} val images, conf {CONF} IoU {IOU} "
+        f"max_det {MAX_DET}; "
+        f"{cpu}, {os.cpu_count()} logical CPUs; ultralytics {ul_version}"
+    )
+    lines = [
+        head,
+        "",
+        "| system | path | mAP@0.5 (same evaluator) | Ultralytics val mAP@0.5 | pre ms | infer ms | "
+        "post ms | pre+infer+post ms | frame/s | wall ms/frame |",
+        "|" + "---|" * 10,
+    ]
     for r in rows:
         own = f"{r['own_val_map50']:.2f}" if r["own_val_map50"] is not None else ""
-        lines.append(f"| {r['system']} | {r['path']} | {r['map50']:.2f} | {own} | {r['pre_ms']:.2f} | "
-                     f"{r['infer_ms']:.2f} | {r['post_ms']:.2f} | {r['total_ms']:.2f} | {1000 / r['total_ms']:.1f} | "
-                     f"{r['wall_ms']:.2f} |")
+        lines.append(
+            f"| {r['system']} | {r['path']} | {r['map50']:.2f} | {own} | {r['pre_ms']:.2f} | "
+            f"{r['infer_ms']:.2f} | {r['post_ms']:.2f} | {r['total_ms']:.2f} | {1000 / r['total_ms']:.1f} | "
+            f"{r['wall_ms']:.2f} |"
+        )
     text = "\n".join(lines)
     print(text)
     (out / "table.md").write_text(text + "\n")

@@ -18,9 +18,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
-         "--disable-extensions", "--remote-debugging-port=0", "--remote-allow-origins=*"]
+from typing_extensions import Self
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
+]
 
 
 def chromium_path() -> str | None:
@@ -34,8 +46,9 @@ def chromium_path() -> str | None:
 class Page:
     """One Chromium with one tab; use as a context manager."""
 
-    def __init__(self, executable: str | None = None, width: int = 1400, height: int = 1000,
-                 timeout: float = 60.0) -> None:
+    def __init__(
+        self, executable: str | None = None, width: int = 1400, height: int = 1000, timeout: float = 60.0
+    ) -> None:
         self.executable = executable or chromium_path()
         if self.executable is None:
             raise RuntimeError("expected a chromium executable on PATH, found none (make system-deps)")
@@ -43,13 +56,22 @@ class Page:
         self.errors: list[str] = []
         self._id = 0
 
-    def __enter__(self) -> Page:
+    def __enter__(self) -> Self:
         import websocket
 
         self._profile = tempfile.mkdtemp(prefix="edgecv-chromium-")
         self._proc = subprocess.Popen(
-            [self.executable, *FLAGS, f"--user-data-dir={self._profile}", f"--window-size={self.width},{self.height}",
-             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                self.executable,
+                *FLAGS,
+                f"--user-data-dir={self._profile}",
+                f"--window-size={self.width},{self.height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         port = self._devtools_port()
         deadline = time.monotonic() + self.timeout
         while True:
@@ -65,8 +87,13 @@ class Page:
         self._ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=self.timeout)
         for method in ("Page.enable", "Runtime.enable", "Log.enable"):
             self.call(method)
-        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height, deviceScaleFactor=1,
-                  mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=self.width,
+            height=self.height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         return self
 
     def _devtools_port(self) -> int:
@@ -164,15 +191,20 @@ class Page:
         return self.evaluate(  # type: ignore[no-any-return]
             "Promise.all(Array.from(document.images).map(i => (i.decode ? i.decode().catch(() => null) : "
             "Promise.resolve()).then(() => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, "
-            "h: i.naturalHeight}))))")
+            "h: i.naturalHeight}))))"
+        )
 
     def screenshot(self, path: str | os.PathLike[str], max_height: int | None = None) -> Path:
         """A PNG of the page from the top, as tall as the page (or ``max_height`` CSS pixels)."""
         m = self.call("Page.getLayoutMetrics")
         size = m.get("cssContentSize") or m["contentSize"]
         h = int(min(size["height"], max_height) if max_height else size["height"])
-        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": self.width, "height": h, "scale": 1})
+        shot = self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": self.width, "height": h, "scale": 1},
+        )
         out = Path(path)
         out.write_bytes(base64.b64decode(shot["data"]))
         return out

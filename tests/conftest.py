@@ -62,16 +62,22 @@ def root() -> Path:
     return ROOT
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
-            cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    cwd: str | Path | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
     """Run ``edgecv ARGS`` in a subprocess, as a user would."""
     full_env = dict(os.environ)
     full_env.setdefault("EDGECV_DEBUG", "0")
     full_env.pop("EDGECV_DEBUG", None)
     if env:
         full_env.update(env)
-    proc = subprocess.run([sys.executable, "-m", "edgecv", *args], capture_output=True, text=True, env=full_env,
-                          cwd=cwd, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgecv", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"edgecv {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

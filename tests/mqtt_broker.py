@@ -44,15 +44,17 @@ class Broker:
         self.conf.write_text(
             ""
             # started as root, mosquitto drops to the 'mosquitto' user, which cannot read a 0700 test folder
-            + ("user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else "") +
-            f"listener {self.port} 127.0.0.1\n{listener_conf}persistence true\n"
+            + ("user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else "")
+            + f"listener {self.port} 127.0.0.1\n{listener_conf}persistence true\n"
             f"persistence_location {self.dir}/\nautosave_interval 1\nmax_queued_messages 100000\n"
-            "log_dest stderr\nlog_type error\n")
+            "log_dest stderr\nlog_type error\n"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -96,8 +96,12 @@ def shift_bias(which: str, delta: float, channels: Callable[[int], list[int]] | 
                 for t in n.input:
                     cons.setdefault(t, []).append(n)
             outs = {o.name for o in model.graph.output}
-            nodes = [c for c in convs if all(x.name in head for x in cons.get(c.output[0], []))
-                     and (cons.get(c.output[0]) or c.output[0] in outs)]
+            nodes = [
+                c
+                for c in convs
+                if all(x.name in head for x in cons.get(c.output[0], []))
+                and (cons.get(c.output[0]) or c.output[0] in outs)
+            ]
             del producer
         for node in nodes:
             t = _init(model, node.input[2])
@@ -144,14 +148,13 @@ def swap_color(bundle_dir: Path) -> None:
     contract_edit(color="BGR" if c.color == "RGB" else "RGB")(bundle_dir)
 
 
-def mutations(task: str, num_classes: int, host_nms: bool = False, full: bool = False
-              ) -> dict[str, Mutation]:
+def mutations(task: str, num_classes: int, host_nms: bool = False, full: bool = False) -> dict[str, Mutation]:
     """The corruptions for a model of ``task``; ``full`` adds several magnitudes of each."""
     mags = [0.5, 0.9, 0.99, 1.01, 1.1, 2.0] if full else [0.5, 1.1]
     shifts = [0.01, 0.05, 0.4, 1.0] if full else [0.4]
     out: dict[str, Mutation] = {}
     for f in mags:
-        for which in (("first", "middle", "last") if full else ("middle",)):
+        for which in ("first", "middle", "last") if full else ("middle",):
             out[f"{which} weight ×{f:g}"] = scale_weight(which, f)
     for s in shifts:
         out[f"last bias +{s:g}"] = shift_bias("last", s)
@@ -196,8 +199,9 @@ def task_metric(bundle_dir: Path, val: Any) -> float:
         return float(metric_for(b.contract.task)(r, val))
 
 
-def run_mutations(model: str, clean: Path, val_dir: Path, work: Path, muts: dict[str, Mutation],
-                  val_limit: int = 60) -> list[Row]:
+def run_mutations(
+    model: str, clean: Path, val_dir: Path, work: Path, muts: dict[str, Mutation], val_limit: int = 60
+) -> list[Row]:
     """Apply each mutation to a copy of ``clean``, measure the task metric and run validate (npz reference, as on
     a device; unchecked checks are not accepted)."""
     from edgecv.quant.metrics import open_val
@@ -236,8 +240,10 @@ def _why(rep: Any) -> str:
 def table(rows: list[Row]) -> str:
     lines = ["| model | corruption | metric | Δ points | caught | by |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.model} | {r.corruption} | {r.metric:.1f} | {r.delta:+.1f} | "
-                     f"{'yes' if r.caught else 'NO' if r.must_be_caught() else 'no'} | {r.reason} |")
+        lines.append(
+            f"| {r.model} | {r.corruption} | {r.metric:.1f} | {r.delta:+.1f} | "
+            f"{'yes' if r.caught else 'NO' if r.must_be_caught() else 'no'} | {r.reason} |"
+        )
     return "\n".join(lines)
 
 
@@ -278,7 +284,7 @@ def export_shipped(key: str, out: Path, ref: Path) -> Path:
 
 
 def shipped_rows(key: str, out: Path, full: bool = True) -> list[Row]:
-    zoo, task, opts = SHIPPED[key]
+    _zoo, task, opts = SHIPPED[key]
     val = shipped_val(task, out)
     clean = export_shipped(key, out, val)
     nc = len(Bundle.open(clean).contract.class_names)

@@ -87,8 +87,9 @@ def _tiny_detector(family: str) -> Any:
     if family == "retinanet":
         from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-        anchors = AnchorGenerator(tuple((s, int(s * 1.26), int(s * 1.59)) for s in (16, 32, 64, 128, 256)),
-                                  ((0.5, 1.0, 2.0),) * 5)
+        anchors = AnchorGenerator(
+            tuple((s, int(s * 1.26), int(s * 1.59)) for s in (16, 32, 64, 128, 256)), ((0.5, 1.0, 2.0),) * 5
+        )
         return d.RetinaNet(_fpn_backbone(p6p7=True), num_classes=3, anchor_generator=anchors, **size)
     if family == "fcos":
         return d.FCOS(_fpn_backbone(p6p7=True), num_classes=3, **size)
@@ -113,8 +114,7 @@ def _loaded(model: Any, name: str) -> LoadedModel:
 
     h, w = default_input_hw(model)
     contract = Contract(task="detect", input_shape=[1, 3, h, w])
-    return LoadedModel(module=model.eval(), contract=contract, source_info={"kind": "test", "spec": name},
-                       name=name)
+    return LoadedModel(module=model.eval(), contract=contract, source_info={"kind": "test", "spec": name}, name=name)
 
 
 def _photo(contract: Contract) -> np.ndarray:
@@ -150,8 +150,10 @@ def assert_same_boxes(ref: dict[str, Any], got: dict[str, np.ndarray], what: str
     iou = _iou(rb[:k], gb) if n else np.zeros((k, 0))
     same = rc[:k, None] == gc[None, :]
     found = ((iou >= 0.99) & same).any(1)
-    assert found.all(), (f"{what}: {int((~found).sum())} of {k} torchvision boxes not found (IoU ≥ 0.99, same "
-                         f"class); first missing {rb[:k][~found][0]} class {rc[:k][~found][0]}")
+    assert found.all(), (
+        f"{what}: {int((~found).sum())} of {k} torchvision boxes not found (IoU ≥ 0.99, same "
+        f"class); first missing {rb[:k][~found][0]} class {rc[:k][~found][0]}"
+    )
     best = np.where(same, iou, 0).argmax(1)
     np.testing.assert_allclose(gs[best], rs[:k], atol=1e-3)
     return k
@@ -179,16 +181,22 @@ def _check_family(family: str, tmp_path: Path, score_threshold: float = 0.001) -
     from edgecv.export.onnx import export_model
 
     model = tiny_detector(family)
-    loaded = prepare_detection_export(_loaded(model, family), nms="graph", score_threshold=score_threshold,
-                                      iou_threshold=0.5, max_det=100)
-    assert loaded.contract.task == "detect" and loaded.contract.output_names == ["boxes", "scores", "classes",
-                                                                                   "num_dets"]
+    loaded = prepare_detection_export(
+        _loaded(model, family), nms="graph", score_threshold=score_threshold, iou_threshold=0.5, max_det=100
+    )
+    assert loaded.contract.task == "detect" and loaded.contract.output_names == [
+        "boxes",
+        "scores",
+        "classes",
+        "num_dets",
+    ]
     assert loaded.contract.resize == ("stretch" if family.startswith("ssd") else "letterbox")
     x = _photo(loaded.contract)
     with torch.no_grad():
         ref = model([torch.from_numpy(x[0])])[0]  # torchvision's own eager, post-processed boxes
-    res = export_model(loaded, tmp_path / family, opset=17, dynamic_batch=False, batch_range=(1, 1, 1),
-                       simplify=False, n_reference=1)
+    res = export_model(
+        loaded, tmp_path / family, opset=17, dynamic_batch=False, batch_range=(1, 1, 1), simplify=False, n_reference=1
+    )
     outs = _run_backends(res.path / "model.onnx", x)
     assert "openvino" in outs
     for backend, got in outs.items():
@@ -216,13 +224,14 @@ def test_torchvision_host_nms_candidates(tmp_path: Path) -> None:
     from edgecv.tasks.detect import HostNMSDecoder
 
     model = tiny_detector("retinanet")
-    model.topk_candidates = 10 ** 6  # the host sees every candidate; torchvision keeps per-level top-k otherwise
+    model.topk_candidates = 10**6  # the host sees every candidate; torchvision keeps per-level top-k otherwise
     loaded = prepare_detection_export(_loaded(model, "retinanet"), nms="host", score_threshold=0.02, max_det=100)
     assert loaded.contract.decode["format"] == "boxes_scores"
     assert loaded.contract.output_names == ["head0", "head1"]
     x = _photo(loaded.contract)
-    res = export_model(loaded, tmp_path / "host", opset=17, dynamic_batch=False, batch_range=(1, 1, 1),
-                       simplify=False, n_reference=1)
+    res = export_model(
+        loaded, tmp_path / "host", opset=17, dynamic_batch=False, batch_range=(1, 1, 1), simplify=False, n_reference=1
+    )
     got = _run_backends(res.path / "model.onnx", x)["onnxruntime"]
     boxes, scores, classes = HostNMSDecoder(res.contract).detect(got)[0]
     model.score_thresh, model.nms_thresh, model.detections_per_img = 0.02, 0.5, 100
@@ -230,8 +239,11 @@ def test_torchvision_host_nms_candidates(tmp_path: Path) -> None:
         ref = model([torch.from_numpy(x[0])])[0]
     n = len(scores)
     assert n > 0
-    k = assert_same_boxes(ref, {"boxes": boxes[None], "classes": classes[None], "scores": scores[None],
-                                "num_dets": np.array([n])}, "retinanet host NMS")
+    k = assert_same_boxes(
+        ref,
+        {"boxes": boxes[None], "classes": classes[None], "scores": scores[None], "num_dets": np.array([n])},
+        "retinanet host NMS",
+    )
     assert k > 0
 
 
@@ -257,9 +269,23 @@ def test_unknown_detector_names_families_and_decode() -> None:
 def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> None:
     """torchvision:<name> alone: offline build with a notice, export, validate on ORT + OpenVINO, run on images."""
     out = tmp_path / "frcnn"
-    proc = cli("export", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "-o", str(out), "--num-classes", "3",
-               "--input-shape", "1x3x160x160", "--kwarg", "min_size=160", "--kwarg", "max_size=160",
-               "--score-threshold", "0.05", "--json")
+    proc = cli(
+        "export",
+        "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn",
+        "-o",
+        str(out),
+        "--num-classes",
+        "3",
+        "--input-shape",
+        "1x3x160x160",
+        "--kwarg",
+        "min_size=160",
+        "--kwarg",
+        "max_size=160",
+        "--score-threshold",
+        "0.05",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     c = res["contract"]
@@ -296,8 +322,9 @@ def test_torchvision_segmentation_exports_out_head_only() -> None:
 
     from edgecv.export.sources import load_model
 
-    loaded = load_model("torchvision:lraspp_mobilenet_v3_large", model_kwargs={"num_classes": 3},
-                        input_shape=(1, 3, 64, 64))
+    loaded = load_model(
+        "torchvision:lraspp_mobilenet_v3_large", model_kwargs={"num_classes": 3}, input_shape=(1, 3, 64, 64)
+    )
     assert loaded.contract.task == "segment"
     with torch.no_grad():
         y = loaded.module(torch.zeros(1, 3, 64, 64))
@@ -351,8 +378,12 @@ def test_declarative_yolo_anchors_graph_and_host_agree() -> None:
 
     torch.manual_seed(0)
     spec = parse_decode_spec("yolo-anchors", {"strides": "8,16", "anchors": "10,13,16,30/30,61,62,45"})
-    loaded = LoadedModel(module=RawYolo().eval(), contract=Contract(task="detect", input_shape=[1, 3, 64, 64]),
-                         source_info={}, name="raw")
+    loaded = LoadedModel(
+        module=RawYolo().eval(),
+        contract=Contract(task="detect", input_shape=[1, 3, 64, 64]),
+        source_info={},
+        name="raw",
+    )
     host = prepare_detection_export(loaded, nms="host", decode_spec=spec)
     d = host.contract.decode
     assert d["format"] == "yolo_anchors" and d["num_classes"] == 2 and d["declarative"]["kind"] == "yolo-anchors"
@@ -387,16 +418,35 @@ def test_declarative_decode_cli_export(tmp_path: Path, cli) -> None:
         "        return torch.cat([xy, wh, y[:, 4:]], 1)\n"
         "def build():\n"
         "    torch.manual_seed(0)\n"
-        "    return Head()\n")
+        "    return Head()\n"
+    )
     out = tmp_path / "b"
-    proc = cli("export", f"{src}:build", "-o", str(out), "--input-shape", "1x3x64x64", "--decode", "yolo-anchor-free",
-               "--decode-opt", "activation=sigmoid", "--decode-opt", "box=cxcywh", "--json")
+    proc = cli(
+        "export",
+        f"{src}:build",
+        "-o",
+        str(out),
+        "--input-shape",
+        "1x3x64x64",
+        "--decode",
+        "yolo-anchor-free",
+        "--decode-opt",
+        "activation=sigmoid",
+        "--decode-opt",
+        "box=cxcywh",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     c = res["contract"]
     assert c["task"] == "detect" and c["decode"]["num_classes"] == 3 and c["decode"]["nms"] == "graph"
-    assert c["decode"]["declarative"] == {"kind": "yolo-anchor-free", "box": "cxcywh", "objectness": False,
-                                          "activation": "sigmoid", "layout": "auto"}
+    assert c["decode"]["declarative"] == {
+        "kind": "yolo-anchor-free",
+        "box": "cxcywh",
+        "objectness": False,
+        "activation": "sigmoid",
+        "layout": "auto",
+    }
     assert res["parity_passed"] is True
     proc = cli("export", f"{src}:build", "-o", str(tmp_path / "c"), "--decode", "ssd", "--decode-opt", "strides=8")
     assert proc.returncode == 2 and "--decode-opt strides: --decode ssd takes" in proc.stderr

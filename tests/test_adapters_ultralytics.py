@@ -19,8 +19,10 @@ import pytest
 
 pytestmark = [
     pytest.mark.torch,
-    pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None,
-                       reason="ultralytics is not installed (pip install 'edgecv[ultralytics]')"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("ultralytics") is None,
+        reason="ultralytics is not installed (pip install 'edgecv[ultralytics]')",
+    ),
 ]
 
 IMGSZ = 160
@@ -78,8 +80,9 @@ def _ultralytics_predict(ckpt: Path, img: np.ndarray, conf: float = CONF) -> tup
 
     # rect=False: Ultralytics' eager predict otherwise pads to the smallest stride-multiple rectangle (128x160 here);
     # its fixed-size exports (ONNX, OpenVINO), like edgecv's bundle, letterbox to the full imgsz square
-    res = YOLO(str(ckpt)).predict(source=img, imgsz=IMGSZ, conf=conf, iou=IOU, max_det=MAX_DET, device="cpu",
-                                  verbose=False, rect=False)[0]
+    res = YOLO(str(ckpt)).predict(
+        source=img, imgsz=IMGSZ, conf=conf, iou=IOU, max_det=MAX_DET, device="cpu", verbose=False, rect=False
+    )[0]
     return res.boxes.xyxy.numpy().astype(np.float64), res.boxes.cls.numpy().astype(np.int64)
 
 
@@ -104,8 +107,9 @@ def _visible(boxes: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return boxes[keep], cls[keep]
 
 
-def _recall(ref_boxes: np.ndarray, ref_cls: np.ndarray, boxes: np.ndarray, cls: np.ndarray,
-            iou_min: float = 0.99) -> float:
+def _recall(
+    ref_boxes: np.ndarray, ref_cls: np.ndarray, boxes: np.ndarray, cls: np.ndarray, iou_min: float = 0.99
+) -> float:
     """Share of the reference boxes found, same class, at IoU >= ``iou_min`` (one-to-one greedy match)."""
     from edgecv.tasks.detect import box_iou
 
@@ -146,13 +150,16 @@ def _export(ckpt: Path, out: Path, nms: str = "graph", conf: float = CONF) -> An
     return export_model(loaded, out, dynamic_batch=False, batch_range=(1, 1, 1), n_reference=1)
 
 
-@pytest.mark.parametrize("yaml", [
-    "yolov8n.yaml",
-    "yolo26n.yaml",  # NMS-free end-to-end head (graph-native top-k)
-    pytest.param("yolov5n.yaml", marks=pytest.mark.slow),  # Ultralytics' v5u (anchor-free head)
-    pytest.param("yolo11n.yaml", marks=pytest.mark.slow),
-    pytest.param("yolov10n.yaml", marks=pytest.mark.slow),  # v10Detect, NMS-free
-])
+@pytest.mark.parametrize(
+    "yaml",
+    [
+        "yolov8n.yaml",
+        "yolo26n.yaml",  # NMS-free end-to-end head (graph-native top-k)
+        pytest.param("yolov5n.yaml", marks=pytest.mark.slow),  # Ultralytics' v5u (anchor-free head)
+        pytest.param("yolo11n.yaml", marks=pytest.mark.slow),
+        pytest.param("yolov10n.yaml", marks=pytest.mark.slow),  # v10Detect, NMS-free
+    ],
+)
 def test_boxes_equal_ultralytics_predict(yaml: str, tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     ckpt = _save_checkpoint(yaml, tmp_path / "best.pt")
@@ -181,7 +188,7 @@ def test_host_nms_equals_graph_nms(tmp_path: Path) -> None:
     assert _recall(ref_boxes, ref_cls, boxes, cls) == 1.0 and len(boxes) == len(ref_boxes)
 
 
-def test_checkpoint_needs_trust_flag(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_checkpoint_needs_trust_flag(tmp_path: Path, cli) -> None:
     ckpt = _save_checkpoint("yolov8n.yaml", tmp_path / "best.pt")
     proc = cli("export", str(ckpt), "-o", str(tmp_path / "refused"))
     assert proc.returncode == 2
@@ -194,8 +201,12 @@ def test_checkpoint_needs_trust_flag(tmp_path: Path, cli) -> None:  # noqa: ANN0
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     # the four detection outputs, then the pre-NMS candidates validate compares (issue 18)
-    assert rep["contract"]["task"] == "detect" and rep["contract"]["output_names"][:4] == ["boxes", "scores", "classes",
-                                                                                           "num_dets"]
+    assert rep["contract"]["task"] == "detect" and rep["contract"]["output_names"][:4] == [
+        "boxes",
+        "scores",
+        "classes",
+        "num_dets",
+    ]
     manifest = json.loads((out / "manifest.json").read_text())
     src = manifest["provenance"]["source"]
     assert src["kind"] == "ultralytics_checkpoint" and src["trusted_pickle"] is True
@@ -224,8 +235,10 @@ def test_factory_model_needs_no_flag(tmp_path: Path) -> None:
     from edgecv.export.sources import load_model
 
     f = tmp_path / "mine.py"
-    f.write_text("from ultralytics.nn.tasks import DetectionModel\n\n"
-                 "def build(nc=2):\n    return DetectionModel('yolov8n.yaml', nc=nc, verbose=False)\n")
+    f.write_text(
+        "from ultralytics.nn.tasks import DetectionModel\n\n"
+        "def build(nc=2):\n    return DetectionModel('yolov8n.yaml', nc=nc, verbose=False)\n"
+    )
     loaded = load_model(f"{f}:build", model_kwargs={"nc": 2}, input_shape=(1, 3, 128, 128))
     wrapped = prepare_detection_export(loaded)
     c = wrapped.contract
@@ -254,11 +267,22 @@ def test_yaml_source_and_errors() -> None:
 
 
 @pytest.mark.slow
-def test_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_cli_export_validate_run(tmp_path: Path, cli) -> None:
     cv2 = pytest.importorskip("cv2")
     out = tmp_path / "y8"
-    proc = cli("export", "ultralytics:yolov8n.yaml", "--kwarg", "nc=3", "--kwarg", f"imgsz={IMGSZ}", "-o", str(out),
-               "--score-threshold", "0", "--json")  # an untrained head scores below 0.001: keep max_det boxes
+    proc = cli(
+        "export",
+        "ultralytics:yolov8n.yaml",
+        "--kwarg",
+        "nc=3",
+        "--kwarg",
+        f"imgsz={IMGSZ}",
+        "-o",
+        str(out),
+        "--score-threshold",
+        "0",
+        "--json",
+    )  # an untrained head scores below 0.001: keep max_det boxes
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["contract"]["task"] == "detect"
     # the yaml spelling is a registered name: validate rebuilds the live torch reference from the manifest
@@ -274,8 +298,20 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:  # noqa: ANN001
         w.write(np.roll(img, 8 * k, axis=1))
     w.release()
     jl = tmp_path / "dets.jsonl"
-    proc = cli("run", str(out), "--source", str(video), "-b", "onnxruntime", "--jsonl", str(jl), "--conf", "0",
-               "--save", str(tmp_path / "boxes.avi"))
+    proc = cli(
+        "run",
+        str(out),
+        "--source",
+        str(video),
+        "-b",
+        "onnxruntime",
+        "--jsonl",
+        str(jl),
+        "--conf",
+        "0",
+        "--save",
+        str(tmp_path / "boxes.avi"),
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     rows = [json.loads(ln) for ln in jl.read_text().splitlines() if ln.strip()]
     assert len(rows) == 6 and (tmp_path / "boxes.avi").stat().st_size > 0

@@ -16,22 +16,22 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import make_tiny_bundle, tiny_cnn  # noqa: E402
+from helpers import make_tiny_bundle, tiny_cnn
 
-from edgecv.backends import open_runner  # noqa: E402
-from edgecv.errors import BackendError, InputError  # noqa: E402
+from edgecv.backends import open_runner
+from edgecv.errors import BackendError, InputError
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def bundle(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
     return make_tiny_bundle(tmp_path_factory.mktemp("backends") / "tiny", size=SIZE)
 
 
-def _tiny_module():  # noqa: ANN202
+def _tiny_module():
     """The eager model behind make_tiny_bundle, with the same BatchNorm statistics it was exported with."""
 
     return tiny_cnn(10, "classify")  # seeds torch with 0, sets BN statistics, eval mode
@@ -46,22 +46,22 @@ class BackendConformance:
     rel_tol: float = 1e-4
     expected_device_prefix: str = "CPU"
 
-    def make_runner(self, bundle):  # noqa: ANN001, ANN201
+    def make_runner(self, bundle):
         return open_runner(bundle, self.backend, self.precision, threads=1)
 
     @pytest.fixture(scope="class")
-    def runner(self, bundle):  # noqa: ANN001, ANN201
+    def runner(self, bundle):
         r = self.make_runner(bundle)
         with r:
             yield r
 
     @pytest.fixture(scope="class")
-    def reference(self, bundle):  # noqa: ANN001, ANN201
+    def reference(self, bundle):
         ref = bundle.load_reference()
         return ref["inputs"]["input"], ref["outputs"]["output"]
 
     # ------------------------------------------------------------------ specs
-    def test_input_output_specs(self, runner, bundle) -> None:  # noqa: ANN001
+    def test_input_output_specs(self, runner, bundle) -> None:
         (inp,) = runner.input_spec
         assert inp.name == bundle.contract.input_name == "input"
         assert inp.shape == (None, 3, SIZE, SIZE)  # dynamic batch, fixed C/H/W
@@ -77,16 +77,17 @@ class BackendConformance:
         err = float(np.abs(out.astype(np.float64) - ref).max())
         assert out.shape == ref.shape
         assert err <= self.rel_tol * scale, (
-            f"{self.backend} {self.precision}: max abs error {err:.3g} > {self.rel_tol:g} x output scale {scale:.3g}")
+            f"{self.backend} {self.precision}: max abs error {err:.3g} > {self.rel_tol:g} x output scale {scale:.3g}"
+        )
         return err
 
-    def test_matches_reference(self, runner, reference) -> None:  # noqa: ANN001
+    def test_matches_reference(self, runner, reference) -> None:
         x, y = reference
         out = runner.infer({"input": x})
         assert set(out) == {"output"}
         self._check_close(out["output"], y)
 
-    def test_batch_1_and_8(self, runner, reference) -> None:  # noqa: ANN001
+    def test_batch_1_and_8(self, runner, reference) -> None:
         x, y = reference
         one = runner.infer({"input": x[:1]})["output"]
         self._check_close(one, y[:1])
@@ -99,7 +100,7 @@ class BackendConformance:
 
     # ------------------------------------------------------------------ bad input
     @pytest.mark.parametrize("bad", ["shape", "dtype", "name", "rank"])
-    def test_bad_input_raises_one_line(self, runner, reference, bad: str) -> None:  # noqa: ANN001
+    def test_bad_input_raises_one_line(self, runner, reference, bad: str) -> None:
         x, _ = reference
         feed = {
             "shape": {"input": x[:, :, :32, :32]},
@@ -124,14 +125,14 @@ class BackendConformance:
             return openvino_precision_ran(self.precision)
         return self.precision
 
-    def test_reports_precision_and_device(self, runner) -> None:  # noqa: ANN001
+    def test_reports_precision_and_device(self, runner) -> None:
         assert runner.precision == self.expected_precision()
         assert runner.device.startswith(self.expected_device_prefix)
         d = runner.describe()
         assert d["backend"] == self.backend and d["precision"] == self.expected_precision()
         assert d["load_time_s"] > 0
 
-    def test_context_manager_load_close(self, bundle, reference) -> None:  # noqa: ANN001
+    def test_context_manager_load_close(self, bundle, reference) -> None:
         x, _ = reference
         r = self.make_runner(bundle)
         assert not r.is_loaded
@@ -149,16 +150,16 @@ class BackendConformance:
 class TestTorchRunner(BackendConformance):
     backend = "torch"
 
-    def make_runner(self, bundle):  # noqa: ANN001, ANN201
+    def make_runner(self, bundle):
         from edgecv.backends.torch import TorchRunner
 
         return TorchRunner.from_module(_tiny_module(), bundle.contract, self.precision, device="cpu", threads=1)
 
-    def test_exact_against_reference(self, runner, reference) -> None:  # noqa: ANN001
+    def test_exact_against_reference(self, runner, reference) -> None:
         x, y = reference
         np.testing.assert_array_equal(runner.infer({"input": x})["output"], y)
 
-    def test_from_bundle_refuses(self, bundle) -> None:  # noqa: ANN001
+    def test_from_bundle_refuses(self, bundle) -> None:
         with pytest.raises(BackendError, match="edgecv.pipeline.open_runner"):
             open_runner(bundle, "torch")
 
@@ -168,7 +169,7 @@ class TestTorchRunnerBF16(TestTorchRunner):
     precision = "bf16"
     rel_tol = 3e-2
 
-    def test_exact_against_reference(self, runner, reference) -> None:  # noqa: ANN001
+    def test_exact_against_reference(self, runner, reference) -> None:
         x, y = reference
         # autocast really ran in bf16: the result is close to, but not equal to, the fp32 reference
         assert not np.array_equal(runner.infer({"input": x})["output"], y)
@@ -185,7 +186,7 @@ class TestOnnxRuntimeFP16(BackendConformance):
     precision = "fp16"
     rel_tol = 1e-2
 
-    def make_runner(self, bundle):  # noqa: ANN001, ANN201
+    def make_runner(self, bundle):
         from edgecv.backends.base import BuildConfig
         from edgecv.backends.onnxruntime import OnnxRuntimeBuilder
 
@@ -198,7 +199,7 @@ class TestOnnxRuntimeFP16(BackendConformance):
 class TestOpenVINOFP32(BackendConformance):
     backend = "openvino"
 
-    def test_precision_hint_is_f32(self, runner) -> None:  # noqa: ANN001
+    def test_precision_hint_is_f32(self, runner) -> None:
         # this CPU defaults to bf16; the runner must have asked for f32 and OpenVINO must report f32
         assert runner.compile_config["INFERENCE_PRECISION_HINT"] == "f32"
         assert runner._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
@@ -210,7 +211,7 @@ class TestOpenVINOBF16(BackendConformance):
     precision = "bf16"
     rel_tol = 3e-2
 
-    def test_bf16_really_runs_in_bf16(self, runner, reference) -> None:  # noqa: ANN001
+    def test_bf16_really_runs_in_bf16(self, runner, reference) -> None:
         import openvino as ov
 
         if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
@@ -228,7 +229,7 @@ class TestTensorRTFP16(BackendConformance):
     rel_tol = 1e-2
     expected_device_prefix = "cuda"
 
-    def make_runner(self, bundle):  # noqa: ANN001, ANN201
+    def make_runner(self, bundle):
         from edgecv.backends.base import BuildConfig
         from edgecv.backends.tensorrt import TensorRTBuilder
 
@@ -237,7 +238,7 @@ class TestTensorRTFP16(BackendConformance):
         return super().make_runner(bundle)
 
 
-def test_unknown_backend_lists_choices(bundle) -> None:  # noqa: ANN001
+def test_unknown_backend_lists_choices(bundle) -> None:
     from edgecv.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="expected one of: onnxruntime, openvino, remote, tensorrt, torch"):
@@ -276,9 +277,9 @@ def test_bare_qdq_file_reports_int8(bundle, tmp_path: Path) -> None:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"input": x[i:i + 1]} for i in range(len(x))])
+            self.it = iter([{"input": x[i : i + 1]} for i in range(len(x))])
 
-        def get_next(self):  # noqa: ANN202
+        def get_next(self):
             return next(self.it, None)
 
     qdq = tmp_path / "qdq.onnx"

@@ -29,8 +29,14 @@ class FakeClock:
 class TimedRunner(Runner):
     """Each infer advances the fake clock by the next duration (cycling); records the call order."""
 
-    def __init__(self, clock: FakeClock, durations: list[float], label: str = "fake",
-                 log: list[str] | None = None, batch: int | None = None) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        durations: list[float],
+        label: str = "fake",
+        log: list[str] | None = None,
+        batch: int | None = None,
+    ) -> None:
         super().__init__()
         self.clock, self.durations, self.label, self.log = clock, durations, label, log
         self.calls = 0
@@ -102,26 +108,37 @@ def test_measure_rejects_bad_counts() -> None:
 
 
 @pytest.fixture()
-def empty_bundle(tmp_path: Path):  # noqa: ANN201
+def empty_bundle(tmp_path: Path):
     from edgecv.bundle import Bundle, Contract, Manifest
 
     return Bundle.create(tmp_path / "b", Manifest(contract=Contract(input_shape=[1, 3, 8, 8])), {})
 
 
-def test_bench_bundle_interleaves_and_computes_speedup(empty_bundle) -> None:  # noqa: ANN001
+def test_bench_bundle_interleaves_and_computes_speedup(empty_bundle) -> None:
     clock = FakeClock()
     log: list[str] = []
     made: dict[str, TimedRunner] = {}
     durations = {"torch": [0.004], "onnxruntime": [0.001], "openvino": [0.002]}
 
-    def opener(bundle, backend, precision, device, threads):  # noqa: ANN001, ANN202
+    def opener(bundle, backend, precision, device, threads):
         made[backend] = TimedRunner(clock, durations[backend], backend, log)
         return made[backend]
 
     backends = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
     events: list[tuple[str, float]] = []
-    rep = bench_bundle(empty_bundle, backends, [1, 2], warmup=1, min_time_s=0.0, min_iters=6, max_iters=6,
-                       rounds=3, opener=opener, clock=clock, progress=lambda d, f: events.append((d, f)))
+    rep = bench_bundle(
+        empty_bundle,
+        backends,
+        [1, 2],
+        warmup=1,
+        min_time_s=0.0,
+        min_iters=6,
+        max_iters=6,
+        rounds=3,
+        opener=opener,
+        clock=clock,
+        progress=lambda d, f: events.append((d, f)),
+    )
     assert len(rep.rows) == 6
     for r in rep.rows:
         assert r.error is None and r.stats is not None and r.stats.iters == 6
@@ -142,15 +159,25 @@ def test_bench_bundle_interleaves_and_computes_speedup(empty_bundle) -> None:  #
     json.dumps(rep.to_dict())
 
 
-def test_bench_bundle_without_torch_has_no_speedup_and_sequential_mode(empty_bundle) -> None:  # noqa: ANN001
+def test_bench_bundle_without_torch_has_no_speedup_and_sequential_mode(empty_bundle) -> None:
     clock = FakeClock()
     log: list[str] = []
 
-    def opener(bundle, backend, precision, device, threads):  # noqa: ANN001, ANN202
+    def opener(bundle, backend, precision, device, threads):
         return TimedRunner(clock, [0.001 if backend == "onnxruntime" else 0.003], backend, log)
 
-    rep = bench_bundle(empty_bundle, [("onnxruntime", "fp32"), ("openvino", "fp32")], [1], warmup=0,
-                       min_time_s=0.0, min_iters=5, max_iters=5, interleave=False, opener=opener, clock=clock)
+    rep = bench_bundle(
+        empty_bundle,
+        [("onnxruntime", "fp32"), ("openvino", "fp32")],
+        [1],
+        warmup=0,
+        min_time_s=0.0,
+        min_iters=5,
+        max_iters=5,
+        interleave=False,
+        opener=opener,
+        clock=clock,
+    )
     assert [r.speedup_vs_torch for r in rep.rows] == [None, None]
     assert "speedup_baseline" not in rep.settings and rep.settings["rounds"] == 1
     # sequential: onnxruntime's warmup-free load call then its 5 timed calls, all before openvino starts
@@ -158,16 +185,25 @@ def test_bench_bundle_without_torch_has_no_speedup_and_sequential_mode(empty_bun
     assert rep.rows[1].stats.p50_ms == pytest.approx(3.0)  # type: ignore[union-attr]
 
 
-def test_bench_bundle_error_rows(empty_bundle) -> None:  # noqa: ANN001
+def test_bench_bundle_error_rows(empty_bundle) -> None:
     clock = FakeClock()
 
-    def opener(bundle, backend, precision, device, threads):  # noqa: ANN001, ANN202
+    def opener(bundle, backend, precision, device, threads):
         if backend == "openvino":
             raise BackendError("cannot compile")
         return TimedRunner(clock, [0.001], backend, batch=1)  # a static batch-1 model
 
-    rep = bench_bundle(empty_bundle, [("onnxruntime", "fp32"), ("openvino", "bf16")], [1, 2], warmup=1,
-                       min_time_s=0.0, min_iters=3, max_iters=3, opener=opener, clock=clock)
+    rep = bench_bundle(
+        empty_bundle,
+        [("onnxruntime", "fp32"), ("openvino", "bf16")],
+        [1, 2],
+        warmup=1,
+        min_time_s=0.0,
+        min_iters=3,
+        max_iters=3,
+        opener=opener,
+        clock=clock,
+    )
     ort1, ort2 = rep.row("onnxruntime", "fp32", 1), rep.row("onnxruntime", "fp32", 2)
     assert ort1 is not None and ort1.stats is not None and ort1.stats.iters == 3
     assert ort2 is not None and ort2.stats is None and "fixed batch of 1" in (ort2.error or "")
@@ -192,7 +228,7 @@ def test_peak_rss_sees_an_allocation() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def tiny(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("torch")
     from helpers import make_tiny_bundle
 
@@ -202,14 +238,35 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 @pytest.mark.torch
 @pytest.mark.onnxruntime
 @pytest.mark.openvino
-def test_cli_bench_json_structure(tiny, cli) -> None:  # noqa: ANN001
-    proc = cli("bench", str(tiny.root), "-b", "onnxruntime", "-b", "openvino", "--batch", "1", "--batch", "2",
-               "--iters", "6", "--warmup", "1", "--threads", "1", "--json")
+def test_cli_bench_json_structure(tiny, cli) -> None:
+    proc = cli(
+        "bench",
+        str(tiny.root),
+        "-b",
+        "onnxruntime",
+        "-b",
+        "openvino",
+        "--batch",
+        "1",
+        "--batch",
+        "2",
+        "--iters",
+        "6",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert d["settings"]["batches"] == [1, 2] and d["settings"]["backends"] == ["onnxruntime:fp32", "openvino:fp32"]
     assert [(r["backend"], r["batch"]) for r in d["rows"]] == [
-        ("onnxruntime", 1), ("onnxruntime", 2), ("openvino", 1), ("openvino", 2)]
+        ("onnxruntime", 1),
+        ("onnxruntime", 2),
+        ("openvino", 1),
+        ("openvino", 2),
+    ]
     for r in d["rows"]:
         lat = r["latency"]
         assert r["error"] is None and r["precision_ran"] == "fp32" and r["speedup_vs_torch"] is None
@@ -221,20 +278,27 @@ def test_cli_bench_json_structure(tiny, cli) -> None:  # noqa: ANN001
 
 @pytest.mark.torch
 @pytest.mark.onnxruntime
-def test_cli_bench_and_validate_without_torch(tiny, cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_bench_and_validate_without_torch(tiny, cli, tmp_path: Path) -> None:
     block = tmp_path / "block"
     block.mkdir()
     (block / "torch.py").write_text("raise ImportError('torch is blocked for this test')\n")
     env = {"PYTHONPATH": os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])}
-    proc = cli("bench", str(tiny.root), "--backend", "onnxruntime", "--iters", "3", "--warmup", "1", "--json",
-               env=env)
+    proc = cli("bench", str(tiny.root), "--backend", "onnxruntime", "--iters", "3", "--warmup", "1", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     (row,) = json.loads(proc.stdout)["rows"]
     assert row["error"] is None and row["latency"]["iters"] == 3 and "torch_version" not in proc.stdout
 
     helpers = Path(__file__).with_name("helpers.py")  # named by the user, so edgecv may import it (and torch)
-    val = cli("validate", str(tiny.root), "--backend", "onnxruntime", "--json", "--model-source", f"{helpers}:tiny_cnn",
-              env=env)
+    val = cli(
+        "validate",
+        str(tiny.root),
+        "--backend",
+        "onnxruntime",
+        "--json",
+        "--model-source",
+        f"{helpers}:tiny_cnn",
+        env=env,
+    )
     assert val.returncode == 0, val.stderr
     d = json.loads(val.stdout)
     assert d["reference"] == "npz" and "live torch unavailable" in d["reference_note"]

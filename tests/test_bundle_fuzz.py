@@ -23,19 +23,62 @@ from edgecv.errors import BundleError
 pytestmark = [pytest.mark.torch]  # the pristine bundle is exported with torch
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
-    st.sampled_from(["../../etc/passwd", "/etc/shadow", "model.onnx", "openvino/fp32/model.xml", "a\x00b",
-                     "C:\\x", "~/x", "reference.npz", "..", ".", "", "x" * 2000, "fp32", "int8", "classify",
-                     "detect", "letterbox", "NHWC", "uint8", "BGR"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "../../etc/passwd",
+            "/etc/shadow",
+            "model.onnx",
+            "openvino/fp32/model.xml",
+            "a\x00b",
+            "C:\\x",
+            "~/x",
+            "reference.npz",
+            "..",
+            ".",
+            "",
+            "x" * 2000,
+            "fp32",
+            "int8",
+            "classify",
+            "detect",
+            "letterbox",
+            "NHWC",
+            "uint8",
+            "BGR",
+        ]
+    ),
 )
-JSON = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=6),
-                                                     st.dictionaries(st.text(max_size=12), inner, max_size=6)),
-                    max_leaves=30)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=12), inner, max_size=6)),
+    max_leaves=30,
+)
 KEYS = ["format_version", "name", "contract", "provenance", "files", "artifacts", "history"]
-CONTRACT_KEYS = ["task", "input_name", "input_shape", "layout", "dtype", "color", "resize", "crop_ratio",
-                 "interpolation", "antialias", "pad_value", "scale", "mean", "std", "class_names", "output_names",
-                 "decode", "batch_range"]
+CONTRACT_KEYS = [
+    "task",
+    "input_name",
+    "input_shape",
+    "layout",
+    "dtype",
+    "color",
+    "resize",
+    "crop_ratio",
+    "interpolation",
+    "antialias",
+    "pad_value",
+    "scale",
+    "mean",
+    "std",
+    "class_names",
+    "output_names",
+    "decode",
+    "batch_range",
+]
 SHAPES = st.lists(st.integers(min_value=-5, max_value=300_000), min_size=0, max_size=6)
 
 
@@ -53,10 +96,14 @@ def mutated_manifest(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
         elif where == "files" and isinstance(m.get("files"), dict):
             m["files"][draw(SCALARS.map(str))] = draw(st.one_of(st.text(max_size=64), JSON))
         elif where == "artifact":
-            m["artifacts"] = {draw(st.text(max_size=12)): {
-                "backend": draw(st.sampled_from(["openvino", "onnxruntime", "tensorrt", "x"])),
-                "precision": draw(st.sampled_from(["fp32", "fp16", "int8", "q"])),
-                "path": draw(SCALARS.map(str)), "extra": draw(JSON)}}
+            m["artifacts"] = {
+                draw(st.text(max_size=12)): {
+                    "backend": draw(st.sampled_from(["openvino", "onnxruntime", "tensorrt", "x"])),
+                    "precision": draw(st.sampled_from(["fp32", "fp16", "int8", "q"])),
+                    "path": draw(SCALARS.map(str)),
+                    "extra": draw(JSON),
+                }
+            }
         elif where == "source" and isinstance(m.get("provenance"), dict):
             m["provenance"]["source"] = draw(JSON)
         elif where == "drop" and m:
@@ -88,8 +135,12 @@ def _run(pristine: Path, tmp_path: Path, docs: Any, max_examples: int) -> dict[s
     strategy = st.one_of(JSON, mutated_manifest(base)) if docs is None else docs
     seen = {"examples": 0, "opened": 0, "refused": 0}
 
-    @settings(max_examples=max_examples, deadline=None, derandomize=max_examples < 1000,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=max_examples < 1000,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
     @given(doc=strategy)
     def check(doc: Any) -> None:
         try:
@@ -123,9 +174,13 @@ def test_fuzz_finds_what_it_should(pristine: Path, tmp_path: Path) -> None:
     shutil.copytree(pristine, root)
     Bundle.open(root)
     good = json.loads((root / "manifest.json").read_text())
-    for bad in ({**good, "files": {"/etc/shadow": "0" * 64}},
-                {**good, "contract": {**good["contract"], "input_shape": [1, 3, 10**6, 10**6]}},
-                {**good, "artifacts": {"k": {"backend": "openvino", "precision": "fp32", "path": "../x"}}}, [1], 3):
+    for bad in (
+        {**good, "files": {"/etc/shadow": "0" * 64}},
+        {**good, "contract": {**good["contract"], "input_shape": [1, 3, 10**6, 10**6]}},
+        {**good, "artifacts": {"k": {"backend": "openvino", "precision": "fp32", "path": "../x"}}},
+        [1],
+        3,
+    ):
         (root / "manifest.json").write_text(json.dumps(bad))
         with pytest.raises(BundleError):
             Bundle.open(root)

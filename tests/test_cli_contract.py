@@ -22,7 +22,7 @@ def _env() -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1"}
 
 
-def _envelope(proc, command: str) -> dict:  # noqa: ANN001
+def _envelope(proc, command: str) -> dict:
     """The JSON on stdout (nothing else there), its schema named, and ``passed`` agreeing with the exit code."""
     d = json.loads(proc.stdout)
     assert d["schema"] == f"edgecv/{command}/1", d.get("schema")
@@ -31,7 +31,7 @@ def _envelope(proc, command: str) -> dict:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory, pristine: Path, cli) -> Path:  # noqa: ANN001
+def compiled(tmp_path_factory: pytest.TempPathFactory, pristine: Path, cli) -> Path:
     """The tiny bundle with an OpenVINO fp32 and an ONNX Runtime fp16 artifact, built by one compile call."""
     dst = tmp_path_factory.mktemp("contract") / "tiny"
     shutil.copytree(pristine, dst)
@@ -52,7 +52,7 @@ def test_compile_builds_every_backend_and_counts_every_file(compiled: Path) -> N
     assert artifact_size(b, "openvino/fp32/model.xml") == xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
 
 
-def test_validate_defaults_to_every_artifact(compiled: Path, cli) -> None:  # noqa: ANN001
+def test_validate_defaults_to_every_artifact(compiled: Path, cli) -> None:
     proc = cli("validate", str(compiled), "--json", "--no-record", env=_env())
     d = _envelope(proc, "validate")
     got = {(r["backend"], r["precision"]) for r in d["results"]}
@@ -60,7 +60,7 @@ def test_validate_defaults_to_every_artifact(compiled: Path, cli) -> None:  # no
     assert proc.returncode == 0
 
 
-def test_validate_json_says_failed_when_the_exit_code_does(compiled: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_validate_json_says_failed_when_the_exit_code_does(compiled: Path, tmp_path: Path, cli) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(compiled, bad)
     b = Bundle.open(bad)
@@ -77,9 +77,22 @@ def test_validate_json_says_failed_when_the_exit_code_does(compiled: Path, tmp_p
     assert proc.returncode == 1 and d["passed"] is False
 
 
-def test_bench_precision_filter_and_torch(compiled: Path, cli) -> None:  # noqa: ANN001
-    proc = cli("bench", str(compiled), "-p", "fp16", "--iters", "3", "--warmup", "1", "--no-peak", "--no-stages",
-               "--no-record", "--json", env=_env())
+def test_bench_precision_filter_and_torch(compiled: Path, cli) -> None:
+    proc = cli(
+        "bench",
+        str(compiled),
+        "-p",
+        "fp16",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--no-peak",
+        "--no-stages",
+        "--no-record",
+        "--json",
+        env=_env(),
+    )
     d = _envelope(proc, "bench")
     got = {(r["backend"], r["precision"]) for r in d["rows"]}
     # torch runs fp16 (autocast), the fp16 artifact and OpenVINO's fp16 hint; nothing at another precision
@@ -91,13 +104,16 @@ def test_bench_precision_filter_and_torch(compiled: Path, cli) -> None:  # noqa:
     assert "int8" in line and "edgecv compile" in line and "--calib" in line
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["-b", "torch"], "torch is the reference"),
-    (["-p", "int4"], "expected one of fp32, fp16, bf16, int8, found 'int4'"),
-    (["-b", "openvino:int3"], "found 'int3'"),
-    (["-b", "nosuch"], "nosuch"),
-])
-def test_run_refuses_in_one_line(compiled: Path, tmp_path: Path, cli, args: list[str], needle: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["-b", "torch"], "torch is the reference"),
+        (["-p", "int4"], "expected one of fp32, fp16, bf16, int8, found 'int4'"),
+        (["-b", "openvino:int3"], "found 'int3'"),
+        (["-b", "nosuch"], "nosuch"),
+    ],
+)
+def test_run_refuses_in_one_line(compiled: Path, tmp_path: Path, cli, args: list[str], needle: str) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()
     proc = cli("run", str(compiled), "--source", str(folder), *args, env=_env())
@@ -106,7 +122,7 @@ def test_run_refuses_in_one_line(compiled: Path, tmp_path: Path, cli, args: list
     assert needle in line and "compile --precision int4" not in line
 
 
-def test_run_picks_the_best_artifact_and_quiet_is_quiet(compiled: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_run_picks_the_best_artifact_and_quiet_is_quiet(compiled: Path, tmp_path: Path, cli) -> None:
     import cv2
 
     folder = tmp_path / "imgs"
@@ -118,18 +134,35 @@ def test_run_picks_the_best_artifact_and_quiet_is_quiet(compiled: Path, tmp_path
     # artifacts: openvino fp32 and onnxruntime fp16; fp16 ranks above fp32
     assert (d["runner"]["backend"], d["runner"]["precision"]) == ("onnxruntime", "fp16"), d["runner"]
     assert d["frames_processed"] == 3
-    proc = cli("run", str(compiled), "--source", str(folder), "-b", "OPENVINO:fp32", "--quiet", "--threads", "1",
-               env=_env())
+    proc = cli(
+        "run", str(compiled), "--source", str(folder), "-b", "OPENVINO:fp32", "--quiet", "--threads", "1", env=_env()
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
 
 
-def test_every_cheap_command_speaks_the_envelope(compiled: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_every_cheap_command_speaks_the_envelope(compiled: Path, tmp_path: Path, cli) -> None:
     cases = [
         (["doctor", "--json"], "doctor"),
         (["rewrite", "--list", "--json"], "rewrite"),
-        (["data", "synth", "--task", "classify", "-o", str(tmp_path / "d"), "--n-train", "4", "--n-val", "4", "--size", "32",
-          "--json"], "data-synth"),
+        (
+            [
+                "data",
+                "synth",
+                "--task",
+                "classify",
+                "-o",
+                str(tmp_path / "d"),
+                "--n-train",
+                "4",
+                "--n-val",
+                "4",
+                "--size",
+                "32",
+                "--json",
+            ],
+            "data-synth",
+        ),
         (["data", "check", str(tmp_path / "d" / "val"), "--task", "classify", "--json"], "data-check"),
         (["report", str(compiled), "-o", str(tmp_path / "r.html"), "--json"], "report"),
     ]
@@ -139,7 +172,7 @@ def test_every_cheap_command_speaks_the_envelope(compiled: Path, tmp_path: Path,
         _envelope(proc, name)
 
 
-def test_shell_completion_is_on(cli) -> None:  # noqa: ANN001
+def test_shell_completion_is_on(cli) -> None:
     proc = cli("--help", env={**_env(), "COLUMNS": "200"})
     assert "--install-completion" in proc.stdout
 
@@ -158,8 +191,11 @@ def test_precision_is_one_vocabulary() -> None:
     assert typing.get_args(schema.PrecisionName) == PRECISIONS
     # no module keeps its own copy of the list
     root = Path(__file__).resolve().parents[1] / "edgecv"
-    copies = [str(p.relative_to(root)) for p in root.rglob("*.py")
-              if '("fp32", "fp16", "bf16", "int8")' in p.read_text() and p.name != "types.py"]
+    copies = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if '("fp32", "fp16", "bf16", "int8")' in p.read_text() and p.name != "types.py"
+    ]
     assert copies == [], copies
     assert os.sep  # (paths above are relative to the package)
 
@@ -170,8 +206,10 @@ def test_recipe_paths_are_relative_to_the_recipe(tmp_path: Path, monkeypatch: py
     (tmp_path / "proj" / "recipes").mkdir(parents=True)
     (tmp_path / "proj" / "calib").mkdir()
     recipe = tmp_path / "proj" / "recipes" / "r.yaml"
-    recipe.write_text("model: {name: resnet_tiny}\nquantize: {calib: ../calib}\n"
-                      "data: {task: classify, train: ../train, val: ../val}\n")
+    recipe.write_text(
+        "model: {name: resnet_tiny}\nquantize: {calib: ../calib}\n"
+        "data: {task: classify, train: ../train, val: ../val}\n"
+    )
     monkeypatch.chdir(tmp_path)  # anywhere but the recipe's folder
     r = load_recipe(recipe)
     assert r.quantize is not None and r.quantize.calib == str((tmp_path / "proj" / "calib").resolve())
@@ -189,7 +227,8 @@ def test_rewritten_model_loads_from_another_folder(tmp_path: Path, monkeypatch: 
     (tmp_path / "work" / "models").mkdir(parents=True)
     (tmp_path / "work" / "models" / "m.py").write_text(
         "import torch\n\ndef build():\n    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())\n")
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())\n"
+    )
     monkeypatch.chdir(tmp_path / "work")
     from edgecv.export.sources import load_model
 
@@ -205,10 +244,23 @@ def test_rewritten_model_loads_from_another_folder(tmp_path: Path, monkeypatch: 
     assert torch.equal(again[0].weight, model[0].weight)
 
 
-def test_benchmark_from_a_model_to_one_table(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_benchmark_from_a_model_to_one_table(tmp_path: Path, cli) -> None:
     # random weights: the reference photos may all give one class, which validate reports as not checked
-    proc = cli("benchmark", "resnet_tiny", "-o", str(tmp_path / "b"), "--min-time", "0.1", "--allow-unchecked", "--csv",
-               str(tmp_path / "t.csv"), "--md", str(tmp_path / "t.md"), "--json", env=_env())
+    proc = cli(
+        "benchmark",
+        "resnet_tiny",
+        "-o",
+        str(tmp_path / "b"),
+        "--min-time",
+        "0.1",
+        "--allow-unchecked",
+        "--csv",
+        str(tmp_path / "t.csv"),
+        "--md",
+        str(tmp_path / "t.md"),
+        "--json",
+        env=_env(),
+    )
     d = _envelope(proc, "benchmark")
     assert proc.returncode == 0, proc.stderr[-1500:]
     got = {(r["backend"], r["precision"]) for r in d["summary"]}

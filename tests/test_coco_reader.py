@@ -17,11 +17,12 @@ pytest.importorskip("faster_coco_eval")
 NAMES = ["cat", "dog", "bird"]
 
 
-def _contract():  # noqa: ANN202
+def _contract():
     from edgecv.bundle import Contract
 
-    return Contract(task="detect", input_shape=[1, 3, 64, 64], class_names=NAMES, mean=[0.0, 0.0, 0.0],
-                    std=[1.0, 1.0, 1.0])
+    return Contract(
+        task="detect", input_shape=[1, 3, 64, 64], class_names=NAMES, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]
+    )
 
 
 def _write(root: Path, name: str, ids: dict[str, int], names: list[str] | None = None) -> Path:
@@ -33,8 +34,9 @@ def _write(root: Path, name: str, ids: dict[str, int], names: list[str] | None =
         cv2.imwrite(str(root / f"{i}.png"), np.full((64, 64, 3), 60 * i + 20, np.uint8))
         images.append({"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 64})
         for n, b in boxes.items():
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": ids[n], "bbox": b, "area": 1,
-                         "iscrowd": 0})
+            anns.append(
+                {"id": len(anns) + 1, "image_id": i + 1, "category_id": ids[n], "bbox": b, "area": 1, "iscrowd": 0}
+            )
     cats = [{"id": ids[n], "name": n} for n in (names or list(ids))]
     f = root / name
     f.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -67,21 +69,29 @@ def test_renumbered_categories_give_the_same_map(tmp_path: Path) -> None:
     assert m1 == pytest.approx(m0) and lab1 == lab0 == [[0, 1, 2], [0, 1, 2]]
 
 
-@pytest.mark.parametrize("ids, names, found", [
-    ({"cat": 1, "dog": 2, "horse": 3}, None, "horse"),  # a name the model does not know
-    ({"cat": 1, "dog": 2}, None, "bird"),  # a class of the model with no category
-])
-def test_category_names_that_do_not_match_the_model_are_refused(tmp_path: Path, ids, names, found) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "ids, names, found",
+    [
+        ({"cat": 1, "dog": 2, "horse": 3}, None, "horse"),  # a name the model does not know
+        ({"cat": 1, "dog": 2}, None, "bird"),  # a class of the model with no category
+    ],
+)
+def test_category_names_that_do_not_match_the_model_are_refused(tmp_path: Path, ids, names, found) -> None:
     from edgecv.quant.metrics import open_val
 
     bad = tmp_path / "bad.json"
     bad.parent.mkdir(exist_ok=True)
     boxes = [4, 4, 20, 16]
     cv2.imwrite(str(tmp_path / "0.png"), np.zeros((64, 64, 3), np.uint8))
-    bad.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "0.png", "width": 64, "height": 64}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": boxes}],
-        "categories": [{"id": i, "name": n} for n, i in ids.items()]}))
+    bad.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "0.png", "width": 64, "height": 64}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": boxes}],
+                "categories": [{"id": i, "name": n} for n, i in ids.items()],
+            }
+        )
+    )
     with pytest.raises(DataError) as exc:
         open_val(bad, _contract())
     msg = str(exc.value)

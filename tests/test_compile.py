@@ -11,13 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import openvino_precision_ran  # noqa: E402
+from helpers import openvino_precision_ran
 
-from edgecv._io import sha256_path  # noqa: E402
-from edgecv.backends import open_runner  # noqa: E402
-from edgecv.backends.base import BuildConfig  # noqa: E402
-from edgecv.bundle import Bundle  # noqa: E402
-
+from edgecv._io import sha256_path
+from edgecv.backends import open_runner
+from edgecv.backends.base import BuildConfig
+from edgecv.bundle import Bundle
 
 # pristine / bundle_dir fixtures: tests/conftest.py
 
@@ -75,7 +74,7 @@ def test_interrupted_compile_leaves_nothing(bundle_dir: Path, monkeypatch: pytes
 
     real_save = ov.save_model
 
-    def save_then_die(model, path, *a, **kw):  # noqa: ANN001, ANN202
+    def save_then_die(model, path, *a, **kw):
         real_save(model, path, *a, **kw)  # the files are fully written…
         Path(path).with_suffix(".bin").write_bytes(b"half")  # …and one is then half-overwritten
         raise KeyboardInterrupt("simulated interruption mid-write")

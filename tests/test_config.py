@@ -10,8 +10,10 @@ import pytest
 from edgecv.config import Recipe, load_recipe, parse_recipe
 from edgecv.errors import ConfigError
 
-BASE = {"model": {"name": "mobilenet_v2_tiny"},
-        "data": {"task": "classify", "synth": {"n_train": 10, "n_val": 5, "size": 32}}}
+BASE = {
+    "model": {"name": "mobilenet_v2_tiny"},
+    "data": {"task": "classify", "synth": {"n_train": 10, "n_val": 5, "size": 32}},
+}
 
 
 def _with(path: str, value: object) -> dict:
@@ -93,14 +95,15 @@ def test_shipped_recipes_validate(root: Path, name: str) -> None:
     from edgecv.zoo import list_models
 
     assert r.model.name in list_models()
-    assert r.data.task == {"classifier.yaml": "classify", "segmenter.yaml": "segment",
-                           "detector.yaml": "detect"}[name]
+    assert r.data.task == {"classifier.yaml": "classify", "segmenter.yaml": "segment", "detector.yaml": "detect"}[name]
 
 
 def test_cli_rejects_bad_recipe_before_heavy_work(cli, tmp_path: Path) -> None:
     rec = tmp_path / "r.yaml"
-    rec.write_text("model: {name: mobilenet_v2_tiny}\ndata: {task: classify, synth: {size: 32}}\n"
-                   "train: {optimizer: {name: adamx}}\n")
+    rec.write_text(
+        "model: {name: mobilenet_v2_tiny}\ndata: {task: classify, synth: {size: 32}}\n"
+        "train: {optimizer: {name: adamx}}\n"
+    )
     t0 = time.perf_counter()
     proc = cli("train", str(rec), "-o", str(tmp_path / "run"))
     assert proc.returncode == 2

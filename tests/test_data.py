@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.torch, pytest.mark.stream]
 cv2 = pytest.importorskip("cv2")
 torch = pytest.importorskip("torch")
 
-from edgecv.data.datasets import (  # noqa: E402
+from edgecv.data.datasets import (
     CocoDetection,
     ImageFolderDataset,
     ImageListDataset,
@@ -54,11 +54,11 @@ def test_unreadable_and_missing_image(tmp_path: Path) -> None:
     _img(tmp_path / "a/ok.png")
     (tmp_path / "a/broken.png").write_bytes(b"\x89PNG not really")
     ds = ImageFolderDataset(tmp_path)
-    bad = [i for i, (p, _) in enumerate(ds.samples) if p.name == "broken.png"][0]
+    bad = next(i for i, (p, _) in enumerate(ds.samples) if p.name == "broken.png")
     with pytest.raises(DataError, match=r"broken\.png: unreadable image"):
         ds[bad]
     (tmp_path / "a/ok.png").unlink()
-    good = [i for i, (p, _) in enumerate(ds.samples) if p.name == "ok.png"][0]
+    good = next(i for i, (p, _) in enumerate(ds.samples) if p.name == "ok.png")
     with pytest.raises(DataError, match=r"ok\.png: missing image file"):
         ds[good]
     with pytest.raises(DataError, match="data folder not found"):
@@ -70,17 +70,24 @@ def test_unreadable_and_missing_image(tmp_path: Path) -> None:
 
 def _coco(tmp_path: Path, anns: list[dict], images: list[dict] | None = None) -> Path:
     _img(tmp_path / "images/x.png", 20, 30)
-    coco = {"images": images or [{"id": 1, "file_name": "images/x.png", "width": 30, "height": 20}],
-            "annotations": anns,
-            "categories": [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}]}
+    coco = {
+        "images": images or [{"id": 1, "file_name": "images/x.png", "width": 30, "height": 20}],
+        "annotations": anns,
+        "categories": [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}],
+    }
     f = tmp_path / "ann.json"
     f.write_text(json.dumps(coco))
     return f
 
 
 def test_coco_reads_boxes_xyxy_and_maps_categories(tmp_path: Path) -> None:
-    f = _coco(tmp_path, [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 5]},
-                         {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 30, 20]}])
+    f = _coco(
+        tmp_path,
+        [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 5]},
+            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 30, 20]},
+        ],
+    )
     ds = CocoDetection(f)
     assert ds.classes == ["three", "seven"]  # sorted category ids 3, 7 → 0, 1
     img, t = ds[0]
@@ -94,13 +101,25 @@ def test_coco_reads_boxes_xyxy_and_maps_categories(tmp_path: Path) -> None:
         CocoDetection(f, classes=["seven", "eight"])
 
 
-@pytest.mark.parametrize("ann, pattern", [
-    ({"id": 5, "image_id": 1, "category_id": 9, "bbox": [1, 1, 2, 2]}, r"annotations\[0\] \(id 5\): unknown category_id 9"),
-    ({"id": 6, "image_id": 1, "category_id": 7, "bbox": [25, 1, 10, 2]}, r"annotations\[0\] \(id 6\): box .* outside"),
-    ({"id": 7, "image_id": 1, "category_id": 7, "bbox": [1, 1, 0, 2]}, r"annotations\[0\] \(id 7\): box .* empty"),
-    ({"id": 8, "image_id": 1, "category_id": 7}, r"annotations\[0\] \(id 8\): malformed annotation"),
-    ({"id": 9, "image_id": 4, "category_id": 7, "bbox": [1, 1, 2, 2]}, r"annotations\[0\] \(id 9\): unknown image_id 4"),
-])
+@pytest.mark.parametrize(
+    "ann, pattern",
+    [
+        (
+            {"id": 5, "image_id": 1, "category_id": 9, "bbox": [1, 1, 2, 2]},
+            r"annotations\[0\] \(id 5\): unknown category_id 9",
+        ),
+        (
+            {"id": 6, "image_id": 1, "category_id": 7, "bbox": [25, 1, 10, 2]},
+            r"annotations\[0\] \(id 6\): box .* outside",
+        ),
+        ({"id": 7, "image_id": 1, "category_id": 7, "bbox": [1, 1, 0, 2]}, r"annotations\[0\] \(id 7\): box .* empty"),
+        ({"id": 8, "image_id": 1, "category_id": 7}, r"annotations\[0\] \(id 8\): malformed annotation"),
+        (
+            {"id": 9, "image_id": 4, "category_id": 7, "bbox": [1, 1, 2, 2]},
+            r"annotations\[0\] \(id 9\): unknown image_id 4",
+        ),
+    ],
+)
 def test_coco_bad_annotations(tmp_path: Path, ann: dict, pattern: str) -> None:
     f = _coco(tmp_path, [ann])
     with pytest.raises(DataError, match=r"ann\.json: " + pattern):
@@ -137,12 +156,15 @@ def test_yolo_reads_pixels_xyxy(tmp_path: Path) -> None:
     assert ds[1][1]["boxes"].shape == (0, 4)
 
 
-@pytest.mark.parametrize("lines, pattern", [
-    ("0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n", r"a\.txt:2: unknown class id 2; expected 0\.\.1"),
-    ("0 0.9 0.5 0.4 0.2\n", r"a\.txt:1: box out of bounds"),
-    ("0 0.5 0.5 0.2\n", r"a\.txt:1: malformed line"),
-    ("0 0.5 0.5 0.2 0.2\nbee 0.5 0.5 0.2 0.2\n", r"a\.txt:2: malformed line 'bee"),
-])
+@pytest.mark.parametrize(
+    "lines, pattern",
+    [
+        ("0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n", r"a\.txt:2: unknown class id 2; expected 0\.\.1"),
+        ("0 0.9 0.5 0.4 0.2\n", r"a\.txt:1: box out of bounds"),
+        ("0 0.5 0.5 0.2\n", r"a\.txt:1: malformed line"),
+        ("0 0.5 0.5 0.2 0.2\nbee 0.5 0.5 0.2 0.2\n", r"a\.txt:2: malformed line 'bee"),
+    ],
+)
 def test_yolo_bad_lines(tmp_path: Path, lines: str, pattern: str) -> None:
     with pytest.raises(DataError, match=pattern):
         YoloDetection(_yolo(tmp_path, lines))
@@ -175,7 +197,7 @@ def test_segmentation_reads_mask(tmp_path: Path) -> None:
     m[5:10, 5:10] = 2
     m[0, 0] = 255  # ignore
     ds = SegmentationFolder(_seg(tmp_path, m))
-    img, mask = ds[0]
+    _img, mask = ds[0]
     assert ds.num_classes == 3 and mask.shape == (20, 30) and int(mask[6, 6]) == 2
     tf = ImageTransform((10, 15), (0, 0, 0), (1, 1, 1), task="segment")
     x, t = TransformedDataset(ds, tf)[0]
@@ -213,7 +235,6 @@ def test_transform_normalises_rgb(tmp_path: Path) -> None:
 
 def test_augmentation_depends_on_seed_epoch_index_only(tmp_path: Path) -> None:
     from edgecv.config import AugmentConfig
-
     from edgecv.data.synth import generate
 
     generate("classify", tmp_path / "s", n_train=4, n_val=0, size=32, seed=0)

@@ -21,8 +21,15 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     # the same environment torchrun provides: the trainer joins the group from it
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
     from torch import nn
@@ -32,19 +39,23 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from edgecv.train import ClassifyTask, Trainer
 
     torch.manual_seed(100 + rank)  # different init per rank: DDP must broadcast rank 0's weights
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 6 * 6, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
     init = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(64, 3, 6, 6, generator=g), torch.randint(0, 3, (64,), generator=g))
-    cfg = TrainConfig(epochs=2, seed=0, optimizer=OptimizerConfig(name="adam", lr=0.01),
-                      schedule=ScheduleConfig(name="cosine"))
+    cfg = TrainConfig(
+        epochs=2, seed=0, optimizer=OptimizerConfig(name="adam", lr=0.01), schedule=ScheduleConfig(name="cosine")
+    )
     tr = Trainer(model, ClassifyTask(3), data, data, cfg, Path(out) / "run", batch_size=8, progress=False)
     assert tr.dist.world_size == world and tr.dist.rank == rank
     steps = tr.steps_per_epoch()
     res = tr.fit()
-    torch.save({"state": tr.model.state_dict(), "init": init, "steps": steps, "metric": res.last_metric},
-               Path(out) / f"rank{rank}.pt")
+    torch.save(
+        {"state": tr.model.state_dict(), "init": init, "steps": steps, "metric": res.last_metric},
+        Path(out) / f"rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 

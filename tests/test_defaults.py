@@ -11,8 +11,10 @@ import pytest
 pytestmark = [pytest.mark.torch]
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "edgecv" / "zoo" / "weights"
-DEFAULTS = {"shapes_classifier": ("classify", "top1", "mobilenet_v2_edge"),
-            "shapes_segmenter": ("segment", "miou", "unet_dw_edge")}
+DEFAULTS = {
+    "shapes_classifier": ("classify", "top1", "mobilenet_v2_edge"),
+    "shapes_segmenter": ("segment", "miou", "unet_dw_edge"),
+}
 # genuinely trained: top-1 well above chance (12.5%); mIoU well above predicting background everywhere (9.4% on
 # the segmenter's val split) — and neither saturated, so INT8 work has headroom to show a drop
 BOUNDS = {"shapes_classifier": (75.0, 97.0), "shapes_segmenter": (20.0, 95.0)}
@@ -44,7 +46,7 @@ def test_default_reaches_recorded_metric(name: str) -> None:
 
 def test_shipped_weights_are_small() -> None:
     total = sum(p.stat().st_size for p in WEIGHTS.glob("*.pt")) if WEIGHTS.is_dir() else 0
-    assert total < 15 * 2 ** 20
+    assert total < 15 * 2**20
 
 
 def test_zoo_config_matches_shipped_record() -> None:

@@ -47,8 +47,9 @@ def test_registry_entry_builds_the_shipped_model() -> None:
     assert list(cfg["input_size"]) == info["input_size"]
     assert list(cfg["class_names"]) == info["classes"]
     # the registry's fixed arguments are the ones the weights were trained with
-    assert {k: [list(a) for a in v] if k == "anchors" else v for k, v in SHAPES_DETECTOR_ARCH.items()} == \
-        {k: info["kwargs"][k] for k in SHAPES_DETECTOR_ARCH}
+    assert {k: [list(a) for a in v] if k == "anchors" else v for k, v in SHAPES_DETECTOR_ARCH.items()} == {
+        k: info["kwargs"][k] for k in SHAPES_DETECTOR_ARCH
+    }
     m = create_model("shapes_detector")
     sd = torch.load(WEIGHTS / info["weights"], map_location="cpu", weights_only=True)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
@@ -66,8 +67,8 @@ def test_shipped_detector_reproduces_its_val_map(tmp_path: Path) -> None:
     import torch
 
     from edgecv.data.synth import generate
-    from edgecv.validate.detection import load_coco_samples
     from edgecv.train.shipped_detector import backend_maps
+    from edgecv.validate.detection import load_coco_samples
 
     torch.set_num_threads(1)
     info = _info()
@@ -75,8 +76,15 @@ def test_shipped_detector_reproduces_its_val_map(tmp_path: Path) -> None:
     generate("detect", tmp_path / "data", n_train=0, n_val=sub["images"], size=d["size"], seed=d["seed"])
     samples = load_coco_samples(str(tmp_path / "data"), "val")
     assert len(samples) == sub["images"]
-    maps, rows = backend_maps(WEIGHTS / info["weights"], info["kwargs"], info["classes"], samples,
-                              backends=("onnxruntime",), out_dir=tmp_path / "bundle", arch=info["arch"])
+    maps, rows = backend_maps(
+        WEIGHTS / info["weights"],
+        info["kwargs"],
+        info["classes"],
+        samples,
+        backends=("onnxruntime",),
+        out_dir=tmp_path / "bundle",
+        arch=info["arch"],
+    )
     assert abs(maps["torch"]["map50"] - sub["torch"]["map50"]) <= 0.005
     assert abs(maps["torch"]["map"] - sub["torch"]["map"]) <= 0.005
     assert abs(maps["onnxruntime"]["map50"] - maps["torch"]["map50"]) <= 0.005

@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from edgecv.tasks import detect as D  # noqa: E402
-from edgecv.validate.detection import coco_map, match_detections  # noqa: E402
+from edgecv.tasks import detect as D
+from edgecv.validate.detection import coco_map, match_detections
 
 
 def _rand_boxes(rng: np.random.Generator, n: int, size: float = 100.0) -> np.ndarray:
@@ -25,8 +25,7 @@ def test_iou_giou_torch_matches_numpy() -> None:
 
     rng = np.random.default_rng(0)
     a, b = _rand_boxes(rng, 20), _rand_boxes(rng, 15)
-    np.testing.assert_allclose(box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy(), D.box_iou(a, b),
-                               atol=1e-5)
+    np.testing.assert_allclose(box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy(), D.box_iou(a, b), atol=1e-5)
     g = D.generalized_box_iou(a, b)
     np.testing.assert_allclose(generalized_box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy(), g, atol=1e-5)
     diag = elementwise_giou(torch.from_numpy(a[:15]), torch.from_numpy(b)).numpy()
@@ -119,9 +118,10 @@ def test_augmentation_keeps_boxes_on_objects() -> None:
     targets = []
     for i in range(n):
         x1, y1 = 12 + i % 5, 20 - i % 4
-        imgs[i, :, y1:y1 + 20, x1:x1 + 14] = 1.0
-        targets.append({"boxes": torch.tensor([[x1, y1, x1 + 14, y1 + 20]], dtype=torch.float32),
-                        "labels": torch.tensor([3])})
+        imgs[i, :, y1 : y1 + 20, x1 : x1 + 14] = 1.0
+        targets.append(
+            {"boxes": torch.tensor([[x1, y1, x1 + 14, y1 + 20]], dtype=torch.float32), "labels": torch.tensor([3])}
+        )
     aug = DetAugment(scale=0.3, translate=0.1, hflip=0.5, sizes=[64, 96], fill=0.0, min_visible=0.9)
     checked = 0
     for _ in range(3):
@@ -149,8 +149,12 @@ def _batch(n: int = 4, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, lis
     for _ in range(n):
         img, _, boxes = render_objects(rng, size)
         imgs.append(torch.from_numpy(img[..., ::-1].copy()).permute(2, 0, 1).float() / 255)
-        targets.append({"boxes": torch.tensor([b for _, b in boxes], dtype=torch.float32).reshape(-1, 4),
-                        "labels": torch.tensor([c for c, _ in boxes], dtype=torch.int64)})
+        targets.append(
+            {
+                "boxes": torch.tensor([b for _, b in boxes], dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor([c for c, _ in boxes], dtype=torch.int64),
+            }
+        )
     return torch.stack(imgs), targets
 
 
@@ -189,7 +193,7 @@ def test_yolov2_multiscale_collate_and_passthrough() -> None:
     items = [(x, {"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy()}) for x, t in zip(*_batch(2))]
     m.train()
     for _ in range(8):
-        xb, tb = task.collate(items)
+        xb, _tb = task.collate(items)
         sizes.add(xb.shape[-1])
         out = m(xb)
         assert out[0].shape[-1] == xb.shape[-1] // 32  # one stride-32 head at any multi-scale size
@@ -232,8 +236,7 @@ def test_match_detections() -> None:
     ref = [(b, np.array([0.9, 0.8]), np.array([1, 2]))]
     same = match_detections(ref, [(b + 0.05, np.array([0.9001, 0.8]), np.array([1, 2]))])
     assert same.matched == 2 and same.extra == 0 and same.max_score_diff < 1e-3
-    moved = match_detections(ref, [(b + np.array([3, 0, 3, 0], np.float32), np.array([0.9, 0.8]),
-                                    np.array([1, 0]))])
+    moved = match_detections(ref, [(b + np.array([3, 0, 3, 0], np.float32), np.array([0.9, 0.8]), np.array([1, 0]))])
     assert moved.matched == 0 and moved.extra == 2
 
 
@@ -271,8 +274,10 @@ def _min_score(ref) -> float:  # type: ignore[no-untyped-def]
 def _torch_dets(wrapped, x):  # type: ignore[no-untyped-def]
     with torch.no_grad():
         out = wrapped(x)
-    return [(out["boxes"][b, :int(n)].numpy(), out["scores"][b, :int(n)].numpy(), out["classes"][b, :int(n)].numpy())
-            for b, n in enumerate(out["num_dets"])]
+    return [
+        (out["boxes"][b, : int(n)].numpy(), out["scores"][b, : int(n)].numpy(), out["classes"][b, : int(n)].numpy())
+        for b, n in enumerate(out["num_dets"])
+    ]
 
 
 def _runner_outputs(bundle_root, backend: str, x: np.ndarray) -> dict:  # type: ignore[type-arg]
@@ -298,6 +303,7 @@ def test_graph_nms_export_matches_torch_on_ort(tmp_path, name: str) -> None:  # 
             for a in n.attribute:
                 if a.g is not None and a.g.node:
                     walk(a.g)
+
     walk(onnx.load(str(res.bundle.onnx_path)).graph)
     assert "NonMaxSuppression" in ops
     if frcnn:
@@ -308,8 +314,10 @@ def test_graph_nms_export_matches_torch_on_ort(tmp_path, name: str) -> None:  # 
     assert res.contract.decode["nms"] == "graph" and res.contract.output_names == want
     ref = _torch_dets(wrapped, x)
     out = _runner_outputs(res.bundle.root, "onnxruntime", x.numpy())
-    got = [(out["boxes"][b, :int(n)], out["scores"][b, :int(n)], out["classes"][b, :int(n)])
-           for b, n in enumerate(out["num_dets"].reshape(-1))]
+    got = [
+        (out["boxes"][b, : int(n)], out["scores"][b, : int(n)], out["classes"][b, : int(n)])
+        for b, n in enumerate(out["num_dets"].reshape(-1))
+    ]
     agree = match_detections(ref, got, iou_threshold=0.9, min_score=_min_score(ref))
     assert agree.ref_boxes > 0
     assert agree.unmatched_ref == 0 and agree.extra == 0 and agree.max_score_diff < 1e-3, agree
@@ -324,15 +332,16 @@ def test_host_nms_export_decoder_matches_torch(tmp_path) -> None:  # type: ignor
     # cut keeps depends on float noise
     res, wrapped, x = _export(tmp_path, "yolov3_test", "host", max_det=1000)
     c = res.contract
-    assert c.decode["format"] == "yolo_anchors" and len(c.decode["anchors"]) == 3 and c.decode["strides"] == [8, 16,
-                                                                                                            32]
+    assert c.decode["format"] == "yolo_anchors" and len(c.decode["anchors"]) == 3 and c.decode["strides"] == [8, 16, 32]
     out = _runner_outputs(res.bundle.root, "onnxruntime", x.numpy())
     dec = get_decoder(c)
     tfs = [Transform(1.0, 1.0, 0.0, 0.0, (64, 64))] * 2
     host = [(r.boxes, r.scores, r.classes) for r in dec.decode(out, tfs)]
     model = wrapped.model
-    ref = [(b.numpy(), s.numpy(), k.numpy()) for b, s, k in
-           model.postprocess(model(x), score_threshold=0.001, iou_threshold=0.5, max_det=1000)]
+    ref = [
+        (b.numpy(), s.numpy(), k.numpy())
+        for b, s, k in model.postprocess(model(x), score_threshold=0.001, iou_threshold=0.5, max_det=1000)
+    ]
     # decoding is exact: the host's candidates equal the model's own decode
     cb, cs = dec.candidates(out)
     with torch.no_grad():
@@ -352,8 +361,10 @@ def test_graph_nms_export_matches_torch_on_openvino(tmp_path, name: str) -> None
     res, wrapped, x = _export(tmp_path, name, "graph", dynamic=not frcnn)
     ref = _torch_dets(wrapped, x)
     out = _runner_outputs(res.bundle.root, "openvino", x.numpy())
-    got = [(out["boxes"][b, :int(n)], out["scores"][b, :int(n)], out["classes"][b, :int(n)])
-           for b, n in enumerate(out["num_dets"].reshape(-1))]
+    got = [
+        (out["boxes"][b, : int(n)], out["scores"][b, : int(n)], out["classes"][b, : int(n)])
+        for b, n in enumerate(out["num_dets"].reshape(-1))
+    ]
     agree = match_detections(ref, got, iou_threshold=0.9, min_score=_min_score(ref))
     assert agree.ref_boxes > 0
     assert agree.unmatched_ref == 0 and agree.extra == 0 and agree.max_score_diff < 1e-3, agree

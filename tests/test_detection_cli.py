@@ -51,32 +51,57 @@ def test_box_recall_with_no_reference_boxes_is_not_checked_not_one() -> None:
     assert cmp.not_checked and "no reference box" in cmp.not_checked[0] and "0.25" in cmp.not_checked[0]
     d = cmp.to_dict()
     assert d["box_recall"] is None and d["cosine"] is None  # the cosine column carries the mean IoU: none either
-    agr = match_detections([(np.zeros((0, 4)), np.zeros(0), np.zeros(0))], [(np.zeros((0, 4)), np.zeros(0),
-                                                                             np.zeros(0))])
+    agr = match_detections(
+        [(np.zeros((0, 4)), np.zeros(0), np.zeros(0))], [(np.zeros((0, 4)), np.zeros(0), np.zeros(0))]
+    )
     assert agr.recall is None and agr.mean_iou is None and agr.to_dict()["recall"] is None
 
 
-def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:
     out = tmp_path / "det"
     proc = cli("export", "yolov3_test", "-o", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["contract"]["task"] == "detect" and res["contract"]["resize"] == "letterbox"
     assert res["contract"]["decode"]["nms"] == "graph"
-    assert res["contract"]["output_names"] == ["boxes", "scores", "classes", "num_dets", "pre_nms_boxes",
-                                               "pre_nms_scores"]
+    assert res["contract"]["output_names"] == [
+        "boxes",
+        "scores",
+        "classes",
+        "num_dets",
+        "pre_nms_boxes",
+        "pre_nms_scores",
+    ]
     assert res["parity_passed"] is True
 
     data = tmp_path / "val"
-    assert cli("data", "synth", "--task", "detect", "-o", str(data), "--n-train", "0", "--n-val", "6",
-               "--size", "64", "--seed", "1").returncode == 0
+    assert (
+        cli(
+            "data",
+            "synth",
+            "--task",
+            "detect",
+            "-o",
+            str(data),
+            "--n-train",
+            "0",
+            "--n-val",
+            "6",
+            "--size",
+            "64",
+            "--seed",
+            "1",
+        ).returncode
+        == 0
+    )
     # a random-init detector gives no confident box on the reference photos: box matching is "not checked" and
     # fails unless accepted; the pre-NMS candidates are still compared (and pass)
     proc = cli("validate", str(out), "-b", "onnxruntime", "--json")
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["results"][0]["verdict"] == "not checked"
-    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--val", str(data), "--json",
-               "--allow-unchecked")
+    proc = cli(
+        "validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--val", str(data), "--json", "--allow-unchecked"
+    )
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert [r["passed"] for r in rep["results"]] == [True, True]
@@ -98,5 +123,4 @@ def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:  # noqa: A
     assert st["total_ms"] >= max(st["pre_ms"], st["infer_ms"], st["post_ms"])
     # the serial frame rate is frames over the time they took: 1000 / mean total, and the mean adds up
     assert st["fps"] == pytest.approx(1000.0 / st["total_mean_ms"], rel=1e-9)
-    assert st["total_mean_ms"] == pytest.approx(st["pre_mean_ms"] + st["infer_mean_ms"] + st["post_mean_ms"],
-                                                rel=1e-9)
+    assert st["total_mean_ms"] == pytest.approx(st["pre_mean_ms"] + st["infer_mean_ms"] + st["post_mean_ms"], rel=1e-9)

@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgecv.errors import ConfigError  # noqa: E402
-from edgecv.zoo import create_model  # noqa: E402
-from edgecv.zoo.detection.boxes import cxcywh_to_xyxy, generalized_box_iou  # noqa: E402
+from edgecv.errors import ConfigError
+from edgecv.zoo import create_model
+from edgecv.zoo.detection.boxes import cxcywh_to_xyxy, generalized_box_iou
 
 pytestmark = pytest.mark.torch
 
@@ -58,8 +58,10 @@ def test_training_step_uses_every_decoder_layer_and_eval_sorts_without_nms() -> 
     x = torch.rand(2, 3, 64, 64)
     out = m(x)
     assert out["logits"].shape == (2, 2, 6, 9) and out["boxes"].shape == (2, 2, 6, 4)
-    tg = [{"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([1])},
-          {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    tg = [
+        {"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     loss = m.compute_loss(out, tg)
     loss["loss"].backward()
     assert m.decoder[0].cross_attn.q.weight.grad is not None  # the auxiliary loss reaches the first layer
@@ -104,14 +106,21 @@ def test_runtime_decoder_for_nms_none_reads_the_padded_outputs() -> None:
     from edgecv.bundle import Contract
     from edgecv.tasks.decode import DECODERS, decoder_key, get_decoder
 
-    c = Contract(task="detect", input_shape=[1, 3, 64, 64], class_names=[str(i) for i in range(8)],
-                 output_names=["boxes", "scores", "classes", "num_dets"],
-                 decode={"nms": "none", "format": "set", "score_threshold": 0.3, "max_det": 6, "num_classes": 8})
+    c = Contract(
+        task="detect",
+        input_shape=[1, 3, 64, 64],
+        class_names=[str(i) for i in range(8)],
+        output_names=["boxes", "scores", "classes", "num_dets"],
+        decode={"nms": "none", "format": "set", "score_threshold": 0.3, "max_det": 6, "num_classes": 8},
+    )
     assert decoder_key(c) == "detect:none" and "detect:none" in DECODERS.names()
     dec = get_decoder(c)
-    outs = {"boxes": np.array([[[1, 2, 10, 12], [0, 0, 5, 5]]], np.float32),
-            "scores": np.array([[0.9, 0.2]], np.float32), "classes": np.array([[3, 1]], np.int64),
-            "num_dets": np.array([2], np.int64)}
+    outs = {
+        "boxes": np.array([[[1, 2, 10, 12], [0, 0, 5, 5]]], np.float32),
+        "scores": np.array([[0.9, 0.2]], np.float32),
+        "classes": np.array([[3, 1]], np.int64),
+        "num_dets": np.array([2], np.int64),
+    }
     from edgecv.tasks.preprocess import Transform
 
     res = dec.decode(outs, [Transform(0.5, 0.5, 0.0, 0.0, (128, 128))])

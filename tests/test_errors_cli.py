@@ -25,14 +25,17 @@ def corrupt_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return b.root
 
 
-@pytest.mark.parametrize("args,expect", [
-    (["bench", "-b", "onnxruntime", "--iters", "2"], "INVALID_PROTOBUF"),
-    (["bench", "-b", "openvino", "--iters", "2"], "not a valid ONNX model"),
-    (["validate", "-b", "onnxruntime"], "could not load"),
-    (["validate", "-b", "openvino"], "not a valid ONNX model"),
-    (["compile", "-b", "openvino", "-p", "fp32"], "not a valid ONNX model"),
-])
-def test_corrupt_onnx_is_one_line_exit_2(corrupt_bundle: Path, cli, args: list[str], expect: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["bench", "-b", "onnxruntime", "--iters", "2"], "INVALID_PROTOBUF"),
+        (["bench", "-b", "openvino", "--iters", "2"], "not a valid ONNX model"),
+        (["validate", "-b", "onnxruntime"], "could not load"),
+        (["validate", "-b", "openvino"], "not a valid ONNX model"),
+        (["compile", "-b", "openvino", "-p", "fp32"], "not a valid ONNX model"),
+    ],
+)
+def test_corrupt_onnx_is_one_line_exit_2(corrupt_bundle: Path, cli, args: list[str], expect: str) -> None:
     proc = cli(args[0], str(corrupt_bundle), *args[1:])
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()

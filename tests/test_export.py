@@ -20,8 +20,8 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime]
 
-import edgecv.export.onnx as onnx_mod  # noqa: E402
-from edgecv.export import export_model, load_model  # noqa: E402
+import edgecv.export.onnx as onnx_mod
+from edgecv.export import export_model, load_model
 
 # Two consecutive Reshapes that onnxslim merges (the dynamo exporter's own optimizer keeps them), so simplify
 # visibly changes the graph; LayerNorm + GELU + Linear keep it a realistic block.
@@ -64,13 +64,13 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(model_file: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def exported(model_file: Path, tmp_path_factory: pytest.TempPathFactory):
     src = load_model(f"{model_file}:build", input_shape=SHAPE)
     return src, export_model(src, tmp_path_factory.mktemp("out") / "bundle")
 
 
-def test_bundle_contract_round_trip(exported) -> None:  # noqa: ANN001
-    src, res = exported
+def test_bundle_contract_round_trip(exported) -> None:
+    _src, res = exported
     b = Bundle.open(res.path)  # verifies every file hash
     assert sorted(b.manifest.files) == ["model.onnx", "reference.npz"]
     embedded = read_onnx_contract(b.onnx_path)
@@ -88,7 +88,7 @@ def test_bundle_contract_round_trip(exported) -> None:  # noqa: ANN001
     assert prov["build_flags"]["dynamic_batch"] is True and prov["opset"] == 18
 
 
-def test_dynamic_batch_runs_batch_3(exported) -> None:  # noqa: ANN001
+def test_dynamic_batch_runs_batch_3(exported) -> None:
     src, res = exported
     m = onnx.load(str(res.bundle.onnx_path))
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -100,7 +100,7 @@ def test_dynamic_batch_runs_batch_3(exported) -> None:  # noqa: ANN001
     np.testing.assert_allclose(y, want, atol=1e-5, rtol=1e-4)
 
 
-def test_reference_from_real_photos_and_parity(exported) -> None:  # noqa: ANN001
+def test_reference_from_real_photos_and_parity(exported) -> None:
     from skimage import data
 
     from edgecv.tasks.preprocess import preprocess
@@ -128,24 +128,26 @@ def test_reference_from_real_photos_and_parity(exported) -> None:  # noqa: ANN00
     assert res.bundle.manifest.provenance["parity"][0]["max_abs"] == p["max_abs"]
 
 
-def test_simplify_changes_graph_no_simplify_keeps_it(exported, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_simplify_changes_graph_no_simplify_keeps_it(exported, model_file: Path, tmp_path: Path) -> None:
     _, res = exported
     assert res.simplified and res.nodes_final == res.nodes_exported - 1  # the two Reshapes became one
     ops = [n.op_type for n in onnx.load(str(res.bundle.onnx_path)).graph.node]
     assert ops.count("Reshape") == 1
-    raw = export_model(load_model(f"{model_file}:build", input_shape=SHAPE), tmp_path / "raw", simplify=False,
-                       n_reference=2)
+    raw = export_model(
+        load_model(f"{model_file}:build", input_shape=SHAPE), tmp_path / "raw", simplify=False, n_reference=2
+    )
     assert not raw.simplified and raw.nodes_final == raw.nodes_exported == res.nodes_exported
     assert [n.op_type for n in onnx.load(str(raw.bundle.onnx_path)).graph.node].count("Reshape") == 2
     assert raw.parity_passed
 
 
-def test_fallback_to_torchscript_static_batch(model_file: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallback_to_torchscript_static_batch(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = onnx_mod._torch_onnx_export
     calls: list[bool] = []
 
-    def flaky(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def flaky(*args, **kwargs):
         calls.append(kwargs["dynamo"])
         if kwargs["dynamo"]:
             raise RuntimeError("simulated dynamo failure\nwith a second line")
@@ -153,8 +155,9 @@ def test_fallback_to_torchscript_static_batch(model_file: Path, tmp_path: Path,
 
     monkeypatch.setattr(onnx_mod, "_torch_onnx_export", flaky)
     monkeypatch.setattr(onnx_mod, "EXTERNAL_DATA_BYTES", 0)  # also covers the TorchScript large-model path
-    res = export_model(load_model(f"{model_file}:build", input_shape=SHAPE), tmp_path / "b", dynamic_batch=False,
-                       n_reference=2)
+    res = export_model(
+        load_model(f"{model_file}:build", input_shape=SHAPE), tmp_path / "b", dynamic_batch=False, n_reference=2
+    )
     assert calls == [True, False]
     assert res.exporter == "torchscript"
     notice = next(n for n in res.notices if "dynamo exporter failed" in n)
@@ -167,8 +170,7 @@ def test_fallback_to_torchscript_static_batch(model_file: Path, tmp_path: Path,
     assert res.parity_passed and res.parity[0]["max_abs"] < 1e-4
 
 
-def test_large_model_path_uses_external_data(model_file: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_model_path_uses_external_data(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # models over 2 GB cannot be one protobuf; pretend this one is that large
     monkeypatch.setattr(onnx_mod, "EXTERNAL_DATA_BYTES", 0)
     res = export_model(load_model(f"{model_file}:build", input_shape=SHAPE), tmp_path / "b", n_reference=2)
@@ -184,7 +186,7 @@ def test_large_model_path_uses_external_data(model_file: Path, tmp_path: Path,
 def test_interrupted_export_leaves_nothing(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Path] = []
 
-    def boom(onnx_path: Path, *a, **k):  # noqa: ANN002, ANN003, ANN202
+    def boom(onnx_path: Path, *a, **k):
         seen.append(onnx_path)
         assert onnx_path.is_file()  # the ONNX file was written before the crash
         raise KeyboardInterrupt
@@ -200,7 +202,7 @@ def test_interrupted_export_leaves_nothing(model_file: Path, tmp_path: Path, mon
         Bundle.open(out)
 
 
-def test_existing_bundle_needs_force(exported, model_file: Path) -> None:  # noqa: ANN001
+def test_existing_bundle_needs_force(exported, model_file: Path) -> None:
     _, res = exported
     with pytest.raises(BundleError) as exc:
         export_model(load_model(f"{model_file}:build", input_shape=SHAPE), res.path)
@@ -209,8 +211,9 @@ def test_existing_bundle_needs_force(exported, model_file: Path) -> None:  # noq
 
 def test_pt2_source_and_torchvision_weights(tmp_path: Path) -> None:
     # a torch.export program exported again, with the input shape it was traced at
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten())
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
     pt2 = tmp_path / "net.pt2"
     torch.export.save(torch.export.export(net.eval(), (torch.randn(1, 3, 24, 24),)), pt2)
     res = export_model(load_model(str(pt2)), tmp_path / "b1", dynamic_batch=False, n_reference=2)
@@ -244,7 +247,7 @@ def test_rewrite_hook(model_file: Path, tmp_path: Path, monkeypatch: pytest.Monk
 
     got: dict[str, object] = {}
 
-    def apply_passes(model, names, sample):  # noqa: ANN001, ANN202
+    def apply_passes(model, names, sample):
         got["names"], got["shape"] = list(names), tuple(sample.shape)
         with torch.no_grad():
             model.fc.bias.add_(1.0)  # a visible change, so the export must use the returned model
@@ -264,12 +267,27 @@ def test_rewrite_hook(model_file: Path, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def test_cli_export_json(cli, model_file: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_export_json(cli, model_file: Path, tmp_path: Path) -> None:
     names = tmp_path / "names.txt"
     names.write_text("a\nb\nc\nd\ne\n")
-    proc = cli("export", f"{model_file}:build", "-o", str(tmp_path / "b"), "--input-shape", "1x3x32x32",
-               "--class-names", str(names), "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
-               "--max-batch", "4", "--json", env={"OMP_NUM_THREADS": "1"})
+    proc = cli(
+        "export",
+        f"{model_file}:build",
+        "-o",
+        str(tmp_path / "b"),
+        "--input-shape",
+        "1x3x32x32",
+        "--class-names",
+        str(names),
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--max-batch",
+        "4",
+        "--json",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["exporter"] == "dynamo" and out["parity_passed"] is True
@@ -279,12 +297,15 @@ def test_cli_export_json(cli, model_file: Path, tmp_path: Path) -> None:  # noqa
     assert c.std == [0.25] * 3 and c.batch_range == [1, 1, 4] and (tmp_path / "b" / MANIFEST).is_file()
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["{tmp}/missing.py:build"], "does not exist"),
-    (["resnet_nope"], "unknown model 'resnet_nope'"),
-    (["resnet_tiny", "--input-shape", "1x3xabc"], "expected NxCxHxW"),
-])
-def test_cli_bad_inputs(cli, tmp_path: Path, args: list[str], needle: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["{tmp}/missing.py:build"], "does not exist"),
+        (["resnet_nope"], "unknown model 'resnet_nope'"),
+        (["resnet_tiny", "--input-shape", "1x3xabc"], "expected NxCxHxW"),
+    ],
+)
+def test_cli_bad_inputs(cli, tmp_path: Path, args: list[str], needle: str) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     proc = cli("export", *args, "-o", str(tmp_path / "out"))
     assert proc.returncode == 2

@@ -23,14 +23,16 @@ from edgecv._io import sha256_path
 
 pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime, pytest.mark.openvino, pytest.mark.stream]
 
-EVIL = 'from pathlib import Path\nPath(__file__).with_name("PWNED").write_text("ran")\ndef build(**kw):\n    ' \
-       'import torch\n    return torch.nn.Identity()\n'
+EVIL = (
+    'from pathlib import Path\nPath(__file__).with_name("PWNED").write_text("ran")\ndef build(**kw):\n    '
+    "import torch\n    return torch.nn.Identity()\n"
+)
 
 
 @dataclass
 class Ctx:
-    B: Path          # the hostile bundle
-    user: Path       # the user's own files, which must survive unchanged
+    B: Path  # the hostile bundle
+    user: Path  # the user's own files, which must survive unchanged
     tmp: Path
     video: Path
 
@@ -61,7 +63,7 @@ def _npz(ctx: Ctx, kind: str) -> None:
     elif kind == "strings":
         np.savez(p, **{"input/input": np.array(["a", "b"])})
     elif kind == "empty":
-        np.savez(p, **{"other": np.zeros(3)})
+        np.savez(p, other=np.zeros(3))
     ctx.rehash("reference.npz")
 
 
@@ -89,40 +91,114 @@ T = "{T}"
 # (id, setup, argv with {B} bundle, {U} user folder, {V} a video, {T} a scratch folder; allowed exit codes)
 CASES: list[tuple[str, Callable[[Ctx], None], list[str], tuple[int, ...]]] = [
     ("no-manifest", lambda c: (c.B / "manifest.json").unlink(), ["validate", B, "-b", "onnxruntime"], (2,)),
-    ("manifest-symlink-out", lambda c: ((c.B / "manifest.json").unlink(), (c.B / "manifest.json").symlink_to(
-        c.user / "keep.txt")), ["validate", B, "-b", "onnxruntime"], (2,)),
-    ("manifest-not-json", lambda c: (c.B / "manifest.json").write_text("{not json"), ["bench", B, "-b",
-                                                                                       "onnxruntime"], (2,)),
-    ("manifest-deep-nesting", lambda c: (c.B / "manifest.json").write_text("[" * 100000 + "]" * 100000),
-     ["validate", B], (2,)),
-    ("manifest-not-utf8", lambda c: (c.B / "manifest.json").write_bytes(b'{"name": "\xff\xfe"}'),
-     ["validate", B], (2,)),
+    (
+        "manifest-symlink-out",
+        lambda c: ((c.B / "manifest.json").unlink(), (c.B / "manifest.json").symlink_to(c.user / "keep.txt")),
+        ["validate", B, "-b", "onnxruntime"],
+        (2,),
+    ),
+    (
+        "manifest-not-json",
+        lambda c: (c.B / "manifest.json").write_text("{not json"),
+        ["bench", B, "-b", "onnxruntime"],
+        (2,),
+    ),
+    (
+        "manifest-deep-nesting",
+        lambda c: (c.B / "manifest.json").write_text("[" * 100000 + "]" * 100000),
+        ["validate", B],
+        (2,),
+    ),
+    (
+        "manifest-not-utf8",
+        lambda c: (c.B / "manifest.json").write_bytes(b'{"name": "\xff\xfe"}'),
+        ["validate", B],
+        (2,),
+    ),
     ("manifest-array", lambda c: (c.B / "manifest.json").write_text("[1, 2]"), ["run", B, "-s", V], (2,)),
-    ("files-absolute", lambda c: c.manifest(lambda m: m["files"].__setitem__("/etc/shadow", "0" * 64)),
-     ["compile", B, "-b", "openvino"], (2,)),
-    ("files-dotdot", lambda c: c.manifest(lambda m: m["files"].__setitem__("../user/keep.txt", "0" * 64)),
-     ["run", B, "-s", V, "-q"], (2,)),
-    ("files-empty-hash", lambda c: c.manifest(lambda m: m["files"].__setitem__("model.onnx", "")),
-     ["validate", B], (2,)),
-    ("artifact-absolute", lambda c: c.manifest(lambda m: m["artifacts"].__setitem__("openvino:fp32", {
-        "backend": "openvino", "precision": "fp32", "path": str(c.user / "model.xml")})),
-     ["validate", B, "-b", "openvino"], (2,)),
-    ("artifact-dotdot", lambda c: c.manifest(lambda m: m["artifacts"].__setitem__("openvino:fp32", {
-        "backend": "openvino", "precision": "fp32", "path": "../user/model.xml"})),
-     ["bench", B, "-b", "openvino", "--iters", "1"], (2,)),
-    ("artifact-nul", lambda c: c.manifest(lambda m: m["artifacts"].__setitem__("openvino:fp32", {
-        "backend": "openvino", "precision": "fp32", "path": "openvino/fp32/model\u0000.xml"})),
-     ["validate", B, "-b", "openvino"], (2,)),
-    ("artifact-not-hashed", lambda c: (shutil.copy(c.B / "model.onnx", c.B / "extra.onnx"), c.manifest(
-        lambda m: m["artifacts"].__setitem__("onnxruntime:fp16", {
-            "backend": "onnxruntime", "precision": "fp16", "path": "extra.onnx"}))),
-     ["validate", B, "-b", "onnxruntime:fp16"], (2,)),
-    ("model-changed", lambda c: (c.B / "model.onnx").write_bytes(b"\x08\x07garbage"),
-     ["validate", B, "-b", "onnxruntime"], (2,)),
-    ("model-garbage-rehashed", lambda c: ((c.B / "model.onnx").write_bytes(b"\x08\x07garbage"),
-                                          c.rehash("model.onnx")), ["validate", B, "-b", "onnxruntime"], (2,)),
-    ("model-symlink-out", lambda c: ((c.B / "model.onnx").unlink(), (c.B / "model.onnx").symlink_to(
-        c.user / "keep.txt"), c.rehash("model.onnx")), ["bench", B, "-b", "onnxruntime"], (2,)),
+    (
+        "files-absolute",
+        lambda c: c.manifest(lambda m: m["files"].__setitem__("/etc/shadow", "0" * 64)),
+        ["compile", B, "-b", "openvino"],
+        (2,),
+    ),
+    (
+        "files-dotdot",
+        lambda c: c.manifest(lambda m: m["files"].__setitem__("../user/keep.txt", "0" * 64)),
+        ["run", B, "-s", V, "-q"],
+        (2,),
+    ),
+    (
+        "files-empty-hash",
+        lambda c: c.manifest(lambda m: m["files"].__setitem__("model.onnx", "")),
+        ["validate", B],
+        (2,),
+    ),
+    (
+        "artifact-absolute",
+        lambda c: c.manifest(
+            lambda m: m["artifacts"].__setitem__(
+                "openvino:fp32", {"backend": "openvino", "precision": "fp32", "path": str(c.user / "model.xml")}
+            )
+        ),
+        ["validate", B, "-b", "openvino"],
+        (2,),
+    ),
+    (
+        "artifact-dotdot",
+        lambda c: c.manifest(
+            lambda m: m["artifacts"].__setitem__(
+                "openvino:fp32", {"backend": "openvino", "precision": "fp32", "path": "../user/model.xml"}
+            )
+        ),
+        ["bench", B, "-b", "openvino", "--iters", "1"],
+        (2,),
+    ),
+    (
+        "artifact-nul",
+        lambda c: c.manifest(
+            lambda m: m["artifacts"].__setitem__(
+                "openvino:fp32", {"backend": "openvino", "precision": "fp32", "path": "openvino/fp32/model\u0000.xml"}
+            )
+        ),
+        ["validate", B, "-b", "openvino"],
+        (2,),
+    ),
+    (
+        "artifact-not-hashed",
+        lambda c: (
+            shutil.copy(c.B / "model.onnx", c.B / "extra.onnx"),
+            c.manifest(
+                lambda m: m["artifacts"].__setitem__(
+                    "onnxruntime:fp16", {"backend": "onnxruntime", "precision": "fp16", "path": "extra.onnx"}
+                )
+            ),
+        ),
+        ["validate", B, "-b", "onnxruntime:fp16"],
+        (2,),
+    ),
+    (
+        "model-changed",
+        lambda c: (c.B / "model.onnx").write_bytes(b"\x08\x07garbage"),
+        ["validate", B, "-b", "onnxruntime"],
+        (2,),
+    ),
+    (
+        "model-garbage-rehashed",
+        lambda c: ((c.B / "model.onnx").write_bytes(b"\x08\x07garbage"), c.rehash("model.onnx")),
+        ["validate", B, "-b", "onnxruntime"],
+        (2,),
+    ),
+    (
+        "model-symlink-out",
+        lambda c: (
+            (c.B / "model.onnx").unlink(),
+            (c.B / "model.onnx").symlink_to(c.user / "keep.txt"),
+            c.rehash("model.onnx"),
+        ),
+        ["bench", B, "-b", "onnxruntime"],
+        (2,),
+    ),
     ("npz-object", lambda c: _npz(c, "object"), ["validate", B, "-b", "onnxruntime"], (2,)),
     ("npz-pickle", lambda c: _npz(c, "pickle"), ["validate", B, "-b", "onnxruntime"], (2,)),
     ("npz-plain-npy", lambda c: _npz(c, "npy"), ["validate", B, "-b", "onnxruntime"], (2,)),
@@ -131,50 +207,98 @@ CASES: list[tuple[str, Callable[[Ctx], None], list[str], tuple[int, ...]]] = [
     ("source-file-evil", lambda c: _evil(c, "file"), ["validate", B, "-b", "onnxruntime"], (0,)),
     ("source-zoo-evil", lambda c: _evil(c, "zoo"), ["bench", B, "-b", "torch", "--iters", "1"], (2,)),
     ("source-checkpoint-evil", lambda c: _evil(c, "checkpoint"), ["validate", B, "-b", "torch"], (0, 1, 2)),
-    ("source-huge-kwargs", lambda c: c.source(kind="zoo", spec="resnet_tiny", kwargs={"num_classes": 10**12}),
-     ["bench", B, "-b", "torch", "--iters", "1"], (2,)),
-    ("source-unknown-zoo", lambda c: c.source(kind="zoo", spec="no_such_model"),
-     ["bench", B, "-b", "torch", "--iters", "1"], (2,)),
-    ("rewrite-unknown-pass", lambda c: (c.source(kind="zoo", spec="resnet_tiny"), c.manifest(
-        lambda m: m["provenance"].__setitem__("rewrite", {"passes": ["os.system"]}))),
-     ["bench", B, "-b", "torch", "--iters", "1"], (2,)),
-    ("contract-huge-input", lambda c: c.contract(input_shape=[1, 3, 100000, 100000]), ["run", B, "-s", V, "-q"],
-     (2,)),
-    ("contract-huge-batch", lambda c: c.contract(batch_range=[1, 1, 10**6]), ["bench", B, "-b", "onnxruntime"],
-     (2,)),
+    (
+        "source-huge-kwargs",
+        lambda c: c.source(kind="zoo", spec="resnet_tiny", kwargs={"num_classes": 10**12}),
+        ["bench", B, "-b", "torch", "--iters", "1"],
+        (2,),
+    ),
+    (
+        "source-unknown-zoo",
+        lambda c: c.source(kind="zoo", spec="no_such_model"),
+        ["bench", B, "-b", "torch", "--iters", "1"],
+        (2,),
+    ),
+    (
+        "rewrite-unknown-pass",
+        lambda c: (
+            c.source(kind="zoo", spec="resnet_tiny"),
+            c.manifest(lambda m: m["provenance"].__setitem__("rewrite", {"passes": ["os.system"]})),
+        ),
+        ["bench", B, "-b", "torch", "--iters", "1"],
+        (2,),
+    ),
+    ("contract-huge-input", lambda c: c.contract(input_shape=[1, 3, 100000, 100000]), ["run", B, "-s", V, "-q"], (2,)),
+    ("contract-huge-batch", lambda c: c.contract(batch_range=[1, 1, 10**6]), ["bench", B, "-b", "onnxruntime"], (2,)),
     ("contract-mean-mismatch", lambda c: c.contract(mean=[0.5, 0.5]), ["validate", B], (2,)),
     ("contract-std-zero", lambda c: c.contract(std=[0.0, 1.0, 1.0]), ["run", B, "-s", V, "-q"], (2,)),
-    ("contract-many-classes", lambda c: c.contract(class_names=[f"c{i}" for i in range(200_001)]),
-     ["validate", B], (2,)),
+    (
+        "contract-many-classes",
+        lambda c: c.contract(class_names=[f"c{i}" for i in range(200_001)]),
+        ["validate", B],
+        (2,),
+    ),
     ("contract-name-newline", lambda c: c.contract(input_name="in\nput"), ["validate", B], (2,)),
     ("contract-nan-scale", lambda c: c.contract(scale=float("nan")), ["validate", B], (2,)),
     ("compile-symlink-dir", lambda c: _symlink_out(c, "openvino"), ["compile", B, "-b", "openvino"], (2,)),
-    ("compile-symlink-deep", lambda c: _symlink_out(c, "openvino/fp16"), ["compile", B, "-b", "openvino", "-p",
-                                                                         "fp16"], (2,)),
-    ("lock-symlink-out", lambda c: (c.B / "manifest.lock").symlink_to(c.user / "keep.txt"),
-     ["compile", B, "-b", "onnxruntime", "-p", "fp16"], (2,)),
-    ("lock-hardlink-out", lambda c: (c.B / "manifest.lock").hardlink_to(c.user / "keep.txt"),
-     ["compile", B, "-b", "onnxruntime", "-p", "fp16"], (2,)),
-    ("stale-build-folder", lambda c: (c.B / ".build-999999-x").mkdir(), ["compile", B, "-b", "onnxruntime", "-p",
-                                                                        "fp16"], (0,)),
+    (
+        "compile-symlink-deep",
+        lambda c: _symlink_out(c, "openvino/fp16"),
+        ["compile", B, "-b", "openvino", "-p", "fp16"],
+        (2,),
+    ),
+    (
+        "lock-symlink-out",
+        lambda c: (c.B / "manifest.lock").symlink_to(c.user / "keep.txt"),
+        ["compile", B, "-b", "onnxruntime", "-p", "fp16"],
+        (2,),
+    ),
+    (
+        "lock-hardlink-out",
+        lambda c: (c.B / "manifest.lock").hardlink_to(c.user / "keep.txt"),
+        ["compile", B, "-b", "onnxruntime", "-p", "fp16"],
+        (2,),
+    ),
+    (
+        "stale-build-folder",
+        lambda c: (c.B / ".build-999999-x").mkdir(),
+        ["compile", B, "-b", "onnxruntime", "-p", "fp16"],
+        (0,),
+    ),
     ("bundle-is-a-file", lambda c: (shutil.rmtree(c.B), c.B.write_text("x")), ["validate", B], (2,)),
     ("run-jsonl-is-source", lambda c: None, ["run", B, "-s", V, "--jsonl", V, "-q"], (2,)),
     ("run-save-is-source", lambda c: None, ["run", B, "-s", V, "--save", V, "-q"], (2,)),
     ("run-save-over-user-file", lambda c: None, ["run", B, "-s", V, "--save", f"{U}/clip.mp4", "-q"], (2,)),
     ("run-json-over-user-file", lambda c: None, ["run", B, "-s", V, "--json", f"{U}/keep.txt", "-q"], (2,)),
-    ("run-save-is-folder", lambda c: (c.tmp / "d.mp4").mkdir(), ["run", B, "-s", V, "--save", f"{T}/d.mp4",
-                                                                 "-q"], (2,)),
+    (
+        "run-save-is-folder",
+        lambda c: (c.tmp / "d.mp4").mkdir(),
+        ["run", B, "-s", V, "--save", f"{T}/d.mp4", "-q"],
+        (2,),
+    ),
     ("run-serve-anywhere", lambda c: None, ["run", B, "-s", V, "--serve", "0.0.0.0:0", "-q"], (2,)),
     ("export-force-user-folder", lambda c: None, ["export", "mobilenet_v2_tiny", "-o", U, "--force"], (2,)),
     ("export-onto-a-file", lambda c: None, ["export", "mobilenet_v2_tiny", "-o", f"{U}/keep.txt"], (2,)),
     ("quantize-onto-user-folder", lambda c: None, ["quantize", B, "-o", U, "--calib", U, "--force"], (2,)),
-    ("synth-force-user-folder", lambda c: None, ["data", "synth", "--task", "classify", "-o", U, "--force",
-                                                 "--n-train", "1", "--n-val", "1", "--size", "16"], (2,)),
+    (
+        "synth-force-user-folder",
+        lambda c: None,
+        ["data", "synth", "--task", "classify", "-o", U, "--force", "--n-train", "1", "--n-val", "1", "--size", "16"],
+        (2,),
+    ),
     ("calib-sample-user-folder", lambda c: None, ["calib", "sample", V, "-o", U, "-n", "2", "--force"], (2,)),
-    ("rewrite-over-its-weights", lambda c: (c.user / "w.pt").write_bytes(b"PK not really"),
-     ["rewrite", "resnet_tiny", "--pass", "fold_bn", "--weights", f"{U}/w.pt", "-o", f"{U}/w.pt", "--force"], (2,)),
-    ("rewrite-over-user-file", lambda c: (c.user / "m.pt").write_bytes(b"mine"),
-     ["rewrite", "resnet_tiny", "--pass", "fold_bn", "-o", f"{U}/m.pt"], (2,)),
+    (
+        "rewrite-over-its-weights",
+        lambda c: (c.user / "w.pt").write_bytes(b"PK not really"),
+        ["rewrite", "resnet_tiny", "--pass", "fold_bn", "--weights", f"{U}/w.pt", "-o", f"{U}/w.pt", "--force"],
+        (2,),
+    ),
+    (
+        "rewrite-over-user-file",
+        lambda c: (c.user / "m.pt").write_bytes(b"mine"),
+        ["rewrite", "resnet_tiny", "--pass", "fold_bn", "-o", f"{U}/m.pt"],
+        (2,),
+    ),
     ("pipeline-into-user-folder", lambda c: None, ["pipeline", str(RECIPES / "classifier.yaml"), "-o", U], (2,)),
     ("train-into-user-folder", lambda c: None, ["train", str(RECIPES / "classifier.yaml"), "-o", U, "--force"], (2,)),
 ]
@@ -196,8 +320,15 @@ def test_battery_has_at_least_40_cases() -> None:
 
 
 @pytest.mark.parametrize(("setup", "argv", "codes"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_hostile_case(cli, pristine: Path, video: Path, tmp_path: Path, setup: Callable[[Ctx], None],
-                      argv: list[str], codes: tuple[int, ...]) -> None:
+def test_hostile_case(
+    cli,
+    pristine: Path,
+    video: Path,
+    tmp_path: Path,
+    setup: Callable[[Ctx], None],
+    argv: list[str],
+    codes: tuple[int, ...],
+) -> None:
     b = tmp_path / "B"
     shutil.copytree(pristine, b)
     user = tmp_path / "user"

@@ -24,8 +24,13 @@ def _jpeg_with_orientation(path: Path, orientation: int = 6) -> np.ndarray:
     img[:6, :] = (0, 255, 0)  # a green top band: tells a rotation from a flip
     ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 100])
     assert ok
-    tiff = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
-            + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0))
+    tiff = (
+        b"II*\x00"
+        + struct.pack("<I", 8)
+        + struct.pack("<H", 1)
+        + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
+        + struct.pack("<I", 0)
+    )
     app1 = b"Exif\x00\x00" + tiff
     raw = enc.tobytes()
     path.write_bytes(raw[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + raw[2:])
@@ -42,21 +47,22 @@ def photo(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return p, upright
 
 
-def _contract():  # noqa: ANN202
+def _contract():
     from edgecv.bundle import Contract
 
-    return Contract(task="classify", input_shape=[1, 3, 40, 24], class_names=["a", "b"],
-                    mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    return Contract(
+        task="classify", input_shape=[1, 3, 40, 24], class_names=["a", "b"], mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]
+    )
 
 
-def test_the_reader_applies_exif_orientation(photo) -> None:  # noqa: ANN001
+def test_the_reader_applies_exif_orientation(photo) -> None:
     from edgecv.data.readers import read_image
 
     p, upright = photo
     np.testing.assert_array_equal(read_image(p), upright)
 
 
-def test_run_folder_source_applies_exif_orientation(photo) -> None:  # noqa: ANN001
+def test_run_folder_source_applies_exif_orientation(photo) -> None:
     from edgecv.stream.sources import open_source, parse_source
 
     p, upright = photo
@@ -67,7 +73,7 @@ def test_run_folder_source_applies_exif_orientation(photo) -> None:  # noqa: ANN
     np.testing.assert_array_equal(frame, upright)
 
 
-def test_validate_and_calibration_apply_exif_orientation(photo, tmp_path: Path) -> None:  # noqa: ANN001
+def test_validate_and_calibration_apply_exif_orientation(photo, tmp_path: Path) -> None:
     from edgecv.quant.calib import ImageFolderSource
     from edgecv.quant.metrics import read_imagefolder
     from edgecv.tasks.preprocess import preprocess
@@ -82,16 +88,22 @@ def test_validate_and_calibration_apply_exif_orientation(photo, tmp_path: Path) 
     feed, _ = next(iter(read_imagefolder(tmp_path / "val", contract)))
     np.testing.assert_array_equal(feed[contract.input_name], want)
     # validate, detection: a COCO JSON beside the image
-    (p.parent / "val.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": p.name, "width": 24, "height": 40}],
-        "annotations": [], "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    (p.parent / "val.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": p.name, "width": 24, "height": 40}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            }
+        )
+    )
     img, _, _ = load_coco_samples(str(p.parent / "val.json"))[0]
     np.testing.assert_array_equal(img, upright)
     # calibration
     np.testing.assert_array_equal(next(iter(ImageFolderSource(p.parent, contract)))[contract.input_name], want)
 
 
-def test_export_reference_photos_apply_exif_orientation(photo) -> None:  # noqa: ANN001
+def test_export_reference_photos_apply_exif_orientation(photo) -> None:
     pytest.importorskip("torch")
     from edgecv.export.onnx import _load_photos
 

@@ -16,9 +16,20 @@ PKG = ROOT / "edgecv"
 
 BUILD_TIER = ("edgecv.zoo", "edgecv.train", "edgecv.rewrite", "edgecv.export", "edgecv.data")
 # edgecv.data.readers is the one torch-free image/COCO reader (DESIGN: data/): it belongs to the runtime tier
-RUNTIME_TIER = ("edgecv.backends", "edgecv.quant", "edgecv.validate", "edgecv.bench", "edgecv.stream",
-                "edgecv.tasks", "edgecv.bundle", "edgecv.jetson", "edgecv.serve", "edgecv.results",
-                "edgecv.report", "edgecv.data.readers")
+RUNTIME_TIER = (
+    "edgecv.backends",
+    "edgecv.quant",
+    "edgecv.validate",
+    "edgecv.bench",
+    "edgecv.stream",
+    "edgecv.tasks",
+    "edgecv.bundle",
+    "edgecv.jetson",
+    "edgecv.serve",
+    "edgecv.results",
+    "edgecv.report",
+    "edgecv.data.readers",
+)
 TOP = ("edgecv.cli", "edgecv.pipeline")
 
 
@@ -76,8 +87,12 @@ def test_import_direction() -> None:
 def test_runtime_tier_has_no_module_level_torch() -> None:
     bad = []
     for mod, path in _modules().items():
-        if not (_under(mod, RUNTIME_TIER) or _under(mod, ("edgecv.cli", "edgecv.pipeline", "edgecv.errors",
-                                                                 "edgecv.registry", "edgecv._lazy", "edgecv._io"))):
+        if not (
+            _under(mod, RUNTIME_TIER)
+            or _under(
+                mod, ("edgecv.cli", "edgecv.pipeline", "edgecv.errors", "edgecv.registry", "edgecv._lazy", "edgecv._io")
+            )
+        ):
             continue
         for imp, top in _imports(path):
             if top and (imp.split(".")[0] in {"torch", "torchvision"}):
@@ -129,8 +144,9 @@ def test_runtime_tier_imports_without_torch(tmp_path: Path) -> None:
 
 
 def test_cli_help_without_torch(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "edgecv", "--help"], capture_output=True, text=True,
-                          env=no_torch_env(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgecv", "--help"], capture_output=True, text=True, env=no_torch_env(tmp_path)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for cmd in ("export", "compile", "validate", "bench", "run", "report"):
         assert cmd in proc.stdout
@@ -142,8 +158,24 @@ def test_bench_existing_bundle_without_torch(tmp_path: Path) -> None:
     from helpers import make_tiny_bundle
 
     bundle = make_tiny_bundle(tmp_path / "b")
-    proc = subprocess.run([sys.executable, "-m", "edgecv", "bench", str(bundle.root), "--backend", "onnxruntime",
-                           "--min-time", "0.1", "--warmup", "2", "--json"],
-                          capture_output=True, text=True, env=no_torch_env(tmp_path))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecv",
+            "bench",
+            str(bundle.root),
+            "--backend",
+            "onnxruntime",
+            "--min-time",
+            "0.1",
+            "--warmup",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=no_torch_env(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "onnxruntime" in proc.stdout

@@ -44,8 +44,7 @@ def test_jetson_clocks_unlocked_orin() -> None:
     c = parse_jetson_clocks(_read("jetson_clocks_orin_unlocked.txt"))
     assert c is not None
     assert c["soc"] == "tegra234" and c["power_mode"] == "MAXN"
-    assert c["cpus"]["cpu0"] == {"online": True, "governor": "schedutil", "min": 115200, "max": 2201600,
-                                 "cur": 2112000}
+    assert c["cpus"]["cpu0"] == {"online": True, "governor": "schedutil", "min": 115200, "max": 2201600, "cur": 2112000}
     assert len(c["cpus"]) == 9
     assert c["clocks"]["GPU"] == {"min": 114750000, "max": 1300500000, "cur": 114750000}
     assert c["clocks"]["EMC"]["override"] == 0
@@ -83,16 +82,18 @@ def test_tegrastats_orin_nano_and_old_nano() -> None:
 
 def _fake_tools(bin_dir: Path, clocks_fixture: str) -> None:
     bin_dir.mkdir()
-    tools = {"nvpmodel": f"cat '{FIX / 'nvpmodel_thor_maxn.txt'}'",
-             "jetson_clocks": f"cat '{FIX / clocks_fixture}'",
-             "tegrastats": f"cat '{FIX / 'tegrastats_orin_nano.txt'}'; exec sleep 30"}
+    tools = {
+        "nvpmodel": f"cat '{FIX / 'nvpmodel_thor_maxn.txt'}'",
+        "jetson_clocks": f"cat '{FIX / clocks_fixture}'",
+        "tegrastats": f"cat '{FIX / 'tegrastats_orin_nano.txt'}'; exec sleep 30",
+    }
     for name, body in tools.items():
         p = bin_dir / name
         p.write_text(f"#!/bin/sh\n{body}\n")
         p.chmod(p.stat().st_mode | stat.S_IXUSR)
 
 
-def test_jetson_state_runs_the_tools_and_warns_when_unlocked(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_jetson_state_runs_the_tools_and_warns_when_unlocked(tmp_path: Path, monkeypatch) -> None:
     _fake_tools(tmp_path / "bin", "jetson_clocks_orin_unlocked.txt")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     state = jetson_state(FIX / "nv_tegra_release_r36.4.0.txt")
@@ -105,7 +106,7 @@ def test_jetson_state_runs_the_tools_and_warns_when_unlocked(tmp_path: Path, mon
     assert msg is not None and "not locked" in msg and "MAXN" in msg and "jetson_clocks" in msg
 
 
-def test_jetson_state_locked_and_off_jetson(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_jetson_state_locked_and_off_jetson(tmp_path: Path, monkeypatch) -> None:
     _fake_tools(tmp_path / "bin", "jetson_clocks_orin_locked.txt")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     state = jetson_state(FIX / "nv_tegra_release_r36.4.0.txt")
@@ -115,7 +116,7 @@ def test_jetson_state_locked_and_off_jetson(tmp_path: Path, monkeypatch) -> None
     assert clock_warning(None) is None
 
 
-def test_doctor_jetson_table_and_bench_host(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_doctor_jetson_table_and_bench_host(tmp_path: Path, monkeypatch) -> None:
     """doctor's rows and bench's host record come from the same state."""
     from edgecv.bench.core import _host_info
     from edgecv.cli.doctor import jetson_rows
@@ -126,13 +127,13 @@ def test_doctor_jetson_table_and_bench_host(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(jetson_state, "__defaults__", (FIX / "nv_tegra_release_r36.4.0.txt",))
     host = _host_info(None)
     assert host["jetson"]["power_mode"]["mode"] == "MAXN" and host["jetson"]["clocks_locked"] is False
-    rows = dict((r[0], r[1]) for r in jetson_rows(host["jetson"]))
+    rows = {r[0]: r[1] for r in jetson_rows(host["jetson"])}
     assert rows["JetPack"] == "6.1" and rows["power mode (nvpmodel -q)"] == "MAXN (id 0)"
     assert rows["clocks (jetson_clocks --show)"].startswith("not locked, GPU 115 MHz (max 1300)")
     assert "VDD_IN 4673 mW" in rows["tegrastats"]
 
 
-def test_cli_bench_records_jetson_state_and_warns(cli, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_bench_records_jetson_state_and_warns(cli, bundle_dir: Path, tmp_path: Path) -> None:
     """On a (fake) Jetson with unlocked clocks: bench's JSON has host.jetson and stderr has the warning."""
     import json
     import os
@@ -140,15 +141,41 @@ def test_cli_bench_records_jetson_state_and_warns(cli, bundle_dir: Path, tmp_pat
     pytest.importorskip("onnxruntime")
     _fake_tools(tmp_path / "bin", "jetson_clocks_orin_unlocked.txt")
     env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
-    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
-               "--no-stages", "--json", env=env)
+    proc = cli(
+        "bench",
+        str(bundle_dir),
+        "-b",
+        "onnxruntime",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--no-stages",
+        "--json",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     host = json.loads(proc.stdout)["host"]
     assert host["jetson"]["power_mode"] == {"mode": "MAXN", "id": 0}
     assert host["jetson"]["clocks_locked"] is False and host["jetson"]["tegrastats"]["ram_total_mb"] == 7620
     assert "Jetson clocks are not locked (power mode MAXN)" in proc.stderr
     _fake_tools(tmp_path / "bin2", "jetson_clocks_orin_locked.txt")
-    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
-               "--no-stages", "--json", env={"PATH": f"{tmp_path / 'bin2'}:{os.environ['PATH']}"})
+    proc = cli(
+        "bench",
+        str(bundle_dir),
+        "-b",
+        "onnxruntime",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--no-stages",
+        "--json",
+        env={"PATH": f"{tmp_path / 'bin2'}:{os.environ['PATH']}"},
+    )
     assert proc.returncode == 0 and "not locked" not in proc.stderr
     assert json.loads(proc.stdout)["host"]["jetson"]["clocks_locked"] is True

@@ -7,9 +7,9 @@ import json
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from edgecv.rewrite.lint import lint_inputs, lint_model  # noqa: E402
+from edgecv.rewrite.lint import lint_inputs, lint_model
 
 pytestmark = pytest.mark.torch
 
@@ -44,7 +44,7 @@ def inputs() -> torch.Tensor:
     return lint_inputs((1, 3, 32, 32), 3)[0]
 
 
-def by(report, issue_word: str):  # noqa: ANN001, ANN201
+def by(report, issue_word: str):
     return [f for f in report.findings if issue_word in f.issue]
 
 
@@ -142,9 +142,17 @@ def test_zoo_switchable_norm_is_one_finding(inputs: torch.Tensor) -> None:
     assert not by(report, "softmax")  # the norm's internal softmax over its mixing weights is not reported
 
 
-def test_lint_cli_json(cli) -> None:  # noqa: ANN001
-    proc = cli("lint", "mobilenet_v2_tiny", "--input-shape", "1x3x64x64", "--samples", "2", "--json",
-               env={"OMP_NUM_THREADS": "1"})
+def test_lint_cli_json(cli) -> None:
+    proc = cli(
+        "lint",
+        "mobilenet_v2_tiny",
+        "--input-shape",
+        "1x3x64x64",
+        "--samples",
+        "2",
+        "--json",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["input_shape"] == [2, 3, 64, 64] and data["method"] == "fx"

@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-import mutations as mu  # noqa: E402
+import mutations as mu
 
-from edgecv.bundle import Bundle  # noqa: E402
-from edgecv.validate.compare import TOLERANCES, compare_output, compare_outputs, judge  # noqa: E402
+from edgecv.bundle import Bundle
+from edgecv.validate.compare import TOLERANCES, compare_output, compare_outputs, judge
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -93,8 +93,21 @@ def test_reference_data_gives_the_detector_boxes_to_compare(work: Path) -> None:
     from edgecv.cli.app import app
 
     val = mu.shipped_val("detect", work, n=12)
-    res = CliRunner().invoke(app, ["export", "shapes_detector", "-o", str(work / "det-val"), "--force",
-                                   "--reference-data", str(val), "--n-reference", "6", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "shapes_detector",
+            "-o",
+            str(work / "det-val"),
+            "--force",
+            "--reference-data",
+            str(val),
+            "--n-reference",
+            "6",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     ref = Bundle.open(work / "det-val").load_reference()
     assert len(ref["images"]) == 6
@@ -126,8 +139,9 @@ def test_shipped_models_export_with_their_val_split(work: Path) -> None:
     b = Bundle.open(work / "det-default")
     assert "val split" in b.manifest.provenance["reference"]["data"]
     assert np.array_equal(b.load_reference()["images"][0], val_images("detect", 1, size=96)[0])
-    res = CliRunner().invoke(app, ["validate", str(work / "det-default"), "-b", "onnxruntime", "--reference", "npz",
-                                   "--json"])
+    res = CliRunner().invoke(
+        app, ["validate", str(work / "det-default"), "-b", "onnxruntime", "--reference", "npz", "--json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["passed"] and out["results"][0]["verdict"] == "pass"
@@ -157,8 +171,12 @@ def test_one_class_reference_and_empty_mask_are_not_checked() -> None:
 def test_tolerance_shown_is_the_one_applied() -> None:
     """Detection rows printed `cos≥0.98` while the cosine column (mean IoU) was never judged; INT8 classifier rows
     printed an abs bound that was not applied."""
-    det_ref = {"boxes": np.array([[[0, 0, 10, 10.0]]]), "scores": np.array([[0.9]]),
-               "classes": np.array([[1]]), "num_dets": np.array([1])}
+    det_ref = {
+        "boxes": np.array([[[0, 0, 10, 10.0]]]),
+        "scores": np.array([[0.9]]),
+        "classes": np.array([[1]]),
+        "num_dets": np.array([1]),
+    }
     dets = compare_outputs(det_ref, det_ref, "detect")[0]
     text = TOLERANCES["int8"].describe_for(dets)
     assert "cos" not in text and "recall≥0.95" in text and "IoU≥0.9" in text
@@ -221,8 +239,7 @@ def test_max_drop_fallback_on_graph_nms_detector(det_photos: Path, work: Path) -
     shutil.copytree(det_photos, d, dirs_exist_ok=True)
     val = mu.shipped_val("detect", work, n=12)
     try:
-        res = compile_int8(d, "onnxruntime", calib=val / "images" / "val", method="minmax", val=val,
-                           max_drop=0.0)
+        res = compile_int8(d, "onnxruntime", calib=val / "images" / "val", method="minmax", val=val, max_drop=0.0)
     except AccuracyError as exc:
         assert "layers tried in float" in str(exc)
     else:
@@ -240,16 +257,20 @@ def test_auto_method_selection_is_held_out_and_detector_cosine_is_pre_nms() -> N
     sel, cert = split_val(vs)
     si, ci = {t for _, t in sel.items}, {t for _, t in cert.items}
     assert si and ci and not (si & ci) and si | ci == set(range(9))
-    det = Contract(task="detect", output_names=["boxes", "scores", "classes", "num_dets", "pre_nms_boxes",
-                                                "pre_nms_scores"], decode={"format": "nms"})
+    det = Contract(
+        task="detect",
+        output_names=["boxes", "scores", "classes", "num_dets", "pre_nms_boxes", "pre_nms_scores"],
+        decode={"format": "nms"},
+    )
     assert _cosine_outputs(det) == ["pre_nms_boxes", "pre_nms_scores"]
     assert _cosine_outputs(Contract(task="classify")) is None
 
 
 def test_auto_method_records_its_held_out_split(tmp_path: Path) -> None:
+    from helpers import make_tiny_bundle
+
     from edgecv.data.synth import generate
     from edgecv.quant.api import compile_int8
-    from helpers import make_tiny_bundle
 
     generate("classify", tmp_path / "data", n_train=0, n_val=30, size=32, seed=0)
     dirs = sorted(d for d in (tmp_path / "data" / "val").iterdir() if d.is_dir())

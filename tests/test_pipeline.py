@@ -60,7 +60,7 @@ def test_pipeline_runs_then_skips_what_is_up_to_date(tmp_path: Path) -> None:
     assert third.summary[0]["batch"] == 2
 
 
-def test_pipeline_bad_recipe_fails_before_running(tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_pipeline_bad_recipe_fails_before_running(tmp_path: Path, cli) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(RECIPE.replace("name: adam", "name: adamm"))
     proc = cli("pipeline", str(recipe), "-o", str(tmp_path / "o"))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import make_tiny_bundle
 
 pytestmark = [pytest.mark.onnxruntime, pytest.mark.torch, pytest.mark.stream]
@@ -31,7 +30,7 @@ def _synthetic_image(cls: int, rng: np.random.Generator) -> np.ndarray:
     else:
         img += 40
     y, x = rng.integers(0, SIZE - 8, 2)
-    img[y:y + 8, x:x + 8] += rng.integers(0, 60)
+    img[y : y + 8, x : x + 8] += rng.integers(0, 60)
     return img.clip(0, 255).astype(np.uint8)
 
 
@@ -46,7 +45,7 @@ def _write_imagefolder(root: Path, per_class: int, seed: int) -> Path:
     return root
 
 
-def _train_tiny(contract, train_dir: Path):  # noqa: ANN001, ANN202
+def _train_tiny(contract, train_dir: Path):
     import torch
     from torch import nn
 
@@ -54,9 +53,14 @@ def _train_tiny(contract, train_dir: Path):  # noqa: ANN001, ANN202
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, len(CLASSES)))
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, len(CLASSES)),
+    )
     data = list(read_imagefolder(train_dir, contract))
     x = torch.from_numpy(np.concatenate([f[contract.input_name] for f, _ in data]))
     y = torch.tensor([t for _, t in data])
@@ -69,7 +73,7 @@ def _train_tiny(contract, train_dir: Path):  # noqa: ANN001, ANN202
     return model.eval()
 
 
-def _make_outlier(model):  # noqa: ANN001, ANN202
+def _make_outlier(model):
     """Same function in fp32; channel 0 of the first conv is 1000x larger (an outlier activation channel)."""
     import copy
 
@@ -83,7 +87,7 @@ def _make_outlier(model):  # noqa: ANN001, ANN202
     return m
 
 
-def _export_bundle(model, contract, root: Path):  # noqa: ANN001, ANN202
+def _export_bundle(model, contract, root: Path):
     import onnx
     import torch
 
@@ -93,36 +97,53 @@ def _export_bundle(model, contract, root: Path):  # noqa: ANN001, ANN202
     work.mkdir(parents=True, exist_ok=True)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32))
     path = work / ONNX_FILE
-    torch.onnx.export(model, (x[:1],), str(path), input_names=["input"], output_names=["output"],
-                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (x[:1],),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     m = onnx.load(str(path))
     m.metadata_props.add(key=CONTRACT_KEY, value=contract.to_json())
     onnx.save(m, str(path))
     with torch.no_grad():
         y = model(x).numpy()
     save_reference(work / REFERENCE_FILE, {"input": x.numpy()}, {"output": y})
-    b = Bundle.create(root, Manifest(name=root.name, contract=contract),
-                      {ONNX_FILE: path, REFERENCE_FILE: work / REFERENCE_FILE}, force=True)
+    b = Bundle.create(
+        root,
+        Manifest(name=root.name, contract=contract),
+        {ONNX_FILE: path, REFERENCE_FILE: work / REFERENCE_FILE},
+        force=True,
+    )
     work.rmdir()
     return b
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):  # noqa: ANN001, ANN201
+def task(tmp_path_factory):
     """Trained tiny classifier bundle, its outlier twin, calib folder and val ImageFolder."""
     from edgecv.bundle import Contract
 
     root = tmp_path_factory.mktemp("quant")
-    contract = Contract(task="classify", input_shape=[1, 3, SIZE, SIZE], class_names=CLASSES,
-                        mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], batch_range=[1, 1, 8])
+    contract = Contract(
+        task="classify",
+        input_shape=[1, 3, SIZE, SIZE],
+        class_names=CLASSES,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        batch_range=[1, 1, 8],
+    )
     train = _write_imagefolder(root / "train", 30, seed=1)
     val = _write_imagefolder(root / "val", 15, seed=2)
     calib = _write_imagefolder(root / "calib", 10, seed=3)
     model = _train_tiny(contract, train)
     good = _export_bundle(model, contract, root / "good")
     outlier = _export_bundle(_make_outlier(model), contract, root / "outlier")
-    return {"root": root, "contract": contract, "val": val, "calib": calib, "good": good.root,
-            "outlier": outlier.root}
+    return {"root": root, "contract": contract, "val": val, "calib": calib, "good": good.root, "outlier": outlier.root}
 
 
 def _copy_bundle(src: Path, dst: Path) -> Path:
@@ -138,7 +159,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture()
-def tiny(tmp_path):  # noqa: ANN001, ANN201
+def tiny(tmp_path):
     """make_tiny_bundle + an .npz of 40 calibration inputs."""
     b = make_tiny_bundle(tmp_path / "tiny", size=32)
     calib = tmp_path / "calib.npz"
@@ -147,7 +168,7 @@ def tiny(tmp_path):  # noqa: ANN001, ANN201
 
 
 # ------------------------------------------------------------------------------------------------ calibration
-def test_calib_folder_count_limit_and_preprocessing(task) -> None:  # noqa: ANN001
+def test_calib_folder_count_limit_and_preprocessing(task) -> None:
     import cv2
 
     from edgecv.quant.calib import ImageFolderSource, open_calibration
@@ -167,7 +188,7 @@ def test_calib_folder_count_limit_and_preprocessing(task) -> None:  # noqa: ANN0
     assert len(limited) == 7 == len(list(limited))
 
 
-def test_calib_video_sampled_evenly(tmp_path, task) -> None:  # noqa: ANN001
+def test_calib_video_sampled_evenly(tmp_path, task) -> None:
     import cv2
 
     from edgecv.quant.calib import VideoSource, open_calibration
@@ -190,7 +211,7 @@ def test_calib_video_sampled_evenly(tmp_path, task) -> None:  # noqa: ANN001
         assert np.abs(feed["input"] - want).mean() < 0.1
 
 
-def test_calib_npz_and_errors(tmp_path, tiny) -> None:  # noqa: ANN001
+def test_calib_npz_and_errors(tmp_path, tiny) -> None:
     from edgecv.errors import ConfigError, DataError
     from edgecv.quant.calib import NpzSource, open_calibration
 
@@ -213,7 +234,7 @@ def test_calib_npz_and_errors(tmp_path, tiny) -> None:  # noqa: ANN001
         open_calibration(tmp_path / "nope", b.contract)
 
 
-def test_few_samples_warns(tiny) -> None:  # noqa: ANN001
+def test_few_samples_warns(tiny) -> None:
     from edgecv.quant.calib import CalibrationWarning, check_sample_count, open_calibration
 
     b, calib = tiny
@@ -228,7 +249,7 @@ def test_few_samples_warns(tiny) -> None:  # noqa: ANN001
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
-def test_ort_qdq_artifact(tiny) -> None:  # noqa: ANN001
+def test_ort_qdq_artifact(tiny) -> None:
     import onnx
 
     from edgecv.bundle import Bundle
@@ -260,7 +281,7 @@ def test_ort_qdq_artifact(tiny) -> None:  # noqa: ANN001
 
 
 @pytest.mark.openvino
-def test_openvino_nncf_int8_ir(tiny) -> None:  # noqa: ANN001
+def test_openvino_nncf_int8_ir(tiny) -> None:
     import openvino as ov
 
     from edgecv.quant._runners import OpenVINOModelRunner
@@ -281,7 +302,7 @@ def test_openvino_nncf_int8_ir(tiny) -> None:  # noqa: ANN001
 
 
 # ------------------------------------------------------------------------------------------------ budget
-def test_budget_keeps_sensitive_layers_float(tmp_path, task) -> None:  # noqa: ANN001
+def test_budget_keeps_sensitive_layers_float(tmp_path, task) -> None:
     from edgecv.bundle import Bundle
     from edgecv.quant.api import compile_int8
 
@@ -308,7 +329,7 @@ def test_budget_keeps_sensitive_layers_float(tmp_path, task) -> None:  # noqa: A
 
 
 @pytest.mark.openvino
-def test_budget_choice_applies_to_openvino(tmp_path, task) -> None:  # noqa: ANN001
+def test_budget_choice_applies_to_openvino(tmp_path, task) -> None:
     import openvino as ov
 
     from edgecv.bundle import Bundle
@@ -316,7 +337,7 @@ def test_budget_choice_applies_to_openvino(tmp_path, task) -> None:  # noqa: ANN
     from edgecv.quant.api import compile_int8
 
     b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning):  # noqa: PT031 (either build may be the one that warns)
         ort_art = compile_int8(b, calib=task["calib"], val=task["val"], max_drop=3.0)
         ov_art = compile_int8(b, backend="openvino", calib=task["calib"], val=task["val"], max_drop=3.0)
     assert set(ort_art.extra["kept_float"]) <= set(ov_art.extra["kept_float"])
@@ -326,13 +347,15 @@ def test_budget_choice_applies_to_openvino(tmp_path, task) -> None:  # noqa: ANN
     assert "/2/Conv/WithoutBiases" not in quantized and quantized  # kept float on OpenVINO too
 
 
-def test_impossible_budget_fails_listing_layers(tmp_path, task) -> None:  # noqa: ANN001
+def test_impossible_budget_fails_listing_layers(tmp_path, task) -> None:
     from edgecv.bundle import Bundle
     from edgecv.errors import AccuracyError
     from edgecv.quant.api import compile_int8
 
     b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
-    with pytest.raises(AccuracyError, match=r"budget not met: expected a drop <= -1.*layers tried in float: \[.*/2/Conv"):
+    with pytest.raises(
+        AccuracyError, match=r"budget not met: expected a drop <= -1.*layers tried in float: \[.*/2/Conv"
+    ):
         compile_int8(b, calib=task["calib"], val=task["val"], max_drop=-1.0)
     assert b.artifact("onnxruntime", "int8") is None  # nothing recorded on failure
     from edgecv.errors import ConfigError
@@ -341,7 +364,7 @@ def test_impossible_budget_fails_listing_layers(tmp_path, task) -> None:  # noqa
         compile_int8(b, calib=task["calib"], max_drop=1.0)
 
 
-def test_method_auto_picks_best(tmp_path, task) -> None:  # noqa: ANN001
+def test_method_auto_picks_best(tmp_path, task) -> None:
     from edgecv.bundle import Bundle
     from edgecv.quant.api import compile_int8
 
@@ -355,7 +378,7 @@ def test_method_auto_picks_best(tmp_path, task) -> None:  # noqa: ANN001
 
 
 # ------------------------------------------------------------------------------------------------ heads
-def test_detector_head_stays_float(tmp_path) -> None:  # noqa: ANN001
+def test_detector_head_stays_float(tmp_path) -> None:
     import onnx
     import torch
     from torch import nn
@@ -382,8 +405,15 @@ def test_detector_head_stays_float(tmp_path) -> None:  # noqa: ANN001
 
     torch.manual_seed(0)
     path = tmp_path / "det.onnx"
-    torch.onnx.export(Det().eval(), (torch.randn(1, 3, 32, 32),), str(path), input_names=["input"],
-                      output_names=["output"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        Det().eval(),
+        (torch.randn(1, 3, 32, 32),),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        opset_version=17,
+        dynamo=False,
+    )
     prep = prepare_fp32(path, tmp_path / "prep.onnx")
     model = onnx.load(str(prep))
     head = float_head_nodes(model)
@@ -392,8 +422,9 @@ def test_detector_head_stays_float(tmp_path) -> None:  # noqa: ANN001
     assert {"Sigmoid", "Exp", "Concat", "Transpose"} <= head_ops and "Conv" not in head_ops
     convs = [n for n, o in ops.items() if o == "Conv"]
     assert not set(convs) & set(head) and len(convs) == 3
-    assert ops["/stem/stem.1/Relu" if "/stem/stem.1/Relu" in ops else next(n for n in ops if "Relu" in n)] \
-        not in head_ops or all("Relu" not in n for n in head)
+    assert ops[
+        "/stem/stem.1/Relu" if "/stem/stem.1/Relu" in ops else next(n for n in ops if "Relu" in n)
+    ] not in head_ops or all("Relu" not in n for n in head)
     np.savez(tmp_path / "c.npz", input=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
     calib = NpzSource(tmp_path / "c.npz", Contract(input_shape=[1, 3, 32, 32]))
     qdq = quantize_qdq(prep, tmp_path / "q.onnx", calib, exclude=head)
@@ -405,7 +436,7 @@ def test_detector_head_stays_float(tmp_path) -> None:  # noqa: ANN001
 
 
 # ------------------------------------------------------------------------------------------------ diagnosis
-def test_layer_divergence_finds_outlier_layer(tmp_path, task) -> None:  # noqa: ANN001
+def test_layer_divergence_finds_outlier_layer(tmp_path, task) -> None:
     from edgecv.bundle import Bundle
     from edgecv.quant.api import compile_int8
     from edgecv.quant.calib import open_calibration
@@ -428,15 +459,26 @@ def test_layer_divergence_finds_outlier_layer(tmp_path, task) -> None:  # noqa: 
 
 # ------------------------------------------------------------------------------------------------ CLI
 @pytest.mark.openvino
-def test_cli_quantize_writes_qdq_bundle_that_ort_and_openvino_run(tmp_path, task, cli) -> None:  # noqa: ANN001
+def test_cli_quantize_writes_qdq_bundle_that_ort_and_openvino_run(tmp_path, task, cli) -> None:
     import onnx
 
     from edgecv.bundle import Bundle
     from edgecv.quant._runners import OpenVINOModelRunner, OrtFileRunner
 
     out = tmp_path / "int8"
-    proc = cli("quantize", str(task["outlier"]), "--calib", str(task["calib"]), "-o", str(out), "--val",
-               str(task["val"]), "--max-drop", "3", "--json")
+    proc = cli(
+        "quantize",
+        str(task["outlier"]),
+        "--calib",
+        str(task["calib"]),
+        "-o",
+        str(out),
+        "--val",
+        str(task["val"]),
+        "--max-drop",
+        "3",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["samples"] == 40 and info["kept_float"] == ["/2/Conv"] and info["metrics"]["drop"] <= 3
@@ -457,21 +499,32 @@ def test_cli_quantize_writes_qdq_bundle_that_ort_and_openvino_run(tmp_path, task
     assert _cos(a, o) > 0.99
 
 
-def test_cli_quantize_errors(tmp_path, task, cli) -> None:  # noqa: ANN001
+def test_cli_quantize_errors(tmp_path, task, cli) -> None:
     proc = cli("quantize", str(task["good"]), "-o", str(tmp_path / "o"))
     assert proc.returncode == 2 and "needs calibration data" in proc.stderr and not (tmp_path / "o").exists()
-    proc = cli("quantize", str(task["outlier"]), "--calib", str(task["calib"]), "-o", str(tmp_path / "o"),
-               "--val", str(task["val"]), "--max-drop", "-1")
+    proc = cli(
+        "quantize",
+        str(task["outlier"]),
+        "--calib",
+        str(task["calib"]),
+        "-o",
+        str(tmp_path / "o"),
+        "--val",
+        str(task["val"]),
+        "--max-drop",
+        "-1",
+    )
     assert proc.returncode == 2 and "budget not met" in proc.stderr and "/2/Conv" in proc.stderr
     assert not (tmp_path / "o").exists()
-    proc = cli("quantize", str(task["good"]), "--calib", str(task["calib"]), "-o", str(tmp_path / "o"),
-               "--method", "kl")
+    proc = cli(
+        "quantize", str(task["good"]), "--calib", str(task["calib"]), "-o", str(tmp_path / "o"), "--method", "kl"
+    )
     assert proc.returncode == 2 and "expected one of minmax, entropy, percentile, auto" in proc.stderr
 
 
 @pytest.mark.openvino
 @pytest.mark.slow
-def test_openvino_accuracy_control_reverts_same_layer(tmp_path, task) -> None:  # noqa: ANN001
+def test_openvino_accuracy_control_reverts_same_layer(tmp_path, task) -> None:
     """No prior choice on the bundle: NNCF's quantize_with_accuracy_control picks the layer; it maps back."""
     from edgecv.bundle import Bundle
     from edgecv.quant.api import compile_int8
@@ -516,28 +569,47 @@ def test_entropy_calibration_on_a_detector_with_nms_in_the_graph(tmp_path: Path)
     types = calibratable_op_types(onnx.load(str(bundle.onnx_path)))
     assert types is not None and "Conv" in types and "NonMaxSuppression" not in types and "Gather" not in types
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "calib.npz", input=rng.standard_normal((8, *bundle.contract.input_shape[1:]),
-                                                             dtype=np.float32))
+    np.savez(tmp_path / "calib.npz", input=rng.standard_normal((8, *bundle.contract.input_shape[1:]), dtype=np.float32))
     art = compile_int8(bundle, backend="onnxruntime", calib=tmp_path / "calib.npz", method="entropy")
     q = onnx.load(str(bundle.root / art.path))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
 
 
-def test_json_stdout_is_only_json_while_calibrators_print(tmp_path, task, cli) -> None:  # noqa: ANN001
+def test_json_stdout_is_only_json_while_calibrators_print(tmp_path, task, cli) -> None:
     """ORT's entropy/percentile calibrators print progress to stdout; --json must still be one JSON document."""
     out = _copy_bundle(task["good"], tmp_path / "b")
-    proc = cli("compile", str(out), "-b", "onnxruntime", "-p", "int8", "--calib", str(task["calib"]),
-               "--method", "auto", "--json")
+    proc = cli(
+        "compile",
+        str(out),
+        "-b",
+        "onnxruntime",
+        "-p",
+        "int8",
+        "--calib",
+        str(task["calib"]),
+        "--method",
+        "auto",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["artifacts"][0]["precision"] == "int8"
     assert "histogram" in proc.stderr  # the chatter still reaches the user, on stderr
-    proc = cli("quantize", str(task["good"]), "--calib", str(task["calib"]), "-o", str(tmp_path / "q"),
-               "--method", "percentile", "--json")
+    proc = cli(
+        "quantize",
+        str(task["good"]),
+        "--calib",
+        str(task["calib"]),
+        "-o",
+        str(tmp_path / "q"),
+        "--method",
+        "percentile",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["samples"] == 40
 
 
-def test_chatter_to_stderr_moves_python_and_native_writes(capfd) -> None:  # noqa: ANN001
+def test_chatter_to_stderr_moves_python_and_native_writes(capfd) -> None:
     import os
     import sys
 

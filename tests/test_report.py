@@ -63,11 +63,23 @@ def test_results_from_another_host_are_kept_apart_and_corrupt_ones_skipped(bundl
     assert "\n" not in res.skipped[0]
 
 
-def test_validate_bench_no_record(cli, bundle_dir: Path) -> None:  # noqa: ANN001
+def test_validate_bench_no_record(cli, bundle_dir: Path) -> None:
     proc = cli("validate", str(bundle_dir), "-b", "onnxruntime", "--no-record")
     assert proc.returncode == 0, proc.stderr
-    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
-               "--no-peak", "--no-record")
+    proc = cli(
+        "bench",
+        str(bundle_dir),
+        "-b",
+        "onnxruntime",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--no-peak",
+        "--no-record",
+    )
     assert proc.returncode == 0, proc.stderr
     assert not (bundle_dir / "results").exists()
     assert sorted(Bundle.open(bundle_dir).manifest.files) == ["model.onnx", "reference.npz"]
@@ -81,17 +93,24 @@ def test_count_ops_matches_hand_count() -> None:
     from edgecv.bench.roofline import count_ops
     from edgecv.bundle import Contract
 
-    w1 = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w1")     # 3→8, 3x3, stride 2
-    w2 = numpy_helper.from_array(np.zeros((8, 2, 3, 3), np.float32), "w2")     # grouped: 8→8, 4 groups
+    w1 = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w1")  # 3→8, 3x3, stride 2
+    w2 = numpy_helper.from_array(np.zeros((8, 2, 3, 3), np.float32), "w2")  # grouped: 8→8, 4 groups
     w3 = numpy_helper.from_array(np.zeros((8 * 16 * 16, 10), np.float32), "w3")
     w4 = numpy_helper.from_array(np.zeros((10, 5), np.float32), "w4")
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]),
-             helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1], group=4),
-             helper.make_node("Flatten", ["b"], ["f"]),
-             helper.make_node("MatMul", ["f", "w3"], ["m"]),
-             helper.make_node("Gemm", ["m", "w4"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2, w3, w4])
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1], group=4),
+        helper.make_node("Flatten", ["b"], ["f"]),
+        helper.make_node("MatMul", ["f", "w3"], ["m"]),
+        helper.make_node("Gemm", ["m", "w4"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w1, w2, w3, w4],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     c = count_ops(model, Contract(input_name="x", input_shape=[1, 3, 32, 32]))
     conv1 = 8 * 16 * 16 * 3 * 3 * 3
@@ -103,10 +122,10 @@ def test_count_ops_matches_hand_count() -> None:
 
 def test_count_ops_of_a_bundle_is_what_torch_counts(pristine: Path) -> None:
     torch = pytest.importorskip("torch")
+    from helpers import tiny_cnn
     from torch.utils.flop_counter import FlopCounterMode
 
     from edgecv.bench.roofline import bundle_ops
-    from helpers import tiny_cnn
 
     b = Bundle.open(pristine)
     model = tiny_cnn(10, "classify").eval()
@@ -133,7 +152,7 @@ def test_supported_precisions_are_what_openvino_reports() -> None:
 
 
 #: two small probe forms so the real probes in tests take a moment (the real FORMS are sized for a peak)
-def _small_forms():  # noqa: ANN202
+def _small_forms():
     from edgecv.bench.roofline import ProbeForm
 
     return (ProbeForm("conv3x3-c64-8", "conv", 64, 8, 3, 2), ProbeForm("matmul-128", "matmul", 128))
@@ -150,30 +169,32 @@ def test_probe_forms_are_dense_peak_forms_counted_like_models() -> None:
             m = probe_model(f, prec)
             convs = [n for n in m.graph.node if n.op_type in ("Conv", "MatMul")]
             assert all(a.name != "group" for n in convs for a in n.attribute)  # never grouped / depthwise
-            want = (2 * f.channels ** 3 if f.op == "matmul"
-                    else 2 * f.layers * f.channels ** 2 * f.kernel ** 2 * f.size ** 2)
+            want = 2 * f.channels**3 if f.op == "matmul" else 2 * f.layers * f.channels**2 * f.kernel**2 * f.size**2
             assert count_ops(m).ops == want
             quant = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
             assert len(quant) == (len(convs) + 1 if prec == "int8" else 0)  # int8 between every layer
 
 
-def test_cache_key_names_everything_a_peak_depends_on(monkeypatch) -> None:  # noqa: ANN001
+def test_cache_key_names_everything_a_peak_depends_on(monkeypatch) -> None:
     from edgecv.bench import roofline
 
     monkeypatch.setattr(roofline, "_engine_version", lambda backend: "1.0")
     base = roofline.cache_key("openvino", "cpu", "int8", 2)
     assert base == roofline.cache_key("openvino", "CPU", "int8", 2)  # device names are case-insensitive
-    others = {roofline.cache_key("onnxruntime", "CPU", "int8", 2), roofline.cache_key("openvino", "GPU", "int8", 2),
-              roofline.cache_key("openvino", "CPU", "fp32", 2), roofline.cache_key("openvino", "CPU", "int8", 1),
-              roofline.cache_key("openvino", "CPU", "int8", 2, _small_forms())}
+    others = {
+        roofline.cache_key("onnxruntime", "CPU", "int8", 2),
+        roofline.cache_key("openvino", "GPU", "int8", 2),
+        roofline.cache_key("openvino", "CPU", "fp32", 2),
+        roofline.cache_key("openvino", "CPU", "int8", 1),
+        roofline.cache_key("openvino", "CPU", "int8", 2, _small_forms()),
+    }
     monkeypatch.setattr(roofline, "_engine_version", lambda backend: "2.0")
     others.add(roofline.cache_key("openvino", "CPU", "int8", 2))
     assert base not in others and len(others) == 6
 
 
 @pytest.mark.openvino
-def test_peak_probe_runs_each_precision_the_device_lists_and_caches(tmp_path: Path,
-                                                                    monkeypatch) -> None:  # noqa: ANN001
+def test_peak_probe_runs_each_precision_the_device_lists_and_caches(tmp_path: Path, monkeypatch) -> None:
     from edgecv.bench import roofline
     from edgecv.errors import ConfigError
 
@@ -216,8 +237,16 @@ def test_schedule_interleaves_probes_between_rows_and_rotates() -> None:
     out = schedule(backends, [1, 4], ["probe:a", "probe:b"], rounds=3)
     assert len(out) == 3 * 2 * 4
     r0 = [slot for rnd, slot in out if rnd == 0]
-    assert r0 == [("openvino", "int8", 1), ("openvino", "fp32", 1), "probe:a", "probe:b",
-                  ("openvino", "int8", 4), ("openvino", "fp32", 4), "probe:a", "probe:b"]
+    assert r0 == [
+        ("openvino", "int8", 1),
+        ("openvino", "fp32", 1),
+        "probe:a",
+        "probe:b",
+        ("openvino", "int8", 4),
+        ("openvino", "fp32", 4),
+        "probe:a",
+        "probe:b",
+    ]
     firsts = [next(slot for rnd, slot in out if rnd == r) for r in range(3)]
     assert firsts == [("openvino", "int8", 1), ("openvino", "fp32", 1), "probe:a"]  # order rotates each round
     for r in range(3):  # every round times every row and every probe (once per batch pass)
@@ -255,15 +284,25 @@ def test_bench_times_probes_in_the_same_rounds_as_rows(pristine: Path) -> None:
     log: list[str] = []
     rows = {}
 
-    def opener(bundle, name, precision, device=None, threads=None):  # noqa: ANN001, ANN202
+    def opener(bundle, name, precision, device=None, threads=None):
         rows[name] = _LogRunner(name, log)
         return rows[name]
 
     probe = _LogRunner("probe", log)
-    t = iter(range(10 ** 6))
-    rep = bench_bundle(pristine, [("a", "fp32"), ("b", "fp32")], [1], warmup=1, min_time_s=0.0, min_iters=6,
-                       max_iters=6, rounds=3, opener=opener, clock=lambda: float(next(t)),
-                       companions={"probe:x": lambda: (probe, {"x": np.zeros(1, np.float32)})})
+    t = iter(range(10**6))
+    rep = bench_bundle(
+        pristine,
+        [("a", "fp32"), ("b", "fp32")],
+        [1],
+        warmup=1,
+        min_time_s=0.0,
+        min_iters=6,
+        max_iters=6,
+        rounds=3,
+        opener=opener,
+        clock=lambda: float(next(t)),
+        companions={"probe:x": lambda: (probe, {"x": np.zeros(1, np.float32)})},
+    )
     timed = log[3:]  # after one warm-up call each
     assert log[:3] == ["a", "b", "probe"]
     runs = [k for i, k in enumerate(timed) if i == 0 or timed[i - 1] != k]  # consecutive blocks
@@ -274,8 +313,18 @@ def test_bench_times_probes_in_the_same_rounds_as_rows(pristine: Path) -> None:
     def broken() -> tuple:  # type: ignore[type-arg]
         raise RuntimeError("no such kernel")
 
-    rep = bench_bundle(pristine, [("a", "fp32")], [1], warmup=1, min_time_s=0.0, min_iters=2, max_iters=2,
-                       rounds=2, opener=opener, companions={"probe:y": broken})
+    rep = bench_bundle(
+        pristine,
+        [("a", "fp32")],
+        [1],
+        warmup=1,
+        min_time_s=0.0,
+        min_iters=2,
+        max_iters=2,
+        rounds=2,
+        opener=opener,
+        companions={"probe:y": broken},
+    )
     assert "no such kernel" in rep.companion_errors["probe:y"] and rep.rows[0].stats is not None
 
 
@@ -284,12 +333,16 @@ def test_annotate_fills_gops_and_percent_of_peak(pristine: Path) -> None:
     from edgecv.bench.roofline import Peak, annotate, bundle_ops
 
     b = Bundle.open(pristine)
-    rows = [BenchRow("onnxruntime", "fp32", 1, precision_ran="fp32",
-                     stats=LatencyStats.from_samples([0.002, 0.002, 0.002])),
-            BenchRow("onnxruntime", "fp32", 4, precision_ran="fp32",
-                     stats=LatencyStats.from_samples([0.004, 0.004], batch=4)),
-            BenchRow("torch", "fp32", 1, precision_ran="fp32", stats=LatencyStats.from_samples([0.01])),
-            BenchRow("openvino", "fp32", 1, error="could not load")]
+    rows = [
+        BenchRow(
+            "onnxruntime", "fp32", 1, precision_ran="fp32", stats=LatencyStats.from_samples([0.002, 0.002, 0.002])
+        ),
+        BenchRow(
+            "onnxruntime", "fp32", 4, precision_ran="fp32", stats=LatencyStats.from_samples([0.004, 0.004], batch=4)
+        ),
+        BenchRow("torch", "fp32", 1, precision_ran="fp32", stats=LatencyStats.from_samples([0.01])),
+        BenchRow("openvino", "fp32", 1, error="could not load"),
+    ]
     rep = BenchReport(bundle=str(b.root), rows=rows)
     calls = []
     ops = bundle_ops(b).ops
@@ -317,10 +370,11 @@ def test_a_row_faster_than_the_probe_raises_the_peak_and_says_so(pristine: Path,
 
     b = Bundle.open(pristine)
     ops = bundle_ops(b).ops
-    rows = [BenchRow("openvino", "int8", 1, precision_ran="int8", stats=LatencyStats.from_samples([0.001] * 3)),
-            BenchRow("openvino", "int8", 2, precision_ran="int8",
-                     stats=LatencyStats.from_samples([0.004] * 3, batch=2)),
-            BenchRow("openvino", "fp32", 1, precision_ran="fp32", stats=LatencyStats.from_samples([0.004] * 3))]
+    rows = [
+        BenchRow("openvino", "int8", 1, precision_ran="int8", stats=LatencyStats.from_samples([0.001] * 3)),
+        BenchRow("openvino", "int8", 2, precision_ran="int8", stats=LatencyStats.from_samples([0.004] * 3, batch=2)),
+        BenchRow("openvino", "fp32", 1, precision_ran="fp32", stats=LatencyStats.from_samples([0.004] * 3)),
+    ]
     rep = BenchReport(bundle=str(b.root), rows=rows, settings={"threads": 2})
     fast, slow = FORMS[0], FORMS[1]
     # side by side: the int8 probe's best form reaches half the batch-1 row's rate, the fp32 one twice the row's
@@ -354,7 +408,7 @@ def test_a_row_faster_than_the_probe_raises_the_peak_and_says_so(pristine: Path,
 
 
 @pytest.mark.onnxruntime
-def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_path: Path) -> None:
     from edgecv.bench.roofline import FORMS, Peak, cache_key
     from edgecv.results import this_host
 
@@ -363,13 +417,41 @@ def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_pa
     # a screening on record for this host (the real one takes seconds): its two best forms are the small ones,
     # which bench then times side by side with the rows
     small = {"conv1x1-c512-14": 30.0, "conv3x3-c64-56": 20.0}
-    screened = Peak("onnxruntime", "CPU", "fp32", 1e6, "conv1x1-c512-14", None, "fp32", "then",
-                    forms={**small, **{f.name: 1.0 for f in FORMS if f.name not in small}})
+    screened = Peak(
+        "onnxruntime",
+        "CPU",
+        "fp32",
+        1e6,
+        "conv1x1-c512-14",
+        None,
+        "fp32",
+        "then",
+        forms={**small, **{f.name: 1.0 for f in FORMS if f.name not in small}},
+    )
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / f"peak-{this_host()['id']}.json").write_text(
-        json.dumps({cache_key("onnxruntime", None, "fp32", None): screened.to_dict()}))
-    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "5", "--warmup", "1", "--rounds", "1",
-               "--batch", "1", "--batch", "2", "--csv", str(csv_path), "--json", env=env)
+        json.dumps({cache_key("onnxruntime", None, "fp32", None): screened.to_dict()})
+    )
+    proc = cli(
+        "bench",
+        str(bundle_dir),
+        "-b",
+        "onnxruntime",
+        "--iters",
+        "5",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--batch",
+        "1",
+        "--batch",
+        "2",
+        "--csv",
+        str(csv_path),
+        "--json",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     roof = d["settings"]["roofline"]
@@ -380,7 +462,9 @@ def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_pa
         lat = r["latency"]
         assert r["gops_per_s"] == pytest.approx(roof["ops"]["ops"] * r["batch"] / (lat["p50_ms"] / 1e3) / 1e9)
         assert r["pct_peak"] == pytest.approx(100 * r["gops_per_s"] / p["gops_per_s"]) and r["pct_peak"] <= 100
-        assert len(r["quantiles_ms"]) == 101 and r["quantiles_ms"][50] == pytest.approx(lat["p50_ms"], rel=1e-3, abs=1e-4)
+        assert len(r["quantiles_ms"]) == 101 and r["quantiles_ms"][50] == pytest.approx(
+            lat["p50_ms"], rel=1e-3, abs=1e-4
+        )
     text = csv_path.read_text()
     sections = [s.splitlines()[0] for s in text.strip().split("\n\n")]
     assert sections == ["Command line parameters", "Configuration setup", "Execution results"]
@@ -388,8 +472,20 @@ def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_pa
     assert results[1].startswith("backend;precision;") and len(results) == 2 + 2
     assert "peak onnxruntime:fp32 (GOP/s)" in text
     # --cached-peak: the screening on record is the peak, nothing is probed; the table shows the same columns
-    proc = cli("bench", str(bundle_dir), "-b", "onnxruntime", "--iters", "3", "--warmup", "1", "--rounds", "1",
-               "--cached-peak", env=env)
+    proc = cli(
+        "bench",
+        str(bundle_dir),
+        "-b",
+        "onnxruntime",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--cached-peak",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     words = " ".join(proc.stdout.split())  # the caption wraps wherever its numbers put the line end
     assert "GOP/s" in words and "% peak" in words and "peak onnxruntime:fp32" in words
@@ -401,7 +497,7 @@ def test_bench_prints_gops_and_peak_and_writes_csv(cli, bundle_dir: Path, tmp_pa
 
 # ------------------------------------------------------------------------------------------ details
 class _FakeRunner:
-    def __init__(self, fn) -> None:  # noqa: ANN001
+    def __init__(self, fn) -> None:
         self.fn = fn
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -434,17 +530,32 @@ def test_pr_curves_perfect_and_half() -> None:
     from edgecv.tasks.preprocess import Transform
     from edgecv.validate.details import pr_curves
 
-    c = Contract(task="detect", class_names=["x"], input_shape=[1, 3, 32, 32], resize="letterbox",
-                 output_names=["boxes", "scores", "classes", "num_dets"], decode={"nms": "graph"})
+    c = Contract(
+        task="detect",
+        class_names=["x"],
+        input_shape=[1, 3, 32, 32],
+        resize="letterbox",
+        output_names=["boxes", "scores", "classes", "num_dets"],
+        decode={"nms": "graph"},
+    )
     gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
     tf = Transform(1.0, 1.0, 0.0, 0.0, (32, 32))
-    vs = ValSet(c, [(Path("0"), None)], lambda _p, _t: ({"input": np.zeros((1, 3, 32, 32), np.float32)},
-                                                         (tf, gt, np.array([0, 0]), (32, 32))))
+    vs = ValSet(
+        c,
+        [(Path("0"), None)],
+        lambda _p, _t: ({"input": np.zeros((1, 3, 32, 32), np.float32)}, (tf, gt, np.array([0, 0]), (32, 32))),
+    )
 
-    def model(boxes: np.ndarray, scores: list[float]):  # noqa: ANN202
+    def model(boxes: np.ndarray, scores: list[float]):
         k = len(boxes)
-        return _FakeRunner(lambda f: {"boxes": boxes[None], "scores": np.array([scores], np.float32),
-                                      "classes": np.zeros((1, k), np.int64), "num_dets": np.array([k])})
+        return _FakeRunner(
+            lambda f: {
+                "boxes": boxes[None],
+                "scores": np.array([scores], np.float32),
+                "classes": np.zeros((1, k), np.int64),
+                "num_dets": np.array([k]),
+            }
+        )
 
     perfect = pr_curves(model(gt, [0.9, 0.8]), vs)["classes"]["x"]
     assert perfect["ap"] == pytest.approx(100.0) and perfect["recall"][-1] == 1.0 and perfect["gt"] == 2
@@ -477,8 +588,7 @@ def test_timeline_is_bounded() -> None:
 
 
 # ------------------------------------------------------------------------------------------ report
-def test_report_of_a_bundle_without_results_names_the_commands(cli, bundle_dir: Path,  # noqa: ANN001
-                                                               tmp_path: Path) -> None:
+def test_report_of_a_bundle_without_results_names_the_commands(cli, bundle_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "r.html"
     proc = cli("report", str(bundle_dir), "-o", str(out), "--json")
@@ -539,28 +649,72 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run_cli("compile", str(cls), "-b", "onnxruntime", "-p", "int8", "--calib", str(val / "c0"), check=True)
     # the bundle names tests/helpers.py as its source: the live torch reference needs it named here (issue 12)
     source = ("--model-source", f"{Path(__file__).with_name('helpers.py')}:tiny_cnn")
-    proc = run_cli("validate", str(cls), "-b", "onnxruntime", "-b", "openvino", "-b", "onnxruntime:int8",
-                   "--val", str(val), "--layers", *source, env=env)
+    proc = run_cli(
+        "validate",
+        str(cls),
+        "-b",
+        "onnxruntime",
+        "-b",
+        "openvino",
+        "-b",
+        "onnxruntime:int8",
+        "--val",
+        str(val),
+        "--layers",
+        *source,
+        env=env,
+    )
     # a tiny random model's INT8 may miss the numeric tolerance (exit 1); its result is kept all the same
     assert proc.returncode in (0, 1), proc.stderr
     assert len(list((cls / "results").glob("validate-*.json"))) == 1
-    run_cli("bench", str(cls), "-b", "torch", "-b", "onnxruntime", "-b", "openvino", "-b", "onnxruntime:int8",
-            "--iters", "8", "--warmup", "1", "--rounds", "1", "--batch", "1", "--batch", "2", *source, check=True,
-            env=env)
+    run_cli(
+        "bench",
+        str(cls),
+        "-b",
+        "torch",
+        "-b",
+        "onnxruntime",
+        "-b",
+        "openvino",
+        "-b",
+        "onnxruntime:int8",
+        "--iters",
+        "8",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--batch",
+        "1",
+        "--batch",
+        "2",
+        *source,
+        check=True,
+        env=env,
+    )
     frames = base / "frames"
     _imagefolder(frames, ["x"], 48, n=6)
     run_cli("run", str(cls), "--source", str(frames / "x"), "-b", "openvino", "--quiet", check=True)
     seg = base / "seg"
     make_tiny_bundle(seg, task="segment", size=32, num_classes=3)
-    run_cli("validate", str(seg), "-b", "onnxruntime", "-b", "openvino:fp16" if "FP16" in _ov_caps() else "openvino",
-            "--val", str(_segfolder(base / "segval", 32)), check=True, env=env)
+    run_cli(
+        "validate",
+        str(seg),
+        "-b",
+        "onnxruntime",
+        "-b",
+        "openvino:fp16" if "FP16" in _ov_caps() else "openvino",
+        "--val",
+        str(_segfolder(base / "segval", 32)),
+        check=True,
+        env=env,
+    )
     return {"cls": cls, "seg": seg}
 
 
 # both tests below share the module's recorded bundles: one xdist worker builds them once (make test: --dist loadgroup)
 @pytest.mark.xdist_group("report")
-def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[str, Path],  # noqa: ANN001
-                                                          tmp_path: Path) -> None:
+def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[str, Path], tmp_path: Path) -> None:
     cls = tmp_path / "cls"
     shutil.copytree(recorded["cls"], cls)
     out = tmp_path / "report.html"
@@ -569,14 +723,23 @@ def test_report_draws_every_section_from_recorded_results(cli, recorded: dict[st
     info = json.loads(proc.stdout)
     c, s = info["bundles"]
     assert c["missing"] == {} and c["skipped"] == [] and c["other_hosts"] == 0
-    assert set(c["sections"]) == {"summary", "speed-accuracy", "latency", "roofline", "int8", "task", "gallery",
-                                  "stream", "provenance"}
+    assert set(c["sections"]) == {
+        "summary",
+        "speed-accuracy",
+        "latency",
+        "roofline",
+        "int8",
+        "task",
+        "gallery",
+        "stream",
+        "provenance",
+    }
     # the segmenter has validate only: its gallery and per-class IoU, and one line per section still missing
     assert {"task", "gallery", "provenance"} <= set(s["sections"]) and "summary" in s["missing"]
     page = out.read_text()
     assert page.count("data:image/png;base64,") == info["images"] >= 10
     assert "Pareto frontier" in page and "% peak" in page and "class differs from PyTorch" in page
-    assert "<script" not in page and "src=\"http" not in page
+    assert "<script" not in page and 'src="http' not in page
 
     # a corrupt result is named in one line and skipped; a foreign one is kept apart
     results = sorted((cls / "results").glob("run-*.json"))

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from edgecv.errors import ConfigError, EdgecvError, UnknownNameError  # noqa: E402
-from edgecv.rewrite import NotExactError, RewriteError, apply_passes, get_pass  # noqa: E402
-from edgecv.rewrite.modules import RepVGGBlock  # noqa: E402
+from edgecv.errors import ConfigError, EdgecvError, UnknownNameError
+from edgecv.rewrite import NotExactError, RewriteError, apply_passes, get_pass
+from edgecv.rewrite.modules import RepVGGBlock
 
 pytestmark = pytest.mark.torch
 
@@ -44,13 +45,27 @@ class SE(nn.Module):
 
 def small_net() -> nn.Module:
     torch.manual_seed(0)
-    return randomize_bn(nn.Sequential(
-        nn.Conv2d(3, 8, 5, padding=2, bias=False), nn.BatchNorm2d(8), nn.SiLU(),
-        nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4), nn.BatchNorm2d(8), nn.ReLU(),
-        SE(8), nn.Dropout(0.3),
-        nn.Conv2d(8, 16, 7, stride=2, padding=3), nn.GroupNorm(4, 16), nn.Hardswish(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 10),
-    ))
+    return randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 5, padding=2, bias=False),
+            nn.BatchNorm2d(8),
+            nn.SiLU(),
+            nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            SE(8),
+            nn.Dropout(0.3),
+            nn.Conv2d(8, 16, 7, stride=2, padding=3),
+            nn.GroupNorm(4, 16),
+            nn.Hardswish(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 12),
+            nn.BatchNorm1d(12),
+            nn.ReLU(),
+            nn.Linear(12, 10),
+        )
+    )
 
 
 class Branchy(nn.Module):
@@ -58,8 +73,9 @@ class Branchy(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5),
-                                  nn.Conv2d(8, 8, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(8, 8, 3, padding=1)
+        )
         self.rep = RepVGGBlock(8, 8)
         self.head = nn.Linear(8, 4)
 
@@ -105,9 +121,17 @@ def test_fold_bn_matches_torch_fx_fuse(x: torch.Tensor) -> None:
     from torch.fx.experimental.optimization import fuse
 
     torch.manual_seed(3)
-    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                       nn.Conv2d(8, 16, 3, stride=2, bias=False), nn.BatchNorm2d(16),
-                                       nn.Flatten(), nn.Linear(16 * 15 * 15, 10)))
+    model = randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, bias=False),
+            nn.BatchNorm2d(16),
+            nn.Flatten(),
+            nn.Linear(16 * 15 * 15, 10),
+        )
+    )
     ours = get_pass("fold_bn")(model, x)
     theirs = fuse(model)
     with torch.no_grad():
@@ -120,11 +144,15 @@ def test_fold_bn_matches_torch_fx_fuse(x: torch.Tensor) -> None:
 @pytest.mark.parametrize("groups,dilation,bias", [(1, 1, True), (2, 1, False), (4, 2, True), (8, 3, False)])
 def test_fold_bn_grouped_dilated_conv(groups: int, dilation: int, bias: bool) -> None:
     torch.manual_seed(groups)
-    model = randomize_bn(nn.Sequential(nn.Conv2d(8, 16, 3, padding=dilation, dilation=dilation, groups=groups,
-                                                 bias=bias), nn.BatchNorm2d(16)), seed=groups)
+    model = randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(8, 16, 3, padding=dilation, dilation=dilation, groups=groups, bias=bias), nn.BatchNorm2d(16)
+        ),
+        seed=groups,
+    )
     out = get_pass("fold_bn")(model, torch.randn(2, 8, 16, 16))
     assert n_of(out, nn.BatchNorm2d) == 0
-    conv = [m for m in out.modules() if isinstance(m, nn.Conv2d)][0]
+    conv = next(m for m in out.modules() if isinstance(m, nn.Conv2d))
     assert conv.groups == groups and conv.dilation == (dilation, dilation) and conv.bias is not None
     assert_same_outputs(model, out, shape=(2, 8, 16, 16))
 
@@ -132,8 +160,9 @@ def test_fold_bn_grouped_dilated_conv(groups: int, dilation: int, bias: bool) ->
 @pytest.mark.parametrize("groups", [1, 2, 4])
 def test_fold_bn_conv_transpose(groups: int) -> None:
     torch.manual_seed(0)
-    model = randomize_bn(nn.Sequential(nn.ConvTranspose2d(8, 12, 4, stride=2, padding=1, groups=groups),
-                                       nn.BatchNorm2d(12), nn.ReLU()))
+    model = randomize_bn(
+        nn.Sequential(nn.ConvTranspose2d(8, 12, 4, stride=2, padding=1, groups=groups), nn.BatchNorm2d(12), nn.ReLU())
+    )
     out, report = apply_passes(model, ["fold_bn"], torch.randn(2, 8, 8, 8))
     assert report.passes[0].changes == 1 and n_of(out, nn.BatchNorm2d) == 0
     assert [m.groups for m in out.modules() if isinstance(m, nn.ConvTranspose2d)] == [groups]
@@ -189,7 +218,7 @@ def test_fold_bn_module_walk_when_fx_fails(x: torch.Tensor) -> None:
 
 
 def test_broken_exact_pass_is_refused(x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgecv.rewrite.fold as fold
+    from edgecv.rewrite import fold
 
     real = fold.fold_bn_into
 
@@ -312,7 +341,7 @@ def test_train_mode_and_missing_sample_errors(x: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------- lossy
-def _lossy(model: nn.Module, name: str, x: torch.Tensor, **opts: object):  # noqa: ANN202
+def _lossy(model: nn.Module, name: str, x: torch.Tensor, **opts: object):
     out, report = apply_passes(model, [name], x, options={name: dict(opts)} if opts else None)
     rep = report.passes[0]
     assert not rep.exact and rep.finetune_needed and rep.changes > 0
@@ -325,8 +354,11 @@ def test_dw_conv(x: torch.Tensor) -> None:
     model = small_net()
     out, rep = _lossy(model, "dw_conv", x)
     assert rep.changes == 1  # the 7x7 8->16 conv; the RGB stem and the already-grouped conv stay
-    dws = [m for m in out.modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels == 8
-           and m.kernel_size == (7, 7)]
+    dws = [
+        m
+        for m in out.modules()
+        if isinstance(m, nn.Conv2d) and m.groups == m.in_channels == 8 and m.kernel_size == (7, 7)
+    ]
     pws = [m for m in out.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.out_channels == 16]
     assert len(dws) == 1 and len(pws) == 1 and dws[0].stride == (2, 2)
     assert rep.params_after < rep.params_before
@@ -445,22 +477,37 @@ def test_zoo_norms_and_gates() -> None:
     model = zoo.create_model("resnet_tiny_norms").eval()
     if not any(is_non_bn_norm(m) for m in model.modules()):
         pytest.skip("resnet_tiny_norms has no non-BN norm")
-    out, rep = _lossy(model, "norm_to_bn", inp)
+    out, _rep = _lossy(model, "norm_to_bn", inp)
     assert not any(is_non_bn_norm(m) for m in out.modules())
     se = zoo.create_model("resnet_tiny_se").eval()
-    out2, rep2 = _lossy(se, "hard_sigmoid", inp)
+    out2, _rep2 = _lossy(se, "hard_sigmoid", inp)
     assert "hardsigmoid" in out2.code and "sigmoid(" not in out2.code.replace("hardsigmoid(", "")
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def test_rewrite_cli_json_and_save(cli, tmp_path) -> None:  # noqa: ANN001
+def test_rewrite_cli_json_and_save(cli, tmp_path) -> None:
     import json
 
     from edgecv.rewrite.compare import load_rewritten
 
     out = tmp_path / "rt.pt"
-    proc = cli("rewrite", "resnet_tiny", "--pass", "fold_bn", "--pass", "group_conv", "--groups", "4",
-               "--input-shape", "1x3x64x64", "--no-bench", "-o", str(out), "--json", env={"OMP_NUM_THREADS": "1"})
+    proc = cli(
+        "rewrite",
+        "resnet_tiny",
+        "--pass",
+        "fold_bn",
+        "--pass",
+        "group_conv",
+        "--groups",
+        "4",
+        "--input-shape",
+        "1x3x64x64",
+        "--no-bench",
+        "-o",
+        str(out),
+        "--json",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     fold, group = data["report"]["passes"]
@@ -468,31 +515,51 @@ def test_rewrite_cli_json_and_save(cli, tmp_path) -> None:  # noqa: ANN001
     assert not group["exact"] and group["max_abs"] > 0 and group["params_after"] < group["params_before"]
     assert data["after"]["gflops"] < data["before"]["gflops"] and data["after"]["params"] == group["params_after"]
     rebuilt = load_rewritten(out)
-    assert [m.groups for m in rebuilt.modules() if isinstance(m, nn.Conv2d) and m.in_channels % 4 == 0
-            and m.out_channels % 4 == 0] and all(
-        m.groups == 4 for m in rebuilt.modules() if isinstance(m, nn.Conv2d) and m.in_channels >= 4)
+    assert [
+        m.groups
+        for m in rebuilt.modules()
+        if isinstance(m, nn.Conv2d) and m.in_channels % 4 == 0 and m.out_channels % 4 == 0
+    ] and all(m.groups == 4 for m in rebuilt.modules() if isinstance(m, nn.Conv2d) and m.in_channels >= 4)
     assert sum(p.numel() for p in rebuilt.parameters()) == group["params_after"]
 
 
 @pytest.mark.onnxruntime
 @pytest.mark.openvino
-def test_rewrite_cli_table_with_latency(cli) -> None:  # noqa: ANN001
-    proc = cli("rewrite", "resnet_tiny", "--pass", "fuse", "--input-shape", "1x3x32x32", "--bench-time", "0.1",
-               env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+def test_rewrite_cli_table_with_latency(cli) -> None:
+    proc = cli(
+        "rewrite",
+        "resnet_tiny",
+        "--pass",
+        "fuse",
+        "--input-shape",
+        "1x3x32x32",
+        "--bench-time",
+        "0.1",
+        env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "ONNX Runtime fp32 p50 ms" in proc.stdout and "OpenVINO fp32 p50 ms" in proc.stdout
     assert "not measured" not in proc.stdout
 
 
-def test_rewrite_cli_errors(cli) -> None:  # noqa: ANN001
+def test_rewrite_cli_errors(cli) -> None:
     bad = cli("rewrite", "resnet_tiny", "--pass", "fold_bnn", "--no-bench")
     assert bad.returncode == 2 and "unknown rewrite pass 'fold_bnn'" in bad.stderr and "fold_bn" in bad.stderr
-    ft = cli("rewrite", "resnet_tiny", "--pass", "dw_conv", "--no-bench", "--input-shape", "1x3x32x32",
-             "--finetune", "/nonexistent")
+    ft = cli(
+        "rewrite",
+        "resnet_tiny",
+        "--pass",
+        "dw_conv",
+        "--no-bench",
+        "--input-shape",
+        "1x3x32x32",
+        "--finetune",
+        "/nonexistent",
+    )
     assert ft.returncode == 2 and "--finetune" in ft.stderr
 
 
-def test_finetune_distils_student_towards_teacher(tmp_path) -> None:  # noqa: ANN001
+def test_finetune_distils_student_towards_teacher(tmp_path) -> None:
     pytest.importorskip("edgecv.train")
     cv2 = pytest.importorskip("cv2")
     import numpy as np
@@ -505,11 +572,20 @@ def test_finetune_distils_student_towards_teacher(tmp_path) -> None:  # noqa: AN
         for i in range(4):
             cv2.imwrite(str(tmp_path / cls / f"{i}.png"), (rng.random((24, 24, 3)) * 255).astype(np.uint8))
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                            nn.Linear(8, 2)).eval()
-    student = get_pass("group_conv")(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1),
-                                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval(),
-                                     torch.randn(2, 3, 24, 24))
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    ).eval()
+    student = get_pass("group_conv")(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 2),
+        ).eval(),
+        torch.randn(2, 3, 24, 24),
+    )
     t_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     s_before = {k: v.clone() for k, v in student.state_dict().items()}
     finetune_distill(student, teacher, tmp_path, epochs=1)
@@ -517,12 +593,13 @@ def test_finetune_distils_student_towards_teacher(tmp_path) -> None:  # noqa: AN
     assert any(not torch.equal(s_before[k], v) for k, v in student.state_dict().items())  # student trained
 
 
-def test_float32_rounding_is_told_from_a_real_change_in_float64(x: torch.Tensor,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_float32_rounding_is_told_from_a_real_change_in_float64(
+    x: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Where float32 rounding is amplified past the tolerance (softmax over large logits does it in
     resnet_tiny_nonlocal), the same rewrite is re-run in float64: rounding passes, a real change does not.
     A tolerance below float32 rounding makes every fp32 check fail, so the float64 path is taken here."""
-    import edgecv.rewrite.fold as fold
+    from edgecv.rewrite import fold
 
     monkeypatch.setattr(fold.FoldBN, "rtol", 1e-12)
     model = small_net()
@@ -560,8 +637,7 @@ def test_rewritten_file_exports_and_rebuilds_for_torch_runner(tmp_path: Path) ->
     loaded = load_model("resnet_tiny")
     sample = torch.randn(1, *loaded.contract.input_shape[1:])
     model, _ = apply_passes(loaded.module, ["fold_bn", "act_relu6"], sample)
-    path = save_rewritten(tmp_path / "r.pt", model, "resnet_tiny", ["fold_bn", "act_relu6"], {},
-                          list(sample.shape))
+    path = save_rewritten(tmp_path / "r.pt", model, "resnet_tiny", ["fold_bn", "act_relu6"], {}, list(sample.shape))
     res = export_model(load_model(str(path)), tmp_path / "b", n_reference=2)
     assert res.parity_passed
     bundle = Bundle.open(tmp_path / "b")

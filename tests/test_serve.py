@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
 
 TOKEN = "edgecv-test-token-0123456789"
@@ -44,8 +43,12 @@ def _http(url: str, body: dict[str, Any] | None = None, token: str | None = None
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers,
-                                 method="GET" if body is None else "POST")
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers=headers,
+        method="GET" if body is None else "POST",
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             raw = r.read()
@@ -69,12 +72,16 @@ def test_check_request_inputs_reasons() -> None:
     assert check_request_inputs(req(shape=(8, 3, 4, 4)), specs, 8) is None
     assert check_request_inputs(req(name="x"), specs, 8) == "expected inputs ['input'], found ['x']"
     assert check_request_inputs(req(dt="INT32"), specs, 8) == "input 'input': expected datatype FP32, found INT32"
-    assert check_request_inputs(req(shape=(1, 3, 4, 5)), specs, 8) == \
-        "input 'input': expected shape ?x3x4x4, found 1x3x4x5"
-    assert check_request_inputs(req(shape=(9, 3, 4, 4)), specs, 8) == \
-        "input 'input': expected a batch of 1 to 8, found 9"
-    assert check_request_inputs(req(n=5), specs, 8) == \
-        "input 'input': expected 48 values for shape [1, 3, 4, 4], found 5"
+    assert (
+        check_request_inputs(req(shape=(1, 3, 4, 5)), specs, 8)
+        == "input 'input': expected shape ?x3x4x4, found 1x3x4x5"
+    )
+    assert (
+        check_request_inputs(req(shape=(9, 3, 4, 4)), specs, 8) == "input 'input': expected a batch of 1 to 8, found 9"
+    )
+    assert (
+        check_request_inputs(req(n=5), specs, 8) == "input 'input': expected 48 values for shape [1, 3, 4, 4], found 5"
+    )
 
 
 def test_parse_endpoint() -> None:
@@ -91,8 +98,13 @@ def test_parse_endpoint() -> None:
 
 def test_serve_refuses_network_bind_without_token(pristine: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "EDGECV_TOKEN"}
-    proc = subprocess.run([sys.executable, "-m", "edgecv", "serve", str(pristine), "--host", "0.0.0.0"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgecv", "serve", str(pristine), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "expected a token" in lines[0], proc.stderr
@@ -170,11 +182,16 @@ def test_triton_config_scalar_output_and_tensorrt_cc(tmp_path: Path) -> None:
     from edgecv.serve.repository import triton_config
     from edgecv.types import TensorSpec
 
-    text = triton_config("det", "tensorrt", [TensorSpec("input", (None, 3, 96, 96))],
-                         [TensorSpec("boxes", (None, 100, 4)), TensorSpec("num_dets", (None,), "int64")],
-                         {"edgecv_task": "detect"}, (1, 4, 16), cc_files={"8.6": "model_sm86.plan",
-                                                                          "8.7": "model_sm87.plan"},
-                         default_file="model_sm86.plan")
+    text = triton_config(
+        "det",
+        "tensorrt",
+        [TensorSpec("input", (None, 3, 96, 96))],
+        [TensorSpec("boxes", (None, 100, 4)), TensorSpec("num_dets", (None,), "int64")],
+        {"edgecv_task": "detect"},
+        (1, 4, 16),
+        cc_files={"8.6": "model_sm86.plan", "8.7": "model_sm87.plan"},
+        default_file="model_sm86.plan",
+    )
     cfg = text_format.Parse(text, mc.ModelConfig())
     assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 16
     assert dict(cfg.cc_model_filenames) == {"8.6": "model_sm86.plan", "8.7": "model_sm87.plan"}
@@ -210,10 +227,35 @@ def server(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     log = tmp_path_factory.mktemp("serve") / "server.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     fh = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "edgecv", "serve", str(pristine), "-b", "onnxruntime",
-                             "--port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
-                             "--workers", "1", "--threads", "1", "--max-batch-time", "5", "--token", TOKEN],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecv",
+            "serve",
+            str(pristine),
+            "-b",
+            "onnxruntime",
+            "--port",
+            str(http),
+            "--grpc-port",
+            str(grpc_port),
+            "--metrics-port",
+            str(metrics),
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--max-batch-time",
+            "5",
+            "--token",
+            TOKEN,
+        ],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{http}"
     deadline = time.time() + 120
     try:
@@ -228,8 +270,14 @@ def server(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
             if time.time() > deadline:
                 raise AssertionError(f"server not ready in 120 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield SimpleNamespace(proc=proc, http=base, grpc=f"grpc://127.0.0.1:{grpc_port}",
-                              metrics=f"http://127.0.0.1:{metrics}/metrics", bundle=pristine, log=log)
+        yield SimpleNamespace(
+            proc=proc,
+            http=base,
+            grpc=f"grpc://127.0.0.1:{grpc_port}",
+            metrics=f"http://127.0.0.1:{metrics}/metrics",
+            bundle=pristine,
+            log=log,
+        )
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -275,14 +323,22 @@ def test_bad_requests_are_400_and_server_keeps_serving(server: Any) -> None:
     url = f"{server.http}/v2/models/tiny/infer"
     good = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.5] * 3072}]}
     bad = [
-        ({"inputs": [{"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.5] * 3072}]},
-         "expected inputs ['input'], found ['x']"),
-        ({"inputs": [{"name": "input", "shape": [1, 3, 32, 31], "datatype": "FP32", "data": [0.5] * 2976}]},
-         "input 'input': expected shape ?x3x32x32, found 1x3x32x31"),
-        ({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "INT64", "data": [0] * 3072}]},
-         "input 'input': expected datatype FP32, found INT64"),
-        ({"inputs": [{"name": "input", "shape": [9, 3, 32, 32], "datatype": "FP32", "data": [0.5] * 3072 * 9}]},
-         "input 'input': expected a batch of 1 to 8, found 9"),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.5] * 3072}]},
+            "expected inputs ['input'], found ['x']",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 3, 32, 31], "datatype": "FP32", "data": [0.5] * 2976}]},
+            "input 'input': expected shape ?x3x32x32, found 1x3x32x31",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "INT64", "data": [0] * 3072}]},
+            "input 'input': expected datatype FP32, found INT64",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [9, 3, 32, 32], "datatype": "FP32", "data": [0.5] * 3072 * 9}]},
+            "input 'input': expected a batch of 1 to 8, found 9",
+        ),
     ]
     for body, reason in bad:
         code, resp = _http(url, body, token=TOKEN)
@@ -306,8 +362,7 @@ def test_remote_runner_equals_local_runner(server: Any, proto: str, monkeypatch:
     if x is None:
         x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     endpoint = server.http if proto == "http" else server.grpc
-    with open_runner(b, "onnxruntime", threads=1) as local, \
-            open_runner(b, "remote", endpoint=endpoint) as remote:
+    with open_runner(b, "onnxruntime", threads=1) as local, open_runner(b, "remote", endpoint=endpoint) as remote:
         assert remote.input_spec == local.input_spec and remote.output_spec == local.output_spec
         assert remote.precision == "fp32" and remote.describe()["model"] == "tiny"
         want = local.infer({"input": x})["output"]
@@ -327,43 +382,81 @@ def test_concurrent_clients_batch_on_server(server: Any, monkeypatch: pytest.Mon
     monkeypatch.setenv("EDGECV_TOKEN", TOKEN)
     b = Bundle.open(server.bundle)
     feed = {"input": np.zeros((1, 3, 32, 32), np.float32)}
-    res = bench_concurrent(lambda: open_runner(b, "remote", endpoint=server.grpc), feed, 3, label="remote",
-                           warmup=1, min_time_s=0.5)
+    res = bench_concurrent(
+        lambda: open_runner(b, "remote", endpoint=server.grpc), feed, 3, label="remote", warmup=1, min_time_s=0.5
+    )
     assert res.clients == 3 and res.requests >= 3 and res.batch == 1
     assert res.throughput == pytest.approx(res.requests / res.wall_s)
     assert res.p50_ms <= res.p99_ms
     code, text = _http(server.metrics, token=TOKEN)  # the adaptive batcher and the workers report to Prometheus
     assert code == 200
-    for metric in ("batch_request_queue_count", "parallel_request_queue_count", "model_infer_request_success_total",
-                   "edgecv_infer_batch_items_count"):
+    for metric in (
+        "batch_request_queue_count",
+        "parallel_request_queue_count",
+        "model_infer_request_success_total",
+        "edgecv_infer_batch_items_count",
+    ):
         assert metric in text["text"]
     import re
 
-    items = float(re.search(r"^edgecv_infer_batch_items_sum\{[^}]*\} (\S+)$", text["text"], re.M).group(1))
-    calls = float(re.search(r"^edgecv_infer_batch_items_count\{[^}]*\} (\S+)$", text["text"], re.M).group(1))
+    items = float(re.search(r"^edgecv_infer_batch_items_sum\{[^}]*\} (\S+)$", text["text"], re.MULTILINE).group(1))
+    calls = float(re.search(r"^edgecv_infer_batch_items_count\{[^}]*\} (\S+)$", text["text"], re.MULTILINE).group(1))
     assert calls >= 1 and items >= calls  # every call ran at least one item; merged ones ran more
 
 
 @pytest.mark.onnxruntime
 def test_validate_and_bench_remote_cli(server: Any) -> None:
     env = {"EDGECV_TOKEN": TOKEN}
-    proc = run_cli("validate", str(server.bundle), "-b", "onnxruntime", "-b", "remote", "--endpoint", server.grpc,
-                   "--reference", "npz", "--json", env=env)
+    proc = run_cli(
+        "validate",
+        str(server.bundle),
+        "-b",
+        "onnxruntime",
+        "-b",
+        "remote",
+        "--endpoint",
+        server.grpc,
+        "--reference",
+        "npz",
+        "--json",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     errs = {r["backend"]: r["outputs"][0]["max_abs"] for r in rep["results"]}
     assert errs["remote"] == errs["onnxruntime"]
-    proc = run_cli("bench", str(server.bundle), "-b", "remote", "--endpoint", server.http, "--iters", "5",
-                   "--warmup", "1", "--rounds", "1", "--no-stages", "--concurrency", "1", "--concurrency", "2",
-                   "--min-time", "0.5", "--json", env=env)
+    proc = run_cli(
+        "bench",
+        str(server.bundle),
+        "-b",
+        "remote",
+        "--endpoint",
+        server.http,
+        "--iters",
+        "5",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--no-stages",
+        "--concurrency",
+        "1",
+        "--concurrency",
+        "2",
+        "--min-time",
+        "0.5",
+        "--json",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert d["rows"][0]["backend"] == "remote" and d["rows"][0]["latency"]["iters"] == 5
     assert [c["clients"] for c in d["concurrency"]] == [1, 2]
     assert all(c["requests"] > 0 for c in d["concurrency"])
     # a wrong token is one line and exit 2
-    proc = run_cli("validate", str(server.bundle), "-b", "remote", "--endpoint", server.http,
-                   env={"EDGECV_TOKEN": "x" * 20})
+    proc = run_cli(
+        "validate", str(server.bundle), "-b", "remote", "--endpoint", server.http, env={"EDGECV_TOKEN": "x" * 20}
+    )
     assert proc.returncode == 2 and "bearer token" in proc.stderr.strip().splitlines()[-1]
 
 
@@ -397,10 +490,16 @@ def test_repo_tensorrt_engines_per_compute_capability(bundle_dir: Path, tmp_path
         src = tmp_path / f"e{cc}"
         src.write_bytes(payload)
         files[f"tensorrt/fp16/model_sm{cc.replace('.', '')}.engine"] = src
-    b.add_artifact(Artifact(backend="tensorrt", precision="fp16", path="tensorrt/fp16/model_sm86.engine",
-                            build_flags={"batch_range": [1, 2, 4]},
-                            extra={"engines": {"8.6": "tensorrt/fp16/model_sm86.engine",
-                                               "8.7": "tensorrt/fp16/model_sm87.engine"}}), files)
+    b.add_artifact(
+        Artifact(
+            backend="tensorrt",
+            precision="fp16",
+            path="tensorrt/fp16/model_sm86.engine",
+            build_flags={"batch_range": [1, 2, 4]},
+            extra={"engines": {"8.6": "tensorrt/fp16/model_sm86.engine", "8.7": "tensorrt/fp16/model_sm87.engine"}},
+        ),
+        files,
+    )
     rep = write_repository(Bundle.open(bundle_dir), tmp_path / "triton")
     m = next(x for x in rep["models"] if x["backend"] == "tensorrt")
     mdir = tmp_path / "triton" / m["name"]

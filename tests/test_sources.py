@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import os
 import pickle
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -16,8 +16,7 @@ from edgecv.errors import ConfigError, ModelSourceError, UnknownNameError
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from edgecv.export.sources import (archive_kind, load_model, load_model_from_manifest,  # noqa: E402
-                                   parse_input_shape)
+from edgecv.export.sources import archive_kind, load_model, load_model_from_manifest, parse_input_shape
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +43,7 @@ class Evil:
     def __init__(self, target: Path) -> None:
         self.target = str(target)
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, (f"touch {self.target}",))
 
 
@@ -146,12 +145,15 @@ def test_file_factory(factory_file: Path) -> None:
     assert lm.guess_task
 
 
-@pytest.mark.parametrize(("suffix", "needle"), [
-    (":nope", "has no function 'nope'; functions found: build, not_a_module, broken"),
-    (":not_a_module", "expected a torch.nn.Module, got builtins.int"),
-    (":broken", "raised ValueError: bad config"),
-    ("", "functions in it: build, not_a_module, broken"),
-])
+@pytest.mark.parametrize(
+    ("suffix", "needle"),
+    [
+        (":nope", "has no function 'nope'; functions found: build, not_a_module, broken"),
+        (":not_a_module", "expected a torch.nn.Module, got builtins.int"),
+        (":broken", "raised ValueError: bad config"),
+        ("", "functions in it: build, not_a_module, broken"),
+    ],
+)
 def test_file_factory_errors(factory_file: Path, suffix: str, needle: str) -> None:
     with pytest.raises(ModelSourceError) as exc:
         load_model(f"{factory_file}{suffix}")
@@ -184,8 +186,9 @@ def test_state_dict_checkpoint_needs_arch(factory_file: Path, tmp_path: Path) ->
     assert lm.source_info["kind"] == "file" and lm.source_info["weights"] == str(ck.resolve())
     # an arch recorded inside the checkpoint (Lightning-style nesting, DDP prefix) needs no flag
     ck2 = tmp_path / "ck2.ckpt"
-    torch.save({"arch": f"{factory_file}:build",
-                "state_dict": {f"model.{k}": v for k, v in ref.state_dict().items()}}, ck2)
+    torch.save(
+        {"arch": f"{factory_file}:build", "state_dict": {f"model.{k}": v for k, v in ref.state_dict().items()}}, ck2
+    )
     lm2 = load_model(str(ck2))
     assert torch.equal(lm2.module[0].weight, ref[0].weight)
 
@@ -240,8 +243,16 @@ def test_torchscript_and_pt2(factory_file: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ manifest
 def test_manifest_round_trip_helpers_format(tmp_path: Path) -> None:
     # the format tests/helpers.py writes
-    m = Manifest(provenance={"source": {"spec": f"{HERE / 'helpers.py'}:tiny_cnn", "kind": "file",
-                                        "kwargs": {"num_classes": 4, "task": "classify"}, "weights": None}})
+    m = Manifest(
+        provenance={
+            "source": {
+                "spec": f"{HERE / 'helpers.py'}:tiny_cnn",
+                "kind": "file",
+                "kwargs": {"num_classes": 4, "task": "classify"},
+                "weights": None,
+            }
+        }
+    )
     with pytest.raises(ModelSourceError, match="pass --model-source"):
         load_model_from_manifest(m)  # a bundle is data: the file it names is not imported
     module = load_model_from_manifest(m, source=f"{HERE / 'helpers.py'}:tiny_cnn")
@@ -264,8 +275,9 @@ def test_manifest_detects_moved_or_changed_source(factory_file: Path, tmp_path: 
         load_model_from_manifest(Manifest())
 
 
-@pytest.mark.parametrize(("text", "want"), [("1x3x224x224", (1, 3, 224, 224)), ("3x64x64", (1, 3, 64, 64)),
-                                            ("4,3,32,48", (4, 3, 32, 48))])
+@pytest.mark.parametrize(
+    ("text", "want"), [("1x3x224x224", (1, 3, 224, 224)), ("3x64x64", (1, 3, 64, 64)), ("4,3,32,48", (4, 3, 32, 48))]
+)
 def test_parse_input_shape(text: str, want: tuple[int, ...]) -> None:
     assert parse_input_shape(text) == want
 

@@ -9,11 +9,11 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
 
-from edgecv.errors import ConfigError  # noqa: E402
-from edgecv.zoo import create_model  # noqa: E402
-from edgecv.zoo.layers.spatial import SpatialTransformer  # noqa: E402
+from edgecv.errors import ConfigError
+from edgecv.zoo import create_model
+from edgecv.zoo.layers.spatial import SpatialTransformer
 
 pytestmark = pytest.mark.torch
 
@@ -83,7 +83,7 @@ def test_export_keeps_gridsample_and_matches_on_ort_and_openvino(opset: int, tmp
         assert float((model.stn(x) - x).abs().mean()) > 0.05
 
 
-def test_lint_reports_grid_sample_quantization(cli) -> None:  # noqa: ANN001
+def test_lint_reports_grid_sample_quantization(cli) -> None:
     import json
 
     proc = cli("lint", "stn_tiny", "--samples", "2", "--json")

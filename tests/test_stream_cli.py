@@ -45,9 +45,11 @@ def require_ffmpeg() -> None:
 def has_gst_rtsp() -> bool:
     if not Path(SYS_PY).exists():
         return False
-    code = ("import gi; gi.require_version('Gst','1.0'); gi.require_version('GstRtspServer','1.0');"
-            "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
-            "assert Gst.ElementFactory.find('jpegenc') and Gst.ElementFactory.find('rtpjpegpay')")
+    code = (
+        "import gi; gi.require_version('Gst','1.0'); gi.require_version('GstRtspServer','1.0');"
+        "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
+        "assert Gst.ElementFactory.find('jpegenc') and Gst.ElementFactory.find('rtpjpegpay')"
+    )
     return subprocess.run([SYS_PY, "-c", code], capture_output=True).returncode == 0
 
 
@@ -84,9 +86,24 @@ def env() -> dict[str, str]:
 
 
 def ffprobe_frames(path: Path) -> int:
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-                          "stream=nb_read_frames", "-of", "json", str(path)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, f"ffprobe cannot read {path}: {out.stderr}"
     return int(json.loads(out.stdout)["streams"][0]["nb_read_frames"])
 
@@ -105,13 +122,13 @@ def jsonl(path: Path) -> list[dict]:
     return out
 
 
-def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:  # noqa: ANN001
+def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
+            _out, err = proc.communicate()
             raise AssertionError(f"edgecv run exited {proc.returncode} while waiting for {what}:\n{err[-3000:]}")
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
@@ -127,9 +144,25 @@ def free_port() -> int:
 def test_file_wait_processes_every_frame_and_video_matches(bundle: Path, video: Path, tmp_path: Path) -> None:
     require_ffmpeg()
     out, jl, summ = tmp_path / "out.mp4", tmp_path / "o.jsonl", tmp_path / "s.json"
-    p = subprocess.run(edgecv(str(bundle), "--source", str(video), "--drop", "wait", "--save", str(out),
-                              "--jsonl", str(jl), "--json", str(summ)), capture_output=True, text=True, env=env(),
-                       timeout=300)
+    p = subprocess.run(
+        edgecv(
+            str(bundle),
+            "--source",
+            str(video),
+            "--drop",
+            "wait",
+            "--save",
+            str(out),
+            "--jsonl",
+            str(jl),
+            "--json",
+            str(summ),
+        ),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     events = jsonl(jl)
     s = json.loads(summ.read_text())
@@ -187,8 +220,27 @@ def test_video_sink_encoder_death_is_one_error_and_no_file(tmp_path: Path) -> No
 def test_opencv_writer_and_stdout_json(bundle: Path, video: Path, tmp_path: Path) -> None:
     require_ffmpeg()
     out = tmp_path / "cv.mp4"
-    p = subprocess.run(edgecv(str(bundle), "--source", str(video), "--save", str(out), "--writer", "opencv",
-                              "--stride", "2", "--threads", "1", "--json", "-"), capture_output=True, text=True, env=env(), timeout=300)
+    p = subprocess.run(
+        edgecv(
+            str(bundle),
+            "--source",
+            str(video),
+            "--save",
+            str(out),
+            "--writer",
+            "opencv",
+            "--stride",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            "-",
+        ),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert s["frames_processed"] == 25 and s["skipped_stride"] == 25 and s["policy"] == "wait"
@@ -205,8 +257,13 @@ def test_folder_source_counts_corrupt_image(bundle: Path, tmp_path: Path) -> Non
         cv2.imwrite(str(folder / f"{i:02d}.jpg"), np.full((48 + 8 * i, 64, 3), 40 * i, np.uint8))
     (folder / "02b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     jl = tmp_path / "o.jsonl"
-    p = subprocess.run(edgecv(str(bundle), "--source", str(folder), "--jsonl", str(jl), "--json", "-"),
-                       capture_output=True, text=True, env=env(), timeout=300)
+    p = subprocess.run(
+        edgecv(str(bundle), "--source", str(folder), "--jsonl", str(jl), "--json", "-"),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert s["frames_processed"] == 5 and s["skipped_corrupt"] == 1 and len(jsonl(jl)) == 5
@@ -216,9 +273,26 @@ def test_folder_source_counts_corrupt_image(bundle: Path, tmp_path: Path) -> Non
 def test_sigterm_leaves_playable_video(bundle: Path, video: Path, tmp_path: Path) -> None:
     require_ffmpeg()
     out, jl, summ = tmp_path / "out.mp4", tmp_path / "o.jsonl", tmp_path / "s.json"
-    proc = subprocess.Popen(edgecv(str(bundle), "--source", str(video), "--loop", "--max-fps", "50", "--save",
-                                   str(out), "--jsonl", str(jl), "--json", str(summ)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    proc = subprocess.Popen(
+        edgecv(
+            str(bundle),
+            "--source",
+            str(video),
+            "--loop",
+            "--max-fps",
+            "50",
+            "--save",
+            str(out),
+            "--jsonl",
+            str(jl),
+            "--json",
+            str(summ),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
     try:
         wait_until(lambda: len(jsonl(jl)) >= 60, 120, "60 processed frames", proc)  # past one loop of the file
         proc.send_signal(signal.SIGTERM)
@@ -235,8 +309,13 @@ def test_sigterm_leaves_playable_video(bundle: Path, video: Path, tmp_path: Path
 def test_never_opening_source_fails_fast_with_one_line(bundle: Path) -> None:
     port = free_port()  # nothing listens there
     t0 = time.monotonic()
-    p = subprocess.run(edgecv(str(bundle), "--source", f"http://127.0.0.1:{port}/", "--open-timeout", "2"),
-                       capture_output=True, text=True, env=env(), timeout=120)
+    p = subprocess.run(
+        edgecv(str(bundle), "--source", f"http://127.0.0.1:{port}/", "--open-timeout", "2"),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
     elapsed = time.monotonic() - t0
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
@@ -245,30 +324,44 @@ def test_never_opening_source_fails_fast_with_one_line(bundle: Path) -> None:
     assert elapsed < 2 + 15
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--drop", "newest"], "--drop: expected one of latest, oldest, wait"),
-    (["--stride", "0"], "--stride: expected an integer >= 1"),
-    (["--serve", "nonsense:port"], "--serve: expected HOST:PORT"),
-    (["--save", "x.txt"], "--save: expected a .mp4"),
-    (["--decode", "gpu"], "--decode: expected one of auto, hw, sw, found 'gpu'"),
-    (["--save", "o.mp4", "--save-preset", "quick"], "--save-preset: expected one of ultrafast"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--drop", "newest"], "--drop: expected one of latest, oldest, wait"),
+        (["--stride", "0"], "--stride: expected an integer >= 1"),
+        (["--serve", "nonsense:port"], "--serve: expected HOST:PORT"),
+        (["--save", "x.txt"], "--save: expected a .mp4"),
+        (["--decode", "gpu"], "--decode: expected one of auto, hw, sw, found 'gpu'"),
+        (["--save", "o.mp4", "--save-preset", "quick"], "--save-preset: expected one of ultrafast"),
+    ],
+)
 def test_bad_options_one_line(bundle: Path, video: Path, args: list[str], needle: str) -> None:
-    p = subprocess.run(edgecv(str(bundle), "--source", str(video), *args), capture_output=True, text=True, env=env(),
-                       timeout=120)
+    p = subprocess.run(
+        edgecv(str(bundle), "--source", str(video), *args), capture_output=True, text=True, env=env(), timeout=120
+    )
     assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
 def test_decode_modes_report_the_decoder_and_hw_without_one_fails(bundle: Path, video: Path) -> None:
     found = {}
     for mode in ("sw", "auto"):
-        p = subprocess.run(edgecv(str(bundle), "--source", str(video), "--decode", mode, "--max-frames", "5",
-                                  "--json", "-"), capture_output=True, text=True, env=env(), timeout=120)
+        p = subprocess.run(
+            edgecv(str(bundle), "--source", str(video), "--decode", mode, "--max-frames", "5", "--json", "-"),
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=120,
+        )
         assert p.returncode == 0, p.stderr
         found[mode] = json.loads(p.stdout)["source"]["decoder"]
     assert found["sw"] == "software"
-    p = subprocess.run(edgecv(str(bundle), "--source", str(video), "--decode", "hw", "--max-frames", "5"),
-                       capture_output=True, text=True, env=env(), timeout=120)
+    p = subprocess.run(
+        edgecv(str(bundle), "--source", str(video), "--decode", "hw", "--max-frames", "5"),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
     if found["auto"] == "software":  # no hardware decoder here (CI): --decode hw must say so in one line
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "--decode hw: expected a hardware video decoder" in p.stderr
@@ -280,8 +373,9 @@ def test_show_without_display_says_why(bundle: Path, video: Path) -> None:
     e = env()
     e.pop("DISPLAY", None)
     e.pop("WAYLAND_DISPLAY", None)
-    p = subprocess.run(edgecv(str(bundle), "--source", str(video), "--show"), capture_output=True, text=True, env=e,
-                       timeout=120)
+    p = subprocess.run(
+        edgecv(str(bundle), "--source", str(video), "--show"), capture_output=True, text=True, env=e, timeout=120
+    )
     assert p.returncode == 2 and "--show" in p.stderr and "--serve" in p.stderr
 
 
@@ -289,9 +383,24 @@ def test_serve_mjpeg_from_cli(bundle: Path, video: Path, tmp_path: Path) -> None
     import http.client
 
     port = free_port()
-    proc = subprocess.Popen(edgecv(str(bundle), "--source", str(video), "--loop", "--max-fps", "25", "--serve",
-                                   f"127.0.0.1:{port}", "--json", str(tmp_path / "s.json")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    proc = subprocess.Popen(
+        edgecv(
+            str(bundle),
+            "--source",
+            str(video),
+            "--loop",
+            "--max-fps",
+            "25",
+            "--serve",
+            f"127.0.0.1:{port}",
+            "--json",
+            str(tmp_path / "s.json"),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
     try:
         from edgecv.stream.sinks import wait_for_port
 
@@ -318,14 +427,30 @@ def test_serve_mjpeg_from_cli(bundle: Path, video: Path, tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------- network peers
-def _run_with_server_restarts(bundle: Path, tmp_path: Path, url: str, start_server) -> dict:  # noqa: ANN001
+def _run_with_server_restarts(bundle: Path, tmp_path: Path, url: str, start_server) -> dict:
     """Run edgecv on ``url``; after 10 frames kill the server, restart it 1 s later, and require 10 frames
     captured after the restart. Returns the summary."""
     jl, summ = tmp_path / "o.jsonl", tmp_path / "s.json"
     server = start_server()
-    proc = subprocess.Popen(edgecv(str(bundle), "--source", url, "--jsonl", str(jl), "--json", str(summ),
-                                   "--open-timeout", "15", "--reconnect-max", "10"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    proc = subprocess.Popen(
+        edgecv(
+            str(bundle),
+            "--source",
+            url,
+            "--jsonl",
+            str(jl),
+            "--json",
+            str(summ),
+            "--open-timeout",
+            "15",
+            "--reconnect-max",
+            "10",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
     try:
         wait_until(lambda: len(jsonl(jl)) >= 10, 90, "10 frames before the drop", proc)
         server.kill()
@@ -333,8 +458,7 @@ def _run_with_server_restarts(bundle: Path, tmp_path: Path, url: str, start_serv
         time.sleep(1.0)
         t_restart = time.time()
         server = start_server()
-        wait_until(lambda: sum(e["ts"] > t_restart for e in jsonl(jl)) >= 10, 90, "10 frames after the restart",
-                   proc)
+        wait_until(lambda: sum(e["ts"] > t_restart for e in jsonl(jl)) >= 10, 90, "10 frames after the restart", proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -357,10 +481,33 @@ def test_http_mpegts_source_reconnects(bundle: Path, video: Path, tmp_path: Path
     def start() -> subprocess.Popen:
         # -listen 1 serves one client, so a restart is a new server; -re plays at the native rate (live);
         # H.264 with a short GOP: mpeg4-part-2 copied into MPEG-TS lacks in-band headers and cannot be decoded
-        return subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
-                                 "-i", str(video), "-c:v", "libx264", "-preset", "ultrafast", "-tune",
-                                 "zerolatency", "-g", "25", "-f", "mpegts", "-listen", "1",
-                                 f"http://127.0.0.1:{port}/"], stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [
+                "ffmpeg",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-stream_loop",
+                "-1",
+                "-i",
+                str(video),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-g",
+                "25",
+                "-f",
+                "mpegts",
+                "-listen",
+                "1",
+                f"http://127.0.0.1:{port}/",
+            ],
+            stdin=subprocess.DEVNULL,
+        )
 
     s = _run_with_server_restarts(bundle, tmp_path, f"http://127.0.0.1:{port}/", start)
     assert s["policy"] == "latest"  # live source default
@@ -390,9 +537,11 @@ RTSP_SERVER = textwrap.dedent("""
 
 @pytest.mark.server
 def test_rtsp_source_reconnects(bundle: Path, tmp_path: Path) -> None:
-    require("GStreamer RTSP server (python3-gi + gst-rtsp-server)", has_gst_rtsp(),
-            "apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
-            "gstreamer1.0-plugins-good")
+    require(
+        "GStreamer RTSP server (python3-gi + gst-rtsp-server)",
+        has_gst_rtsp(),
+        "apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good",
+    )
     require_ffmpeg()
     script = tmp_path / "rtsp_server.py"
     script.write_text(RTSP_SERVER)

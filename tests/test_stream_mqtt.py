@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-
-from mqtt_broker import Broker, Subscriber, free_port, require_mosquitto
+from mqtt_broker import Broker, Subscriber, free_port
 
 pytest.importorskip("paho.mqtt.client")
 pytestmark = [pytest.mark.stream, pytest.mark.server]
@@ -29,8 +27,14 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def event(stream: str, seq: int) -> dict:  # type: ignore[type-arg]
-    return {"stream": stream, "seq": seq, "frame": seq, "ts": time.time(), "results": [{"kind": "classify"}],
-            "latency_ms": {"e2e": 1.0}}
+    return {
+        "stream": stream,
+        "seq": seq,
+        "frame": seq,
+        "ts": time.time(),
+        "results": [{"kind": "classify"}],
+        "latency_ms": {"e2e": 1.0},
+    }
 
 
 def by_stream(msgs: list[tuple[str, bytes]]) -> dict[str, list[int]]:
@@ -127,8 +131,15 @@ def test_unreachable_broker_at_start_is_one_line() -> None:
     assert f"expected a broker at 127.0.0.1:{port}, found none" in str(ei.value) and "\n" not in str(ei.value)
 
 
-@pytest.mark.parametrize("url,needle", [("http://h/x", "expected mqtt://"), ("mqtt://h", "expected a topic"),
-                                        ("mqtt://h/a/#", "without wildcards"), ("mqtt://h:99999/x", "expected mqtt://")])
+@pytest.mark.parametrize(
+    "url,needle",
+    [
+        ("http://h/x", "expected mqtt://"),
+        ("mqtt://h", "expected a topic"),
+        ("mqtt://h/a/#", "without wildcards"),
+        ("mqtt://h:99999/x", "expected mqtt://"),
+    ],
+)
 def test_bad_mqtt_urls(url: str, needle: str) -> None:
     from edgecv.errors import ConfigError
     from edgecv.stream.mqtt import parse_mqtt_url
@@ -136,8 +147,14 @@ def test_bad_mqtt_urls(url: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         parse_mqtt_url(url)
     t = parse_mqtt_url("mqtts://u%40x:p%3Aw@broker.lan/site/{stream}")
-    assert (t.host, t.port, t.tls, t.username, t.password, t.topic) == ("broker.lan", 8883, True, "u@x", "p:w",
-                                                                      "site/{stream}")
+    assert (t.host, t.port, t.tls, t.username, t.password, t.topic) == (
+        "broker.lan",
+        8883,
+        True,
+        "u@x",
+        "p:w",
+        "site/{stream}",
+    )
 
 
 def make_tls_broker(tmp: Path) -> tuple[Broker, Path]:
@@ -151,17 +168,52 @@ def make_tls_broker(tmp: Path) -> tuple[Broker, Path]:
     def ssl_(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
 
-    ssl_("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edgecv test CA",
-         "-keyout", "ca.key", "-out", "ca.crt")
-    ssl_("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    ssl_(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edgecv test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    ssl_(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"
+    )
     (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    ssl_("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-         "-extfile", "san.ext", "-out", "server.crt")
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(tmp / "passwd"), "cam-user", "s3cret pass"], check=True,
-                   capture_output=True)
+    ssl_(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    )
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(tmp / "passwd"), "cam-user", "s3cret pass"],
+        check=True,
+        capture_output=True,
+    )
     os.chmod(tmp / "passwd", 0o644)
-    conf = (f"cafile {tmp}/ca.crt\ncertfile {tmp}/server.crt\nkeyfile {tmp}/server.key\n"
-            f"allow_anonymous false\npassword_file {tmp}/passwd\n")
+    conf = (
+        f"cafile {tmp}/ca.crt\ncertfile {tmp}/server.crt\nkeyfile {tmp}/server.key\n"
+        f"allow_anonymous false\npassword_file {tmp}/passwd\n"
+    )
     b = Broker(tmp / "broker", listener_conf=conf)
     b.start()
     return b, tmp / "ca.crt"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_stream_unit import NCLS, SIZE, contract, write_video
 
 from edgecv.backends.base import Runner
 from edgecv.errors import ConfigError, SourceError
@@ -18,8 +19,6 @@ from edgecv.stream.multi import MultiConfig, MultiStreamPipeline, StreamInput
 from edgecv.stream.sinks import JsonlSink
 from edgecv.stream.sources import Source, SourceSpec
 from edgecv.types import TensorSpec
-
-from test_stream_unit import NCLS, SIZE, contract, write_video
 
 pytestmark = pytest.mark.stream
 
@@ -56,10 +55,13 @@ def batch_contract(hi: int = 8):  # type: ignore[no-untyped-def]
     return contract(batch_range=[1, 1, hi])
 
 
-def streams_of(paths: dict[str, Path], cfg: StreamConfig | None = None,
-               sinks: dict[str, list] | None = None) -> list[StreamInput]:  # type: ignore[type-arg]
-    return [StreamInput(n, open_source(parse_source(str(p))), cfg or StreamConfig(drop="wait"),
-                        (sinks or {}).get(n, [])) for n, p in paths.items()]
+def streams_of(
+    paths: dict[str, Path], cfg: StreamConfig | None = None, sinks: dict[str, list] | None = None
+) -> list[StreamInput]:  # type: ignore[type-arg]
+    return [
+        StreamInput(n, open_source(parse_source(str(p))), cfg or StreamConfig(drop="wait"), (sinks or {}).get(n, []))
+        for n, p in paths.items()
+    ]
 
 
 def test_four_streams_batched_every_frame_in_order_per_stream(tmp_path: Path) -> None:
@@ -70,8 +72,9 @@ def test_four_streams_batched_every_frame_in_order_per_stream(tmp_path: Path) ->
     merged = JsonlSink(tmp_path / "all.jsonl")
     own = {n: [JsonlSink(tmp_path / f"{n}.jsonl")] for n in videos}
     runner = BatchRunner(delay=0.01)
-    pipe = MultiStreamPipeline(streams_of(videos, sinks=own), runner, batch_contract(), [merged],
-                               MultiConfig(batch_wait_ms=50, requests=2))
+    pipe = MultiStreamPipeline(
+        streams_of(videos, sinks=own), runner, batch_contract(), [merged], MultiConfig(batch_wait_ms=50, requests=2)
+    )
     with runner:
         s = pipe.run(install_signals=False)
     assert max(runner.sizes) > 1 and max(runner.sizes) <= 8  # frames of several streams shared a batch
@@ -148,9 +151,11 @@ class NeverOpens(Source):
 def test_stalled_and_dead_streams_never_stall_the_others(tmp_path: Path) -> None:
     write_video(tmp_path / "ok.mp4", 40)
     stall = StallingSource(3)
-    streams = [StreamInput("ok", open_source(parse_source(str(tmp_path / "ok.mp4"))), StreamConfig(drop="wait")),
-               StreamInput("stall", stall, StreamConfig(drop="latest", reconnect_max=0)),
-               StreamInput("dead", NeverOpens(), StreamConfig(open_timeout=0.1))]
+    streams = [
+        StreamInput("ok", open_source(parse_source(str(tmp_path / "ok.mp4"))), StreamConfig(drop="wait")),
+        StreamInput("stall", stall, StreamConfig(drop="latest", reconnect_max=0)),
+        StreamInput("dead", NeverOpens(), StreamConfig(open_timeout=0.1)),
+    ]
     runner = BatchRunner()
     pipe = MultiStreamPipeline(streams, runner, batch_contract(), [], MultiConfig(batch_wait_ms=5))
     done = threading.Event()
@@ -181,8 +186,10 @@ def test_stalled_and_dead_streams_never_stall_the_others(tmp_path: Path) -> None
 def test_require_all_fails_before_anything_runs(tmp_path: Path) -> None:
     write_video(tmp_path / "ok.mp4", 5)
     runner = BatchRunner()
-    streams = [StreamInput("ok", open_source(parse_source(str(tmp_path / "ok.mp4")))),
-               StreamInput("dead", NeverOpens(), StreamConfig(open_timeout=0.1))]
+    streams = [
+        StreamInput("ok", open_source(parse_source(str(tmp_path / "ok.mp4")))),
+        StreamInput("dead", NeverOpens(), StreamConfig(open_timeout=0.1)),
+    ]
     pipe = MultiStreamPipeline(streams, runner, batch_contract(), [], MultiConfig(require_all=True))
     with runner, pytest.raises(SourceError, match="--require-all: stream 'dead' did not open"):
         pipe.run(install_signals=False)
@@ -212,8 +219,7 @@ def test_reconnects_are_counted_per_stream(tmp_path: Path) -> None:
     write_video(tmp_path / "ok.mp4", 10)
     flaky = FlakyCamera()
     cfg = StreamConfig(drop="wait", reconnect_backoff=0.01, reconnect_max=2, max_frames=15)
-    streams = [StreamInput("ok", open_source(parse_source(str(tmp_path / "ok.mp4")))),
-               StreamInput("flaky", flaky, cfg)]
+    streams = [StreamInput("ok", open_source(parse_source(str(tmp_path / "ok.mp4")))), StreamInput("flaky", flaky, cfg)]
     with BatchRunner() as runner:
         s = MultiStreamPipeline(streams, runner, batch_contract(), []).run(install_signals=False)
     assert s["streams"]["flaky"]["reconnects"] == 2 and s["streams"]["flaky"]["frames_processed"] == 15
@@ -247,7 +253,7 @@ def test_engine_async_queue_matches_sync_inference(tmp_path: Path, backend: str)
     kw = {"performance": "throughput"} if backend == "openvino" else {}
     x = np.random.default_rng(1).standard_normal((6, 3, 32, 32)).astype(np.float32)
     with open_runner(b, backend, threads=1, **kw) as r:
-        want = [r.infer({"input": x[i:i + 2]})["output"] for i in range(0, 6, 2)]
+        want = [r.infer({"input": x[i : i + 2]})["output"] for i in range(0, 6, 2)]
         q = r.async_queue(3)
         got: dict[int, np.ndarray] = {}
         lock = threading.Lock()
@@ -258,7 +264,7 @@ def test_engine_async_queue_matches_sync_inference(tmp_path: Path, backend: str)
                 got[i] = out["output"]
 
         for k, i in enumerate(range(0, 6, 2)):
-            q.submit({"input": x[i:i + 2]}, k, done)
+            q.submit({"input": x[i : i + 2]}, k, done)
         q.wait_all()
         info = q.describe()
         q.close()
@@ -277,9 +283,11 @@ def test_cameras_yaml_valid_and_dotted_errors(tmp_path: Path) -> None:
     v = tmp_path / "c.mp4"
     write_video(v, 2)
     good = tmp_path / "cams.yaml"
-    good.write_text(f"streams:\n  - name: door\n    file: {v}\n    max_fps: 5\n    drop: latest\n"
-                    f"    save: out/{{name}}.mp4\n  - name: cam\n    device: 0\n"
-                    f"  - name: net\n    url: rtsp://10.0.0.5/main\n")
+    good.write_text(
+        f"streams:\n  - name: door\n    file: {v}\n    max_fps: 5\n    drop: latest\n"
+        f"    save: out/{{name}}.mp4\n  - name: cam\n    device: 0\n"
+        f"  - name: net\n    url: rtsp://10.0.0.5/main\n"
+    )
     cams = load_cameras(good)
     assert [c.name for c in cams] == ["door", "cam", "net"]
     assert cams[0].source_spec().kind == "file" and cams[1].source_spec().kind == "camera"
@@ -287,8 +295,7 @@ def test_cameras_yaml_valid_and_dotted_errors(tmp_path: Path) -> None:
     assert expand(cams[0].save, "door") == Path("out/door.mp4")
     cases = {
         "streams:\n  - name: a\n    file: x\n    drop: sometimes\n": "streams.0.drop:",
-        "streams:\n  - name: a\n    url: rtsp://h/x\n  - name: b\n    file: f\n    url: rtsp://h/y\n":
-            "streams.1: expected exactly one of url, device, file, gst, found url, file",
+        "streams:\n  - name: a\n    url: rtsp://h/x\n  - name: b\n    file: f\n    url: rtsp://h/y\n": "streams.1: expected exactly one of url, device, file, gst, found url, file",
         "streams:\n  - name: a\n    url: rtsp://h/x\n    fps: 3\n": "streams.0.fps: Extra inputs",
         "streams:\n  - name: a\n    url: rtsp://h/x\n  - name: a\n    url: rtsp://h/y\n": "found 'a' twice",
         "streams:\n  - name: a\n    url: rtsp://h/x\n    max_fps: -1\n": "streams.0.max_fps:",

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mqtt_broker import Broker, Subscriber, free_port
 
 pytestmark = [pytest.mark.stream, pytest.mark.onnxruntime, pytest.mark.torch]
@@ -64,8 +63,22 @@ def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
 
 def test_three_sources_per_stream_and_merged_jsonl(bundle: Path, videos: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "o"
-    p = run(str(bundle), "--source", f"red={videos[2]}", "--source", str(videos[1]), "--source", f"blue={videos[0]}",
-            "--jsonl", str(out / "{name}.jsonl"), "--json", "-", "--batch-wait-ms", "20", "--no-record")
+    p = run(
+        str(bundle),
+        "--source",
+        f"red={videos[2]}",
+        "--source",
+        str(videos[1]),
+        "--source",
+        f"blue={videos[0]}",
+        "--jsonl",
+        str(out / "{name}.jsonl"),
+        "--json",
+        "-",
+        "--batch-wait-ms",
+        "20",
+        "--no-record",
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     want = {"red": 18, "cam1": 24, "blue": 30}
@@ -77,8 +90,10 @@ def test_three_sources_per_stream_and_merged_jsonl(bundle: Path, videos: list[Pa
         assert [e["frame"] for e in ev] == list(range(n)) and {e["stream"] for e in ev} == {name}
     merged = tmp_path / "all.jsonl"
     yaml_file = tmp_path / "cams.yaml"
-    yaml_file.write_text(f"streams:\n  - name: a\n    file: {videos[0]}\n    max_fps: 1000\n"
-                         f"  - name: b\n    file: {videos[1]}\n    jsonl: {tmp_path}/{{name}}-own.jsonl\n")
+    yaml_file.write_text(
+        f"streams:\n  - name: a\n    file: {videos[0]}\n    max_fps: 1000\n"
+        f"  - name: b\n    file: {videos[1]}\n    jsonl: {tmp_path}/{{name}}-own.jsonl\n"
+    )
     p = run(str(bundle), "--sources", str(yaml_file), "--jsonl", str(merged), "--no-record")
     assert p.returncode == 0, p.stderr
     ev = [json.loads(x) for x in merged.read_text().splitlines()]
@@ -87,14 +102,21 @@ def test_three_sources_per_stream_and_merged_jsonl(bundle: Path, videos: list[Pa
     assert "2 streams" in p.stdout and "slowest stage in total" in p.stdout
 
 
-@pytest.mark.parametrize("yaml_text,needle", [
-    ("streams:\n  - name: a\n    file: {v}\n    drop: never\n", "streams.0.drop: Input should be"),
-    ("streams:\n  - name: a\n    file: {v}\n  - name: a\n    file: {v}\n", "expected unique stream names, found 'a' twice"),
-    ("streams:\n  - name: a\n    file: /nonexistent/x.mp4\n", "stream 'a': --source: expected an existing file"),
-    ("cameras:\n  - name: a\n", "cams.yaml: streams: Field required"),
-])
-def test_bad_cameras_yaml_one_line_exit_2_nothing_written(bundle: Path, videos: list[Path], tmp_path: Path,
-                                                          yaml_text: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    "yaml_text,needle",
+    [
+        ("streams:\n  - name: a\n    file: {v}\n    drop: never\n", "streams.0.drop: Input should be"),
+        (
+            "streams:\n  - name: a\n    file: {v}\n  - name: a\n    file: {v}\n",
+            "expected unique stream names, found 'a' twice",
+        ),
+        ("streams:\n  - name: a\n    file: /nonexistent/x.mp4\n", "stream 'a': --source: expected an existing file"),
+        ("cameras:\n  - name: a\n", "cams.yaml: streams: Field required"),
+    ],
+)
+def test_bad_cameras_yaml_one_line_exit_2_nothing_written(
+    bundle: Path, videos: list[Path], tmp_path: Path, yaml_text: str, needle: str
+) -> None:
     f = tmp_path / "cams.yaml"
     f.write_text(yaml_text.format(v=videos[0]))
     out = tmp_path / "out"
@@ -110,19 +132,47 @@ def test_duplicate_names_unreachable_broker_and_require_all(bundle: Path, videos
     p = run(str(bundle), "--source", f"a={videos[0]}", "--source", f"a={videos[1]}", "--jsonl", str(out))
     assert p.returncode == 2 and "expected unique stream names, found 'a' twice" in p.stderr
     port = free_port()
-    p = run(str(bundle), "--source", str(videos[0]), "--mqtt", f"mqtt://127.0.0.1:{port}/edgecv/{{stream}}",
-            "--jsonl", str(out))
+    p = run(
+        str(bundle),
+        "--source",
+        str(videos[0]),
+        "--mqtt",
+        f"mqtt://127.0.0.1:{port}/edgecv/{{stream}}",
+        "--jsonl",
+        str(out),
+    )
     assert p.returncode == 2, p.stderr
     assert [ln for ln in p.stderr.splitlines() if ln.strip()] == [
-        f"error: --mqtt: expected a broker at 127.0.0.1:{port}, found none (Connection refused)"]
+        f"error: --mqtt: expected a broker at 127.0.0.1:{port}, found none (Connection refused)"
+    ]
     assert not out.exists()
     dead = f"http://127.0.0.1:{free_port()}/live.ts"
-    p = run(str(bundle), "--source", str(videos[0]), "--source", f"gone={dead}", "--open-timeout", "1",
-            "--require-all", "--jsonl", str(out))
+    p = run(
+        str(bundle),
+        "--source",
+        str(videos[0]),
+        "--source",
+        f"gone={dead}",
+        "--open-timeout",
+        "1",
+        "--require-all",
+        "--jsonl",
+        str(out),
+    )
     assert p.returncode == 2 and "--require-all: stream 'gone' did not open" in p.stderr, p.stderr
     assert not out.exists() or out.read_text() == ""
-    p = run(str(bundle), "--source", str(videos[0]), "--source", f"gone={dead}", "--open-timeout", "1",
-            "--json", "-", "--no-record")
+    p = run(
+        str(bundle),
+        "--source",
+        str(videos[0]),
+        "--source",
+        f"gone={dead}",
+        "--open-timeout",
+        "1",
+        "--json",
+        "-",
+        "--no-record",
+    )
     assert p.returncode == 0, p.stderr
     assert "stream 'gone' did not open" in p.stderr
     s = json.loads(p.stdout)
@@ -136,8 +186,20 @@ def test_mqtt_messages_equal_frames_times_streams(bundle: Path, videos: list[Pat
     broker.start()
     try:
         sub = Subscriber(broker.port, "cams/#", client_id="sub-cli")
-        p = run(str(bundle), "--source", f"x={videos[0]}", "--source", f"y={videos[1]}", "--mqtt",
-                f"{broker.url}/cams/{{stream}}", "--mqtt-qos", "1", "--json", "-", "--no-record")
+        p = run(
+            str(bundle),
+            "--source",
+            f"x={videos[0]}",
+            "--source",
+            f"y={videos[1]}",
+            "--mqtt",
+            f"{broker.url}/cams/{{stream}}",
+            "--mqtt-qos",
+            "1",
+            "--json",
+            "-",
+            "--no-record",
+        )
         assert p.returncode == 0, p.stderr
         s = json.loads(p.stdout)
         got = sub.wait_count(54)
@@ -160,10 +222,28 @@ def test_live_page_in_headless_chromium(bundle: Path, videos: list[Path], tmp_pa
     from browser import Page
 
     port = free_port()
-    proc = subprocess.Popen(edgecv(str(bundle), "--source", f"left={videos[0]}", "--source", f"right={videos[1]}",
-                                   "--loop", "--max-fps", "10", "--serve", f"127.0.0.1:{port}", "--json",
-                                   str(tmp_path / "s.json"), "-q", "--no-record"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    proc = subprocess.Popen(
+        edgecv(
+            str(bundle),
+            "--source",
+            f"left={videos[0]}",
+            "--source",
+            f"right={videos[1]}",
+            "--loop",
+            "--max-fps",
+            "10",
+            "--serve",
+            f"127.0.0.1:{port}",
+            "--json",
+            str(tmp_path / "s.json"),
+            "-q",
+            "--no-record",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
     try:
         from edgecv.stream.sinks import wait_for_port
 
@@ -181,7 +261,7 @@ def test_live_page_in_headless_chromium(bundle: Path, videos: list[Path], tmp_pa
             errors = list(page.errors)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert sorted(sizes) == [["left", 160, 120], ["right", 160, 120]]
     assert later > first > 0 and updates >= 3 and float(fps) > 0

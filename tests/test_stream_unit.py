@@ -52,8 +52,14 @@ class FakeRunner(Runner):
 
 
 def contract(task: str = "classify", **kw: object) -> Contract:
-    return Contract(task=task, input_shape=[1, 3, SIZE, SIZE], mean=[0, 0, 0], std=[1, 1, 1],
-                    class_names=[f"k{i}" for i in range(NCLS)], **kw)
+    return Contract(
+        task=task,
+        input_shape=[1, 3, SIZE, SIZE],
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+        class_names=[f"k{i}" for i in range(NCLS)],
+        **kw,
+    )
 
 
 def write_video(path: Path, n: int, size: tuple[int, int] = (96, 64), fps: float = 30.0) -> list[int]:
@@ -182,7 +188,7 @@ def test_segment_decoder_undoes_letterbox() -> None:
     # scores: class 2 on the left half of the input tensor, class 1 on the right, class 3 in the pad rows
     scores = np.zeros((1, NCLS, SIZE, SIZE), np.float32)
     scores[0, 2, :, : SIZE // 2] = 1
-    scores[0, 1, :, SIZE // 2:] = 1
+    scores[0, 1, :, SIZE // 2 :] = 1
     top = int(tf.pad_y)
     scores[0, :, :top] = 0
     scores[0, 3, :top] = 5
@@ -209,8 +215,9 @@ def test_preprocess_resizes_before_the_channel_swap_bit_exactly(resize: str, col
     x, tf = preprocess(img, c)
     first = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if color == "RGB" else img
     ref, tf_ref = resize_image(first, c)
-    ref = ((ref.astype(np.float32) * np.float32(c.scale) - np.float32(c.mean))
-           / np.float32(c.std)).transpose(2, 0, 1)[None]
+    ref = ((ref.astype(np.float32) * np.float32(c.scale) - np.float32(c.mean)) / np.float32(c.std)).transpose(2, 0, 1)[
+        None
+    ]
     assert tf == tf_ref
     np.testing.assert_array_equal(x, ref)
     blue = 2 if color == "RGB" else 0
@@ -228,8 +235,9 @@ def test_graph_nms_decoder_maps_boxes_back() -> None:
     boxes[0, 1] = [0, 8, 32, 32]
     scores = np.array([[0.9, 0.2, 0.8, 0.7, 0.6]], np.float32)
     classes = np.array([[1, 2, 3, 0, 0]], np.int32)
-    res = get_decoder(c).decode({"boxes": boxes, "scores": scores, "classes": classes,
-                                 "num_dets": np.array([2], np.int32)}, [tf])[0]
+    res = get_decoder(c).decode(
+        {"boxes": boxes, "scores": scores, "classes": classes, "num_dets": np.array([2], np.int32)}, [tf]
+    )[0]
     assert len(res) == 1  # 2 valid detections, one under the threshold; padded rows ignored
     np.testing.assert_allclose(res.boxes[0], [4, 4, 24, 24])
     assert res.to_json()["detections"][0]["label"] == "k1"
@@ -249,8 +257,7 @@ def test_draw_overlays_change_pixels() -> None:
     from edgecv.tasks.segment import SegmentResult
 
     img = np.zeros((120, 160, 3), np.uint8)
-    det = DetectResult(np.array([[10, 10, 60, 60]], np.float32), np.array([0.9], np.float32), np.array([1]),
-                       ["a", "b"])
+    det = DetectResult(np.array([[10, 10, 60, 60]], np.float32), np.array([0.9], np.float32), np.array([1]), ["a", "b"])
     draw_result(img, det)
     assert img[10, 30:40].any() and not img[100:, 100:].any()  # box edge drawn, far corner untouched
     img2 = np.zeros((120, 160, 3), np.uint8)
@@ -274,7 +281,7 @@ def run_pipe(src: str, runner: Runner, cfg: StreamConfig, sinks: list | None = N
 def test_pipeline_wait_processes_every_frame_in_order(tmp_path: Path) -> None:
     expected = write_video(tmp_path / "v.mp4", 30)
     jl = JsonlSink(tmp_path / "o.jsonl")
-    pipe, s = run_pipe(str(tmp_path / "v.mp4"), FakeRunner(delay=0.005), StreamConfig(drop="wait"), [jl])
+    _pipe, s = run_pipe(str(tmp_path / "v.mp4"), FakeRunner(delay=0.005), StreamConfig(drop="wait"), [jl])
     events = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert s["frames_processed"] == 30 and s["dropped"] == 0 and len(events) == 30
     assert [e["frame"] for e in events] == list(range(30))
@@ -333,8 +340,9 @@ def test_pipeline_runner_error_finalizes_and_raises(tmp_path: Path) -> None:
             return super()._infer_impl(feed)
 
     jl = JsonlSink(tmp_path / "o.jsonl")
-    pipe = StreamPipeline(open_source(parse_source(str(tmp_path / "v.mp4"))), Broken(), contract(), [jl],
-                          StreamConfig(drop="wait"))
+    pipe = StreamPipeline(
+        open_source(parse_source(str(tmp_path / "v.mp4"))), Broken(), contract(), [jl], StreamConfig(drop="wait")
+    )
     with Broken() as r:
         pipe.runner = r
         with pytest.raises(SourceError, match="fell over"):
@@ -348,8 +356,13 @@ def test_mjpeg_endpoint_serves_jpeg_parts(tmp_path: Path) -> None:
     write_video(tmp_path / "v.mp4", 400)
     srv = MjpegServer("127.0.0.1", 0)
     runner = FakeRunner(delay=0.01)
-    pipe = StreamPipeline(open_source(parse_source(str(tmp_path / "v.mp4"))), runner, contract(), [srv],
-                          StreamConfig(drop="wait", max_fps=60))
+    pipe = StreamPipeline(
+        open_source(parse_source(str(tmp_path / "v.mp4"))),
+        runner,
+        contract(),
+        [srv],
+        StreamConfig(drop="wait", max_fps=60),
+    )
     result: dict = {}
 
     def go() -> None:
@@ -382,11 +395,11 @@ def test_mjpeg_endpoint_serves_jpeg_parts(tmp_path: Path) -> None:
                 n = int(headers.split("Content-Length: ")[1].split("\r\n")[0])
                 if len(buf) < head_end + 4 + n + 2:
                     break
-                jpeg = buf[head_end + 4: head_end + 4 + n]
+                jpeg = buf[head_end + 4 : head_end + 4 + n]
                 img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
                 assert img is not None and img.shape == (64, 96, 3)
                 parts += 1
-                buf = buf[head_end + 4 + n + 2:]
+                buf = buf[head_end + 4 + n + 2 :]
         conn.close()
     finally:
         pipe.stop("test done")

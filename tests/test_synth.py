@@ -62,14 +62,14 @@ def test_detect_yolo_and_coco_agree_with_masks(tmp_path: Path) -> None:
         assert len(lines) == len(anns)
         n_yolo += len(lines)
         for ln, a in zip(lines, anns):
-            c, cx, cy, w, h = int(ln[0]), *map(float, ln[1:])
+            c, cx, _cy, w, h = int(ln[0]), *map(float, ln[1:])
             x, y, bw, bh = a["bbox"]
             assert c + 1 == a["category_id"]
             assert abs(cx * 64 - (x + bw / 2)) < 0.01 and abs(w * 64 - bw) < 0.01 and abs(h * 64 - bh) < 0.01
             assert 0 <= x and x + bw <= 64 and 0 <= y and y + bh <= 64
     assert n_yolo >= 10
     # box = visible extent of the object in the scene's own mask
-    img, mask, boxes = synth.render_objects(synth.image_rng(3, "train", 0), 64)
+    _img, mask, boxes = synth.render_objects(synth.image_rng(3, "train", 0), 64)
     for c, (x1, y1, x2, y2) in boxes:
         ys, xs = np.nonzero(mask == c + 1)
         assert xs.min() <= x1 + 0.5 and ys.min() <= y1 + 0.5 and xs.max() + 1 >= x2 - 0.5
@@ -95,8 +95,23 @@ def test_bad_arguments() -> None:
 
 def test_cli_synth(cli, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    proc = cli("data", "synth", "--task", "segment", "-o", str(out), "--n-train", "3", "--n-val", "2", "--size",
-               "32", "--seed", "5", "--json")
+    proc = cli(
+        "data",
+        "synth",
+        "--task",
+        "segment",
+        "-o",
+        str(out),
+        "--n-train",
+        "3",
+        "--n-val",
+        "2",
+        "--size",
+        "32",
+        "--seed",
+        "5",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     meta = json.loads(proc.stdout)
     assert meta["splits"] == {"train": 3, "val": 2}

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import make_tiny_bundle  # noqa: E402
+from helpers import make_tiny_bundle
 
-from edgecv._io import sha256_path  # noqa: E402
-from edgecv.backends.base import BuildConfig  # noqa: E402
-from edgecv.bundle import Bundle  # noqa: E402
-
+from edgecv._io import sha256_path
+from edgecv.backends.base import BuildConfig
+from edgecv.bundle import Bundle
 
 # pristine / bundle_dir fixtures: tests/conftest.py
 
@@ -45,8 +44,9 @@ def qdq_bundle(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     shutil.copytree(pristine, root)
     calib = root.parent / "calib.npz"
     np.savez(calib, input=np.random.default_rng(5).standard_normal((40, 3, 32, 32)).astype(np.float32))
-    proc = run_cli("compile", str(root), "-b", "tensorrt", "-p", "int8", "--emit-trtexec", "--calib", str(calib),
-                   "--json")
+    proc = run_cli(
+        "compile", str(root), "-b", "tensorrt", "-p", "int8", "--emit-trtexec", "--calib", str(calib), "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     return root
 
@@ -75,8 +75,7 @@ def test_trtexec_takes_bundle_batch_range_and_keep_float(bundle_dir: Path) -> No
     b = Bundle.open(bundle_dir)  # make_tiny_bundle: batch_range [1, 1, 8]
     a = _args(trtexec_command(b, BuildConfig(precision="fp16", keep_float=["/0/Conv", "/8/Gemm"]), relative=True))
     assert a["onnx"] == "model.onnx" and a["saveEngine"] == "tensorrt/fp16/model.engine"
-    assert (a["minShapes"], a["optShapes"], a["maxShapes"]) == ("input:1x3x32x32", "input:1x3x32x32",
-                                                                "input:8x3x32x32")
+    assert (a["minShapes"], a["optShapes"], a["maxShapes"]) == ("input:1x3x32x32", "input:1x3x32x32", "input:8x3x32x32")
     assert a["precisionConstraints"] == "obey"
     assert a["layerPrecisions"] == "/0/Conv:fp32,/8/Gemm:fp32"
 
@@ -148,8 +147,18 @@ def test_trtexec_static_batch_has_no_shapes(tmp_path: Path) -> None:
 
 
 def test_cli_emit_trtexec_writes_script(cli, bundle_dir: Path) -> None:
-    proc = cli("compile", str(bundle_dir), "--backend", "tensorrt", "--precision", "fp16", "--emit-trtexec",
-               "--workspace-mb", "1024", "--json")
+    proc = cli(
+        "compile",
+        str(bundle_dir),
+        "--backend",
+        "tensorrt",
+        "--precision",
+        "fp16",
+        "--emit-trtexec",
+        "--workspace-mb",
+        "1024",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     (row,) = json.loads(proc.stdout)["artifacts"]
     script = bundle_dir / "tensorrt/fp16/trtexec.sh"
@@ -233,8 +242,9 @@ def test_trtexec_int8_keep_float_is_in_the_graph(qdq_bundle: Path) -> None:
     from edgecv.backends.tensorrt import trtexec_command
 
     qdq = qdq_bundle / "onnxruntime/int8/model.qdq.onnx"
-    a = _args(trtexec_command(Bundle.open(qdq_bundle), BuildConfig(precision="int8", keep_float=["/8/Gemm"],
-                                                                    onnx_path=qdq)))
+    a = _args(
+        trtexec_command(Bundle.open(qdq_bundle), BuildConfig(precision="int8", keep_float=["/8/Gemm"], onnx_path=qdq))
+    )
     assert "stronglyTyped" in a and "layerPrecisions" not in a and "precisionConstraints" not in a
 
 
@@ -256,8 +266,13 @@ def test_mypy_catches_misspelt_tensorrt_api(tmp_path: Path) -> None:
     assert "execute_async_v3" in text
     bad.write_text(text.replace("execute_async_v3", "execute_async_v2"))
     env = dict(os.environ, MYPYPATH=str(_stub_dir()))
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", str(bad)],
-                          capture_output=True, text=True, env=env, cwd=src.parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=src.parents[2],
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "execute_async_v2" in proc.stdout and "attr-defined" in proc.stdout
 
@@ -266,8 +281,9 @@ def test_int8_build_config_keeps_the_callers_options(tmp_path: Path) -> None:
     """compile -b tensorrt -p int8 --target/--device dla reach the engine build through compile_int8."""
     from edgecv.quant.tensorrt import int8_build_config
 
-    base = BuildConfig(precision="int8", device="dla:1", target="agx-orin", workspace_mb=512,
-                       version_compatible=False, emit_only=True)
+    base = BuildConfig(
+        precision="int8", device="dla:1", target="agx-orin", workspace_mb=512, version_compatible=False, emit_only=True
+    )
     cfg = int8_build_config(tmp_path / "m.qdq.onnx", ["/8/Gemm"], None, base)
     assert (cfg.device, cfg.target, cfg.workspace_mb, cfg.emit_only) == ("dla:1", "agx-orin", 512, False)
     assert cfg.onnx_path == tmp_path / "m.qdq.onnx" and cfg.keep_float == ["/8/Gemm"] and cfg.strongly_typed

@@ -21,20 +21,36 @@ from edgecv.backends.tensorrt_guard import (
     sidecar_path,
 )
 
-ORIN = DeviceInfo(tensorrt="10.3.0.30", cuda_runtime="12.6", cuda_driver="12.6", gpu="Orin",
-                  compute_capability="8.7", l4t="36.4.0", jetpack="6.1", dla_cores=2)
+ORIN = DeviceInfo(
+    tensorrt="10.3.0.30",
+    cuda_runtime="12.6",
+    cuda_driver="12.6",
+    gpu="Orin",
+    compute_capability="8.7",
+    l4t="36.4.0",
+    jetpack="6.1",
+    dla_cores=2,
+)
 
 
-def _sidecar(device: DeviceInfo = ORIN, **kw) -> dict:  # noqa: ANN003
-    args = {"precision": "fp16", "dla_core": None, "profiles": {"input": [[1, 3, 32, 32]] * 3},
-            "builder_flags": {"workspace_mb": 1024}, "onnx_rel": "model.onnx", "onnx_sha256": "ab" * 32,
-            "target": "agx-orin", "hardware_compat": None, "version_compatible": False,
-            "plan": {"onnx_kind": "float"}}
+def _sidecar(device: DeviceInfo = ORIN, **kw) -> dict:
+    args = {
+        "precision": "fp16",
+        "dla_core": None,
+        "profiles": {"input": [[1, 3, 32, 32]] * 3},
+        "builder_flags": {"workspace_mb": 1024},
+        "onnx_rel": "model.onnx",
+        "onnx_sha256": "ab" * 32,
+        "target": "agx-orin",
+        "hardware_compat": None,
+        "version_compatible": False,
+        "plan": {"onnx_kind": "float"},
+    }
     args.update(kw)
     return make_sidecar(device, **args)
 
 
-def _with(**changes) -> DeviceInfo:  # noqa: ANN003
+def _with(**changes) -> DeviceInfo:
     d = ORIN.to_dict()
     d.update(changes)
     return DeviceInfo(**d)
@@ -46,15 +62,18 @@ def test_match_has_no_fields() -> None:
     assert check_engine(_sidecar(), _with(nvidia_driver="540.4.0", cuda_driver="12.8", l4t="36.4.3")) == []
 
 
-@pytest.mark.parametrize("changes,field", [
-    ({"tensorrt": "10.13.3.9"}, "tensorrt"),
-    ({"tensorrt": "10.3.0.26"}, "tensorrt"),  # the build number counts: TensorRT matches plans exactly
-    ({"cuda_runtime": "13.0"}, "cuda"),
-    ({"compute_capability": "8.9"}, "compute_capability"),
-    ({"gpu": "NVIDIA L4"}, "gpu"),
-    ({"l4t": "36.3.0"}, "l4t"),
-    ({"l4t": None}, "l4t"),  # a Jetson engine on a desktop
-])
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"tensorrt": "10.13.3.9"}, "tensorrt"),
+        ({"tensorrt": "10.3.0.26"}, "tensorrt"),  # the build number counts: TensorRT matches plans exactly
+        ({"cuda_runtime": "13.0"}, "cuda"),
+        ({"compute_capability": "8.9"}, "compute_capability"),
+        ({"gpu": "NVIDIA L4"}, "gpu"),
+        ({"l4t": "36.3.0"}, "l4t"),
+        ({"l4t": None}, "l4t"),  # a Jetson engine on a desktop
+    ],
+)
 def test_each_mismatch_field(changes: dict, field: str) -> None:
     assert check_engine(_sidecar(), _with(**changes)) == [field]
 
@@ -89,8 +108,10 @@ def test_message_is_one_line_with_the_rebuild_command() -> None:
     fields = check_engine(_sidecar(), here)
     msg = mismatch_message(_sidecar(), here, fields, "out/cls")
     assert "\n" not in msg
-    assert msg.startswith("engine built for sm_87 with TensorRT 10.3 CUDA 12.6 on JetPack 6.1 (Orin); "
-                          "this device is sm_89 with TensorRT 10.13")
+    assert msg.startswith(
+        "engine built for sm_87 with TensorRT 10.3 CUDA 12.6 on JetPack 6.1 (Orin); "
+        "this device is sm_89 with TensorRT 10.13"
+    )
     assert "(differs: TensorRT, compute capability, GPU, JetPack/L4T)" in msg
     assert "'edgecv compile out/cls --backend tensorrt --precision fp16 --target x86'" in msg
     assert msg.endswith("or pass --rebuild")
@@ -107,8 +128,16 @@ def test_sidecar_roundtrip_and_format(tmp_path: Path) -> None:
     side = read_sidecar(engine)
     assert side is not None and side["device"]["compute_capability"] == "8.7"
     assert set(side) >= {"precision", "dla_core", "profiles", "builder_flags", "onnx_sha256", "device"}
-    assert set(side["device"]) >= {"tensorrt", "cuda_runtime", "cuda_driver", "nvidia_driver", "gpu",
-                                   "compute_capability", "l4t", "jetpack"}
+    assert set(side["device"]) >= {
+        "tensorrt",
+        "cuda_runtime",
+        "cuda_driver",
+        "nvidia_driver",
+        "gpu",
+        "compute_capability",
+        "l4t",
+        "jetpack",
+    }
     assert engine.read_bytes() == b"plan"  # the engine stays a raw plan
     sidecar_path(engine).write_text(json.dumps({"format": "other"}))
     assert read_sidecar(engine) is None
@@ -116,12 +145,20 @@ def test_sidecar_roundtrip_and_format(tmp_path: Path) -> None:
 
 def test_probe_device_from_fake_modules(tmp_path: Path) -> None:
     props = SimpleNamespace(name=b"NVIDIA L4\0\0", major=8, minor=9)
-    cudart = SimpleNamespace(cudaRuntimeGetVersion=lambda: (0, 12060), cudaDriverGetVersion=lambda: (0, 12080),
-                             cudaGetDeviceProperties=lambda i: (0, props))
+    cudart = SimpleNamespace(
+        cudaRuntimeGetVersion=lambda: (0, 12060),
+        cudaDriverGetVersion=lambda: (0, 12080),
+        cudaGetDeviceProperties=lambda i: (0, props),
+    )
     trt = SimpleNamespace(__version__="10.13.3.9")
     d = probe_device(trt, cudart, 0, dla_cores=0, release={"l4t": None})
-    assert (d.gpu, d.compute_capability, d.cuda_runtime, d.cuda_driver, d.tensorrt) == \
-        ("NVIDIA L4", "8.9", "12.6", "12.8", "10.13.3.9")
+    assert (d.gpu, d.compute_capability, d.cuda_runtime, d.cuda_driver, d.tensorrt) == (
+        "NVIDIA L4",
+        "8.9",
+        "12.6",
+        "12.8",
+        "10.13.3.9",
+    )
     failing = SimpleNamespace(cudaRuntimeGetVersion=lambda: (35, 0))
     assert probe_device(trt, failing, release={}).cuda_runtime is None
     proc = tmp_path / "version"
@@ -132,8 +169,13 @@ def test_probe_device_from_fake_modules(tmp_path: Path) -> None:
 
 def test_rebuild_config_from_sidecar(tmp_path: Path) -> None:
     bundle = SimpleNamespace(path=lambda rel: tmp_path / rel, file=lambda rel: tmp_path / rel)
-    side = _sidecar(precision="int8", dla_core=0, onnx_rel="onnxruntime/int8/model.qdq.onnx",
-                    plan={"onnx_kind": "qdq"}, builder_flags={"workspace_mb": 512, "keep_float": ["/0/Conv"]})
+    side = _sidecar(
+        precision="int8",
+        dla_core=0,
+        onnx_rel="onnxruntime/int8/model.qdq.onnx",
+        plan={"onnx_kind": "qdq"},
+        builder_flags={"workspace_mb": 512, "keep_float": ["/0/Conv"]},
+    )
     cfg = rebuild_config(bundle, side, ORIN)
     assert (cfg.precision, cfg.device, cfg.workspace_mb, cfg.target) == ("int8", "dla:0", 512, "agx-orin")
     assert cfg.onnx_path == tmp_path / "onnxruntime/int8/model.qdq.onnx" and cfg.keep_float == []
@@ -141,7 +183,7 @@ def test_rebuild_config_from_sidecar(tmp_path: Path) -> None:
     assert (cfg.device, cfg.target, cfg.onnx_path) == ("cuda:0", "x86", None)
 
 
-def test_runner_guard_refuses_or_rebuilds(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_runner_guard_refuses_or_rebuilds(tmp_path: Path, monkeypatch) -> None:
     """The runner's guard with a fake device: refuse in one line, or rebuild under --rebuild."""
     from edgecv.backends import tensorrt as trt_backend
     from edgecv.backends.tensorrt import TensorRTRunner
@@ -160,7 +202,7 @@ def test_runner_guard_refuses_or_rebuilds(tmp_path: Path, monkeypatch) -> None: 
     built: list = []
 
     class FakeBuilder:
-        def build(self, b, config):  # noqa: ANN001, ANN202
+        def build(self, b, config):
             built.append(config)
             sidecar_path(engine).write_text(json.dumps(_sidecar(here)))
             return SimpleNamespace(path="tensorrt/fp16/model.engine")
@@ -186,8 +228,11 @@ def test_record_sidecar_for_a_script_built_engine(tmp_path: Path) -> None:
     qdq.parent.mkdir(parents=True)
     qdq.write_bytes(b"onnx")
     props = SimpleNamespace(name=b"Orin", major=8, minor=7)
-    cudart = SimpleNamespace(cudaRuntimeGetVersion=lambda: (0, 12060), cudaDriverGetVersion=lambda: (0, 12060),
-                             cudaGetDeviceProperties=lambda i: (0, props))
+    cudart = SimpleNamespace(
+        cudaRuntimeGetVersion=lambda: (0, 12060),
+        cudaDriverGetVersion=lambda: (0, 12060),
+        cudaGetDeviceProperties=lambda i: (0, props),
+    )
 
     class Runtime:
         num_DLA_cores = 2
@@ -195,13 +240,30 @@ def test_record_sidecar_for_a_script_built_engine(tmp_path: Path) -> None:
         def __init__(self, logger: object) -> None:
             pass
 
-    trt = SimpleNamespace(__version__="10.3.0.30", Runtime=Runtime,
-                          Logger=type("Logger", (), {"ERROR": 1, "__init__": lambda self, lvl: None}))
-    plan = {"precision": "int8", "dla_core": 0, "shapes": {"input": [[1, 3, 32, 32]] * 3}, "workspace_mb": 1024,
-            "flags": ["int8", "fp16"], "strongly_typed": False, "onnx_kind": "qdq"}
-    (engine.parent / "layers.json").write_text(json.dumps({"Layers": [
-        {"Name": "{ForeignNode[/0/Conv.../7/Relu]}", "LayerType": "ForeignNode"},
-        {"Name": "/8/Gemm", "LayerType": "CaskGemmConvolution"}]}))
+    trt = SimpleNamespace(
+        __version__="10.3.0.30",
+        Runtime=Runtime,
+        Logger=type("Logger", (), {"ERROR": 1, "__init__": lambda self, lvl: None}),
+    )
+    plan = {
+        "precision": "int8",
+        "dla_core": 0,
+        "shapes": {"input": [[1, 3, 32, 32]] * 3},
+        "workspace_mb": 1024,
+        "flags": ["int8", "fp16"],
+        "strongly_typed": False,
+        "onnx_kind": "qdq",
+    }
+    (engine.parent / "layers.json").write_text(
+        json.dumps(
+            {
+                "Layers": [
+                    {"Name": "{ForeignNode[/0/Conv.../7/Relu]}", "LayerType": "ForeignNode"},
+                    {"Name": "/8/Gemm", "LayerType": "CaskGemmConvolution"},
+                ]
+            }
+        )
+    )
     out = record_sidecar(engine, plan, "onnxruntime/int8/model.qdq.onnx", "agx-orin", trt, cudart)
     side = read_sidecar(engine)
     assert out == sidecar_path(engine) and side is not None
@@ -213,7 +275,7 @@ def test_record_sidecar_for_a_script_built_engine(tmp_path: Path) -> None:
     assert main(["nonsense"]) == 2
 
 
-def test_version_compatible_engine_runs_host_code_only_when_allowed(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_version_compatible_engine_runs_host_code_only_when_allowed(tmp_path: Path, monkeypatch) -> None:
     """A version-compatible plan embeds TensorRT's lean runtime (host code): a bundle's sidecar alone never turns
     engine_host_code_allowed on; the user's EDGECV_TRUST_ENGINE_CODE=1 does."""
     from edgecv.backends.tensorrt import TRUST_ENGINE_CODE_ENV, TensorRTRunner

@@ -27,21 +27,26 @@ from edgecv.backends.tensorrt_plan import (
 from edgecv.bundle import Bundle, Contract
 from edgecv.errors import ConfigError
 
-CONTRACT = Contract(task="classify", input_shape=[1, 3, 32, 32], class_names=["a", "b"], output_names=["output"],
-                    batch_range=[1, 2, 8])
+CONTRACT = Contract(
+    task="classify", input_shape=[1, 3, 32, 32], class_names=["a", "b"], output_names=["output"], batch_range=[1, 2, 8]
+)
 
 
-def _fake_trt(*, flags: tuple[str, ...], creation: tuple[str, ...], dla: bool = True,
-              hw: bool = True) -> SimpleNamespace:
-    return SimpleNamespace(BuilderFlag=SimpleNamespace(**{f: object() for f in flags}),
-                           NetworkDefinitionCreationFlag=SimpleNamespace(**{f: object() for f in creation}),
-                           DeviceType=SimpleNamespace(GPU=0, **({"DLA": 1} if dla else {})),
-                           HardwareCompatibilityLevel=SimpleNamespace(NONE=0, **({"AMPERE_PLUS": 1} if hw else {})))
+def _fake_trt(
+    *, flags: tuple[str, ...], creation: tuple[str, ...], dla: bool = True, hw: bool = True
+) -> SimpleNamespace:
+    return SimpleNamespace(
+        BuilderFlag=SimpleNamespace(**{f: object() for f in flags}),
+        NetworkDefinitionCreationFlag=SimpleNamespace(**{f: object() for f in creation}),
+        DeviceType=SimpleNamespace(GPU=0, **({"DLA": 1} if dla else {})),
+        HardwareCompatibilityLevel=SimpleNamespace(NONE=0, **({"AMPERE_PLUS": 1} if hw else {})),
+    )
 
 
 TRT86 = _fake_trt(flags=("FP16", "INT8", "GPU_FALLBACK", "VERSION_COMPATIBLE"), creation=("EXPLICIT_BATCH",))
-TRT10 = _fake_trt(flags=("FP16", "INT8", "BF16", "GPU_FALLBACK", "VERSION_COMPATIBLE"),
-                  creation=("EXPLICIT_BATCH", "STRONGLY_TYPED"))
+TRT10 = _fake_trt(
+    flags=("FP16", "INT8", "BF16", "GPU_FALLBACK", "VERSION_COMPATIBLE"), creation=("EXPLICIT_BATCH", "STRONGLY_TYPED")
+)
 TRT11 = _fake_trt(flags=("GPU_FALLBACK", "VERSION_COMPATIBLE"), creation=("STRONGLY_TYPED",), dla=False)
 
 
@@ -55,23 +60,30 @@ def test_features_detected_by_attribute_not_version() -> None:
     # the presets the script uses agree with detection (labels aside)
     for preset, mod in ((LEGACY, TRT86), (TYPED, TRT10)):
         got = TrtFeatures.from_module(mod, dla_cores=2)
-        assert (got.strongly_typed, got.precision_flags, got.bf16_flag) == \
-            (preset.strongly_typed, preset.precision_flags, preset.bf16_flag)
+        assert (got.strongly_typed, got.precision_flags, got.bf16_flag) == (
+            preset.strongly_typed,
+            preset.precision_flags,
+            preset.bf16_flag,
+        )
 
 
-@pytest.mark.parametrize("features,precision,kind,typed,flags", [
-    (LEGACY, "fp16", "float", False, ["fp16"]),
-    (TYPED, "fp16", "float", False, ["fp16"]),
-    (TYPED_ONLY, "fp16", "fp16", True, []),
-    (LEGACY, "int8", "qdq", False, ["int8"]),
-    (TYPED, "int8", "qdq", True, []),
-    (TYPED_ONLY, "int8", "qdq", True, []),
-    (TYPED, "bf16", "float", False, ["bf16"]),
-    (LEGACY, "fp32", "float", False, []),
-    (TYPED_ONLY, "fp32", "float", True, []),
-])
-def test_precision_switches_per_version(features: TrtFeatures, precision: str, kind: str, typed: bool,
-                                        flags: list[str]) -> None:
+@pytest.mark.parametrize(
+    "features,precision,kind,typed,flags",
+    [
+        (LEGACY, "fp16", "float", False, ["fp16"]),
+        (TYPED, "fp16", "float", False, ["fp16"]),
+        (TYPED_ONLY, "fp16", "fp16", True, []),
+        (LEGACY, "int8", "qdq", False, ["int8"]),
+        (TYPED, "int8", "qdq", True, []),
+        (TYPED_ONLY, "int8", "qdq", True, []),
+        (TYPED, "bf16", "float", False, ["bf16"]),
+        (LEGACY, "fp32", "float", False, []),
+        (TYPED_ONLY, "fp32", "float", True, []),
+    ],
+)
+def test_precision_switches_per_version(
+    features: TrtFeatures, precision: str, kind: str, typed: bool, flags: list[str]
+) -> None:
     plan = make_plan(CONTRACT, precision, features)
     assert (plan.onnx_kind, plan.strongly_typed, plan.flags) == (kind, typed, flags)
     args = trtexec_args(plan, "m.onnx", "e.engine", "t.cache")
@@ -114,17 +126,20 @@ def test_dla_int8_on_tensorrt10_is_weakly_typed_with_fp16() -> None:
     assert (plan.onnx_kind, plan.strongly_typed, plan.flags) == ("qdq", False, ["int8", "fp16"])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"precision": "fp32", "target": "agx-orin", "dla_core": 0}, "expected --precision fp16 or int8"),
-    ({"precision": "bf16", "target": "agx-orin", "dla_core": 0}, "expected --precision fp16 or int8"),
-    ({"precision": "fp16", "target": "orin-nano", "dla_core": 0}, "which has none"),
-    ({"precision": "fp16", "target": "thor", "dla_core": 0}, "which has none"),
-    ({"precision": "fp16", "target": "x86", "dla_core": 0}, "which has none"),
-    ({"precision": "fp16", "target": "agx-orin", "dla_core": 2}, "expected a core below 2"),
-    ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "features": TYPED_ONLY}, "no DLA support"),
-    ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "hardware_compat": "ampere+"}, "expected a GPU"),
-    ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "version_compatible": True}, "expected a GPU"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"precision": "fp32", "target": "agx-orin", "dla_core": 0}, "expected --precision fp16 or int8"),
+        ({"precision": "bf16", "target": "agx-orin", "dla_core": 0}, "expected --precision fp16 or int8"),
+        ({"precision": "fp16", "target": "orin-nano", "dla_core": 0}, "which has none"),
+        ({"precision": "fp16", "target": "thor", "dla_core": 0}, "which has none"),
+        ({"precision": "fp16", "target": "x86", "dla_core": 0}, "which has none"),
+        ({"precision": "fp16", "target": "agx-orin", "dla_core": 2}, "expected a core below 2"),
+        ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "features": TYPED_ONLY}, "no DLA support"),
+        ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "hardware_compat": "ampere+"}, "expected a GPU"),
+        ({"precision": "fp16", "target": "agx-orin", "dla_core": 0, "version_compatible": True}, "expected a GPU"),
+    ],
+)
 def test_dla_refusals(kwargs: dict, match: str) -> None:
     feats = kwargs.pop("features", TYPED)
     target = TARGETS[kwargs.pop("target")]
@@ -164,9 +179,9 @@ _HELP = {  # the options each trtexec lists in --help that the script probes
 def _fake_trtexec(tmp: Path, kind: str) -> tuple[Path, Path]:
     log = tmp / f"{kind}.args"
     exe = tmp / f"trtexec-{kind}"
-    exe.write_text("#!/bin/sh\n"
-                   f"if [ \"$1\" = --help ]; then echo '{_HELP[kind]}'; exit 0; fi\n"
-                   f"printf '%s\\n' \"$@\" > '{log}'\n")
+    exe.write_text(
+        f"#!/bin/sh\nif [ \"$1\" = --help ]; then echo '{_HELP[kind]}'; exit 0; fi\nprintf '%s\\n' \"$@\" > '{log}'\n"
+    )
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     return exe, log
 
@@ -176,9 +191,7 @@ def _run_script(script: Path, exe: Path, log: Path) -> tuple[int, list[str], str
     bin_dir = exe.parent / "bin"
     bin_dir.mkdir(exist_ok=True)
     py = bin_dir / "python3"
-    py.write_text("#!/bin/sh\n"
-                  "[ \"$1\" = -c ] && exit 0\n"
-                  f"printf '%s\\n' \"$@\" > '{log}.python'\n")
+    py.write_text(f"#!/bin/sh\n[ \"$1\" = -c ] && exit 0\nprintf '%s\\n' \"$@\" > '{log}.python'\n")
     py.chmod(py.stat().st_mode | stat.S_IXUSR)
     env = dict(os.environ, TRTEXEC=str(exe), PATH=f"{bin_dir}:{os.environ['PATH']}")
     proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=60)
@@ -219,8 +232,9 @@ def test_script_per_target_runs_the_variant_for_each_trtexec(bundle_dir: Path, t
         assert json.loads(rec[4]) == json.loads(json.dumps(plan.to_dict())) and rec[6] == target
         # the script ran exactly what the builder's plan says, for every option
         onnx = "tensorrt/fp16/model.fp16.onnx" if plan.onnx_kind == "fp16" else "model.onnx"
-        want = trtexec_args(plan, onnx, "tensorrt/fp16/model.engine", "tensorrt/timing.cache",
-                            layer_info="tensorrt/fp16/layers.json")[1:]
+        want = trtexec_args(
+            plan, onnx, "tensorrt/fp16/model.engine", "tensorrt/timing.cache", layer_info="tensorrt/fp16/layers.json"
+        )[1:]
         assert args == want
         assert f"--memPoolSize=workspace:{TARGETS[target].workspace_mb}M" in args
         assert ("--useDLACore=0" in args) == (device == "dla:0")
@@ -231,14 +245,28 @@ def test_script_per_target_runs_the_variant_for_each_trtexec(bundle_dir: Path, t
 
 
 def test_cli_compile_target_and_refusals(cli, bundle_dir: Path) -> None:
-    proc = cli("compile", str(bundle_dir), "-b", "tensorrt", "-p", "fp16", "--emit-trtexec", "--target",
-               "orin-nx", "--device", "dla:1", "--json")
+    proc = cli(
+        "compile",
+        str(bundle_dir),
+        "-b",
+        "tensorrt",
+        "-p",
+        "fp16",
+        "--emit-trtexec",
+        "--target",
+        "orin-nx",
+        "--device",
+        "dla:1",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     text = (bundle_dir / "tensorrt/fp16/trtexec.sh").read_text()
     assert "--useDLACore=1 --allowGPUFallback" in text and "workspace:1024M" in text
-    for argv, needle in ((["--target", "nano"], "expected one of orin-nano"),
-                         (["--device", "dla:0", "-p", "fp32"], "expected --precision fp16 or int8"),
-                         (["--target", "agx-orin", "--hardware-compat", "ampere+"], "discrete GPU target")):
+    for argv, needle in (
+        (["--target", "nano"], "expected one of orin-nano"),
+        (["--device", "dla:0", "-p", "fp32"], "expected --precision fp16 or int8"),
+        (["--target", "agx-orin", "--hardware-compat", "ampere+"], "discrete GPU target"),
+    ):
         args = ["compile", str(bundle_dir), "-b", "tensorrt", "--emit-trtexec", *argv]
         if "-p" not in argv:
             args += ["-p", "fp16"]
@@ -272,9 +300,11 @@ def _fake_tensorrt_module(features: TrtFeatures, dla_cores: int, calls: dict) ->
     trt = types.ModuleType("tensorrt")
     trt.__file__ = "fake"  # type: ignore[attr-defined]
     trt.__version__ = "fake"  # type: ignore[attr-defined]
-    flag_names = ["GPU_FALLBACK", "VERSION_COMPATIBLE"] + (["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"]
-                                                           if features.precision_flags else []) \
+    flag_names = (
+        ["GPU_FALLBACK", "VERSION_COMPATIBLE"]
+        + (["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"] if features.precision_flags else [])
         + (["BF16"] if features.bf16_flag else [])
+    )
     trt.BuilderFlag = SimpleNamespace(**{n: n for n in flag_names})  # type: ignore[attr-defined]
     creation = {"EXPLICIT_BATCH": 0} if not features.strongly_typed or features.precision_flags else {}
     if features.strongly_typed:
@@ -337,7 +367,7 @@ def _fake_tensorrt_module(features: TrtFeatures, dla_cores: int, calls: dict) ->
         def set_timing_cache(self, cache: str, ignore_mismatch: bool) -> None:
             calls["timing_cache"] = True
 
-        def can_run_on_DLA(self, layer: Layer) -> bool:  # noqa: N802 - TensorRT's name
+        def can_run_on_DLA(self, layer: Layer) -> bool:
             return layer.name != "/8/Gemm"
 
         def get_timing_cache(self) -> SimpleNamespace:
@@ -382,10 +412,13 @@ def _fake_tensorrt_module(features: TrtFeatures, dla_cores: int, calls: dict) ->
     class Engine:
         def create_engine_inspector(self) -> SimpleNamespace:
             # what DETAILED verbosity reports for a DLA build: one ForeignNode per DLA subgraph, GPU layers by name
-            info = {"Layers": [{"Name": "{ForeignNode[/0/Conv.../1/Relu]}", "LayerType": "DLA"},
-                               {"Name": "Reformatting CopyNode for Input Tensor 0 to /8/Gemm",
-                                "LayerType": "Reformat"},
-                               {"Name": "/8/Gemm", "LayerType": "CaskGemmConvolution"}]}
+            info = {
+                "Layers": [
+                    {"Name": "{ForeignNode[/0/Conv.../1/Relu]}", "LayerType": "DLA"},
+                    {"Name": "Reformatting CopyNode for Input Tensor 0 to /8/Gemm", "LayerType": "Reformat"},
+                    {"Name": "/8/Gemm", "LayerType": "CaskGemmConvolution"},
+                ]
+            }
             return SimpleNamespace(get_engine_information=lambda fmt: json.dumps(info))
 
     class Runtime:
@@ -402,7 +435,7 @@ def _fake_tensorrt_module(features: TrtFeatures, dla_cores: int, calls: dict) ->
     return trt
 
 
-def _builder_as_trtexec(calls: dict, plan) -> list[str]:  # noqa: ANN001
+def _builder_as_trtexec(calls: dict, plan) -> list[str]:
     """What the fake builder was made to do, spelled as the trtexec options that mean the same."""
     out = []
     flags = calls["flags"]
@@ -415,15 +448,21 @@ def _builder_as_trtexec(calls: dict, plan) -> list[str]:  # noqa: ANN001
             out.append("--allowGPUFallback")
     if "shapes" in calls:
         for name, (lo, opt, hi) in calls["shapes"].items():
-            out += [f"--minShapes={name}:{'x'.join(map(str, lo))}", f"--optShapes={name}:{'x'.join(map(str, opt))}",
-                    f"--maxShapes={name}:{'x'.join(map(str, hi))}"]
+            out += [
+                f"--minShapes={name}:{'x'.join(map(str, lo))}",
+                f"--optShapes={name}:{'x'.join(map(str, opt))}",
+                f"--maxShapes={name}:{'x'.join(map(str, hi))}",
+            ]
     if calls.get("timing_cache"):
         out.append("--timingCacheFile=t.cache")
     out.append(f"--memPoolSize=workspace:{calls['workspace'][1] >> 20}M")
     if "OBEY_PRECISION_CONSTRAINTS" in flags:
         kept = sorted({n for n, _ in calls.get("output_types", [])})
-        out += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in kept),
-                "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in kept)]
+        out += [
+            "--precisionConstraints=obey",
+            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in kept),
+            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in kept),
+        ]
     if calls.get("hardware_compatibility_level") == "AMPERE_PLUS":
         out.append("--hardwareCompatibilityLevel=ampere+")
     if "VERSION_COMPATIBLE" in flags:
@@ -433,17 +472,26 @@ def _builder_as_trtexec(calls: dict, plan) -> list[str]:  # noqa: ANN001
     return out
 
 
-@pytest.mark.parametrize("features", [LEGACY, TYPED, TYPED_ONLY, TYPED_ONLY_DLA],
-                         ids=["trt86", "trt10", "trt11", "trt11-dla"])
-@pytest.mark.parametrize("case", [
-    {"precision": "fp32"}, {"precision": "fp16"}, {"precision": "int8"}, {"precision": "bf16"},
-    {"precision": "fp16", "keep_float": ["/0/Conv"]},
-    {"precision": "fp16", "device": "dla:1", "target": "agx-orin"},
-    {"precision": "int8", "device": "dla:0", "target": "orin-nx", "workspace_mb": 512},
-    {"precision": "fp16", "hardware_compat": "ampere+", "version_compatible": True, "batch_range": (2, 4, 16)},
-], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_builder_applies_exactly_what_trtexec_is_told(bundle_dir: Path, monkeypatch, features: TrtFeatures,
-                                                      case: dict) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "features", [LEGACY, TYPED, TYPED_ONLY, TYPED_ONLY_DLA], ids=["trt86", "trt10", "trt11", "trt11-dla"]
+)
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"precision": "fp32"},
+        {"precision": "fp16"},
+        {"precision": "int8"},
+        {"precision": "bf16"},
+        {"precision": "fp16", "keep_float": ["/0/Conv"]},
+        {"precision": "fp16", "device": "dla:1", "target": "agx-orin"},
+        {"precision": "int8", "device": "dla:0", "target": "orin-nx", "workspace_mb": 512},
+        {"precision": "fp16", "hardware_compat": "ampere+", "version_compatible": True, "batch_range": (2, 4, 16)},
+    ],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_builder_applies_exactly_what_trtexec_is_told(
+    bundle_dir: Path, monkeypatch, features: TrtFeatures, case: dict
+) -> None:
     import sys
 
     from edgecv.backends import tensorrt as backend
@@ -468,11 +516,14 @@ def test_builder_applies_exactly_what_trtexec_is_told(bundle_dir: Path, monkeypa
     assert bool(creation & 1) == (not features.strongly_typed)  # EXPLICIT_BATCH only where 8.6's parser needs it
 
 
-_FAKE_CUDART = SimpleNamespace(cudaRuntimeGetVersion=lambda: (0, 12060), cudaDriverGetVersion=lambda: (0, 12060),
-                               cudaGetDeviceProperties=lambda i: (0, SimpleNamespace(name=b"Orin", major=8, minor=7)))
+_FAKE_CUDART = SimpleNamespace(
+    cudaRuntimeGetVersion=lambda: (0, 12060),
+    cudaDriverGetVersion=lambda: (0, 12060),
+    cudaGetDeviceProperties=lambda i: (0, SimpleNamespace(name=b"Orin", major=8, minor=7)),
+)
 
 
-def test_builder_dla_engine_sidecar_and_fallbacks(bundle_dir: Path, monkeypatch, cli) -> None:  # noqa: ANN001
+def test_builder_dla_engine_sidecar_and_fallbacks(bundle_dir: Path, monkeypatch, cli) -> None:
     import sys
 
     from edgecv.backends import tensorrt as backend
@@ -483,8 +534,9 @@ def test_builder_dla_engine_sidecar_and_fallbacks(bundle_dir: Path, monkeypatch,
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_module(TYPED, 2, calls))
     monkeypatch.setattr(backend, "_cudart", lambda: _FAKE_CUDART)
     b = B.open(bundle_dir)
-    art = backend.TensorRTBuilder().build(b, BuildConfig(precision="fp16", device="dla:1", target="agx-orin",
-                                                         workspace_mb=1024))
+    art = backend.TensorRTBuilder().build(
+        b, BuildConfig(precision="fp16", device="dla:1", target="agx-orin", workspace_mb=1024)
+    )
     assert art.device == "dla:1" and art.path == "tensorrt/fp16/model.engine"
     assert art.extra["dla_layers"] == ["{ForeignNode[/0/Conv.../1/Relu]}"]
     assert art.extra["dla_gpu_fallback_layers"] == ["/8/Gemm"]  # the reformat layer is not a fallback
@@ -517,7 +569,7 @@ def test_builder_dla_engine_sidecar_and_fallbacks(bundle_dir: Path, monkeypatch,
         backend.TensorRTRunner.from_bundle(B.open(bundle_dir, verify=False), "fp16")
 
 
-def test_builder_fp16_on_tensorrt11_converts_the_graph(bundle_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_builder_fp16_on_tensorrt11_converts_the_graph(bundle_dir: Path, monkeypatch) -> None:
     import sys
 
     import onnx
@@ -529,8 +581,9 @@ def test_builder_fp16_on_tensorrt11_converts_the_graph(bundle_dir: Path, monkeyp
     calls: dict = {}
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_module(TYPED_ONLY, 0, calls))
     monkeypatch.setattr(backend, "_cudart", lambda: _FAKE_CUDART)
-    art = backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="fp16", device="cuda:0",
-                                                                          keep_float=["/0/Conv"]))
+    art = backend.TensorRTBuilder().build(
+        B.open(bundle_dir), BuildConfig(precision="fp16", device="cuda:0", keep_float=["/0/Conv"])
+    )
     assert calls["flags"] == []  # no FP16 flag exists on 11: the graph's types say fp16
     fp16 = bundle_dir / "tensorrt/fp16/model.fp16.onnx"
     assert calls["parsed"].endswith("model.fp16.onnx")
@@ -542,11 +595,12 @@ def test_builder_fp16_on_tensorrt11_converts_the_graph(bundle_dir: Path, monkeyp
     assert types[conv.input[1]] == onnx.TensorProto.FLOAT  # the kept-float node stays fp32
     side = read_sidecar(bundle_dir / art.path)
     assert side is not None and side["onnx"] == "tensorrt/fp16/model.fp16.onnx"
-    assert side["plan"]["onnx_kind"] == "fp16" and side["builder_flags"]["fp16_conversion"]["node_block_list"] == \
-        ["/0/Conv"]
+    assert side["plan"]["onnx_kind"] == "fp16" and side["builder_flags"]["fp16_conversion"]["node_block_list"] == [
+        "/0/Conv"
+    ]
 
 
-def test_builder_on_a_jetson_takes_its_preset_and_refuses_what_it_cannot(bundle_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_builder_on_a_jetson_takes_its_preset_and_refuses_what_it_cannot(bundle_dir: Path, monkeypatch) -> None:
     """No --target: the device's own preset (1 GiB workspace on Orin); ampere+ refused on a Jetson or pre-Ampere."""
     import sys
 
@@ -563,11 +617,15 @@ def test_builder_on_a_jetson_takes_its_preset_and_refuses_what_it_cannot(bundle_
     side = json.loads((bundle_dir / (art.path + ".json")).read_text())
     assert side["target"] == "agx-orin" and side["device"]["l4t"] == "36.4.0" and side["device"]["jetpack"] == "6.1"
     with pytest.raises(ConfigError, match="expected a discrete GPU, found a Jetson"):
-        backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="fp16", target="x86",
-                                                                        hardware_compat="ampere+"))
+        backend.TensorRTBuilder().build(
+            B.open(bundle_dir), BuildConfig(precision="fp16", target="x86", hardware_compat="ampere+")
+        )
     monkeypatch.setattr("edgecv.jetson.NV_TEGRA_RELEASE", fixtures / "no_such_file")
-    t4 = SimpleNamespace(cudaRuntimeGetVersion=lambda: (0, 12060), cudaDriverGetVersion=lambda: (0, 12060),
-                         cudaGetDeviceProperties=lambda i: (0, SimpleNamespace(name=b"Tesla T4", major=7, minor=5)))
+    t4 = SimpleNamespace(
+        cudaRuntimeGetVersion=lambda: (0, 12060),
+        cudaDriverGetVersion=lambda: (0, 12060),
+        cudaGetDeviceProperties=lambda i: (0, SimpleNamespace(name=b"Tesla T4", major=7, minor=5)),
+    )
     monkeypatch.setattr(backend, "_cudart", lambda: t4)
     with pytest.raises(ConfigError, match="expected an Ampere or newer GPU \\(sm_80\\+\\), found sm_75"):
         backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="fp16", hardware_compat="ampere+"))
@@ -577,35 +635,55 @@ def test_dla_placement_from_the_builder_log_and_the_inspector() -> None:
     from edgecv.backends.tensorrt import layer_placement, placement_from_log
 
     # the format of TensorRT's INFO report, as a public trtexec --useDLACore log shows it
-    log = ["---------- Layers Running on DLA ----------", "[DlaLayer] {ForeignNode[conv1_1...pool5]}",
-           "[DlaLayer] {ForeignNode[relu6...fc8]}", "---------- Layers Running on GPU ----------",
-           "[GpuLayer] SHUFFLE: shuffle_between_pool5_and_fc6", "[GpuLayer] CONVOLUTION: fc6"]
-    assert placement_from_log(log) == {"dla": ["{ForeignNode[conv1_1...pool5]}", "{ForeignNode[relu6...fc8]}"],
-                                       "gpu": ["shuffle_between_pool5_and_fc6", "fc6"]}
+    log = [
+        "---------- Layers Running on DLA ----------",
+        "[DlaLayer] {ForeignNode[conv1_1...pool5]}",
+        "[DlaLayer] {ForeignNode[relu6...fc8]}",
+        "---------- Layers Running on GPU ----------",
+        "[GpuLayer] SHUFFLE: shuffle_between_pool5_and_fc6",
+        "[GpuLayer] CONVOLUTION: fc6",
+    ]
+    assert placement_from_log(log) == {
+        "dla": ["{ForeignNode[conv1_1...pool5]}", "{ForeignNode[relu6...fc8]}"],
+        "gpu": ["shuffle_between_pool5_and_fc6", "fc6"],
+    }
     assert placement_from_log(["Some other INFO line"]) is None
     # inspector: a Myelin region is also a ForeignNode, but it runs on the GPU
-    info = {"Layers": [{"Name": "{ForeignNode[/a.../b]}", "LayerType": "Myelin"},
-                       {"Name": "{ForeignNode[/c.../d]}", "LayerType": "ForeignNode"},
-                       {"Name": "Reformatting CopyNode for Input Tensor 0 to /e", "LayerType": "Reformat"},
-                       {"Name": "/e", "LayerType": "CaskConvolution"}]}
-    assert layer_placement(json.dumps(info)) == {"dla": ["{ForeignNode[/c.../d]}"], "gpu": ["{ForeignNode[/a.../b]}", "/e"]}
+    info = {
+        "Layers": [
+            {"Name": "{ForeignNode[/a.../b]}", "LayerType": "Myelin"},
+            {"Name": "{ForeignNode[/c.../d]}", "LayerType": "ForeignNode"},
+            {"Name": "Reformatting CopyNode for Input Tensor 0 to /e", "LayerType": "Reformat"},
+            {"Name": "/e", "LayerType": "CaskConvolution"},
+        ]
+    }
+    assert layer_placement(json.dumps(info)) == {
+        "dla": ["{ForeignNode[/c.../d]}"],
+        "gpu": ["{ForeignNode[/a.../b]}", "/e"],
+    }
     assert layer_placement({"Layers": ["{ForeignNode[/x]}", "/y"]}) == {"dla": ["{ForeignNode[/x]}"], "gpu": ["/y"]}
 
 
-def test_builder_dla_prefers_the_log_report(bundle_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_builder_dla_prefers_the_log_report(bundle_dir: Path, monkeypatch) -> None:
     import sys
 
     from edgecv.backends import tensorrt as backend
     from edgecv.bundle import Bundle as B
 
-    calls: dict = {"log_lines": ["[DlaLayer] {ForeignNode[/0/Conv.../1/Relu]}", "[GpuLayer] MATRIX_MULTIPLY: /8/Gemm",
-                                 "[GpuLayer] SOFTMAX: /9/Softmax"]}
+    calls: dict = {
+        "log_lines": [
+            "[DlaLayer] {ForeignNode[/0/Conv.../1/Relu]}",
+            "[GpuLayer] MATRIX_MULTIPLY: /8/Gemm",
+            "[GpuLayer] SOFTMAX: /9/Softmax",
+        ]
+    }
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt_module(TYPED, 2, calls))
     monkeypatch.setattr(backend, "_cudart", lambda: _FAKE_CUDART)
     monkeypatch.setattr(backend, "is_qdq", lambda path: True)  # the Q/DQ check itself is tested above
-    art = backend.TensorRTBuilder().build(B.open(bundle_dir), BuildConfig(precision="int8", device="dla:0",
-                                                                          target="orin-nx",
-                                                                          onnx_path=bundle_dir / "model.onnx"))
+    art = backend.TensorRTBuilder().build(
+        B.open(bundle_dir),
+        BuildConfig(precision="int8", device="dla:0", target="orin-nx", onnx_path=bundle_dir / "model.onnx"),
+    )
     assert art.build_flags["dla_placement_source"] == "builder log"
     assert art.extra["dla_gpu_fallback_layers"] == ["/8/Gemm", "/9/Softmax"]
     assert calls["flags"][:2] == ["INT8", "FP16"] and "GPU_FALLBACK" in calls["flags"]

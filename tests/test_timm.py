@@ -24,10 +24,22 @@ def test_pil_resize_is_bit_exact_to_pillow_in_both_pass_orders() -> None:
     for shape in ((40, 61, 3), (97, 53, 3), (64, 64), (30, 200, 3)):
         img = rng.integers(0, 256, shape, dtype=np.uint8)
         h0, w0 = shape[:2]
-        for w, h in ((w0 // 3, h0 // 2), (w0 - 1, h0 // 4), (w0 + 7, h0 - 9), (2 * w0, h0 // 3), (w0 // 2, 2 * h0),
-                     (3 * w0, 2 * h0), (w0, h0 // 2), (w0 // 2, h0)):
-            for method, pil in (("bilinear", PIL_Image.BILINEAR), ("bicubic", PIL_Image.BICUBIC),
-                                ("lanczos", PIL_Image.LANCZOS), ("nearest", PIL_Image.NEAREST)):
+        for w, h in (
+            (w0 // 3, h0 // 2),
+            (w0 - 1, h0 // 4),
+            (w0 + 7, h0 - 9),
+            (2 * w0, h0 // 3),
+            (w0 // 2, 2 * h0),
+            (3 * w0, 2 * h0),
+            (w0, h0 // 2),
+            (w0 // 2, h0),
+        ):
+            for method, pil in (
+                ("bilinear", PIL_Image.BILINEAR),
+                ("bicubic", PIL_Image.BICUBIC),
+                ("lanczos", PIL_Image.LANCZOS),
+                ("nearest", PIL_Image.NEAREST),
+            ):
                 ref = np.asarray(PIL_Image.fromarray(img).resize((w, h), pil))
                 out = pil_resize(img, (w, h), method)
                 assert out.shape == ref.shape and out.dtype == np.uint8
@@ -44,20 +56,32 @@ def test_center_crop_geometry_is_torchvision_resize_then_center_crop() -> None:
 
     from edgecv.tasks.preprocess import center_crop_geometry
 
-    for h0, w0, size, scale in ((300, 451, 224, 256), (451, 300, 224, 235), (97, 53, 32, 37), (480, 640, 256, 284),
-                                (225, 227, 224, 225)):
+    for h0, w0, size, scale in (
+        (300, 451, 224, 256),
+        (451, 300, 224, 235),
+        (97, 53, 32, 37),
+        (480, 640, 256, 284),
+        (225, 227, 224, 225),
+    ):
         x = torch.arange(h0 * w0, dtype=torch.float64).reshape(1, h0, w0)
         resized = Resize(scale, antialias=False)(x)
         cropped = CenterCrop(size)(resized)
         nh, nw, top, left = center_crop_geometry(h0, w0, size, size, size / scale)
         assert (nh, nw) == tuple(resized.shape[1:])
-        assert torch.equal(cropped, resized[:, top:top + size, left:left + size])
+        assert torch.equal(cropped, resized[:, top : top + size, left : left + size])
 
 
 # ------------------------------------------------------------------------------------------ contracts
 SMALL = ("efficientvit_m0", "mobilenetv4_conv_small")
-ALL = ("mobilenetv4_conv_small", "efficientvit_m0", "efficientvit_b0", "fastvit_t8", "repvit_m0_9", "convnext_atto",
-       "repvit_m1")
+ALL = (
+    "mobilenetv4_conv_small",
+    "efficientvit_m0",
+    "efficientvit_b0",
+    "fastvit_t8",
+    "repvit_m0_9",
+    "convnext_atto",
+    "repvit_m1",
+)
 
 
 @pytest.mark.parametrize("name", ["fastvit_t8", "efficientvit_b0"])
@@ -133,15 +157,14 @@ def test_manifest_rebuilds_a_timm_model_only_by_its_registered_name() -> None:
         with pytest.raises(ModelSourceError, match="registered timm model name"):
             load_model_from_manifest(Manifest(provenance={"source": bad}))
     with pytest.raises(ConfigError, match="pretrained=False"):  # a bundle cannot ask for a download either
-        load_model_from_manifest(Manifest(provenance={"source": {**lm.source_info,
-                                                                 "kwargs": {"pretrained": True}}}))
+        load_model_from_manifest(Manifest(provenance={"source": {**lm.source_info, "kwargs": {"pretrained": True}}}))
 
 
 # ------------------------------------------------------------------------------------------ export + validate
 @pytest.mark.onnxruntime
 @pytest.mark.openvino
 @pytest.mark.parametrize("name", [n if n in SMALL else pytest.param(n, marks=pytest.mark.slow) for n in ALL])
-def test_timm_classifier_exports_and_validates(cli, tmp_path: Path, name: str) -> None:  # noqa: ANN001
+def test_timm_classifier_exports_and_validates(cli, tmp_path: Path, name: str) -> None:
     from edgecv.bundle import Bundle
     from edgecv.export.sources import load_model
 
@@ -150,13 +173,24 @@ def test_timm_classifier_exports_and_validates(cli, tmp_path: Path, name: str) -
     assert proc.returncode == 0, proc.stderr[-2000:]
     b = Bundle.open(out)
     want = load_model(f"timm:{name}").contract  # the contract is pretrained_cfg's, unchanged by the export
-    fields = ("task", "input_shape", "resize", "crop_ratio", "interpolation", "antialias", "mean", "std", "color",
-              "class_names")
+    fields = (
+        "task",
+        "input_shape",
+        "resize",
+        "crop_ratio",
+        "interpolation",
+        "antialias",
+        "mean",
+        "std",
+        "color",
+        "class_names",
+    )
     assert {f: getattr(b.contract, f) for f in fields} == {f: getattr(want, f) for f in fields}
     # random weights: every reference photo may get the same class, which validate reports as not checked (the
     # elementwise comparison of the logits still runs and must pass)
-    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--allow-unchecked", "--no-record",
-               "--json")
+    proc = cli(
+        "validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--allow-unchecked", "--no-record", "--json"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     d = json.loads(proc.stdout)
     rows = {r["backend"]: r for r in d["results"]}

@@ -6,18 +6,17 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.torch
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-from torch.utils.data import TensorDataset  # noqa: E402
+from torch import nn
+from torch.utils.data import TensorDataset
 
-from edgecv.config import OptimizerConfig, ScheduleConfig, TrainConfig  # noqa: E402
-from edgecv.errors import ConfigError, ModelSourceError  # noqa: E402
-from edgecv.train import (  # noqa: E402
+from edgecv.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from edgecv.errors import ConfigError, ModelSourceError
+from edgecv.train import (
     ClassifyTask,
     SegmentTask,
     Trainer,
@@ -30,8 +29,15 @@ from edgecv.train import (  # noqa: E402
 
 
 def tiny_net(num_classes: int = 3, dropout: float = 0.2) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                         nn.Flatten(), nn.Dropout(dropout), nn.Linear(32, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(32, num_classes),
+    )
 
 
 def colour_data(n: int, seed: int, size: int = 8) -> TensorDataset:
@@ -44,8 +50,12 @@ def colour_data(n: int, seed: int, size: int = 8) -> TensorDataset:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(epochs=3, seed=0, optimizer=OptimizerConfig(name="momentum", lr=0.05),
-                schedule=ScheduleConfig(name="cosine", warmup_epochs=0.5))
+    base = {
+        "epochs": 3,
+        "seed": 0,
+        "optimizer": OptimizerConfig(name="momentum", lr=0.05),
+        "schedule": ScheduleConfig(name="cosine", warmup_epochs=0.5),
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -53,8 +63,16 @@ def _cfg(**kw) -> TrainConfig:
 def _fit(out: Path | None, seed: int = 0, **kw) -> tuple[nn.Module, object]:
     torch.manual_seed(seed)
     model = tiny_net()
-    tr = Trainer(model, ClassifyTask(3), colour_data(96, 1), colour_data(48, 2), _cfg(seed=seed), out,
-                 batch_size=16, progress=False)
+    tr = Trainer(
+        model,
+        ClassifyTask(3),
+        colour_data(96, 1),
+        colour_data(48, 2),
+        _cfg(seed=seed),
+        out,
+        batch_size=16,
+        progress=False,
+    )
     res = tr.fit(**kw)
     return tr.model, res
 
@@ -67,16 +85,19 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
 # ------------------------------------------------------------------------------------------ optimizers
 
 
-@pytest.mark.parametrize("name, cls, check", [
-    ("sgd", torch.optim.SGD, lambda g: g["momentum"] == 0),
-    ("momentum", torch.optim.SGD, lambda g: g["momentum"] == 0.8 and not g["nesterov"]),
-    ("nesterov", torch.optim.SGD, lambda g: g["momentum"] == 0.8 and g["nesterov"]),
-    ("adagrad", torch.optim.Adagrad, lambda g: True),
-    ("adadelta", torch.optim.Adadelta, lambda g: g["rho"] == 0.9 and g["eps"] == 1e-6),
-    ("rmsprop", torch.optim.RMSprop, lambda g: g["alpha"] == 0.99),
-    ("adam", torch.optim.Adam, lambda g: g["betas"] == (0.9, 0.999)),
-    ("adamw", torch.optim.AdamW, lambda g: True),
-])
+@pytest.mark.parametrize(
+    "name, cls, check",
+    [
+        ("sgd", torch.optim.SGD, lambda g: g["momentum"] == 0),
+        ("momentum", torch.optim.SGD, lambda g: g["momentum"] == 0.8 and not g["nesterov"]),
+        ("nesterov", torch.optim.SGD, lambda g: g["momentum"] == 0.8 and g["nesterov"]),
+        ("adagrad", torch.optim.Adagrad, lambda g: True),
+        ("adadelta", torch.optim.Adadelta, lambda g: g["rho"] == 0.9 and g["eps"] == 1e-6),
+        ("rmsprop", torch.optim.RMSprop, lambda g: g["alpha"] == 0.99),
+        ("adam", torch.optim.Adam, lambda g: g["betas"] == (0.9, 0.999)),
+        ("adamw", torch.optim.AdamW, lambda g: True),
+    ],
+)
 def test_optimizers_by_name(name: str, cls: type, check) -> None:
     model = tiny_net()
     opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.01, momentum=0.8, weight_decay=0.1))
@@ -119,8 +140,9 @@ def test_adadelta_steps_equal_zeilers_update_rule_by_hand() -> None:
 def test_warmup_cosine_and_step_schedules() -> None:
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    s = build_scheduler(opt, ScheduleConfig(name="cosine", warmup_epochs=1, warmup_start=0.1, min_lr=0.0),
-                        epochs=5, steps_per_epoch=10)
+    s = build_scheduler(
+        opt, ScheduleConfig(name="cosine", warmup_epochs=1, warmup_start=0.1, min_lr=0.0), epochs=5, steps_per_epoch=10
+    )
     lrs = []
     for _ in range(50):
         lrs.append(opt.param_groups[0]["lr"])
@@ -189,8 +211,9 @@ def test_gradient_clipping_bounds_the_step() -> None:
     model = nn.Linear(4, 3)
     data = TensorDataset(torch.randn(8, 4) * 100, torch.zeros(8, dtype=torch.long))
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
-    cfg = TrainConfig(epochs=1, optimizer=OptimizerConfig(name="sgd", lr=1.0), schedule=ScheduleConfig(name="none"),
-                      clip_grad=0.01)
+    cfg = TrainConfig(
+        epochs=1, optimizer=OptimizerConfig(name="sgd", lr=1.0), schedule=ScheduleConfig(name="none"), clip_grad=0.01
+    )
     Trainer(model, ClassifyTask(3), data, None, cfg, batch_size=8, progress=False).fit()
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert 0 < float((after - before).norm()) <= 0.01 + 1e-6
@@ -245,8 +268,18 @@ def test_distill_classifier_from_tensors() -> None:
     student = tiny_net(dropout=0.0)
     x_eval = colour_data(64, 9)[:][0]
     before = _agreement(student, teacher, x_eval)
-    student, res = distill(student, teacher, colour_data(96, 3), epochs=8, lr=0.02, temperature=2.0, alpha=1.0,
-                           task="classify", num_classes=3, batch_size=16)
+    student, _res = distill(
+        student,
+        teacher,
+        colour_data(96, 3),
+        epochs=8,
+        lr=0.02,
+        temperature=2.0,
+        alpha=1.0,
+        task="classify",
+        num_classes=3,
+        batch_size=16,
+    )
     after = _agreement(student, teacher, x_eval)
     assert after >= 0.9 and after > before
 
@@ -265,8 +298,9 @@ def test_distill_segmenter_from_unlabelled_folder(tmp_path: Path) -> None:
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         kl_before = float(kd_loss(student(x), teacher(x), 2.0))
-    student, res = distill(student, teacher, tmp_path / "imgs", epochs=4, lr=0.01, temperature=2.0, alpha=0.5,
-                           batch_size=8)
+    student, res = distill(
+        student, teacher, tmp_path / "imgs", epochs=4, lr=0.01, temperature=2.0, alpha=0.5, batch_size=8
+    )
     assert res.metric_name == "train_loss"  # no labels, no val split: pure KD
     with torch.no_grad():
         kl_after = float(kd_loss(student(x), teacher(x), 2.0))

@@ -48,8 +48,7 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): (sha256_path(p) if p.is_file() else "dir")
-            for p in sorted(folder.rglob("*"))}
+    return {str(p.relative_to(folder)): (sha256_path(p) if p.is_file() else "dir") for p in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture
@@ -70,20 +69,20 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     for i in range(30):
         frame = np.full((120, 160, 3), (i * 8) % 255, np.uint8)
-        frame[20:60, 30 + i: 70 + i] = rng.integers(0, 255, 3)
+        frame[20:60, 30 + i : 70 + i] = rng.integers(0, 255, 3)
         w.write(frame)
     w.release()
     return path
 
 
 # ------------------------------------------------------------------------------------------------ 1. no code runs
-EVIL = '''
+EVIL = """
 from pathlib import Path
 Path(__file__).with_name("PWNED").write_text("code from the bundle ran")
 def build(**kw):
     import torch
     return torch.nn.Identity()
-'''
+"""
 
 
 @pytest.mark.parametrize("kind", ["zoo", "file", "torchvision", "checkpoint", "torchscript", "torch_export", ""])
@@ -127,8 +126,17 @@ def test_zoo_name_that_is_a_path_is_refused(bundle_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ 2. confinement
-@pytest.mark.parametrize("path", ["../outside/model.xml", "../../x/model.xml", "/etc/passwd", "openvino/../../x.xml",
-                                  "~/model.xml", "C:\\\\x\\\\model.xml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../outside/model.xml",
+        "../../x/model.xml",
+        "/etc/passwd",
+        "openvino/../../x.xml",
+        "~/model.xml",
+        "C:\\\\x\\\\model.xml",
+    ],
+)
 def test_artifact_path_outside_the_bundle_is_refused(cli, bundle_dir: Path, outside: Path, path: str) -> None:
     art = {"backend": "openvino", "precision": "fp32", "path": path}
     edit_manifest(bundle_dir, lambda m: m["artifacts"].__setitem__("openvino:fp32", art))
@@ -163,7 +171,9 @@ def test_files_entry_outside_the_bundle_is_never_read(cli, bundle_dir: Path, out
 
 def test_symlink_leading_out_is_refused_for_reading(cli, bundle_dir: Path, outside: Path) -> None:
     (bundle_dir / "openvino").symlink_to(outside, target_is_directory=True)
-    edit_manifest(bundle_dir, lambda m: m["files"].__setitem__("openvino/model.xml", sha256_path(outside / "model.xml")))
+    edit_manifest(
+        bundle_dir, lambda m: m["files"].__setitem__("openvino/model.xml", sha256_path(outside / "model.xml"))
+    )
     line = one_error_line(cli("validate", str(bundle_dir), "-b", "onnxruntime"))
     assert "symlink" in line
 
@@ -186,9 +196,16 @@ def test_compile_never_writes_or_deletes_through_a_symlink(cli, bundle_dir: Path
 def test_concurrent_compiles_all_land(bundle_dir: Path) -> None:
     env = dict(os.environ)
     env.pop("EDGECV_DEBUG", None)
-    procs = [subprocess.Popen([sys.executable, "-m", "edgecv", "compile", str(bundle_dir), "-b", backend, "-p", prec],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for backend, prec in (("openvino", "fp32"), ("openvino", "fp16"), ("onnxruntime", "fp16"))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edgecv", "compile", str(bundle_dir), "-b", backend, "-p", prec],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for backend, prec in (("openvino", "fp32"), ("openvino", "fp16"), ("onnxruntime", "fp16"))
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -208,8 +225,11 @@ def test_stale_temporaries_of_a_killed_run_are_cleaned(bundle_dir: Path, tmp_pat
     dead = subprocess.Popen(["true"])
     dead.wait()
     pid = dead.pid
-    stale = [bundle_dir / f".build-{pid}-abc", bundle_dir / f".model.onnx.{pid}.x1y2z3.tmp",
-             Path(tempfile.gettempdir()) / f"edgecv-int8-{pid}-abc"]
+    stale = [
+        bundle_dir / f".build-{pid}-abc",
+        bundle_dir / f".model.onnx.{pid}.x1y2z3.tmp",
+        Path(tempfile.gettempdir()) / f"edgecv-int8-{pid}-abc",
+    ]
     live = bundle_dir / f".build-{os.getpid()}-mine"  # a concurrent run's (this process is alive)
     for p in (*stale, live):
         p.mkdir() if "tmp" not in p.name else p.write_text("x")
@@ -229,8 +249,9 @@ def small_disk(tmp_path: Path, size_kb: int) -> Iterator[Path]:
     """A real filesystem that fills up: a tmpfs of ``size_kb`` (needs root, as CI has)."""
     mnt = tmp_path / f"disk{size_kb}"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()}); the full-disk path needs root")
     try:
@@ -241,14 +262,27 @@ def small_disk(tmp_path: Path, size_kb: int) -> Iterator[Path]:
 
 @pytest.mark.stream
 @pytest.mark.parametrize("writer", ["opencv", "ffmpeg"])
-def test_run_save_on_a_full_disk_fails_and_leaves_no_file(cli, bundle_dir: Path, video: Path, tmp_path: Path,
-                                                          writer: str) -> None:
+def test_run_save_on_a_full_disk_fails_and_leaves_no_file(
+    cli, bundle_dir: Path, video: Path, tmp_path: Path, writer: str
+) -> None:
     if writer == "ffmpeg" and not shutil.which("ffmpeg"):
         pytest.skip("ffmpeg is not installed")
     with small_disk(tmp_path, 16) as disk:
         out = disk / "out.mp4"
-        proc = cli("run", str(bundle_dir), "--source", str(video), "--save", str(out), "--writer", writer, "--loop",
-                   "--max-frames", "300", "-q")
+        proc = cli(
+            "run",
+            str(bundle_dir),
+            "--source",
+            str(video),
+            "--save",
+            str(out),
+            "--writer",
+            writer,
+            "--loop",
+            "--max-frames",
+            "300",
+            "-q",
+        )
         line = one_error_line(proc)
         assert "out.mp4" in line and ("space" in line or "could not write" in line)
         assert not out.exists()
@@ -256,12 +290,12 @@ def test_run_save_on_a_full_disk_fails_and_leaves_no_file(cli, bundle_dir: Path,
 
 
 @pytest.mark.stream
-def test_run_jsonl_on_a_full_disk_fails_and_leaves_no_file(cli, bundle_dir: Path, video: Path,
-                                                           tmp_path: Path) -> None:
+def test_run_jsonl_on_a_full_disk_fails_and_leaves_no_file(cli, bundle_dir: Path, video: Path, tmp_path: Path) -> None:
     with small_disk(tmp_path, 4) as disk:
         out = disk / "r.jsonl"
-        proc = cli("run", str(bundle_dir), "--source", str(video), "--jsonl", str(out), "--loop", "--max-frames",
-                   "400", "-q")
+        proc = cli(
+            "run", str(bundle_dir), "--source", str(video), "--jsonl", str(out), "--loop", "--max-frames", "400", "-q"
+        )
         line = one_error_line(proc)
         assert "r.jsonl" in line and "space" in line
         assert not out.exists()
@@ -302,8 +336,7 @@ def test_run_keeps_old_results_unless_forced(cli, bundle_dir: Path, video: Path,
     assert "--force" in line
     assert old.read_text() == '{"old": 1}\n'
     # a source that fails to open leaves the old file untouched, even with --force
-    proc = cli("run", str(bundle_dir), "--source", str(tmp_path / "missing.mp4"), "--jsonl", str(old), "--force",
-               "-q")
+    proc = cli("run", str(bundle_dir), "--source", str(tmp_path / "missing.mp4"), "--jsonl", str(old), "--force", "-q")
     assert proc.returncode == 2
     assert old.read_text() == '{"old": 1}\n'
     ok = cli("run", str(bundle_dir), "--source", str(video), "--jsonl", str(old), "--force", "-q")
@@ -325,9 +358,10 @@ def test_data_synth_and_calib_sample_refuse_a_foreign_folder(cli, tmp_path: Path
     d = tmp_path / "d"
     d.mkdir()
     (d / "a").write_text("mine")
-    for args in (("data", "synth", "--task", "classify", "-o", str(d), "--n-train", "2", "--n-val", "1",
-                  "--size", "32"),
-                 ("calib", "sample", str(d), "-o", str(d), "-n", "1")):
+    for args in (
+        ("data", "synth", "--task", "classify", "-o", str(d), "--n-train", "2", "--n-val", "1", "--size", "32"),
+        ("calib", "sample", str(d), "-o", str(d), "-n", "1"),
+    ):
         for force in ((), ("--force",)):
             proc = cli(*args, *force)
             assert proc.returncode == 2, proc.stderr
@@ -347,12 +381,15 @@ def test_data_synth_and_calib_sample_refuse_a_foreign_folder(cli, tmp_path: Path
 
 # ------------------------------------------------------------------------------------------------ 8. limits
 @pytest.mark.stream
-@pytest.mark.parametrize("shape", [[1, 3, 100000, 100000], [100000, 3, 32, 32], [1, 100000, 32, 32],
-                                   [1, 3, 16384, 16384]])
+@pytest.mark.parametrize(
+    "shape", [[1, 3, 100000, 100000], [100000, 3, 32, 32], [1, 100000, 32, 32], [1, 3, 16384, 16384]]
+)
 def test_contract_sizes_are_bounded_at_open(cli, bundle_dir: Path, video: Path, shape: list[int]) -> None:
     edit_manifest(bundle_dir, lambda m: m["contract"].__setitem__("input_shape", shape))
-    for args in (("run", str(bundle_dir), "--source", str(video), "-q"),
-                 ("bench", str(bundle_dir), "-b", "onnxruntime", "--stages", "--iters", "1")):
+    for args in (
+        ("run", str(bundle_dir), "--source", str(video), "-q"),
+        ("bench", str(bundle_dir), "-b", "onnxruntime", "--stages", "--iters", "1"),
+    ):
         line = one_error_line(cli(*args))
         assert "input_shape" in line and "at most" in line
 
@@ -388,8 +425,9 @@ def test_serve_on_a_network_address_needs_a_token(cli, bundle_dir: Path, video: 
     for addr in ("0.0.0.0:0", "[::]:0", "192.0.2.1:0", "example.org:8080"):
         line = one_error_line(cli("run", str(bundle_dir), "--source", str(video), "--serve", addr, "-q", env=env))
         assert "token" in line
-    assert "at least 16" in one_error_line(cli("run", str(bundle_dir), "--source", str(video), "--serve",
-                                               "0.0.0.0:0", "--token", "short", "-q"))
+    assert "at least 16" in one_error_line(
+        cli("run", str(bundle_dir), "--source", str(video), "--serve", "0.0.0.0:0", "--token", "short", "-q")
+    )
 
 
 @pytest.mark.stream

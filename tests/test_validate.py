@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -25,8 +26,8 @@ from edgecv.validate.runs import fit_batch, parse_backend_specs
 def test_compare_classify_exact_numbers() -> None:
     ref = np.array([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]], dtype=np.float32)
     got = ref.copy()
-    got[0, 5] += 0.5   # same argmax, bigger
-    got[1, 1] += 1.5   # 5.5 > 5: row 1's top-1 flips from class 0 to class 1, top-5 set unchanged
+    got[0, 5] += 0.5  # same argmax, bigger
+    got[1, 1] += 1.5  # 5.5 > 5: row 1's top-1 flips from class 0 to class 1, top-5 set unchanged
     (c,) = compare_outputs({"logits": ref}, {"logits": got}, "classify")
     assert c.name == "logits" and c.shape == (2, 6) == c.got_shape
     assert c.scale == 5.0
@@ -147,12 +148,14 @@ def test_tolerance_overrides_and_errors() -> None:
         tolerance_for("fp8")
     # looser precisions really are looser
     order = [TOLERANCES[p] for p in ("fp32", "fp16", "bf16", "int8")]
-    assert all(a.rtol < b.rtol and a.min_cosine > b.min_cosine for a, b in zip(order, order[1:]))
+    assert all(a.rtol < b.rtol and a.min_cosine > b.min_cosine for a, b in itertools.pairwise(order))
 
 
 def test_parse_backend_specs() -> None:
     assert parse_backend_specs(["onnxruntime", "openvino:bf16", "onnxruntime"], "fp16") == [
-        ("onnxruntime", "fp16"), ("openvino", "bf16")]
+        ("onnxruntime", "fp16"),
+        ("openvino", "bf16"),
+    ]
     with pytest.raises(UnknownNameError, match="expected one of"):
         parse_backend_specs(["onnxruntim"])
     with pytest.raises(ConfigError, match="fp8"):
@@ -215,14 +218,14 @@ class _Corrupt(Runner):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def tiny(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("torch")
     from helpers import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("val") / "tiny")
 
 
-def _engine_opener():  # noqa: ANN202
+def _engine_opener():
     from edgecv.pipeline import open_runner
 
     return open_runner
@@ -231,7 +234,7 @@ def _engine_opener():  # noqa: ANN202
 @pytest.mark.torch
 @pytest.mark.onnxruntime
 @pytest.mark.openvino
-def test_validate_ort_openvino_fp32_pass_npz(tiny) -> None:  # noqa: ANN001
+def test_validate_ort_openvino_fp32_pass_npz(tiny) -> None:
     from edgecv.validate import validate_bundle
 
     rep = validate_bundle(tiny, [("onnxruntime", "fp32"), ("openvino", "fp32")], reference="npz")
@@ -249,17 +252,18 @@ def test_validate_ort_openvino_fp32_pass_npz(tiny) -> None:  # noqa: ANN001
 
 @pytest.mark.torch
 @pytest.mark.onnxruntime
-def test_validate_batch_cycles_reference_and_detects_corruption(tiny) -> None:  # noqa: ANN001
+def test_validate_batch_cycles_reference_and_detects_corruption(tiny) -> None:
     from edgecv.validate import validate_bundle
 
     real = _engine_opener()
 
-    def opener(bundle, backend, **kw):  # noqa: ANN001, ANN202
+    def opener(bundle, backend, **kw):
         r = real(bundle, "onnxruntime", **kw)
         return _Corrupt(r) if backend == "openvino" else r
 
-    rep = validate_bundle(tiny, [("onnxruntime", "fp32"), ("openvino", "fp32")], reference="npz", batch=6,
-                          opener=opener)
+    rep = validate_bundle(
+        tiny, [("onnxruntime", "fp32"), ("openvino", "fp32")], reference="npz", batch=6, opener=opener
+    )
     assert rep.batch == 6
     ok, bad = rep.results
     assert ok.passed and not bad.passed and not rep.passed
@@ -269,10 +273,10 @@ def test_validate_batch_cycles_reference_and_detects_corruption(tiny) -> None:  
 
 
 @pytest.mark.torch
-def test_validate_backend_error_is_a_failed_row(tiny) -> None:  # noqa: ANN001
+def test_validate_backend_error_is_a_failed_row(tiny) -> None:
     from edgecv.validate import validate_bundle
 
-    def opener(bundle, backend, **kw):  # noqa: ANN001, ANN202
+    def opener(bundle, backend, **kw):
         raise BackendError("engine exploded")
 
     rep = validate_bundle(tiny, [("openvino", "fp16")], reference="npz", opener=opener)
@@ -282,17 +286,18 @@ def test_validate_backend_error_is_a_failed_row(tiny) -> None:  # noqa: ANN001
 
 @pytest.mark.torch
 @pytest.mark.onnxruntime
-def test_validate_reference_modes_with_fake_live_model(tiny) -> None:  # noqa: ANN001
+def test_validate_reference_modes_with_fake_live_model(tiny) -> None:
     from edgecv.validate import validate_bundle
 
     saved = tiny.load_reference()
     real = _engine_opener()
 
-    def make_opener(live_out):  # noqa: ANN001, ANN202
-        def opener(bundle, backend, **kw):  # noqa: ANN001, ANN202
+    def make_opener(live_out):
+        def opener(bundle, backend, **kw):
             if backend == "torch":
                 return _ArrayRunner(live_out, (None, 3, 64, 64))
             return real(bundle, backend, **kw)
+
         return opener
 
     good = make_opener(saved["outputs"])
@@ -306,7 +311,7 @@ def test_validate_reference_modes_with_fake_live_model(tiny) -> None:  # noqa: A
     rep = validate_bundle(tiny, [("onnxruntime", "fp32")], reference="live", opener=wrong)
     assert rep.reference == "live" and "WARNING" in rep.reference_note and not rep.passed
 
-    def no_torch(bundle, backend, **kw):  # noqa: ANN001, ANN202
+    def no_torch(bundle, backend, **kw):
         if backend == "torch":
             raise ImportError("No module named 'torch'")
         return real(bundle, backend, **kw)
@@ -334,7 +339,7 @@ def test_validate_bad_arguments(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-_CORRUPT_MODULE = '''
+_CORRUPT_MODULE = """
 import numpy as np
 from edgecv.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -348,50 +353,78 @@ class CorruptRunner(OnnxRuntimeRunner):
         y[rows, y.argmin(axis=1)] = y.max(axis=1) + 1.0  # the least likely class becomes top-1
         out["output"] = y
         return out
-'''
+"""
 
-_RUN_WITH_CORRUPT = '''
+_RUN_WITH_CORRUPT = """
 import sys
 from edgecv.backends import RUNNERS
 RUNNERS.register("corrupt", "corrupt_backend:CorruptRunner", module="onnxruntime")
 from edgecv.cli.app import main
 sys.argv = ["edgecv", *sys.argv[1:]]
 main()
-'''
+"""
 
 
 @pytest.mark.torch
 @pytest.mark.onnxruntime
 @pytest.mark.openvino
-def test_cli_validate_pass_fail_exit_codes(tiny, cli, tmp_path: Path) -> None:  # noqa: ANN001
-    ok = cli("validate", str(tiny.root), "--backend", "onnxruntime", "--backend", "openvino:fp32",
-             "--reference", "npz", "--json")
+def test_cli_validate_pass_fail_exit_codes(tiny, cli, tmp_path: Path) -> None:
+    ok = cli(
+        "validate",
+        str(tiny.root),
+        "--backend",
+        "onnxruntime",
+        "--backend",
+        "openvino:fp32",
+        "--reference",
+        "npz",
+        "--json",
+    )
     assert ok.returncode == 0, ok.stderr
     d = json.loads(ok.stdout)
     assert d["passed"] and [(r["backend"], r["precision"], r["precision_ran"]) for r in d["results"]] == [
-        ("onnxruntime", "fp32", "fp32"), ("openvino", "fp32", "fp32")]
+        ("onnxruntime", "fp32", "fp32"),
+        ("openvino", "fp32", "fp32"),
+    ]
 
     # a registered backend whose outputs are corrupted: FAIL row, exit 1
     (tmp_path / "corrupt_backend.py").write_text(_CORRUPT_MODULE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", _RUN_WITH_CORRUPT, "validate", str(tiny.root), "-b", "onnxruntime",
-                           "-b", "corrupt", "--reference", "npz"], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _RUN_WITH_CORRUPT,
+            "validate",
+            str(tiny.root),
+            "-b",
+            "onnxruntime",
+            "-b",
+            "corrupt",
+            "--reference",
+            "npz",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = {ln.split("│")[1].strip(): ln for ln in proc.stdout.splitlines() if ln.startswith("│")}
     assert "PASS" in lines["onnxruntime"] and "FAIL" in lines["corrupt"]
     assert "validation failed for corrupt:fp32" in proc.stderr
 
     # tolerance override from the command line: an impossible bound fails the real backend too
-    strict = cli("validate", str(tiny.root), "-b", "onnxruntime", "--reference", "npz", "--rtol", "0",
-                 "--atol", "0", "--json")
+    strict = cli(
+        "validate", str(tiny.root), "-b", "onnxruntime", "--reference", "npz", "--rtol", "0", "--atol", "0", "--json"
+    )
     assert strict.returncode in (0, 1)
     res = json.loads(strict.stdout)["results"][0]
     assert res["outputs"][0]["passed"] is (res["outputs"][0]["max_abs"] == 0.0)
     assert strict.returncode == (0 if res["passed"] else 1)
 
 
-def test_cli_validate_bad_input_exit_2(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_validate_bad_input_exit_2(cli, tmp_path: Path) -> None:
     missing = cli("validate", str(tmp_path / "nope"), "-b", "onnxruntime")
     assert missing.returncode == 2 and "expected a bundle folder" in missing.stderr
     from edgecv.bundle import Bundle, Manifest

@@ -8,11 +8,11 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch.nn.functional as F
+from torch import nn
 
-from edgecv.errors import ConfigError, UnknownNameError  # noqa: E402
-from edgecv.zoo.layers import (  # noqa: E402
+from edgecv.errors import ConfigError, UnknownNameError
+from edgecv.zoo.layers import (
     ATTNS,
     NORMS,
     ConvNormAct,
@@ -35,6 +35,7 @@ def _x(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- norms
+
 
 @pytest.mark.parametrize("name", ["bn", "ln", "in", "gn", "sn", "none"])
 def test_norm_shapes(name: str) -> None:
@@ -123,6 +124,7 @@ def test_switchable_norm_default_mix_is_the_average_of_statistics() -> None:
 
 # ---------------------------------------------------------------- activations
 
+
 def test_create_act() -> None:
     x = torch.linspace(-4, 4, 41)
     torch.testing.assert_close(create_act("relu6")(x * 2), (x * 2).clamp(0, 6))
@@ -135,6 +137,7 @@ def test_create_act() -> None:
 
 
 # ---------------------------------------------------------------- convolutions
+
 
 def test_conv_norm_act_is_conv_then_bn_then_act() -> None:
     m = ConvNormAct(4, 8, 3, norm="bn", act="relu").eval()
@@ -167,8 +170,9 @@ def test_conv_kinds_groups_and_param_counts() -> None:
         create_conv("deformable", 4, 4)
 
 
-@pytest.mark.parametrize("kind,dilation,offsets", [("standard", 1, [-1, 0, 1]), ("dilated", 2, [-2, 0, 2]),
-                                                    ("dilated", 3, [-3, 0, 3])])
+@pytest.mark.parametrize(
+    "kind,dilation,offsets", [("standard", 1, [-1, 0, 1]), ("dilated", 2, [-2, 0, 2]), ("dilated", 3, [-3, 0, 3])]
+)
 def test_dilated_receptive_field(kind: str, dilation: int, offsets: list[int]) -> None:
     m = create_conv(kind, 1, 1, 3, dilation=None if kind == "standard" else dilation, norm=None, act=None)
     assert m.conv.dilation == (dilation, dilation)
@@ -218,8 +222,9 @@ def test_se_equals_hand_computation() -> None:
     m = create_attn("se", 32, reduction=4).eval()
     x = _x(2, 32, 7, 7)
     s = x.mean((2, 3))  # squeeze
-    e = torch.sigmoid(F.linear(F.relu(F.linear(s, m.fc1.weight[:, :, 0, 0], m.fc1.bias)),
-                               m.fc2.weight[:, :, 0, 0], m.fc2.bias))  # excitation
+    e = torch.sigmoid(
+        F.linear(F.relu(F.linear(s, m.fc1.weight[:, :, 0, 0], m.fc1.bias)), m.fc2.weight[:, :, 0, 0], m.fc2.bias)
+    )  # excitation
     torch.testing.assert_close(m(x), x * e[:, :, None, None])  # scale
     assert m.fc1.out_channels == 8
 
@@ -240,7 +245,7 @@ def test_eca_equals_hand_computation() -> None:
     w = m.conv.weight[0, 0]  # [k]
     k = w.numel()
     s = F.pad(x.mean((2, 3)), (k // 2, k // 2))  # zero-padded channel descriptor
-    a = torch.stack([(s[:, c:c + k] * w).sum(1) for c in range(128)], 1)  # 1-D conv across neighbouring channels
+    a = torch.stack([(s[:, c : c + k] * w).sum(1) for c in range(128)], 1)  # 1-D conv across neighbouring channels
     torch.testing.assert_close(m(x), x * torch.sigmoid(a)[:, :, None, None])
 
 
@@ -262,8 +267,9 @@ def test_cbam_is_channel_then_spatial_with_avg_and_max() -> None:
     x = _x(2, 16, 6, 6)
     mc = torch.sigmoid(m.channel.mlp(x.mean((2, 3), keepdim=True)) + m.channel.mlp(x.amax((2, 3), keepdim=True)))
     xc = x * mc
-    ms = torch.sigmoid(m.spatial.norm(m.spatial.conv(torch.cat([xc.mean(1, keepdim=True),
-                                                                 xc.amax(1, keepdim=True)], 1))))
+    ms = torch.sigmoid(
+        m.spatial.norm(m.spatial.conv(torch.cat([xc.mean(1, keepdim=True), xc.amax(1, keepdim=True)], 1)))
+    )
     assert m.spatial.conv.kernel_size == (7, 7)
     torch.testing.assert_close(m(x), xc * ms)
 
@@ -323,6 +329,7 @@ def test_global_attention_is_equivariant_to_spatial_permutation(name: str) -> No
 
 # ---------------------------------------------------------------- init
 
+
 def test_kaiming_normal_fan_in_std() -> None:
     layer = nn.Linear(1024, 2048)
     init_weights(layer, "kaiming_normal", mode="fan_in", nonlinearity="relu")
@@ -335,7 +342,7 @@ def test_kaiming_normal_fan_out_on_conv_and_leaky_slope() -> None:
     conv = nn.Conv2d(64, 256, 3)
     init_weights(conv, "kaiming_normal", mode="fan_out", nonlinearity="leaky_relu", a=0.2)
     fan_out = 256 * 9
-    expected = math.sqrt(2.0 / (1 + 0.2 ** 2)) / math.sqrt(fan_out)
+    expected = math.sqrt(2.0 / (1 + 0.2**2)) / math.sqrt(fan_out)
     assert abs(conv.weight.std().item() - expected) / expected < 0.05
 
 

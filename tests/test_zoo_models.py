@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgecv.errors import ConfigError, ExportError, UnknownNameError  # noqa: E402
-from edgecv.zoo import create_model, list_models, model_cfg  # noqa: E402
-from edgecv.zoo.check import check_model, count_params, export_onnx, model_stats  # noqa: E402
+from edgecv.errors import ConfigError, ExportError, UnknownNameError
+from edgecv.zoo import create_model, list_models, model_cfg
+from edgecv.zoo.check import check_model, count_params, export_onnx, model_stats
 
 pytestmark = pytest.mark.torch
 
@@ -24,9 +24,24 @@ OWN_FAMILIES = ("resnet", "mobilenet", "vit", "unet")
 DENSE = [n for n in ALL if model_cfg(n)["family"] in OWN_FAMILIES]
 DENSE_TINY = [n for n in DENSE if model_cfg(n)["tiny"]]
 
-REQUIRED = ["resnet18", "resnet34", "resnet50", "resnet_tiny", "mobilenet_v1", "mobilenet_v1_tiny", "mobilenet_v2",
-            "mobilenet_v2_tiny", "vit_tiny", "vit_small", "unet", "unet_dw", "unet_tiny", "unet_dw_tiny",
-            "resnet18_se", "resnet_tiny_cbam"]
+REQUIRED = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet_tiny",
+    "mobilenet_v1",
+    "mobilenet_v1_tiny",
+    "mobilenet_v2",
+    "mobilenet_v2_tiny",
+    "vit_tiny",
+    "vit_small",
+    "unet",
+    "unet_dw",
+    "unet_tiny",
+    "unet_dw_tiny",
+    "resnet18_se",
+    "resnet_tiny_cbam",
+]
 
 
 def test_registry_names_and_tiny_per_family() -> None:
@@ -41,7 +56,7 @@ def test_registry_names_and_tiny_per_family() -> None:
 
 def _expected_shape(name: str, batch: int = 1) -> tuple[int, ...]:
     cfg = model_cfg(name)
-    c, h, w = cfg["input_size"]
+    _c, h, w = cfg["input_size"]
     if cfg["task"] == "segment":
         return (batch, cfg["num_classes"], h, w)
     return (batch, cfg["num_classes"])
@@ -61,9 +76,15 @@ def test_default_cfg_is_honest_on_meta(name: str) -> None:
 
 
 # torchvision's / timm's published parameter counts
-KNOWN_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
-                "mobilenet_v2": 3_504_872, "vit_small": 22_050_664, "resnet50_se": 28_088_024,
-                "mobilenet_v1": 4_231_976}
+KNOWN_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "mobilenet_v2": 3_504_872,
+    "vit_small": 22_050_664,
+    "resnet50_se": 28_088_024,
+    "mobilenet_v1": 4_231_976,
+}
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN_PARAMS))

@@ -17,8 +17,9 @@ RUNNERS: Registry[type[Runner]] = Registry("backend")
 BUILDERS: Registry[type[Builder]] = Registry("backend builder")
 
 RUNNERS.register("torch", "edgecv.backends.torch:TorchRunner", module="torch", extra="torch")
-RUNNERS.register("onnxruntime", "edgecv.backends.onnxruntime:OnnxRuntimeRunner", module="onnxruntime",
-                 extra="onnxruntime")
+RUNNERS.register(
+    "onnxruntime", "edgecv.backends.onnxruntime:OnnxRuntimeRunner", module="onnxruntime", extra="onnxruntime"
+)
 RUNNERS.register("openvino", "edgecv.backends.openvino:OpenVINORunner", module="openvino", extra="openvino")
 RUNNERS.register("tensorrt", "edgecv.backends.tensorrt:TensorRTRunner", module="tensorrt", extra="tensorrt")
 # a model served over the Open Inference Protocol (edgecv serve, Triton, OVMS, KServe); needs --endpoint
@@ -29,8 +30,14 @@ BUILDERS.register("tensorrt", "edgecv.backends.tensorrt:TensorRTBuilder")
 BUILDERS.register("onnxruntime", "edgecv.backends.onnxruntime:OnnxRuntimeBuilder")
 
 
-def open_runner(bundle: Bundle, backend: str, precision: str = "fp32", device: str | None = None,
-                threads: int | None = None, **kwargs: Any) -> Runner:
+def open_runner(
+    bundle: Bundle,
+    backend: str,
+    precision: str = "fp32",
+    device: str | None = None,
+    threads: int | None = None,
+    **kwargs: Any,
+) -> Runner:
     """A (not yet loaded) runner for ``bundle`` on ``backend`` at ``precision``.
 
     Raises:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from typing_extensions import Self
 
 from edgecv.errors import BackendError, InputError
 from edgecv.types import TensorSpec
@@ -51,7 +52,7 @@ class Runner(abc.ABC):
         self._output_spec: list[TensorSpec] = []
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> Runner:
+    def __enter__(self) -> Self:
         self.load()
         return self
 
@@ -75,7 +76,7 @@ class Runner(abc.ABC):
     def _load(self) -> None:
         """Load the model; fill ``_input_spec``/``_output_spec``, ``precision`` and ``device``."""
 
-    def _close(self) -> None:  # noqa: B027 - optional hook
+    def _close(self) -> None:
         """Release resources."""
 
     # ------------------------------------------------------------------ specs
@@ -133,8 +134,13 @@ class Runner(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """What the runner is running, for tables and JSON."""
-        return {"backend": self.name, "precision": self.precision, "device": self.device,
-                "threads": getattr(self, "threads", None), "load_time_s": round(self.load_time_s, 4)}
+        return {
+            "backend": self.name,
+            "precision": self.precision,
+            "device": self.device,
+            "threads": getattr(self, "threads", None),
+            "load_time_s": round(self.load_time_s, 4),
+        }
 
 
 Done = Callable[[Any, "dict[str, np.ndarray] | None", "BaseException | None"], None]
@@ -160,7 +166,7 @@ class AsyncInfer(abc.ABC):
     @abc.abstractmethod
     def wait_all(self) -> None: ...
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         self.wait_all()
 
     def describe(self) -> dict[str, Any]:
@@ -177,8 +183,9 @@ class ThreadedAsyncInfer(AsyncInfer):
         self._jobs: queue.Queue[tuple[dict[str, np.ndarray], Any, Done] | None] = queue.Queue()
         self._pending = 0
         self._cv = threading.Condition()
-        self._threads = [threading.Thread(target=self._work, name=f"edgecv-infer-{i}", daemon=True)
-                         for i in range(self.requests)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"edgecv-infer-{i}", daemon=True) for i in range(self.requests)
+        ]
         for t in self._threads:
             t.start()
 
@@ -253,8 +260,7 @@ class Builder(abc.ABC):
     name: ClassVar[str] = "builder"
 
     @abc.abstractmethod
-    def build(self, bundle: Bundle, config: BuildConfig,
-              calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
         """Build, add the artifact to ``bundle`` (atomically, manifest updated) and return it."""
 
 
@@ -274,6 +280,6 @@ def check_onnx_file(path: str | Path) -> None:
         return
     try:
         onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, OSError, ValueError…
+    except Exception as exc:
         msg = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise BackendError(f"'{p}' is not a valid ONNX model ({type(exc).__name__}: {msg}); re-export it") from exc

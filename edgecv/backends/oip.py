@@ -18,9 +18,20 @@ if TYPE_CHECKING:
     from edgecv.types import TensorSpec
 
 #: numpy dtype name → Open Inference Protocol datatype
-OIP_DTYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "uint8": "UINT8", "int8": "INT8",
-              "int16": "INT16", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "uint16": "UINT16",
-              "uint32": "UINT32", "uint64": "UINT64"}
+OIP_DTYPES = {
+    "float32": "FP32",
+    "float16": "FP16",
+    "float64": "FP64",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "bool": "BOOL",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+}
 NUMPY_DTYPES = {v: k for k, v in OIP_DTYPES.items()}
 
 #: the parameter / metadata key under which the bundle's contract travels
@@ -58,8 +69,14 @@ def contract_parameters(bundle: Bundle) -> dict[str, str]:
     """The contract as string parameters (what Triton's ``parameters`` and OIP metadata can carry): the whole
     contract as JSON under :data:`CONTRACT_KEY`, plus the few fields a client wants without parsing JSON."""
     c = bundle.contract
-    return {CONTRACT_KEY: c.to_json(), "edgecv_task": c.task, "edgecv_layout": c.layout, "edgecv_color": c.color,
-            "edgecv_resize": c.resize, "edgecv_batch_range": ",".join(str(int(v)) for v in c.batch_range)}
+    return {
+        CONTRACT_KEY: c.to_json(),
+        "edgecv_task": c.task,
+        "edgecv_layout": c.layout,
+        "edgecv_color": c.color,
+        "edgecv_resize": c.resize,
+        "edgecv_batch_range": ",".join(str(int(v)) for v in c.batch_range),
+    }
 
 
 def contract_from_parameters(params: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecv._lazy import lazy_import, version_of
-from edgecv.backends.base import Builder, BuildConfig, Runner
+from edgecv.backends.base import BuildConfig, Builder, Runner
 from edgecv.errors import BackendError, ConfigError, MissingDependencyError
 from edgecv.types import TensorSpec
 
@@ -23,9 +23,15 @@ if TYPE_CHECKING:
 
 # ONNX Runtime's NodeArg.type strings → numpy dtype names
 _ORT_DTYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32", "tensor(int64)": "int64",
-    "tensor(bool)": "bool", "tensor(bfloat16)": "bfloat16",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+    "tensor(bfloat16)": "bfloat16",
 }
 
 # what a user may pass as device → the execution providers to ask for, best first
@@ -35,8 +41,11 @@ _DEVICE_PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 
-_PROVIDER_DEVICE = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "cuda",
-                    "TensorrtExecutionProvider": "tensorrt"}
+_PROVIDER_DEVICE = {
+    "CPUExecutionProvider": "CPU",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "tensorrt",
+}
 
 
 def _dim(d: Any) -> int | None:
@@ -52,8 +61,7 @@ def onnx_precision(path: str | Path) -> str | None:
     except MissingDependencyError:
         return None
     model = onnx.load(str(path), load_external_data=False)
-    quant_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-                 "MatMulInteger"}
+    quant_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
     if any(n.op_type in quant_ops for n in model.graph.node):
         return "int8"
     f16 = onnx.TensorProto.FLOAT16
@@ -77,8 +85,13 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
     concurrent_infer = True  # InferenceSession.run is thread-safe; async_queue overlaps calls on one session
 
-    def __init__(self, model_path: str | Path, precision: str | None = None, device: str | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        precision: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+    ) -> None:
         super().__init__()
         self.model_path = Path(model_path)
         self.requested_precision = precision
@@ -89,8 +102,9 @@ class OnnxRuntimeRunner(Runner):
         self._output_names: list[str] = []
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, precision: str = "fp32", device: str | None = None,
-                    threads: int | None = None, **kw: Any) -> OnnxRuntimeRunner:
+    def from_bundle(
+        cls, bundle: Bundle, precision: str = "fp32", device: str | None = None, threads: int | None = None, **kw: Any
+    ) -> OnnxRuntimeRunner:
         """A runner for ``bundle``: ``model.onnx`` for fp32, the compiled ONNX artifact otherwise."""
         if kw:
             raise ConfigError(f"onnxruntime runner: unexpected options {sorted(kw)}")
@@ -147,10 +161,14 @@ class OnnxRuntimeRunner(Runner):
             self._session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, …)
             raise BackendError(f"onnxruntime could not load '{self.model_path}': {_one_line(exc)}") from exc
-        self._input_spec = [TensorSpec(i.name, tuple(_dim(d) for d in i.shape), _ORT_DTYPES.get(i.type, "float32"))
-                            for i in self._session.get_inputs()]
-        self._output_spec = [TensorSpec(o.name, tuple(_dim(d) for d in o.shape), _ORT_DTYPES.get(o.type, "float32"))
-                             for o in self._session.get_outputs()]
+        self._input_spec = [
+            TensorSpec(i.name, tuple(_dim(d) for d in i.shape), _ORT_DTYPES.get(i.type, "float32"))
+            for i in self._session.get_inputs()
+        ]
+        self._output_spec = [
+            TensorSpec(o.name, tuple(_dim(d) for d in o.shape), _ORT_DTYPES.get(o.type, "float32"))
+            for o in self._session.get_outputs()
+        ]
         self._output_names = [o.name for o in self._output_spec]
         # ORT falls back to CPU silently when a provider fails to initialise: report the one it kept
         active = self._session.get_providers()[0]
@@ -188,16 +206,21 @@ class OnnxRuntimeBuilder(Builder):
 
     name = "onnxruntime"
 
-    def build(self, bundle: Bundle, config: BuildConfig,
-              calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
         from edgecv.bundle import Artifact
 
         if config.precision == "int8":
             return _delegate_int8(bundle, "onnxruntime", config, calib)
         if config.precision == "fp32":
             # the bundle's model.onnx is the fp32 model; record it so compile reports it like any artifact
-            art = Artifact(backend="onnxruntime", precision="fp32", path="model.onnx", device=config.device,
-                           build_flags={}, versions=_versions())
+            art = Artifact(
+                backend="onnxruntime",
+                precision="fp32",
+                path="model.onnx",
+                device=config.device,
+                build_flags={},
+                versions=_versions(),
+            )
             return bundle.add_artifact(art, {})
         if config.precision != "fp16":
             raise ConfigError(f"onnxruntime precision: expected fp32, fp16 or int8, found '{config.precision}'")
@@ -213,11 +236,19 @@ class OnnxRuntimeBuilder(Builder):
             out_dir = Path(tmp) / "out"
             out_dir.mkdir()
             onnx.save(model16, str(out_dir / "model.onnx"))
-            art = Artifact(backend="onnxruntime", precision=config.precision, path=f"{rel_dir}/model.onnx",
-                           device=config.device,
-                           build_flags={"keep_io_types": True, "converter": "onnxruntime.transformers.float16",
-                                        "build_time_s": round(time.perf_counter() - t0, 3)},
-                           versions=_versions(), extra={"source": str(Path(src).name)})
+            art = Artifact(
+                backend="onnxruntime",
+                precision=config.precision,
+                path=f"{rel_dir}/model.onnx",
+                device=config.device,
+                build_flags={
+                    "keep_io_types": True,
+                    "converter": "onnxruntime.transformers.float16",
+                    "build_time_s": round(time.perf_counter() - t0, 3),
+                },
+                versions=_versions(),
+                extra={"source": str(Path(src).name)},
+            )
             return bundle.add_artifact(art, {rel_dir: out_dir})
 
 
@@ -238,4 +269,3 @@ def _delegate_int8(bundle: Bundle, backend: str, config: BuildConfig, calib: Any
     if calib is None:
         raise ConfigError(f"{backend} int8: expected calibration data (--calib PATH), found none")
     return compile_int8(bundle, backend=backend, calib=calib, device=config.device)  # type: ignore[no-any-return]
-

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgecv._io import describe_write_error
 from edgecv._lazy import lazy_import, version_of
-from edgecv.backends.base import AsyncInfer, Done, check_onnx_file, Builder, BuildConfig, Runner
+from edgecv.backends.base import AsyncInfer, BuildConfig, Builder, Done, Runner, check_onnx_file
 from edgecv.errors import BackendError, ConfigError
 from edgecv.types import TensorSpec
 
@@ -28,8 +28,17 @@ _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 # OpenVINO element type name → edgecv precision
 _OV_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 # OpenVINO element type name → numpy dtype name
-_OV_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "u8": "uint8", "i8": "int8",
-              "i32": "int32", "i64": "int64", "boolean": "bool", "bf16": "bfloat16"}
+_OV_DTYPES = {
+    "f32": "float32",
+    "f16": "float16",
+    "f64": "float64",
+    "u8": "uint8",
+    "i8": "int8",
+    "i32": "int32",
+    "i64": "int64",
+    "boolean": "bool",
+    "bf16": "bfloat16",
+}
 _VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 _QUANT_OPS = {"FakeQuantize", "FakeConvert"}
 
@@ -67,9 +76,15 @@ class OpenVINORunner(Runner):
 
     name = "openvino"
 
-    def __init__(self, model_path: str | Path, precision: str = "fp32", device: str | None = None,
-                 threads: int | None = None, config: dict[str, Any] | None = None,
-                 performance: str = "latency") -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        precision: str = "fp32",
+        device: str | None = None,
+        threads: int | None = None,
+        config: dict[str, Any] | None = None,
+        performance: str = "latency",
+    ) -> None:
         super().__init__()
         if performance not in ("latency", "throughput"):
             raise ConfigError(f"openvino performance hint: expected latency or throughput, found '{performance}'")
@@ -90,8 +105,9 @@ class OpenVINORunner(Runner):
         self.compile_config: dict[str, Any] = {}
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, precision: str = "fp32", device: str | None = None,
-                    threads: int | None = None, **kw: Any) -> OpenVINORunner:
+    def from_bundle(
+        cls, bundle: Bundle, precision: str = "fp32", device: str | None = None, threads: int | None = None, **kw: Any
+    ) -> OpenVINORunner:
         """A runner for ``bundle``: the compiled IR for ``precision`` if the bundle has one, else ``model.onnx``
         with the precision as a runtime hint. int8 needs a compiled (quantized) IR."""
         art = bundle.artifact("openvino", precision)
@@ -126,14 +142,16 @@ class OpenVINORunner(Runner):
         props = lazy_import("openvino.properties", extra="openvino")
         cfg: dict[str, Any] = dict(self.extra_config)
         cfg[hints.inference_precision()] = getattr(ov.Type, _HINTS[self.requested_precision])
-        cfg[hints.performance_mode()] = (hints.PerformanceMode.THROUGHPUT if self.performance == "throughput"
-                                         else hints.PerformanceMode.LATENCY)
+        cfg[hints.performance_mode()] = (
+            hints.PerformanceMode.THROUGHPUT if self.performance == "throughput" else hints.PerformanceMode.LATENCY
+        )
         if self.threads is not None:
             if self.threads < 1:
                 raise ConfigError(f"threads: expected a positive number, found {self.threads}")
             cfg[props.inference_num_threads()] = int(self.threads)
-        self.compile_config = {str(k): v.get_type_name() if hasattr(v, "get_type_name") else str(v)
-                               for k, v in cfg.items()}
+        self.compile_config = {
+            str(k): v.get_type_name() if hasattr(v, "get_type_name") else str(v) for k, v in cfg.items()
+        }
         try:
             self._compiled = core.compile_model(model, self.device, cfg)
         except Exception as exc:
@@ -150,7 +168,7 @@ class OpenVINORunner(Runner):
             devices = list(self._compiled.get_property("EXECUTION_DEVICES"))
             if devices:
                 self.device = ",".join(devices) if base in _VIRTUAL_DEVICES else self.device
-        except Exception:  # noqa: BLE001 - not every plugin reports it; keep the requested device
+        except Exception:  # noqa: BLE001, S110 - not every plugin reports it; keep the requested device
             pass
 
     def _read_precision(self, model: Any) -> str:
@@ -175,8 +193,10 @@ class OpenVINORunner(Runner):
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._request.infer(feed)
         # copy: the request reuses its output buffers on the next call
-        return {name: np.array(self._request.get_output_tensor(i).data, copy=True)
-                for i, name in enumerate(self._output_names)}
+        return {
+            name: np.array(self._request.get_output_tensor(i).data, copy=True)
+            for i, name in enumerate(self._output_names)
+        }
 
     def optimal_requests(self) -> int:
         """How many requests OpenVINO wants in flight for the compiled hint (1 when it does not say)."""
@@ -225,7 +245,7 @@ class _OVAsyncInfer(AsyncInfer):
         self.runner.check_feed(feed)
         try:
             self._q.start_async(feed, (userdata, done))
-        except Exception as exc:  # an inference error surfaces here or in wait_all
+        except Exception as exc:  # noqa: BLE001 - an inference error surfaces here or in wait_all
             done(userdata, None, BackendError(f"openvino async inference failed: {_one_line(exc)}"))
 
     def wait_all(self) -> None:
@@ -245,8 +265,7 @@ class OpenVINOBuilder(Builder):
 
     name = "openvino"
 
-    def build(self, bundle: Bundle, config: BuildConfig,
-              calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
         from edgecv.bundle import Artifact
 
         if config.precision == "int8":
@@ -273,17 +292,22 @@ class OpenVINOBuilder(Builder):
             try:
                 ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=compress)
             except Exception as exc:
-                raise BackendError(f"could not write the OpenVINO IR into {bundle.root}: "
-                                   f"{describe_write_error(exc, out_dir)}") from exc
+                raise BackendError(
+                    f"could not write the OpenVINO IR into {bundle.root}: {describe_write_error(exc, out_dir)}"
+                ) from exc
             build_time = time.perf_counter() - t0
             from edgecv import __version__
 
             art = Artifact(
-                backend="openvino", precision=config.precision, path=f"{rel_dir}/model.xml",
+                backend="openvino",
+                precision=config.precision,
+                path=f"{rel_dir}/model.xml",
                 device=config.device or "CPU",
-                build_flags={"compress_to_fp16": compress,
-                             "inference_precision_hint": _HINTS[config.precision],
-                             "build_time_s": round(build_time, 3)},
+                build_flags={
+                    "compress_to_fp16": compress,
+                    "inference_precision_hint": _HINTS[config.precision],
+                    "build_time_s": round(build_time, 3),
+                },
                 versions={"edgecv": __version__, "openvino": version_of("openvino")},
                 extra={"source": src.name},
             )

@@ -32,8 +32,19 @@ if TYPE_CHECKING:
 ENDPOINT_ENV = "EDGECV_ENDPOINT"
 MODEL_ENV = "EDGECV_MODEL"
 #: contract fields that must agree between the bundle and the served model
-_CONTRACT_FIELDS = ("task", "input_name", "layout", "dtype", "color", "resize", "scale", "mean", "std",
-                    "class_names", "output_names")
+_CONTRACT_FIELDS = (
+    "task",
+    "input_name",
+    "layout",
+    "dtype",
+    "color",
+    "resize",
+    "scale",
+    "mean",
+    "std",
+    "class_names",
+    "output_names",
+)
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str, bool]:
@@ -72,8 +83,15 @@ class RemoteRunner(Runner):
 
     name = "remote"
 
-    def __init__(self, endpoint: str, model: str, token: str | None = None, contract: dict[str, Any] | None = None,
-                 precision: str = "fp32", timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        token: str | None = None,
+        contract: dict[str, Any] | None = None,
+        precision: str = "fp32",
+        timeout_s: float = 60.0,
+    ) -> None:
         super().__init__()
         self.endpoint = endpoint
         self.protocol, self.url, self.ssl = parse_endpoint(endpoint)
@@ -92,9 +110,17 @@ class RemoteRunner(Runner):
         self._mod: Any = None
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, precision: str = "fp32", device: str | None = None,
-                    threads: int | None = None, endpoint: str | None = None, model: str | None = None,
-                    token: str | None = None, **kw: Any) -> RemoteRunner:
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        precision: str = "fp32",
+        device: str | None = None,
+        threads: int | None = None,
+        endpoint: str | None = None,
+        model: str | None = None,
+        token: str | None = None,
+        **kw: Any,
+    ) -> RemoteRunner:
         """A runner for the server that serves ``bundle``: ``endpoint`` (or ``EDGECV_ENDPOINT``), ``model`` (or
         ``EDGECV_MODEL``, else the bundle's name)."""
         if kw:
@@ -103,8 +129,9 @@ class RemoteRunner(Runner):
 
         ep = endpoint or os.environ.get(ENDPOINT_ENV)
         if not ep:
-            raise ConfigError(f"-b remote: expected --endpoint http://HOST:PORT or grpc://HOST:PORT (or "
-                              f"{ENDPOINT_ENV}), found none")
+            raise ConfigError(
+                f"-b remote: expected --endpoint http://HOST:PORT or grpc://HOST:PORT (or {ENDPOINT_ENV}), found none"
+            )
         name = model or os.environ.get(MODEL_ENV) or model_name(bundle)
         return cls(ep, name, token=token, contract=bundle.contract.model_dump(), precision=precision)
 
@@ -122,17 +149,18 @@ class RemoteRunner(Runner):
                 meta = self._client.get_model_metadata(self.model, headers=self._headers(), as_json=True)
             else:
                 meta = self._client.get_model_metadata(self.model, headers=self._headers())
-        except Exception as exc:  # noqa: BLE001 - connection refused, 404, 401 … all become one line
+        except Exception as exc:
             self._close()
-            raise BackendError(f"remote {self.protocol}://{self.url} model '{self.model}': {_one_line(exc)}") \
-                from exc
+            raise BackendError(f"remote {self.protocol}://{self.url} model '{self.model}': {_one_line(exc)}") from exc
         self.metadata = dict(meta)
         self._input_spec = [self._spec(t) for t in meta.get("inputs", [])]
         self._output_spec = [self._spec(t) for t in meta.get("outputs", [])]
         if not self._input_spec or not self._output_spec:
             self._close()
-            raise BackendError(f"remote model '{self.model}': expected inputs and outputs in its metadata, found "
-                               f"{len(self._input_spec)} and {len(self._output_spec)}")
+            raise BackendError(
+                f"remote model '{self.model}': expected inputs and outputs in its metadata, found "
+                f"{len(self._input_spec)} and {len(self._output_spec)}"
+            )
         self._check_contract(meta.get("parameters") or {})
 
     def _spec(self, t: dict[str, Any]) -> TensorSpec:
@@ -145,8 +173,9 @@ class RemoteRunner(Runner):
         if self.protocol == "grpc":
             client = self._mod.InferenceServerClient(url=self.url, ssl=self.ssl)
         else:
-            client = self._mod.InferenceServerClient(url=self.url, ssl=self.ssl, connection_timeout=self.timeout_s,
-                                                     network_timeout=self.timeout_s)
+            client = self._mod.InferenceServerClient(
+                url=self.url, ssl=self.ssl, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+            )
         self._clients.append(client)
         return client
 
@@ -178,8 +207,10 @@ class RemoteRunner(Runner):
         diff = [k for k in _CONTRACT_FIELDS if k in served and served.get(k) != self.contract.get(k)]
         if diff:
             self._close()
-            raise BackendError(f"remote model '{self.model}': expected the bundle's contract, found a different "
-                               f"{', '.join(diff)} (is it serving another bundle?)")
+            raise BackendError(
+                f"remote model '{self.model}': expected the bundle's contract, found a different "
+                f"{', '.join(diff)} (is it serving another bundle?)"
+            )
 
     def _close(self) -> None:
         for client in self._clients:
@@ -205,12 +236,21 @@ class RemoteRunner(Runner):
             else:
                 inp.set_data_from_numpy(arr, binary_data=False)
             inputs.append(inp)
-        outputs = [mod.InferRequestedOutput(s.name) if self.protocol == "grpc" else
-                   mod.InferRequestedOutput(s.name, binary_data=False) for s in self._output_spec]
+        outputs = [
+            mod.InferRequestedOutput(s.name)
+            if self.protocol == "grpc"
+            else mod.InferRequestedOutput(s.name, binary_data=False)
+            for s in self._output_spec
+        ]
         try:
-            res = self._thread_client().infer(self.model, inputs, outputs=outputs, headers=self._headers(),
-                                     **({"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}))
-        except Exception as exc:  # noqa: BLE001
+            res = self._thread_client().infer(
+                self.model,
+                inputs,
+                outputs=outputs,
+                headers=self._headers(),
+                **({"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}),
+            )
+        except Exception as exc:
             status = str(getattr(exc, "status", lambda: "")() or "")
             line = f"remote {self.protocol}://{self.url} model '{self.model}': {_one_line(exc)}"
             if status in ("400", "StatusCode.INVALID_ARGUMENT"):
@@ -230,4 +270,4 @@ class RemoteRunner(Runner):
         return d
 
 
-__all__ = ["RemoteRunner", "parse_endpoint", "ENDPOINT_ENV", "MODEL_ENV", "Path"]
+__all__ = ["ENDPOINT_ENV", "MODEL_ENV", "Path", "RemoteRunner", "parse_endpoint"]

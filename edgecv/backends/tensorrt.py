@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecv._lazy import lazy_import, version_of
-from edgecv.backends.base import Builder, BuildConfig, Runner
+from edgecv.backends.base import BuildConfig, Builder, Runner
 from edgecv.backends.tensorrt_plan import (
     PRECISIONS,
     TYPED,
@@ -63,8 +63,21 @@ TIMING_CACHE = "tensorrt/timing.cache"
 SCRIPT_FILE = "trtexec.sh"
 LAYER_INFO = "layers.json"
 # kept fp32 in the fp16 graph for a strongly typed build: values that overflow fp16 (max 65504) inside them
-FP16_KEEP_OPS = ("Exp", "Pow", "Log", "Sqrt", "Reciprocal", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
-                 "LayerNormalization", "InstanceNormalization", "GroupNormalization", "Softmax")
+FP16_KEEP_OPS = (
+    "Exp",
+    "Pow",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL2",
+    "LayerNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "Softmax",
+)
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
@@ -118,8 +131,12 @@ def _make_logger(min_severity: str = "WARNING") -> trt.ILogger:
     """A TensorRT logger that keeps error messages, so a failed build can say why in one line."""
     import tensorrt as trt
 
-    levels = {"ERROR": trt.ILogger.Severity.ERROR, "WARNING": trt.ILogger.Severity.WARNING,
-              "INFO": trt.ILogger.Severity.INFO, "VERBOSE": trt.ILogger.Severity.VERBOSE}
+    levels = {
+        "ERROR": trt.ILogger.Severity.ERROR,
+        "WARNING": trt.ILogger.Severity.WARNING,
+        "INFO": trt.ILogger.Severity.INFO,
+        "VERBOSE": trt.ILogger.Severity.VERBOSE,
+    }
     threshold = levels[min_severity]
 
     class _Logger(trt.ILogger):
@@ -137,7 +154,8 @@ def _make_logger(min_severity: str = "WARNING") -> trt.ILogger:
                 import logging
 
                 logging.getLogger("edgecv.tensorrt").log(
-                    logging.ERROR if int(severity) <= int(trt.ILogger.Severity.ERROR) else logging.WARNING, msg)
+                    logging.ERROR if int(severity) <= int(trt.ILogger.Severity.ERROR) else logging.WARNING, msg
+                )
 
     return _Logger()
 
@@ -163,18 +181,29 @@ def _dims(dims: trt.Dims) -> list[int]:
 def plan_for(bundle: Bundle, config: BuildConfig, features: TrtFeatures, dynamic: bool | None = None) -> BuildPlan:
     """The :class:`BuildPlan` of ``config`` on ``features`` (one decision for the builder and the script)."""
     _, dla_core = parse_device(config.device if config.device and config.device.upper() != "CPU" else None)
-    return make_plan(bundle.contract, config.precision, features, target=get_target(config.target),
-                     dla_core=dla_core, batch_range=config.batch_range, workspace_mb=config.workspace_mb,
-                     keep_float=config.keep_float, hardware_compat=config.hardware_compat,
-                     version_compatible=config.version_compatible, dynamic=dynamic)
+    return make_plan(
+        bundle.contract,
+        config.precision,
+        features,
+        target=get_target(config.target),
+        dla_core=dla_core,
+        batch_range=config.batch_range,
+        workspace_mb=config.workspace_mb,
+        keep_float=config.keep_float,
+        hardware_compat=config.hardware_compat,
+        version_compatible=config.version_compatible,
+        dynamic=dynamic,
+    )
 
 
 def _source_onnx(bundle: Bundle, config: BuildConfig, plan: BuildPlan) -> Path:
     """The ONNX file the plan builds from; int8 refuses a graph without Q/DQ nodes."""
     onnx_path = Path(config.onnx_path) if config.onnx_path else bundle.onnx_path
     if plan.onnx_kind == "qdq" and not is_qdq(onnx_path):
-        raise ConfigError(f"tensorrt int8: expected a QDQ ONNX model (from edgecv.quant), found no Q/DQ nodes in "
-                          f"'{onnx_path}'; pass --calib DATA to quantize first")
+        raise ConfigError(
+            f"tensorrt int8: expected a QDQ ONNX model (from edgecv.quant), found no Q/DQ nodes in "
+            f"'{onnx_path}'; pass --calib DATA to quantize first"
+        )
     return onnx_path
 
 
@@ -199,15 +228,22 @@ def fp16_onnx(src: Path, dst: Path, keep_float: list[str]) -> dict[str, Any]:
     except ImportError as exc:
         raise MissingDependencyError(
             "fp16 on a strongly typed TensorRT (11) needs onnxconverter-common to convert the graph; install it "
-            "with: pip install 'edgecv[tensorrt]'") from exc
+            "with: pip install 'edgecv[tensorrt]'"
+        ) from exc
     model = onnx.load(str(src))
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_OPS))
-    model16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
-                                               node_block_list=list(keep_float) or None)
+    model16 = float16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=block, node_block_list=list(keep_float) or None
+    )
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model16, str(dst))
-    return {"converter": "onnxconverter_common.float16", "converter_version": version_of("onnxconverter_common"),
-            "keep_io_types": True, "op_block_list": block, "node_block_list": sorted(keep_float)}
+    return {
+        "converter": "onnxconverter_common.float16",
+        "converter_version": version_of("onnxconverter_common"),
+        "keep_io_types": True,
+        "op_block_list": block,
+        "node_block_list": sorted(keep_float),
+    }
 
 
 # ====================================================================== trtexec
@@ -218,8 +254,7 @@ def _rel_or_abs(path: Path, root: Path, bundle_root: Path) -> str:
         return str(path.resolve())
 
 
-def trtexec_command(bundle: Bundle, config: BuildConfig, relative: bool = False,
-                    features: TrtFeatures = TYPED) -> str:
+def trtexec_command(bundle: Bundle, config: BuildConfig, relative: bool = False, features: TrtFeatures = TYPED) -> str:
     """The ``trtexec`` command line that builds the same engine as :class:`TensorRTBuilder` on ``features``.
 
     Args:
@@ -244,12 +279,19 @@ def _trtexec_argv(bundle: Bundle, config: BuildConfig, relative: bool, features:
     if plan.onnx_kind == "fp16":
         src = bundle.path(fp16_rel(config.precision))
         if not src.is_file():
-            raise ConfigError(f"tensorrt fp16 on {features.label}: expected the fp16 graph "
-                              f"'{fp16_rel(config.precision)}' in the bundle, found none")
+            raise ConfigError(
+                f"tensorrt fp16 on {features.label}: expected the fp16 graph "
+                f"'{fp16_rel(config.precision)}' in the bundle, found none"
+            )
     cache = Path(config.timing_cache) if config.timing_cache else root / TIMING_CACHE
     folder = root / f"tensorrt/{config.precision}"
-    return trtexec_args(plan, _rel_or_abs(src, root, bundle.root), str(root / engine_rel(config.precision)),
-                        str(cache), layer_info=str(folder / LAYER_INFO))
+    return trtexec_args(
+        plan,
+        _rel_or_abs(src, root, bundle.root),
+        str(root / engine_rel(config.precision)),
+        str(cache),
+        layer_info=str(folder / LAYER_INFO),
+    )
 
 
 def fp16_rel(precision: str) -> str:
@@ -283,10 +325,11 @@ def write_trtexec_script(bundle: Bundle, config: BuildConfig, source_note: str |
                     pass  # the TensorRT 11 branch of the script then says what is missing
     variants = script_variants(lambda f: _trtexec_argv(bundle, config, True, f))
     rel = f"tensorrt/{config.precision}/{SCRIPT_FILE}"
-    header = [f"Builds the TensorRT {config.precision} engine for this bundle (written by edgecv {_edgecv_version()}).",
-              f"Target: {get_target(config.target).name}; device: {config.device or 'cuda:0'}.",
-              "Run it on the target device; the engine lands beside this script, its layer placement in "
-              f"{LAYER_INFO}."]
+    header = [
+        f"Builds the TensorRT {config.precision} engine for this bundle (written by edgecv {_edgecv_version()}).",
+        f"Target: {get_target(config.target).name}; device: {config.device or 'cuda:0'}.",
+        f"Run it on the target device; the engine lands beside this script, its layer placement in {LAYER_INFO}.",
+    ]
     if source_note:
         header.append(source_note)
     after: dict[str, list[str]] = {}
@@ -295,23 +338,44 @@ def write_trtexec_script(bundle: Bundle, config: BuildConfig, source_note: str |
             continue
         plan = plan_for(bundle, config, feats)
         onnx_rel = next(a.split("=", 1)[1] for a in v if a.startswith("--onnx="))
-        record = shell_join(["python3", "-m", "edgecv.backends.tensorrt_guard", "record",
-                             engine_rel(config.precision), json.dumps(plan.to_dict(), separators=(",", ":")),
-                             onnx_rel, get_target(config.target).name])
+        record = shell_join(
+            [
+                "python3",
+                "-m",
+                "edgecv.backends.tensorrt_guard",
+                "record",
+                engine_rel(config.precision),
+                json.dumps(plan.to_dict(), separators=(",", ":")),
+                onnx_rel,
+                get_target(config.target).name,
+            ]
+        )
         # the provenance sidecar, where edgecv and TensorRT's Python are installed (JetPack 6+; not JetPack 5)
-        after[feats.label] = ['if python3 -c "import edgecv, tensorrt" >/dev/null 2>&1; then',
-                              f"  {record} || echo 'edgecv: no provenance sidecar written' >&2", "fi"]
-    text = render_script(variants, header,
-                         ['cd "$(dirname "$0")/../.."', f"mkdir -p tensorrt/{config.precision}"], after)
+        after[feats.label] = [
+            'if python3 -c "import edgecv, tensorrt" >/dev/null 2>&1; then',
+            f"  {record} || echo 'edgecv: no provenance sidecar written' >&2",
+            "fi",
+        ]
+    text = render_script(
+        variants, header, ['cd "$(dirname "$0")/../.."', f"mkdir -p tensorrt/{config.precision}"], after
+    )
     with bundle.scratch() as tmp, bundle.update() as manifest:
         src = Path(tmp) / SCRIPT_FILE
         src.write_text(text)
         src.chmod(src.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         dst = bundle.add_file(rel, src)
         commands = {f.label: (v if isinstance(v, str) else shell_join(v)) for f, v in variants}
-        manifest.history.append({"event": "trtexec_script", "path": rel, "precision": config.precision,
-                                 "command": commands[TYPED.label], "commands": commands,
-                                 "target": get_target(config.target).name, "time": now_iso()})
+        manifest.history.append(
+            {
+                "event": "trtexec_script",
+                "path": rel,
+                "precision": config.precision,
+                "command": commands[TYPED.label],
+                "commands": commands,
+                "target": get_target(config.target).name,
+                "time": now_iso(),
+            }
+        )
     return dst
 
 
@@ -329,10 +393,17 @@ def adopt_engine(bundle: Bundle, precision: str) -> str:
         if side.is_file():
             manifest.files[rel + ".json"] = sha256_path(side)
         manifest.artifacts[f"tensorrt:{precision}"] = Artifact(
-            backend="tensorrt", precision=precision, path=rel, sha256=digest, device="cuda",
-            created=now_iso(), extra={"built_by": f"tensorrt/{precision}/{SCRIPT_FILE} on the device"})
-        manifest.history.append({"event": "artifact", "key": f"tensorrt:{precision}", "time": now_iso(),
-                                 "adopted": rel})
+            backend="tensorrt",
+            precision=precision,
+            path=rel,
+            sha256=digest,
+            device="cuda",
+            created=now_iso(),
+            extra={"built_by": f"tensorrt/{precision}/{SCRIPT_FILE} on the device"},
+        )
+        manifest.history.append(
+            {"event": "artifact", "key": f"tensorrt:{precision}", "time": now_iso(), "adopted": rel}
+        )
     return rel
 
 
@@ -363,12 +434,17 @@ def _network_flags(trt: Any, strongly_typed: bool) -> int:
     if strongly_typed and hasattr(creation, "STRONGLY_TYPED"):  # deprecated and ignored on 11, may go later
         flags |= 1 << int(creation.STRONGLY_TYPED)
     elif not hasattr(creation, "STRONGLY_TYPED") and hasattr(creation, "EXPLICIT_BATCH"):
-        flags |= 1 << int(getattr(creation, "EXPLICIT_BATCH"))
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
     return flags
 
 
-def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildConfig,
-                            timing_cache: bytes | None = None, plan: BuildPlan | None = None) -> BuildResult:
+def build_serialized_engine(
+    onnx_path: Path,
+    contract: Contract,
+    config: BuildConfig,
+    timing_cache: bytes | None = None,
+    plan: BuildPlan | None = None,
+) -> BuildResult:
     """Parse ``onnx_path`` and build a serialized engine as ``plan`` says (made here from ``config`` when None).
 
     Raises:
@@ -385,10 +461,18 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
     features = TrtFeatures.from_module(trt, dla_cores)
     if plan is None:
         _, dla_core = parse_device(config.device if config.device and config.device.upper() != "CPU" else None)
-        plan = make_plan(contract, config.precision, features, target=get_target(config.target), dla_core=dla_core,
-                         batch_range=config.batch_range, workspace_mb=config.workspace_mb,
-                         keep_float=config.keep_float, hardware_compat=config.hardware_compat,
-                         version_compatible=config.version_compatible)
+        plan = make_plan(
+            contract,
+            config.precision,
+            features,
+            target=get_target(config.target),
+            dla_core=dla_core,
+            batch_range=config.batch_range,
+            workspace_mb=config.workspace_mb,
+            keep_float=config.keep_float,
+            hardware_compat=config.hardware_compat,
+            version_compatible=config.version_compatible,
+        )
     if plan.onnx_kind == "qdq" and not is_qdq(onnx_path):
         raise ConfigError(
             f"tensorrt int8: expected a QDQ ONNX model (from edgecv.quant), found no Q/DQ nodes in '{onnx_path}'"
@@ -403,8 +487,12 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
     cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan.workspace_mb) << 20)
     # DETAILED lets the runner read back each layer's precision and device from the engine inspector
     cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    build_flags: dict[str, Any] = {"strongly_typed": plan.strongly_typed, "workspace_mb": plan.workspace_mb,
-                                   "features": asdict(features), "plan": plan.to_dict()}
+    build_flags: dict[str, Any] = {
+        "strongly_typed": plan.strongly_typed,
+        "workspace_mb": plan.workspace_mb,
+        "features": asdict(features),
+        "plan": plan.to_dict(),
+    }
     # each flag is named only in its branch: TensorRT 11 has no FP16/INT8/BF16 and the plan never asks for them there
     for flag in plan.flags:  # in the plan's order, as trtexec gets them
         if flag == "fp16":
@@ -445,8 +533,9 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
         cfg.default_device_type = trt.DeviceType.DLA
         cfg.DLA_core = plan.dla_core
         cfg.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        dla_unsupported = [network.get_layer(i).name for i in range(network.num_layers)
-                           if not cfg.can_run_on_DLA(network.get_layer(i))]
+        dla_unsupported = [
+            network.get_layer(i).name for i in range(network.num_layers) if not cfg.can_run_on_DLA(network.get_layer(i))
+        ]
         build_flags["dla_core"] = plan.dla_core
     if plan.hardware_compat == "ampere+":
         cfg.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
@@ -463,14 +552,19 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
             tensor = network.get_input(i)
             dims = _dims(tensor.shape)
             if any(d < 0 for d in dims[1:]):
-                raise ConfigError(f"tensorrt: input '{tensor.name}' has dynamic dims {dims}; expected only the batch "
-                                  "dim to be dynamic")
+                raise ConfigError(
+                    f"tensorrt: input '{tensor.name}' has dynamic dims {dims}; expected only the batch "
+                    "dim to be dynamic"
+                )
             if not plan.shapes:
-                raise ConfigError(f"tensorrt: input '{tensor.name}' has a dynamic batch, but the bundle's contract "
-                                  "says static (batch_range [1, 1, 1]); expected a batch range to build a profile")
+                raise ConfigError(
+                    f"tensorrt: input '{tensor.name}' has a dynamic batch, but the bundle's contract "
+                    "says static (batch_range [1, 1, 1]); expected a batch range to build a profile"
+                )
             lo, opt, hi = (s[0] for s in plan.shapes.get(tensor.name, next(iter(plan.shapes.values()))))
-            profile.set_shape(tensor.name, trt.Dims([lo, *dims[1:]]), trt.Dims([opt, *dims[1:]]),
-                              trt.Dims([hi, *dims[1:]]))
+            profile.set_shape(
+                tensor.name, trt.Dims([lo, *dims[1:]]), trt.Dims([opt, *dims[1:]]), trt.Dims([hi, *dims[1:]])
+            )
             profiles[tensor.name] = [[lo, *dims[1:]], [opt, *dims[1:]], [hi, *dims[1:]]]
         cfg.add_optimization_profile(profile)
         first = next(iter(profiles.values()))
@@ -482,8 +576,14 @@ def build_serialized_engine(onnx_path: Path, contract: Contract, config: BuildCo
     if serialized is None:
         raise BackendError(f"TensorRT could not build an engine from '{onnx_path}': {_logger_errors(logger)}")
     cache_bytes = bytes(memoryview(cfg.get_timing_cache().serialize()))
-    return BuildResult(bytes(memoryview(serialized)), cache_bytes, build_flags, profiles, dla_unsupported,
-                       list(getattr(logger, "placement", [])))
+    return BuildResult(
+        bytes(memoryview(serialized)),
+        cache_bytes,
+        build_flags,
+        profiles,
+        dla_unsupported,
+        list(getattr(logger, "placement", [])),
+    )
 
 
 def placement_from_log(lines: list[str]) -> dict[str, list[str]] | None:
@@ -527,8 +627,11 @@ def layer_placement(info: Any) -> dict[str, list[str]]:
         kind = "" if isinstance(layer, str) else str(layer.get("LayerType", ""))
         if kind.upper() == "DLA" or (name.startswith("{ForeignNode") and kind.lower() != "myelin"):
             dla.append(name)
-        elif kind.lower() in ("reformat", "nooplayer") or "reformatter" in name.lower() or \
-                name.lower().startswith("reformatting"):
+        elif (
+            kind.lower() in ("reformat", "nooplayer")
+            or "reformatter" in name.lower()
+            or name.lower().startswith("reformatting")
+        ):
             continue
         else:
             gpu.append(name)
@@ -552,15 +655,21 @@ def _inspect_engine(engine_bytes: bytes) -> Any:
 def _check_device_allows(plan: BuildPlan, device: Any) -> None:
     """Refuse in one line what this device cannot build, whatever the target said."""
     if plan.hardware_compat and device.l4t:
-        raise ConfigError(f"--hardware-compat {plan.hardware_compat}: expected a discrete GPU, found a Jetson "
-                          f"(L4T {device.l4t}); hardware-compatible engines are not supported there")
-    if plan.hardware_compat and device.compute_capability and \
-            tuple(int(x) for x in device.compute_capability.split(".")) < (8, 0):
-        raise ConfigError(f"--hardware-compat {plan.hardware_compat}: expected an Ampere or newer GPU (sm_80+), "
-                          f"found sm_{device.compute_capability.replace('.', '')}")
+        raise ConfigError(
+            f"--hardware-compat {plan.hardware_compat}: expected a discrete GPU, found a Jetson "
+            f"(L4T {device.l4t}); hardware-compatible engines are not supported there"
+        )
+    if (
+        plan.hardware_compat
+        and device.compute_capability
+        and tuple(int(x) for x in device.compute_capability.split(".")) < (8, 0)
+    ):
+        raise ConfigError(
+            f"--hardware-compat {plan.hardware_compat}: expected an Ampere or newer GPU (sm_80+), "
+            f"found sm_{device.compute_capability.replace('.', '')}"
+        )
     if plan.dla_core is not None and device.dla_cores <= plan.dla_core:
-        raise ConfigError(f"--device dla:{plan.dla_core}: expected a DLA core below {device.dla_cores} on this "
-                          "device")
+        raise ConfigError(f"--device dla:{plan.dla_core}: expected a DLA core below {device.dla_cores} on this device")
 
 
 def _sha256(path: Path) -> str:
@@ -579,19 +688,24 @@ class TensorRTBuilder(Builder):
 
     name = "tensorrt"
 
-    def build(self, bundle: Bundle, config: BuildConfig,
-              calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
         from edgecv.bundle import Artifact
 
         if config.precision not in PRECISIONS:
-            raise ConfigError(f"tensorrt precision: expected one of {', '.join(PRECISIONS)}, "
-                              f"found '{config.precision}'")
+            raise ConfigError(
+                f"tensorrt precision: expected one of {', '.join(PRECISIONS)}, found '{config.precision}'"
+            )
         if config.emit_only:
             path = write_trtexec_script(bundle, config)
             # describes the script; it is recorded as a file in the manifest, not as a runnable artifact
-            return Artifact(backend="tensorrt", precision=config.precision,
-                            path=str(path.relative_to(bundle.root)), device=config.device,
-                            build_flags={"emit_only": True}, extra={"command": trtexec_command(bundle, config)})
+            return Artifact(
+                backend="tensorrt",
+                precision=config.precision,
+                path=str(path.relative_to(bundle.root)),
+                device=config.device,
+                build_flags={"emit_only": True},
+                extra={"command": trtexec_command(bundle, config)},
+            )
         if config.precision == "int8" and config.onnx_path is None:
             from edgecv.backends.onnxruntime import _delegate_int8
 
@@ -599,9 +713,7 @@ class TensorRTBuilder(Builder):
         _require_tensorrt()
         import tensorrt as trt
 
-        from edgecv.backends.tensorrt_guard import make_sidecar, probe_device
-
-        from edgecv.backends.tensorrt_guard import target_for
+        from edgecv.backends.tensorrt_guard import make_sidecar, probe_device, target_for
 
         device_index, _ = parse_device(config.device if config.device and config.device.upper() != "CPU" else None)
         probe_builder = trt.Builder(_make_logger("ERROR"))
@@ -640,8 +752,11 @@ class TensorRTBuilder(Builder):
                 from_log = placement_from_log(res.placement_log)
                 info = None if from_log is not None else _inspect_engine(res.engine)
                 placement = from_log or (layer_placement(info) if info is not None else {})
-                flags["dla_placement_source"] = "builder log" if from_log is not None else \
-                    ("engine inspector" if info is not None else "can_run_on_DLA only")
+                flags["dla_placement_source"] = (
+                    "builder log"
+                    if from_log is not None
+                    else ("engine inspector" if info is not None else "can_run_on_DLA only")
+                )
             engine_tmp = Path(tmp) / ENGINE_FILE
             engine_tmp.write_bytes(res.engine)
             files[rel] = engine_tmp
@@ -653,29 +768,49 @@ class TensorRTBuilder(Builder):
                 from edgecv._io import write_bytes
 
                 write_bytes(cache_path, res.timing_cache)
-            onnx_rel = fp16_rel(config.precision) if plan.onnx_kind == "fp16" else \
-                _rel_or_abs(onnx_path, Path("."), bundle.root)
+            onnx_rel = (
+                fp16_rel(config.precision)
+                if plan.onnx_kind == "fp16"
+                else _rel_or_abs(onnx_path, Path("."), bundle.root)
+            )
             fallback = placement.get("gpu", res.dla_unsupported) if plan.dla_core is not None else []
-            sidecar = make_sidecar(device, precision=config.precision, dla_core=plan.dla_core,
-                                   profiles=res.profiles, builder_flags={k: v for k, v in flags.items()
-                                                                         if k not in ("plan", "features")},
-                                   onnx_rel=onnx_rel, onnx_sha256=_sha256(onnx_path),
-                                   target=get_target(config.target).name, hardware_compat=plan.hardware_compat,
-                                   version_compatible=plan.version_compatible, plan=plan.to_dict(),
-                                   dla_fallback=fallback, edgecv_version=_edgecv_version())
+            sidecar = make_sidecar(
+                device,
+                precision=config.precision,
+                dla_core=plan.dla_core,
+                profiles=res.profiles,
+                builder_flags={k: v for k, v in flags.items() if k not in ("plan", "features")},
+                onnx_rel=onnx_rel,
+                onnx_sha256=_sha256(onnx_path),
+                target=get_target(config.target).name,
+                hardware_compat=plan.hardware_compat,
+                version_compatible=plan.version_compatible,
+                plan=plan.to_dict(),
+                dla_fallback=fallback,
+                edgecv_version=_edgecv_version(),
+            )
             side_tmp = Path(tmp) / (ENGINE_FILE + ".json")
             side_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
             files[rel + ".json"] = side_tmp
             extra: dict[str, Any] = {"source": onnx_path.name, "provenance": rel + ".json", "notes": plan.notes}
             if plan.dla_core is not None:
-                extra.update({"dla_core": plan.dla_core, "dla_layers": placement.get("dla", []),
-                              "dla_gpu_fallback_layers": fallback, "dla_unsupported_layers": res.dla_unsupported})
-            art = Artifact(backend="tensorrt", precision=config.precision, path=rel,
-                           device=f"dla:{plan.dla_core}" if plan.dla_core is not None else f"cuda:{device_index}",
-                           build_flags=flags,
-                           versions={"edgecv": _edgecv_version(), "tensorrt": trt.__version__,
-                                     "cuda-python": version_of("cuda")},
-                           extra=extra)
+                extra.update(
+                    {
+                        "dla_core": plan.dla_core,
+                        "dla_layers": placement.get("dla", []),
+                        "dla_gpu_fallback_layers": fallback,
+                        "dla_unsupported_layers": res.dla_unsupported,
+                    }
+                )
+            art = Artifact(
+                backend="tensorrt",
+                precision=config.precision,
+                path=rel,
+                device=f"dla:{plan.dla_core}" if plan.dla_core is not None else f"cuda:{device_index}",
+                build_flags=flags,
+                versions={"edgecv": _edgecv_version(), "tensorrt": trt.__version__, "cuda-python": version_of("cuda")},
+                extra=extra,
+            )
             return bundle.add_artifact(art, files)
 
 
@@ -714,8 +849,15 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, precision: str = "fp32", device: str | None = None,
-                 threads: int | None = None, bundle: Bundle | None = None, rebuild: bool | None = None) -> None:
+    def __init__(
+        self,
+        engine_path: str | Path,
+        precision: str = "fp32",
+        device: str | None = None,
+        threads: int | None = None,
+        bundle: Bundle | None = None,
+        rebuild: bool | None = None,
+    ) -> None:
         super().__init__()
         self.engine_path = Path(engine_path)
         self.requested_precision = precision
@@ -735,8 +877,15 @@ class TensorRTRunner(Runner):
         self._logger: trt.ILogger | None = None
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, precision: str = "fp32", device: str | None = None,
-                    threads: int | None = None, rebuild: bool | None = None, **kw: Any) -> TensorRTRunner:
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        precision: str = "fp32",
+        device: str | None = None,
+        threads: int | None = None,
+        rebuild: bool | None = None,
+        **kw: Any,
+    ) -> TensorRTRunner:
         """A runner for the bundle's engine at ``precision``.
 
         An engine built on the device by the emitted ``trtexec.sh`` is not in the manifest; it is used when it
@@ -757,8 +906,9 @@ class TensorRTRunner(Runner):
         if fallback.is_file():
             # built on the device by the emitted trtexec.sh: recorded (hashed) on first use, so every later use is
             # checked like any other artifact
-            return cls(bundle.file(adopt_engine(bundle, precision)), precision, device, threads, bundle=bundle,
-                       rebuild=rebuild)
+            return cls(
+                bundle.file(adopt_engine(bundle, precision)), precision, device, threads, bundle=bundle, rebuild=rebuild
+            )
         raise BackendError(
             f"bundle '{bundle.root}' has no tensorrt {precision} engine; build it with: edgecv compile "
             f"{bundle.root} --backend tensorrt --precision {precision} (or --emit-trtexec and run the script)"
@@ -774,7 +924,8 @@ class TensorRTRunner(Runner):
             import logging
 
             logging.getLogger("edgecv.tensorrt").warning(
-                "'%s' has no provenance sidecar (built by trtexec.sh?): loading it unguarded", self.engine_path)
+                "'%s' has no provenance sidecar (built by trtexec.sh?): loading it unguarded", self.engine_path
+            )
             return
         here = probe_device(trt_mod, cudart, self.device_index, dla_cores=dla_cores)
         fields = check_engine(sidecar, here)
@@ -807,7 +958,8 @@ class TensorRTRunner(Runner):
             raise BackendError(
                 f"engine '{self.engine_path}' is version-compatible: it carries TensorRT's lean runtime as host code, "
                 f"which edgecv does not run from a bundle unasked; set {TRUST_ENGINE_CODE_ENV}=1 if you trust its "
-                "builder, or rebuild it here without --version-compatible")
+                "builder, or rebuild it here without --version-compatible"
+            )
         return True
 
     def _load(self) -> None:

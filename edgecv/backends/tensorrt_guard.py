@@ -83,8 +83,9 @@ def nvidia_driver_version(proc_file: Path = Path("/proc/driver/nvidia/version"))
     return m.group(1) if m else None
 
 
-def probe_device(trt: Any, cudart: Any, device_index: int = 0, dla_cores: int | None = None,
-                 release: dict[str, Any] | None = None) -> DeviceInfo:
+def probe_device(
+    trt: Any, cudart: Any, device_index: int = 0, dla_cores: int | None = None, release: dict[str, Any] | None = None
+) -> DeviceInfo:
     """This device as the guard compares it, from an imported ``tensorrt`` and cuda-python runtime module.
 
     Args:
@@ -118,24 +119,53 @@ def probe_device(trt: Any, cudart: Any, device_index: int = 0, dla_cores: int | 
             release = parse_nv_tegra_release(NV_TEGRA_RELEASE.read_text(errors="replace"))
         except OSError:
             release = None
-    return DeviceInfo(tensorrt=str(getattr(trt, "__version__", "")) or None,
-                      cuda_runtime=_cuda_version(int(rt)) if rt is not None else None,
-                      cuda_driver=_cuda_version(int(drv)) if drv is not None else None,
-                      nvidia_driver=nvidia_driver_version(), gpu=str(name) if name else None,
-                      compute_capability=cc, l4t=(release or {}).get("l4t"), jetpack=(release or {}).get("jetpack"),
-                      dla_cores=int(dla_cores or 0))
+    return DeviceInfo(
+        tensorrt=str(getattr(trt, "__version__", "")) or None,
+        cuda_runtime=_cuda_version(int(rt)) if rt is not None else None,
+        cuda_driver=_cuda_version(int(drv)) if drv is not None else None,
+        nvidia_driver=nvidia_driver_version(),
+        gpu=str(name) if name else None,
+        compute_capability=cc,
+        l4t=(release or {}).get("l4t"),
+        jetpack=(release or {}).get("jetpack"),
+        dla_cores=int(dla_cores or 0),
+    )
 
 
 # ====================================================================== sidecar
-def make_sidecar(device: DeviceInfo, *, precision: str, dla_core: int | None, profiles: dict[str, Any],
-                 builder_flags: dict[str, Any], onnx_rel: str, onnx_sha256: str, target: str,
-                 hardware_compat: str | None, version_compatible: bool, plan: dict[str, Any],
-                 dla_fallback: list[str] | None = None, edgecv_version: str = "") -> dict[str, Any]:
+def make_sidecar(
+    device: DeviceInfo,
+    *,
+    precision: str,
+    dla_core: int | None,
+    profiles: dict[str, Any],
+    builder_flags: dict[str, Any],
+    onnx_rel: str,
+    onnx_sha256: str,
+    target: str,
+    hardware_compat: str | None,
+    version_compatible: bool,
+    plan: dict[str, Any],
+    dla_fallback: list[str] | None = None,
+    edgecv_version: str = "",
+) -> dict[str, Any]:
     """The provenance record written beside an engine."""
-    return {"format": FORMAT, "edgecv": edgecv_version, "device": device.to_dict(), "precision": precision,
-            "dla_core": dla_core, "profiles": profiles, "builder_flags": builder_flags, "onnx": onnx_rel,
-            "onnx_sha256": onnx_sha256, "target": target, "hardware_compat": hardware_compat,
-            "version_compatible": version_compatible, "plan": plan, "dla_gpu_fallback_layers": dla_fallback or []}
+    return {
+        "format": FORMAT,
+        "edgecv": edgecv_version,
+        "device": device.to_dict(),
+        "precision": precision,
+        "dla_core": dla_core,
+        "profiles": profiles,
+        "builder_flags": builder_flags,
+        "onnx": onnx_rel,
+        "onnx_sha256": onnx_sha256,
+        "target": target,
+        "hardware_compat": hardware_compat,
+        "version_compatible": version_compatible,
+        "plan": plan,
+        "dla_gpu_fallback_layers": dla_fallback or [],
+    }
 
 
 def read_sidecar(engine_path: str | Path) -> dict[str, Any] | None:
@@ -235,8 +265,17 @@ def rebuild_command(bundle_root: str | Path, sidecar: dict[str, Any], here: Devi
     """The ``edgecv compile`` command that rebuilds this engine on this device."""
     import shlex
 
-    args = ["edgecv", "compile", str(bundle_root), "--backend", "tensorrt", "--precision",
-            str(sidecar.get("precision", "fp32")), "--target", target_for(here, sidecar.get("target"))]
+    args = [
+        "edgecv",
+        "compile",
+        str(bundle_root),
+        "--backend",
+        "tensorrt",
+        "--precision",
+        str(sidecar.get("precision", "fp32")),
+        "--target",
+        target_for(here, sidecar.get("target")),
+    ]
     core = sidecar.get("dla_core")
     if core is not None and here.dla_cores > int(core):
         args += ["--device", f"dla:{core}"]
@@ -247,14 +286,22 @@ def rebuild_command(bundle_root: str | Path, sidecar: dict[str, Any], here: Devi
 
 def mismatch_message(sidecar: dict[str, Any], here: DeviceInfo, fields: list[str], bundle_root: str | Path) -> str:
     """One line: what the engine was built for, what this device is, and how to rebuild."""
-    names = {"tensorrt": "TensorRT", "cuda": "CUDA", "compute_capability": "compute capability", "gpu": "GPU",
-             "l4t": "JetPack/L4T", "dla_core": "DLA core"}
+    names = {
+        "tensorrt": "TensorRT",
+        "cuda": "CUDA",
+        "compute_capability": "compute capability",
+        "gpu": "GPU",
+        "l4t": "JetPack/L4T",
+        "dla_core": "DLA core",
+    }
     built = dict(sidecar.get("device") or {})
     here_d = here.to_dict()
     here_s = _describe(here_d) + (f" with {here.dla_cores} DLA core(s)" if "dla_core" in fields else "")
-    return (f"engine built for {_describe(built, sidecar.get('dla_core'))}; this device is {here_s} "
-            f"(differs: {', '.join(names[f] for f in fields)}): rebuild with "
-            f"'{rebuild_command(bundle_root, sidecar, here)}', or pass --rebuild")
+    return (
+        f"engine built for {_describe(built, sidecar.get('dla_core'))}; this device is {here_s} "
+        f"(differs: {', '.join(names[f] for f in fields)}): rebuild with "
+        f"'{rebuild_command(bundle_root, sidecar, here)}', or pass --rebuild"
+    )
 
 
 def rebuild_config(bundle: Any, sidecar: dict[str, Any], here: DeviceInfo, device_index: int = 0) -> Any:
@@ -268,15 +315,20 @@ def rebuild_config(bundle: Any, sidecar: dict[str, Any], here: DeviceInfo, devic
     onnx_path = bundle.file(onnx_rel) if plan.get("onnx_kind") == "qdq" else None  # confined, hash-checked
     core = sidecar.get("dla_core")
     device = f"dla:{core}" if core is not None and here.dla_cores > int(core) else f"cuda:{device_index}"
-    return BuildConfig(precision=str(sidecar.get("precision", "fp32")),  # type: ignore[arg-type]
-                       device=device, workspace_mb=int(flags.get("workspace_mb", 1024)), onnx_path=onnx_path,
-                       keep_float=[] if plan.get("onnx_kind") == "qdq" else list(flags.get("keep_float", [])),
-                       target=target_for(here, sidecar.get("target")),
-                       version_compatible=bool(sidecar.get("version_compatible")) and core is None)
+    return BuildConfig(
+        precision=str(sidecar.get("precision", "fp32")),  # type: ignore[arg-type]
+        device=device,
+        workspace_mb=int(flags.get("workspace_mb", 1024)),
+        onnx_path=onnx_path,
+        keep_float=[] if plan.get("onnx_kind") == "qdq" else list(flags.get("keep_float", [])),
+        target=target_for(here, sidecar.get("target")),
+        version_compatible=bool(sidecar.get("version_compatible")) and core is None,
+    )
 
 
-def record_sidecar(engine_path: str | Path, plan: dict[str, Any], onnx_rel: str, target: str, trt: Any,
-                   cudart: Any) -> Path:
+def record_sidecar(
+    engine_path: str | Path, plan: dict[str, Any], onnx_rel: str, target: str, trt: Any, cudart: Any
+) -> Path:
     """Write the sidecar of an engine that ``trtexec.sh`` just built (the script calls :func:`main`).
 
     The bundle root is the engine's ``../..``; the ONNX file is hashed there. Written atomically.
@@ -288,17 +340,28 @@ def record_sidecar(engine_path: str | Path, plan: dict[str, Any], onnx_rel: str,
     dla_cores = 0
     try:
         dla_cores = int(trt.Runtime(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
-    except Exception:  # noqa: BLE001 - a runtime that cannot start still lets the rest be recorded
+    except Exception:  # noqa: BLE001, S110 - a runtime that cannot start still lets the rest be recorded
         pass
     device = probe_device(trt, cudart, 0, dla_cores=dla_cores)
     onnx_file = root / onnx_rel
-    side = make_sidecar(device, precision=str(plan.get("precision")), dla_core=plan.get("dla_core"),
-                        profiles={k: v for k, v in (plan.get("shapes") or {}).items()},
-                        builder_flags={"built_by": "trtexec.sh", "workspace_mb": plan.get("workspace_mb"),
-                                       "flags": plan.get("flags"), "strongly_typed": plan.get("strongly_typed")},
-                        onnx_rel=onnx_rel, onnx_sha256=sha256_path(onnx_file) if onnx_file.is_file() else "",
-                        target=target, hardware_compat=plan.get("hardware_compat"),
-                        version_compatible=bool(plan.get("version_compatible")), plan=plan)
+    side = make_sidecar(
+        device,
+        precision=str(plan.get("precision")),
+        dla_core=plan.get("dla_core"),
+        profiles={k: v for k, v in (plan.get("shapes") or {}).items()},
+        builder_flags={
+            "built_by": "trtexec.sh",
+            "workspace_mb": plan.get("workspace_mb"),
+            "flags": plan.get("flags"),
+            "strongly_typed": plan.get("strongly_typed"),
+        },
+        onnx_rel=onnx_rel,
+        onnx_sha256=sha256_path(onnx_file) if onnx_file.is_file() else "",
+        target=target,
+        hardware_compat=plan.get("hardware_compat"),
+        version_compatible=bool(plan.get("version_compatible")),
+        plan=plan,
+    )
     layers = engine.parent / "layers.json"  # trtexec --exportLayerInfo
     if plan.get("dla_core") is not None and layers.is_file():
         from edgecv.backends.tensorrt import layer_placement

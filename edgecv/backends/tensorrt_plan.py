@@ -48,11 +48,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgecv.errors import ConfigError
-from edgecv.types import PRECISIONS  # noqa: F401  (used below and by backends.tensorrt)
+from edgecv.types import PRECISIONS
 
 if TYPE_CHECKING:
     from edgecv.bundle import Contract
-
 
 
 # ====================================================================== features
@@ -96,15 +95,43 @@ class TrtFeatures:
 
 
 # The three kinds of TensorRT the emitted script can meet; it tells them apart with `trtexec --help`.
-LEGACY = TrtFeatures(strongly_typed=False, precision_flags=True, bf16_flag=False, dla=True, hardware_compat=True,
-                     version_compat=True, label="TensorRT 8.6 (JetPack 6.0, 5.x)")
-TYPED = TrtFeatures(strongly_typed=True, precision_flags=True, bf16_flag=True, dla=True, hardware_compat=True,
-                    version_compat=True, label="TensorRT 10 (JetPack 6.1+, 7)")
-TYPED_ONLY = TrtFeatures(strongly_typed=True, precision_flags=False, bf16_flag=False, dla=False,
-                         hardware_compat=True, version_compat=True, label="TensorRT 11")
+LEGACY = TrtFeatures(
+    strongly_typed=False,
+    precision_flags=True,
+    bf16_flag=False,
+    dla=True,
+    hardware_compat=True,
+    version_compat=True,
+    label="TensorRT 8.6 (JetPack 6.0, 5.x)",
+)
+TYPED = TrtFeatures(
+    strongly_typed=True,
+    precision_flags=True,
+    bf16_flag=True,
+    dla=True,
+    hardware_compat=True,
+    version_compat=True,
+    label="TensorRT 10 (JetPack 6.1+, 7)",
+)
+TYPED_ONLY = TrtFeatures(
+    strongly_typed=True,
+    precision_flags=False,
+    bf16_flag=False,
+    dla=False,
+    hardware_compat=True,
+    version_compat=True,
+    label="TensorRT 11",
+)
 # TensorRT 11.4.1 brought DLA back, strongly typed, on AGX Orin with JetPack >= 7.2.2 (its trtexec has --useDLACore)
-TYPED_ONLY_DLA = TrtFeatures(strongly_typed=True, precision_flags=False, bf16_flag=False, dla=True,
-                             hardware_compat=True, version_compat=True, label="TensorRT 11 with DLA (11.4.1+)")
+TYPED_ONLY_DLA = TrtFeatures(
+    strongly_typed=True,
+    precision_flags=False,
+    bf16_flag=False,
+    dla=True,
+    hardware_compat=True,
+    version_compat=True,
+    label="TensorRT 11 with DLA (11.4.1+)",
+)
 SCRIPT_VARIANTS = (TYPED_ONLY_DLA, TYPED_ONLY, TYPED, LEGACY)
 
 
@@ -133,8 +160,9 @@ class Target:
 TARGETS: dict[str, Target] = {
     "orin-nano": Target("orin-nano", True, "8.7", 0, 1024, "6.0 (TensorRT 8.6), 6.1/6.2 (TensorRT 10.3)"),
     "orin-nx": Target("orin-nx", True, "8.7", 2, 1024, "6.0 (TensorRT 8.6), 6.1/6.2 (TensorRT 10.3)"),
-    "agx-orin": Target("agx-orin", True, "8.7", 2, 1024,
-                       "6.0 (TensorRT 8.6), 6.1/6.2 (TensorRT 10.3), 7.2.2+ (TensorRT 11.4.1)"),
+    "agx-orin": Target(
+        "agx-orin", True, "8.7", 2, 1024, "6.0 (TensorRT 8.6), 6.1/6.2 (TensorRT 10.3), 7.2.2+ (TensorRT 11.4.1)"
+    ),
     "thor": Target("thor", True, "11.0", 0, 1024, "7.x (TensorRT 10.x; 11.4.1 from 7.2.2), Python 3.12"),
     "x86": Target("x86", False, None, 0, 4096, ""),
 }
@@ -213,11 +241,20 @@ def _batch_range(contract: Contract, batch_range: tuple[int, int, int] | None) -
     return lo, opt, hi
 
 
-def make_plan(contract: Contract, precision: str, features: TrtFeatures, *, target: Target | None = None,
-              dla_core: int | None = None, batch_range: tuple[int, int, int] | None = None,
-              workspace_mb: int | None = None, keep_float: list[str] | None = None,
-              hardware_compat: str | None = None, version_compatible: bool = False,
-              dynamic: bool | None = None) -> BuildPlan:
+def make_plan(
+    contract: Contract,
+    precision: str,
+    features: TrtFeatures,
+    *,
+    target: Target | None = None,
+    dla_core: int | None = None,
+    batch_range: tuple[int, int, int] | None = None,
+    workspace_mb: int | None = None,
+    keep_float: list[str] | None = None,
+    hardware_compat: str | None = None,
+    version_compatible: bool = False,
+    dynamic: bool | None = None,
+) -> BuildPlan:
     """Decide a build for ``features``; refuse in one line what this TensorRT, target or device cannot do.
 
     Args:
@@ -245,37 +282,53 @@ def make_plan(contract: Contract, precision: str, features: TrtFeatures, *, targ
     # ---- device: DLA rules
     if dla_core is not None:
         if precision not in ("fp16", "int8"):
-            raise ConfigError(f"--device dla:{dla_core}: expected --precision fp16 or int8 (DLA has no fp32/bf16), "
-                              f"found {precision}")
+            raise ConfigError(
+                f"--device dla:{dla_core}: expected --precision fp16 or int8 (DLA has no fp32/bf16), found {precision}"
+            )
         if tgt.dla_cores == 0:
-            raise ConfigError(f"--device dla:{dla_core}: expected a target with DLA (orin-nx, agx-orin), "
-                              f"found --target {tgt.name}, which has none")
+            raise ConfigError(
+                f"--device dla:{dla_core}: expected a target with DLA (orin-nx, agx-orin), "
+                f"found --target {tgt.name}, which has none"
+            )
         if dla_core >= tgt.dla_cores:
-            raise ConfigError(f"--device dla:{dla_core}: expected a core below {tgt.dla_cores} on {tgt.name}, "
-                              f"found {dla_core}")
+            raise ConfigError(
+                f"--device dla:{dla_core}: expected a core below {tgt.dla_cores} on {tgt.name}, found {dla_core}"
+            )
         if not features.dla:
-            raise ConfigError(f"--device dla:{dla_core}: this TensorRT ({features.label}) has no DLA support "
-                              "(absent in TensorRT 11.0–11.3, and on devices without DLA cores); build for the GPU")
+            raise ConfigError(
+                f"--device dla:{dla_core}: this TensorRT ({features.label}) has no DLA support "
+                "(absent in TensorRT 11.0–11.3, and on devices without DLA cores); build for the GPU"
+            )
         if hardware_compat:
-            raise ConfigError("--hardware-compat: expected a GPU build, found --device dla; DLA engines are tied "
-                              "to the DLA they were built for")
+            raise ConfigError(
+                "--hardware-compat: expected a GPU build, found --device dla; DLA engines are tied "
+                "to the DLA they were built for"
+            )
         if version_compatible:
-            raise ConfigError("--version-compatible: expected a GPU build, found --device dla; TensorRT's lean "
-                              "runtime does not run DLA loadables")
+            raise ConfigError(
+                "--version-compatible: expected a GPU build, found --device dla; TensorRT's lean "
+                "runtime does not run DLA loadables"
+            )
 
     # ---- portability options
     if hardware_compat is not None:
         if hardware_compat != "ampere+":
             raise ConfigError(f"--hardware-compat: expected ampere+, found '{hardware_compat}'")
         if tgt.jetson:
-            raise ConfigError(f"--hardware-compat ampere+: expected a discrete GPU target (x86), found {tgt.name}; "
-                              "TensorRT supports hardware-compatible engines only on discrete Ampere+ GPUs")
+            raise ConfigError(
+                f"--hardware-compat ampere+: expected a discrete GPU target (x86), found {tgt.name}; "
+                "TensorRT supports hardware-compatible engines only on discrete Ampere+ GPUs"
+            )
         if not features.hardware_compat:
-            raise ConfigError(f"--hardware-compat: this TensorRT ({features.label}) has no HardwareCompatibilityLevel;"
-                              " expected TensorRT 8.6 or newer")
+            raise ConfigError(
+                f"--hardware-compat: this TensorRT ({features.label}) has no HardwareCompatibilityLevel;"
+                " expected TensorRT 8.6 or newer"
+            )
     if version_compatible and not features.version_compat:
-        raise ConfigError(f"--version-compatible: this TensorRT ({features.label}) has no VERSION_COMPATIBLE flag; "
-                          "expected TensorRT 8.6 or newer")
+        raise ConfigError(
+            f"--version-compatible: this TensorRT ({features.label}) has no VERSION_COMPATIBLE flag; "
+            "expected TensorRT 8.6 or newer"
+        )
 
     # ---- precision → graph kind, typing and flags
     onnx_kind, strongly_typed, flags = "float", False, []
@@ -297,8 +350,10 @@ def make_plan(contract: Contract, precision: str, features: TrtFeatures, *, targ
             onnx_kind, strongly_typed = "fp16", True
     elif precision == "bf16":
         if not features.precision_flags:
-            raise ConfigError(f"tensorrt bf16: this TensorRT ({features.label}) is strongly typed only and edgecv "
-                              "converts graphs to fp16, not bf16; expected --precision fp16 or int8")
+            raise ConfigError(
+                f"tensorrt bf16: this TensorRT ({features.label}) is strongly typed only and edgecv "
+                "converts graphs to fp16, not bf16; expected --precision fp16 or int8"
+            )
         if not features.bf16_flag:
             raise ConfigError(f"tensorrt bf16: expected TensorRT 9 or newer (BuilderFlag.BF16), found {features.label}")
         flags = ["bf16"]
@@ -322,11 +377,23 @@ def make_plan(contract: Contract, precision: str, features: TrtFeatures, *, targ
     ws = int(workspace_mb if workspace_mb is not None else tgt.workspace_mb)
     if ws < 1:
         raise ConfigError(f"--workspace-mb: expected a positive number, found {ws}")
-    return BuildPlan(precision=precision, onnx_kind=onnx_kind, strongly_typed=strongly_typed, flags=flags,
-                     dla_core=dla_core, gpu_fallback=dla_core is not None, shapes=shapes, workspace_mb=ws,
-                     keep_float=layer_keep, fp16_keep=keep if onnx_kind == "fp16" else [],
-                     hardware_compat=hardware_compat, version_compatible=version_compatible,
-                     always_typed=not features.precision_flags, features=features.label, notes=notes)
+    return BuildPlan(
+        precision=precision,
+        onnx_kind=onnx_kind,
+        strongly_typed=strongly_typed,
+        flags=flags,
+        dla_core=dla_core,
+        gpu_fallback=dla_core is not None,
+        shapes=shapes,
+        workspace_mb=ws,
+        keep_float=layer_keep,
+        fp16_keep=keep if onnx_kind == "fp16" else [],
+        hardware_compat=hardware_compat,
+        version_compatible=version_compatible,
+        always_typed=not features.precision_flags,
+        features=features.label,
+        notes=notes,
+    )
 
 
 # ====================================================================== trtexec
@@ -334,8 +401,9 @@ def _shape(s: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in s)
 
 
-def trtexec_args(plan: BuildPlan, onnx: str, engine: str, timing_cache: str,
-                 layer_info: str | None = None) -> list[str]:
+def trtexec_args(
+    plan: BuildPlan, onnx: str, engine: str, timing_cache: str, layer_info: str | None = None
+) -> list[str]:
     """The ``trtexec`` arguments that build ``plan`` (the same decisions the Python builder applies)."""
     args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
     if plan.strongly_typed and not plan.always_typed:
@@ -346,13 +414,18 @@ def trtexec_args(plan: BuildPlan, onnx: str, engine: str, timing_cache: str,
         if plan.gpu_fallback:
             args.append("--allowGPUFallback")
     for name, (lo, opt, hi) in plan.shapes.items():
-        args += [f"--minShapes={name}:{_shape(lo)}", f"--optShapes={name}:{_shape(opt)}",
-                 f"--maxShapes={name}:{_shape(hi)}"]
+        args += [
+            f"--minShapes={name}:{_shape(lo)}",
+            f"--optShapes={name}:{_shape(opt)}",
+            f"--maxShapes={name}:{_shape(hi)}",
+        ]
     args += [f"--timingCacheFile={timing_cache}", f"--memPoolSize=workspace:{plan.workspace_mb}M"]
     if plan.keep_float:
-        args += ["--precisionConstraints=obey",
-                 "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in plan.keep_float),
-                 "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in plan.keep_float)]
+        args += [
+            "--precisionConstraints=obey",
+            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in plan.keep_float),
+            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in plan.keep_float),
+        ]
     if plan.hardware_compat:
         args.append(f"--hardwareCompatibilityLevel={plan.hardware_compat}")
     if plan.version_compatible:
@@ -379,8 +452,12 @@ def script_variants(make: Any) -> list[tuple[TrtFeatures, list[str] | str]]:
     return out
 
 
-def render_script(variants: list[tuple[TrtFeatures, list[str] | str]], header: list[str], setup: list[str],
-                  after: dict[str, list[str]] | None = None) -> str:
+def render_script(
+    variants: list[tuple[TrtFeatures, list[str] | str]],
+    header: list[str],
+    setup: list[str],
+    after: dict[str, list[str]] | None = None,
+) -> str:
     """A POSIX shell script that asks ``trtexec --help`` which TensorRT it is and runs the matching variant.
 
     The probe mirrors :meth:`TrtFeatures.from_module`: ``--fp16`` absent ↔ the precision flags were removed
@@ -396,20 +473,26 @@ def render_script(variants: list[tuple[TrtFeatures, list[str] | str]], header: l
             return f"  echo {shlex.quote('edgecv: ' + v)} >&2\n  exit 2\n"
         return f"  {shell_join(v)}\n" + "".join(f"  {line}\n" for line in (after or {}).get(feats.label, []))
 
-    lines = ["#!/bin/sh", *[f"# {h}" for h in header], "set -e", *setup,
-             'TRTEXEC="${TRTEXEC:-trtexec}"',
-             'command -v "$TRTEXEC" >/dev/null 2>&1 || { [ -x /usr/src/tensorrt/bin/trtexec ] && '
-             'TRTEXEC=/usr/src/tensorrt/bin/trtexec; }',
-             'command -v "$TRTEXEC" >/dev/null 2>&1 || { echo "edgecv: expected trtexec on PATH, in '
-             '/usr/src/tensorrt/bin or in \$TRTEXEC, found none" >&2; exit 2; }',
-             'HELP="$("$TRTEXEC" --help 2>&1 || true)"',
-             'has() { case "$HELP" in *"$1"*) return 0 ;; esac; return 1; }',
-             "trtexec() { \"$TRTEXEC\" \"$@\"; }",
-             "if ! has --fp16 && has --useDLACore; then",
-             f"  # {TYPED_ONLY_DLA.label}: strongly typed only"]
+    lines = [
+        "#!/bin/sh",
+        *[f"# {h}" for h in header],
+        "set -e",
+        *setup,
+        'TRTEXEC="${TRTEXEC:-trtexec}"',
+        'command -v "$TRTEXEC" >/dev/null 2>&1 || { [ -x /usr/src/tensorrt/bin/trtexec ] && '
+        "TRTEXEC=/usr/src/tensorrt/bin/trtexec; }",
+        'command -v "$TRTEXEC" >/dev/null 2>&1 || { echo "edgecv: expected trtexec on PATH, in '
+        r'/usr/src/tensorrt/bin or in \$TRTEXEC, found none" >&2; exit 2; }',
+        'HELP="$("$TRTEXEC" --help 2>&1 || true)"',
+        'has() { case "$HELP" in *"$1"*) return 0 ;; esac; return 1; }',
+        'trtexec() { "$TRTEXEC" "$@"; }',
+        "if ! has --fp16 && has --useDLACore; then",
+        f"  # {TYPED_ONLY_DLA.label}: strongly typed only",
+    ]
     text = "\n".join(lines) + "\n" + body(TYPED_ONLY_DLA)
-    text += f"elif ! has --fp16; then\n  # {TYPED_ONLY.label} (11.0–11.4.0: no DLA): strongly typed only\n" + \
-        body(TYPED_ONLY)
+    text += f"elif ! has --fp16; then\n  # {TYPED_ONLY.label} (11.0–11.4.0: no DLA): strongly typed only\n" + body(
+        TYPED_ONLY
+    )
     text += f"elif has --stronglyTyped; then\n  # {TYPED.label}\n" + body(TYPED)
     text += f"else\n  # {LEGACY.label}\n" + body(LEGACY) + "fi\n"
     return text

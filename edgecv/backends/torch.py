@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from edgecv.bundle import Bundle, Contract
 
 
-
 class TorchRunner(Runner):
     """Runs an ``nn.Module`` eagerly under ``torch.inference_mode``.
 
@@ -36,8 +35,14 @@ class TorchRunner(Runner):
 
     name = "torch"
 
-    def __init__(self, model: Any, contract: Contract, precision: str = "fp32", device: str | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        contract: Contract,
+        precision: str = "fp32",
+        device: str | None = None,
+        threads: int | None = None,
+    ) -> None:
         super().__init__()
         precision = parse_precision(precision, "torch precision", TORCH_PRECISIONS)
         if threads is not None and threads < 1:
@@ -51,16 +56,24 @@ class TorchRunner(Runner):
         self._torch_device: Any = None
 
     @classmethod
-    def from_module(cls, model: Any, contract: Contract, precision: str = "fp32", device: str | None = None,
-                    threads: int | None = None, **kw: Any) -> TorchRunner:
+    def from_module(
+        cls,
+        model: Any,
+        contract: Contract,
+        precision: str = "fp32",
+        device: str | None = None,
+        threads: int | None = None,
+        **kw: Any,
+    ) -> TorchRunner:
         """A runner over an eager module (what :func:`edgecv.pipeline.open_runner` calls)."""
         if kw:
             raise ConfigError(f"torch runner: unexpected options {sorted(kw)}")
         return cls(model, contract, precision, device, threads)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, precision: str = "fp32", device: str | None = None,
-                    threads: int | None = None, **kw: Any) -> TorchRunner:
+    def from_bundle(
+        cls, bundle: Bundle, precision: str = "fp32", device: str | None = None, threads: int | None = None, **kw: Any
+    ) -> TorchRunner:
         """Always raises: the runtime tier cannot rebuild an eager model from a bundle."""
         raise BackendError(
             f"the torch backend needs the eager model, which bundle '{bundle.root}' does not hold; "
@@ -92,7 +105,8 @@ class TorchRunner(Runner):
         outs = self._forward_raw({c.input_name: np.zeros(probe_shape, dtype=c.dtype)})
         self._output_spec = [
             TensorSpec(n, (None if c.dynamic_batch else int(t.shape[0]), *(int(d) for d in t.shape[1:])), "float32")
-            if t.ndim else TensorSpec(n, (), "float32")
+            if t.ndim
+            else TensorSpec(n, (), "float32")
             for n, t in outs.items()
         ]
         # autocast is mixed precision by design (softmax, reductions stay float32), so there is no single

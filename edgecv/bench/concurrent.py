@@ -41,9 +41,16 @@ class ConcurrencyResult:
         return asdict(self)
 
 
-def bench_concurrent(open_client: Callable[[], Runner], feed: dict[str, np.ndarray], clients: int, *,
-                     label: str = "", warmup: int = 5, min_time_s: float = 2.0,
-                     clock: Callable[[], float] = time.perf_counter) -> ConcurrencyResult:
+def bench_concurrent(
+    open_client: Callable[[], Runner],
+    feed: dict[str, np.ndarray],
+    clients: int,
+    *,
+    label: str = "",
+    warmup: int = 5,
+    min_time_s: float = 2.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ConcurrencyResult:
     """Run ``clients`` runners from ``open_client()`` concurrently on ``feed`` for ``min_time_s`` seconds.
 
     Raises:
@@ -99,20 +106,41 @@ def bench_concurrent(open_client: Callable[[], Runner], feed: dict[str, np.ndarr
             r.close()
     if errors:
         exc = errors[0]
-        raise BackendError(f"{label or 'client'} with {clients} concurrent clients: "
-                           f"{' '.join(str(exc).split())[:300] or type(exc).__name__}") from exc
+        raise BackendError(
+            f"{label or 'client'} with {clients} concurrent clients: "
+            f"{' '.join(str(exc).split())[:300] or type(exc).__name__}"
+        ) from exc
     flat = np.asarray([s for per in samples for s in per], dtype=np.float64) * 1e3
     if flat.size == 0:
         raise BackendError(f"{label or 'client'}: no request finished within {min_time_s} s")
     p50, p90, p99 = np.percentile(flat, [50, 90, 99])
-    return ConcurrencyResult(label=label, batch=batch, clients=clients, requests=int(flat.size), wall_s=wall,
-                             throughput=batch * flat.size / wall, p50_ms=float(p50), p90_ms=float(p90),
-                             p99_ms=float(p99), mean_ms=float(flat.mean()))
+    return ConcurrencyResult(
+        label=label,
+        batch=batch,
+        clients=clients,
+        requests=int(flat.size),
+        wall_s=wall,
+        throughput=batch * flat.size / wall,
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        mean_ms=float(flat.mean()),
+    )
 
 
-def bench_bundle_concurrent(bundle: Any, specs: list[tuple[str, str]], batches: list[int], clients: list[int],
-                            opener: Callable[..., Runner], *, device: str | None = None, threads: int | None = None,
-                            warmup: int = 5, min_time_s: float = 2.0, seed: int = 0) -> list[ConcurrencyResult]:
+def bench_bundle_concurrent(
+    bundle: Any,
+    specs: list[tuple[str, str]],
+    batches: list[int],
+    clients: list[int],
+    opener: Callable[..., Runner],
+    *,
+    device: str | None = None,
+    threads: int | None = None,
+    warmup: int = 5,
+    min_time_s: float = 2.0,
+    seed: int = 0,
+) -> list[ConcurrencyResult]:
     """:func:`bench_concurrent` for every ``(backend, precision)``, batch size and client count, on the same
     inputs ``edgecv bench`` times (the bundle's reference inputs, else seeded random ones)."""
     from edgecv.bench.core import _feed_for
@@ -122,9 +150,13 @@ def bench_bundle_concurrent(bundle: Any, specs: list[tuple[str, str]], batches: 
         for bs in batches:
             feed = _feed_for(bundle, bs, seed)
             for n in clients:
+
                 def open_client(backend: str = backend, precision: str = precision) -> Runner:
                     return opener(bundle, backend, precision, device=device, threads=threads)
 
-                out.append(bench_concurrent(open_client, feed, n, label=f"{backend}:{precision}", warmup=warmup,
-                                            min_time_s=min_time_s))
+                out.append(
+                    bench_concurrent(
+                        open_client, feed, n, label=f"{backend}:{precision}", warmup=warmup, min_time_s=min_time_s
+                    )
+                )
     return out

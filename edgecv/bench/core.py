@@ -26,8 +26,8 @@ from edgecv.validate.runs import (
     Opener,
     default_opener,
     error_line,
-    missing_framework,
     fixed_batch,
+    missing_framework,
     random_inputs,
     reference_inputs,
 )
@@ -70,18 +70,35 @@ class LatencyStats:
         p50, p90, p99 = np.percentile(s, [50, 90, 99])
         mean = float(s.mean())
         total = float(s.sum()) / 1e3
-        return cls(batch=batch, iters=int(s.size), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
-                   mean_ms=mean, std_ms=float(s.std(ddof=1)) if s.size > 1 else 0.0, min_ms=float(s.min()),
-                   max_ms=float(s.max()), total_s=total,
-                   throughput=batch * s.size / total if total > 0 else math.inf)
+        return cls(
+            batch=batch,
+            iters=int(s.size),
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            p99_ms=float(p99),
+            mean_ms=mean,
+            std_ms=float(s.std(ddof=1)) if s.size > 1 else 0.0,
+            min_ms=float(s.min()),
+            max_ms=float(s.max()),
+            total_s=total,
+            throughput=batch * s.size / total if total > 0 else math.inf,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def collect(runner: Runner, feed: dict[str, np.ndarray], *, warmup: int = 10, min_time_s: float = 1.0,
-            min_iters: int = 20, max_iters: int = 10000, clock: Clock = time.perf_counter,
-            on_iter: Callable[[int], None] | None = None) -> list[float]:
+def collect(
+    runner: Runner,
+    feed: dict[str, np.ndarray],
+    *,
+    warmup: int = 10,
+    min_time_s: float = 1.0,
+    min_iters: int = 20,
+    max_iters: int = 10000,
+    clock: Clock = time.perf_counter,
+    on_iter: Callable[[int], None] | None = None,
+) -> list[float]:
     """Per-call latencies in seconds: ``warmup`` untimed calls, then timed calls until both ``min_time_s`` and
     ``min_iters`` are reached, or ``max_iters``."""
     for _ in range(warmup):
@@ -111,9 +128,17 @@ def _check_counts(warmup: int, min_time_s: float, min_iters: int, max_iters: int
         raise ConfigError(f"iterations: expected min_iters <= max_iters, found {min_iters} > {max_iters}")
 
 
-def measure(runner: Runner, feed: dict[str, np.ndarray], *, warmup: int = 10, min_time_s: float = 1.0,
-            min_iters: int = 20, max_iters: int = 10000, clock: Clock = time.perf_counter,
-            batch: int | None = None) -> LatencyStats:
+def measure(
+    runner: Runner,
+    feed: dict[str, np.ndarray],
+    *,
+    warmup: int = 10,
+    min_time_s: float = 1.0,
+    min_iters: int = 20,
+    max_iters: int = 10000,
+    clock: Clock = time.perf_counter,
+    batch: int | None = None,
+) -> LatencyStats:
     """Time ``runner.infer(feed)`` and summarise it.
 
     Args:
@@ -130,8 +155,9 @@ def measure(runner: Runner, feed: dict[str, np.ndarray], *, warmup: int = 10, mi
     """
     _check_counts(warmup, min_time_s, min_iters, max_iters)
     n = batch if batch is not None else int(next(iter(feed.values())).shape[0]) if feed else 1
-    samples = collect(runner, feed, warmup=warmup, min_time_s=min_time_s, min_iters=min_iters,
-                      max_iters=max_iters, clock=clock)
+    samples = collect(
+        runner, feed, warmup=warmup, min_time_s=min_time_s, min_iters=min_iters, max_iters=max_iters, clock=clock
+    )
     return LatencyStats.from_samples(samples, batch=n)
 
 
@@ -189,8 +215,12 @@ class BenchReport:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "settings": self.settings, "host": self.host,
-                "rows": [r.to_dict() for r in self.rows]}
+        return {
+            "bundle": self.bundle,
+            "settings": self.settings,
+            "host": self.host,
+            "rows": [r.to_dict() for r in self.rows],
+        }
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -202,8 +232,9 @@ def _split(total: int, parts: int) -> list[int]:
 Companion = Callable[[], "tuple[Runner, dict[str, np.ndarray]]"]
 
 
-def schedule(backends: list[tuple[str, str]], batches: list[int], companions: list[str],
-             rounds: int) -> list[tuple[int, tuple[str, str, int] | str]]:
+def schedule(
+    backends: list[tuple[str, str]], batches: list[int], companions: list[str], rounds: int
+) -> list[tuple[int, tuple[str, str, int] | str]]:
     """The interleaved measuring order: ``(round, slot)`` where a slot is ``(backend, precision, batch)`` or a
     companion's key.
 
@@ -232,9 +263,13 @@ def _feed_for(bundle: Bundle, batch: int, seed: int) -> dict[str, np.ndarray]:
 def _host_info(threads: int | None) -> dict[str, Any]:
     from edgecv._lazy import version_of
 
-    info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
-                            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                            "threads": threads}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+    }
     try:
         info["affinity_cpus"] = len(os.sched_getaffinity(0))
     except AttributeError:  # not on macOS/Windows
@@ -274,12 +309,25 @@ def _imported(mod: str) -> bool:
     return mod in sys.modules  # report versions of engines this run used, without importing new ones
 
 
-def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], batches: list[int],
-                 threads: int | None = None, device: str | None = None, warmup: int = 10,
-                 min_time_s: float = 1.0, min_iters: int = 20, max_iters: int = 10000, *, rounds: int = 3,
-                 interleave: bool = True, opener: Opener | None = None, progress: Progress | None = None,
-                 clock: Clock = time.perf_counter, seed: int = 0,
-                 companions: dict[str, Companion] | None = None) -> BenchReport:
+def bench_bundle(
+    bundle: Bundle | str | Path,
+    backends: list[tuple[str, str]],
+    batches: list[int],
+    threads: int | None = None,
+    device: str | None = None,
+    warmup: int = 10,
+    min_time_s: float = 1.0,
+    min_iters: int = 20,
+    max_iters: int = 10000,
+    *,
+    rounds: int = 3,
+    interleave: bool = True,
+    opener: Opener | None = None,
+    progress: Progress | None = None,
+    clock: Clock = time.perf_counter,
+    seed: int = 0,
+    companions: dict[str, Companion] | None = None,
+) -> BenchReport:
     """Benchmark each ``(backend, precision)`` at each batch size, side by side in this process.
 
     Every runner is opened and loaded once (load time from ``runner.load_time_s``; peak RSS increase over
@@ -331,13 +379,25 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
     opener = opener or default_opener()
     feeds = {bs: _feed_for(b, bs, seed) for bs in batches}
     rounds_eff = rounds if interleave else 1
-    report = BenchReport(bundle=str(b.root), settings={
-        "backends": [f"{n}:{p}" for n, p in backends], "batches": batches, "threads": threads, "device": device,
-        "warmup": warmup, "min_time_s": min_time_s, "min_iters": min_iters, "max_iters": max_iters,
-        "rounds": rounds_eff, "interleave": interleave, "mode": "synchronous latency, one call at a time",
-        "input": "reference.npz inputs" if b.reference_path.exists() else f"random normal (seed {seed})",
-        "peak_rss": PeakRSS.method + "; engine libraries are imported first and counted apart "
-                    "(engine_import_rss_mb)"})
+    report = BenchReport(
+        bundle=str(b.root),
+        settings={
+            "backends": [f"{n}:{p}" for n, p in backends],
+            "batches": batches,
+            "threads": threads,
+            "device": device,
+            "warmup": warmup,
+            "min_time_s": min_time_s,
+            "min_iters": min_iters,
+            "max_iters": max_iters,
+            "rounds": rounds_eff,
+            "interleave": interleave,
+            "mode": "synchronous latency, one call at a time",
+            "input": "reference.npz inputs" if b.reference_path.exists() else f"random normal (seed {seed})",
+            "peak_rss": PeakRSS.method + "; engine libraries are imported first and counted apart "
+            "(engine_import_rss_mb)",
+        },
+    )
     for name, prec in backends:
         for bs in batches:
             report.rows.append(BenchRow(backend=name, precision=prec, batch=bs))
@@ -428,9 +488,17 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
             return
         runner, feed = comp_runners[key]
         try:
-            report.companion_samples.setdefault(key, []).extend(collect(
-                runner, feed, warmup=min(warmup, 3) if warm else 0, min_time_s=min_time_s / passes,
-                min_iters=comp_min[i], max_iters=comp_max[i], clock=clock))
+            report.companion_samples.setdefault(key, []).extend(
+                collect(
+                    runner,
+                    feed,
+                    warmup=min(warmup, 3) if warm else 0,
+                    min_time_s=min_time_s / passes,
+                    min_iters=comp_min[i],
+                    max_iters=comp_max[i],
+                    clock=clock,
+                )
+            )
         except Exception as exc:  # noqa: BLE001
             report.companion_errors[key] = error_line(exc)
         tick(key)
@@ -446,10 +514,17 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
         try:
             # the first round was warmed in open_and_warm; later rounds re-warm briefly because another
             # backend has just run (caches, thread pools going to sleep)
-            samples.setdefault((name, prec, bs), []).extend(collect(
-                runner, feeds[bs], warmup=0 if rnd == 0 or not interleave else min(warmup, 3),
-                min_time_s=min_time_s / rounds_eff, min_iters=quotas_min[rnd], max_iters=quotas_max[rnd],
-                clock=clock))
+            samples.setdefault((name, prec, bs), []).extend(
+                collect(
+                    runner,
+                    feeds[bs],
+                    warmup=0 if rnd == 0 or not interleave else min(warmup, 3),
+                    min_time_s=min_time_s / rounds_eff,
+                    min_iters=quotas_min[rnd],
+                    max_iters=quotas_max[rnd],
+                    clock=clock,
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - keep measuring the others
             row.error = error_line(exc)
         tick(f"{name}:{prec} b{bs}")
@@ -491,8 +566,10 @@ def bench_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], b
             row.quantiles_ms = [round(float(q), 4) for q in np.percentile(np.asarray(s) * 1e3, np.arange(101))]
         elif row.error is None:
             row.error = "no timed iterations"
-    torch_key = next(((n, p) for n, p in backends if n == "torch" and p == "fp32"),
-                     next(((n, p) for n, p in backends if n == "torch"), None))
+    torch_key = next(
+        ((n, p) for n, p in backends if n == "torch" and p == "fp32"),
+        next(((n, p) for n, p in backends if n == "torch"), None),
+    )
     if torch_key is not None:
         for bs in batches:
             base = report.row(torch_key[0], torch_key[1], bs)

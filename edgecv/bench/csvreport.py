@@ -16,10 +16,28 @@ from edgecv._io import write_text
 if TYPE_CHECKING:
     from edgecv.bench.core import BenchReport
 
-COLUMNS = ["backend", "precision", "precision ran", "device", "batch", "iterations", "latency p50 (ms)",
-           "latency p90 (ms)", "latency p99 (ms)", "latency mean (ms)", "latency min (ms)", "latency max (ms)",
-           "throughput (items/s)", "GOP/s", "peak GOP/s", "% of peak", "speedup vs torch", "load time (s)",
-           "peak RSS increase (MB)", "error"]
+COLUMNS = [
+    "backend",
+    "precision",
+    "precision ran",
+    "device",
+    "batch",
+    "iterations",
+    "latency p50 (ms)",
+    "latency p90 (ms)",
+    "latency p99 (ms)",
+    "latency mean (ms)",
+    "latency min (ms)",
+    "latency max (ms)",
+    "throughput (items/s)",
+    "GOP/s",
+    "peak GOP/s",
+    "% of peak",
+    "speedup vs torch",
+    "load time (s)",
+    "peak RSS increase (MB)",
+    "error",
+]
 
 
 def _fmt(v: Any) -> str:
@@ -52,9 +70,12 @@ def bench_csv(report: BenchReport, argv: list[str] | None = None) -> str:
         w.writerow(["model GOP per item (batch 1)", _fmt(roof["ops"]["gops"])])
         raised = roof.get("raised", {})
         for key, p in roof.get("peaks", {}).items():
-            how = (f"raised to the rate {raised[key]['by']} reached (best probe {raised[key]['probe_form']}: "
-                   f"{_fmt(raised[key]['probe_gops_per_s'])})" if key in raised
-                   else f"probe {p['form']} ({p.get('source', 'screened')})")
+            how = (
+                f"raised to the rate {raised[key]['by']} reached (best probe {raised[key]['probe_form']}: "
+                f"{_fmt(raised[key]['probe_gops_per_s'])})"
+                if key in raised
+                else f"probe {p['form']} ({p.get('source', 'screened')})"
+            )
             w.writerow([f"peak {key} (GOP/s)", _fmt(p["gops_per_s"]), f"{how}, measured {p['measured']}"])
         for key, why in roof.get("no_peak", {}).items():
             w.writerow([f"peak {key}", "", why])
@@ -63,12 +84,33 @@ def bench_csv(report: BenchReport, argv: list[str] | None = None) -> str:
     w.writerow(COLUMNS)
     for r in report.rows:
         s = r.stats
-        w.writerow([_fmt(v) for v in [
-            r.backend, r.precision, r.precision_ran, r.device, r.batch,
-            s.iters if s else None, s.p50_ms if s else None, s.p90_ms if s else None, s.p99_ms if s else None,
-            s.mean_ms if s else None, s.min_ms if s else None, s.max_ms if s else None,
-            s.throughput if s else None, r.gops_per_s, r.peak_gops_per_s, r.pct_peak, r.speedup_vs_torch,
-            r.load_time_s, r.peak_rss_mb, r.error]])
+        w.writerow(
+            [
+                _fmt(v)
+                for v in [
+                    r.backend,
+                    r.precision,
+                    r.precision_ran,
+                    r.device,
+                    r.batch,
+                    s.iters if s else None,
+                    s.p50_ms if s else None,
+                    s.p90_ms if s else None,
+                    s.p99_ms if s else None,
+                    s.mean_ms if s else None,
+                    s.min_ms if s else None,
+                    s.max_ms if s else None,
+                    s.throughput if s else None,
+                    r.gops_per_s,
+                    r.peak_gops_per_s,
+                    r.pct_peak,
+                    r.speedup_vs_torch,
+                    r.load_time_s,
+                    r.peak_rss_mb,
+                    r.error,
+                ]
+            ]
+        )
     return buf.getvalue()
 
 

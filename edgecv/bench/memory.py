@@ -13,6 +13,8 @@ import threading
 import time
 from types import TracebackType
 
+from typing_extensions import Self
+
 _MB = 1024.0 * 1024.0
 
 
@@ -61,7 +63,7 @@ class PeakRSS:
                 self._peak = v
             time.sleep(self.interval_s)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> Self:
         self._start = _rss_bytes()
         self._maxrss0 = _maxrss_bytes()
         self._peak = self._start or 0

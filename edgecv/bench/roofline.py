@@ -220,10 +220,14 @@ def probe_model(form: ProbeForm, precision: str, seed: int = 0) -> Any:
     inits: list[Any] = []
     cur = "x"
     if int8:
-        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "a_s"),
-                  numpy_helper.from_array(np.array(0, np.uint8), "a_zp")]
-        nodes += [helper.make_node("QuantizeLinear", ["x", "a_s", "a_zp"], ["q0"]),
-                  helper.make_node("DequantizeLinear", ["q0", "a_s", "a_zp"], ["d0"])]
+        inits += [
+            numpy_helper.from_array(np.array(0.02, np.float32), "a_s"),
+            numpy_helper.from_array(np.array(0, np.uint8), "a_zp"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["x", "a_s", "a_zp"], ["q0"]),
+            helper.make_node("DequantizeLinear", ["q0", "a_s", "a_zp"], ["d0"]),
+        ]
         cur = "d0"
     c, k = form.channels, form.kernel
     layers = 1 if form.op == "matmul" else form.layers
@@ -231,11 +235,12 @@ def probe_model(form: ProbeForm, precision: str, seed: int = 0) -> Any:
         wshape = (c, c) if form.op == "matmul" else (c, c, k, k)
         if int8:
             axis = 1 if form.op == "matmul" else 0  # per output channel
-            inits += [numpy_helper.from_array(rng.integers(-127, 128, size=wshape, dtype=np.int8), f"w{i}_q"),
-                      numpy_helper.from_array(np.full((c,), 1e-3, np.float32), f"w{i}_s"),
-                      numpy_helper.from_array(np.zeros((c,), np.int8), f"w{i}_zp")]
-            nodes.append(helper.make_node("DequantizeLinear", [f"w{i}_q", f"w{i}_s", f"w{i}_zp"], [f"w{i}"],
-                                          axis=axis))
+            inits += [
+                numpy_helper.from_array(rng.integers(-127, 128, size=wshape, dtype=np.int8), f"w{i}_q"),
+                numpy_helper.from_array(np.full((c,), 1e-3, np.float32), f"w{i}_s"),
+                numpy_helper.from_array(np.zeros((c,), np.int8), f"w{i}_zp"),
+            ]
+            nodes.append(helper.make_node("DequantizeLinear", [f"w{i}_q", f"w{i}_s", f"w{i}_zp"], [f"w{i}"], axis=axis))
         else:
             inits.append(numpy_helper.from_array((rng.standard_normal(wshape) * 0.05).astype(np.float32), f"w{i}"))
         if form.op == "matmul":
@@ -245,8 +250,10 @@ def probe_model(form: ProbeForm, precision: str, seed: int = 0) -> Any:
         nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"]))
         cur = f"r{i}"
         if int8:
-            nodes += [helper.make_node("QuantizeLinear", [cur, "a_s", "a_zp"], [f"q{i + 1}"]),
-                      helper.make_node("DequantizeLinear", [f"q{i + 1}", "a_s", "a_zp"], [f"d{i + 1}"])]
+            nodes += [
+                helper.make_node("QuantizeLinear", [cur, "a_s", "a_zp"], [f"q{i + 1}"]),
+                helper.make_node("DequantizeLinear", [f"q{i + 1}", "a_s", "a_zp"], [f"d{i + 1}"]),
+            ]
             cur = f"d{i + 1}"
     nodes.append(helper.make_node("Identity", [cur], ["y"]))
     graph = helper.make_graph(nodes, f"edgecv_peak_probe_{form.name}_{precision}", [x], [y], inits)
@@ -320,12 +327,15 @@ def _engine_version(backend: str) -> str | None:
     return version_of(backend)
 
 
-def cache_key(backend: str, device: str | None, precision: str, threads: int | None,
-              forms: tuple[ProbeForm, ...] | None = None) -> str:
+def cache_key(
+    backend: str, device: str | None, precision: str, threads: int | None, forms: tuple[ProbeForm, ...] | None = None
+) -> str:
     """What a cached peak depends on: engine, its version, device, precision, threads and the probe forms (the
     host is the cache file's name)."""
-    return (f"{backend}|{(device or 'default').upper()}|{precision}|threads={threads}|v={_engine_version(backend)}"
-            f"|forms={forms_id(forms)}")
+    return (
+        f"{backend}|{(device or 'default').upper()}|{precision}|threads={threads}|v={_engine_version(backend)}"
+        f"|forms={forms_id(forms)}"
+    )
 
 
 def _read_cache() -> dict[str, Any]:
@@ -348,8 +358,13 @@ def _write_cache(key: str, peak: Peak) -> None:
         pass
 
 
-def cached_peak(backend: str, precision: str, device: str | None = None, threads: int | None = None,
-                forms: tuple[ProbeForm, ...] | None = None) -> Peak | None:
+def cached_peak(
+    backend: str,
+    precision: str,
+    device: str | None = None,
+    threads: int | None = None,
+    forms: tuple[ProbeForm, ...] | None = None,
+) -> Peak | None:
     """The cached peak of this host for the engine (and its version), device, precision, threads and probe forms;
     None when there is none."""
     hit = _read_cache().get(cache_key(backend, device, precision, threads, forms))
@@ -368,8 +383,9 @@ def _open_probe(backend: str, path: Path, precision: str, device: str | None, th
     return cls(path, precision, device, threads)  # type: ignore[call-arg]
 
 
-def open_probe(backend: str, form: ProbeForm, precision: str, device: str | None = None,
-               threads: int | None = None) -> tuple[Any, dict[str, np.ndarray], int]:
+def open_probe(
+    backend: str, form: ProbeForm, precision: str, device: str | None = None, threads: int | None = None
+) -> tuple[Any, dict[str, np.ndarray], int]:
     """A loaded runner of ``form``'s probe through ``backend``'s own Runner class (same device and threads as the
     benchmark), its feed and its operations per call (counted by :func:`count_ops`, as a model's are)."""
     onnx = lazy_import("onnx", extra="onnxruntime")
@@ -389,8 +405,10 @@ def _check_probe(backend: str, precision: str, device: str | None) -> None:
         raise ConfigError(f"peak: expected a backend with a GEMM probe ({', '.join(PROBED)}), found '{backend}'")
     supported = supported_precisions(backend, device)
     if precision not in supported:
-        raise ConfigError(f"peak: {backend} {device or 'default device'} reports {', '.join(supported) or 'nothing'}"
-                          f", expected {precision} among them")
+        raise ConfigError(
+            f"peak: {backend} {device or 'default device'} reports {', '.join(supported) or 'nothing'}"
+            f", expected {precision} among them"
+        )
 
 
 def rate(ops: int, samples_s: list[float]) -> float:
@@ -398,9 +416,17 @@ def rate(ops: int, samples_s: list[float]) -> float:
     return ops / float(np.median(samples_s)) / 1e9
 
 
-def measure_peak(backend: str, precision: str, device: str | None = None, threads: int | None = None, *,
-                 forms: tuple[ProbeForm, ...] | None = None, min_time_s: float = 0.6, rounds: int = 3,
-                 use_cache: bool = True) -> Peak:
+def measure_peak(
+    backend: str,
+    precision: str,
+    device: str | None = None,
+    threads: int | None = None,
+    *,
+    forms: tuple[ProbeForm, ...] | None = None,
+    min_time_s: float = 0.6,
+    rounds: int = 3,
+    use_cache: bool = True,
+) -> Peak:
     """Screen the probe forms alone: every form timed in ``rounds`` interleaved rounds (order rotating, as bench
     rows are), each form's rate at its median call; the peak is the best form.
 
@@ -431,8 +457,11 @@ def measure_peak(backend: str, precision: str, device: str | None = None, thread
                 runner.infer(feed)
         for rnd, slot in schedule([], [1], list(opened), rounds):
             runner, feed, _ = opened[str(slot)]
-            samples.setdefault(str(slot), []).extend(collect(
-                runner, feed, warmup=1 if rnd else 0, min_time_s=min_time_s / rounds, min_iters=3, max_iters=2000))
+            samples.setdefault(str(slot), []).extend(
+                collect(
+                    runner, feed, warmup=1 if rnd else 0, min_time_s=min_time_s / rounds, min_iters=3, max_iters=2000
+                )
+            )
         rates = {name: rate(opened[name][2], s) for name, s in samples.items()}
         best = max(rates, key=lambda n: rates[n])
         runner = opened[best][0]
@@ -441,9 +470,20 @@ def measure_peak(backend: str, precision: str, device: str | None = None, thread
         for runner, _, _ in opened.values():
             runner.close()
     form = next(f for f in forms if f.name == best)
-    peak = Peak(backend=backend, device=dev, precision=precision, gops_per_s=rates[best], form=best,
-                threads=threads, precision_ran=ran, measured=now_iso(), engine_version=_engine_version(backend),
-                size=form.size if form.op == "conv" else form.channels, forms=rates, source="screened")
+    peak = Peak(
+        backend=backend,
+        device=dev,
+        precision=precision,
+        gops_per_s=rates[best],
+        form=best,
+        threads=threads,
+        precision_ran=ran,
+        measured=now_iso(),
+        engine_version=_engine_version(backend),
+        size=form.size if form.op == "conv" else form.channels,
+        forms=rates,
+        source="screened",
+    )
     _write_cache(key, peak)
     return peak
 
@@ -453,8 +493,14 @@ def probe_key(backend: str, precision: str, form: str) -> str:
     return f"probe:{backend}:{precision}:{form}"
 
 
-def probe_companions(specs: list[tuple[str, str]], device: str | None = None, threads: int | None = None, *,
-                     k: int = SIDE_BY_SIDE_FORMS, screen: Any = None) -> dict[str, Any]:
+def probe_companions(
+    specs: list[tuple[str, str]],
+    device: str | None = None,
+    threads: int | None = None,
+    *,
+    k: int = SIDE_BY_SIDE_FORMS,
+    screen: Any = None,
+) -> dict[str, Any]:
     """Openers of the probes to time side by side with the rows of ``specs`` (``bench_bundle(companions=...)``):
     for every engine:precision that has a probe and that the device lists, the ``k`` best forms of the host's
     screening (:func:`measure_peak`, cached; screened now when there is none)."""
@@ -489,7 +535,7 @@ def _side_by_side(report: BenchReport, backend: str, precision: str) -> Peak | N
     rates: dict[str, float] = {}
     for key, s in report.companion_samples.items():
         if key.startswith(prefix) and s:
-            form = next((f for f in FORMS if f.name == key[len(prefix):]), None)
+            form = next((f for f in FORMS if f.name == key[len(prefix) :]), None)
             if form is not None:
                 rates[form.name] = rate(count_ops(probe_model(form, precision)).ops, s)
     if not rates:
@@ -497,14 +543,31 @@ def _side_by_side(report: BenchReport, backend: str, precision: str) -> Peak | N
     best = max(rates, key=lambda n: rates[n])
     form = next(f for f in FORMS if f.name == best)
     dev = next((r.device for r in report.rows if r.backend == backend and r.device), None) or "default"
-    return Peak(backend=backend, device=dev, precision=precision, gops_per_s=rates[best], form=best,
-                threads=report.settings.get("threads"), precision_ran=precision, measured=now_iso(),
-                engine_version=_engine_version(backend), size=form.size if form.op == "conv" else form.channels,
-                forms=rates, source="side by side")
+    return Peak(
+        backend=backend,
+        device=dev,
+        precision=precision,
+        gops_per_s=rates[best],
+        form=best,
+        threads=report.settings.get("threads"),
+        precision_ran=precision,
+        measured=now_iso(),
+        engine_version=_engine_version(backend),
+        size=form.size if form.op == "conv" else form.channels,
+        forms=rates,
+        source="side by side",
+    )
 
 
-def annotate(report: BenchReport, bundle: Bundle, *, peak: bool = True, threads: int | None = None,
-             device: str | None = None, measure: Any = None) -> dict[str, Any]:
+def annotate(
+    report: BenchReport,
+    bundle: Bundle,
+    *,
+    peak: bool = True,
+    threads: int | None = None,
+    device: str | None = None,
+    measure: Any = None,
+) -> dict[str, Any]:
     """Fill every row's ``gops_per_s`` (from the graph's operations and its median latency) and, with ``peak``,
     ``peak_gops_per_s`` and ``pct_peak`` for the precision the row actually ran.
 
@@ -525,11 +588,16 @@ def annotate(report: BenchReport, bundle: Bundle, *, peak: bool = True, threads:
     except Exception as exc:  # noqa: BLE001 - a graph onnx cannot read or infer leaves the rows without GOP/s
         report.settings["roofline"] = {"error": f"operations not counted: {' '.join(str(exc).split())[:200]}"}
         return report.settings["roofline"]  # type: ignore[no-any-return]
-    info: dict[str, Any] = {"ops": ops.to_dict(), "peaks": {}, "no_peak": {}, "raised": {},
-                            "method": "GOP/s = 2 x MACs of Conv/ConvTranspose/Gemm/MatMul (batch 1, ONNX shape "
-                                      "inference) x batch / median latency; peak = best probe form (dense 3x3/1x1 "
-                                      "convolutions, GEMM) through the same engine at the precision that ran, at "
-                                      "its median call, raised to any faster row"}
+    info: dict[str, Any] = {
+        "ops": ops.to_dict(),
+        "peaks": {},
+        "no_peak": {},
+        "raised": {},
+        "method": "GOP/s = 2 x MACs of Conv/ConvTranspose/Gemm/MatMul (batch 1, ONNX shape "
+        "inference) x batch / median latency; peak = best probe form (dense 3x3/1x1 "
+        "convolutions, GEMM) through the same engine at the precision that ran, at "
+        "its median call, raised to any faster row",
+    }
     for row in report.rows:
         if row.stats is not None:
             row.gops_per_s = ops.ops * row.batch / (row.stats.p50_ms / 1e3) / 1e9
@@ -551,18 +619,24 @@ def annotate(report: BenchReport, bundle: Bundle, *, peak: bool = True, threads:
             info["no_peak"][key] = f"{row.backend} does not list {ran} for this device"
         else:
             try:
-                p = _side_by_side(report, row.backend, ran) or measure(row.backend, ran, device=device,
-                                                                        threads=threads)
+                p = _side_by_side(report, row.backend, ran) or measure(row.backend, ran, device=device, threads=threads)
                 info["peaks"][key] = p.to_dict()
             except Exception as exc:  # noqa: BLE001 - a probe that fails leaves the rows without a peak
                 info["no_peak"][key] = " ".join(str(exc).split())[:200]
     for key, p in info["peaks"].items():
-        mine = [r for r in report.rows if r.gops_per_s is not None
-                and f"{r.backend}:{r.precision_ran or r.precision}" == key]
+        mine = [
+            r
+            for r in report.rows
+            if r.gops_per_s is not None and f"{r.backend}:{r.precision_ran or r.precision}" == key
+        ]
         fastest = max(mine, key=lambda r: r.gops_per_s or 0.0, default=None)
         if fastest is not None and fastest.gops_per_s is not None and fastest.gops_per_s > p["gops_per_s"]:
-            info["raised"][key] = {"probe_gops_per_s": p["gops_per_s"], "probe_form": p["form"],
-                                   "gops_per_s": fastest.gops_per_s, "by": f"{fastest.label} batch {fastest.batch}"}
+            info["raised"][key] = {
+                "probe_gops_per_s": p["gops_per_s"],
+                "probe_form": p["form"],
+                "gops_per_s": fastest.gops_per_s,
+                "by": f"{fastest.label} batch {fastest.batch}",
+            }
             p["gops_per_s"] = fastest.gops_per_s
         for r in mine:
             r.peak_gops_per_s = float(p["gops_per_s"])
@@ -572,6 +646,23 @@ def annotate(report: BenchReport, bundle: Bundle, *, peak: bool = True, threads:
     return info
 
 
-__all__ = ["FORMS", "OpCount", "Peak", "ProbeForm", "annotate", "bundle_ops", "cache_dir", "cache_key", "cached_peak",
-           "count_ops", "forms_id", "measure_peak", "open_probe", "probe_companions", "probe_key", "probe_model",
-           "rate", "supported_precisions"]
+__all__ = [
+    "FORMS",
+    "OpCount",
+    "Peak",
+    "ProbeForm",
+    "annotate",
+    "bundle_ops",
+    "cache_dir",
+    "cache_key",
+    "cached_peak",
+    "count_ops",
+    "forms_id",
+    "measure_peak",
+    "open_probe",
+    "probe_companions",
+    "probe_key",
+    "probe_model",
+    "rate",
+    "supported_precisions",
+]

@@ -75,8 +75,15 @@ def sample_frames(contract: Contract, n: int = 8, hw: tuple[int, int] = (480, 64
     return frames[:n]
 
 
-def stage_times(runner: Runner, contract: Contract, frames: Sequence[np.ndarray], n: int = 50,
-                warmup: int = 5, min_time_s: float = 0.0, max_n: int = 100_000) -> StageTimes:
+def stage_times(
+    runner: Runner,
+    contract: Contract,
+    frames: Sequence[np.ndarray],
+    n: int = 50,
+    warmup: int = 5,
+    min_time_s: float = 0.0,
+    max_n: int = 100_000,
+) -> StageTimes:
     """Time at least ``n`` frames (cycling through ``frames``), one at a time, after ``warmup`` untimed ones,
     and keep going until ``min_time_s`` seconds were timed (at most ``max_n`` frames)."""
     from edgecv.tasks.decode import get_decoder
@@ -108,8 +115,19 @@ def stage_times(runner: Runner, contract: Contract, frames: Sequence[np.ndarray]
     med = np.median(ms, axis=0)
     p99 = np.percentile(ms, 99, axis=0)
     mean = ms.mean(axis=0)
-    return StageTimes(n=len(rows), pre_ms=float(med[0]), infer_ms=float(med[1]), post_ms=float(med[2]),
-                      total_ms=float(np.median(total)), pre_p99_ms=float(p99[0]), infer_p99_ms=float(p99[1]),
-                      post_p99_ms=float(p99[2]), total_p99_ms=float(np.percentile(total, 99)),
-                      pre_mean_ms=float(mean[0]), infer_mean_ms=float(mean[1]), post_mean_ms=float(mean[2]),
-                      total_mean_ms=float(total.mean()), fps=float(1000.0 / total.mean()))
+    return StageTimes(
+        n=len(rows),
+        pre_ms=float(med[0]),
+        infer_ms=float(med[1]),
+        post_ms=float(med[2]),
+        total_ms=float(np.median(total)),
+        pre_p99_ms=float(p99[0]),
+        infer_p99_ms=float(p99[1]),
+        post_p99_ms=float(p99[2]),
+        total_p99_ms=float(np.percentile(total, 99)),
+        pre_mean_ms=float(mean[0]),
+        infer_mean_ms=float(mean[1]),
+        post_mean_ms=float(mean[2]),
+        total_mean_ms=float(total.mean()),
+        fps=float(1000.0 / total.mean()),
+    )

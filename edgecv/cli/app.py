@@ -21,8 +21,24 @@ app = typer.Typer(
 
 # each module defines register(app); modules import no framework at module level so --help stays fast
 _COMMAND_MODULES = [
-    "doctor", "models", "export", "compile", "validate", "bench", "benchmark",
-    "rewrite", "lint", "train", "data", "pipeline", "quantize", "calib", "anchors", "run", "serve", "report",
+    "doctor",
+    "models",
+    "export",
+    "compile",
+    "validate",
+    "bench",
+    "benchmark",
+    "rewrite",
+    "lint",
+    "train",
+    "data",
+    "pipeline",
+    "quantize",
+    "calib",
+    "anchors",
+    "run",
+    "serve",
+    "report",
 ]
 
 
@@ -33,8 +49,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """edgecv: export, compile, validate, benchmark and run vision models on edge hardware."""
 
 
@@ -82,6 +101,7 @@ def main() -> None:
             sys.exit(2)
         sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc} (set EDGECV_DEBUG=1 for the traceback)\n")
         sys.exit(2)
+
 
 if __name__ == "__main__":
     main()

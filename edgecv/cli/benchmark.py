@@ -4,7 +4,7 @@ parity against PyTorch, the task metric and latency (in the spirit of Ultralytic
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -16,23 +16,35 @@ def register(app: typer.Typer) -> None:
 
 
 def benchmark_cmd(
-    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:<name>, path/file.py:factory or a checkpoint "
-                                              "(with --weights).", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default "
-                                                   "out/benchmark/<model>); re-running resumes it.")] = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Local state-dict file.")] = None,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Zoo name, torchvision:<name>, path/file.py:factory or a checkpoint (with --weights).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output folder (default out/benchmark/<model>); re-running resumes it."),
+    ] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", "-w", help="Local state-dict file.")] = None,
     calib: CalibOpt = None,
     val: ValOpt = None,
-    val_limit: Annotated[Optional[int], typer.Option("--val-limit", help="Use at most N val images.")] = None,
+    val_limit: Annotated[int | None, typer.Option("--val-limit", help="Use at most N val images.")] = None,
     max_drop: MaxDropOpt = None,
     min_time: Annotated[float, typer.Option("--min-time", help="Bench seconds per backend and batch.")] = 1.0,
-    batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Batch size (repeatable).")] = None,
+    batch: Annotated[list[int] | None, typer.Option("--batch", help="Batch size (repeatable).")] = None,
     threads: ThreadsOpt = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table as CSV.")] = None,
-    md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the table as Markdown.")] = None,
-    allow_unchecked: Annotated[bool, typer.Option(
-        "--allow-unchecked", help="Accept a comparison that had nothing to compare (e.g. a random-weight model whose "
-                                  "reference photos all give one class); without it that row does not agree.")] = False,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the table as CSV.")] = None,
+    md_out: Annotated[Path | None, typer.Option("--md", help="Also write the table as Markdown.")] = None,
+    allow_unchecked: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unchecked",
+            help="Accept a comparison that had nothing to compare (e.g. a random-weight model whose "
+            "reference photos all give one class); without it that row does not agree.",
+        ),
+    ] = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -49,15 +61,52 @@ def benchmark_cmd(
     name = model.rpartition(":")[2] or Path(model).stem
     out = output or Path("out") / "benchmark" / Path(name).stem
     say = (lambda m: err_console.print(m, markup=False)) if json_out else (lambda m: console.print(m, markup=False))
-    res, skipped = benchmark_model(model, out, weights=weights, calib=calib, val=val, val_limit=val_limit,
-                                   max_drop=max_drop, bench_min_time=min_time, batches=batch, threads=threads,
-                                   force=force, allow_unchecked=allow_unchecked, log=say)
-    header = ["backend", "precision", "ran", res.metric_name or "metric", "delta vs torch", "agrees with torch",
-              "batch", "p50 ms", "p99 ms", "speedup vs torch", "size MB", "error"]
-    rows = [[r["backend"], r["precision"], r["precision_ran"], _r(r["metric"]), _r(r["delta"]),
-             r["agrees_with_torch"], r["batch"], _r(r["p50_ms"], 3), _r(r["p99_ms"], 3),
-             _r(r["speedup_vs_torch"]), _size(res.bundle, r["backend"], r["precision"]), r["error"]]
-            for r in res.summary]
+    res, skipped = benchmark_model(
+        model,
+        out,
+        weights=weights,
+        calib=calib,
+        val=val,
+        val_limit=val_limit,
+        max_drop=max_drop,
+        bench_min_time=min_time,
+        batches=batch,
+        threads=threads,
+        force=force,
+        allow_unchecked=allow_unchecked,
+        log=say,
+    )
+    header = [
+        "backend",
+        "precision",
+        "ran",
+        res.metric_name or "metric",
+        "delta vs torch",
+        "agrees with torch",
+        "batch",
+        "p50 ms",
+        "p99 ms",
+        "speedup vs torch",
+        "size MB",
+        "error",
+    ]
+    rows = [
+        [
+            r["backend"],
+            r["precision"],
+            r["precision_ran"],
+            _r(r["metric"]),
+            _r(r["delta"]),
+            r["agrees_with_torch"],
+            r["batch"],
+            _r(r["p50_ms"], 3),
+            _r(r["p99_ms"], 3),
+            _r(r["speedup_vs_torch"]),
+            _size(res.bundle, r["backend"], r["precision"]),
+            r["error"],
+        ]
+        for r in res.summary
+    ]
     if csv_out is not None:
         import csv
 
@@ -69,14 +118,18 @@ def benchmark_cmd(
         md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
         Path(md_out).write_text("\n".join(md) + "\n")
-    failed = [f"{r['backend']}:{r['precision']}" for r in res.summary
-              if r["error"] or r["agrees_with_torch"] is False]
+    failed = [f"{r['backend']}:{r['precision']}" for r in res.summary if r["error"] or r["agrees_with_torch"] is False]
     if json_out:
         emit_json("benchmark", {**res.to_dict(), "skipped": skipped, "failed": failed}, passed=not failed)
     else:
-        print_table(f"benchmark {model} → {res.bundle}", header, rows, digits=3,
-                    caption="agrees with torch: validate's output comparison at the precision's tolerance; "
-                            "speedup: ratio of medians against torch eager in the same run")
+        print_table(
+            f"benchmark {model} → {res.bundle}",
+            header,
+            rows,
+            digits=3,
+            caption="agrees with torch: validate's output comparison at the precision's tolerance; "
+            "speedup: ratio of medians against torch eager in the same run",
+        )
         for line in skipped:
             console.print(f"skipped {line}", highlight=False)
     if failed:

@@ -17,12 +17,20 @@ def register(app: typer.Typer) -> None:
     @calib_app.command("sample")
     def sample(
         source: Annotated[Path, typer.Argument(help="Video file or image folder.", show_default=False)],
-        output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the frames to (new or empty; "
-                                                                     "a sample this command wrote is replaced with "
-                                                                     "--force).")],
+        output: Annotated[
+            Path,
+            typer.Option(
+                "--output",
+                "-o",
+                help="Folder to write the frames to (new or empty; "
+                "a sample this command wrote is replaced with "
+                "--force).",
+            ),
+        ],
         n: Annotated[int, typer.Option("-n", "--num", min=1, help="Frames to keep at most.")] = 300,
-        min_distance: Annotated[float, typer.Option("--min-distance", min=0.0,
-                                                    help="Closer than this to a kept frame = near-duplicate.")] = 0.02,
+        min_distance: Annotated[
+            float, typer.Option("--min-distance", min=0.0, help="Closer than this to a kept frame = near-duplicate.")
+        ] = 0.02,
         fmt: Annotated[str, typer.Option("--format", help="png or jpg (frames from a video).")] = "png",
         force: Annotated[bool, typer.Option("--force", help="Replace a sample this command wrote before.")] = False,
         json_out: JsonOpt = False,
@@ -30,8 +38,9 @@ def register(app: typer.Typer) -> None:
         """Choose diverse frames (k-center greedy on thumbnails + colour histograms), skipping near-duplicates."""
         from edgecv.data.calib import sample_diverse
 
-        res = sample_diverse(source, n=n, out=output, min_distance=min_distance, ext="." + fmt.lower().lstrip("."),
-                             force=force)
+        res = sample_diverse(
+            source, n=n, out=output, min_distance=min_distance, ext="." + fmt.lower().lstrip("."), force=force
+        )
         if json_out:
             from edgecv.cli._output import emit_json
 
@@ -39,5 +48,8 @@ def register(app: typer.Typer) -> None:
             return
         from edgecv.cli._output import emit_json, print_table
 
-        print_table(f"calibration sample → {output}", ["source", "kind", "candidates", "selected"],
-                    [[res["source"], res["kind"], res["candidates"], res["selected"]]])
+        print_table(
+            f"calibration sample → {output}",
+            ["source", "kind", "candidates", "selected"],
+            [[res["source"], res["kind"], res["candidates"], res["selected"]]],
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -32,16 +32,29 @@ def compile_cmd(
     backend: BackendsBuildOpt = None,
     precision: PrecisionOpt = "fp32",
     device: DeviceOpt = None,
-    emit_trtexec: Annotated[bool, typer.Option(
-        "--emit-trtexec", help="TensorRT: write tensorrt/<precision>/trtexec.sh into the bundle instead of building.")] = False,
-    workspace_mb: Annotated[Optional[int], typer.Option(
-        "--workspace-mb", help="TensorRT builder workspace limit (MiB); default: the target's (1024 on Jetson).")] = None,
-    target: Annotated[Optional[str], typer.Option(
-        "--target", help="TensorRT: orin-nano, orin-nx, agx-orin, thor or x86 (default).")] = None,
-    hardware_compat: Annotated[Optional[str], typer.Option(
-        "--hardware-compat", help="TensorRT: 'ampere+' for an engine any Ampere+ discrete GPU loads.")] = None,
-    version_compatible: Annotated[bool, typer.Option(
-        "--version-compatible", help="TensorRT: a plan newer TensorRT versions can load.")] = False,
+    emit_trtexec: Annotated[
+        bool,
+        typer.Option(
+            "--emit-trtexec",
+            help="TensorRT: write tensorrt/<precision>/trtexec.sh into the bundle instead of building.",
+        ),
+    ] = False,
+    workspace_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--workspace-mb", help="TensorRT builder workspace limit (MiB); default: the target's (1024 on Jetson)."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="TensorRT: orin-nano, orin-nx, agx-orin, thor or x86 (default).")
+    ] = None,
+    hardware_compat: Annotated[
+        str | None,
+        typer.Option("--hardware-compat", help="TensorRT: 'ampere+' for an engine any Ampere+ discrete GPU loads."),
+    ] = None,
+    version_compatible: Annotated[
+        bool, typer.Option("--version-compatible", help="TensorRT: a plan newer TensorRT versions can load.")
+    ] = False,
     calib: CalibOpt = None,
     method: MethodOpt = "auto",
     val: ValOpt = None,
@@ -82,12 +95,28 @@ def compile_cmd(
     for name, prec in targets:
         BUILDERS.get(name)  # unknown backend → one line listing the choices, before any work
         if prec == "int8" and calib is None and not (emit_trtexec and name == "tensorrt"):
-            raise ConfigError(f"--calib: {name}:int8 needs calibration data (a folder of images or a list file); "
-                              "found none")
+            raise ConfigError(
+                f"--calib: {name}:int8 needs calibration data (a folder of images or a list file); found none"
+            )
     b = Bundle.open(bundle)
-    rows = [_build_one(b, name, prec, device=device, emit_trtexec=emit_trtexec, workspace_mb=workspace_mb,
-                       target=target, hardware_compat=hardware_compat, version_compatible=version_compatible,
-                       calib=calib, method=method, val=val, max_drop=max_drop) for name, prec in targets]
+    rows = [
+        _build_one(
+            b,
+            name,
+            prec,
+            device=device,
+            emit_trtexec=emit_trtexec,
+            workspace_mb=workspace_mb,
+            target=target,
+            hardware_compat=hardware_compat,
+            version_compatible=version_compatible,
+            calib=calib,
+            method=method,
+            val=val,
+            max_drop=max_drop,
+        )
+        for name, prec in targets
+    ]
     if json_out:
         from edgecv.cli._output import emit_json
 
@@ -98,30 +127,63 @@ def compile_cmd(
     for row in rows:
         if row["emitted_only"]:
             typer.echo(row["command"])
-    print_table(f"compiled {b.root}", ["backend", "precision", "device", "file", "size (MB)", "build (s)"],
-                [[row["backend"], row["precision"], row["device"], _rel(Path(row["file"]), b.root), row["size_mb"],
-                  row["build_time_s"]] for row in rows],
-                caption="size: every file of the artifact (an OpenVINO IR is model.xml + model.bin)")
+    print_table(
+        f"compiled {b.root}",
+        ["backend", "precision", "device", "file", "size (MB)", "build (s)"],
+        [
+            [
+                row["backend"],
+                row["precision"],
+                row["device"],
+                _rel(Path(row["file"]), b.root),
+                row["size_mb"],
+                row["build_time_s"],
+            ]
+            for row in rows
+        ],
+        caption="size: every file of the artifact (an OpenVINO IR is model.xml + model.bin)",
+    )
     for row in rows:
         for note in row.get("notes", []):
             typer.echo(f"note: {row['backend']}:{row['precision']}: {note}")
         if row.get("dla_gpu_fallback_layers"):
             layers = row["dla_gpu_fallback_layers"]
-            typer.echo(f"DLA: {len(layers)} layer(s) fell back to the GPU: {', '.join(layers[:12])}"
-                       + (" …" if len(layers) > 12 else ""))
+            typer.echo(
+                f"DLA: {len(layers)} layer(s) fell back to the GPU: {', '.join(layers[:12])}"
+                + (" …" if len(layers) > 12 else "")
+            )
 
 
-def _build_one(b: Any, backend: str, precision: str, *, device: str | None, emit_trtexec: bool,
-               workspace_mb: int | None, target: str | None, hardware_compat: str | None, version_compatible: bool,
-               calib: Path | None, method: str, val: Path | None, max_drop: float | None) -> dict[str, Any]:
+def _build_one(
+    b: Any,
+    backend: str,
+    precision: str,
+    *,
+    device: str | None,
+    emit_trtexec: bool,
+    workspace_mb: int | None,
+    target: str | None,
+    hardware_compat: str | None,
+    version_compatible: bool,
+    calib: Path | None,
+    method: str,
+    val: Path | None,
+    max_drop: float | None,
+) -> dict[str, Any]:
     """Build one artifact; its row for the table and the JSON."""
     from edgecv.backends import BUILDERS
     from edgecv.backends.base import BuildConfig
 
     builder_cls = BUILDERS.get(backend)
-    config = BuildConfig(precision=precision, device=device or _default_device(backend),  # type: ignore[arg-type]
-                         workspace_mb=workspace_mb, emit_only=emit_trtexec, target=target,
-                         hardware_compat=hardware_compat, version_compatible=version_compatible)
+    config = BuildConfig(
+        precision=precision,  # type: ignore[arg-type]
+        device=device or _default_device(backend),
+        workspace_mb=workspace_mb,
+        emit_only=emit_trtexec,
+        target=target,
+        hardware_compat=hardware_compat,
+        version_compatible=version_compatible,
+    )
     t0 = time.perf_counter()
     if precision == "int8" and emit_trtexec:
         # the script must build from the QDQ model (quantized here first when --calib is given), never model.onnx
@@ -131,17 +193,29 @@ def _build_one(b: Any, backend: str, precision: str, *, device: str | None, emit
     elif precision == "int8":
         from edgecv.quant.api import compile_int8
 
-        artifact = compile_int8(b, backend=backend, calib=calib, method=method, val=val, max_drop=max_drop,
-                                device=config.device, build_config=config if backend == "tensorrt" else None)
+        artifact = compile_int8(
+            b,
+            backend=backend,
+            calib=calib,
+            method=method,
+            val=val,
+            max_drop=max_drop,
+            device=config.device,
+            build_config=config if backend == "tensorrt" else None,
+        )
     else:
         artifact = builder_cls().build(b, config)
     elapsed = time.perf_counter() - t0
     path = b.root / artifact.path
     row: dict[str, Any] = {
-        "backend": artifact.backend, "precision": artifact.precision, "device": artifact.device,
-        "file": str(path), "size_mb": round(artifact_size(b, artifact.path) / 2**20, 3),
+        "backend": artifact.backend,
+        "precision": artifact.precision,
+        "device": artifact.device,
+        "file": str(path),
+        "size_mb": round(artifact_size(b, artifact.path) / 2**20, 3),
         "build_time_s": round(float(artifact.build_flags.get("build_time_s", elapsed)), 3),
-        "sha256": artifact.sha256, "emitted_only": emit_trtexec,
+        "sha256": artifact.sha256,
+        "emitted_only": emit_trtexec,
     }
     if emit_trtexec:
         row["command"] = artifact.extra.get("command", "")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,8 +17,14 @@ def register(app: typer.Typer) -> None:
     @data_app.command("synth")
     def synth(
         task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
-        output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (new or empty; a data set "
-                                                                     "this command wrote is replaced with --force).")],
+        output: Annotated[
+            Path,
+            typer.Option(
+                "--output",
+                "-o",
+                help="Output folder (new or empty; a data set this command wrote is replaced with --force).",
+            ),
+        ],
         n_train: Annotated[int, typer.Option("--n-train", min=0, help="Train images.")] = 2000,
         n_val: Annotated[int, typer.Option("--n-val", min=0, help="Val images.")] = 400,
         size: Annotated[int, typer.Option("--size", min=16, help="Image side in pixels.")] = 96,
@@ -38,15 +44,23 @@ def register(app: typer.Typer) -> None:
             return
         from edgecv.cli._output import print_table
 
-        print_table(f"synthetic {task} data → {output}", ["split", "images", "size", "seed", "classes"],
-                    [[s, n, size, seed, len(meta["classes"])] for s, n in meta["splits"].items()])
+        print_table(
+            f"synthetic {task} data → {output}",
+            ["split", "images", "size", "seed", "classes"],
+            [[s, n, size, seed, len(meta["classes"])] for s, n in meta["splits"].items()],
+        )
 
     @data_app.command("check")
     def check(
-        path: Annotated[Path, typer.Argument(help="Data set: ImageFolder root, COCO JSON, YOLO images folder, "
-                                                  "images+masks folder.", show_default=False)],
+        path: Annotated[
+            Path,
+            typer.Argument(
+                help="Data set: ImageFolder root, COCO JSON, YOLO images folder, images+masks folder.",
+                show_default=False,
+            ),
+        ],
         task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
-        fmt: Annotated[Optional[str], typer.Option("--format", help="imagefolder, coco, yolo, masks.")] = None,
+        fmt: Annotated[str | None, typer.Option("--format", help="imagefolder, coco, yolo, masks.")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Read every annotation and image once; the first problem is reported with its file and line."""
@@ -63,5 +77,4 @@ def register(app: typer.Typer) -> None:
             return
         from edgecv.cli._output import print_table
 
-        print_table(f"data check {path}", ["task", "images", "classes", "ok"],
-                    [[task, len(ds), len(ds.classes), True]])
+        print_table(f"data check {path}", ["task", "images", "classes", "ok"], [[task, len(ds), len(ds.classes), True]])

@@ -14,9 +14,16 @@ from edgecv.cli.options import JsonOpt
 
 # what doctor reports: label → importable module
 _PACKAGES = {
-    "numpy": "numpy", "torch": "torch", "torchvision": "torchvision", "onnx": "onnx",
-    "onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "nncf", "tensorrt": "tensorrt",
-    "cuda-python": "cuda.bindings", "opencv": "cv2",
+    "numpy": "numpy",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+    "nncf": "nncf",
+    "tensorrt": "tensorrt",
+    "cuda-python": "cuda.bindings",
+    "opencv": "cv2",
 }
 
 
@@ -53,14 +60,25 @@ def jetson_rows(state: dict[str, Any]) -> list[list[str]]:
     clocks = state.get("clocks") or {}
     ts = state.get("tegrastats") or {}
     gpu = (clocks.get("clocks") or {}).get("GPU") or {}
-    rows = [["L4T", str(rel.get("l4t") or "unknown")], ["JetPack", str(rel.get("jetpack") or "unknown")],
-            ["power mode (nvpmodel -q)", f"{pm.get('mode', 'unknown')} (id {pm.get('id')})" if pm else "unknown"],
-            ["clocks (jetson_clocks --show)", ("locked" if state.get("clocks_locked") else "not locked")
-             + (f", GPU {gpu.get('cur', 0) / 1e6:.0f} MHz (max {gpu.get('max', 0) / 1e6:.0f})" if gpu else "")]]
+    rows = [
+        ["L4T", str(rel.get("l4t") or "unknown")],
+        ["JetPack", str(rel.get("jetpack") or "unknown")],
+        ["power mode (nvpmodel -q)", f"{pm.get('mode', 'unknown')} (id {pm.get('id')})" if pm else "unknown"],
+        [
+            "clocks (jetson_clocks --show)",
+            ("locked" if state.get("clocks_locked") else "not locked")
+            + (f", GPU {gpu.get('cur', 0) / 1e6:.0f} MHz (max {gpu.get('max', 0) / 1e6:.0f})" if gpu else ""),
+        ],
+    ]
     if ts:
         power = ", ".join(f"{k} {v} mW" for k, v in (ts.get("power_mw") or {}).items())
-        rows.append(["tegrastats", f"RAM {ts.get('ram_used_mb')}/{ts.get('ram_total_mb')} MB, GPU "
-                                   f"{ts.get('gpu_load', '?')}%" + (f", {power}" if power else "")])
+        rows.append(
+            [
+                "tegrastats",
+                f"RAM {ts.get('ram_used_mb')}/{ts.get('ram_total_mb')} MB, GPU "
+                f"{ts.get('gpu_load', '?')}%" + (f", {power}" if power else ""),
+            ]
+        )
     rows += [["note", w] for w in state.get("warnings", [])]
     return rows
 
@@ -117,8 +135,13 @@ def _safe(fn: Any) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = fn()
         return result
     except Exception as exc:  # noqa: BLE001 - one backend failing to enumerate must not hide the others
-        return [{"backend": fn.__name__.removeprefix("_devices_"), "device": "error",
-                 "name": " ".join(str(exc).split())[:120]}]
+        return [
+            {
+                "backend": fn.__name__.removeprefix("_devices_"),
+                "device": "error",
+                "name": " ".join(str(exc).split())[:120],
+            }
+        ]
 
 
 def _devices_onnxruntime() -> list[dict[str, Any]]:
@@ -152,13 +175,25 @@ def _devices_torch() -> list[dict[str, Any]]:
         return []
     import torch
 
-    out = [{"backend": "torch", "device": "cpu", "name": platform.processor() or platform.machine(),
-            "capabilities": [f"threads={torch.get_num_threads()}"]}]
+    out = [
+        {
+            "backend": "torch",
+            "device": "cpu",
+            "name": platform.processor() or platform.machine(),
+            "capabilities": [f"threads={torch.get_num_threads()}"],
+        }
+    ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(i)
-            out.append({"backend": "torch", "device": f"cuda:{i}", "name": torch.cuda.get_device_name(i),
-                        "capabilities": [f"sm_{major}{minor}"]})
+            out.append(
+                {
+                    "backend": "torch",
+                    "device": f"cuda:{i}",
+                    "name": torch.cuda.get_device_name(i),
+                    "capabilities": [f"sm_{major}{minor}"],
+                }
+            )
     return out
 
 
@@ -194,9 +229,17 @@ def _trt_features() -> list[str]:
         f = TrtFeatures.from_module(trt, cores)
     except Exception:  # noqa: BLE001 - stubs only, or no GPU: nothing to add
         return []
-    return [name for name, on in (("strongly-typed", f.strongly_typed), ("fp16/int8 flags", f.precision_flags),
-                                  (f"DLA x{cores}", f.dla), ("ampere+", f.hardware_compat),
-                                  ("version-compatible", f.version_compat)) if on]
+    return [
+        name
+        for name, on in (
+            ("strongly-typed", f.strongly_typed),
+            ("fp16/int8 flags", f.precision_flags),
+            (f"DLA x{cores}", f.dla),
+            ("ampere+", f.hardware_compat),
+            ("version-compatible", f.version_compat),
+        )
+        if on
+    ]
 
 
 def collect_devices() -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ bundle with ``model.onnx``, ``reference.npz`` and ``manifest.json``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -56,59 +56,100 @@ def _class_names(path: Path) -> list[str]:
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
-        source: Annotated[str, typer.Argument(
-            help="Zoo name, torchvision:<name>, ultralytics:<model>.yaml, path/file.py:factory, checkpoint "
-                 "(.pt/.pth/.ckpt with --arch; an Ultralytics best.pt with --trust-checkpoint), TorchScript archive "
-                 "or torch.export .pt2.", show_default=False)],
+        source: Annotated[
+            str,
+            typer.Argument(
+                help="Zoo name, torchvision:<name>, ultralytics:<model>.yaml, path/file.py:factory, checkpoint "
+                "(.pt/.pth/.ckpt with --arch; an Ultralytics best.pt with --trust-checkpoint), TorchScript archive "
+                "or torch.export .pt2.",
+                show_default=False,
+            ),
+        ],
         output: OutOpt,
-        weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Local state-dict file to load.")] = None,
-        arch: Annotated[Optional[str], typer.Option(
-            "--arch", help="Architecture for a state-dict checkpoint SOURCE (zoo name, torchvision:…, file.py:fn).")] = None,
-        kwarg: Annotated[Optional[list[str]], typer.Option(
-            "--kwarg", help="Model builder keyword KEY=VALUE (YAML value); repeatable.")] = None,
-        input_shape: Annotated[Optional[str], typer.Option(
-            "--input-shape", help="NxCxHxW, e.g. 1x3x224x224 (default: the model's).")] = None,
+        weights: Annotated[Path | None, typer.Option("--weights", "-w", help="Local state-dict file to load.")] = None,
+        arch: Annotated[
+            str | None,
+            typer.Option(
+                "--arch", help="Architecture for a state-dict checkpoint SOURCE (zoo name, torchvision:…, file.py:fn)."
+            ),
+        ] = None,
+        kwarg: Annotated[
+            list[str] | None, typer.Option("--kwarg", help="Model builder keyword KEY=VALUE (YAML value); repeatable.")
+        ] = None,
+        input_shape: Annotated[
+            str | None, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x224x224 (default: the model's).")
+        ] = None,
         opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
-        dynamic_batch: Annotated[bool, typer.Option(
-            "--dynamic-batch/--static-batch", help="Dynamic batch dimension (1..--max-batch) or fixed.")] = True,
+        dynamic_batch: Annotated[
+            bool,
+            typer.Option("--dynamic-batch/--static-batch", help="Dynamic batch dimension (1..--max-batch) or fixed."),
+        ] = True,
         max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch of a dynamic export.")] = 8,
         no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxslim simplification.")] = False,
-        num_classes: Annotated[Optional[int], typer.Option(
-            "--num-classes", help="Number of classes (passed to the model builder).")] = None,
-        class_names: Annotated[Optional[Path], typer.Option(
-            "--class-names", help="Text file, one class name per line.")] = None,
-        task: Annotated[Optional[str], typer.Option(
-            "--task", help="classify, segment, detect or generic (default: the model's, else guessed).")] = None,
-        mean: Annotated[Optional[str], typer.Option("--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
-        std: Annotated[Optional[str], typer.Option("--std", help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
-        resize: Annotated[Optional[str], typer.Option(
-            "--resize", help="stretch, letterbox or center_crop.")] = None,
-        color: Annotated[Optional[str], typer.Option("--color", help="RGB, BGR or GRAY.")] = None,
-        n_reference: Annotated[int, typer.Option(
-            "--n-reference", help="Reference samples saved for validation.")] = 4,
-        reference_data: Annotated[Optional[Path], typer.Option(
-            "--reference-data", help="In-domain reference images: an image folder or a data set (COCO JSON, a "
-                                     "folder with val.json or a val/ split); --n-reference of them, spread over "
-                                     "the classes (default: photos shipped with scikit-image). A detector needs "
-                                     "them for validate to compare boxes.")] = None,
-        rewrite: Annotated[Optional[list[str]], typer.Option(
-            "--rewrite", help="Model rewrite pass to apply before export; repeatable.")] = None,
-        nms: Annotated[Optional[str], typer.Option(
-            "--nms", help="Detectors: 'graph' (ONNX NonMaxSuppression in the model, fixed max detections; "
-                          "default) or 'host' (raw heads, numpy NMS on the device); set-prediction "
-                          "detectors (DETR) export with no NMS ('none').")] = None,
+        num_classes: Annotated[
+            int | None, typer.Option("--num-classes", help="Number of classes (passed to the model builder).")
+        ] = None,
+        class_names: Annotated[
+            Path | None, typer.Option("--class-names", help="Text file, one class name per line.")
+        ] = None,
+        task: Annotated[
+            str | None,
+            typer.Option("--task", help="classify, segment, detect or generic (default: the model's, else guessed)."),
+        ] = None,
+        mean: Annotated[str | None, typer.Option("--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
+        std: Annotated[str | None, typer.Option("--std", help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
+        resize: Annotated[str | None, typer.Option("--resize", help="stretch, letterbox or center_crop.")] = None,
+        color: Annotated[str | None, typer.Option("--color", help="RGB, BGR or GRAY.")] = None,
+        n_reference: Annotated[int, typer.Option("--n-reference", help="Reference samples saved for validation.")] = 4,
+        reference_data: Annotated[
+            Path | None,
+            typer.Option(
+                "--reference-data",
+                help="In-domain reference images: an image folder or a data set (COCO JSON, a "
+                "folder with val.json or a val/ split); --n-reference of them, spread over "
+                "the classes (default: photos shipped with scikit-image). A detector needs "
+                "them for validate to compare boxes.",
+            ),
+        ] = None,
+        rewrite: Annotated[
+            list[str] | None, typer.Option("--rewrite", help="Model rewrite pass to apply before export; repeatable.")
+        ] = None,
+        nms: Annotated[
+            str | None,
+            typer.Option(
+                "--nms",
+                help="Detectors: 'graph' (ONNX NonMaxSuppression in the model, fixed max detections; "
+                "default) or 'host' (raw heads, numpy NMS on the device); set-prediction "
+                "detectors (DETR) export with no NMS ('none').",
+            ),
+        ] = None,
         score_threshold: Annotated[float, typer.Option("--score-threshold", help="Detectors: min score.")] = 0.001,
         iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Detectors: NMS IoU.")] = 0.5,
         max_det: Annotated[int, typer.Option("--max-det", help="Detectors: detections per image.")] = 100,
-        decode: Annotated[Optional[str], typer.Option(
-            "--decode", help="Detectors nobody wrote an adapter for: decode the raw head as yolo-anchor-free, "
-                             "yolo-anchors or ssd (implies --task detect).")] = None,
-        decode_opt: Annotated[Optional[list[str]], typer.Option(
-            "--decode-opt", help="--decode option KEY=VALUE, e.g. strides=8,16,32, anchors=10,13,16,30/…, "
-                                 "num_classes=80, box=cxcywh, objectness=true, activation=sigmoid; repeatable.")] = None,
-        trust_checkpoint: Annotated[bool, typer.Option(
-            "--trust-checkpoint", help="Load an Ultralytics checkpoint (a full pickle: loading it runs code from the "
-                                       "file). Only for files you trust; recorded in the manifest.")] = False,
+        decode: Annotated[
+            str | None,
+            typer.Option(
+                "--decode",
+                help="Detectors nobody wrote an adapter for: decode the raw head as yolo-anchor-free, "
+                "yolo-anchors or ssd (implies --task detect).",
+            ),
+        ] = None,
+        decode_opt: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--decode-opt",
+                help="--decode option KEY=VALUE, e.g. strides=8,16,32, anchors=10,13,16,30/…, "
+                "num_classes=80, box=cxcywh, objectness=true, activation=sigmoid; repeatable.",
+            ),
+        ] = None,
+        trust_checkpoint: Annotated[
+            bool,
+            typer.Option(
+                "--trust-checkpoint",
+                help="Load an Ultralytics checkpoint (a full pickle: loading it runs code from the "
+                "file). Only for files you trust; recorded in the manifest.",
+            ),
+        ] = False,
         force: ForceOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
@@ -165,8 +206,14 @@ def register(app: typer.Typer) -> None:
             err = exc.errors()[0]
             raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
 
-        loaded = load_model(source, weights=weights, input_shape=shape, model_kwargs=kwargs or None, arch=arch,
-                            trust_checkpoint=trust_checkpoint)
+        loaded = load_model(
+            source,
+            weights=weights,
+            input_shape=shape,
+            model_kwargs=kwargs or None,
+            arch=arch,
+            trust_checkpoint=trust_checkpoint,
+        )
         if overrides:
             before = loaded.contract.task
             loaded.contract = Contract(**{**loaded.contract.model_dump(), **overrides})
@@ -184,16 +231,30 @@ def register(app: typer.Typer) -> None:
         if loaded.contract.task == "detect" or nms is not None:
             from edgecv.export.detection import prepare_detection_export
 
-            loaded = prepare_detection_export(loaded, nms=nms or "graph", score_threshold=score_threshold,
-                                              iou_threshold=iou_threshold, max_det=max_det, decode_spec=decode_spec)
+            loaded = prepare_detection_export(
+                loaded,
+                nms=nms or "graph",
+                score_threshold=score_threshold,
+                iou_threshold=iou_threshold,
+                max_det=max_det,
+                decode_spec=decode_spec,
+            )
             if getattr(loaded.module, "exports_graph_nms", False):
                 dynamic_batch = False  # Faster R-CNN's RPN/RoI graph exports at batch 1 only
         b = loaded.contract.input_shape[0]
         batch_range = (1, min(max(b, 1), max_batch), max_batch)
-        result = export_model(loaded, output, opset=opset, dynamic_batch=dynamic_batch, batch_range=batch_range,
-                              simplify=not no_simplify, n_reference=n_reference, force=force,
-                              reference_data=reference_data,
-                              rewrite=rewrite or None)
+        result = export_model(
+            loaded,
+            output,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            batch_range=batch_range,
+            simplify=not no_simplify,
+            n_reference=n_reference,
+            force=force,
+            reference_data=reference_data,
+            rewrite=rewrite or None,
+        )
         if json_out:
             from edgecv.cli._output import emit_json
 
@@ -209,22 +270,42 @@ def _print_summary(result: Any) -> None:
     rows = [
         ["exporter", result.exporter],
         ["opset", result.opset],
-        ["nodes", f"{result.nodes_exported} → {result.nodes_final}" if result.simplified
-         else f"{result.nodes_exported} (not simplified)"],
+        [
+            "nodes",
+            f"{result.nodes_exported} → {result.nodes_final}"
+            if result.simplified
+            else f"{result.nodes_exported} (not simplified)",
+        ],
         ["file size", _size(result.file_size)],
         ["input", f"{c.input_name} {'x'.join(map(str, c.input_shape))} {c.dtype} {c.layout}"],
         ["batch", f"dynamic {c.batch_range[0]}..{c.batch_range[2]}" if c.dynamic_batch else "static"],
         ["outputs", ", ".join(c.output_names)],
         ["task", c.task + (f" ({len(c.class_names)} class names)" if c.class_names else "")],
-        ["reference", f"{result.reference.get('kind')} ({len(result.parity) and result.parity[0]['shape'][0]} samples)"],
+        [
+            "reference",
+            f"{result.reference.get('kind')} ({len(result.parity) and result.parity[0]['shape'][0]} samples)",
+        ],
         ["export time", f"{result.timings.get('export', 0):.2f} s (total {result.timings.get('total', 0):.2f} s)"],
     ]
     console.print(table(f"export → {result.path}", ["", "value"], rows))
     if result.parity:
-        prow = [[p["name"], p["max_abs"], p["max_rel"], "—" if p["cosine"] is None else f"{p['cosine']:.7f}",
-                 "[green]PASS[/]" if p["passed"] else "[red]FAIL[/]"] for p in result.parity]
-        console.print(table("parity: ONNX Runtime vs PyTorch (fp32 tolerance)",
-                            ["output", "max abs", "max rel", "cosine", "result"], prow))
+        prow = [
+            [
+                p["name"],
+                p["max_abs"],
+                p["max_rel"],
+                "—" if p["cosine"] is None else f"{p['cosine']:.7f}",
+                "[green]PASS[/]" if p["passed"] else "[red]FAIL[/]",
+            ]
+            for p in result.parity
+        ]
+        console.print(
+            table(
+                "parity: ONNX Runtime vs PyTorch (fp32 tolerance)",
+                ["output", "max abs", "max rel", "cosine", "result"],
+                prow,
+            )
+        )
     for n in result.notices:
         console.print(f"[yellow]note:[/] {n}", highlight=False)
     for p in result.parity:

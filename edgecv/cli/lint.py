@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,10 +15,14 @@ def register(app: typer.Typer) -> None:
 
 
 def lint(
-    model: Annotated[str, typer.Argument(help="Model source: zoo name, torchvision:<name>, file.py:factory, "
-                                              "checkpoint...", show_default=False)],
-    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="NxCxHxW (default: the model's).")] = None,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="State-dict file to load.")] = None,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Model source: zoo name, torchvision:<name>, file.py:factory, checkpoint...", show_default=False
+        ),
+    ],
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help="NxCxHxW (default: the model's).")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="State-dict file to load.")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Number of inputs (skimage photos, else noise).")] = 4,
     all_layers: Annotated[bool, typer.Option("--layers", help="Also print the range of every layer.")] = False,
     json_out: JsonOpt = False,
@@ -46,16 +50,24 @@ def lint(
         return
     rows = [[f.layer, f.op, f.severity, f.issue, f.measured, f.fix or "-", f.advice] for f in report.findings]
     if not rows:
-        console.print(f"No quantization risks found in {loaded.name} ({source}, via {report.method}, "
-                      f"{len(report.layers)} layers measured). {'; '.join(report.notes)}")
+        console.print(
+            f"No quantization risks found in {loaded.name} ({source}, via {report.method}, "
+            f"{len(report.layers)} layers measured). {'; '.join(report.notes)}"
+        )
         return
-    print_table(f"Quantization risks: {loaded.name} ({source}, {'x'.join(map(str, inputs.shape))}, via {report.method})",
-                ["layer", "op", "severity", "issue", "measured", "fix pass", "advice"], rows,
-                caption="; ".join(report.notes) or None)
+    print_table(
+        f"Quantization risks: {loaded.name} ({source}, {'x'.join(map(str, inputs.shape))}, via {report.method})",
+        ["layer", "op", "severity", "issue", "measured", "fix pass", "advice"],
+        rows,
+        caption="; ".join(report.notes) or None,
+    )
     counts = {s: sum(f.severity == s for f in report.findings) for s in ("high", "medium", "low")}
-    console.print(f"{len(report.findings)} findings: {counts['high']} high, {counts['medium']} medium, "
-                  f"{counts['low']} low")
+    console.print(
+        f"{len(report.findings)} findings: {counts['high']} high, {counts['medium']} medium, {counts['low']} low"
+    )
     if all_layers:
-        print_table("Activation ranges", ["layer", "op", "min", "max", "p99.99 |x|", "max/p99.9", "channel ratio"],
-                    [[s.name, s.op, s.min, s.max, s.p9999_abs, s.outlier_score, fmt(s.channel_ratio)]
-                     for s in report.layers])
+        print_table(
+            "Activation ranges",
+            ["layer", "op", "min", "max", "p99.99 |x|", "max/p99.9", "channel ratio"],
+            [[s.name, s.op, s.min, s.max, s.p9999_abs, s.outlier_score, fmt(s.channel_ratio)] for s in report.layers],
+        )

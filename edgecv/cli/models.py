@@ -4,14 +4,16 @@ and runs on ONNX Runtime and OpenVINO with torch's numbers."""
 from __future__ import annotations
 
 import fnmatch
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from edgecv.cli.options import JsonOpt
 
-FLOPS_NOTE = ("GFLOPs = FLOPs / 1e9 at the default input, batch 1, counted by torch FlopCounterMode: "
-              "1 multiply-add = 2 FLOPs (conv, linear, matmul); element-wise ops not counted")
+FLOPS_NOTE = (
+    "GFLOPs = FLOPs / 1e9 at the default input, batch 1, counted by torch FlopCounterMode: "
+    "1 multiply-add = 2 FLOPs (conv, linear, matmul); element-wise ops not counted"
+)
 
 
 def _cell(res: dict[str, Any]) -> str:
@@ -23,15 +25,27 @@ def _cell(res: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("models")
     def models(
-        pattern: Annotated[Optional[str], typer.Argument(help="Only names matching this glob, e.g. 'resnet*'.")] = None,
-        task: Annotated[Optional[str], typer.Option("--task", "-t", help="Only this task (classify, segment, "
-                                                                            "detect).")] = None,
+        pattern: Annotated[str | None, typer.Argument(help="Only names matching this glob, e.g. 'resnet*'.")] = None,
+        task: Annotated[
+            str | None, typer.Option("--task", "-t", help="Only this task (classify, segment, detect).")
+        ] = None,
         tiny: Annotated[bool, typer.Option("--tiny", help="Only the tiny test variants.")] = False,
-        check: Annotated[bool, typer.Option("--check", help="Export each model to ONNX and run it on ONNX Runtime "
-                                                            "and OpenVINO (fp32), comparing with torch.")] = False,
-        exporter: Annotated[str, typer.Option("--exporter", help="torch.onnx exporter for --check: auto (dynamo, "
-                                                                 "TorchScript when dynamo fails, as 'edgecv "
-                                                                 "export' does), dynamo or torchscript.")] = "auto",
+        check: Annotated[
+            bool,
+            typer.Option(
+                "--check",
+                help="Export each model to ONNX and run it on ONNX Runtime and OpenVINO (fp32), comparing with torch.",
+            ),
+        ] = False,
+        exporter: Annotated[
+            str,
+            typer.Option(
+                "--exporter",
+                help="torch.onnx exporter for --check: auto (dynamo, "
+                "TorchScript when dynamo fails, as 'edgecv "
+                "export' does), dynamo or torchscript.",
+            ),
+        ] = "auto",
         opset: Annotated[int, typer.Option("--opset", help="ONNX opset for --check.")] = 18,
         json_out: JsonOpt = False,
     ) -> None:
@@ -45,12 +59,17 @@ def register(app: typer.Typer) -> None:
 
         if exporter not in (*EXPORTERS, "auto"):
             raise ConfigError(f"--exporter: expected auto or one of {', '.join(EXPORTERS)}, got '{exporter}'")
-        names = [n for n in list_models(task=task) if (not tiny or model_cfg(n)["tiny"])
-                 and (pattern is None or fnmatch.fnmatchcase(n, pattern))]
+        names = [
+            n
+            for n in list_models(task=task)
+            if (not tiny or model_cfg(n)["tiny"]) and (pattern is None or fnmatch.fnmatchcase(n, pattern))
+        ]
         if not names:
             known = sorted({model_cfg(n)["task"] for n in list_models()})
-            raise ConfigError(f"no model matches (task={task!r}, pattern={pattern!r}, tiny={tiny}); "
-                              f"tasks in the zoo: {', '.join(known)}")
+            raise ConfigError(
+                f"no model matches (task={task!r}, pattern={pattern!r}, tiny={tiny}); "
+                f"tasks in the zoo: {', '.join(known)}"
+            )
 
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -58,8 +77,14 @@ def register(app: typer.Typer) -> None:
         from edgecv.cli._output import console, emit_json, err_console, table
 
         rows: list[dict[str, Any]] = []
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
             job = bar.add_task("models", total=len(names))
             for name in names:
                 bar.update(job, description=f"{'checking' if check else 'measuring'} {name}")
@@ -76,8 +101,13 @@ def register(app: typer.Typer) -> None:
         if json_out:
             out: dict[str, Any] = {"flops_note": FLOPS_NOTE, "models": rows}
             if check:
-                out["check"] = {"exporter": exporter, "opset": opset, "precision": "fp32",
-                                "tolerance": f"max abs <= {RTOL:g} * max(1, max|torch|)", "failed": failed}
+                out["check"] = {
+                    "exporter": exporter,
+                    "opset": opset,
+                    "precision": "fp32",
+                    "tolerance": f"max abs <= {RTOL:g} * max(1, max|torch|)",
+                    "failed": failed,
+                }
             emit_json("models", out, passed=not failed)
         else:
             cols = ["name", "family", "task", "input", "params (M)", "GFLOPs", "tiny"]
@@ -85,9 +115,15 @@ def register(app: typer.Typer) -> None:
                 cols += ["exporter", "onnx", "openvino"]
             table_rows = []
             for r in rows:
-                cells: list[Any] = [r["name"], r["family"], r["task"], "x".join(map(str, r["input_size"])),
-                                    "-" if r["params_m"] is None else f"{r['params_m']:.3f}",
-                                    "-" if r["gflops"] is None else f"{r['gflops']:.3f}", "tiny" if r["tiny"] else ""]
+                cells: list[Any] = [
+                    r["name"],
+                    r["family"],
+                    r["task"],
+                    "x".join(map(str, r["input_size"])),
+                    "-" if r["params_m"] is None else f"{r['params_m']:.3f}",
+                    "-" if r["gflops"] is None else f"{r['gflops']:.3f}",
+                    "tiny" if r["tiny"] else "",
+                ]
                 if check:
                     c = r["check"]
                     if not c["export"]["ok"]:
@@ -97,8 +133,10 @@ def register(app: typer.Typer) -> None:
                 table_rows.append(cells)
             caption = FLOPS_NOTE
             if check:
-                caption += (f". onnx = ONNX Runtime CPU, openvino = OpenVINO CPU f32; exporter {exporter}, "
-                            f"opset {opset}; ok = max abs error <= {RTOL:g} x max(1, max|torch|), value shown")
+                caption += (
+                    f". onnx = ONNX Runtime CPU, openvino = OpenVINO CPU f32; exporter {exporter}, "
+                    f"opset {opset}; ok = max abs error <= {RTOL:g} x max(1, max|torch|), value shown"
+                )
             t = table("edgecv model zoo", cols, table_rows, caption=caption)
             t.columns[0].no_wrap = True  # names are what people copy; let other columns wrap instead
             # piped output (logs, CI) gets rich's 80-column default; give it room instead of wrapping every cell

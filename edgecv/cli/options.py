@@ -3,48 +3,84 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 BundleArg = Annotated[Path, typer.Argument(help="Bundle folder written by 'edgecv export'.", show_default=False)]
 BackendsOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--backend", "-b", help="Backend (repeatable): torch, onnxruntime, openvino, tensorrt, remote."),
 ]
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Backend: onnxruntime, openvino, tensorrt, remote.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, bf16 or int8.")]
 # validate / bench / run: no -p means "what the bundle has" (every artifact, or the best one for run)
-SomePrecisionOpt = Annotated[Optional[str], typer.Option(
-    "--precision", "-p", help="fp32, fp16, bf16 or int8: the precision of every --backend without one; without "
-                              "--backend, the bundle's targets at this precision (default: all of them).")]
+SomePrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        "-p",
+        help="fp32, fp16, bf16 or int8: the precision of every --backend without one; without "
+        "--backend, the bundle's targets at this precision (default: all of them).",
+    ),
+]
 BackendsBuildOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--backend", "-b", help="NAME or NAME:PRECISION (repeatable): openvino, onnxruntime, tensorrt "
-                                         "(default openvino).")]
-RunBackendOpt = Annotated[Optional[str], typer.Option(
-    "--backend", "-b", help="NAME or NAME:PRECISION: onnxruntime, openvino, tensorrt, remote (default: the best "
-                            "artifact the bundle holds for this machine).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Backend device (CPU, GPU, NPU, cuda:0…).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the backend.")]
+    list[str] | None,
+    typer.Option(
+        "--backend",
+        "-b",
+        help="NAME or NAME:PRECISION (repeatable): openvino, onnxruntime, tensorrt (default openvino).",
+    ),
+]
+RunBackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        "-b",
+        help="NAME or NAME:PRECISION: onnxruntime, openvino, tensorrt, remote (default: the best "
+        "artifact the bundle holds for this machine).",
+    ),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="Backend device (CPU, GPU, NPU, cuda:0…).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for the backend.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 # the torch reference: a bundle is data, so a model file is imported only when the user names it here
-ModelSourceOpt = Annotated[Optional[str], typer.Option(
-    "--model-source", help="The model the bundle came from (path/to/file.py:factory, a checkpoint, …), to rebuild the "
-                     "live torch reference; needed when the bundle was exported from a file, since edgecv never "
-                     "runs a file a bundle names. Runs that file, as any Python import does.")]
-ModelWeightsOpt = Annotated[Optional[Path], typer.Option(
-    "--weights", help="Local state dict for the live torch reference, when the bundle was exported with one.")]
-RebuildOpt = Annotated[bool, typer.Option(
-    "--rebuild", help="TensorRT: rebuild an engine built for another GPU or TensorRT version from the bundle's ONNX "
-                      "(instead of refusing it).")]
-EndpointOpt = Annotated[Optional[str], typer.Option(
-    "--endpoint", help="-b remote: the server, http://HOST:PORT or grpc://HOST:PORT (or EDGECV_ENDPOINT); "
-                       "token from EDGECV_TOKEN.")]
-RemoteModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", help="-b remote: served model name (default: the bundle's name).")]
+ModelSourceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-source",
+        help="The model the bundle came from (path/to/file.py:factory, a checkpoint, …), to rebuild the "
+        "live torch reference; needed when the bundle was exported from a file, since edgecv never "
+        "runs a file a bundle names. Runs that file, as any Python import does.",
+    ),
+]
+ModelWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights", help="Local state dict for the live torch reference, when the bundle was exported with one."
+    ),
+]
+RebuildOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rebuild",
+        help="TensorRT: rebuild an engine built for another GPU or TensorRT version from the bundle's ONNX "
+        "(instead of refusing it).",
+    ),
+]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        help="-b remote: the server, http://HOST:PORT or grpc://HOST:PORT (or EDGECV_ENDPOINT); "
+        "token from EDGECV_TOKEN.",
+    ),
+]
+RemoteModelOpt = Annotated[
+    str | None, typer.Option("--model", help="-b remote: served model name (default: the bundle's name).")
+]
 
 
 def with_remote(opener: Any, endpoint: str | None, model: str | None) -> Any:
@@ -58,20 +94,44 @@ def with_remote(opener: Any, endpoint: str | None, model: str | None) -> Any:
         return opener(bundle, backend, precision, **kw)
 
     return _open
-RecordOpt = Annotated[bool, typer.Option(
-    "--record/--no-record", help="Keep the JSON result under results/ in the bundle (hash-listed in the manifest; "
-                                 "'edgecv report' draws it).")]
+
+
+RecordOpt = Annotated[
+    bool,
+    typer.Option(
+        "--record/--no-record",
+        help="Keep the JSON result under results/ in the bundle (hash-listed in the manifest; "
+        "'edgecv report' draws it).",
+    ),
+]
 
 # INT8 options, shared by compile and quantize (one name, one default, one help each)
-CalibOpt = Annotated[Optional[Path], typer.Option(
-    "--calib", help="int8: calibration data, a folder of images, a video or an .npz of inputs.")]
-MethodOpt = Annotated[str, typer.Option(
-    "--method", help="int8 calibration: minmax, entropy, percentile, or auto (each tried on a held-out part of "
-                     "the data, the best kept).")]
-ValOpt = Annotated[Optional[Path], typer.Option(
-    "--val", help="int8: validation data for the task metric (classify: ImageFolder; detect: YOLO/COCO; segment: "
-                  "images/ + masks/).")]
-MaxDropOpt = Annotated[Optional[float], typer.Option(
-    "--max-drop", help="int8: accuracy budget in task-metric points (needs --val); sensitive layers stay float.")]
-CalibLimitOpt = Annotated[Optional[int], typer.Option(
-    "--calib-limit", help="int8: use at most this many calibration samples.")]
+CalibOpt = Annotated[
+    Path | None,
+    typer.Option("--calib", help="int8: calibration data, a folder of images, a video or an .npz of inputs."),
+]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="int8 calibration: minmax, entropy, percentile, or auto (each tried on a held-out part of "
+        "the data, the best kept).",
+    ),
+]
+ValOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--val",
+        help="int8: validation data for the task metric (classify: ImageFolder; detect: YOLO/COCO; segment: "
+        "images/ + masks/).",
+    ),
+]
+MaxDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-drop", help="int8: accuracy budget in task-metric points (needs --val); sensitive layers stay float."
+    ),
+]
+CalibLimitOpt = Annotated[
+    int | None, typer.Option("--calib-limit", help="int8: use at most this many calibration samples.")
+]

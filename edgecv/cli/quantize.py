@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,16 +19,29 @@ from edgecv.cli.options import (
     ValOpt,
 )
 
-NoFloatHeadOpt = Annotated[bool, typer.Option(
-    "--quantize-head", help="Also quantize the ops after the last Conv/Gemm (detector heads stay float by default).")]
+NoFloatHeadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quantize-head", help="Also quantize the ops after the last Conv/Gemm (detector heads stay float by default)."
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("quantize")
-    def quantize(bundle: BundleArg, output: OutOpt, calib: CalibOpt = None, method: MethodOpt = "auto",
-                 val: ValOpt = None, max_drop: MaxDropOpt = None, limit: CalibLimitOpt = None,
-                 quantize_head: NoFloatHeadOpt = False, force: ForceOpt = False, record: RecordOpt = True,
-                 json: JsonOpt = False) -> None:
+    def quantize(
+        bundle: BundleArg,
+        output: OutOpt,
+        calib: CalibOpt = None,
+        method: MethodOpt = "auto",
+        val: ValOpt = None,
+        max_drop: MaxDropOpt = None,
+        limit: CalibLimitOpt = None,
+        quantize_head: NoFloatHeadOpt = False,
+        force: ForceOpt = False,
+        record: RecordOpt = True,
+        json: JsonOpt = False,
+    ) -> None:
         """Quantize a bundle to INT8 (QDQ ONNX) with calibration data, optionally under an accuracy budget."""
         import warnings
 
@@ -39,8 +51,17 @@ def register(app: typer.Typer) -> None:
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CalibrationWarning)
-            out = quantize_bundle(bundle, calib, output, method=method, val=val, max_drop=max_drop, limit=limit,
-                                  force=force, float_head=not quantize_head)
+            out = quantize_bundle(
+                bundle,
+                calib,
+                output,
+                method=method,
+                val=val,
+                max_drop=max_drop,
+                limit=limit,
+                force=force,
+                float_head=not quantize_head,
+            )
         notes = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
         info = out.manifest.provenance["quantized"]
         if max_drop is not None:  # an accuracy-budgeted search: keep what it measured in the new bundle

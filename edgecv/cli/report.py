@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def report(
         bundles: Annotated[list[Path], typer.Argument(help="Bundle folders (one or more).", show_default=False)],
         output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
-        title: Annotated[Optional[str], typer.Option("--title", help="Page title.")] = None,
+        title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Draw what validate, bench, run and quantize recorded in BUNDLES into one self-contained HTML page.
@@ -36,8 +36,19 @@ def register(app: typer.Typer) -> None:
         for b in info.bundles:
             for line in b.skipped:  # one plain line each, never wrapped
                 sys.stderr.write(f"warning: {b.root}: {line}\n")
-        rows = [[b.name, ", ".join(k for k in b.sections if k != "provenance") or "-",
-                 ", ".join(b.missing) or "-", b.other_hosts] for b in info.bundles]
-        console.print(table(f"report {info.path} ({info.images} figures)",
-                            ["bundle", "sections drawn", "sections waiting for a result", "other hosts' results"],
-                            rows))
+        rows = [
+            [
+                b.name,
+                ", ".join(k for k in b.sections if k != "provenance") or "-",
+                ", ".join(b.missing) or "-",
+                b.other_hosts,
+            ]
+            for b in info.bundles
+        ]
+        console.print(
+            table(
+                f"report {info.path} ({info.images} figures)",
+                ["bundle", "sections drawn", "sections waiting for a result", "other hosts' results"],
+                rows,
+            )
+        )

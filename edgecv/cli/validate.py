@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,15 +12,17 @@ from edgecv.cli.options import (
     BackendsOpt,
     BundleArg,
     DeviceOpt,
+    EndpointOpt,
     JsonOpt,
     ModelSourceOpt,
     ModelWeightsOpt,
-    SomePrecisionOpt,
     RebuildOpt,
     RecordOpt,
+    RemoteModelOpt,
+    SomePrecisionOpt,
     ThreadsOpt,
+    with_remote,
 )
-from edgecv.cli.options import EndpointOpt, RemoteModelOpt, with_remote
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,33 +43,58 @@ def register(app: typer.Typer) -> None:
         bundle: BundleArg,
         backend: BackendsOpt = None,
         precision: SomePrecisionOpt = None,
-        reference: Annotated[str, typer.Option(
-            "--reference", help="auto (live torch if it loads, else reference.npz), live or npz.")] = "auto",
-        batch: Annotated[Optional[int], typer.Option(
-            "--batch", help="Samples to compare (the saved inputs are sliced or repeated).")] = None,
+        reference: Annotated[
+            str, typer.Option("--reference", help="auto (live torch if it loads, else reference.npz), live or npz.")
+        ] = "auto",
+        batch: Annotated[
+            int | None, typer.Option("--batch", help="Samples to compare (the saved inputs are sliced or repeated).")
+        ] = None,
         device: DeviceOpt = None,
         threads: ThreadsOpt = None,
-        atol: Annotated[Optional[float], typer.Option(
-            "--atol", help="Absolute max-error allowance, added to rtol x output scale.")] = None,
-        rtol: Annotated[Optional[float], typer.Option(
-            "--rtol", help="Max error allowed as a fraction of the output scale max|ref| (overrides the "
-                           "precision's default).")] = None,
-        min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Lowest cosine allowed.")] = None,
-        min_top1: Annotated[Optional[float], typer.Option(
-            "--min-top1", help="Lowest top-1 agreement allowed (classify).")] = None,
-        val: Annotated[Optional[Path], typer.Option(
-            "--val", help="Validation data (ImageFolder / images+masks / COCO-YOLO): report the task metric "
-                          "(top-1, mIoU, mAP) of torch and every backend.")] = None,
-        val_limit: Annotated[Optional[int], typer.Option("--val-limit", help="Use at most N val images.")] = None,
-        max_drop: Annotated[Optional[float], typer.Option(
-            "--max-drop", help="With --val: fail when a backend's metric is more than this many points below "
-                               "torch's (or the fp32 ONNX Runtime one without torch).")] = None,
-        layers: Annotated[bool, typer.Option(
-            "--layers", help="For INT8: list the first layers whose outputs diverge from fp32.")] = False,
-        allow_unchecked: Annotated[bool, typer.Option(
-            "--allow-unchecked", help="Accept checks that had nothing to compare (no confident reference box, "
-                                      "every reference sample of one class, an empty mask); without it they fail "
-                                      "validation. Better: re-export with --reference-data.")] = False,
+        atol: Annotated[
+            float | None, typer.Option("--atol", help="Absolute max-error allowance, added to rtol x output scale.")
+        ] = None,
+        rtol: Annotated[
+            float | None,
+            typer.Option(
+                "--rtol",
+                help="Max error allowed as a fraction of the output scale max|ref| (overrides the "
+                "precision's default).",
+            ),
+        ] = None,
+        min_cosine: Annotated[float | None, typer.Option("--min-cosine", help="Lowest cosine allowed.")] = None,
+        min_top1: Annotated[
+            float | None, typer.Option("--min-top1", help="Lowest top-1 agreement allowed (classify).")
+        ] = None,
+        val: Annotated[
+            Path | None,
+            typer.Option(
+                "--val",
+                help="Validation data (ImageFolder / images+masks / COCO-YOLO): report the task metric "
+                "(top-1, mIoU, mAP) of torch and every backend.",
+            ),
+        ] = None,
+        val_limit: Annotated[int | None, typer.Option("--val-limit", help="Use at most N val images.")] = None,
+        max_drop: Annotated[
+            float | None,
+            typer.Option(
+                "--max-drop",
+                help="With --val: fail when a backend's metric is more than this many points below "
+                "torch's (or the fp32 ONNX Runtime one without torch).",
+            ),
+        ] = None,
+        layers: Annotated[
+            bool, typer.Option("--layers", help="For INT8: list the first layers whose outputs diverge from fp32.")
+        ] = False,
+        allow_unchecked: Annotated[
+            bool,
+            typer.Option(
+                "--allow-unchecked",
+                help="Accept checks that had nothing to compare (no confident reference box, "
+                "every reference sample of one class, an empty mask); without it they fail "
+                "validation. Better: re-export with --reference-data.",
+            ),
+        ] = False,
         source: ModelSourceOpt = None,
         weights: ModelWeightsOpt = None,
         rebuild: RebuildOpt = False,
@@ -83,25 +110,34 @@ def register(app: typer.Typer) -> None:
         bundle records that this machine can run (with --precision, those at that precision). Exit code: 0 all pass, 1 a check failed,
         2 bad input.
         """
+        from edgecv.backends.tensorrt_guard import REBUILD
         from edgecv.bundle import Bundle
         from edgecv.cli._output import emit_json, table
         from edgecv.pipeline import runner_opener
-        from edgecv.validate.core import ValidationFailed, validate_bundle
         from edgecv.types import parse_precision
+        from edgecv.validate.core import ValidationFailed, validate_bundle
         from edgecv.validate.runs import bundle_targets, parse_backend_specs
-
-        from edgecv.backends.tensorrt_guard import REBUILD
 
         REBUILD.set(rebuild)
         b = Bundle.open(bundle)
         open_runner = with_remote(runner_opener(source, weights), endpoint, model)
-        specs = parse_backend_specs(backend, precision or "fp32") if backend else \
-            bundle_targets(b, parse_precision(precision) if precision else None, include_torch=False)
-        rep = validate_bundle(b, specs, device=device, reference=reference, batch=batch,  # type: ignore[arg-type]
-                              threads=threads, opener=open_runner, allow_unchecked=allow_unchecked,
-                              overrides={"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1})
-        metrics = _task_metrics(b, specs, val, val_limit, device, threads, open_runner, details=record) \
-            if val else None
+        specs = (
+            parse_backend_specs(backend, precision or "fp32")
+            if backend
+            else bundle_targets(b, parse_precision(precision) if precision else None, include_torch=False)
+        )
+        rep = validate_bundle(
+            b,
+            specs,
+            device=device,
+            reference=reference,  # type: ignore[arg-type]
+            batch=batch,
+            threads=threads,
+            opener=open_runner,
+            allow_unchecked=allow_unchecked,
+            overrides={"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_top1": min_top1},
+        )
+        metrics = _task_metrics(b, specs, val, val_limit, device, threads, open_runner, details=record) if val else None
         layer_rows = None
         if layers:
             from edgecv.quant.layers import layer_divergence
@@ -120,9 +156,15 @@ def register(app: typer.Typer) -> None:
             from edgecv.results import record_result
             from edgecv.validate.details import gallery
 
-            kept = dict(d, gallery=gallery(rep.raw_reference, {f"{r.backend}:{r.precision}": r.raw
-                                                               for r in rep.results if r.raw is not None},
-                                           b.contract), max_drop=max_drop)
+            kept = dict(
+                d,
+                gallery=gallery(
+                    rep.raw_reference,
+                    {f"{r.backend}:{r.precision}": r.raw for r in rep.results if r.raw is not None},
+                    b.contract,
+                ),
+                max_drop=max_drop,
+            )
             record_result(b, "validate", kept)
         broken = [r for r in rep.results if r.error is not None]
         ok = rep.passed and not metric_failures and not broken
@@ -130,6 +172,7 @@ def register(app: typer.Typer) -> None:
             emit_json("validate", {**d, "failures": metric_failures}, passed=ok)
         else:
             console = wide_console()
+
             def g(v: float | None) -> str:
                 return "-" if v is None else f"{v:.3g}"
 
@@ -139,8 +182,21 @@ def register(app: typer.Typer) -> None:
             rows = []
             for r in rep.results:
                 if r.error is not None:
-                    rows.append([r.backend, r.precision, r.precision_ran, "-", "-", "-", "-", "-", "-",
-                                 r.tolerance.describe(), "[red]FAIL[/]"])
+                    rows.append(
+                        [
+                            r.backend,
+                            r.precision,
+                            r.precision_ran,
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            r.tolerance.describe(),
+                            "[red]FAIL[/]",
+                        ]
+                    )
                     continue
                 for o in r.outputs:
                     if not o.passed:
@@ -149,24 +205,59 @@ def register(app: typer.Typer) -> None:
                         verdict = "[yellow]UNCHECKED (accepted)[/]" if allow_unchecked else "[red]NOT CHECKED[/]"
                     else:
                         verdict = "[green]PASS[/]"
-                    rows.append([r.backend, r.precision, r.precision_ran, o.name, g(o.max_abs), g(o.max_rel),
-                                 f"{o.cosine:.6f}" if math.isfinite(o.cosine) else "n/a",
-                                 "n/a" if o.boxes_ref == 0 else
-                                 frac(o.box_recall if o.box_recall is not None else
-                                      o.top1_agreement if o.pixel_agreement is None else o.pixel_agreement),
-                                 frac(o.top5_agreement), r.tolerance.describe_for(o), verdict])
+                    rows.append(
+                        [
+                            r.backend,
+                            r.precision,
+                            r.precision_ran,
+                            o.name,
+                            g(o.max_abs),
+                            g(o.max_rel),
+                            f"{o.cosine:.6f}" if math.isfinite(o.cosine) else "n/a",
+                            "n/a"
+                            if o.boxes_ref == 0
+                            else frac(
+                                o.box_recall
+                                if o.box_recall is not None
+                                else o.top1_agreement
+                                if o.pixel_agreement is None
+                                else o.pixel_agreement
+                            ),
+                            frac(o.top5_agreement),
+                            r.tolerance.describe_for(o),
+                            verdict,
+                        ]
+                    )
             top1 = {"segment": "pixel agree", "detect": "box recall"}.get(rep.task, "top-1 agree")
             shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (rep.input_shapes or {}).items())
             caption = f"reference: {rep.reference_note}; {rep.batch} samples ({shapes})"
-            console.print(table(f"validate {rep.bundle} ({rep.task})",
-                                ["backend", "asked", "ran", "output", "max abs", "max rel", "cosine", top1,
-                                 "top-5 agree", "tolerance", "result"], rows, caption=caption),
-                          )
+            console.print(
+                table(
+                    f"validate {rep.bundle} ({rep.task})",
+                    [
+                        "backend",
+                        "asked",
+                        "ran",
+                        "output",
+                        "max abs",
+                        "max rel",
+                        "cosine",
+                        top1,
+                        "top-5 agree",
+                        "tolerance",
+                        "result",
+                    ],
+                    rows,
+                    caption=caption,
+                ),
+            )
             pc = rep.preprocess_check
             if pc is not None:
-                console.print(f"preprocessing (contract re-run on the reference images): "
-                              f"{'[green]PASS[/]' if pc.passed else '[red]FAIL[/]'} (max abs {pc.max_abs:.3g})",
-                              highlight=False)
+                console.print(
+                    f"preprocessing (contract re-run on the reference images): "
+                    f"{'[green]PASS[/]' if pc.passed else '[red]FAIL[/]'} (max abs {pc.max_abs:.3g})",
+                    highlight=False,
+                )
                 for f in pc.failures:
                     console.print(f"[red]preprocessing:[/] {f}", highlight=False)
             for r in rep.results:
@@ -176,26 +267,48 @@ def register(app: typer.Typer) -> None:
                     for f in o.failures:
                         console.print(f"[red]{r.backend}:{r.precision} {o.name}:[/] {f}", highlight=False)
                     for f in o.not_checked:
-                        console.print(f"[{'yellow' if allow_unchecked else 'red'}]{r.backend}:{r.precision} "
-                                      f"{o.name} not checked:[/] {f}", highlight=False)
+                        console.print(
+                            f"[{'yellow' if allow_unchecked else 'red'}]{r.backend}:{r.precision} "
+                            f"{o.name} not checked:[/] {f}",
+                            highlight=False,
+                        )
                 if r.precision_ran and r.precision_ran != r.precision:
-                    console.print(f"[yellow]{r.backend}: asked {r.precision}, the engine reports it ran "
-                                  f"{r.precision_ran}[/]", highlight=False)
+                    console.print(
+                        f"[yellow]{r.backend}: asked {r.precision}, the engine reports it ran {r.precision_ran}[/]",
+                        highlight=False,
+                    )
             if metrics is not None:
                 ref = metrics["reference"]
-                console.print(table(
-                    f"task metric on {val} ({metrics['n']} images)",
-                    ["backend", "precision", "ran", metrics["name"], f"Δ vs {ref or '-'}", "result"],
-                    [[m["backend"], m["precision"], m["precision_ran"], m["metric"], m["delta"],
-                      "[red]FAIL[/]" if m.get("failed") else "ok"] for m in metrics["rows"]], digits=2))
+                console.print(
+                    table(
+                        f"task metric on {val} ({metrics['n']} images)",
+                        ["backend", "precision", "ran", metrics["name"], f"Δ vs {ref or '-'}", "result"],
+                        [
+                            [
+                                m["backend"],
+                                m["precision"],
+                                m["precision_ran"],
+                                m["metric"],
+                                m["delta"],
+                                "[red]FAIL[/]" if m.get("failed") else "ok",
+                            ]
+                            for m in metrics["rows"]
+                        ],
+                        digits=2,
+                    )
+                )
             if layer_rows is not None:
                 from edgecv.quant.layers import print_layer_report
 
                 print_layer_report(layer_rows, top=25)
             unchecked = any(r.not_checked for r in rep.results)
-            console.print("[red]validation FAILED[/]" if not ok else
-                          "[yellow]checks passed; some had nothing to compare (accepted with --allow-unchecked)[/]"
-                          if unchecked else "[green]all checks passed[/]")
+            console.print(
+                "[red]validation FAILED[/]"
+                if not ok
+                else "[yellow]checks passed; some had nothing to compare (accepted with --allow-unchecked)[/]"
+                if unchecked
+                else "[green]all checks passed[/]"
+            )
         if broken:  # could not load or run: an error in the input, not a numeric verdict
             from edgecv.errors import BackendError
 
@@ -215,13 +328,23 @@ def _failure_line(rep: object) -> str:
     line = f"validation failed for {', '.join(bad) or 'every backend'} (see the table above)"
     unchecked = [r for r in results if r.verdict == "not checked"]
     if unchecked:
-        line += (f"; not checked: {unchecked[0].not_checked[0]} (re-export with --reference-data, or accept with "
-                 "--allow-unchecked)")
+        line += (
+            f"; not checked: {unchecked[0].not_checked[0]} (re-export with --reference-data, or accept with "
+            "--allow-unchecked)"
+        )
     return line
 
 
-def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: int | None, device: str | None,
-                  threads: int | None, opener: Any, details: bool = False) -> dict[str, Any]:
+def _task_metrics(
+    bundle: Any,
+    specs: list[tuple[str, str]],
+    val: Path,
+    limit: int | None,
+    device: str | None,
+    threads: int | None,
+    opener: Any,
+    details: bool = False,
+) -> dict[str, Any]:
     """The task metric of torch (when it loads) and every backend on the same validation images; with
     ``details`` also each one's per-class view (confusion matrix, PR curves, IoU per class) for the report."""
     from edgecv._lazy import is_available
@@ -229,8 +352,11 @@ def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: i
 
     vset = open_val(val, bundle.contract, limit=limit).materialize()
     fn = metric_for(bundle.contract.task)
-    unit = TASK_METRICS.meta(bundle.contract.task).get("unit", "metric") if bundle.contract.task in TASK_METRICS \
+    unit = (
+        TASK_METRICS.meta(bundle.contract.task).get("unit", "metric")
+        if bundle.contract.task in TASK_METRICS
         else "metric"
+    )
     combos = list(specs)
     if is_available("torch") and ("torch", "fp32") not in combos:
         combos.insert(0, ("torch", "fp32"))
@@ -242,21 +368,32 @@ def _task_metrics(bundle: Any, specs: list[tuple[str, str]], val: Path, limit: i
 
                 run = Replay(r) if details else r  # the details replay the metric's outputs: one pass, not two
                 value = fn(run, vset)  # type: ignore[arg-type]
-                rows.append({"backend": backend, "precision": precision, "precision_ran": r.precision,
-                             "metric": value})
+                rows.append({"backend": backend, "precision": precision, "precision_ran": r.precision, "metric": value})
                 if details:
                     rows[-1]["details"] = task_details(run, vset)
-        except Exception as exc:  # noqa: BLE001 - torch may fail to rebuild; say so in the row
+        except Exception as exc:
             if backend != "torch":
                 raise
-            rows.append({"backend": backend, "precision": precision, "precision_ran": None, "metric": None,
-                         "error": str(exc).splitlines()[0]})
-    ref_row = next((r for r in rows if r["backend"] == "torch" and r["metric"] is not None), None) or \
-        next((r for r in rows if r["precision"] == "fp32" and r["metric"] is not None), None)
+            rows.append(
+                {
+                    "backend": backend,
+                    "precision": precision,
+                    "precision_ran": None,
+                    "metric": None,
+                    "error": str(exc).splitlines()[0],
+                }
+            )
+    ref_row = next((r for r in rows if r["backend"] == "torch" and r["metric"] is not None), None) or next(
+        (r for r in rows if r["precision"] == "fp32" and r["metric"] is not None), None
+    )
     for r in rows:
         r["delta"] = None if (ref_row is None or r["metric"] is None) else r["metric"] - ref_row["metric"]
-    return {"name": unit, "n": len(vset), "reference": f"{ref_row['backend']}:{ref_row['precision']}" if ref_row
-            else None, "rows": rows}
+    return {
+        "name": unit,
+        "n": len(vset),
+        "reference": f"{ref_row['backend']}:{ref_row['precision']}" if ref_row else None,
+        "rows": rows,
+    }
 
 
 def _metric_failures(metrics: dict[str, Any], max_drop: float | None) -> list[str]:
@@ -266,6 +403,8 @@ def _metric_failures(metrics: dict[str, Any], max_drop: float | None) -> list[st
     for r in metrics["rows"]:
         if r["delta"] is not None and -r["delta"] > max_drop:
             r["failed"] = True
-            out.append(f"{r['backend']}:{r['precision']} {metrics['name']} is {-r['delta']:.2f} points below "
-                       f"{metrics['reference']} (allowed {max_drop})")
+            out.append(
+                f"{r['backend']}:{r['precision']} {metrics['name']} is {-r['delta']:.2f} points below "
+                f"{metrics['reference']} (allowed {max_drop})"
+            )
     return out

@@ -24,7 +24,21 @@ from edgecv.config.schema import (
 )
 
 __all__ = [
-    "AugmentConfig", "BenchConfig", "CompileTarget", "DataConfig", "DistillConfig", "ExportConfig", "ModelConfig",
-    "OptimizerConfig", "QuantizeConfig", "Recipe", "RewriteConfig", "ScheduleConfig", "SynthConfig", "TrainConfig",
-    "ValidateConfig", "load_recipe", "parse_recipe",
+    "AugmentConfig",
+    "BenchConfig",
+    "CompileTarget",
+    "DataConfig",
+    "DistillConfig",
+    "ExportConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "QuantizeConfig",
+    "Recipe",
+    "RewriteConfig",
+    "ScheduleConfig",
+    "SynthConfig",
+    "TrainConfig",
+    "ValidateConfig",
+    "load_recipe",
+    "parse_recipe",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -26,11 +26,11 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which model to build: a zoo ``name`` or a ``source`` ("package.module:factory"), optional weights."""
 
-    name: Optional[str] = None
-    source: Optional[str] = None
-    weights: Optional[str] = None
+    name: str | None = None
+    source: str | None = None
+    weights: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    init: Optional[str] = None
+    init: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -60,11 +60,11 @@ class AugmentConfig(_Strict):
 
 class DataConfig(_Strict):
     task: TaskName = "classify"
-    train: Optional[str] = None
-    val: Optional[str] = None
-    format: Optional[DataFormat] = None
-    synth: Optional[SynthConfig] = None
-    image_size: Optional[int] = Field(default=None, ge=8, le=4096)
+    train: str | None = None
+    val: str | None = None
+    format: DataFormat | None = None
+    synth: SynthConfig | None = None
+    image_size: int | None = Field(default=None, ge=8, le=4096)
     batch_size: int = Field(default=32, ge=1)
     workers: int = Field(default=0, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -102,7 +102,7 @@ class DistillConfig(_Strict):
     """Knowledge distillation from a teacher (zoo name or "module:factory"), with its weights."""
 
     teacher: str
-    teacher_weights: Optional[str] = None
+    teacher_weights: str | None = None
     teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
     temperature: float = Field(default=4.0, gt=0.0)
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -112,12 +112,12 @@ class TrainConfig(_Strict):
     epochs: int = Field(default=10, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    clip_grad: Optional[float] = Field(default=None, gt=0.0)
+    clip_grad: float | None = Field(default=None, gt=0.0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     amp: bool = True
     seed: int = Field(default=0, ge=0)
-    threads: Optional[int] = Field(default=None, ge=1)
-    distill: Optional[DistillConfig] = None
+    threads: int | None = Field(default=None, ge=1)
+    distill: DistillConfig | None = None
 
 
 class RewriteConfig(_Strict):
@@ -128,7 +128,7 @@ class ExportConfig(_Strict):
     opset: int = Field(default=17, ge=7, le=30)
     dynamic_batch: bool = True
     simplify: bool = True
-    input_shape: Optional[list[int]] = None
+    input_shape: list[int] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> ExportConfig:
@@ -139,8 +139,8 @@ class ExportConfig(_Strict):
 
 class QuantizeConfig(_Strict):
     method: Literal["minmax", "entropy", "percentile", "auto"] = "minmax"  # as edgecv compile --method
-    calib: Optional[str] = None
-    max_drop: Optional[float] = Field(default=None, ge=0.0)
+    calib: str | None = None
+    max_drop: float | None = Field(default=None, ge=0.0)
     samples: int = Field(default=300, ge=1)
 
 
@@ -155,7 +155,7 @@ def _default_backends() -> list[BackendName]:
 
 class ValidateConfig(_Strict):
     backends: list[BackendName] = Field(default_factory=_default_backends)
-    max_drop: Optional[float] = Field(default=None, ge=0.0)
+    max_drop: float | None = Field(default=None, ge=0.0)
     # accept checks that had nothing to compare (edgecv validate --allow-unchecked)
     allow_unchecked: bool = False
 
@@ -163,18 +163,18 @@ class ValidateConfig(_Strict):
 class BenchConfig(_Strict):
     backends: list[BackendName] = Field(default_factory=_default_backends)
     batches: list[int] = Field(default_factory=lambda: [1])
-    threads: Optional[int] = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
 
 
 class Recipe(_Strict):
     """A whole recipe: what to build, train, rewrite, export, quantize, compile, validate and benchmark."""
 
     model: ModelConfig
-    data: Optional[DataConfig] = None
+    data: DataConfig | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
     rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
-    quantize: Optional[QuantizeConfig] = None
+    quantize: QuantizeConfig | None = None
     compile: list[CompileTarget] = Field(default_factory=list)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     bench: BenchConfig = Field(default_factory=BenchConfig)
@@ -254,8 +254,7 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = Recipe
         msg = f"{source}: {path}: required key is missing"
     else:
         text = e["msg"]
-        if text.startswith("Value error, "):
-            text = text[len("Value error, "):]
+        text = text.removeprefix("Value error, ")
         msg = f"{source}: {path}: {text}, found {_short(found)}"
     if len(errs) > 1:
         msg += f" (and {len(errs) - 1} more error{'s' if len(errs) > 2 else ''})"
@@ -277,7 +276,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise ConfigError(format_validation_error(exc, Recipe, source)) from None
 
 
-def load_recipe(path: Union[str, os.PathLike[str]]) -> Recipe:
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read a YAML recipe with ``yaml.safe_load`` and validate it.
 
     Args:
@@ -308,6 +307,7 @@ def anchor_paths(recipe: Recipe, base: Path) -> Recipe:
     """Resolve the recipe's relative paths against ``base`` (the recipe file's folder), so that a recipe means the
     same from any working directory: ``data.train``, ``data.val``, ``quantize.calib``, ``model.weights``,
     ``train.distill.teacher_weights`` and a ``file.py:factory`` in ``model.source``."""
+
     def anchored(value: str | None) -> str | None:
         if not value or Path(value).expanduser().is_absolute():
             return value

@@ -25,7 +25,7 @@ _LAZY = {
     "sample_diverse": "edgecv.data.calib",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -98,8 +98,16 @@ def is_sample_dir(path: Path) -> bool:
         return False
 
 
-def sample_diverse(source: str | Path, n: int = 300, out: str | Path | None = None, *, min_distance: float = 0.02,
-                   max_candidates: int = 5000, ext: str = ".png", force: bool = False) -> dict[str, Any]:
+def sample_diverse(
+    source: str | Path,
+    n: int = 300,
+    out: str | Path | None = None,
+    *,
+    min_distance: float = 0.02,
+    max_candidates: int = 5000,
+    ext: str = ".png",
+    force: bool = False,
+) -> dict[str, Any]:
     """Select up to ``n`` diverse frames from a video file or an image folder and write them to ``out``.
 
     Args:
@@ -122,8 +130,9 @@ def sample_diverse(source: str | Path, n: int = 300, out: str | Path | None = No
     if not src.exists():
         raise SourceError(f"{src}: no such video or image folder")
     if out is not None:
-        _io.check_output_dir(Path(out), force, is_sample_dir, "calibration sample",
-                             "a sample 'edgecv calib sample' wrote")
+        _io.check_output_dir(
+            Path(out), force, is_sample_dir, "calibration sample", "a sample 'edgecv calib sample' wrote"
+        )
         if Path(out).resolve() == src.resolve() or src.resolve() in Path(out).resolve().parents:
             raise ConfigError(f"--output: expected a folder outside the source '{src}', found '{out}'")
     feats: list[np.ndarray] = []
@@ -170,10 +179,17 @@ def sample_diverse(source: str | Path, n: int = 300, out: str | Path | None = No
                         raise SourceError(f"could not write {tmp / name}")
                     got[want[i]] = name
                 names = [got[r] for r in sorted(got)]
-            (tmp / SAMPLE_MARKER).write_text(json.dumps({"generator": "edgecv.data.calib", "source": str(src),
-                                                         "selected": names}, indent=1) + "\n")
+            (tmp / SAMPLE_MARKER).write_text(
+                json.dumps({"generator": "edgecv.data.calib", "source": str(src), "selected": names}, indent=1) + "\n"
+            )
     else:
         names = [str(keys[k]) for k in picked]
-    return {"source": str(src), "kind": "folder" if src.is_dir() else "video", "candidates": len(feats),
-            "selected": len(picked), "files": names, "last_distance": last,
-            "out": str(out) if out is not None else None}
+    return {
+        "source": str(src),
+        "kind": "folder" if src.is_dir() else "video",
+        "candidates": len(feats),
+        "selected": len(picked),
+        "files": names,
+        "last_distance": last,
+        "out": str(out) if out is not None else None,
+    }

@@ -62,8 +62,9 @@ class ImageFolderDataset(_Base):
 
     task = "classify"
 
-    def __init__(self, root: str | Path, transform: Callable[..., Any] | None = None,
-                 classes: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path, transform: Callable[..., Any] | None = None, classes: Sequence[str] | None = None
+    ) -> None:
         super().__init__(transform)
         self.root = Path(root)
         if not self.root.is_dir():
@@ -74,8 +75,9 @@ class ImageFolderDataset(_Base):
             raise DataError(f"{self.root}: no class sub-folders (expected root/<class>/<image>)")
         extra = sorted(set(found) - set(self.classes))
         if extra:
-            raise DataError(f"{self.root / extra[0]}: unknown class folder '{extra[0]}'; "
-                            f"expected one of: {', '.join(self.classes)}")
+            raise DataError(
+                f"{self.root / extra[0]}: unknown class folder '{extra[0]}'; expected one of: {', '.join(self.classes)}"
+            )
         self.samples: list[tuple[Path, int]] = []
         for i, c in enumerate(self.classes):
             d = self.root / c
@@ -143,9 +145,14 @@ class CocoDetection(_Detection):
             as contiguous ids in sorted id order.
     """
 
-    def __init__(self, ann_file: str | Path, image_root: str | Path | None = None,
-                 transform: Callable[..., Any] | None = None, skip_crowd: bool = True,
-                 classes: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_root: str | Path | None = None,
+        transform: Callable[..., Any] | None = None,
+        skip_crowd: bool = True,
+        classes: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(transform)
         self.ann_file = Path(ann_file)
         coco = read_coco(self.ann_file, image_root, class_names=classes, skip_crowd=skip_crowd)
@@ -165,8 +172,13 @@ class YoloDetection(_Detection):
 
     normalized = True
 
-    def __init__(self, images_dir: str | Path, labels_dir: str | Path | None = None,
-                 classes: Sequence[str] | None = None, transform: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        images_dir: str | Path,
+        labels_dir: str | Path | None = None,
+        classes: Sequence[str] | None = None,
+        transform: Callable[..., Any] | None = None,
+    ) -> None:
         super().__init__(transform)
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
@@ -174,8 +186,10 @@ class YoloDetection(_Detection):
         if labels_dir is None:
             parts = list(self.images_dir.parts)
             if "images" not in parts:
-                raise DataError(f"{self.images_dir}: cannot find the labels folder (no 'images' part to replace "
-                                f"with 'labels'); pass labels_dir")
+                raise DataError(
+                    f"{self.images_dir}: cannot find the labels folder (no 'images' part to replace "
+                    f"with 'labels'); pass labels_dir"
+                )
             i = len(parts) - 1 - parts[::-1].index("images")
             parts[i] = "labels"
             labels_dir = Path(*parts)
@@ -197,16 +211,27 @@ class YoloDetection(_Detection):
                         c = int(tok[0])
                         cx, cy, w, h = (float(v) for v in tok[1:])
                     except ValueError as exc:
-                        raise DataError(f"{lab}:{ln}: malformed line {line.strip()!r} ({exc}); expected "
-                                        f"'class cx cy w h' with an integer class and 4 numbers") from None
+                        raise DataError(
+                            f"{lab}:{ln}: malformed line {line.strip()!r} ({exc}); expected "
+                            f"'class cx cy w h' with an integer class and 4 numbers"
+                        ) from None
                     if not 0 <= c < nc:
-                        raise DataError(f"{lab}:{ln}: unknown class id {c}; expected 0..{nc - 1} "
-                                        f"({', '.join(self.classes)})")
+                        raise DataError(
+                            f"{lab}:{ln}: unknown class id {c}; expected 0..{nc - 1} ({', '.join(self.classes)})"
+                        )
                     x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-                    if w <= 0 or h <= 0 or x1 < -_NORM_TOL or y1 < -_NORM_TOL or x2 > 1 + _NORM_TOL \
-                            or y2 > 1 + _NORM_TOL:
-                        raise DataError(f"{lab}:{ln}: box out of bounds (cx={cx}, cy={cy}, w={w}, h={h}); "
-                                        f"expected normalised coordinates inside [0, 1]")
+                    if (
+                        w <= 0
+                        or h <= 0
+                        or x1 < -_NORM_TOL
+                        or y1 < -_NORM_TOL
+                        or x2 > 1 + _NORM_TOL
+                        or y2 > 1 + _NORM_TOL
+                    ):
+                        raise DataError(
+                            f"{lab}:{ln}: box out of bounds (cx={cx}, cy={cy}, w={w}, h={h}); "
+                            f"expected normalised coordinates inside [0, 1]"
+                        )
                     boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)])
                     labels.append(c)
             self.records.append((img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)))
@@ -228,8 +253,10 @@ class YoloDetection(_Detection):
                     return [str(n[k]) for k in sorted(n)]
                 if isinstance(n, list):
                     return [str(v) for v in n]
-        raise DataError(f"{self.images_dir}: no class names (expected classes.txt or data.yaml 'names' beside "
-                        f"the images, or pass classes)")
+        raise DataError(
+            f"{self.images_dir}: no class names (expected classes.txt or data.yaml 'names' beside "
+            f"the images, or pass classes)"
+        )
 
 
 class SegmentationFolder(_Base):
@@ -237,8 +264,13 @@ class SegmentationFolder(_Base):
 
     task = "segment"
 
-    def __init__(self, root: str | Path, num_classes: int | None = None, classes: Sequence[str] | None = None,
-                 transform: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        num_classes: int | None = None,
+        classes: Sequence[str] | None = None,
+        transform: Callable[..., Any] | None = None,
+    ) -> None:
         super().__init__(transform)
         self.root = Path(root)
         img_dir, mask_dir = self.root / "images", self.root / "masks"
@@ -263,7 +295,7 @@ class SegmentationFolder(_Base):
         return len(self.samples)
 
     def read_mask(self, i: int) -> np.ndarray:
-        img_path, m = self.samples[i]
+        _img_path, m = self.samples[i]
         cv2 = _cv2()
         mask = read_image(m, cv2.IMREAD_UNCHANGED)
         if mask.ndim != 2:
@@ -271,8 +303,9 @@ class SegmentationFolder(_Base):
         values = np.unique(mask)
         bad = values[(values >= self.num_classes) & (values != IGNORE_INDEX)]
         if bad.size:
-            raise DataError(f"{m}: unknown class id {int(bad[0])}; expected 0..{self.num_classes - 1} "
-                            f"or {IGNORE_INDEX} (ignore)")
+            raise DataError(
+                f"{m}: unknown class id {int(bad[0])}; expected 0..{self.num_classes - 1} or {IGNORE_INDEX} (ignore)"
+            )
         return mask
 
     def __getitem__(self, i: int) -> Any:
@@ -280,8 +313,10 @@ class SegmentationFolder(_Base):
         img = read_image(img_path)
         mask = self.read_mask(i)
         if mask.shape != img.shape[:2]:
-            raise DataError(f"{m}: mask is {mask.shape[1]}x{mask.shape[0]} but image {img_path.name} is "
-                            f"{img.shape[1]}x{img.shape[0]}")
+            raise DataError(
+                f"{m}: mask is {mask.shape[1]}x{mask.shape[0]} but image {img_path.name} is "
+                f"{img.shape[1]}x{img.shape[0]}"
+            )
         return self._out(img, mask)
 
 
@@ -301,8 +336,15 @@ class ImageTransform:
     reproducible whatever the number of loader workers.
     """
 
-    def __init__(self, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], color: str = "RGB",
-                 task: str = "classify", augment: Any = None) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        color: str = "RGB",
+        task: str = "classify",
+        augment: Any = None,
+    ) -> None:
         self.h, self.w = int(size[0]), int(size[1])
         self.mean = np.asarray(mean, np.float32).reshape(1, 1, -1) * 255.0
         self.std = np.asarray(std, np.float32).reshape(1, 1, -1) * 255.0
@@ -314,8 +356,7 @@ class ImageTransform:
         cv2 = _cv2()
         h0, w0 = img.shape[:2]
         if (h0, w0) != (self.h, self.w):
-            img = cv2.resize(img, (self.w, self.h), interpolation=cv2.INTER_AREA if h0 > self.h else
-                             cv2.INTER_LINEAR)
+            img = cv2.resize(img, (self.w, self.h), interpolation=cv2.INTER_AREA if h0 > self.h else cv2.INTER_LINEAR)
             if self.task == "segment":
                 target = cv2.resize(target, (self.w, self.h), interpolation=cv2.INTER_NEAREST)
             elif self.task == "detect":
@@ -363,8 +404,9 @@ class ImageTransform:
             m[:, 2] += (dx, dy)
             x = cv2.warpAffine(np.ascontiguousarray(x), m, (self.w, self.h), borderMode=cv2.BORDER_REFLECT)
             if self.task == "segment":
-                target = cv2.warpAffine(np.ascontiguousarray(target), m, (self.w, self.h),
-                                        flags=cv2.INTER_NEAREST, borderValue=IGNORE_INDEX)
+                target = cv2.warpAffine(
+                    np.ascontiguousarray(target), m, (self.w, self.h), flags=cv2.INTER_NEAREST, borderValue=IGNORE_INDEX
+                )
         if a.contrast > 0 or a.brightness > 0:
             c = 1.0 + rng.uniform(-a.contrast, a.contrast)
             b = rng.uniform(-a.brightness, a.brightness) * 255.0
@@ -398,8 +440,9 @@ class TransformedDataset(Dataset):  # type: ignore[type-arg]
         return self.transform(img, target, rng)
 
 
-def open_dataset(task: str, path: str | Path, fmt: str | None = None, split: str = "train",
-                 classes: Sequence[str] | None = None) -> Any:
+def open_dataset(
+    task: str, path: str | Path, fmt: str | None = None, split: str = "train", classes: Sequence[str] | None = None
+) -> Any:
     """Open the data set at ``path`` for ``task`` (untransformed: items are ``(BGR image, target)``).
 
     Args:

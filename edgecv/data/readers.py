@@ -63,8 +63,7 @@ def _class_index(f: Path, cats: list[dict[str, Any]], class_names: Sequence[str]
     seen: dict[str, int] = {}
     for cid, n in sorted(by_id.items()):
         if n in seen:
-            raise DataError(f"{f}: category name '{n}' names categories {seen[n]} and {cid}; expected each name "
-                            f"once")
+            raise DataError(f"{f}: category name '{n}' names categories {seen[n]} and {cid}; expected each name once")
         seen[n] = cid
     unknown = [n for n in seen if n not in names]
     missing = [n for n in names if n not in seen]
@@ -72,20 +71,33 @@ def _class_index(f: Path, cats: list[dict[str, Any]], class_names: Sequence[str]
         # a model exported without class names (export writes 0..C-1): there is no name to match, so the
         # categories are taken in sorted id order, as the trainer read them; more categories than classes is refused
         if len(by_id) > len(names):
-            raise DataError(f"{f}: expected at most {len(names)} categories (the model's classes, unnamed), found "
-                            f"{len(by_id)}")
+            raise DataError(
+                f"{f}: expected at most {len(names)} categories (the model's classes, unnamed), found {len(by_id)}"
+            )
         return {c: k for k, c in enumerate(sorted(by_id))}
     if unknown or missing:
         found = ", ".join(f"{n} (id {i})" for n, i in seen.items())
-        why = "; ".join(x for x in (f"not classes of the model: {', '.join(unknown)}" if unknown else "",
-                                    f"no category for: {', '.join(missing)}" if missing else "") if x)
-        raise DataError(f"{f}: expected categories named as the model's classes [{', '.join(names)}] (ids may "
-                        f"differ), found [{found}] ({why})")
+        why = "; ".join(
+            x
+            for x in (
+                f"not classes of the model: {', '.join(unknown)}" if unknown else "",
+                f"no category for: {', '.join(missing)}" if missing else "",
+            )
+            if x
+        )
+        raise DataError(
+            f"{f}: expected categories named as the model's classes [{', '.join(names)}] (ids may "
+            f"differ), found [{found}] ({why})"
+        )
     return {cid: names.index(n) for n, cid in seen.items()}
 
 
-def read_coco(ann_file: str | Path, image_root: str | Path | None = None,
-              class_names: Sequence[str] | None = None, skip_crowd: bool = True) -> CocoData:
+def read_coco(
+    ann_file: str | Path,
+    image_root: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    skip_crowd: bool = True,
+) -> CocoData:
     """Parse a COCO instances JSON (checked: every problem raises :class:`DataError` naming the file and entry).
 
     Args:
@@ -119,19 +131,26 @@ def read_coco(ann_file: str | Path, image_root: str | Path | None = None,
     images: dict[int, dict[str, Any]] = {}
     for k, im in enumerate(coco["images"]):
         try:
-            images[int(im["id"])] = {"path": root / im["file_name"], "w": float(im["width"]),
-                                     "h": float(im["height"]), "boxes": [], "labels": []}
+            images[int(im["id"])] = {
+                "path": root / im["file_name"],
+                "w": float(im["width"]),
+                "h": float(im["height"]),
+                "boxes": [],
+                "labels": [],
+            }
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{f}: images[{k}]: malformed entry ({exc!r}); "
-                            f"expected id, file_name, width, height") from None
+            raise DataError(
+                f"{f}: images[{k}]: malformed entry ({exc!r}); expected id, file_name, width, height"
+            ) from None
     for k, a in enumerate(coco["annotations"]):
         where = f"{f}: annotations[{k}] (id {a.get('id', '?') if isinstance(a, dict) else '?'})"
         try:
             img_id, cid = int(a["image_id"]), int(a["category_id"])
             x, y, w, h = (float(v) for v in a["bbox"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{where}: malformed annotation ({exc!r}); "
-                            f"expected image_id, category_id, bbox [x, y, w, h]") from None
+            raise DataError(
+                f"{where}: malformed annotation ({exc!r}); expected image_id, category_id, bbox [x, y, w, h]"
+            ) from None
         if img_id not in images:
             raise DataError(f"{where}: unknown image_id {img_id}")
         if cid not in cat_index:
@@ -139,18 +158,20 @@ def read_coco(ann_file: str | Path, image_root: str | Path | None = None,
         if skip_crowd and a.get("iscrowd", 0):
             continue
         im = images[img_id]
-        if w <= 0 or h <= 0 or x < -BOX_TOL or y < -BOX_TOL or x + w > im["w"] + BOX_TOL \
-                or y + h > im["h"] + BOX_TOL:
-            raise DataError(f"{where}: box [x={x}, y={y}, w={w}, h={h}] is empty or outside the "
-                            f"{im['w']:g}x{im['h']:g} image {im['path'].name}")
+        if w <= 0 or h <= 0 or x < -BOX_TOL or y < -BOX_TOL or x + w > im["w"] + BOX_TOL or y + h > im["h"] + BOX_TOL:
+            raise DataError(
+                f"{where}: box [x={x}, y={y}, w={w}, h={h}] is empty or outside the "
+                f"{im['w']:g}x{im['h']:g} image {im['path'].name}"
+            )
         im["boxes"].append([max(x, 0.0), max(y, 0.0), min(x + w, im["w"]), min(y + h, im["h"])])
         im["labels"].append(cat_index[cid])
     records = []
     for im in images.values():
         if not im["path"].is_file():
             raise DataError(f"{f}: missing image file {im['path']}")
-        records.append((im["path"], np.asarray(im["boxes"], np.float32).reshape(-1, 4),
-                        np.asarray(im["labels"], np.int64)))
+        records.append(
+            (im["path"], np.asarray(im["boxes"], np.float32).reshape(-1, 4), np.asarray(im["labels"], np.int64))
+        )
     return CocoData(f, classes, cat_ids, records)
 
 
@@ -175,14 +196,19 @@ def reference_images(path: str | Path, n: int, split: str = "val") -> list[Path]
         files = [img for img, boxes, _ in coco.records if len(boxes)] or [img for img, _, _ in coco.records]
     elif p.is_dir():
         root = p / split if (p / split).is_dir() else p
-        files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMG_EXTS and f.is_file()
-                       and "masks" not in f.relative_to(root).parts)
+        files = sorted(
+            f
+            for f in root.rglob("*")
+            if f.suffix.lower() in IMG_EXTS and f.is_file() and "masks" not in f.relative_to(root).parts
+        )
     else:
-        raise ConfigError(f"--reference-data: expected an image folder, a data set folder or a COCO JSON, "
-                          f"found '{path}'")
+        raise ConfigError(
+            f"--reference-data: expected an image folder, a data set folder or a COCO JSON, found '{path}'"
+        )
     if not files:
-        raise ConfigError(f"--reference-data: expected image files ({', '.join(sorted(IMG_EXTS))}) under "
-                          f"'{path}', found none")
+        raise ConfigError(
+            f"--reference-data: expected image files ({', '.join(sorted(IMG_EXTS))}) under '{path}', found none"
+        )
     groups: dict[Path, list[Path]] = {}
     for f in files:
         groups.setdefault(f.parent, []).append(f)

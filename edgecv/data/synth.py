@@ -36,13 +36,39 @@ SPLIT_IDS = {"train": 1, "val": 2, "test": 3, "calib": 4}
 GENERATOR_VERSION = 2
 
 # photos bundled with scikit-image (no download)
-_BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-                "camera", "coins", "grass", "gravel", "brick", "moon", "clock", "page")
+_BACKGROUNDS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "camera",
+    "coins",
+    "grass",
+    "gravel",
+    "brick",
+    "moon",
+    "clock",
+    "page",
+)
 
-_PALETTE = np.array([  # BGR
-    (40, 40, 220), (40, 200, 40), (220, 60, 30), (30, 220, 230), (220, 220, 40), (200, 40, 200),
-    (20, 140, 255), (240, 240, 240), (25, 25, 25), (130, 130, 130),
-], dtype=np.float32)
+_PALETTE = np.array(
+    [  # BGR
+        (40, 40, 220),
+        (40, 200, 40),
+        (220, 60, 30),
+        (30, 220, 230),
+        (220, 220, 40),
+        (200, 40, 200),
+        (20, 140, 255),
+        (240, 240, 240),
+        (25, 25, 25),
+        (130, 130, 130),
+    ],
+    dtype=np.float32,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,7 +94,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     side = int(rng.integers(min(h, w) // 4, min(h, w) + 1))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    crop = img[y:y + side, x:x + side]
+    crop = img[y : y + side, x : x + side]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -97,8 +123,20 @@ def _unit_polygons(shape: str, rng: np.random.Generator) -> list[tuple[np.ndarra
         return [(np.stack([outer, inner], axis=1).reshape(-1, 2), True)]
     if shape == "cross":
         t = float(rng.uniform(0.28, 0.4))
-        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t),
-               (-t, -t)]
+        pts = [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
         return [(np.array(pts, dtype=np.float64), True)]
     if shape == "hexagon":
         return [(ngon(6), True)]
@@ -179,8 +217,9 @@ def render_classify(rng: np.random.Generator, size: int) -> tuple[np.ndarray, in
     return _photometric(img, rng), label
 
 
-def render_objects(rng: np.random.Generator, size: int, max_objects: int = 5
-                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, list[float]]]]:
+def render_objects(
+    rng: np.random.Generator, size: int, max_objects: int = 5
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, list[float]]]]:
     """A detection/segmentation scene: 1..max_objects shapes that may overlap.
 
     Returns:
@@ -269,14 +308,27 @@ def _write_detect(root: Path, split: str, n: int, size: int, seed: int) -> None:
         _imwrite(root / "images" / split / name, img)
         lines = []
         for c, (x1, y1, x2, y2) in boxes:
-            lines.append(f"{c} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} "
-                         f"{(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}")
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c + 1,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            lines.append(
+                f"{c} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} "
+                f"{(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}"
+            )
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": c + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
         (root / "labels" / split / f"{i:06d}.txt").write_text("".join(ln + "\n" for ln in lines))
         images.append({"id": i + 1, "file_name": f"images/{split}/{name}", "width": size, "height": size})
-    coco = {"images": images, "annotations": anns,
-            "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)]}
+    coco = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)],
+    }
     (root / f"{split}.json").write_text(json.dumps(coco, indent=1) + "\n")
 
 
@@ -288,7 +340,9 @@ def _write_segment(root: Path, split: str, n: int, size: int, seed: int) -> None
 
 
 _WRITERS: dict[str, Callable[[Path, str, int, int, int], None]] = {
-    "classify": _write_classify, "detect": _write_detect, "segment": _write_segment,
+    "classify": _write_classify,
+    "detect": _write_detect,
+    "segment": _write_segment,
 }
 
 
@@ -303,8 +357,15 @@ def class_names(task: str) -> list[str]:
     return sorted(SHAPES) if task == "classify" else list(SHAPES)
 
 
-def generate(task: str, out: str | Path, n_train: int = 2000, n_val: int = 400, size: int = 96, seed: int = 0,
-             force: bool = False) -> dict[str, Any]:
+def generate(
+    task: str,
+    out: str | Path,
+    n_train: int = 2000,
+    n_val: int = 400,
+    size: int = 96,
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
     """Write a synthetic data set for ``task`` into ``out`` (atomically: a half-written folder never appears).
 
     Args:
@@ -327,8 +388,15 @@ def generate(task: str, out: str | Path, n_train: int = 2000, n_val: int = 400, 
         raise ConfigError(f"--n-train/--n-val: expected counts >= 0, found {n_train}/{n_val}")
     out = Path(out)
     _io.check_output_dir(out, force, is_synth_dir, "synthetic data set", "a data set 'edgecv data synth' wrote")
-    meta = {"generator": "edgecv.data.synth", "version": GENERATOR_VERSION, "task": task, "seed": seed,
-            "size": size, "splits": {"train": n_train, "val": n_val}, "classes": class_names(task)}
+    meta = {
+        "generator": "edgecv.data.synth",
+        "version": GENERATOR_VERSION,
+        "task": task,
+        "seed": seed,
+        "size": size,
+        "splits": {"train": n_train, "val": n_val},
+        "classes": class_names(task),
+    }
     with _io.atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         for split, n in (("train", n_train), ("val", n_val)):
@@ -350,8 +418,9 @@ def is_synth_dir(path: Path) -> bool:
         return False
 
 
-def generate_images(task: str, out: str | Path, n: int, size: int = 96, seed: int = 0,
-                    split: str = "calib") -> list[Path]:
+def generate_images(
+    task: str, out: str | Path, n: int, size: int = 96, seed: int = 0, split: str = "calib"
+) -> list[Path]:
     """Write ``n`` unlabelled scenes (e.g. a calibration set) as PNG files into ``out``, atomically."""
     if task not in _WRITERS:
         raise ConfigError(f"--task: expected one of {', '.join(TASKS)}, found '{task}'")

@@ -11,12 +11,25 @@ if TYPE_CHECKING:
     from edgecv.export.onnx import ExportResult, export_model, make_reference_inputs
     from edgecv.export.sources import LoadedModel, load_model, load_model_from_manifest, parse_input_shape
 
-__all__ = ["ExportResult", "LoadedModel", "export_model", "load_model", "load_model_from_manifest",
-           "make_reference_inputs", "parse_input_shape"]
+__all__ = [
+    "ExportResult",
+    "LoadedModel",
+    "export_model",
+    "load_model",
+    "load_model_from_manifest",
+    "make_reference_inputs",
+    "parse_input_shape",
+]
 
-_WHERE = {"ExportResult": "onnx", "export_model": "onnx", "make_reference_inputs": "onnx",
-          "LoadedModel": "sources", "load_model": "sources", "load_model_from_manifest": "sources",
-          "parse_input_shape": "sources"}
+_WHERE = {
+    "ExportResult": "onnx",
+    "export_model": "onnx",
+    "make_reference_inputs": "onnx",
+    "LoadedModel": "sources",
+    "load_model": "sources",
+    "load_model_from_manifest": "sources",
+    "parse_input_shape": "sources",
+}
 
 
 def __getattr__(name: str) -> Any:

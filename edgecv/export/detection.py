@@ -52,8 +52,9 @@ def _nms_function() -> Any:
 
     class ONNXNonMaxSuppression(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, boxes: Any, scores: Any, max_per_class: int, iou_threshold: float,
-                    score_threshold: float) -> Any:
+        def forward(
+            ctx: Any, boxes: Any, scores: Any, max_per_class: int, iou_threshold: float, score_threshold: float
+        ) -> Any:
             # boxes [B,N,4], scores [B,C,N] → selected [K,3] (batch, class, box), ONNX's ordering: by batch, class,
             # then score (the order does not matter downstream: rows are re-sorted by score)
             out = []
@@ -68,14 +69,16 @@ def _nms_function() -> Any:
                     m = kc == cls
                     ci, cs = ki[m], ks[m]
                     order = torch.argsort(cs, descending=True, stable=True)[:max_per_class]
-                    rows.append(torch.stack([torch.full_like(ci[order], b), torch.full_like(ci[order], cls),
-                                             ci[order]], 1))
+                    rows.append(
+                        torch.stack([torch.full_like(ci[order], b), torch.full_like(ci[order], cls), ci[order]], 1)
+                    )
                 out.append(torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.int64))
             return torch.cat(out).to(torch.int64) if out else torch.zeros(0, 3, dtype=torch.int64)
 
         @staticmethod
-        def symbolic(g: Any, boxes: Any, scores: Any, max_per_class: int, iou_threshold: float,
-                     score_threshold: float) -> Any:
+        def symbolic(
+            g: Any, boxes: Any, scores: Any, max_per_class: int, iou_threshold: float, score_threshold: float
+        ) -> Any:
             mx = g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64))
             iou = g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32))
             st = g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float32))
@@ -85,8 +88,9 @@ def _nms_function() -> Any:
     return ONNXNonMaxSuppression
 
 
-def graph_nms(boxes: Any, scores: Any, *, score_threshold: float = 0.001, iou_threshold: float = 0.5,
-              max_det: int = 100) -> tuple[Any, Any, Any, Any]:
+def graph_nms(
+    boxes: Any, scores: Any, *, score_threshold: float = 0.001, iou_threshold: float = 0.5, max_det: int = 100
+) -> tuple[Any, Any, Any, Any]:
     """Decoded candidates (boxes [B,N,4], per-class scores [B,N,C]) → padded detections
     (boxes [B,K,4], scores [B,K], classes [B,K], num_dets [B]) with K = ``max_det``, best first."""
     torch = lazy_import("torch")
@@ -94,9 +98,14 @@ def graph_nms(boxes: Any, scores: Any, *, score_threshold: float = 0.001, iou_th
         # the NonMaxSuppression symbolic belongs to the TorchScript exporter; failing here makes export_model
         # fall back to it (dynamo=False), with the reason recorded in the bundle notices
         raise ExportError("graph NMS exports with the TorchScript ONNX exporter (dynamo=False)")
-    bsz, n, nc = scores.shape
-    sel = _nms_function().apply(boxes.float(), scores.float().transpose(1, 2).contiguous(), int(max_det),
-                                float(iou_threshold), float(score_threshold))
+    bsz, _n, _nc = scores.shape
+    sel = _nms_function().apply(
+        boxes.float(),
+        scores.float().transpose(1, 2).contiguous(),
+        int(max_det),
+        float(iou_threshold),
+        float(score_threshold),
+    )
     b, c, i = sel[:, 0], sel[:, 1], sel[:, 2]
     s = scores.float()[b, i, c]
     # rank every kept row within its image by score: sort by (image, -score), then subtract the image's start
@@ -134,10 +143,21 @@ def _wrappers() -> tuple[type, type]:
 
         def forward(self, x: Any) -> dict[str, Any]:
             boxes, scores = self.model.decode(self.model(x))
-            b, s, c, n = graph_nms(boxes, scores, score_threshold=self.score_threshold,
-                                   iou_threshold=self.iou_threshold, max_det=self.max_det)
-            return {"boxes": b, "scores": s, "classes": c, "num_dets": n,
-                    PRE_NMS_OUTPUTS[0]: boxes.float(), PRE_NMS_OUTPUTS[1]: scores.float()}
+            b, s, c, n = graph_nms(
+                boxes,
+                scores,
+                score_threshold=self.score_threshold,
+                iou_threshold=self.iou_threshold,
+                max_det=self.max_det,
+            )
+            return {
+                "boxes": b,
+                "scores": s,
+                "classes": c,
+                "num_dets": n,
+                PRE_NMS_OUTPUTS[0]: boxes.float(),
+                PRE_NMS_OUTPUTS[1]: scores.float(),
+            }
 
     class RawHeadWrapper(torch.nn.Module):
         """detector → its raw head maps, named ``head0..`` (decoded on the host per ``contract.decode``)."""
@@ -154,33 +174,53 @@ def _wrappers() -> tuple[type, type]:
     return GraphNMSWrapper, RawHeadWrapper
 
 
-def _adapt(loaded: LoadedModel, nms: str, score_threshold: float, iou_threshold: float, max_det: int,
-           class_names: list[str] | None, decode_spec: dict[str, Any] | None) -> LoadedModel:
+def _adapt(
+    loaded: LoadedModel,
+    nms: str,
+    score_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    class_names: list[str] | None,
+    decode_spec: dict[str, Any] | None,
+) -> LoadedModel:
     """A module that is not a zoo detector → its family's adapter (:mod:`edgecv.export.adapters`), or the
     declarative decode the user named (``--decode``); one line naming both when neither applies."""
     from edgecv.export.adapters import AdapterOptions, adapters, find_adapter
 
     module = loaded.module
-    options = AdapterOptions(nms=nms, score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det,
-                             class_names=class_names, extra=dict(decode_spec or {}))
+    options = AdapterOptions(
+        nms=nms,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_det=max_det,
+        class_names=class_names,
+        extra=dict(decode_spec or {}),
+    )
     if decode_spec:
         from edgecv.export.adapters.declarative import wrap_declarative
 
         return wrap_declarative(loaded, options)
     adapter = find_adapter(module)
     if adapter is None:
-        families = ", ".join(f"{a.name} ({a.description})" if a.description else a.name
-                             for a in adapters().values())
-        raise ConfigError(f"detection export: expected a zoo detector or a supported family ({families}), found "
-                          f"{type(module).__module__}.{type(module).__name__}; for another raw detection head pass "
-                          "--decode yolo-anchor-free|yolo-anchors|ssd with --decode-opt KEY=VALUE")
+        families = ", ".join(f"{a.name} ({a.description})" if a.description else a.name for a in adapters().values())
+        raise ConfigError(
+            f"detection export: expected a zoo detector or a supported family ({families}), found "
+            f"{type(module).__module__}.{type(module).__name__}; for another raw detection head pass "
+            "--decode yolo-anchor-free|yolo-anchors|ssd with --decode-opt KEY=VALUE"
+        )
     return adapter.wrap(loaded, options)
 
 
-def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_threshold: float = 0.001,
-                             iou_threshold: float = 0.5, max_det: int = 100,
-                             class_names: list[str] | None = None,
-                             decode_spec: dict[str, Any] | None = None) -> LoadedModel:
+def prepare_detection_export(
+    loaded: LoadedModel,
+    nms: str = "graph",
+    *,
+    score_threshold: float = 0.001,
+    iou_threshold: float = 0.5,
+    max_det: int = 100,
+    class_names: list[str] | None = None,
+    decode_spec: dict[str, Any] | None = None,
+) -> LoadedModel:
     """Wrap a detector for export and record the decoding in the contract.
 
     Args:
@@ -210,13 +250,16 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
     if nms not in NMS_MODES:
         raise ConfigError(f"--nms: expected one of {', '.join(NMS_MODES)}, found '{nms}'")
     if not 0.0 <= iou_threshold <= 1.0 or max_det < 1:
-        raise ConfigError(f"detection export: expected 0 <= iou_threshold <= 1 and max_det >= 1, found "
-                          f"{iou_threshold} and {max_det}")
+        raise ConfigError(
+            f"detection export: expected 0 <= iou_threshold <= 1 and max_det >= 1, found {iou_threshold} and {max_det}"
+        )
     module = loaded.module
     nms_free = bool(getattr(module, "nms_free", False))
     if nms == "none" and not nms_free:
-        raise ConfigError(f"--nms none: {type(module).__name__} predicts overlapping candidates; expected graph or "
-                          "host NMS for it (only set-prediction detectors such as DETR need none)")
+        raise ConfigError(
+            f"--nms none: {type(module).__name__} predicts overlapping candidates; expected graph or "
+            "host NMS for it (only set-prediction detectors such as DETR need none)"
+        )
     graph_native = bool(getattr(module, "exports_graph_nms", False)) or nms_free
     if not graph_native and not callable(getattr(module, "decode", None)):
         loaded = _adapt(loaded, nms, score_threshold, iou_threshold, max_det, class_names, decode_spec)
@@ -228,25 +271,36 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
     names = list(class_names or loaded.contract.class_names or [str(k) for k in range(nc)])
     if nc and len(names) != nc:
         raise ConfigError(f"class names: the detector has {nc} classes, found {len(names)} names")
-    decode: dict[str, Any] = {"nms": nms, "score_threshold": score_threshold, "iou_threshold": iou_threshold,
-                              "max_det": max_det, "num_classes": nc}
+    decode: dict[str, Any] = {
+        "nms": nms,
+        "score_threshold": score_threshold,
+        "iou_threshold": iou_threshold,
+        "max_det": max_det,
+        "num_classes": nc,
+    }
     GraphNMSWrapper, RawHeadWrapper = _wrappers()
     if nms_free:
         if nms == "host":
-            raise ConfigError(f"--nms host: {type(module).__name__} is a set-prediction detector with no NMS at all; "
-                              "export it with --nms graph (or none)")
-        cast(_GraphNMSDetector, module).set_postprocess(score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                                         max_det=max_det)
+            raise ConfigError(
+                f"--nms host: {type(module).__name__} is a set-prediction detector with no NMS at all; "
+                "export it with --nms graph (or none)"
+            )
+        cast(_GraphNMSDetector, module).set_postprocess(
+            score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det
+        )
         # one query per object (Hungarian-matched training): the outputs are final, nothing to suppress
         wrapped, out_names = module, list(GRAPH_OUTPUTS)
         decode.update(nms="none", format="set", max_det=min(max_det, int(getattr(module, "num_queries", max_det))))
         decode.pop("iou_threshold")
     elif graph_native:
         if nms == "host":
-            raise ConfigError(f"--nms host: {type(module).__name__} runs its NMS inside the model "
-                              "(Faster R-CNN's RPN and box head); export it with --nms graph")
-        cast(_GraphNMSDetector, module).set_postprocess(score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                                         max_det=max_det)
+            raise ConfigError(
+                f"--nms host: {type(module).__name__} runs its NMS inside the model "
+                "(Faster R-CNN's RPN and box head); export it with --nms graph"
+            )
+        cast(_GraphNMSDetector, module).set_postprocess(
+            score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det
+        )
         wrapped, out_names = module, list(GRAPH_OUTPUTS)
         decode["format"] = "nms"
     elif nms == "graph":
@@ -263,6 +317,7 @@ def prepare_detection_export(loaded: LoadedModel, nms: str = "graph", *, score_t
     if decode_spec:
         decode["declarative"] = dict(decode_spec)
     wrapped.eval()
-    contract = loaded.contract.model_copy(update={"task": "detect", "decode": decode, "output_names": out_names,
-                                                  "class_names": names})
+    contract = loaded.contract.model_copy(
+        update={"task": "detect", "decode": decode, "output_names": out_names, "class_names": names}
+    )
     return dataclasses.replace(loaded, module=wrapped, contract=contract, guess_task=False)

@@ -26,8 +26,18 @@ import numpy as np
 from edgecv import __version__
 from edgecv._io import check_output_dir
 from edgecv._lazy import lazy_import, version_of
-from edgecv.bundle import (CONTRACT_KEY, ONNX_FILE, REFERENCE_FILE, Bundle, Contract, Manifest,
-                           host_info, is_bundle_dir, now_iso, save_reference)
+from edgecv.bundle import (
+    CONTRACT_KEY,
+    ONNX_FILE,
+    REFERENCE_FILE,
+    Bundle,
+    Contract,
+    Manifest,
+    host_info,
+    is_bundle_dir,
+    now_iso,
+    save_reference,
+)
 from edgecv.data.readers import read_image
 from edgecv.errors import BundleError, ConfigError, DataError, EdgecvError, ExportError, MissingDependencyError
 
@@ -82,20 +92,42 @@ class ExportResult:
         return self.bundle.contract
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": str(self.bundle.root), "onnx": str(self.bundle.onnx_path), "exporter": self.exporter,
-                "notices": self.notices, "opset": self.opset, "nodes_exported": self.nodes_exported,
-                "nodes_final": self.nodes_final, "simplified": self.simplified, "file_size": self.file_size,
-                "parity": self.parity, "parity_passed": self.parity_passed, "timings": self.timings,
-                "reference": self.reference, "contract": self.contract.model_dump()}
+        return {
+            "bundle": str(self.bundle.root),
+            "onnx": str(self.bundle.onnx_path),
+            "exporter": self.exporter,
+            "notices": self.notices,
+            "opset": self.opset,
+            "nodes_exported": self.nodes_exported,
+            "nodes_final": self.nodes_final,
+            "simplified": self.simplified,
+            "file_size": self.file_size,
+            "parity": self.parity,
+            "parity_passed": self.parity_passed,
+            "timings": self.timings,
+            "reference": self.reference,
+            "contract": self.contract.model_dump(),
+        }
 
 
 # --------------------------------------------------------------------------------------------- entry point
-def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynamic_batch: bool = True,
-                 batch_range: Sequence[int] = (1, 1, 8), simplify: bool = True, n_reference: int = 4,
-                 force: bool = False, input_name: str = "input", output_names: Sequence[str] | None = None,
-                 reference_images: Sequence[str | Path | np.ndarray] | None = None,
-                 rewrite: Sequence[str] | None = None, name: str | None = None,
-                 reference_data: str | Path | None = None) -> ExportResult:
+def export_model(
+    source: LoadedModel,
+    out: str | Path,
+    *,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    batch_range: Sequence[int] = (1, 1, 8),
+    simplify: bool = True,
+    n_reference: int = 4,
+    force: bool = False,
+    input_name: str = "input",
+    output_names: Sequence[str] | None = None,
+    reference_images: Sequence[str | Path | np.ndarray] | None = None,
+    rewrite: Sequence[str] | None = None,
+    name: str | None = None,
+    reference_data: str | Path | None = None,
+) -> ExportResult:
     """Export ``source`` to ONNX and write a bundle at ``out``.
 
     Args:
@@ -179,8 +211,16 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
         onnx_path = work / ONNX_FILE
         large = _param_bytes(module) > EXTERNAL_DATA_BYTES
         t0 = time.perf_counter()
-        proto, exporter, fallback = _export(module, sample, onnx_path, opset=opset, input_name=contract.input_name,
-                                            output_names=names, contract=contract, large=large)
+        proto, exporter, fallback = _export(
+            module,
+            sample,
+            onnx_path,
+            opset=opset,
+            input_name=contract.input_name,
+            output_names=names,
+            contract=contract,
+            large=large,
+        )
         t_export = time.perf_counter() - t0
         if fallback:
             notices.append(fallback)
@@ -203,8 +243,10 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
             m = onnx.load(str(onnx_path), load_external_data=False)
             actual_in, actual_out = [i.name for i in m.graph.input], [o.name for o in m.graph.output]
         if actual_in[:1] != [contract.input_name] or actual_out != names:
-            raise ExportError(f"exported graph has inputs {actual_in} and outputs {actual_out}; expected "
-                              f"['{contract.input_name}'] and {names}")
+            raise ExportError(
+                f"exported graph has inputs {actual_in} and outputs {actual_out}; expected "
+                f"['{contract.input_name}'] and {names}"
+            )
         contract = contract.model_copy(update={"output_names": names})
 
         meta = _metadata(contract, source, exporter, opset)
@@ -241,10 +283,16 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
             "exporter_notice": fallback,
             "opset": opset,
             "versions": _versions(),
-            "build_flags": {"opset": opset, "dynamic_batch": contract.dynamic_batch,
-                            "batch_range": contract.batch_range, "simplify": simplify, "n_reference": n_reference,
-                            "input_name": contract.input_name, "output_names": names,
-                            "rewrite": list(rewrite or [])},
+            "build_flags": {
+                "opset": opset,
+                "dynamic_batch": contract.dynamic_batch,
+                "batch_range": contract.batch_range,
+                "simplify": simplify,
+                "n_reference": n_reference,
+                "input_name": contract.input_name,
+                "output_names": names,
+                "rewrite": list(rewrite or []),
+            },
             "host": host_info(),
             "started": started,
             "nodes": {"exported": nodes_exported, "final": len(proto.graph.node) if proto is not None else None},
@@ -257,16 +305,30 @@ def export_model(source: LoadedModel, out: str | Path, *, opset: int = 18, dynam
         if rewrite:
             provenance["rewrite"] = {"passes": list(rewrite), "report": _jsonable(rewrite_report)}
         provenance["finished"] = now_iso()
-        manifest = Manifest(name=name or source.name, contract=contract, provenance=provenance,
-                            history=[{"event": "export", "time": provenance["finished"], "exporter": exporter}])
+        manifest = Manifest(
+            name=name or source.name,
+            contract=contract,
+            provenance=provenance,
+            history=[{"event": "export", "time": provenance["finished"], "exporter": exporter}],
+        )
         bundle = Bundle.create(out, manifest, files, force=force)
 
     timings["total"] = time.perf_counter() - t_start
     nodes_final = len(proto.graph.node) if proto is not None else nodes_exported
-    return ExportResult(bundle=bundle, exporter=exporter, notices=notices, opset=opset,
-                        nodes_exported=nodes_exported, nodes_final=nodes_final, simplified=simplified,
-                        file_size=file_size, parity=parity, parity_passed=parity_passed, timings=timings,
-                        reference=ref_info)
+    return ExportResult(
+        bundle=bundle,
+        exporter=exporter,
+        notices=notices,
+        opset=opset,
+        nodes_exported=nodes_exported,
+        nodes_final=nodes_final,
+        simplified=simplified,
+        file_size=file_size,
+        parity=parity,
+        parity_passed=parity_passed,
+        timings=timings,
+        reference=ref_info,
+    )
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -328,9 +390,16 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _versions() -> dict[str, str | None]:
-    return {"edgecv": __version__, "torch": version_of("torch"), "torchvision": version_of("torchvision"),
-            "onnx": version_of("onnx"), "onnxruntime": version_of("onnxruntime"),
-            "onnxslim": version_of("onnxslim"), "onnxscript": version_of("onnxscript"), "numpy": np.__version__}
+    return {
+        "edgecv": __version__,
+        "torch": version_of("torch"),
+        "torchvision": version_of("torchvision"),
+        "onnx": version_of("onnx"),
+        "onnxruntime": version_of("onnxruntime"),
+        "onnxslim": version_of("onnxslim"),
+        "onnxscript": version_of("onnxscript"),
+        "numpy": np.__version__,
+    }
 
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
@@ -350,8 +419,9 @@ def _quiet() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------- reference data
-def make_reference_inputs(contract: Contract, n: int, *, images: Sequence[str | Path | np.ndarray] | None = None,
-                          seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+def make_reference_inputs(
+    contract: Contract, n: int, *, images: Sequence[str | Path | np.ndarray] | None = None, seed: int = 0
+) -> tuple[np.ndarray, dict[str, Any]]:
     """``n`` deterministic input samples for ``contract``, batched on axis 0.
 
     Real photos (the given images, else scikit-image's bundled photos) go through
@@ -394,8 +464,12 @@ def make_reference_inputs(contract: Contract, n: int, *, images: Sequence[str | 
                 sources.append(img)
             # source_images: the BGR images the inputs were preprocessed from (saved in reference.npz, so validate
             # can re-run the contract's preprocessing on them: a wrong colour order or scale in the bundle shows)
-            return np.concatenate(xs, axis=0), {"kind": "photos", "images": used, "seed": seed,
-                                                "source_images": sources}
+            return np.concatenate(xs, axis=0), {
+                "kind": "photos",
+                "images": used,
+                "seed": seed,
+                "source_images": sources,
+            }
         except MissingDependencyError as exc:
             notice = f"reference inputs are seeded noise: {exc}"
     if contract.dtype == "uint8":
@@ -441,8 +515,9 @@ def _shrink(img: np.ndarray, contract: Contract) -> np.ndarray:
     f = 2.0 * max(contract.hw) / max(h, w)
     if f >= 1.0:
         return img
-    return np.ascontiguousarray(cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))),
-                                           interpolation=cv2.INTER_AREA))
+    return np.ascontiguousarray(
+        cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    )
 
 
 def _variant(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
@@ -450,7 +525,7 @@ def _variant(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str
     f = float(rng.uniform(0.6, 0.9))
     ch, cw = max(1, int(h * f)), max(1, int(w * f))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = img[y:y + ch, x:x + cw]
+    crop = img[y : y + ch, x : x + cw]
     flip = bool(rng.integers(0, 2))
     if flip:
         crop = crop[:, ::-1]
@@ -475,42 +550,49 @@ def _flatten_outputs(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
     raise ExportError(f"the model returned {type(out).__name__}; expected tensors (alone, in a tuple/list or dict)")
 
 
-def _torch_outputs(module: Any, inputs: np.ndarray, chunk: int,
-                   output_names: Sequence[str] | None) -> dict[str, np.ndarray]:
+def _torch_outputs(
+    module: Any, inputs: np.ndarray, chunk: int, output_names: Sequence[str] | None
+) -> dict[str, np.ndarray]:
     import torch
 
     parts: list[list[tuple[str, Any]]] = []
     with torch.inference_mode():
         for i in range(0, len(inputs), chunk):
             try:
-                y = module(torch.from_numpy(inputs[i:i + chunk].copy()))
+                y = module(torch.from_numpy(inputs[i : i + chunk].copy()))
             except Exception as exc:
-                raise ExportError(f"the model failed on a {list(inputs[i:i + chunk].shape)} input: "
-                                  f"{_one_line(exc)}; check --input-shape") from exc
+                raise ExportError(
+                    f"the model failed on a {list(inputs[i : i + chunk].shape)} input: "
+                    f"{_one_line(exc)}; check --input-shape"
+                ) from exc
             parts.append(_flatten_outputs(y))
     names = [n for n, _ in parts[0]]
     if output_names:
         if len(output_names) != len(names):
-            raise ConfigError(f"output-names: the model has {len(names)} outputs ({', '.join(names)}), "
-                              f"got {len(output_names)} names")
+            raise ConfigError(
+                f"output-names: the model has {len(names)} outputs ({', '.join(names)}), got {len(output_names)} names"
+            )
         names = list(output_names)
     if len(set(names)) != len(names):
         raise ConfigError(f"output-names: expected unique names, got {names}")
-    return {nm: np.concatenate([p[j][1].detach().cpu().numpy() for p in parts], axis=0)
-            for j, nm in enumerate(names)}
+    return {nm: np.concatenate([p[j][1].detach().cpu().numpy() for p in parts], axis=0) for j, nm in enumerate(names)}
 
 
 def _guess_task(contract: Contract, outputs: dict[str, np.ndarray]) -> tuple[Contract, str | None]:
     """classify for one (N, K) output, segment for one (N, K, H, W) output at input resolution."""
     if len(outputs) != 1:
         return contract, None
-    (name, y), = outputs.items()
+    ((name, y),) = outputs.items()
     if y.ndim == 2 and y.shape[1] > 1:
-        return (contract.model_copy(update={"task": "classify", "decode": {"activation": "softmax"}}),
-                f"task guessed as classify from output '{name}' {list(y.shape)}; set --task to override")
+        return (
+            contract.model_copy(update={"task": "classify", "decode": {"activation": "softmax"}}),
+            f"task guessed as classify from output '{name}' {list(y.shape)}; set --task to override",
+        )
     if y.ndim == 4 and tuple(y.shape[2:]) == contract.hw and y.shape[1] > 1:
-        return (contract.model_copy(update={"task": "segment", "decode": {"activation": "argmax"}}),
-                f"task guessed as segment from output '{name}' {list(y.shape)}; set --task to override")
+        return (
+            contract.model_copy(update={"task": "segment", "decode": {"activation": "argmax"}}),
+            f"task guessed as segment from output '{name}' {list(y.shape)}; set --task to override",
+        )
     return contract, None
 
 
@@ -520,13 +602,23 @@ def _apply_rewrites(module: Any, names: list[str], sample: Any) -> tuple[Any, An
     except ImportError as exc:
         raise MissingDependencyError(
             f"--rewrite {', '.join(names)}: edgecv.rewrite.apply_passes is not available in this install "
-            f"({_one_line(exc)})") from exc
+            f"({_one_line(exc)})"
+        ) from exc
     return apply_passes(module, names, sample)
 
 
 # --------------------------------------------------------------------------------------------- export proper
-def _export(module: Any, sample: Any, path: Path, *, opset: int, input_name: str, output_names: list[str],
-            contract: Contract, large: bool) -> tuple[Any, str, str | None]:
+def _export(
+    module: Any,
+    sample: Any,
+    path: Path,
+    *,
+    opset: int,
+    input_name: str,
+    output_names: list[str],
+    contract: Contract,
+    large: bool,
+) -> tuple[Any, str, str | None]:
     """Export with dynamo, else TorchScript. Returns ``(proto or None when written with external data,
     exporter, fallback notice)``."""
     import torch
@@ -545,9 +637,18 @@ def _export(module: Any, sample: Any, path: Path, *, opset: int, input_name: str
         try:
             dynamic_shapes = ({0: torch.export.Dim("batch", min=lo, max=hi)},) if dynamic else None
             with _quiet():
-                prog = _torch_onnx_export(module, (sample,), None, dynamo=True, opset_version=opset,
-                                          input_names=[input_name], output_names=output_names,
-                                          dynamic_shapes=dynamic_shapes, verbose=False, optimize=True)
+                prog = _torch_onnx_export(
+                    module,
+                    (sample,),
+                    None,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[input_name],
+                    output_names=output_names,
+                    dynamic_shapes=dynamic_shapes,
+                    verbose=False,
+                    optimize=True,
+                )
             if large:
                 prog.save(str(path), external_data=True)
                 return None, "dynamo", None
@@ -555,17 +656,29 @@ def _export(module: Any, sample: Any, path: Path, *, opset: int, input_name: str
         except Exception as exc:  # noqa: BLE001 - any dynamo failure falls back to the TorchScript exporter
             dyn_error = _one_line(exc)
 
-    notice = f"{dyn_error}; used the TorchScript exporter (dynamo=False)" if torchscript_only else \
-        f"dynamo exporter failed ({dyn_error}); used the TorchScript exporter (dynamo=False)"
+    notice = (
+        f"{dyn_error}; used the TorchScript exporter (dynamo=False)"
+        if torchscript_only
+        else f"dynamo exporter failed ({dyn_error}); used the TorchScript exporter (dynamo=False)"
+    )
     axes = {n: {0: "batch"} for n in [input_name, *output_names]} if dynamic else None
     try:
         with _quiet():
-            _torch_onnx_export(module, (sample,), str(path), dynamo=False, opset_version=min(opset, 20),
-                               input_names=[input_name], output_names=output_names, dynamic_axes=axes,
-                               do_constant_folding=True)
+            _torch_onnx_export(
+                module,
+                (sample,),
+                str(path),
+                dynamo=False,
+                opset_version=min(opset, 20),
+                input_names=[input_name],
+                output_names=output_names,
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
     except Exception as exc:
-        raise ExportError(f"ONNX export failed with both exporters: dynamo: {dyn_error}; TorchScript: "
-                          f"{_one_line(exc)}") from exc
+        raise ExportError(
+            f"ONNX export failed with both exporters: dynamo: {dyn_error}; TorchScript: {_one_line(exc)}"
+        ) from exc
     import onnx
 
     if large or _file_bytes(path) > EXTERNAL_DATA_BYTES:
@@ -593,8 +706,14 @@ def _move_to_external(path: Path) -> None:
     for p in list(path.parent.iterdir()):
         if p != path and p.name not in (REFERENCE_FILE,):
             p.unlink()
-    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=ONNX_DATA_FILE, size_threshold=1024)
+    onnx.save_model(
+        m,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=ONNX_DATA_FILE,
+        size_threshold=1024,
+    )
 
 
 def _simplify(proto: Any) -> tuple[Any, bool, str | None]:
@@ -613,8 +732,13 @@ def _simplify(proto: Any) -> tuple[Any, bool, str | None]:
 
 
 def _metadata(contract: Contract, source: LoadedModel, exporter: str, opset: int) -> dict[str, str]:
-    return {CONTRACT_KEY: contract.to_json(), "edgecv.version": __version__, "edgecv.exporter": exporter,
-            "edgecv.source": str(source.source_info.get("spec", "")), "edgecv.task": contract.task}
+    return {
+        CONTRACT_KEY: contract.to_json(),
+        "edgecv.version": __version__,
+        "edgecv.exporter": exporter,
+        "edgecv.source": str(source.source_info.get("spec", "")),
+        "edgecv.task": contract.task,
+    }
 
 
 def _set_metadata(model: Any, meta: dict[str, str], source: LoadedModel, exporter: str, opset: int) -> None:
@@ -629,8 +753,10 @@ def _set_metadata(model: Any, meta: dict[str, str], source: LoadedModel, exporte
     model.producer_name = "edgecv"
     model.producer_version = __version__
     model.model_version = 1
-    model.doc_string = (f"{source.name} exported by edgecv {__version__} from {source.source_info.get('spec')} "
-                        f"with torch {torch_v} ({exporter} exporter, opset {opset})")
+    model.doc_string = (
+        f"{source.name} exported by edgecv {__version__} from {source.source_info.get('spec')} "
+        f"with torch {torch_v} ({exporter} exporter, opset {opset})"
+    )
 
 
 def _check(proto: Any, path: Path | None) -> None:
@@ -654,8 +780,9 @@ def _check(proto: Any, path: Path | None) -> None:
 
 
 # --------------------------------------------------------------------------------------------- parity
-def _parity(onnx_path: Path, contract: Contract, inputs: np.ndarray, ref: dict[str, np.ndarray],
-            chunk: int) -> tuple[list[dict[str, Any]], bool | None]:
+def _parity(
+    onnx_path: Path, contract: Contract, inputs: np.ndarray, ref: dict[str, np.ndarray], chunk: int
+) -> tuple[list[dict[str, Any]], bool | None]:
     """ONNX Runtime (CPU) vs the PyTorch reference outputs, judged by the fp32 tolerance of ``edgecv validate``."""
     try:
         ort = lazy_import("onnxruntime")
@@ -674,7 +801,7 @@ def _parity(onnx_path: Path, contract: Contract, inputs: np.ndarray, ref: dict[s
     names = list(ref)
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, len(inputs), chunk):
-        outs = sess.run(names, {contract.input_name: inputs[i:i + chunk]})
+        outs = sess.run(names, {contract.input_name: inputs[i : i + chunk]})
         for n, o in zip(names, outs):
             got[n].append(o)
     merged = {n: np.concatenate(v, axis=0) for n, v in got.items()}

@@ -18,9 +18,9 @@ import json
 import re
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgecv._io import sha256_file
@@ -45,8 +45,10 @@ _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema
 # keys that name the architecture inside a checkpoint dict (edgecv train, timm, torchvision references)
 _ARCH_KEYS = ("arch", "model_name", "architecture")
 
-SPEC_FORMS = ("a zoo name (see 'edgecv models'), torchvision:<name>, timm:<name>, path/to/file.py:factory, "
-              "a state-dict checkpoint (.pt/.pth/.ckpt with --arch), a TorchScript archive or a torch.export .pt2")
+SPEC_FORMS = (
+    "a zoo name (see 'edgecv models'), torchvision:<name>, timm:<name>, path/to/file.py:factory, "
+    "a state-dict checkpoint (.pt/.pth/.ckpt with --arch), a TorchScript archive or a torch.export .pt2"
+)
 
 
 @dataclass
@@ -75,9 +77,15 @@ class LoadedModel:
 
 
 # --------------------------------------------------------------------------------------------- public API
-def load_model(spec: str, *, weights: str | Path | None = None, input_shape: tuple[int, ...] | list[int] | None = None,
-               model_kwargs: dict[str, Any] | None = None, arch: str | None = None,
-               trust_checkpoint: bool = False) -> LoadedModel:
+def load_model(
+    spec: str,
+    *,
+    weights: str | Path | None = None,
+    input_shape: tuple[int, ...] | list[int] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    arch: str | None = None,
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
     """Load a model from any supported source.
 
     Args:
@@ -119,38 +127,50 @@ def load_model(spec: str, *, weights: str | Path | None = None, input_shape: tup
     return loaded
 
 
-def _dispatch(spec: str, *, weights: str | Path | None, shape: tuple[int, ...] | None, kwargs: dict[str, Any],
-              arch: str | None, trust: bool = False) -> LoadedModel:
+def _dispatch(
+    spec: str,
+    *,
+    weights: str | Path | None,
+    shape: tuple[int, ...] | None,
+    kwargs: dict[str, Any],
+    arch: str | None,
+    trust: bool = False,
+) -> LoadedModel:
     if spec.startswith(ULTRALYTICS_PREFIX):
         from edgecv.export.adapters.ultralytics import load_ultralytics
 
-        loaded = load_ultralytics(spec[len(ULTRALYTICS_PREFIX):], kwargs, trust_checkpoint=trust)
+        loaded = load_ultralytics(spec[len(ULTRALYTICS_PREFIX) :], kwargs, trust_checkpoint=trust)
     elif spec.startswith(TORCHVISION_PREFIX):
-        loaded = _load_torchvision(spec[len(TORCHVISION_PREFIX):], kwargs)
+        loaded = _load_torchvision(spec[len(TORCHVISION_PREFIX) :], kwargs)
     elif spec.startswith(TIMM_PREFIX):
-        loaded = _load_timm(spec[len(TIMM_PREFIX):], kwargs)
+        loaded = _load_timm(spec[len(TIMM_PREFIX) :], kwargs)
     elif _is_file_factory(spec):
         loaded = _load_file_factory(spec, kwargs)
     elif spec.endswith(".py"):
         path = Path(spec).expanduser()
         found = _functions_in_file(path) if path.is_file() else []
         hint = f"; functions in it: {', '.join(found)}" if found else ""
-        raise ModelSourceError(f"expected 'path/to/file.py:factory' naming the function that builds the model, "
-                               f"got '{spec}'{hint}")
+        raise ModelSourceError(
+            f"expected 'path/to/file.py:factory' naming the function that builds the model, got '{spec}'{hint}"
+        )
     elif Path(spec).expanduser().is_file():
-        return _load_checkpoint_file(Path(spec).expanduser().resolve(), shape=shape, kwargs=kwargs, arch=arch,
-                                     weights=weights, trust=trust)
+        return _load_checkpoint_file(
+            Path(spec).expanduser().resolve(), shape=shape, kwargs=kwargs, arch=arch, weights=weights, trust=trust
+        )
     elif _looks_like_path(spec):
         raise ModelSourceError(f"model file '{spec}' does not exist (expected {SPEC_FORMS})")
     else:
         loaded = _load_zoo(spec, kwargs)
 
     if trust:
-        raise ConfigError(f"--trust-checkpoint: only used with an Ultralytics checkpoint (.pt), but the source is "
-                          f"'{spec}'")
+        raise ConfigError(
+            f"--trust-checkpoint: only used with an Ultralytics checkpoint (.pt), but the source is '{spec}'"
+        )
     if arch is not None:
-        raise ConfigError(f"--arch: only used with a state-dict checkpoint, but the source '{spec}' builds the model "
-                          "itself; pass the checkpoint with --weights instead")
+        raise ConfigError(
+            f"--arch: only used with a state-dict checkpoint, but the source '{spec}' builds the model "
+            "itself; pass the checkpoint with --weights instead"
+        )
     if weights is not None:
         wpath = _existing_file(weights, "weights file")
         _load_weights_into(loaded.module, wpath, what=loaded.name)
@@ -167,8 +187,9 @@ REGISTERED_KINDS = ("zoo", "torchvision", "timm", "ultralytics")
 _REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
-def load_model_from_manifest(manifest: Manifest, source: str | None = None,
-                             weights: str | Path | None = None) -> nn.Module:
+def load_model_from_manifest(
+    manifest: Manifest, source: str | None = None, weights: str | Path | None = None
+) -> nn.Module:
     """Rebuild the eager module a bundle was exported from.
 
     A bundle is data (DESIGN rule 15): nothing it names is imported or loaded from outside it. The module is
@@ -187,24 +208,34 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
     src = manifest.provenance.get("source")
     if not isinstance(src, dict) or not isinstance(src.get("spec"), str) or not src.get("spec"):
         if source is None:
-            raise ModelSourceError(f"bundle '{manifest.name}' records no model source (manifest provenance.source); "
-                                   "pass --model-source to name the model, or re-export it with 'edgecv export'")
+            raise ModelSourceError(
+                f"bundle '{manifest.name}' records no model source (manifest provenance.source); "
+                "pass --model-source to name the model, or re-export it with 'edgecv export'"
+            )
         src = {}
     kind = str(src.get("kind", ""))
     spec = str(src.get("spec", ""))
     kwargs = src.get("kwargs") or {}
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) and _plain_value(v) for k, v in kwargs.items()):
-        raise ModelSourceError(f"bundle '{manifest.name}': provenance.source.kwargs: expected an object of plain "
-                               "values (numbers up to 1e6, short strings, booleans, lists of them)")
+        raise ModelSourceError(
+            f"bundle '{manifest.name}': provenance.source.kwargs: expected an object of plain "
+            "values (numbers up to 1e6, short strings, booleans, lists of them)"
+        )
     if source is not None:
         # the user named the model in this invocation: theirs to trust, as any Python import is; but it must be the
         # file the bundle was exported from, or the live reference is another model
         recorded = src.get("source_sha256")
         user_file = source.rpartition(":")[0] if _is_file_factory(source) else source
-        if recorded and Path(user_file).expanduser().is_file() and sha256_file(Path(user_file).expanduser()) != recorded:
-            raise ModelSourceError(f"--source: '{user_file}' differs from the model file the bundle was exported from "
-                                   f"(sha256 {sha256_file(Path(user_file).expanduser())[:12]}…, recorded "
-                                   f"{str(recorded)[:12]}…); the live PyTorch model would not be the exported one")
+        if (
+            recorded
+            and Path(user_file).expanduser().is_file()
+            and sha256_file(Path(user_file).expanduser()) != recorded
+        ):
+            raise ModelSourceError(
+                f"--source: '{user_file}' differs from the model file the bundle was exported from "
+                f"(sha256 {sha256_file(Path(user_file).expanduser())[:12]}…, recorded "
+                f"{str(recorded)[:12]}…); the live PyTorch model would not be the exported one"
+            )
         user_weights = str(weights) if weights is not None else None
         loaded = load_model(source, weights=user_weights, model_kwargs=kwargs or None)
     else:
@@ -213,17 +244,26 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
             raise ModelSourceError(
                 f"bundle '{manifest.name}' was exported from a {kind or 'unnamed'} source ({shown}); a bundle is data, "
                 "so edgecv does not run or load files it names: pass --model-source with the model file you trust to "
-                "rebuild the live PyTorch reference (reference.npz is used otherwise)")
-        name = spec[len(TORCHVISION_PREFIX):] if kind == "torchvision" and spec.startswith(TORCHVISION_PREFIX) else \
-            spec.split(":", 1)[1] if kind in ("timm", "ultralytics") and spec.startswith(f"{kind}:") else spec
+                "rebuild the live PyTorch reference (reference.npz is used otherwise)"
+            )
+        name = (
+            spec[len(TORCHVISION_PREFIX) :]
+            if kind == "torchvision" and spec.startswith(TORCHVISION_PREFIX)
+            else spec.split(":", 1)[1]
+            if kind in ("timm", "ultralytics") and spec.startswith(f"{kind}:")
+            else spec
+        )
         if not _REGISTERED_NAME.match(name) or (kind == "zoo" and spec != name):
-            raise ModelSourceError(f"bundle '{manifest.name}': provenance.source.spec: expected a registered "
-                                   f"{kind} model name, found {spec[:80]!r}")
+            raise ModelSourceError(
+                f"bundle '{manifest.name}': provenance.source.spec: expected a registered "
+                f"{kind} model name, found {spec[:80]!r}"
+            )
         recorded_w = src.get("weights")
         if recorded_w and weights is None:
             raise ModelSourceError(
                 f"bundle '{manifest.name}' was exported with weights from a file ({str(recorded_w)[:80]}); edgecv "
-                "does not load files a bundle names: pass --weights with that file to rebuild the live reference")
+                "does not load files a bundle names: pass --weights with that file to rebuild the live reference"
+            )
         if weights is not None:
             _check_recorded_file(str(weights), src.get("weights_sha256") if recorded_w else None, "weights file")
         torch = lazy_import("torch")
@@ -235,8 +275,10 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
                 loaded = _load_timm(name, dict(kwargs))
             elif kind == "ultralytics":
                 if not name.endswith((".yaml", ".yml")):
-                    raise ModelSourceError(f"bundle '{manifest.name}': provenance.source.spec: expected an "
-                                           f"Ultralytics model yaml name, found {spec[:80]!r}")
+                    raise ModelSourceError(
+                        f"bundle '{manifest.name}': provenance.source.spec: expected an "
+                        f"Ultralytics model yaml name, found {spec[:80]!r}"
+                    )
                 loaded = load_model(ULTRALYTICS_PREFIX + name, model_kwargs=kwargs or None)
             else:
                 loaded = _load_zoo(name, dict(kwargs))
@@ -249,12 +291,15 @@ def load_model_from_manifest(manifest: Manifest, source: str | None = None,
         # the bundle holds the detector with its post-processing wrapper: rebuild the same wrapper
         from edgecv.export.detection import prepare_detection_export
 
-        loaded = prepare_detection_export(loaded, nms=decode["nms"],
-                                          score_threshold=float(decode.get("score_threshold", 0.001)),
-                                          iou_threshold=float(decode.get("iou_threshold", 0.5)),
-                                          max_det=int(decode.get("max_det", 100)),
-                                          class_names=list(manifest.contract.class_names) or None,
-                                          decode_spec=decode.get("declarative") or None)
+        loaded = prepare_detection_export(
+            loaded,
+            nms=decode["nms"],
+            score_threshold=float(decode.get("score_threshold", 0.001)),
+            iou_threshold=float(decode.get("iou_threshold", 0.5)),
+            max_det=int(decode.get("max_det", 100)),
+            class_names=list(manifest.contract.class_names) or None,
+            decode_spec=decode.get("declarative") or None,
+        )
     rewrite = manifest.provenance.get("rewrite") or {}
     passes = rewrite.get("passes") or [] if isinstance(rewrite, dict) else []
     if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
@@ -314,19 +359,26 @@ def _looks_like_path(spec: str) -> bool:
 def _existing_file(path: str | Path, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ModelSourceError(f"{what} '{path}' does not exist" if not p.exists()
-                               else f"{what}: expected a file, found a folder at '{path}'")
+        raise ModelSourceError(
+            f"{what} '{path}' does not exist"
+            if not p.exists()
+            else f"{what}: expected a file, found a folder at '{path}'"
+        )
     return p.resolve()
 
 
 def _check_recorded_file(path: str, digest: str | None, what: str) -> None:
     p = Path(path)
     if not p.is_file():
-        raise ModelSourceError(f"the {what} recorded in the bundle, '{path}', no longer exists (moved or deleted); "
-                               "restore it there or re-export the bundle")
+        raise ModelSourceError(
+            f"the {what} recorded in the bundle, '{path}', no longer exists (moved or deleted); "
+            "restore it there or re-export the bundle"
+        )
     if digest and sha256_file(p) != digest:
-        raise ModelSourceError(f"the {what} '{path}' changed since the bundle was exported (sha256 differs); "
-                               "the live PyTorch model would not be the exported one — re-export the bundle")
+        raise ModelSourceError(
+            f"the {what} '{path}' changed since the bundle was exported (sha256 differs); "
+            "the live PyTorch model would not be the exported one — re-export the bundle"
+        )
 
 
 def _check_shape(shape: tuple[int, ...] | list[int] | None) -> tuple[int, ...] | None:
@@ -375,9 +427,13 @@ def _load_zoo(name: str, kwargs: dict[str, Any]) -> LoadedModel:
     num_classes = int(kwargs.get("num_classes", cfg.get("num_classes", 0)) or 0)
     task = cfg.get("task", "classify")
     contract = Contract(
-        task=task, input_shape=[1, c, h, w], mean=list(cfg.get("mean", Contract().mean)),
-        std=list(cfg.get("std", Contract().std)), resize=cfg.get("resize", "stretch"),
-        class_names=list(cfg.get("class_names", [])), decode=dict(cfg.get("decode") or default_decode(task)),
+        task=task,
+        input_shape=[1, c, h, w],
+        mean=list(cfg.get("mean", Contract().mean)),
+        std=list(cfg.get("std", Contract().std)),
+        resize=cfg.get("resize", "stretch"),
+        class_names=list(cfg.get("class_names", [])),
+        decode=dict(cfg.get("decode") or default_decode(task)),
         **({"color": cfg["color"]} if "color" in cfg else {}),
     )
     if contract.class_names and num_classes and len(contract.class_names) != num_classes:
@@ -386,12 +442,16 @@ def _load_zoo(name: str, kwargs: dict[str, Any]) -> LoadedModel:
     ref = cfg.get("reference_split")  # a shipped model: reference inputs from the split its metric was measured on
     reference = None
     if isinstance(ref, dict) and kwargs.get("pretrained", True) is not False:
+
         def reference(n: int, r: dict[str, Any] = ref) -> tuple[list[Any], str]:
             from edgecv.data.synth import val_images
 
-            return (val_images(r["task"], n, size=int(r["size"]), seed=int(r.get("seed", 0))),
-                    f"synthetic {r['task']} val split (seed {r.get('seed', 0)}, {r['size']} px) the shipped "
-                    "weights were measured on")
+            return (
+                val_images(r["task"], n, size=int(r["size"]), seed=int(r.get("seed", 0))),
+                f"synthetic {r['task']} val split (seed {r.get('seed', 0)}, {r['size']} px) the shipped "
+                "weights were measured on",
+            )
+
     return LoadedModel(module=module, contract=contract, source_info=info, name=name, reference=reference)
 
 
@@ -419,10 +479,14 @@ def _load_torchvision(name: str, kwargs: dict[str, Any]) -> LoadedModel:
     try:
         module = builder(weights=None, **build_kwargs)
     except TypeError as exc:
-        raise ModelSourceError(f"torchvision model '{name}' does not accept {sorted(kwargs)}: {_one_line(exc)}") from exc
+        raise ModelSourceError(
+            f"torchvision model '{name}' does not accept {sorted(kwargs)}: {_one_line(exc)}"
+        ) from exc
     except OSError as exc:  # a download that the offline check could not foresee (URLError is an OSError)
-        raise ModelSourceError(f"torchvision model '{name}' tried to download weights and failed ({_one_line(exc)}); "
-                               "pass --kwarg weights_backbone=null to build it with random weights") from exc
+        raise ModelSourceError(
+            f"torchvision model '{name}' tried to download weights and failed ({_one_line(exc)}); "
+            "pass --kwarg weights_backbone=null to build it with random weights"
+        ) from exc
     _require_module(module, f"torchvision model '{name}'")
     task: Any = "classify"
     if name in tvm.list_models(module=tvm.segmentation):
@@ -450,7 +514,7 @@ def _load_torchvision(name: str, kwargs: dict[str, Any]) -> LoadedModel:
                 upd["resize"] = "center_crop"
                 upd["crop_ratio"] = size / int(resize_to[0])
         contract = contract.model_copy(update=upd)
-    except Exception:  # noqa: BLE001 - models without weight enums keep the ImageNet defaults
+    except Exception:  # noqa: BLE001, S110 - models without weight enums keep the ImageNet defaults
         pass
     info = {"kind": "torchvision", "spec": TORCHVISION_PREFIX + name, "kwargs": kwargs, "weights": None}
     return LoadedModel(module=module, contract=contract, source_info=info, name=name, notes=notes)
@@ -491,8 +555,10 @@ def _offline_kwargs(builder: Any, kwargs: dict[str, Any], what: str) -> tuple[di
         if _weights_on_disk(p.default):
             continue
         out[key] = None
-        notes.append(f"{what}: {key} defaults to {p.default} which is not on disk; built with random {key} "
-                     f"instead (edgecv downloads nothing; put the file in the torch hub cache or pass --weights)")
+        notes.append(
+            f"{what}: {key} defaults to {p.default} which is not on disk; built with random {key} "
+            f"instead (edgecv downloads nothing; put the file in the torch hub cache or pass --weights)"
+        )
     return out, notes
 
 
@@ -534,12 +600,15 @@ def _load_timm(name: str, kwargs: dict[str, Any]) -> LoadedModel:
 
         close = difflib.get_close_matches(name, available, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UnknownNameError(f"unknown timm model '{name}'{hint}; expected a name from timm.list_models() "
-                               f"({len(available)} models)")
+        raise UnknownNameError(
+            f"unknown timm model '{name}'{hint}; expected a name from timm.list_models() ({len(available)} models)"
+        )
     refused = [k for k in _TIMM_REFUSED if k in kwargs]
     if refused:
-        raise ConfigError(f"timm model kwargs: expected none of {', '.join(refused)} (edgecv builds timm models "
-                          "with pretrained=False and never downloads); pass a local state dict with --weights")
+        raise ConfigError(
+            f"timm model kwargs: expected none of {', '.join(refused)} (edgecv builds timm models "
+            "with pretrained=False and never downloads); pass a local state dict with --weights"
+        )
     try:
         module = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as exc:
@@ -547,8 +616,14 @@ def _load_timm(name: str, kwargs: dict[str, Any]) -> LoadedModel:
     _require_module(module, f"timm model '{name}'")
     contract, notes = timm_contract(module)
     info = {"kind": "timm", "spec": TIMM_PREFIX + name, "kwargs": kwargs, "weights": None}
-    return LoadedModel(module=module, contract=contract, source_info=info, name=name,
-                       guess_task=contract.task == "generic", notes=notes)
+    return LoadedModel(
+        module=module,
+        contract=contract,
+        source_info=info,
+        name=name,
+        guess_task=contract.task == "generic",
+        notes=notes,
+    )
 
 
 def timm_contract(module: Any) -> tuple[Contract, list[str]]:
@@ -575,17 +650,26 @@ def timm_contract(module: Any) -> tuple[Contract, list[str]]:
         interp = "bicubic"
     num_classes = int(getattr(module, "num_classes", 0) or 0)
     task = "classify" if num_classes > 0 else "generic"
-    upd: dict[str, Any] = {"task": task, "input_shape": [1, c, h, w], "mean": [float(v) for v in cfg["mean"]],
-                           "std": [float(v) for v in cfg["std"]], "interpolation": interp, "antialias": True,
-                           "color": "GRAY" if c == 1 else "RGB", "decode": default_decode(task)}
+    upd: dict[str, Any] = {
+        "task": task,
+        "input_shape": [1, c, h, w],
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "interpolation": interp,
+        "antialias": True,
+        "color": "GRAY" if c == 1 else "RGB",
+        "decode": default_decode(task),
+    }
     if c == 1:
         upd["mean"], upd["std"] = upd["mean"][:1], upd["std"][:1]
     # timm resizes the short side to floor(size / crop_pct) (one size for a square input): crop_ratio is chosen
     # so that size / crop_ratio is that integer, and edgecv's center_crop then resizes and crops exactly as timm
     scale = math.floor(min(h, w) / crop_pct)
     if crop_mode != "center" or h != w:
-        notes.append(f"timm crop_mode '{crop_mode}' with input {h}x{w}: approximated by a centre crop of the short "
-                     "side resized to size / crop_pct")
+        notes.append(
+            f"timm crop_mode '{crop_mode}' with input {h}x{w}: approximated by a centre crop of the short "
+            "side resized to size / crop_pct"
+        )
     if scale > min(h, w):
         upd["resize"] = "center_crop"
         upd["crop_ratio"] = min(h, w) / scale
@@ -657,13 +741,18 @@ def _load_file_factory(spec: str, kwargs: dict[str, Any]) -> LoadedModel:
     path_str, _, fn_name = spec.rpartition(":")
     path = Path(path_str).expanduser()
     if not path.is_file():
-        raise ModelSourceError(f"model file '{path_str}' does not exist (from '{spec}'; expected path/to/file.py:factory)")
+        raise ModelSourceError(
+            f"model file '{path_str}' does not exist (from '{spec}'; expected path/to/file.py:factory)"
+        )
     path = path.resolve()
     module = _import_file(path)
     fn = getattr(module, fn_name, None)
     if fn is None or not callable(fn):
-        found = [n for n, o in vars(module).items()
-                 if inspect.isfunction(o) and getattr(o, "__module__", None) == module.__name__]
+        found = [
+            n
+            for n, o in vars(module).items()
+            if inspect.isfunction(o) and getattr(o, "__module__", None) == module.__name__
+        ]
         raise ModelSourceError(f"'{path}' has no function '{fn_name}'; functions found: {', '.join(found) or '(none)'}")
     try:
         model = fn(**kwargs)
@@ -672,10 +761,14 @@ def _load_file_factory(spec: str, kwargs: dict[str, Any]) -> LoadedModel:
     except Exception as exc:
         raise ModelSourceError(f"{path.name}:{fn_name}({_fmt_kwargs(kwargs)}) raised {_one_line(exc)}") from exc
     _require_module(model, f"{path.name}:{fn_name}()")
-    info = {"kind": "file", "spec": f"{path}:{fn_name}", "kwargs": kwargs, "weights": None,
-            "source_sha256": sha256_file(path)}
-    return LoadedModel(module=model, contract=Contract(task="generic"), source_info=info, name=fn_name,
-                       guess_task=True)
+    info = {
+        "kind": "file",
+        "spec": f"{path}:{fn_name}",
+        "kwargs": kwargs,
+        "weights": None,
+        "source_sha256": sha256_file(path),
+    }
+    return LoadedModel(module=model, contract=Contract(task="generic"), source_info=info, name=fn_name, guess_task=True)
 
 
 def _fmt_kwargs(kwargs: dict[str, Any]) -> str:
@@ -686,7 +779,9 @@ def _require_module(obj: Any, what: str) -> None:
     from torch import nn
 
     if not isinstance(obj, nn.Module):
-        raise ModelSourceError(f"{what}: expected a torch.nn.Module, got {type(obj).__module__}.{type(obj).__qualname__}")
+        raise ModelSourceError(
+            f"{what}: expected a torch.nn.Module, got {type(obj).__module__}.{type(obj).__qualname__}"
+        )
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -709,8 +804,10 @@ def archive_kind(path: Path) -> str:
         return "torchscript"
     if "data.pkl" in tails:
         return "torch_save"
-    raise ModelSourceError(f"'{path}' is a zip archive but not a torch checkpoint, TorchScript archive or .pt2 "
-                           f"program (members: {', '.join(sorted(names)[:6])}…)")
+    raise ModelSourceError(
+        f"'{path}' is a zip archive but not a torch checkpoint, TorchScript archive or .pt2 "
+        f"program (members: {', '.join(sorted(names)[:6])}…)"
+    )
 
 
 def _refusal(path: Path, exc: BaseException) -> ModelSourceError:
@@ -720,7 +817,8 @@ def _refusal(path: Path, exc: BaseException) -> ModelSourceError:
     return ModelSourceError(
         f"refused to load '{path.name}': {found}, and loading it would run code from the file (edgecv loads "
         "checkpoints with torch.load(weights_only=True)); save model.state_dict() and pass --arch NAME, or export "
-        "TorchScript (torch.jit.save) or a torch.export .pt2 program")
+        "TorchScript (torch.jit.save) or a torch.export .pt2 program"
+    )
 
 
 def _safe_torch_load(path: Path | Any, label: Path) -> Any:
@@ -736,30 +834,44 @@ def _safe_torch_load(path: Path | Any, label: Path) -> Any:
         raise ModelSourceError(f"cannot read checkpoint '{label}': {_one_line(exc)}") from exc
 
 
-def _load_checkpoint_file(path: Path, *, shape: tuple[int, ...] | None, kwargs: dict[str, Any], arch: str | None,
-                          weights: str | Path | None, trust: bool = False) -> LoadedModel:
+def _load_checkpoint_file(
+    path: Path,
+    *,
+    shape: tuple[int, ...] | None,
+    kwargs: dict[str, Any],
+    arch: str | None,
+    weights: str | Path | None,
+    trust: bool = False,
+) -> LoadedModel:
     kind = archive_kind(path)
     if kind in ("torch_save", "legacy"):
         from edgecv.export.adapters.ultralytics import is_ultralytics_checkpoint, load_checkpoint
 
         if is_ultralytics_checkpoint(path):
             if weights is not None or arch is not None or kwargs:
-                raise ConfigError(f"--weights / --arch / model kwargs do not apply to the Ultralytics checkpoint "
-                                  f"'{path.name}', which holds its own model")
+                raise ConfigError(
+                    f"--weights / --arch / model kwargs do not apply to the Ultralytics checkpoint "
+                    f"'{path.name}', which holds its own model"
+                )
             loaded = load_checkpoint(path, trust_checkpoint=trust)
             if shape is not None:
                 loaded.contract = loaded.contract.model_copy(update={"input_shape": list(shape)})
             return loaded
     if trust:
-        raise ConfigError(f"--trust-checkpoint: only used with an Ultralytics checkpoint, but '{path.name}' is not "
-                          "one (other checkpoints load with weights_only=True)")
+        raise ConfigError(
+            f"--trust-checkpoint: only used with an Ultralytics checkpoint, but '{path.name}' is not "
+            "one (other checkpoints load with weights_only=True)"
+        )
     if weights is not None:
-        raise ConfigError(f"--weights: the source '{path.name}' is itself a model file; pass the architecture as the "
-                          "source and this file as --weights, or the file as the source with --arch")
+        raise ConfigError(
+            f"--weights: the source '{path.name}' is itself a model file; pass the architecture as the "
+            "source and this file as --weights, or the file as the source with --arch"
+        )
     if kind in ("torchscript", "torch_export"):
         if arch is not None or kwargs:
-            raise ConfigError(f"--arch / model kwargs do not apply to a {kind} archive ('{path.name}'), which holds "
-                              "its own graph")
+            raise ConfigError(
+                f"--arch / model kwargs do not apply to a {kind} archive ('{path.name}'), which holds its own graph"
+            )
         loaded = _load_torchscript(path) if kind == "torchscript" else _load_pt2(path)
         if shape is not None:
             loaded.contract = loaded.contract.model_copy(update={"input_shape": list(shape)})
@@ -772,14 +884,23 @@ def _load_checkpoint_file(path: Path, *, shape: tuple[int, ...] | None, kwargs: 
 
         base = load_model(str(obj["arch"]), input_shape=shape, model_kwargs=obj.get("model_kwargs") or None)
         base.module = load_rewritten(path)
-        base.source_info.update({"kind": "checkpoint", "spec": str(path), "weights": None,
-                                 "source_sha256": sha256_file(path), "rewrite_file": True})
+        base.source_info.update(
+            {
+                "kind": "checkpoint",
+                "spec": str(path),
+                "weights": None,
+                "source_sha256": sha256_file(path),
+                "rewrite_file": True,
+            }
+        )
         return base
     state, ck_arch = _extract_state_dict(obj, path)
     arch = arch or ck_arch
     if arch is None:
-        raise ModelSourceError(f"'{path.name}' holds a state dict ({len(state)} tensors) but no architecture; pass "
-                               "--arch NAME (a zoo name, torchvision:<name> or file.py:factory)")
+        raise ModelSourceError(
+            f"'{path.name}' holds a state dict ({len(state)} tensors) but no architecture; pass "
+            "--arch NAME (a zoo name, torchvision:<name> or file.py:factory)"
+        )
     base = load_model(arch, input_shape=shape, model_kwargs=kwargs)
     _apply_state_dict(base.module, state, path, what=base.name)
     base.source_info["weights"] = str(path)
@@ -806,8 +927,10 @@ def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], str | Non
             if is_state(obj.get(k)):
                 return dict(obj[k]), arch
     found = type(obj).__name__ if not isinstance(obj, dict) else f"a dict with keys {sorted(map(str, obj))[:8]}"
-    raise ModelSourceError(f"'{path.name}': expected a state dict (name → tensor, possibly under one of "
-                           f"{', '.join(_NESTED_STATE_KEYS)}), found {found}")
+    raise ModelSourceError(
+        f"'{path.name}': expected a state dict (name → tensor, possibly under one of "
+        f"{', '.join(_NESTED_STATE_KEYS)}), found {found}"
+    )
 
 
 def _strip_prefix(state: dict[str, Any], module_keys: set[str]) -> dict[str, Any]:
@@ -816,7 +939,7 @@ def _strip_prefix(state: dict[str, Any], module_keys: set[str]) -> dict[str, Any
         return state
     for prefix in ("module.", "model.", "_orig_mod."):
         if all(k.startswith(prefix) for k in state):
-            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            stripped = {k[len(prefix) :]: v for k, v in state.items()}
             if set(stripped) & module_keys:
                 return stripped
     return state
@@ -831,15 +954,21 @@ def _load_weights_into(module: nn.Module, path: Path, what: str) -> None:
 def _apply_state_dict(module: nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
     state = _strip_prefix(state, set(module.state_dict()))
     own = module.state_dict()
-    bad_shapes = [f"{k} {list(v.shape)} vs model {list(own[k].shape)}" for k, v in state.items()
-                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    bad_shapes = [
+        f"{k} {list(v.shape)} vs model {list(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     if bad_shapes:
-        raise ModelSourceError(f"weights '{path.name}' do not fit {what}: {len(bad_shapes)} shape mismatches "
-                               f"({'; '.join(bad_shapes[:3])}{'…' if len(bad_shapes) > 3 else ''}); "
-                               "check --num-classes / model kwargs")
+        raise ModelSourceError(
+            f"weights '{path.name}' do not fit {what}: {len(bad_shapes)} shape mismatches "
+            f"({'; '.join(bad_shapes[:3])}{'…' if len(bad_shapes) > 3 else ''}); "
+            "check --num-classes / model kwargs"
+        )
     result = module.load_state_dict(state, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected:
+
         def few(keys: list[str]) -> str:
             return ", ".join(keys[:4]) + ("…" if len(keys) > 4 else "")
 
@@ -859,10 +988,16 @@ def _load_torchscript(path: Path) -> LoadedModel:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelSourceError(f"cannot load TorchScript archive '{path}': {_one_line(exc)}") from exc
-    info: dict[str, Any] = {"kind": "torchscript", "spec": str(path), "kwargs": {}, "weights": None,
-            "source_sha256": sha256_file(path)}
-    return LoadedModel(module=module.eval(), contract=Contract(task="generic"), source_info=info, name=path.stem,
-                       guess_task=True)
+    info: dict[str, Any] = {
+        "kind": "torchscript",
+        "spec": str(path),
+        "kwargs": {},
+        "weights": None,
+        "source_sha256": sha256_file(path),
+    }
+    return LoadedModel(
+        module=module.eval(), contract=Contract(task="generic"), source_info=info, name=path.stem, guess_task=True
+    )
 
 
 def _scan_pt2(path: Path) -> None:
@@ -886,10 +1021,13 @@ def _scan_pt2(path: Path) -> None:
                     if meta.get("use_pickle") or pname.startswith(("custom_obj", "opaque_obj")):
                         raise ModelSourceError(
                             f"refused to load '{path.name}': its entry '{fqn}' is stored as a Python pickle, "
-                            "which would run code on load; re-save it with plain tensors")
+                            "which would run code on load; re-save it with plain tensors"
+                        )
             elif tail.startswith(("data/weights/", "data/constants/")) and tail.endswith(".pt"):
-                raise ModelSourceError(f"refused to load '{path.name}': legacy pickled weights ({tail}) would be "
-                                       "loaded without weights_only; re-save it with a current torch.export.save")
+                raise ModelSourceError(
+                    f"refused to load '{path.name}': legacy pickled weights ({tail}) would be "
+                    "loaded without weights_only; re-save it with a current torch.export.save"
+                )
             elif tail.startswith("data/sample_inputs/") and tail.endswith(".pt"):
                 import io
 
@@ -909,9 +1047,14 @@ def _load_pt2(path: Path) -> LoadedModel:
         args = ep.example_inputs[0] if ep.example_inputs else ()
         if args and getattr(args[0], "ndim", 0) == 4:
             contract = contract.model_copy(update={"input_shape": [int(d) for d in args[0].shape]})
-    except Exception:  # noqa: BLE001 - example inputs are optional in a .pt2
+    except Exception:  # noqa: BLE001, S110 - example inputs are optional in a .pt2
         pass
-    info: dict[str, Any] = {"kind": "torch_export", "spec": str(path), "kwargs": {}, "weights": None,
-            "source_sha256": sha256_file(path)}
+    info: dict[str, Any] = {
+        "kind": "torch_export",
+        "spec": str(path),
+        "kwargs": {},
+        "weights": None,
+        "source_sha256": sha256_file(path),
+    }
     # ExportedProgram.module() is a GraphModule already in inference form; it refuses .eval()
     return LoadedModel(module=ep.module(), contract=contract, source_info=info, name=path.stem, guess_task=True)

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from edgecv.quant.calib import CalibrationSource, CalibrationWarning, open_calibration
 
-__all__ = ["CalibrationSource", "CalibrationWarning", "compile_int8", "layer_divergence", "open_calibration",
-           "quantize_bundle"]
+__all__ = [
+    "CalibrationSource",
+    "CalibrationWarning",
+    "compile_int8",
+    "layer_divergence",
+    "open_calibration",
+    "quantize_bundle",
+]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy re-exports keep 'import edgecv.quant' light
+def __getattr__(name: str):
     if name in ("compile_int8", "quantize_bundle"):
         from edgecv.quant import api
 

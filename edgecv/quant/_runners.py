@@ -16,8 +16,14 @@ from edgecv._lazy import lazy_import
 from edgecv.backends.base import Runner
 from edgecv.types import TensorSpec
 
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
-               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8"}
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+}
 
 
 def _dims(shape: Any) -> tuple[int | None, ...]:
@@ -29,8 +35,9 @@ class OrtFileRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "fp32",
-                 model_bytes: bytes | None = None) -> None:
+    def __init__(
+        self, path: str | Path, threads: int | None = None, precision: str = "fp32", model_bytes: bytes | None = None
+    ) -> None:
         super().__init__()
         self.path = Path(path)
         self.threads = threads
@@ -47,10 +54,12 @@ class OrtFileRunner(Runner):
             opts.inter_op_num_threads = 1
         src = self._model_bytes if self._model_bytes is not None else str(self.path)
         self._sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-        self._input_spec = [TensorSpec(i.name, _dims(i.shape), _ORT_DTYPES.get(i.type, "float32"))
-                            for i in self._sess.get_inputs()]
-        self._output_spec = [TensorSpec(o.name, _dims(o.shape), _ORT_DTYPES.get(o.type, "float32"))
-                             for o in self._sess.get_outputs()]
+        self._input_spec = [
+            TensorSpec(i.name, _dims(i.shape), _ORT_DTYPES.get(i.type, "float32")) for i in self._sess.get_inputs()
+        ]
+        self._output_spec = [
+            TensorSpec(o.name, _dims(o.shape), _ORT_DTYPES.get(o.type, "float32")) for o in self._sess.get_outputs()
+        ]
         self.device = "CPU"
 
     def _close(self) -> None:
@@ -66,8 +75,9 @@ class OpenVINOModelRunner(Runner):
 
     name = "openvino"
 
-    def __init__(self, model: Any, device: str | None = None, threads: int | None = None,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self, model: Any, device: str | None = None, threads: int | None = None, precision: str = "fp32"
+    ) -> None:
         super().__init__()
         self.model = model
         self.device = device or "CPU"

@@ -158,14 +158,13 @@ def _cosine_outputs(contract: Any) -> list[str] | None:
     return None
 
 
-def _output_cosine(fp: Runner, q: Runner, feeds: list[dict[str, np.ndarray]],
-                   names: list[str] | None = None) -> float:
+def _output_cosine(fp: Runner, q: Runner, feeds: list[dict[str, np.ndarray]], names: list[str] | None = None) -> float:
     """Mean cosine similarity of the outputs ``names`` (default all), INT8 vs fp32, over ``feeds``."""
     sims = []
     with fp, q:
         for feed in feeds:
             a, b = fp.infer(feed), q.infer(feed)
-            for k in (a if names is None else names):
+            for k in a if names is None else names:
                 if a[k].shape != b[k].shape:
                     continue
                 x, y = a[k].astype(np.float64).ravel(), b[k].astype(np.float64).ravel()
@@ -199,16 +198,27 @@ def _versions() -> dict[str, str | None]:
 def split_val(val: ValSet) -> tuple[ValSet, ValSet]:
     """(selection, certification): every third sample (at least one) to choose on, the rest to certify on."""
     if len(val) < 2:
-        raise ConfigError(f"--method auto with --val: expected at least 2 validation samples (one to choose the "
-                          f"method on, one to certify it), found {len(val)}")
+        raise ConfigError(
+            f"--method auto with --val: expected at least 2 validation samples (one to choose the "
+            f"method on, one to certify it), found {len(val)}"
+        )
     sel = [it for i, it in enumerate(val.items) if i % 3 == 0]
     cert = [it for i, it in enumerate(val.items) if i % 3 != 0]
     return (dataclasses.replace(val, items=sel), dataclasses.replace(val, items=cert))
 
 
 # ------------------------------------------------------------------------------------------------ core
-def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, val: ValSet | None,
-         max_drop: float | None, float_head: bool, prior: list[str], val_path: str | None) -> Int8Result:
+def _run(
+    q: _Quantizer,
+    contract: Any,
+    calib: CalibrationSource,
+    method: str,
+    val: ValSet | None,
+    max_drop: float | None,
+    float_head: bool,
+    prior: list[str],
+    val_path: str | None,
+) -> Int8Result:
     """Method selection, budget search and final measurement on one backend. Leaves the final model in q.last."""
     onnx = lazy_import("onnx")
     prepared = onnx.load(str(q.prepared))
@@ -224,15 +234,24 @@ def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, va
         # the method is chosen on a split held out from the images that certify the budget and the final metric:
         # choosing and certifying on the same images would report the winner's luck on them as its accuracy
         select, val = split_val(val)
-        res.selection = {"by": f"{unit} on a held-out selection split", "split": "val[0::3]",
-                         "samples": len(select), "certified_on": "val (the other samples)", "certify_samples": len(val)}
+        res.selection = {
+            "by": f"{unit} on a held-out selection split",
+            "split": "val[0::3]",
+            "samples": len(select),
+            "certified_on": "val (the other samples)",
+            "certify_samples": len(val),
+        }
     elif method == "auto":
         if cos_names == []:
-            raise ConfigError("--method auto: a detector with NMS in the graph and no pre-NMS outputs cannot be "
-                              "compared with fp32 by output cosine; expected --val DATA (or re-export it)")
-        res.selection = {"by": "output cosine vs fp32 on calibration samples" +
-                         (f" ({', '.join(cos_names)}: the candidates before NMS)" if cos_names else ""),
-                         "samples": len(feeds)}
+            raise ConfigError(
+                "--method auto: a detector with NMS in the graph and no pre-NMS outputs cannot be "
+                "compared with fp32 by output cosine; expected --val DATA (or re-export it)"
+            )
+        res.selection = {
+            "by": "output cosine vs fp32 on calibration samples"
+            + (f" ({', '.join(cos_names)}: the candidates before NMS)" if cos_names else ""),
+            "samples": len(feeds),
+        }
     fp32_metric = score(q.fp32_runner(), metric, val) if metric is not None and val is not None else None
 
     def quality(runner: Runner) -> float:
@@ -269,8 +288,17 @@ def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, va
             if isinstance(q, _OVQuantizer):
                 budget = _ov_budget(q, chosen, base, first, fp32_metric, max_drop, metric, val, ranked, unit)
             else:
-                budget = search_keep_float(lambda ex: q.quantize(chosen, ex), metric, val, fp32_metric, max_drop,
-                                           ranked, base=base, first=first, unit=unit)
+                budget = search_keep_float(
+                    lambda ex: q.quantize(chosen, ex),
+                    metric,
+                    val,
+                    fp32_metric,
+                    max_drop,
+                    ranked,
+                    base=base,
+                    first=first,
+                    unit=unit,
+                )
         else:
             budget = BudgetResult(fp32_metric, max_drop)
             budget.add(first)
@@ -287,8 +315,16 @@ def _run(q: _Quantizer, contract: Any, calib: CalibrationSource, method: str, va
     res.metrics["output_cosine"] = _output_cosine(q.fp32_runner(), final, feeds, cos_names)
     if metric is not None and val is not None and fp32_metric is not None:
         m_int8 = score(_final_runner(q), metric, val)
-        res.metrics.update({"unit": unit, "fp32": fp32_metric, "int8": m_int8, "drop": fp32_metric - m_int8,
-                            "val": val_path, "val_samples": len(val)})
+        res.metrics.update(
+            {
+                "unit": unit,
+                "fp32": fp32_metric,
+                "int8": m_int8,
+                "drop": fp32_metric - m_int8,
+                "val": val_path,
+                "val_samples": len(val),
+            }
+        )
     if max_drop is not None:
         res.metrics["max_drop"] = max_drop
     return res
@@ -302,8 +338,7 @@ def _final_runner(q: _Quantizer) -> Runner:
     return OrtFileRunner(q.last, precision="int8")
 
 
-def _rank_layers(q: _Quantizer, method: str, base: list[str],
-                 feeds: list[dict[str, np.ndarray]]) -> list[list[str]]:
+def _rank_layers(q: _Quantizer, method: str, base: list[str], feeds: list[dict[str, np.ndarray]]) -> list[list[str]]:
     """Groups of quantized layers, most sensitive first, from the layer-by-layer error of the plain QDQ model."""
     onnx = lazy_import("onnx")
     qdq = q.work / "rank.qdq.onnx"
@@ -314,13 +349,26 @@ def _rank_layers(q: _Quantizer, method: str, base: list[str],
     return [with_compute_consumers(fp_model, n) for n in rank_by_sensitivity(rows, candidates)]
 
 
-def _ov_budget(q: _OVQuantizer, method: str, base: list[str], first: Trial, fp32_metric: float, max_drop: float,
-               metric: Any, val: ValSet, ranked: list[list[str]], unit: str) -> BudgetResult:
+def _ov_budget(
+    q: _OVQuantizer,
+    method: str,
+    base: list[str],
+    first: Trial,
+    fp32_metric: float,
+    max_drop: float,
+    metric: Any,
+    val: ValSet,
+    ranked: list[list[str]],
+    unit: str,
+) -> BudgetResult:
     """OpenVINO: NNCF's accuracy control from the shared choice; record the ops it reverted to float."""
     from edgecv.quant._runners import OpenVINOModelRunner
 
-    plain = q.last if q.last_key == (method, tuple(base)) else \
-        q.qov.quantize_nncf(q.fp32_model.clone(), q.calib, method, q.ov_names(base))
+    plain = (
+        q.last
+        if q.last_key == (method, tuple(base))
+        else q.qov.quantize_nncf(q.fp32_model.clone(), q.calib, method, q.ov_names(base))
+    )
 
     def validate(compiled: Any, data: Any) -> tuple[float, None]:
         items = list(data)
@@ -329,7 +377,8 @@ def _ov_budget(q: _OVQuantizer, method: str, base: list[str], first: Trial, fp32
             return float(metric(r, vs)), None
 
     controlled = q.qov.quantize_nncf_with_accuracy_control(
-        q.fp32_model.clone(), q.calib, list(val), validate, max_drop, method, q.ov_names(base))
+        q.fp32_model.clone(), q.calib, list(val), validate, max_drop, method, q.ov_names(base)
+    )
     reverted = set(q.qov.quantized_ops(plain)) - set(q.qov.quantized_ops(controlled))
     kept = [*base, *[n for n in q.onnx_names_for(reverted) if n not in base]]
     q.last, q.last_key = controlled, (method, tuple(kept))
@@ -339,8 +388,17 @@ def _ov_budget(q: _OVQuantizer, method: str, base: list[str], first: Trial, fp32
     result.add(Trial(kept, m, fp32_metric - m))
     if not result.met:
         # NNCF could not meet it; fall back to edgecv's own search so the error lists the layers tried
-        return search_keep_float(lambda ex: q.quantize(method, ex), metric, val, fp32_metric, max_drop, ranked,
-                                 base=base, first=first, unit=unit)
+        return search_keep_float(
+            lambda ex: q.quantize(method, ex),
+            metric,
+            val,
+            fp32_metric,
+            max_drop,
+            ranked,
+            base=base,
+            first=first,
+            unit=unit,
+        )
     return result
 
 
@@ -348,9 +406,15 @@ def _open(bundle: Bundle | str | Path) -> Bundle:
     return bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
 
 
-def _prepare_inputs(bundle: Bundle, calib: CalibrationSource | str | Path | None, method: str,
-                    val: str | Path | ValSet | None, max_drop: float | None,
-                    limit: int | None, backend: str) -> tuple[CalibrationSource, ValSet | None]:
+def _prepare_inputs(
+    bundle: Bundle,
+    calib: CalibrationSource | str | Path | None,
+    method: str,
+    val: str | Path | ValSet | None,
+    max_drop: float | None,
+    limit: int | None,
+    backend: str,
+) -> tuple[CalibrationSource, ValSet | None]:
     check_method(method)
     if max_drop is not None and val is None:
         raise ConfigError("--max-drop needs --val DATA to measure the task metric on")
@@ -364,20 +428,37 @@ def _prepare_inputs(bundle: Bundle, calib: CalibrationSource | str | Path | None
     return source, val_set
 
 
-def _quantize_to(bundle: Bundle, backend: str, source: CalibrationSource, method: str, val_set: ValSet | None,
-                 val_path: str | None, max_drop: float | None, device: str | None, float_head: bool,
-                 work: Path) -> tuple[_Quantizer, Int8Result]:
+def _quantize_to(
+    bundle: Bundle,
+    backend: str,
+    source: CalibrationSource,
+    method: str,
+    val_set: ValSet | None,
+    val_path: str | None,
+    max_drop: float | None,
+    device: str | None,
+    float_head: bool,
+    work: Path,
+) -> tuple[_Quantizer, Int8Result]:
     prepared = prepare_fp32(bundle.onnx_path, work / "prepared.onnx")
     q: _Quantizer = (_OVQuantizer if backend == "openvino" else _Quantizer)(prepared, work, source, device)
     prior = _prior_kept_float(bundle, "onnxruntime" if backend == "tensorrt" else backend)
     return q, _run(q, bundle.contract, source, method, val_set, max_drop, float_head, prior, val_path)
 
 
-def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
-                 calib: CalibrationSource | str | Path | None = None, method: str = "minmax",
-                 val: str | Path | ValSet | None = None, max_drop: float | None = None,
-                 device: str | None = None, *, limit: int | None = None, float_head: bool = True,
-                 build_config: Any = None) -> Artifact:
+def compile_int8(
+    bundle: Bundle | str | Path,
+    backend: str = "onnxruntime",
+    calib: CalibrationSource | str | Path | None = None,
+    method: str = "minmax",
+    val: str | Path | ValSet | None = None,
+    max_drop: float | None = None,
+    device: str | None = None,
+    *,
+    limit: int | None = None,
+    float_head: bool = True,
+    build_config: Any = None,
+) -> Artifact:
     """Quantize a bundle's model to INT8 for ``backend`` and add the artifact to the bundle.
 
     Args:
@@ -409,9 +490,18 @@ def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
     source, val_set = _prepare_inputs(b, calib, method, val, max_drop, limit, backend)
     with ExitStack() as stack:
         work = Path(stack.enter_context(scratch_dir("int8")))
-        q, res = _quantize_to(b, "onnxruntime" if backend == "tensorrt" else backend, source, method, val_set,
-                              None if val is None or isinstance(val, ValSet) else str(val), max_drop, device,
-                              float_head, work)
+        q, res = _quantize_to(
+            b,
+            "onnxruntime" if backend == "tensorrt" else backend,
+            source,
+            method,
+            val_set,
+            None if val is None or isinstance(val, ValSet) else str(val),
+            max_drop,
+            device,
+            float_head,
+            work,
+        )
         if backend == "openvino":
             art = _add_ov_artifact(b, q, res, device)
         else:
@@ -419,8 +509,14 @@ def compile_int8(bundle: Bundle | str | Path, backend: str = "onnxruntime",
         if backend == "tensorrt":
             from edgecv.quant.tensorrt import build_int8_engine
 
-            return build_int8_engine(b, b.file(art.path), res.float_head + res.kept_float, device=device,
-                                     extra=res.to_dict(), base=build_config)
+            return build_int8_engine(
+                b,
+                b.file(art.path),
+                res.float_head + res.kept_float,
+                device=device,
+                extra=res.to_dict(),
+                base=build_config,
+            )
         return art
 
 
@@ -429,11 +525,23 @@ def _add_ort_artifact(b: Bundle, q: _Quantizer, res: Int8Result) -> Artifact:
     model = onnx.load(str(q.last))
     res.quantized_layers = len(quantized_nodes(model))
     _embed_contract(q.last, b)
-    art = Artifact(backend="onnxruntime", precision="int8", path=ORT_INT8_PATH, device="CPU",
-                   build_flags={"format": "QDQ", "method": res.method, "per_channel": True,
-                                "symmetric_activations": True, "activation_type": "int8", "weight_type": "int8",
-                                "weight_bits": 7 if reduced_weight_range() else 8},
-                   versions=_versions(), extra=res.to_dict())
+    art = Artifact(
+        backend="onnxruntime",
+        precision="int8",
+        path=ORT_INT8_PATH,
+        device="CPU",
+        build_flags={
+            "format": "QDQ",
+            "method": res.method,
+            "per_channel": True,
+            "symmetric_activations": True,
+            "activation_type": "int8",
+            "weight_type": "int8",
+            "weight_bits": 7 if reduced_weight_range() else 8,
+        },
+        versions=_versions(),
+        extra=res.to_dict(),
+    )
     return b.add_artifact(art, {ORT_INT8_PATH: Path(q.last)})
 
 
@@ -445,10 +553,21 @@ def _add_ov_artifact(b: Bundle, q: _Quantizer, res: Int8Result, device: str | No
     files = qov.save_ir(q.last, folder)
     tmp_dir = files["model.xml"].parent
     try:
-        art = Artifact(backend="openvino", precision="int8", path=OV_INT8_PATH, device=device or "CPU",
-                       build_flags={"method": res.method, "preset": "performance", "per_channel": True,
-                                    "symmetric_activations": True, "nncf": version_of("nncf")},
-                       versions=_versions(), extra=res.to_dict())
+        art = Artifact(
+            backend="openvino",
+            precision="int8",
+            path=OV_INT8_PATH,
+            device=device or "CPU",
+            build_flags={
+                "method": res.method,
+                "preset": "performance",
+                "per_channel": True,
+                "symmetric_activations": True,
+                "nncf": version_of("nncf"),
+            },
+            versions=_versions(),
+            extra=res.to_dict(),
+        )
         return b.add_artifact(art, {f"openvino/int8/{k}": v for k, v in files.items()})
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -466,24 +585,42 @@ def _embed_contract(onnx_path: Path, b: Bundle) -> None:
         save_model(m, onnx_path)
 
 
-def quantize_bundle(bundle: Bundle | str | Path, calib: CalibrationSource | str | Path | None,
-                    out: str | Path, method: str = "minmax", val: str | Path | ValSet | None = None,
-                    max_drop: float | None = None, *, limit: int | None = None, force: bool = False,
-                    float_head: bool = True) -> Bundle:
+def quantize_bundle(
+    bundle: Bundle | str | Path,
+    calib: CalibrationSource | str | Path | None,
+    out: str | Path,
+    method: str = "minmax",
+    val: str | Path | ValSet | None = None,
+    max_drop: float | None = None,
+    *,
+    limit: int | None = None,
+    force: bool = False,
+    float_head: bool = True,
+) -> Bundle:
     """Write a new bundle at ``out`` whose ``model.onnx`` is the QDQ INT8 model (ORT, OpenVINO and TensorRT all
     read it). The contract and ``reference.npz`` are copied; the fp32 model is kept as ``fp32/model.onnx``.
 
     Args are those of :func:`compile_int8`; ``force`` replaces an existing bundle at ``out``.
     """
     b = _open(bundle)
-    check_output_dir(Path(out), force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)",
-                     error=BundleError)
+    check_output_dir(
+        Path(out), force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)", error=BundleError
+    )
     source, val_set = _prepare_inputs(b, calib, method, val, max_drop, limit, "onnxruntime")
     with scratch_dir("quant") as tmp:
         work = Path(tmp)
-        q, res = _quantize_to(b, "onnxruntime", source, method, val_set,
-                              None if val is None or isinstance(val, ValSet) else str(val), max_drop, None,
-                              float_head, work)
+        q, res = _quantize_to(
+            b,
+            "onnxruntime",
+            source,
+            method,
+            val_set,
+            None if val is None or isinstance(val, ValSet) else str(val),
+            max_drop,
+            None,
+            float_head,
+            work,
+        )
         onnx = lazy_import("onnx")
         res.quantized_layers = len(quantized_nodes(onnx.load(str(q.last))))
         _embed_contract(q.last, b)
@@ -495,14 +632,23 @@ def quantize_bundle(bundle: Bundle | str | Path, calib: CalibrationSource | str 
             ref = work / REFERENCE_FILE
             shutil.copy2(b.reference_path, ref)
             files[REFERENCE_FILE] = ref
-        info = {**res.to_dict(), "fp32_onnx": FP32_COPY, "source_bundle": str(b.root),
-                "format": "QDQ", "per_channel": True, "symmetric_activations": True, "time": now_iso()}
+        info = {
+            **res.to_dict(),
+            "fp32_onnx": FP32_COPY,
+            "source_bundle": str(b.root),
+            "format": "QDQ",
+            "per_channel": True,
+            "symmetric_activations": True,
+            "time": now_iso(),
+        }
         provenance = json.loads(json.dumps(b.manifest.provenance, default=str))
         provenance["quantized"] = info
-        manifest = Manifest(name=f"{b.manifest.name}-int8", contract=b.contract.model_copy(deep=True),
-                            provenance=provenance,
-                            history=[*b.manifest.history, {"event": "quantize", "method": res.method,
-                                                           "time": info["time"]}])
+        manifest = Manifest(
+            name=f"{b.manifest.name}-int8",
+            contract=b.contract.model_copy(deep=True),
+            provenance=provenance,
+            history=[*b.manifest.history, {"event": "quantize", "method": res.method, "time": info["time"]}],
+        )
         return Bundle.create(out, manifest, files, force=force)
 
 
@@ -525,6 +671,11 @@ def summarize(res_extra: dict[str, Any]) -> list[list[Any]]:
         rows.append([f"auto: {k}", v])
     sel = res_extra.get("selection")
     if sel:
-        rows.append(["auto: chosen by", f"{sel['by']} ({sel['samples']} samples"
-                     + (f"; certified on the other {sel['certify_samples']})" if "certify_samples" in sel else ")")])
+        rows.append(
+            [
+                "auto: chosen by",
+                f"{sel['by']} ({sel['samples']} samples"
+                + (f"; certified on the other {sel['certify_samples']})" if "certify_samples" in sel else ")"),
+            ]
+        )
     return rows

@@ -55,14 +55,20 @@ class BudgetResult:
 
     def add(self, trial: Trial) -> Trial:
         self.trials.append(trial)
-        if trial.drop <= self.max_drop and (self.chosen is None or len(trial.kept_float) <= len(self.chosen.kept_float)):
+        if trial.drop <= self.max_drop and (
+            self.chosen is None or len(trial.kept_float) <= len(self.chosen.kept_float)
+        ):
             self.chosen = trial
         return trial
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fp32_metric": self.fp32_metric, "max_drop": self.max_drop, "met": self.met,
-                "chosen": self.chosen.kept_float if self.chosen else None,
-                "trials": [asdict(t) for t in self.trials]}
+        return {
+            "fp32_metric": self.fp32_metric,
+            "max_drop": self.max_drop,
+            "met": self.met,
+            "chosen": self.chosen.kept_float if self.chosen else None,
+            "trials": [asdict(t) for t in self.trials],
+        }
 
 
 def score(runner: Runner, metric: MetricFn, val: ValSet) -> float:
@@ -71,10 +77,19 @@ def score(runner: Runner, metric: MetricFn, val: ValSet) -> float:
         return float(metric(runner, val))
 
 
-def search_keep_float(quantize: Callable[[list[str]], Runner], metric: MetricFn, val: ValSet, fp32_metric: float,
-                      max_drop: float, ranked: list[list[str]], base: list[str] | None = None,
-                      first: Trial | None = None, max_trials: int = DEFAULT_MAX_TRIALS,
-                      unit: str = "points", prune: bool = True) -> BudgetResult:
+def search_keep_float(
+    quantize: Callable[[list[str]], Runner],
+    metric: MetricFn,
+    val: ValSet,
+    fp32_metric: float,
+    max_drop: float,
+    ranked: list[list[str]],
+    base: list[str] | None = None,
+    first: Trial | None = None,
+    max_trials: int = DEFAULT_MAX_TRIALS,
+    unit: str = "points",
+    prune: bool = True,
+) -> BudgetResult:
     """Grow the float set along ``ranked`` until ``fp32_metric - metric <= max_drop``, then prune it.
 
     Once the budget holds, each added layer is tried back in INT8 (last added first) and stays INT8 when the
@@ -126,5 +141,6 @@ def search_keep_float(quantize: Callable[[list[str]], Runner], metric: MetricFn,
         raise AccuracyError(
             f"INT8 accuracy budget not met: expected a drop <= {max_drop:g} {unit}, best was "
             f"{best.drop:.2f} ({fp32_metric:.2f} fp32 -> {best.metric:.2f} int8) with {len(best.kept_float)} "
-            f"layers kept float; layers tried in float: {tried or 'none (no candidates)'}")
+            f"layers kept float; layers tried in float: {tried or 'none (no candidates)'}"
+        )
     return result

@@ -64,7 +64,9 @@ def check_sample_count(source: CalibrationSource, backend: str, method: str) -> 
         warnings.warn(
             f"calibrating {backend} ({method}) with {n} samples from {source.describe()}; "
             f"at least {need} are recommended for stable ranges",
-            CalibrationWarning, stacklevel=2)
+            CalibrationWarning,
+            stacklevel=2,
+        )
     return n
 
 
@@ -186,15 +188,18 @@ class NpzSource(CalibrationSource):
             elif len(keys) == 1:
                 key = keys[0]
             else:
-                raise DataError(f"'{path}': expected an array named '{contract.input_name}' (or a single array), "
-                                f"found {keys}")
+                raise DataError(
+                    f"'{path}': expected an array named '{contract.input_name}' (or a single array), found {keys}"
+                )
             arr = np.asarray(data[key])
         shape = list(contract.input_shape)
         if arr.ndim == len(shape) - 1:
             arr = arr[None]
         if arr.ndim != len(shape) or list(arr.shape[1:]) != shape[1:]:
-            raise DataError(f"'{path}' array '{key}': expected shape (N, {', '.join(map(str, shape[1:]))}), "
-                            f"found {tuple(arr.shape)}")
+            raise DataError(
+                f"'{path}' array '{key}': expected shape (N, {', '.join(map(str, shape[1:]))}), "
+                f"found {tuple(arr.shape)}"
+            )
         self.array = arr.astype(contract.dtype, copy=False)
         self.indices = _evenly(list(range(len(arr))), limit)
 
@@ -203,7 +208,7 @@ class NpzSource(CalibrationSource):
 
     def _arrays(self) -> Iterator[np.ndarray]:
         for i in self.indices:
-            yield np.ascontiguousarray(self.array[i:i + 1])
+            yield np.ascontiguousarray(self.array[i : i + 1])
 
 
 def _evenly(items: list, limit: int | None) -> list:  # type: ignore[type-arg]
@@ -229,8 +234,10 @@ def open_calibration(path: str | Path | None, contract: Contract, limit: int | N
         SourceError / DataError: the source cannot be read.
     """
     if path is None or str(path) == "":
-        raise ConfigError("INT8 needs calibration data: expected --calib PATH (a folder of images, a video or an "
-                          ".npz of inputs), found none")
+        raise ConfigError(
+            "INT8 needs calibration data: expected --calib PATH (a folder of images, a video or an "
+            ".npz of inputs), found none"
+        )
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"--calib: expected a folder of images, a video or an .npz, found nothing at '{p}'")
@@ -243,12 +250,14 @@ def open_calibration(path: str | Path | None, contract: Contract, limit: int | N
         return VideoSource(p, contract, limit)
     if suffix in IMAGE_EXTS:
         raise ConfigError(f"--calib: expected a folder of images, found a single image '{p}'")
-    raise ConfigError(f"--calib: expected a folder of images, a video ({', '.join(sorted(VIDEO_EXTS))}) or an .npz, "
-                      f"found '{p.name}'")
+    raise ConfigError(
+        f"--calib: expected a folder of images, a video ({', '.join(sorted(VIDEO_EXTS))}) or an .npz, found '{p.name}'"
+    )
 
 
-def as_source(calib: CalibrationSource | str | Path | None, contract: Contract,
-              limit: int | None = None) -> CalibrationSource:
+def as_source(
+    calib: CalibrationSource | str | Path | None, contract: Contract, limit: int | None = None
+) -> CalibrationSource:
     """Pass a :class:`CalibrationSource` through, or open a path with :func:`open_calibration`."""
     if isinstance(calib, CalibrationSource):
         return calib

@@ -98,9 +98,14 @@ def float_head_nodes(model: Any) -> list[str]:
     has_compute = any(n.op_type in COMPUTE_OPS for n in graph.node)
     if not has_compute:
         return []
-    return [n.name for n in graph.node
-            if n.name in reaches and n.op_type not in QDQ_OPS and not downstream_compute(n)
-            and _has_compute_upstream(n, producer)]
+    return [
+        n.name
+        for n in graph.node
+        if n.name in reaches
+        and n.op_type not in QDQ_OPS
+        and not downstream_compute(n)
+        and _has_compute_upstream(n, producer)
+    ]
 
 
 def _has_compute_upstream(node: Any, producer: dict[str, Any]) -> bool:
@@ -120,8 +125,7 @@ def _has_compute_upstream(node: Any, producer: dict[str, Any]) -> bool:
 def quantized_nodes(qdq_model: Any) -> list[str]:
     """Names of nodes in a QDQ model that read at least one DequantizeLinear output (i.e. run in INT8)."""
     dq_out = {t for n in qdq_model.graph.node if n.op_type == "DequantizeLinear" for t in n.output}
-    return [n.name for n in qdq_model.graph.node
-            if n.op_type not in QDQ_OPS and any(t in dq_out for t in n.input)]
+    return [n.name for n in qdq_model.graph.node if n.op_type not in QDQ_OPS and any(t in dq_out for t in n.input)]
 
 
 def count_ops(model: Any, ops: Iterable[str]) -> int:
@@ -186,9 +190,13 @@ def selection_nodes(model: Any) -> set[str]:
     return {n.name for n in seen.values()}
 
 
-def compare_layers(fp32_model: Any, int8_model: Any, feeds: list[dict[str, np.ndarray]],
-                   cosine_threshold: float = COSINE_THRESHOLD,
-                   rel_threshold: float = REL_ERR_THRESHOLD) -> list[LayerDivergence]:
+def compare_layers(
+    fp32_model: Any,
+    int8_model: Any,
+    feeds: list[dict[str, np.ndarray]],
+    cosine_threshold: float = COSINE_THRESHOLD,
+    rel_threshold: float = REL_ERR_THRESHOLD,
+) -> list[LayerDivergence]:
     """Per-node divergence between two ONNX graphs that share tensor names (an fp32 model and its QDQ model).
 
     Every node output of the fp32 graph that also exists in the INT8 graph is exposed as an extra output of
@@ -204,8 +212,10 @@ def compare_layers(fp32_model: Any, int8_model: Any, feeds: list[dict[str, np.nd
         raise ConfigError("layer comparison: the fp32 and INT8 graphs share no tensor names")
     ref_acc: dict[str, list[np.ndarray]] = defaultdict(list)
     got_acc: dict[str, list[np.ndarray]] = defaultdict(list)
-    with OrtFileRunner("fp32", model_bytes=_with_all_outputs(fp32_model, names)) as fr, \
-            OrtFileRunner("int8", model_bytes=_with_all_outputs(int8_model, names), precision="int8") as qr:
+    with (
+        OrtFileRunner("fp32", model_bytes=_with_all_outputs(fp32_model, names)) as fr,
+        OrtFileRunner("int8", model_bytes=_with_all_outputs(int8_model, names), precision="int8") as qr,
+    ):
         for feed in feeds:
             fo, qo = fr.infer(feed), qr.infer(feed)
             for t in names:
@@ -224,15 +234,31 @@ def compare_layers(fp32_model: Any, int8_model: Any, feeds: list[dict[str, np.nd
         cos, rel, mx = _stats(ref, got)
         rel_of[t] = rel
         upstream = max((rel_of.get(x, 0.0) for x in node.input), default=0.0)
-        rows.append(LayerDivergence(i, node.name, node.op_type, t, cos, rel, mx, rel - upstream,
-                                    cos < cosine_threshold or rel > rel_threshold))
+        rows.append(
+            LayerDivergence(
+                i,
+                node.name,
+                node.op_type,
+                t,
+                cos,
+                rel,
+                mx,
+                rel - upstream,
+                cos < cosine_threshold or rel > rel_threshold,
+            )
+        )
     return rows
 
 
-def layer_divergence(bundle: Bundle, precision: str = "int8", backend: str = "onnxruntime",
-                     feeds: list[dict[str, np.ndarray]] | None = None, only_diverged: bool = False,
-                     cosine_threshold: float = COSINE_THRESHOLD,
-                     rel_threshold: float = REL_ERR_THRESHOLD) -> list[LayerDivergence]:
+def layer_divergence(
+    bundle: Bundle,
+    precision: str = "int8",
+    backend: str = "onnxruntime",
+    feeds: list[dict[str, np.ndarray]] | None = None,
+    only_diverged: bool = False,
+    cosine_threshold: float = COSINE_THRESHOLD,
+    rel_threshold: float = REL_ERR_THRESHOLD,
+) -> list[LayerDivergence]:
     """Layer-by-layer divergence of a bundle's INT8 ONNX model from its fp32 model, in graph order.
 
     The INT8 model is the bundle's ``onnxruntime:int8`` artifact (or, for a bundle written by
@@ -254,8 +280,9 @@ def layer_divergence(bundle: Bundle, precision: str = "int8", backend: str = "on
     if precision != "int8":
         raise ConfigError(f"layer divergence: expected precision 'int8', found '{precision}'")
     if backend != "onnxruntime":
-        raise ConfigError(f"layer divergence: expected backend 'onnxruntime' (the QDQ model every backend reads), "
-                          f"found '{backend}'")
+        raise ConfigError(
+            f"layer divergence: expected backend 'onnxruntime' (the QDQ model every backend reads), found '{backend}'"
+        )
     art = bundle.artifact("onnxruntime", "int8")
     quant_info = bundle.manifest.provenance.get("quantized")
     if art is not None:
@@ -266,16 +293,17 @@ def layer_divergence(bundle: Bundle, precision: str = "int8", backend: str = "on
         qdq_path = bundle.onnx_path
         fp32_path = bundle.file(str(quant_info["fp32_onnx"]))
     else:
-        raise BundleError(f"bundle '{bundle.root}' has no INT8 ONNX model; run 'edgecv compile -b onnxruntime "
-                          "-p int8 --calib PATH' or 'edgecv quantize' first")
+        raise BundleError(
+            f"bundle '{bundle.root}' has no INT8 ONNX model; run 'edgecv compile -b onnxruntime "
+            "-p int8 --calib PATH' or 'edgecv quantize' first"
+        )
     if feeds is None:
         ref = bundle.load_reference()["inputs"]
         name = bundle.contract.input_name
         if name not in ref:
             raise BundleError(f"bundle reference.npz has no input '{name}'")
-        feeds = [{name: ref[name][i:i + 1]} for i in range(len(ref[name]))]
-    rows = compare_layers(onnx.load(str(fp32_path)), onnx.load(str(qdq_path)), feeds,
-                          cosine_threshold, rel_threshold)
+        feeds = [{name: ref[name][i : i + 1]} for i in range(len(ref[name]))]
+    rows = compare_layers(onnx.load(str(fp32_path)), onnx.load(str(qdq_path)), feeds, cosine_threshold, rel_threshold)
     return [r for r in rows if r.diverged] if only_diverged else rows
 
 
@@ -290,13 +318,27 @@ def print_layer_report(rows: list[LayerDivergence], top: int | None = None, json
 
     shown = rows if top is None else rows[:top]
     if json_out:
-        print_json({"layers": [r.to_dict() for r in shown],
-                    "first_diverged": [r.node for r in first_diverged(rows)]})
+        print_json({"layers": [r.to_dict() for r in shown], "first_diverged": [r.node for r in first_diverged(rows)]})
         return
     first = {r.node for r in first_diverged(rows)}
-    print_table("INT8 vs fp32, layer by layer", ["#", "node", "op", "cosine", "rel err", "local err", "max abs", ""],
-                [[r.index, r.node, r.op, r.cosine, r.rel_error, r.local_error, r.max_abs_error,
-                  "← first" if r.node in first else ("diverged" if r.diverged else "")] for r in shown], digits=4)
+    print_table(
+        "INT8 vs fp32, layer by layer",
+        ["#", "node", "op", "cosine", "rel err", "local err", "max abs", ""],
+        [
+            [
+                r.index,
+                r.node,
+                r.op,
+                r.cosine,
+                r.rel_error,
+                r.local_error,
+                r.max_abs_error,
+                "← first" if r.node in first else ("diverged" if r.diverged else ""),
+            ]
+            for r in shown
+        ],
+        digits=4,
+    )
 
 
 def rank_by_sensitivity(rows: list[LayerDivergence], candidates: Iterable[str]) -> list[str]:

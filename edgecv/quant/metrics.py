@@ -54,8 +54,7 @@ class ValSet:
     def materialize(self) -> ValSet:
         """Decode everything once (a budget search scores many models on the same set)."""
         cached = [self.load(i, t) for i, t in self.items]
-        return ValSet(self.contract, [(Path(str(k)), c) for k, c in enumerate(cached)],
-                      lambda _p, c: c, self.path)
+        return ValSet(self.contract, [(Path(str(k)), c) for k, c in enumerate(cached)], lambda _p, c: c, self.path)
 
 
 MetricFn = Callable[["Runner", ValSet], float]
@@ -90,8 +89,10 @@ def read_imagefolder(path: Path, contract: Contract, limit: int | None = None) -
     items: list[tuple[Path, Any]] = []
     for d in sorted(p for p in path.iterdir() if p.is_dir()):
         if d.name not in index:
-            raise DataError(f"--val '{path}': folder '{d.name}' is not a class of this model; expected folders "
-                            f"named from {names[:10]}{'…' if len(names) > 10 else ''}")
+            raise DataError(
+                f"--val '{path}': folder '{d.name}' is not a class of this model; expected folders "
+                f"named from {names[:10]}{'…' if len(names) > 10 else ''}"
+            )
         items += [(f, index[d.name]) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_EXTS]
     if not items:
         raise DataError(f"--val '{path}': expected images in class folders, found none")
@@ -138,10 +139,10 @@ def _mask_like_input(mask: np.ndarray, tf: Transform, contract: Contract) -> np.
     if contract.resize == "letterbox":
         out = np.full((th, tw), IGNORE_INDEX, dtype=mask.dtype)
         top, left = int(tf.pad_y), int(tf.pad_x)
-        out[top:top + nh, left:left + nw] = resized
+        out[top : top + nh, left : left + nw] = resized
         return out
     top, left = int(-tf.pad_y), int(-tf.pad_x)
-    return np.ascontiguousarray(resized[top:top + th, left:left + tw])
+    return np.ascontiguousarray(resized[top : top + th, left : left + tw])
 
 
 def read_segmentation(path: Path, contract: Contract, limit: int | None = None) -> ValSet:
@@ -178,11 +179,13 @@ def segment_confusion(runner: Infers, val: ValSet, n: int) -> np.ndarray:
         pred = out[0].argmax(0) if out.ndim == 4 else out[0]
         pred = pred.astype(np.int32)
         if pred.shape != mask.shape:
-            pred = cv2.resize(pred.astype(np.uint8), (mask.shape[1], mask.shape[0]),
-                              interpolation=cv2.INTER_NEAREST).astype(np.int32)
+            pred = cv2.resize(
+                pred.astype(np.uint8), (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST
+            ).astype(np.int32)
         valid = (mask != IGNORE_INDEX) & (mask < n)
-        conf += np.bincount(mask[valid].astype(np.int64) * n + pred[valid].clip(0, n - 1),
-                            minlength=n * n).reshape(n, n)
+        conf += np.bincount(mask[valid].astype(np.int64) * n + pred[valid].clip(0, n - 1), minlength=n * n).reshape(
+            n, n
+        )
     return conf
 
 
@@ -204,16 +207,19 @@ VAL_READERS.register("segment", read_segmentation)
 def metric_for(task: str) -> MetricFn:
     """The task metric for ``task``; raises listing the tasks that have one."""
     if task not in TASK_METRICS:
-        raise ConfigError(f"--max-drop: no task metric for task '{task}' yet; expected one of "
-                          f"{', '.join(TASK_METRICS.names())}")
+        raise ConfigError(
+            f"--max-drop: no task metric for task '{task}' yet; expected one of {', '.join(TASK_METRICS.names())}"
+        )
     return TASK_METRICS.get(task)
 
 
 def open_val(path: str | Path, contract: Contract, limit: int | None = None) -> ValSet:
     """Read validation data for ``contract.task`` from ``path``."""
     if contract.task not in VAL_READERS:
-        raise ConfigError(f"--val: no validation reader for task '{contract.task}' yet; expected one of "
-                          f"{', '.join(VAL_READERS.names())}")
+        raise ConfigError(
+            f"--val: no validation reader for task '{contract.task}' yet; expected one of "
+            f"{', '.join(VAL_READERS.names())}"
+        )
     return VAL_READERS.get(contract.task)(Path(path), contract, limit)
 
 

@@ -67,16 +67,22 @@ def map_onnx_to_ov(onnx_model: Any, ov_model: Any, names: list[str]) -> dict[str
     for name in names:
         node = by_node.get(name)
         tensors = set(node.output) if node is not None else set()
-        hits = [op.get_friendly_name() for op in ops
-                if op.get_friendly_name() == name or op.get_friendly_name().startswith(name + "/")
-                or any(tensors & set(o.get_names()) for o in op.outputs())]
+        hits = [
+            op.get_friendly_name()
+            for op in ops
+            if op.get_friendly_name() == name
+            or op.get_friendly_name().startswith(name + "/")
+            or any(tensors & set(o.get_names()) for o in op.outputs())
+        ]
         if hits:
             out[name] = sorted(set(hits))
         else:
             missing.append(name)
     if missing and len(missing) == len(names):
-        raise BackendError(f"kept-float layers {missing} have no OpenVINO op after convert_model; expected ops named "
-                           "like the ONNX nodes")
+        raise BackendError(
+            f"kept-float layers {missing} have no OpenVINO op after convert_model; expected ops named "
+            "like the ONNX nodes"
+        )
     # a node with no op left was folded away by convert_model (e.g. arithmetic on constants such as a detector's
     # anchor grid): there is nothing to quantize, so nothing to keep float
     return out
@@ -111,32 +117,51 @@ def _ignored_scope(nncf: Any, ignored: list[str] | None) -> Any:
     return nncf.IgnoredScope(names=list(ignored or []))
 
 
-def quantize_nncf(ov_model: Any, calib: CalibrationSource, method: str = "minmax",
-                  ignored: list[str] | None = None) -> Any:
+def quantize_nncf(
+    ov_model: Any, calib: CalibrationSource, method: str = "minmax", ignored: list[str] | None = None
+) -> Any:
     """``nncf.quantize`` an OpenVINO model with every calibration sample; ``ignored`` = OV op names kept float."""
     nncf = _nncf()
     try:
         with chatter_to_stderr():  # NNCF's progress bars and notices go to stdout
             return nncf.quantize(
-                ov_model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
-                ignored_scope=_ignored_scope(nncf, ignored), advanced_parameters=_advanced(method))
+                ov_model,
+                nncf.Dataset(calib),
+                preset=nncf.QuantizationPreset.PERFORMANCE,
+                subset_size=len(calib),
+                ignored_scope=_ignored_scope(nncf, ignored),
+                advanced_parameters=_advanced(method),
+            )
     except Exception as exc:
         raise BackendError(f"NNCF quantize ({method}) failed: {exc}") from exc
 
 
-def quantize_nncf_with_accuracy_control(ov_model: Any, calib: CalibrationSource, val: Any,
-                                        validate: Callable[[Any, Any], float], max_drop: float,
-                                        method: str = "minmax", ignored: list[str] | None = None) -> Any:
+def quantize_nncf_with_accuracy_control(
+    ov_model: Any,
+    calib: CalibrationSource,
+    val: Any,
+    validate: Callable[[Any, Any], float],
+    max_drop: float,
+    method: str = "minmax",
+    ignored: list[str] | None = None,
+) -> Any:
     """``nncf.quantize_with_accuracy_control``: NNCF reverts the most sensitive ops to float until
     ``validate(compiled_model, val)`` (points) drops at most ``max_drop`` (absolute)."""
     nncf = _nncf()
     try:
         with chatter_to_stderr():  # NNCF's progress bars and notices go to stdout
             return nncf.quantize_with_accuracy_control(
-                ov_model, nncf.Dataset(calib), nncf.Dataset(val), validate, max_drop=max_drop,
-                drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
+                ov_model,
+                nncf.Dataset(calib),
+                nncf.Dataset(val),
+                validate,
+                max_drop=max_drop,
+                drop_type=nncf.DropType.ABSOLUTE,
+                preset=nncf.QuantizationPreset.PERFORMANCE,
+                subset_size=len(calib),
                 ignored_scope=_ignored_scope(nncf, ignored),
-                advanced_quantization_parameters=_advanced(method))
+                advanced_quantization_parameters=_advanced(method),
+            )
     except Exception as exc:
         raise BackendError(f"NNCF quantize_with_accuracy_control failed: {exc}") from exc
 
@@ -150,6 +175,7 @@ def save_ir(ov_model: Any, folder: Path, stem: str = "model") -> dict[str, Path]
         ov.save_model(ov_model, str(tmp / f"{stem}.xml"), compress_to_fp16=False)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise BackendError(f"could not write the OpenVINO IR into {folder}: {describe_write_error(exc, folder)}") \
-            from exc
+        raise BackendError(
+            f"could not write the OpenVINO IR into {folder}: {describe_write_error(exc, folder)}"
+        ) from exc
     return {f"{stem}.xml": tmp / f"{stem}.xml", f"{stem}.bin": tmp / f"{stem}.bin"}

@@ -56,10 +56,10 @@ def prepare_fp32(src: str | Path, dst: str | Path) -> Path:
             with chatter_to_stderr():  # shape inference may print to stdout
                 try:
                     q.quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
-                except Exception as exc:  # symbolic shape inference fails on some graphs; plain ONNX shapes are enough
+                except Exception as exc:  # noqa: BLE001 - symbolic shape inference fails on some graphs; plain ONNX shapes are enough
                     try:
                         q.quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - re-raised below as one BackendError line
                         raise BackendError(f"ONNX Runtime quant_pre_process failed on '{src}': {exc}") from exc
         finally:
             os.chdir(cwd)
@@ -137,8 +137,13 @@ def reduced_weight_range() -> bool:
     return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
-def quantize_qdq(prepared: str | Path, out: str | Path, calib: CalibrationSource, method: str = "minmax",
-                 exclude: list[str] | None = None) -> Path:
+def quantize_qdq(
+    prepared: str | Path,
+    out: str | Path,
+    calib: CalibrationSource,
+    method: str = "minmax",
+    exclude: list[str] | None = None,
+) -> Path:
     """Write a QDQ INT8 model of ``prepared`` (from :func:`prepare_fp32`) to ``out`` atomically.
 
     Args:
@@ -150,10 +155,13 @@ def quantize_qdq(prepared: str | Path, out: str | Path, calib: CalibrationSource
     """
     q = lazy_import("onnxruntime.quantization", "onnxruntime")
     check_method(method, allow_auto=False)
-    calib_method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-                    "percentile": q.CalibrationMethod.Percentile}[method]
+    calib_method = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[method]
     extra: dict[str, Any] = {
-        "ActivationSymmetric": True,   # zero point 0: TensorRT explicit quantization needs it
+        "ActivationSymmetric": True,  # zero point 0: TensorRT explicit quantization needs it
         "WeightSymmetric": True,
         "CalibTensorRangeSymmetric": method != "minmax",  # histogram methods: symmetric range around 0
         # a Conv/Gemm output is quantized by its consumer when the consumer runs INT8; never on its own, so a
@@ -171,10 +179,17 @@ def quantize_qdq(prepared: str | Path, out: str | Path, calib: CalibrationSource
         try:
             with chatter_to_stderr():  # the histogram calibrators print progress to stdout
                 q.quantize_static(
-                    str(prepared), str(tmp_model), _make_reader(calib),
-                    quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=reduced_weight_range(),
-                    activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                    nodes_to_exclude=list(exclude or []), calibrate_method=calib_method, extra_options=extra,
+                    str(prepared),
+                    str(tmp_model),
+                    _make_reader(calib),
+                    quant_format=q.QuantFormat.QDQ,
+                    per_channel=True,
+                    reduce_range=reduced_weight_range(),
+                    activation_type=q.QuantType.QInt8,
+                    weight_type=q.QuantType.QInt8,
+                    nodes_to_exclude=list(exclude or []),
+                    calibrate_method=calib_method,
+                    extra_options=extra,
                     op_types_to_quantize=op_types,
                 )
         except Exception as exc:

@@ -24,19 +24,32 @@ def int8_build_config(qdq_path: Path, keep_float: list[str], device: str | None 
     from edgecv.backends.base import BuildConfig
 
     if base is not None:
-        cfg = dataclasses.replace(base, precision="int8", device=device or base.device or "cuda:0",
-                                  onnx_path=Path(qdq_path), keep_float=list(keep_float), emit_only=False)
+        cfg = dataclasses.replace(
+            base,
+            precision="int8",
+            device=device or base.device or "cuda:0",
+            onnx_path=Path(qdq_path),
+            keep_float=list(keep_float),
+            emit_only=False,
+        )
     else:
-        cfg = BuildConfig(precision="int8", device=device or "cuda:0", onnx_path=Path(qdq_path),
-                          keep_float=list(keep_float))
+        cfg = BuildConfig(
+            precision="int8", device=device or "cuda:0", onnx_path=Path(qdq_path), keep_float=list(keep_float)
+        )
     # strongly typed networks take precision from the Q/DQ graph; set it where BuildConfig has the field
     if any(f.name == "strongly_typed" for f in dataclasses.fields(cfg)):
         cfg.strongly_typed = True  # type: ignore[attr-defined]
     return cfg
 
 
-def build_int8_engine(bundle: Bundle, qdq_path: Path, keep_float: list[str], device: str | None = None,
-                      extra: dict[str, Any] | None = None, base: Any = None) -> Artifact:
+def build_int8_engine(
+    bundle: Bundle,
+    qdq_path: Path,
+    keep_float: list[str],
+    device: str | None = None,
+    extra: dict[str, Any] | None = None,
+    base: Any = None,
+) -> Artifact:
     """Build a TensorRT INT8 engine from ``qdq_path`` with the TensorRT builder and record it in ``bundle``.
 
     Args:
@@ -57,15 +70,25 @@ def build_int8_engine(bundle: Bundle, qdq_path: Path, keep_float: list[str], dev
     art = builder.build(bundle, int8_build_config(qdq_path, keep_float, device, base), None)
     if extra:
         art.extra.update({k: v for k, v in extra.items() if k not in art.extra})
-        art.extra["qdq_onnx"] = str(Path(qdq_path).relative_to(bundle.root)) \
-            if Path(qdq_path).is_relative_to(bundle.root) else str(qdq_path)
+        art.extra["qdq_onnx"] = (
+            str(Path(qdq_path).relative_to(bundle.root))
+            if Path(qdq_path).is_relative_to(bundle.root)
+            else str(qdq_path)
+        )
         with bundle.update() as manifest:
             manifest.artifacts[art.key] = art
     return art
 
 
-def emit_int8_script(bundle: Bundle, config: Any, calib: Any = None, method: str = "minmax", val: Any = None,
-                     max_drop: float | None = None, limit: int | None = None) -> Artifact:
+def emit_int8_script(
+    bundle: Bundle,
+    config: Any,
+    calib: Any = None,
+    method: str = "minmax",
+    val: Any = None,
+    max_drop: float | None = None,
+    limit: int | None = None,
+) -> Artifact:
     """Write the INT8 ``trtexec.sh`` so that it builds from the QDQ model, never from the float graph.
 
     With ``calib``, the model is quantized first (the ONNX Runtime QDQ path, the same Q/DQ TensorRT reads; the
@@ -89,14 +112,17 @@ def emit_int8_script(bundle: Bundle, config: Any, calib: Any = None, method: str
     from edgecv.quant.api import ORT_INT8_PATH, compile_int8
 
     if calib is not None:
-        art = compile_int8(bundle, backend="onnxruntime", calib=calib, method=method, val=val, max_drop=max_drop,
-                           limit=limit)
+        art = compile_int8(
+            bundle, backend="onnxruntime", calib=calib, method=method, val=val, max_drop=max_drop, limit=limit
+        )
         note = f"Builds from {art.path}, quantized by edgecv ({art.extra.get('method', method)}) from --calib {calib}."
     else:
         art = bundle.artifact("onnxruntime", "int8")  # type: ignore[assignment]
         if art is None or not bundle.path(art.path).is_file():
-            raise ConfigError(f"tensorrt int8 --emit-trtexec: expected a QDQ model ({ORT_INT8_PATH}) in the bundle or "
-                              "--calib DATA to make one, found neither")
+            raise ConfigError(
+                f"tensorrt int8 --emit-trtexec: expected a QDQ model ({ORT_INT8_PATH}) in the bundle or "
+                "--calib DATA to make one, found neither"
+            )
         bundle.verify([art.path])
         note = f"Builds from {art.path}, the bundle's QDQ model."
     qdq = bundle.path(art.path)
@@ -105,6 +131,11 @@ def emit_int8_script(bundle: Bundle, config: Any, calib: Any = None, method: str
     keep = list(art.extra.get("kept_float", [])) + list(art.extra.get("float_head", []))
     cfg = dataclasses.replace(config, onnx_path=qdq, keep_float=keep, emit_only=True)
     path = write_trtexec_script(bundle, cfg, source_note=note)
-    return Artifact(backend="tensorrt", precision="int8", path=str(path.relative_to(bundle.root)), device=cfg.device,
-                    build_flags={"emit_only": True, "qdq_onnx": art.path},
-                    extra={"command": trtexec_command(bundle, cfg), "qdq_onnx": art.path})
+    return Artifact(
+        backend="tensorrt",
+        precision="int8",
+        path=str(path.relative_to(bundle.root)),
+        device=cfg.device,
+        build_flags={"emit_only": True, "qdq_onnx": art.path},
+        extra={"command": trtexec_command(bundle, cfg), "qdq_onnx": art.path},
+    )

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,10 +28,17 @@ from edgecv.results import RESULTS_DIR, Results, load_results
 GALLERY_CONF = 0.25
 
 SECTIONS = ("summary", "speed-accuracy", "latency", "roofline", "int8", "task", "gallery", "stream", "provenance")
-TITLES = {"summary": "Summary", "speed-accuracy": "Speed against accuracy", "latency": "Latency distributions",
-          "roofline": "Roofline: achieved vs this machine's peak", "int8": "INT8: per-layer divergence",
-          "task": "Per-class results", "gallery": "Gallery: PyTorch vs each backend",
-          "stream": "Stream timeline", "provenance": "Provenance"}
+TITLES = {
+    "summary": "Summary",
+    "speed-accuracy": "Speed against accuracy",
+    "latency": "Latency distributions",
+    "roofline": "Roofline: achieved vs this machine's peak",
+    "int8": "INT8: per-layer divergence",
+    "task": "Per-class results",
+    "gallery": "Gallery: PyTorch vs each backend",
+    "stream": "Stream timeline",
+    "provenance": "Provenance",
+}
 
 
 @dataclass
@@ -54,10 +62,21 @@ class ReportInfo:
     images: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "images": self.images,
-                "bundles": [{"name": b.name, "root": b.root, "sections": sorted(b.sections),
-                             "missing": b.missing, "skipped": b.skipped, "other_hosts": b.other_hosts}
-                            for b in self.bundles]}
+        return {
+            "path": self.path,
+            "images": self.images,
+            "bundles": [
+                {
+                    "name": b.name,
+                    "root": b.root,
+                    "sections": sorted(b.sections),
+                    "missing": b.missing,
+                    "skipped": b.skipped,
+                    "other_hosts": b.other_hosts,
+                }
+                for b in self.bundles
+            ],
+        }
 
 
 # ------------------------------------------------------------------------------------------ HTML helpers
@@ -66,7 +85,7 @@ def esc(v: Any) -> str:
 
 
 def _img(png: bytes, alt: str) -> str:
-    return (f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
 def _num(v: Any, digits: int = 2) -> str:
@@ -101,8 +120,10 @@ def _metric_rows(validate: dict[str, Any] | None) -> tuple[str | None, dict[tupl
     if not tm:
         return None, {}
     # results recorded before schema 1 named the value "value" and the precision that ran "ran"
-    rows = [{**r, "metric": r.get("metric", r.get("value")), "precision_ran": r.get("precision_ran", r.get("ran"))}
-            for r in tm.get("rows", [])]
+    rows = [
+        {**r, "metric": r.get("metric", r.get("value")), "precision_ran": r.get("precision_ran", r.get("ran"))}
+        for r in tm.get("rows", [])
+    ]
     return str(tm.get("name")), {(r["backend"], r["precision"]): r for r in rows}
 
 
@@ -160,28 +181,31 @@ class _Builder:
         self.res = res
         self.name = b.manifest.name
         self.root = str(b.root)
-        self.out = BundleReport(name=self.name, root=self.root, skipped=list(res.skipped),
-                                other_hosts=len(res.others))
+        self.out = BundleReport(name=self.name, root=self.root, skipped=list(res.skipped), other_hosts=len(res.others))
         self.bench = res.latest("bench")
         validates = res.all("validate")
         # the newest validate with a task metric, and the newest with layers / a gallery (runs differ in flags)
         self.validate_metric = next((v for v in reversed(validates) if v["result"].get("task_metric")), None)
         self.validate_layers = next((v for v in reversed(validates) if v["result"].get("layers")), None)
-        self.validate_gallery = next((v for v in reversed(validates)
-                                      if (v["result"].get("gallery") or {}).get("n")), None)
+        self.validate_gallery = next(
+            (v for v in reversed(validates) if (v["result"].get("gallery") or {}).get("n")), None
+        )
         self.run = self.res.latest("run")
         self.images = 0
 
-    def _fill(self, key: str, fn: Callable[[], str | None], missing: str,
-              sources: tuple[dict[str, Any] | None, ...] = ()) -> None:
+    def _fill(
+        self, key: str, fn: Callable[[], str | None], missing: str, sources: tuple[dict[str, Any] | None, ...] = ()
+    ) -> None:
         try:
             body = fn()
         except Exception as exc:  # noqa: BLE001 - one section failing must not lose the others
             body = None
             missing = f"could not draw this section: {esc(' '.join(str(exc).split())[:300])}"
         if body:
-            made = [f"<code>{esc(' '.join(src.get('command', [])))}</code> ({esc(src['time'])})"
-                    for src in {id(x): x for x in sources if x is not None}.values()]
+            made = [
+                f"<code>{esc(' '.join(src.get('command', [])))}</code> ({esc(src['time'])})"
+                for src in {id(x): x for x in sources if x is not None}.values()
+            ]
             self.out.sections[key] = body + (f'<p class="src">made by {"; ".join(made)}</p>' if made else "")
         else:
             self.out.missing[key] = missing
@@ -192,28 +216,51 @@ class _Builder:
 
     def build(self) -> BundleReport:
         r = self.root
-        self._fill("summary", self.summary, f"No bench result from this host: run {_cmd(f'edgecv bench {r}')}"
-                   f" (and {_cmd(f'edgecv validate {r} --val DATA')} for the task metric column).",
-                   (self.bench, self.validate_metric))
-        self._fill("speed-accuracy", self.speed_accuracy,
-                   f"Needs a bench result and a task metric from this host: run {_cmd(f'edgecv bench {r}')} and "
-                   f"{_cmd(f'edgecv validate {r} --val DATA')}.", (self.bench, self.validate_metric))
-        self._fill("latency", self.latency, f"No latency distribution: run {_cmd(f'edgecv bench {r}')}.",
-                   (self.bench,))
-        self._fill("roofline", self.roofline,
-                   f"No GOP/s or peak measured: run {_cmd(f'edgecv bench {r} --peak')} with an OpenVINO or ONNX "
-                   "Runtime backend.", (self.bench,))
-        self._fill("int8", self.int8,
-                   "No INT8 layer comparison: build INT8 with "
-                   f"{_cmd(f'edgecv compile {r} -b onnxruntime -p int8 --calib DATA')}"
-                   f" then run {_cmd(f'edgecv validate {r} -b onnxruntime:int8 --layers')}.",
-                   (self.validate_layers,))
-        self._fill("task", self.task, f"No per-class results: run {_cmd(f'edgecv validate {r} --val DATA')}.",
-                   (self.validate_metric,))
-        self._fill("gallery", self.gallery, f"No predictions recorded: run {_cmd(f'edgecv validate {r}')}.",
-                   (self.validate_gallery,))
-        self._fill("stream", self.stream, f"No recorded stream: run {_cmd(f'edgecv run {r} --source VIDEO')}.",
-                   (self.run,))
+        self._fill(
+            "summary",
+            self.summary,
+            f"No bench result from this host: run {_cmd(f'edgecv bench {r}')}"
+            f" (and {_cmd(f'edgecv validate {r} --val DATA')} for the task metric column).",
+            (self.bench, self.validate_metric),
+        )
+        self._fill(
+            "speed-accuracy",
+            self.speed_accuracy,
+            f"Needs a bench result and a task metric from this host: run {_cmd(f'edgecv bench {r}')} and "
+            f"{_cmd(f'edgecv validate {r} --val DATA')}.",
+            (self.bench, self.validate_metric),
+        )
+        self._fill("latency", self.latency, f"No latency distribution: run {_cmd(f'edgecv bench {r}')}.", (self.bench,))
+        self._fill(
+            "roofline",
+            self.roofline,
+            f"No GOP/s or peak measured: run {_cmd(f'edgecv bench {r} --peak')} with an OpenVINO or ONNX "
+            "Runtime backend.",
+            (self.bench,),
+        )
+        self._fill(
+            "int8",
+            self.int8,
+            "No INT8 layer comparison: build INT8 with "
+            f"{_cmd(f'edgecv compile {r} -b onnxruntime -p int8 --calib DATA')}"
+            f" then run {_cmd(f'edgecv validate {r} -b onnxruntime:int8 --layers')}.",
+            (self.validate_layers,),
+        )
+        self._fill(
+            "task",
+            self.task,
+            f"No per-class results: run {_cmd(f'edgecv validate {r} --val DATA')}.",
+            (self.validate_metric,),
+        )
+        self._fill(
+            "gallery",
+            self.gallery,
+            f"No predictions recorded: run {_cmd(f'edgecv validate {r}')}.",
+            (self.validate_gallery,),
+        )
+        self._fill(
+            "stream", self.stream, f"No recorded stream: run {_cmd(f'edgecv run {r} --source VIDEO')}.", (self.run,)
+        )
         self._fill("provenance", self.provenance, "No manifest provenance.")
         return self.out
 
@@ -235,24 +282,52 @@ class _Builder:
             delta = None if m is None else m.get("delta")
             dcls = "" if delta is None else ' class="bad"' if delta < -0.5 else ' class="good"'
             asked, ran = row["precision"], row.get("precision_ran")
-            ran_cell = esc(ran or "–") if ran in (None, asked) else \
-                f'<span class="bad">{esc(ran)} (asked {esc(asked)})</span>'
-            out.append([esc(row["backend"]), esc(asked), ran_cell, esc(row["batch"]),
-                        _num(None if m is None else m.get("metric")),
-                        "–" if delta is None else f"<span{dcls}>{delta:+.2f}</span>",
-                        _num(lat.get("p50_ms")), _num(lat.get("p99_ms")), _num(lat.get("throughput"), 1),
-                        "–" if row.get("speedup_vs_torch") is None else f"{row['speedup_vs_torch']:.2f}×",
-                        _num(row.get("gops_per_s"), 1),
-                        "–" if row.get("pct_peak") is None else f"{row['pct_peak']:.0f}%",
-                        _num(_artifact_size_mb(self.b, row["backend"], asked), 2), _num(row.get("peak_rss_mb"), 1),
-                        esc(row.get("error") or "")])
-        head = ["backend", "precision", "ran", "batch", mname or "task metric", "Δ vs torch", "p50 ms", "p99 ms",
-                "items/s", "speedup vs torch eager", "GOP/s", "% peak", "size MB", "peak RSS MB", "error"]
-        note = (f"bench recorded {esc(self.bench['time'])}; task metric from validate recorded "  # type: ignore[index]
-                f"{esc(self.validate_metric['time'])} on {self.validate_metric['result']['task_metric']['n']} images"
-                if self.validate_metric else
-                f"bench recorded {esc(self.bench['time'])}; no task metric yet "  # type: ignore[index]
-                f"({_cmd(f'edgecv validate {self.root} --val DATA')} fills it)")
+            ran_cell = (
+                esc(ran or "–") if ran in (None, asked) else f'<span class="bad">{esc(ran)} (asked {esc(asked)})</span>'
+            )
+            out.append(
+                [
+                    esc(row["backend"]),
+                    esc(asked),
+                    ran_cell,
+                    esc(row["batch"]),
+                    _num(None if m is None else m.get("metric")),
+                    "–" if delta is None else f"<span{dcls}>{delta:+.2f}</span>",
+                    _num(lat.get("p50_ms")),
+                    _num(lat.get("p99_ms")),
+                    _num(lat.get("throughput"), 1),
+                    "–" if row.get("speedup_vs_torch") is None else f"{row['speedup_vs_torch']:.2f}×",
+                    _num(row.get("gops_per_s"), 1),
+                    "–" if row.get("pct_peak") is None else f"{row['pct_peak']:.0f}%",
+                    _num(_artifact_size_mb(self.b, row["backend"], asked), 2),
+                    _num(row.get("peak_rss_mb"), 1),
+                    esc(row.get("error") or ""),
+                ]
+            )
+        head = [
+            "backend",
+            "precision",
+            "ran",
+            "batch",
+            mname or "task metric",
+            "Δ vs torch",
+            "p50 ms",
+            "p99 ms",
+            "items/s",
+            "speedup vs torch eager",
+            "GOP/s",
+            "% peak",
+            "size MB",
+            "peak RSS MB",
+            "error",
+        ]
+        note = (
+            f"bench recorded {esc(self.bench['time'])}; task metric from validate recorded "  # type: ignore[index]
+            f"{esc(self.validate_metric['time'])} on {self.validate_metric['result']['task_metric']['n']} images"
+            if self.validate_metric
+            else f"bench recorded {esc(self.bench['time'])}; no task metric yet "  # type: ignore[index]
+            f"({_cmd(f'edgecv validate {self.root} --val DATA')} fills it)"
+        )
         return _table(head, out, "summary") + f'<p class="note">{note}</p>'
 
     def speed_accuracy(self) -> str | None:
@@ -262,19 +337,29 @@ class _Builder:
         for r in rows:
             m = metrics.get((r["backend"], r["precision"]))
             if m is not None and m.get("metric") is not None:
-                pts.append({"label": f"{r['backend']}:{r.get('precision_ran') or r['precision']}",
-                            "latency_ms": r["latency"]["p50_ms"], "metric": float(m["metric"])})
+                pts.append(
+                    {
+                        "label": f"{r['backend']}:{r.get('precision_ran') or r['precision']}",
+                        "latency_ms": r["latency"]["p50_ms"],
+                        "metric": float(m["metric"]),
+                    }
+                )
         if not pts:
             return None
         front = figures.pareto_front([(p["latency_ms"], p["metric"]) for p in pts])
         names = ", ".join(esc(pts[i]["label"]) for i in front)
-        return (self.img(figures.speed_accuracy(pts, mname or "task metric"), "speed against accuracy")
-                + f'<p class="note">Pareto frontier (nothing is both faster and more accurate): {names}. '
-                  f"Latency at batch {rows[0]['batch']}.</p>")
+        return (
+            self.img(figures.speed_accuracy(pts, mname or "task metric"), "speed against accuracy")
+            + f'<p class="note">Pareto frontier (nothing is both faster and more accurate): {names}. '
+            f"Latency at batch {rows[0]['batch']}.</p>"
+        )
 
     def latency(self) -> str | None:
-        rows = [{"label": f"{r['backend']}:{r['precision']}", "batch": r["batch"], "quantiles_ms": r["quantiles_ms"]}
-                for r in self._bench_rows() if r.get("quantiles_ms")]
+        rows = [
+            {"label": f"{r['backend']}:{r['precision']}", "batch": r["batch"], "quantiles_ms": r["quantiles_ms"]}
+            for r in self._bench_rows()
+            if r.get("quantiles_ms")
+        ]
         if not rows:
             return None
         return self.img(figures.latency_distributions(rows), "latency distributions")
@@ -287,9 +372,17 @@ class _Builder:
         if not roof or not rows or "ops" not in roof:
             return None
         peaks = {k: float(p["gops_per_s"]) for k, p in roof.get("peaks", {}).items()}
-        pts = [{"label": f"{r['backend']}:{r.get('precision_ran') or r['precision']}", "backend": r["backend"],
-                "ran": r.get("precision_ran") or r["precision"], "batch": r["batch"], "gops": r["gops_per_s"],
-                "pct": r.get("pct_peak")} for r in rows]
+        pts = [
+            {
+                "label": f"{r['backend']}:{r.get('precision_ran') or r['precision']}",
+                "backend": r["backend"],
+                "ran": r.get("precision_ran") or r["precision"],
+                "batch": r["batch"],
+                "gops": r["gops_per_s"],
+                "pct": r.get("pct_peak"),
+            }
+            for r in rows
+        ]
         raised = roof.get("raised", {})
 
         def probe(k: str, p: dict[str, Any]) -> str:
@@ -298,22 +391,28 @@ class _Builder:
                 return f"raised to {r['by']} (best probe {r['probe_form']} {float(r['probe_gops_per_s']):.1f})"
             return f"{p.get('form', 'matmul')} ({p.get('source', 'screened')})"
 
-        ptab = _table(["engine:precision", "peak GOP/s", "probe", "measured"],
-                      [[esc(k), _num(p["gops_per_s"], 1), esc(probe(k, p)),
-                        esc(p["measured"])] for k, p in roof.get("peaks", {}).items()]
-                      + [[esc(k), "–", esc(why), ""] for k, why in roof.get("no_peak", {}).items()])
-        return (self.img(figures.roofline(pts, peaks, float(roof["ops"]["gops"])), "roofline")
-                + f'<p class="note">{esc(roof["method"])}. Model: {float(roof["ops"]["gops"]):.3g} GOP per item '
-                  f'({esc(", ".join(f"{k} {v / 1e9:.3g}" for k, v in roof["ops"]["by_type"].items()))}).</p>'
-                + ptab)
+        ptab = _table(
+            ["engine:precision", "peak GOP/s", "probe", "measured"],
+            [
+                [esc(k), _num(p["gops_per_s"], 1), esc(probe(k, p)), esc(p["measured"])]
+                for k, p in roof.get("peaks", {}).items()
+            ]
+            + [[esc(k), "–", esc(why), ""] for k, why in roof.get("no_peak", {}).items()],
+        )
+        return (
+            self.img(figures.roofline(pts, peaks, float(roof["ops"]["gops"])), "roofline")
+            + f'<p class="note">{esc(roof["method"])}. Model: {float(roof["ops"]["gops"]):.3g} GOP per item '
+            f"({esc(', '.join(f'{k} {v / 1e9:.3g}' for k, v in roof['ops']['by_type'].items()))}).</p>" + ptab
+        )
 
     # -------------------------------------------------------------------- int8
     def _kept_float(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for key, art in self.b.manifest.artifacts.items():
             if art.precision == "int8":
-                kept = list(art.extra.get("kept_float", [])) + [n for n in art.extra.get("float_head", [])
-                                                                 if n not in art.extra.get("kept_float", [])]
+                kept = list(art.extra.get("kept_float", [])) + [
+                    n for n in art.extra.get("float_head", []) if n not in art.extra.get("kept_float", [])
+                ]
                 out[key] = kept
         q = self.b.manifest.provenance.get("quantized")
         if isinstance(q, dict):
@@ -331,21 +430,42 @@ class _Builder:
             layers = v["result"]["layers"]
             parts.append(self.img(figures.layer_divergence(layers, all_kept), "INT8 per-layer divergence"))
             worst = sorted(layers, key=lambda r: r["cosine"])[:10]
-            parts.append("<h4>The ten layers furthest from fp32 (lowest cosine)</h4>" + _table(
-                ["#", "node", "op", "cosine", "rel error", "local error", "diverged", "kept float"],
-                [[esc(r["index"]), esc(r["node"]), esc(r["op"]), f"{r['cosine']:.5f}", f"{r['rel_error']:.3g}",
-                  f"{r['local_error']:.3g}", "yes" if r["diverged"] else "", "yes" if r["node"] in all_kept else ""]
-                 for r in worst]))
+            parts.append(
+                "<h4>The ten layers furthest from fp32 (lowest cosine)</h4>"
+                + _table(
+                    ["#", "node", "op", "cosine", "rel error", "local error", "diverged", "kept float"],
+                    [
+                        [
+                            esc(r["index"]),
+                            esc(r["node"]),
+                            esc(r["op"]),
+                            f"{r['cosine']:.5f}",
+                            f"{r['rel_error']:.3g}",
+                            f"{r['local_error']:.3g}",
+                            "yes" if r["diverged"] else "",
+                            "yes" if r["node"] in all_kept else "",
+                        ]
+                        for r in worst
+                    ],
+                )
+            )
             first = ", ".join(v["result"].get("first_diverged", [])) or "none"
-            parts.append(f'<p class="note">first diverged: {esc(first)}'
-                         f"; recorded {esc(v['time'])}</p>")
+            parts.append(f'<p class="note">first diverged: {esc(first)}; recorded {esc(v["time"])}</p>')
         else:
-            parts.append(_missing(f"No per-layer comparison yet: run "
-                                  f"{_cmd(f'edgecv validate {self.root} -b onnxruntime:int8 --layers')}."))
+            parts.append(
+                _missing(
+                    f"No per-layer comparison yet: run "
+                    f"{_cmd(f'edgecv validate {self.root} -b onnxruntime:int8 --layers')}."
+                )
+            )
         if kept:
-            parts.append("<h4>Layers kept in float</h4>" + _table(
-                ["artifact", "layers kept in float"],
-                [[esc(k), esc(", ".join(names) or "none")] for k, names in kept.items()]))
+            parts.append(
+                "<h4>Layers kept in float</h4>"
+                + _table(
+                    ["artifact", "layers kept in float"],
+                    [[esc(k), esc(", ".join(names) or "none")] for k, names in kept.items()],
+                )
+            )
         return "".join(parts)
 
     # -------------------------------------------------------------------- task
@@ -359,10 +479,15 @@ class _Builder:
         items = [(f"{r['backend']}:{r['precision']}", r["details"]) for r in rows]
         kind = items[0][1]["kind"]
         fig = {"confusion": figures.confusion_matrices, "pr": figures.pr_curves, "iou": figures.class_iou}[kind]
-        what = {"confusion": "confusion matrix per backend (rows: true class)",
-                "pr": "precision-recall per class and backend", "iou": "IoU per class and backend"}[kind]
-        return (self.img(fig(items), what) + f'<p class="note">{esc(what)}; validation set of '
-                f'{v["result"]["task_metric"]["n"]} images, recorded {esc(v["time"])}</p>')
+        what = {
+            "confusion": "confusion matrix per backend (rows: true class)",
+            "pr": "precision-recall per class and backend",
+            "iou": "IoU per class and backend",
+        }[kind]
+        return (
+            self.img(fig(items), what) + f'<p class="note">{esc(what)}; validation set of '
+            f"{v['result']['task_metric']['n']} images, recorded {esc(v['time'])}</p>"
+        )
 
     # -------------------------------------------------------------------- gallery
     def gallery(self) -> str | None:
@@ -393,13 +518,16 @@ class _Builder:
                 draws.append(d)
             parts.append(self.img(figures.gallery_row([img] * len(panels), titles, bad, draws), f"sample {s}"))
         errs = "".join(f"<li>{esc(k)}: {esc(e)}</li>" for k, e in g.get("errors", {}).items())
-        legend = {"classify": "top-3 per panel; a red frame: top-1 differs from PyTorch",
-                  "detect": f"boxes scoring ≥ {GALLERY_CONF}: green = matches PyTorch (same class, IoU ≥ 0.5), "
-                            "red = only this backend, red dashed = PyTorch's box this backend missed",
-                  "segment": "mask overlay; red pixels: class differs from PyTorch"}.get(c.task, "")
-        return (f'<p class="note">{esc(legend)}; reference inputs from reference.npz, validate recorded '
-                f'{esc(v["time"])}</p><div class="gallery">{"".join(parts)}</div>'
-                + (f"<ul>{errs}</ul>" if errs else ""))
+        legend = {
+            "classify": "top-3 per panel; a red frame: top-1 differs from PyTorch",
+            "detect": f"boxes scoring ≥ {GALLERY_CONF}: green = matches PyTorch (same class, IoU ≥ 0.5), "
+            "red = only this backend, red dashed = PyTorch's box this backend missed",
+            "segment": "mask overlay; red pixels: class differs from PyTorch",
+        }.get(c.task, "")
+        return (
+            f'<p class="note">{esc(legend)}; reference inputs from reference.npz, validate recorded '
+            f'{esc(v["time"])}</p><div class="gallery">{"".join(parts)}</div>' + (f"<ul>{errs}</ul>" if errs else "")
+        )
 
     def _differs(self, ref: dict[str, Any], p: dict[str, Any]) -> bool:
         task = ref.get("task")
@@ -411,16 +539,18 @@ class _Builder:
             if len(rb) != len(pb):
                 return True
             iou = _box_iou(pb, rb)
-            return bool(len(pb) and not all((iou[i].max() >= 0.5) and pc[i] == rc[int(iou[i].argmax())]
-                                            for i in range(len(pb))))
+            return bool(
+                len(pb) and not all((iou[i].max() >= 0.5) and pc[i] == rc[int(iou[i].argmax())] for i in range(len(pb)))
+            )
         if task == "segment" and "mask" in ref and "mask" in p:
             from edgecv.validate.details import decode_mask
 
             return bool((decode_mask(ref["mask"]) != decode_mask(p["mask"])).any())
         return False
 
-    def _panel(self, label: str, p: dict[str, Any], ref: dict[str, Any], is_bad: bool
-               ) -> tuple[str, Callable[[Any], None]]:
+    def _panel(
+        self, label: str, p: dict[str, Any], ref: dict[str, Any], is_bad: bool
+    ) -> tuple[str, Callable[[Any], None]]:
         task = p.get("task")
         if task == "classify":
             top = "\n".join(f"{i + 1}. {t['label']} {t['score']:.2f}" for i, t in enumerate(p["topk"][:3]))
@@ -444,13 +574,29 @@ class _Builder:
                             matched_ref.add(j)
                     col = "#2ca02c" if ok else "#d62728"
                     ax.add_patch(Rectangle((bx[0], bx[1]), bx[2] - bx[0], bx[3] - bx[1], fill=False, ec=col, lw=1.5))
-                    ax.text(bx[0], bx[1], t, fontsize=6, color="white", va="bottom",
-                            bbox={"facecolor": col, "alpha": 0.8, "pad": 0.5, "lw": 0})
+                    ax.text(
+                        bx[0],
+                        bx[1],
+                        t,
+                        fontsize=6,
+                        color="white",
+                        va="bottom",
+                        bbox={"facecolor": col, "alpha": 0.8, "pad": 0.5, "lw": 0},
+                    )
                 if not is_ref:
                     for j, bx in enumerate(rb):
                         if j not in matched_ref:
-                            ax.add_patch(Rectangle((bx[0], bx[1]), bx[2] - bx[0], bx[3] - bx[1], fill=False,
-                                                   ec="#d62728", lw=1.2, ls="--"))
+                            ax.add_patch(
+                                Rectangle(
+                                    (bx[0], bx[1]),
+                                    bx[2] - bx[0],
+                                    bx[3] - bx[1],
+                                    fill=False,
+                                    ec="#d62728",
+                                    lw=1.2,
+                                    ls="--",
+                                )
+                            )
 
             return f"{label}\n{len(pb)} boxes", draw
         if task == "segment" and "mask" in p:
@@ -485,48 +631,123 @@ class _Builder:
         tl = s.get("timeline")
         r = s.get("runner", {})
         src = s.get("source", {})
-        title = (f"{src.get('kind', '')} {src.get('target', '')} on {r.get('backend', '')} {r.get('precision', '')} "
-                 f"{r.get('device', '')}")
-        facts = _table(["frames read", "processed", "duration s", "fps in", "fps out", "dropped", "reconnects",
-                        "skipped corrupt", "stopped by"],
-                       [[esc(s.get("frames_read")), esc(s.get("frames_processed")), _num(s.get("duration_s")),
-                         _num(s.get("fps_in")), _num(s.get("fps_out")), esc(s.get("dropped")), esc(s.get("reconnects")),
-                         esc(s.get("skipped_corrupt")), esc(s.get("stopped_by"))]])
+        title = (
+            f"{src.get('kind', '')} {src.get('target', '')} on {r.get('backend', '')} {r.get('precision', '')} "
+            f"{r.get('device', '')}"
+        )
+        facts = _table(
+            [
+                "frames read",
+                "processed",
+                "duration s",
+                "fps in",
+                "fps out",
+                "dropped",
+                "reconnects",
+                "skipped corrupt",
+                "stopped by",
+            ],
+            [
+                [
+                    esc(s.get("frames_read")),
+                    esc(s.get("frames_processed")),
+                    _num(s.get("duration_s")),
+                    _num(s.get("fps_in")),
+                    _num(s.get("fps_out")),
+                    esc(s.get("dropped")),
+                    esc(s.get("reconnects")),
+                    esc(s.get("skipped_corrupt")),
+                    esc(s.get("stopped_by")),
+                ]
+            ],
+        )
         lat = s.get("latency_ms", {})
-        stages = _table(["stage", "frames", "p50 ms", "p90 ms", "p99 ms", "max ms"],
-                        [[esc(k), esc(d.get("n")), _num(d.get("p50")), _num(d.get("p90")), _num(d.get("p99")),
-                          _num(d.get("max"))] for k, d in lat.items() if d.get("n")])
-        pic = self.img(figures.stream_timeline(tl, title), "stream timeline") if tl and tl.get("rows") else \
-            _missing("This run was recorded without a timeline (an older edgecv).")
+        stages = _table(
+            ["stage", "frames", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            [
+                [
+                    esc(k),
+                    esc(d.get("n")),
+                    _num(d.get("p50")),
+                    _num(d.get("p90")),
+                    _num(d.get("p99")),
+                    _num(d.get("max")),
+                ]
+                for k, d in lat.items()
+                if d.get("n")
+            ],
+        )
+        pic = (
+            self.img(figures.stream_timeline(tl, title), "stream timeline")
+            if tl and tl.get("rows")
+            else _missing("This run was recorded without a timeline (an older edgecv).")
+        )
         return pic + facts + stages + f'<p class="note">recorded {esc(run["time"])}</p>'
 
     # -------------------------------------------------------------------- provenance
     def provenance(self) -> str:
         m = self.b.manifest
         prov = m.provenance
-        rows = [[esc(k), f"<code>{esc(json.dumps(v, default=str) if not isinstance(v, str) else v)}</code>"]
-                for k, v in prov.items() if k not in ("quantized",)]
+        rows = [
+            [esc(k), f"<code>{esc(json.dumps(v, default=str) if not isinstance(v, str) else v)}</code>"]
+            for k, v in prov.items()
+            if k not in ("quantized",)
+        ]
         parts = ["<h4>Bundle</h4>" + _table(["field", "value"], rows, "prov")]
         if m.artifacts:
-            parts.append("<h4>Artifacts</h4>" + _table(
-                ["artifact", "path", "device", "created", "build flags", "versions"],
-                [[esc(k), esc(a.path), esc(a.device), esc(a.created), f"<code>{esc(json.dumps(a.build_flags))}</code>",
-                  f"<code>{esc(json.dumps(a.versions))}</code>"] for k, a in m.artifacts.items()], "prov"))
+            parts.append(
+                "<h4>Artifacts</h4>"
+                + _table(
+                    ["artifact", "path", "device", "created", "build flags", "versions"],
+                    [
+                        [
+                            esc(k),
+                            esc(a.path),
+                            esc(a.device),
+                            esc(a.created),
+                            f"<code>{esc(json.dumps(a.build_flags))}</code>",
+                            f"<code>{esc(json.dumps(a.versions))}</code>",
+                        ]
+                        for k, a in m.artifacts.items()
+                    ],
+                    "prov",
+                )
+            )
         res = self.res.mine + self.res.others
         if res:
-            used = {id(x) for x in (self.bench, self.validate_metric, self.validate_layers, self.validate_gallery,
-                                    self.run) if x is not None}
-            parts.append("<h4>Recorded results (the figures above use the ones marked ●)</h4>" + _table(
-                ["", "kind", "time", "host", "command", "versions", "file"],
-                [["●" if id(x) in used else "", esc(x["kind"]), esc(x["time"]),
-                  esc(f"{x['host'].get('node')} ({x['host'].get('processor')}, {x['host'].get('cpu_count')} CPUs)")
-                  + ("" if x in self.res.mine else ' <span class="bad">other host: not in the figures</span>'),
-                  f"<code>{esc(' '.join(x.get('command', [])))}</code>",
-                  f"<code>{esc(', '.join(f'{k} {v}' for k, v in x.get('versions', {}).items()))}</code>",
-                  esc(x["path"])] for x in res], "prov"))
+            used = {
+                id(x)
+                for x in (self.bench, self.validate_metric, self.validate_layers, self.validate_gallery, self.run)
+                if x is not None
+            }
+            parts.append(
+                "<h4>Recorded results (the figures above use the ones marked ●)</h4>"
+                + _table(
+                    ["", "kind", "time", "host", "command", "versions", "file"],
+                    [
+                        [
+                            "●" if id(x) in used else "",
+                            esc(x["kind"]),
+                            esc(x["time"]),
+                            esc(
+                                f"{x['host'].get('node')} ({x['host'].get('processor')}, {x['host'].get('cpu_count')} CPUs)"
+                            )
+                            + (
+                                "" if x in self.res.mine else ' <span class="bad">other host: not in the figures</span>'
+                            ),
+                            f"<code>{esc(' '.join(x.get('command', [])))}</code>",
+                            f"<code>{esc(', '.join(f'{k} {v}' for k, v in x.get('versions', {}).items()))}</code>",
+                            esc(x["path"]),
+                        ]
+                        for x in res
+                    ],
+                    "prov",
+                )
+            )
         if self.res.skipped:
-            parts.append("<h4>Result files skipped</h4><ul>" + "".join(f"<li>{esc(s)}</li>" for s in self.res.skipped)
-                         + "</ul>")
+            parts.append(
+                "<h4>Result files skipped</h4><ul>" + "".join(f"<li>{esc(s)}</li>" for s in self.res.skipped) + "</ul>"
+            )
         return "".join(parts)
 
 
@@ -561,16 +782,22 @@ def render(parts: list[BundleReport], title: str) -> str:
             secs.append(f'<h3 id="b{i}-{k}">{esc(TITLES[k])}</h3>{content}')
         notes = ""
         if p.other_hosts:
-            notes += _missing(f"{p.other_hosts} result(s) recorded on other hosts are kept apart: listed under "
-                              "Provenance, never mixed into this host's figures.")
+            notes += _missing(
+                f"{p.other_hosts} result(s) recorded on other hosts are kept apart: listed under "
+                "Provenance, never mixed into this host's figures."
+            )
         if p.skipped:
             notes += "".join(_missing(esc(s)) for s in p.skipped)
-        body.append(f'<section class="bundle"><h2>{esc(p.name)} <small><code>{esc(p.root)}</code></small></h2>'
-                    f"<nav>{nav}</nav>{notes}{''.join(secs)}</section>")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
-            f"<body><header><h1>{esc(title)}</h1><p>edgecv {esc(__version__)} · written {esc(now_iso())} · "
-            f"figures use results recorded on this host only</p></header><main>{''.join(body)}</main></body></html>")
+        body.append(
+            f'<section class="bundle"><h2>{esc(p.name)} <small><code>{esc(p.root)}</code></small></h2>'
+            f"<nav>{nav}</nav>{notes}{''.join(secs)}</section>"
+        )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+        f"<body><header><h1>{esc(title)}</h1><p>edgecv {esc(__version__)} · written {esc(now_iso())} · "
+        f"figures use results recorded on this host only</p></header><main>{''.join(body)}</main></body></html>"
+    )
 
 
 def open_for_report(path: str | Path) -> Bundle:

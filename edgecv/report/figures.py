@@ -10,8 +10,7 @@ import numpy as np
 from edgecv._lazy import lazy_import
 
 DPI = 96
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf"]
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
 def _plt() -> Any:
@@ -53,8 +52,7 @@ def speed_accuracy(points: list[dict[str, Any]], metric_name: str) -> bytes:
     front = pareto_front(xy)
     for i, p in enumerate(points):
         ax.scatter(p["latency_ms"], p["metric"], s=60, color=color(i), zorder=3, label=p["label"])
-        ax.annotate(p["label"], (p["latency_ms"], p["metric"]), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
+        ax.annotate(p["label"], (p["latency_ms"], p["metric"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     fx = [xy[i][0] for i in front]
     fy = [xy[i][1] for i in front]
     ax.step(fx, fy, where="post", color="black", lw=1.2, ls="--", label="Pareto frontier", zorder=2)
@@ -103,11 +101,18 @@ def roofline(rows: list[dict[str, Any]], peaks: dict[str, float], model_gop: flo
         ax.text(x1, gops, f" peak {key} {gops:.0f}", color=pcol[prec], fontsize=8, va="center")
     for r in rows:
         x = model_gop * r["batch"]
-        ax.scatter(x, r["gops"], color=pcol[r["ran"]], s=50, zorder=3,
-                   marker="o" if r["backend"] == "openvino" else "s" if r["backend"] == "onnxruntime" else "^")
+        ax.scatter(
+            x,
+            r["gops"],
+            color=pcol[r["ran"]],
+            s=50,
+            zorder=3,
+            marker="o" if r["backend"] == "openvino" else "s" if r["backend"] == "onnxruntime" else "^",
+        )
         pct = f" {r['pct']:.0f}%" if r.get("pct") is not None else ""
-        ax.annotate(f"{r['label']} b{r['batch']}{pct}", (x, r["gops"]), textcoords="offset points",
-                    xytext=(5, -10), fontsize=7)
+        ax.annotate(
+            f"{r['label']} b{r['batch']}{pct}", (x, r["gops"]), textcoords="offset points", xytext=(5, -10), fontsize=7
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x0, x1)
@@ -173,8 +178,15 @@ def confusion_matrices(items: list[tuple[str, dict[str, Any]]]) -> bytes:
             for i in range(k):
                 for j in range(k):
                     if m[i, j]:
-                        ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                                color="white" if norm[i, j] > 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            int(m[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black",
+                        )
         names = d["labels"]
         ax.set_xticks(range(k))
         ax.set_yticks(range(k))
@@ -229,8 +241,7 @@ def stream_timeline(tl: dict[str, Any], title: str) -> bytes:
     plt = _plt()
     rows = tl["rows"]
     t = np.array([r["t"] for r in rows], dtype=np.float64)
-    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(9, 6.2), sharex=True,
-                                     gridspec_kw={"height_ratios": [2.2, 1.2, 1]})
+    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(9, 6.2), sharex=True, gridspec_kw={"height_ratios": [2.2, 1.2, 1]})
     for i, st in enumerate(tl["stages"]):
         y = np.array([r["mean_ms"].get(st, np.nan) for r in rows], dtype=np.float64)
         if np.isfinite(y).any():
@@ -250,8 +261,7 @@ def stream_timeline(tl: dict[str, Any], title: str) -> bytes:
     return _png(fig)
 
 
-def gallery_row(images: list[np.ndarray], titles: list[str], bad: list[bool],
-                draws: list[Any]) -> bytes:
+def gallery_row(images: list[np.ndarray], titles: list[str], bad: list[bool], draws: list[Any]) -> bytes:
     """One sample: the reference panel and one panel per backend side by side. ``draws[i](ax)`` adds the
     predictions of panel ``i``; a panel whose prediction differs from the reference gets a red frame and title."""
     plt = _plt()

@@ -25,6 +25,19 @@ from edgecv.rewrite.base import (
     register_pass,
 )
 
-__all__ = ["PASSES", "NotExactError", "Pass", "PassReport", "PassResult", "RewriteError", "RewriteReport",
-           "apply_passes", "compare_outputs", "count_flops", "count_params", "get_pass", "list_passes",
-           "register_pass"]
+__all__ = [
+    "PASSES",
+    "NotExactError",
+    "Pass",
+    "PassReport",
+    "PassResult",
+    "RewriteError",
+    "RewriteReport",
+    "apply_passes",
+    "compare_outputs",
+    "count_flops",
+    "count_params",
+    "get_pass",
+    "list_passes",
+    "register_pass",
+]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgecv.errors import ConfigError, EdgecvError
@@ -99,9 +99,16 @@ class RewriteReport:
         return any(p.finetune_needed for p in self.passes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"exact": self.exact, "finetune_needed": self.finetune_needed, "params_before": self.params_before,
-                "params_after": self.params_after, "max_abs": self.max_abs, "cosine": self.cosine,
-                "top1_agreement": self.top1_agreement, "passes": [p.to_dict() for p in self.passes]}
+        return {
+            "exact": self.exact,
+            "finetune_needed": self.finetune_needed,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "max_abs": self.max_abs,
+            "cosine": self.cosine,
+            "top1_agreement": self.top1_agreement,
+            "passes": [p.to_dict() for p in self.passes],
+        }
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -136,8 +143,10 @@ def compare_outputs(ref: Any, new: Any) -> OutputDiff:
     torch = _torch()
     a, b = flatten_outputs(ref), flatten_outputs(new)
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
-        raise RewriteError(f"rewritten model's outputs changed shape: expected {[list(x.shape) for x in a]}, "
-                           f"found {[list(y.shape) for y in b]}")
+        raise RewriteError(
+            f"rewritten model's outputs changed shape: expected {[list(x.shape) for x in a]}, "
+            f"found {[list(y.shape) for y in b]}"
+        )
     if not a:
         raise RewriteError(f"model output has no tensors (found {type(ref).__name__})")
     fa = torch.cat([x.detach().double().flatten() for x in a])
@@ -152,8 +161,9 @@ def compare_outputs(ref: Any, new: Any) -> OutputDiff:
     top1 = None
     if len(a) == 1 and a[0].dim() == 2 and a[0].shape[1] > 1:
         top1 = float((a[0].argmax(1) == b[0].argmax(1)).double().mean())
-    return OutputDiff(max_abs=max_abs, mean_abs=float(diff.mean()), scale=float(fa.abs().max()), cosine=cos,
-                      top1_agreement=top1)
+    return OutputDiff(
+        max_abs=max_abs, mean_abs=float(diff.mean()), scale=float(fa.abs().max()), cosine=cos, top1_agreement=top1
+    )
 
 
 def count_params(model: nn.Module) -> int:
@@ -183,8 +193,10 @@ def infer_sample(model: nn.Module, batch: int = 2, size: int = 64, seed: int = 0
             return torch.randn(batch, m.in_channels, *([size] * nd), generator=gen)
         if isinstance(m, nn.Linear):
             return torch.randn(batch, m.in_features, generator=gen)
-    raise RewriteError("no sample input given and the model has no conv/linear layer to infer an input shape from; "
-                       "pass sample=torch.randn(...) (CLI: --input-shape)")
+    raise RewriteError(
+        "no sample input given and the model has no conv/linear layer to infer an input shape from; "
+        "pass sample=torch.randn(...) (CLI: --input-shape)"
+    )
 
 
 def _fused_leaf_types() -> tuple[type, ...]:
@@ -214,7 +226,7 @@ def try_trace(model: nn.Module, leaf: Callable[[Any], bool] | None = None) -> tu
         graph = tracer.trace(model)
         name = type(model).__name__
         return fx.GraphModule(tracer.root, graph, name), ""
-    except Exception as exc:  # fx raises many kinds (TraceError, TypeError, NotImplementedError...)
+    except Exception as exc:  # noqa: BLE001 - fx raises many kinds (TraceError, TypeError, NotImplementedError...)
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
 
 
@@ -290,8 +302,9 @@ class Pass:
     def __call__(self, model: nn.Module, sample: torch.Tensor | None = None, inplace: bool = False) -> nn.Module:
         return self.run(model, sample, inplace)[0]
 
-    def run(self, model: nn.Module, sample: torch.Tensor | None = None,
-            inplace: bool = False) -> tuple[nn.Module, PassReport]:
+    def run(
+        self, model: nn.Module, sample: torch.Tensor | None = None, inplace: bool = False
+    ) -> tuple[nn.Module, PassReport]:
         """Rewrite ``model`` and certify (exact) or measure (lossy) the result on ``sample``.
 
         Args:
@@ -316,17 +329,23 @@ class Pass:
             raise RewriteError(f"pass '{self.name}' expected a torch.nn.Module, found {type(model).__name__}")
         kind = "exact" if self.exact else "lossy"
         if model.training:
-            raise RewriteError(f"{kind} pass '{self.name}' expected a model in eval mode, found train mode "
-                               "(BatchNorm/Dropout behave differently); call model.eval() first")
+            raise RewriteError(
+                f"{kind} pass '{self.name}' expected a model in eval mode, found train mode "
+                "(BatchNorm/Dropout behave differently); call model.eval() first"
+            )
         source = "given"
         if sample is None:
             if not self.exact:
-                raise RewriteError(f"lossy pass '{self.name}' needs a sample input to measure (and calibrate) the "
-                                   "output drift it causes; found sample=None (CLI: --input-shape)")
+                raise RewriteError(
+                    f"lossy pass '{self.name}' needs a sample input to measure (and calibrate) the "
+                    "output drift it causes; found sample=None (CLI: --input-shape)"
+                )
             sample = infer_sample(model)
             source = "synthesized (seeded noise)"
         if not isinstance(sample, torch.Tensor):
-            raise RewriteError(f"pass '{self.name}' expected sample to be a torch.Tensor, found {type(sample).__name__}")
+            raise RewriteError(
+                f"pass '{self.name}' expected sample to be a torch.Tensor, found {type(sample).__name__}"
+            )
         t0 = time.perf_counter()
         ref = run_model(model, sample)
         params_before = count_params(model)
@@ -336,10 +355,20 @@ class Pass:
         new.eval()
         diff = compare_outputs(ref, run_model(new, sample))
         report = PassReport(
-            name=self.name, exact=self.exact, method=result.method, changes=result.changes, max_abs=diff.max_abs,
-            mean_abs=diff.mean_abs, cosine=diff.cosine, top1_agreement=diff.top1_agreement, output_scale=diff.scale,
-            params_before=params_before, params_after=count_params(new), sample_shape=list(sample.shape),
-            sample_source=source, notes=list(result.notes),
+            name=self.name,
+            exact=self.exact,
+            method=result.method,
+            changes=result.changes,
+            max_abs=diff.max_abs,
+            mean_abs=diff.mean_abs,
+            cosine=diff.cosine,
+            top1_agreement=diff.top1_agreement,
+            output_scale=diff.scale,
+            params_before=params_before,
+            params_after=count_params(new),
+            sample_shape=list(sample.shape),
+            sample_source=source,
+            notes=list(result.notes),
         )
         if self.exact:
             tol = self.rtol * diff.scale + self.atol
@@ -353,7 +382,8 @@ class Pass:
                 if d64 is not None and d64.max_abs <= tol64:
                     report.notes.append(
                         f"float32 diff {diff.max_abs:.3g} > {tol:.3g} is rounding: the same rewrite in float64 gives "
-                        f"{d64.max_abs:.3g} <= {tol64:.3g} ({self.rtol64:g} x output scale)")
+                        f"{d64.max_abs:.3g} <= {tol64:.3g} ({self.rtol64:g} x output scale)"
+                    )
                 else:
                     if inplace:
                         where = " (the input model was modified in place; no float64 check)"
@@ -367,7 +397,8 @@ class Pass:
                         f"exact pass '{self.name}' changed the outputs: expected max abs diff <= {tol:.3g} "
                         f"({self.rtol:g} x output scale {diff.scale:.4g}), found {diff.max_abs:.4g} "
                         f"(cosine {diff.cosine:.6f}, {result.changes} changes via {result.method}){where}; "
-                        "rewritten model discarded")
+                        "rewritten model discarded"
+                    )
         else:
             report.finetune_needed = result.changes > 0
             if result.changes:
@@ -405,8 +436,13 @@ def list_passes() -> list[dict[str, Any]]:
     return [{"name": n, **PASSES.meta(n)} for n in PASSES.names()]
 
 
-def apply_passes(model: nn.Module, names: list[str], sample: torch.Tensor | None, inplace: bool = False,
-                 options: dict[str, dict[str, Any]] | None = None) -> tuple[nn.Module, RewriteReport]:
+def apply_passes(
+    model: nn.Module,
+    names: list[str],
+    sample: torch.Tensor | None,
+    inplace: bool = False,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> tuple[nn.Module, RewriteReport]:
     """Run the named passes in order; exact ones certify themselves, lossy ones report their drift.
 
     Args:

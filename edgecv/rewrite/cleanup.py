@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecv.rewrite.base import METHOD_FX, METHOD_WALK, Pass, PassResult, finish_graph, is_plain_sequential, \
-    register_pass, try_trace
+from edgecv.rewrite.base import (
+    METHOD_FX,
+    METHOD_WALK,
+    Pass,
+    PassResult,
+    finish_graph,
+    is_plain_sequential,
+    register_pass,
+    try_trace,
+)
 
 if TYPE_CHECKING:
     import torch

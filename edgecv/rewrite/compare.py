@@ -27,16 +27,27 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> Path:
     from edgecv.errors import ExportError
 
     try:
-        torch.onnx.export(model, (sample,), str(path), input_names=["input"], output_names=["output"],
-                          opset_version=17, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (sample,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export of the model for timing failed: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise ExportError(
+            f"torch.onnx.export of the model for timing failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     return path
 
 
-def measure_latency(paths: dict[str, Path], sample: torch.Tensor, min_time_s: float = 1.0,
-                    rounds: int = 3) -> dict[str, dict[str, Any]]:
+def measure_latency(
+    paths: dict[str, Path], sample: torch.Tensor, min_time_s: float = 1.0, rounds: int = 3
+) -> dict[str, dict[str, Any]]:
     """p50 latency (ms) of each ONNX file with ONNX Runtime and OpenVINO (fp32, CPU), measured in this one run:
     ``rounds`` alternating rounds per backend (before, after, before, after...) so load on a shared machine hits
     both alike; the median of the rounds' p50 is reported. A backend that fails gives ``<backend>_error``."""
@@ -62,8 +73,13 @@ def measure_latency(paths: dict[str, Path], sample: torch.Tensor, min_time_s: fl
             p50s: dict[str, list[float]] = {k: [] for k in runners}
             for rnd in range(rounds):
                 for key, r in runners.items():
-                    stats = measure(r, feed, warmup=5 if rnd == 0 else 2, min_time_s=min_time_s / rounds,
-                                    min_iters=max(10 // rounds, 3))
+                    stats = measure(
+                        r,
+                        feed,
+                        warmup=5 if rnd == 0 else 2,
+                        min_time_s=min_time_s / rounds,
+                        min_iters=max(10 // rounds, 3),
+                    )
                     p50s[key].append(stats.p50_ms)
             for key, vals in p50s.items():
                 out[key][backend] = statistics.median(vals)
@@ -74,23 +90,33 @@ def measure_latency(paths: dict[str, Path], sample: torch.Tensor, min_time_s: fl
             for r in runners.values():
                 try:
                     r.close()
-                except Exception:  # noqa: BLE001 - closing a half-loaded runner
+                except Exception:  # noqa: BLE001, S110 - closing a half-loaded runner
                     pass
     return out
 
 
-def save_rewritten(path: Path, model: nn.Module, arch: str, passes: list[str], options: dict[str, Any],
-                   input_shape: list[int], model_kwargs: dict[str, Any] | None = None) -> Path:
+def save_rewritten(
+    path: Path,
+    model: nn.Module,
+    arch: str,
+    passes: list[str],
+    options: dict[str, Any],
+    input_shape: list[int],
+    model_kwargs: dict[str, Any] | None = None,
+) -> Path:
     """Write ``{"arch", "rewrite": {passes, options, input_shape}, "state_dict"}`` atomically; plain data and
     tensors only, so ``torch.load(weights_only=True)`` reads it. :func:`load_rewritten` rebuilds the module."""
     import torch
 
     from edgecv._io import atomic_path
 
-    blob = {"format": SAVE_FORMAT, "arch": _arch_relative_to(arch, Path(path).parent),
-            "model_kwargs": dict(model_kwargs or {}),
-            "rewrite": {"passes": list(passes), "options": options, "input_shape": list(input_shape)},
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    blob = {
+        "format": SAVE_FORMAT,
+        "arch": _arch_relative_to(arch, Path(path).parent),
+        "model_kwargs": dict(model_kwargs or {}),
+        "rewrite": {"passes": list(passes), "options": options, "input_shape": list(input_shape)},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     return path
@@ -138,8 +164,10 @@ def load_rewritten(path: str | Path) -> nn.Module:
 
     blob = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != SAVE_FORMAT:
-        raise ModelSourceError(f"'{path}': expected a file written by 'edgecv rewrite -o' (format {SAVE_FORMAT}), "
-                               f"found {blob.get('format') if isinstance(blob, dict) else type(blob).__name__}")
+        raise ModelSourceError(
+            f"'{path}': expected a file written by 'edgecv rewrite -o' (format {SAVE_FORMAT}), "
+            f"found {blob.get('format') if isinstance(blob, dict) else type(blob).__name__}"
+        )
     rw = blob["rewrite"]
     arch = _arch_from(blob["arch"], Path(path).parent)
     module = load_model(arch, model_kwargs=blob.get("model_kwargs") or None).module.eval()
@@ -147,13 +175,14 @@ def load_rewritten(path: str | Path) -> nn.Module:
     rebuilt, _ = apply_passes(module, rw["passes"], sample, inplace=True, options=rw.get("options") or None)
     missing, unexpected = rebuilt.load_state_dict(blob["state_dict"], strict=False)
     if missing or unexpected:
-        raise ModelSourceError(f"'{path}': rebuilt structure does not match the saved weights (missing "
-                               f"{missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelSourceError(
+            f"'{path}': rebuilt structure does not match the saved weights (missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return rebuilt.eval()
 
 
-def finetune_distill(student: nn.Module, teacher: nn.Module, data_dir: Path, epochs: int,
-                     contract: Any = None) -> Any:
+def finetune_distill(student: nn.Module, teacher: nn.Module, data_dir: Path, epochs: int, contract: Any = None) -> Any:
     """Distil ``student`` from ``teacher`` on ``data_dir`` with :func:`edgecv.train.distill` (student changed in
     place); images are resized and normalised as the model's contract says."""
     if not Path(data_dir).exists():
@@ -161,8 +190,10 @@ def finetune_distill(student: nn.Module, teacher: nn.Module, data_dir: Path, epo
     try:
         from edgecv.train import distill
     except ImportError as exc:
-        raise ConfigError("--finetune: expected edgecv.train.distill(student, teacher, data, epochs=...) to "
-                          f"exist, found none in this install ({exc}); rewrite without --finetune") from exc
+        raise ConfigError(
+            "--finetune: expected edgecv.train.distill(student, teacher, data, epochs=...) to "
+            f"exist, found none in this install ({exc}); rewrite without --finetune"
+        ) from exc
     kw: dict[str, Any] = {}
     if contract is not None:
         kw = {"image_size": tuple(contract.input_shape[-2:]), "mean": tuple(contract.mean), "std": tuple(contract.std)}
@@ -172,11 +203,19 @@ def finetune_distill(student: nn.Module, teacher: nn.Module, data_dir: Path, epo
     return distill(student, teacher, str(data_dir), epochs=epochs, **kw)
 
 
-def run_rewrite(loaded: LoadedModel, spec: str, passes: list[str], options: dict[str, Any], *, bench: bool = True,
-                bench_time: float = 1.0, output: Path | None = None, finetune: Path | None = None,
-                epochs: int = 1) -> dict[str, Any]:
+def run_rewrite(
+    loaded: LoadedModel,
+    spec: str,
+    passes: list[str],
+    options: dict[str, Any],
+    *,
+    bench: bool = True,
+    bench_time: float = 1.0,
+    output: Path | None = None,
+    finetune: Path | None = None,
+    epochs: int = 1,
+) -> dict[str, Any]:
     """The whole ``edgecv rewrite`` flow; returns a JSON-ready dict."""
-    import torch
 
     from edgecv.rewrite.lint import lint_inputs
 
@@ -195,9 +234,11 @@ def run_rewrite(loaded: LoadedModel, spec: str, passes: list[str], options: dict
         from edgecv.rewrite.base import compare_outputs, run_model
 
         diff = compare_outputs(run_model(original, sample), run_model(new, sample))
-        messages.append(f"fine-tuned {epochs} epoch(s) by distillation from the original on {finetune}: max abs "
-                        f"diff {report.max_abs:.4g} -> {diff.max_abs:.4g}, cosine {report.cosine:.4f} -> "
-                        f"{diff.cosine:.4f}")
+        messages.append(
+            f"fine-tuned {epochs} epoch(s) by distillation from the original on {finetune}: max abs "
+            f"diff {report.max_abs:.4g} -> {diff.max_abs:.4g}, cosine {report.cosine:.4f} -> "
+            f"{diff.cosine:.4f}"
+        )
         report.max_abs, report.cosine, report.top1_agreement = diff.max_abs, diff.cosine, diff.top1_agreement
     elif report.finetune_needed:
         messages.append("lossy passes changed the outputs: fine-tune before deploying (--finetune DATA)")
@@ -205,8 +246,10 @@ def run_rewrite(loaded: LoadedModel, spec: str, passes: list[str], options: dict
     after = {"params": count_params(new), "gflops": count_flops(new, bench_sample) / 1e9}
     if bench:
         with tempfile.TemporaryDirectory(prefix="edgecv-rewrite-") as tmp:
-            paths = {"before": export_onnx(original, bench_sample, Path(tmp) / "before.onnx"),
-                     "after": export_onnx(new, bench_sample, Path(tmp) / "after.onnx")}
+            paths = {
+                "before": export_onnx(original, bench_sample, Path(tmp) / "before.onnx"),
+                "after": export_onnx(new, bench_sample, Path(tmp) / "after.onnx"),
+            }
             lat = measure_latency(paths, bench_sample, bench_time)
         before.update(lat["before"])
         after.update(lat["after"])
@@ -215,7 +258,16 @@ def run_rewrite(loaded: LoadedModel, spec: str, passes: list[str], options: dict
                 messages.append(f"{k[:-6]}: not measured ({v})")
     if output is not None:
         save_rewritten(output, new, spec, passes, options, shape, loaded.source_info.get("kwargs"))
-        messages.append(f"wrote {output} (state dict + arch + passes; rebuild with "
-                        "edgecv.rewrite.compare.load_rewritten)")
-    return {"model": spec, "input_shape": shape, "sample": sample_desc, "passes": passes, "report": report.to_dict(), "before": before,
-            "after": after, "messages": messages}
+        messages.append(
+            f"wrote {output} (state dict + arch + passes; rebuild with edgecv.rewrite.compare.load_rewritten)"
+        )
+    return {
+        "model": spec,
+        "input_shape": shape,
+        "sample": sample_desc,
+        "passes": passes,
+        "report": report.to_dict(),
+        "before": before,
+        "after": after,
+        "messages": messages,
+    }

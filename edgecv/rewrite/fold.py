@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import TYPE_CHECKING, Any
 
 from edgecv.rewrite.base import (
@@ -94,7 +95,7 @@ def _shape_prop(gm: fx.GraphModule, sample: torch.Tensor) -> bool:
     try:
         ShapeProp(gm).propagate(sample)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - fx shape propagation raises many kinds; fall back to no shapes
         return False
 
 
@@ -143,7 +144,7 @@ def fold_bn_walk(model: nn.Module) -> int:
         if not is_plain_sequential(seq):
             continue
         keys = list(seq._modules)
-        for a, b in zip(keys, keys[1:]):
+        for a, b in itertools.pairwise(keys):
             layer, bn = seq._modules[a], seq._modules[b]  # type: Any, Any
             if can_fold(layer, bn):
                 seq._modules[a] = fold_bn_into(layer, bn)
@@ -173,8 +174,20 @@ class FoldBN(Pass):
 def _act_modules() -> tuple[type, ...]:
     from torch import nn
 
-    return (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.Sigmoid, nn.Hardsigmoid, nn.LeakyReLU, nn.Mish,
-            nn.Tanh, nn.Hardtanh, nn.ELU)
+    return (
+        nn.ReLU,
+        nn.ReLU6,
+        nn.SiLU,
+        nn.Hardswish,
+        nn.GELU,
+        nn.Sigmoid,
+        nn.Hardsigmoid,
+        nn.LeakyReLU,
+        nn.Mish,
+        nn.Tanh,
+        nn.Hardtanh,
+        nn.ELU,
+    )
 
 
 def _functional_act(node: Any) -> nn.Module | None:
@@ -211,8 +224,12 @@ def make_fused(layer: Any, act: Any) -> nn.Module:
     from torch.ao.nn import intrinsic as nni
 
     if type(act) is nn.ReLU:
-        pairs = {nn.Conv1d: nni.ConvReLU1d, nn.Conv2d: nni.ConvReLU2d, nn.Conv3d: nni.ConvReLU3d,
-                 nn.Linear: nni.LinearReLU}
+        pairs = {
+            nn.Conv1d: nni.ConvReLU1d,
+            nn.Conv2d: nni.ConvReLU2d,
+            nn.Conv3d: nni.ConvReLU3d,
+            nn.Linear: nni.LinearReLU,
+        }
         cls = pairs.get(type(layer))
         if cls is not None:
             return cls(layer, nn.ReLU())
@@ -234,8 +251,12 @@ def fuse_act_fx(gm: fx.GraphModule) -> int:
         if user.args[:1] != (node,):
             continue
         act: Any = None
-        if user.op == "call_module" and isinstance(modules.get(user.target), _act_modules()) \
-                and len(user.args) == 1 and not user.kwargs:
+        if (
+            user.op == "call_module"
+            and isinstance(modules.get(user.target), _act_modules())
+            and len(user.args) == 1
+            and not user.kwargs
+        ):
             act = copy.deepcopy(modules[user.target])
             if hasattr(act, "inplace"):
                 act.inplace = False
@@ -260,7 +281,7 @@ def fuse_walk(model: nn.Module) -> int:
             continue
         # skip the Identity fold_bn_walk leaves where the BN was
         keys = [k for k in seq._modules if not isinstance(seq._modules[k], nn.Identity)]
-        for a, b in zip(keys, keys[1:]):
+        for a, b in itertools.pairwise(keys):
             layer, act = seq._modules[a], seq._modules[b]  # type: Any, Any
             if isinstance(layer, _foldable_types()) and isinstance(act, _act_modules()):
                 seq._modules[a] = make_fused(layer, copy.deepcopy(act))
@@ -285,6 +306,9 @@ class FuseConvBNAct(Pass):
             return PassResult(gm, METHOD_FX, folded + fused, [f"{folded} BN folded, {fused} activations fused"])
         folded = fold_bn_walk(model)
         fused = fuse_walk(model)
-        return PassResult(model, METHOD_WALK, folded + fused,
-                          [f"fx trace failed ({why}); {folded} BN folded, {fused} activations fused in nn.Sequential"])
-
+        return PassResult(
+            model,
+            METHOD_WALK,
+            folded + fused,
+            [f"fx trace failed ({why}); {folded} BN folded, {fused} activations fused in nn.Sequential"],
+        )

@@ -8,7 +8,6 @@ included); otherwise forward hooks on the leaf modules are used. Weights are ins
 
 from __future__ import annotations
 
-
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,13 +66,24 @@ class LintReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "inputs": self.inputs, "input_shape": self.input_shape, "notes": self.notes,
-                "findings": [asdict(f) for f in self.findings], "layers": [asdict(s) for s in self.layers]}
+        return {
+            "method": self.method,
+            "inputs": self.inputs,
+            "input_shape": self.input_shape,
+            "notes": self.notes,
+            "findings": [asdict(f) for f in self.findings],
+            "layers": [asdict(s) for s in self.layers],
+        }
 
 
 # --------------------------------------------------------------------------------------------- inputs
-def lint_inputs(shape: tuple[int, ...] | list[int], n: int = 4, mean: tuple[float, ...] | list[float] | None = None,
-                std: tuple[float, ...] | list[float] | None = None, seed: int = 0) -> tuple[torch.Tensor, str]:
+def lint_inputs(
+    shape: tuple[int, ...] | list[int],
+    n: int = 4,
+    mean: tuple[float, ...] | list[float] | None = None,
+    std: tuple[float, ...] | list[float] | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, str]:
     """``n`` real photos from ``skimage.data`` resized to ``shape[-2:]`` and normalised (ImageNet mean/std by
     default); seeded noise when the model does not take 3-channel images or scikit-image is missing."""
     import numpy as np
@@ -94,7 +104,7 @@ def lint_inputs(shape: tuple[int, ...] | list[int], n: int = 4, mean: tuple[floa
                     break
                 try:
                     img = getattr(skdata, name)()
-                except Exception:  # some need a download (pooch); skip them
+                except Exception:  # noqa: BLE001, S112 - some need a download (pooch); skip them
                     continue
                 if img.ndim != 3 or img.shape[2] < 3:
                     continue
@@ -132,9 +142,17 @@ def tensor_stats(name: str, op: str, t: torch.Tensor) -> LayerStats:
         med = float(ch.median())
         if med > 0:
             ch_ratio, worst = float(ch.max()) / med, int(ch.argmax())
-    return LayerStats(name=name, op=op, min=float(x.min()), max=float(x.max()), p9999_abs=float(q[1]), p999_abs=p999,
-                      outlier_score=amax / p999 if p999 > 0 else (0.0 if amax == 0 else float("inf")),
-                      channel_ratio=ch_ratio, worst_channel=worst)
+    return LayerStats(
+        name=name,
+        op=op,
+        min=float(x.min()),
+        max=float(x.max()),
+        p9999_abs=float(q[1]),
+        p999_abs=p999,
+        outlier_score=amax / p999 if p999 > 0 else (0.0 if amax == 0 else float("inf")),
+        channel_ratio=ch_ratio,
+        worst_channel=worst,
+    )
 
 
 def _op_name(node: Any, modules: dict[str, Any]) -> str:
@@ -155,8 +173,16 @@ def _node_layer(node: Any) -> str:
     return f"{owner}.{node.name}" if owner else node.name
 
 
-_SMOOTH = {"SiLU": "SiLU", "silu": "SiLU", "Hardswish": "Hardswish", "hardswish": "Hardswish", "GELU": "GELU",
-           "gelu": "GELU", "Mish": "Mish", "mish": "Mish"}
+_SMOOTH = {
+    "SiLU": "SiLU",
+    "silu": "SiLU",
+    "Hardswish": "Hardswish",
+    "hardswish": "Hardswish",
+    "GELU": "GELU",
+    "gelu": "GELU",
+    "Mish": "Mish",
+    "mish": "Mish",
+}
 _NORM_RE = re.compile(r"(Layer|Group|Instance|Switchable)Norm|layer_norm|group_norm|instance_norm", re.IGNORECASE)
 
 
@@ -203,8 +229,12 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
         class Recorder(fx.Interpreter):
             def run_node(self, n: fx.Node) -> Any:
                 out = super().run_node(n)
-                if n.op in ("call_module", "call_function", "call_method") and isinstance(out, torch.Tensor) \
-                        and out.is_floating_point() and out.numel() > 1:
+                if (
+                    n.op in ("call_module", "call_function", "call_method")
+                    and isinstance(out, torch.Tensor)
+                    and out.is_floating_point()
+                    and out.numel() > 1
+                ):
                     s = tensor_stats(_node_layer(n), _op_name(n, modules), out)
                     by_node[n.name] = s
                     stats.setdefault(s.name, s)
@@ -222,35 +252,74 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
             rng = (in_s.min, in_s.max) if in_s else None
             rtxt = f"input [{in_s.min:.3g}, {in_s.max:.3g}]" if in_s else "input range not measured"
             if op in _SMOOTH:
-                findings.append(Finding(layer, op, f"{_SMOOTH[op]} activation: curved, unbounded and shares one "
-                                        "INT8 scale over a wide range", "medium", rtxt, "act_relu6",
-                                        "or act_relu; fine-tune after", rng))
+                findings.append(
+                    Finding(
+                        layer,
+                        op,
+                        f"{_SMOOTH[op]} activation: curved, unbounded and shares one INT8 scale over a wide range",
+                        "medium",
+                        rtxt,
+                        "act_relu6",
+                        "or act_relu; fine-tune after",
+                        rng,
+                    )
+                )
             elif _is_sigmoid(n, modules) and _feeds_mul(n):
-                findings.append(Finding(layer, op, "sigmoid gate (SE/CBAM/SK attention): saturating curve, its "
-                                        "output scales a feature map", "medium", rtxt, "hard_sigmoid",
-                                        "hard-sigmoid is piecewise linear and INT8 friendly", rng))
+                findings.append(
+                    Finding(
+                        layer,
+                        op,
+                        "sigmoid gate (SE/CBAM/SK attention): saturating curve, its output scales a feature map",
+                        "medium",
+                        rtxt,
+                        "hard_sigmoid",
+                        "hard-sigmoid is piecewise linear and INT8 friendly",
+                        rng,
+                    )
+                )
             elif op in ("Softmax", "softmax") or n.target in (torch.softmax, torch.nn.functional.softmax):
-                findings.append(Finding(layer, op, "softmax (attention): exponent over a wide input range",
-                                        "medium", rtxt, None, "keep this op in fp16/fp32 (mixed precision)", rng))
+                findings.append(
+                    Finding(
+                        layer,
+                        op,
+                        "softmax (attention): exponent over a wide input range",
+                        "medium",
+                        rtxt,
+                        None,
+                        "keep this op in fp16/fp32 (mixed precision)",
+                        rng,
+                    )
+                )
             elif n.target is torch.nn.functional.grid_sample and len(n.args) > 1 and isinstance(n.args[1], fx.Node):
                 g = by_node.get(n.args[1].name)
                 findings.append(_grid_sample_finding(layer, g, in_s))
             elif _NORM_RE.search(op):
                 is_ln = "layer" in op.lower()
-                findings.append(Finding(layer, op, f"{op}: per-sample statistics computed at run time, not "
-                                        "foldable into a conv", "high" if is_ln else "medium", rtxt, "norm_to_bn",
-                                        "BatchNorm folds into the conv before quantization", rng))
+                findings.append(
+                    Finding(
+                        layer,
+                        op,
+                        f"{op}: per-sample statistics computed at run time, not foldable into a conv",
+                        "high" if is_ln else "medium",
+                        rtxt,
+                        "norm_to_bn",
+                        "BatchNorm folds into the conv before quantization",
+                        rng,
+                    )
+                )
     else:
         report.method = METHOD_WALK
         report.notes.append(f"fx trace failed ({why}); hooks on leaf modules, functional ops not inspected")
         handles = []
         for name, m in work.named_modules():
             if not list(m.children()) and name:
+
                 def hook(mod: Any, inp: Any, out: Any, name: str = name) -> None:
                     if isinstance(out, torch.Tensor) and out.is_floating_point() and name not in stats:
                         stats[name] = tensor_stats(name, type(mod).__name__, out)
                         if inp and isinstance(inp[0], torch.Tensor):
                             stats[name + ":input"] = tensor_stats(name, "input", inp[0])
+
                 handles.append(m.register_forward_hook(hook))
         try:
             with torch.no_grad():
@@ -268,14 +337,26 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
             if op in _SMOOTH:
                 findings.append(Finding(name, op, f"{op} activation", "medium", rtxt, "act_relu6", "", rng))
             elif isinstance(m, nn.Sigmoid) and _in_gate(work, name):
-                findings.append(Finding(name, op, "sigmoid gate (SE/CBAM/SK attention)", "medium", rtxt,
-                                        "hard_sigmoid", "", rng))
+                findings.append(
+                    Finding(name, op, "sigmoid gate (SE/CBAM/SK attention)", "medium", rtxt, "hard_sigmoid", "", rng)
+                )
             elif isinstance(m, nn.Softmax):
-                findings.append(Finding(name, op, "softmax (attention)", "medium", rtxt, None,
-                                        "keep in fp16/fp32", rng))
+                findings.append(
+                    Finding(name, op, "softmax (attention)", "medium", rtxt, None, "keep in fp16/fp32", rng)
+                )
             elif _NORM_RE.search(op):
-                findings.append(Finding(name, op, f"{op}: run-time statistics", "high" if "Layer" in op else
-                                        "medium", rtxt, "norm_to_bn", "", rng))
+                findings.append(
+                    Finding(
+                        name,
+                        op,
+                        f"{op}: run-time statistics",
+                        "high" if "Layer" in op else "medium",
+                        rtxt,
+                        "norm_to_bn",
+                        "",
+                        rng,
+                    )
+                )
         stats = {k: v for k, v in stats.items() if not k.endswith(":input")}
 
     # depthwise convs with wide per-channel weight ranges
@@ -285,12 +366,19 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
             med = float(ch.median())
             ratio = float(ch.max()) / med if med > 0 else float("inf")
             if ratio >= DW_WEIGHT_RATIO:
-                findings.append(Finding(
-                    name, "Conv2d (depthwise)", "depthwise conv with wide per-channel weight ranges",
-                    "high" if ratio >= 5 * DW_WEIGHT_RATIO else "medium",
-                    f"weight |w|max per channel: max {float(ch.max()):.3g} / median {med:.3g} = {ratio:.1f}x",
-                    None, "quantize weights per channel (never per tensor) or equalize ranges across layers",
-                    (float(m.weight.detach().min()), float(m.weight.detach().max())), ratio))
+                findings.append(
+                    Finding(
+                        name,
+                        "Conv2d (depthwise)",
+                        "depthwise conv with wide per-channel weight ranges",
+                        "high" if ratio >= 5 * DW_WEIGHT_RATIO else "medium",
+                        f"weight |w|max per channel: max {float(ch.max()):.3g} / median {med:.3g} = {ratio:.1f}x",
+                        None,
+                        "quantize weights per channel (never per tensor) or equalize ranges across layers",
+                        (float(m.weight.detach().min()), float(m.weight.detach().max())),
+                        ratio,
+                    )
+                )
 
     # outlier activations; with a graph, an outlier that is only carried on from the node's input (conv → ReLU →
     # mul ...) is reported once, where it starts
@@ -323,28 +411,48 @@ def _grid_sample_finding(layer: str, grid: LayerStats | None, image: LayerStats 
         measured = "grid range not measured"
     else:
         step = (grid.max - grid.min) / 255.0
-        measured = (f"grid [{grid.min:.3g}, {grid.max:.3g}]: one INT8 step = {step:.3g} normalised = "
-                    f"{step / 2:.3g} of the image side per sample")
-    return Finding(layer, "grid_sample", "grid_sample (spatial transformer): INT8 sampling coordinates shift "
-                   "every output pixel; the localization net's theta sets the whole grid", "high", measured, None,
-                   "keep the localization net, the grid and GridSample in fp16/fp32 (mixed precision: exclude "
-                   "them from INT8); the convs after the resampled image quantize as usual", rng)
+        measured = (
+            f"grid [{grid.min:.3g}, {grid.max:.3g}]: one INT8 step = {step:.3g} normalised = "
+            f"{step / 2:.3g} of the image side per sample"
+        )
+    return Finding(
+        layer,
+        "grid_sample",
+        "grid_sample (spatial transformer): INT8 sampling coordinates shift "
+        "every output pixel; the localization net's theta sets the whole grid",
+        "high",
+        measured,
+        None,
+        "keep the localization net, the grid and GridSample in fp16/fp32 (mixed precision: exclude "
+        "them from INT8); the convs after the resampled image quantize as usual",
+        rng,
+    )
 
 
 def _outlier_finding(s: LayerStats) -> Finding | None:
     if s.outlier_score >= TENSOR_OUTLIER:
         return Finding(
-            s.name, s.op, "outlier activations (a few values far beyond the bulk)",
+            s.name,
+            s.op,
+            "outlier activations (a few values far beyond the bulk)",
             "high" if s.outlier_score >= 3 * TENSOR_OUTLIER else "medium",
-            f"[{s.min:.3g}, {s.max:.3g}], max|x| / p99.9|x| = {s.outlier_score:.1f}x", "act_relu6",
-            "clip the range (ReLU6) or calibrate with percentiles; keep in fp16 if it stays", (s.min, s.max),
-            s.outlier_score)
+            f"[{s.min:.3g}, {s.max:.3g}], max|x| / p99.9|x| = {s.outlier_score:.1f}x",
+            "act_relu6",
+            "clip the range (ReLU6) or calibrate with percentiles; keep in fp16 if it stays",
+            (s.min, s.max),
+            s.outlier_score,
+        )
     if s.channel_ratio is not None and s.channel_ratio >= CHANNEL_OUTLIER:
         return Finding(
-            s.name, s.op, f"outlier channel {s.worst_channel} (per-tensor activation scale set by one channel)",
+            s.name,
+            s.op,
+            f"outlier channel {s.worst_channel} (per-tensor activation scale set by one channel)",
             "high" if s.channel_ratio >= 5 * CHANNEL_OUTLIER else "medium",
-            f"[{s.min:.3g}, {s.max:.3g}], channel {s.worst_channel} |x|max / median channel = "
-            f"{s.channel_ratio:.1f}x", None,
+            f"[{s.min:.3g}, {s.max:.3g}], channel {s.worst_channel} |x|max / median channel = {s.channel_ratio:.1f}x",
+            None,
             "per-channel activation quantization is rare: equalize ranges (scale the channel into the next "
-            "layer) or keep the layer in fp16", (s.min, s.max), s.channel_ratio)
+            "layer) or keep the layer in fp16",
+            (s.min, s.max),
+            s.channel_ratio,
+        )
     return None

@@ -59,8 +59,17 @@ def depthwise_separable(conv: Any) -> nn.Module:
     root = s[:, 0].sqrt()
     dw_w = (vh[:, 0, :] * root[:, None]).reshape(i, 1, kh, kw)
     pw_w = (u[:, :, 0] * root[:, None]).t().reshape(o, i, 1, 1)
-    dw = nn.Conv2d(i, i, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=i, bias=False,
-                   padding_mode=conv.padding_mode)
+    dw = nn.Conv2d(
+        i,
+        i,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=i,
+        bias=False,
+        padding_mode=conv.padding_mode,
+    )
     pw = nn.Conv2d(i, o, 1, bias=conv.bias is not None)
     dtype = conv.weight.dtype
     dw.weight = nn.Parameter(dw_w.to(dtype))
@@ -89,8 +98,9 @@ class DepthwiseSeparable(Pass):
             return None
 
         done = replace_children(model, fn)
-        return PassResult(model, METHOD_WALK, len(done),
-                          [f"kept convs with < {self.min_channels} input channels"] if done else [])
+        return PassResult(
+            model, METHOD_WALK, len(done), [f"kept convs with < {self.min_channels} input channels"] if done else []
+        )
 
 
 # --------------------------------------------------------------------------------------------- group_conv
@@ -100,11 +110,20 @@ def grouped(conv: Any, groups: int) -> nn.Conv2d:
     from torch import nn
 
     o, i = conv.out_channels, conv.in_channels
-    new = nn.Conv2d(i, o, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=groups,
-                    bias=conv.bias is not None, padding_mode=conv.padding_mode).to(conv.weight.device)
+    new = nn.Conv2d(
+        i,
+        o,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    ).to(conv.weight.device)
     w = conv.weight.detach()
     og, ig = o // groups, i // groups
-    blocks = [w[g * og:(g + 1) * og, g * ig:(g + 1) * ig] for g in range(groups)]
+    blocks = [w[g * og : (g + 1) * og, g * ig : (g + 1) * ig] for g in range(groups)]
     new.weight = nn.Parameter(torch.cat(blocks, 0).clone())
     if conv.bias is not None:
         new.bias = nn.Parameter(conv.bias.detach().clone())
@@ -137,8 +156,11 @@ class GroupConv(Pass):
             return None
 
         done = replace_children(model, fn)
-        notes = [f"skipped {len(skipped)} convs whose channels are not divisible by {g}: {', '.join(skipped[:5])}"] \
-            if skipped else []
+        notes = (
+            [f"skipped {len(skipped)} convs whose channels are not divisible by {g}: {', '.join(skipped[:5])}"]
+            if skipped
+            else []
+        )
         return PassResult(model, METHOD_WALK, len(done), notes)
 
 
@@ -252,9 +274,11 @@ class NormToBN(Pass):
         handles = []
         for name, m in model.named_modules():
             if is_non_bn_norm(m):
+
                 def hook(mod: Any, inp: Any, out: Any, name: str = name) -> None:
                     if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
                         seen.setdefault(name, []).append((inp[0], out))
+
                 handles.append(m.register_forward_hook(hook))
         try:
             with torch.no_grad():
@@ -274,8 +298,11 @@ class NormToBN(Pass):
             return calibrated_bn(*calls[0])
 
         done = replace_children(model, fn)
-        notes = [f"kept {len(skipped)} norms (only single-use NCHW norms map to BatchNorm2d): "
-                 f"{', '.join(skipped[:5])}"] if skipped else []
+        notes = (
+            [f"kept {len(skipped)} norms (only single-use NCHW norms map to BatchNorm2d): {', '.join(skipped[:5])}"]
+            if skipped
+            else []
+        )
         return PassResult(model, METHOD_WALK, len(done), notes)
 
 
@@ -338,8 +365,12 @@ class HardSigmoidGates(Pass):
             return nn.Hardsigmoid() if isinstance(m, nn.Sigmoid) and _in_gate(model, name) else None
 
         done = replace_children(model, fn)
-        return PassResult(model, METHOD_WALK, len(done),
-                          [f"fx trace failed ({why}); replaced nn.Sigmoid inside attention-named modules only"])
+        return PassResult(
+            model,
+            METHOD_WALK,
+            len(done),
+            [f"fx trace failed ({why}); replaced nn.Sigmoid inside attention-named modules only"],
+        )
 
 
 def _in_gate(model: nn.Module, name: str) -> bool:
@@ -374,7 +405,7 @@ def stacked_3x3(conv: Any) -> nn.Module:
         layers.append(c)
     last = nn.Conv2d(i, o, 3, conv.stride, 1, groups=g, bias=conv.bias is not None)
     off = (k - 3) // 2
-    last.weight = nn.Parameter(conv.weight.detach()[:, :, off:off + 3, off:off + 3].clone())
+    last.weight = nn.Parameter(conv.weight.detach()[:, :, off : off + 3, off : off + 3].clone())
     if conv.bias is not None:
         last.bias = nn.Parameter(conv.bias.detach().clone())
     layers.append(last)
@@ -396,13 +427,24 @@ class Stack3x3(Pass):
             if not _plain_conv2d(m) or max(m.kernel_size) <= 3:
                 return None
             k = m.kernel_size
-            if k[0] != k[1] or k[0] % 2 == 0 or m.dilation != (1, 1) or m.padding != (k[0] // 2,) * 2 \
-                    or m.padding_mode != "zeros":
+            if (
+                k[0] != k[1]
+                or k[0] % 2 == 0
+                or m.dilation != (1, 1)
+                or m.padding != (k[0] // 2,) * 2
+                or m.padding_mode != "zeros"
+            ):
                 skipped.append(name)
                 return None
             return stacked_3x3(m)  # type: ignore[arg-type]
 
         done = replace_children(model, fn)
-        notes = [f"kept {len(skipped)} convs (non-square/even kernel, dilation or non-'same' padding): "
-                 f"{', '.join(skipped[:5])}"] if skipped else []
+        notes = (
+            [
+                f"kept {len(skipped)} convs (non-square/even kernel, dilation or non-'same' padding): "
+                f"{', '.join(skipped[:5])}"
+            ]
+            if skipped
+            else []
+        )
         return PassResult(model, METHOD_WALK, len(done), notes)

@@ -18,6 +18,7 @@ class ConvAct(nn.Sequential):
     def __init__(self, layer: nn.Module, act: nn.Module) -> None:
         super().__init__(layer, act)
 
+
 class RepVGGBlock(nn.Module):
     """RepVGG block (Ding et al. 2021): ``act(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))``.
 
@@ -25,8 +26,7 @@ class RepVGGBlock(nn.Module):
     eval mode). The identity branch exists only when ``in_ch == out_ch`` and ``stride == 1``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, groups: int = 1,
-                 act: nn.Module | None = None) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, groups: int = 1, act: nn.Module | None = None) -> None:
         super().__init__()
         self.in_ch, self.out_ch, self.stride, self.groups = in_ch, out_ch, stride, groups
         self.conv3 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, groups=groups, bias=False)
@@ -82,8 +82,7 @@ def branch_kernel(conv: Any, bn: Any, k: int, in_ch: int, out_ch: int, groups: i
     return w, b
 
 
-def merge_branches(branches: list[tuple[Any, Any]], in_ch: int, out_ch: int, k: int, stride: int,
-                   groups: int) -> Any:
+def merge_branches(branches: list[tuple[Any, Any]], in_ch: int, out_ch: int, k: int, stride: int, groups: int) -> Any:
     """One ``Conv2d(in_ch, out_ch, k, stride, padding=k//2, groups)`` equal to the sum of the branches."""
     import torch
     from torch import nn

@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 def _is_add(node: Any) -> bool:
     import torch
 
-    return getattr(node, "op", None) == "call_function" and node.target in (operator.add, torch.add) \
-        and len(node.args) == 2 and not node.kwargs
+    return (
+        getattr(node, "op", None) == "call_function"
+        and node.target in (operator.add, torch.add)
+        and len(node.args) == 2
+        and not node.kwargs
+    )
 
 
 def _leaves(node: Any, root: Any) -> list[Any]:
@@ -43,13 +47,17 @@ def _branch(leaf: Any, modules: dict[str, Any], counts: dict[str, int]) -> tuple
         return None
 
     def mod(n: Any) -> Any:
-        return modules.get(n.target) if getattr(n, "op", None) == "call_module" and counts.get(n.target) == 1 \
-            else None
+        return modules.get(n.target) if getattr(n, "op", None) == "call_module" and counts.get(n.target) == 1 else None
 
     def plain_conv(m: Any) -> bool:
-        return type(m) is nn.Conv2d and m.padding_mode == "zeros" and m.dilation == (1, 1) \
-            and m.kernel_size[0] == m.kernel_size[1] and m.kernel_size[0] % 2 == 1 \
+        return (
+            type(m) is nn.Conv2d
+            and m.padding_mode == "zeros"
+            and m.dilation == (1, 1)
+            and m.kernel_size[0] == m.kernel_size[1]
+            and m.kernel_size[0] % 2 == 1
             and m.padding == (m.kernel_size[0] // 2,) * 2
+        )
 
     m = mod(leaf)
     if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and len(leaf.args) == 1:
@@ -83,18 +91,31 @@ def reparam_fx(gm: fx.GraphModule, sample: torch.Tensor) -> int:
         if len(xs) != 1 or not convs:
             continue
         c0 = convs[0]
-        if any(c.stride != c0.stride or c.groups != c0.groups or c.in_channels != c0.in_channels
-               or c.out_channels != c0.out_channels for c in convs):
+        if any(
+            c.stride != c0.stride
+            or c.groups != c0.groups
+            or c.in_channels != c0.in_channels
+            or c.out_channels != c0.out_channels
+            for c in convs
+        ):
             continue
         has_identity = any(b[0] is None for b in branches)  # type: ignore[index]
         if has_identity and (c0.stride != (1, 1) or c0.in_channels != c0.out_channels):
             continue
-        if any(b[0] is None and b[1] is not None and b[1].num_features != c0.out_channels  # type: ignore[index]
-               for b in branches):
+        if any(
+            b[0] is None and b[1] is not None and b[1].num_features != c0.out_channels  # type: ignore[index]
+            for b in branches
+        ):
             continue
         k = max(c.kernel_size[0] for c in convs)
-        conv = merge_branches([(b[0], b[1]) for b in branches], c0.in_channels, c0.out_channels, k,  # type: ignore
-                              c0.stride[0], c0.groups)
+        conv = merge_branches(
+            [(b[0], b[1]) for b in branches],  # type: ignore[index]
+            c0.in_channels,
+            c0.out_channels,
+            k,  # type: ignore
+            c0.stride[0],
+            c0.groups,
+        )
         name = f"reparam_{merged}"
         while hasattr(gm, name):
             name += "_"

@@ -42,11 +42,25 @@ if TYPE_CHECKING:
 MARKER = "edgecv_repo.json"
 FORMATS = ("triton", "ovms")
 #: numpy dtype name → Triton config data type
-TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "uint8": "TYPE_UINT8",
-                 "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
-                 "bool": "TYPE_BOOL", "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32", "uint64": "TYPE_UINT64"}
-_PLATFORM = {"onnxruntime": ("platform", "onnxruntime_onnx"), "openvino": ("backend", "openvino"),
-             "tensorrt": ("platform", "tensorrt_plan")}
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "float64": "TYPE_FP64",
+    "uint8": "TYPE_UINT8",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "bool": "TYPE_BOOL",
+    "uint16": "TYPE_UINT16",
+    "uint32": "TYPE_UINT32",
+    "uint64": "TYPE_UINT64",
+}
+_PLATFORM = {
+    "onnxruntime": ("platform", "onnxruntime_onnx"),
+    "openvino": ("backend", "openvino"),
+    "tensorrt": ("platform", "tensorrt_plan"),
+}
 
 
 # ------------------------------------------------------------------------------------------------ specs
@@ -66,12 +80,10 @@ def io_specs(bundle: Bundle) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
         def spec(vi: Any) -> TensorSpec:
             t = vi.type.tensor_type
-            dims = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-                         for d in t.shape.dim)
+            dims = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
             return TensorSpec(vi.name, dims, str(helper.tensor_dtype_to_np_dtype(t.elem_type)))
 
-        return ([spec(v) for v in model.graph.input if v.name not in inits],
-                [spec(v) for v in model.graph.output])
+        return ([spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output])
     from edgecv.backends import open_runner
 
     for backend in ("openvino", "onnxruntime"):
@@ -93,8 +105,9 @@ def _tensor_block(specs: list[TensorSpec], batched: bool) -> list[str]:
         dims = list(s.shape[1:] if batched else s.shape)
         dtype = TRITON_DTYPES.get(s.dtype)
         if dtype is None:
-            raise ConfigError(f"tensor '{s.name}': expected a dtype Triton knows ({', '.join(TRITON_DTYPES)}), "
-                              f"found '{s.dtype}'")
+            raise ConfigError(
+                f"tensor '{s.name}': expected a dtype Triton knows ({', '.join(TRITON_DTYPES)}), found '{s.dtype}'"
+            )
         body = [f"    name: {_quote(s.name)}", f"    data_type: {dtype}"]
         if batched and not dims:
             # a per-sample scalar (e.g. num_dets of shape [batch]): Triton needs dims, the reshape drops them
@@ -105,13 +118,22 @@ def _tensor_block(specs: list[TensorSpec], batched: bool) -> list[str]:
     return out
 
 
-def triton_config(name: str, backend: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                  params: dict[str, str], batch_range: tuple[int, int, int], *, instances: int = 1,
-                  max_queue_delay_us: int = 2000, cc_files: dict[str, str] | None = None,
-                  default_file: str | None = None) -> str:
+def triton_config(
+    name: str,
+    backend: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    params: dict[str, str],
+    batch_range: tuple[int, int, int],
+    *,
+    instances: int = 1,
+    max_queue_delay_us: int = 2000,
+    cc_files: dict[str, str] | None = None,
+    default_file: str | None = None,
+) -> str:
     """The text of one ``config.pbtxt`` (protobuf text format of Triton's ``ModelConfig``)."""
     key, value = _PLATFORM[backend]
-    lo, opt, hi = batch_range
+    _lo, opt, hi = batch_range
     batched = bool(inputs) and inputs[0].shape[:1] == (None,) and hi >= 1
     lines = [f"name: {_quote(name)}", f"{key}: {_quote(value)}", f"max_batch_size: {hi if batched else 0}"]
     if default_file:
@@ -153,8 +175,9 @@ def _engine_files(art: Artifact) -> dict[str, str]:
     return {str(cc): art.path} if cc else {}
 
 
-def _copy_model(bundle: Bundle, backend: str, art: Artifact | None, vdir: Path) -> tuple[list[str],
-                                                                                         dict[str, str], str | None]:
+def _copy_model(
+    bundle: Bundle, backend: str, art: Artifact | None, vdir: Path
+) -> tuple[list[str], dict[str, str], str | None]:
     """Copy the model files into ``vdir``; returns (file names, cc → file, default file name or None)."""
     vdir.mkdir(parents=True)
     if art is None:
@@ -184,20 +207,32 @@ def _copy_model(bundle: Bundle, backend: str, art: Artifact | None, vdir: Path) 
 def _check_output(bundle: Bundle, out: Path, force: bool) -> None:
     out_r, root = out.resolve(), bundle.root.resolve()
     if out_r == root or root in out_r.parents or out_r in root.parents:
-        raise ConfigError(f"--output: expected a folder outside the bundle, found '{out}' (it would overwrite or "
-                          f"contain '{bundle.root}')")
+        raise ConfigError(
+            f"--output: expected a folder outside the bundle, found '{out}' (it would overwrite or "
+            f"contain '{bundle.root}')"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output: expected a folder, found a file at '{out}'")
     if out.is_dir() and any(out.iterdir()):
         if not (out / MARKER).is_file():
-            raise ConfigError(f"--output: expected an empty folder or one edgecv repo wrote, found '{out}' with "
-                              f"other files (edgecv never writes over a folder it did not make)")
+            raise ConfigError(
+                f"--output: expected an empty folder or one edgecv repo wrote, found '{out}' with "
+                f"other files (edgecv never writes over a folder it did not make)"
+            )
         if not force:
             raise ConfigError(f"--output: '{out}' already holds a model repository; pass --force to replace it")
 
 
-def write_repository(bundle: Bundle, out: str | Path, *, fmt: str = "triton", name: str | None = None,
-                     instances: int = 1, max_queue_delay_us: int = 2000, force: bool = False) -> dict[str, Any]:
+def write_repository(
+    bundle: Bundle,
+    out: str | Path,
+    *,
+    fmt: str = "triton",
+    name: str | None = None,
+    instances: int = 1,
+    max_queue_delay_us: int = 2000,
+    force: bool = False,
+) -> dict[str, Any]:
     """Write a Triton or OVMS model repository for ``bundle`` at ``out``; returns what was written.
 
     Raises:
@@ -224,8 +259,9 @@ def write_repository(bundle: Bundle, out: str | Path, *, fmt: str = "triton", na
         ovms_list = []
         for backend, precision, art in _servable(bundle):
             if fmt == "ovms" and backend == "tensorrt":
-                report["notes"].append(f"tensorrt:{precision} skipped: OpenVINO Model Server cannot load TensorRT "
-                                       f"engines")
+                report["notes"].append(
+                    f"tensorrt:{precision} skipped: OpenVINO Model Server cannot load TensorRT engines"
+                )
                 continue
             mname = f"{base}_{backend}_{precision}"
             mdir = tmp / mname
@@ -233,25 +269,52 @@ def write_repository(bundle: Bundle, out: str | Path, *, fmt: str = "triton", na
             br = (lo, opt, hi)
             if art is not None and isinstance(art.build_flags.get("batch_range"), list):
                 br = tuple(int(v) for v in art.build_flags["batch_range"])  # type: ignore[assignment]
-            entry = {"name": mname, "backend": backend, "precision": precision, "files": files,
-                     "max_batch_size": br[2] if inputs and inputs[0].shape[:1] == (None,) else 0}
+            entry = {
+                "name": mname,
+                "backend": backend,
+                "precision": precision,
+                "files": files,
+                "max_batch_size": br[2] if inputs and inputs[0].shape[:1] == (None,) else 0,
+            }
             if fmt == "triton":
                 if backend == "tensorrt" and not cc_files:
-                    report["notes"].append(f"{mname}: the artifact records no compute capability, so the engine is "
-                                           f"model.plan without cc_model_filenames; serve it on the GPU it was built on")
-                (mdir / "config.pbtxt").write_text(triton_config(
-                    mname, backend, inputs, outputs, params, br, instances=instances,  # type: ignore[arg-type]
-                    max_queue_delay_us=max_queue_delay_us, cc_files=cc_files,
-                    default_file=default_file if cc_files else None))
+                    report["notes"].append(
+                        f"{mname}: the artifact records no compute capability, so the engine is "
+                        f"model.plan without cc_model_filenames; serve it on the GPU it was built on"
+                    )
+                (mdir / "config.pbtxt").write_text(
+                    triton_config(
+                        mname,
+                        backend,
+                        inputs,
+                        outputs,
+                        params,
+                        br,
+                        instances=instances,  # type: ignore[arg-type]
+                        max_queue_delay_us=max_queue_delay_us,
+                        cc_files=cc_files,
+                        default_file=default_file if cc_files else None,
+                    )
+                )
                 entry["platform"] = _PLATFORM[backend][1]
                 entry["config"] = f"{mname}/config.pbtxt"
             else:
                 (mdir / "edgecv_contract.json").write_text(bundle.contract.to_json())
-                shape = ",".join(("1:" + str(br[2]) if i == 0 and d is None else "-1" if d is None else str(d))
-                                 for i, d in enumerate(inputs[0].shape)) if inputs else ""
-                cfg: dict[str, Any] = {"name": mname, "base_path": f"./{mname}", "target_device": "CPU",
-                                       "nireq": max(2, instances * 2),
-                                       "plugin_config": {"PERFORMANCE_HINT": "THROUGHPUT"}}
+                shape = (
+                    ",".join(
+                        ("1:" + str(br[2]) if i == 0 and d is None else "-1" if d is None else str(d))
+                        for i, d in enumerate(inputs[0].shape)
+                    )
+                    if inputs
+                    else ""
+                )
+                cfg: dict[str, Any] = {
+                    "name": mname,
+                    "base_path": f"./{mname}",
+                    "target_device": "CPU",
+                    "nireq": max(2, instances * 2),
+                    "plugin_config": {"PERFORMANCE_HINT": "THROUGHPUT"},
+                }
                 if inputs and len(inputs) == 1:
                     cfg["shape"] = {inputs[0].name: f"({shape})"}
                 ovms_list.append({"config": cfg})
@@ -259,11 +322,24 @@ def write_repository(bundle: Bundle, out: str | Path, *, fmt: str = "triton", na
             report["models"].append(entry)
         if fmt == "ovms":
             (tmp / "config.json").write_text(json.dumps({"model_config_list": ovms_list}, indent=2) + "\n")
-            report["notes"].append("OVMS does not merge requests from different clients into one batch for a single "
-                                   "model; use Triton or edgecv serve for server-side dynamic batching")
-        (tmp / MARKER).write_text(json.dumps({"tool": "edgecv repo", "format": fmt, "created": now_iso(),
-                                              "bundle": str(bundle.root.resolve()), "bundle_name": bundle.manifest.name,
-                                              "models": report["models"]}, indent=2) + "\n")
+            report["notes"].append(
+                "OVMS does not merge requests from different clients into one batch for a single "
+                "model; use Triton or edgecv serve for server-side dynamic batching"
+            )
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {
+                    "tool": "edgecv repo",
+                    "format": fmt,
+                    "created": now_iso(),
+                    "bundle": str(bundle.root.resolve()),
+                    "bundle_name": bundle.manifest.name,
+                    "models": report["models"],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         if out.exists():
             old = out.with_name(f".{out.name}.old-{now_iso().replace(':', '')}")
             out.rename(old)

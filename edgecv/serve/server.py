@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from edgecv._lazy import lazy_import
-from edgecv.errors import ConfigError
 from edgecv.backends.oip import contract_parameters, model_name, numpy_dtype, oip_dtype, wire_shape
+from edgecv.errors import ConfigError
 
 _CLASS_CACHE: dict[str, type] = {}
 #: Prometheus histogram of the items each engine call received (1 when nothing was merged)
@@ -97,8 +97,13 @@ def bundle_model_class() -> type:
 
             extra = dict(self.settings.parameters.extra or {})
             self._bundle = Bundle.open(extra["bundle"])
-            self._runner = open_runner(self._bundle, extra["backend"], precision=extra["precision"],
-                                       device=extra.get("device"), threads=extra.get("threads"))
+            self._runner = open_runner(
+                self._bundle,
+                extra["backend"],
+                precision=extra["precision"],
+                device=extra.get("device"),
+                threads=extra.get("threads"),
+            )
             self._runner.load()
             self._max_batch = int(self._bundle.contract.batch_range[2])
             self._out_names = [s.name for s in self._runner.output_spec]
@@ -113,8 +118,10 @@ def bundle_model_class() -> type:
             with self._lock:
                 if n <= self._max_batch:
                     return self._runner.infer(feed)
-                parts = [self._runner.infer({k: v[i:i + self._max_batch] for k, v in feed.items()})
-                         for i in range(0, n, self._max_batch)]
+                parts = [
+                    self._runner.infer({k: v[i : i + self._max_batch] for k, v in feed.items()})
+                    for i in range(0, n, self._max_batch)
+                ]
             return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
         async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -122,17 +129,21 @@ def bundle_model_class() -> type:
                 feed = {inp.name: np.ascontiguousarray(NumpyCodec.decode_input(inp)) for inp in payload.inputs}
                 mlserver.log(**{BATCH_METRIC: int(next(iter(feed.values())).shape[0]) if feed else 0})
                 out = await asyncio.to_thread(self._infer, feed)
-            except Exception as exc:  # noqa: BLE001 - the client gets one line, the server keeps serving
+            except Exception as exc:
                 raise InferenceError(" ".join(str(exc).split())[:300] or type(exc).__name__) from exc
-            return InferenceResponse(model_name=self.name, model_version=self.version,
-                                     outputs=[NumpyCodec.encode_output(k, out[k]) for k in self._out_names
-                                              if k in out])
+            return InferenceResponse(
+                model_name=self.name,
+                model_version=self.version,
+                outputs=[NumpyCodec.encode_output(k, out[k]) for k in self._out_names if k in out],
+            )
 
         async def metadata(self) -> MetadataModelResponse:
             meta = await super().metadata()
-            meta.parameters = Parameters(**contract_parameters(self._bundle),
-                                         edgecv_backend=self._runner.name,
-                                         edgecv_precision=self._runner.precision)
+            meta.parameters = Parameters(
+                **contract_parameters(self._bundle),
+                edgecv_backend=self._runner.name,
+                edgecv_precision=self._runner.precision,
+            )
             return meta
 
         async def unload(self) -> bool:
@@ -172,8 +183,10 @@ def check_request_inputs(inputs: list[Any], specs: list[Any], max_batch: int) ->
         shape = [int(v) for v in inp.shape]
         sshape = list(spec.shape)
         if len(shape) != len(sshape) or any(w != -1 and w != g for w, g in zip(sshape, shape)):
-            return (f"input '{inp.name}': expected shape {'x'.join('?' if d == -1 else str(d) for d in sshape)}, "
-                    f"found {'x'.join(map(str, shape))}")
+            return (
+                f"input '{inp.name}': expected shape {'x'.join('?' if d == -1 else str(d) for d in sshape)}, "
+                f"found {'x'.join(map(str, shape))}"
+            )
         if shape and sshape[0] == -1 and not 1 <= shape[0] <= max_batch:
             return f"input '{inp.name}': expected a batch of 1 to {max_batch}, found {shape[0]}"
         n = math.prod(shape)
@@ -219,9 +232,13 @@ def _token_asgi(app: Any, token: str) -> Any:
                 await self.inner(scope, receive, send)
                 return
             body = b'{"error": "expected a bearer token (Authorization: Bearer ...), found none or a wrong one"}'
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"www-authenticate", b"Bearer")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
     app.add_middleware(_TokenMiddleware)
@@ -244,8 +261,10 @@ def _token_interceptor(token: str) -> Any:
                 return await continuation(details)
 
             async def deny(request: Any, context: Any) -> Any:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    "expected a bearer token (authorization metadata), found none or a wrong one")
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "expected a bearer token (authorization metadata), found none or a wrong one",
+                )
 
             return grpc.unary_unary_rpc_method_handler(deny)
 
@@ -282,22 +301,32 @@ def model_settings_for(cfg: ServeConfig) -> tuple[Any, list[Any], int]:
     b = Bundle.open(cfg.bundle)
     with open_runner(b, cfg.backend, precision=cfg.precision, device=cfg.device, threads=1) as r:
         ins = [MetadataTensor(name=s.name, datatype=oip_dtype(s.dtype), shape=wire_shape(s)) for s in r.input_spec]
-        outs = [MetadataTensor(name=s.name, datatype=oip_dtype(s.dtype), shape=wire_shape(s))
-                for s in r.output_spec]
+        outs = [MetadataTensor(name=s.name, datatype=oip_dtype(s.dtype), shape=wire_shape(s)) for s in r.output_spec]
         dynamic = bool(r.input_spec) and r.input_spec[0].shape[:1] == (None,)
-    lo, _, hi = (int(v) for v in b.contract.batch_range)
+    _lo, _, hi = (int(v) for v in b.contract.batch_range)
     max_batch = hi if dynamic else 1
     batch_size = max(1, min(cfg.max_batch_size or max_batch, max_batch))
     batching = dynamic and batch_size > 1 and cfg.max_batch_time_ms > 0
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
     ms = ModelSettings(
-        name=cfg.name or model_name(b), implementation=f"{__name__}.BundleModel", platform="edgecv",
-        versions=["1"], inputs=ins, outputs=outs,
+        name=cfg.name or model_name(b),
+        implementation=f"{__name__}.BundleModel",
+        platform="edgecv",
+        versions=["1"],
+        inputs=ins,
+        outputs=outs,
         max_batch_size=batch_size if batching else 0,
         max_batch_time=cfg.max_batch_time_ms / 1e3 if batching else 0.0,
-        parameters=ModelParameters(version="1", extra={
-            "bundle": str(b.root), "backend": cfg.backend, "precision": cfg.precision, "device": cfg.device,
-            "threads": threads}),
+        parameters=ModelParameters(
+            version="1",
+            extra={
+                "bundle": str(b.root),
+                "backend": cfg.backend,
+                "precision": cfg.precision,
+                "device": cfg.device,
+                "threads": threads,
+            },
+        ),
     )
     return ms, ins, max_batch
 
@@ -334,10 +363,18 @@ def serve(cfg: ServeConfig) -> None:
     ms, ins, max_batch = model_settings_for(cfg)
     # the workers' Prometheus files go to a private temp folder, not into the current directory
     metrics_dir = tempfile.mkdtemp(prefix="edgecv-serve-metrics-")
-    settings = Settings(host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port,
-                        metrics_port=cfg.metrics_port, parallel_workers=cfg.workers, debug=False,
-                        load_models_at_startup=True, server_name="edgecv-mlserver", metrics_dir=metrics_dir,
-                        model_repository_root=str(ms.parameters.extra["bundle"]))
+    settings = Settings(
+        host=cfg.host,
+        http_port=cfg.http_port,
+        grpc_port=cfg.grpc_port,
+        metrics_port=cfg.metrics_port,
+        parallel_workers=cfg.workers,
+        debug=False,
+        load_models_at_startup=True,
+        server_name="edgecv-mlserver",
+        metrics_dir=metrics_dir,
+        model_repository_root=str(ms.parameters.extra["bundle"]),
+    )
 
     async def _main() -> None:
         if cfg.token:
@@ -363,11 +400,26 @@ def serve(cfg: ServeConfig) -> None:
 
 def describe(cfg: ServeConfig) -> dict[str, Any]:
     """What ``serve`` is about to start, for the banner and --json (no framework import)."""
-    return {"bundle": cfg.bundle, "backend": cfg.backend, "precision": cfg.precision, "host": cfg.host,
-            "http": f"http://{cfg.host}:{cfg.http_port}", "grpc": f"grpc://{cfg.host}:{cfg.grpc_port}",
-            "metrics": f"http://{cfg.host}:{cfg.metrics_port}/metrics", "workers": cfg.workers,
-            "max_batch_time_ms": cfg.max_batch_time_ms, "token": bool(cfg.token)}
+    return {
+        "bundle": cfg.bundle,
+        "backend": cfg.backend,
+        "precision": cfg.precision,
+        "host": cfg.host,
+        "http": f"http://{cfg.host}:{cfg.http_port}",
+        "grpc": f"grpc://{cfg.host}:{cfg.grpc_port}",
+        "metrics": f"http://{cfg.host}:{cfg.metrics_port}/metrics",
+        "workers": cfg.workers,
+        "max_batch_time_ms": cfg.max_batch_time_ms,
+        "token": bool(cfg.token),
+    }
 
 
-__all__ = ["ServeConfig", "bundle_model_class", "check_request_inputs", "describe", "model_settings_for", "serve",
-           "numpy_dtype"]
+__all__ = [
+    "ServeConfig",
+    "bundle_model_class",
+    "check_request_inputs",
+    "describe",
+    "model_settings_for",
+    "numpy_dtype",
+    "serve",
+]

@@ -8,5 +8,13 @@ from edgecv.stream.buffer import POLICIES, FrameBuffer
 from edgecv.stream.pipeline import StreamConfig, StreamPipeline
 from edgecv.stream.sources import Source, SourceSpec, open_source, parse_source
 
-__all__ = ["POLICIES", "FrameBuffer", "Source", "SourceSpec", "StreamConfig", "StreamPipeline", "open_source",
-           "parse_source"]
+__all__ = [
+    "POLICIES",
+    "FrameBuffer",
+    "Source",
+    "SourceSpec",
+    "StreamConfig",
+    "StreamPipeline",
+    "open_source",
+    "parse_source",
+]

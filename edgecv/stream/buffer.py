@@ -110,5 +110,10 @@ class FrameBuffer(Generic[T]):
             return len(self._q)
 
     def stats(self) -> dict[str, int | str]:
-        return {"policy": self.policy, "capacity": self.capacity, "high_water": self.high_water,
-                "dropped": self.dropped, "put": self.put_count}
+        return {
+            "policy": self.policy,
+            "capacity": self.capacity,
+            "high_water": self.high_water,
+            "dropped": self.dropped,
+            "put": self.put_count,
+        }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -39,14 +39,14 @@ class CameraSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="unique stream name: letters, digits, '_', '-', '.' (at most 64)")
-    url: Optional[str] = None
-    device: Optional[Union[int, str]] = None
-    file: Optional[str] = None
-    gst: Optional[str] = None
-    max_fps: Optional[float] = Field(default=None, gt=0)
-    drop: Optional[Literal["latest", "oldest", "wait"]] = None
-    save: Optional[str] = None
-    jsonl: Optional[str] = None
+    url: str | None = None
+    device: int | str | None = None
+    file: str | None = None
+    gst: str | None = None
+    max_fps: float | None = Field(default=None, gt=0)
+    drop: Literal["latest", "oldest", "wait"] | None = None
+    save: str | None = None
+    jsonl: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> CameraSpec:
@@ -124,8 +124,9 @@ def check_unique(names: list[str], what: str) -> None:
 _NAMED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})=(.+)$")
 
 
-def cameras_from_flags(sources: list[str], gst: bool = False, max_fps: float | None = None,
-                       drop: str | None = None) -> list[CameraSpec]:
+def cameras_from_flags(
+    sources: list[str], gst: bool = False, max_fps: float | None = None, drop: str | None = None
+) -> list[CameraSpec]:
     """``--source`` given several times: ``NAME=SOURCE`` names a stream, else it is ``cam0``, ``cam1``, …"""
     cams: list[CameraSpec] = []
     for i, s in enumerate(sources):

@@ -92,8 +92,15 @@ class LivePage(Sink):
     """Serves the live page; a shared sink of :class:`~edgecv.stream.multi.MultiStreamPipeline` (it calls
     :meth:`attach` with itself, and :meth:`write` with every annotated frame and its event)."""
 
-    def __init__(self, names: list[str], host: str = "127.0.0.1", port: int = 8080, quality: int = 75,
-                 token: str | None = None, max_clients: int = netguard.DEFAULT_MAX_CLIENTS) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        quality: int = 75,
+        token: str | None = None,
+        max_clients: int = netguard.DEFAULT_MAX_CLIENTS,
+    ) -> None:
         netguard.check_bind(host, token)
         self.names = list(names)
         self.quality = int(quality)
@@ -116,7 +123,7 @@ class LivePage(Sink):
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("live: " + fmt, *args)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 path = urllib.parse.unquote(self.path.split("?", 1)[0])
                 if not netguard.token_ok(me.token, netguard.request_token(self.headers, self.path)):
                     me.refused_auth += 1
@@ -166,8 +173,9 @@ class LivePage(Sink):
             raise ConfigError(f"--serve: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
         addr = self.httpd.server_address
         self.host, self.port = str(addr[0] if isinstance(addr[0], str) else addr[0].decode()), int(addr[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        daemon=True, name="edgecv-live")
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True, name="edgecv-live"
+        )
         self._thread.start()
 
     @property
@@ -194,14 +202,17 @@ class LivePage(Sink):
         try:
             while True:
                 with slot.cv:
-                    slot.cv.wait_for(lambda: slot.closed or (slot.jpeg is not None and slot.seq > seq), 1.0)
+                    slot.cv.wait_for(lambda: slot.closed or (slot.jpeg is not None and slot.seq > seq), 1.0)  # noqa: B023 (called at once)
                     if slot.closed:
                         break
                     if slot.jpeg is None or slot.seq <= seq:
                         continue
                     jpeg, seq = slot.jpeg, slot.seq
-                h.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                              .encode() + jpeg + b"\r\n")
+                h.wfile.write(
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    + jpeg
+                    + b"\r\n"
+                )
                 h.wfile.flush()
                 self.parts_sent += 1
         except (BrokenPipeError, ConnectionResetError):
@@ -237,6 +248,12 @@ class LivePage(Sink):
         self.httpd.server_close()
 
     def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "streams": len(self.names), "parts_sent": self.parts_sent,
-                "metrics_served": self.metrics_served, "auth": bool(self.token),
-                "refused_unauthorized": self.refused_auth, "refused_full": self.limit.refused}
+        return {
+            "url": self.url,
+            "streams": len(self.names),
+            "parts_sent": self.parts_sent,
+            "metrics_served": self.metrics_served,
+            "auth": bool(self.token),
+            "refused_unauthorized": self.refused_auth,
+            "refused_full": self.limit.refused,
+        }

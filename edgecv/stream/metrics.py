@@ -6,7 +6,7 @@ import collections
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -60,8 +60,14 @@ class Reservoir:
             return {"n": 0}
         a = np.asarray(data, dtype=np.float64)
         p50, p90, p99 = np.percentile(a, [50, 90, 99])
-        return {"n": self.count, "mean": round(self.total / self.count, 3), "p50": round(float(p50), 3),
-                "p90": round(float(p90), 3), "p99": round(float(p99), 3), "max": round(self.max, 3)}
+        return {
+            "n": self.count,
+            "mean": round(self.total / self.count, 3),
+            "p50": round(float(p50), 3),
+            "p90": round(float(p90), 3),
+            "p99": round(float(p99), 3),
+            "max": round(self.max, 3),
+        }
 
 
 class RateMeter:
@@ -97,9 +103,9 @@ class Metrics:
         self.t_start = time.perf_counter()
         self.t_end: float | None = None
         self.lat = {s: Reservoir() for s in STAGES}
-        self.frames_read = 0       # frames the source delivered (after decode)
-        self.frames_in = 0         # frames handed to the pipeline (after stride / max-fps)
-        self.frames_out = 0        # frames fully processed
+        self.frames_read = 0  # frames the source delivered (after decode)
+        self.frames_in = 0  # frames handed to the pipeline (after stride / max-fps)
+        self.frames_out = 0  # frames fully processed
         self.skipped_corrupt = 0
         self.skipped_stride = 0
         self.skipped_rate = 0
@@ -128,10 +134,12 @@ class Metrics:
             s = self.lat[stage].summary(recent=True)
             return f"{s['p50']:.1f}/{s['p99']:.1f}" if s.get("n") else "-/-"
 
-        return (f"in {self.in_rate.rate():5.1f} fps | out {self.out_rate.rate():5.1f} fps | "
-                f"processed {self.frames_out} | dropped {dropped} | skipped {self.skipped_corrupt} | "
-                f"reconnects {self.reconnects} | p50/p99 ms pre {pp('preprocess')} infer {pp('infer')} "
-                f"post {pp('post')} e2e {pp('e2e')}")
+        return (
+            f"in {self.in_rate.rate():5.1f} fps | out {self.out_rate.rate():5.1f} fps | "
+            f"processed {self.frames_out} | dropped {dropped} | skipped {self.skipped_corrupt} | "
+            f"reconnects {self.reconnects} | p50/p99 ms pre {pp('preprocess')} infer {pp('infer')} "
+            f"post {pp('post')} e2e {pp('e2e')}"
+        )
 
     def summary(self) -> dict[str, Any]:
         el = max(self.elapsed, 1e-9)
@@ -154,9 +162,13 @@ class Metrics:
 
     # what each stage of the pipeline spends per frame: reading/decoding (capture thread), preprocessing,
     # inference, post-processing (decode + draw) and the sinks (writing, or waiting for a video encoder)
-    STAGE_PARTS: dict[str, tuple[str, ...]] = {
-        "capture": ("read",), "preprocess": ("preprocess",), "infer": ("infer",), "post": ("post",),
-        "sinks": ("sink",)}
+    STAGE_PARTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "capture": ("read",),
+        "preprocess": ("preprocess",),
+        "infer": ("infer",),
+        "post": ("post",),
+        "sinks": ("sink",),
+    }
 
     def slowest_stage(self) -> dict[str, Any] | None:
         """The stage with the largest median time per frame, and the frame rate it allows on its own.
@@ -174,5 +186,9 @@ class Metrics:
             return None
         worst = max(busy, key=lambda k: busy[k])
         ms = busy[worst]
-        return {"stage": worst, "p50_ms": round(ms, 3), "max_fps": round(1000.0 / ms, 1) if ms > 0 else None,
-                "busy_p50_ms": {k: round(v, 3) for k, v in busy.items()}}
+        return {
+            "stage": worst,
+            "p50_ms": round(ms, 3),
+            "max_fps": round(1000.0 / ms, 1) if ms > 0 else None,
+            "busy_p50_ms": {k: round(v, 3) for k, v in busy.items()},
+        }

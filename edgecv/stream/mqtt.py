@@ -60,14 +60,20 @@ def parse_mqtt_url(url: str) -> MqttTarget:
         raise ConfigError(f"--mqtt: expected mqtt://HOST[:PORT]/TOPIC, found '{url}'")
     topic = urllib.parse.unquote(u.path.lstrip("/"))
     if not topic:
-        raise ConfigError(f"--mqtt: expected a topic after the host (e.g. mqtt://{u.hostname}/edgecv/{{stream}}), "
-                          f"found '{url}'")
+        raise ConfigError(
+            f"--mqtt: expected a topic after the host (e.g. mqtt://{u.hostname}/edgecv/{{stream}}), found '{url}'"
+        )
     if "+" in topic or "#" in url:  # urlsplit takes "#…" for a fragment
         raise ConfigError(f"--mqtt: expected a topic without wildcards (+, #), found '{url.split('/', 3)[-1]}'")
     tls = u.scheme == "mqtts"
-    return MqttTarget(u.hostname, port or (8883 if tls else 1883), topic, tls,
-                      urllib.parse.unquote(u.username) if u.username else None,
-                      urllib.parse.unquote(u.password) if u.password else None)
+    return MqttTarget(
+        u.hostname,
+        port or (8883 if tls else 1883),
+        topic,
+        tls,
+        urllib.parse.unquote(u.username) if u.username else None,
+        urllib.parse.unquote(u.password) if u.password else None,
+    )
 
 
 class MqttSink(Sink):
@@ -86,10 +92,21 @@ class MqttSink(Sink):
 
     needs_frame = False
 
-    def __init__(self, url: str, qos: int = 0, username: str | None = None, password: str | None = None,
-                 ca: str | None = None, cert: str | None = None, key: str | None = None, insecure: bool = False,
-                 buffer: int = 1000, connect_timeout: float = 5.0, client_id: str | None = None,
-                 keepalive: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        qos: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        insecure: bool = False,
+        buffer: int = 1000,
+        connect_timeout: float = 5.0,
+        client_id: str | None = None,
+        keepalive: int = 10,
+    ) -> None:
         import os
 
         if qos not in (0, 1):
@@ -115,18 +132,24 @@ class MqttSink(Sink):
         self.tls = self.target.tls or bool(ca or cert)
         if self.tls:
             try:
-                self.client.tls_set(ca_certs=ca, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED,
-                                    tls_version=ssl.PROTOCOL_TLS_CLIENT)
+                self.client.tls_set(
+                    ca_certs=ca,
+                    certfile=cert,
+                    keyfile=key,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
             except (OSError, ValueError, ssl.SSLError) as exc:
-                raise ConfigError(f"--mqtt TLS: expected readable CA/certificate/key files, found an error ({exc})") \
-                    from exc
+                raise ConfigError(
+                    f"--mqtt TLS: expected readable CA/certificate/key files, found an error ({exc})"
+                ) from exc
             if insecure:
                 self.client.tls_insecure_set(True)
         self._cv = threading.Condition()
         self._q: collections.deque[tuple[str, bytes]] = collections.deque()
         self.connected = False
-        self.published = 0       # handed to paho while connected
-        self.acked = 0           # QoS 1: acknowledged by the broker (QoS 0: written to the socket)
+        self.published = 0  # handed to paho while connected
+        self.acked = 0  # QoS 1: acknowledged by the broker (QoS 0: written to the socket)
         self.dropped = 0
         self.dropped_while_away = 0
         self.disconnects = 0
@@ -141,19 +164,24 @@ class MqttSink(Sink):
         try:
             self.client.connect(t.host, t.port, keepalive=keepalive)
         except ssl.SSLError as exc:
-            raise SinkError(f"--mqtt: expected a TLS broker at {t.host}:{t.port} whose certificate checks out, "
-                            f"found a failed handshake ({getattr(exc, 'reason', None) or exc})") from exc
+            raise SinkError(
+                f"--mqtt: expected a TLS broker at {t.host}:{t.port} whose certificate checks out, "
+                f"found a failed handshake ({getattr(exc, 'reason', None) or exc})"
+            ) from exc
         except (OSError, ValueError) as exc:
-            raise SinkError(f"--mqtt: expected a broker at {t.host}:{t.port}, found none "
-                            f"({getattr(exc, 'strerror', None) or exc})") from exc
+            raise SinkError(
+                f"--mqtt: expected a broker at {t.host}:{t.port}, found none ({getattr(exc, 'strerror', None) or exc})"
+            ) from exc
         self.client.loop_start()
         with self._cv:
             self._cv.wait_for(lambda: self.connected or self._last_rc is not None, connect_timeout)
         if not self.connected:
             self.client.loop_stop()
-            found = (f"a refusal ({self._last_rc})" if self._last_rc is not None else "no acknowledgement")
-            raise SinkError(f"--mqtt: expected the broker at {t.host}:{t.port} to accept the connection within "
-                            f"{connect_timeout:g} s, found {found}")
+            found = f"a refusal ({self._last_rc})" if self._last_rc is not None else "no acknowledgement"
+            raise SinkError(
+                f"--mqtt: expected the broker at {t.host}:{t.port} to accept the connection within "
+                f"{connect_timeout:g} s, found {found}"
+            )
         self._sender = threading.Thread(target=self._send_loop, name="edgecv-mqtt", daemon=True)
         self._sender.start()
 
@@ -174,8 +202,13 @@ class MqttSink(Sink):
         with self._cv:
             if self.connected and not self._closed:
                 self.disconnects += 1
-                log.warning("mqtt: broker %s:%d went away (%s); buffering up to %d messages",
-                            self.target.host, self.target.port, rc, self.buffer)
+                log.warning(
+                    "mqtt: broker %s:%d went away (%s); buffering up to %d messages",
+                    self.target.host,
+                    self.target.port,
+                    rc,
+                    self.buffer,
+                )
             self.connected = False
             self._cv.notify_all()
 
@@ -207,8 +240,14 @@ class MqttSink(Sink):
         mqtt = self._mqtt
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: (self._closed and not self._q) or (self.connected and bool(self._q))
-                                  or (self._closed and not self.connected), 0.5)
+                self._cv.wait_for(
+                    lambda: (
+                        (self._closed and not self._q)
+                        or (self.connected and bool(self._q))
+                        or (self._closed and not self.connected)
+                    ),
+                    0.5,
+                )
                 if self._closed and (not self._q or not self.connected):
                     return
                 if not (self.connected and self._q):
@@ -249,7 +288,17 @@ class MqttSink(Sink):
 
     def describe(self) -> dict[str, Any]:
         with self._cv:
-            return {"broker": f"{self.target.host}:{self.target.port}", "topic": self.target.topic, "qos": self.qos,
-                    "tls": self.tls, "buffer": self.buffer, "published": self.published, "acked": self.acked,
-                    "dropped": self.dropped, "dropped_while_away": self.dropped_while_away,
-                    "disconnects": self.disconnects, "reconnects": self.reconnects, "queued": len(self._q)}
+            return {
+                "broker": f"{self.target.host}:{self.target.port}",
+                "topic": self.target.topic,
+                "qos": self.qos,
+                "tls": self.tls,
+                "buffer": self.buffer,
+                "published": self.published,
+                "acked": self.acked,
+                "dropped": self.dropped,
+                "dropped_while_away": self.dropped_while_away,
+                "disconnects": self.disconnects,
+                "reconnects": self.reconnects,
+                "queued": len(self._q),
+            }

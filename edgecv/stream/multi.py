@@ -113,9 +113,16 @@ class MultiStreamPipeline:
         on_status: called about twice a second with the live status line.
     """
 
-    def __init__(self, streams: list[StreamInput], runner: Runner, contract: Contract,
-                 sinks: list[Sink] | None = None, config: MultiConfig | None = None,
-                 decoder: Decoder | None = None, on_status: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        streams: list[StreamInput],
+        runner: Runner,
+        contract: Contract,
+        sinks: list[Sink] | None = None,
+        config: MultiConfig | None = None,
+        decoder: Decoder | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
         from edgecv.stream.cameras import check_unique
         from edgecv.tasks.decode import get_decoder
 
@@ -139,8 +146,9 @@ class MultiStreamPipeline:
         self.stopped_by = "end of streams"
         self.error: BaseException | None = None
         self._err_lock = threading.Lock()
-        self._done_q: queue.Queue[tuple[int, Any, dict[str, np.ndarray] | None, BaseException | None, float]] = \
+        self._done_q: queue.Queue[tuple[int, Any, dict[str, np.ndarray] | None, BaseException | None, float]] = (
             queue.Queue()
+        )
         self._n_submitted = 0
         self._batcher_done = threading.Event()
         self.batch_sizes: collections.Counter[int] = collections.Counter()
@@ -153,7 +161,8 @@ class MultiStreamPipeline:
         self.t_end: float | None = None
         self.last_summary: dict[str, Any] | None = None
         self._draw = any(s.needs_frame for s in self.shared) or any(
-            x.needs_frame for st in self.streams for x in st.sinks)
+            x.needs_frame for st in self.streams for x in st.sinks
+        )
         for s in self.shared:
             hook = getattr(s, "attach", None)
             if hook is not None:
@@ -303,8 +312,12 @@ class MultiStreamPipeline:
                 t_sub = time.perf_counter()
                 self.wait_ms.add((t_sub - t_first) * 1e3)
                 self.batch_sizes[len(batch)] += 1
-                job: dict[str, Any] = {"seq": self._n_submitted, "batch": batch, "transforms": transforms,
-                                       "t_submit": t_sub}
+                job: dict[str, Any] = {
+                    "seq": self._n_submitted,
+                    "batch": batch,
+                    "transforms": transforms,
+                    "t_submit": t_sub,
+                }
                 self._n_submitted += 1
                 self.async_q.submit({self.contract.input_name: x}, job, self._on_done)
                 job.setdefault("t_started", time.perf_counter())
@@ -410,6 +423,7 @@ class MultiStreamPipeline:
         self._batch_shape()
         old_handlers: dict[int, Any] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
+
             def handler(signum: int, _frame: Any) -> None:
                 if self._stop.is_set() and signum == signal.SIGINT:
                     raise KeyboardInterrupt
@@ -431,10 +445,15 @@ class MultiStreamPipeline:
                     hook(self.streams[0].pipe.source, self.streams[0].pipe.cfg)
             self.async_q = self.runner.async_queue(self.cfg.requests)
             self.t_start = time.perf_counter()
-            caps = [threading.Thread(target=self._stream_main, args=(st,), name=f"edgecv-capture-{st.name}",
-                                     daemon=True) for st in self.streams]
-            threads = [*caps, threading.Thread(target=self._batcher, name="edgecv-batcher", daemon=True),
-                       threading.Thread(target=self._post, name="edgecv-post", daemon=True)]
+            caps = [
+                threading.Thread(target=self._stream_main, args=(st,), name=f"edgecv-capture-{st.name}", daemon=True)
+                for st in self.streams
+            ]
+            threads = [
+                *caps,
+                threading.Thread(target=self._batcher, name="edgecv-batcher", daemon=True),
+                threading.Thread(target=self._post, name="edgecv-post", daemon=True),
+            ]
             for t in threads:
                 t.start()
             last_status = 0.0
@@ -490,26 +509,42 @@ class MultiStreamPipeline:
             with m._lock:  # the post thread adds samples under it
                 e2e = m.lat["e2e"].summary(recent=True)
             streams[st.name] = {
-                "state": st.state, "fps_in": round(m.in_rate.rate(), 2), "fps_out": round(m.out_rate.rate(), 2),
-                "p50_ms": e2e.get("p50"), "p99_ms": e2e.get("p99"), "frames": m.frames_out,
-                "dropped": st.pipe.capture_buf.dropped, "reconnects": m.reconnects,
-                "error": st.open_error or (str(st.pipe.error) if st.pipe.error else None)}
+                "state": st.state,
+                "fps_in": round(m.in_rate.rate(), 2),
+                "fps_out": round(m.out_rate.rate(), 2),
+                "p50_ms": e2e.get("p50"),
+                "p99_ms": e2e.get("p99"),
+                "frames": m.frames_out,
+                "dropped": st.pipe.capture_buf.dropped,
+                "reconnects": m.reconnects,
+                "error": st.open_error or (str(st.pipe.error) if st.pipe.error else None),
+            }
         inf = self.infer_ms.summary(recent=True)
-        return {"t": round(time.perf_counter() - self.t_start, 3), "streams": streams,
-                "total": {"fps_in": round(sum(s["fps_in"] for s in streams.values()), 2),
-                          "fps_out": round(sum(s["fps_out"] for s in streams.values()), 2),
-                          "frames": sum(s["frames"] for s in streams.values()),
-                          "dropped": sum(s["dropped"] for s in streams.values()),
-                          "reconnects": sum(s["reconnects"] for s in streams.values()),
-                          "infer_p50_ms": inf.get("p50"), "infer_p99_ms": inf.get("p99")}}
+        return {
+            "t": round(time.perf_counter() - self.t_start, 3),
+            "streams": streams,
+            "total": {
+                "fps_in": round(sum(s["fps_in"] for s in streams.values()), 2),
+                "fps_out": round(sum(s["fps_out"] for s in streams.values()), 2),
+                "frames": sum(s["frames"] for s in streams.values()),
+                "dropped": sum(s["dropped"] for s in streams.values()),
+                "reconnects": sum(s["reconnects"] for s in streams.values()),
+                "infer_p50_ms": inf.get("p50"),
+                "infer_p99_ms": inf.get("p99"),
+            },
+        }
 
     def status_line(self) -> str:
         lv = self.live()
         t = lv["total"]
-        per = " | ".join(f"{n} {s['fps_out']:.1f}" + (f" ({s['state']})" if s["state"] != "running" else "")
-                         for n, s in lv["streams"].items())
-        return (f"{len(self.streams)} streams: out {t['fps_out']:5.1f} fps | processed {t['frames']} | dropped "
-                f"{t['dropped']} | reconnects {t['reconnects']} | {per}")
+        per = " | ".join(
+            f"{n} {s['fps_out']:.1f}" + (f" ({s['state']})" if s["state"] != "running" else "")
+            for n, s in lv["streams"].items()
+        )
+        return (
+            f"{len(self.streams)} streams: out {t['fps_out']:5.1f} fps | processed {t['frames']} | dropped "
+            f"{t['dropped']} | reconnects {t['reconnects']} | {per}"
+        )
 
     def _stream_summary(self, st: _Stream) -> dict[str, Any]:
         s = st.metrics.summary()
@@ -536,31 +571,54 @@ class MultiStreamPipeline:
         nb = sum(self.batch_sizes.values())
         mean_batch = (sum(k * v for k, v in self.batch_sizes.items()) / nb) if nb else 0.0
         total = {
-            "streams": len(per), "duration_s": dur, "frames_read": read, "frames_processed": frames,
-            "fps_in": round(read / el, 3), "fps_out": round(frames / el, 3),
+            "streams": len(per),
+            "duration_s": dur,
+            "frames_read": read,
+            "frames_processed": frames,
+            "fps_in": round(read / el, 3),
+            "fps_out": round(frames / el, 3),
             "dropped": sum(s["dropped"] for s in per.values()),
             "reconnects": sum(s["reconnects"] for s in per.values()),
-            "latency_ms": {"e2e": _merge([st.metrics.lat["e2e"] for st in self.streams]),
-                           "infer_batch": self.infer_ms.summary(), "batch_wait": self.wait_ms.summary()},
+            "latency_ms": {
+                "e2e": _merge([st.metrics.lat["e2e"] for st in self.streams]),
+                "infer_batch": self.infer_ms.summary(),
+                "batch_wait": self.wait_ms.summary(),
+            },
             "slowest_stage": self.slowest_stage(mean_batch),
         }
-        engine = {"runner": self.runner.describe(),
-                  "async": self.async_q.describe() if self.async_q is not None else None,
-                  "max_batch": self.max_batch, "fixed_batch": self.fixed_batch,
-                  "batch_wait_ms": self.cfg.batch_wait_ms, "batches": nb, "mean_batch": round(mean_batch, 3),
-                  "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+        engine = {
+            "runner": self.runner.describe(),
+            "async": self.async_q.describe() if self.async_q is not None else None,
+            "max_batch": self.max_batch,
+            "fixed_batch": self.fixed_batch,
+            "batch_wait_ms": self.cfg.batch_wait_ms,
+            "batches": nb,
+            "mean_batch": round(mean_batch, 3),
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
         from edgecv.stream.metrics import STAGES
 
-        return {"mode": "multi", "streams": per, "total": total, "engine": engine,
-                # the single-stream summary's keys, over all streams: readers of "run" results (the report) keep working
-                "frames_read": read, "frames_processed": frames, "duration_s": dur, "fps_in": total["fps_in"],
-                "fps_out": total["fps_out"], "dropped": total["dropped"], "reconnects": total["reconnects"],
-                "skipped_corrupt": sum(s["skipped_corrupt"] for s in per.values()),
-                "source": {"kind": "multi", "target": f"{len(per)} streams ({', '.join(per)})"},
-                "latency_ms": {k: _merge([st.metrics.lat[k] for st in self.streams]) for k in STAGES},
-                "runner": engine["runner"], "stopped_by": self.stopped_by,
-                "failed": [n for n, s in per.items() if s["error"]],
-                "sinks": {type(x).__name__: x.describe() for x in self.shared}}
+        return {
+            "mode": "multi",
+            "streams": per,
+            "total": total,
+            "engine": engine,
+            # the single-stream summary's keys, over all streams: readers of "run" results (the report) keep working
+            "frames_read": read,
+            "frames_processed": frames,
+            "duration_s": dur,
+            "fps_in": total["fps_in"],
+            "fps_out": total["fps_out"],
+            "dropped": total["dropped"],
+            "reconnects": total["reconnects"],
+            "skipped_corrupt": sum(s["skipped_corrupt"] for s in per.values()),
+            "source": {"kind": "multi", "target": f"{len(per)} streams ({', '.join(per)})"},
+            "latency_ms": {k: _merge([st.metrics.lat[k] for st in self.streams]) for k in STAGES},
+            "runner": engine["runner"],
+            "stopped_by": self.stopped_by,
+            "failed": [n for n, s in per.items() if s["error"]],
+            "sinks": {type(x).__name__: x.describe() for x in self.shared},
+        }
 
     def slowest_stage(self, mean_batch: float) -> dict[str, Any] | None:
         """The process-wide stage that bounds the total frame rate, from each stage's median cost per frame.
@@ -573,9 +631,9 @@ class MultiStreamPipeline:
         batch. ``max_fps`` is what each stage allows on its own; the smallest names the bound (``decode`` when
         the CPUs cannot decode the streams faster than the model infers them).
         """
+
         def p50(stage: str) -> float | None:
-            vals = [float(st.metrics.lat[stage].summary()["p50"]) for st in self.streams
-                    if st.metrics.lat[stage].count]
+            vals = [float(st.metrics.lat[stage].summary()["p50"]) for st in self.streams if st.metrics.lat[stage].count]
             return sum(vals) / len(vals) if vals else None
 
         live = [st for st in self.streams if st.metrics.frames_out]
@@ -605,10 +663,14 @@ class MultiStreamPipeline:
         if not fps:
             return None
         worst = min(fps, key=lambda k: fps[k])
-        return {"stage": worst, "max_fps": round(fps[worst], 1), "cpus": cpus,
-                "decode_bound": worst == "decode",
-                "ms_per_frame_p50": {k: round(v, 3) for k, v in ms.items()},
-                "max_fps_by_stage": {k: round(v, 1) for k, v in fps.items()}}
+        return {
+            "stage": worst,
+            "max_fps": round(fps[worst], 1),
+            "cpus": cpus,
+            "decode_bound": worst == "decode",
+            "ms_per_frame_p50": {k: round(v, 3) for k, v in ms.items()},
+            "max_fps_by_stage": {k: round(v, 1) for k, v in fps.items()},
+        }
 
 
 def _merge(res: list[Reservoir]) -> dict[str, float]:
@@ -618,5 +680,10 @@ def _merge(res: list[Reservoir]) -> dict[str, float]:
         return {"n": 0}
     a = np.concatenate(arrays).astype(np.float64)
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"n": int(sum(r.count for r in res)), "p50": round(float(p50), 3), "p90": round(float(p90), 3),
-            "p99": round(float(p99), 3), "max": round(float(a.max()), 3)}
+    return {
+        "n": int(sum(r.count for r in res)),
+        "p50": round(float(p50), 3),
+        "p90": round(float(p90), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(a.max()), 3),
+    }

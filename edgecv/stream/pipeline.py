@@ -118,13 +118,13 @@ class StreamConfig:
 class Frame:
     """One frame travelling through the stages, with its timings (perf_counter seconds)."""
 
-    index: int                 # position in the source (0-based, before stride)
+    index: int  # position in the source (0-based, before stride)
     image: np.ndarray
     t_capture: float
     wall_time: float
     t_read_ms: float = 0.0
     t_enqueued: float = 0.0
-    t_picked: float = 0.0      # taken from the capture buffer by a multi-stream batcher
+    t_picked: float = 0.0  # taken from the capture buffer by a multi-stream batcher
     tensor: np.ndarray | None = None
     transform: Any = None
     outputs: dict[str, np.ndarray] | None = None
@@ -145,9 +145,16 @@ class StreamPipeline:
         on_status: called about twice a second with the live status line.
     """
 
-    def __init__(self, source: Source, runner: Runner, contract: Contract, sinks: list[Sink] | None = None,
-                 config: StreamConfig | None = None, decoder: Decoder | None = None,
-                 on_status: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        runner: Runner,
+        contract: Contract,
+        sinks: list[Sink] | None = None,
+        config: StreamConfig | None = None,
+        decoder: Decoder | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
         from edgecv.tasks.decode import get_decoder
 
         self.source = source
@@ -198,8 +205,12 @@ class StreamPipeline:
             if self._stop.wait(delay):
                 return False
             self.metrics.count("reconnect_attempts")
-            log.warning("source %s dropped; reconnect attempt %d/%d", self.source.spec.describe(), attempt,
-                        self.cfg.reconnect_max)
+            log.warning(
+                "source %s dropped; reconnect attempt %d/%d",
+                self.source.spec.describe(),
+                attempt,
+                self.cfg.reconnect_max,
+            )
             try:
                 self.source.open(self.cfg.open_timeout)
             except SourceError as exc:
@@ -226,8 +237,10 @@ class StreamPipeline:
                         if self._reconnect():
                             continue
                         if not self._stop.is_set():
-                            raise SourceError(f"source {spec.describe()} dropped and did not come back after "
-                                              f"{self.cfg.reconnect_max} reconnect attempt(s)")
+                            raise SourceError(
+                                f"source {spec.describe()} dropped and did not come back after "
+                                f"{self.cfg.reconnect_max} reconnect attempt(s)"
+                            )
                         break
                     if self.cfg.loop and spec.kind in ("file", "folder"):
                         self.source.open(self.cfg.open_timeout)
@@ -316,12 +329,14 @@ class StreamPipeline:
         self._fps_meter.tick()
         self.metrics.out_rate.tick()
         self.metrics.count("frames_out")
-        self.metrics.timeline.frame(time.perf_counter() - self.metrics.t_start, fr.lat_ms, self.capture_buf.dropped,
-                                    self.metrics.reconnects)
+        self.metrics.timeline.frame(
+            time.perf_counter() - self.metrics.t_start, fr.lat_ms, self.capture_buf.dropped, self.metrics.reconnects
+        )
         fr.image = None  # type: ignore[assignment]
 
-    def _worker(self, name: str, src: FrameBuffer[Frame], dst: FrameBuffer[Frame] | None,
-                fn: Callable[[Frame], None]) -> None:
+    def _worker(
+        self, name: str, src: FrameBuffer[Frame], dst: FrameBuffer[Frame] | None, fn: Callable[[Frame], None]
+    ) -> None:
         try:
             while True:
                 fr = src.get()
@@ -348,6 +363,7 @@ class StreamPipeline:
         """
         old_handlers: dict[int, Any] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
+
             def handler(signum: int, _frame: Any) -> None:
                 if self._stop.is_set() and signum == signal.SIGINT:
                     raise KeyboardInterrupt
@@ -365,12 +381,21 @@ class StreamPipeline:
             self.metrics = Metrics()
             threads = [
                 threading.Thread(target=self._capture, name="edgecv-capture", daemon=True),
-                threading.Thread(target=self._worker, args=("preprocess", self.capture_buf, self.pre_q,
-                                                            self._preprocess), name="edgecv-pre", daemon=True),
-                threading.Thread(target=self._worker, args=("infer", self.pre_q, self.inf_q, self._infer),
-                                 name="edgecv-infer", daemon=True),
-                threading.Thread(target=self._worker, args=("post", self.inf_q, None, self._post),
-                                 name="edgecv-post", daemon=True),
+                threading.Thread(
+                    target=self._worker,
+                    args=("preprocess", self.capture_buf, self.pre_q, self._preprocess),
+                    name="edgecv-pre",
+                    daemon=True,
+                ),
+                threading.Thread(
+                    target=self._worker,
+                    args=("infer", self.pre_q, self.inf_q, self._infer),
+                    name="edgecv-infer",
+                    daemon=True,
+                ),
+                threading.Thread(
+                    target=self._worker, args=("post", self.inf_q, None, self._post), name="edgecv-post", daemon=True
+                ),
             ]
             for t in threads:
                 t.start()

@@ -66,8 +66,9 @@ class VideoSink(Sink):
 
     PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
-    def __init__(self, path: str | Path, fps: float | None = None, writer: str = "auto",
-                 preset: str = "ultrafast") -> None:
+    def __init__(
+        self, path: str | Path, fps: float | None = None, writer: str = "auto", preset: str = "ultrafast"
+    ) -> None:
         if writer not in ("auto", "ffmpeg", "opencv"):
             raise ConfigError(f"--writer: expected auto, ffmpeg or opencv, found '{writer}'")
         if preset not in self.PRESETS:
@@ -111,12 +112,37 @@ class VideoSink(Sink):
         self._size = (w, h)
         if self.writer == "ffmpeg":
             fmt = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}[self.path.suffix.lower()]
-            cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
-                   "-s", f"{w}x{h}", "-r", f"{self.fps:.3f}", "-i", "pipe:0", "-an",
-                   "-c:v", "libx264", "-preset", self.preset, "-pix_fmt", "yuv420p", "-f", fmt, str(self.tmp)]
+            cmd = [
+                "ffmpeg",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "bgr24",
+                "-s",
+                f"{w}x{h}",
+                "-r",
+                f"{self.fps:.3f}",
+                "-i",
+                "pipe:0",
+                "-an",
+                "-c:v",
+                "libx264",
+                "-preset",
+                self.preset,
+                "-pix_fmt",
+                "yuv420p",
+                "-f",
+                fmt,
+                str(self.tmp),
+            ]
             # own session: a terminal Ctrl-C reaches only us; we then close ffmpeg's stdin and it finalizes
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            )
         else:
             cv2 = lazy_import("cv2", "stream")
             fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
@@ -163,8 +189,10 @@ class VideoSink(Sink):
                 if self._proc is not None and self._proc.stderr is not None:
                     with contextlib.suppress(OSError, ValueError):
                         err = self._proc.stderr.read().decode(errors="replace")
-                self._error = SinkError(f"--save: could not write '{self.path}': ffmpeg stopped "
-                                        f"({_ffmpeg_why(err) or describe_write_error(exc, self.path.parent)})")
+                self._error = SinkError(
+                    f"--save: could not write '{self.path}': ffmpeg stopped "
+                    f"({_ffmpeg_why(err) or describe_write_error(exc, self.path.parent)})"
+                )
                 self._error.__cause__ = exc
                 self._queue.abort()
                 return
@@ -223,16 +251,26 @@ class VideoSink(Sink):
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
         finally:
             cap.release()
-        bad = "the file is not playable" if not ok or size == 0 else \
-            f"the file holds {n} of {self.frames} frames" if 0 < n < self.frames else None
+        bad = (
+            "the file is not playable"
+            if not ok or size == 0
+            else f"the file holds {n} of {self.frames} frames"
+            if 0 < n < self.frames
+            else None
+        )
         if bad is None:
             return None
         why = describe_write_error(OSError(bad), self.path.parent)
         return why if why.startswith("no space") else bad
 
     def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"path": str(self.path), "writer": self.writer, "frames": self.frames, "fps": self.fps,
-                             "size": list(self._size) if self._size else None}
+        d: dict[str, Any] = {
+            "path": str(self.path),
+            "writer": self.writer,
+            "frames": self.frames,
+            "fps": self.fps,
+            "size": list(self._size) if self._size else None,
+        }
         if self.writer == "ffmpeg":
             d["preset"] = self.preset
         return d
@@ -288,8 +326,9 @@ class JsonlSink(Sink):
             self._f.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
-        raise SinkError(f"--jsonl: could not write '{self.path}': {describe_write_error(exc, self.path.parent)}") \
-            from exc
+        raise SinkError(
+            f"--jsonl: could not write '{self.path}': {describe_write_error(exc, self.path.parent)}"
+        ) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -330,8 +369,14 @@ class MjpegServer(Sink):
     (:mod:`edgecv.netguard`).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80, token: str | None = None,
-                 max_clients: int = netguard.DEFAULT_MAX_CLIENTS) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        quality: int = 80,
+        token: str | None = None,
+        max_clients: int = netguard.DEFAULT_MAX_CLIENTS,
+    ) -> None:
         netguard.check_bind(host, token)
         self.quality = int(quality)
         self.token = token
@@ -352,7 +397,7 @@ class MjpegServer(Sink):
             def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the status line reports clients
                 log.debug("mjpeg: " + fmt, *args)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if not netguard.token_ok(server_self.token, netguard.request_token(self.headers, self.path)):
                     server_self.refused_auth += 1
@@ -400,8 +445,9 @@ class MjpegServer(Sink):
             raise ConfigError(f"--serve: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
         addr = self.httpd.server_address
         self.host, self.port = str(addr[0] if isinstance(addr[0], str) else addr[0].decode()), int(addr[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        daemon=True, name="edgecv-mjpeg")
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True, name="edgecv-mjpeg"
+        )
         self._thread.start()
 
     @property
@@ -425,14 +471,17 @@ class MjpegServer(Sink):
         try:
             while True:
                 with self._cv:
-                    self._cv.wait_for(lambda: self._closed or (self._jpeg is not None and self._seq > seq), 1.0)
+                    self._cv.wait_for(lambda: self._closed or (self._jpeg is not None and self._seq > seq), 1.0)  # noqa: B023 (called at once)
                     if self._closed:
                         break
                     if self._jpeg is None or self._seq <= seq:
                         continue
                     jpeg, seq = self._jpeg, self._seq
-                h.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                              .encode() + jpeg + b"\r\n")
+                h.wfile.write(
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    + jpeg
+                    + b"\r\n"
+                )
                 h.wfile.flush()
                 with self._cv:
                     self.parts_sent += 1
@@ -467,8 +516,13 @@ class MjpegServer(Sink):
         self.httpd.server_close()
 
     def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "parts_sent": self.parts_sent, "auth": bool(self.token),
-                "refused_unauthorized": self.refused_auth, "refused_full": self.limit.refused}
+        return {
+            "url": self.url,
+            "parts_sent": self.parts_sent,
+            "auth": bool(self.token),
+            "refused_unauthorized": self.refused_auth,
+            "refused_full": self.limit.refused,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ window
@@ -482,11 +536,15 @@ class WindowSink(Sink):
         from edgecv.stream.sources import opencv_has_gui
 
         if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and os.name == "posix":
-            raise ConfigError("--show: expected a display (DISPLAY is not set); use --serve HOST:PORT to watch "
-                              "the stream in a browser instead")
+            raise ConfigError(
+                "--show: expected a display (DISPLAY is not set); use --serve HOST:PORT to watch "
+                "the stream in a browser instead"
+            )
         if not opencv_has_gui():
-            raise ConfigError("--show: this OpenCV has no GUI support ('GUI: NONE', e.g. opencv-python-headless); "
-                              "install opencv-python, or use --serve HOST:PORT")
+            raise ConfigError(
+                "--show: this OpenCV has no GUI support ('GUI: NONE', e.g. opencv-python-headless); "
+                "install opencv-python, or use --serve HOST:PORT"
+            )
         self.title = title
         self.stop_requested = False
 

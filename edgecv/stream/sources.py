@@ -77,12 +77,13 @@ def parse_source(src: str, gst: bool = False) -> SourceSpec:
     if m:
         scheme = m.group(1).lower()
         if scheme == "file":
-            s = s[len("file://"):]
+            s = s[len("file://") :]
         elif scheme in NETWORK_SCHEMES:
             return SourceSpec("url", s)
         else:
-            raise ConfigError(f"--source: expected a URL scheme among {', '.join(NETWORK_SCHEMES)}, "
-                              f"found '{scheme}://'")
+            raise ConfigError(
+                f"--source: expected a URL scheme among {', '.join(NETWORK_SCHEMES)}, found '{scheme}://'"
+            )
     if " ! " in s:
         raise ConfigError(f"--source looks like a GStreamer pipeline ('{s[:40]}…'); pass --gst with it")
     p = Path(s).expanduser()
@@ -90,8 +91,9 @@ def parse_source(src: str, gst: bool = False) -> SourceSpec:
         return SourceSpec("folder", str(p))
     if p.is_file():
         return SourceSpec("file", str(p))
-    raise ConfigError(f"--source: expected an existing file or folder, a camera index or a URL, found '{s}' "
-                      "(no such path)")
+    raise ConfigError(
+        f"--source: expected an existing file or folder, a camera index or a URL, found '{s}' (no such path)"
+    )
 
 
 def opencv_has_gstreamer() -> bool:
@@ -153,12 +155,16 @@ class Source(abc.ABC):
     def read(self) -> tuple[Status, np.ndarray | None]:
         """The next frame: ``("ok", img)``, ``("corrupt", None)`` or ``("end", None)``."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         pass
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.spec.kind, "target": str(self.spec.target), "fps": self.fps,
-                "frame_count": self.frame_count}
+        return {
+            "kind": self.spec.kind,
+            "target": str(self.spec.target),
+            "fps": self.fps,
+            "frame_count": self.frame_count,
+        }
 
 
 def quiet_backend_logs() -> None:
@@ -186,7 +192,7 @@ def _accel_name(value: float) -> str:
         return "software"
     for name in dir(cv2):
         if name.startswith("VIDEO_ACCELERATION_") and name != "VIDEO_ACCELERATION_ANY" and getattr(cv2, name) == v:
-            return name[len("VIDEO_ACCELERATION_"):].lower()
+            return name[len("VIDEO_ACCELERATION_") :].lower()
     return f"hardware ({v})"
 
 
@@ -232,9 +238,14 @@ class OpenCVSource(Source):
             # it is only a silence until the read timeout); set OPENCV_FFMPEG_CAPTURE_OPTIONS to override
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
         accel = cv2.VIDEO_ACCELERATION_NONE if self.decode_mode == "sw" else cv2.VIDEO_ACCELERATION_ANY
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout * 1000),
-                  cv2.CAP_PROP_HW_ACCELERATION, accel]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            ms,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(self.read_timeout * 1000),
+            cv2.CAP_PROP_HW_ACCELERATION,
+            accel,
+        ]
         return cv2.VideoCapture(str(self.spec.target), cv2.CAP_FFMPEG, params)
 
     def open(self, timeout: float) -> None:
@@ -255,8 +266,10 @@ class OpenCVSource(Source):
                     self.decoder = _accel_name(cap.get(cv2.CAP_PROP_HW_ACCELERATION))
                     if self.decode_mode == "hw" and self.decoder == "software":
                         cap.release()
-                        raise SourceError(f"--decode hw: expected a hardware video decoder for {self.spec.describe()}"
-                                          ", found none OpenCV's FFmpeg can use (use --decode auto or sw)")
+                        raise SourceError(
+                            f"--decode hw: expected a hardware video decoder for {self.spec.describe()}"
+                            ", found none OpenCV's FFmpeg can use (use --decode auto or sw)"
+                        )
                 self._cap = cap
                 fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
                 self.fps = fps if 0 < fps < 1000 else None
@@ -270,15 +283,17 @@ class OpenCVSource(Source):
                 break
             # network servers and cameras may come up late: keep trying until the deadline
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        raise SourceError(f"source {self.spec.describe()} did not open within {timeout:g} s "
-                          f"({attempt} attempt{'s' if attempt != 1 else ''}: {last})")
+        raise SourceError(
+            f"source {self.spec.describe()} did not open within {timeout:g} s "
+            f"({attempt} attempt{'s' if attempt != 1 else ''}: {last})"
+        )
 
     def read(self) -> tuple[Status, np.ndarray | None]:
         if self._cap is None:
             return "end", None
         try:
             ok, frame = self._cap.read()
-        except Exception as exc:  # a decoder error on one frame must not kill the run
+        except Exception as exc:  # noqa: BLE001 - a decoder error on one frame must not kill the run
             log.warning("frame read failed: %s", exc)
             return "corrupt", None
         if not ok:
@@ -375,7 +390,7 @@ def _call_with_timeout(fn: Any, timeout: float) -> Any:
             box["v"] = fn()
         except SourceError as exc:
             box["e"] = exc
-        except Exception as exc:  # a backend failure is a failed attempt, not a crash
+        except Exception as exc:  # noqa: BLE001 - a backend failure is a failed attempt, not a crash
             box["v"] = None
             log.debug("open attempt failed: %s", exc)
 

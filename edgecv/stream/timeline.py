@@ -57,7 +57,14 @@ class Timeline:
         with self._lock:
             rows = []
             for i, (n, sums, dropped, reconnects) in enumerate(self._b):
-                rows.append({"t": round(i * self.bucket_s, 3), "frames": n, "fps": round(n / self.bucket_s, 3),
-                             "mean_ms": {s: round(v / n, 3) for s, v in sums.items()} if n else {},
-                             "dropped": dropped, "reconnects": reconnects})
+                rows.append(
+                    {
+                        "t": round(i * self.bucket_s, 3),
+                        "frames": n,
+                        "fps": round(n / self.bucket_s, 3),
+                        "mean_ms": {s: round(v / n, 3) for s, v in sums.items()} if n else {},
+                        "dropped": dropped,
+                        "reconnects": reconnects,
+                    }
+                )
             return {"bucket_s": self.bucket_s, "stages": list(TIMELINE_STAGES), "rows": rows}

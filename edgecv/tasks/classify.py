@@ -31,9 +31,13 @@ class ClassifyResult:
         return [class_name(self.names, int(i)) for i in self.ids]
 
     def to_json(self) -> dict[str, Any]:
-        return {"task": "classify",
-                "topk": [{"class_id": int(i), "label": lab, "score": round(float(s), 6)}
-                         for i, lab, s in zip(self.ids, self.labels, self.scores)]}
+        return {
+            "task": "classify",
+            "topk": [
+                {"class_id": int(i), "label": lab, "score": round(float(s), 6)}
+                for i, lab, s in zip(self.ids, self.labels, self.scores)
+            ],
+        }
 
 
 class ClassifyDecoder:
@@ -48,8 +52,9 @@ class ClassifyDecoder:
         self.names = list(contract.class_names)
         self.activation = str(contract.decode.get("activation", "softmax"))
         if self.activation not in _ACTIVATIONS:
-            raise ConfigError(f"contract.decode.activation: expected one of {_ACTIVATIONS} for classify, "
-                              f"found '{self.activation}'")
+            raise ConfigError(
+                f"contract.decode.activation: expected one of {_ACTIVATIONS} for classify, found '{self.activation}'"
+            )
         self.topk = int(topk or contract.decode.get("topk", 5))
 
     def decode(self, outputs: dict[str, np.ndarray], transforms: list[Transform]) -> list[Result]:
@@ -69,6 +74,7 @@ class ClassifyDecoder:
         out: list[Result] = []
         for row, idx in zip(probs, part):
             order = idx[np.argsort(-row[idx], kind="stable")]
-            out.append(ClassifyResult(ids=order.astype(np.int64), scores=row[order].astype(np.float32),
-                                      names=self.names))
+            out.append(
+                ClassifyResult(ids=order.astype(np.int64), scores=row[order].astype(np.float32), names=self.names)
+            )
         return out

@@ -92,9 +92,7 @@ def get_decoder(contract: Contract) -> Decoder:
     """
     key = decoder_key(contract)
     if contract.task == "generic":
-        raise ConfigError(
-            f"contract.task: expected one of classify, segment, detect to decode outputs, found 'generic'"
-        )
+        raise ConfigError("contract.task: expected one of classify, segment, detect to decode outputs, found 'generic'")
     factory = DECODERS.get(key)
     return factory(contract)  # type: ignore[no-any-return]
 
@@ -106,9 +104,7 @@ def pick_output(outputs: dict[str, np.ndarray], contract: Contract, what: str) -
             return np.asarray(outputs[name])
     if len(outputs) == 1:
         return np.asarray(next(iter(outputs.values())))
-    raise BackendError(
-        f"{what}: expected an output named one of {contract.output_names}, found {sorted(outputs)}"
-    )
+    raise BackendError(f"{what}: expected an output named one of {contract.output_names}, found {sorted(outputs)}")
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -146,8 +142,12 @@ class DetectResult:
         return {
             "task": "detect",
             "detections": [
-                {"box": [round(float(v), 2) for v in self.boxes[i]], "score": round(float(self.scores[i]), 5),
-                 "class_id": int(self.classes[i]), "label": self.label(i)}
+                {
+                    "box": [round(float(v), 2) for v in self.boxes[i]],
+                    "score": round(float(self.scores[i]), 5),
+                    "class_id": int(self.classes[i]),
+                    "label": self.label(i),
+                }
                 for i in range(len(self))
             ],
         }
@@ -193,10 +193,12 @@ class GraphNMSDecoder:
             if self.max_det:
                 n = min(n, self.max_det)
             keep = scores[b, :n] >= self.score_threshold
-            results.append(DetectResult(
-                boxes=tf.to_original(boxes[b, :n][keep]),
-                scores=scores[b, :n][keep].astype(np.float32),
-                classes=classes[b, :n][keep].astype(np.int64),
-                names=self.names,
-            ))
+            results.append(
+                DetectResult(
+                    boxes=tf.to_original(boxes[b, :n][keep]),
+                    scores=scores[b, :n][keep].astype(np.float32),
+                    classes=classes[b, :n][keep].astype(np.int64),
+                    names=self.names,
+                )
+            )
         return results

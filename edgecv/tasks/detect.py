@@ -54,8 +54,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def generalized_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise GIoU (IoU minus the empty share of the enclosing box) → [N,M]."""
     a, b, inter, union = _inter_union(a, b)
-    hull = np.prod(np.clip(np.maximum(a[:, None, 2:], b[None, :, 2:]) - np.minimum(a[:, None, :2], b[None, :, :2]),
-                           0, None), axis=-1)
+    hull = np.prod(
+        np.clip(np.maximum(a[:, None, 2:], b[None, :, 2:]) - np.minimum(a[:, None, :2], b[None, :, :2]), 0, None),
+        axis=-1,
+    )
     return _safe_div(inter, union) - _safe_div(hull - union, hull)
 
 
@@ -90,8 +92,14 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
     return nms(boxes + offset, scores, iou_threshold)
 
 
-def select(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, iou_threshold: float,
-           max_det: int, multi_label: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    score_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    multi_label: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's candidates → detections: threshold, per-class NMS, keep the ``max_det`` best.
 
     Args:
@@ -121,8 +129,13 @@ def _grid(h: int, w: int) -> np.ndarray:
     return np.stack([gx, gy], axis=-1)  # [H, W, 2]
 
 
-def decode_yolo_anchors(maps: list[np.ndarray], anchors: list[list[list[float]]], strides: list[float],
-                        num_classes: int, cls_act: str = "sigmoid") -> tuple[np.ndarray, np.ndarray]:
+def decode_yolo_anchors(
+    maps: list[np.ndarray],
+    anchors: list[list[list[float]]],
+    strides: list[float],
+    num_classes: int,
+    cls_act: str = "sigmoid",
+) -> tuple[np.ndarray, np.ndarray]:
     """YOLOv2/v3 raw maps → ``boxes`` [B,N,4] xyxy input pixels and ``scores`` [B,N,C] = objectness × class.
 
     ``b_xy = (σ(t_xy) + cell)·stride`` and ``b_wh = anchor·exp(t_wh)`` (direct location prediction).
@@ -133,8 +146,10 @@ def decode_yolo_anchors(maps: list[np.ndarray], anchors: list[list[list[float]]]
         bsz, _, h, w = m.shape
         a = len(anc)
         if m.shape[1] != a * (5 + num_classes):
-            raise BackendError(f"detect host decode: expected {a * (5 + num_classes)} channels "
-                               f"({a} anchors × (5 + {num_classes})), found {m.shape[1]}")
+            raise BackendError(
+                f"detect host decode: expected {a * (5 + num_classes)} channels "
+                f"({a} anchors × (5 + {num_classes})), found {m.shape[1]}"
+            )
         t = m.reshape(bsz, a, 5 + num_classes, h, w).transpose(0, 1, 3, 4, 2)  # [B,A,H,W,5+C]
         xy = (sigmoid(t[..., :2]) + _grid(h, w)) * s
         wh = np.exp(np.minimum(t[..., 2:4], BBOX_XFORM_CLIP)) * np.asarray(anc, np.float32)[None, :, None, None]
@@ -145,15 +160,16 @@ def decode_yolo_anchors(maps: list[np.ndarray], anchors: list[list[list[float]]]
     return np.concatenate(all_boxes, 1), np.concatenate(all_scores, 1)
 
 
-def decode_yolo_grid(out: np.ndarray, num_boxes: int, num_classes: int, input_hw: tuple[int, int]
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def decode_yolo_grid(
+    out: np.ndarray, num_boxes: int, num_classes: int, input_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """YOLOv1 output [B,S,S,nb*5+C] (x, y, √w, √h, conf per box, all sigmoid; class probabilities softmax) →
     boxes [B, S·S·nb, 4] and scores = conf × P(class)."""
     out = np.asarray(out, np.float32)
     bsz, sh, sw, _ = out.shape
     ih, iw = input_hw
-    box = sigmoid(out[..., :num_boxes * 5].reshape(bsz, sh, sw, num_boxes, 5))
-    cls = softmax(out[..., num_boxes * 5:], -1)
+    box = sigmoid(out[..., : num_boxes * 5].reshape(bsz, sh, sw, num_boxes, 5))
+    cls = softmax(out[..., num_boxes * 5 :], -1)
     g = _grid(sh, sw)[None, :, :, None]
     cx = (box[..., 0] + g[..., 0]) / sw * iw
     cy = (box[..., 1] + g[..., 1]) / sh * ih
@@ -172,8 +188,10 @@ class HostNMSDecoder:
         self.names = list(contract.class_names)
         self.format = str(d.get("format", "boxes_scores"))
         if self.format not in ("yolo_anchors", "yolo_grid", "boxes_scores"):
-            raise ConfigError(f"contract.decode.format: expected yolo_anchors, yolo_grid or boxes_scores for host "
-                              f"NMS, found '{self.format}'")
+            raise ConfigError(
+                f"contract.decode.format: expected yolo_anchors, yolo_grid or boxes_scores for host "
+                f"NMS, found '{self.format}'"
+            )
         self.score_threshold = float(d.get("score_threshold", 0.001))
         self.iou_threshold = float(d.get("iou_threshold", 0.5))
         self.max_det = int(d.get("max_det", 100))
@@ -187,25 +205,33 @@ class HostNMSDecoder:
         if missing:
             raise BackendError(f"detect (host NMS): expected outputs {names}, found {sorted(outputs)}")
         if self.format == "yolo_anchors":
-            return decode_yolo_anchors([outputs[n] for n in names], self.d["anchors"], self.d["strides"],
-                                       self.num_classes, str(self.d.get("cls_act", "sigmoid")))
+            return decode_yolo_anchors(
+                [outputs[n] for n in names],
+                self.d["anchors"],
+                self.d["strides"],
+                self.num_classes,
+                str(self.d.get("cls_act", "sigmoid")),
+            )
         if self.format == "yolo_grid":
-            return decode_yolo_grid(outputs[names[0]], int(self.d["num_boxes"]), self.num_classes,
-                                    self.contract.hw)
+            return decode_yolo_grid(outputs[names[0]], int(self.d["num_boxes"]), self.num_classes, self.contract.hw)
         return np.asarray(outputs[names[0]], np.float32), np.asarray(outputs[names[1]], np.float32)
 
     def detect(self, outputs: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per image (boxes in input-tensor pixels, scores, classes) after NMS."""
         boxes, scores = self.candidates(outputs)
-        return [select(boxes[b], scores[b], self.score_threshold, self.iou_threshold, self.max_det)
-                for b in range(boxes.shape[0])]
+        return [
+            select(boxes[b], scores[b], self.score_threshold, self.iou_threshold, self.max_det)
+            for b in range(boxes.shape[0])
+        ]
 
     def decode(self, outputs: dict[str, np.ndarray], transforms: list[Transform]) -> list[Result]:
         dets = self.detect(outputs)
         if len(dets) != len(transforms):
             raise BackendError(f"detect: expected a batch of {len(transforms)} images, found {len(dets)}")
-        return [DetectResult(boxes=tf.to_original(b), scores=s, classes=c, names=self.names)
-                for (b, s, c), tf in zip(dets, transforms)]
+        return [
+            DetectResult(boxes=tf.to_original(b), scores=s, classes=c, names=self.names)
+            for (b, s, c), tf in zip(dets, transforms)
+        ]
 
 
 def host_decode_info(model: Any) -> dict[str, Any]:

@@ -33,8 +33,14 @@ def color_for(class_id: int) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-def _text(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, int, int] = (255, 255, 255),
-          bg: tuple[int, int, int] | None = (0, 0, 0), scale: float | None = None) -> None:
+def _text(
+    img: np.ndarray,
+    text: str,
+    org: tuple[int, int],
+    color: tuple[int, int, int] = (255, 255, 255),
+    bg: tuple[int, int, int] | None = (0, 0, 0),
+    scale: float | None = None,
+) -> None:
     cv2 = lazy_import("cv2", "stream")
     scale = scale or max(0.4, min(img.shape[:2]) / 720.0)
     thick = max(1, int(round(scale * 1.5)))

@@ -53,8 +53,12 @@ def _resize(img: np.ndarray, wh: tuple[int, int], contract: Contract) -> np.ndar
         out = pil_resize(img[..., 0] if img.shape[2] == 1 else img, wh, contract.interpolation)
         return out[..., None] if out.ndim == 2 else out
     cv2 = lazy_import("cv2", "stream")
-    flag = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST,
-            "lanczos": cv2.INTER_LANCZOS4}[contract.interpolation]
+    flag = {
+        "bilinear": cv2.INTER_LINEAR,
+        "bicubic": cv2.INTER_CUBIC,
+        "nearest": cv2.INTER_NEAREST,
+        "lanczos": cv2.INTER_LANCZOS4,
+    }[contract.interpolation]
     out = cv2.resize(img, wh, interpolation=flag)
     return out[..., None] if out.ndim == 2 else out  # type: ignore[no-any-return]
 
@@ -92,12 +96,12 @@ def resize_image(img: np.ndarray, contract: Contract) -> tuple[np.ndarray, Trans
         resized = _resize(img, (nw, nh), contract)
         top, left = (th - nh) // 2, (tw - nw) // 2
         out = np.full((th, tw, img.shape[2]), contract.pad_value, dtype=img.dtype)
-        out[top:top + nh, left:left + nw] = resized
+        out[top : top + nh, left : left + nw] = resized
         return out, Transform(nw / w0, nh / h0, float(left), float(top), (h0, w0))
     # center_crop: resize the short side to size / crop_ratio, then crop the centre
     nh, nw, top, left = center_crop_geometry(h0, w0, th, tw, contract.crop_ratio)
     resized = _resize(img, (nw, nh), contract)
-    out = resized[top:top + th, left:left + tw]
+    out = resized[top : top + th, left : left + tw]
     return np.ascontiguousarray(out), Transform(nw / w0, nh / h0, float(-left), float(-top), (h0, w0))
 
 

@@ -30,8 +30,9 @@ def _bilinear(x: np.ndarray) -> np.ndarray:
 def _bicubic(x: np.ndarray) -> np.ndarray:
     a = -0.5
     x = np.abs(x)
-    return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
-                    np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    return np.where(
+        x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1, np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0)
+    )
 
 
 def _sinc(x: np.ndarray) -> np.ndarray:
@@ -46,7 +47,10 @@ def _lanczos(x: np.ndarray) -> np.ndarray:
 
 #: filter and support, as Pillow's ``struct filter``
 FILTERS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
-    "bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0), "lanczos": (_lanczos, 3.0)}
+    "bilinear": (_bilinear, 1.0),
+    "bicubic": (_bicubic, 2.0),
+    "lanczos": (_lanczos, 3.0),
+}
 
 
 def coefficients(in_size: int, out_size: int, method: str) -> tuple[np.ndarray, np.ndarray]:

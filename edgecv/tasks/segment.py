@@ -32,9 +32,14 @@ class SegmentResult:
     def to_json(self) -> dict[str, Any]:
         # the full mask is too large for an event log: report the class histogram (fraction of the frame)
         total = max(1, int(self.mask.size))
-        return {"task": "segment", "shape": [int(d) for d in self.mask.shape],
-                "classes": [{"class_id": i, "label": class_name(self.names, i), "fraction": round(c / total, 5)}
-                            for i, c in sorted(self.class_pixels().items())]}
+        return {
+            "task": "segment",
+            "shape": [int(d) for d in self.mask.shape],
+            "classes": [
+                {"class_id": i, "label": class_name(self.names, i), "fraction": round(c / total, 5)}
+                for i, c in sorted(self.class_pixels().items())
+            ],
+        }
 
 
 class SegmentDecoder:
@@ -74,8 +79,10 @@ class SegmentDecoder:
             y0 = max(0.0, tf.pad_y) * sy
             x1 = min(mw, (tf.pad_x + w0 * tf.scale_x) * sx)
             y1 = min(mh, (tf.pad_y + h0 * tf.scale_y) * sy)
-            crop = lab[int(round(y0)):max(int(round(y0)) + 1, int(round(y1))),
-                       int(round(x0)):max(int(round(x0)) + 1, int(round(x1)))]
+            crop = lab[
+                int(round(y0)) : max(int(round(y0)) + 1, int(round(y1))),
+                int(round(x0)) : max(int(round(x0)) + 1, int(round(x1))),
+            ]
             dtype = np.uint8 if int(crop.max(initial=0)) < 256 else np.int32
             crop = crop.astype(dtype)
             if tf.pad_x < 0 or tf.pad_y < 0:
@@ -87,7 +94,7 @@ class SegmentDecoder:
                 top = int(round(-tf.pad_y / tf.scale_y))
                 vw, vh = max(1, int(round(vis_w))), max(1, int(round(vis_h)))
                 resized = cv2.resize(crop, (vw, vh), interpolation=cv2.INTER_NEAREST)
-                full[top:top + vh, left:left + vw] = resized[:max(0, h0 - top), :max(0, w0 - left)]
+                full[top : top + vh, left : left + vw] = resized[: max(0, h0 - top), : max(0, w0 - left)]
                 mask = full
             else:
                 mask = cv2.resize(crop, (w0, h0), interpolation=cv2.INTER_NEAREST)

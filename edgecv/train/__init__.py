@@ -7,7 +7,21 @@ from edgecv.train.tasks import ClassifyTask, SegmentTask, Task, kd_loss, task_fo
 from edgecv.train.trainer import Trainer, TrainResult, load_checkpoint, save_checkpoint, seed_everything
 
 __all__ = [
-    "OPTIMIZERS", "SCHEDULES", "ClassifyTask", "SegmentTask", "Task", "TrainResult", "Trainer", "build_model",
-    "build_optimizer", "build_scheduler", "distill", "kd_loss", "load_checkpoint", "save_checkpoint",
-    "seed_everything", "task_for", "train_recipe",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "ClassifyTask",
+    "SegmentTask",
+    "Task",
+    "TrainResult",
+    "Trainer",
+    "build_model",
+    "build_optimizer",
+    "build_scheduler",
+    "distill",
+    "kd_loss",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+    "task_for",
+    "train_recipe",
 ]

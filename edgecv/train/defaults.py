@@ -20,14 +20,21 @@ from edgecv.errors import ConfigError
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "zoo" / "weights"
 
 
-def evaluate_on_synth_val(model: torch.nn.Module, task: str, seed: int, size: int, n_val: int,
-                          preprocessing: dict[str, Any], batch_size: int = 64) -> float:
+def evaluate_on_synth_val(
+    model: torch.nn.Module,
+    task: str,
+    seed: int,
+    size: int,
+    n_val: int,
+    preprocessing: dict[str, Any],
+    batch_size: int = 64,
+) -> float:
     """Regenerate the synthetic val split (seed, size, n_val) and return the task metric (top-1 % or mIoU %)."""
+    from edgecv.config.schema import TrainConfig
     from edgecv.data.datasets import ImageTransform, TransformedDataset, open_dataset
     from edgecv.data.synth import generate
     from edgecv.train.tasks import task_for
     from edgecv.train.trainer import Trainer
-    from edgecv.config.schema import TrainConfig
 
     with tempfile.TemporaryDirectory(prefix="edgecv-val-") as tmp:
         root = Path(tmp) / "data"
@@ -37,13 +44,27 @@ def evaluate_on_synth_val(model: torch.nn.Module, task: str, seed: int, size: in
         tf = ImageTransform(hw, preprocessing["mean"], preprocessing["std"], preprocessing.get("color", "RGB"), task)
         val = TransformedDataset(raw, tf)
         t = task_for(task, model, num_classes=len(raw.classes))
-        tr = Trainer(model, t, val, val, TrainConfig.model_validate({"epochs": 1, "amp": False}), None, batch_size=batch_size,
-                     device="cpu", progress=False)
+        tr = Trainer(
+            model,
+            t,
+            val,
+            val,
+            TrainConfig.model_validate({"epochs": 1, "amp": False}),
+            None,
+            batch_size=batch_size,
+            device="cpu",
+            progress=False,
+        )
         return float(tr.evaluate()[t.metric_name])
 
 
-def make_default(recipe_path: str | Path, run_dir: str | Path, name: str | None = None,
-                 weights_dir: str | Path = WEIGHTS_DIR, progress: bool = True) -> dict[str, Any]:
+def make_default(
+    recipe_path: str | Path,
+    run_dir: str | Path,
+    name: str | None = None,
+    weights_dir: str | Path = WEIGHTS_DIR,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train the recipe's model into ``run_dir`` and ship its final weights as ``weights_dir/<name>.pt``.
 
     Args:
@@ -77,15 +98,30 @@ def make_default(recipe_path: str | Path, run_dir: str | Path, name: str | None 
     with _io.atomic_path(weights_dir / f"{name}.pt") as tmp:
         torch.save(state, tmp)
     info = {
-        "model": name, "arch": arch, "task": recipe.data.task, "metric": result.metric_name, "value": round(metric, 4),
-        "split": "val", "data": {"generator": "edgecv.data.synth", "seed": s.seed, "size": s.size,
-                                 "n_train": s.n_train, "n_val": s.n_val},
+        "model": name,
+        "arch": arch,
+        "task": recipe.data.task,
+        "metric": result.metric_name,
+        "value": round(metric, 4),
+        "split": "val",
+        "data": {
+            "generator": "edgecv.data.synth",
+            "seed": s.seed,
+            "size": s.size,
+            "n_train": s.n_train,
+            "n_val": s.n_val,
+        },
         # the held-out split in the form scripts/demo.sh reads (edgecv data synth --seed --size --n-val)
         "val": {"seed": s.seed, "size": s.size, "count": s.n_val},
-        "classes": run["classes"], "preprocessing": run["preprocessing"],
-        "num_classes": len(run["classes"]), "epochs": result.epochs,
-        "training_time_s": round(train_time, 1), "train_threads": recipe.train.threads,
-        "recipe": recipe.to_dict(), "recipe_file": str(recipe_path), "versions": versions(),
+        "classes": run["classes"],
+        "preprocessing": run["preprocessing"],
+        "num_classes": len(run["classes"]),
+        "epochs": result.epochs,
+        "training_time_s": round(train_time, 1),
+        "train_threads": recipe.train.threads,
+        "recipe": recipe.to_dict(),
+        "recipe_file": str(recipe_path),
+        "versions": versions(),
         "history": result.history,
     }
     _io.write_json(weights_dir / f"{name}.json", info)
@@ -120,8 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights-dir", default=str(WEIGHTS_DIR))
     a = ap.parse_args(argv)
     info = make_default(a.recipe, a.run_dir, a.name, a.weights_dir)
-    print(f"{info['model']}: {info['metric']} {info['value']:.2f} on val (seed {info['data']['seed']}, "
-          f"n={info['data']['n_val']}) after {info['training_time_s']:.0f} s")
+    print(
+        f"{info['model']}: {info['metric']} {info['value']:.2f} on val (seed {info['data']['seed']}, "
+        f"n={info['data']['n_val']}) after {info['training_time_s']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

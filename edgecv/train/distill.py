@@ -22,12 +22,19 @@ def _infer_size(ds: Any) -> tuple[int, int]:
     return int(img.shape[0]), int(img.shape[1])
 
 
-def open_distill_data(data: str | Path, task: str | None, image_size: tuple[int, int] | None,
-                      mean: Any, std: Any, seed: int) -> tuple[Any, Any, str | None]:
+def open_distill_data(
+    data: str | Path, task: str | None, image_size: tuple[int, int] | None, mean: Any, std: Any, seed: int
+) -> tuple[Any, Any, str | None]:
     """(train set, val set or None, task or None) from a folder: a synth root with train/val, an ImageFolder tree,
     an images/+masks/ folder, or plain images (unlabelled: KD loss only)."""
-    from edgecv.data.datasets import (ImageFolderDataset, ImageListDataset, ImageTransform, SegmentationFolder,
-                                      TransformedDataset, open_dataset)
+    from edgecv.data.datasets import (
+        ImageFolderDataset,
+        ImageListDataset,
+        ImageTransform,
+        SegmentationFolder,
+        TransformedDataset,
+        open_dataset,
+    )
 
     p = Path(data)
     if not p.is_dir():
@@ -57,13 +64,29 @@ def open_distill_data(data: str | Path, task: str | None, image_size: tuple[int,
     return train, val, task if train_raw.labeled else None
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: str | Path | Any, epochs: int = 1, lr: float = 1e-3,
-            temperature: float = 4.0, alpha: float = 0.5, *, task: str | Task | None = None,
-            val_data: Any = None, batch_size: int = 32, optimizer: str = "adamw", weight_decay: float = 0.0,
-            image_size: tuple[int, int] | None = None, mean: Any = (0.485, 0.456, 0.406),
-            std: Any = (0.229, 0.224, 0.225), seed: int = 0, out_dir: str | Path | None = None,
-            device: str | None = None, progress: bool = False, num_classes: int | None = None
-            ) -> tuple[nn.Module, TrainResult]:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: str | Path | Any,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    *,
+    task: str | Task | None = None,
+    val_data: Any = None,
+    batch_size: int = 32,
+    optimizer: str = "adamw",
+    weight_decay: float = 0.0,
+    image_size: tuple[int, int] | None = None,
+    mean: Any = (0.485, 0.456, 0.406),
+    std: Any = (0.229, 0.224, 0.225),
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, TrainResult]:
     """Fine-tune ``student`` towards ``teacher``: ``alpha · T² · KL(teacher‖student) + (1 − alpha) · task loss``.
 
     The KL is over the class dimension of temperature-softened logits (per pixel for segmentation). Where the data
@@ -116,14 +139,29 @@ def distill(student: nn.Module, teacher: nn.Module, data: str | Path | Any, epoc
             num_classes = num_classes or int(out.shape[1])
         n = num_classes or len(getattr(train, "classes", []) or [])
         task_obj = SegmentTask(n) if task_name == "segment" else ClassifyTask(n)
-    cfg = TrainConfig(epochs=epochs, seed=seed, amp=True,
-                      # cast only for mypy: pydantic validates the name at runtime
-                      optimizer=OptimizerConfig(name=cast(OptimizerName, optimizer), lr=lr,
-                                                weight_decay=weight_decay),
-                      schedule=ScheduleConfig(name="cosine"))
+    cfg = TrainConfig(
+        epochs=epochs,
+        seed=seed,
+        amp=True,
+        # cast only for mypy: pydantic validates the name at runtime
+        optimizer=OptimizerConfig(name=cast(OptimizerName, optimizer), lr=lr, weight_decay=weight_decay),
+        schedule=ScheduleConfig(name="cosine"),
+    )
     torch.manual_seed(seed)
-    trainer = Trainer(student, task_obj, train, val, cfg, out_dir, batch_size=batch_size, device=device,
-                      teacher=teacher, temperature=temperature, alpha=alpha, progress=progress)
+    trainer = Trainer(
+        student,
+        task_obj,
+        train,
+        val,
+        cfg,
+        out_dir,
+        batch_size=batch_size,
+        device=device,
+        teacher=teacher,
+        temperature=temperature,
+        alpha=alpha,
+        progress=progress,
+    )
     result = trainer.fit()
     student = trainer.model
     student.eval()

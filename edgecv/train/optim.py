@@ -66,8 +66,9 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig | dict[str, Any] | st
     raise ConfigError(f"train.optimizer.name: expected one of {', '.join(OPTIMIZERS)}, found '{name}'")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig | dict[str, Any] | str, epochs: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig | dict[str, Any] | str, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-iteration schedule: optional linear warm-up composed (SequentialLR) with step, cosine or linear decay.
 
     ``step_size`` is in epochs; ``warmup_epochs`` may be fractional. Step it once per optimizer step.

@@ -14,7 +14,7 @@ from torch import nn
 
 from edgecv import __version__, _io
 from edgecv.config.schema import DataConfig, ModelConfig, Recipe
-from edgecv.errors import ConfigError, DataError, ModelSourceError, UnknownNameError
+from edgecv.errors import ConfigError, DataError, ModelSourceError
 from edgecv.train.tasks import task_for
 from edgecv.train.trainer import Trainer, TrainResult, load_checkpoint, seed_everything, state_dict_of
 
@@ -33,8 +33,9 @@ def build_model(mcfg: ModelConfig, num_classes: int | None = None) -> nn.Module:
     kwargs = dict(mcfg.kwargs)
     if num_classes is not None:
         if "num_classes" in kwargs and int(kwargs["num_classes"]) != num_classes:
-            raise ConfigError(f"model.kwargs.num_classes: the data has {num_classes} classes, found "
-                              f"{kwargs['num_classes']}")
+            raise ConfigError(
+                f"model.kwargs.num_classes: the data has {num_classes} classes, found {kwargs['num_classes']}"
+            )
         kwargs["num_classes"] = num_classes
     if mcfg.name is not None:
         from edgecv.zoo import create_model
@@ -66,8 +67,9 @@ def build_model(mcfg: ModelConfig, num_classes: int | None = None) -> nn.Module:
         try:
             model.load_state_dict(sd)
         except RuntimeError as exc:
-            raise ModelSourceError(f"model.weights: {mcfg.weights} does not fit the model "
-                                   f"({str(exc).splitlines()[0]})") from None
+            raise ModelSourceError(
+                f"model.weights: {mcfg.weights} does not fit the model ({str(exc).splitlines()[0]})"
+            ) from None
     return model
 
 
@@ -76,10 +78,7 @@ def preprocessing(recipe: Recipe) -> dict[str, Any]:
     data = recipe.data
     mean, std, hw = IMAGENET_MEAN, IMAGENET_STD, None
     if recipe.model.name is not None:
-        try:
-            cfg = _zoo_cfg(recipe.model.name)
-        except UnknownNameError:
-            raise
+        cfg = _zoo_cfg(recipe.model.name)
         mean, std = tuple(cfg.get("mean", mean)), tuple(cfg.get("std", std))
         size = cfg.get("input_size")
         if size:
@@ -90,8 +89,14 @@ def preprocessing(recipe: Recipe) -> dict[str, Any]:
         hw = (data.synth.size, data.synth.size)
     if hw is None:
         raise ConfigError("data.image_size: needed for a model without a zoo default input size")
-    return {"input_size": [3, hw[0], hw[1]], "mean": list(mean), "std": list(std), "color": "RGB",
-            "resize": "stretch", "scale": 1.0 / 255.0}
+    return {
+        "input_size": [3, hw[0], hw[1]],
+        "mean": list(mean),
+        "std": list(std),
+        "color": "RGB",
+        "resize": "stretch",
+        "scale": 1.0 / 255.0,
+    }
 
 
 def resolve_data(data: DataConfig, out_dir: Path | None) -> tuple[Path, Path | None]:
@@ -103,8 +108,13 @@ def resolve_data(data: DataConfig, out_dir: Path | None) -> tuple[Path, Path | N
     s = data.synth
     assert s is not None  # guaranteed by DataConfig's validator
     root = (out_dir if out_dir is not None else Path("runs") / "synth") / "data"
-    want = {"task": data.task, "seed": s.seed, "size": s.size, "splits": {"train": s.n_train, "val": s.n_val},
-            "version": GENERATOR_VERSION}
+    want = {
+        "task": data.task,
+        "seed": s.seed,
+        "size": s.size,
+        "splits": {"train": s.n_train, "val": s.n_val},
+        "version": GENERATOR_VERSION,
+    }
     meta_file = root / "synth.json"
     have = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if {k: have.get(k) for k in want} != want:
@@ -122,8 +132,11 @@ def build_datasets(recipe: Recipe, out_dir: Path | None, seed: int) -> tuple[Any
     pre = preprocessing(recipe)
     train_path, val_path = resolve_data(data, out_dir)
     train_raw = open_dataset(data.task, train_path, data.format, split="train")
-    val_raw = open_dataset(data.task, val_path, data.format, split="val", classes=train_raw.classes) \
-        if val_path is not None else None
+    val_raw = (
+        open_dataset(data.task, val_path, data.format, split="val", classes=train_raw.classes)
+        if val_path is not None
+        else None
+    )
     if val_raw is not None and list(val_raw.classes) != list(train_raw.classes):
         raise DataError(f"{val_path}: val classes {val_raw.classes} differ from train classes {train_raw.classes}")
     hw = tuple(pre["input_size"][1:])
@@ -137,8 +150,12 @@ def build_datasets(recipe: Recipe, out_dir: Path | None, seed: int) -> tuple[Any
 def versions() -> dict[str, str]:
     import numpy
 
-    out = {"edgecv": __version__, "torch": str(torch.__version__), "numpy": str(numpy.__version__),
-           "python": platform.python_version()}
+    out = {
+        "edgecv": __version__,
+        "torch": str(torch.__version__),
+        "numpy": str(numpy.__version__),
+        "python": platform.python_version(),
+    }
     try:
         import cv2
 
@@ -154,8 +171,16 @@ def is_run_dir(path: Path) -> bool:
     return any((path / n).exists() for n in ("run.json", "last.pt", "best.pt", "metrics.jsonl", "data/synth.json"))
 
 
-def train_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, epochs: int | None = None,
-                 progress: bool = True, device: str | None = None, force: bool = False) -> tuple[nn.Module, TrainResult]:
+def train_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    force: bool = False,
+) -> tuple[nn.Module, TrainResult]:
     """Train the recipe's model on its data into ``out_dir`` (``last.pt``, ``best.pt``, ``metrics.jsonl``,
     ``run.json``).
 
@@ -191,19 +216,45 @@ def train_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, e
         from edgecv.config.schema import ModelConfig as _MC
 
         t = cfg.distill.teacher
-        tcfg = _MC(name=None if ":" in t else t, source=t if ":" in t else None,
-                   weights=cfg.distill.teacher_weights, kwargs=cfg.distill.teacher_kwargs)
+        tcfg = _MC(
+            name=None if ":" in t else t,
+            source=t if ":" in t else None,
+            weights=cfg.distill.teacher_weights,
+            kwargs=cfg.distill.teacher_kwargs,
+        )
         teacher = build_model(tcfg, num_classes=len(classes))
-    meta = {"recipe": recipe.to_dict(), "task": task_name, "classes": classes, "preprocessing": pre,
-            "versions": versions()}
+    meta = {
+        "recipe": recipe.to_dict(),
+        "task": task_name,
+        "classes": classes,
+        "preprocessing": pre,
+        "versions": versions(),
+    }
     data = recipe.data
     assert data is not None
-    trainer = Trainer(model, task, train, val, cfg, out, batch_size=data.batch_size, workers=data.workers,
-                      device=device, teacher=teacher, progress=progress, meta=meta)
+    trainer = Trainer(
+        model,
+        task,
+        train,
+        val,
+        cfg,
+        out,
+        batch_size=data.batch_size,
+        workers=data.workers,
+        device=device,
+        teacher=teacher,
+        progress=progress,
+        meta=meta,
+    )
     t0 = time.time()
     result = trainer.fit(epochs=epochs, resume=resume)
     if trainer.dist.is_main:
-        _io.write_json(out / "run.json", {**meta, "result": {k: v for k, v in result.to_dict().items()
-                                                              if k != "history"},
-                                          "wall_time_s": round(time.time() - t0, 3)})
+        _io.write_json(
+            out / "run.json",
+            {
+                **meta,
+                "result": {k: v for k, v in result.to_dict().items() if k != "history"},
+                "wall_time_s": round(time.time() - t0, 3),
+            },
+        )
     return trainer.model, result

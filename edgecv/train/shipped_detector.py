@@ -59,16 +59,16 @@ def evaluate_map(model: torch.nn.Module, data: Split, batch_size: int = 100) -> 
     dets = []
     try:
         for i in range(0, len(imgs), batch_size):
-            for b, s, c in model.postprocess(model(imgs[i:i + batch_size].float() / 255.0)):  # type: ignore
+            for b, s, c in model.postprocess(model(imgs[i : i + batch_size].float() / 255.0)):  # type: ignore
                 dets.append((b.numpy(), s.numpy(), c.numpy()))
     finally:
         model.train(was)
-    return coco_map(dets, [(b.numpy(), lab.numpy()) for b, lab in zip(boxes, labels)],
-                    int(model.num_classes))  # type: ignore[arg-type]
+    return coco_map(dets, [(b.numpy(), lab.numpy()) for b, lab in zip(boxes, labels)], int(model.num_classes))  # type: ignore[arg-type]
 
 
-def train_detector(recipe_path: str | Path, run_dir: str | Path, *, threads: int | None = None,
-                   log: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+def train_detector(
+    recipe_path: str | Path, run_dir: str | Path, *, threads: int | None = None, log: Any = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train the recipe's zoo detector on its synthetic data from memory.
 
     Args:
@@ -102,8 +102,9 @@ def train_detector(recipe_path: str | Path, run_dir: str | Path, *, threads: int
     model = create_model(recipe.model.name, **recipe.model.kwargs)
     size = int(model.input_size)  # type: ignore[arg-type]
     if tuple(train[0].shape[-2:]) != (size, size):
-        raise ConfigError(f"{recipe_path}: expected data.synth.size == the model input ({size}), found "
-                          f"{tuple(train[0].shape[-2:])}")
+        raise ConfigError(
+            f"{recipe_path}: expected data.synth.size == the model input ({size}), found {tuple(train[0].shape[-2:])}"
+        )
     model = model.to(memory_format=torch.channels_last)
     aug = model.train_aug  # type: ignore[attr-defined]
     bs = int(data.batch_size)
@@ -123,7 +124,7 @@ def train_detector(recipe_path: str | Path, run_dir: str | Path, *, threads: int
         sums: dict[str, float] = {}
         te = time.perf_counter()
         for s in range(spe):
-            idx = perm[s * bs:(s + 1) * bs]
+            idx = perm[s * bs : (s + 1) * bs]
             x = train[0][idx].float() / 255.0
             tg = [{"boxes": train[1][i], "labels": train[2][i]} for i in idx.tolist()]
             if aug.active:
@@ -137,8 +138,12 @@ def train_detector(recipe_path: str | Path, run_dir: str | Path, *, threads: int
             sched.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-        rec: dict[str, Any] = {"epoch": ep + 1, **{k: round(v / spe, 5) for k, v in sums.items()},
-                               "lr": opt.param_groups[0]["lr"], "img_per_s": round(spe * bs / (time.perf_counter() - te), 1)}
+        rec: dict[str, Any] = {
+            "epoch": ep + 1,
+            **{k: round(v / spe, 5) for k, v in sums.items()},
+            "lr": opt.param_groups[0]["lr"],
+            "img_per_s": round(spe * bs / (time.perf_counter() - te), 1),
+        }
         if (ep + 1) % 5 == 0 or ep + 1 == tr.epochs:
             m = evaluate_map(model, val)
             rec.update(map50=round(m["map50"], 4), map=round(m["map"], 4))
@@ -156,16 +161,27 @@ def train_detector(recipe_path: str | Path, run_dir: str | Path, *, threads: int
             log(line)
     train_time = time.perf_counter() - t0
     model = model.to(memory_format=torch.contiguous_format).eval()
-    rec = {"epochs": tr.epochs, "history": history, "train_time_s": round(train_time, 1),
-           "threads": int(n_threads or torch.get_num_threads()), "data_root": str(root)}
+    rec = {
+        "epochs": tr.epochs,
+        "history": history,
+        "train_time_s": round(train_time, 1),
+        "threads": int(n_threads or torch.get_num_threads()),
+        "data_root": str(root),
+    }
     _io.write_json(run_dir / "train_record.json", rec)
     return model, rec
 
 
-def backend_maps(weights: str | Path, kwargs: dict[str, Any], class_names: list[str], samples: list[Any],
-                 backends: tuple[str, ...] = ("onnxruntime", "openvino"), out_dir: str | Path | None = None,
-                 threads: int = 1, arch: str = "yolov3_tiny"
-                 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+def backend_maps(
+    weights: str | Path,
+    kwargs: dict[str, Any],
+    class_names: list[str],
+    samples: list[Any],
+    backends: tuple[str, ...] = ("onnxruntime", "openvino"),
+    out_dir: str | Path | None = None,
+    threads: int = 1,
+    arch: str = "yolov3_tiny",
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """mAP of PyTorch (eager, the export wrapper) and of each backend on ``samples`` (from ``load_coco_samples``),
     through one graph-NMS fp32 bundle; returns (maps by backend, box-agreement rows against PyTorch)."""
     from edgecv.backends import open_runner
@@ -199,8 +215,9 @@ def backend_maps(weights: str | Path, kwargs: dict[str, Any], class_names: list[
     return maps, rows
 
 
-def ship(recipe_path: str | Path, run_dir: str | Path, weights_dir: str | Path = WEIGHTS_DIR,
-         threads: int | None = None) -> dict[str, Any]:
+def ship(
+    recipe_path: str | Path, run_dir: str | Path, weights_dir: str | Path = WEIGHTS_DIR, threads: int | None = None
+) -> dict[str, Any]:
     """Train, save ``<weights_dir>/yolov3_tiny_synth.pt`` (fp32 state dict) and its JSON record."""
     model, rec = train_detector(recipe_path, run_dir, threads=threads)
     weights_dir = Path(weights_dir)
@@ -224,8 +241,9 @@ def _runtime_versions() -> dict[str, str]:
     return out
 
 
-def write_record(recipe_path: str | Path, run_dir: str | Path, rec: dict[str, Any],
-                 weights_dir: str | Path = WEIGHTS_DIR) -> dict[str, Any]:
+def write_record(
+    recipe_path: str | Path, run_dir: str | Path, rec: dict[str, Any], weights_dir: str | Path = WEIGHTS_DIR
+) -> dict[str, Any]:
     """Measure the saved ``<weights_dir>/yolov3_tiny_synth.pt`` on the val split (torch / ONNX Runtime / OpenVINO,
     full split and the test subset) and write the JSON record beside it; ``rec`` is :func:`train_detector`'s."""
     from edgecv.config import load_recipe
@@ -248,24 +266,49 @@ def write_record(recipe_path: str | Path, run_dir: str | Path, rec: dict[str, An
     if s is None:
         raise ConfigError(f"{recipe_path}: expected data.synth (the record names the val split's generator)")
     info = {
-        "model": "shapes_detector", "arch": str(recipe.model.name), "task": "detect", "kwargs": kw,
-        "weights": wpt.name, "format": "state_dict (float32)", "params": sum(p.numel() for p in model.parameters()),
-        "classes": classes, "num_classes": len(classes), "input_size": [3, model.input_size, model.input_size],
+        "model": "shapes_detector",
+        "arch": str(recipe.model.name),
+        "task": "detect",
+        "kwargs": kw,
+        "weights": wpt.name,
+        "format": "state_dict (float32)",
+        "params": sum(p.numel() for p in model.parameters()),
+        "classes": classes,
+        "num_classes": len(classes),
+        "input_size": [3, model.input_size, model.input_size],
         "anchors": [[list(a) for a in g] for g in model.anchors],  # type: ignore[attr-defined]
-        "preprocessing": {"input_size": [3, model.input_size, model.input_size], "resize": "letterbox",
-                          "color": "RGB", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "scale": 1 / 255.0},
-        "data": {"generator": "edgecv.data.synth", "task": "detect", "seed": s.seed, "size": s.size,
-                 "n_train": s.n_train, "n_val": s.n_val},
-        "split": "val", "metric": "map50", "value": round(maps["torch"]["map50"], 4),
+        "preprocessing": {
+            "input_size": [3, model.input_size, model.input_size],
+            "resize": "letterbox",
+            "color": "RGB",
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+            "scale": 1 / 255.0,
+        },
+        "data": {
+            "generator": "edgecv.data.synth",
+            "task": "detect",
+            "seed": s.seed,
+            "size": s.size,
+            "n_train": s.n_train,
+            "n_val": s.n_val,
+        },
+        "split": "val",
+        "metric": "map50",
+        "value": round(maps["torch"]["map50"], 4),
         "map": {k: {"map50": round(v["map50"], 4), "map": round(v["map"], 4)} for k, v in maps.items()},
-        "subset": {"images": min(TEST_SUBSET, len(samples)),
-                   **{k: {"map50": round(v["map50"], 4), "map": round(v["map"], 4)} for k, v in sub_maps.items()},
-                   "note": "the first images of the val split (what tests/test_defaults_detector.py re-measures)"},
+        "subset": {
+            "images": min(TEST_SUBSET, len(samples)),
+            **{k: {"map50": round(v["map50"], 4), "map": round(v["map"], 4)} for k, v in sub_maps.items()},
+            "note": "the first images of the val split (what tests/test_defaults_detector.py re-measures)",
+        },
         "postprocess": {"score_threshold": 0.001, "iou_threshold": 0.5, "max_det": 100},
         "box_agreement": rows,
-        "recipe": recipe.to_dict(), "recipe_file": str(recipe_path),
+        "recipe": recipe.to_dict(),
+        "recipe_file": str(recipe_path),
         "command": f"python -m edgecv.train.shipped_detector {recipe_path} {run_dir}",
-        "train": {k: rec[k] for k in ("epochs", "train_time_s", "threads")}, "history": rec["history"],
+        "train": {k: rec[k] for k in ("epochs", "train_time_s", "threads")},
+        "history": rec["history"],
         "versions": {**versions(), **_runtime_versions()},
         "evaluated_with": "faster-coco-eval via edgecv.validate.detection.runner_map (full val split)",
     }
@@ -282,12 +325,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--weights-dir", default=str(WEIGHTS_DIR))
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--record-only", action="store_true",
-                    help="re-measure the saved weights and rewrite the JSON (training record from RUN_DIR)")
+    ap.add_argument(
+        "--record-only",
+        action="store_true",
+        help="re-measure the saved weights and rewrite the JSON (training record from RUN_DIR)",
+    )
     a = ap.parse_args(argv)
     if a.record_only:
-        info = write_record(a.recipe, a.run_dir, json.loads((Path(a.run_dir) / "train_record.json").read_text()),
-                            a.weights_dir)
+        info = write_record(
+            a.recipe, a.run_dir, json.loads((Path(a.run_dir) / "train_record.json").read_text()), a.weights_dir
+        )
     else:
         info = ship(a.recipe, a.run_dir, a.weights_dir, a.threads)
     print(json.dumps({"map": info["map"], "subset": info["subset"], "train": info["train"]}, indent=1))

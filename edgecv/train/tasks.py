@@ -96,8 +96,12 @@ class MeanIoU(Metric):
         t = targets.flatten()
         keep = (t >= 0) & (t < self.num_classes)
         idx = t[keep] * self.num_classes + pred[keep]
-        self.state += torch.bincount(idx, minlength=self.num_classes ** 2).reshape(
-            self.num_classes, self.num_classes).to(self.state.dtype).cpu()
+        self.state += (
+            torch.bincount(idx, minlength=self.num_classes**2)
+            .reshape(self.num_classes, self.num_classes)
+            .to(self.state.dtype)
+            .cpu()
+        )
 
     def per_class(self) -> torch.Tensor:
         cm = self.state
@@ -173,8 +177,9 @@ class ClassifyTask(Task):
         self.label_smoothing = label_smoothing
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(primary_output(outputs).float(), targets, ignore_index=-1,
-                               label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            primary_output(outputs).float(), targets, ignore_index=-1, label_smoothing=self.label_smoothing
+        )
 
     def new_metric(self) -> Metric:
         return Top1()
@@ -212,6 +217,8 @@ def task_for(name: str, model: Any = None, num_classes: int = 0, label_smoothing
     if name == "segment":
         return SegmentTask(num_classes, label_smoothing)
     if name == "detect":
-        raise ConfigError("data.task 'detect': the model must supply its loss through an edgecv_task() method "
-                          "returning an edgecv.train.Task (detection models bring their own loss)")
+        raise ConfigError(
+            "data.task 'detect': the model must supply its loss through an edgecv_task() method "
+            "returning an edgecv.train.Task (detection models bring their own loss)"
+        )
     raise ConfigError(f"data.task: expected one of classify, segment, detect, found '{name}'")

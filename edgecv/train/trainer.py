@@ -50,7 +50,7 @@ class TrainResult:
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
@@ -60,9 +60,11 @@ def _rng_state() -> dict[str, Any]:
     if not isinstance(st, tuple):
         raise TypeError(f"numpy's global RNG state: expected the legacy MT19937 tuple, found {type(st).__name__}")
     kind, keys, pos, has_gauss, cached = st
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                                       float(cached)]}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -95,8 +97,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
-        raise ModelSourceError(f"{p}: not a loadable state dict / checkpoint with torch.load(weights_only=True) "
-                               f"({type(exc).__name__}: {why[:200]})") from None
+        raise ModelSourceError(
+            f"{p}: not a loadable state dict / checkpoint with torch.load(weights_only=True) "
+            f"({type(exc).__name__}: {why[:200]})"
+        ) from None
     if not isinstance(obj, dict):
         raise ModelSourceError(f"{p}: expected a state dict or checkpoint dict, found {type(obj).__name__}")
     return obj
@@ -135,15 +139,31 @@ class Trainer:
         meta: JSON-able data stored in every checkpoint (recipe, classes, preprocessing).
     """
 
-    def __init__(self, model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | None,  # type: ignore[type-arg]
-                 cfg: TrainConfig, out_dir: str | Path | None = None, *, batch_size: int = 32, workers: int = 0,
-                 device: str | torch.device | None = None, teacher: nn.Module | None = None,
-                 temperature: float = 4.0, alpha: float = 0.5, progress: bool = True,
-                 meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        train_set: Dataset,
+        val_set: Dataset | None,  # type: ignore[type-arg]
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        *,
+        batch_size: int = 32,
+        workers: int = 0,
+        device: str | torch.device | None = None,
+        teacher: nn.Module | None = None,
+        temperature: float = 4.0,
+        alpha: float = 0.5,
+        progress: bool = True,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         self.dist = D.init_from_env()
         if device is None:
-            device = (torch.device("cuda", self.dist.local_rank) if torch.cuda.is_available() and self.dist.enabled
-                      else _default_device())
+            device = (
+                torch.device("cuda", self.dist.local_rank)
+                if torch.cuda.is_available() and self.dist.enabled
+                else _default_device()
+            )
         self.device = torch.device(device)
         self.cfg = cfg
         self.task = task
@@ -174,8 +194,14 @@ class Trainer:
         per_step = self.batch_size * self.dist.world_size
         drop_last = n >= per_step * 2  # a lone tiny last batch upsets batch norm
         if self.dist.enabled:
-            sampler: Any = DistributedSampler(ds, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                              shuffle=True, seed=self.cfg.seed, drop_last=drop_last)
+            sampler: Any = DistributedSampler(
+                ds,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=True,
+                seed=self.cfg.seed,
+                drop_last=drop_last,
+            )
             sampler.set_epoch(epoch)
         else:
             g = torch.Generator()
@@ -185,9 +211,17 @@ class Trainer:
             ds.set_epoch(epoch)
         g2 = torch.Generator()
         g2.manual_seed(self.cfg.seed + epoch)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
-                          collate_fn=self.task.collate, drop_last=drop_last, generator=g2,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.workers,
+            collate_fn=self.task.collate,
+            drop_last=drop_last,
+            generator=g2,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def _val_loader(self) -> DataLoader | None:  # type: ignore[type-arg]
         if self.val_set is None:
@@ -195,8 +229,13 @@ class Trainer:
         ds: Any = self.val_set
         if self.dist.enabled:  # exact sharding (no padding duplicates): metric sums are all-reduced after
             ds = Subset(ds, list(range(self.dist.rank, len(ds), self.dist.world_size)))
-        return DataLoader(ds, batch_size=self.batch_size, sampler=SequentialSampler(ds), num_workers=self.workers,
-                          collate_fn=self.task.collate)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=SequentialSampler(ds),
+            num_workers=self.workers,
+            collate_fn=self.task.collate,
+        )
 
     def steps_per_epoch(self) -> int:
         n = len(self.train_set)  # type: ignore[arg-type]
@@ -257,8 +296,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 train_loss, ips, lr = self._train_epoch(model, opt, sched, scaler, epoch, epochs, bar)
                 D.broadcast_buffers(_unwrap(model))
-                row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
-                                       "img_per_s": ips}
+                row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "img_per_s": ips}
                 if self.val_set is not None:
                     val = self.evaluate(_unwrap(model))
                     row.update(val)
@@ -270,33 +308,56 @@ class Trainer:
                 row["time_s"] = round(dt, 3)
                 history.append(row)
                 last_metric = metric
-                improved = best is None or (metric > best if higher else metric < best) or \
-                    (isinstance(best, float) and math.isnan(best))
+                improved = (
+                    best is None
+                    or (metric > best if higher else metric < best)
+                    or (isinstance(best, float) and math.isnan(best))
+                )
                 if improved:
                     best, best_epoch = metric, epoch + 1
                 if bar is not None:
-                    bar.console.print(f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  {metric_name} "
-                                      f"{metric:.3f}  {ips:.0f} img/s  lr {lr:.2e}")
+                    bar.console.print(
+                        f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  {metric_name} "
+                        f"{metric:.3f}  {ips:.0f} img/s  lr {lr:.2e}"
+                    )
                 if self.out_dir is not None and self.dist.is_main:
-                    ck = {"format": CHECKPOINT_FORMAT, "model": _unwrap(model).state_dict(),
-                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "scaler": scaler.state_dict() if self.use_amp else {}, "epoch": epoch + 1,
-                          "epochs": epochs, "best_metric": best, "best_epoch": best_epoch,
-                          "metric_name": metric_name, "rng": _rng_state(), "meta": self.meta}
+                    ck = {
+                        "format": CHECKPOINT_FORMAT,
+                        "model": _unwrap(model).state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict() if self.use_amp else {},
+                        "epoch": epoch + 1,
+                        "epochs": epochs,
+                        "best_metric": best,
+                        "best_epoch": best_epoch,
+                        "metric_name": metric_name,
+                        "rng": _rng_state(),
+                        "meta": self.meta,
+                    }
                     save_checkpoint(self.out_dir / "last.pt", ck)
                     if improved:
                         save_checkpoint(self.out_dir / "best.pt", ck)
-                    _io.write_text(metrics_path,  # type: ignore[arg-type]
-                                   "".join(json.dumps(h) + "\n" for h in history))
+                    _io.write_text(
+                        metrics_path,  # type: ignore[arg-type]
+                        "".join(json.dumps(h) + "\n" for h in history),
+                    )
                 D.barrier()
         finally:
             if bar is not None:
                 bar.stop()
         self.model = _unwrap(model)
-        return TrainResult(metric_name=metric_name, best_metric=best, best_epoch=best_epoch,
-                           last_metric=last_metric, epochs=len(history), train_time_s=round(t_total, 3),
-                           device=str(self.device), out_dir=str(self.out_dir) if self.out_dir else None,
-                           history=history)
+        return TrainResult(
+            metric_name=metric_name,
+            best_metric=best,
+            best_epoch=best_epoch,
+            last_metric=last_metric,
+            epochs=len(history),
+            train_time_s=round(t_total, 3),
+            device=str(self.device),
+            out_dir=str(self.out_dir) if self.out_dir else None,
+            history=history,
+        )
 
     def _progress(self) -> Any:
         if not self.progress:
@@ -304,20 +365,31 @@ class Trainer:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
-                       TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        bar = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[ips]:.0f} img/s"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         bar.start()
         return bar
 
-    def _train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: Any, epoch: int,
-                     epochs: int, bar: Any) -> tuple[float, float, float]:
+    def _train_epoch(
+        self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: Any, epoch: int, epochs: int, bar: Any
+    ) -> tuple[float, float, float]:
         # reseed per epoch: dropout & co. depend on (seed, epoch) only, so a resumed run matches a straight one
         torch.manual_seed(self.cfg.seed * 1_000_003 + epoch)
         model.train()
         loader = self._train_loader(epoch)
-        task_id = bar.add_task("train", total=len(loader), epoch=f"{epoch + 1}/{epochs}", loss=float("nan"),
-                               ips=0.0) if bar is not None else None
+        task_id = (
+            bar.add_task("train", total=len(loader), epoch=f"{epoch + 1}/{epochs}", loss=float("nan"), ips=0.0)
+            if bar is not None
+            else None
+        )
         tot_loss, n_seen, t0 = 0.0, 0, time.perf_counter()
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)
@@ -337,8 +409,12 @@ class Trainer:
             tot_loss += float(loss.detach()) * bs
             n_seen += bs
             if bar is not None:
-                bar.update(task_id, advance=1, loss=tot_loss / n_seen,
-                           ips=n_seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9))
+                bar.update(
+                    task_id,
+                    advance=1,
+                    loss=tot_loss / n_seen,
+                    ips=n_seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9),
+                )
         stats = D.all_reduce_sum(torch.tensor([tot_loss, float(n_seen)], dtype=torch.float64))
         dt = max(time.perf_counter() - t0, 1e-9)
         if bar is not None:

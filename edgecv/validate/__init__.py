@@ -9,6 +9,13 @@ from edgecv.validate.compare import TOLERANCES, OutputComparison, Tolerance, com
 from edgecv.validate.core import BackendResult, ValidationReport, validate_bundle
 
 __all__ = [
-    "TOLERANCES", "BackendResult", "OutputComparison", "Tolerance", "ValidationReport", "compare_outputs", "judge",
-    "tolerance_for", "validate_bundle",
+    "TOLERANCES",
+    "BackendResult",
+    "OutputComparison",
+    "Tolerance",
+    "ValidationReport",
+    "compare_outputs",
+    "judge",
+    "tolerance_for",
+    "validate_bundle",
 ]

@@ -55,8 +55,10 @@ class Tolerance:
     def describe_for(self, cmp: OutputComparison) -> str:
         """The bounds :func:`judge` applies to ``cmp``, and only those (what a table row must show)."""
         if cmp.boxes_ref is not None:
-            return (f"recall≥{self.min_top1:g} (IoU≥{DETECTION_IOU:g}, score≥{DETECTION_MIN_SCORE:g}) "
-                    f"extra≤{1.0 - self.min_top1:.2g}×ref score diff≤{self.allowed_abs(1.0):.3g}")
+            return (
+                f"recall≥{self.min_top1:g} (IoU≥{DETECTION_IOU:g}, score≥{DETECTION_MIN_SCORE:g}) "
+                f"extra≤{1.0 - self.min_top1:.2g}×ref score diff≤{self.allowed_abs(1.0):.3g}"
+            )
         parts = []
         if not _decided(cmp, self):
             parts.append(self.describe())
@@ -91,9 +93,16 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def tolerance_for(precision: str, *, atol: float | None = None, rtol: float | None = None,
-                  min_cosine: float | None = None, min_top1: float | None = None,
-                  min_pixel: float | None = None, max_rel_l2: float | None = None) -> Tolerance:
+def tolerance_for(
+    precision: str,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    min_cosine: float | None = None,
+    min_top1: float | None = None,
+    min_pixel: float | None = None,
+    max_rel_l2: float | None = None,
+) -> Tolerance:
     """The default :data:`TOLERANCES` entry for ``precision`` with any given field overridden.
 
     Raises:
@@ -102,9 +111,14 @@ def tolerance_for(precision: str, *, atol: float | None = None, rtol: float | No
     if precision not in TOLERANCES:
         raise ConfigError(f"precision: expected one of {', '.join(TOLERANCES)}, found '{precision}'")
     overrides: dict[str, float] = {}
-    for name, value, lo, hi in (("atol", atol, 0.0, math.inf), ("rtol", rtol, 0.0, math.inf),
-                                ("min_cosine", min_cosine, -1.0, 1.0), ("min_top1", min_top1, 0.0, 1.0),
-                                ("min_pixel", min_pixel, 0.0, 1.0), ("max_rel_l2", max_rel_l2, 0.0, math.inf)):
+    for name, value, lo, hi in (
+        ("atol", atol, 0.0, math.inf),
+        ("rtol", rtol, 0.0, math.inf),
+        ("min_cosine", min_cosine, -1.0, 1.0),
+        ("min_top1", min_top1, 0.0, 1.0),
+        ("min_pixel", min_pixel, 0.0, 1.0),
+        ("max_rel_l2", max_rel_l2, 0.0, math.inf),
+    ):
         if value is None:
             continue
         if not (lo <= value <= hi) or math.isnan(value):
@@ -241,17 +255,21 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, task: str = "gen
         if cmp.top1_agreement is not None:
             top = np.unique(np.argmax(r.reshape(r.shape[0], -1), axis=1))
             if top.size == 1 and r.shape[0] > 1:  # one sample is one decision, compared; many alike are not
-                cmp.not_checked.append(f"top-1 agreement: every reference sample is class {int(top[0])}, so a "
-                                       "change of the predicted class between samples cannot show; give export "
-                                       "--reference-data with several classes")
+                cmp.not_checked.append(
+                    f"top-1 agreement: every reference sample is class {int(top[0])}, so a "
+                    "change of the predicted class between samples cannot show; give export "
+                    "--reference-data with several classes"
+                )
     elif task == "segment":
         cmp.pixel_agreement = _pixel_agreement(ref, got)
         if cmp.pixel_agreement is not None:
             classes = np.unique(np.argmax(r, axis=1) if r.ndim == 4 else ref)
             if classes.size == 1:
-                cmp.not_checked.append(f"pixel agreement: every reference pixel is class {int(classes[0])} (an "
-                                       "empty mask), so no boundary was compared; give export --reference-data "
-                                       "with objects in it")
+                cmp.not_checked.append(
+                    f"pixel agreement: every reference pixel is class {int(classes[0])} (an "
+                    "empty mask), so no boundary was compared; give export --reference-data "
+                    "with objects in it"
+                )
     return cmp
 
 
@@ -280,8 +298,13 @@ def compare_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], task
 
 def _compare_one(name: str, r: np.ndarray, got: dict[str, np.ndarray], task: str) -> OutputComparison:
     if name not in got:
-        return OutputComparison(name=name, shape=tuple(np.shape(r)), got_shape=(),
-                                failures=[f"output '{name}' missing; backend returned {sorted(got)}"], passed=False)
+        return OutputComparison(
+            name=name,
+            shape=tuple(np.shape(r)),
+            got_shape=(),
+            failures=[f"output '{name}' missing; backend returned {sorted(got)}"],
+            passed=False,
+        )
     return compare_output(name, r, got[name], task)
 
 
@@ -301,23 +324,26 @@ def compare_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -
     """Compare graph-NMS detector outputs by matching boxes (same class, IoU ≥ 0.9), not elementwise."""
     from edgecv.validate.detection import match_detections
 
-    cmp = OutputComparison(name="detections", shape=tuple(np.shape(ref["boxes"])),
-                           got_shape=tuple(np.shape(got.get("boxes", np.zeros(0)))))
+    cmp = OutputComparison(
+        name="detections", shape=tuple(np.shape(ref["boxes"])), got_shape=tuple(np.shape(got.get("boxes", np.zeros(0))))
+    )
     missing = sorted(DETECTION_OUTPUTS - set(got))
     if missing:
         cmp.failures, cmp.passed = [f"outputs {missing} missing; backend returned {sorted(got)}"], False
         return cmp
     cmp.got_shape = cmp.shape  # K is fixed by the export; a different K would fail in _detections' slicing
-    agr = match_detections(_detections(ref), _detections(got), iou_threshold=DETECTION_IOU,
-                           min_score=DETECTION_MIN_SCORE)
+    agr = match_detections(
+        _detections(ref), _detections(got), iou_threshold=DETECTION_IOU, min_score=DETECTION_MIN_SCORE
+    )
     cmp.box_recall, cmp.box_extra, cmp.boxes_ref, cmp.mean_iou = agr.recall, agr.extra, agr.ref_boxes, agr.mean_iou
-    cmp.scale, cmp.max_abs, cmp.max_rel, cmp.mean_abs = 1.0, agr.max_score_diff, agr.max_score_diff, \
-        agr.mean_score_diff
+    cmp.scale, cmp.max_abs, cmp.max_rel, cmp.mean_abs = 1.0, agr.max_score_diff, agr.max_score_diff, agr.mean_score_diff
     # the cosine column carries the mean IoU of matched pairs; with none matched there is no number (NaN → null)
     cmp.max_elem_rel, cmp.cosine = agr.max_score_diff, agr.mean_iou if agr.mean_iou is not None else math.nan
     if agr.recall is None:
-        cmp.not_checked.append(f"box recall: no reference box scored ≥ {DETECTION_MIN_SCORE} on the reference "
-                               f"inputs, so no box was compared")
+        cmp.not_checked.append(
+            f"box recall: no reference box scored ≥ {DETECTION_MIN_SCORE} on the reference "
+            f"inputs, so no box was compared"
+        )
     return cmp
 
 
@@ -325,8 +351,9 @@ def _decided(cmp: OutputComparison, tol: Tolerance) -> bool:
     """int8 moves logits by a few quantization steps of their range by design; where the output carries a decision
     (top-1, per-pixel class) or is a detector's candidate set (low-score candidates move freely), that decision,
     the cosine and the relative L2 error (the scale) are judged, and max abs is only reported."""
-    return tol.precision == "int8" and (cmp.top1_agreement is not None or cmp.pixel_agreement is not None
-                                        or cmp.candidates)
+    return tol.precision == "int8" and (
+        cmp.top1_agreement is not None or cmp.pixel_agreement is not None or cmp.candidates
+    )
 
 
 def judge(cmp: OutputComparison, tol: Tolerance) -> OutputComparison:
@@ -339,10 +366,15 @@ def judge(cmp: OutputComparison, tol: Tolerance) -> OutputComparison:
         # confident reference box the recall is not checked (cmp.not_checked says so), never a vacuous 1.0
         min_recall = tol.min_top1
         if cmp.box_recall is not None and cmp.box_recall < min_recall:
-            fails.append(f"box recall {cmp.box_recall:.3f} < {min_recall:g} ({cmp.boxes_ref} reference boxes with "
-                         f"score ≥ {DETECTION_MIN_SCORE}, IoU ≥ {DETECTION_IOU}, same class)")
-        if cmp.boxes_ref is not None and cmp.box_extra is not None and \
-                cmp.box_extra > (1.0 - min_recall) * max(cmp.boxes_ref, 1):
+            fails.append(
+                f"box recall {cmp.box_recall:.3f} < {min_recall:g} ({cmp.boxes_ref} reference boxes with "
+                f"score ≥ {DETECTION_MIN_SCORE}, IoU ≥ {DETECTION_IOU}, same class)"
+            )
+        if (
+            cmp.boxes_ref is not None
+            and cmp.box_extra is not None
+            and cmp.box_extra > (1.0 - min_recall) * max(cmp.boxes_ref, 1)
+        ):
             fails.append(f"{cmp.box_extra} confident boxes with no reference match")
         if not cmp.max_abs <= tol.allowed_abs(1.0):
             fails.append(f"score difference {cmp.max_abs:.3g} > {tol.allowed_abs(1.0):.3g}")
@@ -358,8 +390,10 @@ def judge(cmp: OutputComparison, tol: Tolerance) -> OutputComparison:
         if not decided and not cmp.max_abs <= allowed:
             fails.append(f"max abs {cmp.max_abs:.3g} > {allowed:.3g} ({tol.describe()}, scale {cmp.scale:.3g})")
         if decided and tol.max_rel_l2 is not None and not (cmp.rel_l2 is not None and cmp.rel_l2 <= tol.max_rel_l2):
-            fails.append(f"relative L2 error {cmp.rel_l2 if cmp.rel_l2 is not None else math.inf:.3g} > "
-                         f"{tol.max_rel_l2:g} (the output's scale moved, e.g. logits multiplied)")
+            fails.append(
+                f"relative L2 error {cmp.rel_l2 if cmp.rel_l2 is not None else math.inf:.3g} > "
+                f"{tol.max_rel_l2:g} (the output's scale moved, e.g. logits multiplied)"
+            )
         if not cmp.cosine >= tol.min_cosine:
             fails.append(f"cosine {cmp.cosine:.6f} < {tol.min_cosine:g}")
         if cmp.top1_agreement is not None and not cmp.top1_agreement >= tol.min_top1:

@@ -67,8 +67,12 @@ class BackendResult:
     def passed(self) -> bool:
         """Every output met its bounds and every check compared something (or the user accepted that it did
         not): a check with nothing to compare never passes by default."""
-        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs) and \
-            (self.allow_unchecked or not self.not_checked)
+        return (
+            self.error is None
+            and bool(self.outputs)
+            and all(o.passed for o in self.outputs)
+            and (self.allow_unchecked or not self.not_checked)
+        )
 
     @property
     def verdict(self) -> str:
@@ -81,13 +85,20 @@ class BackendResult:
         return "pass"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "precision": self.precision, "precision_ran": self.precision_ran,
-                "device": self.device, "load_time_s": self.load_time_s, "passed": self.passed,
-                "verdict": self.verdict, "not_checked": self.not_checked, "allow_unchecked": self.allow_unchecked,
-                "error": self.error,
-                "tolerance": {**self.tolerance.__dict__, "text": self.tolerance.describe()},
-                "outputs": [{**o.to_dict(), "tolerance_text": self.tolerance.describe_for(o)}
-                            for o in self.outputs]}
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "precision_ran": self.precision_ran,
+            "device": self.device,
+            "load_time_s": self.load_time_s,
+            "passed": self.passed,
+            "verdict": self.verdict,
+            "not_checked": self.not_checked,
+            "allow_unchecked": self.allow_unchecked,
+            "error": self.error,
+            "tolerance": {**self.tolerance.__dict__, "text": self.tolerance.describe()},
+            "outputs": [{**o.to_dict(), "tolerance_text": self.tolerance.describe_for(o)} for o in self.outputs],
+        }
 
 
 @dataclass
@@ -114,13 +125,18 @@ class ValidationReport:
         return bool(self.results) and all(r.passed for r in self.results) and pre_ok
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "task": self.task, "reference": self.reference,
-                "reference_note": self.reference_note, "batch": self.batch, "input_shapes": self.input_shapes,
-                "passed": self.passed,
-                "reference_check": None if self.reference_check is None
-                else [o.to_dict() for o in self.reference_check],
-                "preprocess_check": None if self.preprocess_check is None else self.preprocess_check.to_dict(),
-                "results": [r.to_dict() for r in self.results]}
+        return {
+            "bundle": self.bundle,
+            "task": self.task,
+            "reference": self.reference,
+            "reference_note": self.reference_note,
+            "batch": self.batch,
+            "input_shapes": self.input_shapes,
+            "passed": self.passed,
+            "reference_check": None if self.reference_check is None else [o.to_dict() for o in self.reference_check],
+            "preprocess_check": None if self.preprocess_check is None else self.preprocess_check.to_dict(),
+            "results": [r.to_dict() for r in self.results],
+        }
 
 
 def check_preprocessing(bundle: Bundle, batch: int | None = None) -> OutputComparison | None:
@@ -141,16 +157,22 @@ def check_preprocessing(bundle: Bundle, batch: int | None = None) -> OutputCompa
     try:
         got = np.concatenate([preprocess(im, bundle.contract)[0] for im in images[:n]], axis=0)
     except EdgecvError as exc:
-        cmp = OutputComparison(name="preprocessing", shape=tuple(saved[:n].shape), got_shape=(),
-                               failures=[f"the contract's preprocessing fails on the reference images: {exc}"],
-                               passed=False)
+        cmp = OutputComparison(
+            name="preprocessing",
+            shape=tuple(saved[:n].shape),
+            got_shape=(),
+            failures=[f"the contract's preprocessing fails on the reference images: {exc}"],
+            passed=False,
+        )
         return cmp
     cmp = compare_outputs({"preprocessing": saved[:n]}, {"preprocessing": got}, "generic")[0]
     judge(cmp, TOLERANCES["fp32"])
     if not cmp.passed:
-        cmp.failures.append(f"the bundle's contract (colour {bundle.contract.color}, mean {bundle.contract.mean}, "
-                            f"std {bundle.contract.std}, resize {bundle.contract.resize}) does not reproduce the "
-                            "inputs the reference was made with: the model would be fed wrongly preprocessed frames")
+        cmp.failures.append(
+            f"the bundle's contract (colour {bundle.contract.color}, mean {bundle.contract.mean}, "
+            f"std {bundle.contract.std}, resize {bundle.contract.resize}) does not reproduce the "
+            "inputs the reference was made with: the model would be fed wrongly preprocessed frames"
+        )
     return cmp
 
 
@@ -160,8 +182,15 @@ def _open_bundle(bundle: Bundle | str | Path) -> Bundle:
     return bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
 
 
-def _run_once(opener: Opener, bundle: Bundle, backend: str, precision: str, feed: dict[str, np.ndarray],
-              device: str | None, threads: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _run_once(
+    opener: Opener,
+    bundle: Bundle,
+    backend: str,
+    precision: str,
+    feed: dict[str, np.ndarray],
+    device: str | None,
+    threads: int | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     runner = opener(bundle, backend, precision=precision, device=device, threads=threads)
     with runner:
         out = infer_batched(runner, feed)
@@ -169,17 +198,27 @@ def _run_once(opener: Opener, bundle: Bundle, backend: str, precision: str, feed
     return out, info
 
 
-def _live_reference(opener: Opener, bundle: Bundle, feed: dict[str, np.ndarray],
-                    threads: int | None) -> dict[str, np.ndarray]:
+def _live_reference(
+    opener: Opener, bundle: Bundle, feed: dict[str, np.ndarray], threads: int | None
+) -> dict[str, np.ndarray]:
     # the reference always runs fp32 on the CPU: it is what the other numbers are measured against
     out, _ = _run_once(opener, bundle, "torch", "fp32", feed, "cpu", threads)
     return out
 
 
-def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]], device: str | None = None,
-                    reference: ReferenceMode = "auto", batch: int | None = None, *, threads: int | None = None,
-                    overrides: dict[str, float | None] | None = None, opener: Opener | None = None,
-                    seed: int = 0, allow_unchecked: bool = False) -> ValidationReport:
+def validate_bundle(
+    bundle: Bundle | str | Path,
+    backends: list[tuple[str, str]],
+    device: str | None = None,
+    reference: ReferenceMode = "auto",
+    batch: int | None = None,
+    *,
+    threads: int | None = None,
+    overrides: dict[str, float | None] | None = None,
+    opener: Opener | None = None,
+    seed: int = 0,
+    allow_unchecked: bool = False,
+) -> ValidationReport:
     """Run every backend on the reference inputs and compare its outputs with the reference outputs.
 
     Args:
@@ -241,7 +280,7 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
     if reference in ("auto", "live"):
         try:
             live = _live_reference(opener, b, feed, threads)
-        except Exception as exc:  # noqa: BLE001 - any failure to rebuild the source means "no live reference"
+        except Exception as exc:
             if reference == "live" or saved is None:
                 if isinstance(exc, EdgecvError):
                     raise
@@ -252,8 +291,10 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
                 check = [judge(c, TOLERANCES["fp32"]) for c in compare_outputs(saved, live, task)]
             if check is not None and not all(c.passed for c in check) and reference == "auto":
                 worst = max(check, key=lambda c: c.max_rel)
-                note = (f"reference.npz (the live torch model disagrees with it, max rel {worst.max_rel:.3g}: "
-                        "its source or weights changed since export)")
+                note = (
+                    f"reference.npz (the live torch model disagrees with it, max rel {worst.max_rel:.3g}: "
+                    "its source or weights changed since export)"
+                )
             else:
                 ref_out, used = live, "live"
                 note = "live torch model rebuilt from the bundle's source"
@@ -265,15 +306,23 @@ def validate_bundle(bundle: Bundle | str | Path, backends: list[tuple[str, str]]
         ref_out = saved if saved is not None else {}  # saved is always set on the npz path
 
     n = next(iter(feed.values())).shape[0]
-    report = ValidationReport(bundle=str(b.root), task=task, reference=used, reference_note=note, batch=n,
-                              input_shapes={k: list(v.shape) for k, v in feed.items()}, reference_check=check,
-                              raw_reference=ref_out,
-                              preprocess_check=check_preprocessing(b, batch) if saved is not None else None)
+    report = ValidationReport(
+        bundle=str(b.root),
+        task=task,
+        reference=used,
+        reference_note=note,
+        batch=n,
+        input_shapes={k: list(v.shape) for k, v in feed.items()},
+        reference_check=check,
+        raw_reference=ref_out,
+        preprocess_check=check_preprocessing(b, batch) if saved is not None else None,
+    )
 
     # ---------------------------------------------------------------- each backend
     for backend, prec in backends:
-        res = BackendResult(backend=backend, precision=prec, tolerance=tolerances[prec],
-                            allow_unchecked=allow_unchecked)
+        res = BackendResult(
+            backend=backend, precision=prec, tolerance=tolerances[prec], allow_unchecked=allow_unchecked
+        )
         try:
             got, info = _run_once(opener, b, backend, prec, feed, device, threads)
         except _USER_ERRORS:

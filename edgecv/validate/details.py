@@ -30,6 +30,8 @@ class Runner(Protocol):
     """What the details need of a runner: ``infer`` (a :class:`~edgecv.backends.base.Runner` or a :class:`Replay`)."""
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
 _MAX_POINTS = 101
 
 
@@ -130,8 +132,13 @@ def pr_curves(runner: Runner, val: ValSet, iou_threshold: float = PR_IOU) -> dic
     for c in range(n):
         p, rc, ap = _pr_curve(np.asarray(per[c][0]), np.asarray(per[c][1]), int(n_gt[c]))
         if n_gt[c] or p:
-            classes[names[c]] = {"precision": p, "recall": rc, "ap": None if np.isnan(ap) else round(100 * ap, 3),
-                                 "gt": int(n_gt[c]), "detections": len(per[c][0])}
+            classes[names[c]] = {
+                "precision": p,
+                "recall": rc,
+                "ap": None if np.isnan(ap) else round(100 * ap, 3),
+                "gt": int(n_gt[c]),
+                "detections": len(per[c][0]),
+            }
     return {"kind": "pr", "iou_threshold": iou_threshold, "classes": classes}
 
 
@@ -202,8 +209,9 @@ def predictions(outputs: dict[str, np.ndarray], contract: Contract, n: int) -> l
     return out
 
 
-def gallery(reference: dict[str, np.ndarray] | None, backends: dict[str, dict[str, np.ndarray]],
-            contract: Contract, n: int = 6) -> dict[str, Any]:
+def gallery(
+    reference: dict[str, np.ndarray] | None, backends: dict[str, dict[str, np.ndarray]], contract: Contract, n: int = 6
+) -> dict[str, Any]:
     """Predictions of the reference and of each ``backend:precision`` on the first ``n`` reference samples."""
     out: dict[str, Any] = {"n": 0, "reference": [], "backends": {}, "errors": {}}
     if reference:
@@ -220,5 +228,13 @@ def gallery(reference: dict[str, np.ndarray] | None, backends: dict[str, dict[st
     return out
 
 
-__all__ = ["class_iou", "confusion_matrix", "decode_mask", "encode_mask", "gallery", "pr_curves", "predictions",
-           "task_details"]
+__all__ = [
+    "class_iou",
+    "confusion_matrix",
+    "decode_mask",
+    "encode_mask",
+    "gallery",
+    "pr_curves",
+    "predictions",
+    "task_details",
+]

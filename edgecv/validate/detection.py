@@ -21,8 +21,12 @@ Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, classes
 GroundTruth = tuple[np.ndarray, np.ndarray]  # boxes, labels
 
 
-def coco_map(detections: Sequence[Detections], ground_truth: Sequence[GroundTruth], num_classes: int,
-             image_sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, float]:
+def coco_map(
+    detections: Sequence[Detections],
+    ground_truth: Sequence[GroundTruth],
+    num_classes: int,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+) -> dict[str, float]:
     """COCO box mAP over a set of images, by faster-coco-eval.
 
     Args:
@@ -36,8 +40,7 @@ def coco_map(detections: Sequence[Detections], ground_truth: Sequence[GroundTrut
         (fractions in [0, 1]; -1 when there is no ground truth at all).
     """
     if len(detections) != len(ground_truth):
-        raise ConfigError(f"mAP: expected one detection list per image ({len(ground_truth)}), found "
-                          f"{len(detections)}")
+        raise ConfigError(f"mAP: expected one detection list per image ({len(ground_truth)}), found {len(detections)}")
     fce = lazy_import("faster_coco_eval", "validate")
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
@@ -48,21 +51,40 @@ def coco_map(detections: Sequence[Detections], ground_truth: Sequence[GroundTrut
         gb = np.asarray(gt_b, np.float64).reshape(-1, 4)
         for b, lab in zip(gb, np.asarray(gt_l).reshape(-1)):
             bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(lab) + 1,
-                         "bbox": [float(b[0]), float(b[1]), bw, bh], "area": bw * bh, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(lab) + 1,
+                    "bbox": [float(b[0]), float(b[1]), bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": 0,
+                }
+            )
     for i, (b, s, c) in enumerate(detections):
         bb = np.asarray(b, np.float64).reshape(-1, 4)
         for box, score, cls in zip(bb, np.asarray(s).reshape(-1), np.asarray(c).reshape(-1)):
-            dets.append({"image_id": i + 1, "category_id": int(cls) + 1, "score": float(score),
-                         "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
+            dets.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(cls) + 1,
+                    "score": float(score),
+                    "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                }
+            )
     out = {"images": len(images), "gt_boxes": len(anns), "dets": len(dets)}
     if not anns:
         return {"map": -1.0, "map50": -1.0, "map75": -1.0, **out}
     if not dets:
         return {"map": 0.0, "map50": 0.0, "map75": 0.0, **out}
-    gt = fce.COCO({"images": images, "annotations": anns,
-                   "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]},
-                  print_function=lambda *a, **k: None)
+    gt = fce.COCO(
+        {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)],
+        },
+        print_function=lambda *a, **k: None,
+    )
     dt = gt.loadRes(dets)
     ev = fce.COCOeval_faster(gt, dt, "bbox", print_function=lambda *a, **k: None)
     ev.evaluate()
@@ -94,8 +116,9 @@ class BoxAgreement:
         return {**asdict(self), "recall": self.recall}
 
 
-def match_detections(ref: Sequence[Detections], other: Sequence[Detections], iou_threshold: float = 0.9,
-                     min_score: float = 0.0) -> BoxAgreement:
+def match_detections(
+    ref: Sequence[Detections], other: Sequence[Detections], iou_threshold: float = 0.9, min_score: float = 0.0
+) -> BoxAgreement:
     """Match each backend box to a reference box of the same class (greedy by reference score, IoU ≥
     ``iou_threshold``) and report the agreement.
 
@@ -126,15 +149,22 @@ def match_detections(ref: Sequence[Detections], other: Sequence[Detections], iou
             ious.append(float(iou[i, j]))
             sdiff.append(abs(float(rs[i]) - float(os_[j])))
         extra += int((~used & (os_ >= min_score)).sum())
-    return BoxAgreement(ref_boxes=n_ref, matched=matched, unmatched_ref=n_ref - matched, extra=extra,
-                        mean_iou=float(np.mean(ious)) if ious else None, min_iou=float(np.min(ious)) if ious else None,
-                        max_score_diff=float(np.max(sdiff)) if sdiff else 0.0,
-                        mean_score_diff=float(np.mean(sdiff)) if sdiff else 0.0)
+    return BoxAgreement(
+        ref_boxes=n_ref,
+        matched=matched,
+        unmatched_ref=n_ref - matched,
+        extra=extra,
+        mean_iou=float(np.mean(ious)) if ious else None,
+        min_iou=float(np.min(ious)) if ious else None,
+        max_score_diff=float(np.max(sdiff)) if sdiff else 0.0,
+        mean_score_diff=float(np.mean(sdiff)) if sdiff else 0.0,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ data + runners
-def load_coco_samples(path: str, split: str = "val", limit: int | None = None,
-                      class_names: Sequence[str] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def load_coco_samples(
+    path: str, split: str = "val", limit: int | None = None, class_names: Sequence[str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(BGR image, gt boxes xyxy, gt labels 0..C-1) of a COCO JSON (or a synth detect root's ``{split}.json``),
     without torch (runtime tier), parsed by the one COCO reader (:func:`edgecv.data.readers.read_coco`).
 
@@ -168,18 +198,28 @@ def runner_detections(runner: Any, contract: Any, images: Sequence[np.ndarray]) 
     return out
 
 
-def runner_map(runner: Any, contract: Any, samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
-               ) -> tuple[dict[str, float], list[Detections]]:
+def runner_map(
+    runner: Any, contract: Any, samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> tuple[dict[str, float], list[Detections]]:
     """mAP of a Runner on ``samples`` from :func:`load_coco_samples`; returns (metrics, detections)."""
     dets = runner_detections(runner, contract, [s[0] for s in samples])
-    m = coco_map(dets, [(s[1], s[2]) for s in samples], len(contract.class_names) or
-                 int(contract.decode.get("num_classes", 0)), [s[0].shape[:2] for s in samples])
+    m = coco_map(
+        dets,
+        [(s[1], s[2]) for s in samples],
+        len(contract.class_names) or int(contract.decode.get("num_classes", 0)),
+        [s[0].shape[:2] for s in samples],
+    )
     return m, dets
 
 
-def compare_backends(ref: Sequence[Detections], others: dict[str, Sequence[Detections]],
-                     ref_map: dict[str, float] | None = None, maps: dict[str, dict[str, float]] | None = None,
-                     iou_threshold: float = 0.9, min_score: float = 0.25) -> list[dict[str, Any]]:
+def compare_backends(
+    ref: Sequence[Detections],
+    others: dict[str, Sequence[Detections]],
+    ref_map: dict[str, float] | None = None,
+    maps: dict[str, dict[str, float]] | None = None,
+    iou_threshold: float = 0.9,
+    min_score: float = 0.25,
+) -> list[dict[str, Any]]:
     """One row per backend: box agreement with the reference (IoU ≥ ``iou_threshold``, same class, score
     difference) and, given mAPs, the mAP difference from the reference (in mAP points, ×100)."""
     rows = []
@@ -195,8 +235,9 @@ def compare_backends(ref: Sequence[Detections], others: dict[str, Sequence[Detec
     return rows
 
 
-def stage_times(runner: Any, contract: Any, images: Sequence[np.ndarray], n: int = 50, warmup: int = 5
-                ) -> dict[str, float]:
+def stage_times(
+    runner: Any, contract: Any, images: Sequence[np.ndarray], n: int = 50, warmup: int = 5
+) -> dict[str, float]:
     """Median milliseconds of ``pre``/``infer``/``post``/``total`` per image (see :mod:`edgecv.bench.stages`)."""
     from edgecv.bench.stages import stage_times as _stage_times
 

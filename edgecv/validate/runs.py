@@ -98,10 +98,13 @@ def bundle_targets(bundle: Bundle, precision: str | None = None, include_torch: 
         picked.append(("openvino", precision))  # OpenVINO runs the ONNX model at an inference-precision hint
     if not [t for t in picked if t[0] != "torch"]:
         have = ", ".join(f"{n}:{p}" for n, p in out) or "none"
-        build = f"edgecv compile {bundle.root} -b openvino -p {precision}" + (" --calib DIR" if precision == "int8"
-                                                                             else "")
-        raise ConfigError(f"--precision {precision}: expected an artifact at {precision} in the bundle, found "
-                          f"{have}; build one with '{build}'")
+        build = f"edgecv compile {bundle.root} -b openvino -p {precision}" + (
+            " --calib DIR" if precision == "int8" else ""
+        )
+        raise ConfigError(
+            f"--precision {precision}: expected an artifact at {precision} in the bundle, found "
+            f"{have}; build one with '{build}'"
+        )
     return picked
 
 
@@ -135,8 +138,10 @@ def best_target(bundle: Bundle, precision: str | None = None) -> tuple[str, str]
             return name, precision or "fp32"
     if targets:
         return targets[0]
-    raise ConfigError("no inference engine is installed: expected onnxruntime, openvino or tensorrt "
-                      "(pip install 'edgecv[onnxruntime]')")
+    raise ConfigError(
+        "no inference engine is installed: expected onnxruntime, openvino or tensorrt "
+        "(pip install 'edgecv[onnxruntime]')"
+    )
 
 
 def fit_batch(arrays: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -187,10 +192,12 @@ def infer_batched(runner: Runner, feed: dict[str, np.ndarray]) -> dict[str, np.n
     if b is None or b == n:
         return runner.infer(feed)
     if n % b:
-        raise BackendError(f"{runner.name}: model has a fixed batch of {b}; expected a multiple of {b} samples, "
-                           f"found {n}")
-    parts: list[dict[str, np.ndarray]] = [runner.infer({k: v[i:i + b] for k, v in feed.items()})
-                                          for i in range(0, n, b)]
+        raise BackendError(
+            f"{runner.name}: model has a fixed batch of {b}; expected a multiple of {b} samples, found {n}"
+        )
+    parts: list[dict[str, np.ndarray]] = [
+        runner.infer({k: v[i : i + b] for k, v in feed.items()}) for i in range(0, n, b)
+    ]
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
 
@@ -205,10 +212,14 @@ def missing_framework(backend: str, exc: ImportError) -> MissingDependencyError:
     from edgecv.backends import RUNNERS
 
     extra = RUNNERS.meta(backend).get("extra", backend) if backend in RUNNERS else backend
-    return MissingDependencyError(f"backend '{backend}' cannot be opened here: {error_line(exc)}; "
-                                  f"install it with: pip install 'edgecv[{extra}]'")
+    return MissingDependencyError(
+        f"backend '{backend}' cannot be opened here: {error_line(exc)}; install it with: pip install 'edgecv[{extra}]'"
+    )
 
 
 def runner_info(runner: Runner) -> dict[str, Any]:
-    return {"precision_ran": str(getattr(runner, "precision", "?")), "device": str(getattr(runner, "device", "?")),
-            "load_time_s": float(getattr(runner, "load_time_s", 0.0))}
+    return {
+        "precision_ran": str(getattr(runner, "precision", "?")),
+        "device": str(getattr(runner, "device", "?")),
+        "load_time_s": float(getattr(runner, "load_time_s", 0.0)),
+    }

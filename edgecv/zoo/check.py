@@ -53,23 +53,33 @@ def model_stats(name: str, batch: int = 1) -> dict[str, Any]:
             model = create_model(name).eval()
         params = count_params(model)
         flops = _count_flops(model, torch.empty(batch, *cfg["input_size"], device="meta"))
-    except Exception:  # data in __init__ or data-dependent shapes in forward: measure for real
+    except Exception:  # noqa: BLE001 - data in __init__ or data-dependent shapes in forward: measure for real
         device = "cpu"
         torch.manual_seed(0)
         try:
             model = create_model(name).eval()
-        except Exception as exc:  # e.g. a variant whose shipped weights are missing: report it in its row
+        except Exception as exc:  # noqa: BLE001 - e.g. a variant whose shipped weights are missing: report it in its row
             params, error = None, f"build failed: {type(exc).__name__}: {_first_line(exc)}"
         else:
             params = count_params(model)
             try:
                 flops = _count_flops(model, torch.rand(batch, *cfg["input_size"]))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failure is a measured row of the check, not a crash
                 error = f"{type(exc).__name__}: {_first_line(exc)}"
-    return {"name": name, "family": cfg["family"], "task": cfg["task"], "input_size": list(cfg["input_size"]),
-            "num_classes": cfg["num_classes"], "tiny": bool(cfg["tiny"]), "params": params,
-            "params_m": None if params is None else params / 1e6, "flops": flops, "gflops": None if flops is None else flops / 1e9,
-            "flops_device": device, "flops_error": error}
+    return {
+        "name": name,
+        "family": cfg["family"],
+        "task": cfg["task"],
+        "input_size": list(cfg["input_size"]),
+        "num_classes": cfg["num_classes"],
+        "tiny": bool(cfg["tiny"]),
+        "params": params,
+        "params_m": None if params is None else params / 1e6,
+        "flops": flops,
+        "gflops": None if flops is None else flops / 1e9,
+        "flops_device": device,
+        "flops_error": error,
+    }
 
 
 def _count_flops(model: Any, x: Any) -> int:
@@ -83,8 +93,9 @@ def _count_flops(model: Any, x: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def export_onnx(model: Any, example: Any, path: str | Path, exporter: str = "torchscript", opset: int = 17,
-                num_outputs: int = 1) -> Path:
+def export_onnx(
+    model: Any, example: Any, path: str | Path, exporter: str = "torchscript", opset: int = 17, num_outputs: int = 1
+) -> Path:
     """Export ``model`` (eval mode) at the fixed shape of ``example`` to one self-contained ONNX file.
 
     Args:
@@ -133,13 +144,16 @@ def _verify_onnx(path: Path, exporter: str, opset: int) -> None:
     proto = onnx.load(str(path), load_external_data=False)
     got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
-        raise ExportError(f"torch.onnx.export ({exporter}) wrote opset {got}, not the requested {opset} "
-                          "(torch's version conversion failed)")
+        raise ExportError(
+            f"torch.onnx.export ({exporter}) wrote opset {got}, not the requested {opset} "
+            "(torch's version conversion failed)"
+        )
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) wrote an invalid model: "
-                          f"{_first_line(exc)}") from exc
+        raise ExportError(
+            f"torch.onnx.export ({exporter}, opset {opset}) wrote an invalid model: {_first_line(exc)}"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -198,20 +212,34 @@ def compare(ref: Any, out: Any) -> dict[str, Any]:
     worst: dict[str, Any] = {"ok": True, "max_abs": 0.0, "tol": RTOL, "error": None}
     for i, (r, o) in enumerate(zip(refs, outs)):
         if tuple(o.shape) != tuple(r.shape):
-            return {"ok": False, "max_abs": None, "error": f"output {i}: shape {list(o.shape)} != torch {list(r.shape)}"}
+            return {
+                "ok": False,
+                "max_abs": None,
+                "error": f"output {i}: shape {list(o.shape)} != torch {list(r.shape)}",
+            }
         err = float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if r.size else 0.0
         tol = RTOL * max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
         ok = bool(np.isfinite(err) and err <= tol)
         if not ok and worst["ok"]:
-            worst = {"ok": False, "max_abs": err, "tol": tol, "error": f"max abs {err:.3g} > {tol:.3g}"
-                     + (f" (output {i})" if len(refs) > 1 else "")}
+            worst = {
+                "ok": False,
+                "max_abs": err,
+                "tol": tol,
+                "error": f"max abs {err:.3g} > {tol:.3g}" + (f" (output {i})" if len(refs) > 1 else ""),
+            }
         elif ok == worst["ok"] and (not np.isfinite(err) or err > worst["max_abs"]):
             worst.update(max_abs=err, tol=tol)
     return worst
 
 
-def check_module(model: Any, x: Any, workdir: str | Path, exporter: str = "torchscript", opset: int = 17,
-                 runtimes: tuple[str, ...] = ("onnxruntime", "openvino")) -> dict[str, Any]:
+def check_module(
+    model: Any,
+    x: Any,
+    workdir: str | Path,
+    exporter: str = "torchscript",
+    opset: int = 17,
+    runtimes: tuple[str, ...] = ("onnxruntime", "openvino"),
+) -> dict[str, Any]:
     """Export ``model`` at input ``x``, run it on each runtime, and compare every output with torch.
 
     Returns:
@@ -237,13 +265,19 @@ def check_module(model: Any, x: Any, workdir: str | Path, exporter: str = "torch
     for rt in runtimes:
         try:
             result[rt] = compare(ref, runners[rt](path, xs))
-        except Exception as exc:  # a runtime failure is a measured result, not a crash of the check
+        except Exception as exc:  # noqa: BLE001 - a runtime failure is a measured result, not a crash of the check
             result[rt] = {"ok": False, "max_abs": None, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
     return result
 
 
-def check_model(name: str, exporter: str = "torchscript", opset: int = 17, batch: int = 1, seed: int = 0,
-                runtimes: tuple[str, ...] = ("onnxruntime", "openvino")) -> dict[str, Any]:
+def check_model(
+    name: str,
+    exporter: str = "torchscript",
+    opset: int = 17,
+    batch: int = 1,
+    seed: int = 0,
+    runtimes: tuple[str, ...] = ("onnxruntime", "openvino"),
+) -> dict[str, Any]:
     """Build a registered model (random init, seeded), export it at its default input and check it on runtimes.
 
     BN running statistics are randomised first, so that a runtime that mishandles them cannot pass by accident.
@@ -253,10 +287,15 @@ def check_model(name: str, exporter: str = "torchscript", opset: int = 17, batch
     torch.manual_seed(seed)
     try:
         model = create_model(name).eval()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failure is a measured row of the check, not a crash
         why = f"build failed: {type(exc).__name__}: {_first_line(exc)}"
-        return {"name": name, "exporter": exporter, "opset": opset, "export": {"ok": False, "error": why},
-                **{rt: {"ok": False, "max_abs": None, "error": "export failed"} for rt in runtimes}}
+        return {
+            "name": name,
+            "exporter": exporter,
+            "opset": opset,
+            "export": {"ok": False, "error": why},
+            **{rt: {"ok": False, "max_abs": None, "error": "export failed"} for rt in runtimes},
+        }
     randomize_norm_stats(model, seed)
     x = torch.randn(batch, *cfg["input_size"], generator=torch.Generator().manual_seed(seed + 1))
     used = exporter

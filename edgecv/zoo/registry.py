@@ -17,13 +17,29 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def default_cfg(task: str = "classify", input_size: tuple[int, int, int] = (3, 224, 224),
-                mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                num_classes: int = 1000, family: str = "", tiny: bool = False, resize: str = "stretch",
-                **extra: Any) -> dict[str, Any]:
+def default_cfg(
+    task: str = "classify",
+    input_size: tuple[int, int, int] = (3, 224, 224),
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    num_classes: int = 1000,
+    family: str = "",
+    tiny: bool = False,
+    resize: str = "stretch",
+    **extra: Any,
+) -> dict[str, Any]:
     """A variant's defaults; the bundle contract is built from these."""
-    return {"task": task, "input_size": tuple(input_size), "mean": tuple(mean), "std": tuple(std),
-            "num_classes": num_classes, "family": family, "tiny": tiny, "resize": resize, **extra}
+    return {
+        "task": task,
+        "input_size": tuple(input_size),
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "num_classes": num_classes,
+        "family": family,
+        "tiny": tiny,
+        "resize": resize,
+        **extra,
+    }
 
 
 def register_model(name: str | None = None, **cfg: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -41,10 +41,15 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "yolo-anchor-free": ("strides", "num_classes", "box", "objectness", "activation", "layout"),
     "ssd": ("num_classes", "box", "normalized", "activation", "background"),
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"box": ("cxcywh", "xyxy"), "layout": ("auto", "channels_first", "channels_last")}
-_ACTIVATIONS: dict[str, tuple[str, ...]] = {"yolo-anchors": ("sigmoid", "softmax"),
-                                            "yolo-anchor-free": ("none", "sigmoid"),
-                                            "ssd": ("softmax", "sigmoid", "none")}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "box": ("cxcywh", "xyxy"),
+    "layout": ("auto", "channels_first", "channels_last"),
+}
+_ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "yolo-anchors": ("sigmoid", "softmax"),
+    "yolo-anchor-free": ("none", "sigmoid"),
+    "ssd": ("softmax", "sigmoid", "none"),
+}
 
 
 def _numbers(text: str, key: str) -> list[float]:
@@ -89,8 +94,9 @@ def parse_decode_spec(kind: str, options: dict[str, Any] | None = None) -> dict[
             for g in groups:
                 vals = _numbers(g, key)
                 if not vals or len(vals) % 2:
-                    raise ConfigError(f"--decode-opt anchors: expected w,h pairs per scale separated by '/', "
-                                      f"found '{g}'")
+                    raise ConfigError(
+                        f"--decode-opt anchors: expected w,h pairs per scale separated by '/', found '{g}'"
+                    )
                 anchors.append([[vals[i], vals[i + 1]] for i in range(0, len(vals), 2)])
             spec[key] = anchors
         elif key == "num_classes":
@@ -106,8 +112,9 @@ def parse_decode_spec(kind: str, options: dict[str, Any] | None = None) -> dict[
             spec[key] = None if text.strip().lower() in ("none", "null", "") else int(text)
         elif key == "activation":
             if text not in _ACTIVATIONS[kind]:
-                raise ConfigError(f"--decode-opt activation: --decode {kind} takes {', '.join(_ACTIVATIONS[kind])}, "
-                                  f"found '{text}'")
+                raise ConfigError(
+                    f"--decode-opt activation: --decode {kind} takes {', '.join(_ACTIVATIONS[kind])}, found '{text}'"
+                )
             spec[key] = text
         else:
             if text not in _CHOICES[key]:
@@ -115,14 +122,20 @@ def parse_decode_spec(kind: str, options: dict[str, Any] | None = None) -> dict[
             spec[key] = text
     if kind == "yolo-anchors":
         if "strides" not in spec or "anchors" not in spec:
-            raise ConfigError("--decode yolo-anchors: expected --decode-opt strides=8,16,32 and "
-                              "--decode-opt anchors=w,h,w,h/… (one group per stride)")
+            raise ConfigError(
+                "--decode yolo-anchors: expected --decode-opt strides=8,16,32 and "
+                "--decode-opt anchors=w,h,w,h/… (one group per stride)"
+            )
         if len(spec["anchors"]) != len(spec["strides"]):
-            raise ConfigError(f"--decode yolo-anchors: expected one anchor group per stride ({len(spec['strides'])}), "
-                              f"found {len(spec['anchors'])}")
-    all_defaults: dict[str, dict[str, Any]] = {"yolo-anchors": {"activation": "sigmoid"},
-                "yolo-anchor-free": {"box": "cxcywh", "objectness": False, "activation": "none", "layout": "auto"},
-                "ssd": {"box": "xyxy", "normalized": False, "activation": "softmax", "background": None}}
+            raise ConfigError(
+                f"--decode yolo-anchors: expected one anchor group per stride ({len(spec['strides'])}), "
+                f"found {len(spec['anchors'])}"
+            )
+    all_defaults: dict[str, dict[str, Any]] = {
+        "yolo-anchors": {"activation": "sigmoid"},
+        "yolo-anchor-free": {"box": "cxcywh", "objectness": False, "activation": "none", "layout": "auto"},
+        "ssd": {"box": "xyxy", "normalized": False, "activation": "softmax", "background": None},
+    }
     defaults = all_defaults[kind]
     return {**defaults, **spec}
 
@@ -139,8 +152,14 @@ class DeclarativeHead(nn.Module):
     """A raw detection model + a declarative spec → the zoo detector protocol (``decode``, ``decode_info``,
     ``num_classes``). With ``host_decoded`` the forward returns the decoded candidates (``boxes_scores``)."""
 
-    def __init__(self, model: nn.Module, spec: dict[str, Any], input_hw: tuple[int, int], num_classes: int,
-                 host_decoded: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: dict[str, Any],
+        input_hw: tuple[int, int],
+        num_classes: int,
+        host_decoded: bool = False,
+    ) -> None:
         super().__init__()
         self.model, self.spec, self.input_hw = model, dict(spec), input_hw
         self.num_classes, self.host_decoded = int(num_classes), host_decoded
@@ -160,8 +179,13 @@ class DeclarativeHead(nn.Module):
     def decode_info(self) -> dict[str, Any]:
         s, nc = self.spec, self.num_classes
         if s["kind"] == "yolo-anchors" and not self.host_decoded:
-            return {"format": "yolo_anchors", "anchors": s["anchors"], "strides": s["strides"],
-                    "cls_act": s["activation"], "num_classes": nc}
+            return {
+                "format": "yolo_anchors",
+                "anchors": s["anchors"],
+                "strides": s["strides"],
+                "cls_act": s["activation"],
+                "num_classes": nc,
+            }
         return {"format": "boxes_scores", "num_outputs": 2, "num_classes": nc}
 
     # ------------------------------------------------------------------------------------------- decoding
@@ -172,8 +196,9 @@ class DeclarativeHead(nn.Module):
             from edgecv.zoo.families.yolo import _decode_anchor_maps
 
             anchors = [[(float(w), float(h)) for w, h in g] for g in self.spec["anchors"]]
-            return _decode_anchor_maps(outs, anchors, list(self.spec["strides"]), self.num_classes,
-                                       str(self.spec["activation"]))
+            return _decode_anchor_maps(
+                outs, anchors, list(self.spec["strides"]), self.num_classes, str(self.spec["activation"])
+            )
         if kind == "yolo-anchor-free":
             return self._anchor_free(outs)
         return self._ssd(outs)
@@ -193,13 +218,16 @@ class DeclarativeHead(nn.Module):
         rows: list[torch.Tensor] = []
         if s.get("strides"):
             if len(outs) != len(s["strides"]):
-                raise ConfigError(f"--decode yolo-anchor-free: expected one output per stride ({len(s['strides'])}),"
-                                  f" found {len(outs)}")
+                raise ConfigError(
+                    f"--decode yolo-anchor-free: expected one output per stride ({len(s['strides'])}),"
+                    f" found {len(outs)}"
+                )
             for m, stride in zip(outs, s["strides"]):
                 bsz, _, h, w = m.shape
                 t = m.float().permute(0, 2, 3, 1)  # [B,H,W,4(+1)+C]
-                gy, gx = torch.meshgrid(torch.arange(h, device=m.device), torch.arange(w, device=m.device),
-                                        indexing="ij")
+                gy, gx = torch.meshgrid(
+                    torch.arange(h, device=m.device), torch.arange(w, device=m.device), indexing="ij"
+                )
                 grid = torch.stack([gx, gy], -1).float()[None]
                 xy = (t[..., :2] + grid) * stride
                 wh = torch.exp(t[..., 2:4].clamp(max=10.0)) * stride
@@ -215,10 +243,12 @@ class DeclarativeHead(nn.Module):
             pred = p.transpose(1, 2) if layout == "channels_first" else p
             box = cxcywh_to_xyxy(pred[..., :4]) if s["box"] == "cxcywh" else pred[..., :4]
         if pred.shape[-1] != 4 + int(obj) + nc:
-            raise ConfigError(f"--decode yolo-anchor-free: expected 4{' + 1' if obj else ''} + {nc} values per "
-                              f"candidate, found {pred.shape[-1]}")
+            raise ConfigError(
+                f"--decode yolo-anchor-free: expected 4{' + 1' if obj else ''} + {nc} values per "
+                f"candidate, found {pred.shape[-1]}"
+            )
         act = str(s["activation"])
-        cls = self._act(pred[..., 4 + int(obj):], act)
+        cls = self._act(pred[..., 4 + int(obj) :], act)
         scores = cls * self._act(pred[..., 4:5], act) if obj else cls
         return box, scores
 
@@ -238,7 +268,7 @@ class DeclarativeHead(nn.Module):
         scores = self._act(logits, str(s["activation"]))
         bg = s.get("background")
         if bg is not None:
-            scores = torch.cat([scores[..., :bg], scores[..., bg + 1:]], -1)
+            scores = torch.cat([scores[..., :bg], scores[..., bg + 1 :]], -1)
         return box, scores
 
 
@@ -274,11 +304,12 @@ def wrap_declarative(loaded: LoadedModel, options: AdapterOptions) -> LoadedMode
     loaded.module.eval()
     nc = int(spec.get("num_classes") or _infer_num_classes(loaded.module, spec, shape))
     if nc < 1:
-        raise ConfigError(f"--decode {kind}: the output shapes leave {nc} classes; check the options or pass "
-                          "--decode-opt num_classes=N")
+        raise ConfigError(
+            f"--decode {kind}: the output shapes leave {nc} classes; check the options or pass "
+            "--decode-opt num_classes=N"
+        )
     host_decoded = options.nms == "host" and kind != "yolo-anchors"
     module = DeclarativeHead(loaded.module, spec, (int(shape[2]), int(shape[3])), nc, host_decoded=host_decoded)
     module.eval()
     contract = loaded.contract.model_copy(update={"task": "detect"})
     return dataclasses.replace(loaded, module=module, contract=contract, guess_task=False)
-

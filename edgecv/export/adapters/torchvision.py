@@ -110,11 +110,16 @@ class TorchvisionDetector(nn.Module):
         for d in dets:
             boxes.append(torch.cat([d["boxes"], x.new_zeros(k, 4)])[:k])
             scores.append(torch.cat([d["scores"], x.new_zeros(k)])[:k])
-            classes.append(torch.cat([d["labels"].to(torch.int64),
-                                      torch.zeros(k, dtype=torch.int64, device=x.device)])[:k])
+            classes.append(
+                torch.cat([d["labels"].to(torch.int64), torch.zeros(k, dtype=torch.int64, device=x.device)])[:k]
+            )
             nums.append(torch.clamp(torch.tensor(d["scores"].shape[0], device=x.device), max=k).reshape(1))
-        return {"boxes": torch.stack(boxes), "scores": torch.stack(scores), "classes": torch.stack(classes),
-                "num_dets": torch.cat(nums).to(torch.int64)}
+        return {
+            "boxes": torch.stack(boxes),
+            "scores": torch.stack(scores),
+            "classes": torch.stack(classes),
+            "num_dets": torch.cat(nums).to(torch.int64),
+        }
 
 
 class TorchvisionCandidates(nn.Module):
@@ -186,7 +191,7 @@ def _class_names(model: Any, loaded: LoadedModel, nc: int) -> list[str]:
             cats = list(tvm.get_model_weights(name.split(":", 1)[1]).DEFAULT.meta.get("categories") or [])
             if len(cats) == nc:
                 return [str(c) for c in cats]
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - no weight enum or no categories: no names, the model still exports
             pass
     return [str(k) for k in range(nc)]
 
@@ -199,20 +204,36 @@ def wrap(loaded: LoadedModel, options: AdapterOptions) -> LoadedModel:
     if fam is None:
         raise ConfigError(f"torchvision adapter: expected a torchvision detector, found {type(model).__name__}")
     if options.nms == "host" and fam == "rcnn":
-        raise ConfigError(f"--nms host: {type(model).__name__} runs NMS between its stages (RPN proposals, then the "
-                          "box head), so its raw head cannot be decoded on the host; export it with --nms graph")
+        raise ConfigError(
+            f"--nms host: {type(model).__name__} runs NMS between its stages (RPN proposals, then the "
+            "box head), so its raw head cannot be decoded on the host; export it with --nms graph"
+        )
     model.eval()
-    module: nn.Module = TorchvisionCandidates(model) if options.nms == "host" else \
-        TorchvisionDetector(model, max_det=options.max_det or 100)
+    module: nn.Module = (
+        TorchvisionCandidates(model)
+        if options.nms == "host"
+        else TorchvisionDetector(model, max_det=options.max_det or 100)
+    )
     nc = num_classes(model)
     contract = loaded.contract
-    upd: dict[str, Any] = {"task": "detect", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "scale": 1.0 / 255.0,
-                           "color": "RGB", "resize": "stretch" if fam == "ssd" else "letterbox",
-                           "class_names": options.class_names or _class_names(model, loaded, nc)}
+    upd: dict[str, Any] = {
+        "task": "detect",
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+        "scale": 1.0 / 255.0,
+        "color": "RGB",
+        "resize": "stretch" if fam == "ssd" else "letterbox",
+        "class_names": options.class_names or _class_names(model, loaded, nc),
+    }
     contract = contract.model_copy(update=upd)
     return dataclasses.replace(loaded, module=module, contract=contract, guess_task=False)
 
 
-ADAPTER = register_adapter(DetectorAdapter(
-    name="torchvision", matches=lambda m: family(m) is not None, wrap=wrap,
-    description="Faster R-CNN, Mask R-CNN / Keypoint R-CNN (boxes), RetinaNet, FCOS, SSD300, SSDlite"))
+ADAPTER = register_adapter(
+    DetectorAdapter(
+        name="torchvision",
+        matches=lambda m: family(m) is not None,
+        wrap=wrap,
+        description="Faster R-CNN, Mask R-CNN / Keypoint R-CNN (boxes), RetinaNet, FCOS, SSD300, SSDlite",
+    )
+)

@@ -48,13 +48,26 @@ PREFIX = "ultralytics:"
 #: head classes whose inference output is [B, 4 + nc (+ extra), anchors] decoded boxes (xywh) + class scores
 NMS_HEADS = ("Detect", "Segment", "Segment26", "YOLOEDetect", "YOLOESegment", "YOLOESegment26", "WorldDetect")
 #: heads the adapter does not export (their outputs are not boxes + class scores)
-REFUSED_HEADS = {"Pose": "pose keypoints", "Pose26": "pose keypoints", "OBB": "rotated boxes",
-                 "OBB26": "rotated boxes", "RTDETRDecoder": "RT-DETR queries", "SemanticSegment": "semantic masks",
-                 "Depth": "depth maps"}
+REFUSED_HEADS = {
+    "Pose": "pose keypoints",
+    "Pose26": "pose keypoints",
+    "OBB": "rotated boxes",
+    "OBB26": "rotated boxes",
+    "RTDETRDecoder": "RT-DETR queries",
+    "SemanticSegment": "semantic masks",
+    "Depth": "depth maps",
+}
 #: Ultralytics' preprocessing (LetterBox + /255, no normalization)
-CONTRACT_DEFAULTS: dict[str, Any] = {"resize": "letterbox", "pad_value": 114, "color": "RGB", "scale": 1.0 / 255.0,
-                                     "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "layout": "NCHW",
-                                     "dtype": "float32"}
+CONTRACT_DEFAULTS: dict[str, Any] = {
+    "resize": "letterbox",
+    "pad_value": 114,
+    "color": "RGB",
+    "scale": 1.0 / 255.0,
+    "mean": [0.0, 0.0, 0.0],
+    "std": [1.0, 1.0, 1.0],
+    "layout": "NCHW",
+    "dtype": "float32",
+}
 DEFAULT_IMGSZ = 640
 _BUILD_KWARGS = ("nc", "num_classes", "imgsz", "ch")
 
@@ -74,8 +87,9 @@ def matches(module: Any) -> bool:
     if not type(module).__module__.startswith("ultralytics."):
         return False
     head = _head(module)
-    return head is not None and (type(head).__name__ in NMS_HEADS or type(head).__name__ in REFUSED_HEADS
-                                 or _is_detect(head))
+    return head is not None and (
+        type(head).__name__ in NMS_HEADS or type(head).__name__ in REFUSED_HEADS or _is_detect(head)
+    )
 
 
 def _head(module: Any) -> Any:
@@ -135,7 +149,7 @@ def _wrappers() -> tuple[type, type]:
                 y = y[0]
             nc = self.num_classes
             xywh = y[:, :4].transpose(1, 2)
-            scores = y[:, 4:4 + nc].transpose(1, 2)
+            scores = y[:, 4 : 4 + nc].transpose(1, 2)
             xy, wh = xywh[..., :2], xywh[..., 2:4]
             boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
             # Ultralytics' NMS (multi_label=False) gives each anchor its best class only: zero the others, so that
@@ -149,8 +163,12 @@ def _wrappers() -> tuple[type, type]:
             return boxes, scores
 
         def decode_info(self) -> dict[str, Any]:
-            return {"format": "boxes_scores", "num_classes": self.num_classes, "num_outputs": 2,
-                    "head_strides": self.strides}
+            return {
+                "format": "boxes_scores",
+                "num_classes": self.num_classes,
+                "num_outputs": 2,
+                "head_strides": self.strides,
+            }
 
     class UltralyticsEnd2End(torch.nn.Module):
         """NMS-free Ultralytics head → graph outputs ``boxes, scores, classes, num_dets`` (its own top-k)."""
@@ -175,9 +193,12 @@ def _wrappers() -> tuple[type, type]:
             scores = y[..., 4]
             keep = scores > self.score_threshold
             k = keep.to(y.dtype)
-            return {"boxes": y[..., :4] * k[..., None], "scores": scores * k,
-                    "classes": y[..., 5].to(torch.int64) * keep.to(torch.int64),
-                    "num_dets": keep.to(torch.int64).sum(1)}
+            return {
+                "boxes": y[..., :4] * k[..., None],
+                "scores": scores * k,
+                "classes": y[..., 5].to(torch.int64) * keep.to(torch.int64),
+                "num_dets": keep.to(torch.int64).sum(1),
+            }
 
     return UltralyticsDetector, UltralyticsEnd2End
 
@@ -214,8 +235,10 @@ def wrap(loaded: LoadedModel, options: AdapterOptions) -> LoadedModel:
     head = _head(model)
     hname = type(head).__name__
     if hname in REFUSED_HEADS:
-        raise ConfigError(f"Ultralytics {hname} head: expected a detection (Detect/Segment/v10Detect) head; "
-                          f"{REFUSED_HEADS[hname]} are not exported by the Ultralytics adapter")
+        raise ConfigError(
+            f"Ultralytics {hname} head: expected a detection (Detect/Segment/v10Detect) head; "
+            f"{REFUSED_HEADS[hname]} are not exported by the Ultralytics adapter"
+        )
     nc = int(getattr(head, "nc", 0))
     if nc < 1:
         raise ConfigError(f"Ultralytics {hname} head: expected a class count (head.nc), found {nc}")
@@ -239,13 +262,20 @@ def wrap(loaded: LoadedModel, options: AdapterOptions) -> LoadedModel:
 
 def _check_size(hw: tuple[int, int], stride: int) -> None:
     if hw[0] % stride or hw[1] % stride:
-        raise ConfigError(f"input size: expected height and width multiples of the model's largest stride {stride}, "
-                          f"found {hw[0]}x{hw[1]}")
+        raise ConfigError(
+            f"input size: expected height and width multiples of the model's largest stride {stride}, "
+            f"found {hw[0]}x{hw[1]}"
+        )
 
 
-ADAPTER = register_adapter(DetectorAdapter(
-    name="ultralytics", matches=matches, wrap=wrap,
-    description="Ultralytics YOLO (v3u/v5u/v8/v9/v10/11/12/26) Detect, Segment (boxes) and end-to-end heads"))
+ADAPTER = register_adapter(
+    DetectorAdapter(
+        name="ultralytics",
+        matches=matches,
+        wrap=wrap,
+        description="Ultralytics YOLO (v3u/v5u/v8/v9/v10/11/12/26) Detect, Segment (boxes) and end-to-end heads",
+    )
+)
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -274,9 +304,11 @@ def _resolve_yaml(name: str) -> tuple[Path | None, str]:
 
         close = difflib.get_close_matches(f"{stem}.yaml", shipped, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UnknownNameError(f"unknown Ultralytics model yaml '{name}'{hint}; expected one of the installed "
-                               f"Ultralytics yamls with a scale letter, e.g. yolov8n.yaml, yolo11s.yaml: "
-                               f"{', '.join(shipped)}")
+        raise UnknownNameError(
+            f"unknown Ultralytics model yaml '{name}'{hint}; expected one of the installed "
+            f"Ultralytics yamls with a scale letter, e.g. yolov8n.yaml, yolo11s.yaml: "
+            f"{', '.join(shipped)}"
+        )
     return None, f"{stem}.yaml"
 
 
@@ -293,20 +325,33 @@ def _contract_for(model: Any, task: str, imgsz: tuple[int, int], ch: int) -> Any
     from edgecv.bundle import Contract
 
     if task == "classify":
-        nc = int(getattr(_head(model), "linear").out_features) if hasattr(_head(model), "linear") else 0
+        nc = int(_head(model).linear.out_features) if hasattr(_head(model), "linear") else 0
         # Ultralytics classify_transforms: resize the short side to imgsz, center crop imgsz, /255, no normalization
-        return Contract(task="classify", input_shape=[1, ch, *imgsz], resize="center_crop", crop_ratio=1.0,
-                        mean=[0.0] * ch, std=[1.0] * ch, color="RGB", decode={"activation": "none"},
-                        class_names=class_names(model, nc) if nc else [])
+        return Contract(
+            task="classify",
+            input_shape=[1, ch, *imgsz],
+            resize="center_crop",
+            crop_ratio=1.0,
+            mean=[0.0] * ch,
+            std=[1.0] * ch,
+            color="RGB",
+            decode={"activation": "none"},
+            class_names=class_names(model, nc) if nc else [],
+        )
     nc = int(getattr(_head(model), "nc", 0))
-    return Contract(task="detect", input_shape=[1, ch, *imgsz], class_names=class_names(model, nc),
-                    **{**CONTRACT_DEFAULTS, "mean": [0.0] * ch, "std": [1.0] * ch})
+    return Contract(
+        task="detect",
+        input_shape=[1, ch, *imgsz],
+        class_names=class_names(model, nc),
+        **{**CONTRACT_DEFAULTS, "mean": [0.0] * ch, "std": [1.0] * ch},
+    )
 
 
 def _check_task(task: str, what: str) -> None:
     if task not in ("detect", "segment", "classify"):
-        raise ModelSourceError(f"{what}: an Ultralytics {task} model; expected detect, segment (exported as boxes) or "
-                               "classify")
+        raise ModelSourceError(
+            f"{what}: an Ultralytics {task} model; expected detect, segment (exported as boxes) or classify"
+        )
 
 
 def load_ultralytics(body: str, kwargs: dict[str, Any], *, trust_checkpoint: bool = False) -> LoadedModel:
@@ -317,16 +362,20 @@ def load_ultralytics(body: str, kwargs: dict[str, Any], *, trust_checkpoint: boo
         if not path.is_file():
             raise ModelSourceError(f"Ultralytics checkpoint '{body}' does not exist")
         if kwargs:
-            raise ConfigError(f"model kwargs do not apply to a checkpoint ('{path.name}' holds its own model), "
-                              f"found {sorted(kwargs)}")
+            raise ConfigError(
+                f"model kwargs do not apply to a checkpoint ('{path.name}' holds its own model), found {sorted(kwargs)}"
+            )
         return load_checkpoint(path.resolve(), trust_checkpoint=trust_checkpoint)
     if not body.lower().endswith((".yaml", ".yml")):
-        raise ModelSourceError(f"ultralytics:{body}: expected a model yaml (ultralytics:yolov8n.yaml) or a checkpoint "
-                               "(ultralytics:best.pt)")
+        raise ModelSourceError(
+            f"ultralytics:{body}: expected a model yaml (ultralytics:yolov8n.yaml) or a checkpoint "
+            "(ultralytics:best.pt)"
+        )
     unknown = sorted(set(kwargs) - set(_BUILD_KWARGS))
     if unknown:
-        raise ConfigError(f"ultralytics:{body}: expected kwargs among {', '.join(_BUILD_KWARGS)}, found "
-                          f"{', '.join(unknown)}")
+        raise ConfigError(
+            f"ultralytics:{body}: expected kwargs among {', '.join(_BUILD_KWARGS)}, found {', '.join(unknown)}"
+        )
     if "nc" in kwargs and "num_classes" in kwargs and kwargs["nc"] != kwargs["num_classes"]:
         raise ConfigError(f"nc={kwargs['nc']} and num_classes={kwargs['num_classes']} disagree")
     nc = kwargs.get("nc", kwargs.get("num_classes"))
@@ -343,14 +392,15 @@ def load_ultralytics(body: str, kwargs: dict[str, Any], *, trust_checkpoint: boo
     try:
         cfg = tasks.yaml_model_load(str(yaml_path) if yaml_path else name)
         task = tasks.guess_model_task(cfg)
-    except Exception as exc:  # noqa: BLE001 - a broken yaml: one line
+    except Exception as exc:
         raise ModelSourceError(f"ultralytics:{body}: cannot read the model yaml: {type(exc).__name__}: {exc}") from exc
     _check_task(task, f"ultralytics:{body}")
-    cls = {"detect": tasks.DetectionModel, "segment": tasks.SegmentationModel,
-           "classify": tasks.ClassificationModel}[task]
+    cls = {"detect": tasks.DetectionModel, "segment": tasks.SegmentationModel, "classify": tasks.ClassificationModel}[
+        task
+    ]
     try:
         model = cls(cfg, ch=ch, nc=nc, verbose=False)
-    except Exception as exc:  # noqa: BLE001 - Ultralytics raises plain exceptions for bad configs
+    except Exception as exc:
         raise ModelSourceError(f"ultralytics:{body}: building the model failed: {type(exc).__name__}: {exc}") from exc
     model.eval()
     from edgecv.export.sources import LoadedModel
@@ -358,9 +408,13 @@ def load_ultralytics(body: str, kwargs: dict[str, Any], *, trust_checkpoint: boo
     contract = _contract_for(model, task, imgsz, ch)
     if task == "classify":
         _prepare_classifier(model)
-    info: dict[str, Any] = {"kind": "ultralytics" if yaml_path is None else "ultralytics_file",
-                            "spec": PREFIX + name, "kwargs": dict(kwargs), "weights": None,
-                            "ultralytics_task": task}
+    info: dict[str, Any] = {
+        "kind": "ultralytics" if yaml_path is None else "ultralytics_file",
+        "spec": PREFIX + name,
+        "kwargs": dict(kwargs),
+        "weights": None,
+        "ultralytics_task": task,
+    }
     if yaml_path is not None:
         from edgecv._io import sha256_file
 
@@ -394,7 +448,8 @@ def is_ultralytics_checkpoint(path: Path) -> bool:
 def refusal(path: Path) -> ModelSourceError:
     return ModelSourceError(
         f"refused to load '{path.name}': it is an Ultralytics checkpoint, a full Python pickle, and loading it runs "
-        "code from the file; pass --trust-checkpoint if you trust where it came from")
+        "code from the file; pass --trust-checkpoint if you trust where it came from"
+    )
 
 
 def load_checkpoint(path: Path, *, trust_checkpoint: bool) -> LoadedModel:
@@ -409,10 +464,12 @@ def load_checkpoint(path: Path, *, trust_checkpoint: bool) -> LoadedModel:
     from edgecv.export.sources import LoadedModel
 
     try:
-        model, ckpt = tasks.load_checkpoint(str(path))
-    except Exception as exc:  # noqa: BLE001 - Ultralytics raises plain exceptions for foreign files
-        raise ModelSourceError(f"cannot load Ultralytics checkpoint '{path.name}': {type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())[:300]}") from exc
+        model, _ckpt = tasks.load_checkpoint(str(path))
+    except Exception as exc:
+        raise ModelSourceError(
+            f"cannot load Ultralytics checkpoint '{path.name}': {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}"
+        ) from exc
     task = str(getattr(model, "task", "detect"))
     _check_task(task, f"'{path.name}'")
     args = getattr(model, "args", {}) or {}
@@ -421,7 +478,19 @@ def load_checkpoint(path: Path, *, trust_checkpoint: bool) -> LoadedModel:
     contract = _contract_for(model, task, imgsz, ch)
     if task == "classify":
         _prepare_classifier(model)
-    info: dict[str, Any] = {"kind": "ultralytics_checkpoint", "spec": str(path), "kwargs": {}, "weights": None,
-                            "source_sha256": sha256_file(path), "trusted_pickle": True, "ultralytics_task": task}
-    return LoadedModel(module=model.float().eval(), contract=contract, source_info=info, name=path.stem,
-                       notes=[f"'{path.name}' was unpickled with --trust-checkpoint (a full pickle runs code)"])
+    info: dict[str, Any] = {
+        "kind": "ultralytics_checkpoint",
+        "spec": str(path),
+        "kwargs": {},
+        "weights": None,
+        "source_sha256": sha256_file(path),
+        "trusted_pickle": True,
+        "ultralytics_task": task,
+    }
+    return LoadedModel(
+        module=model.float().eval(),
+        contract=contract,
+        source_info=info,
+        name=path.stem,
+        notes=[f"'{path.name}' was unpickled with --trust-checkpoint (a full pickle runs code)"],
+    )

@@ -22,8 +22,9 @@ def wh_iou(wh: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return inter / np.maximum(wh.prod(-1)[:, None] + c.prod(-1)[None] - inter, 1e-12)
 
 
-def kmeans_anchors(wh: np.ndarray, k: int, iters: int = 300, seed: int = 0, restarts: int = 5
-                   ) -> tuple[np.ndarray, float]:
+def kmeans_anchors(
+    wh: np.ndarray, k: int, iters: int = 300, seed: int = 0, restarts: int = 5
+) -> tuple[np.ndarray, float]:
     """k-means with the 1 − IoU distance, best of ``restarts`` (k-means++-style seeding on that distance).
 
     Args:
@@ -45,7 +46,7 @@ def kmeans_anchors(wh: np.ndarray, k: int, iters: int = 300, seed: int = 0, rest
         c = wh[[int(rng.integers(len(wh)))]]
         while len(c) < k:  # k-means++ seeding with d = 1 - IoU
             d = 1.0 - wh_iou(wh, c).max(1)
-            p = d ** 2
+            p = d**2
             p = p / p.sum() if p.sum() > 0 else np.full(len(wh), 1.0 / len(wh))
             c = np.vstack([c, wh[int(rng.choice(len(wh), p=p))]])
         assign = np.full(len(wh), -1)
@@ -66,8 +67,9 @@ def kmeans_anchors(wh: np.ndarray, k: int, iters: int = 300, seed: int = 0, rest
     return best_c[order], best_iou
 
 
-def dataset_box_sizes(path: str | Path, fmt: str | None = None, split: str = "train",
-                      input_size: int | None = None) -> np.ndarray:
+def dataset_box_sizes(
+    path: str | Path, fmt: str | None = None, split: str = "train", input_size: int | None = None
+) -> np.ndarray:
     """All ground-truth (w, h) of a COCO JSON / YOLO txt data set, in pixels, optionally as they would be after a
     letterbox to ``input_size`` (what the anchors must match)."""
     from edgecv.data.datasets import CocoDetection, YoloDetection, open_dataset

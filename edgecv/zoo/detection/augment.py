@@ -58,8 +58,9 @@ class DetAugment:
         return bool(self.scale or self.translate or self.hflip or self.hsv or self.sizes)
 
 
-def affine_boxes(boxes: torch.Tensor, s: float, tx: float, ty: float, w: int, h: int, min_visible: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_boxes(
+    boxes: torch.Tensor, s: float, tx: float, ty: float, w: int, h: int, min_visible: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Map boxes through ``p' = (p - c)·s + c + t`` (c the image centre), clip to the image, and return
     (new boxes, keep mask) where a box keeps at least ``min_visible`` of its mapped area."""
     cx, cy = w / 2.0, h / 2.0
@@ -79,11 +80,11 @@ def affine_image(img: torch.Tensor, s: float, tx: float, ty: float, fill: float)
     """Warp one CHW image by the same map as :func:`affine_boxes` (bilinear, ``fill`` outside)."""
     _, h, w = img.shape
     # affine_grid maps output coords (normalised [-1, 1]) to input coords: in = (out - t_n) / s
-    theta = torch.tensor([[1.0 / s, 0.0, -2.0 * tx / w / s], [0.0, 1.0 / s, -2.0 * ty / h / s]],
-                         dtype=img.dtype).unsqueeze(0)
+    theta = torch.tensor(
+        [[1.0 / s, 0.0, -2.0 * tx / w / s], [0.0, 1.0 / s, -2.0 * ty / h / s]], dtype=img.dtype
+    ).unsqueeze(0)
     grid = F.affine_grid(theta, [1, *img.shape], align_corners=False)
-    out = F.grid_sample((img - fill).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
+    out = F.grid_sample((img - fill).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[0] + fill
 
 
@@ -98,8 +99,9 @@ def colour_jitter(img: torch.Tensor, strength: float) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def augment_batch(imgs: torch.Tensor, targets: list[dict[str, Any]], aug: DetAugment
-                  ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+def augment_batch(
+    imgs: torch.Tensor, targets: list[dict[str, Any]], aug: DetAugment
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Augment a batch ``[B,3,H,W]`` (values in [0, 1]) and its targets (boxes xyxy pixels); returns new ones."""
     bsz, _, h, w = imgs.shape
     out_imgs = []

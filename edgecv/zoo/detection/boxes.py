@@ -33,14 +33,18 @@ def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
 
 def xyxy_to_cxcywh_np(b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, np.float32)
-    return np.stack([(b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2, b[..., 2] - b[..., 0],
-                     b[..., 3] - b[..., 1]], axis=-1)
+    return np.stack(
+        [(b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2, b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]],
+        axis=-1,
+    )
 
 
 def cxcywh_to_xyxy_np(b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, np.float32)
-    return np.stack([b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2, b[..., 0] + b[..., 2] / 2,
-                     b[..., 1] + b[..., 3] / 2], axis=-1)
+    return np.stack(
+        [b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2, b[..., 0] + b[..., 2] / 2, b[..., 1] + b[..., 3] / 2],
+        axis=-1,
+    )
 
 
 # ----------------------------------------------------------------------------------------- IoU / GIoU
@@ -92,8 +96,9 @@ class BoxCoder:
     """R-CNN box deltas (Girshick 2015): ``(dx, dy, dw, dh) = (w_x (gx - px)/pw, w_y (gy - py)/ph,
     w_w log(gw/pw), w_h log(gh/ph))``; :meth:`decode` inverts it with the exp clipped."""
 
-    def __init__(self, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
-                 clip: float = BBOX_XFORM_CLIP) -> None:
+    def __init__(
+        self, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0), clip: float = BBOX_XFORM_CLIP
+    ) -> None:
         self.weights = weights
         self.clip = clip
 
@@ -101,9 +106,15 @@ class BoxCoder:
         wx, wy, ww, wh = self.weights
         p, g = xyxy_to_cxcywh(priors), xyxy_to_cxcywh(gt)
         pw, ph = p[..., 2].clamp(min=1e-6), p[..., 3].clamp(min=1e-6)
-        return torch.stack([wx * (g[..., 0] - p[..., 0]) / pw, wy * (g[..., 1] - p[..., 1]) / ph,
-                            ww * torch.log(g[..., 2].clamp(min=1e-6) / pw),
-                            wh * torch.log(g[..., 3].clamp(min=1e-6) / ph)], dim=-1)
+        return torch.stack(
+            [
+                wx * (g[..., 0] - p[..., 0]) / pw,
+                wy * (g[..., 1] - p[..., 1]) / ph,
+                ww * torch.log(g[..., 2].clamp(min=1e-6) / pw),
+                wh * torch.log(g[..., 3].clamp(min=1e-6) / ph),
+            ],
+            dim=-1,
+        )
 
     def decode(self, deltas: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
         wx, wy, ww, wh = self.weights
@@ -115,8 +126,9 @@ class BoxCoder:
         return cxcywh_to_xyxy(torch.stack([cx, cy, w, h], dim=-1))
 
     def encode_np(self, gt: np.ndarray, priors: np.ndarray) -> np.ndarray:
-        return self.encode(torch.as_tensor(gt, dtype=torch.float64),
-                           torch.as_tensor(priors, dtype=torch.float64)).numpy()
+        return self.encode(
+            torch.as_tensor(gt, dtype=torch.float64), torch.as_tensor(priors, dtype=torch.float64)
+        ).numpy()
 
     def decode_np(self, deltas: np.ndarray, priors: np.ndarray) -> np.ndarray:
         wx, wy, ww, wh = self.weights

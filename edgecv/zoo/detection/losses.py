@@ -36,19 +36,21 @@ def flatten_targets(targets: list[dict[str, Any]], device: torch.device) -> torc
 class YoloV1Loss(nn.Module):
     """YOLOv1 loss over an output [B, S, S, nb*5 + C] (box values through a sigmoid, classes through softmax)."""
 
-    def __init__(self, num_classes: int, num_boxes: int = 2, lambda_coord: float = 5.0,
-                 lambda_noobj: float = 0.5) -> None:
+    def __init__(
+        self, num_classes: int, num_boxes: int = 2, lambda_coord: float = 5.0, lambda_noobj: float = 0.5
+    ) -> None:
         super().__init__()
         self.nc, self.nb = num_classes, num_boxes
         self.lambda_coord, self.lambda_noobj = lambda_coord, lambda_noobj
 
-    def forward(self, out: torch.Tensor, targets: list[dict[str, Any]], input_hw: tuple[int, int]
-                ) -> dict[str, torch.Tensor]:
+    def forward(
+        self, out: torch.Tensor, targets: list[dict[str, Any]], input_hw: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
         bsz, sh, sw, _ = out.shape
         ih, iw = input_hw
         dev = out.device
-        box = torch.sigmoid(out[..., :self.nb * 5].reshape(bsz, sh, sw, self.nb, 5).float())
-        prob = torch.softmax(out[..., self.nb * 5:].float(), -1)
+        box = torch.sigmoid(out[..., : self.nb * 5].reshape(bsz, sh, sw, self.nb, 5).float())
+        prob = torch.softmax(out[..., self.nb * 5 :].float(), -1)
         gt = flatten_targets(targets, dev)
         conf_t = torch.zeros(bsz, sh, sw, self.nb, device=dev)
         resp = torch.zeros(bsz, sh, sw, self.nb, dtype=torch.bool, device=dev)
@@ -67,11 +69,12 @@ class YoloV1Loss(nn.Module):
             pw, ph = p[..., 2] ** 2, p[..., 3] ** 2
             pb = torch.stack([pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2], -1)
             tb = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-            ious = torch.stack([box_iou(pb[g].detach(), tb[g:g + 1])[:, 0] for g in range(gt.shape[0])])
+            ious = torch.stack([box_iou(pb[g].detach(), tb[g : g + 1])[:, 0] for g in range(gt.shape[0])])
             best = ious.argmax(1)
             sel = p[torch.arange(gt.shape[0], device=dev), best]  # [G, 5]
-            coord_loss = ((sel[:, 0] - (gx - gi)) ** 2 + (sel[:, 1] - (gy - gj)) ** 2).sum() + \
-                ((sel[:, 2] - w.sqrt()) ** 2 + (sel[:, 3] - h.sqrt()) ** 2).sum()
+            coord_loss = ((sel[:, 0] - (gx - gi)) ** 2 + (sel[:, 1] - (gy - gj)) ** 2).sum() + (
+                (sel[:, 2] - w.sqrt()) ** 2 + (sel[:, 3] - h.sqrt()) ** 2
+            ).sum()
             resp[b, gj, gi, best] = True
             conf_t[b, gj, gi, best] = ious[torch.arange(gt.shape[0], device=dev), best].clamp(0, 1)
             cls_t = torch.zeros(bsz, sh, sw, self.nc, device=dev)
@@ -81,10 +84,15 @@ class YoloV1Loss(nn.Module):
             cls_loss = ((prob - cls_t) ** 2).sum(-1)[has_obj].sum()
         conf = box[..., 4]
         obj_loss = ((conf - conf_t) ** 2)[resp].sum()
-        noobj_loss = (conf ** 2)[~resp].sum()
+        noobj_loss = (conf**2)[~resp].sum()
         total = (self.lambda_coord * coord_loss + obj_loss + self.lambda_noobj * noobj_loss + cls_loss) / bsz
-        return {"loss": total, "coord": coord_loss.detach() / bsz, "obj": obj_loss.detach() / bsz,
-                "noobj": noobj_loss.detach() / bsz, "cls": cls_loss.detach() / bsz}
+        return {
+            "loss": total,
+            "coord": coord_loss.detach() / bsz,
+            "obj": obj_loss.detach() / bsz,
+            "noobj": noobj_loss.detach() / bsz,
+            "cls": cls_loss.detach() / bsz,
+        }
 
 
 class YoloAnchorLoss(nn.Module):
@@ -100,10 +108,19 @@ class YoloAnchorLoss(nn.Module):
         lambda_box, lambda_obj, lambda_cls: term weights; ``balance`` weighs objectness per scale.
     """
 
-    def __init__(self, anchors: list[list[tuple[float, float]]], strides: list[float], num_classes: int,
-                 cls_act: str = "sigmoid", pos_iou: float = 0.5, ignore_iou: float = 0.5,
-                 lambda_box: float = 1.0, lambda_obj: float = 1.0, lambda_cls: float = 0.5,
-                 balance: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        anchors: list[list[tuple[float, float]]],
+        strides: list[float],
+        num_classes: int,
+        cls_act: str = "sigmoid",
+        pos_iou: float = 0.5,
+        ignore_iou: float = 0.5,
+        lambda_box: float = 1.0,
+        lambda_obj: float = 1.0,
+        lambda_cls: float = 0.5,
+        balance: list[float] | None = None,
+    ) -> None:
         super().__init__()
         self.anchors = [torch.tensor(a, dtype=torch.float32) for a in anchors]
         self.strides = [float(s) for s in strides]
@@ -170,5 +187,10 @@ class YoloAnchorLoss(nn.Module):
             bce = F.binary_cross_entropy_with_logits(t[..., 4], obj_t, reduction="none")
             lobj = lobj + self.balance[li] * (bce * obj_w).sum() / obj_w.sum().clamp(min=1)
         total = self.lambda_box * lbox + self.lambda_obj * lobj + self.lambda_cls * lcls
-        return {"loss": total, "box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach(),
-                "n_pos": torch.tensor(float(n_pos))}
+        return {
+            "loss": total,
+            "box": lbox.detach(),
+            "obj": lobj.detach(),
+            "cls": lcls.detach(),
+            "n_pos": torch.tensor(float(n_pos)),
+        }

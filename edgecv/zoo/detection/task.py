@@ -22,8 +22,12 @@ def detection_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, list[dict[str
     imgs = torch.stack([torch.as_tensor(b[0]) for b in batch])
     targets = []
     for _, t in batch:
-        targets.append({"boxes": torch.as_tensor(np.asarray(t["boxes"], np.float32)).reshape(-1, 4),
-                        "labels": torch.as_tensor(np.asarray(t["labels"], np.int64)).reshape(-1)})
+        targets.append(
+            {
+                "boxes": torch.as_tensor(np.asarray(t["boxes"], np.float32)).reshape(-1, 4),
+                "labels": torch.as_tensor(np.asarray(t["labels"], np.int64)).reshape(-1),
+            }
+        )
     return imgs, targets
 
 

@@ -41,8 +41,9 @@ class DecoderLayer(nn.Module):
         self.cross_attn = MultiHeadCrossAttention(dim, num_heads)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), "relu")
 
-    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor,
-                pos: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tgt: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor
+    ) -> torch.Tensor:
         q = self.norm1(tgt)
         tgt = tgt + self.self_attn(q + query_pos, q + query_pos, q)
         q = self.norm2(tgt)
@@ -65,12 +66,25 @@ class DETR(nn.Module):
 
     nms_free = True
 
-    def __init__(self, num_classes: int = 8, input_size: int = 96, dim: int = 96, heads: int = 4,
-                 enc_layers: int = 2, dec_layers: int = 3, num_queries: int = 12,
-                 backbone: str | None = None, backbone_kwargs: dict[str, Any] | None = None,
-                 widths: tuple[int, ...] = (16, 32, 64, 128), cost_class: float = 1.0, cost_bbox: float = 5.0,
-                 cost_giou: float = 2.0, eos_coef: float = 0.1, score_threshold: float = 0.001,
-                 train_aug: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 8,
+        input_size: int = 96,
+        dim: int = 96,
+        heads: int = 4,
+        enc_layers: int = 2,
+        dec_layers: int = 3,
+        num_queries: int = 12,
+        backbone: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        cost_class: float = 1.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        eos_coef: float = 0.1,
+        score_threshold: float = 0.001,
+        train_aug: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if input_size % 16:
             raise ConfigError(f"detr input_size: expected a multiple of 16 (stride-16 backbone), found {input_size}")
@@ -85,8 +99,7 @@ class DETR(nn.Module):
         self.decoder = nn.ModuleList([DecoderLayer(dim, heads) for _ in range(dec_layers)])
         self.dec_norm = nn.LayerNorm(dim)
         self.class_head = nn.Linear(dim, num_classes + 1)
-        self.box_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(),
-                                      nn.Linear(dim, 4))
+        self.box_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 4))
         self.cost_class, self.cost_bbox, self.cost_giou, self.eos_coef = cost_class, cost_bbox, cost_giou, eos_coef
         self.score_threshold = score_threshold
 
@@ -128,8 +141,9 @@ class DETR(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
     @torch.no_grad()
-    def match(self, logits: torch.Tensor, boxes: torch.Tensor, tgt_labels: torch.Tensor,
-              tgt_boxes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def match(
+        self, logits: torch.Tensor, boxes: torch.Tensor, tgt_labels: torch.Tensor, tgt_boxes: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Hungarian matching of one image: (query indices, target indices) minimising
         ``-cost_class·p(class) + cost_bbox·L1(cxcywh) - cost_giou·GIoU``."""
         from scipy.optimize import linear_sum_assignment
@@ -143,8 +157,9 @@ class DETR(nn.Module):
         qi, ti = linear_sum_assignment(cost.cpu().numpy())
         return qi.astype(np.int64), ti.astype(np.int64)
 
-    def set_loss(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, torch.Tensor]]
-                 ) -> dict[str, torch.Tensor]:
+    def set_loss(
+        self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
         """One decoder layer's loss over the batch: weighted CE (no-object down-weighted) + L1 + GIoU on matches."""
         b, q, _ = logits.shape
         cls_t = torch.full((b, q), self.num_classes, dtype=torch.int64, device=logits.device)
@@ -172,8 +187,12 @@ class DETR(nn.Module):
         last: dict[str, torch.Tensor] = {}
         for lg, bx in zip(outputs["logits"], outputs["boxes"]):  # every decoder layer (auxiliary losses)
             last = self.set_loss(lg, bx, targets)
-            total = total + self.cost_class * last["loss_ce"] + self.cost_bbox * last["loss_bbox"] \
+            total = (
+                total
+                + self.cost_class * last["loss_ce"]
+                + self.cost_bbox * last["loss_bbox"]
                 + self.cost_giou * last["loss_giou"]
+            )
         return {"loss": total, **{k: v.detach() for k, v in last.items()}}
 
     @torch.no_grad()
@@ -196,19 +215,37 @@ class DETR(nn.Module):
         return {"num_classes": self.num_classes}
 
 
-_DET: dict[str, Any] = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox",
-                           scale=1.0 / 255.0, family="detr")
+_DET: dict[str, Any] = {
+    "task": "detect",
+    "mean": (0.0, 0.0, 0.0),
+    "std": (1.0, 1.0, 1.0),
+    "resize": "letterbox",
+    "scale": 1.0 / 255.0,
+    "family": "detr",
+}
 
 
 @register_model(input_size=(3, 96, 96), num_classes=8, **_DET)
 def detr_shapes(**kwargs: Any) -> DETR:
     """DETR-style detector for the 96 px shapes: the shipped shapes classifier's features to stride 16, a 2-layer
     encoder and 3-layer decoder (dim 96, 4 heads), 12 object queries."""
-    return build_variant("detr_shapes", DETR, dict(backbone="shapes_classifier"), **kwargs)
+    return build_variant("detr_shapes", DETR, {"backbone": "shapes_classifier"}, **kwargs)
 
 
 @register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **_DET)
 def detr_tiny(**kwargs: Any) -> DETR:
     """Test variant: 4-stage conv backbone (8…32), dim 32, 1 encoder + 2 decoder layers, 6 queries, 64 px."""
-    return build_variant("detr_tiny", DETR, dict(input_size=64, dim=32, heads=2, enc_layers=1, dec_layers=2,
-                                                  num_queries=6, widths=(8, 16, 16, 32)), **kwargs)
+    return build_variant(
+        "detr_tiny",
+        DETR,
+        {
+            "input_size": 64,
+            "dim": 32,
+            "heads": 2,
+            "enc_layers": 1,
+            "dec_layers": 2,
+            "num_queries": 6,
+            "widths": (8, 16, 16, 32),
+        },
+        **kwargs,
+    )

@@ -43,8 +43,16 @@ SHAPES_STD = (0.229, 0.224, 0.225)
 class MobileNetV2Edge(nn.Module):
     """MobileNetV2 cut to four inverted-residual stages: stem s2, stages to stride 16, 1×1 head, pool, linear."""
 
-    def __init__(self, num_classes: int = 8, in_chans: int = 3, width_mult: float = 0.5, head_channels: int = 256,
-                 norm: str = "bn", act: str = "relu6", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_classes: int = 8,
+        in_chans: int = 3,
+        width_mult: float = 0.5,
+        head_channels: int = 256,
+        norm: str = "bn",
+        act: str = "relu6",
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ConfigError(f"mobilenet_v2_edge width_mult: expected > 0, got {width_mult}")
@@ -78,11 +86,21 @@ class UNetDWEdge(nn.Module):
     thousand steps at background-vs-object only (mIoU ~13%).
     """
 
-    def __init__(self, num_classes: int = 9, in_chans: int = 3, width_mult: float = 0.5, head_channels: int = 256,
-                 stem_channels: int = 16, encoder: str | None = None, norm: str = "bn", act: str = "relu") -> None:
+    def __init__(
+        self,
+        num_classes: int = 9,
+        in_chans: int = 3,
+        width_mult: float = 0.5,
+        head_channels: int = 256,
+        stem_channels: int = 16,
+        encoder: str | None = None,
+        norm: str = "bn",
+        act: str = "relu",
+    ) -> None:
         super().__init__()
-        enc = MobileNetV2Edge(num_classes=8, in_chans=in_chans, width_mult=width_mult, head_channels=head_channels,
-                              norm=norm)
+        enc = MobileNetV2Edge(
+            num_classes=8, in_chans=in_chans, width_mult=width_mult, head_channels=head_channels, norm=norm
+        )
         if encoder is not None:
             _load_shipped(enc, encoder)
         self.encoder = enc.features
@@ -121,8 +139,10 @@ def _load_shipped(model: nn.Module, name: str, weights_dir: Path | None = None) 
     """Load ``<weights_dir>/<name>.pt`` (a plain state dict, read with ``weights_only=True``) into ``model``."""
     path = (weights_dir or WEIGHTS_DIR) / f"{name}.pt"
     if not path.is_file():
-        raise ModelSourceError(f"{name}: expected shipped weights at {path}, found no file (train them with "
-                               f"'python -m edgecv.train.defaults')")
+        raise ModelSourceError(
+            f"{name}: expected shipped weights at {path}, found no file (train them with "
+            f"'python -m edgecv.train.defaults')"
+        )
     sd = torch.load(path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(sd)
@@ -139,9 +159,9 @@ def shipped_info(name: str, weights_dir: Path | None = None) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-_CLS: dict[str, Any] = dict(family="edge", input_size=(3, 64, 64), mean=SHAPES_MEAN, std=SHAPES_STD)
-_CLS_ARCH: dict[str, Any] = dict(width_mult=0.5, head_channels=256, num_classes=8)
-_SEG_ARCH: dict[str, Any] = dict(width_mult=0.5, head_channels=256, stem_channels=16, num_classes=9)
+_CLS: dict[str, Any] = {"family": "edge", "input_size": (3, 64, 64), "mean": SHAPES_MEAN, "std": SHAPES_STD}
+_CLS_ARCH: dict[str, Any] = {"width_mult": 0.5, "head_channels": 256, "num_classes": 8}
+_SEG_ARCH: dict[str, Any] = {"width_mult": 0.5, "head_channels": 256, "stem_channels": 16, "num_classes": 9}
 
 
 @register_model(task="classify", num_classes=8, **_CLS)
@@ -161,22 +181,34 @@ def _shipped(name: str, variant: str, cls: type[nn.Module], arch: dict[str, Any]
     weights = kwargs.pop("pretrained", True)
     fixed = {k: v for k, v in kwargs.items() if k in arch and v != arch[k]}
     if weights and fixed:
-        raise ConfigError(f"{name}: the shipped weights are for {variant} with {arch}; got {fixed} "
-                          f"(pass pretrained=False for a random-init model of another shape)")
+        raise ConfigError(
+            f"{name}: the shipped weights are for {variant} with {arch}; got {fixed} "
+            f"(pass pretrained=False for a random-init model of another shape)"
+        )
     model = _create(name, cls, arch, **kwargs)
     return _load_shipped(model, name) if weights else model
 
 
-@register_model(task="classify", num_classes=8, class_names=SHAPES_CLASSIFY,
-                reference_split={"task": "classify", "size": 64, "seed": 0}, **_CLS)
+@register_model(
+    task="classify",
+    num_classes=8,
+    class_names=SHAPES_CLASSIFY,
+    reference_split={"task": "classify", "size": 64, "seed": 0},
+    **_CLS,
+)
 def shapes_classifier(**kwargs: Any) -> MobileNetV2Edge:
     """mobilenet_v2_edge trained on the synthetic shapes (8 classes, 64 px) by recipes/classifier.yaml; weights and
     held-out metric in edgecv/zoo/weights/shapes_classifier.{pt,json}."""
     return _shipped("shapes_classifier", "mobilenet_v2_edge", MobileNetV2Edge, _CLS_ARCH, kwargs)
 
 
-@register_model(task="segment", num_classes=9, class_names=SHAPES_SEGMENT,
-                reference_split={"task": "segment", "size": 64, "seed": 0}, **_CLS)
+@register_model(
+    task="segment",
+    num_classes=9,
+    class_names=SHAPES_SEGMENT,
+    reference_split={"task": "segment", "size": 64, "seed": 0},
+    **_CLS,
+)
 def shapes_segmenter(**kwargs: Any) -> UNetDWEdge:
     """unet_dw_edge trained on the synthetic shapes (background + 8 classes, 64 px) by recipes/segmenter.yaml;
     weights and held-out mIoU in edgecv/zoo/weights/shapes_segmenter.{pt,json}."""

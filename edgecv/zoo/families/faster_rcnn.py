@@ -33,8 +33,9 @@ class RoIPoolLayer(MultiScaleRoIAlign):
         super().__init__([featmap], output_size, sampling_ratio=0)
         self.featmap, self.pool_size, self.spatial_scale = featmap, output_size, spatial_scale
 
-    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
-                image_shapes: list[tuple[int, int]]) -> torch.Tensor:
+    def forward(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
         return roi_pool(features[self.featmap], proposals, self.pool_size, self.spatial_scale)
 
 
@@ -42,8 +43,12 @@ class SmallBackbone(nn.Module):
     """A stride-16 conv-BN-ReLU backbone (4 stride-2 stages) for the CPU variants; or a zoo MobileNet cut at
     stride 16."""
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), zoo: str | None = None,
-                 zoo_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        zoo: str | None = None,
+        zoo_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if zoo is not None:
             from edgecv.zoo.registry import create_model
@@ -90,13 +95,26 @@ class FasterRCNNDetector(nn.Module):
 
     exports_graph_nms = True
 
-    def __init__(self, num_classes: int = 8, input_size: int = 128,
-                 anchor_sizes: tuple[int, ...] = (16, 32, 64), aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
-                 roi: str = "align", roi_size: int = 7, widths: tuple[int, ...] = (16, 32, 64, 128),
-                 backbone: str | None = None, backbone_kwargs: dict[str, Any] | None = None,
-                 representation: int = 256, rpn_pre_nms_top_n: int = 300, rpn_post_nms_top_n: int = 100,
-                 box_batch_size_per_image: int = 128, max_det: int = 100, score_threshold: float = 0.001,
-                 iou_threshold: float = 0.5, train_aug: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 8,
+        input_size: int = 128,
+        anchor_sizes: tuple[int, ...] = (16, 32, 64),
+        aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+        roi: str = "align",
+        roi_size: int = 7,
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        backbone: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        representation: int = 256,
+        rpn_pre_nms_top_n: int = 300,
+        rpn_post_nms_top_n: int = 100,
+        box_batch_size_per_image: int = 128,
+        max_det: int = 100,
+        score_threshold: float = 0.001,
+        iou_threshold: float = 0.5,
+        train_aug: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if roi not in ("align", "pool"):
             raise ConfigError(f"faster_rcnn roi: expected 'align' or 'pool', found '{roi}'")
@@ -104,20 +122,34 @@ class FasterRCNNDetector(nn.Module):
         self.train_aug = DetAugment.from_dict(train_aug)
         body = SmallBackbone(widths, backbone, backbone_kwargs)
         anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
-        pool: nn.Module = MultiScaleRoIAlign(["0"], roi_size, sampling_ratio=2) if roi == "align" else \
-            RoIPoolLayer("0", roi_size, 1.0 / 16)
+        pool: nn.Module = (
+            MultiScaleRoIAlign(["0"], roi_size, sampling_ratio=2)
+            if roi == "align"
+            else RoIPoolLayer("0", roi_size, 1.0 / 16)
+        )
         self.max_det = max_det
         self.frcnn = FasterRCNN(
-            body, num_classes=num_classes + 1, min_size=input_size, max_size=input_size,
-            image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], rpn_anchor_generator=anchors,
-            box_roi_pool=pool, rpn_pre_nms_top_n_train=rpn_pre_nms_top_n * 2,
-            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n, rpn_post_nms_top_n_train=rpn_post_nms_top_n * 2,
-            rpn_post_nms_top_n_test=rpn_post_nms_top_n, box_batch_size_per_image=box_batch_size_per_image,
-            box_detections_per_img=max_det, box_score_thresh=score_threshold, box_nms_thresh=iou_threshold)
+            body,
+            num_classes=num_classes + 1,
+            min_size=input_size,
+            max_size=input_size,
+            image_mean=[0.0, 0.0, 0.0],
+            image_std=[1.0, 1.0, 1.0],
+            rpn_anchor_generator=anchors,
+            box_roi_pool=pool,
+            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n * 2,
+            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n,
+            rpn_post_nms_top_n_train=rpn_post_nms_top_n * 2,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n,
+            box_batch_size_per_image=box_batch_size_per_image,
+            box_detections_per_img=max_det,
+            box_score_thresh=score_threshold,
+            box_nms_thresh=iou_threshold,
+        )
         if representation != 1024:  # torchvision's default TwoMLPHead is 1024 wide: too big for a CPU variant
             from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
-            self.frcnn.roi_heads.box_head = TwoMLPHead(body.out_channels * roi_size ** 2, representation)
+            self.frcnn.roi_heads.box_head = TwoMLPHead(body.out_channels * roi_size**2, representation)
             self.frcnn.roi_heads.box_predictor = FastRCNNPredictor(representation, num_classes + 1)
 
     def set_postprocess(self, score_threshold: float, iou_threshold: float, max_det: int) -> None:
@@ -144,8 +176,12 @@ class FasterRCNNDetector(nn.Module):
             scores.append(torch.cat([d["scores"], x.new_zeros(k)])[:k])
             classes.append(torch.cat([d["labels"] - 1, torch.zeros(k, dtype=torch.int64, device=x.device)])[:k])
             nums.append(torch.clamp(torch.tensor(d["scores"].shape[0], device=x.device), max=k).reshape(1))
-        return {"boxes": torch.stack(boxes), "scores": torch.stack(scores), "classes": torch.stack(classes),
-                "num_dets": torch.cat(nums).to(torch.int64)}
+        return {
+            "boxes": torch.stack(boxes),
+            "scores": torch.stack(scores),
+            "classes": torch.stack(classes),
+            "num_dets": torch.cat(nums).to(torch.int64),
+        }
 
     def compute_loss(self, outputs: Any, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not isinstance(outputs, dict) or "images" not in outputs:
@@ -174,20 +210,36 @@ def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> FasterRCNNDete
     return build_variant(variant, FasterRCNNDetector, arch, **kwargs)
 
 
-_DET: dict[str, Any] = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox",
-                           scale=1.0 / 255.0, family="faster_rcnn")
+_DET: dict[str, Any] = {
+    "task": "detect",
+    "mean": (0.0, 0.0, 0.0),
+    "std": (1.0, 1.0, 1.0),
+    "resize": "letterbox",
+    "scale": 1.0 / 255.0,
+    "family": "faster_rcnn",
+}
 
 
 @register_model(input_size=(3, 128, 128), num_classes=8, **_DET)
 def fasterrcnn_mobile(**kwargs: Any) -> FasterRCNNDetector:
     """Mobile Faster R-CNN that trains on CPU: mobilenet_v2 (width 0.5) to stride 16, RoI Align, 128 px."""
-    return _create("fasterrcnn_mobile", dict(backbone="mobilenet_v2", backbone_kwargs={"width_mult": 0.5}),
-                   **kwargs)
+    return _create("fasterrcnn_mobile", {"backbone": "mobilenet_v2", "backbone_kwargs": {"width_mult": 0.5}}, **kwargs)
 
 
 @register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **_DET)
 def fasterrcnn_tiny(**kwargs: Any) -> FasterRCNNDetector:
     """Test variant: 4-stage conv backbone (8…32 channels), anchors 8/16/32, RoI Align 4×4, 64 px."""
-    return _create("fasterrcnn_tiny", dict(input_size=64, widths=(8, 16, 16, 32), anchor_sizes=(8, 16, 32),
-                                           roi_size=4, representation=64, rpn_pre_nms_top_n=100,
-                                           rpn_post_nms_top_n=30, box_batch_size_per_image=32), **kwargs)
+    return _create(
+        "fasterrcnn_tiny",
+        {
+            "input_size": 64,
+            "widths": (8, 16, 16, 32),
+            "anchor_sizes": (8, 16, 32),
+            "roi_size": 4,
+            "representation": 64,
+            "rpn_pre_nms_top_n": 100,
+            "rpn_post_nms_top_n": 30,
+            "box_batch_size_per_image": 32,
+        },
+        **kwargs,
+    )

@@ -62,16 +62,39 @@ def make_pool(head: str, channels: int, input_size: int, norm: str) -> nn.Module
 
 
 # (out channels, stride) of the 13 depthwise-separable blocks
-_V1_CFG = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
-           (512, 1), (1024, 2), (1024, 1)]
+_V1_CFG = [
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+]
 
 
 class MobileNetV1(nn.Module):
     """MobileNetV1: 3×3 stem, 13 depthwise-separable blocks, global pool, linear classifier."""
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, norm: str = "bn",
-                 act: str = "relu", attn: str | None = None, attn_kwargs: dict[str, Any] | None = None,
-                 dropout: float = 0.0, head: str = "gap", input_size: int = 224) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        width_mult: float = 1.0,
+        norm: str = "bn",
+        act: str = "relu",
+        attn: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+        dropout: float = 0.0,
+        head: str = "gap",
+        input_size: int = 224,
+    ) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ConfigError(f"mobilenet_v1 width_mult: expected > 0, got {width_mult}")
@@ -97,8 +120,17 @@ class InvertedResidual(nn.Module):
     """Expand 1×1 (ReLU6) → depthwise 3×3 (ReLU6) → [attention] → project 1×1, linear (no activation);
     residual when stride 1 and channels match."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expand_ratio: float, norm: str = "bn",
-                 act: str = "relu6", attn: str | None = None, attn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        expand_ratio: float,
+        norm: str = "bn",
+        act: str = "relu6",
+        attn: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         hidden = int(round(in_ch * expand_ratio))
         self.use_res = stride == 1 and in_ch == out_ch
@@ -117,16 +149,26 @@ class InvertedResidual(nn.Module):
 
 
 # t (expansion), c (channels), n (repeats), s (first stride)
-_V2_CFG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-           (6, 320, 1, 1)]
+_V2_CFG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
 class MobileNetV2(nn.Module):
     """MobileNetV2 (torchvision layout): stem, 17 inverted residuals, 1×1 conv to 1280, pool, dropout, linear."""
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, norm: str = "bn",
-                 act: str = "relu6", attn: str | None = None, attn_kwargs: dict[str, Any] | None = None,
-                 dropout: float = 0.2, last_channel: int = 1280, head: str = "gap", input_size: int = 224) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        width_mult: float = 1.0,
+        norm: str = "bn",
+        act: str = "relu6",
+        attn: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+        dropout: float = 0.2,
+        last_channel: int = 1280,
+        head: str = "gap",
+        input_size: int = 224,
+    ) -> None:
         super().__init__()
         if width_mult <= 0:
             raise ConfigError(f"mobilenet_v2 width_mult: expected > 0, got {width_mult}")
@@ -152,7 +194,7 @@ class MobileNetV2(nn.Module):
 _create = build_variant  # caller kwargs override the variant's arch; bad arguments are one line
 
 
-_TINY: dict[str, Any] = dict(input_size=(3, 64, 64), num_classes=10, tiny=True)
+_TINY: dict[str, Any] = {"input_size": (3, 64, 64), "num_classes": 10, "tiny": True}
 
 
 @register_model(family="mobilenet")
@@ -164,7 +206,7 @@ def mobilenet_v1(**kwargs: Any) -> MobileNetV1:
 @register_model(family="mobilenet", **_TINY)
 def mobilenet_v1_tiny(**kwargs: Any) -> MobileNetV1:
     """Test variant: MobileNetV1 at width 0.25, 3×64×64 input, 10 classes."""
-    return _create("mobilenet_v1_tiny", MobileNetV1, dict(width_mult=0.25, num_classes=10), **kwargs)
+    return _create("mobilenet_v1_tiny", MobileNetV1, {"width_mult": 0.25, "num_classes": 10}, **kwargs)
 
 
 @register_model(family="mobilenet")
@@ -176,26 +218,34 @@ def mobilenet_v2(**kwargs: Any) -> MobileNetV2:
 @register_model(family="mobilenet", **_TINY)
 def mobilenet_v2_tiny(**kwargs: Any) -> MobileNetV2:
     """Test variant: MobileNetV2 at width 0.25 with a 256-channel head, 3×64×64 input, 10 classes."""
-    return _create("mobilenet_v2_tiny", MobileNetV2, dict(width_mult=0.25, last_channel=256, num_classes=10),
-                   **kwargs)
+    return _create(
+        "mobilenet_v2_tiny", MobileNetV2, {"width_mult": 0.25, "last_channel": 256, "num_classes": 10}, **kwargs
+    )
 
 
 @register_model(family="mobilenet", **_TINY)
 def mobilenet_v2_tiny_se(**kwargs: Any) -> MobileNetV2:
     """Test variant: mobilenet_v2_tiny with SE on the expanded features (MobileNetV3-style placement)."""
-    return _create("mobilenet_v2_tiny_se", MobileNetV2,
-                   dict(width_mult=0.25, last_channel=256, num_classes=10, attn="se", attn_kwargs={"reduction": 4}),
-                   **kwargs)
+    return _create(
+        "mobilenet_v2_tiny_se",
+        MobileNetV2,
+        {"width_mult": 0.25, "last_channel": 256, "num_classes": 10, "attn": "se", "attn_kwargs": {"reduction": 4}},
+        **kwargs,
+    )
 
 
 @register_model(family="mobilenet")
 def mobilenet_v2_gdc(**kwargs: Any) -> MobileNetV2:
     """MobileNetV2 1.0 with a 7×7 Global Depthwise Convolution head (MobileFaceNet) instead of average pooling."""
-    return _create("mobilenet_v2_gdc", MobileNetV2, dict(head="gdc", input_size=224), **kwargs)
+    return _create("mobilenet_v2_gdc", MobileNetV2, {"head": "gdc", "input_size": 224}, **kwargs)
 
 
 @register_model(family="mobilenet", **_TINY)
 def mobilenet_v2_tiny_gdc(**kwargs: Any) -> MobileNetV2:
     """Test variant: mobilenet_v2_tiny with a GDC head (2×2 depthwise kernel over the 64 px input's final map)."""
-    return _create("mobilenet_v2_tiny_gdc", MobileNetV2,
-                   dict(width_mult=0.25, last_channel=256, num_classes=10, head="gdc", input_size=64), **kwargs)
+    return _create(
+        "mobilenet_v2_tiny_gdc",
+        MobileNetV2,
+        {"width_mult": 0.25, "last_channel": 256, "num_classes": 10, "head": "gdc", "input_size": 64},
+        **kwargs,
+    )

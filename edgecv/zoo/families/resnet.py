@@ -18,8 +18,16 @@ from edgecv.zoo.registry import build_variant, register_model
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int = 1, norm: str = "bn", act: str = "relu",
-                 attn: str | None = None, attn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        stride: int = 1,
+        norm: str = "bn",
+        act: str = "relu",
+        attn: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         out_ch = width * self.expansion
         self.conv1 = ConvNormAct(in_ch, width, 3, stride, norm=norm, act=act)
@@ -35,8 +43,16 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int = 1, norm: str = "bn", act: str = "relu",
-                 attn: str | None = None, attn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        stride: int = 1,
+        norm: str = "bn",
+        act: str = "relu",
+        attn: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         out_ch = width * self.expansion
         self.conv1 = ConvNormAct(in_ch, width, 1, norm=norm, act=act)
@@ -56,24 +72,33 @@ def _shortcut(in_ch: int, out_ch: int, stride: int, norm: str) -> nn.Module:
     return ConvNormAct(in_ch, out_ch, 1, stride, norm=norm, act=None)
 
 
-_BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+_BLOCKS: dict[str, type[BasicBlock | Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
     """ResNet backbone + global-average-pool + linear classifier. Output: logits ``[N, num_classes]``."""
 
-    def __init__(self, block: str, layers: list[int], num_classes: int = 1000, in_chans: int = 3,
-                 stem_width: int = 64, widths: tuple[int, ...] = (64, 128, 256, 512), norm: str = "bn",
-                 act: str = "relu", attn: str | None = None, attn_kwargs: dict[str, Any] | None = None,
-                 init: str = "kaiming_normal") -> None:
+    def __init__(
+        self,
+        block: str,
+        layers: list[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        stem_width: int = 64,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        norm: str = "bn",
+        act: str = "relu",
+        attn: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+        init: str = "kaiming_normal",
+    ) -> None:
         super().__init__()
         if block not in _BLOCKS:
             raise ConfigError(f"resnet block: expected one of {', '.join(_BLOCKS)}, got '{block}'")
         if len(layers) != len(widths):
             raise ConfigError(f"resnet: expected one width per stage ({len(layers)}), got {len(widths)}")
-        blk: type[BasicBlock] | type[Bottleneck] = _BLOCKS[block]
-        self.stem = nn.Sequential(ConvNormAct(in_chans, stem_width, 7, 2, norm=norm, act=act),
-                                  nn.MaxPool2d(3, 2, 1))
+        blk: type[BasicBlock | Bottleneck] = _BLOCKS[block]
+        self.stem = nn.Sequential(ConvNormAct(in_chans, stem_width, 7, 2, norm=norm, act=act), nn.MaxPool2d(3, 2, 1))
         stages: list[nn.Module] = []
         ch = stem_width
         for i, (n, w) in enumerate(zip(layers, widths)):
@@ -100,38 +125,44 @@ def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> ResNet:
     return build_variant(variant, ResNet, arch, **kwargs)
 
 
-_TINY: dict[str, Any] = dict(input_size=(3, 64, 64), num_classes=10, tiny=True)
-_ARCH_TINY: dict[str, Any] = dict(block="basic", layers=[1, 1, 1, 1], stem_width=16, widths=(16, 32, 64, 128), num_classes=10)
+_TINY: dict[str, Any] = {"input_size": (3, 64, 64), "num_classes": 10, "tiny": True}
+_ARCH_TINY: dict[str, Any] = {
+    "block": "basic",
+    "layers": [1, 1, 1, 1],
+    "stem_width": 16,
+    "widths": (16, 32, 64, 128),
+    "num_classes": 10,
+}
 
 
 @register_model(family="resnet")
 def resnet18(**kwargs: Any) -> ResNet:
     """ResNet-18 (basic blocks [2, 2, 2, 2]); 11,689,512 parameters at 1000 classes."""
-    return _create("resnet18", dict(block="basic", layers=[2, 2, 2, 2]), **kwargs)
+    return _create("resnet18", {"block": "basic", "layers": [2, 2, 2, 2]}, **kwargs)
 
 
 @register_model(family="resnet")
 def resnet34(**kwargs: Any) -> ResNet:
     """ResNet-34 (basic blocks [3, 4, 6, 3])."""
-    return _create("resnet34", dict(block="basic", layers=[3, 4, 6, 3]), **kwargs)
+    return _create("resnet34", {"block": "basic", "layers": [3, 4, 6, 3]}, **kwargs)
 
 
 @register_model(family="resnet")
 def resnet50(**kwargs: Any) -> ResNet:
     """ResNet-50 (bottleneck blocks [3, 4, 6, 3]); 25,557,032 parameters at 1000 classes."""
-    return _create("resnet50", dict(block="bottleneck", layers=[3, 4, 6, 3]), **kwargs)
+    return _create("resnet50", {"block": "bottleneck", "layers": [3, 4, 6, 3]}, **kwargs)
 
 
 @register_model(family="resnet")
 def resnet18_se(**kwargs: Any) -> ResNet:
     """ResNet-18 with a squeeze-and-excitation block in every residual block."""
-    return _create("resnet18_se", dict(block="basic", layers=[2, 2, 2, 2], attn="se"), **kwargs)
+    return _create("resnet18_se", {"block": "basic", "layers": [2, 2, 2, 2], "attn": "se"}, **kwargs)
 
 
 @register_model(family="resnet")
 def resnet50_se(**kwargs: Any) -> ResNet:
     """SE-ResNet-50."""
-    return _create("resnet50_se", dict(block="bottleneck", layers=[3, 4, 6, 3], attn="se"), **kwargs)
+    return _create("resnet50_se", {"block": "bottleneck", "layers": [3, 4, 6, 3], "attn": "se"}, **kwargs)
 
 
 @register_model(family="resnet", **_TINY)
@@ -143,8 +174,7 @@ def resnet_tiny(**kwargs: Any) -> ResNet:
 @register_model(family="resnet", **_TINY)
 def resnet_tiny_bottleneck(**kwargs: Any) -> ResNet:
     """Test variant with bottleneck blocks (widths 8–64, expansion 4)."""
-    return _create("resnet_tiny_bottleneck", {**_ARCH_TINY, "block": "bottleneck", "widths": (8, 16, 32, 64)},
-                   **kwargs)
+    return _create("resnet_tiny_bottleneck", {**_ARCH_TINY, "block": "bottleneck", "widths": (8, 16, 32, 64)}, **kwargs)
 
 
 def _tiny_attn(attn: str) -> Any:

@@ -20,10 +20,18 @@ from edgecv.zoo.registry import build_variant, register_model
 class STNClassifier(nn.Module):
     """Spatial transformer on the image, then conv stages (each a stride-2 3×3 conv-BN-ReLU), GAP, linear."""
 
-    def __init__(self, num_classes: int = 8, in_chans: int = 3, input_size: int = 64,
-                 widths: tuple[int, ...] = (16, 32, 64, 128), loc_widths: tuple[int, int] = (8, 16),
-                 loc_hidden: int = 32, stn: bool = True, backbone: str | None = None,
-                 backbone_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 8,
+        in_chans: int = 3,
+        input_size: int = 64,
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        loc_widths: tuple[int, int] = (8, 16),
+        loc_hidden: int = 32,
+        stn: bool = True,
+        backbone: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.stn = SpatialTransformer(in_chans, input_size, loc_widths, loc_hidden) if stn else nn.Identity()
         self.net: nn.Module | None = None
@@ -47,18 +55,22 @@ class STNClassifier(nn.Module):
         return self.classifier(self.features(self.stn(x)).mean((2, 3)))
 
 
-_SHAPES: dict[str, Any] = dict(task="classify", num_classes=8, family="stn")
+_SHAPES: dict[str, Any] = {"task": "classify", "num_classes": 8, "family": "stn"}
 
 
 @register_model(input_size=(3, 64, 64), mean=SHAPES_MEAN, std=SHAPES_STD, class_names=SHAPES_CLASSIFY, **_SHAPES)
 def stn_classifier(**kwargs: Any) -> STNClassifier:
     """STN (localization 8/16 channels) in front of the shipped shapes_classifier, 3×64×64 input, 8 shape classes:
     training teaches the transformer to undo the distortions the classifier never saw."""
-    return build_variant("stn_classifier", STNClassifier, dict(backbone="shapes_classifier"), **kwargs)
+    return build_variant("stn_classifier", STNClassifier, {"backbone": "shapes_classifier"}, **kwargs)
 
 
 @register_model(input_size=(3, 32, 32), tiny=True, **_SHAPES)
 def stn_tiny(**kwargs: Any) -> STNClassifier:
     """Test variant: STN + 3-stage classifier (8…32 channels), 3×32×32 input."""
-    return build_variant("stn_tiny", STNClassifier, dict(input_size=32, widths=(8, 16, 32), loc_widths=(4, 8),
-                                                         loc_hidden=16), **kwargs)
+    return build_variant(
+        "stn_tiny",
+        STNClassifier,
+        {"input_size": 32, "widths": (8, 16, 32), "loc_widths": (4, 8), "loc_hidden": 16},
+        **kwargs,
+    )

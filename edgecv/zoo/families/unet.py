@@ -24,13 +24,19 @@ _CONVS = ("standard", "dw_separable")
 class DoubleConv(nn.Module):
     """Two 3×3 conv-norm-act (or depthwise-separable) layers, with the given dilations."""
 
-    def __init__(self, in_ch: int, out_ch: int, conv: str = "standard", norm: str = "bn", act: str = "relu",
-                 dilations: tuple[int, int] = (1, 1)) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        conv: str = "standard",
+        norm: str = "bn",
+        act: str = "relu",
+        dilations: tuple[int, int] = (1, 1),
+    ) -> None:
         super().__init__()
         if conv == "dw_separable":
             self.conv1: nn.Module = DepthwiseSeparableConv(in_ch, out_ch, 3, dilation=dilations[0], norm=norm, act=act)
-            self.conv2: nn.Module = DepthwiseSeparableConv(out_ch, out_ch, 3, dilation=dilations[1], norm=norm,
-                                                           act=act)
+            self.conv2: nn.Module = DepthwiseSeparableConv(out_ch, out_ch, 3, dilation=dilations[1], norm=norm, act=act)
         else:
             self.conv1 = ConvNormAct(in_ch, out_ch, 3, dilation=dilations[0], norm=norm, act=act)
             self.conv2 = ConvNormAct(out_ch, out_ch, 3, dilation=dilations[1], norm=norm, act=act)
@@ -47,8 +53,9 @@ class Up(nn.Module):
         if mode not in ("transpose", "bilinear"):
             raise ConfigError(f"unet up: expected 'transpose' or 'bilinear', got '{mode}'")
         self.mode = mode
-        self.proj: nn.Module = (nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2) if mode == "transpose"
-                                else nn.Conv2d(in_ch, out_ch, 1))
+        self.proj: nn.Module = (
+            nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2) if mode == "transpose" else nn.Conv2d(in_ch, out_ch, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "bilinear":
@@ -60,25 +67,36 @@ class Up(nn.Module):
 class UNet(nn.Module):
     """UNet with ``depth`` down-samplings; stage widths ``base * 2**i``."""
 
-    def __init__(self, num_classes: int = 21, in_chans: int = 3, base: int = 64, depth: int = 4,
-                 conv: str = "standard", norm: str = "bn", act: str = "relu", up: str = "transpose",
-                 dilated_bottleneck: bool = False, attn: str | None = None,
-                 attn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 21,
+        in_chans: int = 3,
+        base: int = 64,
+        depth: int = 4,
+        conv: str = "standard",
+        norm: str = "bn",
+        act: str = "relu",
+        up: str = "transpose",
+        dilated_bottleneck: bool = False,
+        attn: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if conv not in _CONVS:
             raise ConfigError(f"unet conv: expected one of {', '.join(_CONVS)}, got '{conv}'")
         if depth < 1:
             raise ConfigError(f"unet depth: expected >= 1, got {depth}")
         self.depth = depth
-        widths = [base * 2 ** i for i in range(depth + 1)]
+        widths = [base * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList()
         ch = in_chans
         for w in widths[:-1]:
             self.encoders.append(DoubleConv(ch, w, conv, norm, act))
             ch = w
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = DoubleConv(ch, widths[-1], conv, norm, act,
-                                     dilations=(2, 4) if dilated_bottleneck else (1, 1))
+        self.bottleneck = DoubleConv(
+            ch, widths[-1], conv, norm, act, dilations=(2, 4) if dilated_bottleneck else (1, 1)
+        )
         # attention (if any) on the coarsest map, where global context is cheapest
         self.attn = create_attn(attn, widths[-1], **(attn_kwargs or {}))
         self.ups = nn.ModuleList()
@@ -107,9 +125,15 @@ def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> UNet:
     return build_variant(variant, UNet, arch, **kwargs)
 
 
-_SEG: dict[str, Any] = dict(task="segment", family="unet", input_size=(3, 256, 256), num_classes=21)
-_SEG_TINY: dict[str, Any] = dict(task="segment", family="unet", input_size=(3, 64, 64), num_classes=4, tiny=True)
-_ARCH_TINY: dict[str, Any] = dict(base=8, depth=3, num_classes=4)
+_SEG: dict[str, Any] = {"task": "segment", "family": "unet", "input_size": (3, 256, 256), "num_classes": 21}
+_SEG_TINY: dict[str, Any] = {
+    "task": "segment",
+    "family": "unet",
+    "input_size": (3, 64, 64),
+    "num_classes": 4,
+    "tiny": True,
+}
+_ARCH_TINY: dict[str, Any] = {"base": 8, "depth": 3, "num_classes": 4}
 
 
 @register_model(**_SEG)
@@ -121,7 +145,7 @@ def unet(**kwargs: Any) -> UNet:
 @register_model(**_SEG)
 def unet_dw(**kwargs: Any) -> UNet:
     """UNet with depthwise-separable 3×3 convs throughout."""
-    return _create("unet_dw", dict(conv="dw_separable"), **kwargs)
+    return _create("unet_dw", {"conv": "dw_separable"}, **kwargs)
 
 
 @register_model(**_SEG_TINY)

@@ -35,15 +35,24 @@ class PatchEmbed(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT classifier. Output: logits ``[N, num_classes]``."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
-                 dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, act: str = "gelu") -> None:
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        act: str = "gelu",
+    ) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, dim))
-        self.blocks = nn.Sequential(*[TransformerBlock(dim, num_heads, mlp_ratio, qkv_bias, act)
-                                      for _ in range(depth)])
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, num_heads, mlp_ratio, qkv_bias, act) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -68,12 +77,16 @@ def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> VisionTransfor
 @register_model(family="vit", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 def vit_small(**kwargs: Any) -> VisionTransformer:
     """ViT-S/16 at 224 (dim 384, depth 12, 6 heads)."""
-    return _create("vit_small", dict(img_size=224, patch_size=16, dim=384, depth=12, num_heads=6), **kwargs)
+    return _create("vit_small", {"img_size": 224, "patch_size": 16, "dim": 384, "depth": 12, "num_heads": 6}, **kwargs)
 
 
-@register_model(family="vit", input_size=(3, 64, 64), num_classes=10, tiny=True, mean=(0.5, 0.5, 0.5),
-                std=(0.5, 0.5, 0.5))
+@register_model(
+    family="vit", input_size=(3, 64, 64), num_classes=10, tiny=True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+)
 def vit_tiny(**kwargs: Any) -> VisionTransformer:
     """Test variant: 3×64×64 input, 8×8 patches (64 tokens + cls), dim 64, depth 2, 2 heads, 10 classes."""
-    return _create("vit_tiny", dict(img_size=64, patch_size=8, dim=64, depth=2, num_heads=2, num_classes=10),
-                   **kwargs)
+    return _create(
+        "vit_tiny",
+        {"img_size": 64, "patch_size": 8, "dim": 64, "depth": 2, "num_heads": 2, "num_classes": 10},
+        **kwargs,
+    )

@@ -45,7 +45,7 @@ def scaled_anchors(input_size: int, n_scales: int, per_scale: int = 3) -> list[l
     if n_scales * per_scale != len(a):
         idx = torch.linspace(0, len(a) - 1, n_scales * per_scale).round().long().tolist()
         a = [a[i] for i in idx]
-    return [a[i * per_scale:(i + 1) * per_scale] for i in range(n_scales)]
+    return [a[i * per_scale : (i + 1) * per_scale] for i in range(n_scales)]
 
 
 def _anchors_arg(anchors: Any, n_scales: int) -> list[list[tuple[float, float]]]:
@@ -54,10 +54,11 @@ def _anchors_arg(anchors: Any, n_scales: int) -> list[list[tuple[float, float]]]
     if a and all(len(x) == 2 and not isinstance(x[0], (list, tuple)) for x in a):
         flat = sorted(((float(w), float(h)) for w, h in a), key=lambda p: p[0] * p[1])
         if len(flat) % n_scales:
-            raise ConfigError(f"anchors: expected a multiple of {n_scales} priors (one group per scale), "
-                              f"found {len(flat)}")
+            raise ConfigError(
+                f"anchors: expected a multiple of {n_scales} priors (one group per scale), found {len(flat)}"
+            )
         k = len(flat) // n_scales
-        return [flat[i * k:(i + 1) * k] for i in range(n_scales)]
+        return [flat[i * k : (i + 1) * k] for i in range(n_scales)]
     if len(a) != n_scales:
         raise ConfigError(f"anchors: expected {n_scales} groups (one per scale), found {len(a)}")
     return [[(float(w), float(h)) for w, h in g] for g in a]
@@ -86,8 +87,13 @@ class _Detector(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def postprocess(self, outputs: Any, score_threshold: float | None = None, iou_threshold: float | None = None,
-                    max_det: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def postprocess(
+        self,
+        outputs: Any,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_det: int | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per image (boxes, scores, classes) after per-class NMS (``torchvision.ops.batched_nms``)."""
         st = self.score_threshold if score_threshold is None else score_threshold
         it = self.iou_threshold if iou_threshold is None else iou_threshold
@@ -127,10 +133,19 @@ class YOLOv1(_Detector):
         hidden: width of the first FC layer.
     """
 
-    def __init__(self, num_classes: int = 20, input_size: int = 448, grid: int = 7, num_boxes: int = 2,
-                 widths: tuple[int, ...] = (64, 192, 256, 512, 1024, 1024), hidden: int = 4096,
-                 dropout: float = 0.5, lambda_coord: float = 5.0, lambda_noobj: float = 0.5,
-                 train_aug: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 20,
+        input_size: int = 448,
+        grid: int = 7,
+        num_boxes: int = 2,
+        widths: tuple[int, ...] = (64, 192, 256, 512, 1024, 1024),
+        hidden: int = 4096,
+        dropout: float = 0.5,
+        lambda_coord: float = 5.0,
+        lambda_noobj: float = 0.5,
+        train_aug: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self._setup(num_classes, input_size, train_aug)
         self.grid, self.num_boxes = grid, num_boxes
@@ -139,11 +154,17 @@ class YOLOv1(_Detector):
         for i, w in enumerate(widths):
             layers += [ConvNormAct(ch, w, 7 if i == 0 else 3, norm="bn", act="leaky_relu"), nn.MaxPool2d(2, 2)]
             ch = w
-        self.features = nn.Sequential(*layers, ConvNormAct(ch, ch, 3, norm="bn", act="leaky_relu"),
-                                      nn.AdaptiveAvgPool2d(grid))
+        self.features = nn.Sequential(
+            *layers, ConvNormAct(ch, ch, 3, norm="bn", act="leaky_relu"), nn.AdaptiveAvgPool2d(grid)
+        )
         self.out_ch = num_boxes * 5 + num_classes
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(ch * grid * grid, hidden), nn.LeakyReLU(0.1),
-                                  nn.Dropout(dropout), nn.Linear(hidden, grid * grid * self.out_ch))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(ch * grid * grid, hidden),
+            nn.LeakyReLU(0.1),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, grid * grid * self.out_ch),
+        )
         self.loss_fn = YoloV1Loss(num_classes, num_boxes, lambda_coord, lambda_noobj)
         init_weights(self.features, "kaiming_normal", mode="fan_out", nonlinearity="leaky_relu")
 
@@ -162,10 +183,9 @@ class YOLOv1(_Detector):
         bsz, sh, sw, _ = out.shape
         nb = self.num_boxes
         ih, iw = self._hw
-        box = torch.sigmoid(out[..., :nb * 5].reshape(bsz, sh, sw, nb, 5))
-        cls = torch.softmax(out[..., nb * 5:], -1)
-        gy, gx = torch.meshgrid(torch.arange(sh, device=out.device), torch.arange(sw, device=out.device),
-                                indexing="ij")
+        box = torch.sigmoid(out[..., : nb * 5].reshape(bsz, sh, sw, nb, 5))
+        cls = torch.softmax(out[..., nb * 5 :], -1)
+        gy, gx = torch.meshgrid(torch.arange(sh, device=out.device), torch.arange(sw, device=out.device), indexing="ij")
         cx = (box[..., 0] + gx[None, :, :, None]) / sw * iw
         cy = (box[..., 1] + gy[None, :, :, None]) / sh * ih
         w, h = box[..., 2] ** 2 * iw, box[..., 3] ** 2 * ih
@@ -174,8 +194,7 @@ class YOLOv1(_Detector):
         return boxes, scores
 
     def decode_info(self) -> dict[str, Any]:
-        return {"format": "yolo_grid", "num_boxes": self.num_boxes, "grid": self.grid,
-                "num_classes": self.num_classes}
+        return {"format": "yolo_grid", "num_boxes": self.num_boxes, "grid": self.grid, "num_classes": self.num_classes}
 
 
 # ============================================================================================== YOLOv2
@@ -191,41 +210,72 @@ class YOLOv2(_Detector):
         passthrough_ch: 1×1 reduction of the stride-16 map before space-to-depth (64 in the paper).
     """
 
-    def __init__(self, num_classes: int = 20, input_size: int = 416, anchors: Any = None,
-                 widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024), passthrough_ch: int = 64,
-                 train_aug: dict[str, Any] | None = None, pos_iou: float = 0.5, ignore_iou: float = 0.6) -> None:
+    def __init__(
+        self,
+        num_classes: int = 20,
+        input_size: int = 416,
+        anchors: Any = None,
+        widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024),
+        passthrough_ch: int = 64,
+        train_aug: dict[str, Any] | None = None,
+        pos_iou: float = 0.5,
+        ignore_iou: float = 0.6,
+    ) -> None:
         super().__init__()
         self._setup(num_classes, input_size, train_aug)
         if len(widths) != 6:
             raise ConfigError(f"yolov2 widths: expected 6 stage widths, found {len(widths)}")
         act = "leaky_relu"
-        self.anchors = _anchors_arg(anchors, 1) if anchors is not None else \
-            [[a for g in scaled_anchors(input_size, 1, 5) for a in g]]
+        self.anchors = (
+            _anchors_arg(anchors, 1)
+            if anchors is not None
+            else [[a for g in scaled_anchors(input_size, 1, 5) for a in g]]
+        )
         na = len(self.anchors[0])
 
         def stage(cin: int, cout: int, n: int) -> nn.Sequential:
             # Darknet-19 stage: alternate 3×3 (cout) and 1×1 (cout/2) convs
             mods: list[nn.Module] = [ConvNormAct(cin, cout, 3, norm="bn", act=act)]
             for _ in range(n // 2):
-                mods += [ConvNormAct(cout, cout // 2, 1, norm="bn", act=act),
-                         ConvNormAct(cout // 2, cout, 3, norm="bn", act=act)]
+                mods += [
+                    ConvNormAct(cout, cout // 2, 1, norm="bn", act=act),
+                    ConvNormAct(cout // 2, cout, 3, norm="bn", act=act),
+                ]
             return nn.Sequential(*mods)
 
         w = widths
-        self.stem = nn.Sequential(ConvNormAct(3, w[0], 3, norm="bn", act=act), nn.MaxPool2d(2, 2),
-                                  stage(w[0], w[1], 1), nn.MaxPool2d(2, 2), stage(w[1], w[2], 2),
-                                  nn.MaxPool2d(2, 2), stage(w[2], w[3], 2), nn.MaxPool2d(2, 2),
-                                  stage(w[3], w[4], 4))  # stride 16
-        self.trunk = nn.Sequential(nn.MaxPool2d(2, 2), stage(w[4], w[5], 4),
-                                   ConvNormAct(w[5], w[5], 3, norm="bn", act=act),
-                                   ConvNormAct(w[5], w[5], 3, norm="bn", act=act))  # stride 32
-        self.passthrough = nn.Sequential(ConvNormAct(w[4], passthrough_ch, 1, norm="bn", act=act),
-                                         nn.PixelUnshuffle(2))  # space-to-depth: 2×2 blocks → 4× channels
+        self.stem = nn.Sequential(
+            ConvNormAct(3, w[0], 3, norm="bn", act=act),
+            nn.MaxPool2d(2, 2),
+            stage(w[0], w[1], 1),
+            nn.MaxPool2d(2, 2),
+            stage(w[1], w[2], 2),
+            nn.MaxPool2d(2, 2),
+            stage(w[2], w[3], 2),
+            nn.MaxPool2d(2, 2),
+            stage(w[3], w[4], 4),
+        )  # stride 16
+        self.trunk = nn.Sequential(
+            nn.MaxPool2d(2, 2),
+            stage(w[4], w[5], 4),
+            ConvNormAct(w[5], w[5], 3, norm="bn", act=act),
+            ConvNormAct(w[5], w[5], 3, norm="bn", act=act),
+        )  # stride 32
+        self.passthrough = nn.Sequential(
+            ConvNormAct(w[4], passthrough_ch, 1, norm="bn", act=act), nn.PixelUnshuffle(2)
+        )  # space-to-depth: 2×2 blocks → 4× channels
         self.fuse = ConvNormAct(w[5] + 4 * passthrough_ch, w[5], 3, norm="bn", act=act)
         self.head = nn.Conv2d(w[5], na * (5 + num_classes), 1)
         self.strides = [32.0]
-        self.loss_fn = YoloAnchorLoss(self.anchors, self.strides, num_classes, cls_act="softmax",
-                                      pos_iou=pos_iou, ignore_iou=ignore_iou, balance=[1.0])
+        self.loss_fn = YoloAnchorLoss(
+            self.anchors,
+            self.strides,
+            num_classes,
+            cls_act="softmax",
+            pos_iou=pos_iou,
+            ignore_iou=ignore_iou,
+            balance=[1.0],
+        )
         init_weights(self, "kaiming_normal", mode="fan_out", nonlinearity="leaky_relu")
         _init_head(self.head, na, num_classes)
 
@@ -241,8 +291,13 @@ class YOLOv2(_Detector):
         return _decode_anchor_maps(list(outputs), self.anchors, self.strides, self.num_classes, "softmax")
 
     def decode_info(self) -> dict[str, Any]:
-        return {"format": "yolo_anchors", "anchors": [[list(a) for a in g] for g in self.anchors],
-                "strides": self.strides, "cls_act": "softmax", "num_classes": self.num_classes}
+        return {
+            "format": "yolo_anchors",
+            "anchors": [[list(a) for a in g] for g in self.anchors],
+            "strides": self.strides,
+            "cls_act": "softmax",
+            "num_classes": self.num_classes,
+        }
 
 
 def _init_head(conv: nn.Conv2d, na: int, nc: int) -> None:
@@ -258,8 +313,9 @@ def _init_head(conv: nn.Conv2d, na: int, nc: int) -> None:
         b[:, 5:] = math.log(0.6 / max(nc - 0.99, 1.0))
 
 
-def _decode_anchor_maps(maps: list[torch.Tensor], anchors: list[list[tuple[float, float]]], strides: list[float],
-                        nc: int, cls_act: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_anchor_maps(
+    maps: list[torch.Tensor], anchors: list[list[tuple[float, float]]], strides: list[float], nc: int, cls_act: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     boxes, scores = [], []
     for m, anc, s in zip(maps, anchors, strides):
         bsz, _, h, w = m.shape
@@ -291,16 +347,23 @@ class DarknetBackbone(nn.Module):
     """Darknet-style residual backbone: a 3×3 stem then five stride-2 stages of residual units.
     Returns the stride-8, 16 and 32 maps."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024),
-                 depths: tuple[int, ...] = (1, 2, 8, 8, 4), act: str = "leaky_relu") -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024),
+        depths: tuple[int, ...] = (1, 2, 8, 8, 4),
+        act: str = "leaky_relu",
+    ) -> None:
         super().__init__()
         if len(widths) != 6 or len(depths) != 5:
             raise ConfigError(f"darknet: expected 6 widths and 5 depths, found {len(widths)} and {len(depths)}")
         self.stem = ConvNormAct(3, widths[0], 3, norm="bn", act=act)
         self.stages = nn.ModuleList(
-            nn.Sequential(ConvNormAct(widths[i], widths[i + 1], 3, 2, norm="bn", act=act),
-                          *[DarknetResidual(widths[i + 1], act) for _ in range(depths[i])])
-            for i in range(5))
+            nn.Sequential(
+                ConvNormAct(widths[i], widths[i + 1], 3, 2, norm="bn", act=act),
+                *[DarknetResidual(widths[i + 1], act) for _ in range(depths[i])],
+            )
+            for i in range(5)
+        )
         self.channels = list(widths[3:])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -341,9 +404,8 @@ class ZooBackbone(nn.Module):
                     taps[s], chans[s] = i, x.shape[1]
         net.train(was)
         if sorted(taps) != [8, 16, 32]:
-            raise ConfigError(f"backbone '{name}': expected feature maps at strides 8, 16 and 32, found "
-                              f"{sorted(taps)}")
-        self.body = nn.ModuleList(mods[:taps[32] + 1])
+            raise ConfigError(f"backbone '{name}': expected feature maps at strides 8, 16 and 32, found {sorted(taps)}")
+        self.body = nn.ModuleList(mods[: taps[32] + 1])
         self.taps = [taps[8], taps[16], taps[32]]
         self.channels = [chans[8], chans[16], chans[32]]
 
@@ -372,12 +434,25 @@ class YOLOv3(_Detector):
         train_aug: training augmentation (see :class:`~edgecv.zoo.detection.augment.DetAugment`).
     """
 
-    def __init__(self, num_classes: int = 80, input_size: int = 416, anchors: Any = None,
-                 backbone: str = "darknet", attn: str | None = None, backbone_kwargs: dict[str, Any] | None = None,
-                 widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024), depths: tuple[int, ...] = (1, 2, 8, 8, 4),
-                 neck_ch: tuple[int, int, int] | None = None, train_aug: dict[str, Any] | None = None,
-                 pos_iou: float = 0.3, ignore_iou: float = 0.5, lambda_box: float = 0.05, lambda_obj: float = 1.0,
-                 lambda_cls: float = 0.25, cls_act: str = "sigmoid") -> None:
+    def __init__(
+        self,
+        num_classes: int = 80,
+        input_size: int = 416,
+        anchors: Any = None,
+        backbone: str = "darknet",
+        attn: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024),
+        depths: tuple[int, ...] = (1, 2, 8, 8, 4),
+        neck_ch: tuple[int, int, int] | None = None,
+        train_aug: dict[str, Any] | None = None,
+        pos_iou: float = 0.3,
+        ignore_iou: float = 0.5,
+        lambda_box: float = 0.05,
+        lambda_obj: float = 1.0,
+        lambda_cls: float = 0.25,
+        cls_act: str = "sigmoid",
+    ) -> None:
         super().__init__()
         self._setup(num_classes, input_size, train_aug)
         if cls_act not in ("sigmoid", "softmax"):
@@ -386,8 +461,10 @@ class YOLOv3(_Detector):
         act = "leaky_relu"
         if backbone == "darknet":
             if attn is not None:
-                raise ConfigError("yolov3 attn: attention blocks apply to a zoo backbone (mobilenet_v2, resnet18, "
-                                  "…), not to backbone='darknet'")
+                raise ConfigError(
+                    "yolov3 attn: attention blocks apply to a zoo backbone (mobilenet_v2, resnet18, "
+                    "…), not to backbone='darknet'"
+                )
             self.backbone: nn.Module = DarknetBackbone(tuple(widths), tuple(depths), act)
         else:
             kw = dict(backbone_kwargs or {})
@@ -402,9 +479,11 @@ class YOLOv3(_Detector):
         no = na * (5 + num_classes)
 
         def conv_set(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(ConvNormAct(cin, cout, 1, norm="bn", act=act),
-                                 ConvNormAct(cout, cout * 2, 3, norm="bn", act=act),
-                                 ConvNormAct(cout * 2, cout, 1, norm="bn", act=act))
+            return nn.Sequential(
+                ConvNormAct(cin, cout, 1, norm="bn", act=act),
+                ConvNormAct(cout, cout * 2, 3, norm="bn", act=act),
+                ConvNormAct(cout * 2, cout, 1, norm="bn", act=act),
+            )
 
         self.p5 = conv_set(c5, n5)
         self.lat5 = nn.Sequential(ConvNormAct(n5, n4, 1, norm="bn", act=act), nn.Upsample(scale_factor=2.0))
@@ -412,17 +491,25 @@ class YOLOv3(_Detector):
         self.lat4 = nn.Sequential(ConvNormAct(n4, n3, 1, norm="bn", act=act), nn.Upsample(scale_factor=2.0))
         self.p3 = conv_set(c3 + n3, n3)
         self.heads = nn.ModuleList(
-            nn.Sequential(ConvNormAct(c, c * 2, 3, norm="bn", act=act), nn.Conv2d(c * 2, no, 1))
-            for c in (n3, n4, n5))
+            nn.Sequential(ConvNormAct(c, c * 2, 3, norm="bn", act=act), nn.Conv2d(c * 2, no, 1)) for c in (n3, n4, n5)
+        )
         if backbone == "darknet":
             init_weights(self.backbone, "kaiming_normal", mode="fan_out", nonlinearity="leaky_relu")
         for mod in (self.p5, self.lat5, self.p4, self.lat4, self.p3, self.heads):
             init_weights(mod, "kaiming_normal", mode="fan_out", nonlinearity="leaky_relu")
         for h in self.heads:
             _init_head(h[-1], na, num_classes)  # type: ignore[index]
-        self.loss_fn = YoloAnchorLoss(self.anchors, self.strides, num_classes, cls_act=cls_act, pos_iou=pos_iou,
-                                      ignore_iou=ignore_iou, lambda_box=lambda_box, lambda_obj=lambda_obj,
-                                      lambda_cls=lambda_cls)
+        self.loss_fn = YoloAnchorLoss(
+            self.anchors,
+            self.strides,
+            num_classes,
+            cls_act=cls_act,
+            pos_iou=pos_iou,
+            ignore_iou=ignore_iou,
+            lambda_box=lambda_box,
+            lambda_obj=lambda_obj,
+            lambda_cls=lambda_cls,
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c3, c4, c5 = self.backbone(x)
@@ -438,16 +525,27 @@ class YOLOv3(_Detector):
         return _decode_anchor_maps(list(outputs), self.anchors, self.strides, self.num_classes, self.cls_act)
 
     def decode_info(self) -> dict[str, Any]:
-        return {"format": "yolo_anchors", "anchors": [[list(a) for a in g] for g in self.anchors],
-                "strides": self.strides, "cls_act": self.cls_act, "num_classes": self.num_classes}
+        return {
+            "format": "yolo_anchors",
+            "anchors": [[list(a) for a in g] for g in self.anchors],
+            "strides": self.strides,
+            "cls_act": self.cls_act,
+            "num_classes": self.num_classes,
+        }
 
 
 # ============================================================================================== registry
 _create = build_variant  # caller kwargs override the variant's arch; bad arguments are one line
 
 
-_DET: dict[str, Any] = dict(task="detect", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox", scale=1.0 / 255.0,
-            family="yolo")
+_DET: dict[str, Any] = {
+    "task": "detect",
+    "mean": (0.0, 0.0, 0.0),
+    "std": (1.0, 1.0, 1.0),
+    "resize": "letterbox",
+    "scale": 1.0 / 255.0,
+    "family": "yolo",
+}
 
 
 @register_model(input_size=(3, 448, 448), num_classes=20, **_DET)
@@ -459,22 +557,40 @@ def yolov1(**kwargs: Any) -> YOLOv1:
 @register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **_DET)
 def yolov1_tiny(**kwargs: Any) -> YOLOv1:
     """Test variant: YOLOv1 with a 4×4 grid at 64 px, narrow backbone, 128-wide FC."""
-    return _create("yolov1_tiny", YOLOv1, dict(num_classes=8, input_size=64, grid=4, widths=(8, 16, 32, 32),
-                                               hidden=128, dropout=0.0), **kwargs)
+    return _create(
+        "yolov1_tiny",
+        YOLOv1,
+        {"num_classes": 8, "input_size": 64, "grid": 4, "widths": (8, 16, 32, 32), "hidden": 128, "dropout": 0.0},
+        **kwargs,
+    )
 
 
 @register_model(input_size=(3, 416, 416), num_classes=20, **_DET)
 def yolov2(**kwargs: Any) -> YOLOv2:
     """YOLOv2 (Darknet-19-style trunk, passthrough, 5 priors, 416 px, multi-scale 320–608)."""
-    return _create("yolov2", YOLOv2, dict(train_aug={"sizes": list(range(320, 609, 32)), "hflip": 0.5,
-                                                      "scale": 0.25, "hsv": 0.3}), **kwargs)
+    return _create(
+        "yolov2",
+        YOLOv2,
+        {"train_aug": {"sizes": list(range(320, 609, 32)), "hflip": 0.5, "scale": 0.25, "hsv": 0.3}},
+        **kwargs,
+    )
 
 
 @register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **_DET)
 def yolov2_tiny(**kwargs: Any) -> YOLOv2:
     """Test variant: YOLOv2 at 64 px, widths 8…128, multi-scale 64/96."""
-    return _create("yolov2_tiny", YOLOv2, dict(num_classes=8, input_size=64, widths=(8, 16, 16, 32, 32, 64),
-                                               passthrough_ch=8, train_aug={"sizes": [64, 96]}), **kwargs)
+    return _create(
+        "yolov2_tiny",
+        YOLOv2,
+        {
+            "num_classes": 8,
+            "input_size": 64,
+            "widths": (8, 16, 16, 32, 32, 64),
+            "passthrough_ch": 8,
+            "train_aug": {"sizes": [64, 96]},
+        },
+        **kwargs,
+    )
 
 
 @register_model(input_size=(3, 416, 416), num_classes=80, **_DET)
@@ -490,22 +606,40 @@ def yolov3_tiny(**kwargs: Any) -> YOLOv3:
     scales, 96 px, 8 synthetic shape classes; 0.76 M parameters. The class term is weighted up (λcls = 2): with
     independent logistic classes the mean BCE spreads each positive's gradient over the 8 logits, and classes were
     what the model learnt last."""
-    return _create("yolov3_tiny", YOLOv3, dict(num_classes=8, input_size=96, widths=(16, 32, 48, 64, 96, 128),
-                                               depths=(0, 1, 2, 2, 1), lambda_cls=2.0), **kwargs)
+    return _create(
+        "yolov3_tiny",
+        YOLOv3,
+        {
+            "num_classes": 8,
+            "input_size": 96,
+            "widths": (16, 32, 48, 64, 96, 128),
+            "depths": (0, 1, 2, 2, 1),
+            "lambda_cls": 2.0,
+        },
+        **kwargs,
+    )
 
 
 @register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **_DET)
 def yolov3_test(**kwargs: Any) -> YOLOv3:
     """Test variant: YOLOv3 at 64 px with widths 8…64 and one residual unit per stage."""
-    return _create("yolov3_test", YOLOv3, dict(num_classes=8, input_size=64, widths=(8, 8, 16, 16, 32, 64),
-                                               depths=(1, 1, 1, 1, 1)), **kwargs)
+    return _create(
+        "yolov3_test",
+        YOLOv3,
+        {"num_classes": 8, "input_size": 64, "widths": (8, 8, 16, 16, 32, 64), "depths": (1, 1, 1, 1, 1)},
+        **kwargs,
+    )
 
 
 @register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **_DET)
 def yolov3_mobilenet_test(**kwargs: Any) -> YOLOv3:
     """Test variant: YOLOv3 heads on mobilenet_v2_tiny with SE attention, 64 px."""
-    return _create("yolov3_mobilenet_test", YOLOv3,
-                   dict(num_classes=8, input_size=64, backbone="mobilenet_v2_tiny", attn="se"), **kwargs)
+    return _create(
+        "yolov3_mobilenet_test",
+        YOLOv3,
+        {"num_classes": 8, "input_size": 64, "backbone": "mobilenet_v2_tiny", "attn": "se"},
+        **kwargs,
+    )
 
 
 # ============================================================================================== shipped default
@@ -513,8 +647,9 @@ def yolov3_mobilenet_test(**kwargs: Any) -> YOLOv3:
 # split) and class activation; recipes/detector.yaml trains it (python -m edgecv.train.shipped_detector) and the
 # weights + their val mAP live in edgecv/zoo/weights/yolov3_tiny_synth.{pt,json}.
 SHAPES_DETECTOR_STEM = "yolov3_tiny_synth"
-SHAPES_DETECTOR_ARCH: dict[str, Any] = dict(
-    anchors=[[16, 15], [18, 18], [20, 21], [26, 24], [23, 28], [28, 29], [34, 32], [37, 37], [41, 42]])
+SHAPES_DETECTOR_ARCH: dict[str, Any] = {
+    "anchors": [[16, 15], [18, 18], [20, 21], [26, 24], [23, 28], [28, 29], [34, 32], [37, 37], [41, 42]]
+}
 _SHAPES = ("circle", "ring", "square", "rectangle", "triangle", "star", "cross", "hexagon")  # edgecv.data.synth order
 
 
@@ -524,8 +659,13 @@ def _weights_dir() -> Any:
     return Path(__file__).resolve().parents[1] / "weights"
 
 
-@register_model(input_size=(3, 96, 96), num_classes=8, class_names=list(_SHAPES),
-                reference_split={"task": "detect", "size": 96, "seed": 0}, **_DET)
+@register_model(
+    input_size=(3, 96, 96),
+    num_classes=8,
+    class_names=list(_SHAPES),
+    reference_split={"task": "detect", "size": 96, "seed": 0},
+    **_DET,
+)
 def shapes_detector(**kwargs: Any) -> YOLOv3:
     """The shipped default detector: ``yolov3_tiny`` trained on the synthetic shapes (8 classes, 96 px, letterbox)
     with the weights in edgecv/zoo/weights/yolov3_tiny_synth.pt; its val mAP, data split and training record are in
@@ -536,19 +676,23 @@ def shapes_detector(**kwargs: Any) -> YOLOv3:
     pinned = {**SHAPES_DETECTOR_ARCH, "num_classes": 8, "input_size": 96}
     fixed = {k: v for k, v in kwargs.items() if k in pinned and v != pinned[k]}
     if pretrained and fixed:
-        raise ConfigError(f"shapes_detector: the shipped weights fix {sorted(fixed)}; pass pretrained=False to "
-                          "change them")
+        raise ConfigError(
+            f"shapes_detector: the shipped weights fix {sorted(fixed)}; pass pretrained=False to change them"
+        )
     model = yolov3_tiny(**{**SHAPES_DETECTOR_ARCH, **kwargs})
     if not pretrained:
         return model
     path = _weights_dir() / f"{SHAPES_DETECTOR_STEM}.pt"
     if not path.is_file():
-        raise ModelSourceError(f"shapes_detector: expected shipped weights at {path}, found no file (train them "
-                               "with 'python -m edgecv.train.shipped_detector recipes/detector.yaml runs/detector')")
+        raise ModelSourceError(
+            f"shapes_detector: expected shipped weights at {path}, found no file (train them "
+            "with 'python -m edgecv.train.shipped_detector recipes/detector.yaml runs/detector')"
+        )
     sd = torch.load(path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(sd)
     except RuntimeError as exc:
-        raise ModelSourceError(f"shapes_detector: {path} does not fit the architecture "
-                               f"({str(exc).splitlines()[0]})") from None
+        raise ModelSourceError(
+            f"shapes_detector: {path} does not fit the architecture ({str(exc).splitlines()[0]})"
+        ) from None
     return model.eval()

@@ -29,8 +29,9 @@ def _reduced(channels: int, reduction: float, min_channels: int) -> int:
 class SqueezeExcite(nn.Module):
     """Squeeze-and-Excitation (Hu et al.): ``x * sigmoid(W2 act(W1 mean_hw(x) + b1) + b2)``."""
 
-    def __init__(self, channels: int, reduction: float = 16, min_channels: int = 8, act: str = "relu",
-                 gate: str = "sigmoid") -> None:
+    def __init__(
+        self, channels: int, reduction: float = 16, min_channels: int = 8, act: str = "relu", gate: str = "sigmoid"
+    ) -> None:
         super().__init__()
         hidden = _reduced(channels, reduction, min_channels)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
@@ -56,8 +57,9 @@ class EfficientChannelAttention(nn.Module):
     channel descriptor (local cross-channel interaction, no dimensionality reduction), ``k`` from the channel count
     (:func:`eca_kernel_size`) unless given."""
 
-    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2.0, b: float = 1.0,
-                 gate: str = "sigmoid") -> None:
+    def __init__(
+        self, channels: int, kernel_size: int | None = None, gamma: float = 2.0, b: float = 1.0, gate: str = "sigmoid"
+    ) -> None:
         super().__init__()
         k = kernel_size if kernel_size is not None else eca_kernel_size(channels, gamma, b)
         if k < 1 or k % 2 == 0:
@@ -76,15 +78,24 @@ class SelectiveKernel(nn.Module):
     """Selective Kernel (Li et al.): split into a 3×3 and a "5×5" branch (a 3×3 with dilation 2), fuse by sum and
     global pooling, then select per channel with a softmax across the branches."""
 
-    def __init__(self, channels: int, reduction: float = 16, min_channels: int = 32, groups: int = 1,
-                 norm: str = "bn", act: str = "relu") -> None:
+    def __init__(
+        self,
+        channels: int,
+        reduction: float = 16,
+        min_channels: int = 32,
+        groups: int = 1,
+        norm: str = "bn",
+        act: str = "relu",
+    ) -> None:
         super().__init__()
         if channels % groups:
             raise ConfigError(f"sk groups: expected a divisor of channels={channels}, got {groups}")
-        self.branches = nn.ModuleList([
-            ConvNormAct(channels, channels, 3, dilation=1, groups=groups, norm=norm, act=act),
-            ConvNormAct(channels, channels, 3, dilation=2, groups=groups, norm=norm, act=act),
-        ])
+        self.branches = nn.ModuleList(
+            [
+                ConvNormAct(channels, channels, 3, dilation=1, groups=groups, norm=norm, act=act),
+                ConvNormAct(channels, channels, 3, dilation=2, groups=groups, norm=norm, act=act),
+            ]
+        )
         hidden = _reduced(channels, reduction, min_channels)
         # no norm on the 1×1 vector (a BN over [N, d, 1, 1] fails at batch 1 in training)
         self.fc = nn.Sequential(nn.Conv2d(channels, hidden, 1), create_act(act))
@@ -129,8 +140,9 @@ class SpatialGate(nn.Module):
 class CBAM(nn.Module):
     """Convolutional Block Attention Module (Woo et al.): channel attention, then spatial attention."""
 
-    def __init__(self, channels: int, reduction: float = 16, min_channels: int = 8, kernel_size: int = 7,
-                 act: str = "relu") -> None:
+    def __init__(
+        self, channels: int, reduction: float = 16, min_channels: int = 8, kernel_size: int = 7, act: str = "relu"
+    ) -> None:
         super().__init__()
         self.channel = ChannelGate(channels, reduction, min_channels, act)
         self.spatial = SpatialGate(kernel_size)
@@ -213,7 +225,7 @@ class NonLocal(nn.Module):
             nn.init.zeros_(weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
+        n, _c, h, w = x.shape
         t = self.theta(x).flatten(2).transpose(1, 2)  # [N, HW, C']
         p = self.phi(x).flatten(2)  # [N, C', HW]
         g = self.g(x).flatten(2).transpose(1, 2)  # [N, HW, C']
@@ -231,7 +243,7 @@ class MultiHeadSelfAttention(nn.Module):
             raise ConfigError(f"attention heads: expected a divisor of dim={dim}, got {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -240,8 +252,9 @@ class MultiHeadSelfAttention(nn.Module):
         # chunk, then a 4-D reshape per tensor: timm's single 5-D reshape(N, T, 3, heads, hd).permute(2, 0, 3, 1, 4)
         # is miscompiled by OpenVINO 2026.4 (CPU) when T == heads (max abs error ~0.2; ORT is exact), and this
         # form is equivalent (tests/test_zoo_layers.py checks T == heads on OpenVINO)
-        q, k, v = (a.reshape(n, t, self.num_heads, self.head_dim).transpose(1, 2)
-                   for a in self.qkv(x).chunk(3, -1))  # [N, heads, T, hd]
+        q, k, v = (
+            a.reshape(n, t, self.num_heads, self.head_dim).transpose(1, 2) for a in self.qkv(x).chunk(3, -1)
+        )  # [N, heads, T, hd]
         attn = torch.softmax(torch.matmul(q * self.scale, k.transpose(-2, -1)), -1)
         y = torch.matmul(attn, v).transpose(1, 2).reshape(n, t, d)
         return self.proj(y)
@@ -257,7 +270,7 @@ class MultiHeadCrossAttention(nn.Module):
         if dim % num_heads:
             raise ConfigError(f"attention heads: expected a divisor of dim={dim}, got {num_heads}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(dim, dim, bias=qkv_bias)
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
@@ -288,8 +301,15 @@ class Mlp(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm transformer encoder block on tokens ``[N, T, D]``: ``x + MHSA(LN x)``, then ``x + MLP(LN x)``."""
 
-    def __init__(self, dim: int, num_heads: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 act: str = "gelu", eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        act: str = "gelu",
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = MultiHeadSelfAttention(dim, num_heads, qkv_bias)

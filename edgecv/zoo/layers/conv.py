@@ -21,24 +21,50 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return dilation * (kernel_size - 1) // 2
 
 
-def conv2d(in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1, groups: int = 1,
-           bias: bool = False) -> nn.Conv2d:
+def conv2d(
+    in_ch: int,
+    out_ch: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+) -> nn.Conv2d:
     """A 2D convolution with "same" padding; checks that ``groups`` divides both channel counts."""
     if groups < 1 or in_ch % groups or out_ch % groups:
         raise ConfigError(f"conv groups: expected a divisor of in={in_ch} and out={out_ch}, got {groups}")
-    return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=same_padding(kernel_size, dilation),
-                     dilation=dilation, groups=groups, bias=bias)
+    return nn.Conv2d(
+        in_ch,
+        out_ch,
+        kernel_size,
+        stride=stride,
+        padding=same_padding(kernel_size, dilation),
+        dilation=dilation,
+        groups=groups,
+        bias=bias,
+    )
 
 
 class ConvNormAct(nn.Sequential):
     """Conv → norm → activation (conv-bn-act when ``norm="bn"``). The conv has no bias when a norm follows."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1,
-                 groups: int = 1, norm: str | None = "bn", act: str | None = "relu", bias: bool | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: str | None = "bn",
+        act: str | None = "relu",
+        bias: bool | None = None,
+    ) -> None:
         use_norm = norm not in (None, "none")
         super().__init__()
-        self.conv = conv2d(in_ch, out_ch, kernel_size, stride, dilation, groups,
-                           bias=(not use_norm) if bias is None else bias)
+        self.conv = conv2d(
+            in_ch, out_ch, kernel_size, stride, dilation, groups, bias=(not use_norm) if bias is None else bias
+        )
         self.norm = create_norm(norm, out_ch)
         self.act = create_act(act)
         self.in_channels, self.out_channels = in_ch, out_ch
@@ -51,8 +77,17 @@ ConvBnAct = ConvNormAct
 class DepthwiseSeparableConv(nn.Module):
     """Depthwise k×k conv-norm-act (groups == channels) then pointwise 1×1 conv-norm-act (MobileNetV1 block)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1,
-                 norm: str | None = "bn", act: str | None = "relu", pw_act: str | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        norm: str | None = "bn",
+        act: str | None = "relu",
+        pw_act: str | None = None,
+    ) -> None:
         super().__init__()
         self.dw = ConvNormAct(in_ch, in_ch, kernel_size, stride, dilation, groups=in_ch, norm=norm, act=act)
         self.pw = ConvNormAct(in_ch, out_ch, 1, norm=norm, act=act if pw_act is None else pw_act)
@@ -85,9 +120,18 @@ class GlobalDepthwiseConv(nn.Module):
 _KINDS = ("standard", "group", "depthwise", "dw_separable", "dilated")
 
 
-def create_conv(kind: str, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, *,
-                groups: int | None = None, dilation: int | None = None, norm: str | None = "bn",
-                act: str | None = "relu") -> nn.Module:
+def create_conv(
+    kind: str,
+    in_ch: int,
+    out_ch: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    *,
+    groups: int | None = None,
+    dilation: int | None = None,
+    norm: str | None = "bn",
+    act: str | None = "relu",
+) -> nn.Module:
     """Build a conv-norm-act block of a named kind.
 
     Args:
@@ -113,6 +157,7 @@ def create_conv(kind: str, in_ch: int, out_ch: int, kernel_size: int = 3, stride
     if kind == "dw_separable":
         return DepthwiseSeparableConv(in_ch, out_ch, kernel_size, stride, d, norm, act)
     if kind == "dilated":
-        return ConvNormAct(in_ch, out_ch, kernel_size, stride, 2 if dilation is None else dilation, groups or 1,
-                           norm, act)
+        return ConvNormAct(
+            in_ch, out_ch, kernel_size, stride, 2 if dilation is None else dilation, groups or 1, norm, act
+        )
     raise ConfigError(f"conv kind: expected one of {', '.join(_KINDS)}, got '{kind}'")

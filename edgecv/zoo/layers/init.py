@@ -10,8 +10,15 @@ INITS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def init_weights(model: nn.Module, name: str = "kaiming_normal", gain: float = 1.0, a: float = 0.0,
-                 mode: str = "fan_in", nonlinearity: str = "relu", zero_bias: bool = True) -> nn.Module:
+def init_weights(
+    model: nn.Module,
+    name: str = "kaiming_normal",
+    gain: float = 1.0,
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "relu",
+    zero_bias: bool = True,
+) -> nn.Module:
     """Initialise every Conv/ConvTranspose/Linear weight of ``model`` in place; returns ``model``.
 
     Norm layers get weight 1, bias 0; conv/linear biases are zeroed when ``zero_bias``. Parameters of other

@@ -42,7 +42,8 @@ class SpatialTransformer(nn.Module):
             raise ConfigError(f"spatial transformer size: expected the input side (>= 8), got {size}")
         w1, w2 = widths
         self.loc = nn.Sequential(
-            nn.Conv2d(channels, w1, 5, 2, 2), nn.ReLU(), nn.Conv2d(w1, w2, 3, 2, 1), nn.ReLU(), nn.MaxPool2d(2))
+            nn.Conv2d(channels, w1, 5, 2, 2), nn.ReLU(), nn.Conv2d(w1, w2, 3, 2, 1), nn.ReLU(), nn.MaxPool2d(2)
+        )
         with torch.no_grad():
             feat = self.loc(torch.zeros(1, channels, size, size)).numel()
         last = nn.Linear(hidden, 6)
