@@ -12,69 +12,71 @@ from edgecv.cli.options import JsonOpt
 
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="Synthetic data sets and data set checks.", no_args_is_help=True)
+    data_app.command("synth")(synth)
+    data_app.command("check")(check)
     app.add_typer(data_app, name="data")
 
-    @data_app.command("synth")
-    def synth(
-        task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
-        output: Annotated[
-            Path,
-            typer.Option(
-                "--output",
-                "-o",
-                help="Output folder (new or empty; a data set this command wrote is replaced with --force).",
-            ),
-        ],
-        n_train: Annotated[int, typer.Option("--n-train", min=0, help="Train images.")] = 2000,
-        n_val: Annotated[int, typer.Option("--n-val", min=0, help="Val images.")] = 400,
-        size: Annotated[int, typer.Option("--size", min=16, help="Image side in pixels.")] = 96,
-        seed: Annotated[int, typer.Option("--seed", min=0, help="Same seed, byte-identical files.")] = 0,
-        force: Annotated[bool, typer.Option("--force", help="Replace a data set this command wrote before.")] = False,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Generate shapes on real photo backgrounds (ImageFolder / COCO + YOLO / image+mask folders)."""
-        from edgecv.data.synth import generate
 
-        meta = generate(task, output, n_train=n_train, n_val=n_val, size=size, seed=seed, force=force)
-        meta["output"] = str(output)
-        if json_out:
-            from edgecv.cli._output import emit_json
+def synth(
+    task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output folder (new or empty; a data set this command wrote is replaced with --force).",
+        ),
+    ],
+    n_train: Annotated[int, typer.Option("--n-train", min=0, help="Train images.")] = 2000,
+    n_val: Annotated[int, typer.Option("--n-val", min=0, help="Val images.")] = 400,
+    size: Annotated[int, typer.Option("--size", min=16, help="Image side in pixels.")] = 96,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Same seed, byte-identical files.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a data set this command wrote before.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate shapes on real photo backgrounds (ImageFolder / COCO + YOLO / image+mask folders)."""
+    from edgecv.data.synth import generate
 
-            emit_json("data-synth", meta, passed=True)
-            return
-        from edgecv.cli._output import print_table
+    meta = generate(task, output, n_train=n_train, n_val=n_val, size=size, seed=seed, force=force)
+    meta["output"] = str(output)
+    if json_out:
+        from edgecv.cli._output import emit_json
 
-        print_table(
-            f"synthetic {task} data → {output}",
-            ["split", "images", "size", "seed", "classes"],
-            [[s, n, size, seed, len(meta["classes"])] for s, n in meta["splits"].items()],
-        )
+        emit_json("data-synth", meta, passed=True)
+        return
+    from edgecv.cli._output import print_table
 
-    @data_app.command("check")
-    def check(
-        path: Annotated[
-            Path,
-            typer.Argument(
-                help="Data set: ImageFolder root, COCO JSON, YOLO images folder, images+masks folder.",
-                show_default=False,
-            ),
-        ],
-        task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
-        fmt: Annotated[str | None, typer.Option("--format", help="imagefolder, coco, yolo, masks.")] = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Read every annotation and image once; the first problem is reported with its file and line."""
-        from edgecv.data.datasets import open_dataset
+    print_table(
+        f"synthetic {task} data → {output}",
+        ["split", "images", "size", "seed", "classes"],
+        [[s, n, size, seed, len(meta["classes"])] for s, n in meta["splits"].items()],
+    )
 
-        ds = open_dataset(task, path, fmt)
-        for i in range(len(ds)):
-            ds[i]
-        res = {"path": str(path), "task": task, "images": len(ds), "classes": list(ds.classes), "ok": True}
-        if json_out:
-            from edgecv.cli._output import emit_json
 
-            emit_json("data-check", res, passed=True)
-            return
-        from edgecv.cli._output import print_table
+def check(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Data set: ImageFolder root, COCO JSON, YOLO images folder, images+masks folder.",
+            show_default=False,
+        ),
+    ],
+    task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="imagefolder, coco, yolo, masks.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Read every annotation and image once; the first problem is reported with its file and line."""
+    from edgecv.data.datasets import open_dataset
 
-        print_table(f"data check {path}", ["task", "images", "classes", "ok"], [[task, len(ds), len(ds.classes), True]])
+    ds = open_dataset(task, path, fmt)
+    for i in range(len(ds)):
+        ds[i]
+    res = {"path": str(path), "task": task, "images": len(ds), "classes": list(ds.classes), "ok": True}
+    if json_out:
+        from edgecv.cli._output import emit_json
+
+        emit_json("data-check", res, passed=True)
+        return
+    from edgecv.cli._output import print_table
+
+    print_table(f"data check {path}", ["task", "images", "classes", "ok"], [[task, len(ds), len(ds.classes), True]])

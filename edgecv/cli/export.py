@@ -54,213 +54,215 @@ def _class_names(path: Path) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export")
-    def export(
-        source: Annotated[
-            str,
-            typer.Argument(
-                help="Zoo name, torchvision:<name>, ultralytics:<model>.yaml, path/file.py:factory, checkpoint "
-                "(.pt/.pth/.ckpt with --arch; an Ultralytics best.pt with --trust-checkpoint), TorchScript archive "
-                "or torch.export .pt2.",
-                show_default=False,
-            ),
-        ],
-        output: OutOpt,
-        weights: Annotated[Path | None, typer.Option("--weights", "-w", help="Local state-dict file to load.")] = None,
-        arch: Annotated[
-            str | None,
-            typer.Option(
-                "--arch", help="Architecture for a state-dict checkpoint SOURCE (zoo name, torchvision:…, file.py:fn)."
-            ),
-        ] = None,
-        kwarg: Annotated[
-            list[str] | None, typer.Option("--kwarg", help="Model builder keyword KEY=VALUE (YAML value); repeatable.")
-        ] = None,
-        input_shape: Annotated[
-            str | None, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x224x224 (default: the model's).")
-        ] = None,
-        opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
-        dynamic_batch: Annotated[
-            bool,
-            typer.Option("--dynamic-batch/--static-batch", help="Dynamic batch dimension (1..--max-batch) or fixed."),
-        ] = True,
-        max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch of a dynamic export.")] = 8,
-        no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxslim simplification.")] = False,
-        num_classes: Annotated[
-            int | None, typer.Option("--num-classes", help="Number of classes (passed to the model builder).")
-        ] = None,
-        class_names: Annotated[
-            Path | None, typer.Option("--class-names", help="Text file, one class name per line.")
-        ] = None,
-        task: Annotated[
-            str | None,
-            typer.Option("--task", help="classify, segment, detect or generic (default: the model's, else guessed)."),
-        ] = None,
-        mean: Annotated[str | None, typer.Option("--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
-        std: Annotated[str | None, typer.Option("--std", help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
-        resize: Annotated[str | None, typer.Option("--resize", help="stretch, letterbox or center_crop.")] = None,
-        color: Annotated[str | None, typer.Option("--color", help="RGB, BGR or GRAY.")] = None,
-        n_reference: Annotated[int, typer.Option("--n-reference", help="Reference samples saved for validation.")] = 4,
-        reference_data: Annotated[
-            Path | None,
-            typer.Option(
-                "--reference-data",
-                help="In-domain reference images: an image folder or a data set (COCO JSON, a "
-                "folder with val.json or a val/ split); --n-reference of them, spread over "
-                "the classes (default: photos shipped with scikit-image). A detector needs "
-                "them for validate to compare boxes.",
-            ),
-        ] = None,
-        rewrite: Annotated[
-            list[str] | None, typer.Option("--rewrite", help="Model rewrite pass to apply before export; repeatable.")
-        ] = None,
-        nms: Annotated[
-            str | None,
-            typer.Option(
-                "--nms",
-                help="Detectors: 'graph' (ONNX NonMaxSuppression in the model, fixed max detections; "
-                "default) or 'host' (raw heads, numpy NMS on the device); set-prediction "
-                "detectors (DETR) export with no NMS ('none').",
-            ),
-        ] = None,
-        score_threshold: Annotated[float, typer.Option("--score-threshold", help="Detectors: min score.")] = 0.001,
-        iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Detectors: NMS IoU.")] = 0.5,
-        max_det: Annotated[int, typer.Option("--max-det", help="Detectors: detections per image.")] = 100,
-        decode: Annotated[
-            str | None,
-            typer.Option(
-                "--decode",
-                help="Detectors nobody wrote an adapter for: decode the raw head as yolo-anchor-free, "
-                "yolo-anchors or ssd (implies --task detect).",
-            ),
-        ] = None,
-        decode_opt: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--decode-opt",
-                help="--decode option KEY=VALUE, e.g. strides=8,16,32, anchors=10,13,16,30/…, "
-                "num_classes=80, box=cxcywh, objectness=true, activation=sigmoid; repeatable.",
-            ),
-        ] = None,
-        trust_checkpoint: Annotated[
-            bool,
-            typer.Option(
-                "--trust-checkpoint",
-                help="Load an Ultralytics checkpoint (a full pickle: loading it runs code from the "
-                "file). Only for files you trust; recorded in the manifest.",
-            ),
-        ] = False,
-        force: ForceOpt = False,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Export SOURCE to ONNX into the bundle folder OUTPUT and check it against PyTorch with ONNX Runtime."""
-        from pydantic import ValidationError
+    app.command("export")(export)
 
-        from edgecv.errors import ConfigError
-        from edgecv.export.onnx import export_model
-        from edgecv.export.sources import load_model, parse_input_shape
 
-        shape = parse_input_shape(input_shape) if input_shape is not None else None
-        if max_batch < 1:
-            raise ConfigError(f"max-batch: expected at least 1, got {max_batch}")
-        names = _class_names(class_names) if class_names is not None else None
-        kwargs = _kwargs(kwarg)
-        if num_classes is not None:
-            if num_classes < 1:
-                raise ConfigError(f"num-classes: expected a positive integer, got {num_classes}")
-            kwargs["num_classes"] = num_classes
-        if names is not None and num_classes is not None and len(names) != num_classes:
-            raise ConfigError(f"class-names: '{class_names}' has {len(names)} names but --num-classes is {num_classes}")
-        overrides: dict[str, Any] = {}
-        for field, val in (("task", task), ("resize", resize), ("color", color)):
-            if val is not None:
-                overrides[field] = val
-        for field, text in (("mean", mean), ("std", std)):
-            vals = _floats(text, field)
-            if vals is not None:
-                overrides[field] = vals
-        if names is not None:
-            overrides["class_names"] = names
-        decode_spec = None
-        if decode is not None or decode_opt:
-            from edgecv.export.adapters.declarative import parse_decode_spec
+def export(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Zoo name, torchvision:<name>, ultralytics:<model>.yaml, path/file.py:factory, checkpoint "
+            "(.pt/.pth/.ckpt with --arch; an Ultralytics best.pt with --trust-checkpoint), TorchScript archive "
+            "or torch.export .pt2.",
+            show_default=False,
+        ),
+    ],
+    output: OutOpt,
+    weights: Annotated[Path | None, typer.Option("--weights", "-w", help="Local state-dict file to load.")] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch", help="Architecture for a state-dict checkpoint SOURCE (zoo name, torchvision:…, file.py:fn)."
+        ),
+    ] = None,
+    kwarg: Annotated[
+        list[str] | None, typer.Option("--kwarg", help="Model builder keyword KEY=VALUE (YAML value); repeatable.")
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x224x224 (default: the model's).")
+    ] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
+    dynamic_batch: Annotated[
+        bool,
+        typer.Option("--dynamic-batch/--static-batch", help="Dynamic batch dimension (1..--max-batch) or fixed."),
+    ] = True,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch of a dynamic export.")] = 8,
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxslim simplification.")] = False,
+    num_classes: Annotated[
+        int | None, typer.Option("--num-classes", help="Number of classes (passed to the model builder).")
+    ] = None,
+    class_names: Annotated[
+        Path | None, typer.Option("--class-names", help="Text file, one class name per line.")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="classify, segment, detect or generic (default: the model's, else guessed)."),
+    ] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
+    resize: Annotated[str | None, typer.Option("--resize", help="stretch, letterbox or center_crop.")] = None,
+    color: Annotated[str | None, typer.Option("--color", help="RGB, BGR or GRAY.")] = None,
+    n_reference: Annotated[int, typer.Option("--n-reference", help="Reference samples saved for validation.")] = 4,
+    reference_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference-data",
+            help="In-domain reference images: an image folder or a data set (COCO JSON, a "
+            "folder with val.json or a val/ split); --n-reference of them, spread over "
+            "the classes (default: photos shipped with scikit-image). A detector needs "
+            "them for validate to compare boxes.",
+        ),
+    ] = None,
+    rewrite: Annotated[
+        list[str] | None, typer.Option("--rewrite", help="Model rewrite pass to apply before export; repeatable.")
+    ] = None,
+    nms: Annotated[
+        str | None,
+        typer.Option(
+            "--nms",
+            help="Detectors: 'graph' (ONNX NonMaxSuppression in the model, fixed max detections; "
+            "default) or 'host' (raw heads, numpy NMS on the device); set-prediction "
+            "detectors (DETR) export with no NMS ('none').",
+        ),
+    ] = None,
+    score_threshold: Annotated[float, typer.Option("--score-threshold", help="Detectors: min score.")] = 0.001,
+    iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Detectors: NMS IoU.")] = 0.5,
+    max_det: Annotated[int, typer.Option("--max-det", help="Detectors: detections per image.")] = 100,
+    decode: Annotated[
+        str | None,
+        typer.Option(
+            "--decode",
+            help="Detectors nobody wrote an adapter for: decode the raw head as yolo-anchor-free, "
+            "yolo-anchors or ssd (implies --task detect).",
+        ),
+    ] = None,
+    decode_opt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--decode-opt",
+            help="--decode option KEY=VALUE, e.g. strides=8,16,32, anchors=10,13,16,30/…, "
+            "num_classes=80, box=cxcywh, objectness=true, activation=sigmoid; repeatable.",
+        ),
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint",
+            help="Load an Ultralytics checkpoint (a full pickle: loading it runs code from the "
+            "file). Only for files you trust; recorded in the manifest.",
+        ),
+    ] = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export SOURCE to ONNX into the bundle folder OUTPUT and check it against PyTorch with ONNX Runtime."""
+    from pydantic import ValidationError
 
-            if decode is None:
-                raise ConfigError("--decode-opt: expected --decode yolo-anchor-free|yolo-anchors|ssd with it")
-            opts: dict[str, str] = {}
-            for item in decode_opt or []:
-                key, sep, value = item.partition("=")
-                if not sep or not key.strip():
-                    raise ConfigError(f"--decode-opt: expected KEY=VALUE, got '{item}'")
-                opts[key.strip()] = value.strip()
-            decode_spec = parse_decode_spec(decode, opts)
-            if task is not None and task != "detect":
-                raise ConfigError(f"--decode: expected --task detect (or none), found --task {task}")
-            overrides["task"] = "detect"
-        # validate the contract overrides before loading (and possibly building) the model
-        from edgecv.bundle import Contract
+    from edgecv.errors import ConfigError
+    from edgecv.export.onnx import export_model
+    from edgecv.export.sources import load_model, parse_input_shape
 
-        try:
-            Contract(**overrides)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    if max_batch < 1:
+        raise ConfigError(f"max-batch: expected at least 1, got {max_batch}")
+    names = _class_names(class_names) if class_names is not None else None
+    kwargs = _kwargs(kwarg)
+    if num_classes is not None:
+        if num_classes < 1:
+            raise ConfigError(f"num-classes: expected a positive integer, got {num_classes}")
+        kwargs["num_classes"] = num_classes
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        raise ConfigError(f"class-names: '{class_names}' has {len(names)} names but --num-classes is {num_classes}")
+    overrides: dict[str, Any] = {}
+    for field, val in (("task", task), ("resize", resize), ("color", color)):
+        if val is not None:
+            overrides[field] = val
+    for field, text in (("mean", mean), ("std", std)):
+        vals = _floats(text, field)
+        if vals is not None:
+            overrides[field] = vals
+    if names is not None:
+        overrides["class_names"] = names
+    decode_spec = None
+    if decode is not None or decode_opt:
+        from edgecv.export.adapters.declarative import parse_decode_spec
 
-        loaded = load_model(
-            source,
-            weights=weights,
-            input_shape=shape,
-            model_kwargs=kwargs or None,
-            arch=arch,
-            trust_checkpoint=trust_checkpoint,
-        )
-        if overrides:
-            before = loaded.contract.task
-            loaded.contract = Contract(**{**loaded.contract.model_dump(), **overrides})
-            if "task" in overrides:
-                loaded.guess_task = False
-                if loaded.contract.task != before:  # the old task's output decoding no longer applies
-                    from edgecv.export.sources import default_decode
+        if decode is None:
+            raise ConfigError("--decode-opt: expected --decode yolo-anchor-free|yolo-anchors|ssd with it")
+        opts: dict[str, str] = {}
+        for item in decode_opt or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--decode-opt: expected KEY=VALUE, got '{item}'")
+            opts[key.strip()] = value.strip()
+        decode_spec = parse_decode_spec(decode, opts)
+        if task is not None and task != "detect":
+            raise ConfigError(f"--decode: expected --task detect (or none), found --task {task}")
+        overrides["task"] = "detect"
+    # validate the contract overrides before loading (and possibly building) the model
+    from edgecv.bundle import Contract
 
-                    loaded.contract.decode = default_decode(loaded.contract.task)
-        if loaded.guess_task and "task" not in overrides:
-            from edgecv.export.adapters import find_adapter
+    try:
+        Contract(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
 
-            if find_adapter(loaded.module) is not None:  # a foreign detector from a file.py:factory
-                loaded.contract.task = "detect"
-        if loaded.contract.task == "detect" or nms is not None:
-            from edgecv.export.detection import prepare_detection_export
+    loaded = load_model(
+        source,
+        weights=weights,
+        input_shape=shape,
+        model_kwargs=kwargs or None,
+        arch=arch,
+        trust_checkpoint=trust_checkpoint,
+    )
+    if overrides:
+        before = loaded.contract.task
+        loaded.contract = Contract(**{**loaded.contract.model_dump(), **overrides})
+        if "task" in overrides:
+            loaded.guess_task = False
+            if loaded.contract.task != before:  # the old task's output decoding no longer applies
+                from edgecv.export.sources import default_decode
 
-            loaded = prepare_detection_export(
-                loaded,
-                nms=nms or "graph",
-                score_threshold=score_threshold,
-                iou_threshold=iou_threshold,
-                max_det=max_det,
-                decode_spec=decode_spec,
-            )
-            if getattr(loaded.module, "exports_graph_nms", False):
-                dynamic_batch = False  # Faster R-CNN's RPN/RoI graph exports at batch 1 only
-        b = loaded.contract.input_shape[0]
-        batch_range = (1, min(max(b, 1), max_batch), max_batch)
-        result = export_model(
+                loaded.contract.decode = default_decode(loaded.contract.task)
+    if loaded.guess_task and "task" not in overrides:
+        from edgecv.export.adapters import find_adapter
+
+        if find_adapter(loaded.module) is not None:  # a foreign detector from a file.py:factory
+            loaded.contract.task = "detect"
+    if loaded.contract.task == "detect" or nms is not None:
+        from edgecv.export.detection import prepare_detection_export
+
+        loaded = prepare_detection_export(
             loaded,
-            output,
-            opset=opset,
-            dynamic_batch=dynamic_batch,
-            batch_range=batch_range,
-            simplify=not no_simplify,
-            n_reference=n_reference,
-            force=force,
-            reference_data=reference_data,
-            rewrite=rewrite or None,
+            nms=nms or "graph",
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_det=max_det,
+            decode_spec=decode_spec,
         )
-        if json_out:
-            from edgecv.cli._output import emit_json
+        if getattr(loaded.module, "exports_graph_nms", False):
+            dynamic_batch = False  # Faster R-CNN's RPN/RoI graph exports at batch 1 only
+    b = loaded.contract.input_shape[0]
+    batch_range = (1, min(max(b, 1), max_batch), max_batch)
+    result = export_model(
+        loaded,
+        output,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        batch_range=batch_range,
+        simplify=not no_simplify,
+        n_reference=n_reference,
+        force=force,
+        reference_data=reference_data,
+        rewrite=rewrite or None,
+    )
+    if json_out:
+        from edgecv.cli._output import emit_json
 
-            emit_json("export", result.to_dict(), passed=True)
-            return
-        _print_summary(result)
+        emit_json("export", result.to_dict(), passed=True)
+        return
+    _print_summary(result)
 
 
 def _print_summary(result: Any) -> None:
