@@ -15,6 +15,36 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
+# one idea, one option name (issue 20, finding 4): the name every command that takes the idea uses
+IDEAS: list[tuple[str, str]] = [
+    ("engines to run or build, NAME[:PRECISION], repeatable", "--backend"),
+    ("numeric precision of every -b without one", "--precision"),
+    ("machine-readable output (one JSON document, docs/json.md)", "--json"),
+    ("what the command writes", "--output"),
+    ("replace an existing output", "--force"),
+    ("detector score threshold (export: built into the model; run/bench: display filter)", "--conf"),
+    ("INT8 calibration data", "--calib"),
+    ("INT8 calibration method", "--method"),
+    ("at most N calibration samples", "--calib-limit"),
+    ("validation data set (the root or its val split; README layout table)", "--val"),
+    ("at most N validation images", "--val-limit"),
+    ("accuracy budget in task-metric points", "--max-drop"),
+    ("split a data set root is read at", "--split"),
+    ("backend device", "--device"),
+    ("CPU threads of the backend", "--threads"),
+    ("local state dict", "--weights"),
+    ("the model a bundle came from (live torch reference)", "--model-source"),
+    ("keep the JSON result in the bundle", "--record"),
+    ("untimed calls before timing", "--warmup"),
+    ("seconds to time", "--min-time"),
+    ("remote server", "--endpoint"),
+]
+# names retired so that one idea keeps one name; none of them is accepted any more
+RETIRED: dict[str, str] = {
+    "--score-threshold": "--conf",
+    "--limit": "--calib-limit (quantize) or --val-limit (validate, benchmark, pipeline)",
+}
+
 
 def _commands(group, prefix=""):
     # typer >= 0.25 vendors click, so its objects are duck-typed here rather than checked against click's classes
@@ -36,6 +66,21 @@ def _kind(p) -> str:
     name = getattr(ann, "__name__", None) or str(ann)
     name = {"str": "text", "int": "integer", "float": "number", "Path": "path", "bool": "flag"}.get(name, name)
     return name.replace("list[str]", "text").replace("list[int]", "integer").replace("list[pathlib.Path]", "path")
+
+
+def options_by_name() -> dict[str, list[str]]:
+    """Every long option name → the commands that take it."""
+    import typer.main
+
+    from edgecv.cli.app import app
+
+    out: dict[str, list[str]] = defaultdict(list)
+    for name, cmd in _commands(typer.main.get_command(app)):
+        for p in cmd.params:
+            for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]:
+                if o.startswith("--") and getattr(p, "param_type_name", "") != "argument":
+                    out[o].append(name)
+    return out
 
 
 def render() -> str:
@@ -81,7 +126,21 @@ def render() -> str:
                 f"| `{opt}` | {kind}{' (repeatable)' if getattr(p, 'multiple', False) else ''} | {default} | {text} |"
             )
         lines.append("")
-    lines += ["## Options by name", "", "| option | commands |", "|---|---|"]
+    lines += [
+        "## One idea, one name",
+        "",
+        "Each idea below has this one option name in every command that takes it (a test checks the names exist "
+        "and that the retired ones do not).",
+        "",
+        "| idea | option | commands |",
+        "|---|---|---|",
+    ]
+    for idea, opt in IDEAS:
+        lines.append(f"| {idea} | `{opt}` | {', '.join(sorted(set(by_option.get(opt, []))))} |")
+    lines += ["", "Retired names (not accepted):", "", "| retired | use |", "|---|---|"]
+    for old, new in RETIRED.items():
+        lines.append(f"| `{old}` | {new} |")
+    lines += ["", "## Options by name", "", "| option | commands |", "|---|---|"]
     for o in sorted(by_option):
         lines.append(f"| `{o}` | {', '.join(sorted(set(by_option[o])))} |")
     return "\n".join(lines) + "\n"

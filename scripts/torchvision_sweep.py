@@ -68,7 +68,7 @@ def export_args(group: str, name: str, size: int) -> list[str]:
         "min_size=320",
         "--kwarg",
         "max_size=320",
-        "--score-threshold",
+        "--conf",
         "0.05",
     ]
 

@@ -178,7 +178,7 @@ def edgecv_rows(best: Path, out: Path, data_root: Path, samples: list[Any]) -> l
             "-o",
             str(bundle_dir),
             "--trust-checkpoint",
-            "--score-threshold",
+            "--conf",
             str(CONF),
             "--iou-threshold",
             str(IOU),

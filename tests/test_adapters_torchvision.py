@@ -282,7 +282,7 @@ def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> No
         "min_size=160",
         "--kwarg",
         "max_size=160",
-        "--score-threshold",
+        "--conf",
         "0.05",
         "--json",
     )

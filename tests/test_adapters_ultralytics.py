@@ -279,7 +279,7 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:
         f"imgsz={IMGSZ}",
         "-o",
         str(out),
-        "--score-threshold",
+        "--conf",
         "0",
         "--json",
     )  # an untrained head scores below 0.001: keep max_det boxes

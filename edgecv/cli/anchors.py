@@ -3,12 +3,11 @@ data set (COCO JSON, YOLO txt folder or a synthetic detect root), printed with t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edgecv.cli.options import JsonOpt
+from edgecv.cli.options import DataArg, DataFormatOpt, JsonOpt, SplitOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -16,12 +15,10 @@ def register(app: typer.Typer) -> None:
 
 
 def anchors(
-    data: Annotated[
-        Path, typer.Argument(help="COCO JSON, YOLO images folder or synth detect root.", show_default=False)
-    ],
+    data: DataArg,
     k: Annotated[int, typer.Option("-k", "--clusters", min=1, help="Number of priors.")] = 5,
-    split: Annotated[str, typer.Option("--split", help="Split of a root holding several.")] = "train",
-    fmt: Annotated[str | None, typer.Option("--format", help="coco or yolo (default: from the path).")] = None,
+    split: SplitOpt = "train",
+    fmt: DataFormatOpt = None,
     input_size: Annotated[
         int | None,
         typer.Option("--input-size", min=8, help="Express priors in pixels of a letterboxed input of this side."),

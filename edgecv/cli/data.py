@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgecv.cli.options import JsonOpt
+from edgecv.cli.options import DataArg, DataFormatOpt, JsonOpt, SplitOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -54,24 +54,28 @@ def synth(
 
 
 def check(
-    path: Annotated[
-        Path,
-        typer.Argument(
-            help="Data set: ImageFolder root, COCO JSON, YOLO images folder, images+masks folder.",
-            show_default=False,
-        ),
-    ],
+    path: DataArg,
     task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
-    fmt: Annotated[str | None, typer.Option("--format", help="imagefolder, coco, yolo, masks.")] = None,
+    fmt: DataFormatOpt = None,
+    split: SplitOpt = "train",
     json_out: JsonOpt = False,
 ) -> None:
     """Read every annotation and image once; the first problem is reported with its file and line."""
     from edgecv.data.datasets import open_dataset
 
-    ds = open_dataset(task, path, fmt)
+    ds = open_dataset(task, path, fmt, split=split, what="PATH")
     for i in range(len(ds)):
         ds[i]
-    res = {"path": str(path), "task": task, "images": len(ds), "classes": list(ds.classes), "ok": True}
+    lay = ds.layout
+    res = {
+        "path": str(path),
+        "task": task,
+        "layout": lay.kind if lay else fmt,
+        "data": str(lay.path) if lay else str(path),
+        "images": len(ds),
+        "classes": list(ds.classes),
+        "ok": True,
+    }
     if json_out:
         from edgecv.cli._output import emit_json
 
@@ -79,4 +83,8 @@ def check(
         return
     from edgecv.cli._output import print_table
 
-    print_table(f"data check {path}", ["task", "images", "classes", "ok"], [[task, len(ds), len(ds.classes), True]])
+    print_table(
+        f"data check {path}",
+        ["task", "layout", "data", "images", "classes", "ok"],
+        [[task, res["layout"], res["data"], len(ds), len(ds.classes), True]],
+    )

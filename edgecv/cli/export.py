@@ -125,7 +125,14 @@ def export(
             "detectors (DETR) export with no NMS ('none').",
         ),
     ] = None,
-    score_threshold: Annotated[float, typer.Option("--score-threshold", help="Detectors: min score.")] = 0.001,
+    score_threshold: Annotated[
+        float,
+        typer.Option(
+            "--conf",
+            help="Detectors: the score threshold built into the model's post-processing (low, so mAP sees the "
+            "whole curve; run and bench filter again with their own --conf).",
+        ),
+    ] = 0.001,
     iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="Detectors: NMS IoU.")] = 0.5,
     max_det: Annotated[int, typer.Option("--max-det", help="Detectors: detections per image.")] = 100,
     decode: Annotated[

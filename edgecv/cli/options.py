@@ -7,8 +7,37 @@ from typing import Annotated, Any
 
 import typer
 
+
+def resolve_val(bundle: Path, val: Path) -> Path:
+    """``--val`` in any accepted layout (the data set root or its val split) → the path the bundle's task reader
+    takes; a wrong or empty layout raises here, one line, before any work (the one rule for every ``--val``)."""
+    from edgecv.bundle import Bundle
+    from edgecv.data.layout import find_layout
+
+    contract = Bundle.open(bundle, verify=False).contract
+    return find_layout(contract.task, val, split="val", what="--val", classes=contract.class_names).path
+
+
+def _val_callback(ctx: typer.Context, value: Path | None) -> Path | None:
+    # the bundle names the task; when --val comes first on the command line, the bundle's callback resolves it
+    bundle = ctx.params.get("bundle")
+    if value is None or bundle is None:
+        return value
+    return resolve_val(bundle, value)
+
+
+def _bundle_callback(ctx: typer.Context, value: Path) -> Path:
+    val = ctx.params.get("val")
+    if isinstance(val, Path) and value is not None:
+        ctx.params["val"] = resolve_val(value, val)
+    return value
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-BundleArg = Annotated[Path, typer.Argument(help="Bundle folder written by 'edgecv export'.", show_default=False)]
+BundleArg = Annotated[
+    Path,
+    typer.Argument(help="Bundle folder written by 'edgecv export'.", show_default=False, callback=_bundle_callback),
+]
 BackendsOpt = Annotated[
     list[str] | None,
     typer.Option("--backend", "-b", help="Backend (repeatable): torch, onnxruntime, openvino, tensorrt, remote."),
@@ -122,8 +151,19 @@ ValOpt = Annotated[
     Path | None,
     typer.Option(
         "--val",
-        help="int8: validation data for the task metric (classify: ImageFolder; detect: YOLO/COCO; segment: "
-        "images/ + masks/).",
+        help="int8: validation data for the task metric, the data set root or its val split (classify: "
+        "ImageFolder; detect: COCO or YOLO; segment: images/ + masks/; see the README's layout table).",
+        callback=_val_callback,
+    ),
+]
+# validate: the same data and the same layout rule, another use
+ValidateValOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--val",
+        help="Validation data, the data set root or its val split (classify: ImageFolder; detect: COCO or "
+        "YOLO; segment: images/ + masks/): report the task metric (top-1, mIoU, mAP) of torch and every backend.",
+        callback=_val_callback,
     ),
 ]
 MaxDropOpt = Annotated[
@@ -134,4 +174,19 @@ MaxDropOpt = Annotated[
 ]
 CalibLimitOpt = Annotated[
     int | None, typer.Option("--calib-limit", help="int8: use at most this many calibration samples.")
+]
+
+# data sets: one argument, one --split, one --format wherever a command reads a training/validation data set
+DataArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Data set, its root or a split folder: ImageFolder (classify), COCO JSON or YOLO folders (detect), "
+        "images/ + masks/ (segment); see the README's layout table.",
+        show_default=False,
+    ),
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="The split a data set root is read at (train, val, test).")]
+DataFormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="imagefolder, coco, yolo or masks (default: found from the folder)."),
 ]

@@ -21,6 +21,7 @@ from edgecv.cli.options import (
     RemoteModelOpt,
     SomePrecisionOpt,
     ThreadsOpt,
+    ValidateValOpt,
     with_remote,
 )
 
@@ -67,14 +68,7 @@ def validate(
     min_top1: Annotated[
         float | None, typer.Option("--min-top1", help="Lowest top-1 agreement allowed (classify).")
     ] = None,
-    val: Annotated[
-        Path | None,
-        typer.Option(
-            "--val",
-            help="Validation data (ImageFolder / images+masks / COCO-YOLO): report the task metric "
-            "(top-1, mIoU, mAP) of torch and every backend.",
-        ),
-    ] = None,
+    val: ValidateValOpt = None,
     val_limit: Annotated[int | None, typer.Option("--val-limit", help="Use at most N val images.")] = None,
     max_drop: Annotated[
         float | None,
@@ -120,7 +114,11 @@ def validate(
     from edgecv.validate.runs import bundle_targets, parse_backend_specs
 
     REBUILD.set(rebuild)
+    if layers:
+        _check_layers(backend, precision)
     b = Bundle.open(bundle)
+    if layers:
+        _check_layers_bundle(b)
     open_runner = with_remote(runner_opener(source, weights), endpoint, model)
     specs = (
         parse_backend_specs(backend, precision or "fp32")
@@ -318,6 +316,35 @@ def validate(
         raise ValidationFailed(_failure_line(rep))
     if metric_failures:
         raise ValidationFailed("; ".join(metric_failures))
+
+
+def _check_layers(backend: list[str] | None, precision: str | None) -> None:
+    """--layers reads intermediate tensors through ONNX Runtime on the INT8 QDQ model: anything else fails here,
+    before any backend loads."""
+    from edgecv.errors import ConfigError
+    from edgecv.types import parse_backend_spec, parse_precision
+
+    default = parse_precision(precision) if precision else "int8"
+    for spec in backend or []:
+        name, prec = parse_backend_spec(spec, default)
+        if name != "onnxruntime" or prec != "int8":
+            raise ConfigError(
+                f"--layers: expected -b onnxruntime:int8 (layer outputs are read through ONNX Runtime from the "
+                f"INT8 QDQ model), found -b {spec}"
+            )
+    if precision and parse_precision(precision) != "int8":
+        raise ConfigError(f"--layers: expected --precision int8 (or none), found '{precision}'")
+
+
+def _check_layers_bundle(b: Any) -> None:
+    from edgecv.errors import BundleError
+
+    quant = b.manifest.provenance.get("quantized")
+    if b.artifact("onnxruntime", "int8") is None and not (isinstance(quant, dict) and quant.get("fp32_onnx")):
+        raise BundleError(
+            f"--layers: expected an INT8 ONNX model in '{b.root}', found none; build one with 'edgecv compile "
+            f"{b.root} -b onnxruntime:int8 --calib DATA' or 'edgecv quantize'"
+        )
 
 
 def _failure_line(rep: object) -> str:

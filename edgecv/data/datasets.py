@@ -13,18 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from edgecv._lazy import lazy_import
-from edgecv.data.readers import IMG_EXTS, read_coco, read_image
+from edgecv.data.readers import IMG_EXTS, read_class_names, read_coco, read_image, read_yolo, yolo_class_names
 from edgecv.errors import DataError
 
+if TYPE_CHECKING:
+    from edgecv.data.layout import Layout
+
 IGNORE_INDEX = 255
-_NORM_TOL = 1e-3  # the same for YOLO's normalised coordinates
 
 
 def _cv2() -> Any:
@@ -36,19 +38,11 @@ def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMG_EXTS)
 
 
-def read_class_names(root: Path) -> list[str] | None:
-    """Class names from ``classes.txt`` (one per line) in ``root`` or its parent, if present."""
-    for d in (root, root.parent):
-        f = d / "classes.txt"
-        if f.is_file():
-            return [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return None
-
-
 class _Base(Dataset):  # type: ignore[type-arg]
     task = "generic"
     labeled = True
     classes: list[str]
+    layout: Layout | None = None  # how open_dataset found it
 
     def __init__(self, transform: Callable[..., Any] | None = None) -> None:
         self.transform = transform
@@ -194,69 +188,8 @@ class YoloDetection(_Detection):
             parts[i] = "labels"
             labels_dir = Path(*parts)
         self.labels_dir = Path(labels_dir)
-        self.classes = list(classes) if classes is not None else self._find_names()
-        nc = len(self.classes)
-        self.records = []
-        for img in _images_in(self.images_dir, recursive=True):
-            lab = self.labels_dir / img.relative_to(self.images_dir).with_suffix(".txt")
-            boxes, labels = [], []
-            if lab.is_file():
-                for ln, line in enumerate(lab.read_text(encoding="utf-8").splitlines(), 1):
-                    if not line.strip():
-                        continue
-                    tok = line.split()
-                    try:
-                        if len(tok) != 5:
-                            raise ValueError(f"{len(tok)} values")
-                        c = int(tok[0])
-                        cx, cy, w, h = (float(v) for v in tok[1:])
-                    except ValueError as exc:
-                        raise DataError(
-                            f"{lab}:{ln}: malformed line {line.strip()!r} ({exc}); expected "
-                            f"'class cx cy w h' with an integer class and 4 numbers"
-                        ) from None
-                    if not 0 <= c < nc:
-                        raise DataError(
-                            f"{lab}:{ln}: unknown class id {c}; expected 0..{nc - 1} ({', '.join(self.classes)})"
-                        )
-                    x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-                    if (
-                        w <= 0
-                        or h <= 0
-                        or x1 < -_NORM_TOL
-                        or y1 < -_NORM_TOL
-                        or x2 > 1 + _NORM_TOL
-                        or y2 > 1 + _NORM_TOL
-                    ):
-                        raise DataError(
-                            f"{lab}:{ln}: box out of bounds (cx={cx}, cy={cy}, w={w}, h={h}); "
-                            f"expected normalised coordinates inside [0, 1]"
-                        )
-                    boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)])
-                    labels.append(c)
-            self.records.append((img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)))
-        if not self.records:
-            raise DataError(f"{self.images_dir}: no images ({', '.join(IMG_EXTS)})")
-
-    def _find_names(self) -> list[str]:
-        for d in [self.images_dir, *self.images_dir.parents][:4]:
-            names = read_class_names(d) if (d / "classes.txt").is_file() else None
-            if names:
-                return names
-            y = d / "data.yaml"
-            if y.is_file():
-                import yaml
-
-                data = yaml.safe_load(y.read_text(encoding="utf-8")) or {}
-                n = data.get("names")
-                if isinstance(n, dict):
-                    return [str(n[k]) for k in sorted(n)]
-                if isinstance(n, list):
-                    return [str(v) for v in n]
-        raise DataError(
-            f"{self.images_dir}: no class names (expected classes.txt or data.yaml 'names' beside "
-            f"the images, or pass classes)"
-        )
+        self.classes = list(classes) if classes is not None else yolo_class_names(self.images_dir)
+        self.records = read_yolo(self.images_dir, self.labels_dir, self.classes)
 
 
 class SegmentationFolder(_Base):
@@ -441,36 +374,40 @@ class TransformedDataset(Dataset):  # type: ignore[type-arg]
 
 
 def open_dataset(
-    task: str, path: str | Path, fmt: str | None = None, split: str = "train", classes: Sequence[str] | None = None
+    task: str,
+    path: str | Path,
+    fmt: str | None = None,
+    split: str = "train",
+    classes: Sequence[str] | None = None,
+    what: str = "data",
 ) -> Any:
     """Open the data set at ``path`` for ``task`` (untransformed: items are ``(BGR image, target)``).
 
     Args:
         task: classify, detect or segment.
-        path: ImageFolder root (classify); COCO JSON, YOLO images folder or a synth ``detect`` root (detect);
-            folder with images/ and masks/ (segment); any folder of images when ``fmt == "images"``.
-        fmt: imagefolder, coco, yolo, masks or images; inferred from the path when None.
-        split: which split to use when ``path`` is a synth root holding several.
+        path: the data set root or its split folder, in any layout :func:`edgecv.data.layout.find_layout` accepts
+            (ImageFolder; COCO JSON or YOLO folders; images + masks); any folder of images when ``fmt == "images"``.
+        fmt: imagefolder, coco, yolo, masks or images; found from the folder when None (detect: YOLO before COCO).
+        split: the split a root is resolved to.
+        what: the option or argument named in errors.
     """
+    from edgecv.data.layout import find_layout
+
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{p}: data path not found")
+        raise DataError(f"{what}: expected a data set folder, found no such path '{p}'")
     if fmt == "images":
         return ImageListDataset(p)
-    if task == "classify":
-        if (p / split).is_dir() and not _images_in(p / split):
-            p = p / split
-        return ImageFolderDataset(p, classes=classes)
-    if task == "segment":
-        if not (p / "images").is_dir() and (p / split / "images").is_dir():
-            p = p / split
-        return SegmentationFolder(p, classes=classes)
-    if task == "detect":
-        if fmt == "coco" or p.suffix == ".json":
-            if p.is_dir():
-                p = p / f"{split}.json"
-            return CocoDetection(p, classes=classes)  # a val split maps its categories to the train classes by name
-        if (p / "images" / split).is_dir():
-            p = p / "images" / split
-        return YoloDetection(p, classes=classes)
-    raise DataError(f"unknown task '{task}'; expected classify, detect or segment")
+    prefer = ("yolo", "coco") if task == "detect" else None
+    lay = find_layout(task, p, split=split, fmt=fmt, prefer=prefer, what=what)
+    ds: _Base
+    if lay.kind == "imagefolder":
+        ds = ImageFolderDataset(lay.path, classes=classes)
+    elif lay.kind == "masks":
+        ds = SegmentationFolder(lay.path, classes=classes)
+    elif lay.kind == "coco":
+        ds = CocoDetection(lay.path, classes=classes)  # a val split maps its categories to the train classes by name
+    else:
+        ds = YoloDetection(lay.path, lay.labels, classes=classes)
+    ds.layout = lay
+    return ds

@@ -21,6 +21,7 @@ from edgecv.errors import ConfigError, DataError
 
 IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 BOX_TOL = 1.0  # pixels a COCO box may overhang the image (rounding in exporters)
+_NORM_TOL = 1e-3  # the same for YOLO's normalised coordinates
 
 
 def _cv2() -> Any:
@@ -173,6 +174,78 @@ def read_coco(
             (im["path"], np.asarray(im["boxes"], np.float32).reshape(-1, 4), np.asarray(im["labels"], np.int64))
         )
     return CocoData(f, classes, cat_ids, records)
+
+
+def read_class_names(root: Path) -> list[str] | None:
+    """Class names from ``classes.txt`` (one per line) in ``root`` or its parent, if present."""
+    for d in (root, root.parent):
+        f = d / "classes.txt"
+        if f.is_file():
+            return [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return None
+
+
+def yolo_class_names(images_dir: Path) -> list[str]:
+    """Class names of a YOLO data set: ``classes.txt`` or ``data.yaml`` ``names`` in the images folder or up to
+    three folders above it."""
+    for d in [images_dir, *images_dir.parents][:4]:
+        names = read_class_names(d) if (d / "classes.txt").is_file() else None
+        if names:
+            return names
+        y = d / "data.yaml"
+        if y.is_file():
+            import yaml
+
+            data = yaml.safe_load(y.read_text(encoding="utf-8")) or {}
+            n = data.get("names")
+            if isinstance(n, dict):
+                return [str(n[k]) for k in sorted(n)]
+            if isinstance(n, list):
+                return [str(v) for v in n]
+    raise DataError(
+        f"{images_dir}: no class names (expected classes.txt or data.yaml 'names' beside the images, or pass classes)"
+    )
+
+
+def read_yolo(images_dir: Path, labels_dir: Path, classes: Sequence[str]) -> list[tuple[Path, np.ndarray, np.ndarray]]:
+    """YOLO txt labels (checked): ``(image, boxes xyxy normalised [N,4], labels [N])`` per image under
+    ``images_dir`` (recursive), its labels in ``labels_dir`` at the same relative path with ``.txt``; an image with
+    no label file has no boxes. Every problem raises :class:`DataError` naming the file and line."""
+    nc = len(classes)
+    records = []
+    files = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTS)
+    for img in files:
+        lab = labels_dir / img.relative_to(images_dir).with_suffix(".txt")
+        boxes, labels = [], []
+        if lab.is_file():
+            for ln, line in enumerate(lab.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                tok = line.split()
+                try:
+                    if len(tok) != 5:
+                        raise ValueError(f"{len(tok)} values")
+                    c = int(tok[0])
+                    cx, cy, w, h = (float(v) for v in tok[1:])
+                except ValueError as exc:
+                    raise DataError(
+                        f"{lab}:{ln}: malformed line {line.strip()!r} ({exc}); expected "
+                        f"'class cx cy w h' with an integer class and 4 numbers"
+                    ) from None
+                if not 0 <= c < nc:
+                    raise DataError(f"{lab}:{ln}: unknown class id {c}; expected 0..{nc - 1} ({', '.join(classes)})")
+                x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+                if w <= 0 or h <= 0 or x1 < -_NORM_TOL or y1 < -_NORM_TOL or x2 > 1 + _NORM_TOL or y2 > 1 + _NORM_TOL:
+                    raise DataError(
+                        f"{lab}:{ln}: box out of bounds (cx={cx}, cy={cy}, w={w}, h={h}); "
+                        f"expected normalised coordinates inside [0, 1]"
+                    )
+                boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)])
+                labels.append(c)
+        records.append((img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)))
+    if not records:
+        raise DataError(f"{images_dir}: no images ({', '.join(IMG_EXTS)})")
+    return records
 
 
 def reference_images(path: str | Path, n: int, split: str = "val") -> list[Path]:

@@ -165,19 +165,24 @@ def match_detections(
 def load_coco_samples(
     path: str, split: str = "val", limit: int | None = None, class_names: Sequence[str] | None = None
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(BGR image, gt boxes xyxy, gt labels 0..C-1) of a COCO JSON (or a synth detect root's ``{split}.json``),
-    without torch (runtime tier), parsed by the one COCO reader (:func:`edgecv.data.readers.read_coco`).
+    """(BGR image, gt boxes xyxy pixels, gt labels 0..C-1) of a detection data set in any layout
+    :func:`edgecv.data.layout.find_layout` accepts (COCO JSON, a root with ``{split}.json``, YOLO folders), without torch (runtime tier), parsed by the one COCO reader (:func:`edgecv.data.readers.read_coco`).
 
     ``class_names`` (a model's): categories map to them by name and a mismatch is refused; None: sorted id order,
     as the trainer's loader reads a data set that defines its own classes."""
-    from pathlib import Path
+    from edgecv.data.layout import find_layout
+    from edgecv.data.readers import read_yolo, yolo_class_names
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / f"{split}.json"
-    if not p.is_file():
-        raise ConfigError(f"--val: expected a COCO JSON file or a folder with {split}.json, found '{path}'")
-    coco = read_coco(p, class_names=class_names)
+    lay = find_layout("detect", path, split=split)
+    if lay.kind == "yolo" and lay.labels is not None:
+        names = list(class_names) if class_names else yolo_class_names(lay.path)
+        out = []
+        for img_path, boxes, labels in read_yolo(lay.path, lay.labels, names)[:limit]:
+            img = read_image(img_path)
+            h, w = img.shape[:2]
+            out.append((img, boxes * np.array([w, h, w, h], np.float32), labels))
+        return out
+    coco = read_coco(lay.path, class_names=class_names)
     return [(read_image(img), boxes, labels) for img, boxes, labels in coco.records[:limit]]
 
 
