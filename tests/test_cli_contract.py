@@ -277,3 +277,194 @@ def test_benchmark_from_a_model_to_one_table(tmp_path: Path, cli) -> None:
     lines = (tmp_path / "t.csv").read_text().strip().splitlines()
     assert lines[0].startswith("backend,precision,ran") and len(lines) == 1 + len(d["summary"])
     assert (tmp_path / "t.md").read_text().count("\n") == 2 + len(d["summary"])
+
+
+def _imagefolder(root: Path, classes: tuple[str, ...] = ("c0", "c3")) -> Path:
+    """train/ and val/ splits of two of the tiny bundle's classes (c0..c9), two images each."""
+    import cv2
+
+    for split in ("train", "val"):
+        for k, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(2):
+                cv2.imwrite(str(d / f"{i}.png"), np.full((40, 40, 3), 50 * i + 90 * k, np.uint8))
+    return root
+
+
+def _masks(root: Path) -> Path:
+    import cv2
+
+    for sub in ("images", "masks"):
+        (root / "val" / sub).mkdir(parents=True)
+    cv2.imwrite(str(root / "val" / "images" / "a.png"), np.zeros((16, 16, 3), np.uint8))
+    cv2.imwrite(str(root / "val" / "masks" / "a.png"), np.zeros((16, 16), np.uint8))
+    return root
+
+
+def test_val_takes_the_root_or_the_split_and_refuses_early(pristine: Path, tmp_path: Path, cli) -> None:
+    """Finding 9: --val accepts the data set root and its split alike, and a wrong layout fails before any work."""
+    data = _imagefolder(tmp_path / "cls")
+    metrics = []
+    for val in (data, data / "val"):
+        proc = cli(
+            "validate", str(pristine), "-b", "onnxruntime", "--val", str(val), "--no-record", "--json", env=_env()
+        )
+        d = _envelope(proc, "validate")
+        assert proc.returncode == 0, proc.stderr[-800:]
+        tm = d["task_metric"]
+        metrics.append((tm["n"], [(r["backend"], r["metric"]) for r in tm["rows"] if r["backend"] != "torch"]))
+    assert metrics[0] == metrics[1] and metrics[0][0] == 4, metrics
+    seg = _masks(tmp_path / "seg")
+    empty = tmp_path / "empty"
+    (empty / "val").mkdir(parents=True)
+    out = tmp_path / "q"
+    for args in (
+        ["validate", str(pristine), "-b", "onnxruntime", "--val", str(seg), "--no-record"],
+        ["quantize", str(pristine), "-o", str(out), "--calib", str(data / "val"), "--val", str(seg)],
+        # --val before the bundle on the command line: the same check, as early
+        ["quantize", "--val", str(seg), "-o", str(out), "--calib", str(data / "val"), str(pristine)],
+        ["compile", str(pristine), "-b", "onnxruntime:int8", "--calib", str(data / "val"), "--val", str(empty)],
+    ):
+        proc = cli(*args, env=_env())
+        assert proc.returncode == 2, (args, proc.stderr)
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("error: --val for classify: expected an ImageFolder tree"), line
+        assert "found segment data" in line or "(0 images in all)" in line, line
+        assert proc.stdout == "" and not out.exists()
+    assert Bundle.open(pristine).artifact("onnxruntime", "int8") is None  # compile built nothing
+    # the classes are checked up front too
+    other = _imagefolder(tmp_path / "other", classes=("cat", "dog"))
+    proc = cli("validate", str(pristine), "-b", "onnxruntime", "--val", str(other), "--no-record", env=_env())
+    assert proc.returncode == 2 and "found folder 'cat'" in proc.stderr and proc.stdout == ""
+
+
+def test_layers_refuses_other_backends_at_once(pristine: Path, cli) -> None:
+    """Finding 9: validate --layers reads layers through ONNX Runtime only; anything else fails before loading."""
+    proc = cli("validate", str(pristine), "-b", "openvino", "--layers", "--no-record", env=_env())
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert "--layers: expected -b onnxruntime:int8" in line and "found -b openvino" in line
+    proc = cli("validate", str(pristine), "--layers", "--no-record", env=_env())  # no INT8 model in the bundle
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert "--layers: expected an INT8 ONNX model" in line and "edgecv compile" in line and "--calib" in line
+
+
+def test_data_check_and_anchors_take_the_root(tmp_path: Path, cli) -> None:
+    """Finding 9: data check and anchors accept the root validate accepts (no 'pass labels_dir')."""
+    root = tmp_path / "det"
+    args = ["data", "synth", "--task", "detect", "-o", str(root), "--n-train", "3", "--n-val", "3", "--size", "32"]
+    assert cli(*args, env=_env()).returncode == 0
+    for given, split, layout in (
+        (root, "train", "yolo"),
+        (root, "val", "yolo"),
+        (root / "images" / "val", "train", "yolo"),
+        (root / "val.json", "train", "coco"),
+    ):
+        proc = cli("data", "check", str(given), "--task", "detect", "--split", split, "--json", env=_env())
+        d = _envelope(proc, "data-check")
+        assert (d["layout"], d["images"]) == (layout, 3), (given, d)
+    proc = cli("anchors", str(root), "-k", "2", "--json", env=_env())
+    assert _envelope(proc, "anchors")["boxes"] > 0
+    proc = cli("data", "check", str(root), "--task", "segment", env=_env())
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "expected image + mask folders" in line and "found detect data" in line
+
+
+def _reference_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cli_reference.py"
+    spec = importlib.util.spec_from_file_location("cli_reference", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_one_name_per_idea() -> None:
+    """Finding 4: one option name per idea across commands (docs/cli.md lists them), the retired names are gone,
+    -p is --precision wherever it exists and --method has one default."""
+    import typer.main
+
+    from edgecv.cli.app import app
+
+    ref = _reference_script()
+    names = ref.options_by_name()
+    for idea, opt in ref.IDEAS:
+        assert opt in names, (idea, opt)
+    for old in ref.RETIRED:
+        assert old not in names, (old, names.get(old))
+    assert {"bench", "export", "run"} <= set(names["--conf"])
+    method_defaults, short = set(), {}
+    for name, cmd in ref._commands(typer.main.get_command(app)):
+        for p in cmd.params:
+            opts = [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
+            if "--method" in opts:
+                method_defaults.add(p.default)
+            for o in opts:
+                if len(o) == 2 and o.startswith("-"):
+                    long = next((x for x in opts if x.startswith("--")), o)
+                    short.setdefault(o, set()).add(long)
+    assert method_defaults == {"auto"}
+    assert short["-p"] == {"--precision"} and short["-b"] == {"--backend"} and short["-o"] == {"--output"}
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert "## One idea, one name" in doc and "| `--score-threshold` | --conf |" in doc
+
+
+def test_readme_states_what_the_code_does(tmp_path: Path) -> None:
+    """Finding 11: the README's zoo count, its --val examples, the random-init note and calib/README's count agree
+    with the code."""
+    import re
+
+    from edgecv.data.layout import find_layout
+    from edgecv.data.synth import generate
+    from edgecv.zoo import list_models
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    (count,) = re.findall(r"^(\d+) models:", readme, re.MULTILINE)
+    assert int(count) == len(list_models()), (count, len(list_models()))
+    assert re.search(r"`torchvision:`.*starts from \*\*random weights\*\* unless", readme.replace("\n", " "))
+    # every `data synth --task T -o DIR` followed by a `--val DIR…` example: that --val resolves for task T
+    synths = {out: task for task, out in re.findall(r"data synth --task (\w+) -o (\S+)", readme)}
+    checked = 0
+    for val in re.findall(r"--val (\S+)", readme):
+        base = next((o for o in synths if val == o or val.startswith(o + "/")), None)
+        if base is None:
+            continue
+        generate(synths[base], tmp_path / base, n_train=0, n_val=2, size=32, seed=0, force=True)
+        assert find_layout(synths[base], tmp_path / val).images == 2, val
+        checked += 1
+    assert checked >= 2
+    # a --val for a detector is a detect data set, never a bare split folder name
+    assert "--calib calib/det --val data/val" not in readme
+    calib = (root / "calib" / "README.md").read_text()
+    rows = [ln for ln in calib.splitlines() if ln.startswith("| `calib/")]
+    words = {2: "two", 3: "three", 4: "four"}
+    assert f"These {words[len(rows)]} small sets" in calib, rows
+
+
+def test_edgecv_warnings_are_one_clean_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Finding 11: a CalibrationWarning reaches the user as one line on stderr, not Python's warning format."""
+    import warnings
+
+    from edgecv.cli import app as app_module
+    from edgecv.quant.calib import CalibrationWarning
+
+    saved = warnings.showwarning
+    try:
+        warnings.showwarning = app_module._show_warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = app_module._show_warning
+            warnings.warn("calibrating openvino (entropy) with 64 samples", CalibrationWarning, stacklevel=1)
+            warnings.warn("a third-party notice", DeprecationWarning, stacklevel=1)
+    finally:
+        warnings.showwarning = saved
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "warning: calibrating openvino (entropy) with 64 samples"
+    assert "CalibrationWarning" not in "\n".join(err) and ".py:" not in err[0]
+    assert any("DeprecationWarning: a third-party notice" in ln for ln in err[1:])  # others keep Python's format

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
+from typing import Any
 
 import typer
 
@@ -61,10 +63,23 @@ for _name in _COMMAND_MODULES:  # a command module that fails to import is an er
     importlib.import_module(f"edgecv.cli.{_name}").register(app)
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """edgecv's own warnings (e.g. CalibrationWarning) as one clean line on stderr, not Python's
+    ``path.py:LINE: Category: text`` plus the source line; other packages' warnings keep Python's format."""
+    if category.__module__.split(".")[0] == "edgecv":
+        text = " ".join(str(message).split())
+        sys.stderr.write(f"warning: {text}\n")
+        return
+    (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main() -> None:
     """Console-script entry: run the app; EdgecvError → one line on stderr, exit 2."""
     from edgecv.errors import EdgecvError
 
+    warnings.showwarning = _show_warning
     try:
         rc = app(standalone_mode=False)
         # standalone_mode=False returns typer.Exit codes instead of exiting
