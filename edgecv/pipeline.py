@@ -497,7 +497,10 @@ def _validate(
     agreement = rep.to_dict()
     metrics: dict[str, Any] = {}
     if val_dir is not None and val_dir.exists():
-        val = open_val(val_dir, bundle.contract, limit=val_limit).materialize()
+        from edgecv.data.layout import find_layout
+
+        val_path = find_layout(bundle.contract.task, val_dir, what="val", classes=bundle.contract.class_names).path
+        val = open_val(val_path, bundle.contract, limit=val_limit).materialize()
         fn = metric_for(bundle.contract.task)
         for b, p in combos:
             with opener(bundle, b, p) as r:

@@ -313,6 +313,7 @@ def test_val_takes_the_root_or_the_split_and_refuses_early(pristine: Path, tmp_p
         d = _envelope(proc, "validate")
         assert proc.returncode == 0, proc.stderr[-800:]
         tm = d["task_metric"]
+        assert all({"backend", "precision", "precision_ran", "metric", "delta"} <= set(r) for r in tm["rows"])
         metrics.append((tm["n"], [(r["backend"], r["metric"]) for r in tm["rows"] if r["backend"] != "torch"]))
     assert metrics[0] == metrics[1] and metrics[0][0] == 4, metrics
     seg = _masks(tmp_path / "seg")
@@ -468,3 +469,30 @@ def test_edgecv_warnings_are_one_clean_line(capsys: pytest.CaptureFixture[str]) 
     assert err[0] == "warning: calibrating openvino (entropy) with 64 samples"
     assert "CalibrationWarning" not in "\n".join(err) and ".py:" not in err[0]
     assert any("DeprecationWarning: a third-party notice" in ln for ln in err[1:])  # others keep Python's format
+
+
+def test_a_missing_artifact_is_an_input_error_everywhere(compiled: Path, cli) -> None:
+    """Finding 5 (exit codes): validate and bench both refuse a target the bundle cannot run in one line, exit 2, no
+    table and no JSON, before any engine loads; the hint is a command that builds it (with --calib)."""
+    for args in (
+        ["validate", str(compiled), "-b", "onnxruntime:int8", "--no-record"],
+        ["validate", str(compiled), "-b", "onnxruntime", "-b", "openvino:int8", "--no-record", "--json"],
+        [
+            "bench",
+            str(compiled),
+            "-b",
+            "onnxruntime",
+            "-b",
+            "onnxruntime:INT8",
+            "--iters",
+            "2",
+            "--no-record",
+            "--json",
+        ],
+    ):
+        proc = cli(*args, env=_env())
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stdout == "", proc.stdout[:300]
+        (line,) = proc.stderr.strip().splitlines()
+        assert "expected an INT8 artifact in the bundle, found openvino:fp32, onnxruntime:fp16" in line, line
+        assert f"edgecv compile {compiled} -b " in line and "--calib" in line

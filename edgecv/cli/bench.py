@@ -122,7 +122,7 @@ def bench(
     from edgecv.errors import ConfigError
     from edgecv.pipeline import runner_opener
     from edgecv.types import parse_precision
-    from edgecv.validate.runs import bundle_targets, parse_backend_specs
+    from edgecv.validate.runs import bundle_targets, parse_backend_specs, require_artifacts
 
     if iters is not None and iters < 1:
         raise ConfigError(f"--iters: expected a positive integer, found {iters}")
@@ -138,6 +138,7 @@ def bench(
     )
     if not specs:
         raise ConfigError("--backend: none given and no inference engine is installed")
+    require_artifacts(b, specs)
     kw = {"min_time_s": 0.0, "min_iters": iters, "max_iters": iters} if iters is not None else {"min_time_s": min_time}
     from edgecv.bench.roofline import annotate, probe_companions
 

@@ -111,7 +111,7 @@ def validate(
     from edgecv.pipeline import runner_opener
     from edgecv.types import parse_precision
     from edgecv.validate.core import ValidationFailed, validate_bundle
-    from edgecv.validate.runs import bundle_targets, parse_backend_specs
+    from edgecv.validate.runs import bundle_targets, parse_backend_specs, require_artifacts
 
     REBUILD.set(rebuild)
     if layers:
@@ -125,6 +125,7 @@ def validate(
         if backend
         else bundle_targets(b, parse_precision(precision) if precision else None, include_torch=False)
     )
+    require_artifacts(b, specs)
     rep = validate_bundle(
         b,
         specs,

@@ -108,6 +108,27 @@ def bundle_targets(bundle: Bundle, precision: str | None = None, include_torch: 
     return picked
 
 
+def require_artifacts(bundle: Bundle, specs: Sequence[tuple[str, str]]) -> None:
+    """Refuse, before any engine loads, an INT8 target the bundle holds no model for: an error in the input (one line,
+    exit 2, naming the command that builds it), not a failed row in a table.
+
+    Raises:
+        ConfigError: a ``NAME:int8`` in ``specs`` with no artifact (a bundle written by ``edgecv quantize``, whose
+            model.onnx is the QDQ model, has one for every engine that reads ONNX).
+    """
+    quantized = isinstance(bundle.manifest.provenance.get("quantized"), dict)
+    for name, precision in specs:
+        if precision != "int8" or name in ("torch", "remote") or bundle.artifact(name, precision) is not None:
+            continue
+        if quantized and name != "tensorrt":
+            continue
+        have = ", ".join(bundle.manifest.artifacts) or "none"
+        raise ConfigError(
+            f"-b {name}:int8: expected an INT8 artifact in the bundle, found {have}; build one with "
+            f"'edgecv compile {bundle.root} -b {name}:int8 --calib DIR'"
+        )
+
+
 #: engines in the order ``edgecv run`` prefers them when the bundle holds artifacts for several
 _ENGINE_RANK = ("tensorrt", "openvino", "onnxruntime")
 _PRECISION_RANK = ("int8", "fp16", "bf16", "fp32")
