@@ -320,21 +320,19 @@ def validate(
 
 
 def _check_layers(backend: list[str] | None, precision: str | None) -> None:
-    """--layers reads intermediate tensors through ONNX Runtime on the INT8 QDQ model: anything else fails here,
-    before any backend loads."""
+    """--layers reads intermediate tensors through ONNX Runtime on the INT8 QDQ model: a -b list without ONNX
+    Runtime fails here, before any backend loads (without -b, every target is validated and the layers listed)."""
     from edgecv.errors import ConfigError
-    from edgecv.types import parse_backend_spec, parse_precision
+    from edgecv.types import parse_backend_spec
 
-    default = parse_precision(precision) if precision else "int8"
-    for spec in backend or []:
-        name, prec = parse_backend_spec(spec, default)
-        if name != "onnxruntime" or prec != "int8":
-            raise ConfigError(
-                f"--layers: expected -b onnxruntime:int8 (layer outputs are read through ONNX Runtime from the "
-                f"INT8 QDQ model), found -b {spec}"
-            )
-    if precision and parse_precision(precision) != "int8":
-        raise ConfigError(f"--layers: expected --precision int8 (or none), found '{precision}'")
+    if not backend:
+        return
+    specs = [parse_backend_spec(spec, precision or "fp32") for spec in backend]
+    if not any(name == "onnxruntime" for name, _ in specs):
+        raise ConfigError(
+            "--layers: expected -b onnxruntime among the backends (layer outputs are read through ONNX Runtime from "
+            f"the INT8 QDQ model), found -b {', '.join(f'{n}:{p}' for n, p in specs)}"
+        )
 
 
 def _check_layers_bundle(b: Any) -> None:
