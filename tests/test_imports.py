@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "edgecv"
 
 BUILD_TIER = ("edgecv.zoo", "edgecv.train", "edgecv.rewrite", "edgecv.export", "edgecv.data")
-# edgecv.data.readers is the one torch-free image/COCO reader (DESIGN: data/): it belongs to the runtime tier
+# edgecv.data.readers is the one torch-free image/COCO/YOLO reader (DESIGN: data/) and edgecv.data.layout the one
+# torch-free data set layout finder (--val on a device): they belong to the runtime tier
 RUNTIME_TIER = (
     "edgecv.backends",
     "edgecv.quant",
@@ -29,6 +30,7 @@ RUNTIME_TIER = (
     "edgecv.results",
     "edgecv.report",
     "edgecv.data.readers",
+    "edgecv.data.layout",
 )
 TOP = ("edgecv.cli", "edgecv.pipeline")
 
