@@ -39,6 +39,20 @@ def test_hungarian_match_is_the_minimum_cost_assignment() -> None:
     best = min(sum(float(cost[q, t]) for t, q in enumerate(perm)) for perm in itertools.permutations(range(6), 3))
     assert len(qi) == 3 and sorted(ti.tolist()) == [0, 1, 2]
     assert sum(float(cost[q, t]) for q, t in zip(qi, ti)) == pytest.approx(best, abs=1e-5)
+    # the batched matching (one cost matrix, one assignment per image block) gives the per-image answers
+    lg2, bx2 = torch.randn(6, 8, generator=g), torch.rand(6, 4, generator=g) * 0.5 + 0.25
+    lb2, tb2 = torch.tensor([7, 0]), torch.rand(2, 4, generator=g) * 0.5 + 0.25
+    empty = (torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4))
+    bi, q_all, t_all = m.match_batch(
+        torch.stack([logits, lg2, lg2]),
+        torch.stack([boxes, bx2, bx2]),
+        torch.cat([labels, lb2, empty[0]]),
+        torch.cat([tb, tb2, empty[1]]),
+        [3, 2, 0],
+    )
+    q2, t2 = m.match(lg2, bx2, lb2, tb2)
+    assert bi.tolist() == [0] * 3 + [1] * 2
+    assert q_all.tolist() == qi.tolist() + q2.tolist() and t_all.tolist() == ti.tolist() + (t2 + 3).tolist()
 
 
 def test_set_loss_is_zero_on_matched_boxes_when_the_prediction_is_exact() -> None:

@@ -253,21 +253,49 @@ class DETR(nn.Module):
         pos = a * (1 - p) ** g * -torch.log(p + 1e-8)
         return pos - neg
 
+    def _cost(self, logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Matching cost ``[N, T]`` of N predictions against T targets:
+        ``cost_class·focal + cost_bbox·L1(cxcywh) - cost_giou·GIoU``."""
+        l1 = torch.cdist(boxes, tgt, p=1)
+        giou = generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(tgt))
+        return self.cost_class * self.focal_class_cost(logits, labels) + self.cost_bbox * l1 - self.cost_giou * giou
+
     @torch.no_grad()
     def match(
         self, logits: torch.Tensor, boxes: torch.Tensor, tgt_labels: torch.Tensor, tgt_boxes: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Hungarian matching of one image: (query indices, target indices) minimising
-        ``cost_class·focal + cost_bbox·L1(cxcywh) - cost_giou·GIoU``."""
+        """Hungarian matching of one image: (query indices, target indices) of the minimum total cost."""
         from scipy.optimize import linear_sum_assignment
 
         if tgt_labels.numel() == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        l1 = torch.cdist(boxes, tgt_boxes, p=1)
-        giou = generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(tgt_boxes))
-        cost = self.cost_class * self.focal_class_cost(logits, tgt_labels) + self.cost_bbox * l1 - self.cost_giou * giou
-        qi, ti = linear_sum_assignment(cost.cpu().numpy())
+        qi, ti = linear_sum_assignment(self._cost(logits, boxes, tgt_labels, tgt_boxes).cpu().numpy())
         return qi.astype(np.int64), ti.astype(np.int64)
+
+    @torch.no_grad()
+    def match_batch(
+        self, logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, tgt: torch.Tensor, sizes: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hungarian matching of a batch (DETR's way: one cost matrix of every query against every target of the
+        batch, then one assignment per image on its block). Targets are concatenated, ``sizes`` per image.
+        Returns (image, query, index into the concatenated targets) of each match."""
+        from scipy.optimize import linear_sum_assignment
+
+        b, q = logits.shape[:2]
+        empty = torch.zeros(0, dtype=torch.int64)
+        if sum(sizes) == 0:
+            return empty, empty, empty
+        cost = self._cost(logits.flatten(0, 1), boxes.flatten(0, 1), labels, tgt).reshape(b, q, -1).cpu().numpy()
+        bi, qi, ti = [], [], []
+        start = 0
+        for i, n in enumerate(sizes):
+            if n:
+                r, c = linear_sum_assignment(cost[i, :, start : start + n])
+                bi.append(np.full(len(r), i))
+                qi.append(r)
+                ti.append(c + start)
+            start += n
+        return tuple(torch.as_tensor(np.concatenate(v).astype(np.int64)) for v in (bi, qi, ti))  # type: ignore[return-value]
 
     def set_loss(
         self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, torch.Tensor]]
@@ -276,16 +304,14 @@ class DETR(nn.Module):
         elsewhere) + L1 + GIoU on matches, each divided by the number of target boxes."""
         from torchvision.ops import sigmoid_focal_loss
 
+        labels = torch.cat([t["labels"].long().reshape(-1) for t in targets]).to(logits.device)
+        tgt = torch.cat([t["boxes"].float().reshape(-1, 4) for t in targets]).to(logits.device)
+        tgt = xyxy_to_cxcywh(tgt) / float(self.input_size)
+        bi, qi, ti = self.match_batch(logits, boxes, labels, tgt, [int(t["labels"].numel()) for t in targets])
+        bi, qi, ti = bi.to(logits.device), qi.to(logits.device), ti.to(logits.device)
         onehot = torch.zeros_like(logits)
-        src_b, tgt_b = [], []
-        for i, t in enumerate(targets):
-            labels = t["labels"].long().reshape(-1)
-            tb = xyxy_to_cxcywh(t["boxes"].float().reshape(-1, 4)) / float(self.input_size)
-            qi, ti = self.match(logits[i], boxes[i], labels, tb)
-            onehot[i, torch.as_tensor(qi), labels[torch.as_tensor(ti)]] = 1.0
-            src_b.append(boxes[i, torch.as_tensor(qi)])
-            tgt_b.append(tb[torch.as_tensor(ti)])
-        sb, tbx = torch.cat(src_b), torch.cat(tgt_b)
+        onehot[bi, qi, labels[ti]] = 1.0
+        sb, tbx = boxes[bi, qi], tgt[ti]
         n = max(int(sb.shape[0]), 1)
         loss_ce = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma, "sum") / n
         loss_l1 = F.l1_loss(sb, tbx, reduction="sum") / n
