@@ -106,6 +106,10 @@ class DETR(nn.Module):
         backbone / backbone_kwargs / widths: a zoo model cut at stride 16, or a small conv backbone.
         backbone_lr_scale: the backbone's learning rate relative to the recipe's (DETR trains its pretrained
             backbone 10× slower than the transformer).
+        two_stage: Deformable DETR's two-stage variant with RT-DETR's query selection: every encoder token
+            predicts a class and a box (relative to its cell), trained with the same Hungarian set loss; the
+            ``num_queries`` top-scoring tokens give the decoder its first boxes and content (both detached). Without
+            it the queries start from learnable anchor boxes (DAB-DETR).
         cost_class, cost_bbox, cost_giou: Hungarian matching weights, equal to the loss weights (2 / 5 / 2).
         focal_alpha, focal_gamma: sigmoid focal loss (Lin et al. 2017) parameters.
         score_threshold: ``num_dets`` counts the queries at or above it.
@@ -127,6 +131,7 @@ class DETR(nn.Module):
         backbone_kwargs: dict[str, Any] | None = None,
         widths: tuple[int, ...] = (16, 32, 64, 128),
         backbone_lr_scale: float = 1.0,
+        two_stage: bool = False,
         cost_class: float = 2.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
@@ -155,12 +160,27 @@ class DETR(nn.Module):
         centers = torch.stack([(xs.flatten() + 0.5) / side, (ys.flatten() + 0.5) / side], -1).float()
         self.register_buffer("pos", sine_embed(centers, dim // 2).unsqueeze(0), persistent=False)  # [1, HW, D]
         self.encoder = nn.ModuleList([EncoderLayer(dim, heads) for _ in range(enc_layers)])
-        # the object queries: learnable anchor boxes (cx, cy, w, h) in inverse-sigmoid space, centres on a grid
-        g = math.ceil(math.sqrt(num_queries))
-        k = torch.arange(num_queries)
-        init = torch.stack([((k % g) + 0.5) / g, ((k // g) + 0.5) / g, torch.full_like(k, 1), torch.full_like(k, 1)], 1)
-        init = init.float() * torch.tensor([1.0, 1.0, 0.2, 0.2])
-        self.anchors = nn.Parameter(inverse_sigmoid(init))
+        self.two_stage = two_stage
+        if two_stage:
+            # per encoder token: a box relative to its cell (centre, side 0.25) and C class logits
+            wh = torch.full_like(centers, 0.25)
+            self.register_buffer("token_anchors", inverse_sigmoid(torch.cat([centers, wh], 1)).unsqueeze(0), False)
+            self.enc_norm = nn.LayerNorm(dim)
+            self.enc_class = nn.Linear(dim, num_classes)
+            enc_out = nn.Linear(dim, 4)
+            nn.init.zeros_(enc_out.weight)
+            nn.init.zeros_(enc_out.bias)
+            self.enc_box = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), enc_out)
+            nn.init.constant_(self.enc_class.bias, -math.log((1 - 0.01) / 0.01))
+        else:
+            # the object queries: learnable anchor boxes (cx, cy, w, h) in inverse-sigmoid space, centres on a grid
+            g = math.ceil(math.sqrt(num_queries))
+            k = torch.arange(num_queries)
+            init = torch.stack(
+                [((k % g) + 0.5) / g, ((k // g) + 0.5) / g, torch.full_like(k, 1), torch.full_like(k, 1)], 1
+            )
+            init = init.float() * torch.tensor([1.0, 1.0, 0.2, 0.2])
+            self.anchors = nn.Parameter(inverse_sigmoid(init))
         # sine(anchor) [4 · D/2] → query position [D] (DAB-DETR's ref_point_head)
         self.query_pos_head = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, dim))
         self.decoder = nn.ModuleList([DecoderLayer(dim, heads) for _ in range(dec_layers)])
@@ -206,15 +226,26 @@ class DETR(nn.Module):
             f = F.interpolate(f, scale_factor=2.0, mode="nearest") + self.proj8(f8)
         return self.in_norm(f).flatten(2).transpose(1, 2)
 
-    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per decoder layer: class logits ``[L, B, Q, C]`` and boxes ``[L, B, Q, 4]`` (cxcywh in [0, 1])."""
+    def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per decoder layer: class logits ``logits`` ``[L, B, Q, C]`` and ``boxes`` ``[L, B, Q, 4]`` (cxcywh in
+        [0, 1]); two-stage also the encoder tokens' ``enc_logits`` ``[B, HW, C]`` and ``enc_boxes``."""
         mem = self.features(x)
         pos = self.pos
         for enc in self.encoder:
             mem = enc(mem, pos)
         b, d = x.shape[0], mem.shape[-1]
-        ref = torch.sigmoid(self.anchors).unsqueeze(0).repeat(b, 1, 1)  # [B, Q, 4]
-        tgt = torch.zeros(b, self.num_queries, d, dtype=mem.dtype, device=mem.device)
+        out: dict[str, torch.Tensor] = {}
+        if self.two_stage:
+            e = self.enc_norm(mem)
+            enc_logits = self.enc_class(e)
+            enc_boxes = torch.sigmoid(self.enc_box(e) + self.token_anchors)
+            top = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=1).indices  # [B, Q]
+            ref = torch.gather(enc_boxes, 1, top.unsqueeze(-1).expand(-1, -1, 4)).detach()
+            tgt = torch.gather(mem, 1, top.unsqueeze(-1).expand(-1, -1, d)).detach()
+            out = {"enc_logits": enc_logits, "enc_boxes": enc_boxes}
+        else:
+            ref = torch.sigmoid(self.anchors).unsqueeze(0).repeat(b, 1, 1)  # [B, Q, 4]
+            tgt = torch.zeros(b, self.num_queries, d, dtype=mem.dtype, device=mem.device)
         logits, boxes = [], []
         for layer in self.decoder:
             qp = self.query_pos_head(sine_embed(ref, d // 2))
@@ -224,13 +255,13 @@ class DETR(nn.Module):
             box = torch.sigmoid(self.box_head(h) + inverse_sigmoid(ref))
             boxes.append(box)
             ref = box.detach()  # iterative refinement: the next layer starts here, gradients stay per layer
-        return torch.stack(logits), torch.stack(boxes)
+        return {"logits": torch.stack(logits), "boxes": torch.stack(boxes), **out}
 
     def forward(self, x: torch.Tensor) -> Any:
-        logits, boxes = self.heads(x)
+        out = self.heads(x)
         if self.training:
-            return {"logits": logits, "boxes": boxes}
-        return self.detections(logits[-1], boxes[-1])
+            return out
+        return self.detections(out["logits"][-1], out["boxes"][-1])
 
     def detections(self, logits: torch.Tensor, boxes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Last-layer predictions → all Q queries sorted by score (no NMS), ``num_dets`` above the threshold."""
@@ -323,7 +354,10 @@ class DETR(nn.Module):
             return {"loss": torch.zeros(())}  # eval-mode outputs are detections: no loss there
         total = torch.zeros((), device=outputs["logits"].device)
         last: dict[str, torch.Tensor] = {}
-        for lg, bx in zip(outputs["logits"], outputs["boxes"]):  # every decoder layer (auxiliary losses)
+        layers = list(zip(outputs["logits"], outputs["boxes"]))  # every decoder layer (auxiliary losses)
+        if "enc_logits" in outputs:  # two-stage: the encoder's token predictions get the same set loss
+            layers.insert(0, (outputs["enc_logits"], outputs["enc_boxes"]))
+        for lg, bx in layers:
             last = self.set_loss(lg, bx, targets)
             total = (
                 total
@@ -375,6 +409,7 @@ def detr_shapes(**kwargs: Any) -> DETR:
         "num_queries": 10,
         "stride": 8,
         "backbone_lr_scale": 0.1,
+        "two_stage": True,
     }
     return build_variant("detr_shapes", DETR, arch, **kwargs)
 
