@@ -196,3 +196,21 @@ def test_detr_shapes_uses_its_backbones_normalisation_and_counts_flops() -> None
     assert tuple(cfg["mean"]) == tuple(bb["mean"]) and tuple(cfg["std"]) == tuple(bb["std"])
     st = model_stats("detr_tiny")
     assert st["flops_error"] is None and st["flops_device"] == "meta" and st["flops"] > 1_000_000
+
+
+def test_two_stage_seeds_the_decoder_with_the_encoders_best_tokens() -> None:
+    torch.manual_seed(0)
+    m = create_model("detr_tiny", two_stage=True).train()
+    out = m(torch.rand(2, 3, 64, 64))
+    assert out["enc_logits"].shape == (2, 16, 8) and out["enc_boxes"].shape == (2, 16, 4)  # (64 / 16)² tokens
+    # at init the box heads predict zero offsets: encoder boxes are the token cells (side 0.25), and the decoder's
+    # first boxes are exactly those of the 6 top-scoring tokens
+    assert torch.allclose(out["enc_boxes"][0, 5], torch.tensor([0.375, 0.375, 0.25, 0.25]), atol=1e-6)
+    top = out["enc_logits"].max(-1).values.topk(6, dim=1).indices
+    picked = torch.gather(out["enc_boxes"], 1, top.unsqueeze(-1).expand(-1, -1, 4))
+    assert torch.allclose(out["boxes"][0], picked, atol=1e-6)
+    tg = [{"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([1])}] * 2
+    m.compute_loss(out, tg)["loss"].backward()
+    assert m.enc_class.weight.grad is not None and float(m.enc_class.weight.grad.abs().sum()) > 0  # encoder loss
+    assert float(m.enc_box[-1].weight.grad.abs().sum()) > 0  # the zero-initialised offset layer learns
+    assert not hasattr(m, "anchors")

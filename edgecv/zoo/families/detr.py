@@ -8,8 +8,10 @@ every decoder layer gets the loss (auxiliary losses, as in the paper).
 
 What differs from the 2020 paper, each from a published DETR variant:
 
-* object queries are learnable anchor boxes (DAB-DETR, Liu et al. 2022): a query's positional embedding is an MLP
-  of the sine embedding of its current box, so the encoder–decoder attention looks where the box is;
+* object queries are boxes (DAB-DETR, Liu et al. 2022): a query's positional embedding is an MLP of the sine
+  embedding of its current box, so the encoder–decoder attention looks where the box is; the first boxes are
+  learnable anchors, or (``two_stage``, Deformable DETR's two-stage variant with RT-DETR's query selection) the
+  top-scoring boxes that the encoder tokens predict, their loss the same Hungarian set loss;
 * iterative box refinement (Deformable DETR, Zhu et al. 2021): each decoder layer predicts an offset to the
   previous layer's box in inverse-sigmoid space; the next layer starts from that box (detached);
 * sigmoid focal classification (Deformable / Conditional DETR): C independent sigmoids, no "no object" class,
