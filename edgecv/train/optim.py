@@ -18,18 +18,23 @@ ADADELTA_EPS = 1e-6
 SCHEDULES = ("none", "constant", "step", "cosine", "linear")
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # no decay on biases and norm scales: decaying them only hurts (standard practice, timm param_groups_weight_decay)
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for _, p in model.named_parameters():
+def _param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
+    # no decay on biases and norm scales: decaying them only hurts (standard practice, timm param_groups_weight_decay);
+    # a model's ``lr_scale`` ({parameter-name prefix: factor}) gives parts of it their own rate (DETR's backbone 0.1×)
+    scales: dict[str, float] = dict(getattr(model, "lr_scale", None) or {})
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        scale = next((f for pre, f in scales.items() if name.startswith(pre)), 1.0)
+        groups.setdefault((p.ndim > 1, scale), []).append(p)
+    out = []
+    for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1] != 1.0)):
+        g: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if scale != 1.0:
+            g["lr"] = lr * scale
+        out.append(g)
+    return out
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig | dict[str, Any] | str) -> torch.optim.Optimizer:
@@ -44,7 +49,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig | dict[str, Any] | st
         cfg = OptimizerConfig(name=cast(OptimizerName, cfg))  # pydantic validates the name
     elif isinstance(cfg, dict):
         cfg = OptimizerConfig(**cfg)
-    params = _param_groups(model, cfg.weight_decay)
+    params = _param_groups(model, cfg.weight_decay, cfg.lr)
     name = cfg.name
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr)
