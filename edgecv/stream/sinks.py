@@ -7,7 +7,6 @@ on end of stream, on error and on Ctrl-C / SIGTERM), so a saved video is playabl
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import logging
 import os
@@ -357,12 +356,12 @@ _INDEX = b"""<!doctype html><html><head><title>edgecv run</title>
 <style>body{background:#111;color:#ddd;font-family:sans-serif;margin:1em}img{max-width:100%}</style></head>
 <body><h3>edgecv run</h3><img src="/stream.mjpg" alt="stream"><p><a href="/snapshot.jpg">snapshot</a></p>
 </body></html>"""
-BOUNDARY = "edgecvframe"
 
 
 class MjpegServer(Sink):
     """Serves the annotated frames as ``multipart/x-mixed-replace`` MJPEG on ``/stream.mjpg``, a snapshot on
-    ``/snapshot.jpg`` and a small index page on ``/``. Frames are JPEG-encoded only while a client watches.
+    ``/snapshot.jpg`` and a small index page on ``/`` (the serving is :class:`~edgecv.stream.mjpeg.MjpegHttp`'s).
+    Frames are JPEG-encoded only while a client watches.
 
     Binds to loopback by default. Any other address needs a token (``--token`` or ``EDGECV_TOKEN``), which every
     request must carry (``Authorization: Bearer …`` or ``?token=…``), and at most ``max_clients`` watch at once
@@ -377,152 +376,44 @@ class MjpegServer(Sink):
         token: str | None = None,
         max_clients: int = netguard.DEFAULT_MAX_CLIENTS,
     ) -> None:
-        netguard.check_bind(host, token)
-        self.quality = int(quality)
-        self.token = token
-        self.limit = netguard.ClientLimit(max_clients)
-        self.refused_auth = 0
-        self._cv = threading.Condition()
-        self._jpeg: bytes | None = None
-        self._seq = 0
-        self._closed = False
-        self.clients = 0
-        self.parts_sent = 0
-        server_self = self
+        from edgecv.stream.mjpeg import MjpegHttp
+
         index = _INDEX.replace(b"/stream.mjpg", b"/stream.mjpg?token=" + token.encode()) if token else _INDEX
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            timeout = 10  # a client that sends nothing does not hold a thread for long
-
-            def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the status line reports clients
-                log.debug("mjpeg: " + fmt, *args)
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if not netguard.token_ok(server_self.token, netguard.request_token(self.headers, self.path)):
-                    server_self.refused_auth += 1
-                    self._send(401, "text/plain", b"expected a token (Authorization: Bearer ... or ?token=...)\n")
-                    return
-                if path == "/stream.mjpg":
-                    # a stream holds its connection for as long as the client watches: bounded
-                    if not server_self.limit.acquire():
-                        self._send(503, "text/plain", f"at most {server_self.limit.max_clients} viewers\n".encode())
-                        return
-                    try:
-                        server_self._stream(self)
-                    finally:
-                        server_self.limit.release()
-                    return
-                self._route(path)
-
-            def _route(self, path: str) -> None:
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", index)
-                elif path == "/snapshot.jpg":
-                    jpeg = server_self._wait_jpeg(-1, 5.0)
-                    if jpeg is None:
-                        self._send(503, "text/plain", b"no frame yet\n")
-                    else:
-                        self._send(200, "image/jpeg", jpeg)
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        try:
-            self.httpd = Server((host, int(port)), Handler)
-        except OSError as exc:
-            raise ConfigError(f"--serve: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
-        addr = self.httpd.server_address
-        self.host, self.port = str(addr[0] if isinstance(addr[0], str) else addr[0].decode()), int(addr[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True, name="edgecv-mjpeg"
+        page = ("text/html; charset=utf-8", index)
+        self.http = MjpegHttp(
+            [""],
+            host,
+            port,
+            quality=quality,
+            token=token,
+            max_clients=max_clients,
+            stream_path="/stream{}.mjpg",
+            snapshot_path="/snapshot{}.jpg",
+            pages={"/": lambda: page, "/index.html": lambda: page},
+            thread_name="edgecv-mjpeg",
         )
-        self._thread.start()
+        self.host, self.port = self.http.host, self.http.port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return self.http.url
 
-    def _wait_jpeg(self, after_seq: int, timeout: float) -> bytes | None:
-        with self._cv:
-            self._cv.wait_for(lambda: self._closed or (self._jpeg is not None and self._seq > after_seq), timeout)
-            return self._jpeg
+    @property
+    def parts_sent(self) -> int:
+        return self.http.parts_sent
 
-    def _stream(self, h: http.server.BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-        h.send_header("Cache-Control", "no-store")
-        h.send_header("Connection", "close")
-        h.end_headers()
-        with self._cv:
-            self.clients += 1
-        seq = -1
-        try:
-            while True:
-                with self._cv:
-                    self._cv.wait_for(lambda: self._closed or (self._jpeg is not None and self._seq > seq), 1.0)  # noqa: B023 (called at once)
-                    if self._closed:
-                        break
-                    if self._jpeg is None or self._seq <= seq:
-                        continue
-                    jpeg, seq = self._jpeg, self._seq
-                h.wfile.write(
-                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-                    + jpeg
-                    + b"\r\n"
-                )
-                h.wfile.flush()
-                with self._cv:
-                    self.parts_sent += 1
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away
-        finally:
-            with self._cv:
-                self.clients -= 1
+    @property
+    def clients(self) -> int:
+        return self.http.viewers
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
-        if frame is None or self._closed:
-            return
-        # encode only while someone is watching (or before the first frame, so /snapshot.jpg works)
-        if self.clients == 0 and self._jpeg is not None:
-            return
-        cv2 = lazy_import("cv2", "stream")
-        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            return
-        with self._cv:
-            self._jpeg = buf.tobytes()
-            self._seq += 1
-            self._cv.notify_all()
+        self.http.publish("", frame)
 
     def close(self) -> None:
-        with self._cv:
-            if self._closed:
-                return
-            self._closed = True
-            self._cv.notify_all()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.close()
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "parts_sent": self.parts_sent,
-            "auth": bool(self.token),
-            "refused_unauthorized": self.refused_auth,
-            "refused_full": self.limit.refused,
-        }
+        return self.http.describe()
 
 
 # ------------------------------------------------------------------------------------------------ window
