@@ -146,6 +146,8 @@ class Source(abc.ABC):
         self.spec = spec
         self.fps: float | None = None  # nominal rate when the container/driver reports one
         self.frame_count: int | None = None
+        #: the file the last frame read came from (image folders and globs), else None
+        self.frame_name: str | None = None
 
     @abc.abstractmethod
     def open(self, timeout: float) -> None:
