@@ -344,7 +344,7 @@ class StreamPipeline:
                 status, img = self.source.read()
                 t1 = time.perf_counter()
                 if status == "end":
-                    if spec.network or (spec.kind == "camera" and self.cfg.reconnect_max > 0):
+                    if spec.network or (spec.live and self.cfg.reconnect_max > 0):
                         if self._reconnect():
                             continue
                         if not self._stop.is_set():
@@ -353,7 +353,7 @@ class StreamPipeline:
                                 f"{self.cfg.reconnect_max} reconnect attempt(s)"
                             )
                         break
-                    if self.cfg.loop and spec.kind in ("file", "folder"):
+                    if self.cfg.loop and spec.files:
                         self.source.open(self.cfg.open_timeout)
                         continue
                     self.stop("end of stream")

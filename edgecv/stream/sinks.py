@@ -45,8 +45,7 @@ class Sink:
 
 def check_outputs(source: Any, outputs: dict[str, Path | None], force: bool = False) -> None:
     """``run``'s outputs against its source (a file or a folder of images): see :func:`edgecv._io.check_output_files`."""
-    src = Path(str(source.target)) if getattr(source, "kind", None) in ("file", "folder") else None
-    check_output_files([src] if src is not None else [], outputs, force)
+    check_output_files(source.inputs(), outputs, force)
 
 
 # ------------------------------------------------------------------------------------------------ video
