@@ -121,6 +121,7 @@ class MultiStreamPipeline:
         config: batching and async settings.
         decoder: overrides the contract's decoder (tests).
         on_status: called about twice a second with the live status line.
+        outputs: the model outputs to fetch (None: all), as for :class:`StreamPipeline`.
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class MultiStreamPipeline:
         config: MultiConfig | None = None,
         decoder: Decoder | None = None,
         on_status: Callable[[str], None] | None = None,
+        outputs: list[str] | None = None,
     ) -> None:
         from edgecv.stream.cameras import check_unique
         from edgecv.tasks.decode import get_decoder
@@ -141,6 +143,7 @@ class MultiStreamPipeline:
         check_unique([s.name for s in streams], "streams")
         self.cfg = config or MultiConfig()
         self.cfg.validate()
+        self.outputs = outputs
         self.runner = runner
         self.contract = contract
         self.decoder = decoder if decoder is not None else get_decoder(contract)
@@ -431,7 +434,11 @@ class MultiStreamPipeline:
                 hook = getattr(s, "on_source_open", None)
                 if hook is not None:
                     hook(self.streams[0].pipe.source, self.streams[0].pipe.cfg)
-            self.async_q = self.runner.async_queue(self.cfg.requests)
+            self.async_q = (
+                self.runner.async_queue(self.cfg.requests)
+                if self.outputs is None
+                else self.runner.async_queue(self.cfg.requests, self.outputs)
+            )
             self.t_start = time.perf_counter()
             caps = [
                 threading.Thread(target=self._stream_main, args=(st,), name=f"edgecv-capture-{st.name}", daemon=True)

@@ -174,7 +174,10 @@ def finish_frame(
     event["latency_ms"] = {k: round(v, 3) for k, v in fr.lat_ms.items()}
     stop = False
     for s in sinks:
-        s.write(canvas if s.needs_frame else None, event)
+        if s.needs_results:
+            s.write_results(canvas if s.needs_frame else None, event, results)
+        else:
+            s.write(canvas if s.needs_frame else None, event)
         stop = stop or bool(getattr(s, "stop_requested", False))
     fr.lat_ms["sink"] = (time.perf_counter() - t_post) * 1e3
     for k, v in fr.lat_ms.items():
@@ -254,6 +257,8 @@ class StreamPipeline:
         config: flow settings.
         decoder: overrides the contract's decoder (tests).
         on_status: called about twice a second with the live status line.
+        outputs: the model outputs to fetch (None: all); the decoder's own, so validation-only outputs are not
+            copied out of the engine on every frame.
     """
 
     def __init__(
@@ -265,9 +270,11 @@ class StreamPipeline:
         config: StreamConfig | None = None,
         decoder: Decoder | None = None,
         on_status: Callable[[str], None] | None = None,
+        outputs: list[str] | None = None,
     ) -> None:
         from edgecv.tasks.decode import get_decoder
 
+        self.outputs = outputs
         self.source = source
         self.runner = runner
         self.contract = contract
@@ -410,7 +417,8 @@ class StreamPipeline:
     def _infer(self, fr: Frame) -> None:
         t = time.perf_counter()
         assert fr.tensor is not None  # set by _preprocess, which always runs first
-        fr.outputs = self.runner.infer({self.contract.input_name: fr.tensor})
+        feed = {self.contract.input_name: fr.tensor}
+        fr.outputs = self.runner.infer(feed) if self.outputs is None else self.runner.infer(feed, self.outputs)
         fr.tensor = None  # release the input early
         fr.lat_ms["infer"] = (time.perf_counter() - t) * 1e3
 

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from edgecv import netguard
 from edgecv._io import check_output_files, describe_write_error
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, SinkError
+from edgecv.registry import Registry
 from edgecv.stream.buffer import FrameBuffer
 
 log = logging.getLogger("edgecv.stream")
@@ -32,9 +35,15 @@ class Sink:
     """Base: ``needs_frame`` says whether the sink wants the annotated image (else only the event)."""
 
     needs_frame = True
+    #: the sink takes the decoded results too (label files, masks): the pipeline calls :meth:`write_results`
+    needs_results = False
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def write_results(self, frame: np.ndarray | None, event: dict[str, Any], results: list[Any]) -> None:
+        """Like :meth:`write`, with the frame's decoded results (``tasks`` Result objects)."""
+        self.write(frame, event)
 
     def close(self) -> None:
         pass
@@ -74,7 +83,10 @@ class VideoSink(Sink):
         self.preset = preset
         self.path = Path(path)
         if self.path.suffix.lower() not in (".mp4", ".mkv", ".avi", ".mov"):
-            raise ConfigError(f"--save: expected a .mp4, .mkv, .mov or .avi file, found '{self.path.name}'")
+            raise ConfigError(
+                f"--save: expected a .mp4, .mkv, .mov or .avi file (or a folder DIR/ for images), "
+                f"found '{self.path.name}'"
+            )
         self._fps_given = bool(fps and fps > 0)
         self.fps = float(fps) if fps and fps > 0 else 25.0
         if writer == "auto":
@@ -463,3 +475,353 @@ def wait_for_port(host: str, port: int, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+# ------------------------------------------------------------------------------------------------ registry
+@dataclass
+class SinkContext:
+    """What a sink kind's ``build`` may use besides its own option's value.
+
+    Attributes:
+        values: every sink option's value for this stream (``{name}`` expanded, cameras.yaml's own paths applied).
+        options: the run's options (:class:`edgecv.stream.workflow.RunOptions`).
+        contract: the bundle's contract (the task decides which label files exist).
+        stream: the stream this sink serves; None for a single-stream run or a sink shared by every stream.
+        names: every stream's name.
+        inputs: the files and folders the sources read (outputs stay out of them).
+        on_info: prints one line for the user (a server's URL).
+    """
+
+    values: dict[str, Any]
+    options: Any
+    contract: Any = None
+    stream: str | None = None
+    names: list[str] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
+    on_info: Callable[[str], None] = lambda line: None
+
+
+def _asked(v: Any) -> bool:
+    return v is not None and v is not False
+
+
+@dataclass(frozen=True)
+class SinkKind:
+    """One kind of output of ``edgecv run``, registered in :data:`SINKS` (the one place a new sink is added); the
+    single- and multi-stream runs build their sinks from it, and a parametrized test checks every kind.
+
+    Attributes:
+        name: the kind.
+        option: the :class:`~edgecv.stream.workflow.RunOptions` field (``--save`` is ``save``) that asks for it.
+        build: ``(value, SinkContext)`` → the sink.
+        example: a folder → the option values that ask for this kind (its test writes under that folder).
+        check: ``(sink, events, folder)`` after a run over the example folder: raises AssertionError when what it
+            wrote does not match the run's events.
+        accepts: whether this kind serves the option's value (``--save`` a video file vs a folder).
+        modes: ``single`` and/or ``multi`` (several streams on one engine).
+        forces_multi: asking for it runs the multi-stream pipeline even for one source (MQTT).
+        shared: the value → one sink for every stream (else one per stream).
+        templated: the value is a path where ``{name}`` stands for the stream name.
+        camera_key: the ``cameras.yaml`` key that gives a stream its own value.
+        output: the value → the file it writes, checked with the other outputs before anything runs.
+        precheck: ``(value, flag, SinkContext)`` → raises ConfigError before anything runs or is written.
+        needs: what its test needs on the machine (``display``, ``mqtt broker``).
+    """
+
+    name: str
+    option: str
+    build: Callable[[Any, SinkContext], Sink]
+    example: Callable[[Path], dict[str, Any]]
+    check: Callable[[Sink, list[dict[str, Any]], Path], None]
+    accepts: Callable[[Any], bool] = _asked
+    modes: tuple[str, ...] = ("single", "multi")
+    forces_multi: bool = False
+    shared: Callable[[Any], bool] = lambda v: False
+    templated: bool = False
+    camera_key: str | None = None
+    output: Callable[[Any], Path | None] | None = None
+    precheck: Callable[[Any, str, SinkContext], None] | None = None
+    needs: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.option.replace("_", "-")
+
+    def applies(self, value: Any, mode: str) -> bool:
+        return mode in self.modes and _asked(value) and self.accepts(value)
+
+
+SINKS: Registry[SinkKind] = Registry("stream sink")
+_ORDER: list[str] = []
+
+
+def register_sink(kind: SinkKind) -> SinkKind:
+    """Add a sink kind (see :class:`SinkKind`); ``edgecv run`` and its tests pick it up."""
+    SINKS.register(kind.name, kind)
+    _ORDER.append(kind.name)
+    return kind
+
+
+def sink_kinds() -> list[SinkKind]:
+    """Every registered kind, in registration order (the order sinks are built and written)."""
+    return [SINKS.get(n) for n in _ORDER]
+
+
+def expand(template: Any, name: str | None) -> Any:
+    """A per-stream value: ``{name}`` replaced by the stream name."""
+    if template is None or name is None:
+        return template
+    return type(template)(str(template).replace("{name}", name)) if isinstance(template, (str, Path)) else template
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[::1]:PORT`` or just ``PORT`` (loopback) → (host, port)."""
+    t = text.strip()
+    host = "127.0.0.1"
+    if t.startswith("["):
+        h, _, p = t[1:].partition("]:")
+        host, port_s = h, p
+    elif ":" in t:
+        host, _, port_s = t.rpartition(":")
+    else:
+        port_s = t
+    try:
+        port = int(port_s)
+    except ValueError:
+        port = -1
+    if not (0 <= port <= 65535) or not host:
+        raise ConfigError(f"--serve: expected HOST:PORT (e.g. 127.0.0.1:8080), found '{text}'")
+    return host, port
+
+
+# the built-in kinds: builders import their modules when asked, so a run without MQTT never imports paho
+def _build_mqtt(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv.stream.mqtt import MqttSink
+
+    o = ctx.options
+    return MqttSink(
+        v,
+        qos=o.mqtt_qos,
+        username=o.mqtt_user,
+        password=o.mqtt_password,
+        ca=o.mqtt_ca,
+        cert=o.mqtt_cert,
+        key=o.mqtt_key,
+        insecure=o.mqtt_insecure,
+        buffer=o.mqtt_buffer,
+    )
+
+
+def _check_mqtt(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    d = sink.describe()
+    assert d["sent"] + d["dropped"] == len(events), d
+
+
+def _build_video(v: Any, ctx: SinkContext) -> Sink:
+    return VideoSink(v, writer=ctx.options.writer, preset=ctx.options.save_preset)
+
+
+def _check_video(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    assert isinstance(sink, VideoSink) and sink.frames == len(events) and sink.path.stat().st_size > 0
+
+
+def _build_images(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv.stream.predict import ImageFolderSink
+
+    return ImageFolderSink(v)
+
+
+def _precheck_images(v: Any, flag: str, ctx: SinkContext) -> None:
+    from edgecv.stream.predict import check_output_folder
+
+    check_output_folder(flag, Path(v), ctx.inputs, ctx.options.force)
+
+
+def _check_images(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    from edgecv.stream.predict import ImageFolderSink
+
+    assert isinstance(sink, ImageFolderSink)
+    assert sorted(p.name for p in sink.folder.iterdir()) == sorted(e["file"] for e in events)
+
+
+def _is_folder(v: Any) -> bool:
+    from edgecv.stream.predict import is_folder_target
+
+    return _asked(v) and is_folder_target(v)
+
+
+def _build_labels(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv.stream.predict import LabelSink
+
+    return LabelSink(ctx.values["save"], str(v).lower(), ctx.contract.task)
+
+
+def _precheck_labels(v: Any, flag: str, ctx: SinkContext) -> None:
+    save = ctx.values.get("save")
+    if not _is_folder(save):
+        raise ConfigError(f"{flag}: expected --save DIR/ to write the label files under, found {save or 'none'}")
+
+
+def _check_labels(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    from edgecv.stream.predict import LabelSink
+
+    assert isinstance(sink, LabelSink) and sink.fmt == "yolo"  # the example: a classifier's top-k
+    for e in events:
+        lines = (sink.path / f"{Path(e['file']).stem}.txt").read_text().splitlines()
+        got = [(int(a), float(b)) for a, b in (ln.split() for ln in lines)]
+        want = [(t["class_id"], t["score"]) for t in e["results"][0]["topk"]]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        assert all(abs(g[1] - w[1]) < 1e-5 for g, w in zip(got, want))
+
+
+def _build_jsonl(v: Any, ctx: SinkContext) -> Sink:
+    return JsonlSink(v)
+
+
+def _check_jsonl(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    assert isinstance(sink, JsonlSink)
+    assert [json.loads(x) for x in sink.path.read_text().splitlines()] == events
+
+
+def _build_mjpeg(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv import netguard
+
+    srv = MjpegServer(
+        *parse_hostport(v), token=netguard.resolve_token(ctx.options.token), max_clients=ctx.options.max_clients
+    )
+    ctx.on_info(f"MJPEG stream at {srv.url} (stream: {srv.url}stream.mjpg)")
+    return srv
+
+
+def _check_server(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+
+    url = sink.describe()["url"]
+    assert url.startswith("http://127.0.0.1:")
+    assert sink.describe()["refused_unauthorized"] == 0
+
+
+def _precheck_serve(v: Any, flag: str, ctx: SinkContext) -> None:
+    from edgecv import netguard
+
+    host, _port = parse_hostport(v)
+    netguard.check_bind(host, netguard.resolve_token(ctx.options.token))
+
+
+def _build_live(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv import netguard
+    from edgecv.stream.live import LivePage
+
+    page = LivePage(
+        ctx.names,
+        *parse_hostport(v),
+        token=netguard.resolve_token(ctx.options.token),
+        max_clients=ctx.options.max_clients,
+    )
+    ctx.on_info(f"live page at {page.url}")
+    return page
+
+
+def _build_window(v: Any, ctx: SinkContext) -> Sink:
+    return WindowSink()
+
+
+def _check_window(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    assert isinstance(sink, WindowSink)
+
+
+register_sink(
+    SinkKind(
+        "mqtt",
+        "mqtt",
+        _build_mqtt,
+        example=lambda d: {"mqtt": "mqtt://127.0.0.1:{port}/edgecv/{stream}"},
+        check=_check_mqtt,
+        modes=("multi",),
+        forces_multi=True,
+        shared=lambda v: True,
+        needs="mqtt broker",
+    )
+)
+register_sink(
+    SinkKind(
+        "video",
+        "save",
+        _build_video,
+        example=lambda d: {"save": d / "out.mp4"},
+        check=_check_video,
+        accepts=lambda v: _asked(v) and not _is_folder(v),
+        templated=True,
+        camera_key="save",
+        output=Path,
+    )
+)
+register_sink(
+    SinkKind(
+        "images",
+        "save",
+        _build_images,
+        example=lambda d: {"save": d / "annotated"},
+        check=_check_images,
+        accepts=_is_folder,
+        templated=True,
+        camera_key="save",
+        precheck=_precheck_images,
+    )
+)
+register_sink(
+    SinkKind(
+        "labels",
+        "labels",
+        _build_labels,
+        example=lambda d: {"save": d / "annotated", "labels": "yolo"},
+        check=_check_labels,
+        precheck=_precheck_labels,
+    )
+)
+register_sink(
+    SinkKind(
+        "jsonl",
+        "jsonl",
+        _build_jsonl,
+        example=lambda d: {"jsonl": d / "out.jsonl"},
+        check=_check_jsonl,
+        shared=lambda v: "{name}" not in str(v),
+        templated=True,
+        camera_key="jsonl",
+        output=Path,
+    )
+)
+register_sink(
+    SinkKind(
+        "mjpeg",
+        "serve",
+        _build_mjpeg,
+        example=lambda d: {"serve": "127.0.0.1:0"},
+        check=_check_server,
+        modes=("single",),
+        precheck=_precheck_serve,
+    )
+)
+register_sink(
+    SinkKind(
+        "live",
+        "serve",
+        _build_live,
+        example=lambda d: {"serve": "127.0.0.1:0"},
+        check=_check_server,
+        modes=("multi",),
+        shared=lambda v: True,
+        precheck=_precheck_serve,
+    )
+)
+register_sink(
+    SinkKind(
+        "window",
+        "show",
+        _build_window,
+        example=lambda d: {"show": True},
+        check=_check_window,
+        modes=("single",),
+        needs="display",
+    )
+)
