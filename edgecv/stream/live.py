@@ -103,8 +103,7 @@ class LivePage(Sink):
             quality=quality,
             token=token,
             max_clients=max_clients,
-            stream_path="/stream/{}.mjpg",
-            snapshot_path="/snapshot/{}.jpg",
+            paths=("/stream/{}.mjpg", "/snapshot/{}.jpg"),
             pages={"/": lambda: page, "/index.html": lambda: page, "/metrics.json": self._metrics_json},
             thread_name="edgecv-live",
         )

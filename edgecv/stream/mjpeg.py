@@ -43,8 +43,8 @@ class JpegSlot:
 
 
 class MjpegHttp:
-    """Serves ``names``' MJPEG streams at ``stream_path`` and snapshots at ``snapshot_path`` (``{}`` is the stream
-    name), plus the owner's ``pages``; everything else is 404.
+    """Serves ``names``' MJPEG streams and snapshots at ``paths`` (two templates, ``{}`` is the stream name), plus
+    the owner's ``pages``; everything else is 404.
 
     Args:
         names: the streams ("" for a single stream).
@@ -67,8 +67,7 @@ class MjpegHttp:
         quality: int,
         token: str | None,
         max_clients: int,
-        stream_path: str,
-        snapshot_path: str,
+        paths: tuple[str, str],
         pages: Pages | None = None,
         thread_name: str = "edgecv-mjpeg",
     ) -> None:
@@ -78,8 +77,7 @@ class MjpegHttp:
         self.limit = netguard.ClientLimit(max_clients)
         self.slots = {n: JpegSlot() for n in names}
         self.pages: Pages = dict(pages or {})
-        self.stream_path = stream_path
-        self.snapshot_path = snapshot_path
+        self.stream_path, self.snapshot_path = paths
         self.refused_auth = 0
         self.parts_sent = 0
         self._count_lock = threading.Lock()

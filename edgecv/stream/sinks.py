@@ -398,8 +398,7 @@ class MjpegServer(Sink):
             quality=quality,
             token=token,
             max_clients=max_clients,
-            stream_path="/stream{}.mjpg",
-            snapshot_path="/snapshot{}.jpg",
+            paths=("/stream{}.mjpg", "/snapshot{}.jpg"),
             pages={"/": lambda: page, "/index.html": lambda: page},
             thread_name="edgecv-mjpeg",
         )
@@ -598,18 +597,9 @@ def parse_hostport(text: str) -> tuple[str, int]:
 def _build_mqtt(v: Any, ctx: SinkContext) -> Sink:
     from edgecv.stream.mqtt import MqttSink
 
-    o = ctx.options
-    return MqttSink(
-        v,
-        qos=o.mqtt_qos,
-        username=o.mqtt_user,
-        password=o.mqtt_password,
-        ca=o.mqtt_ca,
-        cert=o.mqtt_cert,
-        key=o.mqtt_key,
-        insecure=o.mqtt_insecure,
-        buffer=o.mqtt_buffer,
-    )
+    o = ctx.options  # --mqtt-qos, --mqtt-password, … are MqttSink's arguments; --mqtt-user is its username
+    kw = {k: getattr(o, f"mqtt_{k}") for k in ("qos", "password", "ca", "cert", "key", "insecure", "buffer")}
+    return MqttSink(v, username=o.mqtt_user, **kw)
 
 
 def _check_mqtt(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
@@ -733,99 +723,28 @@ def _check_window(sink: Sink, events: list[dict[str, Any]], folder: Path) -> Non
     assert isinstance(sink, WindowSink)
 
 
-register_sink(
-    SinkKind(
-        "mqtt",
-        "mqtt",
-        _build_mqtt,
-        example=lambda d: {"mqtt": "mqtt://127.0.0.1:{port}/edgecv/{stream}"},
-        check=_check_mqtt,
-        modes=("multi",),
-        forces_multi=True,
-        shared=lambda v: True,
-        needs="mqtt broker",
-    )
-)
-register_sink(
-    SinkKind(
-        "video",
-        "save",
-        _build_video,
-        example=lambda d: {"save": d / "out.mp4"},
-        check=_check_video,
-        accepts=lambda v: _asked(v) and not _is_folder(v),
-        templated=True,
-        camera_key="save",
-        output=Path,
-    )
-)
-register_sink(
-    SinkKind(
-        "images",
-        "save",
-        _build_images,
-        example=lambda d: {"save": d / "annotated"},
-        check=_check_images,
-        accepts=_is_folder,
-        templated=True,
-        camera_key="save",
-        precheck=_precheck_images,
-    )
-)
-register_sink(
-    SinkKind(
-        "labels",
-        "labels",
-        _build_labels,
-        example=lambda d: {"save": d / "annotated", "labels": "yolo"},
-        check=_check_labels,
-        precheck=_precheck_labels,
-    )
-)
-register_sink(
-    SinkKind(
-        "jsonl",
-        "jsonl",
-        _build_jsonl,
-        example=lambda d: {"jsonl": d / "out.jsonl"},
-        check=_check_jsonl,
-        shared=lambda v: "{name}" not in str(v),
-        templated=True,
-        camera_key="jsonl",
-        output=Path,
-    )
-)
-register_sink(
-    SinkKind(
-        "mjpeg",
-        "serve",
-        _build_mjpeg,
-        example=lambda d: {"serve": "127.0.0.1:0"},
-        check=_check_server,
-        modes=("single",),
-        precheck=_precheck_serve,
-    )
-)
-register_sink(
-    SinkKind(
-        "live",
-        "serve",
-        _build_live,
-        example=lambda d: {"serve": "127.0.0.1:0"},
-        check=_check_server,
-        modes=("multi",),
-        shared=lambda v: True,
-        precheck=_precheck_serve,
-    )
-)
-register_sink(
-    SinkKind(
-        "window",
-        "show",
-        _build_window,
-        example=lambda d: {"show": True},
-        check=_check_window,
-        modes=("single",),
-        needs="display",
-    )
-)
+def _example(**values: Any) -> Callable[[Path], dict[str, Any]]:
+    """Example option values; a value starting with ``/`` is a path under the test's folder."""
+    return lambda d: {k: d / v[1:] if isinstance(v, str) and v.startswith("/") else v for k, v in values.items()}
+
+
+_SERVER: dict[str, Any] = {"check": _check_server, "precheck": _precheck_serve}
+_STREAM_FILE: dict[str, Any] = {"templated": True, "output": Path}  # one file per stream, {name} in its path
+_MQTT_URL = "mqtt://127.0.0.1:{port}/edgecv/{stream}"
+
+# the order of registration is the order sinks are built and written
+register_sink(SinkKind("mqtt", "mqtt", _build_mqtt, _example(mqtt=_MQTT_URL), _check_mqtt, needs="mqtt broker",
+                       modes=("multi",), forces_multi=True, shared=lambda v: True))  # fmt: skip
+register_sink(SinkKind("video", "save", _build_video, _example(save="/out.mp4"), _check_video, camera_key="save",
+                       accepts=lambda v: _asked(v) and not _is_folder(v), **_STREAM_FILE))  # fmt: skip
+register_sink(SinkKind("images", "save", _build_images, _example(save="/annotated"), _check_images, _is_folder,
+                       templated=True, camera_key="save", precheck=_precheck_images))  # fmt: skip
+register_sink(SinkKind("labels", "labels", _build_labels, _example(save="/annotated", labels="yolo"), _check_labels,
+                       precheck=_precheck_labels))  # fmt: skip
+register_sink(SinkKind("jsonl", "jsonl", _build_jsonl, _example(jsonl="/out.jsonl"), _check_jsonl, camera_key="jsonl",
+                       shared=lambda v: "{name}" not in str(v), **_STREAM_FILE))  # fmt: skip
+register_sink(SinkKind("mjpeg", "serve", _build_mjpeg, _example(serve="127.0.0.1:0"), modes=("single",), **_SERVER))
+register_sink(SinkKind("live", "serve", _build_live, _example(serve="127.0.0.1:0"), modes=("multi",),
+                       shared=lambda v: True, **_SERVER))  # fmt: skip
+register_sink(SinkKind("window", "show", _build_window, _example(show=True), _check_window, modes=("single",),
+                       needs="display"))  # fmt: skip

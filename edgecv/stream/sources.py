@@ -552,58 +552,33 @@ def _example_url(folder: Path) -> str:
     return f"rtsp://127.0.0.1:{port}/stream"
 
 
+def _example_folder(folder: Path) -> str:
+    return str(_write_images(folder / "images")[0].parent)
+
+
+def _example_glob(folder: Path) -> str:
+    return str(_write_images(folder / "shots")[0].parent / "*.png")
+
+
 def _glob_inputs(spec: SourceSpec) -> list[Path]:
     return sorted({p.parent for p in glob_images(str(spec.target))})
 
 
-register_source(
-    SourceKind(
-        "gst",
-        claim=lambda s: None,
-        open=_opencv,
-        example=lambda d: "videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48 ! videoconvert ! appsink",
-        order=0,
-        live=True,
-        network=True,
-        flag="--gst",
-    )
-)
-register_source(
-    SourceKind("camera", claim=_claim_camera, open=_opencv, example=lambda d: "/dev/video63", order=10, live=True)
-)
-register_source(
-    SourceKind("url", claim=_claim_url, open=_opencv, example=_example_url, order=20, live=True, network=True)
-)
-register_source(
-    SourceKind(
-        "folder",
-        claim=_claim_folder,
-        open=lambda spec, decode: FolderSource(spec),
-        example=lambda d: str(_write_images(d / "images")[0].parent),
-        order=30,
-        inputs=lambda spec: [Path(str(spec.target))],
-        opens_anywhere=True,
-    )
-)
-register_source(
-    SourceKind(
-        "file",
-        claim=_claim_file,
-        open=_opencv,
-        example=_example_video,
-        order=40,
-        inputs=lambda spec: [Path(str(spec.target))],
-        opens_anywhere=True,
-    )
-)
-register_source(
-    SourceKind(
-        "glob",
-        claim=_claim_glob,
-        open=lambda spec, decode: GlobSource(spec),
-        example=lambda d: str(_write_images(d / "shots")[0].parent / "*.png"),
-        order=50,
-        inputs=_glob_inputs,
-        opens_anywhere=True,
-    )
-)
+def _files(name: str, claim: Any, make: Any, example: Any, order: int, inputs: Any = None) -> SourceKind:
+    """A kind read from files on disk: its example opens anywhere, and outputs stay out of what it reads."""
+    return SourceKind(name, claim, make, example, order, inputs=inputs or _own_path, opens_anywhere=True)
+
+
+def _own_path(spec: SourceSpec) -> list[Path]:
+    return [Path(str(spec.target))]
+
+
+_GST_EXAMPLE = "videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48 ! videoconvert ! appsink"
+
+# claim order: an explicit --gst first, then cameras, URLs, folders, files, and patterns last
+register_source(SourceKind("gst", lambda s: None, _opencv, lambda d: _GST_EXAMPLE, 0, True, True, "--gst"))
+register_source(SourceKind("camera", _claim_camera, _opencv, lambda d: "/dev/video63", 10, live=True))
+register_source(SourceKind("url", _claim_url, _opencv, _example_url, 20, live=True, network=True))
+register_source(_files("folder", _claim_folder, lambda spec, decode: FolderSource(spec), _example_folder, 30))
+register_source(_files("file", _claim_file, _opencv, _example_video, 40))
+register_source(_files("glob", _claim_glob, lambda spec, decode: GlobSource(spec), _example_glob, 50, _glob_inputs))
