@@ -43,6 +43,7 @@ from edgecv.stream.pipeline import (
     finish_frame,
     install_stop_signals,
     raise_error,
+    record_failure,
     restore_signals,
     usable_cpus,
     watch,
@@ -131,9 +132,10 @@ class MultiStreamPipeline:
         contract: Contract,
         sinks: list[Sink] | None = None,
         config: MultiConfig | None = None,
-        decoder: Decoder | None = None,
+        *,
         on_status: Callable[[str], None] | None = None,
         outputs: list[str] | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         from edgecv.stream.cameras import check_unique
         from edgecv.tasks.decode import get_decoder
@@ -198,12 +200,7 @@ class MultiStreamPipeline:
         self._signal()
 
     def _fail(self, stage: str, exc: BaseException) -> None:
-        with self._err_lock:
-            if self.error is None:
-                self.error = exc
-                self.stopped_by = f"error in {stage}"
-                log.debug("%s failed: %s", stage, exc)
-        self._stop.set()
+        record_failure(self, stage, exc)
         for st in self.streams:
             st.pipe.stop(f"error in {stage}")
             st.pipe.capture_buf.abort()

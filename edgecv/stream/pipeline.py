@@ -189,6 +189,17 @@ def finish_frame(
     return stop
 
 
+def record_failure(run: Any, stage: str, exc: BaseException) -> None:
+    """The first failure of a run (``run.error``, ``run.stopped_by``) under its lock, then the run stops; ``run()``
+    raises it (the CLI prints one line), the debug log is for library users who watch it live."""
+    with run._err_lock:
+        if run.error is None:
+            run.error = exc
+            run.stopped_by = f"error in {stage}"
+            log.debug("%s failed: %s", stage, exc)
+    run._stop.set()
+
+
 def install_stop_signals(stop: Callable[[str], None], stopping: threading.Event) -> dict[int, Any]:
     """SIGINT / SIGTERM call ``stop`` (a second Ctrl-C while ``stopping`` aborts); only from the main thread.
     Returns the previous handlers for :func:`restore_signals`."""
@@ -306,13 +317,7 @@ class StreamPipeline:
         self._stop.set()
 
     def _fail(self, stage: str, exc: BaseException) -> None:
-        with self._err_lock:
-            if self.error is None:
-                self.error = exc
-                self.stopped_by = f"error in {stage}"
-                # run() raises it (the CLI prints one line); the log is for library users who watch it live
-                log.debug("%s failed: %s", stage, exc)
-        self._stop.set()
+        record_failure(self, stage, exc)
         for b in (self.capture_buf, self.pre_q, self.inf_q):
             b.abort()
 
