@@ -9,7 +9,7 @@ import abc
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -99,11 +99,27 @@ class Runner(abc.ABC):
             raise BackendError(f"{self.name} runner used before load(); use it as a context manager")
 
     # ------------------------------------------------------------------ inference
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on ``feed`` (input name → array); returns output name → array."""
+    def infer(self, feed: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model on ``feed`` (input name → array); returns output name → array. ``outputs``: only these
+        (an engine that can skips fetching and copying the others); None: every output."""
         self._require_loaded()
         self.check_feed(feed)
-        return self._infer_impl(feed)
+        if outputs is None:
+            return self._infer_impl(feed)
+        return self._infer_outputs(feed, self.check_outputs(outputs))
+
+    def check_outputs(self, names: Sequence[str]) -> list[str]:
+        """``names`` as a list, each one an output of the model (else one line naming the outputs)."""
+        have = [s.name for s in self._output_spec]
+        unknown = [n for n in names if n not in have]
+        if unknown or not names:
+            raise InputError(f"expected outputs among {have}, found {list(names)}")
+        return list(names)
+
+    def _infer_outputs(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """Inference on a checked feed, returning only ``names``; engines that can fetch a subset override it."""
+        out = self._infer_impl(feed)
+        return {n: out[n] for n in names}
 
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
         want = {s.name for s in self._input_spec}
@@ -122,15 +138,16 @@ class Runner(abc.ABC):
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Backend-specific inference on a checked feed."""
 
-    def async_queue(self, requests: int | None = None) -> AsyncInfer:
+    def async_queue(self, requests: int | None = None, outputs: Sequence[str] | None = None) -> AsyncInfer:
         """Up to ``requests`` inferences in flight through the engine's asynchronous API (None: the engine's
         own choice). The base class runs :meth:`infer` on worker threads (ONNX Runtime: ``Run`` on one
         session from several threads, which ORT documents as thread-safe); a runner that is not
         :attr:`concurrent_infer` gets one worker, so inference still overlaps the caller's other work.
-        OpenVINO overrides this with its ``AsyncInferQueue``."""
+        OpenVINO overrides this with its ``AsyncInferQueue``. ``outputs``: only these outputs (as :meth:`infer`)."""
         self._require_loaded()
         n = max(1, int(requests or 2))
-        return ThreadedAsyncInfer(self, n if self.concurrent_infer else 1)
+        names = self.check_outputs(outputs) if outputs is not None else None
+        return ThreadedAsyncInfer(self, n if self.concurrent_infer else 1, names)
 
     def describe(self) -> dict[str, Any]:
         """What the runner is running, for tables and JSON."""
@@ -176,8 +193,9 @@ class AsyncInfer(abc.ABC):
 class ThreadedAsyncInfer(AsyncInfer):
     """:class:`AsyncInfer` over ``runner.infer`` on ``requests`` worker threads."""
 
-    def __init__(self, runner: Runner, requests: int) -> None:
+    def __init__(self, runner: Runner, requests: int, outputs: list[str] | None = None) -> None:
         super().__init__(runner, requests)
+        self.outputs = outputs
         self.kind = "threads" if requests > 1 else "thread"
         self._slots = threading.BoundedSemaphore(self.requests)
         self._jobs: queue.Queue[tuple[dict[str, np.ndarray], Any, Done] | None] = queue.Queue()
@@ -204,7 +222,10 @@ class ThreadedAsyncInfer(AsyncInfer):
             feed, userdata, done = job
             try:
                 try:
-                    out = self.runner._infer_impl(feed)
+                    if self.outputs is None:
+                        out = self.runner._infer_impl(feed)
+                    else:
+                        out = self.runner._infer_outputs(feed, self.outputs)
                 except BaseException as exc:  # noqa: BLE001 - handed to the callback
                     done(userdata, None, exc)
                 else:

@@ -187,8 +187,11 @@ class OnnxRuntimeRunner(Runner):
         self._session = None
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self._session.run(self._output_names, feed)
-        return dict(zip(self._output_names, outs))
+        return self._infer_outputs(feed, self._output_names)
+
+    def _infer_outputs(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        outs = self._session.run(names, feed)  # ORT fetches only the outputs asked for
+        return dict(zip(names, outs))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ every accuracy number wrong. The precision it reports is read back from the comp
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -191,12 +192,15 @@ class OpenVINORunner(Runner):
         self._compiled = None
 
     def _infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._infer_outputs(feed, self._output_names)
+
+    def _infer_outputs(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         self._request.infer(feed)
-        # copy: the request reuses its output buffers on the next call
-        return {
-            name: np.array(self._request.get_output_tensor(i).data, copy=True)
-            for i, name in enumerate(self._output_names)
-        }
+        # copy: the request reuses its output buffers on the next call (only the outputs asked for are copied)
+        return {n: np.array(self._request.get_output_tensor(i).data, copy=True) for i, n in self._indexed(names)}
+
+    def _indexed(self, names: list[str]) -> list[tuple[int, str]]:
+        return [(self._output_names.index(n), n) for n in names]
 
     def optimal_requests(self) -> int:
         """How many requests OpenVINO wants in flight for the compiled hint (1 when it does not say)."""
@@ -206,12 +210,13 @@ class OpenVINORunner(Runner):
         except Exception:  # noqa: BLE001 - not every plugin reports it
             return 1
 
-    def async_queue(self, requests: int | None = None) -> AsyncInfer:
+    def async_queue(self, requests: int | None = None, outputs: Sequence[str] | None = None) -> AsyncInfer:
         """OpenVINO's ``AsyncInferQueue`` with ``requests`` infer requests (None: the compiled model's optimal
         number, which the throughput hint raises with the cores it may use, and at least 2, so that the caller
         prepares the next batch while one runs)."""
         self._require_loaded()
-        return _OVAsyncInfer(self, requests or max(2, self.optimal_requests()))
+        names = self.check_outputs(outputs) if outputs is not None else self._output_names
+        return _OVAsyncInfer(self, requests or max(2, self.optimal_requests()), names)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -222,11 +227,11 @@ class OpenVINORunner(Runner):
 class _OVAsyncInfer(AsyncInfer):
     """``openvino.AsyncInferQueue``: ``start_async`` blocks only while every request is busy."""
 
-    def __init__(self, runner: OpenVINORunner, requests: int) -> None:
+    def __init__(self, runner: OpenVINORunner, requests: int, outputs: list[str]) -> None:
         super().__init__(runner, requests)
         ov = lazy_import("openvino")
         self.kind = "openvino AsyncInferQueue"
-        self._names = list(runner._output_names)
+        self._names = runner._indexed(outputs)
         self._q = ov.AsyncInferQueue(runner._compiled, int(requests))
         self.requests = len(self._q)
         self._q.set_callback(self._callback)
@@ -235,7 +240,7 @@ class _OVAsyncInfer(AsyncInfer):
         data, done = userdata
         try:
             # copy: the request reuses its output buffers on its next run
-            out = {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in enumerate(self._names)}
+            out = {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in self._names}
         except BaseException as exc:  # noqa: BLE001 - handed to the callback
             done(data, None, exc)
             return

@@ -1,7 +1,10 @@
-"""``edgecv run``: the deployed model on a camera, video file, network stream, GStreamer pipeline or image folder."""
+"""``edgecv run``: the deployed model on a camera, video file, network stream, GStreamer pipeline, image folder or
+glob. The command parses its options into :class:`edgecv.stream.workflow.RunOptions`, calls
+:func:`~edgecv.stream.workflow.run_stream` and prints what comes back."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -20,458 +23,234 @@ from edgecv.cli.options import (
     RemoteModelOpt,
     RunBackendOpt,
     SomePrecisionOpt,
-    with_remote,
 )
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[::1]:PORT`` or just ``PORT`` (loopback) → (host, port)."""
-    from edgecv.errors import ConfigError
+def run(
+    bundle: BundleArg,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source",
+            "-s",
+            help="Camera index (0), device (/dev/video0), video file, image folder, image glob ('imgs/*.jpg', "
+            "quoted), rtsp/rtmp/http(s)/udp URL, or a GStreamer pipeline with --gst. Repeat it for "
+            "several streams in one run (NAME=SOURCE names one; default cam0, cam1, …).",
+            show_default=False,
+        ),
+    ] = None,
+    backend: RunBackendOpt = None,
+    precision: SomePrecisionOpt = None,
+    device: DeviceOpt = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="CPU threads for the engine (default: the engine's own; on a machine with <= 4 "
+            "cores, cores - 1, so capture keeps a core to decode).",
+        ),
+    ] = None,
+    gst: Annotated[bool, typer.Option("--gst", help="--source is a GStreamer pipeline (ends in appsink).")] = False,
+    drop: Annotated[
+        str | None,
+        typer.Option(
+            "--drop",
+            help="When inference lags: latest (infer the newest "
+            "frame; default for live sources), oldest, or wait (never "
+            "drop; default for files and folders).",
+        ),
+    ] = None,
+    stride: Annotated[int, typer.Option("--stride", help="Process every N-th frame.")] = 1,
+    max_fps: Annotated[
+        float | None, typer.Option("--max-fps", help="At most this many frames/s enter the pipeline.")
+    ] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Stop after N frames.")] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save",
+            help="Write the annotated video (.mp4/.mkv/.mov/.avi), or with a folder (DIR/) every annotated image "
+            "under its own file name (image folders and globs; a video's frames as frame_000042.jpg).",
+        ),
+    ] = None,
+    jsonl: Annotated[
+        Path | None,
+        typer.Option("--jsonl", help="One JSON line per processed frame (with the image's file name, for images)."),
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels",
+            help="With --save DIR/: yolo (DIR/labels/NAME.txt per image: detectors 'class cx cy w h score' "
+            "normalized, classifiers the top-k 'class score'), coco (DIR/predictions.json, detectors) or mask "
+            "(DIR/masks/NAME.png per image, segmenters).",
+        ),
+    ] = None,
+    serve: Annotated[
+        str | None, typer.Option("--serve", help="MJPEG endpoint HOST:PORT (e.g. 127.0.0.1:8080).")
+    ] = None,
+    show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display and OpenCV highgui).")] = False,
+    json_out: Annotated[
+        str | None,
+        typer.Option("--json", help="Write the summary as JSON to FILE ('-' for stdout, instead of the table)."),
+    ] = None,
+    rebuild: RebuildOpt = False,
+    open_timeout: Annotated[
+        float, typer.Option("--open-timeout", help="Seconds to wait for the source to open.")
+    ] = 10.0,
+    reconnect_max: Annotated[
+        int,
+        typer.Option(
+            "--reconnect-max", help="Reconnect attempts per outage of a network source (exponential backoff)."
+        ),
+    ] = 10,
+    loop: Annotated[bool, typer.Option("--loop", help="Restart a file or folder source at its end.")] = False,
+    writer: Annotated[
+        str,
+        typer.Option(
+            "--writer", help="Video writer: auto (ffmpeg H.264 when ffmpeg is on PATH), ffmpeg, opencv (mp4v)."
+        ),
+    ] = "auto",
+    save_preset: Annotated[
+        str,
+        typer.Option(
+            "--save-preset",
+            help="libx264 preset for --save with the ffmpeg writer; the encoder shares the CPU "
+            "with the model (ultrafast: least CPU, largest file).",
+        ),
+    ] = "ultrafast",
+    buffer_size: Annotated[
+        int | None,
+        typer.Option("--buffer", help="Capture buffer size in frames (default 1 for latest, 2 otherwise)."),
+    ] = None,
+    decode: Annotated[
+        str,
+        typer.Option(
+            "--decode",
+            help="Video decoding for files and URLs: auto (a hardware decoder when OpenCV's FFmpeg "
+            "finds one, e.g. VAAPI; else software), hw (hardware or fail), sw.",
+        ),
+    ] = "auto",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live status line and no summary table (errors still print).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing --save/--jsonl/--json files.")] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="Token every --serve request must carry (Bearer header or ?token=); required to bind "
+            "a non-loopback address. Default: the EDGECV_TOKEN environment variable.",
+        ),
+    ] = None,
+    max_clients: Annotated[int, typer.Option("--max-clients", help="--serve: most clients at once.")] = 8,
+    conf: Annotated[
+        float,
+        typer.Option(
+            "--conf",
+            help="Detectors: keep detections scoring at least this (the bundle's own threshold is set low for mAP).",
+        ),
+    ] = 0.25,
+    sources_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--sources",
+            help="cameras.yaml: several named streams (url/device/file/gst, max_fps, drop, save "
+            "and jsonl paths with {name}); see the README.",
+        ),
+    ] = None,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(
+            "--batch-wait-ms",
+            help="Several streams: the longest a batch waits for frames of other streams after its first one.",
+        ),
+    ] = 5.0,
+    max_batch: Annotated[
+        int | None,
+        typer.Option("--max-batch", help="Several streams: most frames per batch (default: the bundle's largest)."),
+    ] = None,
+    requests: Annotated[
+        int | None,
+        typer.Option(
+            "--requests",
+            help="Several streams: batches in flight at once (default: the engine's choice; "
+            "OpenVINO's optimal number with the throughput hint, else 2).",
+        ),
+    ] = None,
+    require_all: Annotated[
+        bool,
+        typer.Option(
+            "--require-all",
+            help="Several streams: exit 2 before anything runs when a source does not open "
+            "(default: name it and run the others).",
+        ),
+    ] = False,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            "--mqtt",
+            help="Publish every frame's results: mqtt://[user:pass@]HOST[:1883]/TOPIC/{stream} (mqtts:// for TLS).",
+        ),
+    ] = None,
+    mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", help="MQTT QoS: 0 or 1.")] = 0,
+    mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="MQTT user name.")] = None,
+    mqtt_password: Annotated[
+        str | None, typer.Option("--mqtt-password", help="MQTT password (default: EDGECV_MQTT_PASSWORD).")
+    ] = None,
+    mqtt_ca: Annotated[str | None, typer.Option("--mqtt-ca", help="TLS: CA certificates to trust.")] = None,
+    mqtt_cert: Annotated[str | None, typer.Option("--mqtt-cert", help="TLS: client certificate.")] = None,
+    mqtt_key: Annotated[str | None, typer.Option("--mqtt-key", help="TLS: client key.")] = None,
+    mqtt_insecure: Annotated[
+        bool, typer.Option("--mqtt-insecure", help="TLS: do not check the broker's host name.")
+    ] = False,
+    mqtt_buffer: Annotated[
+        int,
+        typer.Option(
+            "--mqtt-buffer",
+            help="Messages kept while the broker is away; beyond it the oldest are dropped and counted.",
+        ),
+    ] = 1000,
+    endpoint: EndpointOpt = None,
+    model: RemoteModelOpt = None,
+    record: RecordOpt = True,
+) -> None:
+    """Run a bundle on a stream: capture → preprocess → infer → decode → sinks, with live metrics.
 
-    t = text.strip()
-    host = "127.0.0.1"
-    if t.startswith("["):
-        h, _, p = t[1:].partition("]:")
-        host, port_s = h, p
-    elif ":" in t:
-        host, _, port_s = t.rpartition(":")
-    else:
-        port_s = t
+    Several streams (--source repeated, --sources cameras.yaml, or --mqtt) share one engine: frames of
+    different streams are batched, inference overlaps through the engine's asynchronous API. On an image folder or
+    a glob ('imgs/*.jpg'), --save DIR/ and --labels write one annotated image and one label file per image."""
+    from edgecv.cli._output import emit_json, err_console
+    from edgecv.errors import SourceError
+    from edgecv.stream.sources import abandoned_threads
+    from edgecv.stream.workflow import RunOptions, run_stream
+
+    logging.basicConfig(level=logging.WARNING, format="edgecv: %(message)s", stream=sys.stderr)
+    args = dict(locals())
+    names = {f.name for f in dataclasses.fields(RunOptions)}
+    opts = RunOptions(**{k: v for k, v in args.items() if k in names}, sources=list(source or []))
+    status = _StatusPrinter(enabled=not quiet)
     try:
-        port = int(port_s)
-    except ValueError:
-        port = -1
-    if not (0 <= port <= 65535) or not host:
-        raise ConfigError(f"--serve: expected HOST:PORT (e.g. 127.0.0.1:8080), found '{text}'")
-    return host, port
-
-
-def _pick_backend(bundle: object, backend: str | None, precision: str | None) -> tuple[str, str]:
-    """``-b NAME[:PRECISION]`` as every command reads it; without ``-b``, the best artifact the bundle holds here."""
-    from edgecv.backends import RUNNERS
-    from edgecv.errors import ConfigError
-    from edgecv.types import parse_backend_spec, parse_precision
-    from edgecv.validate.runs import best_target
-
-    if backend is None:
-        return best_target(bundle, parse_precision(precision) if precision else None)  # type: ignore[arg-type]
-    name, prec = parse_backend_spec(backend, precision or "fp32")
-    if name == "torch":
-        raise ConfigError(
-            "--backend torch: expected a deployment engine (onnxruntime, openvino, tensorrt, "
-            "remote); torch is the reference that 'edgecv validate' compares against"
-        )
-    RUNNERS.get(name)  # unknown → one line listing the choices
-    return name, prec
+        with status:
+            summary = run_stream(
+                opts, on_status=status.update, on_info=lambda line: err_console.print(line, highlight=False)
+            )
+    except SourceError as exc:
+        if abandoned_threads():
+            # an open attempt is stuck inside OpenCV/FFmpeg and cannot be cancelled; a normal exit
+            # would abort in C++ teardown ("terminate called…"), so report and leave at once
+            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
+        raise
+    if json_out == "-":
+        emit_json("run", summary, passed=True)
+    elif not quiet:
+        (_print_multi_summary if summary.get("mode") == "multi" else _print_summary)(summary)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("run")
-    def run(
-        bundle: BundleArg,
-        source: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--source",
-                "-s",
-                help="Camera index (0), device (/dev/video0), video file, image folder, "
-                "rtsp/rtmp/http(s)/udp URL, or a GStreamer pipeline with --gst. Repeat it for "
-                "several streams in one run (NAME=SOURCE names one; default cam0, cam1, …).",
-                show_default=False,
-            ),
-        ] = None,
-        backend: RunBackendOpt = None,
-        precision: SomePrecisionOpt = None,
-        device: DeviceOpt = None,
-        threads: Annotated[
-            int | None,
-            typer.Option(
-                "--threads",
-                help="CPU threads for the engine (default: the engine's own; on a machine with <= 4 "
-                "cores, cores - 1, so capture keeps a core to decode).",
-            ),
-        ] = None,
-        gst: Annotated[bool, typer.Option("--gst", help="--source is a GStreamer pipeline (ends in appsink).")] = False,
-        drop: Annotated[
-            str | None,
-            typer.Option(
-                "--drop",
-                help="When inference lags: latest (infer the newest "
-                "frame; default for live sources), oldest, or wait (never "
-                "drop; default for files and folders).",
-            ),
-        ] = None,
-        stride: Annotated[int, typer.Option("--stride", help="Process every N-th frame.")] = 1,
-        max_fps: Annotated[
-            float | None, typer.Option("--max-fps", help="At most this many frames/s enter the pipeline.")
-        ] = None,
-        max_frames: Annotated[int | None, typer.Option("--max-frames", help="Stop after N frames.")] = None,
-        save: Annotated[Path | None, typer.Option("--save", help="Write the annotated video (.mp4/.mkv/.avi).")] = None,
-        jsonl: Annotated[Path | None, typer.Option("--jsonl", help="One JSON line per processed frame.")] = None,
-        serve: Annotated[
-            str | None, typer.Option("--serve", help="MJPEG endpoint HOST:PORT (e.g. 127.0.0.1:8080).")
-        ] = None,
-        show: Annotated[
-            bool, typer.Option("--show", help="Show a window (needs a display and OpenCV highgui).")
-        ] = False,
-        json_out: Annotated[
-            str | None,
-            typer.Option("--json", help="Write the summary as JSON to FILE ('-' for stdout, instead of the table)."),
-        ] = None,
-        rebuild: RebuildOpt = False,
-        open_timeout: Annotated[
-            float, typer.Option("--open-timeout", help="Seconds to wait for the source to open.")
-        ] = 10.0,
-        reconnect_max: Annotated[
-            int,
-            typer.Option(
-                "--reconnect-max", help="Reconnect attempts per outage of a network source (exponential backoff)."
-            ),
-        ] = 10,
-        loop: Annotated[bool, typer.Option("--loop", help="Restart a file or folder source at its end.")] = False,
-        writer: Annotated[
-            str,
-            typer.Option(
-                "--writer", help="Video writer: auto (ffmpeg H.264 when ffmpeg is on PATH), ffmpeg, opencv (mp4v)."
-            ),
-        ] = "auto",
-        save_preset: Annotated[
-            str,
-            typer.Option(
-                "--save-preset",
-                help="libx264 preset for --save with the ffmpeg writer; the encoder shares the CPU "
-                "with the model (ultrafast: least CPU, largest file).",
-            ),
-        ] = "ultrafast",
-        buffer_size: Annotated[
-            int | None,
-            typer.Option("--buffer", help="Capture buffer size in frames (default 1 for latest, 2 otherwise)."),
-        ] = None,
-        decode: Annotated[
-            str,
-            typer.Option(
-                "--decode",
-                help="Video decoding for files and URLs: auto (a hardware decoder when OpenCV's FFmpeg "
-                "finds one, e.g. VAAPI; else software), hw (hardware or fail), sw.",
-            ),
-        ] = "auto",
-        quiet: Annotated[
-            bool, typer.Option("--quiet", "-q", help="No live status line and no summary table (errors still print).")
-        ] = False,
-        force: Annotated[bool, typer.Option("--force", help="Replace existing --save/--jsonl/--json files.")] = False,
-        token: Annotated[
-            str | None,
-            typer.Option(
-                "--token",
-                help="Token every --serve request must carry (Bearer header or ?token=); required to bind "
-                "a non-loopback address. Default: the EDGECV_TOKEN environment variable.",
-            ),
-        ] = None,
-        max_clients: Annotated[int, typer.Option("--max-clients", help="--serve: most clients at once.")] = 8,
-        conf: Annotated[
-            float,
-            typer.Option(
-                "--conf",
-                help="Detectors: keep detections scoring at least this (the bundle's own threshold is set "
-                "low for mAP).",
-            ),
-        ] = 0.25,
-        sources_file: Annotated[
-            Path | None,
-            typer.Option(
-                "--sources",
-                help="cameras.yaml: several named streams (url/device/file/gst, max_fps, drop, save "
-                "and jsonl paths with {name}); see the README.",
-            ),
-        ] = None,
-        batch_wait_ms: Annotated[
-            float,
-            typer.Option(
-                "--batch-wait-ms",
-                help="Several streams: the longest a batch waits for frames of other streams after its first one.",
-            ),
-        ] = 5.0,
-        max_batch: Annotated[
-            int | None,
-            typer.Option("--max-batch", help="Several streams: most frames per batch (default: the bundle's largest)."),
-        ] = None,
-        requests: Annotated[
-            int | None,
-            typer.Option(
-                "--requests",
-                help="Several streams: batches in flight at once (default: the engine's choice; "
-                "OpenVINO's optimal number with the throughput hint, else 2).",
-            ),
-        ] = None,
-        require_all: Annotated[
-            bool,
-            typer.Option(
-                "--require-all",
-                help="Several streams: exit 2 before anything runs when a source does not open "
-                "(default: name it and run the others).",
-            ),
-        ] = False,
-        mqtt: Annotated[
-            str | None,
-            typer.Option(
-                "--mqtt",
-                help="Publish every frame's results: mqtt://[user:pass@]HOST[:1883]/TOPIC/{stream} (mqtts:// for TLS).",
-            ),
-        ] = None,
-        mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", help="MQTT QoS: 0 or 1.")] = 0,
-        mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="MQTT user name.")] = None,
-        mqtt_password: Annotated[
-            str | None, typer.Option("--mqtt-password", help="MQTT password (default: EDGECV_MQTT_PASSWORD).")
-        ] = None,
-        mqtt_ca: Annotated[str | None, typer.Option("--mqtt-ca", help="TLS: CA certificates to trust.")] = None,
-        mqtt_cert: Annotated[str | None, typer.Option("--mqtt-cert", help="TLS: client certificate.")] = None,
-        mqtt_key: Annotated[str | None, typer.Option("--mqtt-key", help="TLS: client key.")] = None,
-        mqtt_insecure: Annotated[
-            bool, typer.Option("--mqtt-insecure", help="TLS: do not check the broker's host name.")
-        ] = False,
-        mqtt_buffer: Annotated[
-            int,
-            typer.Option(
-                "--mqtt-buffer",
-                help="Messages kept while the broker is away; beyond it the oldest are dropped and counted.",
-            ),
-        ] = 1000,
-        endpoint: EndpointOpt = None,
-        model: RemoteModelOpt = None,
-        record: RecordOpt = True,
-    ) -> None:
-        """Run a bundle on a stream: capture → preprocess → infer → decode → sinks, with live metrics.
-
-        Several streams (--source repeated, --sources cameras.yaml, or --mqtt) share one engine: frames of
-        different streams are batched, inference overlaps through the engine's asynchronous API."""
-        from edgecv.errors import ConfigError as _ConfigError
-
-        if sources_file is not None or len(source or []) > 1 or mqtt is not None:
-            if sources_file is not None and source:
-                raise _ConfigError("--sources: expected either --source (repeated) or --sources FILE, found both")
-            if show:
-                raise _ConfigError(
-                    "--show: expected one stream, found several; use --serve HOST:PORT for the live page"
-                )
-            _run_multi(
-                {
-                    "bundle": bundle,
-                    "sources": list(source or []),
-                    "sources_file": sources_file,
-                    "backend": backend,
-                    "precision": precision,
-                    "device": device,
-                    "threads": threads,
-                    "gst": gst,
-                    "drop": drop,
-                    "stride": stride,
-                    "max_fps": max_fps,
-                    "max_frames": max_frames,
-                    "save": save,
-                    "jsonl": jsonl,
-                    "serve": serve,
-                    "json_out": json_out,
-                    "rebuild": rebuild,
-                    "open_timeout": open_timeout,
-                    "reconnect_max": reconnect_max,
-                    "loop": loop,
-                    "writer": writer,
-                    "save_preset": save_preset,
-                    "buffer_size": buffer_size,
-                    "decode": decode,
-                    "quiet": quiet,
-                    "force": force,
-                    "token": token,
-                    "max_clients": max_clients,
-                    "conf": conf,
-                    "endpoint": endpoint,
-                    "model": model,
-                    "record": record,
-                    "batch_wait_ms": batch_wait_ms,
-                    "max_batch": max_batch,
-                    "requests": requests,
-                    "require_all": require_all,
-                    "mqtt": mqtt,
-                    "mqtt_qos": mqtt_qos,
-                    "mqtt_user": mqtt_user,
-                    "mqtt_password": mqtt_password,
-                    "mqtt_ca": mqtt_ca,
-                    "mqtt_cert": mqtt_cert,
-                    "mqtt_key": mqtt_key,
-                    "mqtt_insecure": mqtt_insecure,
-                    "mqtt_buffer": mqtt_buffer,
-                }
-            )
-            return
-        if not source:
-            raise _ConfigError(
-                "--source: expected a camera, file, folder, URL or pipeline (or --sources FILE), found none"
-            )
-        _run_single(
-            bundle=bundle,
-            source=source[0],
-            backend=backend,
-            precision=precision,
-            device=device,
-            threads=threads,
-            gst=gst,
-            drop=drop,
-            stride=stride,
-            max_fps=max_fps,
-            max_frames=max_frames,
-            save=save,
-            jsonl=jsonl,
-            serve=serve,
-            show=show,
-            json_out=json_out,
-            rebuild=rebuild,
-            open_timeout=open_timeout,
-            reconnect_max=reconnect_max,
-            loop=loop,
-            writer=writer,
-            save_preset=save_preset,
-            buffer_size=buffer_size,
-            decode=decode,
-            quiet=quiet,
-            force=force,
-            token=token,
-            max_clients=max_clients,
-            conf=conf,
-            endpoint=endpoint,
-            model=model,
-            record=record,
-        )
-
-
-def _run_single(
-    *,
-    bundle: Path,
-    source: str,
-    backend: str | None,
-    precision: str | None,
-    device: str | None,
-    threads: int | None,
-    gst: bool,
-    drop: str | None,
-    stride: int,
-    max_fps: float | None,
-    max_frames: int | None,
-    save: Path | None,
-    jsonl: Path | None,
-    serve: str | None,
-    show: bool,
-    json_out: str | None,
-    rebuild: bool,
-    open_timeout: float,
-    reconnect_max: int,
-    loop: bool,
-    writer: str,
-    save_preset: str,
-    buffer_size: int | None,
-    decode: str,
-    quiet: bool,
-    force: bool,
-    token: str | None,
-    max_clients: int,
-    conf: float,
-    endpoint: str | None,
-    model: str | None,
-    record: bool,
-) -> None:
-    """One stream: the pipeline of stages in threads (unchanged since before multi-stream runs)."""
-    from edgecv import netguard
-    from edgecv._io import write_json
-    from edgecv.backends import open_runner
-    from edgecv.bundle import Bundle
-    from edgecv.cli._output import emit_json, err_console
-    from edgecv.errors import ConfigError, SourceError
-    from edgecv.stream import StreamConfig, StreamPipeline, open_source, parse_source
-    from edgecv.stream.buffer import POLICIES
-    from edgecv.stream.sinks import JsonlSink, MjpegServer, Sink, VideoSink, WindowSink, check_outputs
-    from edgecv.stream.sources import abandoned_threads
-
-    logging.basicConfig(level=logging.WARNING, format="edgecv: %(message)s", stream=sys.stderr)
-    if drop is not None and drop not in POLICIES:
-        raise ConfigError(f"--drop: expected one of {', '.join(POLICIES)}, found '{drop}'")
-    cfg = StreamConfig(
-        drop=drop,
-        stride=stride,
-        max_fps=max_fps,
-        max_frames=max_frames,
-        open_timeout=open_timeout,
-        reconnect_max=reconnect_max,
-        loop=loop,
-        buffer_size=buffer_size,
-    )
-    cfg.validate()
-    spec = parse_source(source, gst=gst)
-    json_file = Path(json_out) if json_out not in (None, "-") else None
-    check_outputs(spec, {"--save": save, "--jsonl": jsonl, "--json": json_file}, force=force)
-    serve_at = parse_hostport(serve) if serve is not None else None
-    tok = netguard.resolve_token(token)
-    if serve_at is not None:
-        netguard.check_bind(serve_at[0], tok)
-    open_source(spec, decode=decode)  # a bad --decode is one line before the model loads
-    from edgecv.backends.tensorrt_guard import REBUILD
-
-    REBUILD.set(rebuild)
-    b = Bundle.open(bundle)
-    backend, precision = _pick_backend(b, backend, precision)
-    sinks: list[Sink] = []
-    try:
-        if save is not None:
-            sinks.append(VideoSink(save, writer=writer, preset=save_preset))
-        if jsonl is not None:
-            sinks.append(JsonlSink(jsonl))
-        if serve_at is not None:
-            srv = MjpegServer(*serve_at, token=tok, max_clients=max_clients)
-            sinks.append(srv)
-            err_console.print(f"MJPEG stream at {srv.url} (stream: {srv.url}stream.mjpg)", highlight=False)
-        if show:
-            sinks.append(WindowSink())
-    except BaseException:
-        for s in sinks:
-            s.close()
-        raise
-    if threads is None:
-        from edgecv.stream.pipeline import stream_engine_threads
-
-        threads = stream_engine_threads()  # a small machine keeps a core for capture/decode
-    runner = with_remote(open_runner, endpoint, model)(b, backend, precision=precision, device=device, threads=threads)
-    status = _StatusPrinter(enabled=not quiet)
-    with runner:
-        from edgecv.tasks.decode import with_conf
-
-        contract = with_conf(b.contract, conf)
-        pipe = StreamPipeline(open_source(spec, decode=decode), runner, contract, sinks, cfg, on_status=status.update)
-        try:
-            with status:
-                summary = pipe.run()
-        except SourceError as exc:
-            if pipe.last_summary is not None and json_out not in (None, "-"):
-                write_json(Path(json_out), pipe.last_summary)
-            if abandoned_threads():
-                # an open attempt is stuck inside OpenCV/FFmpeg and cannot be cancelled; a normal exit
-                # would abort in C++ teardown ("terminate called…"), so report and leave at once
-                sys.stderr.write(f"error: {exc}\n")
-                sys.stderr.flush()
-                os._exit(exc.exit_code)
-            raise
-        except BaseException:
-            if pipe.last_summary is not None and json_out not in (None, "-"):
-                write_json(Path(json_out), pipe.last_summary)
-            raise
-    summary["bundle"] = str(b.root)
-    from edgecv.results import record_result
-
-    record_result(b, "run", summary, enabled=record)
-    if json_out == "-":
-        emit_json("run", summary, passed=True)
-        return
-    if json_out is not None:
-        write_json(Path(json_out), summary)
-    if not quiet:
-        _print_summary(summary)
+    app.command("run")(run)
 
 
 class _StatusPrinter:
@@ -559,157 +338,6 @@ def _print_summary(s: dict[str, Any]) -> None:
     for name, d in s.get("sinks", {}).items():
         if d:
             console.print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in d.items()), highlight=False)
-
-
-def _run_multi(o: dict[str, Any]) -> None:
-    """Several streams on one engine (``edgecv.stream.multi``): validate everything, connect the broker, then load
-    the model once; nothing is written when any of that fails."""
-    from edgecv import netguard
-    from edgecv._io import check_output_files, write_json
-    from edgecv.backends import open_runner
-    from edgecv.backends.tensorrt_guard import REBUILD
-    from edgecv.bundle import Bundle
-    from edgecv.cli._output import emit_json, err_console
-    from edgecv.errors import ConfigError
-    from edgecv.stream import StreamConfig, open_source
-    from edgecv.stream.buffer import POLICIES
-    from edgecv.stream.cameras import cameras_from_flags, expand, load_cameras
-    from edgecv.stream.multi import MultiConfig, MultiStreamPipeline, StreamInput
-    from edgecv.stream.sinks import JsonlSink, Sink, VideoSink
-
-    logging.basicConfig(level=logging.WARNING, format="edgecv: %(message)s", stream=sys.stderr)
-    if o["drop"] is not None and o["drop"] not in POLICIES:
-        raise ConfigError(f"--drop: expected one of {', '.join(POLICIES)}, found '{o['drop']}'")
-    mcfg = MultiConfig(
-        batch_wait_ms=o["batch_wait_ms"], max_batch=o["max_batch"], requests=o["requests"], require_all=o["require_all"]
-    )
-    mcfg.validate()
-    if o["sources_file"] is not None:
-        cams = load_cameras(o["sources_file"])
-    else:
-        cams = cameras_from_flags(o["sources"], gst=o["gst"])
-    n = len(cams)
-    for flag, tmpl in (("--save", o["save"]), ("--jsonl", None)):
-        if tmpl is not None and n > 1 and "{name}" not in str(tmpl):
-            raise ConfigError(
-                f"{flag}: expected a path with {{name}} for {n} streams (e.g. out/{{name}}.mp4), found '{tmpl}'"
-            )
-    json_file = Path(o["json_out"]) if o["json_out"] not in (None, "-") else None
-    specs, cfgs, outs = [], [], []
-    for c in cams:
-        spec = c.source_spec()
-        cfg = StreamConfig(
-            drop=c.drop or o["drop"],
-            stride=o["stride"],
-            max_fps=c.max_fps or o["max_fps"],
-            max_frames=o["max_frames"],
-            open_timeout=o["open_timeout"],
-            reconnect_max=o["reconnect_max"],
-            loop=o["loop"],
-            buffer_size=o["buffer_size"],
-        )
-        try:
-            cfg.validate()
-        except ConfigError as exc:
-            raise ConfigError(f"stream '{c.name}': {exc}") from exc
-        save = expand(c.save, c.name) or expand(o["save"], c.name)
-        per_jsonl = expand(c.jsonl, c.name) or (
-            expand(o["jsonl"], c.name) if o["jsonl"] is not None and "{name}" in str(o["jsonl"]) else None
-        )
-        specs.append(spec)
-        cfgs.append(cfg)
-        outs.append((save, per_jsonl))
-    merged = o["jsonl"] if o["jsonl"] is not None and "{name}" not in str(o["jsonl"]) else None
-    files: dict[str, Path | None] = {"--json": json_file, "--jsonl": merged}
-    for c, (save, per_jsonl) in zip(cams, outs):
-        files[f"{c.name} save"] = save
-        files[f"{c.name} jsonl"] = per_jsonl
-    inputs = [Path(str(s.target)) for s in specs if s.kind in ("file", "folder")]
-    check_output_files(inputs, files, o["force"])
-    for spec in specs:
-        open_source(spec, decode=o["decode"])  # a bad --decode is one line before the model loads
-    serve_at = parse_hostport(o["serve"]) if o["serve"] is not None else None
-    tok = netguard.resolve_token(o["token"])
-    if serve_at is not None:
-        netguard.check_bind(serve_at[0], tok)
-    REBUILD.set(o["rebuild"])
-    b = Bundle.open(o["bundle"])
-    o["backend"], o["precision"] = _pick_backend(b, o["backend"], o["precision"])
-    shared: list[Sink] = []
-    per_sinks: list[list[Sink]] = []
-    try:
-        if o["mqtt"] is not None:  # an unreachable broker is one line before anything is written
-            from edgecv.stream.mqtt import MqttSink
-
-            shared.append(
-                MqttSink(
-                    o["mqtt"],
-                    qos=o["mqtt_qos"],
-                    username=o["mqtt_user"],
-                    password=o["mqtt_password"],
-                    ca=o["mqtt_ca"],
-                    cert=o["mqtt_cert"],
-                    key=o["mqtt_key"],
-                    insecure=o["mqtt_insecure"],
-                    buffer=o["mqtt_buffer"],
-                )
-            )
-        if merged is not None:
-            shared.append(JsonlSink(merged))
-        for save, per_jsonl in outs:
-            mine: list[Sink] = []
-            if save is not None:
-                mine.append(VideoSink(save, writer=o["writer"], preset=o["save_preset"]))
-            if per_jsonl is not None:
-                mine.append(JsonlSink(per_jsonl))
-            per_sinks.append(mine)
-        if serve_at is not None:
-            from edgecv.stream.live import LivePage
-
-            page = LivePage([c.name for c in cams], *serve_at, token=tok, max_clients=o["max_clients"])
-            shared.append(page)
-            err_console.print(f"live page at {page.url}", highlight=False)
-    except BaseException:
-        for s in shared + [x for m in per_sinks for x in m]:
-            s.close()
-        raise
-    threads = o["threads"]
-    if threads is None:
-        from edgecv.stream.pipeline import stream_engine_threads
-
-        threads = stream_engine_threads()
-    kw: dict[str, Any] = {"performance": "throughput"} if o["backend"] == "openvino" else {}
-    runner = with_remote(open_runner, o["endpoint"], o["model"])(
-        b, o["backend"], precision=o["precision"], device=o["device"], threads=threads, **kw
-    )
-    status = _StatusPrinter(enabled=not o["quiet"])
-    with runner:
-        from edgecv.tasks.decode import with_conf
-
-        contract = with_conf(b.contract, o["conf"])
-        streams = [
-            StreamInput(c.name, open_source(spec, decode=o["decode"]), cfg, mine)
-            for c, spec, cfg, mine in zip(cams, specs, cfgs, per_sinks)
-        ]
-        pipe = MultiStreamPipeline(streams, runner, contract, shared, mcfg, on_status=status.update)
-        try:
-            with status:
-                summary = pipe.run()
-        except BaseException:
-            if pipe.last_summary is not None and json_file is not None:
-                write_json(json_file, pipe.last_summary)
-            raise
-    summary["bundle"] = str(b.root)
-    from edgecv.results import record_result
-
-    record_result(b, "run", summary, enabled=o["record"])
-    if o["json_out"] == "-":
-        emit_json("run", summary, passed=True)
-        return
-    if json_file is not None:
-        write_json(json_file, summary)
-    if not o["quiet"]:
-        _print_multi_summary(summary)
 
 
 def _print_multi_summary(s: dict[str, Any]) -> None:

@@ -14,19 +14,16 @@ on simultaneous MJPEG viewers. Frames are JPEG-encoded only while someone watche
 from __future__ import annotations
 
 import html
-import http.server
 import json
 import logging
-import threading
 import urllib.parse
 from typing import Any
 
 import numpy as np
 
 from edgecv import netguard
-from edgecv._lazy import lazy_import
-from edgecv.errors import ConfigError
-from edgecv.stream.sinks import BOUNDARY, Sink
+from edgecv.stream.mjpeg import MjpegHttp
+from edgecv.stream.sinks import Sink
 
 log = logging.getLogger("edgecv.stream")
 
@@ -77,20 +74,10 @@ _CARD = """<div class="card"><h3>{name} <span class="state" id="s-{name}-state">
 <td id="s-{name}-dropped">-</td><td id="s-{name}-reconnects">-</td></tr></table></div>"""
 
 
-class _Slot:
-    """The newest JPEG of one stream and who watches it."""
-
-    def __init__(self) -> None:
-        self.cv = threading.Condition()
-        self.jpeg: bytes | None = None
-        self.seq = 0
-        self.viewers = 0
-        self.closed = False
-
-
 class LivePage(Sink):
     """Serves the live page; a shared sink of :class:`~edgecv.stream.multi.MultiStreamPipeline` (it calls
-    :meth:`attach` with itself, and :meth:`write` with every annotated frame and its event)."""
+    :meth:`attach` with itself, and :meth:`write` with every annotated frame and its event). The serving is
+    :class:`~edgecv.stream.mjpeg.MjpegHttp`'s; this class names the page and ``/metrics.json``."""
 
     def __init__(
         self,
@@ -101,86 +88,30 @@ class LivePage(Sink):
         token: str | None = None,
         max_clients: int = netguard.DEFAULT_MAX_CLIENTS,
     ) -> None:
-        netguard.check_bind(host, token)
         self.names = list(names)
-        self.quality = int(quality)
         self.token = token
-        self.limit = netguard.ClientLimit(max_clients)
-        self.slots = {n: _Slot() for n in self.names}
-        self.refused_auth = 0
-        self.parts_sent = 0
         self.metrics_served = 0
         self._pipeline: Any = None
-        self._closed = False
         q = "?token=" + urllib.parse.quote(token) if token else ""
         cards = "".join(_CARD.format(name=html.escape(n), qname=urllib.parse.quote(n), q=q) for n in self.names)
         self.page = _PAGE.format(n=len(self.names), cards=cards, token_js=json.dumps(token or "")).encode()
-        me = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            timeout = 10
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                log.debug("live: " + fmt, *args)
-
-            def do_GET(self) -> None:
-                path = urllib.parse.unquote(self.path.split("?", 1)[0])
-                if not netguard.token_ok(me.token, netguard.request_token(self.headers, self.path)):
-                    me.refused_auth += 1
-                    self._send(401, "text/plain", b"expected a token (Authorization: Bearer ... or ?token=...)\n")
-                    return
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", me.page)
-                elif path == "/metrics.json":
-                    body = json.dumps(me.metrics()).encode()
-                    me.metrics_served += 1
-                    self._send(200, "application/json", body)
-                elif path.startswith("/stream/") and path.endswith(".mjpg") and path[8:-5] in me.slots:
-                    if not me.limit.acquire():
-                        self._send(503, "text/plain", f"at most {me.limit.max_clients} viewers\n".encode())
-                        return
-                    try:
-                        me._stream(self, me.slots[path[8:-5]])
-                    finally:
-                        me.limit.release()
-                elif path.startswith("/snapshot/") and path.endswith(".jpg") and path[10:-4] in me.slots:
-                    slot = me.slots[path[10:-4]]
-                    with slot.cv:
-                        slot.cv.wait_for(lambda: slot.jpeg is not None or slot.closed, 5.0)
-                        jpeg = slot.jpeg
-                    if jpeg is None:
-                        self._send(503, "text/plain", b"no frame yet\n")
-                    else:
-                        self._send(200, "image/jpeg", jpeg)
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        try:
-            self.httpd = Server((host, int(port)), Handler)
-        except OSError as exc:
-            raise ConfigError(f"--serve: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
-        addr = self.httpd.server_address
-        self.host, self.port = str(addr[0] if isinstance(addr[0], str) else addr[0].decode()), int(addr[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True, name="edgecv-live"
+        page = ("text/html; charset=utf-8", self.page)
+        self.http = MjpegHttp(
+            self.names,
+            host,
+            port,
+            quality=quality,
+            token=token,
+            max_clients=max_clients,
+            paths=("/stream/{}.mjpg", "/snapshot/{}.jpg"),
+            pages={"/": lambda: page, "/index.html": lambda: page, "/metrics.json": self._metrics_json},
+            thread_name="edgecv-live",
         )
-        self._thread.start()
+        self.host, self.port = self.http.host, self.http.port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return self.http.url
 
     def attach(self, pipeline: Any) -> None:
         self._pipeline = pipeline
@@ -190,70 +121,25 @@ class LivePage(Sink):
             return {"t": 0, "streams": {}, "total": {}}
         return self._pipeline.live()  # type: ignore[no-any-return]
 
-    def _stream(self, h: http.server.BaseHTTPRequestHandler, slot: _Slot) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-        h.send_header("Cache-Control", "no-store")
-        h.send_header("Connection", "close")
-        h.end_headers()
-        with slot.cv:
-            slot.viewers += 1
-        seq = -1
-        try:
-            while True:
-                with slot.cv:
-                    slot.cv.wait_for(lambda: slot.closed or (slot.jpeg is not None and slot.seq > seq), 1.0)  # noqa: B023 (called at once)
-                    if slot.closed:
-                        break
-                    if slot.jpeg is None or slot.seq <= seq:
-                        continue
-                    jpeg, seq = slot.jpeg, slot.seq
-                h.wfile.write(
-                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-                    + jpeg
-                    + b"\r\n"
-                )
-                h.wfile.flush()
-                self.parts_sent += 1
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        finally:
-            with slot.cv:
-                slot.viewers -= 1
+    def _metrics_json(self) -> tuple[str, bytes]:
+        body = json.dumps(self.metrics()).encode()
+        self.metrics_served += 1
+        return "application/json", body
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
-        slot = self.slots.get(str(event.get("stream")))
-        if frame is None or slot is None or self._closed:
-            return
-        if slot.viewers == 0 and slot.jpeg is not None:
-            return  # encode only while watched (and once, for the snapshot)
-        cv2 = lazy_import("cv2", "stream")
-        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            return
-        with slot.cv:
-            slot.jpeg = buf.tobytes()
-            slot.seq += 1
-            slot.cv.notify_all()
+        self.http.publish(str(event.get("stream")), frame)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for slot in self.slots.values():
-            with slot.cv:
-                slot.closed = True
-                slot.cv.notify_all()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.close()
 
     def describe(self) -> dict[str, Any]:
+        d = self.http.describe()
         return {
-            "url": self.url,
+            "url": d["url"],
             "streams": len(self.names),
-            "parts_sent": self.parts_sent,
+            "parts_sent": d["parts_sent"],
             "metrics_served": self.metrics_served,
-            "auth": bool(self.token),
-            "refused_unauthorized": self.refused_auth,
-            "refused_full": self.limit.refused,
+            "auth": d["auth"],
+            "refused_unauthorized": d["refused_unauthorized"],
+            "refused_full": d["refused_full"],
         }

@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -34,9 +33,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecv.errors import ConfigError, EdgecvError, SourceError
+from edgecv.errors import ConfigError, SourceError
 from edgecv.stream.metrics import Metrics, Reservoir
-from edgecv.stream.pipeline import Frame, StreamConfig, StreamPipeline, usable_cpus
+from edgecv.stream.pipeline import (
+    Frame,
+    StreamConfig,
+    StreamPipeline,
+    close_sinks,
+    finish_frame,
+    install_stop_signals,
+    raise_error,
+    record_failure,
+    restore_signals,
+    usable_cpus,
+    watch,
+)
 from edgecv.stream.sinks import Sink
 from edgecv.stream.sources import Source
 
@@ -111,6 +122,7 @@ class MultiStreamPipeline:
         config: batching and async settings.
         decoder: overrides the contract's decoder (tests).
         on_status: called about twice a second with the live status line.
+        outputs: the model outputs to fetch (None: all), as for :class:`StreamPipeline`.
     """
 
     def __init__(
@@ -120,8 +132,10 @@ class MultiStreamPipeline:
         contract: Contract,
         sinks: list[Sink] | None = None,
         config: MultiConfig | None = None,
-        decoder: Decoder | None = None,
+        *,
         on_status: Callable[[str], None] | None = None,
+        outputs: list[str] | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         from edgecv.stream.cameras import check_unique
         from edgecv.tasks.decode import get_decoder
@@ -131,6 +145,7 @@ class MultiStreamPipeline:
         check_unique([s.name for s in streams], "streams")
         self.cfg = config or MultiConfig()
         self.cfg.validate()
+        self.outputs = outputs
         self.runner = runner
         self.contract = contract
         self.decoder = decoder if decoder is not None else get_decoder(contract)
@@ -185,12 +200,7 @@ class MultiStreamPipeline:
         self._signal()
 
     def _fail(self, stage: str, exc: BaseException) -> None:
-        with self._err_lock:
-            if self.error is None:
-                self.error = exc
-                self.stopped_by = f"error in {stage}"
-                log.debug("%s failed: %s", stage, exc)
-        self._stop.set()
+        record_failure(self, stage, exc)
         for st in self.streams:
             st.pipe.stop(f"error in {stage}")
             st.pipe.capture_buf.abort()
@@ -362,8 +372,6 @@ class MultiStreamPipeline:
             self._fail("post", exc)
 
     def _post_batch(self, job: dict[str, Any], outputs: dict[str, np.ndarray], t_done: float) -> None:
-        from edgecv.tasks.draw import draw_fps, draw_result
-
         batch: list[tuple[_Stream, Frame]] = job["batch"]
         transforms = list(job["transforms"])
         n = len(batch)
@@ -377,40 +385,29 @@ class MultiStreamPipeline:
         dec_ms = (time.perf_counter() - t0) * 1e3 / n
         for i, (st, fr) in enumerate(batch):
             t = time.perf_counter()
-            fr.results = [results[i]]
             fr.lat_ms["infer"] = infer
-            canvas = None
-            if self._draw:
-                canvas = fr.image
-                draw_result(canvas, results[i])
-                draw_fps(canvas, st.metrics.out_rate.rate(), st.name)
-            t_post = time.perf_counter()
-            fr.lat_ms["post"] = (t_post - t) * 1e3 + dec_ms
-            fr.lat_ms["read"] = fr.t_read_ms
-            fr.lat_ms["e2e"] = (t_post - fr.t_capture) * 1e3
-            event = {
+            head = {
                 "stream": st.name,
                 "ts": round(fr.wall_time, 6),
                 "ts_result": round(time.time(), 6),
                 "frame": fr.index,
                 "seq": st.out_seq,
                 "batch": n,
-                "results": [r.to_json() for r in fr.results],
-                "latency_ms": {k: round(v, 3) for k, v in fr.lat_ms.items()},
             }
             st.out_seq += 1
-            for s in st.sinks:
-                s.write(canvas if s.needs_frame else None, event)
-            for s in self.shared:
-                s.write(canvas if s.needs_frame else None, event)
-            fr.lat_ms["sink"] = (time.perf_counter() - t_post) * 1e3
-            m = st.metrics
-            for k, v in fr.lat_ms.items():
-                m.add_latency(k, v)
-            m.out_rate.tick()
-            m.count("frames_out")
-            m.timeline.frame(time.perf_counter() - m.t_start, fr.lat_ms, st.pipe.capture_buf.dropped, m.reconnects)
-            fr.image = None  # type: ignore[assignment]
+            finish_frame(
+                fr,
+                [results[i]],
+                st.sinks + self.shared,
+                st.metrics,
+                t_start=t,
+                head=head,
+                draw=self._draw,
+                fps=st.metrics.out_rate.rate(),
+                dropped=st.pipe.capture_buf.dropped,
+                label=st.name,
+                extra_post_ms=dec_ms,
+            )
 
     # ------------------------------------------------------------------ run
     def run(self, install_signals: bool = True) -> dict[str, Any]:
@@ -421,16 +418,7 @@ class MultiStreamPipeline:
             EdgecvError: the engine, the post stage or a sink failed (sinks are finalized first).
         """
         self._batch_shape()
-        old_handlers: dict[int, Any] = {}
-        if install_signals and threading.current_thread() is threading.main_thread():
-
-            def handler(signum: int, _frame: Any) -> None:
-                if self._stop.is_set() and signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                self.stop(f"signal {signal.Signals(signum).name}")
-
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                old_handlers[signum] = signal.signal(signum, handler)
+        old_handlers = install_stop_signals(self.stop, self._stop) if install_signals else {}
         threads: list[threading.Thread] = []
         try:
             if self.cfg.require_all:
@@ -443,7 +431,11 @@ class MultiStreamPipeline:
                 hook = getattr(s, "on_source_open", None)
                 if hook is not None:
                     hook(self.streams[0].pipe.source, self.streams[0].pipe.cfg)
-            self.async_q = self.runner.async_queue(self.cfg.requests)
+            self.async_q = (
+                self.runner.async_queue(self.cfg.requests)
+                if self.outputs is None
+                else self.runner.async_queue(self.cfg.requests, self.outputs)
+            )
             self.t_start = time.perf_counter()
             caps = [
                 threading.Thread(target=self._stream_main, args=(st,), name=f"edgecv-capture-{st.name}", daemon=True)
@@ -456,13 +448,7 @@ class MultiStreamPipeline:
             ]
             for t in threads:
                 t.start()
-            last_status = 0.0
-            while threads[-1].is_alive():
-                threads[-1].join(timeout=0.1)
-                now = time.perf_counter()
-                if self.on_status and now - last_status >= 0.5:
-                    last_status = now
-                    self.on_status(self.status_line())
+            watch(threads[-1:], self._report_status if self.on_status else None)
         except KeyboardInterrupt:
             self._fail("run", KeyboardInterrupt("interrupted twice"))
             raise
@@ -477,25 +463,13 @@ class MultiStreamPipeline:
             if self.async_q is not None:
                 self.async_q.close()
             self.t_end = time.perf_counter()
-            sinks = [(s, st.name) for st in self.streams for s in st.sinks] + [(s, None) for s in self.shared]
-            for s, _ in sinks:
-                try:
-                    s.close()
-                except Exception as exc:  # noqa: BLE001 - finalize the others, report this one
-                    if self.error is None:
-                        self.error = exc
-                    elif exc is not self.error:
-                        log.error("closing %s failed: %s", type(s).__name__, exc)
+            self.error = close_sinks([s for st in self.streams for s in st.sinks] + self.shared, self.error)
             for st in self.streams:
                 st.pipe.metrics.t_end = self.t_end
                 st.pipe.source.close()
-            for old_sig, h in old_handlers.items():
-                signal.signal(old_sig, h)
+            restore_signals(old_handlers)
         summary = self.last_summary = self.summary()
-        if self.error is not None:
-            if isinstance(self.error, EdgecvError):
-                raise self.error
-            raise SourceError(f"stream stopped by {type(self.error).__name__}: {self.error}") from self.error
+        raise_error(self.error)
         if not any(st.opened for st in self.streams):
             raise SourceError("no stream opened: " + "; ".join(f"'{st.name}': {st.open_error}" for st in self.streams))
         return summary
@@ -533,6 +507,10 @@ class MultiStreamPipeline:
                 "infer_p99_ms": inf.get("p99"),
             },
         }
+
+    def _report_status(self) -> None:
+        if self.on_status is not None:
+            self.on_status(self.status_line())
 
     def status_line(self) -> str:
         lv = self.live()

@@ -130,6 +130,131 @@ class Frame:
     outputs: dict[str, np.ndarray] | None = None
     results: list[Any] = field(default_factory=list)
     lat_ms: dict[str, float] = field(default_factory=dict)
+    name: str | None = None  # the image file it was read from (image folders and globs), for events and sinks
+
+
+def finish_frame(
+    fr: Frame,
+    results: list[Any],
+    sinks: list[Sink],
+    metrics: Metrics,
+    *,
+    t_start: float,
+    head: dict[str, Any],
+    draw: bool,
+    fps: float,
+    dropped: int,
+    label: str = "",
+    extra_post_ms: float = 0.0,
+) -> bool:
+    """The post stage after decoding, for one frame of any pipeline: draw ``results`` (and the frame rate) on the
+    frame when a sink takes images, time it, build the frame's event (``head``, then ``file`` for a frame read from
+    an image file, ``results`` and ``latency_ms``), write it to every sink and record the frame's metrics.
+
+    Returns:
+        True when a sink asks the run to stop (a window closed with q / Esc).
+    """
+    from edgecv.tasks.draw import draw_fps, draw_result
+
+    fr.results = results
+    canvas = None
+    if draw:
+        canvas = fr.image  # the frame is ours alone by now: draw in place
+        for r in results:
+            draw_result(canvas, r)
+        draw_fps(canvas, fps, label)
+    t_post = time.perf_counter()
+    fr.lat_ms["post"] = (t_post - t_start) * 1e3 + extra_post_ms
+    fr.lat_ms["read"] = fr.t_read_ms
+    fr.lat_ms["e2e"] = (t_post - fr.t_capture) * 1e3
+    event = dict(head)
+    if fr.name is not None:
+        event["file"] = fr.name
+    event["results"] = [r.to_json() for r in results]
+    event["latency_ms"] = {k: round(v, 3) for k, v in fr.lat_ms.items()}
+    stop = False
+    for s in sinks:
+        if s.needs_results:
+            s.write_results(canvas if s.needs_frame else None, event, results)
+        else:
+            s.write(canvas if s.needs_frame else None, event)
+        stop = stop or bool(getattr(s, "stop_requested", False))
+    fr.lat_ms["sink"] = (time.perf_counter() - t_post) * 1e3
+    for k, v in fr.lat_ms.items():
+        metrics.add_latency(k, v)
+    metrics.out_rate.tick()
+    metrics.count("frames_out")
+    metrics.timeline.frame(time.perf_counter() - metrics.t_start, fr.lat_ms, dropped, metrics.reconnects)
+    fr.image = None  # type: ignore[assignment]
+    return stop
+
+
+def record_failure(run: Any, stage: str, exc: BaseException) -> None:
+    """The first failure of a run (``run.error``, ``run.stopped_by``) under its lock, then the run stops; ``run()``
+    raises it (the CLI prints one line), the debug log is for library users who watch it live."""
+    with run._err_lock:
+        if run.error is None:
+            run.error = exc
+            run.stopped_by = f"error in {stage}"
+            log.debug("%s failed: %s", stage, exc)
+    run._stop.set()
+
+
+def install_stop_signals(stop: Callable[[str], None], stopping: threading.Event) -> dict[int, Any]:
+    """SIGINT / SIGTERM call ``stop`` (a second Ctrl-C while ``stopping`` aborts); only from the main thread.
+    Returns the previous handlers for :func:`restore_signals`."""
+    old: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return old
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stopping.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop(f"signal {signal.Signals(signum).name}")
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        old[signum] = signal.signal(signum, handler)
+    return old
+
+
+def restore_signals(old: dict[int, Any]) -> None:
+    for signum, h in old.items():
+        signal.signal(signum, h)
+
+
+def watch(threads: list[threading.Thread], on_status: Callable[[], None] | None) -> None:
+    """Wait for the stage threads (the last one is the sinks' stage), calling ``on_status`` about twice a second."""
+    last_status = 0.0
+    while any(t.is_alive() for t in threads):
+        threads[-1].join(timeout=0.1)
+        if not threads[-1].is_alive():
+            time.sleep(0.05)
+        now = time.perf_counter()
+        if on_status is not None and now - last_status >= 0.5:
+            last_status = now
+            on_status()
+
+
+def close_sinks(sinks: list[Sink], error: BaseException | None) -> BaseException | None:
+    """Finalize every sink however the run ended; the run's error, else the first failure to close one."""
+    for s in sinks:
+        try:
+            s.close()
+        except Exception as exc:  # noqa: BLE001 - finalize the others, report this one
+            if error is None:
+                error = exc  # raised by the run: one line, not two
+            elif exc is not error:
+                log.error("closing %s failed: %s", type(s).__name__, exc)
+    return error
+
+
+def raise_error(error: BaseException | None) -> None:
+    """A run's recorded failure as the one-line error the CLI prints."""
+    if error is None:
+        return
+    if isinstance(error, EdgecvError):
+        raise error
+    raise SourceError(f"stream stopped by {type(error).__name__}: {error}") from error
 
 
 class StreamPipeline:
@@ -143,6 +268,8 @@ class StreamPipeline:
         config: flow settings.
         decoder: overrides the contract's decoder (tests).
         on_status: called about twice a second with the live status line.
+        outputs: the model outputs to fetch (None: all); the decoder's own, so validation-only outputs are not
+            copied out of the engine on every frame.
     """
 
     def __init__(
@@ -154,9 +281,11 @@ class StreamPipeline:
         config: StreamConfig | None = None,
         decoder: Decoder | None = None,
         on_status: Callable[[str], None] | None = None,
+        outputs: list[str] | None = None,
     ) -> None:
         from edgecv.tasks.decode import get_decoder
 
+        self.outputs = outputs
         self.source = source
         self.runner = runner
         self.contract = contract
@@ -188,13 +317,7 @@ class StreamPipeline:
         self._stop.set()
 
     def _fail(self, stage: str, exc: BaseException) -> None:
-        with self._err_lock:
-            if self.error is None:
-                self.error = exc
-                self.stopped_by = f"error in {stage}"
-                # run() raises it (the CLI prints one line); the log is for library users who watch it live
-                log.debug("%s failed: %s", stage, exc)
-        self._stop.set()
+        record_failure(self, stage, exc)
         for b in (self.capture_buf, self.pre_q, self.inf_q):
             b.abort()
 
@@ -233,7 +356,7 @@ class StreamPipeline:
                 status, img = self.source.read()
                 t1 = time.perf_counter()
                 if status == "end":
-                    if spec.network or (spec.kind == "camera" and self.cfg.reconnect_max > 0):
+                    if spec.network or (spec.live and self.cfg.reconnect_max > 0):
                         if self._reconnect():
                             continue
                         if not self._stop.is_set():
@@ -242,7 +365,7 @@ class StreamPipeline:
                                 f"{self.cfg.reconnect_max} reconnect attempt(s)"
                             )
                         break
-                    if self.cfg.loop and spec.kind in ("file", "folder"):
+                    if self.cfg.loop and spec.files:
                         self.source.open(self.cfg.open_timeout)
                         continue
                     self.stop("end of stream")
@@ -266,7 +389,14 @@ class StreamPipeline:
                         now = time.perf_counter()
                     # keep the average rate, but do not burst to catch up after a stall
                     next_due = next_due + period if next_due and now - next_due < period else now + period
-                fr = Frame(index=idx, image=img, t_capture=t1, wall_time=time.time(), t_read_ms=(t1 - t0) * 1e3)
+                fr = Frame(
+                    index=idx,
+                    image=img,
+                    t_capture=t1,
+                    wall_time=time.time(),
+                    t_read_ms=(t1 - t0) * 1e3,
+                    name=self.source.frame_name,
+                )
                 fr.t_enqueued = time.perf_counter()
                 self.capture_buf.put(fr)
                 self.metrics.count("frames_in")
@@ -292,47 +422,30 @@ class StreamPipeline:
     def _infer(self, fr: Frame) -> None:
         t = time.perf_counter()
         assert fr.tensor is not None  # set by _preprocess, which always runs first
-        fr.outputs = self.runner.infer({self.contract.input_name: fr.tensor})
+        feed = {self.contract.input_name: fr.tensor}
+        fr.outputs = self.runner.infer(feed) if self.outputs is None else self.runner.infer(feed, self.outputs)
         fr.tensor = None  # release the input early
         fr.lat_ms["infer"] = (time.perf_counter() - t) * 1e3
 
     def _post(self, fr: Frame) -> None:
-        from edgecv.tasks.draw import draw_fps, draw_result
-
         t = time.perf_counter()
-        fr.results = self.decoder.decode(fr.outputs or {}, [fr.transform])
+        results = self.decoder.decode(fr.outputs or {}, [fr.transform])
         fr.outputs = None
-        canvas = None
-        if self._draw:
-            canvas = fr.image  # the frame is ours alone by now: draw in place
-            for r in fr.results:
-                draw_result(canvas, r)
-            draw_fps(canvas, self._fps_meter.rate())
-        t_post = time.perf_counter()
-        fr.lat_ms["post"] = (t_post - t) * 1e3
-        fr.lat_ms["read"] = fr.t_read_ms
-        fr.lat_ms["e2e"] = (t_post - fr.t_capture) * 1e3
-        event = {
-            "ts": round(fr.wall_time, 6),
-            "frame": fr.index,
-            "seq": self.metrics.frames_out,
-            "results": [r.to_json() for r in fr.results],
-            "latency_ms": {k: round(v, 3) for k, v in fr.lat_ms.items()},
-        }
-        for s in self.sinks:
-            s.write(canvas if s.needs_frame else None, event)
-            if getattr(s, "stop_requested", False):
-                self.stop("window closed")
-        fr.lat_ms["sink"] = (time.perf_counter() - t_post) * 1e3
-        for k, v in fr.lat_ms.items():
-            self.metrics.add_latency(k, v)
-        self._fps_meter.tick()
-        self.metrics.out_rate.tick()
-        self.metrics.count("frames_out")
-        self.metrics.timeline.frame(
-            time.perf_counter() - self.metrics.t_start, fr.lat_ms, self.capture_buf.dropped, self.metrics.reconnects
+        head = {"ts": round(fr.wall_time, 6), "frame": fr.index, "seq": self.metrics.frames_out}
+        stop = finish_frame(
+            fr,
+            results,
+            self.sinks,
+            self.metrics,
+            t_start=t,
+            head=head,
+            draw=self._draw,
+            fps=self._fps_meter.rate(),
+            dropped=self.capture_buf.dropped,
         )
-        fr.image = None  # type: ignore[assignment]
+        self._fps_meter.tick()
+        if stop:
+            self.stop("window closed")
 
     def _worker(
         self, name: str, src: FrameBuffer[Frame], dst: FrameBuffer[Frame] | None, fn: Callable[[Frame], None]
@@ -361,16 +474,7 @@ class StreamPipeline:
             SourceError: the source did not open within ``open_timeout``, or dropped for good.
             EdgecvError: a stage failed (the sinks are finalized first).
         """
-        old_handlers: dict[int, Any] = {}
-        if install_signals and threading.current_thread() is threading.main_thread():
-
-            def handler(signum: int, _frame: Any) -> None:
-                if self._stop.is_set() and signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                self.stop(f"signal {signal.Signals(signum).name}")
-
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                old_handlers[signum] = signal.signal(signum, handler)
+        old_handlers = install_stop_signals(self.stop, self._stop) if install_signals else {}
         threads: list[threading.Thread] = []
         try:
             self.source.open(self.cfg.open_timeout)
@@ -399,15 +503,7 @@ class StreamPipeline:
             ]
             for t in threads:
                 t.start()
-            last_status = 0.0
-            while any(t.is_alive() for t in threads):
-                threads[-1].join(timeout=0.1)
-                if not threads[-1].is_alive():
-                    time.sleep(0.05)
-                now = time.perf_counter()
-                if self.on_status and now - last_status >= 0.5:
-                    last_status = now
-                    self.on_status(self.status_line())
+            watch(threads, self._report_status if self.on_status else None)
         except KeyboardInterrupt:
             self._fail("run", KeyboardInterrupt("interrupted twice"))
             raise
@@ -416,23 +512,16 @@ class StreamPipeline:
             for t in threads:
                 t.join(timeout=self.cfg.open_timeout + 5)
             self.metrics.t_end = time.perf_counter()
-            for s in self.sinks:
-                try:
-                    s.close()
-                except Exception as exc:  # noqa: BLE001 - finalize the others, report this one
-                    if self.error is None:
-                        self.error = exc  # raised below: one line, not two
-                    elif exc is not self.error:
-                        log.error("closing %s failed: %s", type(s).__name__, exc)
+            self.error = close_sinks(self.sinks, self.error)
             self.source.close()
-            for old_sig, h in old_handlers.items():
-                signal.signal(old_sig, h)
+            restore_signals(old_handlers)
         summary = self.last_summary = self.summary()
-        if self.error is not None:
-            if isinstance(self.error, EdgecvError):
-                raise self.error
-            raise SourceError(f"stream stopped by {type(self.error).__name__}: {self.error}") from self.error
+        raise_error(self.error)
         return summary
+
+    def _report_status(self) -> None:
+        if self.on_status is not None:
+            self.on_status(self.status_line())
 
     def status_line(self) -> str:
         return self.metrics.status_line(self.capture_buf.dropped)

@@ -7,7 +7,6 @@ on end of stream, on error and on Ctrl-C / SIGTERM), so a saved video is playabl
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import logging
 import os
@@ -15,6 +14,8 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from edgecv import netguard
 from edgecv._io import check_output_files, describe_write_error
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, SinkError
+from edgecv.registry import Registry
 from edgecv.stream.buffer import FrameBuffer
 
 log = logging.getLogger("edgecv.stream")
@@ -33,9 +35,15 @@ class Sink:
     """Base: ``needs_frame`` says whether the sink wants the annotated image (else only the event)."""
 
     needs_frame = True
+    #: the sink takes the decoded results too (label files, masks): the pipeline calls :meth:`write_results`
+    needs_results = False
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def write_results(self, frame: np.ndarray | None, event: dict[str, Any], results: list[Any]) -> None:
+        """Like :meth:`write`, with the frame's decoded results (``tasks`` Result objects)."""
+        self.write(frame, event)
 
     def close(self) -> None:
         pass
@@ -46,8 +54,7 @@ class Sink:
 
 def check_outputs(source: Any, outputs: dict[str, Path | None], force: bool = False) -> None:
     """``run``'s outputs against its source (a file or a folder of images): see :func:`edgecv._io.check_output_files`."""
-    src = Path(str(source.target)) if getattr(source, "kind", None) in ("file", "folder") else None
-    check_output_files([src] if src is not None else [], outputs, force)
+    check_output_files(source.inputs(), outputs, force)
 
 
 # ------------------------------------------------------------------------------------------------ video
@@ -76,7 +83,10 @@ class VideoSink(Sink):
         self.preset = preset
         self.path = Path(path)
         if self.path.suffix.lower() not in (".mp4", ".mkv", ".avi", ".mov"):
-            raise ConfigError(f"--save: expected a .mp4, .mkv, .mov or .avi file, found '{self.path.name}'")
+            raise ConfigError(
+                f"--save: expected a .mp4, .mkv, .mov or .avi file (or a folder DIR/ for images), "
+                f"found '{self.path.name}'"
+            )
         self._fps_given = bool(fps and fps > 0)
         self.fps = float(fps) if fps and fps > 0 else 25.0
         if writer == "auto":
@@ -357,12 +367,12 @@ _INDEX = b"""<!doctype html><html><head><title>edgecv run</title>
 <style>body{background:#111;color:#ddd;font-family:sans-serif;margin:1em}img{max-width:100%}</style></head>
 <body><h3>edgecv run</h3><img src="/stream.mjpg" alt="stream"><p><a href="/snapshot.jpg">snapshot</a></p>
 </body></html>"""
-BOUNDARY = "edgecvframe"
 
 
 class MjpegServer(Sink):
     """Serves the annotated frames as ``multipart/x-mixed-replace`` MJPEG on ``/stream.mjpg``, a snapshot on
-    ``/snapshot.jpg`` and a small index page on ``/``. Frames are JPEG-encoded only while a client watches.
+    ``/snapshot.jpg`` and a small index page on ``/`` (the serving is :class:`~edgecv.stream.mjpeg.MjpegHttp`'s).
+    Frames are JPEG-encoded only while a client watches.
 
     Binds to loopback by default. Any other address needs a token (``--token`` or ``EDGECV_TOKEN``), which every
     request must carry (``Authorization: Bearer …`` or ``?token=…``), and at most ``max_clients`` watch at once
@@ -377,152 +387,43 @@ class MjpegServer(Sink):
         token: str | None = None,
         max_clients: int = netguard.DEFAULT_MAX_CLIENTS,
     ) -> None:
-        netguard.check_bind(host, token)
-        self.quality = int(quality)
-        self.token = token
-        self.limit = netguard.ClientLimit(max_clients)
-        self.refused_auth = 0
-        self._cv = threading.Condition()
-        self._jpeg: bytes | None = None
-        self._seq = 0
-        self._closed = False
-        self.clients = 0
-        self.parts_sent = 0
-        server_self = self
+        from edgecv.stream.mjpeg import MjpegHttp
+
         index = _INDEX.replace(b"/stream.mjpg", b"/stream.mjpg?token=" + token.encode()) if token else _INDEX
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            timeout = 10  # a client that sends nothing does not hold a thread for long
-
-            def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the status line reports clients
-                log.debug("mjpeg: " + fmt, *args)
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if not netguard.token_ok(server_self.token, netguard.request_token(self.headers, self.path)):
-                    server_self.refused_auth += 1
-                    self._send(401, "text/plain", b"expected a token (Authorization: Bearer ... or ?token=...)\n")
-                    return
-                if path == "/stream.mjpg":
-                    # a stream holds its connection for as long as the client watches: bounded
-                    if not server_self.limit.acquire():
-                        self._send(503, "text/plain", f"at most {server_self.limit.max_clients} viewers\n".encode())
-                        return
-                    try:
-                        server_self._stream(self)
-                    finally:
-                        server_self.limit.release()
-                    return
-                self._route(path)
-
-            def _route(self, path: str) -> None:
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", index)
-                elif path == "/snapshot.jpg":
-                    jpeg = server_self._wait_jpeg(-1, 5.0)
-                    if jpeg is None:
-                        self._send(503, "text/plain", b"no frame yet\n")
-                    else:
-                        self._send(200, "image/jpeg", jpeg)
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        try:
-            self.httpd = Server((host, int(port)), Handler)
-        except OSError as exc:
-            raise ConfigError(f"--serve: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
-        addr = self.httpd.server_address
-        self.host, self.port = str(addr[0] if isinstance(addr[0], str) else addr[0].decode()), int(addr[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True, name="edgecv-mjpeg"
+        page = ("text/html; charset=utf-8", index)
+        self.http = MjpegHttp(
+            [""],
+            host,
+            port,
+            quality=quality,
+            token=token,
+            max_clients=max_clients,
+            paths=("/stream{}.mjpg", "/snapshot{}.jpg"),
+            pages={"/": lambda: page, "/index.html": lambda: page},
+            thread_name="edgecv-mjpeg",
         )
-        self._thread.start()
+        self.host, self.port = self.http.host, self.http.port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return self.http.url
 
-    def _wait_jpeg(self, after_seq: int, timeout: float) -> bytes | None:
-        with self._cv:
-            self._cv.wait_for(lambda: self._closed or (self._jpeg is not None and self._seq > after_seq), timeout)
-            return self._jpeg
+    @property
+    def parts_sent(self) -> int:
+        return self.http.parts_sent
 
-    def _stream(self, h: http.server.BaseHTTPRequestHandler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-        h.send_header("Cache-Control", "no-store")
-        h.send_header("Connection", "close")
-        h.end_headers()
-        with self._cv:
-            self.clients += 1
-        seq = -1
-        try:
-            while True:
-                with self._cv:
-                    self._cv.wait_for(lambda: self._closed or (self._jpeg is not None and self._seq > seq), 1.0)  # noqa: B023 (called at once)
-                    if self._closed:
-                        break
-                    if self._jpeg is None or self._seq <= seq:
-                        continue
-                    jpeg, seq = self._jpeg, self._seq
-                h.wfile.write(
-                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-                    + jpeg
-                    + b"\r\n"
-                )
-                h.wfile.flush()
-                with self._cv:
-                    self.parts_sent += 1
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away
-        finally:
-            with self._cv:
-                self.clients -= 1
+    @property
+    def clients(self) -> int:
+        return self.http.viewers
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
-        if frame is None or self._closed:
-            return
-        # encode only while someone is watching (or before the first frame, so /snapshot.jpg works)
-        if self.clients == 0 and self._jpeg is not None:
-            return
-        cv2 = lazy_import("cv2", "stream")
-        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            return
-        with self._cv:
-            self._jpeg = buf.tobytes()
-            self._seq += 1
-            self._cv.notify_all()
+        self.http.publish("", frame)
 
     def close(self) -> None:
-        with self._cv:
-            if self._closed:
-                return
-            self._closed = True
-            self._cv.notify_all()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.close()
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "parts_sent": self.parts_sent,
-            "auth": bool(self.token),
-            "refused_unauthorized": self.refused_auth,
-            "refused_full": self.limit.refused,
-        }
+        return self.http.describe()
 
 
 # ------------------------------------------------------------------------------------------------ window
@@ -573,3 +474,277 @@ def wait_for_port(host: str, port: int, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+# ------------------------------------------------------------------------------------------------ registry
+@dataclass
+class SinkContext:
+    """What a sink kind's ``build`` may use besides its own option's value.
+
+    Attributes:
+        values: every sink option's value for this stream (``{name}`` expanded, cameras.yaml's own paths applied).
+        options: the run's options (:class:`edgecv.stream.workflow.RunOptions`).
+        contract: the bundle's contract (the task decides which label files exist).
+        stream: the stream this sink serves; None for a single-stream run or a sink shared by every stream.
+        names: every stream's name.
+        inputs: the files and folders the sources read (outputs stay out of them).
+        on_info: prints one line for the user (a server's URL).
+    """
+
+    values: dict[str, Any]
+    options: Any
+    contract: Any = None
+    stream: str | None = None
+    names: list[str] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
+    on_info: Callable[[str], None] = lambda line: None
+
+
+def _asked(v: Any) -> bool:
+    return v is not None and v is not False
+
+
+@dataclass(frozen=True)
+class SinkKind:
+    """One kind of output of ``edgecv run``, registered in :data:`SINKS` (the one place a new sink is added); the
+    single- and multi-stream runs build their sinks from it, and a parametrized test checks every kind.
+
+    Attributes:
+        name: the kind.
+        option: the :class:`~edgecv.stream.workflow.RunOptions` field (``--save`` is ``save``) that asks for it.
+        build: ``(value, SinkContext)`` → the sink.
+        example: a folder → the option values that ask for this kind (its test writes under that folder).
+        check: ``(sink, events, folder)`` after a run over the example folder: raises AssertionError when what it
+            wrote does not match the run's events.
+        accepts: whether this kind serves the option's value (``--save`` a video file vs a folder).
+        modes: ``single`` and/or ``multi`` (several streams on one engine).
+        forces_multi: asking for it runs the multi-stream pipeline even for one source (MQTT).
+        shared: the value → one sink for every stream (else one per stream).
+        templated: the value is a path where ``{name}`` stands for the stream name.
+        camera_key: the ``cameras.yaml`` key that gives a stream its own value.
+        output: the value → the file it writes, checked with the other outputs before anything runs.
+        precheck: ``(value, flag, SinkContext)`` → raises ConfigError before anything runs or is written.
+        needs: what its test needs on the machine (``display``, ``mqtt broker``).
+    """
+
+    name: str
+    option: str
+    build: Callable[[Any, SinkContext], Sink]
+    example: Callable[[Path], dict[str, Any]]
+    check: Callable[[Sink, list[dict[str, Any]], Path], None]
+    accepts: Callable[[Any], bool] = _asked
+    modes: tuple[str, ...] = ("single", "multi")
+    forces_multi: bool = False
+    shared: Callable[[Any], bool] = lambda v: False
+    templated: bool = False
+    camera_key: str | None = None
+    output: Callable[[Any], Path | None] | None = None
+    precheck: Callable[[Any, str, SinkContext], None] | None = None
+    needs: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.option.replace("_", "-")
+
+    def applies(self, value: Any, mode: str) -> bool:
+        return mode in self.modes and _asked(value) and self.accepts(value)
+
+
+SINKS: Registry[SinkKind] = Registry("stream sink")
+_ORDER: list[str] = []
+
+
+def register_sink(kind: SinkKind) -> SinkKind:
+    """Add a sink kind (see :class:`SinkKind`); ``edgecv run`` and its tests pick it up."""
+    SINKS.register(kind.name, kind)
+    _ORDER.append(kind.name)
+    return kind
+
+
+def sink_kinds() -> list[SinkKind]:
+    """Every registered kind, in registration order (the order sinks are built and written)."""
+    return [SINKS.get(n) for n in _ORDER]
+
+
+def expand(template: Any, name: str | None) -> Any:
+    """A per-stream value: ``{name}`` replaced by the stream name."""
+    if template is None or name is None:
+        return template
+    return type(template)(str(template).replace("{name}", name)) if isinstance(template, (str, Path)) else template
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[::1]:PORT`` or just ``PORT`` (loopback) → (host, port)."""
+    t = text.strip()
+    host = "127.0.0.1"
+    if t.startswith("["):
+        h, _, p = t[1:].partition("]:")
+        host, port_s = h, p
+    elif ":" in t:
+        host, _, port_s = t.rpartition(":")
+    else:
+        port_s = t
+    try:
+        port = int(port_s)
+    except ValueError:
+        port = -1
+    if not (0 <= port <= 65535) or not host:
+        raise ConfigError(f"--serve: expected HOST:PORT (e.g. 127.0.0.1:8080), found '{text}'")
+    return host, port
+
+
+# the built-in kinds: builders import their modules when asked, so a run without MQTT never imports paho
+def _build_mqtt(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv.stream.mqtt import MqttSink
+
+    o = ctx.options  # --mqtt-qos, --mqtt-password, … are MqttSink's arguments; --mqtt-user is its username
+    kw = {k: getattr(o, f"mqtt_{k}") for k in ("qos", "password", "ca", "cert", "key", "insecure", "buffer")}
+    return MqttSink(v, username=o.mqtt_user, **kw)
+
+
+def _check_mqtt(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    d = sink.describe()
+    assert d["published"] + d["dropped"] == len(events), d
+
+
+def _build_video(v: Any, ctx: SinkContext) -> Sink:
+    return VideoSink(v, writer=ctx.options.writer, preset=ctx.options.save_preset)
+
+
+def _check_video(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    assert isinstance(sink, VideoSink) and sink.frames == len(events) and sink.path.stat().st_size > 0
+
+
+def _build_images(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv.stream.predict import ImageFolderSink
+
+    return ImageFolderSink(v)
+
+
+def _precheck_images(v: Any, flag: str, ctx: SinkContext) -> None:
+    from edgecv.stream.predict import check_output_folder
+
+    check_output_folder(flag, Path(v), ctx.inputs, ctx.options.force)
+
+
+def _check_images(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    from edgecv.stream.predict import ImageFolderSink
+
+    assert isinstance(sink, ImageFolderSink)
+    assert sorted(p.name for p in sink.folder.iterdir()) == sorted(e["file"] for e in events)
+
+
+def _is_folder(v: Any) -> bool:
+    from edgecv.stream.predict import is_folder_target
+
+    return _asked(v) and is_folder_target(v)
+
+
+def _build_labels(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv.stream.predict import LabelSink
+
+    return LabelSink(ctx.values["save"], str(v).lower(), ctx.contract.task)
+
+
+def _precheck_labels(v: Any, flag: str, ctx: SinkContext) -> None:
+    save = ctx.values.get("save")
+    if not _is_folder(save):
+        raise ConfigError(f"{flag}: expected --save DIR/ to write the label files under, found {save or 'none'}")
+
+
+def _check_labels(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    from edgecv.stream.predict import LabelSink
+
+    assert isinstance(sink, LabelSink) and sink.fmt == "yolo"  # the example: a classifier's top-k
+    for e in events:
+        lines = (sink.path / f"{Path(e['file']).stem}.txt").read_text().splitlines()
+        got = [(int(a), float(b)) for a, b in (ln.split() for ln in lines)]
+        want = [(t["class_id"], t["score"]) for t in e["results"][0]["topk"]]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        assert all(abs(g[1] - w[1]) < 1e-5 for g, w in zip(got, want))
+
+
+def _build_jsonl(v: Any, ctx: SinkContext) -> Sink:
+    return JsonlSink(v)
+
+
+def _check_jsonl(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    assert isinstance(sink, JsonlSink)
+    assert [json.loads(x) for x in sink.path.read_text().splitlines()] == events
+
+
+def _build_mjpeg(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv import netguard
+
+    srv = MjpegServer(
+        *parse_hostport(v), token=netguard.resolve_token(ctx.options.token), max_clients=ctx.options.max_clients
+    )
+    ctx.on_info(f"MJPEG stream at {srv.url} (stream: {srv.url}stream.mjpg)")
+    return srv
+
+
+def _check_server(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    import socket
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(sink.describe()["url"])
+    assert u.hostname == "127.0.0.1" and u.port
+    # the run is over: the server stopped listening (a finished run leaves no open port behind)
+    with socket.socket() as s:
+        assert s.connect_ex((u.hostname, u.port)) != 0
+
+
+def _precheck_serve(v: Any, flag: str, ctx: SinkContext) -> None:
+    from edgecv import netguard
+
+    host, _port = parse_hostport(v)
+    netguard.check_bind(host, netguard.resolve_token(ctx.options.token))
+
+
+def _build_live(v: Any, ctx: SinkContext) -> Sink:
+    from edgecv import netguard
+    from edgecv.stream.live import LivePage
+
+    page = LivePage(
+        ctx.names,
+        *parse_hostport(v),
+        token=netguard.resolve_token(ctx.options.token),
+        max_clients=ctx.options.max_clients,
+    )
+    ctx.on_info(f"live page at {page.url}")
+    return page
+
+
+def _build_window(v: Any, ctx: SinkContext) -> Sink:
+    return WindowSink()
+
+
+def _check_window(sink: Sink, events: list[dict[str, Any]], folder: Path) -> None:
+    assert isinstance(sink, WindowSink)
+
+
+def _example(**values: Any) -> Callable[[Path], dict[str, Any]]:
+    """Example option values; a value starting with ``/`` is a path under the test's folder."""
+    return lambda d: {k: d / v[1:] if isinstance(v, str) and v.startswith("/") else v for k, v in values.items()}
+
+
+_SERVER: dict[str, Any] = {"check": _check_server, "precheck": _precheck_serve}
+_STREAM_FILE: dict[str, Any] = {"templated": True, "output": Path}  # one file per stream, {name} in its path
+_MQTT_URL = "mqtt://127.0.0.1:{port}/edgecv/{stream}"
+
+# the order of registration is the order sinks are built and written
+register_sink(SinkKind("mqtt", "mqtt", _build_mqtt, _example(mqtt=_MQTT_URL), _check_mqtt, needs="mqtt broker",
+                       modes=("multi",), forces_multi=True, shared=lambda v: True))  # fmt: skip
+register_sink(SinkKind("video", "save", _build_video, _example(save="/out.mp4"), _check_video, camera_key="save",
+                       accepts=lambda v: _asked(v) and not _is_folder(v), **_STREAM_FILE))  # fmt: skip
+register_sink(SinkKind("images", "save", _build_images, _example(save="/annotated"), _check_images, _is_folder,
+                       templated=True, camera_key="save", precheck=_precheck_images))  # fmt: skip
+register_sink(SinkKind("labels", "labels", _build_labels, _example(save="/annotated", labels="yolo"), _check_labels,
+                       precheck=_precheck_labels))  # fmt: skip
+register_sink(SinkKind("jsonl", "jsonl", _build_jsonl, _example(jsonl="/out.jsonl"), _check_jsonl, camera_key="jsonl",
+                       shared=lambda v: "{name}" not in str(v), **_STREAM_FILE))  # fmt: skip
+register_sink(SinkKind("mjpeg", "serve", _build_mjpeg, _example(serve="127.0.0.1:0"), modes=("single",), **_SERVER))
+register_sink(SinkKind("live", "serve", _build_live, _example(serve="127.0.0.1:0"), modes=("multi",),
+                       shared=lambda v: True, **_SERVER))  # fmt: skip
+register_sink(SinkKind("window", "show", _build_window, _example(show=True), _check_window, modes=("single",),
+                       needs="display"))  # fmt: skip

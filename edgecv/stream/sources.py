@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,74 +24,137 @@ import numpy as np
 from edgecv._lazy import lazy_import
 from edgecv.data.readers import read_image
 from edgecv.errors import ConfigError, DataError, SourceError
+from edgecv.registry import Registry
 
 log = logging.getLogger("edgecv.stream")
 
-Kind = Literal["camera", "file", "url", "gst", "folder"]
 Status = Literal["ok", "corrupt", "end"]
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp", "srt")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+GLOB_CHARS = ("*", "?", "[")
 MIN_SIDE = 8  # frames smaller than this are treated as corrupt (no model input is that small)
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """What ``--source`` named, classified."""
+    """What ``--source`` named, classified: a registered kind (:data:`SOURCES`) and its target."""
 
-    kind: Kind
+    kind: str
     target: str | int
+
+    @property
+    def info(self) -> SourceKind:
+        return SOURCES.get(self.kind)
 
     @property
     def live(self) -> bool:
         """Frames arrive in real time (camera, network, GStreamer): the default drop policy is ``latest``."""
-        return self.kind in ("camera", "url", "gst")
+        return self.info.live
 
     @property
     def network(self) -> bool:
         """A stream that can drop and be reconnected."""
-        return self.kind in ("url", "gst")
+        return self.info.network
+
+    @property
+    def files(self) -> bool:
+        """Read from files on disk (a video, an image folder or glob): ``--loop`` restarts it, outputs may not
+        overwrite it."""
+        return self.info.inputs is not None
+
+    def inputs(self) -> list[Path]:
+        """The files and folders this source reads (outputs must stay out of them)."""
+        return self.info.inputs(self) if self.info.inputs is not None else []
 
     def describe(self) -> str:
         return f"{self.kind}:{self.target}"
 
 
-def parse_source(src: str, gst: bool = False) -> SourceSpec:
-    """Classify a ``--source`` string.
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of ``--source``, registered in :data:`SOURCES` (the one place a new kind is added).
 
-    ``0`` / ``1`` … → camera index; ``/dev/videoN`` → camera device; ``scheme://`` with a network scheme → URL;
-    an existing folder → image folder; an existing file → video file; ``gst=True`` → GStreamer pipeline.
+    Attributes:
+        name: the kind (``SourceSpec.kind``, ``source.kind`` in summaries).
+        claim: the stripped ``--source`` string → this kind's target, or None when it is not this kind. Kinds are
+            asked in ``order``; the first that claims wins. A kind with a ``flag`` is chosen by that flag only.
+        open: ``(spec, decode)`` → the unopened :class:`Source`.
+        example: makes a ``--source`` string of this kind under the given folder (files it needs are written
+            there); the registry's parametrized test opens every kind's example.
+        order: claim priority (lower first).
+        live: frames come in real time (default drop policy ``latest``; reconnected with ``--reconnect-max``).
+        network: the stream may drop and is always reconnected.
+        flag: the option that selects this kind (``--gst``), when the string alone cannot say.
+        inputs: the files/folders read (None: not a file source).
+        opens_anywhere: the example opens on any machine (file sources); others may fail to open in one line.
+    """
+
+    name: str
+    claim: Callable[[str], str | int | None]
+    open: Callable[[SourceSpec, str], Source]
+    example: Callable[[Path], str]
+    order: int = 100
+    live: bool = False
+    network: bool = False
+    flag: str | None = None
+    inputs: Callable[[SourceSpec], list[Path]] | None = None
+    opens_anywhere: bool = False
+
+
+SOURCES: Registry[SourceKind] = Registry("stream source")
+
+
+def register_source(kind: SourceKind) -> SourceKind:
+    """Add a source kind (see :class:`SourceKind`); ``parse_source`` and ``open_source`` pick it up."""
+    SOURCES.register(kind.name, kind)
+    return kind
+
+
+def source_kinds() -> list[SourceKind]:
+    """Every registered kind, in claim order."""
+    return sorted((SOURCES.get(n) for n in SOURCES.names()), key=lambda k: (k.order, k.name))
+
+
+def parse_source(src: str, gst: bool = False) -> SourceSpec:
+    """Classify a ``--source`` string by asking the registered kinds (:data:`SOURCES`) in order.
+
+    Built in: ``0`` / ``1`` … → camera index; ``/dev/videoN`` → camera device; ``scheme://`` with a network scheme
+    → URL; an existing folder → image folder; an existing file → video file; a pattern (``imgs/*.jpg``) that
+    matches image files → image glob; ``gst=True`` → GStreamer pipeline.
 
     Raises:
-        ConfigError: an empty source, or a path that does not exist.
+        ConfigError: an empty source, an unknown URL scheme, or a path that does not exist.
     """
     s = src.strip()
     if not s:
         raise ConfigError("--source: expected a camera index, device, file, folder, URL or pipeline, found ''")
+    kinds = source_kinds()
     if gst:
-        return SourceSpec("gst", s)
-    if re.fullmatch(r"\d+", s):
-        return SourceSpec("camera", int(s))
-    if s.startswith("/dev/video"):
-        return SourceSpec("camera", s)
+        for k in kinds:
+            if k.flag == "--gst":
+                return SourceSpec(k.name, s)
     m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", s)
     if m:
         scheme = m.group(1).lower()
         if scheme == "file":
             s = s[len("file://") :]
-        elif scheme in NETWORK_SCHEMES:
-            return SourceSpec("url", s)
-        else:
+        elif scheme not in NETWORK_SCHEMES:
             raise ConfigError(
                 f"--source: expected a URL scheme among {', '.join(NETWORK_SCHEMES)}, found '{scheme}://'"
             )
+    for k in kinds:
+        if k.flag is None:
+            target = k.claim(s)
+            if target is not None:
+                return SourceSpec(k.name, target)
     if " ! " in s:
         raise ConfigError(f"--source looks like a GStreamer pipeline ('{s[:40]}…'); pass --gst with it")
-    p = Path(s).expanduser()
-    if p.is_dir():
-        return SourceSpec("folder", str(p))
-    if p.is_file():
-        return SourceSpec("file", str(p))
+    if any(c in s for c in GLOB_CHARS):
+        raise ConfigError(
+            f"--source: expected a pattern matching image files ({', '.join(sorted(IMAGE_EXTS))}), "
+            f"found none matching '{s}'"
+        )
     raise ConfigError(
         f"--source: expected an existing file or folder, a camera index or a URL, found '{s}' (no such path)"
     )
@@ -146,6 +210,8 @@ class Source(abc.ABC):
         self.spec = spec
         self.fps: float | None = None  # nominal rate when the container/driver reports one
         self.frame_count: int | None = None
+        #: the file the last frame read came from (image folders and globs), else None
+        self.frame_name: str | None = None
 
     @abc.abstractmethod
     def open(self, timeout: float) -> None:
@@ -326,19 +392,25 @@ class FolderSource(Source):
         self.files: list[Path] = []
         self._i = 0
 
-    def open(self, timeout: float) -> None:
+    def list_files(self) -> list[Path]:
         root = Path(str(self.spec.target))
-        self.files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        if not self.files:
+        files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        if not files:
             raise SourceError(f"expected image files ({', '.join(sorted(IMAGE_EXTS))}) in '{root}', found none")
+        return files
+
+    def open(self, timeout: float) -> None:
+        self.files = self.list_files()
         self.frame_count = len(self.files)
         self._i = 0
+        self.frame_name = None
 
     def read(self) -> tuple[Status, np.ndarray | None]:
         if self._i >= len(self.files):
             return "end", None
         path = self.files[self._i]
         self._i += 1
+        self.frame_name = path.name
         # the one reader: EXIF orientation applied and 16-bit reduced to 8, as validate and calibration see it
         try:
             img: np.ndarray | None = read_image(path)
@@ -351,19 +423,33 @@ class FolderSource(Source):
             return "corrupt", None
         return "ok", img
 
-    @property
-    def current_name(self) -> str:
-        return self.files[self._i - 1].name if self._i else ""
+
+def glob_images(pattern: str) -> list[Path]:
+    """The image files a pattern (``imgs/*.jpg``, ``data/**/*.png``) matches, in name order."""
+    import glob
+
+    found = (Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+class GlobSource(FolderSource):
+    """The image files a pattern matches, in name order (a predict run over ``'imgs/*.jpg'``)."""
+
+    def list_files(self) -> list[Path]:
+        files = glob_images(str(self.spec.target))
+        if not files:
+            raise SourceError(
+                f"expected image files ({', '.join(sorted(IMAGE_EXTS))}) matching '{self.spec.target}', found none"
+            )
+        return files
 
 
 def open_source(spec: SourceSpec, decode: str = "auto") -> Source:
-    """A (not yet opened) source for ``spec``; ``decode`` (auto / hw / sw) picks the video decoder for files and
-    URLs (see :class:`OpenCVSource`)."""
+    """A (not yet opened) source for ``spec``, built by its registered kind; ``decode`` (auto / hw / sw) picks the
+    video decoder for files and URLs (see :class:`OpenCVSource`)."""
     if decode not in DECODE_MODES:
         raise ConfigError(f"--decode: expected one of {', '.join(DECODE_MODES)}, found '{decode}'")
-    if spec.kind == "folder":
-        return FolderSource(spec)
-    return OpenCVSource(spec, decode=decode)
+    return SOURCES.get(spec.kind).open(spec, decode)
 
 
 _ABANDONED: list[threading.Thread] = []
@@ -402,3 +488,97 @@ def _call_with_timeout(fn: Any, timeout: float) -> Any:
     if "e" in box:
         raise box["e"]
     return box.get("v")
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def _claim_camera(s: str) -> str | int | None:
+    if re.fullmatch(r"\d+", s):
+        return int(s)
+    return s if s.startswith("/dev/video") else None
+
+
+def _claim_url(s: str) -> str | None:
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", s)
+    return s if m and m.group(1).lower() in NETWORK_SCHEMES else None
+
+
+def _claim_folder(s: str) -> str | None:
+    p = Path(s).expanduser()
+    return str(p) if p.is_dir() else None
+
+
+def _claim_file(s: str) -> str | None:
+    p = Path(s).expanduser()
+    return str(p) if p.is_file() else None
+
+
+def _claim_glob(s: str) -> str | None:
+    return s if any(c in s for c in GLOB_CHARS) and glob_images(s) else None
+
+
+def _opencv(spec: SourceSpec, decode: str) -> Source:
+    return OpenCVSource(spec, decode=decode)
+
+
+def _write_images(folder: Path, n: int = 3) -> list[Path]:
+    cv2 = lazy_import("cv2", "stream")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        img = np.zeros((48 + 8 * i, 64, 3), np.uint8)
+        img[..., i % 3] = 200
+        out.append(folder / f"img{i}.png")
+        cv2.imwrite(str(out[-1]), img)
+    return out
+
+
+def _example_video(folder: Path) -> str:
+    cv2 = lazy_import("cv2", "stream")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(3):
+        w.write(np.full((48, 64, 3), 60 * i, np.uint8))
+    w.release()
+    return str(path)
+
+
+def _example_url(folder: Path) -> str:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on: the source fails to open, in one line
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    return f"rtsp://127.0.0.1:{port}/stream"
+
+
+def _example_folder(folder: Path) -> str:
+    return str(_write_images(folder / "images")[0].parent)
+
+
+def _example_glob(folder: Path) -> str:
+    return str(_write_images(folder / "shots")[0].parent / "*.png")
+
+
+def _glob_inputs(spec: SourceSpec) -> list[Path]:
+    return sorted({p.parent for p in glob_images(str(spec.target))})
+
+
+def _files(name: str, claim: Any, make: Any, example: Any, order: int, inputs: Any = None) -> SourceKind:
+    """A kind read from files on disk: its example opens anywhere, and outputs stay out of what it reads."""
+    return SourceKind(name, claim, make, example, order, inputs=inputs or _own_path, opens_anywhere=True)
+
+
+def _own_path(spec: SourceSpec) -> list[Path]:
+    return [Path(str(spec.target))]
+
+
+_GST_EXAMPLE = "videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48 ! videoconvert ! appsink"
+
+# claim order: an explicit --gst first, then cameras, URLs, folders, files, and patterns last
+register_source(SourceKind("gst", lambda s: None, _opencv, lambda d: _GST_EXAMPLE, 0, True, True, "--gst"))
+register_source(SourceKind("camera", _claim_camera, _opencv, lambda d: "/dev/video63", 10, live=True))
+register_source(SourceKind("url", _claim_url, _opencv, _example_url, 20, live=True, network=True))
+register_source(_files("folder", _claim_folder, lambda spec, decode: FolderSource(spec), _example_folder, 30))
+register_source(_files("file", _claim_file, _opencv, _example_video, 40))
+register_source(_files("glob", _claim_glob, lambda spec, decode: GlobSource(spec), _example_glob, 50, _glob_inputs))
