@@ -42,7 +42,7 @@ from edgecv.data.readers import read_image
 from edgecv.errors import BundleError, ConfigError, DataError, EdgecvError, ExportError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.sources import LoadedModel, PassRunner
 
 #: ONNX protobufs cannot exceed 2 GiB; above this many parameter bytes the weights go to an external data file
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -127,6 +127,7 @@ def export_model(
     rewrite: Sequence[str] | None = None,
     name: str | None = None,
     reference_data: str | Path | None = None,
+    passes: PassRunner | None = None,
 ) -> ExportResult:
     """Export ``source`` to ONNX and write a bundle at ``out``.
 
@@ -148,7 +149,9 @@ def export_model(
         reference_data: in-domain images for the reference inputs instead: an image folder or a data set (COCO
             JSON, a folder with ``val.json`` or a ``val/`` split); ``n_reference`` images spread over its classes
             (:func:`edgecv.data.readers.reference_images`). A detector's reference then has boxes to compare.
-        rewrite: names of model passes applied before export (``edgecv.rewrite.apply_passes``).
+        rewrite: names of model passes applied before export, by ``passes``.
+        passes: the pass runner for ``rewrite`` (``edgecv.rewrite.apply_passes``; export does not import rewrite,
+            which sits above it).
         name: bundle name (default: the source's name).
 
     Returns:
@@ -198,7 +201,7 @@ def export_model(
 
     rewrite_report: Any = None
     if rewrite:
-        module, rewrite_report = _apply_rewrites(module, list(rewrite), sample)
+        module, rewrite_report = _apply_rewrites(module, list(rewrite), sample, passes)
 
     ref_outputs = _torch_outputs(module, ref_inputs, chunk, output_names)
     names = list(ref_outputs)
@@ -596,15 +599,12 @@ def _guess_task(contract: Contract, outputs: dict[str, np.ndarray]) -> tuple[Con
     return contract, None
 
 
-def _apply_rewrites(module: Any, names: list[str], sample: Any) -> tuple[Any, Any]:
-    try:
-        from edgecv.rewrite import apply_passes
-    except ImportError as exc:
+def _apply_rewrites(module: Any, names: list[str], sample: Any, passes: PassRunner | None) -> tuple[Any, Any]:
+    if passes is None:
         raise MissingDependencyError(
-            f"--rewrite {', '.join(names)}: edgecv.rewrite.apply_passes is not available in this install "
-            f"({_one_line(exc)})"
-        ) from exc
-    return apply_passes(module, names, sample)
+            f"--rewrite {', '.join(names)}: expected a pass runner (passes=edgecv.rewrite.apply_passes), found none"
+        )
+    return passes(module, names, sample)
 
 
 # --------------------------------------------------------------------------------------------- export proper
