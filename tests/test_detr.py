@@ -78,9 +78,9 @@ def test_training_step_uses_every_decoder_layer_and_eval_sorts_without_nms() -> 
 @pytest.mark.openvino
 def test_export_has_no_nms_and_matches_on_ort_and_openvino(tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
+    from edgecv.export.check import check_module
     from edgecv.export.detection import prepare_detection_export
     from edgecv.export.sources import load_model
-    from edgecv.zoo.check import check_module
 
     loaded = prepare_detection_export(load_model("detr_tiny"), nms="graph", score_threshold=0.05)
     dec = loaded.contract.decode

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from edgecv._io import sha256_file
 from edgecv._lazy import lazy_import
 from edgecv.bundle import Contract
-from edgecv.errors import ConfigError, EdgecvError, ModelSourceError, UnknownNameError
+from edgecv.errors import ConfigError, EdgecvError, ModelSourceError, UnknownNameError, one_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -416,8 +416,7 @@ def _check_shape(shape: tuple[int, ...] | list[int] | None) -> tuple[int, ...] |
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:400]}" if text else type(exc).__name__
+    return one_line(exc, 400)
 
 
 # --------------------------------------------------------------------------------------------- zoo

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecv.errors import ConfigError, EdgecvError
+from edgecv.export.onnx import export_onnx
 from edgecv.export.sources import REWRITE_FORMAT, split_file_arch
 from edgecv.export.sources import load_rewritten as _load_rewritten
-from edgecv.rewrite.base import apply_passes, count_flops, count_params
+from edgecv.export.stats import count_flops, count_params
+from edgecv.rewrite.base import apply_passes
 
 if TYPE_CHECKING:
     import torch
@@ -20,31 +22,6 @@ if TYPE_CHECKING:
     from edgecv.export.sources import LoadedModel
 
 SAVE_FORMAT = REWRITE_FORMAT
-
-
-def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> Path:
-    """Plain ``torch.onnx.export`` (TorchScript exporter: fast and handles fx GraphModules) for timing."""
-    import torch
-
-    from edgecv.errors import ExportError
-
-    try:
-        torch.onnx.export(
-            model,
-            (sample,),
-            str(path),
-            input_names=["input"],
-            output_names=["output"],
-            opset_version=17,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-    except Exception as exc:
-        raise ExportError(
-            f"torch.onnx.export of the model for timing failed: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from exc
-    return path
 
 
 def measure_latency(
