@@ -20,29 +20,14 @@ import torch
 from torch.utils.data import Dataset
 
 from edgecv._lazy import lazy_import
-from edgecv.data.readers import IMG_EXTS, read_coco, read_image
+from edgecv.data.readers import IMG_EXTS, list_images, read_class_names, read_coco, read_image, read_yolo
 from edgecv.errors import DataError
 
 IGNORE_INDEX = 255
-_NORM_TOL = 1e-3  # the same for YOLO's normalised coordinates
 
 
 def _cv2() -> Any:
     return lazy_import("cv2", "data")
-
-
-def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMG_EXTS)
-
-
-def read_class_names(root: Path) -> list[str] | None:
-    """Class names from ``classes.txt`` (one per line) in ``root`` or its parent, if present."""
-    for d in (root, root.parent):
-        f = d / "classes.txt"
-        if f.is_file():
-            return [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return None
 
 
 class _Base(Dataset):  # type: ignore[type-arg]
@@ -82,7 +67,7 @@ class ImageFolderDataset(_Base):
         for i, c in enumerate(self.classes):
             d = self.root / c
             if d.is_dir():
-                self.samples.extend((p, i) for p in _images_in(d, recursive=True))
+                self.samples.extend((p, i) for p in list_images(d, recursive=True))
         if not self.samples:
             raise DataError(f"{self.root}: no images ({', '.join(IMG_EXTS)}) under the class folders")
         self.targets = [t for _, t in self.samples]
@@ -105,7 +90,7 @@ class ImageListDataset(_Base):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: image folder not found")
-        self.files = _images_in(self.root, recursive=True)
+        self.files = list_images(self.root, recursive=True)
         if not self.files:
             raise DataError(f"{self.root}: no images ({', '.join(IMG_EXTS)})")
         self.classes = []
@@ -162,7 +147,8 @@ class CocoDetection(_Detection):
 
 
 class YoloDetection(_Detection):
-    """YOLO txt labels: ``images/.../x.jpg`` with ``labels/.../x.txt`` lines ``class cx cy w h`` (normalised).
+    """YOLO txt labels: ``images/.../x.jpg`` with ``labels/.../x.txt`` lines ``class cx cy w h`` (normalised),
+    parsed by :func:`edgecv.data.readers.read_yolo` (the one YOLO reader).
 
     Args:
         images_dir: folder of images.
@@ -180,83 +166,10 @@ class YoloDetection(_Detection):
         transform: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__(transform)
-        self.images_dir = Path(images_dir)
-        if not self.images_dir.is_dir():
-            raise DataError(f"{self.images_dir}: image folder not found")
-        if labels_dir is None:
-            parts = list(self.images_dir.parts)
-            if "images" not in parts:
-                raise DataError(
-                    f"{self.images_dir}: cannot find the labels folder (no 'images' part to replace "
-                    f"with 'labels'); pass labels_dir"
-                )
-            i = len(parts) - 1 - parts[::-1].index("images")
-            parts[i] = "labels"
-            labels_dir = Path(*parts)
-        self.labels_dir = Path(labels_dir)
-        self.classes = list(classes) if classes is not None else self._find_names()
-        nc = len(self.classes)
-        self.records = []
-        for img in _images_in(self.images_dir, recursive=True):
-            lab = self.labels_dir / img.relative_to(self.images_dir).with_suffix(".txt")
-            boxes, labels = [], []
-            if lab.is_file():
-                for ln, line in enumerate(lab.read_text(encoding="utf-8").splitlines(), 1):
-                    if not line.strip():
-                        continue
-                    tok = line.split()
-                    try:
-                        if len(tok) != 5:
-                            raise ValueError(f"{len(tok)} values")
-                        c = int(tok[0])
-                        cx, cy, w, h = (float(v) for v in tok[1:])
-                    except ValueError as exc:
-                        raise DataError(
-                            f"{lab}:{ln}: malformed line {line.strip()!r} ({exc}); expected "
-                            f"'class cx cy w h' with an integer class and 4 numbers"
-                        ) from None
-                    if not 0 <= c < nc:
-                        raise DataError(
-                            f"{lab}:{ln}: unknown class id {c}; expected 0..{nc - 1} ({', '.join(self.classes)})"
-                        )
-                    x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-                    if (
-                        w <= 0
-                        or h <= 0
-                        or x1 < -_NORM_TOL
-                        or y1 < -_NORM_TOL
-                        or x2 > 1 + _NORM_TOL
-                        or y2 > 1 + _NORM_TOL
-                    ):
-                        raise DataError(
-                            f"{lab}:{ln}: box out of bounds (cx={cx}, cy={cy}, w={w}, h={h}); "
-                            f"expected normalised coordinates inside [0, 1]"
-                        )
-                    boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)])
-                    labels.append(c)
-            self.records.append((img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)))
-        if not self.records:
-            raise DataError(f"{self.images_dir}: no images ({', '.join(IMG_EXTS)})")
-
-    def _find_names(self) -> list[str]:
-        for d in [self.images_dir, *self.images_dir.parents][:4]:
-            names = read_class_names(d) if (d / "classes.txt").is_file() else None
-            if names:
-                return names
-            y = d / "data.yaml"
-            if y.is_file():
-                import yaml
-
-                data = yaml.safe_load(y.read_text(encoding="utf-8")) or {}
-                n = data.get("names")
-                if isinstance(n, dict):
-                    return [str(n[k]) for k in sorted(n)]
-                if isinstance(n, list):
-                    return [str(v) for v in n]
-        raise DataError(
-            f"{self.images_dir}: no class names (expected classes.txt or data.yaml 'names' beside "
-            f"the images, or pass classes)"
-        )
+        yolo = read_yolo(images_dir, labels_dir, classes)
+        self.images_dir, self.labels_dir = yolo.images_dir, yolo.labels_dir
+        self.classes = yolo.classes
+        self.records = yolo.records
 
 
 class SegmentationFolder(_Base):
@@ -283,7 +196,7 @@ class SegmentationFolder(_Base):
         self.classes = names if names is not None else [str(i) for i in range(int(num_classes or 0))]
         self.num_classes = int(num_classes) if num_classes is not None else len(self.classes)
         self.samples: list[tuple[Path, Path]] = []
-        for img in _images_in(img_dir):
+        for img in list_images(img_dir):
             m = mask_dir / f"{img.stem}.png"
             if not m.is_file():
                 raise DataError(f"{m}: missing mask file for image {img.name}")
@@ -458,7 +371,7 @@ def open_dataset(
     if fmt == "images":
         return ImageListDataset(p)
     if task == "classify":
-        if (p / split).is_dir() and not _images_in(p / split):
+        if (p / split).is_dir() and not list_images(p / split):
             p = p / split
         return ImageFolderDataset(p, classes=classes)
     if task == "segment":
