@@ -232,7 +232,7 @@ def run_recipe(
         result.steps.append(StepLog("export", "skipped (up to date)", 0.0, str(bundle_dir)))
     else:
         from edgecv.export import load_model
-        from edgecv.export.workflow import export_loaded
+        from edgecv.export.workflow import ExportPrep, export_loaded
         from edgecv.rewrite import apply_passes
 
         spec = rec.model.name or str(rec.model.source)
@@ -272,8 +272,7 @@ def run_recipe(
         res = export_loaded(
             loaded,
             bundle_dir,
-            overrides=update,
-            nms="graph" if task == "detect" else None,
+            ExportPrep(update, nms="graph" if task == "detect" else None),
             opset=rec.export.opset,
             dynamic_batch=rec.export.dynamic_batch,
             simplify=rec.export.simplify,

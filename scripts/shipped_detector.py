@@ -189,11 +189,11 @@ def backend_maps(
     from edgecv.bundle import Bundle
     from edgecv.export.onnx import export_model
     from edgecv.export.sources import load_model
-    from edgecv.export.workflow import prepare_export
+    from edgecv.export.workflow import ExportPrep, prepare_export
     from edgecv.validate.detection import compare_backends, runner_map
 
     loaded = prepare_export(
-        load_model(arch, weights=str(weights), model_kwargs=kwargs), nms="graph", class_names=class_names
+        load_model(arch, weights=str(weights), model_kwargs=kwargs), ExportPrep(nms="graph", class_names=class_names)
     )
     wrapped = loaded.module
 

@@ -638,7 +638,7 @@ def test_rewritten_file_exports_and_rebuilds_for_torch_runner(tmp_path: Path) ->
     sample = torch.randn(1, *loaded.contract.input_shape[1:])
     model, _ = apply_passes(loaded.module, ["fold_bn", "act_relu6"], sample)
     path = save_rewritten(tmp_path / "r.pt", model, "resnet_tiny", ["fold_bn", "act_relu6"], {}, list(sample.shape))
-    res = export_model(load_model(str(path)), tmp_path / "b", n_reference=2)
+    res = export_model(load_model(str(path), passes=apply_passes), tmp_path / "b", n_reference=2)
     assert res.parity_passed
     bundle = Bundle.open(tmp_path / "b")
     ref = bundle.load_reference()

@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
         """Export SOURCE to ONNX into the bundle folder OUTPUT and check it against PyTorch with ONNX Runtime."""
         from edgecv.errors import ConfigError
         from edgecv.export.sources import load_model, parse_input_shape
-        from edgecv.export.workflow import check_contract_overrides, export_loaded
+        from edgecv.export.workflow import ExportPrep, check_contract_overrides, export_loaded
 
         shape = parse_input_shape(input_shape) if input_shape is not None else None
         if max_batch < 1:
@@ -208,15 +208,11 @@ def register(app: typer.Typer) -> None:
             trust_checkpoint=trust_checkpoint,
             passes=apply_passes,
         )
+        prep = ExportPrep(overrides, nms, score_threshold, iou_threshold, max_det, decode_spec)
         result = export_loaded(
             loaded,
             output,
-            overrides=overrides,
-            nms=nms,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_det=max_det,
-            decode_spec=decode_spec,
+            prep,
             dynamic_batch=dynamic_batch,
             max_batch=max_batch,
             opset=opset,

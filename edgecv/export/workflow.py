@@ -9,6 +9,7 @@ a detector wrapper means the same thing in each.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,36 +51,42 @@ def apply_contract_overrides(loaded: LoadedModel, overrides: Mapping[str, Any]) 
     return loaded
 
 
-def prepare_export(
-    loaded: LoadedModel,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    nms: str | None = None,
-    score_threshold: float = 0.001,
-    iou_threshold: float = 0.5,
-    max_det: int = 100,
-    decode_spec: Any = None,
-    class_names: Sequence[str] | None = None,
-) -> LoadedModel:
+@dataclass
+class ExportPrep:
+    """What is done to a loaded model before export: contract ``overrides`` (field → value) and, for a detector,
+    the post-processing wrapper (``nms`` ``graph``/``host``/``none``, thresholds, a declarative ``decode_spec`` for
+    a foreign head, ``class_names``)."""
+
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    nms: str | None = None
+    score_threshold: float = 0.001
+    iou_threshold: float = 0.5
+    max_det: int = 100
+    decode_spec: Any = None
+    class_names: Sequence[str] | None = None
+
+
+def prepare_export(loaded: LoadedModel, prep: ExportPrep | None = None) -> LoadedModel:
     """Contract overrides, then (task ``detect``, a foreign detector whose task was only guessed, or ``nms``
     given) the detector's post-processing wrapper (:func:`edgecv.export.detection.prepare_detection_export`)."""
-    loaded = apply_contract_overrides(loaded, overrides or {})
-    if loaded.guess_task and "task" not in (overrides or {}):
+    prep = prep or ExportPrep()
+    loaded = apply_contract_overrides(loaded, prep.overrides)
+    if loaded.guess_task and "task" not in prep.overrides:
         from edgecv.export.adapters import find_adapter
 
         if find_adapter(loaded.module) is not None:  # a foreign detector from a file.py:factory
             loaded.contract.task = "detect"
-    if loaded.contract.task == "detect" or nms is not None:
+    if loaded.contract.task == "detect" or prep.nms is not None:
         from edgecv.export.detection import prepare_detection_export
 
         loaded = prepare_detection_export(
             loaded,
-            nms=nms or "graph",
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_det=max_det,
-            class_names=list(class_names) if class_names is not None else None,
-            decode_spec=decode_spec,
+            nms=prep.nms or "graph",
+            score_threshold=prep.score_threshold,
+            iou_threshold=prep.iou_threshold,
+            max_det=prep.max_det,
+            class_names=list(prep.class_names) if prep.class_names is not None else None,
+            decode_spec=prep.decode_spec,
         )
     return loaded
 
@@ -87,13 +94,8 @@ def prepare_export(
 def export_loaded(
     loaded: LoadedModel,
     out: str | Path,
+    prep: ExportPrep | None = None,
     *,
-    overrides: Mapping[str, Any] | None = None,
-    nms: str | None = None,
-    score_threshold: float = 0.001,
-    iou_threshold: float = 0.5,
-    max_det: int = 100,
-    decode_spec: Any = None,
     dynamic_batch: bool = True,
     max_batch: int | None = None,
     **export_kwargs: Any,
@@ -106,15 +108,7 @@ def export_loaded(
     """
     from edgecv.export.onnx import export_model
 
-    loaded = prepare_export(
-        loaded,
-        overrides=overrides,
-        nms=nms,
-        score_threshold=score_threshold,
-        iou_threshold=iou_threshold,
-        max_det=max_det,
-        decode_spec=decode_spec,
-    )
+    loaded = prepare_export(loaded, prep)
     if getattr(loaded.module, "exports_graph_nms", False):
         dynamic_batch = False  # Faster R-CNN's RPN/RoI graph exports at batch 1 only
     if max_batch is not None:

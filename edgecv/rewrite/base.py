@@ -416,6 +416,27 @@ class Pass:
         return new, report
 
 
+class GraphPass(Pass):
+    """A pass that rewrites the ``torch.fx`` graph when the model traces and walks the module tree when it does not:
+    subclasses implement :meth:`rewrite_graph` and :meth:`rewrite_modules` (each returns how many places changed)
+    and say in :attr:`walk_note` what the fallback covers."""
+
+    walk_note: ClassVar[str] = ""
+
+    def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rewrite_modules(self, model: nn.Module, sample: torch.Tensor) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
+        gm, why = try_trace(model)
+        if gm is not None:
+            return PassResult(gm, METHOD_FX, self.rewrite_graph(gm, sample))
+        n = self.rewrite_modules(model, sample)
+        return PassResult(model, METHOD_WALK, n, [f"fx trace failed ({why}); {self.walk_note}"])
+
+
 PASSES: Registry[type[Pass]] = Registry("rewrite pass")
 
 

@@ -6,18 +6,7 @@ import copy
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from edgecv.rewrite.base import (
-    METHOD_FX,
-    METHOD_WALK,
-    Pass,
-    PassResult,
-    call_counts,
-    finish_graph,
-    is_plain_sequential,
-    register_pass,
-    set_submodule,
-    try_trace,
-)
+from edgecv.rewrite.base import GraphPass, call_counts, finish_graph, is_plain_sequential, register_pass, set_submodule
 
 if TYPE_CHECKING:
     import torch
@@ -147,17 +136,17 @@ def fold_bn_walk(model: nn.Module) -> int:
 
 
 @register_pass
-class FoldBN(Pass):
+class FoldBN(GraphPass):
     """Fold eval-mode BatchNorm into the preceding conv / linear / conv-transpose (only when the BN is that
     layer's sole user)."""
 
     name = "fold_bn"
     exact = True
     description = "fold BatchNorm into the preceding conv/linear/conv-transpose"
+    walk_note = "folded only inside nn.Sequential"
 
-    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
-        gm, why = try_trace(model)
-        if gm is not None:
-            return PassResult(gm, METHOD_FX, fold_bn_fx(gm, sample))
-        n = fold_bn_walk(model)
-        return PassResult(model, METHOD_WALK, n, [f"fx trace failed ({why}); folded only inside nn.Sequential"])
+    def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:
+        return fold_bn_fx(gm, sample)
+
+    def rewrite_modules(self, model: nn.Module, sample: torch.Tensor) -> int:
+        return fold_bn_walk(model)

@@ -6,16 +6,7 @@ import operator
 import re
 from typing import TYPE_CHECKING, Any
 
-from edgecv.rewrite.base import (
-    METHOD_FX,
-    METHOD_WALK,
-    Pass,
-    PassResult,
-    finish_graph,
-    register_pass,
-    replace_children,
-    try_trace,
-)
+from edgecv.rewrite.base import GraphPass, finish_graph, register_pass, replace_children
 
 if TYPE_CHECKING:
     import torch
@@ -53,40 +44,36 @@ def _is_sigmoid(node: Any, modules: dict[str, Any]) -> bool:
 
 
 @register_pass
-class HardSigmoidGates(Pass):
+class HardSigmoidGates(GraphPass):
     """Sigmoid gates (SE / CBAM / SK: a sigmoid whose output multiplies a feature map) → hard-sigmoid."""
 
     name = "hard_sigmoid"
     exact = False
     description = "sigmoid gates in SE/CBAM/SK -> hard-sigmoid"
+    walk_note = "replaced nn.Sigmoid inside attention-named modules only"
 
-    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
+    def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:
         import torch.nn.functional as F
-        from torch import nn
 
-        gm, why = try_trace(model)
-        if gm is not None:
-            modules = dict(gm.named_modules())
-            n = 0
-            for node in list(gm.graph.nodes):
-                if _is_sigmoid(node, modules) and node.args and _feeds_mul(node):
-                    with gm.graph.inserting_before(node):
-                        new = gm.graph.call_function(F.hardsigmoid, (node.args[0],))
-                    node.replace_all_uses_with(new)
-                    gm.graph.erase_node(node)
-                    n += 1
-            return PassResult(finish_graph(gm), METHOD_FX, n)
+        modules = dict(gm.named_modules())
+        n = 0
+        for node in list(gm.graph.nodes):
+            if _is_sigmoid(node, modules) and node.args and _feeds_mul(node):
+                with gm.graph.inserting_before(node):
+                    new = gm.graph.call_function(F.hardsigmoid, (node.args[0],))
+                node.replace_all_uses_with(new)
+                gm.graph.erase_node(node)
+                n += 1
+        finish_graph(gm)
+        return n
+
+    def rewrite_modules(self, model: nn.Module, sample: torch.Tensor) -> int:
+        from torch import nn
 
         def fn(name: str, m: Any) -> nn.Module | None:
             return nn.Hardsigmoid() if isinstance(m, nn.Sigmoid) and _in_gate(model, name) else None
 
-        done = replace_children(model, fn)
-        return PassResult(
-            model,
-            METHOD_WALK,
-            len(done),
-            [f"fx trace failed ({why}); replaced nn.Sigmoid inside attention-named modules only"],
-        )
+        return len(replace_children(model, fn))
 
 
 def _in_gate(model: nn.Module, name: str) -> bool:

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecv.rewrite.base import (
-    METHOD_FX,
-    METHOD_WALK,
-    Pass,
-    PassResult,
-    finish_graph,
-    register_pass,
-    try_trace,
-)
+from edgecv.rewrite.base import GraphPass, finish_graph, register_pass
 
 if TYPE_CHECKING:
     import torch
@@ -50,17 +42,18 @@ def _bypass_fx(gm: fx.GraphModule, types: tuple[type, ...], functional_dropout: 
 
 
 @register_pass
-class RemoveDropout(Pass):
+class RemoveDropout(GraphPass):
     """Drop Dropout modules and ``F.dropout(..., training=False)`` calls (identity in eval mode)."""
 
     name = "remove_dropout"
     exact = True
     description = "remove dropout (identity in eval mode)"
+    walk_note = "dropout replaced by nn.Identity"
 
-    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
-        gm, why = try_trace(model)
-        if gm is not None:
-            return PassResult(gm, METHOD_FX, _bypass_fx(gm, _dropout_types(), functional_dropout=True))
+    def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:
+        return _bypass_fx(gm, _dropout_types(), functional_dropout=True)
+
+    def rewrite_modules(self, model: nn.Module, sample: torch.Tensor) -> int:
         from torch import nn
 
         n = 0
@@ -69,4 +62,4 @@ class RemoveDropout(Pass):
                 if isinstance(child, _dropout_types()):
                     setattr(m, child_name, nn.Identity())
                     n += 1
-        return PassResult(model, METHOD_WALK, n, [f"fx trace failed ({why}); dropout replaced by nn.Identity"])
+        return n

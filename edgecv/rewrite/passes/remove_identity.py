@@ -4,36 +4,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecv.rewrite.base import (
-    METHOD_FX,
-    METHOD_WALK,
-    Pass,
-    PassResult,
-    is_plain_sequential,
-    register_pass,
-    try_trace,
-)
+from edgecv.rewrite.base import GraphPass, is_plain_sequential, register_pass
 from edgecv.rewrite.passes.remove_dropout import _bypass_fx
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
+    from torch import fx, nn
 
 
 @register_pass
-class RemoveIdentity(Pass):
+class RemoveIdentity(GraphPass):
     """Drop ``nn.Identity`` modules from the graph (or from plain ``nn.Sequential``s when fx does not trace)."""
 
     name = "remove_identity"
     exact = True
     description = "remove nn.Identity modules"
+    walk_note = "removed only inside nn.Sequential"
 
-    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
+    def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:
         from torch import nn
 
-        gm, why = try_trace(model)
-        if gm is not None:
-            return PassResult(gm, METHOD_FX, _bypass_fx(gm, (nn.Identity,)))
+        return _bypass_fx(gm, (nn.Identity,))
+
+    def rewrite_modules(self, model: nn.Module, sample: torch.Tensor) -> int:
+        from torch import nn
+
         n = 0
         for seq in list(model.modules()):
             if is_plain_sequential(seq):
@@ -41,4 +36,4 @@ class RemoveIdentity(Pass):
                     if len(seq._modules) > 1:  # an empty Sequential would fail on input
                         del seq._modules[key]
                         n += 1
-        return PassResult(model, METHOD_WALK, n, [f"fx trace failed ({why}); removed only inside nn.Sequential"])
+        return n
