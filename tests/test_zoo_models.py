@@ -173,7 +173,7 @@ def test_export_verifies_the_opset_it_wrote(tmp_path) -> None:
     model = create_model("resnet_tiny").eval()
     x = torch.randn(1, 3, 64, 64)
     path = export_onnx(model, x, tmp_path / "m.onnx", "torchscript", 18)
-    from edgecv.export.check import _verify_onnx
+    from edgecv.export.onnx import verify_onnx as _verify_onnx
 
     with pytest.raises(ExportError, match="wrote opset 18, not the requested 17"):
         _verify_onnx(path, "torchscript", 17)
