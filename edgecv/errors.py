@@ -58,3 +58,17 @@ class SinkError(EdgecvError):
 
 class DataError(EdgecvError):
     """A data set is malformed; the message names the file and line."""
+
+
+def one_line(exc: BaseException, limit: int = 300, *, with_type: bool = True) -> str:
+    """``exc`` as one line for an error message: terminal colours dropped (torch.export colours its messages),
+    white space (newlines too) folded, at most ``limit`` characters (``…`` marks a cut), led by the exception's type
+    name unless ``with_type`` is False; an exception with no text gives its type name."""
+    import re
+
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    if not text:
+        return type(exc).__name__
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return f"{type(exc).__name__}: {text}" if with_type else text

@@ -50,8 +50,9 @@ def open_runner(
     if backend == "torch":
         from edgecv.backends.torch import TorchRunner
         from edgecv.export.sources import load_model_from_manifest
+        from edgecv.rewrite import apply_passes
 
-        model = load_model_from_manifest(bundle.manifest, source=source, weights=weights)
+        model = load_model_from_manifest(bundle.manifest, source=source, weights=weights, passes=apply_passes)
         return TorchRunner.from_module(
             model, bundle.contract, precision=precision, device=device, threads=threads, **kwargs
         )
@@ -230,7 +231,9 @@ def run_recipe(
     if stamps.up_to_date("export", inputs):
         result.steps.append(StepLog("export", "skipped (up to date)", 0.0, str(bundle_dir)))
     else:
-        from edgecv.export import export_model, load_model
+        from edgecv.export import load_model
+        from edgecv.export.workflow import ExportPrep, export_loaded
+        from edgecv.rewrite import apply_passes
 
         spec = rec.model.name or str(rec.model.source)
         say(
@@ -245,6 +248,7 @@ def run_recipe(
             weights=ckpt,
             model_kwargs=kwargs,
             input_shape=tuple(rec.export.input_shape) if rec.export.input_shape else None,
+            passes=apply_passes,
         )
         task = task or (loaded.contract.task if loaded.contract.task != "generic" else "classify")
         update: dict[str, Any] = {"task": task}
@@ -262,23 +266,18 @@ def run_recipe(
             )
             if not rec.export.input_shape:
                 update["input_shape"] = [1, *pre["input_size"]]
-        loaded.contract = loaded.contract.model_copy(update=update)
-        dynamic = rec.export.dynamic_batch
-        if task == "detect":
-            from edgecv.export.detection import prepare_detection_export
-
-            loaded = prepare_detection_export(loaded, nms="graph")
-            dynamic = dynamic and not getattr(loaded.module, "exports_graph_nms", False)
         # the reference inputs come from the recipe's validation split, so validate compares in-domain outputs
         # (a detector's boxes, several classes) rather than photos the model was never trained on
         ref_dir = _val_dir(rec, out)
-        res = export_model(
+        res = export_loaded(
             loaded,
             bundle_dir,
+            ExportPrep(update, nms="graph" if task == "detect" else None),
             opset=rec.export.opset,
-            dynamic_batch=dynamic,
+            dynamic_batch=rec.export.dynamic_batch,
             simplify=rec.export.simplify,
             rewrite=rec.rewrite.passes or None,
+            passes=apply_passes,
             force=True,
             name=recipe_name,
             reference_data=ref_dir if ref_dir is not None and ref_dir.exists() else None,

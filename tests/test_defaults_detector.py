@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,18 @@ def test_registry_entry_builds_the_shipped_model() -> None:
     assert create_model("shapes_detector", pretrained=False, num_classes=3).num_classes == 3
 
 
+def _release_script() -> Any:
+    """``scripts/shipped_detector.py`` (a release script, not part of the package), loaded from its file."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "shipped_detector.py"
+    spec = importlib.util.spec_from_file_location("shipped_detector", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.mark.onnxruntime
 def test_shipped_detector_reproduces_its_val_map(tmp_path: Path) -> None:
     """Regenerate the first val images (same generator seed/size; per-image seeding makes them identical to the
@@ -67,7 +80,8 @@ def test_shipped_detector_reproduces_its_val_map(tmp_path: Path) -> None:
     import torch
 
     from edgecv.data.synth import generate
-    from edgecv.train.shipped_detector import backend_maps
+
+    backend_maps = _release_script().backend_maps
     from edgecv.validate.detection import load_coco_samples
 
     torch.set_num_threads(1)

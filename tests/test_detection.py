@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from edgecv.tasks import detect as D
+from edgecv.train.tasks import task_for
 from edgecv.validate.detection import coco_map, match_detections
 
 
@@ -110,7 +111,7 @@ def test_cli_anchors_on_yolo_txt(tmp_path, cli) -> None:  # type: ignore[no-unty
 
 # ------------------------------------------------------------------------------------------------ augmentation
 def test_augmentation_keeps_boxes_on_objects() -> None:
-    from edgecv.zoo.detection.augment import DetAugment, augment_batch
+    from edgecv.train.detection.augment import DetAugment, augment_batch
 
     torch.manual_seed(0)
     n, size = 16, 64
@@ -165,7 +166,7 @@ def test_detector_loss_goes_down(name: str) -> None:
     assert model_cfg(name)["task"] == "detect" and model_cfg(name)["resize"] == "letterbox"
     torch.manual_seed(0)
     model = create_model(name, train_aug={})
-    task = model.edgecv_task()
+    task = task_for("detect", model)
     x, t = _batch()
     opt = torch.optim.AdamW(model.parameters(), 3e-3)
     model.train()
@@ -187,7 +188,7 @@ def test_yolov2_multiscale_collate_and_passthrough() -> None:
     from edgecv.zoo import create_model
 
     m = create_model("yolov2_tiny")
-    task = m.edgecv_task()
+    task = task_for("detect", m)
     sizes = set()
     torch.manual_seed(0)
     items = [(x, {"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy()}) for x, t in zip(*_batch(2))]
@@ -251,7 +252,7 @@ def _export(tmp_path, name: str, nms: str, dynamic: bool = True, max_det: int = 
     x, _ = _batch(2 if dynamic else 1, 64, seed=5)
     # a briefly trained model, so the comparison covers confident boxes and not only noise-level scores
     m = loaded.module
-    task = m.edgecv_task()
+    task = task_for("detect", m)
     _, t = _batch(4)
     opt = torch.optim.AdamW(m.parameters(), 3e-3)
     m.train()

@@ -102,9 +102,9 @@ def test_training_step_uses_every_decoder_layer_and_eval_sorts_without_nms() -> 
 @pytest.mark.openvino
 def test_export_has_no_nms_and_matches_on_ort_and_openvino(tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
+    from edgecv.export.check import check_module
     from edgecv.export.detection import prepare_detection_export
     from edgecv.export.sources import load_model
-    from edgecv.zoo.check import check_module
 
     loaded = prepare_detection_export(load_model("detr_tiny"), nms="graph", score_threshold=0.05)
     dec = loaded.contract.decode
@@ -189,8 +189,8 @@ def test_stride_8_doubles_the_token_grid_and_backbone_gets_its_own_rate() -> Non
 
 
 def test_detr_shapes_uses_its_backbones_normalisation_and_counts_flops() -> None:
+    from edgecv.export.check import model_stats
     from edgecv.zoo import model_cfg
-    from edgecv.zoo.check import model_stats
 
     cfg, bb = model_cfg("detr_shapes"), model_cfg("shapes_classifier")
     assert tuple(cfg["mean"]) == tuple(bb["mean"]) and tuple(cfg["std"]) == tuple(bb["std"])

@@ -218,7 +218,7 @@ def test_fold_bn_module_walk_when_fx_fails(x: torch.Tensor) -> None:
 
 
 def test_broken_exact_pass_is_refused(x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgecv.rewrite import fold
+    from edgecv.rewrite.passes import fold_bn as fold
 
     real = fold.fold_bn_into
 
@@ -367,7 +367,7 @@ def test_dw_conv(x: torch.Tensor) -> None:
 
 
 def test_dw_conv_rank1_is_exact_for_rank1_weights() -> None:
-    from edgecv.rewrite.lossy import depthwise_separable
+    from edgecv.rewrite.passes.dw_conv import depthwise_separable
 
     conv = nn.Conv2d(4, 6, 3, padding=1)
     with torch.no_grad():
@@ -471,7 +471,7 @@ def test_zoo_exact_chain(name: str) -> None:
 
 def test_zoo_norms_and_gates() -> None:
     zoo = pytest.importorskip("edgecv.zoo")
-    from edgecv.rewrite.lossy import is_non_bn_norm
+    from edgecv.rewrite.passes.norm_to_bn import is_non_bn_norm
 
     inp = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     model = zoo.create_model("resnet_tiny_norms").eval()
@@ -599,7 +599,7 @@ def test_float32_rounding_is_told_from_a_real_change_in_float64(
     """Where float32 rounding is amplified past the tolerance (softmax over large logits does it in
     resnet_tiny_nonlocal), the same rewrite is re-run in float64: rounding passes, a real change does not.
     A tolerance below float32 rounding makes every fp32 check fail, so the float64 path is taken here."""
-    from edgecv.rewrite import fold
+    from edgecv.rewrite.passes import fold_bn as fold
 
     monkeypatch.setattr(fold.FoldBN, "rtol", 1e-12)
     model = small_net()
@@ -638,7 +638,7 @@ def test_rewritten_file_exports_and_rebuilds_for_torch_runner(tmp_path: Path) ->
     sample = torch.randn(1, *loaded.contract.input_shape[1:])
     model, _ = apply_passes(loaded.module, ["fold_bn", "act_relu6"], sample)
     path = save_rewritten(tmp_path / "r.pt", model, "resnet_tiny", ["fold_bn", "act_relu6"], {}, list(sample.shape))
-    res = export_model(load_model(str(path)), tmp_path / "b", n_reference=2)
+    res = export_model(load_model(str(path), passes=apply_passes), tmp_path / "b", n_reference=2)
     assert res.parity_passed
     bundle = Bundle.open(tmp_path / "b")
     ref = bundle.load_reference()
@@ -650,3 +650,71 @@ def test_rewritten_file_exports_and_rebuilds_for_torch_runner(tmp_path: Path) ->
         got = r.infer(ref["inputs"])
     name = bundle.contract.output_names[0]
     np.testing.assert_allclose(got[name], ref["outputs"][name], rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- every registered pass
+def registry_net() -> nn.Module:
+    """One model with something for every built-in pass to rewrite: a new pass that finds nothing here fails
+    ``test_every_registered_pass`` until the structure it rewrites is added below."""
+    torch.manual_seed(1)
+    rep = RepVGGBlock(8, 8)
+    return randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 5, padding=2, bias=False),
+            nn.BatchNorm2d(8),
+            nn.SiLU(),
+            rep,
+            nn.Identity(),
+            SE(8),
+            nn.Dropout(0.3),
+            nn.Conv2d(8, 16, 7, stride=2, padding=3),
+            nn.GroupNorm(4, 16),
+            nn.Hardswish(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 12),
+            nn.BatchNorm1d(12),
+            nn.ReLU(),
+            nn.Linear(12, 10),
+        )
+    )
+
+
+def _registered() -> list[str]:
+    from edgecv.rewrite import list_passes
+
+    return [p["name"] for p in list_passes()]
+
+
+def test_every_pass_module_registers_its_pass() -> None:
+    """One pass per file: ``rewrite/passes/<name>.py`` registers the pass ``<name>``, and nothing else does."""
+    from edgecv.rewrite.passes import PASS_MODULES
+
+    assert sorted(PASS_MODULES) == sorted(_registered())
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_every_registered_pass(name: str) -> None:
+    """Every registered pass, with no test written for it: an exact pass must rewrite the model without moving
+    its outputs beyond float64 rounding; a lossy one must rewrite it and report the cost (drift > 0, cosine < 1,
+    fine-tuning asked for). Exact passes run in float64, so float32 rounding cannot hide a small real change."""
+    dtype = torch.float64 if get_pass(name).exact else torch.float32
+    model = registry_net().to(dtype)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    with torch.no_grad():
+        ref = model(x)
+    out, report = apply_passes(model, [name], x)
+    rep = report.passes[0]
+    assert rep.changes > 0, f"pass '{name}' changed nothing in registry_net(): add what it rewrites there"
+    with torch.no_grad():
+        got = out(x)
+    assert got.shape == ref.shape
+    err = float((got - ref).abs().max())
+    scale = float(ref.abs().max())
+    assert rep.max_abs == pytest.approx(err, rel=1e-5, abs=1e-12)  # the report is the real drift
+    if rep.exact:
+        assert err <= 1e-9 * scale, f"exact pass '{name}': max abs {err:.3g} in float64 (scale {scale:.3g})"
+        assert not rep.finetune_needed
+    else:
+        assert err > 0 and rep.cosine < 1.0 and rep.finetune_needed
+        assert report.finetune_needed and rep.notes

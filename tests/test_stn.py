@@ -62,7 +62,7 @@ def test_classifier_trains_through_the_sampler() -> None:
 @pytest.mark.parametrize("opset", [16, 17])
 def test_export_keeps_gridsample_and_matches_on_ort_and_openvino(opset: int, tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
-    from edgecv.zoo.check import check_module, randomize_norm_stats
+    from edgecv.export.check import check_module, randomize_norm_stats
 
     torch.manual_seed(0)
     model = create_model("stn_classifier").eval()

@@ -378,7 +378,7 @@ EXPORTS = [("torchscript", 17), ("torchscript", 18), ("dynamo", 18)]
 
 
 def _check(m: nn.Module, x: torch.Tensor, tmp_path, exporter: str, opset: int) -> dict:
-    from edgecv.zoo.check import check_module
+    from edgecv.export.check import check_module
 
     res = check_module(m, x, tmp_path, exporter, opset)
     assert res["export"]["ok"], res["export"]["error"]
@@ -417,7 +417,7 @@ def test_mhsa_tokens_equal_heads_on_openvino(tokens: int, dim: int, heads: int, 
 def test_norms_export_and_run(norm: str, tmp_path) -> None:
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), create_norm(norm, 12)).eval()
-    from edgecv.zoo.check import randomize_norm_stats
+    from edgecv.export.check import randomize_norm_stats
 
     randomize_norm_stats(m)
     _check(m, _x(2, 3, 8, 8), tmp_path, "torchscript", 17)

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgecv.errors import ConfigError, ExportError, UnknownNameError
+from edgecv.export.check import check_model, count_params, export_onnx, model_stats
 from edgecv.zoo import create_model, list_models, model_cfg
-from edgecv.zoo.check import check_model, count_params, export_onnx, model_stats
 
 pytestmark = pytest.mark.torch
 
@@ -173,7 +173,7 @@ def test_export_verifies_the_opset_it_wrote(tmp_path) -> None:
     model = create_model("resnet_tiny").eval()
     x = torch.randn(1, 3, 64, 64)
     path = export_onnx(model, x, tmp_path / "m.onnx", "torchscript", 18)
-    from edgecv.zoo.check import _verify_onnx
+    from edgecv.export.onnx import verify_onnx as _verify_onnx
 
     with pytest.raises(ExportError, match="wrote opset 18, not the requested 17"):
         _verify_onnx(path, "torchscript", 17)

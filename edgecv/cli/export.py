@@ -163,11 +163,9 @@ def export(
     json_out: JsonOpt = False,
 ) -> None:
     """Export SOURCE to ONNX into the bundle folder OUTPUT and check it against PyTorch with ONNX Runtime."""
-    from pydantic import ValidationError
-
     from edgecv.errors import ConfigError
-    from edgecv.export.onnx import export_model
     from edgecv.export.sources import load_model, parse_input_shape
+    from edgecv.export.workflow import ExportPrep, check_contract_overrides, export_loaded
 
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     if max_batch < 1:
@@ -207,13 +205,8 @@ def export(
             raise ConfigError(f"--decode: expected --task detect (or none), found --task {task}")
         overrides["task"] = "detect"
     # validate the contract overrides before loading (and possibly building) the model
-    from edgecv.bundle import Contract
-
-    try:
-        Contract(**overrides)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+    check_contract_overrides(overrides)
+    from edgecv.rewrite import apply_passes
 
     loaded = load_model(
         source,
@@ -222,47 +215,22 @@ def export(
         model_kwargs=kwargs or None,
         arch=arch,
         trust_checkpoint=trust_checkpoint,
+        passes=apply_passes,
     )
-    if overrides:
-        before = loaded.contract.task
-        loaded.contract = Contract(**{**loaded.contract.model_dump(), **overrides})
-        if "task" in overrides:
-            loaded.guess_task = False
-            if loaded.contract.task != before:  # the old task's output decoding no longer applies
-                from edgecv.export.sources import default_decode
-
-                loaded.contract.decode = default_decode(loaded.contract.task)
-    if loaded.guess_task and "task" not in overrides:
-        from edgecv.export.adapters import find_adapter
-
-        if find_adapter(loaded.module) is not None:  # a foreign detector from a file.py:factory
-            loaded.contract.task = "detect"
-    if loaded.contract.task == "detect" or nms is not None:
-        from edgecv.export.detection import prepare_detection_export
-
-        loaded = prepare_detection_export(
-            loaded,
-            nms=nms or "graph",
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_det=max_det,
-            decode_spec=decode_spec,
-        )
-        if getattr(loaded.module, "exports_graph_nms", False):
-            dynamic_batch = False  # Faster R-CNN's RPN/RoI graph exports at batch 1 only
-    b = loaded.contract.input_shape[0]
-    batch_range = (1, min(max(b, 1), max_batch), max_batch)
-    result = export_model(
+    prep = ExportPrep(overrides, nms, score_threshold, iou_threshold, max_det, decode_spec)
+    result = export_loaded(
         loaded,
         output,
-        opset=opset,
+        prep,
         dynamic_batch=dynamic_batch,
-        batch_range=batch_range,
+        max_batch=max_batch,
+        opset=opset,
         simplify=not no_simplify,
         n_reference=n_reference,
         force=force,
         reference_data=reference_data,
         rewrite=rewrite or None,
+        passes=apply_passes,
     )
     if json_out:
         from edgecv.cli._output import emit_json

@@ -31,6 +31,7 @@ def lint(
     from edgecv.cli._output import console, emit_json, fmt, print_table
     from edgecv.errors import ConfigError
     from edgecv.export.sources import load_model, parse_input_shape
+    from edgecv.rewrite import apply_passes
     from edgecv.rewrite.lint import lint_inputs, lint_model
 
     if samples < 1:
@@ -39,7 +40,7 @@ def lint(
     import torch
 
     torch.manual_seed(0)  # randomly initialised zoo models: the same weights on every run
-    loaded = load_model(model, weights=weights, input_shape=shape)
+    loaded = load_model(model, weights=weights, input_shape=shape, passes=apply_passes)
     full = tuple(loaded.contract.input_shape)
     inputs, source = lint_inputs(full, samples, mean=loaded.contract.mean, std=loaded.contract.std)
     report = lint_model(loaded.module, inputs, source)

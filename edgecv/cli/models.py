@@ -56,8 +56,8 @@ def models(
     With --check, the exit code is 1 when any listed model fails to export or to match torch.
     """
     from edgecv.errors import ConfigError
+    from edgecv.export.check import EXPORTERS, RTOL, check_model, model_stats
     from edgecv.zoo import list_models, model_cfg
-    from edgecv.zoo.check import EXPORTERS, RTOL, check_model, model_stats
 
     if exporter not in (*EXPORTERS, "auto"):
         raise ConfigError(f"--exporter: expected auto or one of {', '.join(EXPORTERS)}, got '{exporter}'")

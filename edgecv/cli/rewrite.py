@@ -70,7 +70,7 @@ def rewrite(
     check_output_files(inputs, {"--output": output}, force=force)
 
     from edgecv.export.sources import load_model, parse_input_shape
-    from edgecv.rewrite import get_pass
+    from edgecv.rewrite import apply_passes, get_pass
     from edgecv.rewrite.compare import run_rewrite
 
     # check every flag before the (slow) model load and passes
@@ -85,7 +85,7 @@ def rewrite(
     import torch
 
     torch.manual_seed(0)  # randomly initialised zoo models: the same weights on every run
-    loaded = load_model(model, weights=weights, input_shape=shape)
+    loaded = load_model(model, weights=weights, input_shape=shape, passes=apply_passes)
     result = run_rewrite(
         loaded,
         model,

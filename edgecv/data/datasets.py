@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edgecv._lazy import lazy_import
-from edgecv.data.readers import IMG_EXTS, read_class_names, read_coco, read_image, read_yolo, yolo_class_names
+from edgecv.data.readers import IMG_EXTS, list_images, read_class_names, read_coco, read_image, read_yolo
 from edgecv.errors import DataError
 
 if TYPE_CHECKING:
@@ -31,11 +31,6 @@ IGNORE_INDEX = 255
 
 def _cv2() -> Any:
     return lazy_import("cv2", "data")
-
-
-def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMG_EXTS)
 
 
 class _Base(Dataset):  # type: ignore[type-arg]
@@ -76,7 +71,7 @@ class ImageFolderDataset(_Base):
         for i, c in enumerate(self.classes):
             d = self.root / c
             if d.is_dir():
-                self.samples.extend((p, i) for p in _images_in(d, recursive=True))
+                self.samples.extend((p, i) for p in list_images(d, recursive=True))
         if not self.samples:
             raise DataError(f"{self.root}: no images ({', '.join(IMG_EXTS)}) under the class folders")
         self.targets = [t for _, t in self.samples]
@@ -99,7 +94,7 @@ class ImageListDataset(_Base):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: image folder not found")
-        self.files = _images_in(self.root, recursive=True)
+        self.files = list_images(self.root, recursive=True)
         if not self.files:
             raise DataError(f"{self.root}: no images ({', '.join(IMG_EXTS)})")
         self.classes = []
@@ -156,7 +151,8 @@ class CocoDetection(_Detection):
 
 
 class YoloDetection(_Detection):
-    """YOLO txt labels: ``images/.../x.jpg`` with ``labels/.../x.txt`` lines ``class cx cy w h`` (normalised).
+    """YOLO txt labels: ``images/.../x.jpg`` with ``labels/.../x.txt`` lines ``class cx cy w h`` (normalised),
+    parsed by :func:`edgecv.data.readers.read_yolo` (the one YOLO reader).
 
     Args:
         images_dir: folder of images.
@@ -174,22 +170,10 @@ class YoloDetection(_Detection):
         transform: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__(transform)
-        self.images_dir = Path(images_dir)
-        if not self.images_dir.is_dir():
-            raise DataError(f"{self.images_dir}: image folder not found")
-        if labels_dir is None:
-            parts = list(self.images_dir.parts)
-            if "images" not in parts:
-                raise DataError(
-                    f"{self.images_dir}: cannot find the labels folder (no 'images' part to replace "
-                    f"with 'labels'); pass labels_dir"
-                )
-            i = len(parts) - 1 - parts[::-1].index("images")
-            parts[i] = "labels"
-            labels_dir = Path(*parts)
-        self.labels_dir = Path(labels_dir)
-        self.classes = list(classes) if classes is not None else yolo_class_names(self.images_dir)
-        self.records = read_yolo(self.images_dir, self.labels_dir, self.classes)
+        yolo = read_yolo(images_dir, labels_dir, classes)
+        self.images_dir, self.labels_dir = yolo.images_dir, yolo.labels_dir
+        self.classes = yolo.classes
+        self.records = yolo.records
 
 
 class SegmentationFolder(_Base):
@@ -216,7 +200,7 @@ class SegmentationFolder(_Base):
         self.classes = names if names is not None else [str(i) for i in range(int(num_classes or 0))]
         self.num_classes = int(num_classes) if num_classes is not None else len(self.classes)
         self.samples: list[tuple[Path, Path]] = []
-        for img in _images_in(img_dir):
+        for img in list_images(img_dir):
             m = mask_dir / f"{img.stem}.png"
             if not m.is_file():
                 raise DataError(f"{m}: missing mask file for image {img.name}")

@@ -1,5 +1,6 @@
-"""The one torch-free image and COCO reader (runtime tier): run, validate, calibration, export and the training
-data sets decode image files and parse COCO JSON here, so a photo and an annotation mean the same everywhere.
+"""The one torch-free image, COCO and YOLO reader (runtime tier): run, validate, calibration, export and the
+training data sets (``edgecv.data.datasets`` wraps these) decode image files and parse COCO JSON and YOLO txt
+labels here, so a photo and an annotation mean the same everywhere.
 
 ``cv2.IMREAD_COLOR`` applies the EXIF orientation tag (a phone JPEG shot in portrait comes out upright), always
 gives 3-channel BGR uint8 (grey is replicated, alpha dropped, 16-bit reduced to its top 8 bits).
@@ -21,7 +22,7 @@ from edgecv.errors import ConfigError, DataError
 
 IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 BOX_TOL = 1.0  # pixels a COCO box may overhang the image (rounding in exporters)
-_NORM_TOL = 1e-3  # the same for YOLO's normalised coordinates
+YOLO_NORM_TOL = 1e-3  # how far a YOLO box's normalised coordinates may overhang [0, 1]
 
 
 def _cv2() -> Any:
@@ -176,6 +177,12 @@ def read_coco(
     return CocoData(f, classes, cat_ids, records)
 
 
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files (:data:`IMG_EXTS`) in ``folder`` (and below it with ``recursive``), sorted."""
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMG_EXTS)
+
+
 def read_class_names(root: Path) -> list[str] | None:
     """Class names from ``classes.txt`` (one per line) in ``root`` or its parent, if present."""
     for d in (root, root.parent):
@@ -185,9 +192,19 @@ def read_class_names(root: Path) -> list[str] | None:
     return None
 
 
+@dataclass
+class YoloData:
+    """A parsed YOLO txt data set: ``records`` are (image path, boxes xyxy **normalised** to [0, 1] [N,4], labels
+    [N]) per image, labels index ``classes``."""
+
+    images_dir: Path
+    labels_dir: Path
+    classes: list[str]
+    records: list[tuple[Path, np.ndarray, np.ndarray]]
+
+
 def yolo_class_names(images_dir: Path) -> list[str]:
-    """Class names of a YOLO data set: ``classes.txt`` or ``data.yaml`` ``names`` in the images folder or up to
-    three folders above it."""
+    """``classes.txt`` or ``data.yaml`` ``names`` beside the images or up to three folders above them."""
     for d in [images_dir, *images_dir.parents][:4]:
         names = read_class_names(d) if (d / "classes.txt").is_file() else None
         if names:
@@ -207,45 +224,73 @@ def yolo_class_names(images_dir: Path) -> list[str]:
     )
 
 
-def read_yolo(images_dir: Path, labels_dir: Path, classes: Sequence[str]) -> list[tuple[Path, np.ndarray, np.ndarray]]:
-    """YOLO txt labels (checked): ``(image, boxes xyxy normalised [N,4], labels [N])`` per image under
-    ``images_dir`` (recursive), its labels in ``labels_dir`` at the same relative path with ``.txt``; an image with
-    no label file has no boxes. Every problem raises :class:`DataError` naming the file and line."""
+def _yolo_line(lab: Path, ln: int, line: str, classes: list[str]) -> tuple[list[float], int]:
+    tok = line.split()
     nc = len(classes)
-    records = []
-    files = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTS)
-    for img in files:
-        lab = labels_dir / img.relative_to(images_dir).with_suffix(".txt")
-        boxes, labels = [], []
+    try:
+        if len(tok) != 5:
+            raise ValueError(f"{len(tok)} values")
+        c = int(tok[0])
+        cx, cy, w, h = (float(v) for v in tok[1:])
+    except ValueError as exc:
+        raise DataError(
+            f"{lab}:{ln}: malformed line {line.strip()!r} ({exc}); expected "
+            f"'class cx cy w h' with an integer class and 4 numbers"
+        ) from None
+    if not 0 <= c < nc:
+        raise DataError(f"{lab}:{ln}: unknown class id {c}; expected 0..{nc - 1} ({', '.join(classes)})")
+    x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    tol = YOLO_NORM_TOL
+    if w <= 0 or h <= 0 or x1 < -tol or y1 < -tol or x2 > 1 + tol or y2 > 1 + tol:
+        raise DataError(
+            f"{lab}:{ln}: box out of bounds (cx={cx}, cy={cy}, w={w}, h={h}); "
+            f"expected normalised coordinates inside [0, 1]"
+        )
+    return [max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)], c
+
+
+def read_yolo(
+    images_dir: str | Path, labels_dir: str | Path | None = None, classes: Sequence[str] | None = None
+) -> YoloData:
+    """Parse a YOLO txt data set: ``images/.../x.jpg`` with ``labels/.../x.txt`` lines ``class cx cy w h``
+    (normalised); an image without a label file has no boxes.
+
+    Args:
+        images_dir: folder of images (searched recursively).
+        labels_dir: folder of labels (default: ``images_dir`` with its last ``images`` part replaced by ``labels``).
+        classes: class names (default: :func:`yolo_class_names`).
+
+    Raises:
+        DataError: no such folder, no images, no class names, or a bad line (file and line named).
+    """
+    images = Path(images_dir)
+    if not images.is_dir():
+        raise DataError(f"{images}: image folder not found")
+    if labels_dir is None:
+        parts = list(images.parts)
+        if "images" not in parts:
+            raise DataError(
+                f"{images}: cannot find the labels folder (no 'images' part to replace with 'labels'); pass labels_dir"
+            )
+        i = len(parts) - 1 - parts[::-1].index("images")
+        parts[i] = "labels"
+        labels_dir = Path(*parts)
+    labels = Path(labels_dir)
+    names = list(classes) if classes is not None else yolo_class_names(images)
+    records: list[tuple[Path, np.ndarray, np.ndarray]] = []
+    for img in list_images(images, recursive=True):
+        lab = labels / img.relative_to(images).with_suffix(".txt")
+        boxes, cls = [], []
         if lab.is_file():
             for ln, line in enumerate(lab.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                tok = line.split()
-                try:
-                    if len(tok) != 5:
-                        raise ValueError(f"{len(tok)} values")
-                    c = int(tok[0])
-                    cx, cy, w, h = (float(v) for v in tok[1:])
-                except ValueError as exc:
-                    raise DataError(
-                        f"{lab}:{ln}: malformed line {line.strip()!r} ({exc}); expected "
-                        f"'class cx cy w h' with an integer class and 4 numbers"
-                    ) from None
-                if not 0 <= c < nc:
-                    raise DataError(f"{lab}:{ln}: unknown class id {c}; expected 0..{nc - 1} ({', '.join(classes)})")
-                x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-                if w <= 0 or h <= 0 or x1 < -_NORM_TOL or y1 < -_NORM_TOL or x2 > 1 + _NORM_TOL or y2 > 1 + _NORM_TOL:
-                    raise DataError(
-                        f"{lab}:{ln}: box out of bounds (cx={cx}, cy={cy}, w={w}, h={h}); "
-                        f"expected normalised coordinates inside [0, 1]"
-                    )
-                boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)])
-                labels.append(c)
-        records.append((img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)))
+                if line.strip():
+                    box, c = _yolo_line(lab, ln, line, names)
+                    boxes.append(box)
+                    cls.append(c)
+        records.append((img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(cls, np.int64)))
     if not records:
-        raise DataError(f"{images_dir}: no images ({', '.join(IMG_EXTS)})")
-    return records
+        raise DataError(f"{images}: no images ({', '.join(IMG_EXTS)})")
+    return YoloData(images, labels, names, records)
 
 
 def reference_images(path: str | Path, n: int, split: str = "val") -> list[Path]:

@@ -39,10 +39,19 @@ from edgecv.bundle import (
     save_reference,
 )
 from edgecv.data.readers import read_image
-from edgecv.errors import BundleError, ConfigError, DataError, EdgecvError, ExportError, MissingDependencyError
+from edgecv.errors import (
+    BundleError,
+    ConfigError,
+    DataError,
+    EdgecvError,
+    ExportError,
+    MissingDependencyError,
+    one_line,
+)
+from edgecv.validate.torch_adapter import named_outputs
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.sources import LoadedModel, PassRunner
 
 #: ONNX protobufs cannot exceed 2 GiB; above this many parameter bytes the weights go to an external data file
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -127,6 +136,7 @@ def export_model(
     rewrite: Sequence[str] | None = None,
     name: str | None = None,
     reference_data: str | Path | None = None,
+    passes: PassRunner | None = None,
 ) -> ExportResult:
     """Export ``source`` to ONNX and write a bundle at ``out``.
 
@@ -148,7 +158,9 @@ def export_model(
         reference_data: in-domain images for the reference inputs instead: an image folder or a data set (COCO
             JSON, a folder with ``val.json`` or a ``val/`` split); ``n_reference`` images spread over its classes
             (:func:`edgecv.data.readers.reference_images`). A detector's reference then has boxes to compare.
-        rewrite: names of model passes applied before export (``edgecv.rewrite.apply_passes``).
+        rewrite: names of model passes applied before export, by ``passes``.
+        passes: the pass runner for ``rewrite`` (``edgecv.rewrite.apply_passes``; export does not import rewrite,
+            which sits above it).
         name: bundle name (default: the source's name).
 
     Returns:
@@ -198,7 +210,7 @@ def export_model(
 
     rewrite_report: Any = None
     if rewrite:
-        module, rewrite_report = _apply_rewrites(module, list(rewrite), sample)
+        module, rewrite_report = _apply_rewrites(module, list(rewrite), sample, passes)
 
     ref_outputs = _torch_outputs(module, ref_inputs, chunk, output_names)
     names = list(ref_outputs)
@@ -402,11 +414,8 @@ def _versions() -> dict[str, str | None]:
     }
 
 
-def _one_line(exc: BaseException, limit: int = 160) -> str:
-    import re
-
-    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())  # torch.export colours its messages
-    return f"{type(exc).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"
+def _one_line(exc: BaseException) -> str:
+    return one_line(exc, 160)
 
 
 @contextlib.contextmanager
@@ -532,24 +541,6 @@ def _variant(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str
     return np.ascontiguousarray(crop), f"crop{y},{x},{ch}x{cw}{',flip' if flip else ''}"
 
 
-def _flatten_outputs(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [(prefix or "output", out)]
-    if isinstance(out, dict):
-        items: list[tuple[str, Any]] = []
-        for k, v in out.items():
-            items += _flatten_outputs(v, f"{prefix}_{k}" if prefix else str(k))
-        return items
-    if isinstance(out, (list, tuple)):
-        items = []
-        for i, v in enumerate(out):
-            items += _flatten_outputs(v, f"{prefix}{i}" if prefix else f"output{i}")
-        return items
-    raise ExportError(f"the model returned {type(out).__name__}; expected tensors (alone, in a tuple/list or dict)")
-
-
 def _torch_outputs(
     module: Any, inputs: np.ndarray, chunk: int, output_names: Sequence[str] | None
 ) -> dict[str, np.ndarray]:
@@ -565,7 +556,7 @@ def _torch_outputs(
                     f"the model failed on a {list(inputs[i : i + chunk].shape)} input: "
                     f"{_one_line(exc)}; check --input-shape"
                 ) from exc
-            parts.append(_flatten_outputs(y))
+            parts.append(named_outputs(y))
     names = [n for n, _ in parts[0]]
     if output_names:
         if len(output_names) != len(names):
@@ -596,15 +587,12 @@ def _guess_task(contract: Contract, outputs: dict[str, np.ndarray]) -> tuple[Con
     return contract, None
 
 
-def _apply_rewrites(module: Any, names: list[str], sample: Any) -> tuple[Any, Any]:
-    try:
-        from edgecv.rewrite import apply_passes
-    except ImportError as exc:
+def _apply_rewrites(module: Any, names: list[str], sample: Any, passes: PassRunner | None) -> tuple[Any, Any]:
+    if passes is None:
         raise MissingDependencyError(
-            f"--rewrite {', '.join(names)}: edgecv.rewrite.apply_passes is not available in this install "
-            f"({_one_line(exc)})"
-        ) from exc
-    return apply_passes(module, names, sample)
+            f"--rewrite {', '.join(names)}: expected a pass runner (passes=edgecv.rewrite.apply_passes), found none"
+        )
+    return passes(module, names, sample)
 
 
 # --------------------------------------------------------------------------------------------- export proper
@@ -688,10 +676,97 @@ def _export(
 
 
 def _torch_onnx_export(*args: Any, **kwargs: Any) -> Any:
-    """Indirection so tests can make one exporter fail."""
+    """The one call of ``torch.onnx.export`` in edgecv (an indirection so tests can make one exporter fail)."""
     import torch
 
     return torch.onnx.export(*args, **kwargs)
+
+
+#: the exporters :func:`export_onnx` takes one at a time (``export_model`` tries dynamo, then TorchScript)
+SINGLE_EXPORTERS = ("torchscript", "dynamo")
+
+
+def export_onnx(
+    model: Any,
+    example: Any,
+    path: str | Path,
+    exporter: str = "torchscript",
+    opset: int = 17,
+    num_outputs: int = 1,
+    *,
+    check: bool = True,
+) -> Path:
+    """Export ``model`` (eval mode) at the fixed shape of ``example`` with one exporter to one self-contained ONNX
+    file: input ``input``, outputs ``output`` (or ``output0``, ``output1`` …). No bundle, contract or fallback:
+    for measuring a model (the zoo check, the rewrite latency table); :func:`export_model` makes bundles.
+
+    Args:
+        model: a ``torch.nn.Module``.
+        example: the input tensor.
+        path: destination ``.onnx`` file.
+        exporter: ``torchscript`` (``dynamo=False``) or ``dynamo``.
+        opset: ONNX opset version (17 and 18 are tested).
+        num_outputs: how many tensors the model returns.
+        check: verify the written file is a valid ONNX model at ``opset`` (:func:`verify_onnx`).
+
+    Raises:
+        ConfigError: unknown exporter.
+        ExportError: torch.onnx.export failed (the message carries the first line of the reason), or the check.
+    """
+    import logging
+
+    torch = lazy_import("torch")
+    if exporter not in SINGLE_EXPORTERS:
+        raise ConfigError(f"exporter: expected one of {', '.join(SINGLE_EXPORTERS)}, got '{exporter}'")
+    path = Path(path)
+    names = ["output"] if num_outputs == 1 else [f"output{i}" for i in range(num_outputs)]
+    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": names, "opset_version": opset}
+    if exporter == "dynamo":
+        kwargs.update(dynamo=True, external_data=False, verbose=False)
+    else:
+        kwargs.update(dynamo=False, do_constant_folding=True)
+    # the exporters log version-conversion tracebacks; the file is judged by the check below instead
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with _quiet(), torch.no_grad():
+            _torch_onnx_export(model.eval(), (example,), str(path), **kwargs)
+    except Exception as exc:  # the exporters raise many types; report one line
+        raise ExportError(
+            f"torch.onnx.export ({exporter}, opset {opset}) failed: {one_line(exc, 200, with_type=False)}"
+        ) from exc
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    if check:
+        verify_onnx(path, exporter, opset)
+    return path
+
+
+def verify_onnx(path: Path, exporter: str, opset: int) -> None:
+    """Fail unless the file is a valid ONNX model at the requested opset.
+
+    The dynamo exporter builds opset 18 and converts down; when that conversion fails it keeps opset 18 and only
+    logs it (torch 2.14), and a "successful" conversion can still emit an invalid node (e.g. opset-18 ``Split``
+    attributes at opset 17), so both are checked here.
+    """
+    onnx = lazy_import("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise ExportError(
+            f"torch.onnx.export ({exporter}) wrote opset {got}, not the requested {opset} "
+            "(torch's version conversion failed)"
+        )
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ExportError(
+            f"torch.onnx.export ({exporter}, opset {opset}) wrote an invalid model: "
+            f"{one_line(exc, 200, with_type=False)}"
+        ) from exc
 
 
 def _file_bytes(path: Path) -> int:

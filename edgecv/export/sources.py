@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from edgecv._io import sha256_file
 from edgecv._lazy import lazy_import
 from edgecv.bundle import Contract
-from edgecv.errors import ConfigError, EdgecvError, ModelSourceError, UnknownNameError
+from edgecv.errors import ConfigError, EdgecvError, ModelSourceError, UnknownNameError, one_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,6 +49,13 @@ SPEC_FORMS = (
     "a zoo name (see 'edgecv models'), torchvision:<name>, timm:<name>, path/to/file.py:factory, "
     "a state-dict checkpoint (.pt/.pth/.ckpt with --arch), a TorchScript archive or a torch.export .pt2"
 )
+#: the ``format`` of a model file written by ``edgecv rewrite -o`` (:func:`edgecv.rewrite.compare.save_rewritten`)
+REWRITE_FORMAT = "edgecv.rewrite/1"
+
+#: what rebuilds a rewritten model: ``runner(module, names, sample, inplace=..., options=...) -> (module, report)``.
+#: :func:`edgecv.rewrite.apply_passes` is one. Export sits below rewrite (rewrite imports export, never the other
+#: way), so whoever wants rewritten models rebuilt (the CLI, :mod:`edgecv.pipeline`) hands it in.
+PassRunner = Callable[..., tuple[Any, Any]]
 
 
 @dataclass
@@ -85,6 +92,7 @@ def load_model(
     model_kwargs: dict[str, Any] | None = None,
     arch: str | None = None,
     trust_checkpoint: bool = False,
+    passes: PassRunner | None = None,
 ) -> LoadedModel:
     """Load a model from any supported source.
 
@@ -99,6 +107,8 @@ def load_model(
         arch: the architecture (any ``spec`` form that builds a module) for a state-dict checkpoint.
         trust_checkpoint: allow unpickling an Ultralytics checkpoint (a full pickle: loading it runs code from the
             file); every other checkpoint is loaded with ``weights_only=True`` regardless.
+        passes: the pass runner (:data:`PassRunner`, e.g. ``edgecv.rewrite.apply_passes``) that rebuilds a model
+            file written by ``edgecv rewrite -o``; without one such a file is refused.
 
     Returns:
         A :class:`LoadedModel` with the module in eval mode.
@@ -122,7 +132,9 @@ def load_model(
     # torch runner, validate's live reference) produce the very weights that were exported
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
-        loaded = _dispatch(spec, weights=weights, shape=shape, kwargs=kwargs, arch=arch, trust=trust_checkpoint)
+        loaded = _dispatch(
+            spec, weights=weights, shape=shape, kwargs=kwargs, arch=arch, trust=trust_checkpoint, passes=passes
+        )
     loaded.source_info.setdefault("init_seed", INIT_SEED)
     return loaded
 
@@ -135,6 +147,7 @@ def _dispatch(
     kwargs: dict[str, Any],
     arch: str | None,
     trust: bool = False,
+    passes: PassRunner | None = None,
 ) -> LoadedModel:
     if spec.startswith(ULTRALYTICS_PREFIX):
         from edgecv.export.adapters.ultralytics import load_ultralytics
@@ -155,7 +168,13 @@ def _dispatch(
         )
     elif Path(spec).expanduser().is_file():
         return _load_checkpoint_file(
-            Path(spec).expanduser().resolve(), shape=shape, kwargs=kwargs, arch=arch, weights=weights, trust=trust
+            Path(spec).expanduser().resolve(),
+            shape=shape,
+            kwargs=kwargs,
+            arch=arch,
+            weights=weights,
+            trust=trust,
+            passes=passes,
         )
     elif _looks_like_path(spec):
         raise ModelSourceError(f"model file '{spec}' does not exist (expected {SPEC_FORMS})")
@@ -188,7 +207,10 @@ _REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 def load_model_from_manifest(
-    manifest: Manifest, source: str | None = None, weights: str | Path | None = None
+    manifest: Manifest,
+    source: str | None = None,
+    weights: str | Path | None = None,
+    passes: PassRunner | None = None,
 ) -> nn.Module:
     """Rebuild the eager module a bundle was exported from.
 
@@ -237,7 +259,7 @@ def load_model_from_manifest(
                 f"{str(recorded)[:12]}…); the live PyTorch model would not be the exported one"
             )
         user_weights = str(weights) if weights is not None else None
-        loaded = load_model(source, weights=user_weights, model_kwargs=kwargs or None)
+        loaded = load_model(source, weights=user_weights, model_kwargs=kwargs or None, passes=passes)
     else:
         if kind not in REGISTERED_KINDS:
             shown = spec if len(spec) <= 80 else spec[:77] + "..."
@@ -301,20 +323,23 @@ def load_model_from_manifest(
             decode_spec=decode.get("declarative") or None,
         )
     rewrite = manifest.provenance.get("rewrite") or {}
-    passes = rewrite.get("passes") or [] if isinstance(rewrite, dict) else []
-    if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
+    names = rewrite.get("passes") or [] if isinstance(rewrite, dict) else []
+    if not isinstance(names, list) or not all(isinstance(p, str) for p in names):
         raise ModelSourceError(f"bundle '{manifest.name}': provenance.rewrite.passes: expected a list of pass names")
-    if passes:
+    if names:
         # the bundle holds the rewritten model: re-apply the same passes (seeded, so lossy ones that draw new
         # weights draw the same ones) so the eager reference is the model that was exported
-        from edgecv.rewrite import apply_passes
-
+        if passes is None:
+            raise ModelSourceError(
+                f"bundle '{manifest.name}' was exported from a rewritten model (passes {', '.join(names)}): "
+                "expected a pass runner (passes=edgecv.rewrite.apply_passes) to rebuild it, found none"
+            )
         torch = lazy_import("torch")
         shape = [1, *manifest.contract.input_shape[1:]]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
             sample = torch.randn(*shape)
-            module, _ = apply_passes(loaded.module, list(passes), sample)
+            module, _ = passes(loaded.module, list(names), sample)
         return module.eval()
     return loaded.module
 
@@ -391,8 +416,7 @@ def _check_shape(shape: tuple[int, ...] | list[int] | None) -> tuple[int, ...] |
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:400]}" if text else type(exc).__name__
+    return one_line(exc, 400)
 
 
 # --------------------------------------------------------------------------------------------- zoo
@@ -842,6 +866,7 @@ def _load_checkpoint_file(
     arch: str | None,
     weights: str | Path | None,
     trust: bool = False,
+    passes: PassRunner | None = None,
 ) -> LoadedModel:
     kind = archive_kind(path)
     if kind in ("torch_save", "legacy"):
@@ -880,10 +905,8 @@ def _load_checkpoint_file(
     obj = _safe_torch_load(path, path)
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith("edgecv.rewrite/"):
         # written by `edgecv rewrite -o`: the structure comes from re-running the passes on the arch
-        from edgecv.rewrite.compare import load_rewritten
-
         base = load_model(str(obj["arch"]), input_shape=shape, model_kwargs=obj.get("model_kwargs") or None)
-        base.module = load_rewritten(path)
+        base.module = load_rewritten(path, passes)
         base.source_info.update(
             {
                 "kind": "checkpoint",
@@ -906,6 +929,53 @@ def _load_checkpoint_file(
     base.source_info["weights"] = str(path)
     base.source_info["weights_sha256"] = sha256_file(path)
     return base
+
+
+def split_file_arch(arch: str) -> tuple[str, str] | None:
+    """``dir/model.py:build`` → (``dir/model.py``, ``build``); None for a zoo / torchvision / timm name."""
+    file, sep, factory = arch.rpartition(":")
+    return (file, factory) if sep and file.endswith(".py") else None
+
+
+def _arch_from(arch: str, folder: Path) -> str:
+    """A ``file.py:factory`` arch stored relative to the folder of the file that names it, made usable from here
+    (files written before paths were stored that way named them relative to the working directory, tried
+    second); other archs unchanged."""
+    parts = split_file_arch(arch)
+    if parts is None or Path(parts[0]).is_absolute():
+        return arch
+    beside = (folder / parts[0]).resolve()
+    return f"{beside}:{parts[1]}" if beside.exists() or not Path(parts[0]).exists() else arch
+
+
+def load_rewritten(path: str | Path, passes: PassRunner | None) -> nn.Module:
+    """Rebuild a model written by ``edgecv rewrite -o`` (:data:`REWRITE_FORMAT`): load its ``arch``, re-run its
+    passes with ``passes`` for their structure (on seeded noise), then load the saved weights (strict)."""
+    import torch
+
+    blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != REWRITE_FORMAT:
+        raise ModelSourceError(
+            f"'{path}': expected a file written by 'edgecv rewrite -o' (format {REWRITE_FORMAT}), "
+            f"found {blob.get('format') if isinstance(blob, dict) else type(blob).__name__}"
+        )
+    rw = blob["rewrite"]
+    if passes is None:
+        raise ModelSourceError(
+            f"'{Path(path).name}' was written by 'edgecv rewrite -o' (passes {', '.join(rw['passes'])}): expected "
+            "a pass runner (passes=edgecv.rewrite.apply_passes) to rebuild it, found none"
+        )
+    arch = _arch_from(blob["arch"], Path(path).parent)
+    module = load_model(arch, model_kwargs=blob.get("model_kwargs") or None).module.eval()
+    sample = torch.randn(*rw["input_shape"], generator=torch.Generator().manual_seed(0))
+    rebuilt, _ = passes(module, rw["passes"], sample, inplace=True, options=rw.get("options") or None)
+    missing, unexpected = rebuilt.load_state_dict(blob["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ModelSourceError(
+            f"'{path}': rebuilt structure does not match the saved weights (missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return rebuilt.eval()  # type: ignore[no-any-return]
 
 
 def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], str | None]:

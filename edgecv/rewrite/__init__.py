@@ -5,9 +5,11 @@ input that the outputs did not move beyond float rounding and refuse to return a
 lossy passes (``dw_conv``, ``group_conv``, ``act_relu``, ``act_relu6``, ``norm_to_bn``, ``hard_sigmoid``,
 ``stack_3x3``) report the drift they cause. Run them with :func:`apply_passes`.
 
-Importing this package does not import torch; running a pass does.
+Each built-in pass is one file in :mod:`edgecv.rewrite.passes`, registered in :data:`PASSES`. Importing this package
+does not import torch; running a pass does.
 """
 
+from edgecv.export.stats import count_flops, count_params
 from edgecv.rewrite.base import (
     PASSES,
     NotExactError,
@@ -18,8 +20,6 @@ from edgecv.rewrite.base import (
     RewriteReport,
     apply_passes,
     compare_outputs,
-    count_flops,
-    count_params,
     get_pass,
     list_passes,
     register_pass,

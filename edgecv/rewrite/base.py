@@ -12,13 +12,13 @@ the report records which was used.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgecv.errors import ConfigError, EdgecvError
+from edgecv.errors import ConfigError, EdgecvError, one_line
+from edgecv.export.stats import count_params
 from edgecv.registry import Registry
 
 if TYPE_CHECKING:
@@ -119,17 +119,11 @@ def _torch() -> Any:
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
-    """All tensors in a (possibly nested) model output, in a stable order."""
-    torch = _torch()
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in sorted(out, key=str) for t in flatten_outputs(out[k])]
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in flatten_outputs(o)]
-    if hasattr(out, "_fields"):  # namedtuple
-        return [t for o in out for t in flatten_outputs(o)]
-    return []
+    """All tensors in a (possibly nested) model output, in graph-output order (dicts in insertion order; see
+    :mod:`edgecv.validate.torch_adapter`); leaves that are not tensors are skipped."""
+    from edgecv.validate.torch_adapter import flatten_outputs as _flatten
+
+    return _flatten(out, skip_other=True)
 
 
 def run_model(model: nn.Module, sample: torch.Tensor) -> Any:
@@ -139,8 +133,10 @@ def run_model(model: nn.Module, sample: torch.Tensor) -> Any:
 
 
 def compare_outputs(ref: Any, new: Any) -> OutputDiff:
-    """Max/mean abs difference, cosine similarity and top-1 agreement of two model outputs."""
-    torch = _torch()
+    """Max/mean abs difference, cosine similarity and top-1 agreement of two model outputs, measured by
+    :func:`edgecv.validate.torch_adapter.compare_all` (float64, over all output tensors)."""
+    from edgecv.validate.torch_adapter import compare_all, to_numpy
+
     a, b = flatten_outputs(ref), flatten_outputs(new)
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         raise RewriteError(
@@ -149,36 +145,14 @@ def compare_outputs(ref: Any, new: Any) -> OutputDiff:
         )
     if not a:
         raise RewriteError(f"model output has no tensors (found {type(ref).__name__})")
-    fa = torch.cat([x.detach().double().flatten() for x in a])
-    fb = torch.cat([y.detach().double().flatten() for y in b])
-    diff = (fa - fb).abs()
-    if not torch.isfinite(fb).all():
-        max_abs = math.inf
-    else:
-        max_abs = float(diff.max())
-    na, nb = float(fa.norm()), float(fb.norm())
-    cos = float((fa @ fb) / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
-    top1 = None
-    if len(a) == 1 and a[0].dim() == 2 and a[0].shape[1] > 1:
-        top1 = float((a[0].argmax(1) == b[0].argmax(1)).double().mean())
+    cmp = compare_all([to_numpy(x) for x in a], [to_numpy(y) for y in b])
     return OutputDiff(
-        max_abs=max_abs, mean_abs=float(diff.mean()), scale=float(fa.abs().max()), cosine=cos, top1_agreement=top1
+        max_abs=cmp.max_abs,
+        mean_abs=cmp.mean_abs,
+        scale=cmp.scale,
+        cosine=cmp.cosine,
+        top1_agreement=cmp.top1_agreement,
     )
-
-
-def count_params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
-def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
-    """Forward FLOPs on ``sample`` counted by :class:`torch.utils.flop_counter.FlopCounterMode` (2 per MAC)."""
-    torch = _torch()
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(sample)
-    return int(counter.get_total_flops())
 
 
 def infer_sample(model: nn.Module, batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -227,7 +201,7 @@ def try_trace(model: nn.Module, leaf: Callable[[Any], bool] | None = None) -> tu
         name = type(model).__name__
         return fx.GraphModule(tracer.root, graph, name), ""
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds (TraceError, TypeError, NotImplementedError...)
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        return None, one_line(exc, 200)
 
 
 def set_submodule(root: nn.Module, target: str, new: nn.Module) -> None:
@@ -251,6 +225,40 @@ def is_plain_sequential(m: Any) -> bool:
     from torch import nn
 
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+
+def replace_children(model: nn.Module, fn: Callable[[str, Any], nn.Module | None]) -> list[str]:
+    """Replace every submodule for which ``fn(qualified_name, module)`` returns a module; do not descend into
+    replacements. Returns the names replaced."""
+    done: list[str] = []
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            qual = f"{prefix}{name}"
+            new = fn(qual, child)
+            if new is not None:
+                setattr(parent, name, new)
+                done.append(qual)
+            else:
+                visit(child, qual + ".")
+
+    visit(model, "")
+    return done
+
+
+def plain_conv2d(m: Any) -> bool:
+    from torch import nn
+
+    return type(m) is nn.Conv2d
+
+
+def call_counts(gm: fx.GraphModule) -> dict[str, int]:
+    """How many times the graph calls each submodule (by target)."""
+    counts: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            counts[n.target] = counts.get(n.target, 0) + 1
+    return counts
 
 
 # --------------------------------------------------------------------------------------------- the Pass
@@ -406,6 +414,27 @@ class Pass:
         report.seconds = time.perf_counter() - t0
         self.last_report = report
         return new, report
+
+
+class GraphPass(Pass):
+    """A pass that rewrites the ``torch.fx`` graph when the model traces and walks the module tree when it does not:
+    subclasses implement :meth:`rewrite_graph` and :meth:`rewrite_modules` (each returns how many places changed)
+    and say in :attr:`walk_note` what the fallback covers."""
+
+    walk_note: ClassVar[str] = ""
+
+    def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rewrite_modules(self, model: nn.Module, sample: torch.Tensor) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
+        gm, why = try_trace(model)
+        if gm is not None:
+            return PassResult(gm, METHOD_FX, self.rewrite_graph(gm, sample))
+        n = self.rewrite_modules(model, sample)
+        return PassResult(model, METHOD_WALK, n, [f"fx trace failed ({why}); {self.walk_note}"])
 
 
 PASSES: Registry[type[Pass]] = Registry("rewrite pass")

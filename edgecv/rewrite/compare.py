@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecv.errors import ConfigError, EdgecvError
-from edgecv.rewrite.base import apply_passes, count_flops, count_params
+from edgecv.export.onnx import export_onnx
+from edgecv.export.sources import REWRITE_FORMAT, split_file_arch
+from edgecv.export.sources import load_rewritten as _load_rewritten
+from edgecv.export.stats import count_flops, count_params
+from edgecv.rewrite.base import apply_passes
 
 if TYPE_CHECKING:
     import torch
@@ -17,32 +21,7 @@ if TYPE_CHECKING:
 
     from edgecv.export.sources import LoadedModel
 
-SAVE_FORMAT = "edgecv.rewrite/1"
-
-
-def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> Path:
-    """Plain ``torch.onnx.export`` (TorchScript exporter: fast and handles fx GraphModules) for timing."""
-    import torch
-
-    from edgecv.errors import ExportError
-
-    try:
-        torch.onnx.export(
-            model,
-            (sample,),
-            str(path),
-            input_names=["input"],
-            output_names=["output"],
-            opset_version=17,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-    except Exception as exc:
-        raise ExportError(
-            f"torch.onnx.export of the model for timing failed: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from exc
-    return path
+SAVE_FORMAT = REWRITE_FORMAT
 
 
 def measure_latency(
@@ -122,18 +101,12 @@ def save_rewritten(
     return path
 
 
-def _split_file_arch(arch: str) -> tuple[str, str] | None:
-    """``dir/model.py:build`` → (``dir/model.py``, ``build``); None for a zoo / torchvision / timm name."""
-    file, sep, factory = arch.rpartition(":")
-    return (file, factory) if sep and file.endswith(".py") else None
-
-
 def _arch_relative_to(arch: str, folder: Path) -> str:
     """A ``file.py:factory`` arch stored relative to the folder of the file that names it (so the saved model
     loads from any working directory); other archs unchanged."""
     import os
 
-    parts = _split_file_arch(arch)
+    parts = split_file_arch(arch)
     if parts is None:
         return arch
     file = Path(parts[0]).expanduser().resolve()
@@ -144,42 +117,10 @@ def _arch_relative_to(arch: str, folder: Path) -> str:
     return f"{Path(rel).as_posix()}:{parts[1]}"
 
 
-def _arch_from(arch: str, folder: Path) -> str:
-    """Inverse of :func:`_arch_relative_to`; files written before paths were stored relative to the saved file
-    named them relative to the working directory, which is tried second."""
-    parts = _split_file_arch(arch)
-    if parts is None or Path(parts[0]).is_absolute():
-        return arch
-    beside = (folder / parts[0]).resolve()
-    return f"{beside}:{parts[1]}" if beside.exists() or not Path(parts[0]).exists() else arch
-
-
 def load_rewritten(path: str | Path) -> nn.Module:
     """Rebuild a model saved by :func:`save_rewritten`: load ``arch``, re-run the passes for their structure
-    (on seeded noise), then load the saved weights (strict)."""
-    import torch
-
-    from edgecv.errors import ModelSourceError
-    from edgecv.export.sources import load_model
-
-    blob = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != SAVE_FORMAT:
-        raise ModelSourceError(
-            f"'{path}': expected a file written by 'edgecv rewrite -o' (format {SAVE_FORMAT}), "
-            f"found {blob.get('format') if isinstance(blob, dict) else type(blob).__name__}"
-        )
-    rw = blob["rewrite"]
-    arch = _arch_from(blob["arch"], Path(path).parent)
-    module = load_model(arch, model_kwargs=blob.get("model_kwargs") or None).module.eval()
-    sample = torch.randn(*rw["input_shape"], generator=torch.Generator().manual_seed(0))
-    rebuilt, _ = apply_passes(module, rw["passes"], sample, inplace=True, options=rw.get("options") or None)
-    missing, unexpected = rebuilt.load_state_dict(blob["state_dict"], strict=False)
-    if missing or unexpected:
-        raise ModelSourceError(
-            f"'{path}': rebuilt structure does not match the saved weights (missing "
-            f"{missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return rebuilt.eval()
+    (on seeded noise), then load the saved weights (strict). Export reads the file; this package runs the passes."""
+    return _load_rewritten(path, apply_passes)
 
 
 def finetune_distill(student: nn.Module, teacher: nn.Module, data_dir: Path, epochs: int, contract: Any = None) -> Any:

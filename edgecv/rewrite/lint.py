@@ -202,7 +202,7 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
     import torch
     from torch import fx, nn
 
-    from edgecv.rewrite.lossy import _feeds_mul, _is_sigmoid
+    from edgecv.rewrite.passes.hard_sigmoid import _feeds_mul, _is_sigmoid
 
     report = LintReport(inputs=source, input_shape=list(inputs.shape))
     work = copy.deepcopy(model).eval()
@@ -216,7 +216,7 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
         report.notes.append(f"fold_bn not applied ({type(exc).__name__}); weights inspected as they are")
     stats: dict[str, LayerStats] = {}
     # activations are measured on the unfolded copy: tracing it keeps the module path of functional ops
-    from edgecv.rewrite.lossy import is_non_bn_norm
+    from edgecv.rewrite.passes.norm_to_bn import is_non_bn_norm
 
     # norms (SwitchableNorm, LayerNorm2d...) stay whole so they are reported as one layer, not as their insides
     gm, why = try_trace(work, leaf=is_non_bn_norm)
@@ -327,7 +327,7 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
         finally:
             for h in handles:
                 h.remove()
-        from edgecv.rewrite.lossy import _in_gate
+        from edgecv.rewrite.passes.hard_sigmoid import _in_gate
 
         for name, m in work.named_modules():
             op = type(m).__name__

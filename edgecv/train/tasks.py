@@ -1,7 +1,8 @@
 """What the trainer needs to know about a task: loss, metric, batching, distillation loss.
 
-A model family with its own loss (e.g. a detector) supplies a :class:`Task` — either passed to the trainer, or
-returned by a ``model.edgecv_task()`` method, which :func:`task_for` prefers over the built-in ones.
+A model family with its own loss supplies a :class:`Task` — either passed to the trainer, or
+returned by a ``model.edgecv_task()`` method, which :func:`task_for` prefers over the built-in ones; detectors get
+:class:`edgecv.train.detection.task.DetectTask`.
 """
 
 from __future__ import annotations
@@ -208,7 +209,9 @@ class SegmentTask(Task):
 
 
 def task_for(name: str, model: Any = None, num_classes: int = 0, label_smoothing: float = 0.0) -> Task:
-    """The task object for ``name``; a model that defines ``edgecv_task()`` supplies its own (e.g. detectors)."""
+    """The task object for ``name``; a model that defines ``edgecv_task()`` supplies its own. A detector (task
+    ``detect``, a model with ``postprocess``: the zoo's YOLO, Faster R-CNN, DETR) gets
+    :class:`edgecv.train.detection.task.DetectTask`."""
     hook = getattr(model, "edgecv_task", None)
     if callable(hook):
         return hook()  # type: ignore[no-any-return]
@@ -216,6 +219,10 @@ def task_for(name: str, model: Any = None, num_classes: int = 0, label_smoothing
         return ClassifyTask(num_classes, label_smoothing)
     if name == "segment":
         return SegmentTask(num_classes, label_smoothing)
+    if name == "detect" and callable(getattr(model, "postprocess", None)):
+        from edgecv.train.detection.task import DetectTask
+
+        return DetectTask(model, int(model.num_classes), getattr(model, "train_aug", None))
     if name == "detect":
         raise ConfigError(
             "data.task 'detect': the model must supply its loss through an edgecv_task() method "

@@ -177,7 +177,7 @@ def load_coco_samples(
     if lay.kind == "yolo" and lay.labels is not None:
         names = list(class_names) if class_names else yolo_class_names(lay.path)
         out = []
-        for img_path, boxes, labels in read_yolo(lay.path, lay.labels, names)[:limit]:
+        for img_path, boxes, labels in read_yolo(lay.path, lay.labels, names).records[:limit]:
             img = read_image(img_path)
             h, w = img.shape[:2]
             out.append((img, boxes * np.array([w, h, w, h], np.float32), labels))

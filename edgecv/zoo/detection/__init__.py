@@ -1,1 +1,1 @@
-"""Detection building blocks: boxes, anchors, losses, target assignment, augmentation, the trainer task."""
+"""Detection building blocks: boxes, anchors and the training settings a detector declares (training code: edgecv.train.detection)."""

@@ -35,9 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecv.errors import ConfigError
-from edgecv.zoo.detection.augment import DetAugment
 from edgecv.zoo.detection.boxes import cxcywh_to_xyxy, elementwise_giou, generalized_box_iou, xyxy_to_cxcywh
-from edgecv.zoo.detection.task import DetectTask
+from edgecv.zoo.detection.settings import DetAugment
 from edgecv.zoo.families.edge import SHAPES_MEAN, SHAPES_STD
 from edgecv.zoo.families.faster_rcnn import SmallBackbone
 from edgecv.zoo.layers import MultiHeadCrossAttention
@@ -381,9 +380,6 @@ class DETR(nn.Module):
 
     def set_postprocess(self, score_threshold: float, iou_threshold: float, max_det: int) -> None:
         self.score_threshold = score_threshold  # no NMS: the IoU threshold has nothing to act on
-
-    def edgecv_task(self) -> DetectTask:
-        return DetectTask(self, self.num_classes, self.train_aug)
 
     def decode_info(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes}

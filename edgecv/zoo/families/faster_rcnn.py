@@ -19,8 +19,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign, roi_pool
 
 from edgecv.errors import ConfigError, ExportError
-from edgecv.zoo.detection.augment import DetAugment
-from edgecv.zoo.detection.task import DetectTask
+from edgecv.zoo.detection.settings import DetAugment
 from edgecv.zoo.layers import ConvNormAct, init_weights
 from edgecv.zoo.registry import build_variant, register_model
 
@@ -156,9 +155,6 @@ class FasterRCNNDetector(nn.Module):
         rh = self.frcnn.roi_heads
         rh.score_thresh, rh.nms_thresh, rh.detections_per_img = score_threshold, iou_threshold, max_det
         self.max_det = max_det
-
-    def edgecv_task(self) -> DetectTask:
-        return DetectTask(self, self.num_classes, self.train_aug)
 
     def forward(self, x: torch.Tensor) -> Any:
         if self.training:

@@ -1,5 +1,5 @@
 """The YOLO line, v1 → v3, sharing one detector interface (raw head maps out of ``forward``; ``decode``,
-``postprocess``, ``compute_loss`` and ``decode_info`` beside it).
+``postprocess``, ``decode_info`` and the ``loss_spec`` that ``edgecv.train.detection`` trains with beside it).
 
 - **YOLOv1** (Redmon et al. 2016): conv backbone, fully connected head predicting on an S×S grid B boxes
   (x, y, √w, √h, confidence) and one set of class probabilities per cell; sum-of-squares loss (λcoord, λnoobj).
@@ -13,7 +13,7 @@
 Every variant's input is RGB scaled to [0, 1] (mean 0, std 1) and letterboxed (``resize="letterbox"``).
 
 ``shapes_detector`` is the shipped default: ``yolov3_tiny`` with the weights in
-``edgecv/zoo/weights/yolov3_tiny_synth.pt`` (trained by ``python -m edgecv.train.shipped_detector
+``edgecv/zoo/weights/yolov3_tiny_synth.pt`` (trained by ``python scripts/shipped_detector.py
 recipes/detector.yaml runs/detector``; the JSON beside them records its val mAP for PyTorch / ONNX Runtime /
 OpenVINO).
 """
@@ -27,10 +27,8 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from edgecv.errors import ConfigError
-from edgecv.zoo.detection.augment import DetAugment
 from edgecv.zoo.detection.boxes import yolo_decode
-from edgecv.zoo.detection.losses import YoloAnchorLoss, YoloV1Loss
-from edgecv.zoo.detection.task import DetectTask
+from edgecv.zoo.detection.settings import DetAugment
 from edgecv.zoo.layers import ConvNormAct, init_weights
 from edgecv.zoo.registry import build_variant, register_model
 
@@ -64,8 +62,15 @@ def _anchors_arg(anchors: Any, n_scales: int) -> list[list[tuple[float, float]]]
     return [[(float(w), float(h)) for w, h in g] for g in a]
 
 
+def _anchor_loss_spec(
+    anchors: list[list[tuple[float, float]]], strides: list[float], num_classes: int, **kw: Any
+) -> dict[str, Any]:
+    """The YOLOv2/v3 loss this model trains with, as settings (``edgecv.train.detection.losses`` builds it)."""
+    return {"kind": "yolo_anchor", "anchors": anchors, "strides": strides, "num_classes": num_classes, **kw}
+
+
 class _Detector(nn.Module):
-    """Shared plumbing: post-processing thresholds, training-time augmentation, the trainer hook."""
+    """Shared plumbing: post-processing thresholds, training-time augmentation."""
 
     num_classes: int
     score_threshold = 0.001
@@ -78,9 +83,6 @@ class _Detector(nn.Module):
         self.num_classes = num_classes
         self.input_size = input_size
         self.train_aug = DetAugment.from_dict(train_aug)
-
-    def edgecv_task(self) -> DetectTask:
-        return DetectTask(self, self.num_classes, self.train_aug)
 
     def decode(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs → (boxes [B,N,4] xyxy input pixels, scores [B,N,C]); traceable (used in export)."""
@@ -165,14 +167,18 @@ class YOLOv1(_Detector):
             nn.Dropout(dropout),
             nn.Linear(hidden, grid * grid * self.out_ch),
         )
-        self.loss_fn = YoloV1Loss(num_classes, num_boxes, lambda_coord, lambda_noobj)
+        # the loss lives in the trainer (edgecv.train.detection.losses); the model only says which and with what
+        self.loss_spec = {
+            "kind": "yolo_v1",
+            "num_classes": num_classes,
+            "num_boxes": num_boxes,
+            "lambda_coord": lambda_coord,
+            "lambda_noobj": lambda_noobj,
+        }
         init_weights(self.features, "kaiming_normal", mode="fan_out", nonlinearity="leaky_relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).reshape(-1, self.grid, self.grid, self.out_ch)
-
-    def compute_loss(self, outputs: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return self.loss_fn(outputs, targets, self._hw)
 
     @property
     def _hw(self) -> tuple[int, int]:
@@ -267,7 +273,7 @@ class YOLOv2(_Detector):
         self.fuse = ConvNormAct(w[5] + 4 * passthrough_ch, w[5], 3, norm="bn", act=act)
         self.head = nn.Conv2d(w[5], na * (5 + num_classes), 1)
         self.strides = [32.0]
-        self.loss_fn = YoloAnchorLoss(
+        self.loss_spec = _anchor_loss_spec(
             self.anchors,
             self.strides,
             num_classes,
@@ -283,9 +289,6 @@ class YOLOv2(_Detector):
         c4 = self.stem(x)
         c5 = self.trunk(c4)
         return (self.head(self.fuse(torch.cat([c5, self.passthrough(c4)], 1))),)
-
-    def compute_loss(self, outputs: Any, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return self.loss_fn(list(outputs), targets)
 
     def decode(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return _decode_anchor_maps(list(outputs), self.anchors, self.strides, self.num_classes, "softmax")
@@ -431,7 +434,7 @@ class YOLOv3(_Detector):
         attn: attention block for a zoo backbone (``se``, ``cbam``, …).
         widths, depths: darknet stage widths / residual units (ignored for zoo backbones).
         neck_ch: channels of the neck at stride 32, 16, 8 (default: half the backbone's channels there).
-        train_aug: training augmentation (see :class:`~edgecv.zoo.detection.augment.DetAugment`).
+        train_aug: training augmentation (see :class:`~edgecv.zoo.detection.settings.DetAugment`).
     """
 
     def __init__(
@@ -499,7 +502,7 @@ class YOLOv3(_Detector):
             init_weights(mod, "kaiming_normal", mode="fan_out", nonlinearity="leaky_relu")
         for h in self.heads:
             _init_head(h[-1], na, num_classes)  # type: ignore[index]
-        self.loss_fn = YoloAnchorLoss(
+        self.loss_spec = _anchor_loss_spec(
             self.anchors,
             self.strides,
             num_classes,
@@ -517,9 +520,6 @@ class YOLOv3(_Detector):
         p4 = self.p4(torch.cat([self.lat5(p5), c4], 1))
         p3 = self.p3(torch.cat([self.lat4(p4), c3], 1))
         return self.heads[0](p3), self.heads[1](p4), self.heads[2](p5)
-
-    def compute_loss(self, outputs: Any, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return self.loss_fn(list(outputs), targets)
 
     def decode(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return _decode_anchor_maps(list(outputs), self.anchors, self.strides, self.num_classes, self.cls_act)
@@ -644,7 +644,7 @@ def yolov3_mobilenet_test(**kwargs: Any) -> YOLOv3:
 
 # ============================================================================================== shipped default
 # The shipped default detector: yolov3_tiny with the recipe's anchors (dimension clusters of the synthetic train
-# split) and class activation; recipes/detector.yaml trains it (python -m edgecv.train.shipped_detector) and the
+# split) and class activation; recipes/detector.yaml trains it (python scripts/shipped_detector.py) and the
 # weights + their val mAP live in edgecv/zoo/weights/yolov3_tiny_synth.{pt,json}.
 SHAPES_DETECTOR_STEM = "yolov3_tiny_synth"
 SHAPES_DETECTOR_ARCH: dict[str, Any] = {
@@ -686,7 +686,7 @@ def shapes_detector(**kwargs: Any) -> YOLOv3:
     if not path.is_file():
         raise ModelSourceError(
             f"shapes_detector: expected shipped weights at {path}, found no file (train them "
-            "with 'python -m edgecv.train.shipped_detector recipes/detector.yaml runs/detector')"
+            "with 'python scripts/shipped_detector.py recipes/detector.yaml runs/detector')"
         )
     sd = torch.load(path, map_location="cpu", weights_only=True)
     try:

@@ -194,3 +194,26 @@ class YoloAnchorLoss(nn.Module):
             "cls": lcls.detach(),
             "n_pos": torch.tensor(float(n_pos)),
         }
+
+
+def detector_loss(model: Any) -> Any:
+    """``(outputs, targets) -> {"loss", ...}`` for a detector: its own ``compute_loss`` when it has one (DETR,
+    Faster R-CNN: the loss is part of the architecture), else the loss its ``loss_spec`` names (the YOLO family:
+    ``{"kind": "yolo_v1" | "yolo_anchor", **arguments}``)."""
+    own = getattr(model, "compute_loss", None)
+    if callable(own):
+        return own
+    spec = dict(getattr(model, "loss_spec", None) or {})
+    kind = spec.pop("kind", None)
+    if kind == "yolo_v1":
+        v1 = YoloV1Loss(**spec)
+        return lambda outputs, targets: v1(outputs, targets, (model.input_size, model.input_size))
+    if kind == "yolo_anchor":
+        anchor = YoloAnchorLoss(**spec)
+        return lambda outputs, targets: anchor(list(outputs), targets)
+    from edgecv.errors import ConfigError
+
+    raise ConfigError(
+        f"{type(model).__name__}: expected a detector with compute_loss(outputs, targets) or a loss_spec "
+        f"(kind yolo_v1 or yolo_anchor), found {'kind ' + repr(kind) if kind else 'neither'}"
+    )

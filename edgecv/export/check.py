@@ -1,31 +1,41 @@
 """Measure the zoo: parameter count and FLOPs at the default input, and an export check that really exports each
 model to ONNX and runs it on ONNX Runtime and OpenVINO (fp32), comparing with torch.
 
-The check talks to onnxruntime / openvino directly (imported lazily) rather than through ``edgecv.backends``,
-because the zoo sits in the build tier and must not import the runtime tier's backends (DESIGN.md).
+It lives in ``export`` (above the zoo) because it exports: the ONNX file comes from
+:func:`edgecv.export.onnx.export_onnx`, sizes from :mod:`edgecv.export.stats`, the comparison from
+:mod:`edgecv.validate.torch_adapter`. The check talks to onnxruntime / openvino directly (imported lazily) rather
+than through ``edgecv.backends``: it measures the bare runtimes on a loose file, with no bundle.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from edgecv._lazy import lazy_import
-from edgecv.errors import ConfigError, ExportError
+from edgecv.errors import ExportError, one_line
+from edgecv.export.onnx import SINGLE_EXPORTERS as EXPORTERS
+from edgecv.export.onnx import export_onnx
+from edgecv.export.stats import count_flops as _count_flops
+from edgecv.export.stats import count_params
+from edgecv.validate.torch_adapter import output_arrays
 from edgecv.zoo.registry import create_model, model_cfg
 
-EXPORTERS = ("torchscript", "dynamo")
+__all__ = [
+    "EXPORTERS",
+    "RTOL",
+    "check_model",
+    "check_module",
+    "compare",
+    "count_params",
+    "export_onnx",
+    "model_stats",
+    "randomize_norm_stats",
+]
 # ‖torch − runtime‖∞ must stay within RTOL × max(1, ‖torch‖∞): absolute for outputs of order 1, relative above
 RTOL = 1e-4
-
-
-def count_params(model: Any) -> int:
-    """Number of parameters (buffers such as BN running stats excluded, as torchvision counts)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def model_stats(name: str, batch: int = 1) -> dict[str, Any]:
@@ -82,94 +92,6 @@ def model_stats(name: str, batch: int = 1) -> dict[str, Any]:
     }
 
 
-def _count_flops(model: Any, x: Any) -> int:
-    torch = lazy_import("torch")
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model(x)
-    return int(counter.get_total_flops())
-
-
-def export_onnx(
-    model: Any, example: Any, path: str | Path, exporter: str = "torchscript", opset: int = 17, num_outputs: int = 1
-) -> Path:
-    """Export ``model`` (eval mode) at the fixed shape of ``example`` to one self-contained ONNX file.
-
-    Args:
-        model: a ``torch.nn.Module``.
-        example: the input tensor.
-        path: destination ``.onnx`` file.
-        exporter: ``torchscript`` (``dynamo=False``) or ``dynamo``.
-        opset: ONNX opset version (17 and 18 are tested).
-        num_outputs: how many tensors the model returns (named ``output`` or ``output0``, ``output1`` …).
-
-    Raises:
-        ConfigError: unknown exporter.
-        ExportError: torch.onnx.export failed (the message carries the first line of the reason).
-    """
-    torch = lazy_import("torch")
-    if exporter not in EXPORTERS:
-        raise ConfigError(f"exporter: expected one of {', '.join(EXPORTERS)}, got '{exporter}'")
-    path = Path(path)
-    names = ["output"] if num_outputs == 1 else [f"output{i}" for i in range(num_outputs)]
-    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": names, "opset_version": opset}
-    if exporter == "dynamo":
-        kwargs.update(dynamo=True, external_data=False, verbose=False)
-    else:
-        kwargs.update(dynamo=False)
-    # the exporters print progress to stdout and log version-conversion tracebacks; keep stdout clean for --json
-    # and judge the result by checking the file below instead
-    sink = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(sink), warnings.catch_warnings(), _quiet_loggers(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (example,), str(path), **kwargs)
-    except Exception as exc:  # the exporters raise many types; report one line
-        raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) failed: {_first_line(exc)}") from exc
-    _verify_onnx(path, exporter, opset)
-    return path
-
-
-def _verify_onnx(path: Path, exporter: str, opset: int) -> None:
-    """Fail unless the file is a valid ONNX model at the requested opset.
-
-    The dynamo exporter builds opset 18 and converts down; when that conversion fails it keeps opset 18 and only
-    logs it (torch 2.14), and a "successful" conversion can still emit an invalid node (e.g. opset-18 ``Split``
-    attributes at opset 17), so both are checked here.
-    """
-    onnx = lazy_import("onnx")
-    proto = onnx.load(str(path), load_external_data=False)
-    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if got != opset:
-        raise ExportError(
-            f"torch.onnx.export ({exporter}) wrote opset {got}, not the requested {opset} "
-            "(torch's version conversion failed)"
-        )
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:
-        raise ExportError(
-            f"torch.onnx.export ({exporter}, opset {opset}) wrote an invalid model: {_first_line(exc)}"
-        ) from exc
-
-
-@contextlib.contextmanager
-def _quiet_loggers(names: tuple[str, ...] = ("torch.onnx", "onnxscript")) -> Any:
-    import logging
-
-    saved = [(lg, lg.level) for lg in (logging.getLogger(n) for n in names)]
-    for lg, _ in saved:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in saved:
-            lg.setLevel(level)
-
-
 def run_onnxruntime(path: str | Path, x: Any) -> list[Any]:
     """Run an ONNX file on ONNX Runtime's CPU provider (fp32); returns every output, in graph order."""
     ort = lazy_import("onnxruntime")
@@ -188,23 +110,16 @@ def run_openvino(path: str | Path, x: Any) -> list[Any]:
     return [res[out] for out in compiled.outputs]
 
 
-def flatten_outputs(y: Any) -> list[Any]:
-    """A model's output as a flat list of tensors (tensor, tuple/list, or dict in insertion order) — the order
-    torch.onnx gives the graph outputs."""
-    if isinstance(y, dict):
-        y = list(y.values())
-    if isinstance(y, (list, tuple)):
-        return [t for item in y for t in flatten_outputs(item)]
-    return [y]
-
-
 def compare(ref: Any, out: Any) -> dict[str, Any]:
     """Max abs error of ``out`` against ``ref`` and whether it is within ``RTOL × max(1, max|ref|)``.
 
     ``ref`` and ``out`` may be arrays or equal-length lists of arrays (multi-output models); every output must
-    pass, ``max_abs`` is the worst one and ``tol`` the tolerance of that output.
+    pass, ``max_abs`` is the worst one and ``tol`` the tolerance of that output. The numbers are
+    :func:`edgecv.validate.compare.compare_output`'s (float64 ``max |out - ref|`` and the scale ``max |ref|``).
     """
-    import numpy as np
+    import math
+
+    from edgecv.validate.compare import compare_output
 
     refs, outs = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (ref, out))
     if len(refs) != len(outs):
@@ -217,9 +132,9 @@ def compare(ref: Any, out: Any) -> dict[str, Any]:
                 "max_abs": None,
                 "error": f"output {i}: shape {list(o.shape)} != torch {list(r.shape)}",
             }
-        err = float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if r.size else 0.0
-        tol = RTOL * max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
-        ok = bool(np.isfinite(err) and err <= tol)
+        cmp = compare_output(f"output{i}", r, o)
+        err, tol = cmp.max_abs, RTOL * max(1.0, cmp.scale)
+        ok = bool(math.isfinite(err) and err <= tol)
         if not ok and worst["ok"]:
             worst = {
                 "ok": False,
@@ -227,7 +142,7 @@ def compare(ref: Any, out: Any) -> dict[str, Any]:
                 "tol": tol,
                 "error": f"max abs {err:.3g} > {tol:.3g}" + (f" (output {i})" if len(refs) > 1 else ""),
             }
-        elif ok == worst["ok"] and (not np.isfinite(err) or err > worst["max_abs"]):
+        elif ok == worst["ok"] and (not math.isfinite(err) or err > worst["max_abs"]):
             worst.update(max_abs=err, tol=tol)
     return worst
 
@@ -249,7 +164,7 @@ def check_module(
     torch = lazy_import("torch")
     model = model.eval()
     with torch.no_grad():
-        ref = [t.numpy() for t in flatten_outputs(model(x))]
+        ref = output_arrays(model(x))
     xs = x.numpy()
     result: dict[str, Any] = {}
     path = Path(workdir) / "model.onnx"
@@ -325,8 +240,4 @@ def randomize_norm_stats(model: Any, seed: int = 0) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__  # drop terminal colours
-    line = text.splitlines()[0]
-    return line[:200]
+    return one_line(exc, 200, with_type=False)

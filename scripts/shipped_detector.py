@@ -1,12 +1,13 @@
-"""Train, evaluate and ship the default detector (``shapes_detector``) from ``recipes/detector.yaml``.
+"""Release script (not part of the library): train, evaluate and ship the default detector (``shapes_detector``)
+from ``recipes/detector.yaml``.
 
 The synthetic detection images are tiny (96 px PNGs), so the whole train split is decoded once into a uint8 tensor
 and batches are cut from memory: on a shared 2-core CPU the step is then all model compute (no loader process
 competing for the cores). Training batches go through the model's own box-preserving augmentation
-(:func:`~edgecv.zoo.detection.augment.augment_batch`), the optimizer / schedule / seed come from the recipe, and the
+(:func:`~edgecv.train.detection.augment.augment_batch`), the optimizer / schedule / seed come from the recipe, and the
 activations run channels-last (about 1.2× faster convolutions on CPU; the saved state dict is contiguous).
 
-``python -m edgecv.train.shipped_detector recipes/detector.yaml runs/detector`` trains, then writes
+``python scripts/shipped_detector.py recipes/detector.yaml runs/detector`` trains, then writes
 ``edgecv/zoo/weights/yolov3_tiny_synth.{pt,json}`` with mAP@0.5 and mAP@[.5:.95] on the regenerated val split for
 PyTorch, ONNX Runtime and OpenVINO (fp32), measured through the exported bundle and
 :func:`edgecv.validate.detection.runner_map`.
@@ -26,7 +27,7 @@ import torch
 from edgecv import _io
 from edgecv.errors import ConfigError
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "zoo" / "weights"  # where the package ships them
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "edgecv" / "zoo" / "weights"  # where the package ships them
 SHIPPED_STEM = "yolov3_tiny_synth"
 # the first images of the val split, used by tests/test_defaults_detector.py (regenerated deterministically)
 TEST_SUBSET = 100
@@ -81,10 +82,10 @@ def train_detector(
         (the trained model in eval mode, a record: epochs, history, train_time_s, threads).
     """
     from edgecv.config import load_recipe
+    from edgecv.train.detection.augment import augment_batch
     from edgecv.train.optim import build_optimizer, build_scheduler
     from edgecv.train.recipe import resolve_data
     from edgecv.train.trainer import seed_everything
-    from edgecv.zoo.detection.augment import augment_batch
     from edgecv.zoo.registry import create_model
 
     recipe = load_recipe(recipe_path)
@@ -186,13 +187,14 @@ def backend_maps(
     through one graph-NMS fp32 bundle; returns (maps by backend, box-agreement rows against PyTorch)."""
     from edgecv.backends import open_runner
     from edgecv.bundle import Bundle
-    from edgecv.export.detection import prepare_detection_export
     from edgecv.export.onnx import export_model
     from edgecv.export.sources import load_model
+    from edgecv.export.workflow import ExportPrep, prepare_export
     from edgecv.validate.detection import compare_backends, runner_map
 
-    loaded = load_model(arch, weights=str(weights), model_kwargs=kwargs)
-    loaded = prepare_detection_export(loaded, nms="graph", class_names=class_names)
+    loaded = prepare_export(
+        load_model(arch, weights=str(weights), model_kwargs=kwargs), ExportPrep(nms="graph", class_names=class_names)
+    )
     wrapped = loaded.module
 
     class _TorchRunner:
@@ -248,6 +250,7 @@ def write_record(
     full split and the test subset) and write the JSON record beside it; ``rec`` is :func:`train_detector`'s."""
     from edgecv.config import load_recipe
     from edgecv.data.synth import class_names
+    from edgecv.export.stats import count_params
     from edgecv.train.recipe import versions
     from edgecv.validate.detection import load_coco_samples
     from edgecv.zoo.registry import create_model
@@ -272,7 +275,7 @@ def write_record(
         "kwargs": kw,
         "weights": wpt.name,
         "format": "state_dict (float32)",
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": count_params(model),
         "classes": classes,
         "num_classes": len(classes),
         "input_size": [3, model.input_size, model.input_size],
@@ -306,7 +309,7 @@ def write_record(
         "box_agreement": rows,
         "recipe": recipe.to_dict(),
         "recipe_file": str(recipe_path),
-        "command": f"python -m edgecv.train.shipped_detector {recipe_path} {run_dir}",
+        "command": f"python scripts/shipped_detector.py {recipe_path} {run_dir}",
         "train": {k: rec[k] for k in ("epochs", "train_time_s", "threads")},
         "history": rec["history"],
         "versions": {**versions(), **_runtime_versions()},
@@ -317,10 +320,10 @@ def write_record(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m edgecv.train.shipped_detector RECIPE RUN_DIR``: train and ship the default detector."""
+    """``python scripts/shipped_detector.py RECIPE RUN_DIR``: train and ship the default detector."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m edgecv.train.shipped_detector", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="scripts/shipped_detector.py", description=main.__doc__)
     ap.add_argument("recipe")
     ap.add_argument("run_dir")
     ap.add_argument("--weights-dir", default=str(WEIGHTS_DIR))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING, Any
 
-from edgecv.rewrite.base import METHOD_FX, METHOD_WALK, Pass, PassResult, finish_graph, register_pass, try_trace
+from edgecv.rewrite.base import GraphPass, finish_graph, register_pass
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +72,7 @@ def _branch(leaf: Any, modules: dict[str, Any], counts: dict[str, int]) -> tuple
 
 
 def reparam_fx(gm: fx.GraphModule, sample: torch.Tensor) -> int:
-    from edgecv.rewrite.fold import _call_counts
+    from edgecv.rewrite.base import call_counts
     from edgecv.rewrite.modules import merge_branches
 
     merged = 0
@@ -81,7 +81,7 @@ def reparam_fx(gm: fx.GraphModule, sample: torch.Tensor) -> int:
         if getattr(node, "_erased", False) or not _is_add(node):
             continue
         modules = dict(gm.named_modules())
-        counts = _call_counts(gm)
+        counts = call_counts(gm)
         leaves = _leaves(node, node)
         branches = [_branch(leaf, modules, counts) for leaf in leaves]
         if len(branches) < 2 or any(b is None for b in branches):
@@ -132,17 +132,19 @@ def reparam_fx(gm: fx.GraphModule, sample: torch.Tensor) -> int:
 
 
 @register_pass
-class Reparameterize(Pass):
+class Reparameterize(GraphPass):
     """Collapse multi-branch conv blocks (RepVGG-style) into one conv."""
 
     name = "reparam"
     exact = True
     description = "re-parameterize RepVGG-style 3x3 + 1x1 + identity branches into one 3x3 conv"
 
-    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
-        gm, why = try_trace(model)
-        if gm is not None:
-            return PassResult(gm, METHOD_FX, reparam_fx(gm, sample))
+    walk_note = "only RepVGGBlock modules collapsed"
+
+    def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:
+        return reparam_fx(gm, sample)
+
+    def rewrite_modules(self, model: nn.Module, sample: torch.Tensor) -> int:
         from edgecv.rewrite.modules import RepVGGBlock
 
         n = 0
@@ -150,4 +152,4 @@ class Reparameterize(Pass):
             if isinstance(m, RepVGGBlock) and m.reparam is None:
                 m.reparameterize()
                 n += 1
-        return PassResult(model, METHOD_WALK, n, [f"fx trace failed ({why}); only RepVGGBlock modules collapsed"])
+        return n

@@ -1,19 +1,10 @@
-"""Exact passes: remove dropout (identity in eval mode) and identity modules."""
+"""Exact pass ``remove_dropout``: dropout is the identity in eval mode."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecv.rewrite.base import (
-    METHOD_FX,
-    METHOD_WALK,
-    Pass,
-    PassResult,
-    finish_graph,
-    is_plain_sequential,
-    register_pass,
-    try_trace,
-)
+from edgecv.rewrite.base import GraphPass, finish_graph, register_pass
 
 if TYPE_CHECKING:
     import torch
@@ -51,17 +42,18 @@ def _bypass_fx(gm: fx.GraphModule, types: tuple[type, ...], functional_dropout: 
 
 
 @register_pass
-class RemoveDropout(Pass):
+class RemoveDropout(GraphPass):
     """Drop Dropout modules and ``F.dropout(..., training=False)`` calls (identity in eval mode)."""
 
     name = "remove_dropout"
     exact = True
     description = "remove dropout (identity in eval mode)"
+    walk_note = "dropout replaced by nn.Identity"
 
-    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
-        gm, why = try_trace(model)
-        if gm is not None:
-            return PassResult(gm, METHOD_FX, _bypass_fx(gm, _dropout_types(), functional_dropout=True))
+    def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:
+        return _bypass_fx(gm, _dropout_types(), functional_dropout=True)
+
+    def rewrite_modules(self, model: nn.Module, sample: torch.Tensor) -> int:
         from torch import nn
 
         n = 0
@@ -70,28 +62,4 @@ class RemoveDropout(Pass):
                 if isinstance(child, _dropout_types()):
                     setattr(m, child_name, nn.Identity())
                     n += 1
-        return PassResult(model, METHOD_WALK, n, [f"fx trace failed ({why}); dropout replaced by nn.Identity"])
-
-
-@register_pass
-class RemoveIdentity(Pass):
-    """Drop ``nn.Identity`` modules from the graph (or from plain ``nn.Sequential``s when fx does not trace)."""
-
-    name = "remove_identity"
-    exact = True
-    description = "remove nn.Identity modules"
-
-    def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
-        from torch import nn
-
-        gm, why = try_trace(model)
-        if gm is not None:
-            return PassResult(gm, METHOD_FX, _bypass_fx(gm, (nn.Identity,)))
-        n = 0
-        for seq in list(model.modules()):
-            if is_plain_sequential(seq):
-                for key in [k for k, c in seq._modules.items() if isinstance(c, nn.Identity)]:
-                    if len(seq._modules) > 1:  # an empty Sequential would fail on input
-                        del seq._modules[key]
-                        n += 1
-        return PassResult(model, METHOD_WALK, n, [f"fx trace failed ({why}); removed only inside nn.Sequential"])
+        return n

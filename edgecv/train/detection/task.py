@@ -1,8 +1,10 @@
 """The trainer's view of a detector (:class:`edgecv.train.Task`): the model's own loss, a collate that batches
 variable box counts and augments training batches, and an mAP metric computed by faster-coco-eval.
 
-A detector returns ``DetectTask(self)`` from ``edgecv_task()``; it must provide ``compute_loss(outputs, targets)``
-and ``postprocess(outputs) -> [(boxes, scores, classes)]`` (input-tensor pixels, after NMS).
+:func:`edgecv.train.tasks.task_for` gives a ``DetectTask`` for any detector: a model with
+``postprocess(outputs) -> [(boxes, scores, classes)]`` (input-tensor pixels, after NMS) and either its own
+``compute_loss(outputs, targets)`` or a ``loss_spec`` the losses in :mod:`edgecv.train.detection.losses` build
+(:func:`~edgecv.train.detection.losses.detector_loss`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgecv.train.detection.augment import DetAugment, augment_batch
+from edgecv.train.detection.losses import detector_loss
 from edgecv.train.tasks import Metric, Task
-from edgecv.zoo.detection.augment import DetAugment, augment_batch
 
 
 def detection_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -70,9 +73,10 @@ class DetectTask(Task):
         self.model = model
         self.num_classes = num_classes
         self.augment = augment or DetAugment()
+        self.compute_loss = detector_loss(model)
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
-        return self.model.compute_loss(outputs, targets)["loss"]  # type: ignore[no-any-return]
+        return self.compute_loss(outputs, targets)["loss"]
 
     def new_metric(self) -> Metric:
         return DetectionMAP(self.model, self.num_classes)

@@ -1,0 +1,15 @@
+"""Lossy pass ``act_relu6``: smooth activations → ReLU6."""
+
+from __future__ import annotations
+
+from edgecv.rewrite.base import register_pass
+from edgecv.rewrite.passes.act_relu import _ActSwap
+
+
+@register_pass
+class ActToReLU6(_ActSwap):
+    """SiLU / GELU / Hardswish / Mish → ReLU6 (bounded: friendlier activation ranges for INT8)."""
+
+    name = "act_relu6"
+    description = "SiLU/GELU/Hardswish/Mish -> ReLU6"
+    target = "relu6"
