@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
     from edgecv.bundle import Artifact, Bundle, Contract
-    from edgecv.quant.calib import CalibrationSource
 
 #: environment switch the user sets to let a version-compatible engine run its embedded lean runtime (host code)
 TRUST_ENGINE_CODE_ENV = "EDGECV_TRUST_ENGINE_CODE"
@@ -682,13 +681,14 @@ class TensorRTBuilder(Builder):
     """Builds ``tensorrt/<precision>/model.engine`` and its provenance sidecar into a bundle (or, with
     ``emit_only``, a trtexec script).
 
-    int8 builds from a QDQ model: ``config.onnx_path`` when given (what :func:`edgecv.quant.api.compile_int8`
-    passes), otherwise the quant module is asked to make one.
+    int8 builds from a QDQ model: ``config.onnx_path`` (what :func:`edgecv.quant.quantize` passes after making
+    it), else the bundle's ``model.onnx`` when that is QDQ (a bundle from ``edgecv quantize``); the builder never
+    quantizes.
     """
 
     name = "tensorrt"
 
-    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig) -> Artifact:
         from edgecv.bundle import Artifact
 
         if config.precision not in PRECISIONS:
@@ -706,10 +706,6 @@ class TensorRTBuilder(Builder):
                 build_flags={"emit_only": True},
                 extra={"command": trtexec_command(bundle, config)},
             )
-        if config.precision == "int8" and config.onnx_path is None:
-            from edgecv.backends.onnxruntime import _delegate_int8
-
-            return _delegate_int8(bundle, "tensorrt", config, calib)
         _require_tensorrt()
         import tensorrt as trt
 
