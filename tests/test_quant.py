@@ -630,3 +630,50 @@ def test_chatter_to_stderr_moves_python_and_native_writes(capfd) -> None:
     got = capfd.readouterr()
     assert got.out == "after\n"
     assert "py-chatter" in got.err and "native-chatter" in got.err
+
+
+# ------------------------------------------------------------------------------------------------ one door
+def test_quant_config_is_checked_once_on_construction(tmp_path: Path) -> None:
+    """Every INT8 option has one check, in QuantConfig: compile, quantize and the pipeline all build one."""
+    from edgecv.backends.base import BuildConfig
+    from edgecv.errors import ConfigError, UnknownNameError
+    from edgecv.quant import QuantConfig
+
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        QuantConfig()
+    with pytest.raises(UnknownNameError, match="expected one of onnxruntime, openvino, tensorrt"):
+        QuantConfig(backend="tflite", calib="c")
+    with pytest.raises(ConfigError, match="--method: expected one of minmax, entropy, percentile, auto"):
+        QuantConfig(calib="c", method="kl")
+    with pytest.raises(ConfigError, match="--max-drop needs --val"):
+        QuantConfig(calib="c", max_drop=1.0)
+    with pytest.raises(ConfigError, match="expected backend onnxruntime"):
+        QuantConfig(backend="openvino", calib="c", out=tmp_path / "o")
+    with pytest.raises(ConfigError, match="only for backend tensorrt"):
+        QuantConfig(calib="c", build=BuildConfig(precision="int8", emit_only=True))
+    # a trtexec script may build from the bundle's QDQ model: the one case without calibration data
+    cfg = QuantConfig(backend="tensorrt", build=BuildConfig(precision="int8", emit_only=True))
+    assert cfg.emit_only and cfg.method == "minmax" and cfg.float_head and cfg.val_path is None
+
+
+def test_ort_builder_records_a_given_qdq_model_and_never_quantizes(tiny) -> None:
+    """Builders build from a given ONNX file: ONNX Runtime int8 records a QDQ model, refuses anything else."""
+    from edgecv.backends import BUILDERS, open_runner
+    from edgecv.backends.base import BuildConfig
+    from edgecv.errors import ConfigError
+    from edgecv.quant import QuantConfig, quantize
+
+    b, calib = tiny
+    builder = BUILDERS.get("onnxruntime")()
+    with pytest.raises(ConfigError, match="onnxruntime int8: expected a QDQ ONNX model.*found none"):
+        builder.build(b, BuildConfig(precision="int8"))
+    with pytest.raises(ConfigError, match="onnxruntime int8: expected Q/DQ nodes in .*found a fp32 model"):
+        builder.build(b, BuildConfig(precision="int8", onnx_path=b.onnx_path))
+    assert b.artifact("onnxruntime", "int8") is None
+    art = quantize(b, QuantConfig(calib=calib)).artifact
+    assert art is not None and art.build_flags["format"] == "QDQ" and art.versions["edgecv"]
+    qdq = b.path(art.path).read_bytes()
+    again = builder.build(b, BuildConfig(precision="int8", onnx_path=b.path(art.path)))
+    assert again.path == art.path and b.path(again.path).read_bytes() == qdq
+    with open_runner(b, "onnxruntime", "int8", device="CPU") as r:
+        assert r.precision == "int8"

@@ -67,7 +67,7 @@ def build_int8_engine(
     from edgecv.backends import BUILDERS
 
     builder = BUILDERS.get("tensorrt")()
-    art = builder.build(bundle, int8_build_config(qdq_path, keep_float, device, base), None)
+    art = builder.build(bundle, int8_build_config(qdq_path, keep_float, device, base))
     if extra:
         art.extra.update({k: v for k, v in extra.items() if k not in art.extra})
         art.extra["qdq_onnx"] = (
