@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow typecheck pycompat docs-check lint clean system-deps
+.PHONY: install demo test test-slow typecheck pycompat docs-check lint importlint clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all]' $(TORCH_PINS)
 	# tensorrt-stubs declares a dependency on tensorrt, whose wheels cannot be fetched here: stubs only
 	$(BIN)/python -m pip install -q --no-deps 'tensorrt-stubs>=10.0'
-	$(BIN)/python -m pip install -q pytest pytest-xdist mypy hypothesis vermin 'ruff>=0.17,<0.18'
+	$(BIN)/python -m pip install -q pytest pytest-xdist mypy hypothesis vermin 'ruff>=0.17,<0.18' 'import-linter>=2.17,<3'
 	# edgecv[ultralytics] for tests/test_adapters_ultralytics.py: AGPL, so not in `all`; --no-deps keeps its
 	# opencv-python (a second cv2) out, the rest of its dependencies are in the extra
 	$(BIN)/python -m pip install -q --no-deps 'ultralytics>=8.3'
@@ -64,7 +64,11 @@ lint: install
 	$(BIN)/ruff check edgecv tests scripts
 	$(BIN)/ruff format --check edgecv tests scripts
 
-test: install system-deps lint typecheck pycompat docs-check
+# the import contracts in pyproject.toml ([tool.importlinter]): layers, the torch-free runtime tier, no cycles
+importlint: install
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports --no-cache
+
+test: install system-deps lint importlint typecheck pycompat docs-check
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
 test-slow: install system-deps

@@ -439,31 +439,25 @@ def _compile(
     if backend == "onnxruntime" and precision == "fp32":
         return  # model.onnx is the artifact
     if precision == "int8":
-        from edgecv.quant.api import compile_int8
+        from edgecv._lazy import is_available
+        from edgecv.backends.base import BuildConfig
+        from edgecv.quant.api import quantize
+        from edgecv.quant.config import QuantConfig
 
         q = rec.quantize
-        if q is None or not q.calib:
-            raise ConfigError(f"quantize.calib: compile {backend}:int8 needs calibration data; none given")
-        val = val_override or _val_dir(rec, out)
-        from edgecv._lazy import is_available
-
-        if backend == "tensorrt" and not is_available("tensorrt"):
-            # no TensorRT here: quantize, then write the trtexec script that builds from that QDQ model
-            from edgecv.backends.base import BuildConfig
-            from edgecv.quant.tensorrt import emit_int8_script
-
-            emit_int8_script(
-                bundle,
-                BuildConfig(precision="int8", device="cuda:0", emit_only=True),
-                calib=q.calib,
-                method=q.method,
-                val=val,
-                max_drop=q.max_drop,
-                limit=q.samples,
-            )
-            return
-        compile_int8(
-            bundle, backend=backend, calib=q.calib, method=q.method, val=val, max_drop=q.max_drop, limit=q.samples
+        # no TensorRT here: quantize, then write the trtexec script that builds from that QDQ model
+        emit = backend == "tensorrt" and not is_available("tensorrt")
+        quantize(
+            bundle,
+            QuantConfig(
+                backend=backend,
+                calib=q.calib if q is not None else None,
+                method=q.method if q is not None else "minmax",
+                val=val_override or _val_dir(rec, out),
+                max_drop=q.max_drop if q is not None else None,
+                limit=q.samples if q is not None else None,
+                build=BuildConfig(precision="int8", device="cuda:0", emit_only=True) if emit else None,
+            ),
         )
         return
     from edgecv._lazy import is_available
@@ -487,8 +481,8 @@ def _validate(
     opener: Callable[..., Runner],
     allow_unchecked: bool = False,
 ) -> dict[str, Any]:
-    from edgecv.quant.metrics import metric_for, open_val
     from edgecv.validate.core import validate_bundle
+    from edgecv.validate.metrics import metric_for, open_val
 
     rep = validate_bundle(
         bundle, [c for c in combos if c[0] != "torch"], opener=opener, allow_unchecked=allow_unchecked

@@ -191,7 +191,7 @@ def task_metric(bundle_dir: Path, val: Any) -> float:
     """The task metric (points) of the bundle's fp32 ONNX Runtime artifact on ``val``, preprocessing per the
     bundle's contract (as ``run`` would feed it)."""
     from edgecv.backends import open_runner
-    from edgecv.quant.metrics import metric_for
+    from edgecv.validate.metrics import metric_for
 
     b = Bundle.open(bundle_dir)
     val.contract = b.contract
@@ -204,8 +204,8 @@ def run_mutations(
 ) -> list[Row]:
     """Apply each mutation to a copy of ``clean``, measure the task metric and run validate (npz reference, as on
     a device; unchecked checks are not accepted)."""
-    from edgecv.quant.metrics import open_val
     from edgecv.validate.core import validate_bundle
+    from edgecv.validate.metrics import open_val
 
     b = Bundle.open(clean)
     val = open_val(val_dir, b.contract, limit=val_limit).materialize()

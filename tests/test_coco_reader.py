@@ -45,8 +45,8 @@ def _write(root: Path, name: str, ids: dict[str, int], names: list[str] | None =
 
 def _map50(val_file: Path) -> tuple[float, list[list[int]]]:
     """mAP@0.5 of detections that say, in the model's class order, cat/dog/bird at the true places."""
-    from edgecv.quant.metrics import open_val
     from edgecv.validate.detection import coco_map
+    from edgecv.validate.metrics import open_val
 
     val = open_val(val_file, _contract())
     truth = {(4.0, 4.0): 0, (30.0, 8.0): 1, (10.0, 40.0): 2}  # box corner → the model's class id
@@ -77,7 +77,7 @@ def test_renumbered_categories_give_the_same_map(tmp_path: Path) -> None:
     ],
 )
 def test_category_names_that_do_not_match_the_model_are_refused(tmp_path: Path, ids, names, found) -> None:
-    from edgecv.quant.metrics import open_val
+    from edgecv.validate.metrics import open_val
 
     bad = tmp_path / "bad.json"
     bad.parent.mkdir(exist_ok=True)

@@ -142,3 +142,22 @@ def test_cli_int8_without_calib_is_an_error(cli, bundle_dir: Path) -> None:
     assert proc.returncode == 2
     assert "--calib" in proc.stderr
     assert json.loads((bundle_dir / "manifest.json").read_text())["artifacts"] == {}
+
+
+def test_compile_and_quantize_take_the_same_int8_options() -> None:
+    """One set of INT8 options: same names, same types and help, same defaults in both commands."""
+    import inspect
+    import typing
+
+    from edgecv.cli import compile as compile_mod
+    from edgecv.cli import quantize as quantize_mod
+
+    shared = ("calib", "method", "val", "max_drop", "calib_limit", "quantize_head")
+    c_hints = typing.get_type_hints(compile_mod.compile_cmd, include_extras=True)
+    q_hints = typing.get_type_hints(quantize_mod.quantize, include_extras=True)
+    c_sig = inspect.signature(compile_mod.compile_cmd).parameters
+    q_sig = inspect.signature(quantize_mod.quantize).parameters
+    for name in shared:
+        assert c_hints[name] == q_hints[name], name  # the same Annotated alias from cli/options.py
+        assert c_sig[name].default == q_sig[name].default, name
+    assert c_sig["method"].default == "auto"

@@ -75,9 +75,9 @@ def test_run_folder_source_applies_exif_orientation(photo) -> None:
 
 def test_validate_and_calibration_apply_exif_orientation(photo, tmp_path: Path) -> None:
     from edgecv.quant.calib import ImageFolderSource
-    from edgecv.quant.metrics import read_imagefolder
     from edgecv.tasks.preprocess import preprocess
     from edgecv.validate.detection import load_coco_samples
+    from edgecv.validate.metrics import read_imagefolder
 
     p, upright = photo
     contract = _contract()

@@ -207,13 +207,13 @@ def test_layer_ranking_and_layers_report_on_graph_nms_detector(det_photos: Path,
     compares the tensors before NonMaxSuppression, and `validate --layers` works."""
     import onnx
 
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
     from edgecv.quant.layers import compare_layers, layer_divergence, rank_by_sensitivity, selection_nodes
 
     d = work / "det-int8"
     shutil.copytree(det_photos, d, dirs_exist_ok=True)
     calib = mu.shipped_val("detect", work, n=12) / "images" / "val"
-    compile_int8(d, "onnxruntime", calib=calib, method="minmax")
+    quantize(d, QuantConfig(backend="onnxruntime", calib=calib, method="minmax"))
     b = Bundle.open(d)
     rows = layer_divergence(b)
     assert rows and all(r.op != "NonMaxSuppression" for r in rows)
@@ -233,13 +233,15 @@ def test_max_drop_fallback_on_graph_nms_detector(det_photos: Path, work: Path) -
     """`compile -p int8 --val --max-drop` on a graph-NMS detector ran the layer ranking and crashed; with a budget
     of 0 points the float fallback search runs (and either meets it or says which layers it tried)."""
     from edgecv.errors import AccuracyError
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
 
     d = work / "det-budget"
     shutil.copytree(det_photos, d, dirs_exist_ok=True)
     val = mu.shipped_val("detect", work, n=12)
     try:
-        res = compile_int8(d, "onnxruntime", calib=val / "images" / "val", method="minmax", val=val, max_drop=0.0)
+        res = quantize(
+            d, QuantConfig(backend="onnxruntime", calib=val / "images" / "val", method="minmax", val=val, max_drop=0.0)
+        ).artifact
     except AccuracyError as exc:
         assert "layers tried in float" in str(exc)
     else:
@@ -251,7 +253,7 @@ def test_max_drop_fallback_on_graph_nms_detector(det_photos: Path, work: Path) -
 def test_auto_method_selection_is_held_out_and_detector_cosine_is_pre_nms() -> None:
     from edgecv.bundle import Contract
     from edgecv.quant.api import _cosine_outputs, split_val
-    from edgecv.quant.metrics import ValSet
+    from edgecv.validate.metrics import ValSet
 
     vs = ValSet(Contract(), [(Path(f"{i}.png"), i) for i in range(9)], lambda p, t: ({}, t))
     sel, cert = split_val(vs)
@@ -270,14 +272,19 @@ def test_auto_method_records_its_held_out_split(tmp_path: Path) -> None:
     from helpers import make_tiny_bundle
 
     from edgecv.data.synth import generate
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
 
     generate("classify", tmp_path / "data", n_train=0, n_val=30, size=32, seed=0)
     dirs = sorted(d for d in (tmp_path / "data" / "val").iterdir() if d.is_dir())
     for i, d in enumerate(dirs):  # the tiny model's classes are c0..c{n-1}
         d.rename(d.parent / f"c{i}")
     b = make_tiny_bundle(tmp_path / "b", size=32, num_classes=len(dirs))
-    compile_int8(b.root, "onnxruntime", calib=tmp_path / "data" / "val", method="auto", val=tmp_path / "data" / "val")
+    quantize(
+        b.root,
+        QuantConfig(
+            backend="onnxruntime", calib=tmp_path / "data" / "val", method="auto", val=tmp_path / "data" / "val"
+        ),
+    )
     extra = Bundle.open(b.root).artifact("onnxruntime", "int8").extra  # type: ignore[union-attr]
     sel = extra["selection"]
     assert sel["samples"] == 10 and sel["certify_samples"] == 20 and "held-out" in sel["by"]

@@ -49,7 +49,7 @@ def _train_tiny(contract, train_dir: Path):
     import torch
     from torch import nn
 
-    from edgecv.quant.metrics import read_imagefolder
+    from edgecv.validate.metrics import read_imagefolder
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -252,13 +252,13 @@ def test_few_samples_warns(tiny) -> None:
 def test_ort_qdq_artifact(tiny) -> None:
     import onnx
 
+    from edgecv.backends.onnxruntime import OnnxRuntimeRunner
     from edgecv.bundle import Bundle
-    from edgecv.quant._runners import OrtFileRunner
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
     from edgecv.quant.layers import quantized_nodes
 
     b, calib = tiny
-    art = compile_int8(b, backend="onnxruntime", calib=calib, method="minmax")
+    art = quantize(b, QuantConfig(backend="onnxruntime", calib=calib, method="minmax")).artifact
     assert art.key == "onnxruntime:int8" and art.path == "onnxruntime/int8/model.qdq.onnx"
     reopened = Bundle.open(b.root)  # hashes verified
     saved = reopened.artifact("onnxruntime", "int8")
@@ -273,7 +273,7 @@ def test_ort_qdq_artifact(tiny) -> None:
     assert zps and all(np.all(z == 0) for z in zps)
     assert {"/0/Conv", "/3/Conv", "/8/Gemm"} <= set(quantized_nodes(model))
     ref = b.load_reference()
-    with OrtFileRunner(b.path(art.path)) as r:
+    with OnnxRuntimeRunner.from_path(b.path(art.path), device="CPU") as r:
         out = r.infer({"input": ref["inputs"]["input"]})["output"]
     assert _cos(out, ref["outputs"]["output"]) > 0.99
     assert not np.allclose(out, ref["outputs"]["output"], atol=1e-6)  # really quantized
@@ -284,19 +284,19 @@ def test_ort_qdq_artifact(tiny) -> None:
 def test_openvino_nncf_int8_ir(tiny) -> None:
     import openvino as ov
 
-    from edgecv.quant._runners import OpenVINOModelRunner
-    from edgecv.quant.api import compile_int8
+    from edgecv.backends.openvino import OpenVINORunner
+    from edgecv.quant import QuantConfig, quantize
 
     b, calib = tiny
     with pytest.warns(UserWarning, match="at least 300"):
-        art = compile_int8(b, backend="openvino", calib=calib, method="minmax")
+        art = quantize(b, QuantConfig(backend="openvino", calib=calib, method="minmax")).artifact
     assert art.path == "openvino/int8/model.xml" and (b.root / "openvino/int8/model.bin").is_file()
     model = ov.Core().read_model(str(b.path(art.path)))
     n_fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
     assert n_fq >= 3
     assert art.extra["quantized_layers"] >= 3 and art.extra["samples"] == 40
     ref = b.load_reference()
-    with OpenVINOModelRunner(b.path(art.path), precision="int8") as r:
+    with OpenVINORunner.from_path(b.path(art.path), precision="int8") as r:
         out = r.infer({"input": ref["inputs"]["input"]})["output"]
     assert _cos(out, ref["outputs"]["output"]) > 0.98
 
@@ -304,13 +304,13 @@ def test_openvino_nncf_int8_ir(tiny) -> None:
 # ------------------------------------------------------------------------------------------------ budget
 def test_budget_keeps_sensitive_layers_float(tmp_path, task) -> None:
     from edgecv.bundle import Bundle
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
 
     b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
-    plain = compile_int8(b, calib=task["calib"], val=task["val"])
+    plain = quantize(b, QuantConfig(calib=task["calib"], val=task["val"])).artifact
     m = plain.extra["metrics"]
     assert m["fp32"] >= 95.0 and m["drop"] > 40.0  # the outlier channel wrecks plain INT8
-    art = compile_int8(b, calib=task["calib"], val=task["val"], max_drop=3.0)
+    art = quantize(b, QuantConfig(calib=task["calib"], val=task["val"], max_drop=3.0)).artifact
     m = art.extra["metrics"]
     assert m["drop"] <= 3.0 and m["int8"] >= m["fp32"] - 3.0
     kept = art.extra["kept_float"]
@@ -333,13 +333,15 @@ def test_budget_choice_applies_to_openvino(tmp_path, task) -> None:
     import openvino as ov
 
     from edgecv.bundle import Bundle
+    from edgecv.quant import QuantConfig, quantize
     from edgecv.quant import openvino as qov
-    from edgecv.quant.api import compile_int8
 
     b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
     with pytest.warns(UserWarning):  # noqa: PT031 (either build may be the one that warns)
-        ort_art = compile_int8(b, calib=task["calib"], val=task["val"], max_drop=3.0)
-        ov_art = compile_int8(b, backend="openvino", calib=task["calib"], val=task["val"], max_drop=3.0)
+        ort_art = quantize(b, QuantConfig(calib=task["calib"], val=task["val"], max_drop=3.0)).artifact
+        ov_art = quantize(
+            b, QuantConfig(backend="openvino", calib=task["calib"], val=task["val"], max_drop=3.0)
+        ).artifact
     assert set(ort_art.extra["kept_float"]) <= set(ov_art.extra["kept_float"])
     assert ov_art.extra["metrics"]["drop"] <= 3.0
     model = ov.Core().read_model(str(b.path(ov_art.path)))
@@ -350,26 +352,26 @@ def test_budget_choice_applies_to_openvino(tmp_path, task) -> None:
 def test_impossible_budget_fails_listing_layers(tmp_path, task) -> None:
     from edgecv.bundle import Bundle
     from edgecv.errors import AccuracyError
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
 
     b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
     with pytest.raises(
         AccuracyError, match=r"budget not met: expected a drop <= -1.*layers tried in float: \[.*/2/Conv"
     ):
-        compile_int8(b, calib=task["calib"], val=task["val"], max_drop=-1.0)
+        quantize(b, QuantConfig(calib=task["calib"], val=task["val"], max_drop=-1.0))
     assert b.artifact("onnxruntime", "int8") is None  # nothing recorded on failure
     from edgecv.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--max-drop needs --val"):
-        compile_int8(b, calib=task["calib"], max_drop=1.0)
+        quantize(b, QuantConfig(calib=task["calib"], max_drop=1.0))
 
 
 def test_method_auto_picks_best(tmp_path, task) -> None:
     from edgecv.bundle import Bundle
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
 
     b = Bundle.open(_copy_bundle(task["good"], tmp_path / "good"))
-    art = compile_int8(b, calib=task["calib"], method="auto")
+    art = quantize(b, QuantConfig(calib=task["calib"], method="auto")).artifact
     tried = art.extra["methods_tried"]
     assert set(tried) == {"minmax", "entropy", "percentile"}
     assert art.extra["method"] == max(tried, key=tried.get) and art.build_flags["method"] == art.extra["method"]
@@ -438,12 +440,12 @@ def test_detector_head_stays_float(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------ diagnosis
 def test_layer_divergence_finds_outlier_layer(tmp_path, task) -> None:
     from edgecv.bundle import Bundle
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
     from edgecv.quant.calib import open_calibration
     from edgecv.quant.layers import first_diverged, layer_divergence
 
     b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
-    compile_int8(b, calib=task["calib"])
+    quantize(b, QuantConfig(calib=task["calib"]))
     feeds = list(open_calibration(task["val"], task["contract"], limit=8))
     rows = layer_divergence(b, feeds=feeds)
     assert [r.node for r in rows][:2] == ["/0/Conv", "/1/Relu"]
@@ -452,7 +454,7 @@ def test_layer_divergence_finds_outlier_layer(tmp_path, task) -> None:
     # Relu output norm is dominated by the 1000x channel; the conv that mixes the crushed channels shows it
     assert first.node == "/2/Conv" and first.rel_error > 0.1 and first.local_error > 0.1
     good = Bundle.open(_copy_bundle(task["good"], tmp_path / "good"))
-    compile_int8(good, calib=task["calib"])
+    quantize(good, QuantConfig(calib=task["calib"]))
     rows = layer_divergence(good, feeds=feeds)
     assert rows and not first_diverged(rows) and min(r.cosine for r in rows) > 0.99
 
@@ -462,8 +464,9 @@ def test_layer_divergence_finds_outlier_layer(tmp_path, task) -> None:
 def test_cli_quantize_writes_qdq_bundle_that_ort_and_openvino_run(tmp_path, task, cli) -> None:
     import onnx
 
+    from edgecv.backends.onnxruntime import OnnxRuntimeRunner
+    from edgecv.backends.openvino import OpenVINORunner
     from edgecv.bundle import Bundle
-    from edgecv.quant._runners import OpenVINOModelRunner, OrtFileRunner
 
     out = tmp_path / "int8"
     proc = cli(
@@ -493,7 +496,10 @@ def test_cli_quantize_writes_qdq_bundle_that_ort_and_openvino_run(tmp_path, task
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) >= 2
     ref = b.load_reference()
     x = ref["inputs"]["input"]
-    with OrtFileRunner(b.onnx_path) as r1, OpenVINOModelRunner(b.onnx_path, precision="int8") as r2:
+    with (
+        OnnxRuntimeRunner.from_path(b.onnx_path, device="CPU") as r1,
+        OpenVINORunner.from_path(b.onnx_path, precision="int8") as r2,
+    ):
         a, o = r1.infer({"input": x})["output"], r2.infer({"input": x})["output"]
     assert _cos(a, ref["outputs"]["output"]) > 0.99 and _cos(o, ref["outputs"]["output"]) > 0.99
     assert _cos(a, o) > 0.99
@@ -527,12 +533,12 @@ def test_cli_quantize_errors(tmp_path, task, cli) -> None:
 def test_openvino_accuracy_control_reverts_same_layer(tmp_path, task) -> None:
     """No prior choice on the bundle: NNCF's quantize_with_accuracy_control picks the layer; it maps back."""
     from edgecv.bundle import Bundle
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
 
     b = Bundle.open(_copy_bundle(task["outlier"], tmp_path / "outlier"))
     assert not b.manifest.artifacts
     with pytest.warns(UserWarning):
-        art = compile_int8(b, backend="openvino", calib=task["calib"], val=task["val"], max_drop=3.0)
+        art = quantize(b, QuantConfig(backend="openvino", calib=task["calib"], val=task["val"], max_drop=3.0)).artifact
     trials = art.extra["budget"]["trials"]
     assert trials[0]["drop"] > 40.0 and trials[-1]["drop"] <= 3.0
     assert art.extra["kept_float"] == ["/2/Conv"] and art.extra["metrics"]["drop"] <= 3.0
@@ -543,10 +549,10 @@ def test_int8_candidate_runner_keeps_float_layers_in_f32(tmp_path: Path) -> None
     """The budget search must score the model the deployed runner runs: float layers in f32, not the CPU's bf16."""
     from helpers import make_tiny_bundle
 
-    from edgecv.quant._runners import OpenVINOModelRunner
+    from edgecv.backends.openvino import OpenVINORunner
 
     bundle = make_tiny_bundle(tmp_path / "b")
-    with OpenVINOModelRunner(bundle.onnx_path, "CPU", precision="int8") as r:
+    with OpenVINORunner.from_path(bundle.onnx_path, device="CPU") as r:
         assert "float32" in str(r._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
 
 
@@ -560,7 +566,7 @@ def test_entropy_calibration_on_a_detector_with_nms_in_the_graph(tmp_path: Path)
     from edgecv.bundle import Bundle
     from edgecv.export import export_model, load_model
     from edgecv.export.detection import prepare_detection_export
-    from edgecv.quant.api import compile_int8
+    from edgecv.quant import QuantConfig, quantize
     from edgecv.quant.ort import calibratable_op_types
 
     loaded = prepare_detection_export(load_model("yolov3_test"), nms="graph")
@@ -570,7 +576,7 @@ def test_entropy_calibration_on_a_detector_with_nms_in_the_graph(tmp_path: Path)
     assert types is not None and "Conv" in types and "NonMaxSuppression" not in types and "Gather" not in types
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", input=rng.standard_normal((8, *bundle.contract.input_shape[1:]), dtype=np.float32))
-    art = compile_int8(bundle, backend="onnxruntime", calib=tmp_path / "calib.npz", method="entropy")
+    art = quantize(bundle, QuantConfig(backend="onnxruntime", calib=tmp_path / "calib.npz", method="entropy")).artifact
     q = onnx.load(str(bundle.root / art.path))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
 
@@ -624,3 +630,50 @@ def test_chatter_to_stderr_moves_python_and_native_writes(capfd) -> None:
     got = capfd.readouterr()
     assert got.out == "after\n"
     assert "py-chatter" in got.err and "native-chatter" in got.err
+
+
+# ------------------------------------------------------------------------------------------------ one door
+def test_quant_config_is_checked_once_on_construction(tmp_path: Path) -> None:
+    """Every INT8 option has one check, in QuantConfig: compile, quantize and the pipeline all build one."""
+    from edgecv.backends.base import BuildConfig
+    from edgecv.errors import ConfigError, UnknownNameError
+    from edgecv.quant import QuantConfig
+
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        QuantConfig()
+    with pytest.raises(UnknownNameError, match="expected one of onnxruntime, openvino, tensorrt"):
+        QuantConfig(backend="tflite", calib="c")
+    with pytest.raises(ConfigError, match="--method: expected one of minmax, entropy, percentile, auto"):
+        QuantConfig(calib="c", method="kl")
+    with pytest.raises(ConfigError, match="--max-drop needs --val"):
+        QuantConfig(calib="c", max_drop=1.0)
+    with pytest.raises(ConfigError, match="expected backend onnxruntime"):
+        QuantConfig(backend="openvino", calib="c", out=tmp_path / "o")
+    with pytest.raises(ConfigError, match="only for backend tensorrt"):
+        QuantConfig(calib="c", build=BuildConfig(precision="int8", emit_only=True))
+    # a trtexec script may build from the bundle's QDQ model: the one case without calibration data
+    cfg = QuantConfig(backend="tensorrt", build=BuildConfig(precision="int8", emit_only=True))
+    assert cfg.emit_only and cfg.method == "minmax" and cfg.float_head and cfg.val_path is None
+
+
+def test_ort_builder_records_a_given_qdq_model_and_never_quantizes(tiny) -> None:
+    """Builders build from a given ONNX file: ONNX Runtime int8 records a QDQ model, refuses anything else."""
+    from edgecv.backends import BUILDERS, open_runner
+    from edgecv.backends.base import BuildConfig
+    from edgecv.errors import ConfigError
+    from edgecv.quant import QuantConfig, quantize
+
+    b, calib = tiny
+    builder = BUILDERS.get("onnxruntime")()
+    with pytest.raises(ConfigError, match="onnxruntime int8: expected a QDQ ONNX model.*found none"):
+        builder.build(b, BuildConfig(precision="int8"))
+    with pytest.raises(ConfigError, match="onnxruntime int8: expected Q/DQ nodes in .*found a fp32 model"):
+        builder.build(b, BuildConfig(precision="int8", onnx_path=b.onnx_path))
+    assert b.artifact("onnxruntime", "int8") is None
+    art = quantize(b, QuantConfig(calib=calib)).artifact
+    assert art is not None and art.build_flags["format"] == "QDQ" and art.versions["edgecv"]
+    qdq = b.path(art.path).read_bytes()
+    again = builder.build(b, BuildConfig(precision="int8", onnx_path=b.path(art.path)))
+    assert again.path == art.path and b.path(again.path).read_bytes() == qdq
+    with open_runner(b, "onnxruntime", "int8", device="CPU") as r:
+        assert r.precision == "int8"

@@ -506,8 +506,8 @@ class _FakeRunner:
 
 def test_confusion_matrix_and_class_iou() -> None:
     from edgecv.bundle import Contract
-    from edgecv.quant.metrics import ValSet
     from edgecv.validate.details import class_iou, confusion_matrix
+    from edgecv.validate.metrics import ValSet
 
     c = Contract(task="classify", class_names=["a", "b", "c"], input_shape=[1, 3, 4, 4])
     items = [(Path(str(i)), (k, lab)) for i, (k, lab) in enumerate([(0, 0), (1, 1), (2, 1), (2, 2)])]
@@ -526,9 +526,9 @@ def test_confusion_matrix_and_class_iou() -> None:
 
 def test_pr_curves_perfect_and_half() -> None:
     from edgecv.bundle import Contract
-    from edgecv.quant.metrics import ValSet
     from edgecv.tasks.preprocess import Transform
     from edgecv.validate.details import pr_curves
+    from edgecv.validate.metrics import ValSet
 
     c = Contract(
         task="detect",
@@ -779,8 +779,8 @@ def test_report_in_headless_chromium(recorded: dict[str, Path], tmp_path: Path, 
 
 def test_replay_runs_the_validation_set_once_for_metric_and_details() -> None:
     from edgecv.bundle import Contract
-    from edgecv.quant.metrics import ValSet, top1
     from edgecv.validate.details import Replay, confusion_matrix
+    from edgecv.validate.metrics import ValSet, top1
 
     c = Contract(task="classify", class_names=["a", "b"], input_shape=[1, 3, 2, 2])
     items = [(Path(str(i)), i % 2) for i in range(6)]

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from edgecv.backends.base import Runner
+from edgecv.backends.runs import fit_batch, parse_backend_specs
 from edgecv.errors import BackendError, BundleError, ConfigError, UnknownNameError
 from edgecv.types import TensorSpec
 from edgecv.validate.compare import TOLERANCES, compare_output, compare_outputs, judge, tolerance_for
-from edgecv.validate.runs import fit_batch, parse_backend_specs
 
 # ---------------------------------------------------------------------------------------------- compare_outputs
 
@@ -439,7 +439,7 @@ def test_cli_validate_bad_input_exit_2(cli, tmp_path: Path) -> None:
 def test_module_imports_no_torch() -> None:
     code = textwrap.dedent("""
         import sys
-        import edgecv.validate, edgecv.validate.core, edgecv.validate.compare, edgecv.validate.runs
+        import edgecv.validate, edgecv.validate.core, edgecv.validate.compare, edgecv.backends.runs
         import edgecv.bench, edgecv.bench.core, edgecv.cli.validate, edgecv.cli.bench
         bad = sorted(m for m in ("torch", "onnxruntime", "openvino", "edgecv.pipeline", "edgecv.export")
                      if m in sys.modules)

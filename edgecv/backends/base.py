@@ -22,7 +22,6 @@ from edgecv.types import TensorSpec
 
 if TYPE_CHECKING:
     from edgecv.bundle import Artifact, Bundle
-    from edgecv.quant.calib import CalibrationSource
 
 
 class Runner(abc.ABC):
@@ -276,12 +275,14 @@ class BuildConfig:
 
 
 class Builder(abc.ABC):
-    """Turns a bundle's ONNX model into a backend artifact. Cheap to construct; works when called."""
+    """Turns an ONNX model (``config.onnx_path``, default the bundle's ``model.onnx``; float or QDQ) into a
+    backend artifact. Cheap to construct; works when called. A builder never quantizes: INT8 is
+    :func:`edgecv.quant.quantize`, which calls the builder with the QDQ model it made."""
 
     name: ClassVar[str] = "builder"
 
     @abc.abstractmethod
-    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig) -> Artifact:
         """Build, add the artifact to ``bundle`` (atomically, manifest updated) and return it."""
 
 

@@ -19,7 +19,9 @@ from edgecv.types import TensorSpec
 
 if TYPE_CHECKING:
     from edgecv.bundle import Artifact, Bundle
-    from edgecv.quant.calib import CalibrationSource
+
+#: where an INT8 (QDQ) ONNX model is recorded in a bundle
+INT8_PATH = "onnxruntime/int8/model.qdq.onnx"
 
 # ONNX Runtime's NodeArg.type strings → numpy dtype names
 _ORT_DTYPES = {
@@ -53,14 +55,17 @@ def _dim(d: Any) -> int | None:
     return int(d) if isinstance(d, int) and d > 0 else None
 
 
-def onnx_precision(path: str | Path) -> str | None:
-    """The precision an ONNX file computes in, read from the graph: ``int8`` when it holds quantize ops,
-    ``fp16`` when its weights are float16, else ``fp32``. None when onnx is not installed."""
+def onnx_precision(path: str | Path | bytes) -> str | None:
+    """The precision an ONNX file (or serialized model) computes in, read from the graph: ``int8`` when it holds
+    quantize ops, ``fp16`` when its weights are float16, else ``fp32``. None when onnx is not installed."""
     try:
         onnx = lazy_import("onnx")
     except MissingDependencyError:
         return None
-    model = onnx.load(str(path), load_external_data=False)
+    if isinstance(path, bytes):
+        model = onnx.load_from_string(path)
+    else:
+        model = onnx.load(str(path), load_external_data=False)
     quant_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
     if any(n.op_type in quant_ops for n in model.graph.node):
         return "int8"
@@ -91,9 +96,12 @@ class OnnxRuntimeRunner(Runner):
         precision: str | None = None,
         device: str | None = None,
         threads: int | None = None,
+        *,
+        model_bytes: bytes | None = None,
     ) -> None:
         super().__init__()
         self.model_path = Path(model_path)
+        self._model_bytes = model_bytes
         self.requested_precision = precision
         self.precision = precision or "fp32"
         self.requested_device = device
@@ -119,6 +127,21 @@ class OnnxRuntimeRunner(Runner):
                 f"edgecv compile {bundle.root} --backend onnxruntime --precision {precision}"
             )
         return cls(bundle.file(art.path), precision, device, threads)
+
+    @classmethod
+    def from_path(
+        cls,
+        model: str | Path | bytes,
+        precision: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+    ) -> OnnxRuntimeRunner:
+        """A runner over a loose ONNX model that is no bundle artifact (yet): a file, or a serialized
+        ``ModelProto`` (bytes) such as a graph with extra outputs. ``precision`` None reads it from the graph.
+        This is how quant scores its candidates (each method, each set of kept-float layers)."""
+        if isinstance(model, bytes):
+            return cls("<in-memory model>", precision, device, threads, model_bytes=model)
+        return cls(model, precision, device, threads)
 
     # ------------------------------------------------------------------ lifecycle
     def _providers(self, ort: Any) -> tuple[list[Any], str]:
@@ -147,7 +170,7 @@ class OnnxRuntimeRunner(Runner):
 
     def _load(self) -> None:
         ort = lazy_import("onnxruntime")
-        if not self.model_path.is_file():
+        if self._model_bytes is None and not self.model_path.is_file():
             raise BackendError(f"onnxruntime: expected an ONNX file, found nothing at '{self.model_path}'")
         opts = ort.SessionOptions()
         if self.threads is not None:
@@ -158,7 +181,8 @@ class OnnxRuntimeRunner(Runner):
         opts.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
         providers, _ = self._providers(ort)
         try:
-            self._session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=providers)
+            src = self._model_bytes if self._model_bytes is not None else str(self.model_path)
+            self._session = ort.InferenceSession(src, sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, …)
             raise BackendError(f"onnxruntime could not load '{self.model_path}': {_one_line(exc)}") from exc
         self._input_spec = [
@@ -175,7 +199,7 @@ class OnnxRuntimeRunner(Runner):
         self.device = _PROVIDER_DEVICE.get(active, active)
         if self.device != "CPU" and self.requested_device and ":" in self.requested_device:
             self.device = self.requested_device.lower()
-        graph_precision = onnx_precision(self.model_path)
+        graph_precision = onnx_precision(self._model_bytes if self._model_bytes is not None else self.model_path)
         if graph_precision is not None and self.requested_precision not in (None, graph_precision):
             raise BackendError(
                 f"onnxruntime: '{self.model_path}' computes in {graph_precision}, "
@@ -204,16 +228,17 @@ def _top(rel: str) -> str:
 
 
 class OnnxRuntimeBuilder(Builder):
-    """Builds ONNX Runtime artifacts: fp16 (weights and compute in float16, float32 inputs/outputs kept) or
-    int8 (delegated to :func:`edgecv.quant.api.compile_int8`). fp32 needs no build: it is ``model.onnx``."""
+    """Builds ONNX Runtime artifacts from an ONNX file (``config.onnx_path``, default the bundle's ``model.onnx``):
+    fp16 (weights and compute in float16, float32 inputs/outputs kept), or int8 from a QDQ model (the file
+    :func:`edgecv.quant.quantize` writes, recorded as it is). fp32 needs no build: it is ``model.onnx``."""
 
     name = "onnxruntime"
 
-    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig) -> Artifact:
         from edgecv.bundle import Artifact
 
         if config.precision == "int8":
-            return _delegate_int8(bundle, "onnxruntime", config, calib)
+            return _record_qdq(bundle, config)
         if config.precision == "fp32":
             # the bundle's model.onnx is the fp32 model; record it so compile reports it like any artifact
             art = Artifact(
@@ -255,20 +280,32 @@ class OnnxRuntimeBuilder(Builder):
             return bundle.add_artifact(art, {rel_dir: out_dir})
 
 
+def _record_qdq(bundle: Bundle, config: BuildConfig) -> Artifact:
+    """int8: ONNX Runtime runs a QDQ model as it is; record the given one as ``onnxruntime/int8``."""
+    from edgecv.bundle import Artifact
+
+    src = config.onnx_path
+    if src is None or not Path(src).is_file():
+        raise ConfigError(
+            "onnxruntime int8: expected a QDQ ONNX model to record (made by edgecv.quant.quantize: "
+            f"edgecv compile -b onnxruntime -p int8 --calib DATA), found {'none' if src is None else repr(str(src))}"
+        )
+    kind = onnx_precision(src)
+    if kind not in (None, "int8"):
+        raise ConfigError(f"onnxruntime int8: expected Q/DQ nodes in '{src}', found a {kind} model")
+    art = Artifact(
+        backend="onnxruntime",
+        precision="int8",
+        path=INT8_PATH,
+        device=config.device,
+        build_flags={"format": "QDQ"},
+        versions=_versions(),
+        extra={"source": Path(src).name},
+    )
+    return bundle.add_artifact(art, {INT8_PATH: Path(src)})
+
+
 def _versions() -> dict[str, str | None]:
     from edgecv import __version__
 
     return {"edgecv": __version__, "onnxruntime": version_of("onnxruntime"), "onnx": version_of("onnx")}
-
-
-def _delegate_int8(bundle: Bundle, backend: str, config: BuildConfig, calib: Any) -> Artifact:
-    """int8 is the quant module's job (calibration, QDQ placement, accuracy budget); call it lazily."""
-    try:
-        from edgecv.quant.api import compile_int8
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"int8 for {backend} needs edgecv.quant.api.compile_int8, which this edgecv does not have ({exc})"
-        ) from exc
-    if calib is None:
-        raise ConfigError(f"{backend} int8: expected calibration data (--calib PATH), found none")
-    return compile_int8(bundle, backend=backend, calib=calib, device=config.device)  # type: ignore[no-any-return]

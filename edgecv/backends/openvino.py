@@ -22,7 +22,6 @@ from edgecv.types import TensorSpec
 
 if TYPE_CHECKING:
     from edgecv.bundle import Artifact, Bundle
-    from edgecv.quant.calib import CalibrationSource
 
 # edgecv precision → OpenVINO inference precision hint (element type name)
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
@@ -80,21 +79,25 @@ class OpenVINORunner(Runner):
     def __init__(
         self,
         model_path: str | Path,
-        precision: str = "fp32",
+        precision: str | None = "fp32",
         device: str | None = None,
         threads: int | None = None,
         config: dict[str, Any] | None = None,
         performance: str = "latency",
+        *,
+        model: Any = None,
     ) -> None:
         super().__init__()
         if performance not in ("latency", "throughput"):
             raise ConfigError(f"openvino performance hint: expected latency or throughput, found '{performance}'")
         self.performance = performance
-        if precision not in _HINTS:
+        if precision is not None and precision not in _HINTS:
             raise ConfigError(f"openvino precision: expected one of {', '.join(_HINTS)}, found '{precision}'")
         self.model_path = Path(model_path)
+        self._model = model  # an in-memory ov.Model / ov.CompiledModel (from_path), else None
+        # None: read the precision from the model (int8 when it holds FakeQuantize), computing in f32
         self.requested_precision = precision
-        self.precision = precision
+        self.precision = precision or "fp32"
         dev = device or "CPU"
         # OpenVINO device names are upper case ("GPU.1"); accept "gpu" from a command line
         self.device = dev.upper() if dev.split(".")[0].split(":")[0].lower() in ("cpu", "gpu", "npu", "auto") else dev
@@ -121,10 +124,25 @@ class OpenVINORunner(Runner):
             )
         return cls(bundle.onnx_path, precision, device, threads, **kw)
 
+    @classmethod
+    def from_path(
+        cls,
+        model: str | Path | Any,
+        precision: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+    ) -> OpenVINORunner:
+        """A runner over a model that is no bundle artifact (yet): an IR/ONNX file, an ``ov.Model`` or an
+        ``ov.CompiledModel`` (NNCF's accuracy control hands those out). ``precision`` None reads it from the model.
+        This is how quant scores its candidates."""
+        if isinstance(model, (str, Path)):
+            return cls(model, precision, device, threads)
+        return cls("<in-memory model>", precision, device, threads, model=model)
+
     # ------------------------------------------------------------------ lifecycle
     def _load(self) -> None:
         ov = lazy_import("openvino")
-        if not self.model_path.is_file():
+        if self._model is None and not self.model_path.is_file():
             raise BackendError(f"openvino: expected a model file (.xml or .onnx), found nothing at '{self.model_path}'")
         core = ov.Core()
         base = self.device.split(":")[0].split(".")[0].upper()
@@ -134,15 +152,26 @@ class OpenVINORunner(Runner):
                 raise BackendError(
                     f"openvino device '{self.device}' is not available; this machine has: {', '.join(available)}"
                 )
-        check_onnx_file(self.model_path)
-        try:
-            model = core.read_model(str(self.model_path))
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line text
-            raise BackendError(f"openvino could not read '{self.model_path}': {_one_line(exc)}") from exc
+        if isinstance(self._model, ov.CompiledModel):  # compiled by its maker: its own properties hold
+            self._compiled = self._model
+            self._request = self._compiled.create_infer_request()
+            self._input_spec = [_spec(p) for p in self._compiled.inputs]
+            self._output_spec = [_spec(p) for p in self._compiled.outputs]
+            self._output_names = [s.name for s in self._output_spec]
+            self.precision = self.requested_precision or "int8"
+            return
+        if self._model is not None:
+            model = self._model
+        else:
+            check_onnx_file(self.model_path)
+            try:
+                model = core.read_model(str(self.model_path))
+            except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line text
+                raise BackendError(f"openvino could not read '{self.model_path}': {_one_line(exc)}") from exc
         hints = lazy_import("openvino.properties.hint", extra="openvino")
         props = lazy_import("openvino.properties", extra="openvino")
         cfg: dict[str, Any] = dict(self.extra_config)
-        cfg[hints.inference_precision()] = getattr(ov.Type, _HINTS[self.requested_precision])
+        cfg[hints.inference_precision()] = getattr(ov.Type, _HINTS[self.requested_precision or "fp32"])
         cfg[hints.performance_mode()] = (
             hints.PerformanceMode.THROUGHPUT if self.performance == "throughput" else hints.PerformanceMode.LATENCY
         )
@@ -158,7 +187,7 @@ class OpenVINORunner(Runner):
         except Exception as exc:
             raise BackendError(
                 f"openvino could not compile '{self.model_path.name}' for {self.device} at "
-                f"{self.requested_precision}: {_one_line(exc)}"
+                f"{self.requested_precision or 'fp32'}: {_one_line(exc)}"
             ) from exc
         self._request = self._compiled.create_infer_request()
         self._input_spec = [_spec(p) for p in self._compiled.inputs]
@@ -183,7 +212,7 @@ class OpenVINORunner(Runner):
         try:
             actual = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         except Exception:  # noqa: BLE001 - AUTO/MULTI may not expose it; trust the hint we set
-            return self.requested_precision
+            return self.requested_precision or "fp32"
         name = actual.get_type_name() if hasattr(actual, "get_type_name") else str(actual)
         return _OV_PRECISION.get(name, name)
 
@@ -265,18 +294,24 @@ class OpenVINOBuilder(Builder):
     """Converts the bundle's ONNX to an OpenVINO IR under ``openvino/<precision>/`` (``model.xml`` + ``.bin``).
 
     fp16 stores weights compressed to float16; fp32 and bf16 store float32 weights (bf16 is a runtime hint,
-    recorded in the artifact's flags). int8 is delegated to :func:`edgecv.quant.api.compile_int8` (NNCF).
+    recorded in the artifact's flags). int8 converts a QDQ ONNX model (``config.onnx_path``): OpenVINO reads its
+    Q/DQ pairs as FakeQuantize. ``edgecv compile -b openvino -p int8`` does not come here: NNCF quantizes the
+    OpenVINO graph itself (:func:`edgecv.quant.quantize`).
     """
 
     name = "openvino"
 
-    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig) -> Artifact:
         from edgecv.bundle import Artifact
 
         if config.precision == "int8":
-            from edgecv.backends.onnxruntime import _delegate_int8
+            from edgecv.backends.onnxruntime import onnx_precision
 
-            return _delegate_int8(bundle, "openvino", config, calib)
+            if config.onnx_path is None or onnx_precision(config.onnx_path) not in (None, "int8"):
+                raise ConfigError(
+                    "openvino int8: expected a QDQ ONNX model (BuildConfig.onnx_path) or edgecv compile -b openvino "
+                    f"-p int8 --calib DATA (NNCF), found {config.onnx_path or 'none'}"
+                )
         if config.precision not in _HINTS:
             raise ConfigError(f"openvino precision: expected one of {', '.join(_HINTS)}, found '{config.precision}'")
         ov = lazy_import("openvino")

@@ -31,6 +31,10 @@ import numpy as np
 
 from edgecv._lazy import lazy_import, version_of
 from edgecv.backends.base import BuildConfig, Builder, Runner
+
+# the sidecar writer (run alone by trtexec.sh) owns these; re-exported because the builder and runner use them
+from edgecv.backends.tensorrt_guard import cudart_module as _cudart
+from edgecv.backends.tensorrt_guard import layer_placement
 from edgecv.backends.tensorrt_plan import (
     PRECISIONS,
     TYPED,
@@ -53,7 +57,6 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
     from edgecv.bundle import Artifact, Bundle, Contract
-    from edgecv.quant.calib import CalibrationSource
 
 #: environment switch the user sets to let a version-compatible engine run its embedded lean runtime (host code)
 TRUST_ENGINE_CODE_ENV = "EDGECV_TRUST_ENGINE_CODE"
@@ -95,25 +98,6 @@ def _require_tensorrt() -> None:
             "TensorRT is not installed (only its type stubs, or nothing); install it with "
             "pip install 'edgecv[tensorrt]' (on Jetson it comes with JetPack), or pass --emit-trtexec to "
             "write the equivalent trtexec command"
-        ) from exc
-
-
-def _cudart() -> Any:
-    """cuda-python's runtime module (``cuda.bindings.runtime`` in cuda-python ≥ 12.6, ``cuda.cudart`` before)."""
-    try:
-        from cuda.bindings import runtime
-
-        return runtime
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart
-
-        return cudart
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"the TensorRT runner needs cuda-python, which is not installed ({exc}); "
-            "install it with: pip install 'edgecv[tensorrt]'"
         ) from exc
 
 
@@ -608,36 +592,6 @@ def placement_from_log(lines: list[str]) -> dict[str, list[str]] | None:
     return {"dla": dla, "gpu": gpu} if dla or gpu else None
 
 
-def layer_placement(info: Any) -> dict[str, list[str]]:
-    """Split the engine inspector's layers (``get_engine_information(JSON)`` or trtexec ``--exportLayerInfo``) into
-    the ones that run on the DLA and the ones on the GPU.
-
-    TensorRT compiles each DLA subgraph into one layer named ``{ForeignNode[first...last]}``; every other compute
-    layer runs on the GPU. Myelin also names its fused GPU regions ``{ForeignNode[...]}`` (TensorRT 8.6 gives them
-    ``LayerType: Myelin``), so those count as GPU; this is why the builder's own log report
-    (:func:`placement_from_log`) is preferred where it exists. Reformatting layers TensorRT inserts at DLA/GPU
-    boundaries are not fallbacks and are left out.
-    """
-    data = json.loads(info) if isinstance(info, (str, bytes)) else info
-    layers = data.get("Layers", []) if isinstance(data, dict) else []
-    dla: list[str] = []
-    gpu: list[str] = []
-    for layer in layers:
-        name = layer if isinstance(layer, str) else str(layer.get("Name", ""))
-        kind = "" if isinstance(layer, str) else str(layer.get("LayerType", ""))
-        if kind.upper() == "DLA" or (name.startswith("{ForeignNode") and kind.lower() != "myelin"):
-            dla.append(name)
-        elif (
-            kind.lower() in ("reformat", "nooplayer")
-            or "reformatter" in name.lower()
-            or name.lower().startswith("reformatting")
-        ):
-            continue
-        else:
-            gpu.append(name)
-    return {"dla": dla, "gpu": gpu}
-
-
 def _inspect_engine(engine_bytes: bytes) -> Any:
     """Deserialize a just-built plan and return its inspector JSON (None when this TensorRT cannot say)."""
     import tensorrt as trt
@@ -682,13 +636,14 @@ class TensorRTBuilder(Builder):
     """Builds ``tensorrt/<precision>/model.engine`` and its provenance sidecar into a bundle (or, with
     ``emit_only``, a trtexec script).
 
-    int8 builds from a QDQ model: ``config.onnx_path`` when given (what :func:`edgecv.quant.api.compile_int8`
-    passes), otherwise the quant module is asked to make one.
+    int8 builds from a QDQ model: ``config.onnx_path`` (what :func:`edgecv.quant.quantize` passes after making
+    it), else the bundle's ``model.onnx`` when that is QDQ (a bundle from ``edgecv quantize``); the builder never
+    quantizes.
     """
 
     name = "tensorrt"
 
-    def build(self, bundle: Bundle, config: BuildConfig, calib: CalibrationSource | None = None) -> Artifact:
+    def build(self, bundle: Bundle, config: BuildConfig) -> Artifact:
         from edgecv.bundle import Artifact
 
         if config.precision not in PRECISIONS:
@@ -706,10 +661,6 @@ class TensorRTBuilder(Builder):
                 build_flags={"emit_only": True},
                 extra={"command": trtexec_command(bundle, config)},
             )
-        if config.precision == "int8" and config.onnx_path is None:
-            from edgecv.backends.onnxruntime import _delegate_int8
-
-            return _delegate_int8(bundle, "tensorrt", config, calib)
         _require_tensorrt()
         import tensorrt as trt
 

@@ -364,8 +364,6 @@ def record_sidecar(
     )
     layers = engine.parent / "layers.json"  # trtexec --exportLayerInfo
     if plan.get("dla_core") is not None and layers.is_file():
-        from edgecv.backends.tensorrt import layer_placement
-
         try:
             placement = layer_placement(layers.read_text())
             side["dla_layers"], side["dla_gpu_fallback_layers"] = placement["dla"], placement["gpu"]
@@ -374,6 +372,57 @@ def record_sidecar(
     out = sidecar_path(engine)
     write_bytes(out, (json.dumps(side, indent=2) + "\n").encode())
     return out
+
+
+def cudart_module() -> Any:
+    """cuda-python's runtime module (``cuda.bindings.runtime`` in cuda-python ≥ 12.6, ``cuda.cudart`` before)."""
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart
+
+        return cudart
+    except ImportError as exc:
+        from edgecv.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"the TensorRT runner needs cuda-python, which is not installed ({exc}); "
+            "install it with: pip install 'edgecv[tensorrt]'"
+        ) from exc
+
+
+def layer_placement(info: Any) -> dict[str, list[str]]:
+    """Split the engine inspector's layers (``get_engine_information(JSON)`` or trtexec ``--exportLayerInfo``) into
+    the ones that run on the DLA and the ones on the GPU.
+
+    TensorRT compiles each DLA subgraph into one layer named ``{ForeignNode[first...last]}``; every other compute
+    layer runs on the GPU. Myelin also names its fused GPU regions ``{ForeignNode[...]}`` (TensorRT 8.6 gives them
+    ``LayerType: Myelin``), so those count as GPU; this is why the builder's own log report
+    (:func:`placement_from_log`) is preferred where it exists. Reformatting layers TensorRT inserts at DLA/GPU
+    boundaries are not fallbacks and are left out.
+    """
+    data = json.loads(info) if isinstance(info, (str, bytes)) else info
+    layers = data.get("Layers", []) if isinstance(data, dict) else []
+    dla: list[str] = []
+    gpu: list[str] = []
+    for layer in layers:
+        name = layer if isinstance(layer, str) else str(layer.get("Name", ""))
+        kind = "" if isinstance(layer, str) else str(layer.get("LayerType", ""))
+        if kind.upper() == "DLA" or (name.startswith("{ForeignNode") and kind.lower() != "myelin"):
+            dla.append(name)
+        elif (
+            kind.lower() in ("reformat", "nooplayer")
+            or "reformatter" in name.lower()
+            or name.lower().startswith("reformatting")
+        ):
+            continue
+        else:
+            gpu.append(name)
+    return {"dla": dla, "gpu": gpu}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,9 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import tensorrt as trt
 
-    from edgecv.backends.tensorrt import _cudart
-
-    path = record_sidecar(args[1], json.loads(args[2]), args[3], args[4], trt, _cudart())
+    path = record_sidecar(args[1], json.loads(args[2]), args[3], args[4], trt, cudart_module())
     print(f"edgecv: provenance written to {path}")
     return 0
 

@@ -19,10 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecv.bench.memory import PeakRSS
-from edgecv.errors import ConfigError, MissingDependencyError, UnknownNameError
-from edgecv.types import PRECISIONS
-from edgecv.validate.runs import (
+from edgecv.backends.runs import (
     Opener,
     default_opener,
     error_line,
@@ -31,6 +28,9 @@ from edgecv.validate.runs import (
     random_inputs,
     reference_inputs,
 )
+from edgecv.bench.memory import PeakRSS
+from edgecv.errors import ConfigError, MissingDependencyError, UnknownNameError
+from edgecv.types import PRECISIONS
 
 if TYPE_CHECKING:
     from edgecv.backends.base import Runner

@@ -115,6 +115,7 @@ def bench(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from edgecv.backends.runs import bundle_targets, parse_backend_specs, require_artifacts
     from edgecv.bench.core import bench_bundle
     from edgecv.bundle import Bundle
     from edgecv.cli._output import emit_json, err_console, table
@@ -122,7 +123,6 @@ def bench(
     from edgecv.errors import ConfigError
     from edgecv.pipeline import runner_opener
     from edgecv.types import parse_precision
-    from edgecv.validate.runs import bundle_targets, parse_backend_specs, require_artifacts
 
     if iters is not None and iters < 1:
         raise ConfigError(f"--iters: expected a positive integer, found {iters}")

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgecv.cli.options import (
+    METHOD_DEFAULT,
     BackendsBuildOpt,
     BundleArg,
+    CalibLimitOpt,
     CalibOpt,
     DeviceOpt,
     JsonOpt,
     MaxDropOpt,
     MethodOpt,
     PrecisionOpt,
+    QuantizeHeadOpt,
     ValOpt,
+    quant_config,
 )
 
-_METHODS = ("minmax", "entropy", "percentile", "auto")
+if TYPE_CHECKING:
+    from edgecv.backends.base import BuildConfig
+    from edgecv.quant.config import QuantConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -56,9 +62,11 @@ def compile_cmd(
         bool, typer.Option("--version-compatible", help="TensorRT: a plan newer TensorRT versions can load.")
     ] = False,
     calib: CalibOpt = None,
-    method: MethodOpt = "auto",
+    method: MethodOpt = METHOD_DEFAULT,
     val: ValOpt = None,
     max_drop: MaxDropOpt = None,
+    calib_limit: CalibLimitOpt = None,
+    quantize_head: QuantizeHeadOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build backend artifacts into BUNDLE and record them in the manifest.
@@ -67,8 +75,10 @@ def compile_cmd(
     precision of every --backend given without one.
     """
     from edgecv.backends import BUILDERS
+    from edgecv.backends.base import BuildConfig
     from edgecv.bundle import Bundle
     from edgecv.errors import ConfigError
+    from edgecv.quant.ort import check_method
     from edgecv.types import parse_backend_spec, parse_precision
 
     default = parse_precision(precision)
@@ -77,8 +87,7 @@ def compile_cmd(
         t = parse_backend_spec(spec, default)
         if t not in targets:
             targets.append(t)
-    if method not in _METHODS:
-        raise ConfigError(f"--method: expected one of {', '.join(_METHODS)}, found '{method}'")
+    check_method(method)
     if workspace_mb is not None and workspace_mb < 1:
         raise ConfigError(f"--workspace-mb: expected a positive number, found {workspace_mb}")
     names = {n for n, _ in targets}
@@ -92,31 +101,37 @@ def compile_cmd(
         from edgecv.backends.tensorrt_plan import get_target
 
         get_target(target)  # unknown target → one line listing the choices
+    jobs: list[tuple[str, str, BuildConfig, QuantConfig | None]] = []
     for name, prec in targets:
         BUILDERS.get(name)  # unknown backend → one line listing the choices, before any work
-        if prec == "int8" and calib is None and not (emit_trtexec and name == "tensorrt"):
-            raise ConfigError(
-                f"--calib: {name}:int8 needs calibration data (a folder of images or a list file); found none"
-            )
-    b = Bundle.open(bundle)
-    rows = [
-        _build_one(
-            b,
-            name,
-            prec,
-            device=device,
-            emit_trtexec=emit_trtexec,
+        config = BuildConfig(
+            precision=prec,  # type: ignore[arg-type]
+            device=device or _default_device(name),
             workspace_mb=workspace_mb,
+            emit_only=emit_trtexec,
             target=target,
             hardware_compat=hardware_compat,
             version_compatible=version_compatible,
-            calib=calib,
-            method=method,
-            val=val,
-            max_drop=max_drop,
         )
-        for name, prec in targets
-    ]
+        # every INT8 target's options are checked (calibration data, method, budget) before any work
+        qc = (
+            quant_config(
+                calib=calib,
+                method=method,
+                val=val,
+                max_drop=max_drop,
+                calib_limit=calib_limit,
+                quantize_head=quantize_head,
+                backend=name,
+                device=config.device,
+                build=config if name == "tensorrt" else None,
+            )
+            if prec == "int8"
+            else None
+        )
+        jobs.append((name, prec, config, qc))
+    b = Bundle.open(bundle)
+    rows = [_build_one(b, name, config, qc) for name, _, config, qc in jobs]
     if json_out:
         from edgecv.cli._output import emit_json
 
@@ -154,57 +169,19 @@ def compile_cmd(
             )
 
 
-def _build_one(
-    b: Any,
-    backend: str,
-    precision: str,
-    *,
-    device: str | None,
-    emit_trtexec: bool,
-    workspace_mb: int | None,
-    target: str | None,
-    hardware_compat: str | None,
-    version_compatible: bool,
-    calib: Path | None,
-    method: str,
-    val: Path | None,
-    max_drop: float | None,
-) -> dict[str, Any]:
-    """Build one artifact; its row for the table and the JSON."""
+def _build_one(b: Any, backend: str, config: BuildConfig, qc: QuantConfig | None) -> dict[str, Any]:
+    """Build one artifact (INT8 through :func:`edgecv.quant.quantize`, the rest by the backend's builder); its row
+    for the table and the JSON."""
     from edgecv.backends import BUILDERS
-    from edgecv.backends.base import BuildConfig
 
-    builder_cls = BUILDERS.get(backend)
-    config = BuildConfig(
-        precision=precision,  # type: ignore[arg-type]
-        device=device or _default_device(backend),
-        workspace_mb=workspace_mb,
-        emit_only=emit_trtexec,
-        target=target,
-        hardware_compat=hardware_compat,
-        version_compatible=version_compatible,
-    )
     t0 = time.perf_counter()
-    if precision == "int8" and emit_trtexec:
-        # the script must build from the QDQ model (quantized here first when --calib is given), never model.onnx
-        from edgecv.quant.tensorrt import emit_int8_script
+    if qc is not None:
+        from edgecv.quant.api import quantize
 
-        artifact = emit_int8_script(b, config, calib=calib, method=method, val=val, max_drop=max_drop)
-    elif precision == "int8":
-        from edgecv.quant.api import compile_int8
-
-        artifact = compile_int8(
-            b,
-            backend=backend,
-            calib=calib,
-            method=method,
-            val=val,
-            max_drop=max_drop,
-            device=config.device,
-            build_config=config if backend == "tensorrt" else None,
-        )
+        artifact = quantize(b, qc).artifact
+        assert artifact is not None  # quantize adds an artifact unless QuantConfig.out is given
     else:
-        artifact = builder_cls().build(b, config)
+        artifact = BUILDERS.get(backend)().build(b, config)
     elapsed = time.perf_counter() - t0
     path = b.root / artifact.path
     row: dict[str, Any] = {
@@ -215,9 +192,9 @@ def _build_one(
         "size_mb": round(artifact_size(b, artifact.path) / 2**20, 3),
         "build_time_s": round(float(artifact.build_flags.get("build_time_s", elapsed)), 3),
         "sha256": artifact.sha256,
-        "emitted_only": emit_trtexec,
+        "emitted_only": config.emit_only,
     }
-    if emit_trtexec:
+    if config.emit_only:
         row["command"] = artifact.extra.get("command", "")
         if "qdq_onnx" in artifact.extra:
             row["qdq_onnx"] = artifact.extra["qdq_onnx"]

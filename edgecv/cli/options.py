@@ -190,3 +190,36 @@ DataFormatOpt = Annotated[
     str | None,
     typer.Option("--format", help="imagefolder, coco, yolo or masks (default: found from the folder)."),
 ]
+QuantizeHeadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quantize-head", help="Also quantize the ops after the last Conv/Gemm (detector heads stay float by default)."
+    ),
+]
+#: --method's default for every command that quantizes (the library's own default is QuantConfig's, minmax)
+METHOD_DEFAULT = "auto"
+
+
+def quant_config(
+    *,
+    calib: Path | None,
+    method: str,
+    val: Path | None,
+    max_drop: float | None,
+    calib_limit: int | None,
+    quantize_head: bool,
+    **kw: Any,
+) -> Any:
+    """The :class:`edgecv.quant.QuantConfig` the shared INT8 options above describe (``kw``: backend, device,
+    build, out, force); its checks raise the one-line errors."""
+    from edgecv.quant.config import QuantConfig
+
+    return QuantConfig(
+        calib=calib,
+        method=method,
+        val=val,
+        max_drop=max_drop,
+        limit=calib_limit,
+        float_head=not quantize_head,
+        **kw,
+    )

@@ -105,13 +105,13 @@ def validate(
     bundle records that this machine can run (with --precision, those at that precision). Exit code: 0 all pass, 1 a check failed,
     2 bad input.
     """
+    from edgecv.backends.runs import bundle_targets, parse_backend_specs, require_artifacts
     from edgecv.backends.tensorrt_guard import REBUILD
     from edgecv.bundle import Bundle
     from edgecv.cli._output import emit_json, table
     from edgecv.pipeline import runner_opener
     from edgecv.types import parse_precision
     from edgecv.validate.core import ValidationFailed, validate_bundle
-    from edgecv.validate.runs import bundle_targets, parse_backend_specs, require_artifacts
 
     REBUILD.set(rebuild)
     if layers:
@@ -375,7 +375,7 @@ def _task_metrics(
     """The task metric of torch (when it loads) and every backend on the same validation images; with
     ``details`` also each one's per-class view (confusion matrix, PR curves, IoU per class) for the report."""
     from edgecv._lazy import is_available
-    from edgecv.quant.metrics import TASK_METRICS, metric_for, open_val
+    from edgecv.validate.metrics import TASK_METRICS, metric_for, open_val
 
     vset = open_val(val, bundle.contract, limit=limit).materialize()
     fn = metric_for(bundle.contract.task)

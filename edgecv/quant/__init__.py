@@ -1,28 +1,33 @@
 """INT8 quantization: calibration sources, QDQ ONNX (ONNX Runtime), OpenVINO IR (NNCF), TensorRT from QDQ,
 an accuracy budget that keeps sensitive layers in float, and layer-by-layer diagnosis.
 
-Runtime tier: no torch. Frameworks are imported when a function needs them.
+One entry point: ``quantize(bundle, QuantConfig(...))``. Runtime tier: no torch. Frameworks are imported when a
+function needs them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgecv.quant.calib import CalibrationSource, CalibrationWarning, open_calibration
+from edgecv.quant.config import QuantConfig, QuantResult
 
 __all__ = [
     "CalibrationSource",
     "CalibrationWarning",
-    "compile_int8",
+    "QuantConfig",
+    "QuantResult",
     "layer_divergence",
     "open_calibration",
-    "quantize_bundle",
+    "quantize",
 ]
 
 
-def __getattr__(name: str):
-    if name in ("compile_int8", "quantize_bundle"):
-        from edgecv.quant import api
+def __getattr__(name: str) -> Any:
+    if name == "quantize":
+        from edgecv.quant.api import quantize
 
-        return getattr(api, name)
+        return quantize
     if name == "layer_divergence":
         from edgecv.quant.layers import layer_divergence
 

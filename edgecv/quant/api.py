@@ -1,5 +1,5 @@
-"""INT8 entry points: :func:`compile_int8` (``edgecv compile -p int8``) and :func:`quantize_bundle`
-(``edgecv quantize``).
+"""The one INT8 entry point, :func:`quantize` (``edgecv compile -p int8``, ``edgecv quantize``, the recipe
+pipeline), driven by a :class:`~edgecv.quant.config.QuantConfig`.
 
 Every backend starts from one pre-processed fp32 ONNX graph (``quant_pre_process``, nodes named), so the layers
 kept in floating point are ONNX node names that mean the same thing everywhere:
@@ -11,6 +11,9 @@ kept in floating point are ONNX node names that mean the same thing everywhere:
 * ``tensorrt`` — the QDQ model above, built by the TensorRT builder as a strongly-typed network with
   ``BuildConfig.keep_float``.
 
+quant calls down into the backends (their builders record the artifacts; their runners, opened with
+``from_path``, score every candidate); no backend calls quant.
+
 A choice of kept-float layers already recorded on another INT8 artifact of the bundle is applied first.
 """
 
@@ -19,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +31,10 @@ import numpy as np
 from edgecv._io import check_output_dir, scratch_dir
 from edgecv._lazy import lazy_import, version_of
 from edgecv.bundle import ONNX_FILE, REFERENCE_FILE, Artifact, Bundle, Manifest, is_bundle_dir, now_iso
-from edgecv.errors import BackendError, BundleError, ConfigError, UnknownNameError
+from edgecv.errors import BackendError, BundleError, ConfigError
 from edgecv.quant.budget import BudgetResult, Trial, score, search_keep_float
 from edgecv.quant.calib import CalibrationSource, as_source, check_sample_count
+from edgecv.quant.config import QuantConfig, QuantResult
 from edgecv.quant.layers import (
     compare_layers,
     float_head_nodes,
@@ -39,13 +42,12 @@ from edgecv.quant.layers import (
     rank_by_sensitivity,
     with_compute_consumers,
 )
-from edgecv.quant.metrics import TASK_METRICS, ValSet, metric_for, open_val
-from edgecv.quant.ort import METHODS, check_method, prepare_fp32, quantize_qdq, reduced_weight_range
+from edgecv.quant.ort import METHODS, prepare_fp32, quantize_qdq, reduced_weight_range
+from edgecv.validate.metrics import TASK_METRICS, ValSet, metric_for, open_val
 
 if TYPE_CHECKING:
     from edgecv.backends.base import Runner
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 ORT_INT8_PATH = "onnxruntime/int8/model.qdq.onnx"
 OV_INT8_PATH = "openvino/int8/model.xml"
 FP32_COPY = "fp32/model.onnx"
@@ -88,19 +90,21 @@ class _Quantizer:
         self.last: Any = None
         self.last_key: tuple[str, tuple[str, ...]] = ("", ())
 
-    def fp32_runner(self) -> Runner:
-        from edgecv.quant._runners import OrtFileRunner
+    def runner(self, model: Any) -> Runner:
+        """The backend's own runner over a candidate (precision read from the graph); ORT scores on the CPU."""
+        from edgecv.backends.onnxruntime import OnnxRuntimeRunner
 
-        return OrtFileRunner(self.prepared)
+        return OnnxRuntimeRunner.from_path(model, device="CPU")
+
+    def fp32_runner(self) -> Runner:
+        return self.runner(self.prepared)
 
     def quantize(self, method: str, exclude: list[str]) -> Runner:
-        from edgecv.quant._runners import OrtFileRunner
-
         self._n += 1
         out = self.work / f"cand{self._n}.qdq.onnx"
         quantize_qdq(self.prepared, out, self.calib, method, exclude)
         self.last, self.last_key = out, (method, tuple(exclude))
-        return OrtFileRunner(out, precision="int8")
+        return self.runner(out)
 
 
 class _OVQuantizer(_Quantizer):
@@ -115,21 +119,23 @@ class _OVQuantizer(_Quantizer):
         self.onnx_model = onnx.load(str(prepared))
         self.fp32_model = qov.convert(prepared)
 
-    def fp32_runner(self) -> Runner:
-        from edgecv.quant._runners import OpenVINOModelRunner
+    def runner(self, model: Any) -> Runner:
+        """OpenVINO's runner over an in-memory ov.Model / CompiledModel, computing in f32 where not INT8."""
+        from edgecv.backends.openvino import OpenVINORunner
 
-        return OpenVINOModelRunner(self.fp32_model.clone(), self.device)
+        return OpenVINORunner.from_path(model, device=self.device)
+
+    def fp32_runner(self) -> Runner:
+        return self.runner(self.fp32_model.clone())
 
     def ov_names(self, exclude: list[str]) -> list[str]:
         mapping = self.qov.map_onnx_to_ov(self.onnx_model, self.fp32_model, exclude)
         return sorted({n for names in mapping.values() for n in names})
 
     def quantize(self, method: str, exclude: list[str]) -> Runner:
-        from edgecv.quant._runners import OpenVINOModelRunner
-
         q = self.qov.quantize_nncf(self.fp32_model.clone(), self.calib, method, self.ov_names(exclude))
         self.last, self.last_key = q, (method, tuple(exclude))
-        return OpenVINOModelRunner(q, self.device, precision="int8")
+        return self.runner(q)
 
     def onnx_names_for(self, ov_names: set[str]) -> list[str]:
         """ONNX nodes whose OpenVINO ops include any of ``ov_names``."""
@@ -331,11 +337,7 @@ def _run(
 
 
 def _final_runner(q: _Quantizer) -> Runner:
-    from edgecv.quant._runners import OpenVINOModelRunner, OrtFileRunner
-
-    if isinstance(q, _OVQuantizer):
-        return OpenVINOModelRunner(q.last, q.device, precision="int8")
-    return OrtFileRunner(q.last, precision="int8")
+    return q.runner(q.last)
 
 
 def _rank_layers(q: _Quantizer, method: str, base: list[str], feeds: list[dict[str, np.ndarray]]) -> list[list[str]]:
@@ -362,8 +364,6 @@ def _ov_budget(
     unit: str,
 ) -> BudgetResult:
     """OpenVINO: NNCF's accuracy control from the shared choice; record the ops it reverted to float."""
-    from edgecv.quant._runners import OpenVINOModelRunner
-
     plain = (
         q.last
         if q.last_key == (method, tuple(base))
@@ -373,7 +373,7 @@ def _ov_budget(
     def validate(compiled: Any, data: Any) -> tuple[float, None]:
         items = list(data)
         vs = ValSet(val.contract, [(Path(str(i)), it) for i, it in enumerate(items)], lambda _p, c: c)
-        with OpenVINOModelRunner(compiled, q.device, precision="int8") as r:
+        with q.runner(compiled) as r:
             return float(metric(r, vs)), None
 
     controlled = q.qov.quantize_nncf_with_accuracy_control(
@@ -382,7 +382,7 @@ def _ov_budget(
     reverted = set(q.qov.quantized_ops(plain)) - set(q.qov.quantized_ops(controlled))
     kept = [*base, *[n for n in q.onnx_names_for(reverted) if n not in base]]
     q.last, q.last_key = controlled, (method, tuple(kept))
-    m = score(OpenVINOModelRunner(controlled, q.device, precision="int8"), metric, val)
+    m = score(q.runner(controlled), metric, val)
     result = BudgetResult(fp32_metric, max_drop)
     result.add(first)
     result.add(Trial(kept, m, fp32_metric - m))
@@ -406,24 +406,13 @@ def _open(bundle: Bundle | str | Path) -> Bundle:
     return bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
 
 
-def _prepare_inputs(
-    bundle: Bundle,
-    calib: CalibrationSource | str | Path | None,
-    method: str,
-    val: str | Path | ValSet | None,
-    max_drop: float | None,
-    limit: int | None,
-    backend: str,
-) -> tuple[CalibrationSource, ValSet | None]:
-    check_method(method)
-    if max_drop is not None and val is None:
-        raise ConfigError("--max-drop needs --val DATA to measure the task metric on")
-    source = as_source(calib, bundle.contract, limit)
-    check_sample_count(source, backend, "minmax" if method == "auto" else method)
+def _prepare_inputs(bundle: Bundle, config: QuantConfig, backend: str) -> tuple[CalibrationSource, ValSet | None]:
+    source = as_source(config.calib, bundle.contract, config.limit)
+    check_sample_count(source, backend, "minmax" if config.method == "auto" else config.method)
     val_set: ValSet | None = None
-    if val is not None:
+    if config.val is not None:
         metric_for(bundle.contract.task)  # fail early when the task has no metric yet
-        val_set = val if isinstance(val, ValSet) else open_val(val, bundle.contract)
+        val_set = config.val if isinstance(config.val, ValSet) else open_val(config.val, bundle.contract)
         val_set = val_set.materialize()
     return source, val_set
 
@@ -432,80 +421,74 @@ def _quantize_to(
     bundle: Bundle,
     backend: str,
     source: CalibrationSource,
-    method: str,
     val_set: ValSet | None,
-    val_path: str | None,
-    max_drop: float | None,
-    device: str | None,
-    float_head: bool,
+    config: QuantConfig,
     work: Path,
 ) -> tuple[_Quantizer, Int8Result]:
     prepared = prepare_fp32(bundle.onnx_path, work / "prepared.onnx")
+    device = config.device if backend == "openvino" else None
     q: _Quantizer = (_OVQuantizer if backend == "openvino" else _Quantizer)(prepared, work, source, device)
-    prior = _prior_kept_float(bundle, "onnxruntime" if backend == "tensorrt" else backend)
-    return q, _run(q, bundle.contract, source, method, val_set, max_drop, float_head, prior, val_path)
+    prior = _prior_kept_float(bundle, backend)
+    res = _run(
+        q,
+        bundle.contract,
+        source,
+        config.method,
+        val_set,
+        config.max_drop,
+        config.float_head,
+        prior,
+        config.val_path,
+    )
+    return q, res
 
 
-def compile_int8(
-    bundle: Bundle | str | Path,
-    backend: str = "onnxruntime",
-    calib: CalibrationSource | str | Path | None = None,
-    method: str = "minmax",
-    val: str | Path | ValSet | None = None,
-    max_drop: float | None = None,
-    device: str | None = None,
-    *,
-    limit: int | None = None,
-    float_head: bool = True,
-    build_config: Any = None,
-) -> Artifact:
-    """Quantize a bundle's model to INT8 for ``backend`` and add the artifact to the bundle.
+def quantize(bundle: Bundle | str | Path, config: QuantConfig) -> QuantResult:
+    """Quantize a bundle's model to INT8 as ``config`` says: the one INT8 entry point.
+
+    * default: add the INT8 artifact for ``config.backend`` to the bundle (``onnxruntime``: QDQ ONNX recorded by
+      the ONNX Runtime builder; ``openvino``: NNCF IR; ``tensorrt``: the QDQ model, then one engine build by the
+      TensorRT builder);
+    * ``config.build.emit_only`` (tensorrt): write the trtexec script that builds from the QDQ model, quantizing
+      first when ``config.calib`` is given (else the bundle's QDQ model is used);
+    * ``config.out``: write a new bundle whose ``model.onnx`` is the QDQ model (``edgecv quantize``).
 
     Args:
         bundle: an opened bundle or its folder.
-        backend: ``onnxruntime`` (QDQ ONNX), ``openvino`` (NNCF IR) or ``tensorrt`` (engine from the QDQ model).
-        calib: calibration data (folder of images, video, ``.npz``) or a :class:`CalibrationSource`; required.
-        method: ``minmax``, ``entropy``, ``percentile`` or ``auto`` (each tried, best kept on the validation
-            metric, or on output cosine vs fp32 without ``val``).
-        val: validation data for the task metric (classify: ImageFolder tree; segment: images/ + masks/).
-        max_drop: accuracy budget in metric points (needs ``val``); layers move to float until it holds.
-        device: backend device (OpenVINO ``CPU``/``GPU``…, TensorRT ``cuda:0``).
-        limit: use at most this many calibration samples.
-        float_head: keep ops after the last Conv/Gemm of each output path (detector heads) in float.
-        build_config: tensorrt: the BuildConfig whose target, device (``dla:N``), workspace and portability
-            options the engine is built with.
+        config: the run (see :class:`~edgecv.quant.config.QuantConfig`).
 
     Returns:
-        The recorded :class:`Artifact` (``extra`` holds method, samples, kept-float layers, metrics).
+        A :class:`~edgecv.quant.config.QuantResult`: the bundle holding the result, the artifact (None with
+        ``out``) and what was decided and measured.
 
     Raises:
-        ConfigError: no calibration data, unknown method/backend, ``max_drop`` without ``val``.
+        ConfigError: calibration data that cannot be used, a task without a metric for ``val``.
         AccuracyError: no set of kept-float layers meets ``max_drop`` (message lists best result, layers tried).
+        MissingDependencyError: the backend's framework is not installed.
     """
     b = _open(bundle)
-    if backend not in BACKENDS:
-        raise UnknownNameError(f"INT8 backend '{backend}': expected one of {', '.join(BACKENDS)}")
+    if config.out is not None:
+        out = _quantize_bundle(b, config)
+        return QuantResult(out, None, out.manifest.provenance["quantized"])
+    if config.emit_only:
+        art = _emit_tensorrt_script(b, config)
+    else:
+        art = _compile(b, config)
+    return QuantResult(b, art, art.extra)
+
+
+def _compile(b: Bundle, config: QuantConfig) -> Artifact:
+    backend = config.backend
     if backend == "tensorrt":
         lazy_import("tensorrt")  # fail before spending minutes on calibration
-    source, val_set = _prepare_inputs(b, calib, method, val, max_drop, limit, backend)
-    with ExitStack() as stack:
-        work = Path(stack.enter_context(scratch_dir("int8")))
-        q, res = _quantize_to(
-            b,
-            "onnxruntime" if backend == "tensorrt" else backend,
-            source,
-            method,
-            val_set,
-            None if val is None or isinstance(val, ValSet) else str(val),
-            max_drop,
-            device,
-            float_head,
-            work,
-        )
+    # TensorRT builds from the QDQ model ONNX Runtime's quantizer makes
+    qbackend = "onnxruntime" if backend == "tensorrt" else backend
+    source, val_set = _prepare_inputs(b, config, backend)
+    with scratch_dir("int8") as tmp:
+        q, res = _quantize_to(b, qbackend, source, val_set, config, Path(tmp))
         if backend == "openvino":
-            art = _add_ov_artifact(b, q, res, device)
-        else:
-            art = _add_ort_artifact(b, q, res)
+            return _add_ov_artifact(b, q, res, config.device)
+        art = _add_ort_artifact(b, q, res)
         if backend == "tensorrt":
             from edgecv.quant.tensorrt import build_int8_engine
 
@@ -513,24 +496,49 @@ def compile_int8(
                 b,
                 b.file(art.path),
                 res.float_head + res.kept_float,
-                device=device,
+                device=config.device,
                 extra=res.to_dict(),
-                base=build_config,
+                base=config.build,
             )
         return art
 
 
+def _emit_tensorrt_script(b: Bundle, config: QuantConfig) -> Artifact:
+    """tensorrt ``emit_only``: the script builds from the QDQ model (made here first with ``calib``)."""
+    from edgecv.quant.tensorrt import emit_int8_script
+
+    assert config.build is not None  # emit_only implies a BuildConfig
+    if config.calib is not None:
+        art = _compile(b, dataclasses.replace(config, backend="onnxruntime", build=None, device=None))
+        note = (
+            f"Builds from {art.path}, quantized by edgecv ({art.extra.get('method', config.method)}) from "
+            f"--calib {config.calib}."
+        )
+    else:
+        found = b.artifact("onnxruntime", "int8")
+        if found is None or not b.path(found.path).is_file():
+            raise ConfigError(
+                f"tensorrt int8 --emit-trtexec: expected a QDQ model ({ORT_INT8_PATH}) in the bundle or "
+                "--calib DATA to make one, found neither"
+            )
+        b.verify([found.path])
+        art = found
+        note = f"Builds from {art.path}, the bundle's QDQ model."
+    return emit_int8_script(b, config.build, art, note)
+
+
 def _add_ort_artifact(b: Bundle, q: _Quantizer, res: Int8Result) -> Artifact:
+    """The ONNX Runtime builder records the QDQ file; the quantizer's decisions are added to its entry."""
+    from edgecv.backends import BUILDERS
+    from edgecv.backends.base import BuildConfig
+
     onnx = lazy_import("onnx")
     model = onnx.load(str(q.last))
     res.quantized_layers = len(quantized_nodes(model))
     _embed_contract(q.last, b)
-    art = Artifact(
-        backend="onnxruntime",
-        precision="int8",
-        path=ORT_INT8_PATH,
-        device="CPU",
-        build_flags={
+    art = BUILDERS.get("onnxruntime")().build(b, BuildConfig(precision="int8", device="CPU", onnx_path=Path(q.last)))
+    art.build_flags.update(
+        {
             "format": "QDQ",
             "method": res.method,
             "per_channel": True,
@@ -538,14 +546,17 @@ def _add_ort_artifact(b: Bundle, q: _Quantizer, res: Int8Result) -> Artifact:
             "activation_type": "int8",
             "weight_type": "int8",
             "weight_bits": 7 if reduced_weight_range() else 8,
-        },
-        versions=_versions(),
-        extra=res.to_dict(),
+        }
     )
-    return b.add_artifact(art, {ORT_INT8_PATH: Path(q.last)})
+    art.versions.update(_versions())
+    art.extra = res.to_dict()
+    with b.update() as manifest:
+        manifest.artifacts[art.key] = art
+    return art
 
 
 def _add_ov_artifact(b: Bundle, q: _Quantizer, res: Int8Result, device: str | None) -> Artifact:
+    """NNCF's product is an ov.Model, not an ONNX file: quant saves the IR itself."""
     from edgecv.quant import openvino as qov
 
     res.quantized_layers = len(qov.quantized_ops(q.last))
@@ -585,42 +596,18 @@ def _embed_contract(onnx_path: Path, b: Bundle) -> None:
         save_model(m, onnx_path)
 
 
-def quantize_bundle(
-    bundle: Bundle | str | Path,
-    calib: CalibrationSource | str | Path | None,
-    out: str | Path,
-    method: str = "minmax",
-    val: str | Path | ValSet | None = None,
-    max_drop: float | None = None,
-    *,
-    limit: int | None = None,
-    force: bool = False,
-    float_head: bool = True,
-) -> Bundle:
-    """Write a new bundle at ``out`` whose ``model.onnx`` is the QDQ INT8 model (ORT, OpenVINO and TensorRT all
-    read it). The contract and ``reference.npz`` are copied; the fp32 model is kept as ``fp32/model.onnx``.
-
-    Args are those of :func:`compile_int8`; ``force`` replaces an existing bundle at ``out``.
-    """
-    b = _open(bundle)
+def _quantize_bundle(b: Bundle, config: QuantConfig) -> Bundle:
+    """``config.out``: a new bundle whose ``model.onnx`` is the QDQ INT8 model (ORT, OpenVINO and TensorRT all
+    read it). The contract and ``reference.npz`` are copied; the fp32 model is kept as ``fp32/model.onnx``."""
+    assert config.out is not None
+    out = Path(config.out)
     check_output_dir(
-        Path(out), force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)", error=BundleError
+        out, config.force, is_bundle_dir, "bundle", "a bundle (a folder with manifest.json)", error=BundleError
     )
-    source, val_set = _prepare_inputs(b, calib, method, val, max_drop, limit, "onnxruntime")
+    source, val_set = _prepare_inputs(b, config, "onnxruntime")
     with scratch_dir("quant") as tmp:
         work = Path(tmp)
-        q, res = _quantize_to(
-            b,
-            "onnxruntime",
-            source,
-            method,
-            val_set,
-            None if val is None or isinstance(val, ValSet) else str(val),
-            max_drop,
-            None,
-            float_head,
-            work,
-        )
+        q, res = _quantize_to(b, "onnxruntime", source, val_set, config, work)
         onnx = lazy_import("onnx")
         res.quantized_layers = len(quantized_nodes(onnx.load(str(q.last))))
         _embed_contract(q.last, b)
@@ -649,7 +636,7 @@ def quantize_bundle(
             provenance=provenance,
             history=[*b.manifest.history, {"event": "quantize", "method": res.method, "time": info["time"]}],
         )
-        return Bundle.create(out, manifest, files, force=force)
+        return Bundle.create(out, manifest, files, force=config.force)
 
 
 def summarize(res_extra: dict[str, Any]) -> list[list[Any]]:

@@ -18,7 +18,7 @@ from edgecv.errors import AccuracyError
 
 if TYPE_CHECKING:
     from edgecv.backends.base import Runner
-    from edgecv.quant.metrics import MetricFn, ValSet
+    from edgecv.validate.metrics import MetricFn, ValSet
 
 DEFAULT_MAX_TRIALS = 12
 

@@ -27,11 +27,16 @@ from edgecv._lazy import lazy_import
 from edgecv.data.readers import read_image
 from edgecv.errors import ConfigError, DataError, SourceError
 from edgecv.tasks.preprocess import preprocess
+from edgecv.validate.metrics import IMAGE_EXTS
+
+#: the one error for INT8 without calibration data (QuantConfig and open_calibration)
+NO_CALIB = (
+    "INT8 needs calibration data: expected --calib PATH (a folder of images, a video or an .npz of inputs), found none"
+)
 
 if TYPE_CHECKING:
     from edgecv.bundle import Contract
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 
 # Samples below which calibration is unreliable, per (backend, method); ``None`` method = any method.
@@ -234,10 +239,7 @@ def open_calibration(path: str | Path | None, contract: Contract, limit: int | N
         SourceError / DataError: the source cannot be read.
     """
     if path is None or str(path) == "":
-        raise ConfigError(
-            "INT8 needs calibration data: expected --calib PATH (a folder of images, a video or an "
-            ".npz of inputs), found none"
-        )
+        raise ConfigError(NO_CALIB)
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"--calib: expected a folder of images, a video or an .npz, found nothing at '{p}'")

@@ -202,7 +202,7 @@ def compare_layers(
     Every node output of the fp32 graph that also exists in the INT8 graph is exposed as an extra output of
     both; statistics are pooled over ``feeds``.
     """
-    from edgecv.quant._runners import OrtFileRunner
+    from edgecv.backends.onnxruntime import OnnxRuntimeRunner
 
     after_nms = selection_nodes(fp32_model)
     fp_nodes = [n for n in fp32_model.graph.node if n.op_type not in QDQ_OPS and n.name not in after_nms]
@@ -213,8 +213,8 @@ def compare_layers(
     ref_acc: dict[str, list[np.ndarray]] = defaultdict(list)
     got_acc: dict[str, list[np.ndarray]] = defaultdict(list)
     with (
-        OrtFileRunner("fp32", model_bytes=_with_all_outputs(fp32_model, names)) as fr,
-        OrtFileRunner("int8", model_bytes=_with_all_outputs(int8_model, names), precision="int8") as qr,
+        OnnxRuntimeRunner.from_path(_with_all_outputs(fp32_model, names), device="CPU") as fr,
+        OnnxRuntimeRunner.from_path(_with_all_outputs(int8_model, names), device="CPU") as qr,
     ):
         for feed in feeds:
             fo, qo = fr.infer(feed), qr.infer(feed)

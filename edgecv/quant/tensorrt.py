@@ -67,7 +67,7 @@ def build_int8_engine(
     from edgecv.backends import BUILDERS
 
     builder = BUILDERS.get("tensorrt")()
-    art = builder.build(bundle, int8_build_config(qdq_path, keep_float, device, base), None)
+    art = builder.build(bundle, int8_build_config(qdq_path, keep_float, device, base))
     if extra:
         art.extra.update({k: v for k, v in extra.items() if k not in art.extra})
         art.extra["qdq_onnx"] = (
@@ -80,62 +80,34 @@ def build_int8_engine(
     return art
 
 
-def emit_int8_script(
-    bundle: Bundle,
-    config: Any,
-    calib: Any = None,
-    method: str = "minmax",
-    val: Any = None,
-    max_drop: float | None = None,
-    limit: int | None = None,
-) -> Artifact:
-    """Write the INT8 ``trtexec.sh`` so that it builds from the QDQ model, never from the float graph.
-
-    With ``calib``, the model is quantized first (the ONNX Runtime QDQ path, the same Q/DQ TensorRT reads; the
-    bundle gains ``onnxruntime/int8/model.qdq.onnx``); without it, the bundle's existing QDQ model is used; with
-    neither, it refuses in one line.
+def emit_int8_script(bundle: Bundle, config: Any, qdq: Artifact, note: str) -> Artifact:
+    """Write the INT8 ``trtexec.sh`` so that it builds from the QDQ model ``qdq`` (an ``onnxruntime:int8``
+    artifact of ``bundle``), never from the float graph. :func:`edgecv.quant.quantize` makes or finds ``qdq``.
 
     Args:
         bundle: the bundle.
         config: the TensorRT :class:`~edgecv.backends.base.BuildConfig` (precision int8, target, device, …).
-        calib: calibration data; quantize with it first.
-        method, val, max_drop, limit: as for :func:`edgecv.quant.api.compile_int8`.
+        qdq: the QDQ artifact whose kept-float layers stay float in the engine too.
+        note: where the QDQ model came from, written into the script.
 
     Returns:
         The script's :class:`Artifact` description (recorded as a file, not as an engine).
     """
-    import dataclasses
-
     from edgecv.backends.tensorrt import is_qdq, trtexec_command, write_trtexec_script
     from edgecv.bundle import Artifact
     from edgecv.errors import ConfigError
-    from edgecv.quant.api import ORT_INT8_PATH, compile_int8
 
-    if calib is not None:
-        art = compile_int8(
-            bundle, backend="onnxruntime", calib=calib, method=method, val=val, max_drop=max_drop, limit=limit
-        )
-        note = f"Builds from {art.path}, quantized by edgecv ({art.extra.get('method', method)}) from --calib {calib}."
-    else:
-        art = bundle.artifact("onnxruntime", "int8")  # type: ignore[assignment]
-        if art is None or not bundle.path(art.path).is_file():
-            raise ConfigError(
-                f"tensorrt int8 --emit-trtexec: expected a QDQ model ({ORT_INT8_PATH}) in the bundle or "
-                "--calib DATA to make one, found neither"
-            )
-        bundle.verify([art.path])
-        note = f"Builds from {art.path}, the bundle's QDQ model."
-    qdq = bundle.path(art.path)
-    if not is_qdq(qdq):
-        raise ConfigError(f"tensorrt int8 --emit-trtexec: expected Q/DQ nodes in '{art.path}', found none")
-    keep = list(art.extra.get("kept_float", [])) + list(art.extra.get("float_head", []))
-    cfg = dataclasses.replace(config, onnx_path=qdq, keep_float=keep, emit_only=True)
-    path = write_trtexec_script(bundle, cfg, source_note=note)
+    path = bundle.path(qdq.path)
+    if not is_qdq(path):
+        raise ConfigError(f"tensorrt int8 --emit-trtexec: expected Q/DQ nodes in '{qdq.path}', found none")
+    keep = list(qdq.extra.get("kept_float", [])) + list(qdq.extra.get("float_head", []))
+    cfg = dataclasses.replace(config, precision="int8", onnx_path=path, keep_float=keep, emit_only=True)
+    script = write_trtexec_script(bundle, cfg, source_note=note)
     return Artifact(
         backend="tensorrt",
         precision="int8",
-        path=str(path.relative_to(bundle.root)),
+        path=str(script.relative_to(bundle.root)),
         device=cfg.device,
-        build_flags={"emit_only": True, "qdq_onnx": art.path},
-        extra={"command": trtexec_command(bundle, cfg), "qdq_onnx": art.path},
+        build_flags={"emit_only": True, "qdq_onnx": qdq.path},
+        extra={"command": trtexec_command(bundle, cfg), "qdq_onnx": qdq.path},
     )

@@ -96,8 +96,8 @@ class RunOptions:
 def pick_backend(bundle: Bundle, backend: str | None, precision: str | None) -> tuple[str, str]:
     """``-b NAME[:PRECISION]`` as every command reads it; without ``-b``, the best artifact the bundle holds here."""
     from edgecv.backends import RUNNERS
+    from edgecv.backends.runs import best_target
     from edgecv.types import parse_backend_spec, parse_precision
-    from edgecv.validate.runs import best_target
 
     if backend is None:
         return best_target(bundle, parse_precision(precision) if precision else None)  # type: ignore[arg-type]

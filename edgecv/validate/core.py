@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from edgecv.errors import AccuracyError, BundleError, ConfigError, EdgecvError, MissingDependencyError, UnknownNameError
-from edgecv.validate.compare import TOLERANCES, OutputComparison, Tolerance, compare_outputs, judge, tolerance_for
-from edgecv.validate.runs import (
+from edgecv.backends.runs import (
     Opener,
     default_opener,
     error_line,
@@ -26,6 +24,8 @@ from edgecv.validate.runs import (
     reference_inputs,
     runner_info,
 )
+from edgecv.errors import AccuracyError, BundleError, ConfigError, EdgecvError, MissingDependencyError, UnknownNameError
+from edgecv.validate.compare import TOLERANCES, OutputComparison, Tolerance, compare_outputs, judge, tolerance_for
 
 if TYPE_CHECKING:
     from edgecv.bundle import Bundle

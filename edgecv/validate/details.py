@@ -21,7 +21,7 @@ from edgecv.tasks.preprocess import Transform
 
 if TYPE_CHECKING:
     from edgecv.bundle import Contract
-    from edgecv.quant.metrics import ValSet
+    from edgecv.validate.metrics import ValSet
 
 PR_IOU = 0.5
 
@@ -64,7 +64,7 @@ def confusion_matrix(runner: Runner, val: ValSet) -> dict[str, Any]:
 
 def class_iou(runner: Runner, val: ValSet) -> dict[str, Any]:
     """IoU per class over the set (None for a class absent from labels and predictions)."""
-    from edgecv.quant.metrics import segment_confusion
+    from edgecv.validate.metrics import segment_confusion
 
     n = max(2, _num_classes(val.contract))
     conf = segment_confusion(runner, val, n)

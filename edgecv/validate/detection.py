@@ -238,13 +238,3 @@ def compare_backends(
             row["map_diff_pts"] = 100.0 * (maps[name]["map"] - ref_map["map"])
         rows.append(row)
     return rows
-
-
-def stage_times(
-    runner: Any, contract: Any, images: Sequence[np.ndarray], n: int = 50, warmup: int = 5
-) -> dict[str, float]:
-    """Median milliseconds of ``pre``/``infer``/``post``/``total`` per image (see :mod:`edgecv.bench.stages`)."""
-    from edgecv.bench.stages import stage_times as _stage_times
-
-    st = _stage_times(runner, contract, images, n=n, warmup=warmup)
-    return {"pre": st.pre_ms, "infer": st.infer_ms, "post": st.post_ms, "total": st.total_ms}

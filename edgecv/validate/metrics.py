@@ -2,7 +2,7 @@
 
 A metric is ``metric_fn(runner, val_set) -> float`` in **points** (0–100), chosen by ``contract.task`` from
 :data:`TASK_METRICS`; a validation reader is ``reader(path, contract, limit) -> ValSet`` chosen the same way
-from :data:`VAL_READERS`. Detection registers its mAP and reader here later, under ``"detect"``.
+from :data:`VAL_READERS`. validate owns the task metrics; quant's accuracy budget scores its candidates with them.
 
 Layouts read here:
 
@@ -24,7 +24,6 @@ import numpy as np
 from edgecv._lazy import lazy_import
 from edgecv.data.readers import read_image
 from edgecv.errors import ConfigError, DataError
-from edgecv.quant.calib import IMAGE_EXTS
 from edgecv.registry import Registry
 from edgecv.tasks.preprocess import Transform, preprocess
 
@@ -33,6 +32,8 @@ if TYPE_CHECKING:
     from edgecv.bundle import Contract
 
 IGNORE_INDEX = 255
+#: the image files a validation (and calibration: edgecv.quant.calib) folder is read from
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Helpers shared by validate and bench: backend specs, installed backends, feeds, batched inference."""
+"""Helpers every command that opens backends shares (validate, bench, run, serve): backend specs, installed
+backends, the targets of a bundle, feeds, batched inference. Owned by backends (specs, openers and feeds), so
+validate and bench both import down into it and never into each other."""
 
 from __future__ import annotations
 
