@@ -4,6 +4,7 @@ from edgecv.zoo.families import (  # noqa: F401 - imported to register every fam
     detr,
     edge,
     faster_rcnn,
+    rcnn,
     mobilenet,
     resnet,
     stn,
