@@ -100,7 +100,8 @@ def export_onnx(
 
     Args:
         model: a ``torch.nn.Module``.
-        example: the input tensor.
+        example: the input tensor, or a tuple of them for a model with more inputs (named after the model's
+            ``input_names``, e.g. R-CNN's ``input`` and ``rois``).
         path: destination ``.onnx`` file.
         exporter: ``torchscript`` (``dynamo=False``) or ``dynamo``.
         opset: ONNX opset version (17 and 18 are tested).
@@ -115,7 +116,9 @@ def export_onnx(
         raise ConfigError(f"exporter: expected one of {', '.join(EXPORTERS)}, got '{exporter}'")
     path = Path(path)
     names = ["output"] if num_outputs == 1 else [f"output{i}" for i in range(num_outputs)]
-    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": names, "opset_version": opset}
+    args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    in_names = list(getattr(model, "input_names", ["input"]))[: len(args)] if len(args) > 1 else ["input"]
+    kwargs: dict[str, Any] = {"input_names": in_names, "output_names": names, "opset_version": opset}
     if exporter == "dynamo":
         kwargs.update(dynamo=True, external_data=False, verbose=False)
     else:
@@ -126,7 +129,7 @@ def export_onnx(
     try:
         with contextlib.redirect_stdout(sink), warnings.catch_warnings(), _quiet_loggers(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (example,), str(path), **kwargs)
+            torch.onnx.export(model.eval(), args, str(path), **kwargs)
     except Exception as exc:  # the exporters raise many types; report one line
         raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) failed: {_first_line(exc)}") from exc
     _verify_onnx(path, exporter, opset)
@@ -171,12 +174,14 @@ def _quiet_loggers(names: tuple[str, ...] = ("torch.onnx", "onnxscript")) -> Any
 
 
 def run_onnxruntime(path: str | Path, x: Any) -> list[Any]:
-    """Run an ONNX file on ONNX Runtime's CPU provider (fp32); returns every output, in graph order."""
+    """Run an ONNX file on ONNX Runtime's CPU provider (fp32); returns every output, in graph order. ``x`` is the
+    input array, or a tuple of arrays in the graph's input order."""
     ort = lazy_import("onnxruntime")
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return list(sess.run(None, {sess.get_inputs()[0].name: x}))
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    return list(sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), xs)}))
 
 
 def run_openvino(path: str | Path, x: Any) -> list[Any]:
@@ -184,7 +189,8 @@ def run_openvino(path: str | Path, x: Any) -> list[Any]:
     ov = lazy_import("openvino")
     core = ov.Core()
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    res = compiled({0: x})
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    res = compiled(dict(enumerate(xs)))
     return [res[out] for out in compiled.outputs]
 
 
@@ -240,7 +246,8 @@ def check_module(
     opset: int = 17,
     runtimes: tuple[str, ...] = ("onnxruntime", "openvino"),
 ) -> dict[str, Any]:
-    """Export ``model`` at input ``x``, run it on each runtime, and compare every output with torch.
+    """Export ``model`` at input ``x`` (a tensor, or a tuple for a model with several inputs), run it on each
+    runtime, and compare every output with torch.
 
     Returns:
         ``{"export": {"ok", "error"}, "onnxruntime": {"ok", "max_abs", "tol", "error"}, "openvino": {...}}``;
@@ -248,13 +255,14 @@ def check_module(
     """
     torch = lazy_import("torch")
     model = model.eval()
+    args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     with torch.no_grad():
-        ref = [t.numpy() for t in flatten_outputs(model(x))]
-    xs = x.numpy()
+        ref = [t.numpy() for t in flatten_outputs(model(*args))]
+    xs: Any = tuple(a.numpy() for a in args) if len(args) > 1 else args[0].numpy()
     result: dict[str, Any] = {}
     path = Path(workdir) / "model.onnx"
     try:
-        export_onnx(model, x, path, exporter, opset, num_outputs=len(ref))
+        export_onnx(model, args, path, exporter, opset, num_outputs=len(ref))
         result["export"] = {"ok": True, "error": None}
     except ExportError as exc:
         result["export"] = {"ok": False, "error": str(exc)}
@@ -297,7 +305,10 @@ def check_model(
             **{rt: {"ok": False, "max_abs": None, "error": "export failed"} for rt in runtimes},
         }
     randomize_norm_stats(model, seed)
-    x = torch.randn(batch, *cfg["input_size"], generator=torch.Generator().manual_seed(seed + 1))
+    x: Any = torch.randn(batch, *cfg["input_size"], generator=torch.Generator().manual_seed(seed + 1))
+    example_inputs = getattr(model, "example_inputs", None)
+    if callable(example_inputs):  # more inputs than the image (R-CNN's rois): the model makes them from x
+        x = example_inputs(x)
     used = exporter
     with tempfile.TemporaryDirectory(prefix="edgecv-zoo-") as tmp:
         if exporter == "auto":
