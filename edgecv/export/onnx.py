@@ -200,7 +200,7 @@ def export_model(
     if rewrite:
         module, rewrite_report = _apply_rewrites(module, list(rewrite), sample)
 
-    ref_outputs = _torch_outputs(module, ref_inputs, chunk, output_names)
+    ref_outputs = _torch_outputs(module, ref_inputs, chunk, output_names, contract)
     names = list(ref_outputs)
     if source.guess_task:
         contract, guessed = _guess_task(contract, ref_outputs)
@@ -220,6 +220,7 @@ def export_model(
             output_names=names,
             contract=contract,
             large=large,
+            extra=_extra_inputs(contract, sample.numpy()),
         )
         t_export = time.perf_counter() - t0
         if fallback:
@@ -550,8 +551,21 @@ def _flatten_outputs(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
     raise ExportError(f"the model returned {type(out).__name__}; expected tensors (alone, in a tuple/list or dict)")
 
 
+def _extra_inputs(contract: Contract | None, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs beside the image that the host makes per batch (R-CNN / Fast R-CNN rois from selective search)."""
+    if contract is None:
+        return {}
+    from edgecv.tasks.decode import extra_inputs
+
+    return extra_inputs(contract, x)
+
+
 def _torch_outputs(
-    module: Any, inputs: np.ndarray, chunk: int, output_names: Sequence[str] | None
+    module: Any,
+    inputs: np.ndarray,
+    chunk: int,
+    output_names: Sequence[str] | None,
+    contract: Contract | None = None,
 ) -> dict[str, np.ndarray]:
     import torch
 
@@ -559,7 +573,9 @@ def _torch_outputs(
     with torch.inference_mode():
         for i in range(0, len(inputs), chunk):
             try:
-                y = module(torch.from_numpy(inputs[i : i + chunk].copy()))
+                x = inputs[i : i + chunk].copy()
+                more = [torch.from_numpy(v) for v in _extra_inputs(contract, x).values()]
+                y = module(torch.from_numpy(x), *more)
             except Exception as exc:
                 raise ExportError(
                     f"the model failed on a {list(inputs[i : i + chunk].shape)} input: "
@@ -618,11 +634,16 @@ def _export(
     output_names: list[str],
     contract: Contract,
     large: bool,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> tuple[Any, str, str | None]:
     """Export with dynamo, else TorchScript. Returns ``(proto or None when written with external data,
-    exporter, fallback notice)``."""
+    exporter, fallback notice)``. ``extra``: sample values of inputs beside the image (R-CNN's ``rois``), exported
+    as further graph inputs with a dynamic first dimension, as is every output's (one row per proposal)."""
     import torch
 
+    extra = extra or {}
+    args = (sample, *(torch.from_numpy(v) for v in extra.values()))
+    in_names = [input_name, *extra]
     lo, _, hi = contract.batch_range
     dynamic = contract.dynamic_batch
     dyn_error = None
@@ -631,7 +652,8 @@ def _export(
     torchscript_only = getattr(module, "onnx_exporter", None) == "torchscript"
     if opset < 18:
         dyn_error = f"opset {opset} < 18, which the dynamo exporter needs"
-    elif torchscript_only:
+    elif torchscript_only or extra:
+        torchscript_only = True
         dyn_error = f"{type(module).__name__} exports with the TorchScript exporter only"
     else:
         try:
@@ -662,15 +684,17 @@ def _export(
         else f"dynamo exporter failed ({dyn_error}); used the TorchScript exporter (dynamo=False)"
     )
     axes = {n: {0: "batch"} for n in [input_name, *output_names]} if dynamic else None
+    if extra:  # per-proposal inputs and outputs: their row count changes with every image
+        axes = {**({input_name: {0: "batch"}} if dynamic else {}), **{n: {0: "num_rois"} for n in [*extra, *output_names]}}
     try:
         with _quiet():
             _torch_onnx_export(
                 module,
-                (sample,),
+                args,
                 str(path),
                 dynamo=False,
                 opset_version=min(opset, 20),
-                input_names=[input_name],
+                input_names=in_names,
                 output_names=output_names,
                 dynamic_axes=axes,
                 do_constant_folding=True,
@@ -801,7 +825,8 @@ def _parity(
     names = list(ref)
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, len(inputs), chunk):
-        outs = sess.run(names, {contract.input_name: inputs[i : i + chunk]})
+        x = inputs[i : i + chunk]
+        outs = sess.run(names, {contract.input_name: x, **_extra_inputs(contract, x)})
         for n, o in zip(names, outs):
             got[n].append(o)
     merged = {n: np.concatenate(v, axis=0) for n, v in got.items()}

@@ -13,6 +13,8 @@ gets its second input from :func:`proposals_feed` per frame (``edgecv run``, val
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,26 @@ import numpy as np
 from edgecv.errors import ConfigError, InputError
 
 MODES = ("fast", "quality", "single")
+_RAND_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _c_library() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def _seed_c_rand(seed: int) -> None:
+    """``srand(seed)`` of the C library OpenCV draws from (no-op where it cannot be found)."""
+    lib = _c_library()
+    if lib is not None and hasattr(lib, "srand"):
+        lib.srand(int(seed))
 
 
 def selective_search(
@@ -64,7 +86,12 @@ def selective_search(
         seg.switchToSelectiveSearchQuality()
     else:
         seg.switchToSingleStrategy()
-    rects = np.asarray(seg.process(), np.float32).reshape(-1, 4)  # x, y, w, h
+    # selective search ranks regions by hierarchy level × a random number (Uijlings et al.), drawn by OpenCV with
+    # the C library's rand(): seed it (under a lock, rand() is process-wide) so that the same image always gets
+    # the same proposals in the same order — training cache, export reference and the host at run time agree
+    with _RAND_LOCK:
+        _seed_c_rand(0)
+        rects = np.asarray(seg.process(), np.float32).reshape(-1, 4)  # x, y, w, h
     keep = (rects[:, 2] >= min_size) & (rects[:, 3] >= min_size)
     rects = rects[keep]
     boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
