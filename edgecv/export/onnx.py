@@ -685,7 +685,10 @@ def _export(
     )
     axes = {n: {0: "batch"} for n in [input_name, *output_names]} if dynamic else None
     if extra:  # per-proposal inputs and outputs: their row count changes with every image
-        axes = {**({input_name: {0: "batch"}} if dynamic else {}), **{n: {0: "num_rois"} for n in [*extra, *output_names]}}
+        axes = {
+            **({input_name: {0: "batch"}} if dynamic else {}),
+            **{n: {0: "num_rois"} for n in [*extra, *output_names]},
+        }
     try:
         with _quiet():
             _torch_onnx_export(

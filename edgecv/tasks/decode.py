@@ -114,9 +114,7 @@ def extra_inputs(contract: Contract, x: np.ndarray) -> dict[str, np.ndarray]:
     return proposals_feed(dict(spec), x, contract)
 
 
-def make_feed(
-    contract: Contract, x: np.ndarray, extra: dict[str, np.ndarray] | None = None
-) -> dict[str, np.ndarray]:
+def make_feed(contract: Contract, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The runner feed for one preprocessed batch: ``{input_name: x}`` plus :func:`extra_inputs` (or ``extra``,
     when the caller computed them in an earlier stage)."""
     return {contract.input_name: x, **(extra if extra is not None else extra_inputs(contract, x))}

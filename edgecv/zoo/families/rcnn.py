@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ class _ProposalDetector(nn.Module):
 
     #: the module takes (image, rois); export and ``edgecv run`` feed rois from the host
     proposals_input = True
-    input_names = ["input", "rois"]
+    input_names: ClassVar[list[str]] = ["input", "rois"]
 
     def __init__(
         self,
