@@ -127,11 +127,11 @@ def test_fast_rcnn_multitask_loss_and_training_steps_lower_it() -> None:
         losses = m.compute_loss(m(x), targets)
         assert set(losses) == {"loss", "cls_ce", "loc_smooth_l1"}
         torch.testing.assert_close(losses["loss"].detach(), losses["cls_ce"] + losses["loc_smooth_l1"])
-        first = float(losses["loss"]) if first is None else first
+        first = float(losses["loss"].detach()) if first is None else first
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
-    assert float(losses["loss"]) < 0.7 * first
+    assert float(losses["loss"].detach()) < 0.7 * first
     with pytest.raises(ConfigError, match="fast_rcnn roi: expected 'pool' or 'align', found 'max'"):
         create_model("fast_rcnn_tiny", roi="max")
 
