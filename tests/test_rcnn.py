@@ -210,6 +210,15 @@ def test_edgecv_run_computes_proposals_per_frame_and_writes_boxes(tmp_path: Path
     assert p.returncode == 0, p.stderr
     events = [json.loads(line) for line in jl.read_text().splitlines()]
     assert [e["frame"] for e in events] == [0, 1, 2, 3]
+    # validate feeds the saved reference inputs plus their host-made rois
+    v = subprocess.run(
+        [sys.executable, "-m", "edgecv", "validate", str(bundle), "-b", "onnxruntime"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert v.returncode == 0, v.stderr
     for e in events:
         dets = e["results"][0]["detections"]
         assert 1 <= len(dets) <= 100
