@@ -189,7 +189,9 @@ def random_inputs(contract: Contract, batch: int, seed: int = 0) -> dict[str, np
         arr = rng.integers(0, 256, size=shape, dtype=np.uint8)
     else:
         arr = rng.standard_normal(shape).astype(contract.dtype)
-    return {contract.input_name: arr}
+    from edgecv.tasks.decode import make_feed
+
+    return make_feed(contract, arr)  # + the rois a proposal-driven detector takes
 
 
 def reference_inputs(bundle: Bundle, batch: int | None) -> dict[str, np.ndarray] | None:
@@ -197,7 +199,13 @@ def reference_inputs(bundle: Bundle, batch: int | None) -> dict[str, np.ndarray]
     if not bundle.reference_path.exists():
         return None
     inputs = bundle.load_reference()["inputs"]
-    return fit_batch(inputs, batch) if batch else inputs
+    inputs = fit_batch(inputs, batch) if batch else inputs
+    x = inputs.get(bundle.contract.input_name)
+    if x is None:
+        return inputs
+    from edgecv.tasks.decode import extra_inputs
+
+    return {**inputs, **extra_inputs(bundle.contract, x)}  # + the rois of a proposal-driven detector (R-CNN)
 
 
 def fixed_batch(runner: Runner) -> int | None:

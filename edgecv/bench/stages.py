@@ -86,7 +86,7 @@ def stage_times(
 ) -> StageTimes:
     """Time at least ``n`` frames (cycling through ``frames``), one at a time, after ``warmup`` untimed ones,
     and keep going until ``min_time_s`` seconds were timed (at most ``max_n`` frames)."""
-    from edgecv.tasks.decode import get_decoder
+    from edgecv.tasks.decode import get_decoder, make_feed
     from edgecv.tasks.preprocess import preprocess
 
     if not frames:
@@ -101,8 +101,9 @@ def stage_times(
         img = frames[i % len(frames)]
         t0 = time.perf_counter()
         x, tf = preprocess(img, contract)
+        feed = make_feed(contract, x)  # host proposals (R-CNN / Fast R-CNN) count as preprocessing
         t1 = time.perf_counter()
-        out = runner.infer({contract.input_name: x})
+        out = runner.infer(feed)
         t2 = time.perf_counter()
         dec.decode(out, [tf])
         t3 = time.perf_counter()

@@ -93,12 +93,14 @@ def model_stats(name: str, batch: int = 1) -> dict[str, Any]:
 
 
 def run_onnxruntime(path: str | Path, x: Any) -> list[Any]:
-    """Run an ONNX file on ONNX Runtime's CPU provider (fp32); returns every output, in graph order."""
+    """Run an ONNX file on ONNX Runtime's CPU provider (fp32); returns every output, in graph order. ``x`` is the
+    input array, or a tuple of arrays in the graph's input order."""
     ort = lazy_import("onnxruntime")
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return list(sess.run(None, {sess.get_inputs()[0].name: x}))
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    return list(sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), xs)}))
 
 
 def run_openvino(path: str | Path, x: Any) -> list[Any]:
@@ -106,7 +108,8 @@ def run_openvino(path: str | Path, x: Any) -> list[Any]:
     ov = lazy_import("openvino")
     core = ov.Core()
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    res = compiled({0: x})
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    res = compiled(dict(enumerate(xs)))
     return [res[out] for out in compiled.outputs]
 
 
@@ -155,7 +158,8 @@ def check_module(
     opset: int = 17,
     runtimes: tuple[str, ...] = ("onnxruntime", "openvino"),
 ) -> dict[str, Any]:
-    """Export ``model`` at input ``x``, run it on each runtime, and compare every output with torch.
+    """Export ``model`` at input ``x`` (a tensor, or a tuple for a model with several inputs), run it on each
+    runtime, and compare every output with torch.
 
     Returns:
         ``{"export": {"ok", "error"}, "onnxruntime": {"ok", "max_abs", "tol", "error"}, "openvino": {...}}``;
@@ -163,13 +167,14 @@ def check_module(
     """
     torch = lazy_import("torch")
     model = model.eval()
+    args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     with torch.no_grad():
-        ref = output_arrays(model(x))
-    xs = x.numpy()
+        ref = output_arrays(model(*args))
+    xs: Any = tuple(a.numpy() for a in args) if len(args) > 1 else args[0].numpy()
     result: dict[str, Any] = {}
     path = Path(workdir) / "model.onnx"
     try:
-        export_onnx(model, x, path, exporter, opset, num_outputs=len(ref))
+        export_onnx(model, args, path, exporter, opset, num_outputs=len(ref))
         result["export"] = {"ok": True, "error": None}
     except ExportError as exc:
         result["export"] = {"ok": False, "error": str(exc)}
@@ -212,7 +217,10 @@ def check_model(
             **{rt: {"ok": False, "max_abs": None, "error": "export failed"} for rt in runtimes},
         }
     randomize_norm_stats(model, seed)
-    x = torch.randn(batch, *cfg["input_size"], generator=torch.Generator().manual_seed(seed + 1))
+    x: Any = torch.randn(batch, *cfg["input_size"], generator=torch.Generator().manual_seed(seed + 1))
+    example_inputs = getattr(model, "example_inputs", None)
+    if callable(example_inputs):  # more inputs than the image (R-CNN's rois): the model makes them from x
+        x = example_inputs(x)
     used = exporter
     with tempfile.TemporaryDirectory(prefix="edgecv-zoo-") as tmp:
         if exporter == "auto":

@@ -9,6 +9,11 @@ corrupted head can hide behind the score threshold). The NMS is
 ONNX's own ``NonMaxSuppression`` op (accepted by ONNX Runtime, OpenVINO and TensorRT), emitted by the TorchScript
 exporter through a symbolic; in eager mode the same selection runs with ``torchvision.ops.batched_nms``.
 
+Proposal-driven detectors (``proposals_input = True``: R-CNN, Fast R-CNN) take the image and ``rois`` [K,5] made on
+the host (selective search) and emit per-proposal outputs ``roi_scores`` / ``roi_boxes`` / ``roi_batch``; their
+contract says ``decode.format: proposals`` with ``decode.proposals`` (how to make the rois) and per-class NMS runs on
+the host (:class:`edgecv.tasks.decode.ProposalDecoder`).
+
 Set-prediction detectors (``nms_free = True``, the DETR family) emit the same four outputs with no NMS in the graph
 or on the host: their contract says ``decode.nms: none`` (``format: set``), whatever ``--nms`` asked for (host NMS
 is refused).
@@ -260,7 +265,8 @@ def prepare_detection_export(
             f"--nms none: {type(module).__name__} predicts overlapping candidates; expected graph or "
             "host NMS for it (only set-prediction detectors such as DETR need none)"
         )
-    graph_native = bool(getattr(module, "exports_graph_nms", False)) or nms_free
+    proposal_driven = bool(getattr(module, "proposals_input", False))
+    graph_native = bool(getattr(module, "exports_graph_nms", False)) or nms_free or proposal_driven
     if not graph_native and not callable(getattr(module, "decode", None)):
         loaded = _adapt(loaded, nms, score_threshold, iou_threshold, max_det, class_names, decode_spec)
         module = loaded.module
@@ -279,7 +285,14 @@ def prepare_detection_export(
         "num_classes": nc,
     }
     GraphNMSWrapper, RawHeadWrapper = _wrappers()
-    if nms_free:
+    if proposal_driven:
+        cast(_GraphNMSDetector, module).set_postprocess(
+            score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det
+        )
+        # proposals come in from the host and per-class NMS runs there: the graph scores and regresses each one
+        wrapped, out_names = module, ["roi_scores", "roi_boxes", "roi_batch"]
+        decode.update(nms="host", format="proposals", proposals=dict(info["proposals"]))
+    elif nms_free:
         if nms == "host":
             raise ConfigError(
                 f"--nms host: {type(module).__name__} is a set-prediction detector with no NMS at all; "

@@ -212,7 +212,7 @@ def export_model(
     if rewrite:
         module, rewrite_report = _apply_rewrites(module, list(rewrite), sample, passes)
 
-    ref_outputs = _torch_outputs(module, ref_inputs, chunk, output_names)
+    ref_outputs = _torch_outputs(module, ref_inputs, chunk, output_names, contract)
     names = list(ref_outputs)
     if source.guess_task:
         contract, guessed = _guess_task(contract, ref_outputs)
@@ -232,6 +232,7 @@ def export_model(
             output_names=names,
             contract=contract,
             large=large,
+            extra=_extra_inputs(contract, sample.numpy()),
         )
         t_export = time.perf_counter() - t0
         if fallback:
@@ -541,8 +542,21 @@ def _variant(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str
     return np.ascontiguousarray(crop), f"crop{y},{x},{ch}x{cw}{',flip' if flip else ''}"
 
 
+def _extra_inputs(contract: Contract | None, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs beside the image that the host makes per batch (R-CNN / Fast R-CNN rois from selective search)."""
+    if contract is None:
+        return {}
+    from edgecv.tasks.decode import extra_inputs
+
+    return extra_inputs(contract, x)
+
+
 def _torch_outputs(
-    module: Any, inputs: np.ndarray, chunk: int, output_names: Sequence[str] | None
+    module: Any,
+    inputs: np.ndarray,
+    chunk: int,
+    output_names: Sequence[str] | None,
+    contract: Contract | None = None,
 ) -> dict[str, np.ndarray]:
     import torch
 
@@ -550,7 +564,9 @@ def _torch_outputs(
     with torch.inference_mode():
         for i in range(0, len(inputs), chunk):
             try:
-                y = module(torch.from_numpy(inputs[i : i + chunk].copy()))
+                x = inputs[i : i + chunk].copy()
+                more = [torch.from_numpy(v) for v in _extra_inputs(contract, x).values()]
+                y = module(torch.from_numpy(x), *more)
             except Exception as exc:
                 raise ExportError(
                     f"the model failed on a {list(inputs[i : i + chunk].shape)} input: "
@@ -606,11 +622,16 @@ def _export(
     output_names: list[str],
     contract: Contract,
     large: bool,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> tuple[Any, str, str | None]:
     """Export with dynamo, else TorchScript. Returns ``(proto or None when written with external data,
-    exporter, fallback notice)``."""
+    exporter, fallback notice)``. ``extra``: sample values of inputs beside the image (R-CNN's ``rois``), exported
+    as further graph inputs with a dynamic first dimension, as is every output's (one row per proposal)."""
     import torch
 
+    extra = extra or {}
+    args = (sample, *(torch.from_numpy(v) for v in extra.values()))
+    in_names = [input_name, *extra]
     lo, _, hi = contract.batch_range
     dynamic = contract.dynamic_batch
     dyn_error = None
@@ -619,7 +640,8 @@ def _export(
     torchscript_only = getattr(module, "onnx_exporter", None) == "torchscript"
     if opset < 18:
         dyn_error = f"opset {opset} < 18, which the dynamo exporter needs"
-    elif torchscript_only:
+    elif torchscript_only or extra:
+        torchscript_only = True
         dyn_error = f"{type(module).__name__} exports with the TorchScript exporter only"
     else:
         try:
@@ -650,15 +672,20 @@ def _export(
         else f"dynamo exporter failed ({dyn_error}); used the TorchScript exporter (dynamo=False)"
     )
     axes = {n: {0: "batch"} for n in [input_name, *output_names]} if dynamic else None
+    if extra:  # per-proposal inputs and outputs: their row count changes with every image
+        axes = {
+            **({input_name: {0: "batch"}} if dynamic else {}),
+            **{n: {0: "num_rois"} for n in [*extra, *output_names]},
+        }
     try:
         with _quiet():
             _torch_onnx_export(
                 module,
-                (sample,),
+                args,
                 str(path),
                 dynamo=False,
                 opset_version=min(opset, 20),
-                input_names=[input_name],
+                input_names=in_names,
                 output_names=output_names,
                 dynamic_axes=axes,
                 do_constant_folding=True,
@@ -697,12 +724,13 @@ def export_onnx(
     check: bool = True,
 ) -> Path:
     """Export ``model`` (eval mode) at the fixed shape of ``example`` with one exporter to one self-contained ONNX
-    file: input ``input``, outputs ``output`` (or ``output0``, ``output1`` …). No bundle, contract or fallback:
+    file: input ``input`` (more inputs named by the model's ``input_names``), outputs ``output`` (or ``output0``, ``output1`` …). No bundle, contract or fallback:
     for measuring a model (the zoo check, the rewrite latency table); :func:`export_model` makes bundles.
 
     Args:
         model: a ``torch.nn.Module``.
-        example: the input tensor.
+        example: the input tensor, or a tuple of them for a model with more inputs (named after the model's
+            ``input_names``, e.g. R-CNN's ``input`` and ``rois``).
         path: destination ``.onnx`` file.
         exporter: ``torchscript`` (``dynamo=False``) or ``dynamo``.
         opset: ONNX opset version (17 and 18 are tested).
@@ -720,7 +748,9 @@ def export_onnx(
         raise ConfigError(f"exporter: expected one of {', '.join(SINGLE_EXPORTERS)}, got '{exporter}'")
     path = Path(path)
     names = ["output"] if num_outputs == 1 else [f"output{i}" for i in range(num_outputs)]
-    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": names, "opset_version": opset}
+    args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    in_names = list(getattr(model, "input_names", ["input"]))[: len(args)] if len(args) > 1 else ["input"]
+    kwargs: dict[str, Any] = {"input_names": in_names, "output_names": names, "opset_version": opset}
     if exporter == "dynamo":
         kwargs.update(dynamo=True, external_data=False, verbose=False)
     else:
@@ -732,7 +762,7 @@ def export_onnx(
         lg.setLevel(logging.CRITICAL)
     try:
         with _quiet(), torch.no_grad():
-            _torch_onnx_export(model.eval(), (example,), str(path), **kwargs)
+            _torch_onnx_export(model.eval(), args, str(path), **kwargs)
     except Exception as exc:  # the exporters raise many types; report one line
         raise ExportError(
             f"torch.onnx.export ({exporter}, opset {opset}) failed: {one_line(exc, 200, with_type=False)}"
@@ -876,7 +906,8 @@ def _parity(
     names = list(ref)
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, len(inputs), chunk):
-        outs = sess.run(names, {contract.input_name: inputs[i : i + chunk]})
+        x = inputs[i : i + chunk]
+        outs = sess.run(names, {contract.input_name: x, **_extra_inputs(contract, x)})
         for n, o in zip(names, outs):
             got[n].append(o)
     merged = {n: np.concatenate(v, axis=0) for n, v in got.items()}

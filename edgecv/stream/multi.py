@@ -50,6 +50,7 @@ from edgecv.stream.pipeline import (
 )
 from edgecv.stream.sinks import Sink
 from edgecv.stream.sources import Source
+from edgecv.tasks.decode import make_feed
 
 if TYPE_CHECKING:
     from edgecv.backends.base import AsyncInfer, Runner
@@ -329,7 +330,7 @@ class MultiStreamPipeline:
                     "t_submit": t_sub,
                 }
                 self._n_submitted += 1
-                self.async_q.submit({self.contract.input_name: x}, job, self._on_done)
+                self.async_q.submit(make_feed(self.contract, x), job, self._on_done)
                 job.setdefault("t_started", time.perf_counter())
         except BaseException as exc:  # noqa: BLE001 - recorded and re-raised by run()
             self._fail("batching", exc)

@@ -126,6 +126,7 @@ class Frame:
     t_enqueued: float = 0.0
     t_picked: float = 0.0  # taken from the capture buffer by a multi-stream batcher
     tensor: np.ndarray | None = None
+    extra: dict[str, np.ndarray] | None = None  # inputs beside the image (R-CNN rois), made in the pre stage
     transform: Any = None
     outputs: dict[str, np.ndarray] | None = None
     results: list[Any] = field(default_factory=list)
@@ -417,14 +418,19 @@ class StreamPipeline:
         t = time.perf_counter()
         fr.lat_ms["queue"] = (t - fr.t_enqueued) * 1e3
         fr.tensor, fr.transform = preprocess(fr.image, self.contract)
+        if self.contract.decode.get("proposals"):
+            # R-CNN / Fast R-CNN: selective search on the host per frame, counted in the preprocess stage
+            from edgecv.tasks.decode import extra_inputs
+
+            fr.extra = extra_inputs(self.contract, fr.tensor)
         fr.lat_ms["preprocess"] = (time.perf_counter() - t) * 1e3
 
     def _infer(self, fr: Frame) -> None:
         t = time.perf_counter()
         assert fr.tensor is not None  # set by _preprocess, which always runs first
-        feed = {self.contract.input_name: fr.tensor}
+        feed = {self.contract.input_name: fr.tensor, **(fr.extra or {})}
         fr.outputs = self.runner.infer(feed) if self.outputs is None else self.runner.infer(feed, self.outputs)
-        fr.tensor = None  # release the input early
+        fr.tensor = fr.extra = None  # release the inputs early
         fr.lat_ms["infer"] = (time.perf_counter() - t) * 1e3
 
     def _post(self, fr: Frame) -> None:

@@ -189,14 +189,14 @@ def load_coco_samples(
 def runner_detections(runner: Any, contract: Any, images: Sequence[np.ndarray]) -> list[Detections]:
     """Detections (original-image pixels) of any Runner over BGR images, preprocessed and decoded per the contract
     (letterbox mapping included), one image per call."""
-    from edgecv.tasks.decode import DetectResult, get_decoder
+    from edgecv.tasks.decode import DetectResult, get_decoder, make_feed
     from edgecv.tasks.preprocess import preprocess
 
     dec = get_decoder(contract)
     out: list[Detections] = []
     for img in images:
         x, tf = preprocess(img, contract)
-        r = dec.decode(runner.infer({contract.input_name: x}), [tf])[0]
+        r = dec.decode(runner.infer(make_feed(contract, x)), [tf])[0]  # + host proposals (R-CNN)
         if not isinstance(r, DetectResult):
             raise ConfigError(f"mAP: expected a detector (task detect), found {type(r).__name__} results")
         out.append((r.boxes, r.scores, r.classes))

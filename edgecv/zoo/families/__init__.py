@@ -5,6 +5,7 @@ from edgecv.zoo.families import (  # noqa: F401 - imported to register every fam
     edge,
     faster_rcnn,
     mobilenet,
+    rcnn,
     resnet,
     stn,
     unet,
