@@ -157,12 +157,14 @@ def test_roi_pooling_exports_to_onnx_and_matches_on_ort_and_openvino(tmp_path: P
 
 def test_bundles_decode_the_same_boxes_as_torch(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
+    from edgecv.zoo.check import run_onnxruntime
+
     from edgecv.export.detection import prepare_detection_export
     from edgecv.export.onnx import export_model
     from edgecv.export.sources import load_model
-    from edgecv.tasks.decode import ProposalDecoder, get_decoder, make_feed
+    from edgecv.tasks.decode import get_decoder, make_feed
+    from edgecv.tasks.detect import ProposalDecoder
     from edgecv.tasks.preprocess import preprocess
-    from edgecv.zoo.check import run_onnxruntime
 
     img, _, _ = _scene(3)
     for name in ("rcnn_tiny", "fast_rcnn_tiny"):

@@ -12,7 +12,7 @@ exporter through a symbolic; in eager mode the same selection runs with ``torchv
 Proposal-driven detectors (``proposals_input = True``: R-CNN, Fast R-CNN) take the image and ``rois`` [K,5] made on
 the host (selective search) and emit per-proposal outputs ``roi_scores`` / ``roi_boxes`` / ``roi_batch``; their
 contract says ``decode.format: proposals`` with ``decode.proposals`` (how to make the rois) and per-class NMS runs on
-the host (:class:`edgecv.tasks.decode.ProposalDecoder`).
+the host (:class:`edgecv.tasks.detect.ProposalDecoder`).
 
 Set-prediction detectors (``nms_free = True``, the DETR family) emit the same four outputs with no NMS in the graph
 or on the host: their contract says ``decode.nms: none`` (``format: set``), whatever ``--nms`` asked for (host NMS

@@ -14,7 +14,7 @@ Decoders are registered in :data:`DECODERS` under a key derived from the contrac
 - ``detect:host`` → registered by ``edgecv.tasks.detect`` (host-side NMS over raw head outputs);
 - ``detect:none`` → :class:`GraphNMSDecoder` too: a set-prediction detector (DETR) emits the same padded outputs
   with no NMS anywhere (``decode.format: set``);
-- ``detect:proposals`` → :class:`ProposalDecoder`: R-CNN / Fast R-CNN score host-made proposals (the bundle's
+- ``detect:proposals`` → :class:`~edgecv.tasks.detect.ProposalDecoder`: R-CNN / Fast R-CNN score host-made proposals (the bundle's
   second input, ``decode.proposals``; :func:`make_feed` computes it per frame) and per-class NMS runs here.
 
 ``contract.decode["nms"]`` picks the detect decoder (default ``graph``).
@@ -61,7 +61,7 @@ DECODERS.register("detect:none", "edgecv.tasks.decode:GraphNMSDecoder")
 # host-side NMS lives with the detection post-processing; registering here keeps lookups lazy
 DECODERS.register("detect:host", "edgecv.tasks.detect:HostNMSDecoder")
 # proposal-driven detectors (R-CNN, Fast R-CNN): per-proposal, per-class outputs; per-class NMS on the host
-DECODERS.register("detect:proposals", "edgecv.tasks.decode:ProposalDecoder")
+DECODERS.register("detect:proposals", "edgecv.tasks.detect:ProposalDecoder")
 
 
 def decoder_key(contract: Contract) -> str:
@@ -221,52 +221,6 @@ class GraphNMSDecoder:
                     boxes=tf.to_original(boxes[b, :n][keep]),
                     scores=scores[b, :n][keep].astype(np.float32),
                     classes=classes[b, :n][keep].astype(np.int64),
-                    names=self.names,
-                )
-            )
-        return results
-
-
-class ProposalDecoder:
-    """Decodes a proposal-driven detector (R-CNN, Fast R-CNN): outputs ``roi_scores`` [K,C] in [0, 1],
-    ``roi_boxes`` [K,C,4] class-specific xyxy input-tensor pixels and ``roi_batch`` [K] (each proposal's image);
-    per image, every (proposal, class) pair at or over ``decode.score_threshold``, per-class NMS at
-    ``decode.iou_threshold``, the ``decode.max_det`` best, boxes mapped to the original image."""
-
-    OUTPUTS = ("roi_scores", "roi_boxes", "roi_batch")
-
-    def __init__(self, contract: Contract) -> None:
-        self.names = list(contract.class_names)
-        self.score_threshold = float(contract.decode.get("score_threshold", 0.0))
-        self.iou_threshold = float(contract.decode.get("iou_threshold", 0.3))
-        self.max_det = int(contract.decode.get("max_det", 100))
-
-    def decode(self, outputs: dict[str, np.ndarray], transforms: list[Transform]) -> list[Result]:
-        from edgecv.tasks.detect import batched_nms
-
-        missing = [k for k in self.OUTPUTS if k not in outputs]
-        if missing:
-            raise BackendError(f"detect (proposals): expected outputs {list(self.OUTPUTS)}, found {sorted(outputs)}")
-        scores = np.asarray(outputs["roi_scores"], np.float32)
-        boxes = np.asarray(outputs["roi_boxes"], np.float32)
-        batch = np.rint(np.asarray(outputs["roi_batch"], np.float32).reshape(-1)).astype(np.int64)
-        if scores.ndim != 2 or boxes.shape != (*scores.shape, 4) or batch.shape[0] != scores.shape[0]:
-            raise BackendError(
-                f"detect (proposals): expected roi_scores [K,C], roi_boxes [K,C,4], roi_batch [K], found "
-                f"{list(scores.shape)}, {list(boxes.shape)}, {list(batch.shape)}"
-            )
-        results: list[Result] = []
-        for b, tf in enumerate(transforms):
-            m = batch == b
-            s, bx = scores[m], boxes[m]
-            r, c = np.nonzero(s >= self.score_threshold)
-            sc, bb = s[r, c], bx[r, c]
-            keep = batched_nms(bb, sc, c, self.iou_threshold)[: self.max_det]
-            results.append(
-                DetectResult(
-                    boxes=tf.to_original(bb[keep]),
-                    scores=sc[keep].astype(np.float32),
-                    classes=c[keep].astype(np.int64),
                     names=self.names,
                 )
             )

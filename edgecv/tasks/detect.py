@@ -240,3 +240,47 @@ def host_decode_info(model: Any) -> dict[str, Any]:
     if not callable(fn):
         raise ConfigError(f"--nms host: {type(model).__name__} has no decode_info(); it cannot be decoded on the host")
     return dict(fn())
+
+
+class ProposalDecoder:
+    """Decodes a proposal-driven detector (R-CNN, Fast R-CNN): outputs ``roi_scores`` [K,C] in [0, 1],
+    ``roi_boxes`` [K,C,4] class-specific xyxy input-tensor pixels and ``roi_batch`` [K] (each proposal's image);
+    per image, every (proposal, class) pair at or over ``decode.score_threshold``, per-class NMS at
+    ``decode.iou_threshold``, the ``decode.max_det`` best, boxes mapped to the original image."""
+
+    OUTPUTS = ("roi_scores", "roi_boxes", "roi_batch")
+
+    def __init__(self, contract: Contract) -> None:
+        self.names = list(contract.class_names)
+        self.score_threshold = float(contract.decode.get("score_threshold", 0.0))
+        self.iou_threshold = float(contract.decode.get("iou_threshold", 0.3))
+        self.max_det = int(contract.decode.get("max_det", 100))
+
+    def decode(self, outputs: dict[str, np.ndarray], transforms: list[Transform]) -> list[Result]:
+        missing = [k for k in self.OUTPUTS if k not in outputs]
+        if missing:
+            raise BackendError(f"detect (proposals): expected outputs {list(self.OUTPUTS)}, found {sorted(outputs)}")
+        scores = np.asarray(outputs["roi_scores"], np.float32)
+        boxes = np.asarray(outputs["roi_boxes"], np.float32)
+        batch = np.rint(np.asarray(outputs["roi_batch"], np.float32).reshape(-1)).astype(np.int64)
+        if scores.ndim != 2 or boxes.shape != (*scores.shape, 4) or batch.shape[0] != scores.shape[0]:
+            raise BackendError(
+                f"detect (proposals): expected roi_scores [K,C], roi_boxes [K,C,4], roi_batch [K], found "
+                f"{list(scores.shape)}, {list(boxes.shape)}, {list(batch.shape)}"
+            )
+        results: list[Result] = []
+        for b, tf in enumerate(transforms):
+            m = batch == b
+            s, bx = scores[m], boxes[m]
+            r, c = np.nonzero(s >= self.score_threshold)
+            sc, bb = s[r, c], bx[r, c]
+            keep = batched_nms(bb, sc, c, self.iou_threshold)[: self.max_det]
+            results.append(
+                DetectResult(
+                    boxes=tf.to_original(bb[keep]),
+                    scores=sc[keep].astype(np.float32),
+                    classes=c[keep].astype(np.int64),
+                    names=self.names,
+                )
+            )
+        return results
