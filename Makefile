@@ -69,7 +69,7 @@ importlint: install
 	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports --no-cache
 
 test: install system-deps lint importlint typecheck pycompat docs-check
-	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25 tests
 
 test-slow: install system-deps
 	$(BIN)/python -m pytest -m slow tests
