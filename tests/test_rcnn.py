@@ -139,7 +139,7 @@ def test_fast_rcnn_multitask_loss_and_training_steps_lower_it() -> None:
 @pytest.mark.parametrize(("roi", "op"), [("pool", "MaxRoiPool"), ("align", "RoiAlign")])
 def test_roi_pooling_exports_to_onnx_and_matches_on_ort_and_openvino(tmp_path: Path, roi: str, op: str) -> None:
     onnx = pytest.importorskip("onnx")
-    from edgecv.zoo.check import check_module, randomize_norm_stats
+    from edgecv.export.check import check_module, randomize_norm_stats
 
     torch.manual_seed(0)
     m = create_model("fast_rcnn_tiny", roi=roi).eval()
@@ -157,7 +157,7 @@ def test_roi_pooling_exports_to_onnx_and_matches_on_ort_and_openvino(tmp_path: P
 
 def test_bundles_decode_the_same_boxes_as_torch(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from edgecv.zoo.check import run_onnxruntime
+    from edgecv.export.check import run_onnxruntime
 
     from edgecv.export.detection import prepare_detection_export
     from edgecv.export.onnx import export_model
