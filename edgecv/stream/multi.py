@@ -48,7 +48,7 @@ from edgecv.stream.pipeline import (
     usable_cpus,
     watch,
 )
-from edgecv.stream.sinks import Sink
+from edgecv.stream.sinkbase import Sink
 from edgecv.stream.sources import Source
 from edgecv.tasks.decode import make_feed
 

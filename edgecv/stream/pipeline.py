@@ -26,7 +26,7 @@ import numpy as np
 from edgecv.errors import ConfigError, EdgecvError, SourceError
 from edgecv.stream.buffer import FrameBuffer
 from edgecv.stream.metrics import Metrics, RateMeter
-from edgecv.stream.sinks import Sink
+from edgecv.stream.sinkbase import Sink
 from edgecv.stream.sources import Source, SourceSpec
 
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecv.errors import ConfigError
-from edgecv.stream.sinks import Sink, SinkContext, SinkKind, expand, sink_kinds
+from edgecv.stream.sinkbase import Sink
+from edgecv.stream.sinks import SinkContext, SinkKind, expand, sink_kinds
 
 if TYPE_CHECKING:
     from edgecv.backends.base import Runner
