@@ -250,7 +250,7 @@ def test_engine_async_queue_matches_sync_inference(tmp_path: Path, backend: str)
     from edgecv.backends import open_runner
 
     b = make_tiny_bundle(tmp_path / "tiny", "classify", size=32)
-    kw = {"performance": "throughput"} if backend == "openvino" else {}
+    kw = {"performance": "throughput"}
     x = np.random.default_rng(1).standard_normal((6, 3, 32, 32)).astype(np.float32)
     with open_runner(b, backend, threads=1, **kw) as r:
         want = [r.infer({"input": x[i : i + 2]})["output"] for i in range(0, 6, 2)]
@@ -274,6 +274,31 @@ def test_engine_async_queue_matches_sync_inference(tmp_path: Path, backend: str)
     assert info["kind"] == ("openvino AsyncInferQueue" if backend == "openvino" else "threads")
     for k in range(3):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
+
+
+def test_onnxruntime_throughput_hint_runs_threads_as_requests(tmp_path: Path) -> None:
+    """ORT's throughput hint: one intra-op thread per request, and ``threads`` requests by default."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from helpers import make_tiny_bundle
+
+    from edgecv.backends import open_runner
+    from edgecv.errors import ConfigError
+
+    b = make_tiny_bundle(tmp_path / "tiny", "classify", size=32)
+    with open_runner(b, "onnxruntime", threads=3, performance="throughput") as r:
+        assert r._session.get_session_options().intra_op_num_threads == 1
+        q = r.async_queue()
+        assert q.describe() == {"kind": "threads", "requests": 3}
+        q.close()
+        assert r.describe()["performance"] == "throughput"
+    with open_runner(b, "onnxruntime", threads=2) as r:  # latency (default): the threads go into each request
+        assert r._session.get_session_options().intra_op_num_threads == 2
+        q = r.async_queue()
+        assert q.describe()["requests"] == 2
+        q.close()
+    with pytest.raises(ConfigError, match="expected latency or throughput, found 'fast'"):
+        open_runner(b, "onnxruntime", performance="fast")
 
 
 # ------------------------------------------------------------------------------------------ cameras.yaml

@@ -317,7 +317,8 @@ def run_stream(
     shared, per = build_sinks(o, p, contract, info)
     threads = o.threads if o.threads is not None else stream_engine_threads()  # small machines: a core for capture
     kw: dict[str, Any] = {}
-    if o.multi and backend == "openvino":
+    if o.multi and backend in ("openvino", "onnxruntime"):
+        # several batches in flight: the threads go to requests run at once, not into one request
         kw["performance"] = "throughput"
     if backend == "remote" and (o.endpoint or o.model):
         kw.update(endpoint=o.endpoint, model=o.model)
