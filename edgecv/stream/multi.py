@@ -170,6 +170,7 @@ class MultiStreamPipeline:
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.infer_ms = Reservoir()
         self.wait_ms = Reservoir()
+        self.slot_wait_ms = Reservoir()  # the batcher waiting for a free request (the engine is saturated)
         self.async_q: AsyncInfer | None = None
         self.max_batch = 1
         self.fixed_batch: int | None = None
@@ -270,6 +271,12 @@ class MultiStreamPipeline:
                     break
         return got
 
+    def _every_live_stream_in(self, batch: list[tuple[_Stream, Frame]]) -> bool:
+        """Every stream still running is a live source and has a frame in ``batch``."""
+        have = {id(st) for st, _ in batch}
+        running = [st for st in self.streams if not st.pipe.capture_buf.done]
+        return all(st.pipe.source.spec.live and id(st) in have for st in running)
+
     def _wait_put(self, seen: int, timeout: float) -> None:
         """Until a frame arrives in (or a stream closes) any buffer after the ``seen``-th signal, or ``timeout``."""
         with self._avail:
@@ -283,6 +290,13 @@ class MultiStreamPipeline:
         rr = 0
         try:
             while True:
+                # a free request first, then the frames: they start at once instead of ageing in a batch that
+                # waits for the engine (meanwhile fresher frames replace them in the capture buffers)
+                t_slot = time.perf_counter()
+                while not self.async_q.wait_ready(0.25):
+                    if self.error is not None:
+                        break
+                slot_ms = (time.perf_counter() - t_slot) * 1e3
                 batch: list[tuple[_Stream, Frame]] = []
                 t_first = 0.0
                 while len(batch) < self.max_batch:
@@ -301,6 +315,8 @@ class MultiStreamPipeline:
                             break
                         if got:
                             continue  # more may be queued already: take them before waiting
+                        if self._every_live_stream_in(batch):
+                            break  # each live stream's next frame is a frame period away: do not wait for it
                     else:
                         left = 0.25
                     self._wait_put(seen, left)
@@ -308,6 +324,7 @@ class MultiStreamPipeline:
                     if self._all_done():
                         break
                     continue
+                self.slot_wait_ms.add(slot_ms)
                 tensors, transforms = [], []
                 for st, fr in batch:
                     t = time.perf_counter()
@@ -562,6 +579,7 @@ class MultiStreamPipeline:
                 "e2e": _merge([st.metrics.lat["e2e"] for st in self.streams]),
                 "infer_batch": self.infer_ms.summary(),
                 "batch_wait": self.wait_ms.summary(),
+                "request_wait": self.slot_wait_ms.summary(),
             },
             "slowest_stage": self.slowest_stage(mean_batch),
         }
