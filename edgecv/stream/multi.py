@@ -11,8 +11,9 @@ The shape of DeepStream's ``nvstreammux`` + one ``nvinfer`` and DL Streamer's sh
   ``AsyncInferQueue`` with the throughput hint; worker threads on one ONNX Runtime session), which keeps several
   batches in flight and throttles the batcher when all are busy (then the capture buffers apply their drop
   policy, per stream);
-- one post thread puts completed batches back in submission order (so every stream's results stay in order),
-  decodes, draws, and writes each frame's event, which carries its ``stream`` name, to that stream's sinks and
+- one post thread decodes completed batches as they complete and writes each stream's frames in that stream's
+  order (a frame waits only for an earlier frame of its own stream, never for another stream's batch), draws,
+  and writes each frame's event, which carries its ``stream`` name, to that stream's sinks and
   to the shared ones (merged JSON lines, MQTT, the live page).
 
 A stream that does not open, stalls or drops for good ends alone (one line naming it); the run goes on while
@@ -58,6 +59,12 @@ if TYPE_CHECKING:
     from edgecv.tasks.decode import Decoder
 
 log = logging.getLogger("edgecv.stream")
+
+#: per-frame stages of the multi-stream run beside :data:`~edgecv.stream.metrics.STAGES` (milliseconds):
+#: ``batch`` from being taken out of the capture buffer to the batch's submission (the batch wait), ``wait_post``
+#: from the batch's inference result to the frame's own post (the batches before it and the frames before it in
+#: its batch)
+MULTI_STAGES = ("batch", "wait_post")
 
 
 @dataclass
@@ -106,6 +113,10 @@ class _Stream:
         self.opened = False
         self.state = "opening"
         self.out_seq = 0
+        self.picked = 0  # frames the batcher took (their order is the stream's output order)
+        self.next_out = 0  # the next of them the post stage writes
+        #: inferred frames waiting for an earlier frame of this stream (in a batch still running): pick → post args
+        self.ready: dict[int, tuple[Any, ...]] = {}
 
     @property
     def metrics(self) -> Metrics:
@@ -158,6 +169,7 @@ class MultiStreamPipeline:
         self._puts = 0
         for st in self.streams:
             st.pipe.capture_buf.on_change = self._signal
+            st.pipe.prepare = self._prepare
         self._stop = threading.Event()
         self.stopped_by = "end of streams"
         self.error: BaseException | None = None
@@ -266,6 +278,8 @@ class MultiStreamPipeline:
             fr = st.pipe.capture_buf.get(timeout=0)
             if fr is not None:
                 fr.t_picked = time.perf_counter()
+                fr.picked = st.picked
+                st.picked += 1
                 got.append((st, fr))
                 if len(got) >= room:
                     break
@@ -282,9 +296,16 @@ class MultiStreamPipeline:
         with self._avail:
             self._avail.wait_for(lambda: self._puts != seen, timeout)
 
-    def _batcher(self) -> None:
+    def _prepare(self, fr: Frame) -> None:
+        """Preprocess in the stream's capture thread: the streams' frames are resized in parallel (OpenCV and
+        numpy release the GIL), and a batch is ready to submit as soon as its frames are taken."""
         from edgecv.tasks.preprocess import preprocess
 
+        t = time.perf_counter()
+        fr.tensor, fr.transform = preprocess(fr.image, self.contract)
+        fr.lat_ms["preprocess"] = (time.perf_counter() - t) * 1e3
+
+    def _batcher(self) -> None:
         assert self.async_q is not None
         wait_s = self.cfg.batch_wait_ms / 1e3
         rr = 0
@@ -326,19 +347,22 @@ class MultiStreamPipeline:
                     continue
                 self.slot_wait_ms.add(slot_ms)
                 tensors, transforms = [], []
-                for st, fr in batch:
-                    t = time.perf_counter()
+                for _st, fr in batch:
                     fr.lat_ms["queue"] = (fr.t_picked - fr.t_enqueued) * 1e3
-                    x, tf = preprocess(fr.image, self.contract)
-                    fr.lat_ms["preprocess"] = (time.perf_counter() - t) * 1e3
-                    tensors.append(x)
-                    transforms.append(tf)
+                    if fr.tensor is None:  # a capture stage without the prepare hook
+                        self._prepare(fr)
+                    assert fr.tensor is not None
+                    tensors.append(fr.tensor)
+                    transforms.append(fr.transform)
+                    fr.tensor = None  # the batch holds it now
                 x = np.concatenate(tensors, axis=0)
                 if self.fixed_batch is not None and x.shape[0] < self.fixed_batch:
                     pad = np.zeros((self.fixed_batch - x.shape[0], *x.shape[1:]), x.dtype)
                     x = np.concatenate([x, pad], axis=0)
                 t_sub = time.perf_counter()
                 self.wait_ms.add((t_sub - t_first) * 1e3)
+                for _st, fr in batch:
+                    fr.lat_ms["batch"] = (t_sub - fr.t_picked) * 1e3
                 self.batch_sizes[len(batch)] += 1
                 job: dict[str, Any] = {
                     "seq": self._n_submitted,
@@ -365,27 +389,17 @@ class MultiStreamPipeline:
 
     # ------------------------------------------------------------------ post
     def _post(self) -> None:
-        pending: dict[int, tuple[Any, dict[str, np.ndarray] | None, BaseException | None, float]] = {}
-        nxt = 0
-        finished = False
+        """Completed batches in completion order; each stream's frames are written in their own order (a frame
+        waits only for an earlier frame of its stream still in flight, never for another stream's batch)."""
         try:
             while True:
-                if finished and nxt >= self._n_submitted:
-                    break
                 seq, job, outputs, err, t_done = self._done_q.get()
-                if seq < 0:
-                    finished = True
-                else:
-                    pending[seq] = (job, outputs, err, t_done)
-                while nxt in pending:
-                    job, outputs, err, t_done = pending.pop(nxt)
-                    nxt += 1
-                    if err is not None:
-                        raise err
-                    if self.error is None:
-                        self._post_batch(job, outputs or {}, t_done)
-                if finished and nxt >= self._n_submitted:
+                if seq < 0:  # the batcher put it after every submitted batch completed
                     break
+                if err is not None:
+                    raise err
+                if self.error is None:
+                    self._post_batch(job, outputs or {}, t_done)
         except BaseException as exc:  # noqa: BLE001 - recorded and re-raised by run()
             self._fail("post", exc)
 
@@ -401,31 +415,41 @@ class MultiStreamPipeline:
         t0 = time.perf_counter()
         results = self.decoder.decode(outputs, transforms)
         dec_ms = (time.perf_counter() - t0) * 1e3 / n
+        touched: list[_Stream] = []
         for i, (st, fr) in enumerate(batch):
-            t = time.perf_counter()
             fr.lat_ms["infer"] = infer
-            head = {
-                "stream": st.name,
-                "ts": round(fr.wall_time, 6),
-                "ts_result": round(time.time(), 6),
-                "frame": fr.index,
-                "seq": st.out_seq,
-                "batch": n,
-            }
-            st.out_seq += 1
-            finish_frame(
-                fr,
-                [results[i]],
-                st.sinks + self.shared,
-                st.metrics,
-                t_start=t,
-                head=head,
-                draw=self._draw,
-                fps=st.metrics.out_rate.rate(),
-                dropped=st.pipe.capture_buf.dropped,
-                label=st.name,
-                extra_post_ms=dec_ms,
-            )
+            st.ready[fr.picked] = (fr, results[i], n, dec_ms, t_done)
+            touched.append(st)
+        for st in dict.fromkeys(touched):
+            while st.next_out in st.ready:
+                self._write_frame(st, *st.ready.pop(st.next_out))
+                st.next_out += 1
+
+    def _write_frame(self, st: _Stream, fr: Frame, result: Any, n: int, dec_ms: float, t_done: float) -> None:
+        t = time.perf_counter()
+        fr.lat_ms["wait_post"] = (t - t_done) * 1e3
+        head = {
+            "stream": st.name,
+            "ts": round(fr.wall_time, 6),
+            "ts_result": round(time.time(), 6),
+            "frame": fr.index,
+            "seq": st.out_seq,
+            "batch": n,
+        }
+        st.out_seq += 1
+        finish_frame(
+            fr,
+            [result],
+            st.sinks + self.shared,
+            st.metrics,
+            t_start=t,
+            head=head,
+            draw=self._draw,
+            fps=st.metrics.out_rate.rate(),
+            dropped=st.pipe.capture_buf.dropped,
+            label=st.name,
+            extra_post_ms=dec_ms,
+        )
 
     # ------------------------------------------------------------------ run
     def run(self, install_signals: bool = True) -> dict[str, Any]:
@@ -580,6 +604,7 @@ class MultiStreamPipeline:
                 "infer_batch": self.infer_ms.summary(),
                 "batch_wait": self.wait_ms.summary(),
                 "request_wait": self.slot_wait_ms.summary(),
+                **{k: _merge([st.metrics.lat[k] for st in self.streams if k in st.metrics.lat]) for k in MULTI_STAGES},
             },
             "slowest_stage": self.slowest_stage(mean_batch),
         }
