@@ -260,6 +260,13 @@ def test_live_batch_closes_once_every_live_stream_is_in(tmp_path: Path) -> None:
     assert s["total"]["latency_ms"]["batch_wait"]["max"] < 600_000 / 10
     assert s["total"]["latency_ms"]["request_wait"]["n"] == len(runner.sizes)
     assert sum(runner.sizes) == 16
+    # drop latest: one frame per stream and batch (its next frame goes fresher into the next batch)
+    cams = {"a": TickingCamera(30, 60), "b": TickingCamera(30, 200)}
+    streams = [StreamInput(n, c, StreamConfig(drop="latest", reconnect_max=0)) for n, c in cams.items()]
+    with BatchRunner(delay=0.05) as runner:
+        pipe = MultiStreamPipeline(streams, runner, batch_contract(), [], MultiConfig(batch_wait_ms=200, requests=1))
+        s = pipe.run(install_signals=False)
+    assert max(runner.sizes) <= 2 and s["total"]["dropped"] > 0
 
 
 def test_async_queue_wait_ready_until_a_request_is_free() -> None:

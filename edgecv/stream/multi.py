@@ -5,12 +5,15 @@ The shape of DeepStream's ``nvstreammux`` + one ``nvinfer`` and DL Streamer's sh
 - every stream keeps its own capture thread, bounded capture buffer with its drop policy, reconnect with backoff
   and :class:`~edgecv.stream.metrics.Metrics` (each stream *is* a :class:`StreamPipeline` whose capture stage
   runs here; its other stages are replaced by the shared ones below);
-- one batcher takes frames from every stream's buffer, round robin (never blocking on one stream), until the
-  batch holds the engine's largest batch or ``batch_wait_ms`` has passed since its first frame, preprocesses
-  them and submits the batch to the runner's :meth:`~edgecv.backends.base.Runner.async_queue` (OpenVINO's
-  ``AsyncInferQueue`` with the throughput hint; worker threads on one ONNX Runtime session), which keeps several
-  batches in flight and throttles the batcher when all are busy (then the capture buffers apply their drop
-  policy, per stream);
+- each capture thread also preprocesses its frames (the streams resize in parallel, off the shared path);
+- one batcher waits for a free inference request *before* it takes frames (so frames never age in a batch
+  blocked on the engine; meanwhile fresher frames replace them in ``latest`` buffers), then takes frames from
+  every stream's buffer, round robin (never blocking on one stream; one frame per ``latest`` stream), until the
+  batch holds the engine's largest batch, every live stream is in, or the batch wait has passed since its first
+  frame (``batch_wait_ms``, at most half the engine's recent batch time), and submits the batch to the runner's
+  :meth:`~edgecv.backends.base.Runner.async_queue` (OpenVINO's ``AsyncInferQueue`` with the throughput hint;
+  worker threads on one ONNX Runtime session, one thread per request), which keeps several batches in flight
+  (when all are busy the capture buffers apply their drop policy, per stream);
 - one post thread decodes completed batches as they complete and writes each stream's frames in that stream's
   order (a frame waits only for an earlier frame of its own stream, never for another stream's batch), draws,
   and writes each frame's event, which carries its ``stream`` name, to that stream's sinks and
@@ -182,6 +185,7 @@ class MultiStreamPipeline:
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.infer_ms = Reservoir()
         self.wait_ms = Reservoir()
+        self._infer_ewma_s = 0.0  # recent batch inference time (the batch wait is at most half of it)
         self.slot_wait_ms = Reservoir()  # the batcher waiting for a free request (the engine is saturated)
         self.async_q: AsyncInfer | None = None
         self.max_batch = 1
@@ -269,12 +273,17 @@ class MultiStreamPipeline:
     def _all_done(self) -> bool:
         return all(st.pipe.capture_buf.done for st in self.streams)
 
-    def _take(self, rr: int, room: int) -> list[tuple[_Stream, Frame]]:
-        """At most one frame from each stream, starting at stream ``rr``, up to ``room`` frames."""
+    def _take(self, rr: int, room: int, batch: list[tuple[_Stream, Frame]]) -> list[tuple[_Stream, Frame]]:
+        """At most one frame from each stream, starting at stream ``rr``, up to ``room`` frames; none from a
+        ``latest``-policy stream that has a frame in ``batch`` already (its next frame is fresher in the next
+        batch than late in this one, and a live batch stays as large as the streams, its inference as short)."""
         got: list[tuple[_Stream, Frame]] = []
+        full = {id(st) for st, _ in batch if st.pipe.policy == "latest"}
         n = len(self.streams)
         for k in range(n):
             st = self.streams[(rr + k) % n]
+            if id(st) in full:
+                continue
             fr = st.pipe.capture_buf.get(timeout=0)
             if fr is not None:
                 fr.t_picked = time.perf_counter()
@@ -286,10 +295,17 @@ class MultiStreamPipeline:
         return got
 
     def _every_live_stream_in(self, batch: list[tuple[_Stream, Frame]]) -> bool:
-        """Every stream still running is a live source and has a frame in ``batch``."""
+        """Every stream still running has a frame in ``batch`` and is a live source or keeps only its latest
+        frame (its next frame is a frame period away, or goes to the next batch)."""
         have = {id(st) for st, _ in batch}
         running = [st for st in self.streams if not st.pipe.capture_buf.done]
-        return all(st.pipe.source.spec.live and id(st) in have for st in running)
+        return all(id(st) in have and (st.pipe.source.spec.live or st.pipe.policy == "latest") for st in running)
+
+    def _batch_wait_s(self) -> float:
+        """The batch wait: ``batch_wait_ms``, at most half the engine's recent batch inference time (waiting longer
+        for more frames costs the frames already in the batch more than a second batch would)."""
+        w = self.cfg.batch_wait_ms / 1e3
+        return min(w, 0.5 * self._infer_ewma_s) if self._infer_ewma_s > 0 else w
 
     def _wait_put(self, seen: int, timeout: float) -> None:
         """Until a frame arrives in (or a stream closes) any buffer after the ``seen``-th signal, or ``timeout``."""
@@ -307,7 +323,6 @@ class MultiStreamPipeline:
 
     def _batcher(self) -> None:
         assert self.async_q is not None
-        wait_s = self.cfg.batch_wait_ms / 1e3
         rr = 0
         try:
             while True:
@@ -320,10 +335,13 @@ class MultiStreamPipeline:
                 slot_ms = (time.perf_counter() - t_slot) * 1e3
                 batch: list[tuple[_Stream, Frame]] = []
                 t_first = 0.0
+                wait_s = self._batch_wait_s()
                 while len(batch) < self.max_batch:
                     with self._avail:
                         seen = self._puts
-                    got = self._take(rr, self.max_batch - len(batch))
+                    if batch and time.perf_counter() - t_first >= wait_s:
+                        break  # checked before taking too: a batcher descheduled for long takes no more
+                    got = self._take(rr, self.max_batch - len(batch), batch)
                     rr = (rr + 1) % len(self.streams)
                     if got and not batch:
                         t_first = time.perf_counter()
@@ -410,6 +428,7 @@ class MultiStreamPipeline:
         t_start = min(job.get("t_started", job["t_submit"]), t_done)
         infer = (t_done - t_start) * 1e3
         self.infer_ms.add(infer)
+        self._infer_ewma_s = infer / 1e3 if not self._infer_ewma_s else 0.8 * self._infer_ewma_s + 0.2 * infer / 1e3
         if self.fixed_batch is not None and n < self.fixed_batch:
             transforms += [transforms[-1]] * (self.fixed_batch - n)
         t0 = time.perf_counter()
