@@ -275,15 +275,16 @@ class MultiStreamPipeline:
 
     def _take(self, rr: int, room: int, batch: list[tuple[_Stream, Frame]]) -> list[tuple[_Stream, Frame]]:
         """At most one frame from each stream, starting at stream ``rr``, up to ``room`` frames; none from a
-        ``latest``-policy stream that has a frame in ``batch`` already (its next frame is fresher in the next
-        batch than late in this one, and a live batch stays as large as the streams, its inference as short)."""
+        ``latest``-policy stream that has a frame in ``batch`` or in flight already: its next frame would only wait
+        for that one's result (each stream's results are written in order), so it waits in the capture buffer
+        instead, where fresher frames replace it; a live batch stays as large as the streams, its inference short."""
         got: list[tuple[_Stream, Frame]] = []
         full = {id(st) for st, _ in batch if st.pipe.policy == "latest"}
         n = len(self.streams)
         for k in range(n):
             st = self.streams[(rr + k) % n]
-            if id(st) in full:
-                continue
+            if id(st) in full or (st.pipe.policy == "latest" and st.picked > st.next_out):
+                continue  # a latest stream keeps one frame in flight: the next waits (and freshens) in its buffer
             fr = st.pipe.capture_buf.get(timeout=0)
             if fr is not None:
                 fr.t_picked = time.perf_counter()
@@ -295,11 +296,18 @@ class MultiStreamPipeline:
         return got
 
     def _every_live_stream_in(self, batch: list[tuple[_Stream, Frame]]) -> bool:
-        """Every stream still running has a frame in ``batch`` and is a live source or keeps only its latest
-        frame (its next frame is a frame period away, or goes to the next batch)."""
+        """No stream still running can add a frame soon: each has one in ``batch`` and is a live source or keeps
+        only its latest frame (its next frame is a frame period away, or goes to the next batch), or keeps its
+        latest frame and has one in flight."""
         have = {id(st) for st, _ in batch}
-        running = [st for st in self.streams if not st.pipe.capture_buf.done]
-        return all(id(st) in have and (st.pipe.source.spec.live or st.pipe.policy == "latest") for st in running)
+
+        def settled(st: _Stream) -> bool:
+            latest = st.pipe.policy == "latest"
+            if id(st) in have:
+                return latest or st.pipe.source.spec.live
+            return latest and st.picked > st.next_out
+
+        return all(settled(st) for st in self.streams if not st.pipe.capture_buf.done)
 
     def _batch_wait_s(self) -> float:
         """The batch wait: ``batch_wait_ms``, at most half the engine's recent batch inference time (waiting longer
@@ -443,6 +451,8 @@ class MultiStreamPipeline:
             while st.next_out in st.ready:
                 self._write_frame(st, *st.ready.pop(st.next_out))
                 st.next_out += 1
+        if any(st.pipe.policy == "latest" for st in touched):
+            self._signal()  # the batcher may take these streams' next frames now
 
     def _write_frame(self, st: _Stream, fr: Frame, result: Any, n: int, dec_ms: float, t_done: float) -> None:
         t = time.perf_counter()
