@@ -140,7 +140,8 @@ def main() -> None:
         type=int,
         default=None,
         help="engine threads of the batched run "
-        "(default: --threads times the number of streams, at most the CPUs: the same total as the N processes)",
+        "(default: --threads times the number of streams, the same total as the N processes; with the throughput "
+        "hint of the batched run these are requests at once, one thread each)",
     )
     ap.add_argument("--requests", type=int, default=None, help="batched run's --requests (default: the engine's)")
     ap.add_argument("--frames", type=int, default=300)
@@ -150,7 +151,7 @@ def main() -> None:
     a = ap.parse_args()
     n = len(a.videos)
     common = [a.bundle, "--backend", a.backend, "--drop", "wait", "--max-frames", str(a.frames)]
-    bt = a.batched_threads or min(a.threads * n, os.cpu_count() or 1)
+    bt = a.batched_threads or a.threads * n
     rounds: list[dict[str, dict[str, Any]]] = []
     order = ["one", "procs", "batched"]
     with tempfile.TemporaryDirectory() as tmp:
