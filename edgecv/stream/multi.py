@@ -677,8 +677,8 @@ class MultiStreamPipeline:
         Capture runs one thread per stream (at most as many at once as there are CPUs); it is named ``decode``
         when every source is a file or folder (read as fast as it decodes) and ``capture`` when any is live
         (its read time includes waiting for the source's next frame, so it names the sources' own rate, not the
-        decoder, as the bound); preprocess (in the
-        batcher) and post run one thread each for all streams; inference costs its batch time over the mean
+        decoder, as the bound); preprocess runs in the
+        capture threads (as many at once as there are CPUs) and post in one thread for all streams; inference costs its batch time over the mean
         batch. ``max_fps`` is what each stage allows on its own; the smallest names the bound (``decode`` when
         the CPUs cannot decode the streams faster than the model infers them).
         """
@@ -699,9 +699,9 @@ class MultiStreamPipeline:
             # decoders share the CPUs; live captures mostly wait for their camera, each at its own rate
             fps[cap] = 1000.0 / read * max(1, min(len(live) or 1, cpus) if cap == "decode" else len(live) or 1)
         pre = p50("preprocess")
-        if pre:
+        if pre:  # in each stream's capture thread: the streams preprocess in parallel, as they decode
             ms["preprocess"] = pre
-            fps["preprocess"] = 1000.0 / pre
+            fps["preprocess"] = 1000.0 / pre * max(1, min(len(live) or 1, cpus))
         inf = self.infer_ms.summary()
         if inf.get("n") and mean_batch:
             ms["infer"] = float(inf["p50"]) / mean_batch
