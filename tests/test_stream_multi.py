@@ -227,6 +227,72 @@ def test_reconnects_are_counted_per_stream(tmp_path: Path) -> None:
     assert s["total"]["reconnects"] == 2
 
 
+class TickingCamera(Source):
+    """A live camera that delivers ``n`` frames, one every 10 ms, then ends."""
+
+    def __init__(self, n: int, value: int) -> None:
+        super().__init__(SourceSpec("camera", 98))
+        self.n, self.value, self.i = n, value, 0
+
+    def open(self, timeout: float) -> None:
+        self.i = 0
+
+    def read(self):  # type: ignore[no-untyped-def]
+        if self.i >= self.n:
+            return "end", None
+        self.i += 1
+        time.sleep(0.01)
+        return "ok", np.full((40, 40, 3), self.value, np.uint8)
+
+
+def test_live_batch_closes_once_every_live_stream_is_in(tmp_path: Path) -> None:
+    """Live streams: a batch holding a frame of every stream starts at once instead of waiting --batch-wait-ms for
+    the next frames (each a frame period away); the batcher takes frames only when a request is free."""
+    cams = {"a": TickingCamera(8, 60), "b": TickingCamera(8, 200)}
+    streams = [StreamInput(n, c, StreamConfig(drop="wait", reconnect_max=0)) for n, c in cams.items()]
+    with BatchRunner(delay=0.005) as runner:
+        pipe = MultiStreamPipeline(
+            streams, runner, batch_contract(), [], MultiConfig(batch_wait_ms=600_000, requests=1)
+        )
+        s = pipe.run(install_signals=False)
+    assert s["streams"]["a"]["frames_processed"] == 8 and s["streams"]["b"]["frames_processed"] == 8
+    # no batch waited its 10-minute bound: each closed when both cameras were in, or when the cameras ended
+    assert s["total"]["latency_ms"]["batch_wait"]["max"] < 600_000 / 10
+    assert s["total"]["latency_ms"]["request_wait"]["n"] == len(runner.sizes)
+    assert sum(runner.sizes) == 16
+    # drop latest: one frame per stream and batch (its next frame goes fresher into the next batch)
+    cams = {"a": TickingCamera(30, 60), "b": TickingCamera(30, 200)}
+    streams = [StreamInput(n, c, StreamConfig(drop="latest", reconnect_max=0)) for n, c in cams.items()]
+    with BatchRunner(delay=0.05) as runner:
+        pipe = MultiStreamPipeline(streams, runner, batch_contract(), [], MultiConfig(batch_wait_ms=200, requests=1))
+        s = pipe.run(install_signals=False)
+    assert max(runner.sizes) <= 2 and s["total"]["dropped"] > 0
+
+
+def test_async_queue_wait_ready_until_a_request_is_free() -> None:
+    gate = threading.Event()
+
+    class Gated(BatchRunner):
+        def _infer_impl(self, feed):  # type: ignore[no-untyped-def]
+            gate.wait(30)
+            return super()._infer_impl(feed)
+
+    got: list[int] = []
+    with Gated() as r:
+        q = r.async_queue(2)
+        x = np.zeros((1, 3, SIZE, SIZE), np.float32)
+        assert q.wait_ready(0) and q.in_flight == 0
+        q.submit({"input": x}, 0, lambda u, out, err: got.append(u))
+        assert q.wait_ready(0)  # one of two requests busy
+        q.submit({"input": x}, 1, lambda u, out, err: got.append(u))
+        assert q.in_flight == 2 and not q.wait_ready(0.05)  # both busy: the next submit would block
+        gate.set()
+        assert q.wait_ready(10)
+        q.wait_all()
+        q.close()
+    assert sorted(got) == [0, 1] and q.in_flight == 0
+
+
 def test_engine_error_stops_the_run_and_finalizes(tmp_path: Path) -> None:
     class Broken(BatchRunner):
         def _infer_impl(self, feed):  # type: ignore[no-untyped-def]
@@ -250,7 +316,7 @@ def test_engine_async_queue_matches_sync_inference(tmp_path: Path, backend: str)
     from edgecv.backends import open_runner
 
     b = make_tiny_bundle(tmp_path / "tiny", "classify", size=32)
-    kw = {"performance": "throughput"} if backend == "openvino" else {}
+    kw = {"performance": "throughput"}
     x = np.random.default_rng(1).standard_normal((6, 3, 32, 32)).astype(np.float32)
     with open_runner(b, backend, threads=1, **kw) as r:
         want = [r.infer({"input": x[i : i + 2]})["output"] for i in range(0, 6, 2)]
@@ -274,6 +340,31 @@ def test_engine_async_queue_matches_sync_inference(tmp_path: Path, backend: str)
     assert info["kind"] == ("openvino AsyncInferQueue" if backend == "openvino" else "threads")
     for k in range(3):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
+
+
+def test_onnxruntime_throughput_hint_runs_threads_as_requests(tmp_path: Path) -> None:
+    """ORT's throughput hint: one intra-op thread per request, and ``threads`` requests by default."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from helpers import make_tiny_bundle
+
+    from edgecv.backends import open_runner
+    from edgecv.errors import ConfigError
+
+    b = make_tiny_bundle(tmp_path / "tiny", "classify", size=32)
+    with open_runner(b, "onnxruntime", threads=3, performance="throughput") as r:
+        assert r._session.get_session_options().intra_op_num_threads == 1
+        q = r.async_queue()
+        assert q.describe() == {"kind": "threads", "requests": 3}
+        q.close()
+        assert r.describe()["performance"] == "throughput"
+    with open_runner(b, "onnxruntime", threads=2) as r:  # latency (default): the threads go into each request
+        assert r._session.get_session_options().intra_op_num_threads == 2
+        q = r.async_queue()
+        assert q.describe()["requests"] == 2
+        q.close()
+    with pytest.raises(ConfigError, match="expected latency or throughput, found 'fast'"):
+        open_runner(b, "onnxruntime", performance="fast")
 
 
 # ------------------------------------------------------------------------------------------ cameras.yaml

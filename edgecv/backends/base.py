@@ -175,6 +175,29 @@ class AsyncInfer(abc.ABC):
         self.runner = runner
         self.requests = int(requests)
         self.kind = "threads"
+        self._pending = 0  # submitted, not completed (the done callback has returned)
+        self._cv = threading.Condition()
+
+    def _begin(self) -> None:
+        with self._cv:
+            self._pending += 1
+
+    def _end(self) -> None:
+        with self._cv:
+            self._pending -= 1
+            self._cv.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        """Inferences submitted and not completed yet."""
+        return self._pending
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Until a request is free (the next :meth:`submit` starts at once), or ``timeout`` seconds; True when one
+        is. A caller that batches live frames waits here *before* it takes them, so frames never age in a batch
+        that waits for the engine (fresher ones replace them in their capture buffers meanwhile)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._pending < self.requests, timeout)
 
     @abc.abstractmethod
     def submit(self, feed: dict[str, np.ndarray], userdata: Any, done: Done) -> None: ...
@@ -198,8 +221,6 @@ class ThreadedAsyncInfer(AsyncInfer):
         self.kind = "threads" if requests > 1 else "thread"
         self._slots = threading.BoundedSemaphore(self.requests)
         self._jobs: queue.Queue[tuple[dict[str, np.ndarray], Any, Done] | None] = queue.Queue()
-        self._pending = 0
-        self._cv = threading.Condition()
         self._threads = [
             threading.Thread(target=self._work, name=f"edgecv-infer-{i}", daemon=True) for i in range(self.requests)
         ]
@@ -209,8 +230,7 @@ class ThreadedAsyncInfer(AsyncInfer):
     def submit(self, feed: dict[str, np.ndarray], userdata: Any, done: Done) -> None:
         self.runner.check_feed(feed)
         self._slots.acquire()
-        with self._cv:
-            self._pending += 1
+        self._begin()
         self._jobs.put((feed, userdata, done))
 
     def _work(self) -> None:
@@ -231,9 +251,7 @@ class ThreadedAsyncInfer(AsyncInfer):
                     done(userdata, out, None)
             finally:
                 self._slots.release()
-                with self._cv:
-                    self._pending -= 1
-                    self._cv.notify_all()
+                self._end()
 
     def wait_all(self) -> None:
         with self._cv:

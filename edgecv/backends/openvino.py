@@ -268,18 +268,23 @@ class _OVAsyncInfer(AsyncInfer):
     def _callback(self, request: Any, userdata: Any) -> None:
         data, done = userdata
         try:
-            # copy: the request reuses its output buffers on its next run
-            out = {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in self._names}
-        except BaseException as exc:  # noqa: BLE001 - handed to the callback
-            done(data, None, exc)
-            return
-        done(data, out, None)
+            try:
+                # copy: the request reuses its output buffers on its next run
+                out = {name: np.array(request.get_output_tensor(i).data, copy=True) for i, name in self._names}
+            except BaseException as exc:  # noqa: BLE001 - handed to the callback
+                done(data, None, exc)
+                return
+            done(data, out, None)
+        finally:
+            self._end()
 
     def submit(self, feed: dict[str, np.ndarray], userdata: Any, done: Done) -> None:
         self.runner.check_feed(feed)
+        self._begin()
         try:
             self._q.start_async(feed, (userdata, done))
         except Exception as exc:  # noqa: BLE001 - an inference error surfaces here or in wait_all
+            self._end()
             done(userdata, None, BackendError(f"openvino async inference failed: {_one_line(exc)}"))
 
     def wait_all(self) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgecv import netguard
 from edgecv.stream.mjpeg import MjpegHttp
-from edgecv.stream.sinks import Sink
+from edgecv.stream.sinkbase import Sink
 
 log = logging.getLogger("edgecv.stream")
 

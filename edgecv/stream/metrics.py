@@ -118,8 +118,12 @@ class Metrics:
         self.timeline = Timeline()
 
     def add_latency(self, stage: str, ms: float) -> None:
+        """A sample of ``stage`` (one of :data:`STAGES`, or a pipeline's own stage, kept from its first sample)."""
         with self._lock:
-            self.lat[stage].add(ms)
+            r = self.lat.get(stage)
+            if r is None:
+                r = self.lat[stage] = Reservoir()
+            r.add(ms)
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:

@@ -17,7 +17,6 @@ never a gap it is not told about).
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import ssl
 import threading
@@ -30,7 +29,7 @@ import numpy as np
 
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, SinkError
-from edgecv.stream.sinks import Sink
+from edgecv.stream.sinkbase import Sink, event_json
 
 log = logging.getLogger("edgecv.stream")
 
@@ -221,9 +220,7 @@ class MqttSink(Sink):
         return self.target.topic.replace("{stream}", stream)
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
-        from edgecv.stream.sinks import _json_default
-
-        payload = json.dumps(event, separators=(",", ":"), default=_json_default).encode()
+        payload = event_json(event).encode()
         topic = self.topic_for(str(event.get("stream", "default")))
         with self._cv:
             if self._closed:

@@ -5,14 +5,18 @@ The shape of DeepStream's ``nvstreammux`` + one ``nvinfer`` and DL Streamer's sh
 - every stream keeps its own capture thread, bounded capture buffer with its drop policy, reconnect with backoff
   and :class:`~edgecv.stream.metrics.Metrics` (each stream *is* a :class:`StreamPipeline` whose capture stage
   runs here; its other stages are replaced by the shared ones below);
-- one batcher takes frames from every stream's buffer, round robin (never blocking on one stream), until the
-  batch holds the engine's largest batch or ``batch_wait_ms`` has passed since its first frame, preprocesses
-  them and submits the batch to the runner's :meth:`~edgecv.backends.base.Runner.async_queue` (OpenVINO's
-  ``AsyncInferQueue`` with the throughput hint; worker threads on one ONNX Runtime session), which keeps several
-  batches in flight and throttles the batcher when all are busy (then the capture buffers apply their drop
-  policy, per stream);
-- one post thread puts completed batches back in submission order (so every stream's results stay in order),
-  decodes, draws, and writes each frame's event, which carries its ``stream`` name, to that stream's sinks and
+- each capture thread also preprocesses its frames (the streams resize in parallel, off the shared path);
+- one batcher waits for a free inference request *before* it takes frames (so frames never age in a batch
+  blocked on the engine; meanwhile fresher frames replace them in ``latest`` buffers), then takes frames from
+  every stream's buffer, round robin (never blocking on one stream; one frame per ``latest`` stream), until the
+  batch holds the engine's largest batch, every live stream is in, or the batch wait has passed since its first
+  frame (``batch_wait_ms``, at most half the engine's recent batch time), and submits the batch to the runner's
+  :meth:`~edgecv.backends.base.Runner.async_queue` (OpenVINO's ``AsyncInferQueue`` with the throughput hint;
+  worker threads on one ONNX Runtime session, one thread per request), which keeps several batches in flight
+  (when all are busy the capture buffers apply their drop policy, per stream);
+- one post thread decodes completed batches as they complete and writes each stream's frames in that stream's
+  order (a frame waits only for an earlier frame of its own stream, never for another stream's batch), draws,
+  and writes each frame's event, which carries its ``stream`` name, to that stream's sinks and
   to the shared ones (merged JSON lines, MQTT, the live page).
 
 A stream that does not open, stalls or drops for good ends alone (one line naming it); the run goes on while
@@ -48,7 +52,7 @@ from edgecv.stream.pipeline import (
     usable_cpus,
     watch,
 )
-from edgecv.stream.sinks import Sink
+from edgecv.stream.sinkbase import Sink
 from edgecv.stream.sources import Source
 from edgecv.tasks.decode import make_feed
 
@@ -58,6 +62,12 @@ if TYPE_CHECKING:
     from edgecv.tasks.decode import Decoder
 
 log = logging.getLogger("edgecv.stream")
+
+#: per-frame stages of the multi-stream run beside :data:`~edgecv.stream.metrics.STAGES` (milliseconds):
+#: ``batch`` from being taken out of the capture buffer to the batch's submission (the batch wait), ``wait_post``
+#: from the batch's inference result to the frame's own post (the batches before it and the frames before it in
+#: its batch)
+MULTI_STAGES = ("batch", "wait_post")
 
 
 @dataclass
@@ -106,6 +116,10 @@ class _Stream:
         self.opened = False
         self.state = "opening"
         self.out_seq = 0
+        self.picked = 0  # frames the batcher took (their order is the stream's output order)
+        self.next_out = 0  # the next of them the post stage writes
+        #: inferred frames waiting for an earlier frame of this stream (in a batch still running): pick → post args
+        self.ready: dict[int, tuple[Any, ...]] = {}
 
     @property
     def metrics(self) -> Metrics:
@@ -158,6 +172,7 @@ class MultiStreamPipeline:
         self._puts = 0
         for st in self.streams:
             st.pipe.capture_buf.on_change = self._signal
+            st.pipe.prepare = self._prepare
         self._stop = threading.Event()
         self.stopped_by = "end of streams"
         self.error: BaseException | None = None
@@ -170,6 +185,8 @@ class MultiStreamPipeline:
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.infer_ms = Reservoir()
         self.wait_ms = Reservoir()
+        self._infer_ewma_s = 0.0  # recent batch inference time (the batch wait is at most half of it)
+        self.slot_wait_ms = Reservoir()  # the batcher waiting for a free request (the engine is saturated)
         self.async_q: AsyncInfer | None = None
         self.max_batch = 1
         self.fixed_batch: int | None = None
@@ -256,39 +273,83 @@ class MultiStreamPipeline:
     def _all_done(self) -> bool:
         return all(st.pipe.capture_buf.done for st in self.streams)
 
-    def _take(self, rr: int, room: int) -> list[tuple[_Stream, Frame]]:
-        """At most one frame from each stream, starting at stream ``rr``, up to ``room`` frames."""
+    def _take(self, rr: int, room: int, batch: list[tuple[_Stream, Frame]]) -> list[tuple[_Stream, Frame]]:
+        """At most one frame from each stream, starting at stream ``rr``, up to ``room`` frames; none from a
+        ``latest``-policy stream that has a frame in ``batch`` or in flight already: its next frame would only wait
+        for that one's result (each stream's results are written in order), so it waits in the capture buffer
+        instead, where fresher frames replace it; a live batch stays as large as the streams, its inference short."""
         got: list[tuple[_Stream, Frame]] = []
+        full = {id(st) for st, _ in batch if st.pipe.policy == "latest"}
         n = len(self.streams)
         for k in range(n):
             st = self.streams[(rr + k) % n]
+            if id(st) in full or (st.pipe.policy == "latest" and st.picked > st.next_out):
+                continue  # a latest stream keeps one frame in flight: the next waits (and freshens) in its buffer
             fr = st.pipe.capture_buf.get(timeout=0)
             if fr is not None:
                 fr.t_picked = time.perf_counter()
+                fr.picked = st.picked
+                st.picked += 1
                 got.append((st, fr))
                 if len(got) >= room:
                     break
         return got
+
+    def _every_live_stream_in(self, batch: list[tuple[_Stream, Frame]]) -> bool:
+        """No stream still running can add a frame soon: each has one in ``batch`` and is a live source or keeps
+        only its latest frame (its next frame is a frame period away, or goes to the next batch), or keeps its
+        latest frame and has one in flight."""
+        have = {id(st) for st, _ in batch}
+
+        def settled(st: _Stream) -> bool:
+            latest = st.pipe.policy == "latest"
+            if id(st) in have:
+                return latest or st.pipe.source.spec.live
+            return latest and st.picked > st.next_out
+
+        return all(settled(st) for st in self.streams if not st.pipe.capture_buf.done)
+
+    def _batch_wait_s(self) -> float:
+        """The batch wait: ``batch_wait_ms``, at most half the engine's recent batch inference time (waiting longer
+        for more frames costs the frames already in the batch more than a second batch would)."""
+        w = self.cfg.batch_wait_ms / 1e3
+        return min(w, 0.5 * self._infer_ewma_s) if self._infer_ewma_s > 0 else w
 
     def _wait_put(self, seen: int, timeout: float) -> None:
         """Until a frame arrives in (or a stream closes) any buffer after the ``seen``-th signal, or ``timeout``."""
         with self._avail:
             self._avail.wait_for(lambda: self._puts != seen, timeout)
 
-    def _batcher(self) -> None:
+    def _prepare(self, fr: Frame) -> None:
+        """Preprocess in the stream's capture thread: the streams' frames are resized in parallel (OpenCV and
+        numpy release the GIL), and a batch is ready to submit as soon as its frames are taken."""
         from edgecv.tasks.preprocess import preprocess
 
+        t = time.perf_counter()
+        fr.tensor, fr.transform = preprocess(fr.image, self.contract)
+        fr.lat_ms["preprocess"] = (time.perf_counter() - t) * 1e3
+
+    def _batcher(self) -> None:
         assert self.async_q is not None
-        wait_s = self.cfg.batch_wait_ms / 1e3
         rr = 0
         try:
             while True:
+                # a free request first, then the frames: they start at once instead of ageing in a batch that
+                # waits for the engine (meanwhile fresher frames replace them in the capture buffers)
+                t_slot = time.perf_counter()
+                while not self.async_q.wait_ready(0.25):
+                    if self.error is not None:
+                        break
+                slot_ms = (time.perf_counter() - t_slot) * 1e3
                 batch: list[tuple[_Stream, Frame]] = []
                 t_first = 0.0
+                wait_s = self._batch_wait_s()
                 while len(batch) < self.max_batch:
                     with self._avail:
                         seen = self._puts
-                    got = self._take(rr, self.max_batch - len(batch))
+                    if batch and time.perf_counter() - t_first >= wait_s:
+                        break  # checked before taking too: a batcher descheduled for long takes no more
+                    got = self._take(rr, self.max_batch - len(batch), batch)
                     rr = (rr + 1) % len(self.streams)
                     if got and not batch:
                         t_first = time.perf_counter()
@@ -301,6 +362,8 @@ class MultiStreamPipeline:
                             break
                         if got:
                             continue  # more may be queued already: take them before waiting
+                        if self._every_live_stream_in(batch):
+                            break  # each live stream's next frame is a frame period away: do not wait for it
                     else:
                         left = 0.25
                     self._wait_put(seen, left)
@@ -308,20 +371,24 @@ class MultiStreamPipeline:
                     if self._all_done():
                         break
                     continue
+                self.slot_wait_ms.add(slot_ms)
                 tensors, transforms = [], []
-                for st, fr in batch:
-                    t = time.perf_counter()
+                for _st, fr in batch:
                     fr.lat_ms["queue"] = (fr.t_picked - fr.t_enqueued) * 1e3
-                    x, tf = preprocess(fr.image, self.contract)
-                    fr.lat_ms["preprocess"] = (time.perf_counter() - t) * 1e3
-                    tensors.append(x)
-                    transforms.append(tf)
+                    if fr.tensor is None:  # a capture stage without the prepare hook
+                        self._prepare(fr)
+                    assert fr.tensor is not None
+                    tensors.append(fr.tensor)
+                    transforms.append(fr.transform)
+                    fr.tensor = None  # the batch holds it now
                 x = np.concatenate(tensors, axis=0)
                 if self.fixed_batch is not None and x.shape[0] < self.fixed_batch:
                     pad = np.zeros((self.fixed_batch - x.shape[0], *x.shape[1:]), x.dtype)
                     x = np.concatenate([x, pad], axis=0)
                 t_sub = time.perf_counter()
                 self.wait_ms.add((t_sub - t_first) * 1e3)
+                for _st, fr in batch:
+                    fr.lat_ms["batch"] = (t_sub - fr.t_picked) * 1e3
                 self.batch_sizes[len(batch)] += 1
                 job: dict[str, Any] = {
                     "seq": self._n_submitted,
@@ -348,27 +415,17 @@ class MultiStreamPipeline:
 
     # ------------------------------------------------------------------ post
     def _post(self) -> None:
-        pending: dict[int, tuple[Any, dict[str, np.ndarray] | None, BaseException | None, float]] = {}
-        nxt = 0
-        finished = False
+        """Completed batches in completion order; each stream's frames are written in their own order (a frame
+        waits only for an earlier frame of its stream still in flight, never for another stream's batch)."""
         try:
             while True:
-                if finished and nxt >= self._n_submitted:
-                    break
                 seq, job, outputs, err, t_done = self._done_q.get()
-                if seq < 0:
-                    finished = True
-                else:
-                    pending[seq] = (job, outputs, err, t_done)
-                while nxt in pending:
-                    job, outputs, err, t_done = pending.pop(nxt)
-                    nxt += 1
-                    if err is not None:
-                        raise err
-                    if self.error is None:
-                        self._post_batch(job, outputs or {}, t_done)
-                if finished and nxt >= self._n_submitted:
+                if seq < 0:  # the batcher put it after every submitted batch completed
                     break
+                if err is not None:
+                    raise err
+                if self.error is None:
+                    self._post_batch(job, outputs or {}, t_done)
         except BaseException as exc:  # noqa: BLE001 - recorded and re-raised by run()
             self._fail("post", exc)
 
@@ -379,36 +436,49 @@ class MultiStreamPipeline:
         t_start = min(job.get("t_started", job["t_submit"]), t_done)
         infer = (t_done - t_start) * 1e3
         self.infer_ms.add(infer)
+        self._infer_ewma_s = infer / 1e3 if not self._infer_ewma_s else 0.8 * self._infer_ewma_s + 0.2 * infer / 1e3
         if self.fixed_batch is not None and n < self.fixed_batch:
             transforms += [transforms[-1]] * (self.fixed_batch - n)
         t0 = time.perf_counter()
         results = self.decoder.decode(outputs, transforms)
         dec_ms = (time.perf_counter() - t0) * 1e3 / n
+        touched: list[_Stream] = []
         for i, (st, fr) in enumerate(batch):
-            t = time.perf_counter()
             fr.lat_ms["infer"] = infer
-            head = {
-                "stream": st.name,
-                "ts": round(fr.wall_time, 6),
-                "ts_result": round(time.time(), 6),
-                "frame": fr.index,
-                "seq": st.out_seq,
-                "batch": n,
-            }
-            st.out_seq += 1
-            finish_frame(
-                fr,
-                [results[i]],
-                st.sinks + self.shared,
-                st.metrics,
-                t_start=t,
-                head=head,
-                draw=self._draw,
-                fps=st.metrics.out_rate.rate(),
-                dropped=st.pipe.capture_buf.dropped,
-                label=st.name,
-                extra_post_ms=dec_ms,
-            )
+            st.ready[fr.picked] = (fr, results[i], n, dec_ms, t_done)
+            touched.append(st)
+        for st in dict.fromkeys(touched):
+            while st.next_out in st.ready:
+                self._write_frame(st, *st.ready.pop(st.next_out))
+                st.next_out += 1
+        if any(st.pipe.policy == "latest" for st in touched):
+            self._signal()  # the batcher may take these streams' next frames now
+
+    def _write_frame(self, st: _Stream, fr: Frame, result: Any, n: int, dec_ms: float, t_done: float) -> None:
+        t = time.perf_counter()
+        fr.lat_ms["wait_post"] = (t - t_done) * 1e3
+        head = {
+            "stream": st.name,
+            "ts": round(fr.wall_time, 6),
+            "ts_result": round(time.time(), 6),
+            "frame": fr.index,
+            "seq": st.out_seq,
+            "batch": n,
+        }
+        st.out_seq += 1
+        finish_frame(
+            fr,
+            [result],
+            st.sinks + self.shared,
+            st.metrics,
+            t_start=t,
+            head=head,
+            draw=self._draw,
+            fps=st.metrics.out_rate.rate(),
+            dropped=st.pipe.capture_buf.dropped,
+            label=st.name,
+            extra_post_ms=dec_ms,
+        )
 
     # ------------------------------------------------------------------ run
     def run(self, install_signals: bool = True) -> dict[str, Any]:
@@ -562,6 +632,8 @@ class MultiStreamPipeline:
                 "e2e": _merge([st.metrics.lat["e2e"] for st in self.streams]),
                 "infer_batch": self.infer_ms.summary(),
                 "batch_wait": self.wait_ms.summary(),
+                "request_wait": self.slot_wait_ms.summary(),
+                **{k: _merge([st.metrics.lat[k] for st in self.streams if k in st.metrics.lat]) for k in MULTI_STAGES},
             },
             "slowest_stage": self.slowest_stage(mean_batch),
         }
@@ -605,8 +677,8 @@ class MultiStreamPipeline:
         Capture runs one thread per stream (at most as many at once as there are CPUs); it is named ``decode``
         when every source is a file or folder (read as fast as it decodes) and ``capture`` when any is live
         (its read time includes waiting for the source's next frame, so it names the sources' own rate, not the
-        decoder, as the bound); preprocess (in the
-        batcher) and post run one thread each for all streams; inference costs its batch time over the mean
+        decoder, as the bound); preprocess runs in the
+        capture threads (as many at once as there are CPUs) and post in one thread for all streams; inference costs its batch time over the mean
         batch. ``max_fps`` is what each stage allows on its own; the smallest names the bound (``decode`` when
         the CPUs cannot decode the streams faster than the model infers them).
         """
@@ -627,9 +699,9 @@ class MultiStreamPipeline:
             # decoders share the CPUs; live captures mostly wait for their camera, each at its own rate
             fps[cap] = 1000.0 / read * max(1, min(len(live) or 1, cpus) if cap == "decode" else len(live) or 1)
         pre = p50("preprocess")
-        if pre:
+        if pre:  # in each stream's capture thread: the streams preprocess in parallel, as they decode
             ms["preprocess"] = pre
-            fps["preprocess"] = 1000.0 / pre
+            fps["preprocess"] = 1000.0 / pre * max(1, min(len(live) or 1, cpus))
         inf = self.infer_ms.summary()
         if inf.get("n") and mean_batch:
             ms["infer"] = float(inf["p50"]) / mean_batch

@@ -26,7 +26,7 @@ import numpy as np
 from edgecv.errors import ConfigError, EdgecvError, SourceError
 from edgecv.stream.buffer import FrameBuffer
 from edgecv.stream.metrics import Metrics, RateMeter
-from edgecv.stream.sinks import Sink
+from edgecv.stream.sinkbase import Sink
 from edgecv.stream.sources import Source, SourceSpec
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ class Frame:
     t_read_ms: float = 0.0
     t_enqueued: float = 0.0
     t_picked: float = 0.0  # taken from the capture buffer by a multi-stream batcher
+    picked: int = -1  # its place among its stream's frames the multi-stream batcher took (their output order)
     tensor: np.ndarray | None = None
     extra: dict[str, np.ndarray] | None = None  # inputs beside the image (R-CNN rois), made in the pre stage
     transform: Any = None
@@ -308,6 +309,9 @@ class StreamPipeline:
         self._fps_meter = RateMeter(window_s=2.0)
         self.last_summary: dict[str, Any] | None = None
         self._draw = self.cfg.draw and any(s.needs_frame for s in self.sinks)
+        #: called with every frame in the capture thread before it enters the capture buffer (the multi-stream
+        #: run preprocesses there: one thread per stream, off the shared batcher's path)
+        self.prepare: Callable[[Frame], None] | None = None
 
     # ------------------------------------------------------------------ control
     def stop(self, reason: str = "stopped") -> None:
@@ -398,6 +402,8 @@ class StreamPipeline:
                     t_read_ms=(t1 - t0) * 1e3,
                     name=self.source.frame_name,
                 )
+                if self.prepare is not None:
+                    self.prepare(fr)
                 fr.t_enqueued = time.perf_counter()
                 self.capture_buf.put(fr)
                 self.metrics.count("frames_in")

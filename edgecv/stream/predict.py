@@ -22,7 +22,7 @@ import numpy as np
 from edgecv._io import describe_write_error, write_bytes, write_json
 from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, SinkError
-from edgecv.stream.sinks import Sink
+from edgecv.stream.sinkbase import Sink
 
 LABEL_FORMATS = {"yolo": ("detect", "classify"), "coco": ("detect",), "mask": ("segment",)}
 VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".mov")

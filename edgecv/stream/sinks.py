@@ -1,7 +1,10 @@
-"""Where processed frames go: annotated video file, JSON lines, an MJPEG HTTP endpoint, a window.
+"""Where processed frames go: annotated video file, JSON lines, an MJPEG HTTP endpoint, a window; and the
+registry of every sink kind of ``edgecv run`` (:data:`SINKS`).
 
-Every sink has ``write(frame_bgr, event)`` and ``close()``; ``close`` always finalizes (the pipeline calls it
-on end of stream, on error and on Ctrl-C / SIGTERM), so a saved video is playable however the run stopped.
+Every sink is a :class:`~edgecv.stream.sinkbase.Sink` (``write(frame_bgr, event)`` and ``close()``); ``close``
+always finalizes (the pipeline calls it on end of stream, on error and on Ctrl-C / SIGTERM), so a saved video is
+playable however the run stopped. The sinks kept in their own modules (``live``, ``mqtt``, ``predict``) import
+their base from ``sinkbase``, never from here, so registering them here makes no import cycle.
 """
 
 from __future__ import annotations
@@ -27,29 +30,9 @@ from edgecv._lazy import lazy_import
 from edgecv.errors import ConfigError, SinkError
 from edgecv.registry import Registry
 from edgecv.stream.buffer import FrameBuffer
+from edgecv.stream.sinkbase import Sink, event_json
 
 log = logging.getLogger("edgecv.stream")
-
-
-class Sink:
-    """Base: ``needs_frame`` says whether the sink wants the annotated image (else only the event)."""
-
-    needs_frame = True
-    #: the sink takes the decoded results too (label files, masks): the pipeline calls :meth:`write_results`
-    needs_results = False
-
-    def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def write_results(self, frame: np.ndarray | None, event: dict[str, Any], results: list[Any]) -> None:
-        """Like :meth:`write`, with the frame's decoded results (``tasks`` Result objects)."""
-        self.write(frame, event)
-
-    def close(self) -> None:
-        pass
-
-    def describe(self) -> dict[str, Any]:
-        return {}
 
 
 def check_outputs(source: Any, outputs: dict[str, Path | None], force: bool = False) -> None:
@@ -318,7 +301,7 @@ class JsonlSink(Sink):
                 self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, frame: np.ndarray | None, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":"), default=_json_default)
+        line = event_json(event)
         with self._lock:
             if self._f is None or self._f.closed:
                 return
@@ -352,14 +335,6 @@ class JsonlSink(Sink):
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "lines": self.lines}
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ------------------------------------------------------------------------------------------------ mjpeg

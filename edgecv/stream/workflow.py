@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecv.errors import ConfigError
-from edgecv.stream.sinks import Sink, SinkContext, SinkKind, expand, sink_kinds
+from edgecv.stream.sinkbase import Sink
+from edgecv.stream.sinks import SinkContext, SinkKind, expand, sink_kinds
 
 if TYPE_CHECKING:
     from edgecv.backends.base import Runner
@@ -316,7 +317,8 @@ def run_stream(
     shared, per = build_sinks(o, p, contract, info)
     threads = o.threads if o.threads is not None else stream_engine_threads()  # small machines: a core for capture
     kw: dict[str, Any] = {}
-    if o.multi and backend == "openvino":
+    if o.multi and backend in ("openvino", "onnxruntime"):
+        # several batches in flight: the threads go to requests run at once, not into one request
         kw["performance"] = "throughput"
     if backend == "remote" and (o.endpoint or o.model):
         kw.update(endpoint=o.endpoint, model=o.model)
