@@ -471,6 +471,29 @@ def test_edgecv_warnings_are_one_clean_line(capsys: pytest.CaptureFixture[str]) 
     assert any("DeprecationWarning: a third-party notice" in ln for ln in err[1:])  # others keep Python's format
 
 
+def test_calibration_warning_names_the_chosen_method_on_one_line(pristine: Path, tmp_path: Path, cli) -> None:
+    """Finding 11: compile int8 with --method auto (the default) and few calibration images prints the sample-count
+    notice once, as one `warning: ...` line without a Python source path, naming the method the artifact was built
+    with (it named minmax before auto had chosen)."""
+    import cv2
+
+    bundle = tmp_path / "tiny"
+    shutil.copytree(pristine, bundle)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(calib / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    proc = cli("compile", str(bundle), "-b", "onnxruntime:int8", "--calib", str(calib), "--json", env=_env())
+    assert _envelope(proc, "compile")["passed"], proc.stderr[-800:]
+    method = Bundle.open(bundle).artifact("onnxruntime", "int8").build_flags["method"]  # type: ignore[union-attr]
+    notes = [ln for ln in proc.stderr.splitlines() if "calibrating" in ln]
+    assert notes == [
+        f"warning: calibrating onnxruntime ({method}, chosen by --method auto) with 6 samples from images "
+        f"'{calib}'; at least {100 if method != 'minmax' else 32} are recommended for stable ranges"
+    ], proc.stderr
+    assert "CalibrationWarning" not in proc.stderr and ".py:" not in proc.stderr
+
+
 def test_a_missing_artifact_is_an_input_error_everywhere(compiled: Path, cli) -> None:
     """Finding 5 (exit codes): validate and bench both refuse a target the bundle cannot run in one line, exit 2, no
     table and no JSON, before any engine loads; the hint is a command that builds it (with --calib)."""
