@@ -46,7 +46,7 @@ def serve(
         int | None,
         typer.Option("--max-batch-size", help="Requests merged at most (default: the bundle's largest batch)."),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Served model name (default: the bundle's).")] = None,
+    name: Annotated[str | None, typer.Option("--model-name", help="Served model name (default: the bundle's).")] = None,
     token: Annotated[
         str | None,
         typer.Option("--token", help="Bearer token clients must send (or EDGECV_TOKEN); required off loopback."),
@@ -96,8 +96,12 @@ def serve(
 def repo(
     bundle: BundleArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model repository folder to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="triton or ovms.")] = "triton",
-    name: Annotated[str | None, typer.Option("--name", help="Model name (default: the bundle's).")] = None,
+    fmt: Annotated[
+        str, typer.Option("--server", help="The model server the repository is for: triton or ovms.")
+    ] = "triton",
+    name: Annotated[
+        str | None, typer.Option("--model-name", help="Model name in the repository (default: the bundle's).")
+    ] = None,
     instances: Annotated[int, typer.Option("--instances", help="instance_group count per model.")] = 1,
     max_queue_delay_us: Annotated[
         int, typer.Option("--max-queue-delay-us", help="dynamic_batching max_queue_delay_microseconds.")

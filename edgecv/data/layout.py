@@ -172,7 +172,7 @@ def find_layout(
     if fmt is not None:
         fmt = {"imagefolder": "imagefolder", "masks": "masks", "coco": "coco", "yolo": "yolo"}.get(fmt.lower(), fmt)
         if fmt not in LAYOUTS[task]:
-            raise ConfigError(f"--format for {task}: expected one of {', '.join(LAYOUTS[task])}, found '{fmt}'")
+            raise ConfigError(f"--layout for {task}: expected one of {', '.join(LAYOUTS[task])}, found '{fmt}'")
         kinds = (fmt,)
     p = Path(path)
     for kind in kinds:
