@@ -340,6 +340,39 @@ def test_val_takes_the_root_or_the_split_and_refuses_early(pristine: Path, tmp_p
     assert proc.returncode == 2 and "found folder 'cat'" in proc.stderr and proc.stdout == ""
 
 
+def test_benchmark_val_is_checked_before_any_work(tmp_path: Path, cli) -> None:
+    """Finding 9 for benchmark (it takes a model, not a bundle): --val in no known layout, or in another task's
+    layout than the zoo model's, is one line, exit 2, before anything is written; a model whose task shows only
+    once loaded gets its task's check right after the export, before any engine is built."""
+    seg = _masks(tmp_path / "seg")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "b"
+    for model, val, needle in (
+        ("resnet_tiny", seg, "error: --val for classify: expected an ImageFolder tree"),
+        ("resnet_tiny", empty, "error: --val for classify: expected an ImageFolder tree"),
+        ("models/m.py:build", empty, "error: --val: expected a data set in a known layout"),
+    ):
+        proc = cli("benchmark", model, "-o", str(out), "--val", str(val), env=_env())
+        assert proc.returncode == 2, (model, val, proc.stderr[-800:])
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(needle), line
+        assert proc.stdout == "" and not out.exists()
+    # a file factory (task known only once loaded): the classify check runs after export, before compile
+    from edgecv.errors import DataError
+    from edgecv.pipeline import benchmark_model
+
+    (tmp_path / "m.py").write_text(
+        "import torch\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())\n"
+    )
+    said: list[str] = []
+    with pytest.raises(DataError, match=r"^--val for classify: expected an ImageFolder tree .* found segment data"):
+        benchmark_model(f"{tmp_path / 'm.py'}:build", out, val=seg, log=said.append)
+    assert any(s.startswith("[export]") for s in said) and not any(s.startswith("[compile]") for s in said), said
+    assert Bundle.open(out / "bundle").manifest.artifacts == {}
+
+
 def test_layers_refuses_other_backends_at_once(pristine: Path, cli) -> None:
     """Finding 9: validate --layers reads layers through ONNX Runtime only; anything else fails before loading."""
     proc = cli("validate", str(pristine), "-b", "openvino", "--layers", "--no-record", env=_env())
