@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgecv.cli.options import BundleArg, DeviceOpt, ForceOpt, JsonOpt, PrecisionOpt, ThreadsOpt
+from edgecv.cli.options import BundleArg, DeviceOpt, ForceOpt, JsonOpt, SomePrecisionOpt, ThreadsOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -19,9 +19,15 @@ def register(app: typer.Typer) -> None:
 def serve(
     bundle: BundleArg,
     backend: Annotated[
-        str, typer.Option("--backend", "-b", help="Runner the server uses: openvino, onnxruntime, tensorrt.")
-    ] = "openvino",
-    precision: PrecisionOpt = "fp32",
+        str | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="Engine the server uses, NAME[:PRECISION]: openvino, onnxruntime, tensorrt (default: the best "
+            "artifact the bundle holds for this machine, as run picks).",
+        ),
+    ] = None,
+    precision: SomePrecisionOpt = None,
     device: DeviceOpt = None,
     threads: Annotated[
         int | None, typer.Option("--threads", help="CPU threads per worker (default: CPUs / workers).")
@@ -60,9 +66,10 @@ def serve(
     """
     from edgecv.cli._output import emit_json, err_console
     from edgecv.netguard import resolve_token
-    from edgecv.serve.server import ServeConfig, check_config, describe
+    from edgecv.serve.server import ServeConfig, check_config, choose_target, describe
     from edgecv.serve.server import serve as run_server
 
+    backend, precision = choose_target(str(bundle), backend, precision)
     cfg = ServeConfig(
         bundle=str(bundle),
         backend=backend,
