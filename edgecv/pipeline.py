@@ -305,6 +305,10 @@ def run_recipe(
 
     bundle = Bundle.open(bundle_dir)
     task = bundle.contract.task
+    if val is not None:  # the task is known now: check --val for it before any engine is built
+        from edgecv.data.layout import find_layout
+
+        find_layout(task, val, what="--val", classes=bundle.contract.class_names)
     onnx_sha = bundle.manifest.files.get("model.onnx")
     # the recipe names the model in this invocation: the live torch reference may be rebuilt from it (a bundle
     # alone never makes edgecv import a file)
@@ -589,6 +593,37 @@ def machine_targets(calib: bool) -> tuple[list[tuple[str, str]], list[str]]:
     else:
         skipped.append("tensorrt: TensorRT and a CUDA GPU are not both present")
     return targets, skipped
+
+
+def model_task(spec: str) -> str | None:
+    """The task of a zoo model from its registered config (no model is built); None for any other source, whose
+    task shows only once it is loaded."""
+    if ":" in spec or Path(spec).suffix:
+        return None
+    from edgecv.zoo import model_cfg
+
+    return str(model_cfg(spec)["task"])  # an unknown name fails here, listing the choices
+
+
+def check_benchmark_inputs(spec: str, calib: str | Path | None, val: str | Path | None) -> None:
+    """``benchmark``'s data, before any work: ``calib`` exists; ``val`` is a data set in the model's task's
+    layout when the task is known from the source (a zoo name), else in any known layout (run_recipe checks the
+    task's own layout once the export has named the task, before any engine is built).
+
+    Raises:
+        ConfigError: no ``calib``; DataError: ``val`` in no known layout, or not in the task's.
+    """
+    from edgecv.data.layout import find_any_layout, find_layout
+
+    if calib is not None and not Path(calib).exists():
+        raise ConfigError(f"--calib: expected a folder of images, a video or an .npz, found no '{calib}'")
+    if val is None:
+        return
+    task = model_task(spec)
+    if task in ("classify", "detect", "segment"):
+        find_layout(task, val, what="--val")
+    else:
+        find_any_layout(val, what="--val")
 
 
 def benchmark_model(

@@ -15,35 +15,71 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
-# one idea, one option name (issue 20, finding 4): the name every command that takes the idea uses
+# one idea, one option name (issue 20, finding 4): the name every command that takes the idea uses. Every long
+# option that two or more commands take must be listed here (the generator fails otherwise), so a name reused for
+# a second idea, or a new shared option, is a decision someone wrote down; a name appears once.
 IDEAS: list[tuple[str, str]] = [
     ("engines to run or build, NAME[:PRECISION], repeatable", "--backend"),
     ("numeric precision of every -b without one", "--precision"),
-    ("machine-readable output (one JSON document, docs/json.md)", "--json"),
+    ("machine-readable output on stdout (one JSON document, docs/json.md)", "--json"),
     ("what the command writes", "--output"),
     ("replace an existing output", "--force"),
     ("detector score threshold (export: built into the model; run/bench: display filter)", "--conf"),
     ("INT8 calibration data", "--calib"),
     ("INT8 calibration method", "--method"),
     ("at most N calibration samples", "--calib-limit"),
+    ("INT8: also quantize the ops after the last Conv/Gemm", "--quantize-head"),
     ("validation data set (the root or its val split; README layout table)", "--val"),
     ("at most N validation images", "--val-limit"),
     ("accuracy budget in task-metric points", "--max-drop"),
+    ("accept a comparison that had nothing to compare", "--allow-unchecked"),
     ("split a data set root is read at", "--split"),
+    ("data set layout: imagefolder, coco, yolo, masks", "--layout"),
+    ("task: classify, detect, segment", "--task"),
+    ("random seed", "--seed"),
     ("backend device", "--device"),
     ("CPU threads of the backend", "--threads"),
+    ("batch size (repeatable)", "--batch"),
+    ("largest batch (a dynamic export's; several streams' frames per batch)", "--max-batch"),
+    ("model input shape NxCxHxW", "--input-shape"),
+    ("ONNX opset", "--opset"),
+    ("training epochs", "--epochs"),
+    ("also report per layer (lint: ranges; validate: INT8 divergence)", "--layers"),
     ("local state dict", "--weights"),
     ("the model a bundle came from (live torch reference)", "--model-source"),
     ("keep the JSON result in the bundle", "--record"),
+    ("TensorRT: rebuild an engine built elsewhere", "--rebuild"),
     ("untimed calls before timing", "--warmup"),
     ("seconds to time", "--min-time"),
+    ("also write the table as CSV", "--csv"),
     ("remote server", "--endpoint"),
+    ("served model name (serve, repo, and -b remote)", "--model-name"),
+    ("bearer token of an HTTP endpoint", "--token"),
 ]
-# names retired so that one idea keeps one name; none of them is accepted any more
+# names retired so that one idea keeps one name; none of them is accepted any more ("--x (cmd)": by that command)
 RETIRED: dict[str, str] = {
     "--score-threshold": "--conf",
     "--limit": "--calib-limit (quantize) or --val-limit (validate, benchmark, pipeline)",
+    "--format": "--layout (data check, anchors), --image-format (calib sample), --server (repo): three ideas",
+    "--decode (run)": "--video-decode (export's --decode, the head decoder, keeps its name)",
+    "--model (remote)": "--model-name",
+    "--name": "--model-name",
 }
+
+
+def name_problems(by_name: dict[str, list[str]]) -> list[str]:
+    """What breaks "one idea, one name": a shared option not in IDEAS, a name given two ideas, a retired name."""
+    ideas = [opt for _, opt in IDEAS]
+    out = [f"{o} names {ideas.count(o)} ideas in IDEAS" for o in sorted(set(ideas)) if ideas.count(o) > 1]
+    for o, cmds in sorted(by_name.items()):
+        if len(set(cmds)) > 1 and o not in ideas and o.replace("--no-", "--", 1) not in ideas:
+            out.append(f"{o} is taken by {', '.join(sorted(set(cmds)))}: add its one idea to IDEAS (or rename it)")
+    for old in RETIRED:
+        name, _, cmd = old.partition(" (")
+        takers = [c for c in by_name.get(name, []) if not cmd or c == cmd.rstrip(")")]
+        if takers:
+            out.append(f"{old} is retired but {', '.join(takers)} still take it")
+    return out
 
 
 def _commands(group, prefix=""):
@@ -147,6 +183,10 @@ def render() -> str:
 
 
 def main() -> int:
+    problems = name_problems(options_by_name())
+    if problems:
+        sys.stderr.write("one idea, one name:\n" + "".join(f"  {p}\n" for p in problems))
+        return 1
     text = render()
     if "--check" in sys.argv[1:]:
         if not DOC.exists() or DOC.read_text() != text:

@@ -47,7 +47,7 @@ $E bench "$OUT/det" -b torch -b onnxruntime -b openvino --batch 1 --min-time 1 -
 step "run the detector on a 720p video: annotated output + one JSON line per frame"
 .venv/bin/python scripts/make_video.py "$OUT/shapes.mp4" --seconds 4 --task detect --size 720
 $E run "$OUT/det" --backend openvino --source "$OUT/shapes.mp4" --save "$OUT/annotated.mp4" \
-  --jsonl "$OUT/frames.jsonl" --json "$OUT/run.json" --quiet --force
+  --jsonl "$OUT/frames.jsonl" --summary "$OUT/run.json" --quiet --force
 
 step "one HTML page from what validate, bench and run kept in the two bundles (results/)"
 $E report "$OUT/cls" "$OUT/det" -o "$OUT/report.html" --title "edgecv demo: shapes classifier and detector"

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         args.backend,
         "--source",
         source,
-        "--json",
+        "--summary",
         str(summary_path),
         "--quiet",
     ]

@@ -22,11 +22,29 @@ def _env() -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1"}
 
 
+def _documented_keys() -> dict[str, list[str]]:
+    """docs/json.md's per-command table: schema name → the top-level keys it promises."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "json.md").read_text()
+    rows = re.findall(r"^\| `edgecv/([a-z-]+)/1` \| ([^|]*) \|", doc, re.MULTILINE)
+    return {name: re.findall(r"`([a-z_0-9]+)`", keys) for name, keys in rows}
+
+
 def _envelope(proc, command: str) -> dict:
-    """The JSON on stdout (nothing else there), its schema named, and ``passed`` agreeing with the exit code."""
+    """The JSON on stdout (nothing else there), its schema named, the top-level keys docs/json.md documents for
+    it, and ``passed`` agreeing with the exit code."""
     d = json.loads(proc.stdout)
     assert d["schema"] == f"edgecv/{command}/1", d.get("schema")
     assert d["passed"] is (proc.returncode == 0), (d["passed"], proc.returncode, proc.stderr[-500:])
+    if os.environ.get("EDGECV_DUMP_KEYS"):  # (how docs/json.md's table was first filled)
+        with open(os.environ["EDGECV_DUMP_KEYS"], "a") as f:
+            f.write(json.dumps([command, sorted(d)]) + "\n")
+        return d
+    documented = _documented_keys()
+    assert command in documented, f"docs/json.md documents no edgecv/{command}/1"
+    missing = [k for k in documented[command] if k not in d]
+    assert not missing, (command, missing, sorted(d))
     return d
 
 
@@ -122,6 +140,27 @@ def test_run_refuses_in_one_line(compiled: Path, tmp_path: Path, cli, args: list
     assert needle in line and "compile --precision int4" not in line
 
 
+def test_int8_default_is_the_artifact_the_bundle_has(tmp_path: Path) -> None:
+    """Finding 3: `run -p int8` takes the INT8 model the bundle holds whatever its engine (it said there was none
+    though an OpenVINO one existed), and with none the hint is a compile command that works (with --calib)."""
+    from helpers import make_tiny_bundle
+
+    from edgecv.backends.runs import best_target
+    from edgecv.bundle import Artifact
+    from edgecv.errors import ConfigError
+
+    b = make_tiny_bundle(tmp_path / "b", size=32)
+    with pytest.raises(
+        ConfigError, match=r"^--precision int8: expected an artifact at int8 .*edgecv compile .*--calib"
+    ):
+        best_target(b, "int8")
+    with b.update() as manifest:
+        art = Artifact(backend="openvino", precision="int8", path="openvino/int8/model.xml", device="CPU")
+        manifest.artifacts[art.key] = art
+    assert best_target(b, "int8") == ("openvino", "int8")
+    assert best_target(b) == ("openvino", "int8")  # int8 ranks first among the bundle's artifacts
+
+
 def test_run_picks_the_best_artifact_and_quiet_is_quiet(compiled: Path, tmp_path: Path, cli) -> None:
     import cv2
 
@@ -129,7 +168,7 @@ def test_run_picks_the_best_artifact_and_quiet_is_quiet(compiled: Path, tmp_path
     folder.mkdir()
     for i in range(3):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
-    proc = cli("run", str(compiled), "--source", str(folder), "--json", "-", "--threads", "1", env=_env())
+    proc = cli("run", str(compiled), "--source", str(folder), "--json", "--threads", "1", env=_env())
     d = _envelope(proc, "run")
     # artifacts: openvino fp32 and onnxruntime fp16; fp16 ranks above fp32
     assert (d["runner"]["backend"], d["runner"]["precision"]) == ("onnxruntime", "fp16"), d["runner"]
@@ -170,6 +209,120 @@ def test_every_cheap_command_speaks_the_envelope(compiled: Path, tmp_path: Path,
         proc = cli(*args, env=_env())
         assert proc.returncode == 0, (args, proc.stderr[-800:])
         _envelope(proc, name)
+
+
+def test_every_other_command_speaks_the_envelope(compiled: Path, tmp_path: Path, cli) -> None:
+    """The commands no other test here runs with --json: on the shipped classifier (export, lint, models), the tiny
+    bundle (quantize, repo, serve) and the smallest recipe (train, pipeline)."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(frames / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {name: mobilenet_v2_tiny}\n"
+        "data: {task: classify, synth: {n_train: 8, n_val: 4, size: 32, seed: 3}, batch_size: 4}\n"
+        "train: {epochs: 1, seed: 0}\n"
+    )
+    untrained = tmp_path / "u.yaml"  # the pipeline without training: export, validate, bench
+    untrained.write_text(
+        "model: {name: mobilenet_v2_tiny}\nexport: {input_shape: [1, 3, 32, 32]}\n"
+        "validate: {backends: [onnxruntime]}\nbench: {backends: [onnxruntime], batches: [1]}\n"
+    )
+    cases = [
+        (["models", "shapes_*", "--json"], "models"),
+        (["lint", "shapes_classifier", "--samples", "1", "--json"], "lint"),
+        (["export", "shapes_classifier", "-o", str(tmp_path / "e"), "--n-reference", "2", "--json"], "export"),
+        (["calib", "sample", str(frames), "-n", "2", "-o", str(tmp_path / "c"), "--json"], "calib"),
+        (
+            ["quantize", str(compiled), "-o", str(tmp_path / "q"), "--calib", str(frames), "--method", "minmax"]
+            + ["--json"],
+            "quantize",
+        ),
+        (["repo", str(compiled), "--server", "triton", "-o", str(tmp_path / "repo"), "--json"], "repo"),
+        (["train", str(recipe), "-o", str(tmp_path / "t"), "--json"], "train"),
+        (["pipeline", str(untrained), "-o", str(tmp_path / "p"), "--min-time", "0.05", "--json"], "pipeline"),
+    ]
+    for args, name in cases:
+        proc = cli(*args, env=_env())
+        assert proc.returncode == 0, (args, proc.stderr[-800:])
+        _envelope(proc, name)
+    # serve prints its document once the configuration is checked, then serves until stopped: read it, stop it
+    env = {**os.environ, **_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    port = 18000 + os.getpid() % 1000
+    args = ["serve", str(compiled), "-b", "onnxruntime", "--port", str(port), "--json"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "edgecv", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as srv:
+        text = ""
+        try:
+            assert srv.stdout is not None
+            for line in srv.stdout:
+                text += line
+                if line.startswith("}"):
+                    break
+        finally:
+            srv.kill()
+    d = json.loads(text)
+    assert d["schema"] == "edgecv/serve/1" and d["passed"] is True, text
+    # a configuration serve refuses is one line and no document, exit 2
+    proc = cli("serve", str(compiled), "-b", "onnxruntime:int8", "--port", str(port), "--json", env=_env())
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# every command the app registers → the test in this file that runs it with --json and checks its envelope
+# (_envelope: the documented schema name and keys, passed == exit code 0); a new command fails until it has one
+ENVELOPE_TESTS: dict[str, str] = {
+    "anchors": "test_data_check_and_anchors_take_the_root",
+    "bench": "test_bench_precision_filter_and_torch",
+    "benchmark": "test_benchmark_from_a_model_to_one_table",
+    "calib sample": "test_every_other_command_speaks_the_envelope",
+    "compile": "compiled",
+    "data check": "test_every_cheap_command_speaks_the_envelope",
+    "data synth": "test_every_cheap_command_speaks_the_envelope",
+    "doctor": "test_every_cheap_command_speaks_the_envelope",
+    "export": "test_every_other_command_speaks_the_envelope",
+    "lint": "test_every_other_command_speaks_the_envelope",
+    "models": "test_every_other_command_speaks_the_envelope",
+    "pipeline": "test_every_other_command_speaks_the_envelope",
+    "quantize": "test_every_other_command_speaks_the_envelope",
+    "repo": "test_every_other_command_speaks_the_envelope",
+    "report": "test_every_cheap_command_speaks_the_envelope",
+    "rewrite": "test_every_cheap_command_speaks_the_envelope",
+    "run": "test_run_picks_the_best_artifact_and_quiet_is_quiet",
+    "serve": "test_every_other_command_speaks_the_envelope",
+    "train": "test_every_other_command_speaks_the_envelope",
+    "validate": "test_validate_defaults_to_every_artifact",
+}
+
+
+def _schema_name(command: str) -> str:
+    return {"calib sample": "calib"}.get(command, command.replace(" ", "-"))
+
+
+def test_every_command_has_its_envelope_checked() -> None:
+    """Done-when 1: every command of the app (listed from Typer, so a new one fails here) has a test above that runs
+    it with --json and checks the envelope; docs/json.md documents each schema."""
+    import inspect
+
+    import typer.main
+
+    from edgecv.cli.app import app
+
+    commands = sorted(name for name, _ in _reference_script()._commands(typer.main.get_command(app)))
+    assert commands == sorted(ENVELOPE_TESTS), set(commands) ^ set(ENVELOPE_TESTS)
+    schemas = _documented_keys()
+    for command, test in ENVELOPE_TESTS.items():
+        fn = globals()[test]
+        src = inspect.getsource(getattr(fn, "__wrapped__", fn))
+        name = _schema_name(command)
+        assert "_envelope(" in src and f'"{name}"' in src and "--json" in src, (command, test)
+        assert name in schemas, f"docs/json.md documents no edgecv/{name}/1"
 
 
 def test_shell_completion_is_on(cli) -> None:
@@ -340,6 +493,39 @@ def test_val_takes_the_root_or_the_split_and_refuses_early(pristine: Path, tmp_p
     assert proc.returncode == 2 and "found folder 'cat'" in proc.stderr and proc.stdout == ""
 
 
+def test_benchmark_val_is_checked_before_any_work(tmp_path: Path, cli) -> None:
+    """Finding 9 for benchmark (it takes a model, not a bundle): --val in no known layout, or in another task's
+    layout than the zoo model's, is one line, exit 2, before anything is written; a model whose task shows only
+    once loaded gets its task's check right after the export, before any engine is built."""
+    seg = _masks(tmp_path / "seg")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "b"
+    for model, val, needle in (
+        ("resnet_tiny", seg, "error: --val for classify: expected an ImageFolder tree"),
+        ("resnet_tiny", empty, "error: --val for classify: expected an ImageFolder tree"),
+        ("models/m.py:build", empty, "error: --val: expected a data set in a known layout"),
+    ):
+        proc = cli("benchmark", model, "-o", str(out), "--val", str(val), env=_env())
+        assert proc.returncode == 2, (model, val, proc.stderr[-800:])
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(needle), line
+        assert proc.stdout == "" and not out.exists()
+    # a file factory (task known only once loaded): the classify check runs after export, before compile
+    from edgecv.errors import DataError
+    from edgecv.pipeline import benchmark_model
+
+    (tmp_path / "m.py").write_text(
+        "import torch\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())\n"
+    )
+    said: list[str] = []
+    with pytest.raises(DataError, match=r"^--val for classify: expected an ImageFolder tree .* found segment data"):
+        benchmark_model(f"{tmp_path / 'm.py'}:build", out, val=seg, log=said.append)
+    assert any(s.startswith("[export]") for s in said) and not any(s.startswith("[compile]") for s in said), said
+    assert Bundle.open(out / "bundle").manifest.artifacts == {}
+
+
 def test_layers_refuses_other_backends_at_once(pristine: Path, cli) -> None:
     """Finding 9: validate --layers reads layers through ONNX Runtime only; anything else fails before loading."""
     proc = cli("validate", str(pristine), "-b", "openvino", "--layers", "--no-record", env=_env())
@@ -396,13 +582,18 @@ def test_one_name_per_idea() -> None:
     names = ref.options_by_name()
     for idea, opt in ref.IDEAS:
         assert opt in names, (idea, opt)
-    for old in ref.RETIRED:
-        assert old not in names, (old, names.get(old))
+    assert ref.name_problems(names) == []  # every shared name has one declared idea; retired names are gone
+    assert "--format" in ref.RETIRED and "--model (remote)" in ref.RETIRED and "--decode (run)" in ref.RETIRED
+    # the check bites: a retired name taken again, or a shared name nobody declared, is reported
+    assert ref.name_problems({**names, "--format": ["repo"]}) == ["--format is retired but repo still take it"]
+    assert ref.name_problems({**names, "--decode": ["export", "run"]})[0].startswith("--decode is taken by export, run")
     assert {"bench", "export", "run"} <= set(names["--conf"])
     method_defaults, short = set(), {}
     for name, cmd in ref._commands(typer.main.get_command(app)):
         for p in cmd.params:
             opts = [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
+            if "--json" in opts:  # a flag in every command (run's summary file is --summary)
+                assert getattr(p, "is_flag", False), name
             if "--method" in opts:
                 method_defaults.add(p.default)
             for o in opts:
@@ -446,6 +637,27 @@ def test_readme_states_what_the_code_does(tmp_path: Path) -> None:
     rows = [ln for ln in calib.splitlines() if ln.startswith("| `calib/")]
     words = {2: "two", 3: "three", 4: "four"}
     assert f"These {words[len(rows)]} small sets" in calib, rows
+    # the pipeline example: its exporter is the one the recipe's opset gets (dynamo needs 18), its time is its table's
+    from edgecv.config.schema import load_recipe
+
+    opset = load_recipe(root / "recipes" / "classifier.yaml").export.opset
+    (exporter,) = re.findall(r"│ export +│ +ran │ +[\d.]+ │ (\w+), parity", readme)
+    assert exporter == ("dynamo" if opset >= 18 else "torchscript"), (exporter, opset)
+    (said,) = re.findall(r"edgecv pipeline recipes/classifier.yaml .*\((\d+) s here", readme)
+    (took,) = re.findall(r"│ train +│ +ran │ +([\d.]+) │", readme)
+    assert round(float(took)) == int(said), (said, took)
+    # the INT8 example's warning is the line the code prints: the method auto kept, the count calib/cls holds
+    from edgecv.quant.calib import recommended_samples
+    from edgecv.quant.ort import METHODS
+
+    ((backend, method, n, folder, need),) = re.findall(
+        r"^warning: calibrating (\w+) \((\w+), chosen by --method auto\) with (\d+) samples from images '([^']+)'; "
+        r"at least (\d+) are recommended",
+        readme,
+        re.MULTILINE,
+    )
+    assert method in METHODS and f"kept {method}" in readme and int(need) == recommended_samples(backend, method)
+    assert int(n) == len([f for f in (root / folder).iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")])
 
 
 def test_edgecv_warnings_are_one_clean_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -469,6 +681,29 @@ def test_edgecv_warnings_are_one_clean_line(capsys: pytest.CaptureFixture[str]) 
     assert err[0] == "warning: calibrating openvino (entropy) with 64 samples"
     assert "CalibrationWarning" not in err[0] and ".py:" not in err[0]
     assert any("DeprecationWarning: a third-party notice" in ln for ln in err[1:])  # others keep Python's format
+
+
+def test_calibration_warning_names_the_chosen_method_on_one_line(pristine: Path, tmp_path: Path, cli) -> None:
+    """Finding 11: compile int8 with --method auto (the default) and few calibration images prints the sample-count
+    notice once, as one `warning: ...` line without a Python source path, naming the method the artifact was built
+    with (it named minmax before auto had chosen)."""
+    import cv2
+
+    bundle = tmp_path / "tiny"
+    shutil.copytree(pristine, bundle)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(calib / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    proc = cli("compile", str(bundle), "-b", "onnxruntime:int8", "--calib", str(calib), "--json", env=_env())
+    assert _envelope(proc, "compile")["passed"], proc.stderr[-800:]
+    method = Bundle.open(bundle).artifact("onnxruntime", "int8").build_flags["method"]  # type: ignore[union-attr]
+    notes = [ln for ln in proc.stderr.splitlines() if "calibrating" in ln]
+    assert notes == [
+        f"warning: calibrating onnxruntime ({method}, chosen by --method auto) with 6 samples from images "
+        f"'{calib}'; at least {100 if method != 'minmax' else 32} are recommended for stable ranges"
+    ], proc.stderr
+    assert "CalibrationWarning" not in proc.stderr and ".py:" not in proc.stderr
 
 
 def test_a_missing_artifact_is_an_input_error_everywhere(compiled: Path, cli) -> None:

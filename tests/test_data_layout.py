@@ -50,7 +50,7 @@ def test_split_and_format_choose(synth: Path) -> None:
         3,
     )
     assert find_layout("detect", synth / "detect", prefer=("yolo", "coco")).kind == "yolo"
-    with pytest.raises(ConfigError, match="--format for detect: expected one of coco, yolo, found 'masks'"):
+    with pytest.raises(ConfigError, match="--layout for detect: expected one of coco, yolo, found 'masks'"):
         find_layout("detect", synth / "detect", fmt="masks")
 
 

@@ -269,7 +269,7 @@ CASES: list[tuple[str, Callable[[Ctx], None], list[str], tuple[int, ...]]] = [
     ("run-jsonl-is-source", lambda c: None, ["run", B, "-s", V, "--jsonl", V, "-q"], (2,)),
     ("run-save-is-source", lambda c: None, ["run", B, "-s", V, "--save", V, "-q"], (2,)),
     ("run-save-over-user-file", lambda c: None, ["run", B, "-s", V, "--save", f"{U}/clip.mp4", "-q"], (2,)),
-    ("run-json-over-user-file", lambda c: None, ["run", B, "-s", V, "--json", f"{U}/keep.txt", "-q"], (2,)),
+    ("run-json-over-user-file", lambda c: None, ["run", B, "-s", V, "--summary", f"{U}/keep.txt", "-q"], (2,)),
     (
         "run-save-is-folder",
         lambda c: (c.tmp / "d.mp4").mkdir(),

@@ -248,6 +248,24 @@ def test_few_samples_warns(tiny) -> None:
         assert check_sample_count(src, "onnxruntime", "minmax") == 40
 
 
+def test_auto_warns_naming_the_method_it_chose(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 finding 11: under --method auto the sample-count warning names the method the INT8 model was built
+    with (it used to name minmax before the choice), and it is given once."""
+    from edgecv.quant import QuantConfig, api, quantize
+    from edgecv.quant.calib import CalibrationWarning
+
+    b, calib = tiny
+    monkeypatch.setattr(api, "METHODS", ("entropy",))  # the only candidate: auto must choose entropy
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        art = quantize(b, QuantConfig(backend="onnxruntime", calib=calib, method="auto")).artifact
+    assert art is not None and art.build_flags["method"] == "entropy"
+    notes = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith("calibrating onnxruntime (entropy, chosen by --method auto) with 40 samples"), notes
+    assert notes[0].endswith("at least 100 are recommended for stable ranges"), notes
+
+
 # ------------------------------------------------------------------------------------------------ artifacts
 def test_ort_qdq_artifact(tiny) -> None:
     import onnx

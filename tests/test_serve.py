@@ -131,7 +131,7 @@ def test_repo_triton_configs_parse_and_match_bundle(bundle_dir: Path, tmp_path: 
     assert run_cli("compile", str(bundle_dir), "--backend", "openvino", "--precision", "fp32").returncode == 0
     assert run_cli("compile", str(bundle_dir), "--backend", "onnxruntime", "--precision", "fp16").returncode == 0
     out = tmp_path / "repo"
-    proc = run_cli("repo", str(bundle_dir), "--format", "triton", "-o", str(out), "--json", "--instances", "2")
+    proc = run_cli("repo", str(bundle_dir), "--server", "triton", "-o", str(out), "--json", "--instances", "2")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     b = Bundle.open(bundle_dir)
@@ -205,7 +205,7 @@ def test_triton_config_scalar_output_and_tensorrt_cc(tmp_path: Path) -> None:
 @pytest.mark.onnxruntime
 def test_repo_ovms(pristine: Path, tmp_path: Path) -> None:
     out = tmp_path / "ovms"
-    proc = run_cli("repo", str(pristine), "--format", "ovms", "-o", str(out), "--json")
+    proc = run_cli("repo", str(pristine), "--server", "ovms", "-o", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((out / "config.json").read_text())
     [entry] = cfg["model_config_list"]

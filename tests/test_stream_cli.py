@@ -155,7 +155,7 @@ def test_file_wait_processes_every_frame_and_video_matches(bundle: Path, video: 
             str(out),
             "--jsonl",
             str(jl),
-            "--json",
+            "--summary",
             str(summ),
         ),
         capture_output=True,
@@ -234,7 +234,6 @@ def test_opencv_writer_and_stdout_json(bundle: Path, video: Path, tmp_path: Path
             "--threads",
             "1",
             "--json",
-            "-",
         ),
         capture_output=True,
         text=True,
@@ -258,7 +257,7 @@ def test_folder_source_counts_corrupt_image(bundle: Path, tmp_path: Path) -> Non
     (folder / "02b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     jl = tmp_path / "o.jsonl"
     p = subprocess.run(
-        edgecv(str(bundle), "--source", str(folder), "--jsonl", str(jl), "--json", "-"),
+        edgecv(str(bundle), "--source", str(folder), "--jsonl", str(jl), "--json"),
         capture_output=True,
         text=True,
         env=env(),
@@ -285,7 +284,7 @@ def test_sigterm_leaves_playable_video(bundle: Path, video: Path, tmp_path: Path
             str(out),
             "--jsonl",
             str(jl),
-            "--json",
+            "--summary",
             str(summ),
         ),
         stdout=subprocess.PIPE,
@@ -331,7 +330,7 @@ def test_never_opening_source_fails_fast_with_one_line(bundle: Path) -> None:
         (["--stride", "0"], "--stride: expected an integer >= 1"),
         (["--serve", "nonsense:port"], "--serve: expected HOST:PORT"),
         (["--save", "x.txt"], "--save: expected a .mp4"),
-        (["--decode", "gpu"], "--decode: expected one of auto, hw, sw, found 'gpu'"),
+        (["--video-decode", "gpu"], "--video-decode: expected one of auto, hw, sw, found 'gpu'"),
         (["--save", "o.mp4", "--save-preset", "quick"], "--save-preset: expected one of ultrafast"),
     ],
 )
@@ -346,7 +345,7 @@ def test_decode_modes_report_the_decoder_and_hw_without_one_fails(bundle: Path, 
     found = {}
     for mode in ("sw", "auto"):
         p = subprocess.run(
-            edgecv(str(bundle), "--source", str(video), "--decode", mode, "--max-frames", "5", "--json", "-"),
+            edgecv(str(bundle), "--source", str(video), "--video-decode", mode, "--max-frames", "5", "--json"),
             capture_output=True,
             text=True,
             env=env(),
@@ -356,7 +355,7 @@ def test_decode_modes_report_the_decoder_and_hw_without_one_fails(bundle: Path, 
         found[mode] = json.loads(p.stdout)["source"]["decoder"]
     assert found["sw"] == "software"
     p = subprocess.run(
-        edgecv(str(bundle), "--source", str(video), "--decode", "hw", "--max-frames", "5"),
+        edgecv(str(bundle), "--source", str(video), "--video-decode", "hw", "--max-frames", "5"),
         capture_output=True,
         text=True,
         env=env(),
@@ -364,7 +363,7 @@ def test_decode_modes_report_the_decoder_and_hw_without_one_fails(bundle: Path, 
     )
     if found["auto"] == "software":  # no hardware decoder here (CI): --decode hw must say so in one line
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-        assert "--decode hw: expected a hardware video decoder" in p.stderr
+        assert "--video-decode hw: expected a hardware video decoder" in p.stderr
     else:  # a machine with VAAPI & co: hw decodes on it
         assert p.returncode == 0, p.stderr
 
@@ -393,7 +392,7 @@ def test_serve_mjpeg_from_cli(bundle: Path, video: Path, tmp_path: Path) -> None
             "25",
             "--serve",
             f"127.0.0.1:{port}",
-            "--json",
+            "--summary",
             str(tmp_path / "s.json"),
         ),
         stdout=subprocess.PIPE,
@@ -439,7 +438,7 @@ def _run_with_server_restarts(bundle: Path, tmp_path: Path, url: str, start_serv
             url,
             "--jsonl",
             str(jl),
-            "--json",
+            "--summary",
             str(summ),
             "--open-timeout",
             "15",

@@ -74,7 +74,6 @@ def test_three_sources_per_stream_and_merged_jsonl(bundle: Path, videos: list[Pa
         "--jsonl",
         str(out / "{name}.jsonl"),
         "--json",
-        "-",
         "--batch-wait-ms",
         "20",
         "--no-record",
@@ -120,7 +119,7 @@ def test_bad_cameras_yaml_one_line_exit_2_nothing_written(
     f = tmp_path / "cams.yaml"
     f.write_text(yaml_text.format(v=videos[0]))
     out = tmp_path / "out"
-    p = run(str(bundle), "--sources", str(f), "--jsonl", str(out / "{name}.jsonl"), "--json", str(out / "s.json"))
+    p = run(str(bundle), "--sources", str(f), "--jsonl", str(out / "{name}.jsonl"), "--summary", str(out / "s.json"))
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], p.stderr
@@ -170,7 +169,6 @@ def test_duplicate_names_unreachable_broker_and_require_all(bundle: Path, videos
         "--open-timeout",
         "1",
         "--json",
-        "-",
         "--no-record",
     )
     assert p.returncode == 0, p.stderr
@@ -197,7 +195,6 @@ def test_mqtt_messages_equal_frames_times_streams(bundle: Path, videos: list[Pat
             "--mqtt-qos",
             "1",
             "--json",
-            "-",
             "--no-record",
         )
         assert p.returncode == 0, p.stderr
@@ -234,7 +231,7 @@ def test_live_page_in_headless_chromium(bundle: Path, videos: list[Path], tmp_pa
             "10",
             "--serve",
             f"127.0.0.1:{port}",
-            "--json",
+            "--summary",
             str(tmp_path / "s.json"),
             "-q",
             "--no-record",

@@ -52,7 +52,7 @@ def test_glob_saves_annotated_images_and_yolo_labels_equal_to_the_json_lines(
     out = tmp_path / "pred"
     p = run_cli(
         str(bundle), "--source", str(images / "*.png"), "--save", f"{out}/", "--labels", "yolo",
-        "--jsonl", str(tmp_path / "r.jsonl"), "--json", "-",
+        "--jsonl", str(tmp_path / "r.jsonl"), "--json",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     names = sorted(x.name for x in images.glob("*.png"))

@@ -1,7 +1,7 @@
 """The ``remote`` backend: a Runner over ``tritonclient`` that sends each ``infer`` to an Open Inference Protocol
 server (``edgecv serve``, Triton, OpenVINO Model Server, KServe), over HTTP or gRPC.
 
-validate, bench and run use it like any local runner: ``-b remote --endpoint http://127.0.0.1:8000 --model NAME``.
+validate, bench and run use it like any local runner: ``-b remote --endpoint http://127.0.0.1:8000 --model-name NAME``.
 The endpoint's scheme picks the protocol (``http://``/``https://`` → HTTP/REST, ``grpc://`` → gRPC; a bare
 ``host:port`` is HTTP). Specs come from the server's model metadata; when the metadata carries an edgecv contract
 it must equal the bundle's, so a client never compares a bundle against some other model.

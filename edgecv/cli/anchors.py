@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgecv.cli.options import DataArg, DataFormatOpt, JsonOpt, SplitOpt
+from edgecv.cli.options import DataArg, DataLayoutOpt, JsonOpt, SplitOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +18,7 @@ def anchors(
     data: DataArg,
     k: Annotated[int, typer.Option("-k", "--clusters", min=1, help="Number of priors.")] = 5,
     split: SplitOpt = "train",
-    fmt: DataFormatOpt = None,
+    fmt: DataLayoutOpt = None,
     input_size: Annotated[
         int | None,
         typer.Option("--input-size", min=8, help="Express priors in pixels of a letterboxed input of this side."),

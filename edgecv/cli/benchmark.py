@@ -51,13 +51,9 @@ def benchmark_cmd(
     """Export MODEL, build every engine x precision this machine runs (INT8 with --calib), validate each against
     PyTorch (the task metric with --val) and benchmark it: one table, also as CSV/Markdown."""
     from edgecv.cli._output import console, emit_json, err_console, print_table
-    from edgecv.errors import ConfigError
-    from edgecv.pipeline import benchmark_model
+    from edgecv.pipeline import benchmark_model, check_benchmark_inputs
 
-    if calib is not None and not Path(calib).exists():
-        raise ConfigError(f"--calib: expected a folder of images, a video or an .npz, found no '{calib}'")
-    if val is not None and not Path(val).exists():
-        raise ConfigError(f"--val: expected a validation data folder or file, found no '{val}'")
+    check_benchmark_inputs(model, calib, val)  # one line, exit 2, before anything is written
     name = model.rpartition(":")[2] or Path(model).stem
     out = output or Path("out") / "benchmark" / Path(name).stem
     say = (lambda m: err_console.print(m, markup=False)) if json_out else (lambda m: console.print(m, markup=False))

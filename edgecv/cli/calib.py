@@ -30,7 +30,9 @@ def sample(
     min_distance: Annotated[
         float, typer.Option("--min-distance", min=0.0, help="Closer than this to a kept frame = near-duplicate.")
     ] = 0.02,
-    fmt: Annotated[str, typer.Option("--format", help="png or jpg (frames from a video).")] = "png",
+    fmt: Annotated[
+        str, typer.Option("--image-format", help="png or jpg: the file format of the frames written.")
+    ] = "png",
     force: Annotated[bool, typer.Option("--force", help="Replace a sample this command wrote before.")] = False,
     json_out: JsonOpt = False,
 ) -> None:

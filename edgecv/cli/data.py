@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgecv.cli.options import DataArg, DataFormatOpt, JsonOpt, SplitOpt
+from edgecv.cli.options import DataArg, DataLayoutOpt, JsonOpt, SplitOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +56,7 @@ def synth(
 def check(
     path: DataArg,
     task: Annotated[str, typer.Option("--task", help="classify, detect or segment.")],
-    fmt: DataFormatOpt = None,
+    fmt: DataLayoutOpt = None,
     split: SplitOpt = "train",
     json_out: JsonOpt = False,
 ) -> None:

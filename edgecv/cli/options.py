@@ -108,12 +108,12 @@ EndpointOpt = Annotated[
     ),
 ]
 RemoteModelOpt = Annotated[
-    str | None, typer.Option("--model", help="-b remote: served model name (default: the bundle's name).")
+    str | None, typer.Option("--model-name", help="-b remote: served model name (default: the bundle's name).")
 ]
 
 
 def with_remote(opener: Any, endpoint: str | None, model: str | None) -> Any:
-    """``opener`` that also passes ``--endpoint`` / ``--model`` to the remote backend (and nothing to others)."""
+    """``opener`` that also passes ``--endpoint`` / ``--model-name`` to the remote backend (and nothing to others)."""
     if not endpoint and not model:
         return opener
 
@@ -176,7 +176,7 @@ CalibLimitOpt = Annotated[
     int | None, typer.Option("--calib-limit", help="int8: use at most this many calibration samples.")
 ]
 
-# data sets: one argument, one --split, one --format wherever a command reads a training/validation data set
+# data sets: one argument, one --split, one --layout wherever a command reads a training/validation data set
 DataArg = Annotated[
     Path,
     typer.Argument(
@@ -186,9 +186,11 @@ DataArg = Annotated[
     ),
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="The split a data set root is read at (train, val, test).")]
-DataFormatOpt = Annotated[
+DataLayoutOpt = Annotated[
     str | None,
-    typer.Option("--format", help="imagefolder, coco, yolo or masks (default: found from the folder)."),
+    typer.Option(
+        "--layout", help="Data set layout: imagefolder, coco, yolo or masks (default: found from the folder)."
+    ),
 ]
 QuantizeHeadOpt = Annotated[
     bool,

@@ -70,5 +70,5 @@ def quantize(
         emit_json("quantize", {"bundle": str(out.root), "warnings": notes, **info}, passed=True)
         return
     for n in notes:
-        err_console.print(f"[yellow]warning:[/] {n}")
+        err_console.print(f"warning: {n}", markup=False, highlight=False, soft_wrap=True)  # one line, never wrapped
     print_table(f"INT8 bundle {out.root}", ["", "value"], summarize(info))

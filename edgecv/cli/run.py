@@ -18,6 +18,7 @@ from edgecv.cli.options import (
     BundleArg,
     DeviceOpt,
     EndpointOpt,
+    JsonOpt,
     RebuildOpt,
     RecordOpt,
     RemoteModelOpt,
@@ -90,10 +91,14 @@ def run(
         str | None, typer.Option("--serve", help="MJPEG endpoint HOST:PORT (e.g. 127.0.0.1:8080).")
     ] = None,
     show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display and OpenCV highgui).")] = False,
-    json_out: Annotated[
-        str | None,
-        typer.Option("--json", help="Write the summary as JSON to FILE ('-' for stdout, instead of the table)."),
+    summary_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary",
+            help="Write the summary as JSON to FILE (with several streams, rewritten while they run).",
+        ),
     ] = None,
+    json_flag: JsonOpt = False,
     rebuild: RebuildOpt = False,
     open_timeout: Annotated[
         float, typer.Option("--open-timeout", help="Seconds to wait for the source to open.")
@@ -126,7 +131,7 @@ def run(
     decode: Annotated[
         str,
         typer.Option(
-            "--decode",
+            "--video-decode",
             help="Video decoding for files and URLs: auto (a hardware decoder when OpenCV's FFmpeg "
             "finds one, e.g. VAAPI; else software), hw (hardware or fail), sw.",
         ),
@@ -227,6 +232,7 @@ def run(
 
     logging.basicConfig(level=logging.WARNING, format="edgecv: %(message)s", stream=sys.stderr)
     args = dict(locals())
+    args["json_out"] = None if summary_file is None else str(summary_file)
     names = {f.name for f in dataclasses.fields(RunOptions)}
     opts = RunOptions(**{k: v for k, v in args.items() if k in names}, sources=list(source or []))
     status = _StatusPrinter(enabled=not quiet)
@@ -243,7 +249,7 @@ def run(
             sys.stderr.flush()
             os._exit(exc.exit_code)
         raise
-    if json_out == "-":
+    if json_flag:
         emit_json("run", summary, passed=True)
     elif not quiet:
         (_print_multi_summary if summary.get("mode") == "multi" else _print_summary)(summary)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgecv.cli.options import BundleArg, DeviceOpt, ForceOpt, JsonOpt, PrecisionOpt, ThreadsOpt
+from edgecv.cli.options import BundleArg, DeviceOpt, ForceOpt, JsonOpt, SomePrecisionOpt, ThreadsOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -19,9 +19,15 @@ def register(app: typer.Typer) -> None:
 def serve(
     bundle: BundleArg,
     backend: Annotated[
-        str, typer.Option("--backend", "-b", help="Runner the server uses: openvino, onnxruntime, tensorrt.")
-    ] = "openvino",
-    precision: PrecisionOpt = "fp32",
+        str | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="Engine the server uses, NAME[:PRECISION]: openvino, onnxruntime, tensorrt (default: the best "
+            "artifact the bundle holds for this machine, as run picks).",
+        ),
+    ] = None,
+    precision: SomePrecisionOpt = None,
     device: DeviceOpt = None,
     threads: Annotated[
         int | None, typer.Option("--threads", help="CPU threads per worker (default: CPUs / workers).")
@@ -46,7 +52,7 @@ def serve(
         int | None,
         typer.Option("--max-batch-size", help="Requests merged at most (default: the bundle's largest batch)."),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Served model name (default: the bundle's).")] = None,
+    name: Annotated[str | None, typer.Option("--model-name", help="Served model name (default: the bundle's).")] = None,
     token: Annotated[
         str | None,
         typer.Option("--token", help="Bearer token clients must send (or EDGECV_TOKEN); required off loopback."),
@@ -60,9 +66,10 @@ def serve(
     """
     from edgecv.cli._output import emit_json, err_console
     from edgecv.netguard import resolve_token
-    from edgecv.serve.server import ServeConfig, check_config, describe
+    from edgecv.serve.server import ServeConfig, check_config, choose_target, describe
     from edgecv.serve.server import serve as run_server
 
+    backend, precision = choose_target(str(bundle), backend, precision)
     cfg = ServeConfig(
         bundle=str(bundle),
         backend=backend,
@@ -96,8 +103,12 @@ def serve(
 def repo(
     bundle: BundleArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model repository folder to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="triton or ovms.")] = "triton",
-    name: Annotated[str | None, typer.Option("--name", help="Model name (default: the bundle's).")] = None,
+    fmt: Annotated[
+        str, typer.Option("--server", help="The model server the repository is for: triton or ovms.")
+    ] = "triton",
+    name: Annotated[
+        str | None, typer.Option("--model-name", help="Model name in the repository (default: the bundle's).")
+    ] = None,
     instances: Annotated[int, typer.Option("--instances", help="instance_group count per model.")] = 1,
     max_queue_delay_us: Annotated[
         int, typer.Option("--max-queue-delay-us", help="dynamic_batching max_queue_delay_microseconds.")

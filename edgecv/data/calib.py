@@ -126,7 +126,7 @@ def sample_diverse(
     if n < 1:
         raise ConfigError(f"-n: expected at least 1 frame, found {n}")
     if ext not in (".png", ".jpg", ".jpeg"):
-        raise ConfigError(f"--format: expected .png or .jpg, found {ext!r}")
+        raise ConfigError(f"--image-format: expected .png or .jpg, found {ext!r}")
     if not src.exists():
         raise SourceError(f"{src}: no such video or image folder")
     if out is not None:

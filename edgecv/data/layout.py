@@ -172,7 +172,7 @@ def find_layout(
     if fmt is not None:
         fmt = {"imagefolder": "imagefolder", "masks": "masks", "coco": "coco", "yolo": "yolo"}.get(fmt.lower(), fmt)
         if fmt not in LAYOUTS[task]:
-            raise ConfigError(f"--format for {task}: expected one of {', '.join(LAYOUTS[task])}, found '{fmt}'")
+            raise ConfigError(f"--layout for {task}: expected one of {', '.join(LAYOUTS[task])}, found '{fmt}'")
         kinds = (fmt,)
     p = Path(path)
     for kind in kinds:
@@ -203,6 +203,28 @@ def find_layout(
                     f"{lay.images} images)"
                 )
     raise DataError(f"{what} for {task}: expected {expected}, found {found(p)}")
+
+
+def find_any_layout(path: str | Path, split: str = "val", what: str = "--val") -> Layout:
+    """The data set at ``path`` in any task's layout: the check made before the task is known (``benchmark --val``
+    takes a model, whose task may show only once it is loaded); :func:`find_layout` follows once it is.
+
+    Raises:
+        DataError: no known layout there: "expected …, found …".
+    """
+    p = Path(path)
+    # the loosest layout last: a YOLO or masks root would otherwise read as an ImageFolder of its sub-folders
+    for task, kind in (("segment", "masks"), ("detect", "coco"), ("detect", "yolo"), ("classify", "imagefolder")):
+        try:
+            lay = _try(kind, p, task, split)
+        except DataError:
+            lay = None
+        if lay is not None and lay.images > 0:
+            return lay
+    raise DataError(
+        f"{what}: expected a data set in a known layout (an ImageFolder tree, a COCO JSON, YOLO folders or image + "
+        f"mask folders; see the README's layout table), found {found(p)}"
+    )
 
 
 def _try(kind: str, p: Path, task: str, split: str) -> Layout | None:

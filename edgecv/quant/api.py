@@ -408,7 +408,8 @@ def _open(bundle: Bundle | str | Path) -> Bundle:
 
 def _prepare_inputs(bundle: Bundle, config: QuantConfig, backend: str) -> tuple[CalibrationSource, ValSet | None]:
     source = as_source(config.calib, bundle.contract, config.limit)
-    check_sample_count(source, backend, "minmax" if config.method == "auto" else config.method)
+    if config.method != "auto":  # with auto, _quantize_to warns once the method is chosen
+        check_sample_count(source, backend, config.method)
     val_set: ValSet | None = None
     if config.val is not None:
         metric_for(bundle.contract.task)  # fail early when the task has no metric yet
@@ -424,7 +425,10 @@ def _quantize_to(
     val_set: ValSet | None,
     config: QuantConfig,
     work: Path,
+    warn_as: str,
 ) -> tuple[_Quantizer, Int8Result]:
+    """Quantize for ``backend`` into ``work``; ``warn_as`` is the backend the sample-count warning names (TensorRT
+    builds from ONNX Runtime's QDQ model but has its own recommendation)."""
     prepared = prepare_fp32(bundle.onnx_path, work / "prepared.onnx")
     device = config.device if backend == "openvino" else None
     q: _Quantizer = (_OVQuantizer if backend == "openvino" else _Quantizer)(prepared, work, source, device)
@@ -440,6 +444,8 @@ def _quantize_to(
         prior,
         config.val_path,
     )
+    if config.method == "auto":
+        check_sample_count(source, warn_as, res.method, chosen=True)
     return q, res
 
 
@@ -485,7 +491,7 @@ def _compile(b: Bundle, config: QuantConfig) -> Artifact:
     qbackend = "onnxruntime" if backend == "tensorrt" else backend
     source, val_set = _prepare_inputs(b, config, backend)
     with scratch_dir("int8") as tmp:
-        q, res = _quantize_to(b, qbackend, source, val_set, config, Path(tmp))
+        q, res = _quantize_to(b, qbackend, source, val_set, config, Path(tmp), warn_as=backend)
         if backend == "openvino":
             return _add_ov_artifact(b, q, res, config.device)
         art = _add_ort_artifact(b, q, res)
@@ -607,7 +613,7 @@ def _quantize_bundle(b: Bundle, config: QuantConfig) -> Bundle:
     source, val_set = _prepare_inputs(b, config, "onnxruntime")
     with scratch_dir("quant") as tmp:
         work = Path(tmp)
-        q, res = _quantize_to(b, "onnxruntime", source, val_set, config, work)
+        q, res = _quantize_to(b, "onnxruntime", source, val_set, config, work, warn_as="onnxruntime")
         onnx = lazy_import("onnx")
         res.quantized_layers = len(quantized_nodes(onnx.load(str(q.last))))
         _embed_contract(q.last, b)

@@ -61,13 +61,17 @@ def recommended_samples(backend: str, method: str) -> int:
     return RECOMMENDED_SAMPLES.get((backend, method), RECOMMENDED_SAMPLES.get((backend, None), 32))
 
 
-def check_sample_count(source: CalibrationSource, backend: str, method: str) -> int:
-    """Warn (:class:`CalibrationWarning`) when ``source`` has fewer samples than recommended; returns the count."""
+def check_sample_count(source: CalibrationSource, backend: str, method: str, chosen: bool = False) -> int:
+    """Warn (:class:`CalibrationWarning`) when ``source`` has fewer samples than recommended; returns the count.
+
+    ``method`` is the method the INT8 model is built with; ``chosen`` says ``--method auto`` picked it (the warning
+    then comes after the choice, so it never names a method that was not used)."""
     n = len(source)
     need = recommended_samples(backend, method)
     if n < need:
+        how = f"{method}, chosen by --method auto" if chosen else method
         warnings.warn(
-            f"calibrating {backend} ({method}) with {n} samples from {source.describe()}; "
+            f"calibrating {backend} ({how}) with {n} samples from {source.describe()}; "
             f"at least {need} are recommended for stable ranges",
             CalibrationWarning,
             stacklevel=2,

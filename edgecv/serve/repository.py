@@ -1,6 +1,6 @@
 """``edgecv repo``: a model repository for NVIDIA Triton or OpenVINO Model Server (OVMS) from a bundle's artifacts.
 
-Triton (``--format triton``): one model per artifact, ``<name>_<backend>_<precision>/``, each with ``config.pbtxt``
+Triton (``--server triton``): one model per artifact, ``<name>_<backend>_<precision>/``, each with ``config.pbtxt``
 and the model file under version ``1/``:
 
 - ``onnxruntime_onnx`` for the bundle's ``model.onnx`` (fp32) and ONNX Runtime artifacts (fp16, int8 QDQ);
@@ -12,7 +12,7 @@ Every config has the tensors' names, dims (without the batch dimension when the 
 ``max_batch_size`` and ``dynamic_batching`` from the bundle's batch range, an ``instance_group``, and the
 bundle's contract in ``parameters`` (``edgecv_contract``, JSON), which ``-b remote`` reads back.
 
-OVMS (``--format ovms``): the same per-model folders without ``config.pbtxt`` (OVMS reads none) plus a root
+OVMS (``--server ovms``): the same per-model folders without ``config.pbtxt`` (OVMS reads none) plus a root
 ``config.json`` (``model_config_list``) whose ``shape`` bounds the batch to the bundle's range; OVMS cannot load
 TensorRT engines and has no per-model parameters, so the contract sits beside each model as
 ``edgecv_contract.json``, and OVMS does not batch requests from different clients for a single model.
@@ -240,7 +240,7 @@ def write_repository(
         BundleError: a model file whose hash does not match the manifest.
     """
     if fmt not in FORMATS:
-        raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, found '{fmt}'")
+        raise ConfigError(f"--server: expected one of {', '.join(FORMATS)}, found '{fmt}'")
     if instances < 1:
         raise ConfigError(f"--instances: expected at least 1, found {instances}")
     if max_queue_delay_us < 0:

@@ -331,6 +331,31 @@ def model_settings_for(cfg: ServeConfig) -> tuple[Any, list[Any], int]:
     return ms, ins, max_batch
 
 
+def choose_target(bundle: str, backend: str | None, precision: str | None) -> tuple[str, str]:
+    """``-b NAME[:PRECISION]`` as every command reads it; without ``-b``, the best artifact the bundle holds here
+    (the rule ``run`` follows). A target the bundle cannot serve is refused here, before anything prints.
+
+    Raises:
+        ConfigError: torch or an unknown engine, an unknown precision, an INT8 target with no INT8 model.
+    """
+    from edgecv.backends import RUNNERS
+    from edgecv.backends.runs import best_target, require_artifacts
+    from edgecv.bundle import Bundle
+    from edgecv.types import parse_backend_spec, parse_precision
+
+    b = Bundle.open(bundle, verify=False)
+    if backend is None:
+        return best_target(b, parse_precision(precision) if precision else None)
+    name, prec = parse_backend_spec(backend, precision or "fp32")
+    if name in ("torch", "remote"):
+        raise ConfigError(
+            f"--backend {name}: expected an engine that runs the bundle (onnxruntime, openvino, tensorrt)"
+        )
+    RUNNERS.get(name)  # unknown → one line listing the choices
+    require_artifacts(b, [(name, prec)])
+    return name, prec
+
+
 def check_config(cfg: ServeConfig) -> None:
     """Refuse, in one line, what cannot start: a non-loopback bind without a token, clashing ports, bad counts."""
     from edgecv.netguard import check_bind

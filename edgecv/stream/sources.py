@@ -277,7 +277,7 @@ class OpenCVSource(Source):
     def __init__(self, spec: SourceSpec, decode: str = "auto") -> None:
         super().__init__(spec)
         if decode not in DECODE_MODES:
-            raise ConfigError(f"--decode: expected one of {', '.join(DECODE_MODES)}, found '{decode}'")
+            raise ConfigError(f"--video-decode: expected one of {', '.join(DECODE_MODES)}, found '{decode}'")
         self.decode_mode = decode
         self.decoder: str | None = None  # what decodes after open: "software", "vaapi", … (None: not FFmpeg)
         self._cap: Any = None
@@ -333,8 +333,8 @@ class OpenCVSource(Source):
                     if self.decode_mode == "hw" and self.decoder == "software":
                         cap.release()
                         raise SourceError(
-                            f"--decode hw: expected a hardware video decoder for {self.spec.describe()}"
-                            ", found none OpenCV's FFmpeg can use (use --decode auto or sw)"
+                            f"--video-decode hw: expected a hardware video decoder for {self.spec.describe()}"
+                            ", found none OpenCV's FFmpeg can use (use --video-decode auto or sw)"
                         )
                 self._cap = cap
                 fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -448,7 +448,7 @@ def open_source(spec: SourceSpec, decode: str = "auto") -> Source:
     """A (not yet opened) source for ``spec``, built by its registered kind; ``decode`` (auto / hw / sw) picks the
     video decoder for files and URLs (see :class:`OpenCVSource`)."""
     if decode not in DECODE_MODES:
-        raise ConfigError(f"--decode: expected one of {', '.join(DECODE_MODES)}, found '{decode}'")
+        raise ConfigError(f"--video-decode: expected one of {', '.join(DECODE_MODES)}, found '{decode}'")
     return SOURCES.get(spec.kind).open(spec, decode)
 
 

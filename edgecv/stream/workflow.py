@@ -237,7 +237,7 @@ def plan(o: RunOptions) -> _Plan:
         per.append(own_sinks)
     inputs = sorted({p for s in specs for p in s.inputs()})
     p = _Plan(names, specs, configs, values, per, shared, inputs)
-    files: dict[str, Path | None] = {"--json": o.json_file}
+    files: dict[str, Path | None] = {"--summary": o.json_file}
     for k, v in shared:
         if k.output is not None:
             files[k.flag] = k.output(v)
@@ -252,7 +252,7 @@ def plan(o: RunOptions) -> _Plan:
                 k.precheck(v, flag, p.context(mine, o, stream=name))
     check_output_files(inputs, files, o.force)
     for spec in specs:
-        open_source(spec, decode=o.decode)  # a bad --decode is one line before the model loads
+        open_source(spec, decode=o.decode)  # a bad --video-decode is one line before the model loads
     return p
 
 
@@ -285,7 +285,7 @@ def run_stream(
     on_info: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run a bundle on one or several streams into the sinks the options ask for; returns the run's summary
-    (also written to ``--json FILE``, and recorded in the bundle unless ``record`` is off).
+    (also written to ``--summary FILE``, and recorded in the bundle unless ``record`` is off).
 
     Args:
         o: the options.
@@ -296,7 +296,7 @@ def run_stream(
 
     Raises:
         ConfigError: bad options, sources or outputs (before the model loads; nothing is written).
-        SourceError, SinkError, BackendError: the run failed (sinks are finalized; ``--json FILE`` gets the summary
+        SourceError, SinkError, BackendError: the run failed (sinks are finalized; ``--summary FILE`` gets the summary
             so far).
     """
     from edgecv._io import write_json
