@@ -422,9 +422,9 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------- zoo
 def _zoo_loaded() -> bool:
     try:
-        from edgecv.zoo.registry import _ensure_loaded
+        from edgecv.zoo.catalog import load_families
 
-        _ensure_loaded()
+        load_families()
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("edgecv.zoo"):
             return False
@@ -433,7 +433,8 @@ def _zoo_loaded() -> bool:
 
 
 def _load_zoo(name: str, kwargs: dict[str, Any]) -> LoadedModel:
-    from edgecv.zoo.registry import MODELS, create_model, model_cfg
+    from edgecv.zoo.catalog import create_model, model_cfg
+    from edgecv.zoo.registry import MODELS
 
     has_zoo = _zoo_loaded()
     if not has_zoo or name not in MODELS:

@@ -50,9 +50,10 @@ class SmallBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if zoo is not None:
-            from edgecv.zoo.registry import create_model
+            # every family is registered by now: importing any family module runs edgecv.zoo.families first
+            from edgecv.zoo.registry import MODELS
 
-            net = create_model(zoo, **(zoo_kwargs or {}))
+            net = MODELS.get(zoo)(**(zoo_kwargs or {}))
             if not isinstance(getattr(net, "features", None), nn.Sequential):
                 raise ConfigError(f"faster_rcnn backbone '{zoo}': expected a zoo model with .features")
             mods, x = [], torch.zeros(1, 3, 64, 64)

@@ -36,9 +36,10 @@ class STNClassifier(nn.Module):
         self.stn = SpatialTransformer(in_chans, input_size, loc_widths, loc_hidden) if stn else nn.Identity()
         self.net: nn.Module | None = None
         if backbone is not None:  # a whole zoo classifier behind the transformer
-            from edgecv.zoo.registry import create_model
+            # every family is registered by now: importing any family module runs edgecv.zoo.families first
+            from edgecv.zoo.registry import MODELS
 
-            self.net = create_model(backbone, **(backbone_kwargs or {}))
+            self.net = MODELS.get(backbone)(**(backbone_kwargs or {}))
             return
         layers: list[nn.Module] = []
         ch = in_chans

@@ -385,9 +385,10 @@ class ZooBackbone(nn.Module):
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__()
-        from edgecv.zoo.registry import create_model
+        # every family is registered by now: importing any family module runs edgecv.zoo.families first
+        from edgecv.zoo.registry import MODELS
 
-        net = create_model(name, **kwargs)
+        net = MODELS.get(name)(**kwargs)
         if hasattr(net, "features") and isinstance(net.features, nn.Sequential):
             mods = list(net.features)
         elif hasattr(net, "stem") and hasattr(net, "stages"):
