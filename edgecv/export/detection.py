@@ -34,7 +34,7 @@ from edgecv.errors import ConfigError, ExportError
 from edgecv.tasks.decode import PRE_NMS_OUTPUTS
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
 NMS_MODES = ("graph", "host", "none")
 GRAPH_OUTPUTS = ["boxes", "scores", "classes", "num_dets"]
