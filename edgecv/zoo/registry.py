@@ -44,6 +44,19 @@ def default_cfg(
     }
 
 
+def detector_cfg(family: str) -> dict[str, Any]:
+    """The :func:`register_model` keywords every zoo detector shares: task ``detect``, pixels scaled to 0..1
+    (``scale`` 1/255, no mean/std), letterbox resize; ``family`` names the detector family."""
+    return {
+        "task": "detect",
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "resize": "letterbox",
+        "scale": 1.0 / 255.0,
+        "family": family,
+    }
+
+
 def register_model(name: str | None = None, **cfg: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register a variant function with its :func:`default_cfg` keywords."""
 

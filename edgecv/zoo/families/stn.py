@@ -14,7 +14,7 @@ from torch import nn
 from edgecv.zoo.families.edge import SHAPES_CLASSIFY, SHAPES_MEAN, SHAPES_STD
 from edgecv.zoo.layers import ConvNormAct, init_weights
 from edgecv.zoo.layers.spatial import SpatialTransformer
-from edgecv.zoo.registry import build_variant, register_model
+from edgecv.zoo.registry import MODELS, build_variant, register_model
 
 
 class STNClassifier(nn.Module):
@@ -37,8 +37,6 @@ class STNClassifier(nn.Module):
         self.net: nn.Module | None = None
         if backbone is not None:  # a whole zoo classifier behind the transformer
             # every family is registered by now: importing any family module runs edgecv.zoo.families first
-            from edgecv.zoo.registry import MODELS
-
             self.net = MODELS.get(backbone)(**(backbone_kwargs or {}))
             return
         layers: list[nn.Module] = []
