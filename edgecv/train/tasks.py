@@ -85,14 +85,19 @@ class MeanIoU(Metric):
         return float(100.0 * iou[valid].mean()) if valid.any() else float("nan")
 
 
-class ClassifyTask(Task):
-    name = "classify"
-    metric_name = "top1"
+class _LabelTask(Task):
+    """A task with class labels: cross-entropy over ``num_classes`` with optional label smoothing."""
+
     higher_is_better = True
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+
+
+class ClassifyTask(_LabelTask):
+    name = "classify"
+    metric_name = "top1"
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -103,14 +108,9 @@ class ClassifyTask(Task):
         return Top1()
 
 
-class SegmentTask(Task):
+class SegmentTask(_LabelTask):
     name = "segment"
     metric_name = "miou"
-    higher_is_better = True
-
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         logits = primary_output(outputs).float()
