@@ -15,10 +15,11 @@ the report records which was used.
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from edgecv.errors import EdgecvError, one_line
 from edgecv.export.stats import count_params
@@ -230,6 +231,27 @@ def is_plain_sequential(m: Any) -> bool:
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
+def merge_adjacent(model: nn.Module, merge: Callable[[Any, Any], nn.Module | None], skip_identity: bool = False) -> int:
+    """Module-walk fallback of the pair passes: in every plain ``nn.Sequential`` (:func:`is_plain_sequential`),
+    each pair of neighbours ``(a, b)`` for which ``merge(a, b)`` returns a module becomes that module and an
+    ``nn.Identity``. ``skip_identity`` pairs across the ``nn.Identity`` children an earlier merge left. Returns how
+    many pairs merged."""
+    from torch import nn
+
+    merged = 0
+    for seq in list(model.modules()):
+        if not is_plain_sequential(seq):
+            continue
+        keys = [k for k in seq._modules if not (skip_identity and isinstance(seq._modules[k], nn.Identity))]
+        for a, b in itertools.pairwise(keys):
+            new = merge(seq._modules[a], seq._modules[b])
+            if new is not None:
+                seq._modules[a] = new
+                seq._modules[b] = nn.Identity()
+                merged += 1
+    return merged
+
+
 def replace_children(model: nn.Module, fn: Callable[[str, Any], nn.Module | None]) -> list[str]:
     """Replace every submodule for which ``fn(qualified_name, module)`` returns a module; do not descend into
     replacements. Returns the names replaced."""
@@ -253,6 +275,23 @@ def plain_conv2d(m: Any) -> bool:
     from torch import nn
 
     return type(m) is nn.Conv2d
+
+
+def conv_like(conv: Any, in_ch: int, out_ch: int, *, groups: int, bias: bool) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` with ``conv``'s kernel size, stride, padding, dilation and padding mode."""
+    from torch import nn
+
+    return nn.Conv2d(
+        in_ch,
+        out_ch,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=groups,
+        bias=bias,
+        padding_mode=conv.padding_mode,
+    )
 
 
 def call_counts(gm: fx.GraphModule) -> dict[str, int]:
@@ -443,7 +482,26 @@ class GraphPass(Pass):
 PASSES: Registry[type[Pass]] = Registry("rewrite pass")
 
 
-def register_pass(cls: type[Pass]) -> type[Pass]:
-    """Class decorator: register a :class:`Pass` subclass under its ``name``."""
-    PASSES.register(cls.name, cls, exact=cls.exact, description=cls.description)
-    return cls
+_P = TypeVar("_P", bound=type[Pass])
+
+
+@overload
+def register_pass(target: _P, /) -> _P: ...
+@overload
+def register_pass(target: str, /, *, description: str, exact: bool | None = None) -> Callable[[_P], _P]: ...
+def register_pass(target: _P | str, /, *, description: str = "", exact: bool | None = None) -> _P | Callable[[_P], _P]:
+    """Class decorator: register a :class:`Pass` subclass. ``@register_pass("name", exact=..., description=...)``
+    declares the pass's :attr:`~Pass.name`, :attr:`~Pass.exact` (None keeps the inherited one) and
+    :attr:`~Pass.description` where it is registered; bare ``@register_pass`` takes the class's own attributes."""
+    if isinstance(target, str):
+        name = target
+
+        def deco(cls: _P) -> _P:
+            cls.name, cls.description = name, description
+            if exact is not None:
+                cls.exact = exact
+            return register_pass(cls)
+
+        return deco
+    PASSES.register(target.name, target, exact=target.exact, description=target.description)
+    return target
