@@ -14,7 +14,7 @@ import numpy as np
 
 from edgecv._lazy import lazy_import, version_of
 from edgecv.backends.base import BuildConfig, Builder, Runner
-from edgecv.errors import BackendError, ConfigError, MissingDependencyError
+from edgecv.errors import BackendError, ConfigError, MissingDependencyError, one_line
 from edgecv.types import TensorSpec
 
 if TYPE_CHECKING:
@@ -184,7 +184,9 @@ class OnnxRuntimeRunner(Runner):
             src = self._model_bytes if self._model_bytes is not None else str(self.model_path)
             self._session = ort.InferenceSession(src, sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, …)
-            raise BackendError(f"onnxruntime could not load '{self.model_path}': {_one_line(exc)}") from exc
+            raise BackendError(
+                f"onnxruntime could not load '{self.model_path}': {one_line(exc, 500, with_type=False)}"
+            ) from exc
         self._input_spec = [
             TensorSpec(i.name, tuple(_dim(d) for d in i.shape), _ORT_DTYPES.get(i.type, "float32"))
             for i in self._session.get_inputs()
@@ -216,10 +218,6 @@ class OnnxRuntimeRunner(Runner):
     def _infer_outputs(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         outs = self._session.run(names, feed)  # ORT fetches only the outputs asked for
         return dict(zip(names, outs))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:500]
 
 
 def _top(rel: str) -> str:
