@@ -86,7 +86,7 @@ def train_detector(
     from edgecv.train.optim import build_optimizer, build_scheduler
     from edgecv.train.recipe import resolve_data
     from edgecv.train.trainer import seed_everything
-    from edgecv.zoo.registry import create_model
+    from edgecv.zoo import create_model
 
     recipe = load_recipe(recipe_path)
     data, tr = recipe.data, recipe.train
@@ -253,7 +253,7 @@ def write_record(
     from edgecv.export.stats import count_params
     from edgecv.train.recipe import versions
     from edgecv.validate.detection import load_coco_samples
-    from edgecv.zoo.registry import create_model
+    from edgecv.zoo import create_model
 
     recipe = load_recipe(recipe_path)
     weights_dir = Path(weights_dir)

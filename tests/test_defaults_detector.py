@@ -38,9 +38,8 @@ def test_record_is_complete_and_meets_the_bar() -> None:
 def test_registry_entry_builds_the_shipped_model() -> None:
     import torch
 
-    from edgecv.zoo import create_model
+    from edgecv.zoo import create_model, model_cfg
     from edgecv.zoo.families.yolo import SHAPES_DETECTOR_ARCH
-    from edgecv.zoo.registry import model_cfg
 
     info = _info()
     cfg = model_cfg("shapes_detector")

@@ -158,7 +158,6 @@ def test_roi_pooling_exports_to_onnx_and_matches_on_ort_and_openvino(tmp_path: P
 def test_bundles_decode_the_same_boxes_as_torch(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from edgecv.export.check import run_onnxruntime
-
     from edgecv.export.detection import prepare_detection_export
     from edgecv.export.onnx import export_model
     from edgecv.export.sources import load_model

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from typing_extensions import Self
 
 from edgecv.errors import BackendError, InputError
-from edgecv.types import TensorSpec
+from edgecv.types import Precision, TensorSpec
 
 if TYPE_CHECKING:
     from edgecv.bundle import Artifact, Bundle
@@ -278,7 +278,7 @@ class BuildConfig:
         options: typed backend-specific extras are fields here, never free-form dicts from users.
     """
 
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    precision: Precision = "fp32"
     device: str = "CPU"
     batch_range: tuple[int, int, int] | None = None
     workspace_mb: int | None = None

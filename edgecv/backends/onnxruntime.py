@@ -16,7 +16,7 @@ import numpy as np
 
 from edgecv._lazy import lazy_import, version_of
 from edgecv.backends.base import AsyncInfer, BuildConfig, Builder, Runner
-from edgecv.errors import BackendError, ConfigError, MissingDependencyError
+from edgecv.errors import BackendError, ConfigError, MissingDependencyError, one_line
 from edgecv.types import TensorSpec
 
 if TYPE_CHECKING:
@@ -207,7 +207,9 @@ class OnnxRuntimeRunner(Runner):
             src = self._model_bytes if self._model_bytes is not None else str(self.model_path)
             self._session = ort.InferenceSession(src, sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, …)
-            raise BackendError(f"onnxruntime could not load '{self.model_path}': {_one_line(exc)}") from exc
+            raise BackendError(
+                f"onnxruntime could not load '{self.model_path}': {one_line(exc, 500, with_type=False)}"
+            ) from exc
         self._input_spec = [
             TensorSpec(i.name, tuple(_dim(d) for d in i.shape), _ORT_DTYPES.get(i.type, "float32"))
             for i in self._session.get_inputs()
@@ -259,10 +261,6 @@ def _usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:500]
 
 
 def _top(rel: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from edgecv._io import describe_write_error
 from edgecv._lazy import lazy_import, version_of
 from edgecv.backends.base import AsyncInfer, BuildConfig, Builder, Done, Runner, check_onnx_file
-from edgecv.errors import BackendError, ConfigError
+from edgecv.errors import BackendError, ConfigError, one_line
 from edgecv.types import TensorSpec
 
 if TYPE_CHECKING:
@@ -167,7 +167,9 @@ class OpenVINORunner(Runner):
             try:
                 model = core.read_model(str(self.model_path))
             except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line text
-                raise BackendError(f"openvino could not read '{self.model_path}': {_one_line(exc)}") from exc
+                raise BackendError(
+                    f"openvino could not read '{self.model_path}': {one_line(exc, 500, with_type=False)}"
+                ) from exc
         hints = lazy_import("openvino.properties.hint", extra="openvino")
         props = lazy_import("openvino.properties", extra="openvino")
         cfg: dict[str, Any] = dict(self.extra_config)
@@ -187,7 +189,7 @@ class OpenVINORunner(Runner):
         except Exception as exc:
             raise BackendError(
                 f"openvino could not compile '{self.model_path.name}' for {self.device} at "
-                f"{self.requested_precision or 'fp32'}: {_one_line(exc)}"
+                f"{self.requested_precision or 'fp32'}: {one_line(exc, 500, with_type=False)}"
             ) from exc
         self._request = self._compiled.create_infer_request()
         self._input_spec = [_spec(p) for p in self._compiled.inputs]
@@ -285,14 +287,12 @@ class _OVAsyncInfer(AsyncInfer):
             self._q.start_async(feed, (userdata, done))
         except Exception as exc:  # noqa: BLE001 - an inference error surfaces here or in wait_all
             self._end()
-            done(userdata, None, BackendError(f"openvino async inference failed: {_one_line(exc)}"))
+            done(
+                userdata, None, BackendError(f"openvino async inference failed: {one_line(exc, 500, with_type=False)}")
+            )
 
     def wait_all(self) -> None:
         self._q.wait_all()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:500]
 
 
 class OpenVINOBuilder(Builder):
@@ -328,7 +328,7 @@ class OpenVINOBuilder(Builder):
         try:
             model = ov.convert_model(str(src))
         except Exception as exc:
-            raise BackendError(f"openvino could not convert '{src}': {_one_line(exc)}") from exc
+            raise BackendError(f"openvino could not convert '{src}': {one_line(exc, 500, with_type=False)}") from exc
         # the whole folder is written in a temporary place inside the bundle, then renamed in one step:
         # an interrupted build leaves no model.xml without its .bin and no manifest entry
         with bundle.scratch() as tmp:

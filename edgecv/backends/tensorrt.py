@@ -164,9 +164,16 @@ def _dims(dims: trt.Dims) -> list[int]:
 # ====================================================================== plan
 def plan_for(bundle: Bundle, config: BuildConfig, features: TrtFeatures, dynamic: bool | None = None) -> BuildPlan:
     """The :class:`BuildPlan` of ``config`` on ``features`` (one decision for the builder and the script)."""
+    return contract_plan(bundle.contract, config, features, dynamic)
+
+
+def contract_plan(
+    contract: Contract, config: BuildConfig, features: TrtFeatures, dynamic: bool | None = None
+) -> BuildPlan:
+    """:func:`plan_for` from the bundle's contract alone (what :func:`build_serialized_engine` is given)."""
     _, dla_core = parse_device(config.device if config.device and config.device.upper() != "CPU" else None)
     return make_plan(
-        bundle.contract,
+        contract,
         config.precision,
         features,
         target=get_target(config.target),
@@ -444,19 +451,7 @@ def build_serialized_engine(
     dla_cores = int(getattr(builder, "num_DLA_cores", 0) or 0)  # by feature: DLA APIs may be absent (TRT 11.0–11.3)
     features = TrtFeatures.from_module(trt, dla_cores)
     if plan is None:
-        _, dla_core = parse_device(config.device if config.device and config.device.upper() != "CPU" else None)
-        plan = make_plan(
-            contract,
-            config.precision,
-            features,
-            target=get_target(config.target),
-            dla_core=dla_core,
-            batch_range=config.batch_range,
-            workspace_mb=config.workspace_mb,
-            keep_float=config.keep_float,
-            hardware_compat=config.hardware_compat,
-            version_compatible=config.version_compatible,
-        )
+        plan = contract_plan(contract, config, features)
     if plan.onnx_kind == "qdq" and not is_qdq(onnx_path):
         raise ConfigError(
             f"tensorrt int8: expected a QDQ ONNX model (from edgecv.quant), found no Q/DQ nodes in '{onnx_path}'"

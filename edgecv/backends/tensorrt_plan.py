@@ -44,7 +44,7 @@ Kept unchanged from 8.6 to 11 and used here: the name-based I/O API (``num_io_te
 from __future__ import annotations
 
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from edgecv.errors import ConfigError
@@ -104,34 +104,10 @@ LEGACY = TrtFeatures(
     version_compat=True,
     label="TensorRT 8.6 (JetPack 6.0, 5.x)",
 )
-TYPED = TrtFeatures(
-    strongly_typed=True,
-    precision_flags=True,
-    bf16_flag=True,
-    dla=True,
-    hardware_compat=True,
-    version_compat=True,
-    label="TensorRT 10 (JetPack 6.1+, 7)",
-)
-TYPED_ONLY = TrtFeatures(
-    strongly_typed=True,
-    precision_flags=False,
-    bf16_flag=False,
-    dla=False,
-    hardware_compat=True,
-    version_compat=True,
-    label="TensorRT 11",
-)
+TYPED = replace(LEGACY, strongly_typed=True, bf16_flag=True, label="TensorRT 10 (JetPack 6.1+, 7)")
+TYPED_ONLY = replace(TYPED, precision_flags=False, bf16_flag=False, dla=False, label="TensorRT 11")
 # TensorRT 11.4.1 brought DLA back, strongly typed, on AGX Orin with JetPack >= 7.2.2 (its trtexec has --useDLACore)
-TYPED_ONLY_DLA = TrtFeatures(
-    strongly_typed=True,
-    precision_flags=False,
-    bf16_flag=False,
-    dla=True,
-    hardware_compat=True,
-    version_compat=True,
-    label="TensorRT 11 with DLA (11.4.1+)",
-)
+TYPED_ONLY_DLA = replace(TYPED_ONLY, dla=True, label="TensorRT 11 with DLA (11.4.1+)")
 SCRIPT_VARIANTS = (TYPED_ONLY_DLA, TYPED_ONLY, TYPED, LEGACY)
 
 

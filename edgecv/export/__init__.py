@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from edgecv.export.loaded import LoadedModel
     from edgecv.export.onnx import ExportResult, export_model, make_reference_inputs
-    from edgecv.export.sources import LoadedModel, load_model, load_model_from_manifest, parse_input_shape
+    from edgecv.export.sources import load_model, load_model_from_manifest, parse_input_shape
 
 __all__ = [
     "ExportResult",
@@ -25,7 +26,7 @@ _WHERE = {
     "ExportResult": "onnx",
     "export_model": "onnx",
     "make_reference_inputs": "onnx",
-    "LoadedModel": "sources",
+    "LoadedModel": "loaded",
     "load_model": "sources",
     "load_model_from_manifest": "sources",
     "parse_input_shape": "sources",

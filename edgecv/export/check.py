@@ -21,7 +21,7 @@ from edgecv.export.onnx import export_onnx
 from edgecv.export.stats import count_flops as _count_flops
 from edgecv.export.stats import count_params
 from edgecv.validate.torch_adapter import output_arrays
-from edgecv.zoo.registry import create_model, model_cfg
+from edgecv.zoo.catalog import create_model, model_cfg
 
 __all__ = [
     "EXPORTERS",

@@ -34,7 +34,7 @@ from edgecv.errors import ConfigError, ExportError
 from edgecv.tasks.decode import PRE_NMS_OUTPUTS
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
 NMS_MODES = ("graph", "host", "none")
 GRAPH_OUTPUTS = ["boxes", "scores", "classes", "num_dets"]
@@ -292,30 +292,24 @@ def prepare_detection_export(
         # proposals come in from the host and per-class NMS runs there: the graph scores and regresses each one
         wrapped, out_names = module, ["roi_scores", "roi_boxes", "roi_batch"]
         decode.update(nms="host", format="proposals", proposals=dict(info["proposals"]))
-    elif nms_free:
+    elif nms_free or graph_native:
         if nms == "host":
-            raise ConfigError(
-                f"--nms host: {type(module).__name__} is a set-prediction detector with no NMS at all; "
-                "export it with --nms graph (or none)"
+            why = (
+                "is a set-prediction detector with no NMS at all; export it with --nms graph (or none)"
+                if nms_free
+                else "runs its NMS inside the model (Faster R-CNN's RPN and box head); export it with --nms graph"
             )
-        cast(_GraphNMSDetector, module).set_postprocess(
-            score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det
-        )
-        # one query per object (Hungarian-matched training): the outputs are final, nothing to suppress
-        wrapped, out_names = module, list(GRAPH_OUTPUTS)
-        decode.update(nms="none", format="set", max_det=min(max_det, int(getattr(module, "num_queries", max_det))))
-        decode.pop("iou_threshold")
-    elif graph_native:
-        if nms == "host":
-            raise ConfigError(
-                f"--nms host: {type(module).__name__} runs its NMS inside the model "
-                "(Faster R-CNN's RPN and box head); export it with --nms graph"
-            )
+            raise ConfigError(f"--nms host: {type(module).__name__} {why}")
         cast(_GraphNMSDetector, module).set_postprocess(
             score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det
         )
         wrapped, out_names = module, list(GRAPH_OUTPUTS)
-        decode["format"] = "nms"
+        if nms_free:
+            # one query per object (Hungarian-matched training): the outputs are final, nothing to suppress
+            decode.update(nms="none", format="set", max_det=min(max_det, int(getattr(module, "num_queries", max_det))))
+            decode.pop("iou_threshold")
+        else:
+            decode["format"] = "nms"
     elif nms == "graph":
         wrapped = GraphNMSWrapper(module, score_threshold, iou_threshold, max_det)
         out_names = list(WRAPPER_OUTPUTS)

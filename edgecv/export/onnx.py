@@ -51,7 +51,7 @@ from edgecv.errors import (
 from edgecv.validate.torch_adapter import named_outputs
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel, PassRunner
+    from edgecv.export.loaded import LoadedModel, PassRunner
 
 #: ONNX protobufs cannot exceed 2 GiB; above this many parameter bytes the weights go to an external data file
 EXTERNAL_DATA_BYTES = 1_800_000_000

@@ -18,8 +18,6 @@ import json
 import re
 import sys
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +25,7 @@ from edgecv._io import sha256_file
 from edgecv._lazy import lazy_import
 from edgecv.bundle import Contract
 from edgecv.errors import ConfigError, EdgecvError, ModelSourceError, UnknownNameError, one_line
+from edgecv.export.loaded import LoadedModel, PassRunner
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,36 +50,6 @@ SPEC_FORMS = (
 )
 #: the ``format`` of a model file written by ``edgecv rewrite -o`` (:func:`edgecv.rewrite.compare.save_rewritten`)
 REWRITE_FORMAT = "edgecv.rewrite/1"
-
-#: what rebuilds a rewritten model: ``runner(module, names, sample, inplace=..., options=...) -> (module, report)``.
-#: :func:`edgecv.rewrite.apply_passes` is one. Export sits below rewrite (rewrite imports export, never the other
-#: way), so whoever wants rewritten models rebuilt (the CLI, :mod:`edgecv.pipeline`) hands it in.
-PassRunner = Callable[..., tuple[Any, Any]]
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to export.
-
-    Attributes:
-        module: the ``nn.Module`` in eval mode.
-        contract: contract defaults for this model (zoo config, torchvision transforms, or generic defaults);
-            the caller may replace fields before exporting.
-        source_info: provenance for the manifest: ``kind``, ``spec`` (absolute path for files), ``kwargs``,
-            ``weights`` (absolute path or None), ``weights_sha256``, ``source_sha256``, ``arch``.
-        name: a short name for the bundle (``resnet18``, the factory name, the file stem).
-        guess_task: True when the contract's task is a generic default (no zoo/torchvision config said it);
-            the exporter then infers classify/segment from the output shapes.
-    """
-
-    module: nn.Module
-    contract: Contract
-    source_info: dict[str, Any]
-    name: str = "model"
-    guess_task: bool = False
-    notes: list[str] = field(default_factory=list)
-    # in-domain reference images the source knows (a shipped model's validation split): n -> (BGR images, label)
-    reference: Callable[[int], tuple[list[Any], str]] | None = None
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -422,9 +391,9 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------- zoo
 def _zoo_loaded() -> bool:
     try:
-        from edgecv.zoo.registry import _ensure_loaded
+        from edgecv.zoo.catalog import load_families
 
-        _ensure_loaded()
+        load_families()
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("edgecv.zoo"):
             return False
@@ -433,7 +402,8 @@ def _zoo_loaded() -> bool:
 
 
 def _load_zoo(name: str, kwargs: dict[str, Any]) -> LoadedModel:
-    from edgecv.zoo.registry import MODELS, create_model, model_cfg
+    from edgecv.zoo.catalog import create_model, model_cfg
+    from edgecv.zoo.registry import MODELS
 
     has_zoo = _zoo_loaded()
     if not has_zoo or name not in MODELS:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from edgecv.errors import ConfigError
 
 if TYPE_CHECKING:
+    from edgecv.export.loaded import LoadedModel
     from edgecv.export.onnx import ExportResult
-    from edgecv.export.sources import LoadedModel
 
 
 def check_contract_overrides(overrides: Mapping[str, Any]) -> None:

@@ -1,4 +1,7 @@
-"""The :class:`Pass` interface, the pass registry, the output certificate and :func:`apply_passes`.
+"""The :class:`Pass` interface, the pass registry the passes register into, and the output certificate.
+
+Looking passes up and running them (:func:`~edgecv.rewrite.apply.apply_passes`) is :mod:`edgecv.rewrite.apply`,
+which sits above this module and the passes.
 
 A pass takes an ``nn.Module`` in eval mode and returns a rewritten one (a copy unless ``inplace=True``).
 *Exact* passes prove themselves on a sample input every time they run and refuse to return a model whose
@@ -12,12 +15,13 @@ the report records which was used.
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
-from edgecv.errors import ConfigError, EdgecvError, one_line
+from edgecv.errors import EdgecvError, one_line
 from edgecv.export.stats import count_params
 from edgecv.registry import Registry
 
@@ -55,7 +59,7 @@ class OutputDiff:
 
 @dataclass
 class PassReport:
-    """What one pass did: see :func:`apply_passes`."""
+    """What one pass did: see :func:`edgecv.rewrite.apply.apply_passes`."""
 
     name: str
     exact: bool
@@ -81,7 +85,7 @@ class PassReport:
 
 @dataclass
 class RewriteReport:
-    """The per-pass reports of one :func:`apply_passes` call, in order."""
+    """The per-pass reports of one :func:`edgecv.rewrite.apply.apply_passes` call, in order."""
 
     passes: list[PassReport] = field(default_factory=list)
     params_before: int = 0
@@ -227,6 +231,27 @@ def is_plain_sequential(m: Any) -> bool:
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
+def merge_adjacent(model: nn.Module, merge: Callable[[Any, Any], nn.Module | None], skip_identity: bool = False) -> int:
+    """Module-walk fallback of the pair passes: in every plain ``nn.Sequential`` (:func:`is_plain_sequential`),
+    each pair of neighbours ``(a, b)`` for which ``merge(a, b)`` returns a module becomes that module and an
+    ``nn.Identity``. ``skip_identity`` pairs across the ``nn.Identity`` children an earlier merge left. Returns how
+    many pairs merged."""
+    from torch import nn
+
+    merged = 0
+    for seq in list(model.modules()):
+        if not is_plain_sequential(seq):
+            continue
+        keys = [k for k in seq._modules if not (skip_identity and isinstance(seq._modules[k], nn.Identity))]
+        for a, b in itertools.pairwise(keys):
+            new = merge(seq._modules[a], seq._modules[b])
+            if new is not None:
+                seq._modules[a] = new
+                seq._modules[b] = nn.Identity()
+                merged += 1
+    return merged
+
+
 def replace_children(model: nn.Module, fn: Callable[[str, Any], nn.Module | None]) -> list[str]:
     """Replace every submodule for which ``fn(qualified_name, module)`` returns a module; do not descend into
     replacements. Returns the names replaced."""
@@ -250,6 +275,23 @@ def plain_conv2d(m: Any) -> bool:
     from torch import nn
 
     return type(m) is nn.Conv2d
+
+
+def conv_like(conv: Any, in_ch: int, out_ch: int, *, groups: int, bias: bool) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` with ``conv``'s kernel size, stride, padding, dilation and padding mode."""
+    from torch import nn
+
+    return nn.Conv2d(
+        in_ch,
+        out_ch,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=groups,
+        bias=bias,
+        padding_mode=conv.padding_mode,
+    )
 
 
 def call_counts(gm: fx.GraphModule) -> dict[str, int]:
@@ -440,69 +482,26 @@ class GraphPass(Pass):
 PASSES: Registry[type[Pass]] = Registry("rewrite pass")
 
 
-def register_pass(cls: type[Pass]) -> type[Pass]:
-    """Class decorator: register a :class:`Pass` subclass under its ``name``."""
-    PASSES.register(cls.name, cls, exact=cls.exact, description=cls.description)
-    return cls
+_P = TypeVar("_P", bound=type[Pass])
 
 
-def _ensure_loaded() -> None:
-    import edgecv.rewrite.passes  # noqa: F401  (importing the modules registers the passes)
+@overload
+def register_pass(target: _P, /) -> _P: ...
+@overload
+def register_pass(target: str, /, *, description: str, exact: bool | None = None) -> Callable[[_P], _P]: ...
+def register_pass(target: _P | str, /, *, description: str = "", exact: bool | None = None) -> _P | Callable[[_P], _P]:
+    """Class decorator: register a :class:`Pass` subclass. ``@register_pass("name", exact=..., description=...)``
+    declares the pass's :attr:`~Pass.name`, :attr:`~Pass.exact` (None keeps the inherited one) and
+    :attr:`~Pass.description` where it is registered; bare ``@register_pass`` takes the class's own attributes."""
+    if isinstance(target, str):
+        name = target
 
+        def deco(cls: _P) -> _P:
+            cls.name, cls.description = name, description
+            if exact is not None:
+                cls.exact = exact
+            return register_pass(cls)
 
-def get_pass(name: str, **options: Any) -> Pass:
-    """A pass instance by registered name; ``options`` go to its constructor (e.g. ``groups=4``)."""
-    _ensure_loaded()
-    cls = PASSES.get(name)
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ConfigError(f"pass '{name}': bad options {sorted(options)} ({exc})") from exc
-
-
-def list_passes() -> list[dict[str, Any]]:
-    _ensure_loaded()
-    return [{"name": n, **PASSES.meta(n)} for n in PASSES.names()]
-
-
-def apply_passes(
-    model: nn.Module,
-    names: list[str],
-    sample: torch.Tensor | None,
-    inplace: bool = False,
-    options: dict[str, dict[str, Any]] | None = None,
-) -> tuple[nn.Module, RewriteReport]:
-    """Run the named passes in order; exact ones certify themselves, lossy ones report their drift.
-
-    Args:
-        model: the model, in eval mode.
-        names: registered pass names, e.g. ``["fold_bn", "dw_conv"]``.
-        sample: input batch used to certify/measure every pass (required when any pass is lossy).
-        inplace: let the first pass change ``model`` instead of copying it.
-        options: per-pass constructor options, e.g. ``{"group_conv": {"groups": 4}}``.
-
-    Returns:
-        the rewritten model and a :class:`RewriteReport` (per pass: exact, method, changes, max abs diff,
-        cosine, params before/after; plus end-to-end drift).
-    """
-    options = options or {}
-    unknown = set(options) - set(names)
-    if unknown:
-        raise ConfigError(f"options given for passes not in the list: {sorted(unknown)}; passes: {names}")
-    passes = [get_pass(n, **options.get(n, {})) for n in names]  # resolve all names before doing any work
-    if sample is None and any(not p.exact for p in passes):
-        lossy = [p.name for p in passes if not p.exact]
-        raise RewriteError(f"lossy passes {lossy} need a sample input to measure their drift; found sample=None")
-    if sample is None:
-        sample = infer_sample(model)
-    ref = run_model(model, sample)
-    report = RewriteReport(params_before=count_params(model))
-    current = model
-    for i, p in enumerate(passes):
-        # later passes copy too: the float64 re-check of an exact pass needs its untouched input
-        current, rep = p.run(current, sample, inplace=inplace and i == 0)
-        report.passes.append(rep)
-    diff = compare_outputs(ref, run_model(current, sample))
-    report.params_after = count_params(current)
-    report.max_abs, report.cosine, report.top1_agreement = diff.max_abs, diff.cosine, diff.top1_agreement
-    return current, report
+        return deco
+    PASSES.register(target.name, target, exact=target.exact, description=target.description)
+    return target

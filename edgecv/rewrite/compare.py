@@ -13,13 +13,13 @@ from edgecv.export.onnx import export_onnx
 from edgecv.export.sources import REWRITE_FORMAT, split_file_arch
 from edgecv.export.sources import load_rewritten as _load_rewritten
 from edgecv.export.stats import count_flops, count_params
-from edgecv.rewrite.base import apply_passes
+from edgecv.rewrite.apply import apply_passes
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
 SAVE_FORMAT = REWRITE_FORMAT
 

@@ -208,7 +208,7 @@ def lint_model(model: nn.Module, inputs: torch.Tensor, source: str = "") -> Lint
     work = copy.deepcopy(model).eval()
     folded = work
     try:
-        from edgecv.rewrite.base import get_pass
+        from edgecv.rewrite.apply import get_pass
 
         folded = get_pass("fold_bn")(work, inputs[:2])  # what INT8 quantizes: BN already folded
         report.notes.append("depthwise weights inspected after an exact fold_bn")

@@ -1,67 +1,36 @@
 """What the trainer needs to know about a task: loss, metric, batching, distillation loss.
 
-A model family with its own loss supplies a :class:`Task` — either passed to the trainer, or
-returned by a ``model.edgecv_task()`` method, which :func:`task_for` prefers over the built-in ones; detectors get
-:class:`edgecv.train.detection.task.DetectTask`.
+The protocol (:class:`~edgecv.train.base.Task`, :class:`~edgecv.train.base.Metric`) is in :mod:`edgecv.train.base`;
+this module holds the built-in classify and segment tasks and :func:`task_for`. A model family with its own loss
+supplies a :class:`Task` — either passed to the trainer, or returned by a ``model.edgecv_task()`` method, which
+:func:`task_for` prefers over the built-in ones; detectors get :class:`edgecv.train.detection.task.DetectTask`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import default_collate
 
 from edgecv.errors import ConfigError
+from edgecv.train.base import LossOnly, Metric, Task, kd_loss, primary_output
 
 IGNORE_INDEX = 255
 
-
-def primary_output(outputs: Any) -> torch.Tensor:
-    """The logits tensor of a model's outputs (a tensor, a dict with 'out'/'logits', or the first of a tuple)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, dict):
-        for k in ("out", "logits", "output"):
-            if k in outputs:
-                return outputs[k]
-        return next(iter(outputs.values()))
-    if isinstance(outputs, (list, tuple)) and outputs:
-        return primary_output(outputs[0])
-    raise ConfigError(f"cannot find a logits tensor in model outputs of type {type(outputs).__name__}")
-
-
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton KD: KL(teacher ‖ student) on temperature-softened distributions over dim 1, times T².
-
-    For segmentation logits (N, C, H, W) it is the per-pixel KL averaged over pixels; the teacher is resized to the
-    student's resolution if they differ.
-    """
-    if teacher.shape[2:] != student.shape[2:]:
-        teacher = F.interpolate(teacher, size=student.shape[2:], mode="bilinear", align_corners=False)
-    t = temperature
-    s_log = F.log_softmax(student.float() / t, dim=1)
-    t_log = F.log_softmax(teacher.float() / t, dim=1)
-    kl = F.kl_div(s_log, t_log, reduction="none", log_target=True).sum(dim=1)
-    return kl.mean() * (t * t)
-
-
-class Metric:
-    """Accumulates a metric as a tensor of sums, so ranks can all-reduce it before :meth:`compute`."""
-
-    name = "metric"
-    higher_is_better = True
-
-    def __init__(self, state: torch.Tensor) -> None:
-        self.state = state
-
-    def update(self, outputs: Any, targets: Any) -> None:
-        raise NotImplementedError
-
-    def compute(self) -> float:
-        raise NotImplementedError
+__all__ = [
+    "IGNORE_INDEX",
+    "ClassifyTask",
+    "LossOnly",
+    "MeanIoU",
+    "Metric",
+    "SegmentTask",
+    "Task",
+    "Top1",
+    "kd_loss",
+    "primary_output",
+    "task_for",
+]
 
 
 class Top1(Metric):
@@ -116,66 +85,19 @@ class MeanIoU(Metric):
         return float(100.0 * iou[valid].mean()) if valid.any() else float("nan")
 
 
-class LossOnly(Metric):
-    """For tasks without a metric: the mean loss (lower is better)."""
+class _LabelTask(Task):
+    """A task with class labels: cross-entropy over ``num_classes`` with optional label smoothing."""
 
-    name = "loss"
-    higher_is_better = False
-
-    def __init__(self, loss_fn: Callable[[Any, Any], torch.Tensor]) -> None:
-        super().__init__(torch.zeros(2, dtype=torch.float64))
-        self.loss_fn = loss_fn
-
-    def update(self, outputs: Any, targets: Any) -> None:
-        self.state[0] += float(self.loss_fn(outputs, targets)) * 1.0
-        self.state[1] += 1
-
-    def compute(self) -> float:
-        return float(self.state[0] / self.state[1]) if self.state[1] > 0 else float("nan")
-
-
-class Task:
-    """Loss, metric and batching of one task. Subclass it (or duck-type it) for a model with its own loss."""
-
-    name = "generic"
-    metric_name = "loss"
-    higher_is_better = False
-
-    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
-        raise NotImplementedError
-
-    def new_metric(self) -> Metric:
-        return LossOnly(self.loss)
-
-    def collate(self, batch: Sequence[Any]) -> Any:
-        # torch annotates default_collate as taking a list; at runtime it indexes/iterates any sequence
-        return default_collate(batch)  # type: ignore[arg-type]
-
-    def to_device(self, targets: Any, device: torch.device) -> Any:
-        if isinstance(targets, torch.Tensor):
-            return targets.to(device, non_blocking=True)
-        if isinstance(targets, dict):
-            return {k: self.to_device(v, device) for k, v in targets.items()}
-        if isinstance(targets, (list, tuple)):
-            return type(targets)(self.to_device(v, device) for v in targets)
-        return targets
-
-    def has_labels(self, targets: Any) -> bool:
-        """False for an unlabelled batch (targets all -1): distillation then uses the KD loss alone."""
-        return not (isinstance(targets, torch.Tensor) and targets.ndim == 1 and bool((targets < 0).all()))
-
-    def distill_loss(self, student: Any, teacher: Any, temperature: float) -> torch.Tensor:
-        return kd_loss(primary_output(student), primary_output(teacher), temperature)
-
-
-class ClassifyTask(Task):
-    name = "classify"
-    metric_name = "top1"
     higher_is_better = True
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+
+
+class ClassifyTask(_LabelTask):
+    name = "classify"
+    metric_name = "top1"
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -186,14 +108,9 @@ class ClassifyTask(Task):
         return Top1()
 
 
-class SegmentTask(Task):
+class SegmentTask(_LabelTask):
     name = "segment"
     metric_name = "miou"
-    higher_is_better = True
-
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         logits = primary_output(outputs).float()

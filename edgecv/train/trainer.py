@@ -23,8 +23,8 @@ from edgecv import _io
 from edgecv.config.schema import TrainConfig
 from edgecv.errors import ConfigError, ModelSourceError
 from edgecv.train import distributed as D
+from edgecv.train.base import Task, primary_output
 from edgecv.train.optim import build_optimizer, build_scheduler
-from edgecv.train.tasks import Task, primary_output
 
 CHECKPOINT_FORMAT = "edgecv.checkpoint/1"
 

@@ -1,7 +1,9 @@
-"""The model registry. A variant is a registered function ``fn(**kwargs) -> nn.Module`` (timm style), with its
-default config (task, input size, mean/std, family, tiny) stored as registry metadata beside it.
+"""The model registry the families register into. A variant is a registered function ``fn(**kwargs) -> nn.Module``
+(timm style), with its default config (task, input size, mean/std, family, tiny) stored as registry metadata beside
+it.
 
-This module imports no torch, so listing names is cheap; building a model imports the family module.
+This module imports no torch and no family: the families import it (``@register_model``). Listing, describing and
+building models is :mod:`edgecv.zoo.catalog`, which loads the families first.
 """
 
 from __future__ import annotations
@@ -42,6 +44,19 @@ def default_cfg(
     }
 
 
+def detector_cfg(family: str) -> dict[str, Any]:
+    """The :func:`register_model` keywords every zoo detector shares: task ``detect``, pixels scaled to 0..1
+    (``scale`` 1/255, no mean/std), letterbox resize; ``family`` names the detector family."""
+    return {
+        "task": "detect",
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "resize": "letterbox",
+        "scale": 1.0 / 255.0,
+        "family": family,
+    }
+
+
 def register_model(name: str | None = None, **cfg: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register a variant function with its :func:`default_cfg` keywords."""
 
@@ -50,28 +65,6 @@ def register_model(name: str | None = None, **cfg: Any) -> Callable[[Callable[..
         return fn
 
     return deco
-
-
-def _ensure_loaded() -> None:
-    # importing the families registers their variants
-    import edgecv.zoo.families  # noqa: F401
-
-
-def create_model(name: str, **kwargs: Any) -> Any:
-    """Build a registered model (random init unless the variant loads weights). Unknown names list the choices."""
-    _ensure_loaded()
-    return MODELS.get(name)(**kwargs)
-
-
-def model_cfg(name: str) -> dict[str, Any]:
-    _ensure_loaded()
-    MODELS.get(name)
-    return MODELS.meta(name)
-
-
-def list_models(task: str | None = None, include_tiny: bool = True) -> list[str]:
-    _ensure_loaded()
-    return MODELS.filter(lambda n, m: (task is None or m["task"] == task) and (include_tiny or not m["tiny"]))
 
 
 _M = TypeVar("_M")

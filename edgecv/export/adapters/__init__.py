@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
 #: family name → module that registers it when imported
 BUILTIN_FAMILIES: dict[str, str] = {

@@ -33,7 +33,7 @@ from edgecv.errors import ConfigError
 from edgecv.export.adapters import AdapterOptions
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
 KINDS = ("yolo-anchor-free", "yolo-anchors", "ssd")
 _OPTIONS: dict[str, tuple[str, ...]] = {

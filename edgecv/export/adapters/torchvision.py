@@ -33,7 +33,7 @@ from edgecv.errors import ConfigError, ExportError
 from edgecv.export.adapters import AdapterOptions, DetectorAdapter, register_adapter
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
 _DETECTION_MODULE = "torchvision.models.detection"
 

@@ -42,7 +42,7 @@ from edgecv.errors import ConfigError, ModelSourceError, UnknownNameError
 from edgecv.export.adapters import AdapterOptions, DetectorAdapter, register_adapter
 
 if TYPE_CHECKING:
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
 PREFIX = "ultralytics:"
 #: head classes whose inference output is [B, 4 + nc (+ extra), anchors] decoded boxes (xywh) + class scores
@@ -403,7 +403,7 @@ def load_ultralytics(body: str, kwargs: dict[str, Any], *, trust_checkpoint: boo
     except Exception as exc:
         raise ModelSourceError(f"ultralytics:{body}: building the model failed: {type(exc).__name__}: {exc}") from exc
     model.eval()
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
     contract = _contract_for(model, task, imgsz, ch)
     if task == "classify":
@@ -461,7 +461,7 @@ def load_checkpoint(path: Path, *, trust_checkpoint: bool) -> LoadedModel:
     from ultralytics.nn import tasks
 
     from edgecv._io import sha256_file
-    from edgecv.export.sources import LoadedModel
+    from edgecv.export.loaded import LoadedModel
 
     try:
         model, _ckpt = tasks.load_checkpoint(str(path))

@@ -61,10 +61,8 @@ class _ActSwap(Pass):
         return PassResult(model, method, len(done) + n_fx)
 
 
-@register_pass
+@register_pass("act_relu", description="SiLU/GELU/Hardswish/Mish -> ReLU")
 class ActToReLU(_ActSwap):
     """SiLU / GELU / Hardswish / Mish → ReLU (modules, and functional calls where fx traces)."""
 
-    name = "act_relu"
-    description = "SiLU/GELU/Hardswish/Mish -> ReLU"
     target = "relu"

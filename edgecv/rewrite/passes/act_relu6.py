@@ -6,10 +6,8 @@ from edgecv.rewrite.base import register_pass
 from edgecv.rewrite.passes.act_relu import _ActSwap
 
 
-@register_pass
+@register_pass("act_relu6", description="SiLU/GELU/Hardswish/Mish -> ReLU6")
 class ActToReLU6(_ActSwap):
     """SiLU / GELU / Hardswish / Mish → ReLU6 (bounded: friendlier activation ranges for INT8)."""
 
-    name = "act_relu6"
-    description = "SiLU/GELU/Hardswish/Mish -> ReLU6"
     target = "relu6"

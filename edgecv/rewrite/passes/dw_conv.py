@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgecv.rewrite.base import METHOD_WALK, Pass, PassResult, plain_conv2d, register_pass, replace_children
+from edgecv.rewrite.base import METHOD_WALK, Pass, PassResult, conv_like, plain_conv2d, register_pass, replace_children
 
 if TYPE_CHECKING:
     import torch
@@ -25,17 +25,7 @@ def depthwise_separable(conv: Any) -> nn.Module:
     root = s[:, 0].sqrt()
     dw_w = (vh[:, 0, :] * root[:, None]).reshape(i, 1, kh, kw)
     pw_w = (u[:, :, 0] * root[:, None]).t().reshape(o, i, 1, 1)
-    dw = nn.Conv2d(
-        i,
-        i,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        groups=i,
-        bias=False,
-        padding_mode=conv.padding_mode,
-    )
+    dw = conv_like(conv, i, i, groups=i, bias=False)
     pw = nn.Conv2d(i, o, 1, bias=conv.bias is not None)
     dtype = conv.weight.dtype
     dw.weight = nn.Parameter(dw_w.to(dtype))
@@ -45,13 +35,11 @@ def depthwise_separable(conv: Any) -> nn.Module:
     return nn.Sequential(dw, pw).to(conv.weight.device)
 
 
-@register_pass
+@register_pass(
+    "dw_conv", exact=False, description="conv -> depthwise-separable (depthwise kxk + pointwise 1x1), SVD rank-1 init"
+)
 class DepthwiseSeparable(Pass):
     """conv kxk (groups=1, k>1) → depthwise kxk + pointwise 1x1."""
-
-    name = "dw_conv"
-    exact = False
-    description = "conv -> depthwise-separable (depthwise kxk + pointwise 1x1), SVD rank-1 init"
 
     def __init__(self, min_channels: int = 4) -> None:
         super().__init__()

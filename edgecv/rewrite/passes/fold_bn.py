@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import copy
-import itertools
 from typing import TYPE_CHECKING, Any
 
-from edgecv.rewrite.base import GraphPass, call_counts, finish_graph, is_plain_sequential, register_pass, set_submodule
+from edgecv.rewrite.base import GraphPass, call_counts, finish_graph, merge_adjacent, register_pass, set_submodule
 
 if TYPE_CHECKING:
     import torch
@@ -119,30 +118,14 @@ def fold_bn_fx(gm: fx.GraphModule, sample: torch.Tensor) -> int:
 
 def fold_bn_walk(model: nn.Module) -> int:
     """Module-walk fallback: fold (layer, BN) pairs that sit next to each other in plain ``nn.Sequential``s."""
-    from torch import nn
-
-    folded = 0
-    for seq in list(model.modules()):
-        if not is_plain_sequential(seq):
-            continue
-        keys = list(seq._modules)
-        for a, b in itertools.pairwise(keys):
-            layer, bn = seq._modules[a], seq._modules[b]  # type: Any, Any
-            if can_fold(layer, bn):
-                seq._modules[a] = fold_bn_into(layer, bn)
-                seq._modules[b] = nn.Identity()
-                folded += 1
-    return folded
+    return merge_adjacent(model, lambda layer, bn: fold_bn_into(layer, bn) if can_fold(layer, bn) else None)
 
 
-@register_pass
+@register_pass("fold_bn", exact=True, description="fold BatchNorm into the preceding conv/linear/conv-transpose")
 class FoldBN(GraphPass):
     """Fold eval-mode BatchNorm into the preceding conv / linear / conv-transpose (only when the BN is that
     layer's sole user)."""
 
-    name = "fold_bn"
-    exact = True
-    description = "fold BatchNorm into the preceding conv/linear/conv-transpose"
     walk_note = "folded only inside nn.Sequential"
 
     def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 from typing import TYPE_CHECKING, Any
 
 from edgecv.rewrite.base import (
@@ -13,7 +12,7 @@ from edgecv.rewrite.base import (
     PassResult,
     call_counts,
     finish_graph,
-    is_plain_sequential,
+    merge_adjacent,
     register_pass,
     set_submodule,
     try_trace,
@@ -128,30 +127,20 @@ def fuse_act_fx(gm: fx.GraphModule) -> int:
 
 
 def fuse_walk(model: nn.Module) -> int:
-    from torch import nn
+    def merge(layer: Any, act: Any) -> nn.Module | None:
+        if isinstance(layer, _foldable_types()) and isinstance(act, _act_modules()):
+            return make_fused(layer, copy.deepcopy(act))
+        return None
 
-    fused = 0
-    for seq in list(model.modules()):
-        if not is_plain_sequential(seq):
-            continue
-        # skip the Identity fold_bn_walk leaves where the BN was
-        keys = [k for k in seq._modules if not isinstance(seq._modules[k], nn.Identity)]
-        for a, b in itertools.pairwise(keys):
-            layer, act = seq._modules[a], seq._modules[b]  # type: Any, Any
-            if isinstance(layer, _foldable_types()) and isinstance(act, _act_modules()):
-                seq._modules[a] = make_fused(layer, copy.deepcopy(act))
-                seq._modules[b] = nn.Identity()
-                fused += 1
-    return fused
+    # skip the Identity fold_bn_walk leaves where the BN was
+    return merge_adjacent(model, merge, skip_identity=True)
 
 
-@register_pass
+@register_pass(
+    "fuse", exact=True, description="fold BN and fuse conv/linear + activation into one module (ConvReLU2d / ConvAct)"
+)
 class FuseConvBNAct(Pass):
     """Fold BN, then fuse each conv/linear with the activation that is its sole user into one module."""
-
-    name = "fuse"
-    exact = True
-    description = "fold BN and fuse conv/linear + activation into one module (ConvReLU2d / ConvAct)"
 
     def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
         gm, why = try_trace(model)

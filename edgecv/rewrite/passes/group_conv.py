@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edgecv.errors import ConfigError
-from edgecv.rewrite.base import METHOD_WALK, Pass, PassResult, plain_conv2d, register_pass, replace_children
+from edgecv.rewrite.base import METHOD_WALK, Pass, PassResult, conv_like, plain_conv2d, register_pass, replace_children
 
 if TYPE_CHECKING:
     import torch
@@ -19,17 +19,7 @@ def grouped(conv: Any, groups: int) -> nn.Conv2d:
     from torch import nn
 
     o, i = conv.out_channels, conv.in_channels
-    new = nn.Conv2d(
-        i,
-        o,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        groups=groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-    ).to(conv.weight.device)
+    new = conv_like(conv, i, o, groups=groups, bias=conv.bias is not None).to(conv.weight.device)
     w = conv.weight.detach()
     og, ig = o // groups, i // groups
     blocks = [w[g * og : (g + 1) * og, g * ig : (g + 1) * ig] for g in range(groups)]
@@ -39,13 +29,11 @@ def grouped(conv: Any, groups: int) -> nn.Conv2d:
     return new
 
 
-@register_pass
+@register_pass(
+    "group_conv", exact=False, description="conv -> group conv with G groups (--groups), block-diagonal init"
+)
 class GroupConv(Pass):
     """conv (groups=1) → group conv with G groups, keeping the block-diagonal weights."""
-
-    name = "group_conv"
-    exact = False
-    description = "conv -> group conv with G groups (--groups), block-diagonal init"
 
     def __init__(self, groups: int = 2) -> None:
         super().__init__()

@@ -43,13 +43,10 @@ def _is_sigmoid(node: Any, modules: dict[str, Any]) -> bool:
     return node.op == "call_method" and node.target == "sigmoid"
 
 
-@register_pass
+@register_pass("hard_sigmoid", exact=False, description="sigmoid gates in SE/CBAM/SK -> hard-sigmoid")
 class HardSigmoidGates(GraphPass):
     """Sigmoid gates (SE / CBAM / SK: a sigmoid whose output multiplies a feature map) → hard-sigmoid."""
 
-    name = "hard_sigmoid"
-    exact = False
-    description = "sigmoid gates in SE/CBAM/SK -> hard-sigmoid"
     walk_note = "replaced nn.Sigmoid inside attention-named modules only"
 
     def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:

@@ -47,14 +47,12 @@ def calibrated_bn(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-5) -> nn.Bat
     return bn.to(x.device)
 
 
-@register_pass
+@register_pass(
+    "norm_to_bn", exact=False, description="GN/LN/IN/SwitchableNorm -> BatchNorm2d, calibrated on the sample"
+)
 class NormToBN(Pass):
     """GroupNorm / LayerNorm / InstanceNorm / SwitchableNorm on NCHW tensors → BatchNorm2d (foldable into the
     conv), calibrated on the sample so the outputs stay as close as a per-channel affine map allows."""
-
-    name = "norm_to_bn"
-    exact = False
-    description = "GN/LN/IN/SwitchableNorm -> BatchNorm2d, calibrated on the sample"
 
     def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
         import torch

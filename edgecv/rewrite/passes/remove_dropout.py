@@ -41,13 +41,10 @@ def _bypass_fx(gm: fx.GraphModule, types: tuple[type, ...], functional_dropout: 
     return removed
 
 
-@register_pass
+@register_pass("remove_dropout", exact=True, description="remove dropout (identity in eval mode)")
 class RemoveDropout(GraphPass):
     """Drop Dropout modules and ``F.dropout(..., training=False)`` calls (identity in eval mode)."""
 
-    name = "remove_dropout"
-    exact = True
-    description = "remove dropout (identity in eval mode)"
     walk_note = "dropout replaced by nn.Identity"
 
     def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:

@@ -12,13 +12,10 @@ if TYPE_CHECKING:
     from torch import fx, nn
 
 
-@register_pass
+@register_pass("remove_identity", exact=True, description="remove nn.Identity modules")
 class RemoveIdentity(GraphPass):
     """Drop ``nn.Identity`` modules from the graph (or from plain ``nn.Sequential``s when fx does not trace)."""
 
-    name = "remove_identity"
-    exact = True
-    description = "remove nn.Identity modules"
     walk_note = "removed only inside nn.Sequential"
 
     def rewrite_graph(self, gm: fx.GraphModule, sample: torch.Tensor) -> int:

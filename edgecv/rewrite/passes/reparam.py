@@ -131,13 +131,11 @@ def reparam_fx(gm: fx.GraphModule, sample: torch.Tensor) -> int:
     return merged
 
 
-@register_pass
+@register_pass(
+    "reparam", exact=True, description="re-parameterize RepVGG-style 3x3 + 1x1 + identity branches into one 3x3 conv"
+)
 class Reparameterize(GraphPass):
     """Collapse multi-branch conv blocks (RepVGG-style) into one conv."""
-
-    name = "reparam"
-    exact = True
-    description = "re-parameterize RepVGG-style 3x3 + 1x1 + identity branches into one 3x3 conv"
 
     walk_note = "only RepVGGBlock modules collapsed"
 

@@ -41,13 +41,9 @@ def stacked_3x3(conv: Any) -> nn.Module:
     return nn.Sequential(*layers).to(conv.weight.device)
 
 
-@register_pass
+@register_pass("stack_3x3", exact=False, description="conv kernel > 3 -> stacked 3x3 convs (5 -> 2, 7 -> 3)")
 class Stack3x3(Pass):
     """kxk conv with k > 3 → stacked 3x3 convs (k=5 → two, k=7 → three)."""
-
-    name = "stack_3x3"
-    exact = False
-    description = "conv kernel > 3 -> stacked 3x3 convs (5 -> 2, 7 -> 3)"
 
     def transform(self, model: nn.Module, sample: torch.Tensor) -> PassResult:
         skipped: list[str] = []

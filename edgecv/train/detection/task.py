@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgecv.train.base import Metric, Task
 from edgecv.train.detection.augment import DetAugment, augment_batch
 from edgecv.train.detection.losses import detector_loss
-from edgecv.train.tasks import Metric, Task
 
 
 def detection_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, list[dict[str, Any]]]:

@@ -21,7 +21,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_pool
 from edgecv.errors import ConfigError, ExportError
 from edgecv.zoo.detection.settings import DetAugment
 from edgecv.zoo.layers import ConvNormAct, init_weights
-from edgecv.zoo.registry import build_variant, register_model
+from edgecv.zoo.registry import MODELS, build_variant, detector_cfg, register_model
 
 
 class RoIPoolLayer(MultiScaleRoIAlign):
@@ -50,9 +50,8 @@ class SmallBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if zoo is not None:
-            from edgecv.zoo.registry import create_model
-
-            net = create_model(zoo, **(zoo_kwargs or {}))
+            # every family is registered by now: importing any family module runs edgecv.zoo.families first
+            net = MODELS.get(zoo)(**(zoo_kwargs or {}))
             if not isinstance(getattr(net, "features", None), nn.Sequential):
                 raise ConfigError(f"faster_rcnn backbone '{zoo}': expected a zoo model with .features")
             mods, x = [], torch.zeros(1, 3, 64, 64)
@@ -206,14 +205,7 @@ def _create(variant: str, arch: dict[str, Any], **kwargs: Any) -> FasterRCNNDete
     return build_variant(variant, FasterRCNNDetector, arch, **kwargs)
 
 
-_DET: dict[str, Any] = {
-    "task": "detect",
-    "mean": (0.0, 0.0, 0.0),
-    "std": (1.0, 1.0, 1.0),
-    "resize": "letterbox",
-    "scale": 1.0 / 255.0,
-    "family": "faster_rcnn",
-}
+_DET = detector_cfg("faster_rcnn")
 
 
 @register_model(input_size=(3, 128, 128), num_classes=8, **_DET)

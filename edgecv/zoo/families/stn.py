@@ -14,7 +14,7 @@ from torch import nn
 from edgecv.zoo.families.edge import SHAPES_CLASSIFY, SHAPES_MEAN, SHAPES_STD
 from edgecv.zoo.layers import ConvNormAct, init_weights
 from edgecv.zoo.layers.spatial import SpatialTransformer
-from edgecv.zoo.registry import build_variant, register_model
+from edgecv.zoo.registry import MODELS, build_variant, register_model
 
 
 class STNClassifier(nn.Module):
@@ -36,9 +36,8 @@ class STNClassifier(nn.Module):
         self.stn = SpatialTransformer(in_chans, input_size, loc_widths, loc_hidden) if stn else nn.Identity()
         self.net: nn.Module | None = None
         if backbone is not None:  # a whole zoo classifier behind the transformer
-            from edgecv.zoo.registry import create_model
-
-            self.net = create_model(backbone, **(backbone_kwargs or {}))
+            # every family is registered by now: importing any family module runs edgecv.zoo.families first
+            self.net = MODELS.get(backbone)(**(backbone_kwargs or {}))
             return
         layers: list[nn.Module] = []
         ch = in_chans

@@ -30,7 +30,7 @@ from edgecv.errors import ConfigError
 from edgecv.zoo.detection.boxes import yolo_decode
 from edgecv.zoo.detection.settings import DetAugment
 from edgecv.zoo.layers import ConvNormAct, init_weights
-from edgecv.zoo.registry import build_variant, register_model
+from edgecv.zoo.registry import MODELS, build_variant, detector_cfg, register_model
 
 # COCO anchors of YOLOv3 at 416 px (w, h), smallest first; scaled to the input size when none are given
 COCO_ANCHORS_416 = [(10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326)]
@@ -385,9 +385,8 @@ class ZooBackbone(nn.Module):
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__()
-        from edgecv.zoo.registry import create_model
-
-        net = create_model(name, **kwargs)
+        # every family is registered by now: importing any family module runs edgecv.zoo.families first
+        net = MODELS.get(name)(**kwargs)
         if hasattr(net, "features") and isinstance(net.features, nn.Sequential):
             mods = list(net.features)
         elif hasattr(net, "stem") and hasattr(net, "stages"):
@@ -538,14 +537,7 @@ class YOLOv3(_Detector):
 _create = build_variant  # caller kwargs override the variant's arch; bad arguments are one line
 
 
-_DET: dict[str, Any] = {
-    "task": "detect",
-    "mean": (0.0, 0.0, 0.0),
-    "std": (1.0, 1.0, 1.0),
-    "resize": "letterbox",
-    "scale": 1.0 / 255.0,
-    "family": "yolo",
-}
+_DET = detector_cfg("yolo")
 
 
 @register_model(input_size=(3, 448, 448), num_classes=20, **_DET)
