@@ -42,7 +42,6 @@ from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 
 from edgecv.errors import ConfigError
 from edgecv.tasks.proposals import MODES, selective_search
-from edgecv.zoo.detection.task import DetectTask
 from edgecv.zoo.families.faster_rcnn import SmallBackbone
 from edgecv.zoo.registry import build_variant, register_model
 
@@ -199,9 +198,6 @@ class _ProposalDetector(nn.Module):
             gts.append(matched)
             cls.append(c)
         return torch.cat(rois), torch.cat(labs), torch.cat(ious), torch.cat(gts), torch.cat(cls)
-
-    def edgecv_task(self) -> DetectTask:
-        return DetectTask(self, self.num_classes)
 
     # ------------------------------------------------------------------ post-processing
     def set_postprocess(self, score_threshold: float, iou_threshold: float, max_det: int) -> None:
