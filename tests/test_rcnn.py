@@ -205,6 +205,7 @@ def test_bundles_decode_the_same_boxes_as_torch(tmp_path: Path, fast_bundle: tup
         np.testing.assert_allclose(got.boxes, tf.to_original(rb.numpy()), atol=1e-3)
 
 
+@pytest.mark.slow  # two CLI subprocesses (edgecv run, edgecv validate): ~75 s on the shared 2 cores
 def test_edgecv_run_computes_proposals_per_frame_and_writes_boxes(
     tmp_path: Path, fast_bundle: tuple[object, object, Path]
 ) -> None:
