@@ -1,5 +1,5 @@
 """The R-CNN family comparison on this machine: R-CNN, Fast R-CNN and Faster R-CNN on the same synthetic shapes data
-with the same backbone (mobilenet_v2 ×0.5 to stride 16, fasterrcnn_mobile's), beside the published figures.
+with the same backbone (the recipes': the shipped shapes classifier cut at stride 16), beside the published figures.
 
 Per model: selective search time per image (R-CNN and Fast R-CNN share the proposals; Faster R-CNN's RPN is part of
 its network), test time per image without and with the proposals, training time per epoch (from the recipe runs'
@@ -60,13 +60,16 @@ def run_metrics(run: Path | None) -> dict[str, Any]:
 
 
 def load(key: str, run: Path | None) -> Any:
+    """The zoo model with the run's weights and the model kwargs of its recipe (``run.json``)."""
     from edgecv.export.sources import load_model
 
-    weights = None
+    weights, kwargs = None, None
     if run is not None:
         weights = next((str(run / n) for n in ("best.pt", "last.pt") if (run / n).exists()), None)
+        if (run / "run.json").exists():
+            kwargs = json.loads((run / "run.json").read_text())["recipe"]["model"].get("kwargs") or None
     torch.manual_seed(0)
-    return load_model(MODELS[key], weights=weights).module.eval()
+    return load_model(MODELS[key], weights=weights, model_kwargs=kwargs).module.eval()
 
 
 def time_model(key: str, model: Any, images: list[np.ndarray]) -> dict[str, Any]:

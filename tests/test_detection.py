@@ -138,6 +138,37 @@ def test_augmentation_keeps_boxes_on_objects() -> None:
     assert checked > 20
 
 
+def test_augmentation_works_in_pixel_space_for_any_input_normalisation() -> None:
+    """The jitter's clamp to [0, 1] and the padding fill are pixel-space values: with ImageNet mean/std the
+    normalised batch (values around -2..2.6) must come out as the same augmentation of the same pixels."""
+    from edgecv.train.detection.augment import DetAugment, augment_batch
+    from edgecv.train.detection.task import DetectTask
+    from edgecv.train.tasks import task_for
+    from edgecv.zoo.registry import create_model
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    m, s = torch.tensor(mean).reshape(1, 3, 1, 1), torch.tensor(std).reshape(1, 3, 1, 1)
+    pix, targets = _batch(4, 64)
+    norm = (pix - m) / s
+    assert norm.min() < -1.5 and norm.max() > 1.5  # far outside [0, 1]
+    # a near-identity jitter leaves the normalised image as it was (the old code clamped it to [0, 1])
+    out, _ = augment_batch(norm, targets, DetAugment(hsv=1e-6), mean, std)
+    assert torch.allclose(out, norm, atol=1e-4)
+    # a strong jitter + zoom-out: the same pixels as augmenting the [0, 1] batch, normalised afterwards
+    aug = DetAugment(hsv=0.5, scale=0.4)
+    torch.manual_seed(3)
+    ref, t_ref = augment_batch(pix, targets, aug)
+    torch.manual_seed(3)
+    out, t_out = augment_batch(norm, targets, aug, mean, std)
+    assert torch.allclose(out * s + m, ref, atol=1e-5)
+    assert float((out * s + m).min()) >= -1e-6 and float((out * s + m).max()) <= 1 + 1e-6
+    for a, b in zip(t_ref, t_out):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+    # the trainer's task passes the recipe's mean/std on
+    task = task_for("detect", create_model("fasterrcnn_tiny"), preprocessing={"mean": mean, "std": std})
+    assert isinstance(task, DetectTask) and task.mean == mean and task.std == std
+
+
 # ------------------------------------------------------------------------------------------------ models train
 DETECTORS = ["yolov1_tiny", "yolov2_tiny", "yolov3_test", "yolov3_mobilenet_test", "fasterrcnn_tiny"]
 

@@ -181,6 +181,35 @@ def test_export_verifies_the_opset_it_wrote(tmp_path) -> None:
         export_onnx(model, x, tmp_path / "n.onnx", "jit", 17)
 
 
+def test_check_lines_up_graph_nms_detections_tied_in_score_and_still_catches_wrong_boxes() -> None:
+    """Random-weight Faster R-CNN gives many detections at ~1/(C+1): two of them 1e-8 apart came out swapped on
+    ONNX Runtime (a 16 px "error"). The check reorders only same-class rows tied within the tolerance."""
+    import numpy as np
+
+    from edgecv.export.check import align_detections, compare
+
+    boxes = np.array([[[0, 0, 10, 10], [0, 16, 10, 26], [5, 5, 20, 20], [0, 0, 0, 0]]], np.float32)
+    scores = np.array([[0.5, 0.11613174, 0.11613173, 0.0]], np.float32)
+    classes = np.array([[1, 4, 4, 0]], np.int64)
+    ref = [boxes, scores, classes, np.array([3])]
+    swap = [0, 2, 1, 3]  # rows 1 and 2 tie (1e-8 apart) and come back in the other order
+    out = [boxes[:, swap], scores[:, swap], classes[:, swap], np.array([3])]
+    assert not compare(ref, out)["ok"]
+    assert compare(ref, align_detections(ref, out))["ok"]
+    # a real difference still fails: a moved box, or a tied row of another class (not swappable)
+    moved = [a.copy() for a in out]
+    moved[0][0, 1, 0] += 1.0
+    assert compare(ref, align_detections(ref, moved))["max_abs"] >= 1.0
+    other = [a.copy() for a in out]
+    other[2][0, 1] = 5
+    assert not compare(ref, align_detections(ref, other))["ok"]
+    # boxes swapped between same-class rows whose scores are far apart (0.3 vs 0.1): no tie, so they stay wrong
+    sc = np.array([[0.5, 0.3, 0.1, 0.0]], np.float32)
+    ref_far = [boxes, sc, classes, np.array([3])]
+    far = [boxes[:, swap], sc, classes, np.array([3])]
+    assert not compare(ref_far, align_detections(ref_far, far))["ok"]
+
+
 def test_cli_lists_table_and_json(cli) -> None:
     out = cli("models", "--task", "segment", check=True).stdout
     assert "unet_dw_tiny" in out and "resnet18" not in out and "multiply-add = 2 FLOPs" in out

@@ -43,7 +43,7 @@ def evaluate_on_synth_val(
         hw = tuple(preprocessing["input_size"][1:])
         tf = ImageTransform(hw, preprocessing["mean"], preprocessing["std"], preprocessing.get("color", "RGB"), task)
         val = TransformedDataset(raw, tf)
-        t = task_for(task, model, num_classes=len(raw.classes))
+        t = task_for(task, model, num_classes=len(raw.classes), preprocessing=preprocessing)
         tr = Trainer(
             model,
             t,

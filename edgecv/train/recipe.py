@@ -210,7 +210,7 @@ def train_recipe(
     task_name = recipe.data.task if recipe.data is not None else "classify"
     seed_everything(cfg.seed)  # model init must not depend on how much data loading consumed
     model = build_model(recipe.model, num_classes=len(classes))
-    task = task_for(task_name, model, num_classes=len(classes), label_smoothing=cfg.label_smoothing)
+    task = task_for(task_name, model, num_classes=len(classes), label_smoothing=cfg.label_smoothing, preprocessing=pre)
     teacher = None
     if cfg.distill is not None:
         from edgecv.config.schema import ModelConfig as _MC

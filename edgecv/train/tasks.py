@@ -125,10 +125,17 @@ class SegmentTask(_LabelTask):
         return isinstance(targets, torch.Tensor) and targets.ndim == 3
 
 
-def task_for(name: str, model: Any = None, num_classes: int = 0, label_smoothing: float = 0.0) -> Task:
+def task_for(
+    name: str,
+    model: Any = None,
+    num_classes: int = 0,
+    label_smoothing: float = 0.0,
+    preprocessing: dict[str, Any] | None = None,
+) -> Task:
     """The task object for ``name``; a model that defines ``edgecv_task()`` supplies its own. A detector (task
-    ``detect``, a model with ``postprocess``: the zoo's YOLO, Faster R-CNN, DETR) gets
-    :class:`edgecv.train.detection.task.DetectTask`."""
+    ``detect``, a model with ``postprocess``: the zoo's YOLO, Faster R-CNN, R-CNN, DETR) gets
+    :class:`edgecv.train.detection.task.DetectTask`, told the input ``mean``/``std`` of ``preprocessing`` (the
+    recipe's) so its augmentation works in pixel space."""
     hook = getattr(model, "edgecv_task", None)
     if callable(hook):
         return hook()  # type: ignore[no-any-return]
@@ -139,7 +146,10 @@ def task_for(name: str, model: Any = None, num_classes: int = 0, label_smoothing
     if name == "detect" and callable(getattr(model, "postprocess", None)):
         from edgecv.train.detection.task import DetectTask
 
-        return DetectTask(model, int(model.num_classes), getattr(model, "train_aug", None))
+        pre = preprocessing or {}
+        return DetectTask(
+            model, int(model.num_classes), getattr(model, "train_aug", None), pre.get("mean"), pre.get("std")
+        )
     if name == "detect":
         raise ConfigError(
             "data.task 'detect': the model must supply its loss through an edgecv_task() method "

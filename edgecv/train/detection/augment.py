@@ -1,12 +1,16 @@
 """Batch-level detection augmentation that keeps boxes right: random scale/crop (affine), horizontal flip, colour
 jitter, and YOLOv2 multi-scale training (one random input size per batch, multiples of 32).
 
-It runs in the detection task's ``collate`` on already-normalised tensors (mean 0 / std 1 / scale 1/255, so pixel
-values are in [0, 1]) and uses the torch global RNG, which the trainer reseeds per epoch (reproducible runs).
+It runs in the detection task's ``collate`` on already-normalised tensors ``(pixel/255 - mean) / std``. Every step
+works in pixel space (values in [0, 1]): the batch is mapped back with the model's ``mean``/``std`` first and
+normalised again at the end, so the colour jitter's clamp to [0, 1] and the padding ``fill`` (114/255) mean the
+same for a detector trained with ImageNet mean/std as for one trained with mean 0 / std 1. It uses the torch global
+RNG, which the trainer reseeds per epoch (reproducible runs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,10 +63,19 @@ def colour_jitter(img: torch.Tensor, strength: float) -> torch.Tensor:
 
 
 def augment_batch(
-    imgs: torch.Tensor, targets: list[dict[str, Any]], aug: DetAugment
+    imgs: torch.Tensor,
+    targets: list[dict[str, Any]],
+    aug: DetAugment,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Augment a batch ``[B,3,H,W]`` (values in [0, 1]) and its targets (boxes xyxy pixels); returns new ones."""
+    """Augment a normalised batch ``[B,3,H,W]`` and its targets (boxes xyxy pixels); returns new ones.
+
+    ``mean``/``std`` are the model's input normalisation (``None``: mean 0 / std 1, the batch is in [0, 1])."""
     bsz, _, h, w = imgs.shape
+    m = torch.as_tensor(mean if mean is not None else (0.0,) * 3, dtype=imgs.dtype).reshape(1, -1, 1, 1)
+    sd = torch.as_tensor(std if std is not None else (1.0,) * 3, dtype=imgs.dtype).reshape(1, -1, 1, 1)
+    imgs = imgs * sd + m  # pixel space, [0, 1]
     out_imgs = []
     out_t: list[dict[str, Any]] = []
     for i in range(bsz):
@@ -83,7 +96,7 @@ def augment_batch(
         t["boxes"], t["labels"] = boxes, labels
         out_imgs.append(img)
         out_t.append(t)
-    x = torch.stack(out_imgs)
+    x = (torch.stack(out_imgs) - m) / sd
     if aug.sizes:
         size = int(aug.sizes[int(torch.randint(len(aug.sizes), ()))])
         if size != h or size != w:

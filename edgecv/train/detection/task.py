@@ -63,16 +63,26 @@ class DetectionMAP(Metric):
 
 class DetectTask(Task):
     """Loss / metric / batching of a detector. Training batches (model in train mode) are augmented per
-    ``model.train_aug`` (scale/crop, flip, colour, multi-scale sizes); evaluation batches are not."""
+    ``model.train_aug`` (scale/crop, flip, colour, multi-scale sizes); evaluation batches are not. ``mean``/``std``
+    are the input normalisation the loader applied (augmentation works in pixel space; ``None``: mean 0 / std 1)."""
 
     name = "detect"
     metric_name = "map50"
     higher_is_better = True
 
-    def __init__(self, model: Any, num_classes: int, augment: DetAugment | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        num_classes: int,
+        augment: DetAugment | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         self.model = model
         self.num_classes = num_classes
         self.augment = augment or DetAugment()
+        self.mean = tuple(float(v) for v in mean) if mean is not None else None
+        self.std = tuple(float(v) for v in std) if std is not None else None
         self.compute_loss = detector_loss(model)
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
@@ -85,7 +95,7 @@ class DetectTask(Task):
         x, t = detection_collate(batch)
         # the trainer sets train()/eval() before it iterates a loader, so the mode says which batch this is
         if self.model.training and self.augment.active:
-            x, t = augment_batch(x, t, self.augment)
+            x, t = augment_batch(x, t, self.augment, self.mean, self.std)
         return x, t
 
     def has_labels(self, targets: Any) -> bool:
