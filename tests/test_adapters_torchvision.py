@@ -267,7 +267,8 @@ def test_unknown_detector_names_families_and_decode() -> None:
 @pytest.mark.slow
 @pytest.mark.openvino
 def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> None:
-    """torchvision:<name> alone: offline build with a notice, export, validate on ORT + OpenVINO, run on images."""
+    """torchvision:<name> alone: offline build with a notice, export, validate on ORT + OpenVINO, run on images,
+    mAP with --val on a COCO file (categories onto labels 1.., slot 0 is the background) and bench --stages."""
     out = tmp_path / "frcnn"
     proc = cli(
         "export",
@@ -275,7 +276,7 @@ def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> No
         "-o",
         str(out),
         "--num-classes",
-        "3",
+        "3",  # the background + the 2 categories of the --val data below
         "--input-shape",
         "1x3x160x160",
         "--kwarg",
@@ -291,6 +292,7 @@ def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> No
     c = res["contract"]
     assert c["task"] == "detect" and c["resize"] == "letterbox" and c["decode"]["nms"] == "graph"
     assert c["input_shape"] == [1, 3, 160, 160] and c["mean"] == [0.0, 0.0, 0.0]
+    assert c["class_names"] == ["__background__", "1", "2"]
     assert any("weights_backbone" in n and "not on disk" in n for n in res["notices"])
     assert res["parity_passed"] is True
 
@@ -314,6 +316,33 @@ def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> No
     # boxes come back in the original photo's pixels (512×512 astronaut, 600×400 coffee), not the 160 px input
     boxes = [d["box"] for r in lines for d in r["results"][0]["detections"]]
     assert boxes and max(max(b) for b in boxes) > 160
+
+    # mAP on a COCO file: its categories land on labels 1 and 2 (slot 0 is the background), and every
+    # backend's mAP equals torch's (same boxes); random weights give no reference box ≥ 0.25 to compare one by one
+    from edgecv.data.synth import generate
+
+    generate("detect", tmp_path / "data", n_train=0, n_val=6, size=160, seed=0)
+    val = tmp_path / "data" / "val.json"
+    coco = json.loads(val.read_text())  # two of the synthetic shapes: the model's labels 1 and 2
+    keep = sorted(c["id"] for c in coco["categories"])[:2]
+    coco["categories"] = [c for c in coco["categories"] if c["id"] in keep]
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] in keep]
+    assert coco["annotations"]
+    val.write_text(json.dumps(coco))
+    proc = cli(
+        "validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--val", str(val), "--allow-unchecked", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["backend"]: r for r in json.loads(proc.stdout)["task_metric"]["rows"]}
+    assert set(rows) == {"torch", "onnxruntime", "openvino"}
+    per_class = rows["torch"]["details"]["classes"]
+    assert {k for k, v in per_class.items() if v["gt"]} == {"1", "2"} and "__background__" not in per_class
+    assert all(abs(r["metric"] - rows["torch"]["metric"]) <= 0.5 for r in rows.values())
+
+    proc = cli("bench", str(out), "-b", "onnxruntime", "--stages", "--iters", "3", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)["stages"]["onnxruntime:fp32"]
+    assert st["n"] >= 3 and st["pre_ms"] > 0 and st["infer_ms"] > 0 and st["post_ms"] > 0
 
 
 # ----------------------------------------------------------------------------------------- segmentation, offline

@@ -118,3 +118,19 @@ def test_a_model_without_class_names_takes_categories_in_id_order(tmp_path: Path
     assert coco.cat_ids == [10, 20, 30] and coco.records[0][2].tolist() == [2, 0, 1]
     with pytest.raises(DataError, match=r"expected at most 2 categories .*found 3"):
         read_coco(f, class_names=["0", "1"])
+
+
+def test_torchvision_placeholder_slots_take_no_category(tmp_path: Path) -> None:
+    """A torchvision detector's label 0 is its background and its COCO list names unused ids N/A: neither needs a
+    category, and an unnamed one (``__background__, 1, 2, …``) takes the categories on labels 1.., as trained."""
+    from edgecv.data.readers import read_coco
+
+    f = _write(tmp_path, "val.json", {"cat": 30, "dog": 10, "bird": 20})
+    named = read_coco(f, class_names=["__background__", "dog", "N/A", "bird", "cat"])
+    assert named.records[0][2].tolist() == [4, 1, 3]  # cat, dog, bird by name, whatever their ids
+    unnamed = read_coco(f, class_names=["__background__", "1", "2", "3"])
+    assert unnamed.cat_ids == [10, 20, 30] and unnamed.records[0][2].tolist() == [3, 1, 2]
+    with pytest.raises(DataError, match=r"expected at most 2 categories .*found 3"):
+        read_coco(f, class_names=["__background__", "1", "2"])
+    with pytest.raises(DataError, match=r"no category for: fish"):  # a real class still needs its category
+        read_coco(f, class_names=["__background__", "dog", "bird", "cat", "fish"])

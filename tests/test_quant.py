@@ -397,6 +397,34 @@ def test_method_auto_picks_best(tmp_path, task) -> None:
     assert art.extra["metrics"]["output_cosine"] == pytest.approx(tried[art.extra["method"]], abs=1e-9)
 
 
+def test_method_auto_skips_a_method_that_fails(tiny, monkeypatch) -> None:
+    """NNCF's histogram (entropy) fails on an R-CNN's near-constant tensors ("Too many bins for data range"):
+    --method auto keeps choosing among the methods that work and records why the other failed; when every
+    method fails it is one error naming each reason."""
+    import edgecv.quant.api as qapi
+    from edgecv.errors import BackendError
+    from edgecv.quant import QuantConfig, quantize
+
+    real = qapi.quantize_qdq
+    broken = {"entropy"}
+
+    def flaky(prepared, out, calib, method, exclude):  # type: ignore[no-untyped-def]
+        if method in broken:
+            raise BackendError(f"{method} failed: Too many bins for data range")
+        return real(prepared, out, calib, method, exclude)
+
+    monkeypatch.setattr(qapi, "quantize_qdq", flaky)
+    b, calib = tiny
+    art = quantize(b, QuantConfig(backend="onnxruntime", calib=calib, method="auto")).artifact
+    assert set(art.extra["methods_tried"]) == {"minmax", "percentile"}
+    assert art.extra["methods_failed"] == {"entropy": "entropy failed: Too many bins for data range"}
+    assert art.extra["method"] in {"minmax", "percentile"}
+    assert ["auto: entropy", "failed: entropy failed: Too many bins for data range"] in qapi.summarize(art.extra)
+    broken.update({"minmax", "percentile"})
+    with pytest.raises(BackendError, match=r"every calibration method failed: minmax: .*entropy: .*percentile: "):
+        quantize(b, QuantConfig(backend="onnxruntime", calib=calib, method="auto"))
+
+
 # ------------------------------------------------------------------------------------------------ heads
 def test_detector_head_stays_float(tmp_path) -> None:
     import onnx

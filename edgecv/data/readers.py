@@ -22,6 +22,9 @@ from edgecv.errors import ConfigError, DataError
 
 IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 BOX_TOL = 1.0  # pixels a COCO box may overhang the image (rounding in exporters)
+#: class names of label slots that no category fills: torchvision detectors' background slot 0 and the unused COCO
+#: ids in torchvision's 91-name category list; a data set is never expected to have a category for them
+PLACEHOLDER_CLASSES = frozenset({"__background__", "N/A"})
 YOLO_NORM_TOL = 1e-3  # how far a YOLO box's normalised coordinates may overhang [0, 1]
 
 
@@ -45,7 +48,8 @@ def read_image(path: str | Path, flags: int | None = None) -> np.ndarray:
 @dataclass
 class CocoData:
     """A parsed COCO instances file: ``records`` are (image path, boxes xyxy pixels [N,4], labels [N]) per image,
-    labels index ``classes``; ``cat_ids[k]`` is the COCO category id of class k."""
+    labels index ``classes``; ``cat_ids`` are the COCO category ids in the order of the classes they map to (class k
+    itself unless placeholder slots such as a torchvision background come first)."""
 
     file: Path
     classes: list[str]
@@ -68,15 +72,17 @@ def _class_index(f: Path, cats: list[dict[str, Any]], class_names: Sequence[str]
             raise DataError(f"{f}: category name '{n}' names categories {seen[n]} and {cid}; expected each name once")
         seen[n] = cid
     unknown = [n for n in seen if n not in names]
-    missing = [n for n in names if n not in seen]
-    if unknown and names == [str(k) for k in range(len(names))]:
-        # a model exported without class names (export writes 0..C-1): there is no name to match, so the
-        # categories are taken in sorted id order, as the trainer read them; more categories than classes is refused
-        if len(by_id) > len(names):
+    missing = [n for n in names if n not in seen and n not in PLACEHOLDER_CLASSES]
+    real = [k for k, n in enumerate(names) if n not in PLACEHOLDER_CLASSES]
+    if unknown and all(names[k] == str(k) for k in real):
+        # a model exported without class names (export writes 0..C-1, a torchvision detector __background__
+        # first): there is no name to match, so the categories are taken in sorted id order onto the slots that are
+        # not placeholders, as the trainer read them; more categories than such classes is refused
+        if len(by_id) > len(real):
             raise DataError(
-                f"{f}: expected at most {len(names)} categories (the model's classes, unnamed), found {len(by_id)}"
+                f"{f}: expected at most {len(real)} categories (the model's classes, unnamed), found {len(by_id)}"
             )
-        return {c: k for k, c in enumerate(sorted(by_id))}
+        return {c: real[k] for k, c in enumerate(sorted(by_id))}
     if unknown or missing:
         found = ", ".join(f"{n} (id {i})" for n, i in seen.items())
         why = "; ".join(

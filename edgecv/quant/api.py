@@ -31,7 +31,7 @@ import numpy as np
 from edgecv._io import check_output_dir, scratch_dir
 from edgecv._lazy import lazy_import, version_of
 from edgecv.bundle import ONNX_FILE, REFERENCE_FILE, Artifact, Bundle, Manifest, is_bundle_dir, now_iso
-from edgecv.errors import BackendError, BundleError, ConfigError
+from edgecv.errors import BackendError, BundleError, ConfigError, one_line
 from edgecv.quant.budget import BudgetResult, Trial, score, search_keep_float
 from edgecv.quant.calib import CalibrationSource, as_source, check_sample_count
 from edgecv.quant.config import QuantConfig, QuantResult
@@ -66,6 +66,7 @@ class Int8Result:
     kept_float: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     methods_tried: dict[str, float] = field(default_factory=dict)
+    methods_failed: dict[str, str] = field(default_factory=dict)  # --method auto: methods that raised, and why
     budget: dict[str, Any] | None = None
     quantized_layers: int = 0
     selection: dict[str, Any] | None = None  # with --method auto: what the method was chosen on
@@ -271,10 +272,21 @@ def _run(
         best_m, best_s = "", -np.inf
         best_last: tuple[Any, tuple[str, tuple[str, ...]]] = (None, ("", ()))
         for meth in METHODS:
-            s = quality(q.quantize(meth, base))
+            try:
+                s = quality(q.quantize(meth, base))
+            except BackendError as exc:
+                # one calibrator failing on this graph (NNCF's histogram on a near-constant tensor of an R-CNN)
+                # leaves the others to choose from; the failure is recorded, not hidden
+                res.methods_failed[meth] = one_line(exc, with_type=False)
+                continue
             res.methods_tried[meth] = s
             if s > best_s:
                 best_m, best_s, best_last = meth, s, (q.last, q.last_key)
+        if not best_m:
+            raise BackendError(
+                "--method auto: every calibration method failed: "
+                + "; ".join(f"{m}: {why}" for m, why in res.methods_failed.items())
+            )
         res.method = best_m
         q.last, q.last_key = best_last
         if fp32_metric is not None and metric is not None and val is not None:
@@ -662,6 +674,8 @@ def summarize(res_extra: dict[str, Any]) -> list[list[Any]]:
         rows.append(["max drop", m["max_drop"]])
     for k, v in res_extra.get("methods_tried", {}).items():
         rows.append([f"auto: {k}", v])
+    for k, v in res_extra.get("methods_failed", {}).items():
+        rows.append([f"auto: {k}", f"failed: {v}"])
     sel = res_extra.get("selection")
     if sel:
         rows.append(

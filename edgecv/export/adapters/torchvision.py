@@ -12,7 +12,8 @@ What is exported, and why it equals torchvision:
   The contract feeds ``[0, 1]`` RGB (mean 0, std 1): the model normalizes itself.
 * The graph ends in edgecv's standard detection outputs (``boxes``/``scores``/``classes``/``num_dets``, padded to
   ``max_det``). ``classes`` are torchvision's labels unchanged (index 0 is the background slot of the COCO-style
-  category list; class names come from the default weights' ``categories`` when the class count matches).
+  category list; class names come from the default weights' ``categories`` when the class count matches, else
+  ``__background__, 1, 2, …``: ``validate --val`` maps a COCO file's categories onto the slots after the background).
 * Masks (Mask R-CNN) and keypoints (Keypoint R-CNN) are not exported: the graph stops at the boxes.
 * ``--nms host``: RetinaNet, FCOS and SSD export their decoded candidates (boxes from anchors / points and the
   per-class scores torchvision ranks them by, in input pixels) and run NMS on the host (``boxes_scores``); the
@@ -193,7 +194,9 @@ def _class_names(model: Any, loaded: LoadedModel, nc: int) -> list[str]:
                 return [str(c) for c in cats]
         except Exception:  # noqa: BLE001, S110 - no weight enum or no categories: no names, the model still exports
             pass
-    return [str(k) for k in range(nc)]
+    # unnamed: slot 0 is torchvision's background (as in its category lists), so validate --val maps a data set's
+    # categories onto labels 1..C-1, the labels a model trained with torchvision's references predicts
+    return ["__background__", *(str(k) for k in range(1, nc))]
 
 
 def wrap(loaded: LoadedModel, options: AdapterOptions) -> LoadedModel:
