@@ -108,14 +108,10 @@ def sweep_one(group: str, name: str, out: Path, frames: Path, size: int, timeout
         row["reason"] = "validate: " + _one_line(proc.stderr or proc.stdout)
         return row
     rep = json.loads(proc.stdout)
-    failed = [r["backend"] for r in rep["results"] if not r.get("passed")]
+    failed = [r["backend"] for r in rep["rows"] if not r.get("passed")]
     if failed:
         fails = [
-            f
-            for r in rep["results"]
-            if not r.get("passed")
-            for o in r.get("outputs", [])
-            for f in o.get("failures") or []
+            f for r in rep["rows"] if not r.get("passed") for o in r.get("outputs", []) for f in o.get("failures") or []
         ]
         row["reason"] = f"validate: {', '.join(failed)} failed ({fails[0] if fails else 'see the report'})"
         return row
