@@ -21,8 +21,16 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
 
 
-#: version of every command's JSON envelope (docs/json.md): bump a command's number when one of its keys changes
+#: version of a command's JSON envelope (docs/json.md): bump a command's number when one of its keys changes
 JSON_SCHEMA_VERSION = 1
+#: commands whose keys changed since version 1 (docs/json.md says what changed): the list of rows is ``rows`` and
+#: latency statistics are one nested ``latency`` object in every row
+JSON_SCHEMA_VERSIONS = {"bench": 2, "benchmark": 2, "pipeline": 2, "validate": 2}
+
+
+def json_schema(command: str) -> str:
+    """The schema name a command's ``--json`` document carries, e.g. ``edgecv/validate/2``."""
+    return f"edgecv/{command}/{JSON_SCHEMA_VERSIONS.get(command, JSON_SCHEMA_VERSION)}"
 
 
 def emit_json(command: str, payload: dict[str, Any], *, passed: bool) -> None:
@@ -30,7 +38,7 @@ def emit_json(command: str, payload: dict[str, Any], *, passed: bool) -> None:
     ``passed`` is what the exit code will say (true exactly when the command exits 0), so a script reading the
     JSON and one reading the exit code never disagree."""
     body = {k: v for k, v in payload.items() if k not in ("schema", "passed")}
-    print_json({"schema": f"edgecv/{command}/{JSON_SCHEMA_VERSION}", "passed": bool(passed), **body})
+    print_json({"schema": json_schema(command), "passed": bool(passed), **body})
 
 
 @contextlib.contextmanager

@@ -119,7 +119,8 @@ class PipelineResult:
     out: Path
     bundle: Path | None
     steps: list[StepLog] = field(default_factory=list)
-    summary: list[dict[str, Any]] = field(default_factory=list)
+    #: one row per backend × precision: metric, agreement and latency (the printed table)
+    rows: list[dict[str, Any]] = field(default_factory=list)
     metric_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,7 +129,7 @@ class PipelineResult:
             "bundle": str(self.bundle) if self.bundle else None,
             "steps": [s.__dict__ for s in self.steps],
             "metric": self.metric_name,
-            "summary": self.summary,
+            "rows": self.rows,  # "summary" in edgecv/pipeline/1 and edgecv/benchmark/1
         }
 
 
@@ -390,7 +391,7 @@ def run_recipe(
         stamps.record("bench", inputs, [out / "bench.json"], bench_res)
         result.steps.append(StepLog("bench", "ran", time.perf_counter() - t0))
 
-    result.metric_name, result.summary = _summary(combos, val_res, bench_res)
+    result.metric_name, result.rows = _summary(combos, val_res, bench_res)
     return result
 
 
@@ -518,7 +519,9 @@ def _summary(
     metrics = val_res.get("metrics", {})
     rows: list[dict[str, Any]] = []
     torch_metric = metrics.get("torch:fp32", {}).get("metric")
-    agree = {f"{r.get('backend')}:{r.get('precision')}": r for r in val_res.get("agreement", {}).get("results", [])}
+    agreement = val_res.get("agreement", {})
+    # a validate step recorded in the manifest by edgecv/validate/1 named its rows "results"
+    agree = {f"{r.get('backend')}:{r.get('precision')}": r for r in agreement.get("rows", agreement.get("results", []))}
     bench_rows = (bench_res or {}).get("rows", [])
     first_batch = min((r.get("batch", 1) for r in bench_rows), default=1)
     for b, p in combos:
@@ -532,7 +535,6 @@ def _summary(
             ),
             {},
         )
-        lat = brow.get("latency") or {}
         a = agree.get(key, {})
         rows.append(
             {
@@ -543,8 +545,7 @@ def _summary(
                 "delta": (m - torch_metric) if (m is not None and torch_metric is not None) else None,
                 "agrees_with_torch": True if b == "torch" else a.get("passed"),
                 "batch": first_batch,
-                "p50_ms": lat.get("p50_ms"),
-                "p99_ms": lat.get("p99_ms"),
+                "latency": brow.get("latency"),  # bench's statistics (flat p50_ms/p99_ms in pipeline/1)
                 "speedup_vs_torch": brow.get("speedup_vs_torch"),
                 "error": brow.get("error") or a.get("error"),
             }
@@ -647,7 +648,7 @@ def benchmark_model(
     against PyTorch (and the task metric on ``val``), bench each. Re-running resumes what is up to date.
 
     Returns:
-        The pipeline result (its ``summary`` is the table) and the lines saying which targets were left out.
+        The pipeline result (its ``rows`` are the table) and the lines saying which targets were left out.
     """
     from edgecv.config.schema import parse_recipe
 

@@ -103,7 +103,7 @@ for name in ("validate-torch-cuda", "trt-validate", "trt-validate-int8"):
         rep = json.JSONDecoder().raw_decode(p.read_text().lstrip())[0]
     except Exception:
         continue
-    for r in rep.get("results", []):
+    for r in rep.get("rows", []):
         for o in r.get("outputs") or []:
             print(name, r.get("backend"), r.get("precision_ran") or r.get("precision"), r.get("device"),
                   o.get("name"), "max_abs", o.get("max_abs"), "cosine", o.get("cosine"),

@@ -148,7 +148,7 @@ def worker(group: str, name: str, work: Path, clip: Path, size: int, status: Pat
     )
     rep = _json_of(out) if out.strip() else {}
     if rc != 0 or not rep.get("passed"):
-        failed = [r for r in rep.get("results", []) if not r.get("passed")]
+        failed = [r for r in rep.get("rows", []) if not r.get("passed")]
         fails = [f for r in failed for o in r.get("outputs", []) for f in o.get("failures") or []]
         errs = [str(r["error"]) for r in failed if r.get("error")]
         why = (fails or errs or [_one_line(err or out)])[0]
@@ -159,7 +159,7 @@ def worker(group: str, name: str, work: Path, clip: Path, size: int, status: Pat
     row["reference"] = rep.get("reference")
     # random weights: a classifier may give every reference photo one class, a detector no confident box; the
     # numeric checks (max error, cosine) still ran; what could not be checked is kept in the row
-    unchecked = {n for r in rep.get("results", []) for n in r.get("not_checked") or []}
+    unchecked = {n for r in rep.get("rows", []) for n in r.get("not_checked") or []}
     if unchecked:
         row["unchecked"] = sorted(unchecked)
 

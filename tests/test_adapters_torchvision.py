@@ -299,7 +299,7 @@ def test_torchvision_detector_cli_export_validate_run(tmp_path: Path, cli) -> No
     proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--json")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    assert [r["passed"] for r in rep["results"]] == [True, True]
+    assert [r["passed"] for r in rep["rows"]] == [True, True]
 
     frames = tmp_path / "frames"
     frames.mkdir()

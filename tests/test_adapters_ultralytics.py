@@ -289,7 +289,7 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:
     proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--json")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    assert [r["passed"] for r in rep["results"]] == [True, True]
+    assert [r["passed"] for r in rep["rows"]] == [True, True]
 
     video = tmp_path / "clip.avi"
     img = cv2.resize(_photo_bgr(), (320, 240))

@@ -22,28 +22,73 @@ def _env() -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1"}
 
 
-def _documented_keys() -> dict[str, list[str]]:
-    """docs/json.md's per-command table: schema name → the top-level keys it promises."""
+def _documented_schemas() -> dict[str, tuple[str, list[str]]]:
+    """docs/json.md's per-command table: command → (its schema name, the top-level keys it promises)."""
     import re
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "json.md").read_text()
-    rows = re.findall(r"^\| `edgecv/([a-z-]+)/1` \| ([^|]*) \|", doc, re.MULTILINE)
-    return {name: re.findall(r"`([a-z_0-9]+)`", keys) for name, keys in rows}
+    section = doc.split("## Each command's keys", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(edgecv/([a-z-]+)/\d+)` \| ([^|]*) \|", section, re.MULTILINE)
+    return {name: (schema, re.findall(r"`([a-z_0-9]+)`", keys)) for schema, name, keys in rows}
+
+
+#: latency statistics: in a row they live in one nested ``latency`` object, never flat beside the row's other keys
+LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput"}
+
+
+def _one_key_per_idea(d: object, where: str = "") -> list[str]:
+    """Finding 5's JSON keys: a list of rows is ``rows`` (never ``results`` / ``summary``), and a row (a dict in a
+    list) that carries latency has it nested in ``latency`` with no flat statistic beside it. Returns the breaches."""
+    bad: list[str] = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k in ("results", "summary") and isinstance(v, list):
+                bad.append(f"{where}.{k}: a list of rows named '{k}', not 'rows'")
+            bad += _one_key_per_idea(v, f"{where}.{k}")
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            if isinstance(v, dict):
+                flat = sorted(LATENCY_KEYS & set(v))
+                if flat:
+                    bad.append(f"{where}[{i}]: latency {flat} flat in the row, not nested in 'latency'")
+                lat = v.get("latency")
+                if lat is not None and not (isinstance(lat, dict) and {"p50_ms", "p99_ms", "throughput"} <= set(lat)):
+                    bad.append(f"{where}[{i}].latency: expected p50_ms, p99_ms, throughput, found {lat!r}")
+            bad += _one_key_per_idea(v, f"{where}[{i}]")
+    return bad
+
+
+def test_one_key_per_idea_catches_the_version_1_shapes() -> None:
+    """The check every document goes through bites on what edgecv/validate/1 and pipeline/1 printed."""
+    assert _one_key_per_idea({"results": [{"backend": "onnxruntime"}]})
+    assert _one_key_per_idea({"summary": [{"backend": "openvino", "p50_ms": 1.0, "p99_ms": 2.0}]}) == [
+        ".summary: a list of rows named 'summary', not 'rows'",
+        ".summary[0]: latency ['p50_ms', 'p99_ms'] flat in the row, not nested in 'latency'",
+    ]
+    assert _one_key_per_idea({"concurrency": [{"clients": 2, "throughput": 9.0}]})
+    assert not _one_key_per_idea(
+        {"rows": [{"latency": {"p50_ms": 1.0, "p99_ms": 2.0, "throughput": 3.0}}, {"latency": None}]}
+    )
 
 
 def _envelope(proc, command: str) -> dict:
-    """The JSON on stdout (nothing else there), its schema named, the top-level keys docs/json.md documents for
-    it, and ``passed`` agreeing with the exit code."""
+    """The JSON on stdout (nothing else there), its schema named as docs/json.md documents it, the top-level keys
+    it documents, one key per idea (rows, nested latency), and ``passed`` agreeing with the exit code."""
+    from edgecv._console import json_schema
+
     d = json.loads(proc.stdout)
-    assert d["schema"] == f"edgecv/{command}/1", d.get("schema")
+    assert d["schema"] == json_schema(command), d.get("schema")
     assert d["passed"] is (proc.returncode == 0), (d["passed"], proc.returncode, proc.stderr[-500:])
+    assert not _one_key_per_idea(d), (command, _one_key_per_idea(d))
     if os.environ.get("EDGECV_DUMP_KEYS"):  # (how docs/json.md's table was first filled)
         with open(os.environ["EDGECV_DUMP_KEYS"], "a") as f:
             f.write(json.dumps([command, sorted(d)]) + "\n")
         return d
-    documented = _documented_keys()
-    assert command in documented, f"docs/json.md documents no edgecv/{command}/1"
-    missing = [k for k in documented[command] if k not in d]
+    documented = _documented_schemas()
+    assert command in documented, f"docs/json.md documents no {json_schema(command)}"
+    schema, keys = documented[command]
+    assert schema == d["schema"], (command, "docs/json.md documents", schema, "the command prints", d["schema"])
+    missing = [k for k in keys if k not in d]
     assert not missing, (command, missing, sorted(d))
     return d
 
@@ -73,7 +118,7 @@ def test_compile_builds_every_backend_and_counts_every_file(compiled: Path) -> N
 def test_validate_defaults_to_every_artifact(compiled: Path, cli) -> None:
     proc = cli("validate", str(compiled), "--json", "--no-record", env=_env())
     d = _envelope(proc, "validate")
-    got = {(r["backend"], r["precision"]) for r in d["results"]}
+    got = {(r["backend"], r["precision"]) for r in d["rows"]}
     assert {("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp16")} <= got, got
     assert proc.returncode == 0
 
@@ -269,7 +314,7 @@ def test_every_other_command_speaks_the_envelope(compiled: Path, tmp_path: Path,
         finally:
             srv.kill()
     d = json.loads(text)
-    assert d["schema"] == "edgecv/serve/1" and d["passed"] is True, text
+    assert d["schema"] == _documented_schemas()["serve"][0] == "edgecv/serve/1" and d["passed"] is True, text
     # a configuration serve refuses is one line and no document, exit 2
     proc = cli("serve", str(compiled), "-b", "onnxruntime:int8", "--port", str(port), "--json", env=_env())
     assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -316,13 +361,20 @@ def test_every_command_has_its_envelope_checked() -> None:
 
     commands = sorted(name for name, _ in _reference_script()._commands(typer.main.get_command(app)))
     assert commands == sorted(ENVELOPE_TESTS), set(commands) ^ set(ENVELOPE_TESTS)
-    schemas = _documented_keys()
+    from edgecv._console import json_schema
+
+    schemas = _documented_schemas()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "json.md").read_text()
+    changes = doc.split("## What changed from version 1", 1)[1]
     for command, test in ENVELOPE_TESTS.items():
         fn = globals()[test]
         src = inspect.getsource(getattr(fn, "__wrapped__", fn))
         name = _schema_name(command)
         assert "_envelope(" in src and f'"{name}"' in src and "--json" in src, (command, test)
-        assert name in schemas, f"docs/json.md documents no edgecv/{name}/1"
+        assert name in schemas, f"docs/json.md documents no edgecv/{name}/<version>"
+        # the documented version is the one the command prints; a version past 1 says what changed
+        assert schemas[name][0] == json_schema(name), (name, schemas[name][0], json_schema(name))
+        assert not json_schema(name).endswith("/2") or f"`{json_schema(name)}`" in changes, name
 
 
 def test_shell_completion_is_on(cli) -> None:
@@ -416,9 +468,12 @@ def test_benchmark_from_a_model_to_one_table(tmp_path: Path, cli) -> None:
     )
     d = _envelope(proc, "benchmark")
     assert proc.returncode == 0, proc.stderr[-1500:]
-    got = {(r["backend"], r["precision"]) for r in d["summary"]}
+    got = {(r["backend"], r["precision"]) for r in d["rows"]}
     assert {("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")} <= got, got
-    assert all(r["agrees_with_torch"] for r in d["summary"]) and all(r["p50_ms"] > 0 for r in d["summary"])
+    assert all(r["agrees_with_torch"] for r in d["rows"])
+    assert all(
+        0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"] and r["latency"]["throughput"] > 0 for r in d["rows"]
+    )
     # no --calib: INT8 is left out, and the output says so
     assert any(s.startswith("onnxruntime:int8: no calibration data") for s in d["skipped"])
     # OpenVINO precisions beyond fp32 are asked of the device, never assumed
@@ -428,8 +483,8 @@ def test_benchmark_from_a_model_to_one_table(tmp_path: Path, cli) -> None:
     for prec in ("bf16", "fp16"):
         assert (("openvino", prec) in got) == (prec in caps)
     lines = (tmp_path / "t.csv").read_text().strip().splitlines()
-    assert lines[0].startswith("backend,precision,ran") and len(lines) == 1 + len(d["summary"])
-    assert (tmp_path / "t.md").read_text().count("\n") == 2 + len(d["summary"])
+    assert lines[0].startswith("backend,precision,ran") and len(lines) == 1 + len(d["rows"])
+    assert (tmp_path / "t.md").read_text().count("\n") == 2 + len(d["rows"])
 
 
 def _imagefolder(root: Path, classes: tuple[str, ...] = ("c0", "c3")) -> Path:

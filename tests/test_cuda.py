@@ -43,7 +43,7 @@ def test_validate_torch_on_cuda(cls_bundle: Path, cli, precision: str, min_cos: 
     d = _json(cli("validate", str(cls_bundle), "-b", f"torch:{precision}", "--device", "cuda", "--json", "--no-record"))
     # the reference is the eager model on the CPU at fp32, and it agrees with the outputs saved at export
     assert d["reference"] == "live" and "disagrees" not in (d.get("reference_note") or ""), d.get("reference_note")
-    (row,) = [r for r in d["results"] if r["backend"] == "torch"]
+    (row,) = [r for r in d["rows"] if r["backend"] == "torch"]
     assert row["error"] is None and row["passed"], row
     assert row["precision_ran"] == precision
     assert "cuda" in str(row["device"]).lower() or "gpu" in str(row["device"]).lower(), row["device"]
@@ -57,7 +57,7 @@ def test_detector_graph_nms_on_cuda(det_bundle: Path, cli) -> None:
     d = _json(
         cli("validate", str(det_bundle), "-b", "torch", "-b", "torch:fp16", "--device", "cuda", "--json", "--no-record")
     )
-    rows = {r["precision"]: r for r in d["results"] if r["backend"] == "torch"}
+    rows = {r["precision"]: r for r in d["rows"] if r["backend"] == "torch"}
     assert rows["fp32"]["error"] is None and rows["fp32"]["passed"], rows["fp32"]
     assert rows["fp16"]["error"] is None, rows["fp16"]
     assert rows["fp16"]["precision_ran"] == "fp16"

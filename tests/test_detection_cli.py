@@ -98,16 +98,16 @@ def test_detector_export_validate_bench(tmp_path: Path, cli) -> None:
     # fails unless accepted; the pre-NMS candidates are still compared (and pass)
     proc = cli("validate", str(out), "-b", "onnxruntime", "--json")
     assert proc.returncode == 1
-    assert json.loads(proc.stdout)["results"][0]["verdict"] == "not checked"
+    assert json.loads(proc.stdout)["rows"][0]["verdict"] == "not checked"
     proc = cli(
         "validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--val", str(data), "--json", "--allow-unchecked"
     )
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    assert [r["passed"] for r in rep["results"]] == [True, True]
-    assert [r["verdict"] for r in rep["results"]] == ["pass (unchecked accepted)"] * 2
-    assert [o["name"] for o in rep["results"][0]["outputs"]] == ["detections", "pre_nms_boxes", "pre_nms_scores"]
-    assert all(o["passed"] and o["cosine"] > 0.99999 for o in rep["results"][1]["outputs"][1:])
+    assert [r["passed"] for r in rep["rows"]] == [True, True]
+    assert [r["verdict"] for r in rep["rows"]] == ["pass (unchecked accepted)"] * 2
+    assert [o["name"] for o in rep["rows"][0]["outputs"]] == ["detections", "pre_nms_boxes", "pre_nms_scores"]
+    assert all(o["passed"] and o["cosine"] > 0.99999 for o in rep["rows"][1]["outputs"][1:])
     rows = {r["backend"]: r for r in rep["task_metric"]["rows"]}
     assert set(rows) == {"torch", "onnxruntime", "openvino"}
     assert rep["task_metric"]["name"] == "mAP@0.5 %"

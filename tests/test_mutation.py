@@ -144,8 +144,8 @@ def test_shipped_models_export_with_their_val_split(work: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["passed"] and out["results"][0]["verdict"] == "pass"
-    assert out["results"][0]["outputs"][0]["boxes_ref"] > 0
+    assert out["passed"] and out["rows"][0]["verdict"] == "pass"
+    assert out["rows"][0]["outputs"][0]["boxes_ref"] > 0
 
 
 # ------------------------------------------------------------------------------------------------ no vacuous checks

@@ -33,7 +33,7 @@ def test_pipeline_runs_then_skips_what_is_up_to_date(tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = run_recipe(recipe, out, bench_min_time=0.05, log=lambda m: None)
     assert [s.status for s in res.steps] == ["ran"] * 5
-    rows = {(r["backend"], r["precision"]): r for r in res.summary}
+    rows = {(r["backend"], r["precision"]): r for r in res.rows}
     assert set(rows) == {("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")}
     torch_top1 = rows[("torch", "fp32")]["metric"]
     assert 0.0 <= torch_top1 <= 100.0
@@ -41,7 +41,7 @@ def test_pipeline_runs_then_skips_what_is_up_to_date(tmp_path: Path) -> None:
         # fp32 engines agree with torch on the reference inputs and give the same top-1 on the 16 val images
         assert rows[key]["agrees_with_torch"] is True
         assert rows[key]["metric"] == pytest.approx(torch_top1, abs=100 / 16 + 1e-6)
-        assert rows[key]["p50_ms"] > 0 and rows[key]["speedup_vs_torch"] > 0
+        assert rows[key]["latency"]["p50_ms"] > 0 and rows[key]["speedup_vs_torch"] > 0
     assert rows[("openvino", "fp32")]["precision_ran"] == "fp32"
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["contract"]["class_names"] and len(manifest["contract"]["class_names"]) >= 2
@@ -51,13 +51,13 @@ def test_pipeline_runs_then_skips_what_is_up_to_date(tmp_path: Path) -> None:
     # same recipe again: nothing re-runs
     again = run_recipe(recipe, out, bench_min_time=0.05, log=lambda m: None)
     assert [s.status for s in again.steps] == ["skipped (up to date)"] * 5
-    assert again.summary[0]["metric"] == torch_top1
+    assert again.rows[0]["metric"] == torch_top1
 
     # only the bench section changed: only bench re-runs
     recipe.write_text(RECIPE.replace("batches: [1]", "batches: [2]"))
     third = run_recipe(recipe, out, bench_min_time=0.05, log=lambda m: None)
     assert [s.status for s in third.steps] == ["skipped (up to date)"] * 4 + ["ran"]
-    assert third.summary[0]["batch"] == 2
+    assert third.rows[0]["batch"] == 2
 
 
 def test_pipeline_bad_recipe_fails_before_running(tmp_path: Path, cli) -> None:

@@ -63,6 +63,52 @@ def test_results_from_another_host_are_kept_apart_and_corrupt_ones_skipped(bundl
     assert "\n" not in res.skipped[0]
 
 
+def test_report_reads_results_recorded_under_every_schema(bundle_dir: Path, tmp_path: Path) -> None:
+    """Results recorded by edgecv/validate/1 and bench/1 (rows in ``results``, flat concurrency latency) and before
+    schema 1 (task-metric ``value``/``ran``) read with today's keys, and the report's summary uses them."""
+    pytest.importorskip("matplotlib")
+    from edgecv.report import build_report
+    from edgecv.report.build import current_keys
+    from edgecv.results import record_result
+
+    lat = {"p50_ms": 2.0, "p90_ms": 2.5, "p99_ms": 3.0, "mean_ms": 2.2, "throughput": 450.0}
+    bench_v1 = {
+        "bundle": str(bundle_dir),
+        "settings": {},
+        "host": {},
+        "rows": [{"backend": "onnxruntime", "precision": "fp32", "precision_ran": "fp32", "batch": 1, "latency": lat}],
+        "concurrency": [{"label": "onnxruntime:fp32", "batch": 1, "clients": 2, "requests": 9, "wall_s": 1.0, **lat}],
+    }
+    validate_v1 = {
+        "bundle": str(bundle_dir),
+        "results": [{"backend": "onnxruntime", "precision": "fp32", "passed": True}],
+        "task_metric": {
+            "name": "top-1 %",
+            "n": 4,
+            "reference": "onnxruntime:fp32",
+            # before schema 1: "value" and "ran"
+            "rows": [{"backend": "onnxruntime", "precision": "fp32", "ran": "fp32", "value": 87.5, "delta": 0.0}],
+        },
+    }
+    v = current_keys({"kind": "validate", "result": validate_v1})["result"]
+    assert "results" not in v and v["rows"] == validate_v1["results"]
+    assert v["task_metric"]["rows"][0]["metric"] == 87.5 and v["task_metric"]["rows"][0]["precision_ran"] == "fp32"
+    (c,) = current_keys({"kind": "bench", "result": bench_v1})["result"]["concurrency"]
+    assert c["latency"] == lat and not set(lat) & set(c) and c["clients"] == 2
+    # a /2 document goes through unchanged
+    now = {"kind": "validate", "result": {"rows": [{"backend": "openvino"}], "task_metric": None}}
+    assert current_keys(now) == now
+
+    b = Bundle.open(bundle_dir)
+    record_result(b, "bench", bench_v1)
+    record_result(b, "validate", validate_v1)
+    info = build_report([bundle_dir], tmp_path / "r.html")
+    (part,) = info.bundles
+    assert "summary" in part.sections and "summary" not in part.missing
+    summary = part.sections["summary"]
+    assert "87.50" in summary and "450.0" in summary, summary  # the old task metric beside bench's latency
+
+
 def test_validate_bench_no_record(cli, bundle_dir: Path) -> None:
     proc = cli("validate", str(bundle_dir), "-b", "onnxruntime", "--no-record")
     assert proc.returncode == 0, proc.stderr

@@ -423,7 +423,7 @@ def test_validate_and_bench_remote_cli(server: Any) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    errs = {r["backend"]: r["outputs"][0]["max_abs"] for r in rep["results"]}
+    errs = {r["backend"]: r["outputs"][0]["max_abs"] for r in rep["rows"]}
     assert errs["remote"] == errs["onnxruntime"]
     proc = run_cli(
         "bench",

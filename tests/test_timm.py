@@ -193,6 +193,6 @@ def test_timm_classifier_exports_and_validates(cli, tmp_path: Path, name: str) -
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     d = json.loads(proc.stdout)
-    rows = {r["backend"]: r for r in d["results"]}
+    rows = {r["backend"]: r for r in d["rows"]}
     assert set(rows) == {"onnxruntime", "openvino"}
     assert d["passed"] and all(r["passed"] for r in rows.values()), rows

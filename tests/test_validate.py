@@ -246,7 +246,7 @@ def test_validate_ort_openvino_fp32_pass_npz(tiny) -> None:
         assert o.name == "output" and o.shape == (4, 10)
         assert o.max_rel < 1e-4 and o.cosine > 0.99999 and o.top1_agreement == 1.0 and o.passed
     d = rep.to_dict()
-    assert d["passed"] is True and [x["backend"] for x in d["results"]] == ["onnxruntime", "openvino"]
+    assert d["passed"] is True and [x["backend"] for x in d["rows"]] == ["onnxruntime", "openvino"]
     json.dumps(d)
 
 
@@ -382,7 +382,7 @@ def test_cli_validate_pass_fail_exit_codes(tiny, cli, tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     d = json.loads(ok.stdout)
-    assert d["passed"] and [(r["backend"], r["precision"], r["precision_ran"]) for r in d["results"]] == [
+    assert d["passed"] and [(r["backend"], r["precision"], r["precision_ran"]) for r in d["rows"]] == [
         ("onnxruntime", "fp32", "fp32"),
         ("openvino", "fp32", "fp32"),
     ]
@@ -419,7 +419,7 @@ def test_cli_validate_pass_fail_exit_codes(tiny, cli, tmp_path: Path) -> None:
         "validate", str(tiny.root), "-b", "onnxruntime", "--reference", "npz", "--rtol", "0", "--atol", "0", "--json"
     )
     assert strict.returncode in (0, 1)
-    res = json.loads(strict.stdout)["results"][0]
+    res = json.loads(strict.stdout)["rows"][0]
     assert res["outputs"][0]["passed"] is (res["outputs"][0]["max_abs"] == 0.0)
     assert strict.returncode == (0 if res["passed"] else 1)
 

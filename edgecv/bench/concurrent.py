@@ -38,7 +38,11 @@ class ConcurrencyResult:
     mean_ms: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """One row of ``bench``'s ``concurrency`` list; its statistics nested in ``latency`` with the keys a bench
+        row's ``latency`` has (flat in edgecv/bench/1)."""
+        d = asdict(self)
+        d["latency"] = {k: d.pop(k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput")}
+        return d
 
 
 def bench_concurrent(

@@ -95,13 +95,13 @@ def benchmark_cmd(
             _r(r["delta"]),
             r["agrees_with_torch"],
             r["batch"],
-            _r(r["p50_ms"], 3),
-            _r(r["p99_ms"], 3),
+            _r((r["latency"] or {}).get("p50_ms"), 3),
+            _r((r["latency"] or {}).get("p99_ms"), 3),
             _r(r["speedup_vs_torch"]),
             _size(res.bundle, r["backend"], r["precision"]),
             r["error"],
         ]
-        for r in res.summary
+        for r in res.rows
     ]
     if csv_out is not None:
         import csv
@@ -114,7 +114,7 @@ def benchmark_cmd(
         md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
         Path(md_out).write_text("\n".join(md) + "\n")
-    failed = [f"{r['backend']}:{r['precision']}" for r in res.summary if r["error"] or r["agrees_with_torch"] is False]
+    failed = [f"{r['backend']}:{r['precision']}" for r in res.rows if r["error"] or r["agrees_with_torch"] is False]
     if json_out:
         emit_json("benchmark", {**res.to_dict(), "skipped": skipped, "failed": failed}, passed=not failed)
     else:

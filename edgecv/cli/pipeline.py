@@ -68,11 +68,11 @@ def pipeline_cmd(
                 r["delta"],
                 r["agrees_with_torch"],
                 r["batch"],
-                r["p50_ms"],
-                r["p99_ms"],
+                (r["latency"] or {}).get("p50_ms"),
+                (r["latency"] or {}).get("p99_ms"),
                 f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else None,
             ]
-            for r in res.summary
+            for r in res.rows
         ],
         digits=2,
     )

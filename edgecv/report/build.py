@@ -113,18 +113,55 @@ def _cmd(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ data helpers
+_LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput")
+
+
+def current_keys(doc: dict[str, Any]) -> dict[str, Any]:
+    """A recorded result (``results/<kind>-….json``) with its command's current JSON keys (docs/json.md), whichever
+    schema it was recorded under:
+
+    - before schema 1: task-metric rows named the value ``value`` and the precision that ran ``ran``;
+    - ``edgecv/validate/1``: the backend rows were ``results`` (now ``rows``);
+    - ``edgecv/bench/1``: ``concurrency`` rows carried ``p50_ms`` … ``throughput`` flat (now nested in ``latency``).
+
+    Returns a new document; the file is not touched (its hash is in the manifest)."""
+    res = dict(doc.get("result") or {})
+    if doc.get("kind") == "validate":
+        if "rows" not in res and "results" in res:
+            res["rows"] = res.pop("results")
+        tm = res.get("task_metric")
+        if isinstance(tm, dict):
+            res["task_metric"] = {
+                **tm,
+                "rows": [
+                    {
+                        **r,
+                        "metric": r.get("metric", r.get("value")),
+                        "precision_ran": r.get("precision_ran", r.get("ran")),
+                    }
+                    for r in tm.get("rows", [])
+                ],
+            }
+    if doc.get("kind") == "bench" and res.get("concurrency"):
+        res["concurrency"] = [
+            r
+            if "latency" in r
+            else {
+                **{k: v for k, v in r.items() if k not in _LATENCY_KEYS},
+                "latency": {k: r.get(k) for k in _LATENCY_KEYS},
+            }
+            for r in res["concurrency"]
+        ]
+    return {**doc, "result": res}
+
+
 def _metric_rows(validate: dict[str, Any] | None) -> tuple[str | None, dict[tuple[str, str], dict[str, Any]]]:
     if validate is None:
         return None, {}
     tm = validate["result"].get("task_metric")
     if not tm:
         return None, {}
-    # results recorded before schema 1 named the value "value" and the precision that ran "ran"
-    rows = [
-        {**r, "metric": r.get("metric", r.get("value")), "precision_ran": r.get("precision_ran", r.get("ran"))}
-        for r in tm.get("rows", [])
-    ]
-    return str(tm.get("name")), {(r["backend"], r["precision"]): r for r in rows}
+    return str(tm.get("name")), {(r["backend"], r["precision"]): r for r in tm.get("rows", [])}
 
 
 def _artifact_size_mb(b: Bundle, backend: str, precision: str) -> float | None:
@@ -182,6 +219,9 @@ class _Builder:
         self.name = b.manifest.name
         self.root = str(b.root)
         self.out = BundleReport(name=self.name, root=self.root, skipped=list(res.skipped), other_hosts=len(res.others))
+        # every result read with its command's current keys, whichever schema recorded it
+        res = Results(mine=[current_keys(d) for d in res.mine], others=res.others, skipped=res.skipped, host=res.host)
+        self.res = res
         self.bench = res.latest("bench")
         validates = res.all("validate")
         # the newest validate with a task metric, and the newest with layers / a gallery (runs differ in flags)

@@ -135,7 +135,7 @@ class ValidationReport:
             "passed": self.passed,
             "reference_check": None if self.reference_check is None else [o.to_dict() for o in self.reference_check],
             "preprocess_check": None if self.preprocess_check is None else self.preprocess_check.to_dict(),
-            "results": [r.to_dict() for r in self.results],
+            "rows": [r.to_dict() for r in self.results],  # "results" in edgecv/validate/1
         }
 
 
