@@ -48,7 +48,8 @@ def _one_key_per_idea(d: object, where: str = "") -> list[str]:
     elif isinstance(d, list):
         for i, v in enumerate(d):
             if isinstance(v, dict):
-                flat = sorted(LATENCY_KEYS & set(v))
+                # a number is a flat statistic; a dict keyed by stage (run's timeline buckets) is a breakdown
+                flat = sorted(k for k in LATENCY_KEYS & set(v) if isinstance(v[k], (int, float)))
                 if flat:
                     bad.append(f"{where}[{i}]: latency {flat} flat in the row, not nested in 'latency'")
                 lat = v.get("latency")
@@ -66,6 +67,7 @@ def test_one_key_per_idea_catches_the_version_1_shapes() -> None:
         ".summary[0]: latency ['p50_ms', 'p99_ms'] flat in the row, not nested in 'latency'",
     ]
     assert _one_key_per_idea({"concurrency": [{"clients": 2, "throughput": 9.0}]})
+    assert not _one_key_per_idea({"rows": [{"t": 1.0, "mean_ms": {"infer": 3.0}}]})
     assert not _one_key_per_idea(
         {"rows": [{"latency": {"p50_ms": 1.0, "p99_ms": 2.0, "throughput": 3.0}}, {"latency": None}]}
     )

@@ -144,7 +144,7 @@ def test_augmentation_works_in_pixel_space_for_any_input_normalisation() -> None
     from edgecv.train.detection.augment import DetAugment, augment_batch
     from edgecv.train.detection.task import DetectTask
     from edgecv.train.tasks import task_for
-    from edgecv.zoo.registry import create_model
+    from edgecv.zoo.catalog import create_model
 
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     m, s = torch.tensor(mean).reshape(1, 3, 1, 1), torch.tensor(std).reshape(1, 3, 1, 1)

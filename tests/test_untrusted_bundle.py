@@ -315,7 +315,7 @@ def test_compile_on_a_full_disk_says_so(cli, pristine: Path, tmp_path: Path) -> 
 
 # ------------------------------------------------------------------------------------------------ 6. run outputs
 @pytest.mark.stream
-@pytest.mark.parametrize("flag", ["--jsonl", "--save", "--json"])
+@pytest.mark.parametrize("flag", ["--jsonl", "--save", "--summary"])
 def test_run_refuses_to_write_over_its_source(cli, bundle_dir: Path, video: Path, tmp_path: Path, flag: str) -> None:
     src = tmp_path / "v.mp4"
     shutil.copy(video, src)
