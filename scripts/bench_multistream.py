@@ -34,7 +34,7 @@ def spawn(args: list[str], out: Path) -> subprocess.Popen[bytes]:
         "edgecv",
         "run",
         *args,
-        "--json",
+        "--summary",
         str(out),
         "--jsonl",
         str(out.with_suffix(".jsonl")),

@@ -100,7 +100,7 @@ def main() -> None:
         "1",
         "--mqtt-buffer",
         str(a.buffer),
-        "--json",
+        "--summary",
         str(tmp / "summary.json"),
         "-q",
         "--no-record",
