@@ -32,6 +32,7 @@ from torch import nn
 
 from edgecv.errors import ConfigError, ExportError
 from edgecv.export.adapters import AdapterOptions, DetectorAdapter, register_adapter
+from edgecv.zoo.families.faster_rcnn import pad_detections
 
 if TYPE_CHECKING:
     from edgecv.export.loaded import LoadedModel
@@ -106,21 +107,7 @@ class TorchvisionDetector(nn.Module):
         # a real op on the input keeps OpenVINO from naming the input port after torchvision's Unsqueeze; inputs are
         # in [0, 1] (contract scale 1/255, mean 0, std 1), so the clamp changes nothing
         dets = self.model(list(x.clamp(0.0, 1.0)))
-        k = self.max_det
-        boxes, scores, classes, nums = [], [], [], []
-        for d in dets:
-            boxes.append(torch.cat([d["boxes"], x.new_zeros(k, 4)])[:k])
-            scores.append(torch.cat([d["scores"], x.new_zeros(k)])[:k])
-            classes.append(
-                torch.cat([d["labels"].to(torch.int64), torch.zeros(k, dtype=torch.int64, device=x.device)])[:k]
-            )
-            nums.append(torch.clamp(torch.tensor(d["scores"].shape[0], device=x.device), max=k).reshape(1))
-        return {
-            "boxes": torch.stack(boxes),
-            "scores": torch.stack(scores),
-            "classes": torch.stack(classes),
-            "num_dets": torch.cat(nums).to(torch.int64),
-        }
+        return pad_detections(dets, self.max_det, x)
 
 
 class TorchvisionCandidates(nn.Module):

@@ -41,7 +41,7 @@ from edgecv.zoo.families.edge import SHAPES_MEAN, SHAPES_STD
 from edgecv.zoo.families.faster_rcnn import SmallBackbone
 from edgecv.zoo.layers import MultiHeadCrossAttention
 from edgecv.zoo.layers.attention import Mlp
-from edgecv.zoo.registry import build_variant, register_model
+from edgecv.zoo.registry import build_variant, detector_cfg, register_model
 
 
 def sine_embed(coords: torch.Tensor, dim_per_coord: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -385,14 +385,7 @@ class DETR(nn.Module):
         return {"num_classes": self.num_classes}
 
 
-_DET: dict[str, Any] = {
-    "task": "detect",
-    "mean": (0.0, 0.0, 0.0),
-    "std": (1.0, 1.0, 1.0),
-    "resize": "letterbox",
-    "scale": 1.0 / 255.0,
-    "family": "detr",
-}
+_DET = detector_cfg("detr")
 
 
 @register_model(input_size=(3, 96, 96), num_classes=8, **{**_DET, "mean": SHAPES_MEAN, "std": SHAPES_STD})

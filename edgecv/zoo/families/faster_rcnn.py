@@ -24,6 +24,27 @@ from edgecv.zoo.layers import ConvNormAct, init_weights
 from edgecv.zoo.registry import MODELS, build_variant, detector_cfg, register_model
 
 
+def pad_detections(
+    dets: list[dict[str, torch.Tensor]], k: int, x: torch.Tensor, label_shift: int = 0
+) -> dict[str, torch.Tensor]:
+    """torchvision's per-image detection dicts as edgecv's standard outputs: ``boxes``/``scores``/``classes``
+    padded or cut to a fixed ``k`` (static output shapes for every backend), ``num_dets`` the real count per image;
+    ``label_shift`` is added to the labels (-1: the zoo's detectors count classes from 0, past the background)."""
+    boxes, scores, classes, nums = [], [], [], []
+    for d in dets:
+        boxes.append(torch.cat([d["boxes"], x.new_zeros(k, 4)])[:k])
+        scores.append(torch.cat([d["scores"], x.new_zeros(k)])[:k])
+        labels = d["labels"].to(torch.int64) + label_shift
+        classes.append(torch.cat([labels, torch.zeros(k, dtype=torch.int64, device=x.device)])[:k])
+        nums.append(torch.clamp(torch.tensor(d["scores"].shape[0], device=x.device), max=k).reshape(1))
+    return {
+        "boxes": torch.stack(boxes),
+        "scores": torch.stack(scores),
+        "classes": torch.stack(classes),
+        "num_dets": torch.cat(nums).to(torch.int64),
+    }
+
+
 class RoIPoolLayer(MultiScaleRoIAlign):
     """RoI max pooling (Fast R-CNN) in MultiScaleRoIAlign's place (torchvision's RoIHeads accepts only that type),
     on one feature map."""
@@ -163,20 +184,7 @@ class FasterRCNNDetector(nn.Module):
         # a real op on the input keeps OpenVINO from naming the input port after torchvision's Unsqueeze
         # (its runner reads port.get_any_name()); inputs are in [0, 1] (scale 1/255), so the clamp changes nothing
         dets = self.frcnn(list(x.clamp(0.0, 1.0)))
-        k = self.max_det
-        boxes, scores, classes, nums = [], [], [], []
-        for d in dets:
-            # pad to a fixed K (static output shapes for every backend); labels shift back past background
-            boxes.append(torch.cat([d["boxes"], x.new_zeros(k, 4)])[:k])
-            scores.append(torch.cat([d["scores"], x.new_zeros(k)])[:k])
-            classes.append(torch.cat([d["labels"] - 1, torch.zeros(k, dtype=torch.int64, device=x.device)])[:k])
-            nums.append(torch.clamp(torch.tensor(d["scores"].shape[0], device=x.device), max=k).reshape(1))
-        return {
-            "boxes": torch.stack(boxes),
-            "scores": torch.stack(scores),
-            "classes": torch.stack(classes),
-            "num_dets": torch.cat(nums).to(torch.int64),
-        }
+        return pad_detections(dets, self.max_det, x, label_shift=-1)  # labels shift back past background
 
     def compute_loss(self, outputs: Any, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not isinstance(outputs, dict) or "images" not in outputs:

@@ -43,7 +43,7 @@ from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 from edgecv.errors import ConfigError
 from edgecv.tasks.proposals import MODES, selective_search
 from edgecv.zoo.families.faster_rcnn import SmallBackbone
-from edgecv.zoo.registry import build_variant, register_model
+from edgecv.zoo.registry import build_variant, detector_cfg, register_model
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 _CLAMP = math.log(1000.0 / 16)
@@ -437,37 +437,30 @@ class FastRCNN(_ProposalDetector):
 
 
 # ---------------------------------------------------------------------------------------------- variants
-_DET: dict[str, Any] = {
-    "task": "detect",
-    "mean": (0.0, 0.0, 0.0),
-    "std": (1.0, 1.0, 1.0),
-    "resize": "letterbox",
-    "scale": 1.0 / 255.0,
-}
 #: the backbone of the zoo's fasterrcnn_mobile (mobilenet_v2 width 0.5 cut at stride 16): the three compare alike
 MOBILE = {"backbone": "mobilenet_v2", "backbone_kwargs": {"width_mult": 0.5}}
 _TINY = {"input_size": 64, "widths": (8, 16, 16, 32), "representation": 64, "max_proposals": 40}
 
 
-@register_model(input_size=(3, 128, 128), num_classes=8, family="rcnn", **_DET)
+@register_model(input_size=(3, 128, 128), num_classes=8, **detector_cfg("rcnn"))
 def rcnn_mobile(**kwargs: Any) -> RCNN:
     """R-CNN on fasterrcnn_mobile's backbone: selective search (fast, ≤ 200 proposals), 64-px warps, SVMs."""
     return build_variant("rcnn_mobile", RCNN, {**MOBILE, "max_proposals": 200, "crop_size": 64}, **kwargs)
 
 
-@register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, family="rcnn", **_DET)
+@register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **detector_cfg("rcnn"))
 def rcnn_tiny(**kwargs: Any) -> RCNN:
     """Test variant: 4-stage conv CNN (8…32 channels), 32-px warps, ≤ 40 proposals, 64 px."""
     return build_variant("rcnn_tiny", RCNN, {**_TINY, "crop_size": 32}, **kwargs)
 
 
-@register_model(input_size=(3, 128, 128), num_classes=8, family="fast_rcnn", **_DET)
+@register_model(input_size=(3, 128, 128), num_classes=8, **detector_cfg("fast_rcnn"))
 def fast_rcnn_mobile(**kwargs: Any) -> FastRCNN:
     """Fast R-CNN on fasterrcnn_mobile's backbone: selective search (≤ 200 proposals), RoI max pooling 7×7."""
     return build_variant("fast_rcnn_mobile", FastRCNN, {**MOBILE, "max_proposals": 200}, **kwargs)
 
 
-@register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, family="fast_rcnn", **_DET)
+@register_model(input_size=(3, 64, 64), num_classes=8, tiny=True, **detector_cfg("fast_rcnn"))
 def fast_rcnn_tiny(**kwargs: Any) -> FastRCNN:
     """Test variant: 4-stage conv backbone (8…32 channels), RoI pool 4×4, ≤ 40 proposals, 64 px."""
     return build_variant("fast_rcnn_tiny", FastRCNN, {**_TINY, "roi_size": 4}, **kwargs)
