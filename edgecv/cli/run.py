@@ -139,7 +139,7 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live status line and no summary table (errors still print).")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing --save/--jsonl/--json files.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing --save/--jsonl/--summary files.")] = False,
     token: Annotated[
         str | None,
         typer.Option(
