@@ -130,7 +130,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     medians = {
         b: {
-            "ratio_p99_median": statistics.median(x["ratio_p99"] for x in rows if x["backend"] == b),
+            "ratio_p99_median": round(statistics.median(x["ratio_p99"] for x in rows if x["backend"] == b), 3),
             "ratio_p99_range": [
                 min(x["ratio_p99"] for x in rows if x["backend"] == b),
                 max(x["ratio_p99"] for x in rows if x["backend"] == b),
