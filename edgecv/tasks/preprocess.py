@@ -118,17 +118,22 @@ def preprocess(img_bgr: np.ndarray, contract: Contract) -> tuple[np.ndarray, Tra
         img, tf = resize_image(img_bgr, contract)
         if contract.color == "RGB":
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    # the layout change on the small uint8 image, then element-wise float arithmetic on contiguous arrays (the
+    # values do not depend on the layout); a zero mean and unit std are skipped (x - 0 and x / 1 are exact)
+    chw = contract.layout == "NCHW"
+    if chw:
+        img = np.ascontiguousarray(img.transpose(2, 0, 1))
     if contract.dtype == "uint8":
-        x = img
-    else:
-        x = img.astype(np.float32) * np.float32(contract.scale)
-        mean = np.asarray(contract.mean, dtype=np.float32)
-        std = np.asarray(contract.std, dtype=np.float32)
-        x = (x - mean) / std
-    if contract.layout == "NCHW":
-        x = x.transpose(2, 0, 1)
-    x = np.ascontiguousarray(x[None]).astype(contract.dtype, copy=False)
-    return x, tf
+        return np.ascontiguousarray(img[None]), tf
+    x = np.multiply(img, np.float32(contract.scale), dtype=np.float32)
+    shape = (-1, 1, 1) if chw else (-1,)
+    mean = np.asarray(contract.mean, dtype=np.float32).reshape(shape)
+    std = np.asarray(contract.std, dtype=np.float32).reshape(shape)
+    if mean.any():
+        x = x - mean
+    if (std != 1).any():
+        x = x / std
+    return x[None].astype(contract.dtype, copy=False), tf
 
 
 def preprocess_batch(images: list[np.ndarray], contract: Contract) -> tuple[np.ndarray, list[Transform]]:
