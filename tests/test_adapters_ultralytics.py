@@ -285,8 +285,10 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:
     )  # an untrained head scores below 0.001: keep max_det boxes
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["contract"]["task"] == "detect"
-    # the yaml spelling is a registered name: validate rebuilds the live torch reference from the manifest
-    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--json")
+    # the yaml spelling is a registered name: validate rebuilds the live torch reference from the manifest; an
+    # untrained head scores no box >= 0.25, so the box check cannot run: accepted explicitly (the elementwise
+    # pre-NMS checks still run and must pass)
+    proc = cli("validate", str(out), "-b", "onnxruntime", "-b", "openvino", "--allow-unchecked", "--json")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert [r["passed"] for r in rep["rows"]] == [True, True]
