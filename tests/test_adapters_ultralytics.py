@@ -274,7 +274,7 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:
         "export",
         "ultralytics:yolov8n.yaml",
         "--kwarg",
-        "nc=3",
+        "nc=1",
         "--kwarg",
         f"imgsz={IMGSZ}",
         "-o",
@@ -282,7 +282,8 @@ def test_cli_export_validate_run(tmp_path: Path, cli) -> None:
         "--conf",
         "0",
         "--json",
-    )  # an untrained head scores below 0.001: keep max_det boxes
+    )  # an untrained head scores below 0.001: keep max_det boxes. One class: an untrained head scores every class
+    # alike (sigmoid of the same bias), and which of the tied classes an anchor keeps is then each engine's rounding
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["contract"]["task"] == "detect"
     # the yaml spelling is a registered name: validate rebuilds the live torch reference from the manifest; an

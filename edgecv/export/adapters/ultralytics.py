@@ -152,14 +152,10 @@ def _wrappers() -> tuple[type, type]:
             scores = y[:, 4 : 4 + nc].transpose(1, 2)
             xy, wh = xywh[..., :2], xywh[..., 2:4]
             boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
-            # Ultralytics' NMS (multi_label=False) gives each anchor its best class only (``max(1)``: the first on a
-            # tie): zero the others, so that per-class NMS here suppresses exactly what predict() suppresses. The
-            # choice is made on scores shaded by 0.1 % per class index, so that classes within float noise of each
-            # other (an untrained head scores every class sigmoid(bias) alike) go to the lowest index on every
-            # backend, instead of each engine's rounding picking its own
-            shade = 1.0 - 1e-3 * torch.arange(nc, dtype=scores.dtype, device=scores.device)
-            key = scores * shade
-            scores = torch.where(key >= key.amax(-1, keepdim=True), scores, torch.zeros_like(scores))
+            # Ultralytics' NMS (multi_label=False) gives each anchor its best class only: zero the others, so that
+            # per-class NMS here suppresses exactly what predict() suppresses
+            best = scores.amax(-1, keepdim=True)
+            scores = torch.where(scores >= best, scores, torch.zeros_like(scores))
             return boxes, scores
 
         def decode(self, raw: Any) -> tuple[Any, Any]:
