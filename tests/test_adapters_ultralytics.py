@@ -156,8 +156,10 @@ def _export(ckpt: Path, out: Path, nms: str = "graph", conf: float = CONF) -> An
         "yolov8n.yaml",
         "yolo26n.yaml",  # NMS-free end-to-end head (graph-native top-k)
         pytest.param("yolov5n.yaml", marks=pytest.mark.slow),  # Ultralytics' v5u (anchor-free head)
+        pytest.param("yolov9t.yaml", marks=pytest.mark.slow),  # GELAN backbone, Detect head
         pytest.param("yolo11n.yaml", marks=pytest.mark.slow),
         pytest.param("yolov10n.yaml", marks=pytest.mark.slow),  # v10Detect, NMS-free
+        pytest.param("yolo12n.yaml", marks=pytest.mark.slow),  # area attention, Detect head
     ],
 )
 def test_boxes_equal_ultralytics_predict(yaml: str, tmp_path: Path) -> None:
