@@ -209,6 +209,45 @@ def test_torchvision_family_boxes_equal_eager(family: str, tmp_path: Path) -> No
     _check_family(family, tmp_path)
 
 
+@pytest.mark.openvino
+def test_rcnn_frame_without_proposals_runs(tmp_path: Path) -> None:
+    """A frame on which the RPN keeps no proposal (an empty scene under ``rpn_score_thresh``) gives no box on every
+    engine, as eager torchvision does, instead of failing in ``roi_heads/Reshape`` ({0,36} -> {0,-1}): torchvision
+    decodes its box deltas through a reshape only when proposals exist, and the trace fixed that branch."""
+    from edgecv.export.onnx import export_model
+
+    model = tiny_detector("fasterrcnn")
+    with torch.no_grad():
+        model.rpn.head.cls_logits.weight.mul_(30)  # objectness that depends on the image
+
+    def objectness(x: np.ndarray) -> float:
+        with torch.no_grad():
+            batch, _ = model.transform([torch.from_numpy(x[0])])
+            logits, _ = model.rpn.head(list(model.backbone(batch.tensors).values()))
+            return max(float(torch.sigmoid(t).max()) for t in logits)
+
+    loaded = prepare_detection_export(
+        _loaded(model, "fasterrcnn"), nms="graph", score_threshold=0.001, iou_threshold=0.5, max_det=100
+    )
+    photo = _photo(loaded.contract)
+    empty = np.full_like(photo, 0.5)
+    lo, hi = objectness(empty), objectness(photo)
+    assert lo < hi, (lo, hi)
+    model.rpn.score_thresh = (lo + hi) / 2  # the photo keeps proposals, the gray frame none
+    with torch.no_grad():
+        assert len(model([torch.from_numpy(empty[0])])[0]["boxes"]) == 0
+        ref = model([torch.from_numpy(photo[0])])[0]
+    res = export_model(
+        loaded, tmp_path / "frcnn", opset=17, dynamic_batch=False, batch_range=(1, 1, 1), simplify=False, n_reference=1
+    )
+    outs = _run_backends(res.path / "model.onnx", empty)
+    assert set(outs) == {"onnxruntime", "openvino"}
+    for backend, got in outs.items():
+        assert int(got["num_dets"].reshape(-1)[0]) == 0, backend
+    for backend, got in _run_backends(res.path / "model.onnx", photo).items():
+        assert assert_same_boxes(ref, got, f"photo on {backend}") > 0
+
+
 @pytest.mark.slow
 @pytest.mark.openvino
 @pytest.mark.parametrize("family", ["maskrcnn", "keypointrcnn", "retinanet", "fcos", "ssd300"])

@@ -32,7 +32,7 @@ from torch import nn
 
 from edgecv.errors import ConfigError, ExportError
 from edgecv.export.adapters import AdapterOptions, DetectorAdapter, register_adapter
-from edgecv.zoo.families.faster_rcnn import pad_detections
+from edgecv.zoo.families.faster_rcnn import empty_safe_nms, pad_detections, rcnn_detect
 
 if TYPE_CHECKING:
     from edgecv.export.loaded import LoadedModel
@@ -106,7 +106,12 @@ class TorchvisionDetector(nn.Module):
             raise ExportError("torchvision detectors export with the TorchScript ONNX exporter (dynamo=False)")
         # a real op on the input keeps OpenVINO from naming the input port after torchvision's Unsqueeze; inputs are
         # in [0, 1] (contract scale 1/255, mean 0, std 1), so the clamp changes nothing
-        dets = self.model(list(x.clamp(0.0, 1.0)))
+        images = list(x.clamp(0.0, 1.0))
+        if self.family == "rcnn":
+            dets = rcnn_detect(self.model, images)  # exportable for frames with no proposal or no box
+        else:
+            with empty_safe_nms():
+                dets = self.model(images)
         return pad_detections(dets, self.max_det, x)
 
 

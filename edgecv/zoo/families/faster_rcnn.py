@@ -10,6 +10,9 @@ Exports with the TorchScript ONNX exporter (opset ≥ 16): RoiAlign and NonMaxSu
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,6 +25,57 @@ from edgecv.errors import ConfigError, ExportError
 from edgecv.zoo.detection.settings import DetAugment
 from edgecv.zoo.layers import ConvNormAct, init_weights
 from edgecv.zoo.registry import MODELS, build_variant, detector_cfg, register_model
+
+
+@contextlib.contextmanager
+def empty_safe_nms() -> Iterator[None]:
+    """While a graph is traced, torchvision's ``batched_nms`` without its "no box" branch.
+
+    torchvision's ``_batched_nms_coordinate_trick`` returns a constant empty tensor when there is no box, scripted
+    into an ONNX ``If``; OpenVINO (2025-2026) takes that empty constant for one element, so a frame with no detection
+    came out with ``num_dets`` 1 and a garbage box. This version needs no branch: the class offset is the same
+    ``max + 1`` for any box (boxes are clipped to the image before NMS, so ``max(boxes, 0) == max(boxes)``) and is
+    defined for none, and ONNX ``NonMaxSuppression`` over no box selects none on every engine. Eager runs (not
+    tracing) are left untouched."""
+    import torchvision.ops.boxes as box_ops
+
+    if not torch.jit.is_tracing():
+        yield
+        return
+    original = box_ops.batched_nms
+
+    def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> Any:
+        top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+        return box_ops.nms(boxes + (idxs.to(boxes) * (top + 1))[:, None], scores, iou_threshold)
+
+    box_ops.batched_nms = batched_nms  # rpn, roi_heads, retinanet, fcos and ssd call it as box_ops.batched_nms
+    try:
+        yield
+    finally:
+        box_ops.batched_nms = original
+
+
+def rcnn_detect(model: Any, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """torchvision ``GeneralizedRCNN.forward`` in eval mode (Faster/Mask/Keypoint R-CNN), exportable for frames
+    with no proposal and no detection: one zero-size proposal is appended to each image's proposals, and NMS runs
+    through :func:`empty_safe_nms`.
+
+    torchvision decodes box deltas through ``reshape(number of proposals, -1)`` only when that number is above
+    zero, a Python branch the tracer fixes: the exported graph then failed (``Reshape {0,36} -> {0,-1}``) on a
+    frame where the RPN keeps nothing, e.g. an empty scene under ``rpn_score_thresh`` (0.05 for torchvision's
+    mobilenet_v3 builders). The extra proposal decodes to a zero-size box, which ``postprocess_detections`` drops
+    (``remove_small_boxes``) before NMS, and every other proposal is scored on its own: the boxes are
+    torchvision's."""
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    with empty_safe_nms():
+        batch, _ = model.transform(images)
+        features = model.backbone(batch.tensors)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = model.rpn(batch, features)
+        proposals = [torch.cat([p, p.new_zeros(1, 4)]) for p in proposals]
+        dets, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    return model.transform.postprocess(dets, batch.image_sizes, sizes)  # type: ignore[no-any-return]
 
 
 def pad_detections(
@@ -183,7 +237,7 @@ class FasterRCNNDetector(nn.Module):
             raise ExportError("faster_rcnn exports with the TorchScript ONNX exporter (dynamo=False)")
         # a real op on the input keeps OpenVINO from naming the input port after torchvision's Unsqueeze
         # (its runner reads port.get_any_name()); inputs are in [0, 1] (scale 1/255), so the clamp changes nothing
-        dets = self.frcnn(list(x.clamp(0.0, 1.0)))
+        dets = rcnn_detect(self.frcnn, list(x.clamp(0.0, 1.0)))
         return pad_detections(dets, self.max_det, x, label_shift=-1)  # labels shift back past background
 
     def compute_loss(self, outputs: Any, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
