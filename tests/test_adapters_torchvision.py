@@ -210,6 +210,31 @@ def test_torchvision_family_boxes_equal_eager(family: str, tmp_path: Path) -> No
 
 
 @pytest.mark.openvino
+# the R-CNN side is also in the default run through test_rcnn_frame_without_proposals_runs (its gray frame ends
+# with no box as well)
+@pytest.mark.parametrize("family", ["ssdlite", pytest.param("fasterrcnn", marks=pytest.mark.slow)])
+def test_frame_without_detection_gives_no_box(family: str, tmp_path: Path) -> None:
+    """No box over the score threshold: ``num_dets`` 0 on every engine, as eager torchvision. OpenVINO read
+    torchvision's "no box" NMS branch (an ONNX ``If`` returning an empty constant) as one element and reported one
+    garbage box on every such frame."""
+    from edgecv.export.onnx import export_model
+
+    model = tiny_detector(family)
+    loaded = prepare_detection_export(
+        _loaded(model, family), nms="graph", score_threshold=0.9999, iou_threshold=0.5, max_det=100
+    )
+    photo = _photo(loaded.contract)
+    with torch.no_grad():
+        assert len(model([torch.from_numpy(photo[0])])[0]["boxes"]) == 0
+    res = export_model(
+        loaded, tmp_path / family, opset=17, dynamic_batch=False, batch_range=(1, 1, 1), simplify=False, n_reference=1
+    )
+    outs = _run_backends(res.path / "model.onnx", photo)
+    assert set(outs) == {"onnxruntime", "openvino"}
+    assert {b: int(got["num_dets"].reshape(-1)[0]) for b, got in outs.items()} == {"onnxruntime": 0, "openvino": 0}
+
+
+@pytest.mark.openvino
 def test_rcnn_frame_without_proposals_runs(tmp_path: Path) -> None:
     """A frame on which the RPN keeps no proposal (an empty scene under ``rpn_score_thresh``) gives no box on every
     engine, as eager torchvision does, instead of failing in ``roi_heads/Reshape`` ({0,36} -> {0,-1}): torchvision
