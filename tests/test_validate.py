@@ -116,6 +116,31 @@ def test_int8_decision_outputs_are_judged_by_agreement_not_max_abs() -> None:
     assert not c.passed and any("top-1" in f for f in c.failures)
 
 
+def test_best_class_candidate_scores_tolerate_class_ties_not_score_errors() -> None:
+    """Candidate scores that keep only each candidate's best class (Ultralytics' heads): a near-tie that one engine
+    rounds to another class moves the score to another column; that is no error, a changed score is."""
+    tol = TOLERANCES["fp32"]
+    boxes = np.array([[[10.0, 10.0, 50.0, 50.0]]], np.float32)
+    dets = {"boxes": boxes, "scores": np.array([[0.9]], np.float32), "classes": np.array([[0]]), "num_dets": [1]}
+    ref = np.zeros((1, 3, 4), np.float32)
+    ref[0, 0, 0], ref[0, 1, 2], ref[0, 2, 1] = 0.9, 6.2e-5, 0.3
+    tie = ref.copy()
+    tie[0, 1, 2], tie[0, 1, 3] = 0.0, 6.2e-5  # the same score held by another class (elementwise: 6.2e-5 off)
+    both = ref.copy()
+    both[0, 1, 3] = 6.2e-5  # an exact tie kept in both classes
+    moved = ref.copy()
+    moved[0, 2, 1] = 0.25  # a real score change
+    for got, passed in ((tie, True), (both, True), (moved, False)):
+        c = judge(compare_outputs({**dets, "pre_nms_scores": ref}, {**dets, "pre_nms_scores": got}, "detect")[-1], tol)
+        assert c.name == "pre_nms_scores" and c.shape == (1, 3, 4) and c.passed is passed, c.failures
+    # multi-label scores (every class kept: zoo YOLO) stay elementwise, where the class column is the claim
+    multi = ref + 0.01
+    flip = multi.copy()
+    flip[0, 1, 2], flip[0, 1, 3] = multi[0, 1, 3], multi[0, 1, 2]
+    c = compare_outputs({**dets, "pre_nms_scores": multi}, {**dets, "pre_nms_scores": flip}, "detect")[-1]
+    assert c.max_abs == pytest.approx(6.2e-5, rel=1e-3)
+
+
 @pytest.mark.parametrize(("cos", "passed"), [(0.9801, True), (0.9799, False)])
 def test_cosine_boundary_int8(cos: float, passed: bool) -> None:
     tol = tolerance_for("int8", atol=10.0)  # isolate the cosine bound
