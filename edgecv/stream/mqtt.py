@@ -249,16 +249,22 @@ class MqttSink(Sink):
                     return
                 if not (self.connected and self._q):
                     continue
-                topic, payload = self._q[0]
+                # taken off the queue while it is handed to paho: write() must not drop (and count) a message that
+                # is being published, which paho then delivers (a 'dropped' message that arrived)
+                topic, payload = self._q.popleft()
             info = self.client.publish(topic, payload, qos=self.qos)
             # QoS 1 while the connection just broke: paho keeps the message and sends it after the reconnect
             taken = info.rc == mqtt.MQTT_ERR_SUCCESS or (self.qos > 0 and info.rc == mqtt.MQTT_ERR_NO_CONN)
-            if taken:
-                with self._cv:
-                    if self._q and self._q[0][1] is payload:
-                        self._q.popleft()
+            with self._cv:
+                if taken:
                     self.published += 1
-            else:
+                elif len(self._q) >= self.buffer:  # the buffer filled meanwhile: this one is the oldest
+                    self.dropped += 1
+                    if not self.connected:
+                        self.dropped_while_away += 1
+                else:
+                    self._q.appendleft((topic, payload))
+            if not taken:
                 # QoS 0 and not connected (any more), or paho's in-flight window full: keep it, retry shortly
                 time.sleep(0.02)
 
